@@ -1,0 +1,1 @@
+"""HTTP transport: signed peer RPC (msgpack) and the local control API (JSON)."""

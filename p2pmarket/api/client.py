@@ -1,0 +1,65 @@
+"""Calling a peer's RPC over HTTP: ``POST <url>/rpc`` with a signed envelope."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from p2pmarket.api.rpc import make_request, open_reply
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.identity import Identity, node_id_of
+
+MSGPACK = "application/msgpack"
+
+
+class PeerUnreachable(P2PMarketError):
+    """No HTTP answer from a peer."""
+
+
+class PeerClient:
+    """Signs requests as ``identity`` and checks that replies are signed by the callee."""
+
+    def __init__(self, identity: Identity, timeout_s: float = 10.0,
+                 proxy: str | None = None) -> None:
+        self.identity = identity
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.proxy = proxy
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, url: str, server_key: bytes, name: str,
+                   args: dict[str, Any]) -> dict[str, Any]:
+        """Call RPC ``name`` on the node at ``url`` whose public key is ``server_key``.
+
+        Returns the result map; raises :class:`RemoteError` for an error reply,
+        :class:`PeerUnreachable` when there is no reply, ``WireError`` for a forged one.
+        """
+        request = make_request(self.identity, node_id_of(server_key), name, args)
+        try:
+            async with self.session.post(
+                url.rstrip("/") + "/rpc", data=request,
+                headers={"Content-Type": MSGPACK}, proxy=self.proxy,
+            ) as resp:
+                reply = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnreachable(f"cannot reach {url}: {type(exc).__name__}", url) from None
+        return open_reply(request, reply, self.identity, server_key)

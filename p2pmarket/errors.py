@@ -1,0 +1,38 @@
+"""The error base class and the error-dict form (DESIGN.md section 2).
+
+Expected failures raise a subclass of :class:`P2PMarketError`, one class per
+module (Tycoon note 6/6). The RPC layer turns them into
+``{"error": message, "error_value": data}`` (note 5/2); anything else becomes a
+generic error whose details stay in the log (note 11/14).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class P2PMarketError(Exception):
+    """An anticipated failure: bad input, refused operation, unreachable peer."""
+
+    def __init__(self, message: str, value: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.value = value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.message, "error_value": self.value}
+
+
+class RemoteError(P2PMarketError):
+    """A peer answered with an error dict."""
+
+
+def error_dict(message: str, value: Any = None) -> dict[str, Any]:
+    return {"error": message, "error_value": value}
+
+
+def is_error(result: Any) -> bool:
+    return isinstance(result, dict) and "error" in result
+
+
+INTERNAL_ERROR = error_dict("internal error", "internal")
