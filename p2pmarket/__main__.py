@@ -1,0 +1,3 @@
+from p2pmarket.cli import main
+
+raise SystemExit(main())

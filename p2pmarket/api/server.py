@@ -1,0 +1,115 @@
+"""The node's two HTTP faces, both aiohttp.
+
+* Peer API (public address): ``POST /rpc`` takes a signed msgpack envelope and
+  returns a signed reply (see :mod:`p2pmarket.api.rpc`); ``GET /health``.
+* Control API (127.0.0.1 only): ``POST /v1/<name>`` with a JSON body, guarded by
+  the bearer token in ``<data dir>/api.token``; the CLI talks to it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from p2pmarket.api.rpc import RpcDispatcher
+from p2pmarket.errors import INTERNAL_ERROR, P2PMarketError, error_dict
+from p2pmarket.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+MAX_RPC_BYTES = 4 * 1024 * 1024
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def jsonable(value: Any) -> Any:
+    """Turn bytes into hex (recursively) so a result can travel as JSON."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k.hex() if isinstance(k, bytes) else k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None = None
+             ) -> web.Application:
+    app = web.Application(client_max_size=MAX_RPC_BYTES)
+
+    async def rpc(request: web.Request) -> web.Response:
+        data = await request.read()
+        reply = await dispatcher.dispatch(data)
+        return web.Response(body=reply, content_type="application/msgpack")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "node_id": dispatcher.identity.node_id.hex()})
+
+    app.add_routes([web.post("/rpc", rpc), web.get("/health", health), *(extra_routes or [])])
+    return app
+
+
+def load_or_create_token(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    write_atomic(path, token.encode() + b"\n", mode=0o600)
+    return token
+
+
+def control_app(token: str, handlers: dict[str, ControlHandler]) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+
+    async def call(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.json_response(error_dict("bad or missing control token"), status=401)
+        name = request.match_info["name"]
+        handler = handlers.get(name)
+        if handler is None:
+            return web.json_response(error_dict(f"unknown control call {name!r}", name),
+                                     status=404)
+        try:
+            raw = await request.read()
+            args = json.loads(raw) if raw else {}
+            if not isinstance(args, dict):
+                raise P2PMarketError("control arguments must be a JSON object")
+            result = await handler(args)
+        except json.JSONDecodeError:
+            return web.json_response(error_dict("control body is not JSON"), status=400)
+        except P2PMarketError as exc:
+            return web.json_response(jsonable(exc.to_dict()), status=400)
+        except Exception:
+            log.exception("control call %s failed", name)
+            return web.json_response(INTERNAL_ERROR, status=500)
+        return web.json_response(jsonable(result))
+
+    app.add_routes([web.post("/v1/{name}", call)])
+    return app
+
+
+class Site:
+    """A running aiohttp application on one TCP address."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.runner = web.AppRunner(app, access_log=None)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()

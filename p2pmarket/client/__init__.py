@@ -1,0 +1,1 @@
+"""Buying: discovery in the DHT, the best-response planner, the buyer workflow."""

@@ -1,0 +1,143 @@
+"""The buyer's workflow: plan, pay, bid, verify (DESIGN.md section 8).
+
+``buy`` finds hosts offering every wanted resource, spreads the budget over
+the best ``n`` with best response, and for each chosen host: pays it with a
+notary-certified transfer, opens an account with the bids, and verifies the
+signed lease it gets back against the host's key from its DHT record. Leases
+are kept in the wallet dir; ``refresh_leases`` fetches their current versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from p2pmarket.api.client import PeerClient
+from p2pmarket.client.discovery import HostView, Market
+from p2pmarket.client.planner import Candidate, PlanError, best_response
+from p2pmarket.client.walletdir import WalletDir
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.host.lease import Lease, verify_lease
+from p2pmarket.host.resources import BidSpec, parse_bids
+from p2pmarket.ledger.store import ChainStore
+from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.wire import Envelope, pack
+
+Progress = Callable[[str], None]
+
+
+class BuyError(P2PMarketError):
+    """A purchase could not be completed."""
+
+
+@dataclass(frozen=True)
+class Purchase:
+    host: HostView
+    amount: int
+    account_id: str
+    lease: Lease
+    envelope: bytes
+
+
+@contextlib.asynccontextmanager
+async def open_wallet(wdir: WalletDir) -> AsyncIterator[tuple[Wallet, PeerClient]]:
+    """The wallet in ``wdir`` with a client for the notaries; closed on exit."""
+    identity = wdir.identity()
+    genesis = wdir.genesis()
+    client = PeerClient(identity)
+    store = ChainStore(wdir.ledger_db)
+    wallet = Wallet(identity, store, genesis, PeerTransport(client))
+    try:
+        await wallet.resume()
+        yield wallet, client
+    finally:
+        await wallet.close()
+        store.close()
+        await client.close()
+
+
+def plan(hosts: list[HostView], primary: str, budget: int, interval_s: int,
+         max_hosts: int) -> dict[bytes, int]:
+    """Best response over the top ``max_hosts``: weight = capacity of the primary resource,
+    others' bids = the host's current price over the interval."""
+    top = hosts[:max_hosts]
+    candidates = [Candidate(h.node_id, h.capacity(primary),
+                            max(1, h.price(primary) * interval_s)) for h in top]
+    try:
+        return best_response(candidates, budget)
+    except PlanError as exc:
+        raise BuyError(f"cannot plan the purchase: {exc.message}", exc.value) from None
+
+
+def check_lease(envelope_doc: Any, host: HostView, holder: bytes) -> tuple[Lease, bytes]:
+    env = Envelope.from_wire(envelope_doc)
+    lease = verify_lease(env, host.key)
+    if lease.host_id != host.node_id or lease.holder != holder:
+        raise BuyError("the host sent a lease for someone else", lease.lease_id)
+    return lease, pack(env.to_wire())
+
+
+async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
+              max_hosts: int, progress: Progress = lambda _: None) -> list[Purchase]:
+    if interval_s <= 0:
+        raise BuyError("duration must be positive", interval_s)
+    if not 1 <= max_hosts <= 64:
+        raise BuyError("--hosts must be between 1 and 64", max_hosts)
+    specs: dict[str, BidSpec] = parse_bids(bid_texts)
+    types = sorted({key.split(",")[0] for key in specs})
+    primary = next(iter(specs)).split(",")[0]
+    genesis = wdir.genesis()
+    async with open_wallet(wdir) as (wallet, client):
+        progress("collecting incoming payments")
+        await wallet.sync()
+        if wallet.balance() < budget:
+            raise BuyError(f"balance {wallet.balance()} µcredits is below the budget {budget}",
+                           {"balance": wallet.balance(), "budget": budget})
+        progress(f"looking up hosts offering {', '.join(types)} in the DHT")
+        async with Market(genesis) as market:
+            hosts = await market.hosts(types, limit=max(20, max_hosts))
+        if not hosts:
+            raise BuyError(f"no host offers {', '.join(types)}", types)
+        bids = plan(hosts, primary, budget, interval_s, max_hosts)
+        by_id = {h.node_id: h for h in hosts}
+        wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
+        purchases = []
+        for node_id, amount in bids.items():
+            host = by_id[node_id]
+            progress(f"paying {amount} µcredits to host {node_id.hex()[:12]}")
+            cert = await wallet.send(host.key, amount, memo=f"fund account at {node_id.hex()}")
+            progress(f"opening an account at {host.record.url}")
+            reply = await client.call(host.record.url, host.key, "host.create_account", {
+                "payment": cert.to_wire(), "bids": wire_bids, "interval_s": interval_s})
+            lease, envelope = check_lease(reply.get("lease"), host, wallet.key)
+            wdir.save_lease(lease.lease_id, {
+                "host_key": host.key.hex(), "url": host.record.url,
+                "account_id": str(reply.get("account_id")), "lease": envelope.hex()})
+            purchases.append(Purchase(host, amount, str(reply.get("account_id")), lease,
+                                      envelope))
+        return purchases
+
+
+async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | None, str]]:
+    """Each stored lease with its current verified version (or the error that stopped it)."""
+    identity = wdir.identity()
+    out: list[tuple[dict[str, str], Lease | None, str]] = []
+    async with PeerClient(identity, timeout_s=5) as client:
+        for record in wdir.leases().values():
+            host_key = bytes.fromhex(record["host_key"])
+            try:
+                reply = await client.call(record["url"], host_key, "host.lease",
+                                          {"account_id": record["account_id"]})
+                env = Envelope.from_wire(reply.get("lease"))
+                lease = verify_lease(env, host_key)
+                wdir.save_lease(lease.lease_id, {**record, "lease": pack(env.to_wire()).hex()})
+                out.append((record, lease, "current"))
+            except P2PMarketError as exc:
+                try:
+                    lease = verify_lease(bytes.fromhex(record["lease"]), host_key)
+                except (P2PMarketError, ValueError):
+                    lease = None
+                out.append((record, lease, f"stored copy ({exc.message})"))
+    return out

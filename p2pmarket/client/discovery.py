@@ -1,0 +1,94 @@
+"""Finding hosts: a short-lived DHT peer that reads the market.
+
+The buyer's CLI joins the DHT with a throw-away key, asks for the offers of the
+resource types it wants, fetches each offering host's record, and keeps only
+hosts whose signed records verify and whose offers name the same node. Every
+record is checked against its signer; nothing a DHT peer says is trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from fractions import Fraction
+from types import TracebackType
+
+from p2pmarket.api.rpc import now_us
+from p2pmarket.config import Genesis
+from p2pmarket.dht.node import DhtNode
+from p2pmarket.dht.records import HostRecord
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.identity import Identity
+
+LOOKUP_TIMEOUT_S = 20.0
+
+
+class DiscoveryError(P2PMarketError):
+    """The market could not be read."""
+
+
+@dataclass(frozen=True)
+class HostView:
+    record: HostRecord
+
+    @property
+    def key(self) -> bytes:
+        return self.record.envelope.sender
+
+    @property
+    def node_id(self) -> bytes:
+        return self.record.node_id
+
+    def capacity(self, rtype: str) -> int:
+        ad = self.record.resources.get(rtype)
+        return ad.capacity if ad else 0
+
+    def price(self, rtype: str) -> int:
+        ad = self.record.resources.get(rtype)
+        return ad.price if ad else 0
+
+    def efficiency(self, rtype: str) -> Fraction:
+        return Fraction(self.capacity(rtype), max(1, self.price(rtype)))
+
+
+class Market:
+    """``async with Market(genesis) as m: hosts = await m.hosts(["cpu"])``."""
+
+    def __init__(self, genesis: Genesis, host: str = "127.0.0.1") -> None:
+        self.genesis = genesis
+        self.dht = DhtNode(Identity.generate(genesis.puzzle_bits), genesis)
+        self.host = host
+
+    async def __aenter__(self) -> Market:
+        await self.dht.start(self.host, 0)
+        peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap]
+        if not peers:
+            raise DiscoveryError("the genesis file names no bootstrap peers")
+        if await self.dht.bootstrap(peers) == 0:
+            await self.dht.close()
+            raise DiscoveryError("no bootstrap peer answered", [list(p) for p in peers])
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.dht.close()
+
+    async def hosts(self, types: list[str], limit: int = 20,
+                    max_price: int | None = None) -> list[HostView]:
+        """Hosts offering every type in ``types``, best cost efficiency (first type) first."""
+        try:
+            offers = await asyncio.wait_for(
+                self.dht.find_offers(types, n=max(limit * 4, 20), max_price=max_price),
+                LOOKUP_TIMEOUT_S)
+            ids = sorted({o.node_id for o in offers})
+            records = await asyncio.wait_for(
+                asyncio.gather(*(self.dht.get_host(i) for i in ids)), LOOKUP_TIMEOUT_S)
+        except TimeoutError:
+            raise DiscoveryError("DHT lookup timed out") from None
+        now = now_us()
+        views = [HostView(r) for r in records
+                 if r is not None and r.expires > now and all(t in r.resources for t in types)]
+        if max_price is not None:
+            views = [v for v in views if all(v.price(t) <= max_price for t in types)]
+        views.sort(key=lambda v: (-v.efficiency(types[0]), v.node_id))
+        return views[:limit]

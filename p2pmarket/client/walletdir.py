@@ -1,0 +1,91 @@
+"""A wallet on disk: a key, a local copy of its chain, the network's genesis, leases.
+
+Layout of a wallet dir (default ``~/.p2pmarket/wallet``)::
+
+    wallet.key      Ed25519 key (mode 0600)
+    genesis.json    the network this wallet belongs to
+    ledger.sqlite   this wallet's hash chain with its certificates
+    leases.json     leases bought, as signed envelopes (hex msgpack)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pmarket.config import Genesis
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.files import write_atomic
+from p2pmarket.identity import Identity
+
+
+class WalletDirError(P2PMarketError):
+    """No wallet, or a damaged one."""
+
+
+def default_wallet_path() -> Path:
+    env = os.environ.get("P2PMARKET_WALLET")
+    return Path(env) if env else Path.home() / ".p2pmarket" / "wallet"
+
+
+@dataclass(frozen=True)
+class WalletDir:
+    root: Path
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "wallet.key"
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
+    def ledger_db(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def leases_path(self) -> Path:
+        return self.root / "leases.json"
+
+    def exists(self) -> bool:
+        return self.key_path.exists()
+
+    def create(self, genesis: Genesis, identity: Identity | None = None) -> Identity:
+        if self.exists():
+            raise WalletDirError(f"a wallet already exists in {self.root}", str(self.root))
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        ident = identity or Identity.generate()
+        genesis.save(self.genesis_path)
+        ident.save(self.key_path)
+        return ident
+
+    def identity(self) -> Identity:
+        if not self.exists():
+            raise WalletDirError(
+                f"no wallet in {self.root} (create one with `p2pmarket wallet new`)",
+                str(self.root))
+        return Identity.load(self.key_path)
+
+    def genesis(self) -> Genesis:
+        return Genesis.load(self.genesis_path)
+
+    def leases(self) -> dict[str, dict[str, str]]:
+        """lease id -> {host_key, url, account_id, lease (hex of the signed envelope)}."""
+        try:
+            doc = json.loads(self.leases_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            raise WalletDirError(f"{self.leases_path} is damaged") from None
+        if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+            raise WalletDirError(f"{self.leases_path} is damaged")
+        return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in doc.items()}
+
+    def save_lease(self, lease_id: str, record: dict[str, str]) -> None:
+        leases = self.leases()
+        leases[lease_id] = record
+        write_atomic(self.leases_path, json.dumps(leases, indent=1).encode(), mode=0o600)

@@ -1,0 +1,284 @@
+"""What each ``p2pmarket`` subcommand does. Each returns its number of errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from p2pmarket import testnet
+from p2pmarket.api.control import ControlClient, ControlError
+from p2pmarket.client.buyer import buy as run_buy
+from p2pmarket.client.buyer import open_wallet, refresh_leases
+from p2pmarket.client.discovery import Market
+from p2pmarket.client.walletdir import WalletDir, default_wallet_path
+from p2pmarket.config import DataDir, Genesis
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.host.lease import Lease
+from p2pmarket.identity import parse_public_key
+from p2pmarket.money import format_credits, parse_credits
+
+out = Console(highlight=False, soft_wrap=True,
+              width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+DURATION = re.compile(r"^(\d+)([smhd]?)$")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 10 * 365 * 86400
+
+
+def parse_duration(text: str) -> int:
+    m = DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise P2PMarketError(f"duration must look like 90s, 30m, 2h or 1d: {text!r}", text)
+    seconds = int(m.group(1)) * UNIT_S[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise P2PMarketError("duration is longer than ten years", text)
+    return seconds
+
+
+def dump(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+def wallet_dir(args: argparse.Namespace) -> WalletDir:
+    return WalletDir(args.wallet or default_wallet_path())
+
+
+# -- node ------------------------------------------------------------------------
+
+async def node(args: argparse.Namespace) -> int:
+    import logging
+
+    from p2pmarket.node import run_node
+
+    if args.verbose == 0:
+        logging.getLogger("p2pmarket").setLevel(logging.INFO)
+    data_dir = DataDir(args.data_dir)
+    data_dir.create()
+    if args.genesis is not None:
+        Genesis.load(args.genesis).save(data_dir.genesis)
+    flags = {k: getattr(args, k) for k in (
+        "listen_host", "advertise_host", "http_port", "dht_port", "control_port", "vmm_uri",
+        "cpu_mhz", "memory_kib")}
+    await run_node(data_dir, flags)
+    return 0
+
+
+async def status(args: argparse.Namespace) -> int:
+    name = "status" if args.what == "node" else args.what
+    doc = await ControlClient(DataDir(args.data_dir)).call(name)
+    dump(doc)
+    return 0
+
+
+# -- wallet and bank ---------------------------------------------------------------
+
+async def wallet_new(args: argparse.Namespace) -> int:
+    wdir = wallet_dir(args)
+    ident = wdir.create(Genesis.load(args.genesis))
+    out.print(f"created wallet in {wdir.root}")
+    out.print(f"public key: {ident.public_key.hex()}")
+    return 0
+
+
+async def wallet_show(args: argparse.Namespace) -> int:
+    wdir = wallet_dir(args)
+    ident = wdir.identity()
+    doc = {"wallet": str(wdir.root), "key": ident.public_key.hex(),
+           "node_id": ident.node_id.hex(), "network": wdir.genesis().network}
+    if args.json:
+        dump(doc)
+    else:
+        out.print(f"public key: {doc['key']}\nwallet: {doc['wallet']}\nnetwork: {doc['network']}")
+    return 0
+
+
+async def wallet_balance(args: argparse.Namespace) -> int:
+    async with open_wallet(wallet_dir(args)) as (wallet, _):
+        received = await wallet.sync()
+        balance = wallet.balance()
+    if args.json:
+        dump({"balance": balance, "received": received})
+    else:
+        out.print(f"balance: {format_credits(balance)} credits"
+                  + (f" ({format_credits(received)} just received)" if received else ""))
+    return 0
+
+
+async def bank_mint(args: argparse.Namespace) -> int:
+    to = parse_public_key(args.to)
+    amount = parse_credits(args.amount)
+    wdir = WalletDir(args.mint_wallet)
+    async with open_wallet(wdir) as (wallet, _):
+        await wallet.mint(amount)
+        cert = await wallet.send(to, amount, memo="mint")
+    out.print(f"minted {format_credits(amount)} credits to {to.hex()} "
+              f"(certified transfer {cert.entry.owner.hex()[:12]}#{cert.entry.seq})")
+    return 0
+
+
+# -- buying and looking ------------------------------------------------------------
+
+async def buy(args: argparse.Namespace) -> int:
+    budget = parse_credits(args.budget)
+    duration = parse_duration(args.duration)
+    with out.status("buying…") as spinner:
+        purchases = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
+                                  progress=lambda msg: spinner.update(msg))
+    docs: list[dict[str, Any]] = [
+        {"host": p.host.node_id.hex(), "url": p.host.record.url, "paid": p.amount,
+         "account_id": p.account_id, "lease": lease_doc(p.lease),
+         "signed_lease": p.envelope.hex()} for p in purchases]
+    if args.json:
+        dump({"purchases": docs})
+        return 0
+    for p, doc in zip(purchases, docs, strict=True):
+        out.print(f"[bold]lease {p.lease.lease_id}[/bold] from host {doc['host'][:16]}… "
+                  f"at {doc['url']} (paid {format_credits(p.amount)} credits)")
+        out.print_json(json.dumps(doc["lease"]))
+        out.print(f"signed lease (msgpack, hex): {doc['signed_lease'][:96]}…")
+    return 0
+
+
+def lease_doc(lease: Lease) -> dict[str, Any]:
+    return {"lease_id": lease.lease_id, "host_id": lease.host_id.hex(),
+            "holder": lease.holder.hex(), "start": lease.start, "end": lease.end,
+            "balance": lease.balance,
+            "resources": {r: {"min": t.min, "max": t.max, "alloc": t.alloc}
+                          for r, t in lease.resources.items()}}
+
+
+async def hosts(args: argparse.Namespace) -> int:
+    genesis = Genesis.load(args.genesis) if args.genesis else wallet_dir(args).genesis()
+    types = args.types or ["cpu", "memory"]
+    max_price = parse_credits(args.max_price) if args.max_price else None
+    async with Market(genesis) as market:
+        views = await market.hosts(types, limit=args.limit, max_price=max_price)
+    rows: list[dict[str, Any]] = [{"node_id": v.node_id.hex(), "url": v.record.url,
+             "dht": f"{v.record.dht[0]}:{v.record.dht[1]}",
+             "reachability": "public",
+             "availability_ppm": v.record.availability_ppm,
+             "resources": {t: {"capacity": ad.capacity, "price": ad.price,
+                               "hour_avg": ad.hour_avg}
+                           for t, ad in v.record.resources.items()}} for v in views]
+    if args.json:
+        dump({"hosts": rows})
+        return 0
+    table = Table(title=f"market: {len(rows)} host(s) offering {', '.join(types)}")
+    for col in ("host", "address", "reach", "resources (capacity @ price µc/s, hour avg)",
+                "avail"):
+        table.add_column(col)
+    for r in rows:
+        res = "\n".join(f"{t}: {a['capacity']} @ {a['price']} ({a['hour_avg']})"
+                        for t, a in sorted(r["resources"].items()))
+        table.add_row(r["node_id"][:16], r["url"], r["reachability"], res,
+                      f"{r['availability_ppm'] / 10_000:.1f}%")
+    out.print(table)
+    return 0
+
+
+async def leases(args: argparse.Namespace) -> int:
+    results = await refresh_leases(wallet_dir(args))
+    if args.json:
+        dump({"leases": [{"source": src, "url": rec["url"],
+                          "lease": lease_doc(lease) if lease else None}
+                         for rec, lease, src in results]})
+        return sum(lease is None for _, lease, _ in results)
+    table = Table(title=f"{len(results)} lease(s)")
+    for col in ("lease", "host", "resources (alloc / min..max)", "balance", "ends", "source"):
+        table.add_column(col)
+    for rec, lease, src in results:
+        if lease is None:
+            table.add_row("?", rec["url"], "", "", "", src)
+            continue
+        res = "\n".join(f"{r}: {t.alloc} / {t.min}..{t.max}"
+                        for r, t in sorted(lease.resources.items()))
+        ends = time.strftime("%Y-%m-%d %H:%M", time.localtime(lease.end / 1e6))
+        table.add_row(lease.lease_id, rec["url"], res, format_credits(lease.balance), ends, src)
+    out.print(table)
+    return sum(lease is None for _, lease, _ in results)
+
+
+# -- testnet -----------------------------------------------------------------------
+
+READY_TIMEOUT_S = 60.0
+
+
+async def testnet_up(args: argparse.Namespace) -> int:
+    root: Path = args.dir
+    dirs = testnet.create(root, args.nodes, args.base_port, tick_seconds=args.tick_seconds)
+    procs = testnet.start(root, dirs)
+    with out.status(f"starting {len(procs)} nodes…"):
+        errors = await wait_ready(root, READY_TIMEOUT_S)
+    if errors:
+        for e in errors:
+            err.print(f"error: {e}")
+        return len(errors)
+    out.print(f"testnet of {len(procs)} nodes up in {root} "
+              f"(genesis {root / 'genesis.json'}, mint wallet {root / 'mint'})")
+    return 0
+
+
+async def wait_ready(root: Path, timeout_s: float) -> list[str]:
+    """Wait until every node answers its control API with ready=true."""
+    procs = testnet.load(root)
+    deadline = time.monotonic() + timeout_s
+    pending = {p.name: p for p in procs}
+    last: dict[str, str] = {}
+    while pending and time.monotonic() < deadline:
+        for name, p in list(pending.items()):
+            if not testnet.is_our_node(p.pid, p.data_dir):
+                return [f"{name} exited; see {Path(p.data_dir) / 'node.log'}"]
+            try:
+                st = await ControlClient(DataDir(Path(p.data_dir)), timeout_s=2).call("status")
+                if st.get("ready"):
+                    del pending[name]
+            except (ControlError, P2PMarketError) as exc:
+                last[name] = exc.message
+        await asyncio.sleep(0.2)
+    return [f"{n} not ready after {timeout_s:.0f}s ({last.get(n, 'starting')})" for n in pending]
+
+
+async def testnet_down(args: argparse.Namespace) -> int:
+    stopped = testnet.stop(args.dir)
+    out.print(f"stopped {stopped} node(s) of the testnet in {args.dir}")
+    return 0
+
+
+async def testnet_status(args: argparse.Namespace) -> int:
+    procs = testnet.load(args.dir)
+    rows = []
+    errors = 0
+    for p in procs:
+        row: dict[str, Any] = {"name": p.name, "pid": p.pid, "url": p.url, "notary": p.notary}
+        try:
+            st = await ControlClient(DataDir(Path(p.data_dir)), timeout_s=3).call("status")
+            row.update(ready=st.get("ready"), balance=st.get("balance"),
+                       accounts=st.get("accounts"), contacts=st.get("dht_contacts"))
+        except P2PMarketError as exc:
+            row.update(ready=False, error=exc.message)
+            errors += 1
+        rows.append(row)
+    if args.json:
+        dump({"nodes": rows})
+        return errors
+    table = Table(title=f"testnet {args.dir}")
+    for col in ("node", "pid", "url", "notary", "ready", "balance", "accounts", "contacts"):
+        table.add_column(col)
+    for r in rows:
+        bal = r.get("balance")
+        table.add_row(r["name"], str(r["pid"]), r["url"], "yes" if r["notary"] else "",
+                      "yes" if r.get("ready") else r.get("error", "no"),
+                      format_credits(bal) if isinstance(bal, int) else "",
+                      str(r.get("accounts", "")), str(r.get("contacts", "")))
+    out.print(table)
+    return errors

@@ -1,0 +1,197 @@
+"""Validating storage for kademlia (DESIGN.md section 3).
+
+Every store is checked: the value must be a valid, unexpired record whose key
+name hashes (sha1, as kademlia does) to exactly the digest key it is stored
+under. Host records obey their ``seq``; offer sets are merged entry by entry.
+Expired values are dropped when read and are never returned, iterated (the
+stock package republishes what ``__iter__``/``iter_older_than`` yield) or
+handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from kademlia.storage import IStorage
+
+from p2pmarket.dht.records import (
+    MAX_OFFERS,
+    DhtError,
+    HostRecord,
+    OfferEntry,
+    OfferSet,
+    fit_offer_set,
+    key_digest,
+    merge_offers,
+    parse_record,
+)
+
+Clock = Callable[[], int]
+"""Wall-clock time in integer microseconds."""
+
+DEFAULT_MAX_KEYS = 10_000
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class _Item:
+    value: bytes
+    stored_us: int
+    expires: int
+    """The earliest expiry of what the item holds: reaching it triggers a prune."""
+    host: HostRecord | None = None
+    offers: list[OfferEntry] = field(default_factory=list)
+
+
+class RecordStorage(IStorage):  # type: ignore[misc]
+    """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests."""
+
+    def __init__(self, clock: Clock = wall_clock_us, max_keys: int = DEFAULT_MAX_KEYS,
+                 max_offers: int = MAX_OFFERS) -> None:
+        self.clock = clock
+        self.max_keys = max_keys
+        self.max_offers = max_offers
+        self.counters: dict[str, int] = {}
+        self._data: OrderedDict[bytes, _Item] = OrderedDict()
+
+    # -- writing --------------------------------------------------------------
+
+    def put(self, dkey: bytes, value: bytes) -> bool:
+        """Validate and store (or merge) ``value`` under ``dkey``; False if refused."""
+        now = self.clock()
+        try:
+            if not isinstance(dkey, bytes) or len(dkey) != 20:
+                raise DhtError("digest key must be 20 bytes", "malformed")
+            held = self._data.get(dkey)
+            known = {e.value: e for e in held.offers} if held is not None else None
+            record = parse_record(value, now, known)
+            if key_digest(record.key) != dkey:
+                raise DhtError("record stored under another key's digest", "wrong_key")
+            if isinstance(record, HostRecord):
+                self._put_host(dkey, record, now)
+            else:
+                self._put_offers(dkey, record, now)
+        except DhtError as exc:
+            self._reject(str(exc.value))
+            return False
+        self._count("stored")
+        return True
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.put(key, value)
+
+    def _make_room(self, dkey: bytes, now: int) -> None:
+        if dkey in self._data or len(self._data) < self.max_keys:
+            return
+        for k in list(self._data):
+            self._live(k, now)
+        if len(self._data) >= self.max_keys:
+            raise DhtError("storage full", "full")
+
+    def _put_host(self, dkey: bytes, record: HostRecord, now: int) -> None:
+        old = self._live(dkey, now)
+        prev = old.host if old is not None else None
+        if prev is not None and (record.seq < prev.seq or (
+                record.seq == prev.seq and record.value != prev.value)):
+            raise DhtError("host record seq not newer than the stored one", "stale_seq")
+        self._make_room(dkey, now)
+        self._data.pop(dkey, None)
+        self._data[dkey] = _Item(record.value, now, record.expires, host=record)
+
+    def _put_offers(self, dkey: bytes, offer_set: OfferSet, now: int) -> None:
+        if offer_set.dropped:
+            self._count("dropped_entries", offer_set.dropped)
+        if not offer_set.entries:
+            raise DhtError("offer set holds no valid entry", "empty")
+        old = self._live(dkey, now)
+        previous = old.offers if old is not None else []
+        merged = merge_offers([*previous, *offer_set.entries], now, self.max_offers)
+        value, kept = fit_offer_set(offer_set.key, merged)
+        self._make_room(dkey, now)
+        self._data.pop(dkey, None)
+        self._data[dkey] = _Item(value, now, min(e.expires for e in kept), offers=kept)
+
+    # -- reading --------------------------------------------------------------
+
+    def _live(self, dkey: bytes, now: int) -> _Item | None:
+        """The item under ``dkey`` with anything expired removed (None if nothing is left)."""
+        item = self._data.get(dkey)
+        if item is None or item.expires > now:
+            return item
+        if item.host is not None:
+            del self._data[dkey]
+            self._count("expired")
+            return None
+        live = [e for e in item.offers if e.expires > now]
+        self._count("expired", len(item.offers) - len(live))
+        if not live:
+            del self._data[dkey]
+            return None
+        item.value, item.offers = fit_offer_set(live[0].key, live)
+        item.expires = min(e.expires for e in item.offers)
+        return item
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        item = self._live(key, self.clock())
+        return default if item is None else item.value
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, bytes) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        now = self.clock()
+        return sum(1 for k in list(self._data) if self._live(k, now) is not None)
+
+    def __bool__(self) -> bool:  # an empty storage is still a storage
+        return True
+
+    def host_record(self, dkey: bytes) -> HostRecord | None:
+        item = self._live(dkey, self.clock())
+        return None if item is None else item.host
+
+    def offer_entries(self, dkey: bytes) -> list[OfferEntry]:
+        item = self._live(dkey, self.clock())
+        return [] if item is None else list(item.offers)
+
+    def _items(self) -> list[tuple[bytes, _Item]]:
+        now = self.clock()
+        out = []
+        for k in list(self._data):
+            item = self._live(k, now)
+            if item is not None:
+                out.append((k, item))
+        return out
+
+    def iter_older_than(self, seconds_old: float) -> list[tuple[bytes, bytes]]:
+        """Unexpired (key, value) pairs stored at least ``seconds_old`` ago."""
+        cutoff = self.clock() - int(seconds_old * 1_000_000)
+        return [(k, item.value) for k, item in self._items() if item.stored_us <= cutoff]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter([(k, item.value) for k, item in self._items()])
+
+    # -- counters -------------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def _reject(self, reason: str) -> None:
+        self._count("rejected")
+        self._count(f"rejected.{reason}")
+
+    def count_reject(self, reason: str) -> None:
+        """Count a refusal decided outside :meth:`put` (e.g. a malformed RPC)."""
+        self._reject(reason)

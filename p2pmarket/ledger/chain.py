@@ -1,0 +1,307 @@
+"""Hash-chain entries, authenticators and pure chain verification (DESIGN.md section 4).
+
+An entry is ``{owner, seq, prev, kind, body, ts}``; its hash is SHA-256 of the
+canonical msgpack of that map. The owner signs ``pack(["auth", owner, seq,
+hash])``: that is an *authenticator*. Kinds and bodies:
+
+- ``OPEN`` ``{}``: exactly the entry at seq 0, ``prev`` all zeros.
+- ``MINT`` ``{amount}``: only the genesis mint key.
+- ``SEND`` ``{to, amount, memo}``: ``to`` another owner's public key.
+- ``RECV`` ``{from, cert}``: ``cert`` the wire form of a SEND certificate
+  addressed to this owner, ``from`` its payer.
+
+Amounts are integer micro-credits in ``1 .. MAX_AMOUNT``; no balance may exceed
+``MAX_AMOUNT`` or go negative. Nothing here touches a socket, clock or file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from p2pmarket.config import Genesis
+from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
+from p2pmarket.ledger.errors import (
+    LedgerError,
+    check_bytes,
+    check_int,
+    check_map,
+    check_str,
+)
+from p2pmarket.wire import WireError, digest, pack, unpack
+
+if TYPE_CHECKING:
+    from p2pmarket.ledger.certificate import Certificate
+
+HASH_SIZE = 32
+ZERO_HASH = bytes(HASH_SIZE)
+MAX_AMOUNT = 2**62
+MAX_SEQ = 2**62
+MAX_TS = 2**63 - 1
+MAX_MEMO = 256
+MAX_ENTRY_BYTES = 64 * 1024
+
+OPEN = "OPEN"
+MINT = "MINT"
+SEND = "SEND"
+RECV = "RECV"
+KINDS = frozenset({OPEN, MINT, SEND, RECV})
+ENTRY_FIELDS = frozenset({"owner", "seq", "prev", "kind", "body", "ts"})
+AUTH_FIELDS = frozenset({"owner", "seq", "hash", "sig"})
+
+
+def check_amount(value: Any, name: str = "amount") -> int:
+    """A positive amount of micro-credits, at most ``MAX_AMOUNT``."""
+    return check_int(value, name, 1, MAX_AMOUNT)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One chain entry. Construction validates the shape (not signatures or balances)."""
+
+    owner: bytes
+    seq: int
+    prev: bytes
+    kind: str
+    body: dict[str, Any]
+    ts: int
+    _hash: bytes = field(init=False, repr=False, compare=False)
+    _cert: Certificate | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_bytes(self.owner, "owner", PUBLIC_KEY_SIZE)
+        check_int(self.seq, "seq", 0, MAX_SEQ)
+        check_bytes(self.prev, "prev", HASH_SIZE)
+        check_int(self.ts, "ts", 0, MAX_TS)
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise LedgerError("unknown entry kind", "kind")
+        if (self.seq == 0) != (self.kind == OPEN):
+            raise LedgerError("OPEN is the entry at seq 0 and only there",
+                              {"seq": self.seq, "kind": self.kind})
+        if self.seq == 0 and self.prev != ZERO_HASH:
+            raise LedgerError("the entry at seq 0 must have an all-zero prev", "prev")
+        body, cert = _check_body(self.owner, self.kind, self.body)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "_cert", cert)
+        packed = pack(self.to_wire())
+        if len(packed) > MAX_ENTRY_BYTES:
+            raise LedgerError("entry too large", len(packed))
+        object.__setattr__(self, "_hash", digest(packed))
+
+    def hash(self) -> bytes:
+        """SHA-256 of the canonical encoding of ``{owner, seq, prev, kind, body, ts}``."""
+        return self._hash
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"owner": self.owner, "seq": self.seq, "prev": self.prev,
+                "kind": self.kind, "body": self.body, "ts": self.ts}
+
+    @classmethod
+    def from_wire(cls, doc: Any) -> Entry:
+        doc = check_map(doc, "entry", ENTRY_FIELDS)
+        return cls(owner=doc["owner"], seq=doc["seq"], prev=doc["prev"], kind=doc["kind"],
+                   body=doc["body"], ts=doc["ts"])
+
+    def encode(self) -> bytes:
+        return pack(self.to_wire())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Entry:
+        try:
+            return cls.from_wire(unpack(data))
+        except WireError as exc:
+            raise LedgerError("malformed entry", exc.value) from None
+
+    @property
+    def amount(self) -> int:
+        """The amount moved (0 for OPEN)."""
+        if self.kind == RECV:
+            assert self._cert is not None
+            return int(self._cert.entry.body["amount"])
+        return int(self.body.get("amount", 0))
+
+    @property
+    def delta(self) -> int:
+        """The entry's effect on its owner's balance."""
+        return -self.amount if self.kind == SEND else self.amount
+
+    @property
+    def received(self) -> Certificate | None:
+        """For a RECV: the SEND certificate it receives."""
+        return self._cert
+
+    @property
+    def counterparty(self) -> bytes | None:
+        if self.kind == SEND:
+            return bytes(self.body["to"])
+        if self.kind == RECV:
+            return bytes(self.body["from"])
+        return None
+
+
+def _check_body(owner: bytes, kind: str, body: Any) -> tuple[dict[str, Any], Certificate | None]:
+    if kind == OPEN:
+        check_map(body, "OPEN body", set())
+        return {}, None
+    if kind == MINT:
+        body = check_map(body, "MINT body", {"amount"})
+        return {"amount": check_amount(body["amount"])}, None
+    if kind == SEND:
+        body = check_map(body, "SEND body", {"to", "amount", "memo"})
+        to = check_bytes(body["to"], "to", PUBLIC_KEY_SIZE)
+        if to == owner:
+            raise LedgerError("cannot SEND to oneself", "to")
+        return {"to": to, "amount": check_amount(body["amount"]),
+                "memo": check_str(body["memo"], "memo", MAX_MEMO)}, None
+    # RECV
+    from p2pmarket.ledger.certificate import Certificate
+
+    body = check_map(body, "RECV body", {"from", "cert"})
+    payer = check_bytes(body["from"], "from", PUBLIC_KEY_SIZE)
+    cert = Certificate.from_wire(body["cert"])
+    if cert.entry.kind != SEND:
+        raise LedgerError("RECV needs the certificate of a SEND", cert.entry.kind)
+    if cert.entry.owner != payer:
+        raise LedgerError("RECV 'from' is not the certificate's payer", "from")
+    if cert.entry.body["to"] != owner:
+        raise LedgerError("the SEND is addressed to another owner", "to")
+    return {"from": payer, "cert": cert.to_wire()}, cert
+
+
+def next_entry(owner: bytes, head: Entry | None, kind: str, body: dict[str, Any],
+               ts: int) -> Entry:
+    """The entry that follows ``head`` (None: an empty chain) on ``owner``'s chain."""
+    if head is None:
+        return Entry(owner, 0, ZERO_HASH, kind, body, ts)
+    return Entry(owner, head.seq + 1, head.hash(), kind, body, ts)
+
+
+def check_link(entry: Entry, head_seq: int, head_hash: bytes) -> None:
+    """Refuse ``entry`` unless it directly follows the head ``(head_seq, head_hash)``.
+
+    ``head_seq`` is -1 for an empty chain.
+    """
+    if entry.seq != head_seq + 1:
+        raise LedgerError("entry is not the next on its chain",
+                          {"expected": head_seq + 1, "got": entry.seq})
+    expected_prev = ZERO_HASH if head_seq < 0 else head_hash
+    if entry.prev != expected_prev:
+        raise LedgerError("entry's prev does not match the chain head",
+                          {"seq": entry.seq, "prev": entry.prev, "head": expected_prev})
+
+
+def auth_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
+    return pack(["auth", owner, seq, entry_hash])
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    """The owner's signature of ``(owner, seq, hash)``."""
+
+    owner: bytes
+    seq: int
+    hash: bytes
+    sig: bytes
+
+    def __post_init__(self) -> None:
+        check_bytes(self.owner, "owner", PUBLIC_KEY_SIZE)
+        check_int(self.seq, "seq", 0, MAX_SEQ)
+        check_bytes(self.hash, "hash", HASH_SIZE)
+        check_bytes(self.sig, "sig", SIGNATURE_SIZE)
+
+    @classmethod
+    def sign(cls, identity: Identity, entry: Entry) -> Authenticator:
+        if identity.public_key != entry.owner:
+            raise LedgerError("only the owner signs its chain's entries", "owner")
+        sig = identity.sign(auth_message(entry.owner, entry.seq, entry.hash()))
+        return cls(entry.owner, entry.seq, entry.hash(), sig)
+
+    @classmethod
+    def of(cls, entry: Entry, sig: bytes) -> Authenticator:
+        return cls(entry.owner, entry.seq, entry.hash(), sig)
+
+    def verify(self) -> bool:
+        return verify(self.owner, auth_message(self.owner, self.seq, self.hash), self.sig)
+
+    def check(self) -> None:
+        if not self.verify():
+            raise LedgerError("bad owner signature", {"owner": self.owner, "seq": self.seq})
+
+    def matches(self, entry: Entry) -> bool:
+        return (self.owner, self.seq, self.hash) == (entry.owner, entry.seq, entry.hash())
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"owner": self.owner, "seq": self.seq, "hash": self.hash, "sig": self.sig}
+
+    @classmethod
+    def from_wire(cls, doc: Any) -> Authenticator:
+        doc = check_map(doc, "authenticator", AUTH_FIELDS)
+        return cls(doc["owner"], doc["seq"], doc["hash"], doc["sig"])
+
+
+def received_key(cert: Certificate) -> tuple[bytes, int]:
+    """What identifies a received SEND: ``(payer, seq)``."""
+    return cert.entry.owner, cert.entry.seq
+
+
+def apply(balance: int, entry: Entry, genesis: Genesis,
+          received: Collection[tuple[bytes, int]] = ()) -> int:
+    """The balance after ``entry``; raise :class:`LedgerError` if the entry is not allowed.
+
+    ``received`` holds the ``(payer, seq)`` of SENDs already received on this chain.
+    Checks: MINT only by the mint key, SEND covered by ``balance``, RECV with a
+    valid certificate not yet received, no balance above ``MAX_AMOUNT``.
+    """
+    from p2pmarket.ledger.certificate import verify_certificate
+
+    if entry.kind == OPEN:
+        return balance
+    if entry.kind == MINT:
+        if entry.owner != genesis.mint_key:
+            raise LedgerError("only the mint key may MINT", "mint_key")
+        new = balance + entry.amount
+    elif entry.kind == SEND:
+        if entry.amount > balance:
+            raise LedgerError("insufficient balance",
+                              {"balance": balance, "amount": entry.amount})
+        new = balance - entry.amount
+    else:
+        cert = entry.received
+        assert cert is not None
+        verify_certificate(cert, genesis)
+        if received_key(cert) in received:
+            raise LedgerError("certificate already received",
+                              {"from": cert.entry.owner, "seq": cert.entry.seq})
+        new = balance + entry.amount
+    if new > MAX_AMOUNT:
+        raise LedgerError("balance would exceed the maximum", MAX_AMOUNT)
+    return new
+
+
+def verify_chain(entries: Sequence[Entry], auths: Sequence[Authenticator],
+                 genesis: Genesis) -> int:
+    """Check a whole chain from seq 0 and return its final balance.
+
+    Checks seq/prev linkage, one owner, each authenticator (matching and
+    correctly signed), and :func:`apply`'s rules including no double RECV.
+    """
+    if len(entries) != len(auths):
+        raise LedgerError("need one authenticator per entry",
+                          {"entries": len(entries), "auths": len(auths)})
+    balance = 0
+    head_hash = ZERO_HASH
+    received: set[tuple[bytes, int]] = set()
+    owner = entries[0].owner if entries else b""
+    for i, (entry, auth) in enumerate(zip(entries, auths, strict=True)):
+        if entry.owner != owner:
+            raise LedgerError("chain mixes owners", {"seq": entry.seq})
+        check_link(entry, i - 1, head_hash)
+        if not auth.matches(entry):
+            raise LedgerError("authenticator does not match entry", {"seq": entry.seq})
+        auth.check()
+        balance = apply(balance, entry, genesis, received)
+        if entry.received is not None:
+            received.add(received_key(entry.received))
+        head_hash = entry.hash()
+    return balance

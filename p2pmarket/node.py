@@ -1,0 +1,236 @@
+"""A node: the one place that wires the services together.
+
+Start order: stores, RPC handlers (notary if the genesis names our key, host
+always), the peer and control HTTP servers, the DHT; then in the background the
+node opens its own chain with the notaries, publishes its advertisement, and
+ticks the auction. ``stop`` undoes it in reverse. Nothing here decides
+anything; the decisions live in the rooms' pure cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+from p2pmarket.api.client import PeerClient
+from p2pmarket.api.rpc import RpcDispatcher, now_us
+from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
+from p2pmarket.config import DataDir, Genesis, Settings
+from p2pmarket.dht.node import DhtNode
+from p2pmarket.dht.records import ResourceAd
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.files import write_atomic
+from p2pmarket.host import HostError
+from p2pmarket.host.accounts import AccountStore
+from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from p2pmarket.identity import Identity
+from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.notary import NotaryService
+from p2pmarket.ledger.store import ChainStore
+from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.market import PriceHistory, moved
+
+log = logging.getLogger(__name__)
+
+ADVERT_CHECK_S = 5.0
+PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
+RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Node:
+    def __init__(self, data_dir: DataDir, settings: Settings, genesis: Genesis,
+                 identity: Identity) -> None:
+        self.data_dir = data_dir
+        self.settings = settings
+        self.genesis = genesis
+        self.identity = identity
+        self.dispatcher = RpcDispatcher(identity)
+        self.peers = PeerClient(identity)
+        self.notary: NotaryService | None = None
+        if identity.public_key in genesis.notary_keys:
+            self.notary = NotaryService(identity, genesis, data_dir.notary_db)
+            self.dispatcher.register_all("notary", self.notary.handlers())
+        self.chain = ChainStore(data_dir.ledger_db)
+        self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
+        self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity))
+        self.accounts = AccountStore(data_dir.host_db)
+        self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
+                                     accept_payment=self.accept_payment)
+        self.dispatcher.register_all("host", self.auctioneer.handlers())
+        self.dht = DhtNode(identity, genesis, url=settings.url,
+                           republish_s=settings.republish_seconds)
+        self.peer_site = Site(peer_app(self.dispatcher))
+        self.control_site = Site(control_app(load_or_create_token(data_dir.token),
+                                             self.control_handlers()))
+        self.chain_ready = asyncio.Event()
+        self.advertised = asyncio.Event()
+        self.prices: dict[str, PriceHistory] = {}
+        self._published: dict[str, int] = {}
+        self._payment_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.peer_site.start(s.listen_host, s.http_port)
+        await self.control_site.start("127.0.0.1", s.control_port)
+        await self.dht.start(s.listen_host, s.dht_port)
+        write_atomic(self.data_dir.control, json.dumps({
+            "url": f"http://127.0.0.1:{self.control_site.port}",
+            "pid": os.getpid(), "node_id": self.identity.node_id.hex(),
+        }).encode())
+        self._tasks = [asyncio.create_task(self._open_chain(), name="open-chain"),
+                       asyncio.create_task(self._advertise(), name="advertise"),
+                       asyncio.create_task(self.auctioneer.run(), name="auction")]
+        log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
+                 s.url, s.listen_host, self.dht.port)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.data_dir.control.unlink(missing_ok=True)
+        await self.dht.close()
+        await self.control_site.stop()
+        await self.peer_site.stop()
+        await self.wallet.close()
+        await self.peers.close()
+        self.vmm.close()
+        self.accounts.close()
+        self.chain.close()
+        if self.notary is not None:
+            self.notary.close()
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await self.stop()
+
+    async def _open_chain(self) -> None:
+        """Open our chain with the notaries (they may start after us), then finish any
+        transfer a crash interrupted."""
+        attempt = 0
+        while True:
+            try:
+                await self.wallet.resume()
+                await self.wallet.ensure_open()
+                break
+            except P2PMarketError as exc:
+                delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                log.info("chain not open yet (%s); retrying in %.1fs", exc.message, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+        self.chain_ready.set()
+
+    async def _advertise(self) -> None:
+        """Join the DHT, then keep our host record and offers current."""
+        peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
+                 if (b.host, b.dht_port) != (self.settings.public_host, self.dht.port)]
+        attempt = 0
+        while peers and await self.dht.bootstrap(peers) == 0:
+            attempt += 1
+            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+        while True:
+            try:
+                await self.publish_if_moved()
+                self.advertised.set()
+            except P2PMarketError as exc:
+                log.warning("advertising failed: %s", exc.message)
+            await asyncio.sleep(ADVERT_CHECK_S)
+
+    async def publish_if_moved(self, force: bool = False) -> bool:
+        now = now_us()
+        summary = self.auctioneer.market_summary()
+        for res, info in summary.items():
+            self.prices.setdefault(res, PriceHistory()).add(now, info["price"])
+        changed = force or not self.advertised.is_set() or any(
+            moved(self._published.get(res, 0), info["price"], PRICE_MOVE_PPM)
+            for res, info in summary.items())
+        if not changed:
+            return False
+        ads = {res: ResourceAd(capacity=info["capacity"], price=info["price"],
+                               hour_avg=self.prices[res].average(now))
+               for res, info in summary.items()}
+        await self.dht.publish_host(ads)
+        for res, ad in ads.items():
+            await self.dht.publish_offer(res, ad.capacity, max(1, ad.price))
+        self._published = {res: info["price"] for res, info in summary.items()}
+        return True
+
+    # -- payments ----------------------------------------------------------------
+
+    async def accept_payment(self, payer: bytes, cert_doc: dict[str, Any]) -> int:
+        """Verify a buyer's SEND certificate offline and record it on our chain."""
+        cert = Certificate.from_wire(cert_doc)
+        body = cert.entry.body
+        if cert.entry.kind != "SEND" or body.get("to") != self.identity.public_key:
+            raise HostError("payment is not a transfer to this host", "not_to_host")
+        if cert.entry.owner != payer:
+            raise HostError("payment was made by another key than the caller", "payer")
+        if not self.chain_ready.is_set():
+            raise HostError("host is still opening its ledger; retry shortly", "not_ready")
+        async with self._payment_lock:
+            if self.wallet.has_received(cert):
+                raise HostError("payment certificate already used", "used")
+            return await self.wallet.receive(cert)
+
+    # -- control API ---------------------------------------------------------------
+
+    def control_handlers(self) -> dict[str, Any]:
+        async def status(args: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "node_id": self.identity.node_id, "key": self.identity.public_key,
+                "url": self.settings.url, "dht_port": self.dht.port,
+                "notary": self.notary is not None,
+                "ready": self.chain_ready.is_set() and self.advertised.is_set(),
+                "balance": self.wallet.balance() if self.chain_ready.is_set() else None,
+                "dht_contacts": self.dht.contact_count(),
+                "accounts": len(self.auctioneer.accounts()),
+                "market": self.auctioneer.market_summary(),
+            }
+
+        async def vms(args: dict[str, Any]) -> dict[str, Any]:
+            return {"vms": await self.auctioneer.vm_list()}
+
+        async def accounts(args: dict[str, Any]) -> dict[str, Any]:
+            return {"accounts": [self.auctioneer.account_doc(a)
+                                 for a in self.auctioneer.accounts()]}
+
+        async def supply(args: dict[str, Any]) -> dict[str, Any]:
+            if self.notary is None:
+                raise P2PMarketError("this node is not a notary")
+            return self.notary.supply()
+
+        async def history(args: dict[str, Any]) -> dict[str, Any]:
+            return {"history": self.wallet.history()}
+
+        return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
+                "history": history}
+
+
+async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:
+    """``p2pmarket node``: load settings, key and genesis, run until SIGTERM/SIGINT."""
+    data_dir.create()
+    settings = Settings.load(data_dir.config, flags=flags)
+    if not data_dir.config.exists():
+        write_atomic(data_dir.config, settings.to_toml().encode())
+    genesis = Genesis.load(data_dir.genesis)
+    identity = Identity.load_or_create(data_dir.key, genesis.puzzle_bits)
+    node = Node(data_dir, settings, genesis, identity)
+    await node.run_until_signalled()

@@ -1,0 +1,106 @@
+"""Helpers shared by the DHT tests (a unique module name: other rooms have conftests too)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from p2pmarket.config import Genesis, NotaryInfo
+from p2pmarket.dht import DhtNode
+from p2pmarket.dht.records import (
+    HostRecord,
+    OfferEntry,
+    ResourceAd,
+    host_key,
+    make_host_record,
+    make_offer_entry,
+)
+from p2pmarket.dht.storage import wall_clock_us
+from p2pmarket.identity import Identity
+
+NOW = 1_700_000_000_000_000
+TTL = 1_500_000_000
+ALICE = Identity(b"\xa1" * 32)
+MALLORY = Identity(b"\x3a" * 32)
+
+
+class FakeClock:
+    def __init__(self, now: int = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1_000_000)
+
+
+def make_genesis(puzzle_bits: int = 0) -> Genesis:
+    notary = Identity(b"\x01" * 32)
+    return Genesis(network="dht-test", mint_key=notary.public_key,
+                   notaries=(NotaryInfo(notary.public_key, "http://127.0.0.1:1"),),
+                   puzzle_bits=puzzle_bits)
+
+
+def host(ident: Identity = ALICE, seq: int = 1, now: int = NOW, **kw: Any) -> HostRecord:
+    args: dict[str, Any] = {
+        "url": "http://127.0.0.1:8000", "dht": ("127.0.0.1", 9000),
+        "resources": {"cpu": ResourceAd(4000, 10, 9)}, "availability_ppm": 990_000,
+        "seq": seq, "now_us": now, "ttl_us": TTL}
+    args.update(kw)
+    return make_host_record(ident, **args)
+
+
+def offer(ident: Identity, capacity: int = 100, price: int = 10, now: int = NOW,
+          rtype: str = "cpu", ttl: int = TTL) -> OfferEntry:
+    return make_offer_entry(ident, resource_type=rtype, url="http://127.0.0.1:8000",
+                            capacity=capacity, price=price, now_us=now, ttl_us=ttl)
+
+
+def host_body(ident: Identity, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "key": host_key(ident.node_id), "node_id": ident.node_id, "url": "http://x",
+        "dht": ["127.0.0.1", 9000], "resources": {}, "availability_ppm": 0, "seq": 5,
+        "expires": NOW + TTL}
+    body.update(changes)
+    return body
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until true (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+class Swarm:
+    """Nodes on 127.0.0.1 with ephemeral ports, all joined through the first one."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.genesis = genesis
+        self.nodes: list[DhtNode] = []
+
+    async def add(self, clock: Callable[[], int] | None = None,
+                  republish_s: float = 600.0) -> DhtNode:
+        node = DhtNode(Identity.generate(), self.genesis, clock=clock or wall_clock_us,
+                       republish_s=republish_s, rpc_timeout=1.0)
+        await node.start("127.0.0.1", 0)
+        node.url = f"http://127.0.0.1:{node.port + 1}"
+        if self.nodes:
+            await node.bootstrap([self.nodes[0].address])
+        self.nodes.append(node)
+        return node
+
+    async def grow(self, n: int, clock: Callable[[], int] | None = None,
+                   republish_s: float = 600.0) -> list[DhtNode]:
+        first = [] if self.nodes else [await self.add(clock, republish_s)]
+        rest = await asyncio.gather(*(self.add(clock, republish_s)
+                                      for _ in range(n - len(first))))
+        return [*first, *rest]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(n.close() for n in self.nodes))

@@ -1,0 +1,340 @@
+"""Auctioneer flows with a fake payment checker and the libvirt test driver."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_reply
+from p2pmarket.config import Settings
+from p2pmarket.errors import P2PMarketError, RemoteError
+from p2pmarket.host import HostError
+from p2pmarket.host.accounts import AccountStore
+from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.lease import verify_lease
+from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from p2pmarket.identity import Identity
+
+S = 1_000_000
+GIB = 1024 * 1024  # KiB
+T0 = 1_700_000_000 * S
+
+
+class PaymentError(P2PMarketError):
+    pass
+
+
+@dataclass
+class FakeBank:
+    """Stands in for the ledger: a certificate is {"id", "amount"}, usable once."""
+
+    used: set[str] = field(default_factory=set)
+    calls: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+
+    async def accept(self, payer: bytes, cert: dict[str, Any]) -> int:
+        self.calls.append((payer, cert))
+        if not isinstance(cert.get("amount"), int) or cert["amount"] <= 0:
+            raise PaymentError("invalid certificate")
+        if cert["id"] in self.used:
+            raise PaymentError("certificate already used")
+        self.used.add(cert["id"])
+        return int(cert["amount"])
+
+
+def cert(amount: int) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "amount": amount}
+
+
+@dataclass
+class Clock:
+    now: int = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@dataclass
+class Host:
+    auct: Auctioneer
+    bank: FakeBank
+    clock: Clock
+    identity: Identity
+    vmm: LibvirtVMM
+    store: AccountStore
+
+
+Make = Callable[..., Host]
+
+
+@pytest.fixture
+async def make_host(tmp_path: Path) -> AsyncIterator[Make]:
+    made: list[Host] = []
+
+    def make(db: str = "host.sqlite", identity: Identity | None = None) -> Host:
+        ident = identity or Identity.generate()
+        settings = Settings(cpu_mhz=4000, memory_kib=4 * GIB, tick_seconds=1.0, min_price=1)
+        store = AccountStore(tmp_path / db)
+        vmm = LibvirtVMM("test:///default", prefix=domain_prefix(ident))
+        bank, clock = FakeBank(), Clock()
+        host = Host(Auctioneer(ident, settings, store, vmm, bank.accept, clock), bank, clock,
+                    ident, vmm, store)
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        for info in host.vmm.list():
+            host.vmm.undefine(info.account_id)
+        host.vmm.close()
+        host.store.close()
+
+
+ALICE, BOB = Identity.generate(), Identity.generate()
+
+
+def ctx(who: Identity) -> CallContext:
+    return CallContext(sender=who.public_key, ts=T0)
+
+
+BIDS = {"cpu": "1,0.1,1", "memory": "1,256MiB,1GiB"}
+
+
+async def open_account(h: Host, who: Identity = ALICE, amount: int = 100_000_000,
+                       bids: dict[str, Any] | None = None) -> str:
+    res = await h.auct.create_account(ctx(who), {"payment": cert(amount),
+                                                 "bids": bids or BIDS, "interval_s": 3600})
+    return str(res["account_id"])
+
+
+def snapshot(h: Host) -> Any:
+    return ([(a.account_id, a.fund, dict(a.bids), dict(a.allocation), a.lease)
+             for a in h.auct.accounts()], h.store.all())
+
+
+async def test_create_account_starts_vm_with_leased_memory(make_host: Make) -> None:
+    h = make_host()
+    res = await h.auct.create_account(ctx(ALICE), {"payment": cert(100_000_000), "bids": BIDS,
+                                                   "interval_s": 3600})
+    lease = verify_lease(res["lease"], h.identity.public_key)
+    assert lease.lease_id == res["account_id"] and lease.holder == ALICE.public_key
+    assert lease.balance == 100_000_000 and lease.end == T0 + 3600 * S
+    assert lease.resources["memory"].min == 256 * 1024
+    assert lease.resources["memory"].max == GIB
+    assert lease.resources["cpu"].min == 400 and lease.resources["cpu"].max == 4000
+    # alone on the host the buyer gets everything up to its max, minus root's crumb
+    mem = lease.resources["memory"].alloc
+    assert mem == GIB
+    assert 3990 <= lease.resources["cpu"].alloc < 4000
+    info = h.vmm.describe(res["account_id"])
+    assert info is not None and info.state == "running"
+    assert info.memory_kib == mem and info.max_memory_kib == GIB
+    assert info.vcpus == h.vmm.max_vcpus
+    assert [v["name"] for v in await h.auct.vm_list()] == [info.name]
+    assert h.bank.calls[0][0] == ALICE.public_key
+    # the market sees the new bid before any tick
+    assert h.auct.market_summary()["memory"]["price"] > 1
+
+
+async def test_wrong_holder_refused(make_host: Make) -> None:
+    h = make_host()
+    aid = await open_account(h)
+    before = snapshot(h)
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("bid", {"account_id": aid, "bids": {"cpu": "5"}}),
+        ("fund", {"account_id": aid, "payment": cert(5)}),
+        ("lease", {"account_id": aid})]
+    for name, args in calls:
+        with pytest.raises(HostError, match="no such account"):
+            await h.auct.handlers()[name](ctx(BOB), args)
+    assert snapshot(h) == before
+    assert len(h.bank.calls) == 1          # Bob's payment was never even looked at
+    assert (await h.auct.status(ctx(BOB), {}))["accounts"] == []
+    assert [a["account_id"] for a in (await h.auct.status(ctx(ALICE), {}))["accounts"]] == [aid]
+
+
+@pytest.mark.parametrize("args", [
+    {"payment": cert(10), "bids": {"gpu": "1"}, "interval_s": 60},
+    {"payment": cert(10), "bids": {"cpu": "1,0.5,0.1"}, "interval_s": 60},
+    {"payment": cert(10), "bids": {"disk": "1,1GiB,2GiB"}, "interval_s": 60},
+    {"payment": cert(10), "bids": {"tcp_port,8080": "1"}, "interval_s": 60},
+    {"payment": cert(10), "bids": {"memory": "1,8GiB,8GiB"}, "interval_s": 60},
+    {"payment": cert(10), "bids": BIDS, "interval_s": 0},
+    {"payment": cert(10), "bids": BIDS},
+    {"payment": cert(10), "bids": BIDS, "interval_s": 60, "extra": 1},
+    {"payment": "cert", "bids": BIDS, "interval_s": 60},
+    {"payment": cert(10), "bids": [1, 2], "interval_s": 60},
+])
+async def test_bad_create_args_change_nothing(make_host: Make, args: dict[str, Any]) -> None:
+    h = make_host()
+    with pytest.raises(HostError) as err:
+        await h.auct.create_account(ctx(ALICE), args)
+    assert err.value.message
+    assert h.bank.calls == [] and h.auct.accounts() == [] and h.store.all() == []
+    assert h.vmm.list() == []
+
+
+async def test_not_offered_message(make_host: Make) -> None:
+    h = make_host()
+    with pytest.raises(HostError, match="not offered by this host"):
+        await h.auct.create_account(ctx(ALICE), {"payment": cert(10), "bids": {"disk": "1"},
+                                                 "interval_s": 60})
+
+
+async def test_bad_payment_changes_nothing(make_host: Make) -> None:
+    h = make_host()
+    aid = await open_account(h)
+    before = snapshot(h)
+    used = cert(50)
+    await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": used})
+    after_fund = snapshot(h)
+    with pytest.raises(PaymentError):
+        await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": used})
+    with pytest.raises(PaymentError):
+        await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": {"id": "x", "amount": -1}})
+    assert snapshot(h) == after_fund != before
+    with pytest.raises(PaymentError):
+        await h.auct.create_account(ctx(BOB), {"payment": used, "bids": BIDS, "interval_s": 60})
+    assert [a.account_id for a in h.auct.accounts()] == [aid]
+
+
+async def test_fund_adds_to_balance_and_resigns(make_host: Make) -> None:
+    h = make_host()
+    aid = await open_account(h, amount=10**6)
+    res = await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": cert(234)})
+    assert res["amount"] == 234 and res["balance"] == 10**6 + 234
+    assert verify_lease(res["lease"], h.identity.public_key).balance == 10**6 + 234
+
+
+async def test_unmeetable_bid_refused_and_state_kept(make_host: Make) -> None:
+    h = make_host()
+    rich = await open_account(h, ALICE, amount=10**12,
+                              bids={"cpu": "1,0,1", "memory": "1,0,1"})
+    poor = await open_account(h, BOB, amount=1000, bids={"cpu": "1,0,1", "memory": "1,0,1"})
+    before = snapshot(h)
+    with pytest.raises(HostError, match="cannot be met") as err:
+        await h.auct.bid(ctx(BOB), {"account_id": poor, "bids": {"memory": "1,2GiB,4GiB"}})
+    assert err.value.value["resource"] == "memory"
+    assert snapshot(h) == before
+    assert rich != poor
+
+
+async def test_create_with_unmeetable_min_keeps_money(make_host: Make) -> None:
+    h = make_host()
+    await open_account(h, ALICE, amount=10**12, bids={"cpu": "1,0,1", "memory": "1,0,1"})
+    with pytest.raises(HostError, match="payment is kept") as err:
+        await open_account(h, BOB, amount=1000, bids={"memory": "1,3GiB,4GiB"})
+    kept = err.value.value["account_id"]
+    status = (await h.auct.status(ctx(BOB), {}))["accounts"]
+    assert [(a["account_id"], a["fund"], a["bids"]) for a in status] == [(kept, 1000, {})]
+    assert h.vmm.describe(kept) is None
+
+
+async def test_identical_bid_changes_nothing_and_patch_keeps_fields(make_host: Make) -> None:
+    h = make_host()
+    aid = await open_account(h)
+    before = snapshot(h)
+    res = await h.auct.bid(ctx(ALICE), {"account_id": aid, "bids": BIDS})
+    assert snapshot(h) == before
+    assert res["lease"] == before[0][0][4]
+    # patch only the cpu max; weight and min stay
+    h.clock.now += S
+    res = await h.auct.bid(ctx(ALICE), {"account_id": aid, "bids": {"cpu": ",,0.5"}})
+    lease = verify_lease(res["lease"], h.identity.public_key)
+    assert lease.resources["cpu"].min == 400 and lease.resources["cpu"].max == 2000
+    assert lease.resources["cpu"].alloc == 2000
+    assert lease.resources["memory"].max == GIB
+    info = h.vmm.describe(aid)
+    assert info is not None and info.weight == 5000          # half the host, in 1/10000
+    # replace drops the unlisted memory bid: the VM cannot run without memory
+    res = await h.auct.bid(ctx(ALICE), {"account_id": aid, "bids": {"cpu": "1"},
+                                        "replace": True})
+    assert set(verify_lease(res["lease"], h.identity.public_key).resources) == {"cpu"}
+    info = h.vmm.describe(aid)
+    assert info is not None and info.state == "shutoff"
+
+
+async def test_tick_charges_and_shares_three_to_one(make_host: Make) -> None:
+    h = make_host()
+    a = await open_account(h, ALICE, amount=3600 * 3000, bids={"cpu": "1,0,1",
+                                                               "memory": "1,0,1"})
+    b = await open_account(h, BOB, amount=3600 * 1000, bids={"cpu": "1,0,1",
+                                                             "memory": "1,0,1"})
+    before = {x.account_id: x.fund for x in h.auct.accounts()}
+    h.clock.now += S
+    result = await h.auct.tick(h.clock.now)
+    after = {x.account_id: x.fund for x in h.auct.accounts()}
+    # each spends fund / remaining (3599 s left) per second, rounded up
+    assert result.charges == {a: 3001, b: 1001}
+    assert {k: before[k] - after[k] for k in before} == dict(result.charges)
+    assert sum(result.charges.values()) == sum(result.revenue.values())
+    alloc = {x.account_id: dict(x.allocation) for x in h.auct.accounts()}
+    # cpu gets half of each spend (ties of the split go to cpu); root bids 1
+    assert alloc[a]["cpu"] == 1501 * 4000 // 2003 and alloc[b]["cpu"] == 501 * 4000 // 2003
+    for x in h.auct.accounts():
+        lease = verify_lease(dict(x.lease or {}), h.identity.public_key)
+        assert lease.balance == x.fund and lease.signed_at == h.clock.now
+        info = h.vmm.describe(x.account_id)
+        assert info is not None and info.memory_kib == x.allocation["memory"]
+    summary = h.auct.market_summary()
+    assert summary["cpu"]["capacity"] == 4000 and summary["memory"]["capacity"] == 4 * GIB
+    assert summary["cpu"]["price"] == 1 + 1501 + 501
+    assert summary["cpu"]["free"] == 4000 - alloc[a]["cpu"] - alloc[b]["cpu"]
+
+
+async def test_outbid_claim_dropped_and_vm_shut_down(make_host: Make) -> None:
+    h = make_host()
+    poor = await open_account(h, ALICE, amount=360_000, bids={"cpu": "1,0,1",
+                                                           "memory": "1,1GiB,2GiB"})
+    assert h.vmm.describe(poor).state == "running"  # type: ignore[union-attr]
+    await open_account(h, BOB, amount=10**12, bids={"cpu": "1,0,1", "memory": "1,0,1"})
+    status = (await h.auct.status(ctx(ALICE), {}))["accounts"][0]
+    assert "memory" not in status["bids"] and status["fund"] == 360_000
+    assert h.vmm.describe(poor).state == "shutoff"  # type: ignore[union-attr]
+
+
+async def test_state_survives_restart(make_host: Make) -> None:
+    h = make_host(db="persist.sqlite")
+    aid = await open_account(h)
+    await h.auct.tick(h.clock.now + S)
+    h2 = make_host(db="persist.sqlite", identity=h.identity)
+    assert h2.auct.accounts() == h.auct.accounts()
+    res = await h2.auct.lease(ctx(ALICE), {"account_id": aid})
+    assert verify_lease(res["lease"], h.identity.public_key).balance == \
+        h.auct.accounts()[0].fund
+
+
+async def test_run_ticks_until_cancelled(make_host: Make) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    h = make_host()
+    h.auct.settings = replace(h.auct.settings, tick_seconds=0.01)
+    await open_account(h)
+    fund = h.auct.accounts()[0].fund
+    task = asyncio.create_task(h.auct.run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert h.auct.accounts()[0].fund < fund
+
+
+async def test_through_the_rpc_dispatcher(make_host: Make) -> None:
+    h = make_host()
+    disp = RpcDispatcher(h.identity, clock=h.clock)
+    disp.register_all("host", h.auct.handlers())
+    req = make_request(ALICE, h.identity.node_id, "host.create_account",
+                       {"payment": cert(10**8), "bids": {"memory": [1_000_000, 262144, GIB],
+                                                          "cpu": [1_000_000, "0.1", "1"]},
+                        "interval_s": 60}, ts=h.clock.now)
+    result = open_reply(req, await disp.dispatch(req), ALICE, h.identity.public_key)
+    assert verify_lease(result["lease"], h.identity.public_key).holder == ALICE.public_key
+    req = make_request(BOB, h.identity.node_id, "host.lease",
+                       {"account_id": result["account_id"]}, ts=h.clock.now)
+    with pytest.raises(RemoteError, match="no such account"):
+        open_reply(req, await disp.dispatch(req), BOB, h.identity.public_key)

@@ -1,0 +1,180 @@
+"""End to end through the CLI: real node processes on loopback, mint, buy, verify.
+
+These tests drive ``p2pmarket`` exactly as a user would (subprocesses, exit
+codes, --json output) and check the results through the nodes' control APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pmarket.host.lease import verify_lease
+from p2pmarket.identity import Identity
+
+pytestmark = pytest.mark.e2e
+MINTED = 100_000_000
+
+
+def cli(*args: str | Path, check: bool = True,
+        timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "p2pmarket", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"p2pmarket {' '.join(map(str, args))} exited "
+                             f"{proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_json(*args: str | Path) -> Any:
+    return json.loads(cli(*args, "--json").stdout)
+
+
+def control(node_dir: Path, what: str) -> Any:
+    return json.loads(cli("status", "--data-dir", node_dir, "--what", what).stdout)
+
+
+@dataclass
+class Market:
+    root: Path
+    wallet: Path
+
+    def node_dirs(self) -> list[Path]:
+        return sorted(self.root.glob("node[0-9]*"))
+
+    def node_by_url(self, url: str) -> Path:
+        for d in self.node_dirs():
+            if control(d, "node")["url"] == url:
+                return d
+        raise AssertionError(f"no node serves {url}")
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Iterator[Market]:
+    root = tmp_path / "net"
+    cli("testnet", "up", "--nodes", "3", "--dir", root, "--tick-seconds", "0.5")
+    try:
+        wallet = tmp_path / "wallet"
+        cli("wallet", "new", "--genesis", root / "genesis.json", "--wallet", wallet)
+        yield Market(root, wallet)
+    finally:
+        cli("testnet", "down", "--dir", root, check=False)
+        for d in root.glob("node[0-9]*"):  # every node shut down cleanly
+            assert not (d / "control.json").exists(), d
+
+
+def balance(wallet: Path) -> int:
+    return int(cli_json("wallet", "balance", "--wallet", wallet)["balance"])
+
+
+def mint_to_wallet(m: Market) -> str:
+    key = cli_json("wallet", "show", "--wallet", m.wallet)["key"]
+    cli("bank", "mint", "--mint-wallet", m.root / "mint", "--to", key, "--amount", "100")
+    assert balance(m.wallet) == MINTED
+    return str(key)
+
+
+def test_mint_buy_and_check_everything(market: Market) -> None:
+    key = mint_to_wallet(market)
+    hosts = cli_json("hosts", "--wallet", market.wallet)["hosts"]
+    assert len(hosts) == 3
+    assert all(h["resources"]["memory"]["capacity"] > 0 for h in hosts)
+
+    bought = cli_json("buy", "--wallet", market.wallet, "--budget", "10", "--duration", "1h",
+                      "cpu:1,0.1,1", "memory:1,256MiB,512MiB")["purchases"]
+    assert len(bought) == 1
+    purchase = bought[0]
+    host_dir = market.node_by_url(purchase["url"])
+    host_key = Identity.load(host_dir / "node.key").public_key
+    host_before = 0  # hosts start with an empty chain
+
+    # the lease verifies offline against the host's key and names us
+    lease = verify_lease(bytes.fromhex(purchase["signed_lease"]), host_key)
+    assert lease.holder.hex() == key
+    assert lease.resources["memory"].min == 256 * 1024
+    leased_memory = lease.resources["memory"].alloc
+    assert 256 * 1024 <= leased_memory <= 512 * 1024
+
+    # the host's VM exists with the leased memory
+    vms = control(host_dir, "vms")["vms"]
+    vm = next(v for v in vms if v["account_id"] == purchase["account_id"])
+    assert vm["state"] == "running"
+    assert vm["memory_kib"] == leased_memory
+
+    # money moved exactly, and none was created
+    paid = purchase["paid"]
+    assert paid == 10_000_000
+    assert balance(market.wallet) == MINTED - paid
+    assert control(host_dir, "node")["balance"] == host_before + paid
+    supply = control(market.root / "node0", "supply")
+    assert supply["minted"] == MINTED
+    assert supply["ok"] is True
+    assert supply["balances"] + supply["pending"] == MINTED
+
+    # the buyer can fetch the current lease again at any time
+    leases = cli_json("leases", "--wallet", market.wallet)["leases"]
+    assert [entry["source"] for entry in leases] == ["current"]
+    assert leases[0]["lease"]["lease_id"] == lease.lease_id
+
+
+def test_host_survives_sigkill(market: Market) -> None:
+    mint_to_wallet(market)
+    purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
+                        "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]
+    host_dir = market.node_by_url(purchase["url"])
+    before = control(host_dir, "node")
+    history_before = control(host_dir, "history")["history"]
+    accounts_before = control(host_dir, "accounts")["accounts"]
+
+    pid = json.loads((host_dir / "control.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    proc = subprocess.Popen([sys.executable, "-m", "p2pmarket", "node", "--data-dir",
+                             str(host_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        after: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [sys.executable, "-m", "p2pmarket", "status", "--data-dir", str(host_dir)],
+                capture_output=True, text=True)
+            if done.returncode == 0:
+                after = json.loads(done.stdout)
+                if after.get("ready") and after.get("balance") is not None:
+                    break
+            time.sleep(0.2)
+        assert after.get("ready"), "restarted node never became ready"
+        # chain, balance and leases intact
+        assert after["balance"] == before["balance"]
+        history_after = control(host_dir, "history")["history"]
+        assert history_after[: len(history_before)] == history_before
+        accounts_after = {a["account_id"]: a for a in control(host_dir, "accounts")["accounts"]}
+        for a in accounts_before:
+            assert a["account_id"] in accounts_after
+            assert accounts_after[a["account_id"]]["bids"] == a["bids"]
+        leases = cli_json("leases", "--wallet", market.wallet)["leases"]
+        assert leases[0]["source"] == "current"
+        assert leases[0]["lease"]["lease_id"] == purchase["lease"]["lease_id"]
+        # and it still sells: a second purchase from it works
+        assert len(control(host_dir, "vms")["vms"]) >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
