@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
     st = cmd("status", "Ask a running node about itself through its control API.")
     st.add_argument("--data-dir", type=Path, required=True)
-    st.add_argument("--what", choices=["node", "vms", "accounts", "supply", "history"], default="node")
+    st.add_argument("--what", default="node",
+                    choices=["node", "vms", "accounts", "supply", "history"])
 
     t = cmd("testnet", "Run a local market of node processes on loopback.")
     tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")

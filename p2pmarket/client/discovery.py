@@ -56,7 +56,7 @@ class Market:
 
     def __init__(self, genesis: Genesis, host: str = "127.0.0.1") -> None:
         self.genesis = genesis
-        self.dht = DhtNode(Identity.generate(genesis.puzzle_bits), genesis)
+        self.dht = DhtNode(Identity.generate(genesis.puzzle_bits), genesis, client_mode=True)
         self.host = host
 
     async def __aenter__(self) -> Market:

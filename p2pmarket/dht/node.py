@@ -61,7 +61,8 @@ class _Server(Server):  # type: ignore[misc]
     def _create_protocol(self) -> DhtProtocol:
         return DhtProtocol(self.node, self.storage, self.ksize,
                            puzzle_bits=self._owner.puzzle_bits,
-                           timeout=self._owner.rpc_timeout, spawn=self._owner.spawn)
+                           timeout=self._owner.rpc_timeout, spawn=self._owner.spawn,
+                           client_mode=self._owner.client_mode)
 
     def refresh_table(self, interval: float = REFRESH_S) -> None:
         self._owner.spawn(self._refresh_table())
@@ -87,9 +88,10 @@ class DhtNode:
     def __init__(self, identity: Identity, genesis: Genesis, *, clock: Clock = wall_clock_us,
                  url: str = "", republish_s: float = DEFAULT_REPUBLISH_S, ksize: int = 20,
                  alpha: int = 3, rpc_timeout: float = 5.0,
-                 storage: RecordStorage | None = None) -> None:
+                 storage: RecordStorage | None = None, client_mode: bool = False) -> None:
         if not valid_id(identity.node_id, genesis.puzzle_bits):
             raise DhtError("node id does not meet the genesis puzzle", "puzzle")
+        self.client_mode = client_mode
         self.identity = identity
         self.genesis = genesis
         self.clock = clock
@@ -179,7 +181,7 @@ class DhtNode:
             peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap]
         addrs = [(h, p) for h, p in peers if (h, p) != self._address]
         proto = self.protocol
-        answers = await asyncio.gather(*(proto.ping(a, self.node_id) for a in addrs))
+        answers = await asyncio.gather(*(proto.call_ping_addr(a) for a in addrs))
         seeds = [Node(nid, a[0], a[1]) for a, (ok, nid) in zip(addrs, answers, strict=True)
                  if ok and valid_id(nid, self.puzzle_bits) and nid != self.node_id]
         if seeds:

@@ -42,8 +42,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     rpcudp turns any unknown public attribute into a remote call."""
 
     def __init__(self, source_node: Node, storage: RecordStorage, ksize: int, *,
-                 puzzle_bits: int, timeout: float, spawn: Spawn) -> None:
+                 puzzle_bits: int, timeout: float, spawn: Spawn,
+                 client_mode: bool = False) -> None:
         super().__init__(source_node, storage, ksize)
+        self._client_mode = client_mode
         self._wait_timeout = timeout
         self._puzzle_bits = puzzle_bits
         self._spawn = spawn
@@ -85,6 +87,64 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not self._acceptable(nodeid) or not self._is_digest(key):
             return []
         return super().rpc_find_value(sender, nodeid, key)
+
+    # -- client mode -------------------------------------------------------------
+    # A node that cannot be reached from outside (or a short-lived CLI lookup) sends
+    # the ``*_c`` variants: same answers, but the caller is never added to our
+    # routing table, so it cannot leave a dead contact behind (DESIGN.md section 3).
+
+    def rpc_ping_c(self, sender: tuple[str, int], nodeid: object) -> Any:
+        return self.source_node.id if self._acceptable(nodeid) else None
+
+    def rpc_store_c(self, sender: tuple[str, int], nodeid: object, key: object,
+                    value: object) -> bool:
+        if not self._acceptable(nodeid) or not self._is_digest(key) or not isinstance(
+                value, bytes):
+            self._store.count_reject("malformed")
+            return False
+        assert isinstance(key, bytes)
+        return self._store.put(key, value)
+
+    def rpc_find_node_c(self, sender: tuple[str, int], nodeid: object, key: object) -> Any:
+        if not self._acceptable(nodeid) or not self._is_digest(key):
+            return []
+        return [tuple(n) for n in self.router.find_neighbors(Node(key))]
+
+    def rpc_find_value_c(self, sender: tuple[str, int], nodeid: object, key: object) -> Any:
+        if not self._acceptable(nodeid) or not self._is_digest(key):
+            return []
+        assert isinstance(key, bytes)
+        value = self._store.get(key, None)
+        if value is None:
+            return self.rpc_find_node_c(sender, nodeid, key)
+        return {"value": value}
+
+    async def call_ping_addr(self, address: tuple[str, int]) -> Any:
+        """Ping an address whose node id we do not know yet (bootstrap)."""
+        if self._client_mode:
+            return await self.ping_c(address, self.source_node.id)
+        return await self.ping(address, self.source_node.id)
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        if not self._client_mode:
+            return await super().call_find_node(node_to_ask, node_to_find)
+        result = await self.find_node_c((node_to_ask.ip, node_to_ask.port),
+                                        self.source_node.id, node_to_find.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        if not self._client_mode:
+            return await super().call_find_value(node_to_ask, node_to_find)
+        result = await self.find_value_c((node_to_ask.ip, node_to_ask.port),
+                                         self.source_node.id, node_to_find.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> Any:
+        if not self._client_mode:
+            return await super().call_store(node_to_ask, key, value)
+        result = await self.store_c((node_to_ask.ip, node_to_ask.port),
+                                    self.source_node.id, key, value)
+        return self.handle_call_response(result, node_to_ask)
 
     # -- routing -----------------------------------------------------------------
 
