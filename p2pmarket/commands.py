@@ -178,12 +178,26 @@ async def hosts(args: argparse.Namespace) -> int:
                 "avail"):
         table.add_column(col)
     for r in rows:
-        res = "\n".join(f"{t}: {a['capacity']} @ {a['price']} ({a['hour_avg']})"
+        res = "\n".join(f"{t}: {human(t, a['capacity'])} @ {a['price']} ({a['hour_avg']})"
                         for t, a in sorted(r["resources"].items()))
         table.add_row(r["node_id"][:16], r["url"], r["reachability"], res,
                       f"{r['availability_ppm'] / 10_000:.1f}%")
     out.print(table)
     return 0
+
+
+def human(rtype: str, amount: int) -> str:
+    """A resource amount in its base unit (MHz, KiB, bit/s) for people."""
+    if rtype == "cpu":
+        return f"{amount / 1000:g} GHz" if amount >= 1000 else f"{amount} MHz"
+    if rtype in ("memory", "disk"):
+        for unit, size in (("TiB", 1 << 30), ("GiB", 1 << 20), ("MiB", 1 << 10)):
+            if amount >= size:
+                return f"{amount / size:.4g} {unit}"
+        return f"{amount} KiB"
+    if rtype.startswith("net"):
+        return f"{amount / 1e6:g} Mbit/s"
+    return str(amount)
 
 
 async def leases(args: argparse.Namespace) -> int:
@@ -200,7 +214,7 @@ async def leases(args: argparse.Namespace) -> int:
         if lease is None:
             table.add_row("?", rec["url"], "", "", "", src)
             continue
-        res = "\n".join(f"{r}: {t.alloc} / {t.min}..{t.max}"
+        res = "\n".join(f"{r}: {human(r, t.alloc)} / {human(r, t.min)}..{human(r, t.max)}"
                         for r, t in sorted(lease.resources.items()))
         ends = time.strftime("%Y-%m-%d %H:%M", time.localtime(lease.end / 1e6))
         table.add_row(lease.lease_id, rec["url"], res, format_credits(lease.balance), ends, src)

@@ -18,7 +18,7 @@ import signal
 from typing import Any
 
 from p2pmarket.api.client import PeerClient
-from p2pmarket.api.rpc import RpcDispatcher, now_us
+from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher, now_us
 from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
 from p2pmarket.config import DataDir, Genesis, Settings
 from p2pmarket.dht.node import DhtNode
@@ -38,7 +38,7 @@ from p2pmarket.market import PriceHistory, moved
 
 log = logging.getLogger(__name__)
 
-ADVERT_CHECK_S = 5.0
+ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -62,7 +62,9 @@ class Node:
         self.accounts = AccountStore(data_dir.host_db)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
                                      accept_payment=self.accept_payment)
-        self.dispatcher.register_all("host", self.auctioneer.handlers())
+        self.market_changed = asyncio.Event()
+        self.dispatcher.register_all("host", {
+            name: self._then_readvertise(h) for name, h in self.auctioneer.handlers().items()})
         self.dht = DhtNode(identity, genesis, url=settings.url,
                            republish_s=settings.republish_seconds)
         self.peer_site = Site(peer_app(self.dispatcher))
@@ -139,20 +141,39 @@ class Node:
         self.chain_ready.set()
 
     async def _advertise(self) -> None:
-        """Join the DHT, then keep our host record and offers current."""
+        """Keep our host record and offers current in the DHT.
+
+        A node publishes at once, even with an empty routing table (the first node of
+        a network is a DHT of one; peers that join later are handed its records), and
+        keeps trying its bootstrap peers while the table is empty. It publishes again
+        as soon as it first has contacts, and whenever a price moves.
+        """
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
                  if (b.host, b.dht_port) != (self.settings.public_host, self.dht.port)]
-        attempt = 0
-        while peers and await self.dht.bootstrap(peers) == 0:
-            attempt += 1
-            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+        had_contacts = False
         while True:
+            contacts = self.dht.contact_count() > 0
             try:
-                await self.publish_if_moved()
+                await self.publish_if_moved(force=contacts and not had_contacts)
                 self.advertised.set()
             except P2PMarketError as exc:
                 log.warning("advertising failed: %s", exc.message)
-            await asyncio.sleep(ADVERT_CHECK_S)
+            had_contacts = contacts
+            if peers and not contacts:
+                if await self.dht.bootstrap(peers) == 0:
+                    await asyncio.sleep(RETRY_S[1])
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.market_changed.wait(), ADVERT_CHECK_S)
+                self.market_changed.clear()
+
+    def _then_readvertise(self, handler: Handler) -> Handler:
+        """Wrap a host RPC so a sale shows in the DHT at once, not at the next check."""
+        async def wrapped(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+            result = await handler(ctx, args)
+            self.market_changed.set()
+            return result
+        return wrapped
 
     async def publish_if_moved(self, force: bool = False) -> bool:
         now = now_us()

@@ -109,10 +109,17 @@ def create(root: Path, nodes: int, base_port: int = 0, cpu_mhz: int = 4000,
     return dirs
 
 
+BOOTSTRAP_WAIT_S = 20.0
+
+
 def start(root: Path, dirs: list[Path]) -> list[NodeProc]:
+    """Start every node; the bootstrap nodes (the first two) first, so the others' first
+    DHT ping finds them listening instead of waiting out a UDP timeout."""
     procs = []
     genesis = Genesis.load(root / "genesis.json")
     for i, path in enumerate(dirs):
+        if i == len(genesis.bootstrap):
+            _wait_listening(dirs[:i], BOOTSTRAP_WAIT_S)
         d = DataDir(path)
         s = Settings.load(d.config, env={})
         log = open(d.log, "ab")  # noqa: SIM115 - handed to the child
@@ -128,6 +135,15 @@ def start(root: Path, dirs: list[Path]) -> list[NodeProc]:
     write_atomic(root / "testnet.json",
                  json.dumps({"nodes": [asdict(p) for p in procs]}, indent=2).encode())
     return procs
+
+
+def _wait_listening(dirs: list[Path], timeout_s: float) -> None:
+    """Wait until each node has written control.json (it does so once it listens)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(DataDir(d).control.exists() for d in dirs):
+            return
+        time.sleep(0.02)
 
 
 def load(root: Path) -> list[NodeProc]:
