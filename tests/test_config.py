@@ -1,0 +1,95 @@
+"""Settings precedence, genesis validation, and the testnet layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from p2pmarket import testnet
+from p2pmarket.config import ConfigError, DataDir, Genesis, NotaryInfo, Settings
+from p2pmarket.identity import Identity
+
+KEYS = [Identity(bytes([i + 1]) * 32).public_key for i in range(5)]
+
+
+def notaries(n: int) -> tuple[NotaryInfo, ...]:
+    return tuple(NotaryInfo(KEYS[i], f"http://127.0.0.1:{7000 + i}") for i in range(n))
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(Settings(http_port=1000, dht_port=2000, cpu_mhz=1).to_toml())
+    s = Settings.load(path, env={"P2PMARKET_DHT_PORT": "3000", "P2PMARKET_CPU_MHZ": "2"},
+                      flags={"cpu_mhz": 3, "vmm_uri": None})
+    assert (s.http_port, s.dht_port, s.cpu_mhz) == (1000, 3000, 3)
+    assert s.vmm_uri == "test:///default"
+    assert Settings.load(path, env={}) == Settings(http_port=1000, dht_port=2000, cpu_mhz=1)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[node]\nhttp_port = 'x'\n", "bad value"),
+    ("[node]\nnonsense = 1\n", "unknown setting"),
+    ("[node\n", "config.toml"),
+])
+def test_bad_settings(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(path, env={})
+
+
+def test_genesis_round_trip_and_quorum(tmp_path: Path) -> None:
+    g = Genesis(network="n", mint_key=KEYS[0], notaries=notaries(4), f=1)
+    g.save(tmp_path / "g.json")
+    assert Genesis.load(tmp_path / "g.json") == g
+    assert g.quorum == 3
+    assert g.network_id == Genesis.load(tmp_path / "g.json").network_id
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"notaries": notaries(3), "f": 1}, "3f\\+1"),
+    ({"notaries": (), "f": 0}, "at least one notary"),
+    ({"notaries": notaries(1) * 2, "f": 0}, "distinct"),
+    ({"notaries": notaries(1), "mint_key": b"short"}, "mint key"),
+])
+def test_bad_genesis(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"network": "n", "mint_key": KEYS[0]}
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=message):
+        Genesis(**args)  # type: ignore[arg-type]
+
+
+def test_malformed_genesis_file(tmp_path: Path) -> None:
+    path = tmp_path / "g.json"
+    path.write_text("{")
+    with pytest.raises(ConfigError, match="not JSON"):
+        Genesis.load(path)
+    path.write_text(json.dumps({"network": "n"}))
+    with pytest.raises(ConfigError, match="malformed"):
+        Genesis.load(path)
+
+
+def test_testnet_layout(tmp_path: Path) -> None:
+    root = tmp_path / "tn"
+    dirs = testnet.create(root, 3)
+    genesis = Genesis.load(root / "genesis.json")
+    keys = [Identity.load(DataDir(d).key).public_key for d in dirs]
+    assert genesis.notary_keys == {keys[0]}
+    assert len(genesis.bootstrap) == 2
+    assert Identity.load(root / "mint" / "wallet.key").public_key == genesis.mint_key
+    ports = set()
+    for d in dirs:
+        s = Settings.load(DataDir(d).config, env={})
+        ports |= {s.http_port, s.dht_port, s.control_port}
+        assert Genesis.load(DataDir(d).genesis) == genesis
+        assert oct(os.stat(d).st_mode & 0o777) == "0o700"
+    assert len(ports) == 9
+
+
+def test_is_our_node_refuses_other_processes(tmp_path: Path) -> None:
+    assert testnet.is_our_node(os.getpid(), str(tmp_path)) is False
+    assert testnet.is_our_node(2**22 + 12345, str(tmp_path)) is False
+    assert testnet.stop_pid(os.getpid(), str(tmp_path)) is False  # never signals us
