@@ -26,7 +26,7 @@ from p2pmarket.dht.records import ResourceAd
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.files import write_atomic
 from p2pmarket.host import HostError
-from p2pmarket.host.accounts import AccountStore
+from p2pmarket.host.accounts import AccountStore, Payment
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.identity import Identity
@@ -196,8 +196,13 @@ class Node:
 
     # -- payments ----------------------------------------------------------------
 
-    async def accept_payment(self, payer: bytes, cert_doc: dict[str, Any]) -> int:
-        """Verify a buyer's SEND certificate offline and record it on our chain."""
+    async def accept_payment(self, payer: bytes, cert_doc: dict[str, Any]) -> Payment:
+        """Verify a buyer's SEND certificate offline and record it on our chain.
+
+        Idempotent: a certificate already received is not credited again, and gives the
+        same Payment (its id is the SEND entry's hash). Which account a payment funded
+        is the auctioneer's record, committed with the account, so a payment received
+        just before a crash still funds the account the buyer's retry creates."""
         cert = Certificate.from_wire(cert_doc)
         body = cert.entry.body
         if cert.entry.kind != "SEND" or body.get("to") != self.identity.public_key:
@@ -207,9 +212,8 @@ class Node:
         if not self.chain_ready.is_set():
             raise HostError("host is still opening its ledger; retry shortly", "not_ready")
         async with self._payment_lock:
-            if self.wallet.has_received(cert):
-                raise HostError("payment certificate already used", "used")
-            return await self.wallet.receive(cert)
+            amount = await self.wallet.receive(cert)
+        return Payment(cert.entry.hash(), amount)
 
     # -- control API ---------------------------------------------------------------
 

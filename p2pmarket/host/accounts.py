@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS accounts (
     lease BLOB
 );
 CREATE INDEX IF NOT EXISTS accounts_holder ON accounts (holder);
+CREATE TABLE IF NOT EXISTS payments (
+    id BLOB PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0)
+);
 """
 
 
@@ -49,6 +54,17 @@ class Account:
     def state(self) -> AccountState:
         """What the pure allocator needs."""
         return AccountState(self.account_id, self.fund, self.interval_end_us, self.bids)
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A verified payment to this host: its unique id (e.g. the SEND entry's hash) and
+    amount. The store records which account each payment funded, in the same
+    transaction as the account itself, so a payment funds exactly one account once and
+    a retry after a crash finds out what happened to it."""
+
+    payment_id: bytes
+    amount: int
 
 
 def bids_to_doc(bids: Mapping[str, Bid]) -> dict[str, list[int]]:
@@ -92,8 +108,16 @@ class AccountStore:
     def put(self, account: Account) -> None:
         self.put_many([account])
 
-    def put_many(self, accounts: Iterable[Account]) -> None:
-        """Insert or replace ``accounts`` in one durable transaction."""
+    def payment_account(self, payment_id: bytes) -> str | None:
+        """The account that ``payment_id`` funded, if any."""
+        row = self.conn.execute("SELECT account_id FROM payments WHERE id = ?",
+                                (payment_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_many(self, accounts: Iterable[Account],
+                 payment: tuple[Payment, str] | None = None) -> None:
+        """Insert or replace ``accounts`` (and record ``payment`` as funding the named
+        account) in one durable transaction."""
         rows = [(a.account_id, a.holder, a.fund, a.interval_end_us,
                  pack(bids_to_doc(a.bids)), pack(dict(a.allocation)), a.created_us,
                  None if a.lease is None else pack(dict(a.lease))) for a in accounts]
@@ -102,6 +126,11 @@ class AccountStore:
                 self.conn.executemany(
                     "INSERT OR REPLACE INTO accounts (id, holder, fund, interval_end_us, bids, "
                     "allocation, created_us, lease) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                if payment is not None:
+                    pay, account_id = payment
+                    self.conn.execute(
+                        "INSERT INTO payments (id, account_id, amount) VALUES (?, ?, ?)",
+                        (pay.payment_id, account_id, pay.amount))
         except sqlite3.IntegrityError as exc:
             raise HostError("account store refused the change", str(exc)) from None
 

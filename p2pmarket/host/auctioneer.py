@@ -44,7 +44,7 @@ from typing import Any
 from p2pmarket.api.rpc import CallContext, Handler, now_us
 from p2pmarket.config import Settings
 from p2pmarket.host import HostError
-from p2pmarket.host.accounts import Account, AccountStore, bids_to_doc
+from p2pmarket.host.accounts import Account, AccountStore, Payment, bids_to_doc
 from p2pmarket.host.allocator import (
     US_PER_S,
     AccountState,
@@ -61,7 +61,10 @@ from p2pmarket.wire import pack
 
 log = logging.getLogger(__name__)
 
-AcceptPayment = Callable[[bytes, dict[str, Any]], Awaitable[int]]
+# Verifies a payment certificate and credits the host's own chain. It must be
+# idempotent (the same certificate twice gives the same Payment and credits once):
+# single use per account is enforced here, through the store's payments table.
+AcceptPayment = Callable[[bytes, dict[str, Any]], Awaitable[Payment]]
 OFFERED: tuple[str, ...] = ("cpu", "memory")
 MAX_INTERVAL_S = 10 * 365 * 24 * 3600
 WEIGHT_SCALE = 10_000   # cpu weight = allocated share of the host in 1/10000
@@ -127,22 +130,26 @@ class Auctioneer:
             raise HostError("payment must be a certificate map", type(args["payment"]).__name__)
         bids = self._resolve(bids_from_wire(args["bids"]), {})
         async with self._lock:
-            amount = await self.accept_payment(ctx.sender, args["payment"])
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-                raise HostError("payment has no value", amount)
+            payment = await self._checked_payment(ctx, args["payment"])
+            funded = self.store.payment_account(payment.payment_id)
+            if funded is not None:  # a retry (e.g. after our crash): answer it again
+                self._own(ctx, funded, "payment already used for another account")
+                return {"account_id": funded, "lease": self._lease_of(funded)}
             now = self.clock()
-            account = Account(account_id=secrets.token_hex(8), holder=ctx.sender, fund=amount,
-                              interval_end_us=now + interval_us, created_us=now, bids=bids)
+            account = Account(account_id=secrets.token_hex(8), holder=ctx.sender,
+                              fund=payment.amount, interval_end_us=now + interval_us,
+                              created_us=now, bids=bids)
             try:
                 new = self._reallocate(account, now)
             except HostError as exc:
                 # the money is ours now: keep it in a bid-less account for the buyer
                 account = replace(account, bids={})
-                self._commit(self._reallocate(account, now), now)
+                self._commit(self._reallocate(account, now), now,
+                             (payment, account.account_id))
                 raise HostError(f"{exc.message}; the payment is kept in account "
                                 f"{account.account_id}, which has no bids",
                                 {"account_id": account.account_id, "cause": exc.value}) from None
-            self._commit(new, now)
+            self._commit(new, now, (payment, account.account_id))
         await self.sync_vmm()
         return {"account_id": account.account_id, "lease": self._lease_of(account.account_id)}
 
@@ -175,14 +182,19 @@ class Auctioneer:
             raise HostError("payment must be a certificate map", type(args["payment"]).__name__)
         async with self._lock:
             account = self._own(ctx, account_id)
-            amount = await self.accept_payment(ctx.sender, args["payment"])
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-                raise HostError("payment has no value", amount)
+            payment = await self._checked_payment(ctx, args["payment"])
+            funded = self.store.payment_account(payment.payment_id)
+            if funded == account_id:  # a retry: the money is already in
+                return {"account_id": account_id, "amount": payment.amount,
+                        "balance": account.fund, "lease": self._lease_of(account_id)}
+            if funded is not None:
+                raise HostError("payment already used for another account", "used")
+            amount = payment.amount
             now = self.clock()
             # more money never lowers the funder's share: nothing here can refuse it
             accounts = {**self._accounts, account_id: replace(account, fund=account.fund + amount)}
             self._commit(self._settle(accounts, self._run_allocator(accounts, now), now,
-                                      charge=False), now)
+                                      charge=False), now, (payment, account_id))
         await self.sync_vmm()
         return {"account_id": account_id, "amount": amount,
                 "balance": self._accounts[account_id].fund, "lease": self._lease_of(account_id)}
@@ -233,11 +245,19 @@ class Auctioneer:
 
     # -- internals -------------------------------------------------------------------
 
-    def _own(self, ctx: CallContext, account_id: str) -> Account:
+    async def _checked_payment(self, ctx: CallContext, cert: dict[str, Any]) -> Payment:
+        payment = await self.accept_payment(ctx.sender, cert)
+        amount = payment.amount
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise HostError("payment has no value", amount)
+        return payment
+
+    def _own(self, ctx: CallContext, account_id: str,
+             message: str = "no such account of yours") -> Account:
         account = self._accounts.get(account_id)
         if account is None or account.holder != ctx.sender:
             # same answer for "absent" and "not yours": do not reveal other buyers' ids
-            raise HostError("no such account of yours", account_id)
+            raise HostError(message, account_id)
         return account
 
     def _resolve(self, specs: Mapping[str, BidSpec], current: Mapping[str, Bid]
@@ -300,11 +320,13 @@ class Auctioneer:
         return replace(account, lease=sign_lease(self.identity, self._lease_terms(account),
                                                  ts=now).to_wire())
 
-    def _commit(self, accounts: Mapping[str, Account], now: int) -> None:
-        """Persist what changed (one durable transaction), then make it current."""
+    def _commit(self, accounts: Mapping[str, Account], now: int,
+                payment: tuple[Payment, str] | None = None) -> None:
+        """Persist what changed, with the payment that funded it, in one durable
+        transaction; then make it current."""
         changed = [a for aid, a in accounts.items() if self._accounts.get(aid) != a]
-        if changed:
-            self.store.put_many(changed)
+        if changed or payment is not None:
+            self.store.put_many(changed, payment)
             self._last = None   # market_summary recomputes from the new bids
         for a in changed:
             self._accounts[a.account_id] = a

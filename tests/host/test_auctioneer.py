@@ -14,7 +14,7 @@ from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_rep
 from p2pmarket.config import Settings
 from p2pmarket.errors import P2PMarketError, RemoteError
 from p2pmarket.host import HostError
-from p2pmarket.host.accounts import AccountStore
+from p2pmarket.host.accounts import AccountStore, Payment
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.lease import verify_lease
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
@@ -31,19 +31,19 @@ class PaymentError(P2PMarketError):
 
 @dataclass
 class FakeBank:
-    """Stands in for the ledger: a certificate is {"id", "amount"}, usable once."""
+    """Stands in for the ledger: a certificate is {"id", "amount"}. Like the real
+    wallet, receiving the same certificate again credits nothing more and returns the
+    same payment; the auctioneer must enforce single use itself."""
 
-    used: set[str] = field(default_factory=set)
+    received: dict[str, int] = field(default_factory=dict)
     calls: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
 
-    async def accept(self, payer: bytes, cert: dict[str, Any]) -> int:
+    async def accept(self, payer: bytes, cert: dict[str, Any]) -> Payment:
         self.calls.append((payer, cert))
         if not isinstance(cert.get("amount"), int) or cert["amount"] <= 0:
             raise PaymentError("invalid certificate")
-        if cert["id"] in self.used:
-            raise PaymentError("certificate already used")
-        self.used.add(cert["id"])
-        return int(cert["amount"])
+        self.received.setdefault(cert["id"], cert["amount"])
+        return Payment(cert["id"].encode(), int(cert["amount"]))
 
 
 def cert(amount: int) -> dict[str, Any]:
@@ -192,14 +192,42 @@ async def test_bad_payment_changes_nothing(make_host: Make) -> None:
     used = cert(50)
     await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": used})
     after_fund = snapshot(h)
-    with pytest.raises(PaymentError):
-        await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": used})
+    # a retry of the same fund is answered again and adds nothing
+    again = await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": used})
+    assert again["balance"] == h.store.get(aid).fund  # type: ignore[union-attr]
     with pytest.raises(PaymentError):
         await h.auct.fund(ctx(ALICE), {"account_id": aid, "payment": {"id": "x", "amount": -1}})
     assert snapshot(h) == after_fund != before
-    with pytest.raises(PaymentError):
+    with pytest.raises(HostError, match="already used"):
         await h.auct.create_account(ctx(BOB), {"payment": used, "bids": BIDS, "interval_s": 60})
-    assert [a.account_id for a in h.auct.accounts()] == [aid]
+    funds = {a.account_id: a.fund for a in h.auct.accounts()}
+    other = await open_account(h, ALICE)
+    with pytest.raises(HostError, match="already used"):
+        await h.auct.fund(ctx(ALICE), {"account_id": other, "payment": used})
+    assert h.store.get(aid).fund == funds[aid]  # type: ignore[union-attr]
+    assert h.store.get(other).fund == 100_000_000  # type: ignore[union-attr]
+
+
+async def test_create_account_retry_after_crash_is_idempotent(make_host: Make,
+                                                              tmp_path: Path) -> None:
+    ident = Identity.generate()
+    h = make_host(db="crash.sqlite", identity=ident)
+    payment = cert(100_000_000)
+    # the host received the money (ledger side) but crashed before its account commit
+    await h.bank.accept(ALICE.public_key, payment)
+    first = await h.auct.create_account(ctx(ALICE), {"payment": payment, "bids": BIDS,
+                                                     "interval_s": 3600})
+    # the buyer never saw the answer and retries: same account, no second credit
+    again = await h.auct.create_account(ctx(ALICE), {"payment": payment, "bids": BIDS,
+                                                     "interval_s": 3600})
+    assert again["account_id"] == first["account_id"]
+    assert [a.fund for a in h.auct.accounts()] == [100_000_000]
+    # and after a restart from the same store, still only one account
+    h2 = make_host(db="crash.sqlite", identity=ident)
+    third = await h2.auct.create_account(ctx(ALICE), {"payment": payment, "bids": BIDS,
+                                                      "interval_s": 3600})
+    assert third["account_id"] == first["account_id"]
+    assert len(h2.auct.accounts()) == 1
 
 
 async def test_fund_adds_to_balance_and_resigns(make_host: Make) -> None:
