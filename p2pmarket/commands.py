@@ -165,7 +165,8 @@ async def hosts(args: argparse.Namespace) -> int:
         views = await market.hosts(types, limit=args.limit, max_price=max_price)
     rows: list[dict[str, Any]] = [{"node_id": v.node_id.hex(), "url": v.record.url,
              "dht": f"{v.record.dht[0]}:{v.record.dht[1]}",
-             "reachability": "public",
+             # no registrar attests addresses yet (the NAT issue adds attestations)
+             "reachability": "unattested",
              "availability_ppm": v.record.availability_ppm,
              "resources": {t: {"capacity": ad.capacity, "price": ad.price,
                                "hour_avg": ad.hour_avg}

@@ -157,6 +157,11 @@ class DataDir:
         return self.root / "control.json"
 
     @property
+    def availability(self) -> Path:
+        """First start and accumulated uptime, for the advertised availability."""
+        return self.root / "availability.json"
+
+    @property
     def pid(self) -> Path:
         return self.root / "node.pid"
 

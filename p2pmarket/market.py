@@ -42,3 +42,35 @@ def moved(old: int, new: int, fraction_ppm: int) -> bool:
     if old == 0:
         return new != 0
     return abs(new - old) * 1_000_000 > fraction_ppm * old
+
+
+@dataclass(frozen=True)
+class Availability:
+    """SLS-style availability: time up / time since first registration (pure).
+
+    ``up_before_us`` is the uptime of earlier runs; the current run counts from
+    ``session_start_us``.
+    """
+
+    first_us: int
+    up_before_us: int
+    session_start_us: int
+
+    def uptime(self, now_us: int) -> int:
+        return self.up_before_us + max(0, now_us - self.session_start_us)
+
+    def ppm(self, now_us: int) -> int:
+        span = now_us - self.first_us
+        if span <= 0:
+            return 1_000_000
+        return min(1_000_000, self.uptime(now_us) * 1_000_000 // span)
+
+    def to_doc(self, now_us: int) -> dict[str, int]:
+        """What to persist so the next run continues the count."""
+        return {"first_us": self.first_us, "up_us": self.uptime(now_us)}
+
+    @classmethod
+    def resume(cls, doc: dict[str, int] | None, now_us: int) -> Availability:
+        if not doc:
+            return cls(now_us, 0, now_us)
+        return cls(int(doc["first_us"]), int(doc["up_us"]), now_us)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from p2pmarket.api.client import PeerClient
@@ -34,13 +35,14 @@ from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
-from p2pmarket.market import PriceHistory, moved
+from p2pmarket.market import Availability, PriceHistory, moved
 
 log = logging.getLogger(__name__)
 
 ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
 
 
 class Node:
@@ -73,6 +75,8 @@ class Node:
         self.chain_ready = asyncio.Event()
         self.advertised = asyncio.Event()
         self.prices: dict[str, PriceHistory] = {}
+        self.availability = Availability.resume(_read_json(data_dir.availability), now_us())
+        self._availability_saved = 0
         self._published: dict[str, int] = {}
         self._payment_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,6 +105,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.data_dir.control.unlink(missing_ok=True)
+        self._save_availability(now_us())
         await self.dht.close()
         await self.control_site.stop()
         await self.peer_site.stop()
@@ -159,6 +164,8 @@ class Node:
             except P2PMarketError as exc:
                 log.warning("advertising failed: %s", exc.message)
             had_contacts = contacts
+            if now_us() - self._availability_saved > AVAILABILITY_SAVE_US:
+                self._save_availability(now_us())
             if peers and not contacts:
                 if await self.dht.bootstrap(peers) == 0:
                     await asyncio.sleep(RETRY_S[1])
@@ -188,11 +195,17 @@ class Node:
         ads = {res: ResourceAd(capacity=info["capacity"], price=info["price"],
                                hour_avg=self.prices[res].average(now))
                for res, info in summary.items()}
-        await self.dht.publish_host(ads)
+        await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now))
+        self._save_availability(now)
         for res, ad in ads.items():
             await self.dht.publish_offer(res, ad.capacity, max(1, ad.price))
         self._published = {res: info["price"] for res, info in summary.items()}
         return True
+
+    def _save_availability(self, now: int) -> None:
+        self._availability_saved = now
+        write_atomic(self.data_dir.availability,
+                     json.dumps(self.availability.to_doc(now)).encode())
 
     # -- payments ----------------------------------------------------------------
 
@@ -247,6 +260,13 @@ class Node:
 
         return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
                 "history": history}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:

@@ -23,3 +23,15 @@ def test_moved() -> None:
     assert not moved(100, 110, 100_000)
     assert moved(0, 1, 100_000)
     assert not moved(0, 0, 100_000)
+
+
+def test_availability_counts_uptime_across_restarts() -> None:
+    from p2pmarket.market import Availability
+
+    a = Availability.resume(None, 0)
+    assert a.ppm(0) == 1_000_000
+    assert a.ppm(10) == 1_000_000
+    doc = a.to_doc(10)                 # ran 10 µs, then was down 30 µs
+    b = Availability.resume(doc, 40)
+    assert b.ppm(40) == 250_000         # 10 up of 40
+    assert b.ppm(60) == 500_000         # 30 up of 60
