@@ -17,7 +17,7 @@ from rich.table import Table
 from p2pmarket import testnet
 from p2pmarket.api.control import ControlClient, ControlError
 from p2pmarket.client.buyer import buy as run_buy
-from p2pmarket.client.buyer import open_wallet, refresh_leases
+from p2pmarket.client.buyer import open_wallet, refresh_leases, resume_pending
 from p2pmarket.client.discovery import Market
 from p2pmarket.client.walletdir import WalletDir, default_wallet_path
 from p2pmarket.config import DataDir, Genesis
@@ -202,6 +202,8 @@ def human(rtype: str, amount: int) -> str:
 
 
 async def leases(args: argparse.Namespace) -> int:
+    for _, outcome in await resume_pending(wallet_dir(args)):
+        err.print(f"earlier purchase: {outcome}")
     results = await refresh_leases(wallet_dir(args))
     if args.json:
         dump({"leases": [{"source": src, "url": rec["url"],

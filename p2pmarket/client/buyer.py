@@ -23,7 +23,8 @@ from p2pmarket.host.lease import Lease, verify_lease
 from p2pmarket.host.resources import BidSpec, parse_bids
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
-from p2pmarket.wire import Envelope, pack
+from p2pmarket.identity import node_id_of
+from p2pmarket.wire import Envelope, pack, unpack
 
 Progress = Callable[[str], None]
 
@@ -71,14 +72,6 @@ def plan(hosts: list[HostView], primary: str, budget: int, interval_s: int,
         raise BuyError(f"cannot plan the purchase: {exc.message}", exc.value) from None
 
 
-def check_lease(envelope_doc: Any, host: HostView, holder: bytes) -> tuple[Lease, bytes]:
-    env = Envelope.from_wire(envelope_doc)
-    lease = verify_lease(env, host.key)
-    if lease.host_id != host.node_id or lease.holder != holder:
-        raise BuyError("the host sent a lease for someone else", lease.lease_id)
-    return lease, pack(env.to_wire())
-
-
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
               max_hosts: int, progress: Progress = lambda _: None) -> list[Purchase]:
     if interval_s <= 0:
@@ -89,6 +82,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
     types = sorted({key.split(",")[0] for key in specs})
     primary = next(iter(specs)).split(",")[0]
     genesis = wdir.genesis()
+    await resume_pending(wdir, progress)
     async with open_wallet(wdir) as (wallet, client):
         progress("collecting incoming payments")
         await wallet.sync()
@@ -108,16 +102,56 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
             host = by_id[node_id]
             progress(f"paying {amount} µcredits to host {node_id.hex()[:12]}")
             cert = await wallet.send(host.key, amount, memo=f"fund account at {node_id.hex()}")
+            pending = {"host_key": host.key.hex(), "url": host.record.url,
+                       "payment": pack(cert.to_wire()).hex(), "bids": wire_bids,
+                       "interval_s": interval_s}
+            wdir.set_pending(cert.entry.hash().hex(), pending)   # durable before the host
             progress(f"opening an account at {host.record.url}")
-            reply = await client.call(host.record.url, host.key, "host.create_account", {
-                "payment": cert.to_wire(), "bids": wire_bids, "interval_s": interval_s})
-            lease, envelope = check_lease(reply.get("lease"), host, wallet.key)
-            wdir.save_lease(lease.lease_id, {
-                "host_key": host.key.hex(), "url": host.record.url,
-                "account_id": str(reply.get("account_id")), "lease": envelope.hex()})
-            purchases.append(Purchase(host, amount, str(reply.get("account_id")), lease,
-                                      envelope))
+            account_id, lease, envelope = await open_account(client, wdir, wallet.key,
+                                                             cert.entry.hash().hex(), pending)
+            purchases.append(Purchase(host, amount, account_id, lease, envelope))
         return purchases
+
+
+async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, payment_id: str,
+                       pending: dict[str, Any]) -> tuple[str, Lease, bytes]:
+    """Ask the host to open the account a payment was made for; record the lease and
+    forget the pending purchase. Safe to repeat: hosts answer a repeated payment with
+    the account it already funded."""
+    host_key = bytes.fromhex(pending["host_key"])
+    reply = await client.call(pending["url"], host_key, "host.create_account", {
+        "payment": unpack(bytes.fromhex(pending["payment"])), "bids": pending["bids"],
+        "interval_s": pending["interval_s"]})
+    env = Envelope.from_wire(reply.get("lease"))
+    lease = verify_lease(env, host_key)
+    if lease.host_id != node_id_of(host_key) or lease.holder != holder:
+        raise BuyError("the host sent a lease for someone else", lease.lease_id)
+    envelope = pack(env.to_wire())
+    account_id = str(reply.get("account_id"))
+    wdir.save_lease(lease.lease_id, {"host_key": pending["host_key"], "url": pending["url"],
+                                     "account_id": account_id, "lease": envelope.hex()})
+    wdir.set_pending(payment_id, None)
+    return account_id, lease, envelope
+
+
+async def resume_pending(wdir: WalletDir,
+                         progress: Progress = lambda _: None) -> list[tuple[str, str]]:
+    """Retry every purchase that was paid for but not acknowledged (a crash, a host that
+    was down). Returns (payment id, outcome) pairs; unfinished ones stay pending."""
+    pending = wdir.pending()
+    if not pending:
+        return []
+    outcomes = []
+    async with PeerClient(wdir.identity(), timeout_s=10) as client:
+        for payment_id, record in pending.items():
+            progress(f"finishing an earlier purchase at {record['url']}")
+            try:
+                account_id, _, _ = await open_account(client, wdir, wdir.identity().public_key,
+                                                      payment_id, record)
+                outcomes.append((payment_id, f"account {account_id} opened"))
+            except P2PMarketError as exc:
+                outcomes.append((payment_id, f"still pending: {exc.message}"))
+    return outcomes
 
 
 async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | None, str]]:

@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from p2pmarket.config import Genesis
 from p2pmarket.errors import P2PMarketError
@@ -23,6 +24,18 @@ from p2pmarket.identity import Identity
 
 class WalletDirError(P2PMarketError):
     """No wallet, or a damaged one."""
+
+
+def _read_map(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise WalletDirError(f"{path} is damaged") from None
+    if not isinstance(doc, dict):
+        raise WalletDirError(f"{path} is damaged")
+    return doc
 
 
 def default_wallet_path() -> Path:
@@ -49,6 +62,11 @@ class WalletDir:
     @property
     def leases_path(self) -> Path:
         return self.root / "leases.json"
+
+    @property
+    def pending_path(self) -> Path:
+        """Purchases paid for but not yet acknowledged by their host."""
+        return self.root / "pending.json"
 
     def exists(self) -> bool:
         return self.key_path.exists()
@@ -84,6 +102,19 @@ class WalletDir:
         if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
             raise WalletDirError(f"{self.leases_path} is damaged")
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in doc.items()}
+
+    def pending(self) -> dict[str, dict[str, Any]]:
+        """payment id (hex) -> {host_key, url, payment (cert wire, hex msgpack), bids,
+        interval_s}: written durably after paying and before asking the host."""
+        return _read_map(self.pending_path)
+
+    def set_pending(self, payment_id: str, record: dict[str, Any] | None) -> None:
+        pending = self.pending()
+        if record is None:
+            pending.pop(payment_id, None)
+        else:
+            pending[payment_id] = record
+        write_atomic(self.pending_path, json.dumps(pending, indent=1).encode(), mode=0o600)
 
     def save_lease(self, lease_id: str, record: dict[str, str]) -> None:
         leases = self.leases()
