@@ -21,9 +21,9 @@ from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.lease import Lease, verify_lease
 from p2pmarket.host.resources import BidSpec, parse_bids
+from p2pmarket.identity import node_id_of
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
-from p2pmarket.identity import node_id_of
 from p2pmarket.wire import Envelope, pack, unpack
 
 Progress = Callable[[str], None]
