@@ -26,9 +26,13 @@ EXAMPLES = {
     "wallet": """examples:
   p2pmarket wallet new --genesis run/testnet/genesis.json
   p2pmarket wallet show
-  p2pmarket wallet balance --wallet /tmp/w""",
+  p2pmarket wallet balance --wallet /tmp/w
+  p2pmarket wallet history --json""",
     "bank": """examples:
   p2pmarket bank mint --mint-wallet run/testnet/mint --to 3f9a…(64 hex) --amount 100""",
+    "ledger": """examples:
+  p2pmarket ledger supply --genesis run/testnet/genesis.json
+  p2pmarket ledger supply --json""",
     "buy": """examples:
   p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
   p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB""",
@@ -88,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     wn.add_argument("--genesis", type=Path, required=True, help="the network's genesis file")
     wallet_opt(wn)
     for action, text in (("show", "print the wallet's public key"),
-                         ("balance", "fetch incoming payments and print the balance")):
+                         ("balance", "fetch incoming payments and print the balance"),
+                         ("history", "list the wallet's chain: every entry, its amount, "
+                                     "counterparty and balance after")):
         q = wsub.add_parser(action, help=text, epilog=EXAMPLES["wallet"], formatter_class=fmt)
         wallet_opt(q)
         json_opt(q)
@@ -101,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="wallet dir holding the mint key")
     bm.add_argument("--to", required=True, help="payee public key (64 hex digits)")
     bm.add_argument("--amount", required=True, help="credits, up to 6 decimals")
+
+    lg = cmd("ledger", "Network-wide ledger checks.")
+    lsub = lg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = lsub.add_parser("supply", help="ask every notary for the total supply and check it "
+                         "against all mints", epilog=EXAMPLES["ledger"], formatter_class=fmt)
+    wallet_opt(ls)
+    ls.add_argument("--genesis", type=Path, help="genesis file (default: the wallet's)")
+    json_opt(ls)
 
     buy = cmd("buy", "Buy resources: find hosts, fund them, bid, verify the leases.")
     wallet_opt(buy)
@@ -152,6 +166,8 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("wallet", "new"): commands.wallet_new,
     ("wallet", "show"): commands.wallet_show,
     ("wallet", "balance"): commands.wallet_balance,
+    ("wallet", "history"): commands.wallet_history,
+    ("ledger", "supply"): commands.ledger_supply,
     ("bank", "mint"): commands.bank_mint,
     ("buy", None): commands.buy,
     ("hosts", None): commands.hosts,

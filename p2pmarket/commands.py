@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from p2pmarket import testnet
+from p2pmarket.api.client import PeerClient
 from p2pmarket.api.control import ControlClient, ControlError
 from p2pmarket.client.buyer import buy as run_buy
 from p2pmarket.client.buyer import open_wallet, refresh_leases, resume_pending
@@ -23,7 +24,7 @@ from p2pmarket.client.walletdir import WalletDir, default_wallet_path
 from p2pmarket.config import DataDir, Genesis
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.lease import Lease
-from p2pmarket.identity import parse_public_key
+from p2pmarket.identity import Identity, parse_public_key
 from p2pmarket.money import format_credits, parse_credits
 
 out = Console(highlight=False, soft_wrap=True,
@@ -112,6 +113,56 @@ async def wallet_balance(args: argparse.Namespace) -> int:
         out.print(f"balance: {format_credits(balance)} credits"
                   + (f" ({format_credits(received)} just received)" if received else ""))
     return 0
+
+
+async def wallet_history(args: argparse.Namespace) -> int:
+    async with open_wallet(wallet_dir(args)) as (wallet, _):
+        await wallet.sync()
+        entries = wallet.history()
+    if args.json:
+        dump({"history": entries})
+        return 0
+    table = Table(title=f"{len(entries)} entries")
+    for col in ("seq", "time", "kind", "amount", "balance", "counterparty", "memo", "certified"):
+        table.add_column(col)
+    for e in entries:
+        party = e.get("counterparty")
+        table.add_row(str(e["seq"]), time.strftime("%Y-%m-%d %H:%M:%S",
+                                                   time.localtime(e["ts"] / 1e6)),
+                      e["kind"], format_credits(e["delta"]) if e["delta"] else "",
+                      format_credits(e["balance"]),
+                      party[:16] if isinstance(party, str) else "",
+                      str(e.get("memo", ""))[:40], "yes" if e.get("certified") else "no")
+    out.print(table)
+    return 0
+
+
+async def ledger_supply(args: argparse.Namespace) -> int:
+    """Every notary's view of the supply; one error per notary that fails the check."""
+    genesis = Genesis.load(args.genesis) if args.genesis else wallet_dir(args).genesis()
+    rows: list[dict[str, Any]] = []
+    async with PeerClient(Identity.generate(), timeout_s=10) as client:
+        for notary in genesis.notaries:
+            row: dict[str, Any] = {"notary": notary.key.hex(), "url": notary.url}
+            try:
+                row.update(await client.call(notary.url, notary.key, "notary.supply", {}))
+            except P2PMarketError as exc:
+                row.update(ok=False, error=exc.message)
+            rows.append(row)
+    errors = sum(1 for r in rows if r.get("ok") is not True)
+    if args.json:
+        dump({"notaries": rows, "errors": errors})
+        return errors
+    table = Table(title="supply at each notary (credits)")
+    for col in ("notary", "minted", "balances", "in flight", "check"):
+        table.add_column(col)
+    for r in rows:
+        figures = [format_credits(r[k]) if isinstance(r.get(k), int) else ""
+                   for k in ("minted", "balances", "pending")]
+        check = "ok" if r.get("ok") is True else r.get("error", "MISMATCH")
+        table.add_row(r["notary"][:16], *figures, check)
+    out.print(table)
+    return errors
 
 
 async def bank_mint(args: argparse.Namespace) -> int:

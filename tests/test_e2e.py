@@ -121,6 +121,15 @@ def test_mint_buy_and_check_everything(market: Market) -> None:
     assert supply["ok"] is True
     assert supply["balances"] + supply["pending"] == MINTED
 
+    ledger = cli_json("ledger", "supply", "--wallet", market.wallet)
+    assert ledger["errors"] == 0
+    assert [n["minted"] for n in ledger["notaries"]] == [MINTED]
+    history = cli_json("wallet", "history", "--wallet", market.wallet)["history"]
+    assert [(e["kind"], e["delta"]) for e in history] == [
+        ("OPEN", 0), ("RECV", MINTED), ("SEND", -paid)]
+    assert history[-1]["balance"] == MINTED - paid
+    assert all(e["certified"] for e in history)
+
     # the buyer can fetch the current lease again at any time
     leases = cli_json("leases", "--wallet", market.wallet)["leases"]
     assert [entry["source"] for entry in leases] == ["current"]
