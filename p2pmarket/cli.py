@@ -46,6 +46,11 @@ EXAMPLES = {
   p2pmarket testnet up --nodes 5 --dir run/testnet
   p2pmarket testnet status --dir run/testnet
   p2pmarket testnet down --dir run/testnet""",
+    "host": """examples:
+  p2pmarket host status --data-dir run/testnet/node1
+  p2pmarket host set-capacity --data-dir run/testnet/node1 memory 8GiB
+  p2pmarket host set-capacity --data-dir run/testnet/node1 tcp_port 30000-30099
+  p2pmarket host set-min-price --data-dir run/testnet/node1 cpu 5""",
     "status": """examples:
   p2pmarket status --data-dir run/testnet/node1
   p2pmarket status --data-dir run/testnet/node1 --what vms""",
@@ -138,6 +143,23 @@ def _parser() -> argparse.ArgumentParser:
     wallet_opt(le)
     json_opt(le)
 
+    ho = cmd("host", "For host owners: the auction, accounts and VMs of a running node.")
+    hsub = ho.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hs = hsub.add_parser("status", help="accounts, bids, allocations, prices, VM state",
+                         epilog=EXAMPLES["host"], formatter_class=fmt)
+    hs.add_argument("--data-dir", type=Path, required=True, help="the node's data dir")
+    json_opt(hs)
+    hc = hsub.add_parser("set-capacity", help="how much of a resource this host offers",
+                         epilog=EXAMPLES["host"], formatter_class=fmt)
+    hc.add_argument("--data-dir", type=Path, required=True, help="the node's data dir")
+    hc.add_argument("resource", help="cpu, memory, disk, net_in, net_out, tcp_port, ...")
+    hc.add_argument("amount", help="with units (8GHz, 16GiB, 1Gbit/s) or an id range")
+    hp = hsub.add_parser("set-min-price", help="the host's own bid: the lowest price",
+                         epilog=EXAMPLES["host"], formatter_class=fmt)
+    hp.add_argument("--data-dir", type=Path, required=True, help="the node's data dir")
+    hp.add_argument("resource", help="resource type")
+    hp.add_argument("price", type=int, help="micro-credits per second for the whole resource")
+
     st = cmd("status", "Ask a running node about itself through its control API.")
     st.add_argument("--data-dir", type=Path, required=True)
     st.add_argument("--what", default="node",
@@ -173,6 +195,9 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("hosts", None): commands.hosts,
     ("leases", None): commands.leases,
     ("status", None): commands.status,
+    ("host", "status"): commands.host_status,
+    ("host", "set-capacity"): commands.host_set_capacity,
+    ("host", "set-min-price"): commands.host_set_min_price,
     ("testnet", "up"): commands.testnet_up,
     ("testnet", "down"): commands.testnet_down,
     ("testnet", "status"): commands.testnet_status,

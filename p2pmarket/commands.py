@@ -81,6 +81,50 @@ async def status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def host_status(args: argparse.Namespace) -> int:
+    doc = await ControlClient(DataDir(args.data_dir)).call("host_status")
+    if args.json:
+        dump(doc)
+        return 0
+    market = Table(title="market at this host")
+    for col in ("resource", "capacity", "price µc/s", "free"):
+        market.add_column(col)
+    for res, m in sorted(doc.get("market", {}).items()):
+        market.add_row(res, human(res, m.get("capacity", 0)), str(m.get("price", "")),
+                       human(res, m.get("free", 0)) if "free" in m else "")
+    out.print(market)
+    accounts = Table(title=f"{len(doc.get('accounts', []))} account(s)")
+    for col in ("account", "holder", "balance", "bids [weight ppm, min, max]", "allocation",
+                "VM"):
+        accounts.add_column(col)
+    vms = {v.get("account_id"): v for v in doc.get("vms", [])}
+    for a in doc.get("accounts", []):
+        vm = vms.get(a["account_id"], {})
+        notes = "; ".join(vm.get("notes", []))
+        accounts.add_row(
+            a["account_id"], str(a.get("holder", ""))[:12],
+            format_credits(int(a.get("balance", 0))),
+            "\n".join(f"{r}: {b}" for r, b in sorted(a.get("bids", {}).items())),
+            "\n".join(f"{r}: {human(r, v)}" for r, v in sorted(a.get("allocation", {}).items())),
+            f"{vm.get('state', 'none')}" + (f"\n{notes}" if notes else ""))
+    out.print(accounts)
+    return 0
+
+
+async def host_set_capacity(args: argparse.Namespace) -> int:
+    doc = await ControlClient(DataDir(args.data_dir)).call(
+        "host_set_capacity", {"resource": args.resource, "amount": args.amount})
+    out.print(f"capacity set; host config now: {json.dumps(doc.get('config'))}")
+    return 0
+
+
+async def host_set_min_price(args: argparse.Namespace) -> int:
+    doc = await ControlClient(DataDir(args.data_dir)).call(
+        "host_set_min_price", {"resource": args.resource, "price": args.price})
+    out.print(f"minimum price set; host config now: {json.dumps(doc.get('config'))}")
+    return 0
+
+
 # -- wallet and bank ---------------------------------------------------------------
 
 async def wallet_new(args: argparse.Namespace) -> int:

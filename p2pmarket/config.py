@@ -144,6 +144,11 @@ class DataDir:
         return self.root / "host.sqlite"
 
     @property
+    def audit_db(self) -> Path:
+        """The host's tamper-evident audit log (DESIGN.md section 5)."""
+        return self.root / "audit.sqlite"
+
+    @property
     def dht_db(self) -> Path:
         return self.root / "dht.sqlite"
 

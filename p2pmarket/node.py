@@ -29,8 +29,11 @@ from p2pmarket.files import write_atomic
 from p2pmarket.host import HostError
 from p2pmarket.host.accounts import AccountStore, Payment
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.control import control_handlers as host_control_handlers
+from p2pmarket.host.control import upload_route
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.identity import Identity
+from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
@@ -62,14 +65,17 @@ class Node:
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity))
         self.accounts = AccountStore(data_dir.host_db)
+        self.audit = AuditLog(data_dir.audit_db, identity)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
-                                     accept_payment=self.accept_payment)
+                                     accept_payment=self.accept_payment, audit=self.audit,
+                                     refund_payment=self.refund_payment)
         self.market_changed = asyncio.Event()
         self.dispatcher.register_all("host", {
             name: self._then_readvertise(h) for name, h in self.auctioneer.handlers().items()})
         self.dht = DhtNode(identity, genesis, url=settings.url,
                            republish_s=settings.republish_seconds)
-        self.peer_site = Site(peer_app(self.dispatcher))
+        self.peer_site = Site(peer_app(self.dispatcher,
+                                       extra_routes=[upload_route(self.auctioneer)]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
                                              self.control_handlers()))
         self.chain_ready = asyncio.Event()
@@ -113,6 +119,7 @@ class Node:
         await self.peers.close()
         self.vmm.close()
         self.accounts.close()
+        self.audit.close()
         self.chain.close()
         if self.notary is not None:
             self.notary.close()
@@ -228,6 +235,20 @@ class Node:
             amount = await self.wallet.receive(cert)
         return Payment(cert.entry.hash(), amount)
 
+    async def refund_payment(self, holder: bytes, amount: int, memo: str) -> dict[str, Any]:
+        """Pay ``amount`` back to ``holder`` with a certified transfer. Idempotent per
+        memo (the auctioneer gives each refund a unique memo and retries until done):
+        a refund already on our chain is answered with its certificate."""
+        async with self._payment_lock:
+            await self.wallet.resume()
+            for entry in self.chain.entries(self.identity.public_key):
+                if (entry.kind == "SEND" and entry.body["memo"] == memo
+                        and entry.body["to"] == holder):
+                    cert = self.chain.certificate(entry.owner, entry.seq)
+                    if cert is not None:
+                        return cert.to_wire()
+            return (await self.wallet.send(holder, amount, memo=memo)).to_wire()
+
     # -- control API ---------------------------------------------------------------
 
     def control_handlers(self) -> dict[str, Any]:
@@ -259,7 +280,7 @@ class Node:
             return {"history": self.wallet.history()}
 
         return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
-                "history": history}
+                "history": history, **host_control_handlers(self.auctioneer)}
 
 
 def _read_json(path: Path) -> Any:

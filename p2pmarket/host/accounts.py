@@ -1,10 +1,14 @@
-"""Host accounts and their sqlite store (WAL + synchronous=FULL via :func:`open_db`).
+"""Host accounts, refunds and host settings in sqlite (WAL + synchronous=FULL via
+:func:`open_db`).
 
 An account is the buyer's money and bids at one host: its holder's public key,
-fund (micro-credits), interval end (µs), bids per resource (absolute base
-units, weight in ppm), the current allocation and the current signed lease.
-:meth:`AccountStore.put_many` commits before returning, so a change is durable
-before the RPC that made it is acknowledged.
+expected-value fund and contingency fund (micro-credits), contingency ratio
+(ppm), interval end (µs), state (``active``, ``expired``: shut down and reset
+with a long interval, ``closed``), standing bids per resource
+(:class:`BidTerm`, fractions kept as fractions), the last allocation and the
+last signed lease. Every write commits before returning, so a change is durable
+before the RPC that made it is acknowledged; a payment or a refund is recorded
+in the same transaction as the account it changes.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any
 
 from p2pmarket.files import open_db
 from p2pmarket.host import HostError
-from p2pmarket.host.allocator import AccountState, Bid
+from p2pmarket.host.resources import BidTerm
 from p2pmarket.wire import pack, unpack
+
+ACTIVE, EXPIRED, CLOSED = "active", "expired", "closed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -37,7 +43,29 @@ CREATE TABLE IF NOT EXISTS payments (
     account_id TEXT NOT NULL,
     amount INTEGER NOT NULL CHECK (amount > 0)
 );
+CREATE TABLE IF NOT EXISTS refunds (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    holder BLOB NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    memo TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result BLOB,
+    created_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 """
+# columns added after the first release: name -> definition
+_NEW_COLUMNS = {
+    "contingency": "INTEGER NOT NULL DEFAULT 0 CHECK (contingency >= 0)",
+    "contingency_ppm": "INTEGER NOT NULL DEFAULT 0",
+    "state": "TEXT NOT NULL DEFAULT 'active'",
+}
+_COLUMNS = ("id, holder, fund, interval_end_us, bids, allocation, created_us, lease, "
+            "contingency, contingency_ppm, state")
 
 
 @dataclass(frozen=True)
@@ -47,13 +75,23 @@ class Account:
     fund: int
     interval_end_us: int
     created_us: int
-    bids: Mapping[str, Bid] = field(default_factory=dict)
+    bids: Mapping[str, BidTerm] = field(default_factory=dict)
     allocation: Mapping[str, int] = field(default_factory=dict)
     lease: Mapping[str, Any] | None = None   # the lease envelope's wire form
+    contingency: int = 0
+    contingency_ppm: int = 0
+    state: str = ACTIVE
 
-    def state(self) -> AccountState:
-        """What the pure allocator needs."""
-        return AccountState(self.account_id, self.fund, self.interval_end_us, self.bids)
+    @property
+    def money(self) -> int:
+        return self.fund + self.contingency
+
+    def persistent(self) -> tuple[Any, ...]:
+        """What must be written when it changes (the allocation is derived state)."""
+        return (self.holder, self.fund, self.interval_end_us, self.created_us,
+                tuple(sorted((k, t.to_wire().__repr__()) for k, t in self.bids.items())),
+                None if self.lease is None else pack(dict(self.lease)), self.contingency,
+                self.contingency_ppm, self.state)
 
 
 @dataclass(frozen=True)
@@ -67,42 +105,62 @@ class Payment:
     amount: int
 
 
-def bids_to_doc(bids: Mapping[str, Bid]) -> dict[str, list[int]]:
-    """``{res: [weight_ppm, min, max]}``: the stored (and wire) form of resolved bids."""
-    return {res: [b.weight_ppm, b.min, b.max] for res, b in sorted(bids.items())}
+@dataclass(frozen=True)
+class Refund:
+    """Money owed back to an account's holder: recorded (``pending``) in the same
+    transaction that takes it out of the account, ``done`` once the transfer is made."""
+
+    refund_id: str
+    account_id: str
+    holder: bytes
+    amount: int
+    memo: str
+    status: str = "pending"
+    result: Mapping[str, Any] | None = None
+    created_us: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"refund_id": self.refund_id, "account_id": self.account_id,
+                "amount": self.amount, "memo": self.memo, "status": self.status,
+                "payment": None if self.result is None else dict(self.result)}
 
 
-def bids_from_doc(doc: Any) -> dict[str, Bid]:
-    return {str(res): Bid(int(v[0]), int(v[1]), int(v[2])) for res, v in doc.items()}
+def terms_to_doc(bids: Mapping[str, BidTerm]) -> dict[str, list[int | str]]:
+    """``{res: [weight_ppm, min, max]}``: ints are absolute, decimal strings fractions."""
+    return {res: t.to_wire() for res, t in sorted(bids.items())}
+
+
+def terms_from_doc(doc: Any) -> dict[str, BidTerm]:
+    return {str(res): BidTerm.from_wire(str(res), v) for res, v in doc.items()}
 
 
 class AccountStore:
-    """Accounts in sqlite, one transaction per logical change."""
+    """Accounts, payments, refunds and host settings; one transaction per change."""
 
     def __init__(self, path: Path | str) -> None:
         self.conn = open_db(path)
         with self.conn:
             self.conn.executescript(_SCHEMA)
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(accounts)")}
+            for name, definition in _NEW_COLUMNS.items():
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE accounts ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self.conn.close()
 
     def get(self, account_id: str) -> Account | None:
-        row = self.conn.execute(
-            "SELECT id, holder, fund, interval_end_us, bids, allocation, created_us, lease "
-            "FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM accounts WHERE id = ?",
+                                (account_id,)).fetchone()
         return None if row is None else _from_row(row)
 
     def all(self) -> list[Account]:
-        rows = self.conn.execute(
-            "SELECT id, holder, fund, interval_end_us, bids, allocation, created_us, lease "
-            "FROM accounts ORDER BY id").fetchall()
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM accounts ORDER BY id").fetchall()
         return [_from_row(r) for r in rows]
 
     def by_holder(self, holder: bytes) -> list[Account]:
-        rows = self.conn.execute(
-            "SELECT id, holder, fund, interval_end_us, bids, allocation, created_us, lease "
-            "FROM accounts WHERE holder = ? ORDER BY id", (holder,)).fetchall()
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM accounts WHERE holder = ? "
+                                 "ORDER BY id", (holder,)).fetchall()
         return [_from_row(r) for r in rows]
 
     def put(self, account: Account) -> None:
@@ -115,22 +173,30 @@ class AccountStore:
         return None if row is None else str(row[0])
 
     def put_many(self, accounts: Iterable[Account],
-                 payment: tuple[Payment, str] | None = None) -> None:
+                 payment: tuple[Payment, str] | None = None,
+                 refund: Refund | None = None) -> None:
         """Insert or replace ``accounts`` (and record ``payment`` as funding the named
-        account) in one durable transaction."""
+        account, and a new pending ``refund``) in one durable transaction."""
         rows = [(a.account_id, a.holder, a.fund, a.interval_end_us,
-                 pack(bids_to_doc(a.bids)), pack(dict(a.allocation)), a.created_us,
-                 None if a.lease is None else pack(dict(a.lease))) for a in accounts]
+                 pack(terms_to_doc(a.bids)), pack(dict(a.allocation)), a.created_us,
+                 None if a.lease is None else pack(dict(a.lease)), a.contingency,
+                 a.contingency_ppm, a.state) for a in accounts]
         try:
             with self.conn:
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO accounts (id, holder, fund, interval_end_us, bids, "
-                    "allocation, created_us, lease) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    f"INSERT OR REPLACE INTO accounts ({_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 if payment is not None:
                     pay, account_id = payment
                     self.conn.execute(
                         "INSERT INTO payments (id, account_id, amount) VALUES (?, ?, ?)",
                         (pay.payment_id, account_id, pay.amount))
+                if refund is not None:
+                    self.conn.execute(
+                        "INSERT INTO refunds (id, account_id, holder, amount, memo, status, "
+                        "result, created_us) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                        (refund.refund_id, refund.account_id, refund.holder, refund.amount,
+                         refund.memo, refund.status, refund.created_us))
         except sqlite3.IntegrityError as exc:
             raise HostError("account store refused the change", str(exc)) from None
 
@@ -138,12 +204,51 @@ class AccountStore:
         with self.conn:
             self.conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
 
+    # -- refunds -------------------------------------------------------------------
+
+    def refund(self, refund_id: str) -> Refund | None:
+        row = self.conn.execute(
+            "SELECT id, account_id, holder, amount, memo, status, result, created_us "
+            "FROM refunds WHERE id = ?", (refund_id,)).fetchone()
+        return None if row is None else _refund(row)
+
+    def pending_refunds(self) -> list[Refund]:
+        rows = self.conn.execute(
+            "SELECT id, account_id, holder, amount, memo, status, result, created_us "
+            "FROM refunds WHERE status = 'pending' ORDER BY created_us, id").fetchall()
+        return [_refund(r) for r in rows]
+
+    def refund_done(self, refund_id: str, result: Mapping[str, Any]) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE refunds SET status = 'done', result = ? WHERE id = ?",
+                              (pack(dict(result)), refund_id))
+
+    # -- host settings -------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        return {str(k): unpack(bytes(v)) for k, v in
+                self.conn.execute("SELECT key, value FROM settings ORDER BY key")}
+
+    def put_setting(self, key: str, value: Any) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                              (key, pack(value)))
+
+
+def _refund(row: tuple[Any, ...]) -> Refund:
+    rid, account_id, holder, amount, memo, status, result, created = row
+    return Refund(str(rid), str(account_id), bytes(holder), int(amount), str(memo),
+                  str(status), None if result is None else unpack(bytes(result)),
+                  int(created))
+
 
 def _from_row(row: tuple[Any, ...]) -> Account:
-    account_id, holder, fund, end, bids, allocation, created, lease = row
+    (account_id, holder, fund, end, bids, allocation, created, lease, contingency, cppm,
+     state) = row
     return Account(
         account_id=account_id, holder=bytes(holder), fund=int(fund),
         interval_end_us=int(end), created_us=int(created),
-        bids=bids_from_doc(unpack(bids)),
+        bids=terms_from_doc(unpack(bids)),
         allocation={str(k): int(v) for k, v in unpack(allocation).items()},
-        lease=None if lease is None else unpack(lease))
+        lease=None if lease is None else unpack(lease), contingency=int(contingency),
+        contingency_ppm=int(cppm), state=str(state))

@@ -10,6 +10,12 @@ Bid syntax, as on Tycoon's command line: ``RESOURCE[,ID]:WEIGHT,MIN,MAX``::
     memory:1,256MiB,1GiB     KiB, MiB, GiB, TiB (also B, KB, MB, GB, TB: decimal bytes)
     net_in:1,10Mbps,1Gbps    bps, kbps, Mbps, Gbps (also bit/s, kbit/s, ...)
     tcp_port,30000:1         a unique resource and its identifier
+    tcp_port,30000-30009:1,50   a range; 50: own minimum price (micro-credits/s)
+    ipv4_address,198.18.0.5:2
+
+For a unique resource (ipv4_address, tcp_port) MIN is the bidder's own minimum
+price in micro-credits per second (the winner pays at least that, seed
+5/23/2007) and MAX is unused.
 
 A number without a unit is a fraction (0..1) of the host's capacity. A field
 left out (``cpu:1,,0.5``, ``cpu:2``) is ``None``: the current value is kept
@@ -25,14 +31,14 @@ fractions, so no float is ever needed.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from p2pmarket.host import HostError
-from p2pmarket.host.allocator import Bid
+from p2pmarket.host.model import Bid
+from p2pmarket.host.unique import MAX_RANGE, UniqueKeyError, canonical_key, parse_key
 
 PPM = 1_000_000
 DIVISIBLE: tuple[str, ...] = ("cpu", "memory", "disk", "net_in", "net_out")
@@ -40,7 +46,7 @@ UNIQUE: tuple[str, ...] = ("ipv4_address", "tcp_port")
 RESOURCE_TYPES: tuple[str, ...] = DIVISIBLE + UNIQUE
 BASE_UNITS: dict[str, str] = {
     "cpu": "MHz", "memory": "KiB", "disk": "KiB", "net_in": "bit/s", "net_out": "bit/s",
-    "ipv4_address": "ppm", "tcp_port": "ppm",
+    "ipv4_address": "µcr/s", "tcp_port": "µcr/s",
 }
 MAX_WEIGHT_PPM = 10**12 * PPM
 MAX_AMOUNT = 2**62
@@ -158,23 +164,17 @@ def parse_quantity(resource: str, text: str) -> Quantity:
 
 
 def _check_ident(resource: str, ident: str) -> str:
-    ident = ident.strip()
-    if resource == "tcp_port":
-        lo, _, hi = ident.partition("-")
-        try:
-            a, b = int(lo), int(hi or lo)
-        except ValueError:
-            raise HostError(f"bad tcp port {ident!r}", ident[:40]) from None
-        if not 1 <= a <= b <= 65535:
-            raise HostError(f"bad tcp port range {ident!r}", ident[:40])
-    elif resource == "ipv4_address":
-        try:
-            ipaddress.IPv4Address(ident)
-        except ValueError:
-            raise HostError(f"bad IPv4 address {ident!r}", ident[:40]) from None
-    else:
+    """The canonical identifier (or ``LO-HI`` range) of a unique resource."""
+    if resource not in UNIQUE:
         raise HostError(f"{resource} is divisible and takes no identifier", ident[:40])
-    return ident
+    try:
+        kind, lo, hi = parse_key(f"{resource},{ident.strip()}")
+    except UniqueKeyError as exc:
+        raise HostError(f"bad {resource} identifier: {exc}", ident[:40]) from None
+    if hi - lo + 1 > MAX_RANGE:
+        raise HostError(f"a {resource} range may hold at most {MAX_RANGE} identifiers",
+                        ident[:40])
+    return canonical_key(f"{kind},{ident.strip()}").partition(",")[2]
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,8 @@ class BidSpec:
 
     def check(self) -> BidSpec:
         lo, hi = self.min, self.max
-        if lo is not None and hi is not None and lo.fraction == hi.fraction \
+        if self.ident is None and lo is not None and hi is not None \
+                and lo.fraction == hi.fraction \
                 and lo.value > hi.value:
             raise HostError(f"{self.key}: min is larger than max",
                             {"min": lo.to_wire(), "max": hi.to_wire()})
@@ -244,9 +245,22 @@ def _field(resource: str, item: Any, weight: bool) -> Any:
             raise HostError("weight too large", item)
         return item if weight else Quantity(item)
     if isinstance(item, str):
-        return parse_weight(item) if weight else parse_quantity(resource, item)
+        if weight:
+            return parse_weight(item)
+        if resource in UNIQUE:
+            return _price(resource, item)
+        return parse_quantity(resource, item)
     raise HostError(f"{resource}: bad bid field of type {type(item).__name__}",
                     type(item).__name__)
+
+
+def _price(resource: str, text: str) -> Quantity:
+    """A unique resource's own minimum price: micro-credits per second (an integer)."""
+    text = text.strip()
+    if not text.isdigit():
+        raise HostError(f"{resource}: the min of a unique resource is a price in "
+                        "micro-credits per second (an integer)", text[:40])
+    return Quantity(int(text))
 
 
 def bid_from_wire(key: str, value: Any) -> BidSpec:
@@ -289,20 +303,64 @@ def bids_to_wire(specs: dict[str, BidSpec]) -> dict[str, list[int | str | None]]
     return {key: spec.to_wire() for key, spec in specs.items()}
 
 
-def resolve_bid(spec: BidSpec, current: Bid | None, capacity: int) -> Bid:
-    """Apply ``spec`` to the account's ``current`` bid on a resource of ``capacity``.
+@dataclass(frozen=True)
+class BidTerm:
+    """An account's standing bid on one resource, as the buyer gave it.
 
-    Fields left out keep the current value; a new bid defaults to weight 1, min 0,
-    max the whole capacity. Max is capped at capacity; min above max is refused.
+    ``min`` and ``max`` keep whether they were fractions of capacity or absolute
+    amounts, so a fraction follows the host's capacity when it changes, and the
+    last one given wins (seed 12/18). For a unique resource ``min`` is the own
+    minimum price (micro-credits per second) and ``max`` is unused.
     """
-    if current is None:
-        current = Bid(PPM, 0, capacity)
-    weight = current.weight_ppm if spec.weight_ppm is None else spec.weight_ppm
-    lo = current.min if spec.min is None else spec.min.resolve(capacity)
-    hi = current.max if spec.max is None else spec.max.resolve(capacity)
-    hi = min(hi, capacity)
-    if lo > hi:
-        raise HostError(f"{spec.key}: min is larger than max (max is at most the capacity, "
-                        f"{capacity} {BASE_UNITS[spec.resource]})",
-                        {"resource": spec.key, "min": lo, "max": hi, "capacity": capacity})
-    return Bid(weight, lo, hi)
+
+    weight_ppm: int
+    min: Quantity
+    max: Quantity
+
+    def resolve(self, resource: str, capacity: int) -> Bid:
+        """The allocator's absolute bid on a host with ``capacity`` (max capped at it)."""
+        if "," in resource:
+            return Bid(self.weight_ppm, self.min.value, 1)
+        hi = min(self.max.resolve(capacity), capacity)
+        return Bid(self.weight_ppm, min(self.min.resolve(capacity), hi), hi)
+
+    def to_wire(self) -> list[int | str]:
+        return [self.weight_ppm, self.min.to_wire(), self.max.to_wire()]
+
+    @classmethod
+    def from_wire(cls, resource: str, doc: Any) -> BidTerm:
+        spec = bid_from_wire(resource, list(doc))
+        assert spec.weight_ppm is not None and spec.min is not None and spec.max is not None
+        return cls(spec.weight_ppm, spec.min, spec.max)
+
+
+NEW_TERM = BidTerm(PPM, Quantity(0), Quantity(PPM, fraction=True))
+
+
+def apply_spec(spec: BidSpec, current: BidTerm | None, capacity: int) -> BidTerm:
+    """Apply ``spec`` to the account's ``current`` term on a resource of ``capacity``.
+
+    Fields left out keep the current value (a new bid: weight 1, min 0, max all of
+    it); a min or max given replaces the old one whichever form either had (seed
+    12/18). Refused if the min, resolved on this host, is above the max or above
+    the capacity.
+    """
+    cur = current or NEW_TERM
+    term = BidTerm(cur.weight_ppm if spec.weight_ppm is None else spec.weight_ppm,
+                   cur.min if spec.min is None else spec.min,
+                   cur.max if spec.max is None else spec.max)
+    if spec.ident is None:
+        lo, hi = term.min.resolve(capacity), term.max.resolve(capacity)
+        if lo > min(hi, capacity):
+            raise HostError(f"{spec.key}: min is larger than max (max is at most the capacity, "
+                            f"{capacity} {BASE_UNITS[spec.resource]})",
+                            {"resource": spec.key, "min": lo, "max": min(hi, capacity),
+                             "capacity": capacity})
+    return term
+
+
+def resolve_bid(spec: BidSpec, current: Bid | None, capacity: int) -> Bid:
+    """Apply ``spec`` to a resolved bid (absolute amounts) and resolve the result."""
+    cur = None if current is None else BidTerm(current.weight_ppm, Quantity(current.min),
+                                               Quantity(current.max))
+    return apply_spec(spec, cur, capacity).resolve(spec.key, capacity)

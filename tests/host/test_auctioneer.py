@@ -278,12 +278,13 @@ async def test_identical_bid_changes_nothing_and_patch_keeps_fields(make_host: M
     assert lease.resources["memory"].max == GIB
     info = h.vmm.describe(aid)
     assert info is not None and info.weight == 5000          # half the host, in 1/10000
-    # replace drops the unlisted memory bid: the VM cannot run without memory
-    res = await h.auct.bid(ctx(ALICE), {"account_id": aid, "bids": {"cpu": "1"},
-                                        "replace": True})
-    assert set(verify_lease(res["lease"], h.identity.public_key).resources) == {"cpu"}
+    # replace would drop the unlisted memory bid and so shut the VM down: refused (6/27)
+    before = snapshot(h)
+    with pytest.raises(HostError, match="shut down"):
+        await h.auct.bid(ctx(ALICE), {"account_id": aid, "bids": {"cpu": "1"}, "replace": True})
+    assert snapshot(h) == before
     info = h.vmm.describe(aid)
-    assert info is not None and info.state == "shutoff"
+    assert info is not None and info.state == "running"
 
 
 async def test_tick_charges_and_shares_three_to_one(make_host: Make) -> None:
@@ -296,21 +297,25 @@ async def test_tick_charges_and_shares_three_to_one(make_host: Make) -> None:
     h.clock.now += S
     result = await h.auct.tick(h.clock.now)
     after = {x.account_id: x.fund for x in h.auct.accounts()}
-    # each spends fund / remaining (3599 s left) per second, rounded up
-    assert result.charges == {a: 3001, b: 1001}
+    # each spends fund / remaining (3599 s left) per second, rounded up: 3001 and 1001,
+    # split 1:1 over cpu and memory rounded down (the odd micro-credit stays in the fund)
+    assert result.charges == {a: 3000, b: 1000}
     assert {k: before[k] - after[k] for k in before} == dict(result.charges)
-    assert sum(result.charges.values()) == sum(result.revenue.values())
+    assert result.total_charged() == sum(result.revenue.values())
     alloc = {x.account_id: dict(x.allocation) for x in h.auct.accounts()}
-    # cpu gets half of each spend (ties of the split go to cpu); root bids 1
-    assert alloc[a]["cpu"] == 1501 * 4000 // 2003 and alloc[b]["cpu"] == 501 * 4000 // 2003
+    # root bids 1 per tick
+    assert alloc[a]["cpu"] == 1500 * 4000 // 2001 and alloc[b]["cpu"] == 500 * 4000 // 2001
     for x in h.auct.accounts():
-        lease = verify_lease(dict(x.lease or {}), h.identity.public_key)
+        res = await h.auct.lease(ctx(ALICE if x.account_id == a else BOB),
+                                 {"account_id": x.account_id})
+        lease = verify_lease(res["lease"], h.identity.public_key)
         assert lease.balance == x.fund and lease.signed_at == h.clock.now
+        assert lease.audit is not None
         info = h.vmm.describe(x.account_id)
         assert info is not None and info.memory_kib == x.allocation["memory"]
     summary = h.auct.market_summary()
     assert summary["cpu"]["capacity"] == 4000 and summary["memory"]["capacity"] == 4 * GIB
-    assert summary["cpu"]["price"] == 1 + 1501 + 501
+    assert summary["cpu"]["price"] == 1 + 1500 + 500
     assert summary["cpu"]["free"] == 4000 - alloc[a]["cpu"] - alloc[b]["cpu"]
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError
+from p2pmarket.host.vmm.base import VMM, DomainSpec, VmInfo, VmmError, VolumeInfo
 
-__all__ = ["VMM", "VmInfo", "VmmError"]
+__all__ = ["VMM", "DomainSpec", "VmInfo", "VmmError", "VolumeInfo"]

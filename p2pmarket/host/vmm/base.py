@@ -4,11 +4,18 @@ Backends are synchronous (libvirt calls block); the auctioneer calls them
 through :func:`asyncio.to_thread`. One domain per host account; each backend
 names its domains with a host-specific prefix so several hosts can share one
 hypervisor (or one ``test:///default`` in tests).
+
+A :class:`DomainSpec` is what an allocation means for a domain: vcpus, memory
+(current and max), the CPU scheduler weight (1..10000, a share of the host),
+the block I/O weight (100..1000), inbound/outbound bandwidth (KiB/s, libvirt's
+unit) and the disk volume's size. ``None`` means "not bid for": not limited.
+What a driver cannot enforce is said in :attr:`VmInfo.notes`, never pretended.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +24,18 @@ from p2pmarket.host import HostError
 
 class VmmError(HostError):
     """The hypervisor refused or failed an operation."""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    vcpus: int
+    memory_kib: int
+    cpu_weight: int
+    max_memory_kib: int = 0
+    blkio_weight: int | None = None
+    net_in_kib_s: int | None = None
+    net_out_kib_s: int | None = None
+    disk_kib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -37,12 +56,29 @@ class VmInfo:
     weight: int
     weight_key: str
     notes: tuple[str, ...] = field(default=())
+    blkio_weight: int | None = None
+    net_in_kib_s: int | None = None
+    net_out_kib_s: int | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {"name": self.name, "account_id": self.account_id, "state": self.state,
                 "vcpus": self.vcpus, "memory_kib": self.memory_kib,
                 "max_memory_kib": self.max_memory_kib, "weight": self.weight,
-                "weight_key": self.weight_key, "notes": list(self.notes)}
+                "weight_key": self.weight_key, "blkio_weight": self.blkio_weight,
+                "net_in_kib_s": self.net_in_kib_s, "net_out_kib_s": self.net_out_kib_s,
+                "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """An account's disk volume: its size, the space it uses, and what it could shrink
+    to without losing data (equal to ``usage_kib`` when the backend cannot tell)."""
+
+    name: str
+    path: str
+    capacity_kib: int
+    usage_kib: int
+    floor_kib: int
 
 
 class VMM(ABC):
@@ -54,8 +90,7 @@ class VMM(ABC):
         """Most vcpus one domain may get (the host's cpus)."""
 
     @abstractmethod
-    def ensure_domain(self, account_id: str, vcpus: int, memory_kib: int, cpu_weight: int,
-                      max_memory_kib: int | None = None) -> VmInfo:
+    def apply(self, account_id: str, spec: DomainSpec) -> VmInfo:
         """Define and start the account's domain, or update the running one live."""
 
     @abstractmethod
@@ -64,7 +99,7 @@ class VMM(ABC):
 
     @abstractmethod
     def undefine(self, account_id: str) -> None:
-        """Stop and forget the domain; no-op when it does not exist."""
+        """Stop and forget the domain and its volume; no-op when it does not exist."""
 
     @abstractmethod
     def describe(self, account_id: str) -> VmInfo | None:
@@ -73,6 +108,23 @@ class VMM(ABC):
     @abstractmethod
     def list(self) -> list[VmInfo]:
         """This host's domains."""
+
+    # -- disk volumes (optional: the default says the backend has none) ------------
+
+    def volume(self, account_id: str) -> VolumeInfo | None:
+        """The account's disk volume, None when it has none."""
+        return None
+
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes]) -> VolumeInfo:
+        """Create (or replace) the account's volume with ``size`` bytes from ``chunks``,
+        streamed: never more than one chunk in memory."""
+        raise VmmError("this VMM has no storage volumes", "upload")
+
+    def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:
+        raise VmmError("this VMM has no storage volumes", "resize")
+
+    def delete_volume(self, account_id: str) -> None:  # noqa: B027 - optional hook
+        """Delete the account's volume; no-op when there is none."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

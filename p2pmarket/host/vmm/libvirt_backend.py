@@ -1,34 +1,51 @@
-"""The libvirt VMM backend.
+"""The libvirt VMM backend: ``test:///default``, ``qemu:///system`` and ``lxc:///``.
 
 ``test:///default`` (libvirt's in-process test driver, shared by every
 connection in one process) is the embedded default. Domains are named
 ``<prefix><account id>``; the prefix is host-specific so several hosts can
 share one hypervisor.
 
-Differences the backend hides:
+How a :class:`DomainSpec` is enforced, and the drivers' differences it hides:
 
-- the CPU scheduler weight is ``weight`` on the test (and Xen) driver and
-  ``cpu_shares`` on qemu/lxc; the key is read from ``schedulerParameters()``.
-  The test driver accepts ``setSchedulerParameters`` but keeps reporting 50:
-  the requested weight is kept in the domain's metadata and ``describe`` says
-  the driver did not enforce it.
-- memory and vcpus are changed live on a running domain (``AFFECT_LIVE``, then
-  ``AFFECT_CONFIG`` separately: the test driver refuses both flags at once);
-  memory cannot grow past the ``<memory>`` (max) set at define time, so a
-  larger request is clamped and noted. A shut-off domain is redefined instead.
+- CPU share: ``cpu_shares`` (qemu, lxc: the cgroup's cpu.shares/cpu.weight) or
+  ``weight`` (test, Xen), found in ``schedulerParameters()``. The test driver
+  accepts a new weight but keeps reporting 50: the requested value is kept in
+  the domain's metadata and the status says it was not enforced.
+- vcpus and memory change live (``AFFECT_LIVE``, then ``AFFECT_CONFIG``
+  separately: the test driver refuses both flags at once); memory cannot grow
+  past the ``<memory>`` (max) set at define time, so a larger request is
+  clamped and noted. Memory shrinks through the balloon: a guest without a
+  balloon driver keeps its memory (qemu reports what the guest gave back).
+- Block I/O weight: ``<blkiotune><weight>`` at define time, ``setBlkioParameters``
+  live; where the kernel has no blkio weight (e.g. cgroup v1 without BFQ) the
+  error is noted.
+- Bandwidth: ``<bandwidth>`` on the domain's interface, ``setInterfaceParameters``
+  live; it needs an interface on a libvirt network (``network``; the test
+  driver's ``default``), and on real hosts tc with the sfq/htb qdiscs. Without
+  an interface, net_in/net_out are noted as not enforced.
+- Disk: the account's volume ``<prefix><account id>.img`` in the storage pool
+  (``pool``; created as a directory pool under ``pool_path`` if missing) is the
+  domain's first disk. Uploads stream into it with ``virStorageVolUpload``
+  (the test driver cannot: it says so).
+- ``boot``: optional direct kernel boot ``{kernel, initrd, cmdline}`` for
+  domains without an image (used by the qemu integration test).
 
-All calls block; the auctioneer runs them in a thread.
+A stopped domain is redefined with the new spec when it is started again. All
+calls block; the auctioneer runs them in a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import libvirt
 
-from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError
+from p2pmarket.host.vmm.base import VMM, DomainSpec, VmInfo, VmmError, VolumeInfo
 
 META_URI = "https://p2pmarket.invalid/host"
 META_KEY = "p2pmarket"
@@ -36,6 +53,8 @@ _STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
            5: "shutoff", 6: "crashed", 7: "pmsuspended"}
 _WEIGHT_KEYS = ("cpu_shares", "weight")
 _DOMAIN_TYPES = {"TEST": "test", "QEMU": "qemu", "LXC": "lxc"}
+_META_FIELDS = ("vcpus", "memory_kib", "weight", "blkio", "net_in", "net_out")
+DEFAULT_POOL_PATH = "/var/lib/libvirt/images/p2pmarket"
 
 _quiet_installed = False
 
@@ -48,22 +67,43 @@ def _quiet() -> None:
         _quiet_installed = True
 
 
+def _msg(exc: libvirt.libvirtError) -> str:
+    return str(exc.get_error_message() or exc)
+
+
 class LibvirtVMM(VMM):
-    def __init__(self, uri: str = "test:///default", prefix: str = "p2pm-") -> None:
+    def __init__(self, uri: str = "test:///default", prefix: str = "p2pm-",
+                 network: str | None = "auto", pool: str | None = "auto",
+                 pool_path: str = DEFAULT_POOL_PATH,
+                 boot: Mapping[str, str] | None = None) -> None:
         _quiet()
         if not prefix or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_" for c in prefix):
             raise VmmError("domain prefix must be lower-case letters, digits, - or _", prefix)
         self.uri = uri
         self.prefix = prefix
+        self.pool_path = pool_path
+        self.boot = dict(boot) if boot else None
         self._lock = threading.RLock()
         try:
             self.conn = libvirt.open(uri)
             self.driver = str(self.conn.getType()).upper()
             self._host_cpus = int(self.conn.getInfo()[2])
         except libvirt.libvirtError as exc:
-            raise VmmError(f"cannot open {uri}: {exc.get_error_message()}", uri) from None
+            raise VmmError(f"cannot open {uri}: {_msg(exc)}", uri) from None
         if self.driver not in _DOMAIN_TYPES:
             raise VmmError(f"unsupported libvirt driver {self.driver}", self.driver)
+        self.network = self._pick_network(network)
+        self.pool_name = ("default-pool" if self.driver == "TEST" else "p2pmarket") \
+            if pool == "auto" else pool
+
+    def _pick_network(self, network: str | None) -> str | None:
+        if network != "auto":
+            return network
+        try:
+            net = self.conn.networkLookupByName("default")
+            return "default" if net.isActive() else None
+        except libvirt.libvirtError:
+            return None
 
     @property
     def max_vcpus(self) -> int:
@@ -78,32 +118,42 @@ class LibvirtVMM(VMM):
             raise VmmError("bad account id for a domain name", account_id[:40])
         return self.prefix + account_id
 
-    # -- interface -----------------------------------------------------------------
+    # -- domains -------------------------------------------------------------------
 
-    def ensure_domain(self, account_id: str, vcpus: int, memory_kib: int, cpu_weight: int,
-                      max_memory_kib: int | None = None) -> VmInfo:
-        if vcpus < 1 or memory_kib < 1 or cpu_weight < 1:
+    def apply(self, account_id: str, spec: DomainSpec) -> VmInfo:
+        if spec.vcpus < 1 or spec.memory_kib < 1 or spec.cpu_weight < 1:
             raise VmmError("a domain needs at least 1 vcpu, 1 KiB and weight 1",
-                           {"vcpus": vcpus, "memory_kib": memory_kib, "weight": cpu_weight})
-        vcpus = min(vcpus, self.max_vcpus)
+                           {"vcpus": spec.vcpus, "memory_kib": spec.memory_kib,
+                            "weight": spec.cpu_weight})
+        vcpus = min(spec.vcpus, self.max_vcpus)
         name = self.name_of(account_id)
-        want = {"vcpus": vcpus, "memory_kib": memory_kib, "weight": cpu_weight}
+        want = {"vcpus": vcpus, "memory_kib": spec.memory_kib, "weight": spec.cpu_weight,
+                "blkio": spec.blkio_weight or 0, "net_in": spec.net_in_kib_s or 0,
+                "net_out": spec.net_out_kib_s or 0}
         with self._lock:
             try:
                 dom = self._lookup(name)
                 if dom is None or not dom.isActive():
-                    top = max(memory_kib, max_memory_kib or 0)
                     uuid = None if dom is None else dom.UUIDString()
-                    dom = self.conn.defineXML(
-                        self._domain_xml(name, uuid, vcpus, memory_kib, top, want))
+                    vol = self._volume(account_id)
+                    dom = self.conn.defineXML(self._domain_xml(
+                        name, uuid, spec, vcpus, want, None if vol is None else vol.path()))
                     dom.create()
                 else:
-                    self._update_live(dom, vcpus, memory_kib)
+                    self._update_live(dom, vcpus, spec.memory_kib)
                     self._set_meta(dom, want)
-                self._set_weight(dom, cpu_weight)
+                self._set_weight(dom, spec.cpu_weight)
+                self._set_blkio(dom, spec.blkio_weight)
+                self._set_bandwidth(dom, spec.net_in_kib_s, spec.net_out_kib_s)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {exc.get_error_message()}", name) from None
+                raise VmmError(f"libvirt: {_msg(exc)}", name) from None
             return self._info(dom, account_id)
+
+    def ensure_domain(self, account_id: str, vcpus: int, memory_kib: int, cpu_weight: int,
+                      max_memory_kib: int | None = None) -> VmInfo:
+        """Shorthand for :meth:`apply` with cpu and memory only."""
+        return self.apply(account_id, DomainSpec(vcpus, memory_kib, cpu_weight,
+                                                 max_memory_kib or memory_kib))
 
     def shutdown(self, account_id: str) -> None:
         with self._lock:
@@ -112,19 +162,19 @@ class LibvirtVMM(VMM):
                 if dom is not None and dom.isActive():
                     dom.destroy()
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {exc.get_error_message()}", account_id) from None
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
     def undefine(self, account_id: str) -> None:
         with self._lock:
             try:
                 dom = self._lookup(self.name_of(account_id))
-                if dom is None:
-                    return
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
+                if dom is not None:
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {exc.get_error_message()}", account_id) from None
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+            self.delete_volume(account_id)
 
     def describe(self, account_id: str) -> VmInfo | None:
         with self._lock:
@@ -132,7 +182,7 @@ class LibvirtVMM(VMM):
                 dom = self._lookup(self.name_of(account_id))
                 return None if dom is None else self._info(dom, account_id)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {exc.get_error_message()}", account_id) from None
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
     def list(self) -> list[VmInfo]:
         with self._lock:
@@ -141,7 +191,113 @@ class LibvirtVMM(VMM):
                 return sorted((self._info(d, d.name()[len(self.prefix):]) for d in doms),
                               key=lambda i: i.name)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {exc.get_error_message()}", self.uri) from None
+                raise VmmError(f"libvirt: {_msg(exc)}", self.uri) from None
+
+    # -- volumes -------------------------------------------------------------------
+
+    def _pool(self, create: bool) -> Any:
+        if self.pool_name is None:
+            if not create:
+                return None
+            raise VmmError("no storage pool configured", self.uri)
+        try:
+            pool = self.conn.storagePoolLookupByName(self.pool_name)
+        except libvirt.libvirtError:
+            if not create:
+                return None
+            root = ET.Element("pool", type="dir")
+            ET.SubElement(root, "name").text = self.pool_name
+            ET.SubElement(ET.SubElement(root, "target"), "path").text = self.pool_path
+            pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+            pool.build(0)
+        if not pool.isActive():
+            pool.create(0)
+        return pool
+
+    def _volume(self, account_id: str) -> Any:
+        pool = self._pool(create=False)
+        if pool is None:
+            return None
+        try:
+            return pool.storageVolLookupByName(self.name_of(account_id) + ".img")
+        except libvirt.libvirtError:
+            return None
+
+    def volume(self, account_id: str) -> VolumeInfo | None:
+        with self._lock:
+            try:
+                vol = self._volume(account_id)
+                return None if vol is None else _vol_info(vol)
+            except libvirt.libvirtError as exc:
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes]) -> VolumeInfo:
+        name = self.name_of(account_id) + ".img"
+        with self._lock:
+            try:
+                pool = self._pool(create=True)
+                dom = self._lookup(self.name_of(account_id))
+                if dom is not None and dom.isActive():
+                    dom.destroy()   # restarted with the new disk on the next sync
+                old = self._volume(account_id)
+                if old is not None:
+                    old.delete(0)
+                root = ET.Element("volume")
+                ET.SubElement(root, "name").text = name
+                ET.SubElement(root, "capacity", unit="bytes").text = str(max(1, size))
+                ET.SubElement(ET.SubElement(root, "target"), "format", type="raw")
+                vol = pool.createXML(ET.tostring(root, encoding="unicode"), 0)
+            except libvirt.libvirtError as exc:
+                raise VmmError(f"libvirt: {_msg(exc)}", name) from None
+            stream = self.conn.newStream(0)
+            sent = 0
+            try:
+                vol.upload(stream, 0, size, 0)
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        n = stream.send(bytes(view))
+                        if n <= 0:
+                            raise VmmError("libvirt stream refused data", n)
+                        view = view[n:]
+                        sent += n
+                    if sent > size:
+                        raise VmmError("upload is larger than announced", size)
+                if sent != size:
+                    raise VmmError("upload ended early", {"got": sent, "size": size})
+                stream.finish()
+                return _vol_info(vol)
+            except (libvirt.libvirtError, VmmError, OSError) as exc:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                with contextlib.suppress(libvirt.libvirtError):
+                    vol.delete(0)
+                if isinstance(exc, VmmError):
+                    raise
+                msg = _msg(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
+                raise VmmError(f"upload failed: {msg}", name) from None
+
+    def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:
+        with self._lock:
+            try:
+                vol = self._volume(account_id)
+                if vol is None:
+                    raise VmmError("the account has no volume", account_id)
+                flags = libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK \
+                    if capacity_kib * 1024 < int(vol.info()[1]) else 0
+                vol.resize(capacity_kib * 1024, flags)
+                return _vol_info(vol)
+            except libvirt.libvirtError as exc:
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+
+    def delete_volume(self, account_id: str) -> None:
+        with self._lock:
+            try:
+                vol = self._volume(account_id)
+                if vol is not None:
+                    vol.delete(0)
+            except libvirt.libvirtError as exc:
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
     # -- helpers -------------------------------------------------------------------
 
@@ -153,17 +309,27 @@ class LibvirtVMM(VMM):
                 return None
             raise
 
-    def _domain_xml(self, name: str, uuid: str | None, vcpus: int, memory_kib: int,
-                    max_memory_kib: int, want: dict[str, int]) -> str:
+    def _mac(self, name: str) -> str:
+        h = hashlib.sha256(name.encode()).digest()
+        return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
+
+    def _domain_xml(self, name: str, uuid: str | None, spec: DomainSpec, vcpus: int,
+                    want: dict[str, int], disk_path: str | None) -> str:
         dtype = _DOMAIN_TYPES[self.driver]
         root = ET.Element("domain", type=dtype)
         ET.SubElement(root, "name").text = name
         if uuid is not None:
             ET.SubElement(root, "uuid").text = uuid
-        ET.SubElement(root, "memory", unit="KiB").text = str(max_memory_kib)
-        ET.SubElement(root, "currentMemory", unit="KiB").text = str(memory_kib)
+        top = max(spec.memory_kib, spec.max_memory_kib)
+        ET.SubElement(root, "memory", unit="KiB").text = str(top)
+        ET.SubElement(root, "currentMemory", unit="KiB").text = str(spec.memory_kib)
         ET.SubElement(root, "vcpu", placement="static",
                       current=str(vcpus)).text = str(self.max_vcpus)
+        if dtype != "test":
+            ET.SubElement(ET.SubElement(root, "cputune"), "shares").text = str(spec.cpu_weight)
+        if spec.blkio_weight is not None:
+            ET.SubElement(ET.SubElement(root, "blkiotune"),
+                          "weight").text = str(spec.blkio_weight)
         meta = ET.SubElement(root, "metadata")
         meta.append(_meta_element(want))
         os_el = ET.SubElement(root, "os")
@@ -171,8 +337,31 @@ class LibvirtVMM(VMM):
             ET.SubElement(os_el, "type").text = "exe"
             ET.SubElement(os_el, "init").text = "/bin/sh"
         else:
-            ET.SubElement(os_el, "type").text = "hvm"
-        ET.SubElement(root, "devices")
+            ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
+            if dtype == "qemu" and self.boot and disk_path is None:
+                for key in ("kernel", "initrd", "cmdline"):
+                    if self.boot.get(key):
+                        ET.SubElement(os_el, key).text = self.boot[key]
+        devices = ET.SubElement(root, "devices")
+        if dtype == "qemu":
+            ET.SubElement(devices, "serial", type="pty")
+            ET.SubElement(devices, "memballoon", model="virtio")
+        if disk_path is not None and dtype != "lxc":
+            disk = ET.SubElement(devices, "disk", type="file", device="disk")
+            ET.SubElement(disk, "driver", name="qemu" if dtype == "qemu" else dtype,
+                          type="raw")
+            ET.SubElement(disk, "source", file=disk_path)
+            ET.SubElement(disk, "target", dev="vda", bus="virtio")
+        if self.network is not None:
+            iface = ET.SubElement(devices, "interface", type="network")
+            ET.SubElement(iface, "source", network=self.network)
+            ET.SubElement(iface, "mac", address=self._mac(name))
+            if spec.net_in_kib_s or spec.net_out_kib_s:
+                bw = ET.SubElement(iface, "bandwidth")
+                if spec.net_in_kib_s:
+                    ET.SubElement(bw, "inbound", average=str(spec.net_in_kib_s))
+                if spec.net_out_kib_s:
+                    ET.SubElement(bw, "outbound", average=str(spec.net_out_kib_s))
         return ET.tostring(root, encoding="unicode")
 
     def _update_live(self, dom: Any, vcpus: int, memory_kib: int) -> None:
@@ -186,13 +375,41 @@ class LibvirtVMM(VMM):
             dom.setVcpusFlags(vcpus, config)
 
     def _weight_key(self, dom: Any) -> str | None:
-        params = dom.schedulerParameters()
+        try:
+            params = dom.schedulerParameters()
+        except libvirt.libvirtError:
+            return None
         return next((k for k in _WEIGHT_KEYS if k in params), None)
 
     def _set_weight(self, dom: Any, weight: int) -> None:
         key = self._weight_key(dom)
         if key is not None and int(dom.schedulerParameters()[key]) != weight:
             dom.setSchedulerParameters({key: weight})
+
+    def _set_blkio(self, dom: Any, weight: int | None) -> None:
+        if weight is None:
+            return
+        try:
+            if int(dom.blkioParameters(0).get("weight", 0)) != weight:
+                dom.setBlkioParameters({"weight": weight}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError:
+            pass   # noted by _info: the weight in force differs from the one asked
+
+    def _set_bandwidth(self, dom: Any, inbound: int | None, outbound: int | None) -> None:
+        if self.network is None or not (inbound or outbound):
+            return
+        params = {}
+        if inbound:
+            params["inbound.average"] = inbound
+        if outbound:
+            params["outbound.average"] = outbound
+        try:
+            now = dom.interfaceParameters(self._mac(dom.name()), 0)
+            if any(int(now.get(k, 0)) != v for k, v in params.items()):
+                dom.setInterfaceParameters(self._mac(dom.name()), params,
+                                           libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError:
+            pass   # noted by _info
 
     def _set_meta(self, dom: Any, want: dict[str, int]) -> None:
         text = ET.tostring(_meta_element(want, namespaced=False), encoding="unicode")
@@ -209,7 +426,7 @@ class LibvirtVMM(VMM):
             return {}
         el = ET.fromstring(text)
         out: dict[str, int] = {}
-        for key in ("vcpus", "memory_kib", "weight"):
+        for key in _META_FIELDS:
             value = el.get(key)
             if value is not None and value.isdigit():
                 out[key] = int(value)
@@ -218,27 +435,55 @@ class LibvirtVMM(VMM):
     def _info(self, dom: Any, account_id: str) -> VmInfo:
         state_code, max_mem, mem, vcpus, _cpu_time = dom.info()
         want = self._get_meta(dom)
+        drv = self.driver.lower()
         notes: list[str] = []
         key = self._weight_key(dom)
         if key is None:
             weight, key = want.get("weight", 0), "none"
-            notes.append(f"{self.driver.lower()} driver has no scheduler weight; not enforced")
+            notes.append(f"{drv} driver has no scheduler weight; cpu share not enforced")
         else:
             weight = int(dom.schedulerParameters()[key])
             asked = want.get("weight")
             if asked is not None and asked != weight:
-                notes.append(f"{self.driver.lower()} driver ignored {key}={asked} "
+                notes.append(f"{drv} driver ignored {key}={asked} "
                              f"(reports {weight}); cpu share not enforced")
                 weight = asked
         asked_mem = want.get("memory_kib")
-        if asked_mem is not None and asked_mem > int(mem):
+        if asked_mem is not None and asked_mem > int(max_mem):
             notes.append(f"memory clamped to the domain's max ({int(max_mem)} KiB)")
+        blkio: int | None = None
+        if want.get("blkio"):
+            try:
+                blkio = int(dom.blkioParameters(0).get("weight", 0))
+            except libvirt.libvirtError as exc:
+                notes.append(f"blkio weight not enforced: {_msg(exc)}")
+            if blkio is not None and blkio != want["blkio"]:
+                notes.append(f"blkio weight {want['blkio']} not enforced (in force: {blkio})")
+        net_in = net_out = None
+        if want.get("net_in") or want.get("net_out"):
+            if self.network is None:
+                notes.append("no network interface: net_in/net_out bandwidth not enforced")
+            else:
+                try:
+                    got = dom.interfaceParameters(self._mac(dom.name()), 0)
+                    net_in = int(got.get("inbound.average", 0)) or None
+                    net_out = int(got.get("outbound.average", 0)) or None
+                except libvirt.libvirtError as exc:
+                    notes.append(f"bandwidth not enforced: {_msg(exc)}")
         if self.driver == "TEST":
             notes.append("test driver: no guest runs; limits are recorded, not enforced")
         return VmInfo(name=dom.name(), account_id=account_id,
                       state=_STATES.get(int(dom.state()[0]), str(state_code)),
                       vcpus=int(vcpus), memory_kib=int(mem), max_memory_kib=int(max_mem),
-                      weight=weight, weight_key=key, notes=tuple(notes))
+                      weight=weight, weight_key=key, notes=tuple(notes), blkio_weight=blkio,
+                      net_in_kib_s=net_in, net_out_kib_s=net_out)
+
+
+def _vol_info(vol: Any) -> VolumeInfo:
+    _type, capacity, allocation = vol.info()
+    usage = -(-int(allocation) // 1024)
+    return VolumeInfo(name=vol.name(), path=vol.path(), capacity_kib=-(-int(capacity) // 1024),
+                      usage_kib=usage, floor_kib=usage)
 
 
 def _meta_element(want: dict[str, int], namespaced: bool = True) -> ET.Element:

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Auction benchmark: one allocator tick, and bid-to-effect on the VMM.
+
+1. One tick of the pure allocator for 100, 1,000 and 10,000 accounts (or the
+   ``--accounts`` list) over 5 divisible resources (cpu, memory, disk, net_in,
+   net_out; every account bids on all five, a fifth of them with max caps, a
+   tenth with mins, some with contingency funds). ``tick_ms_N`` is the median of
+   ``--repeat`` runs of :func:`run_tick` on the prepared columns (what the
+   auctioneer does every tick; the columns are rebuilt only when bids change),
+   ``full_ms_N`` the same with the columns built too (:func:`allocate`).
+2. Bid-to-effect: an auctioneer on libvirt's test driver with ``--vms`` running
+   accounts; a buyer changes its cpu bid and we time until the new cpu weight
+   is on its domain (the auctioneer reallocates and pushes the change at once,
+   without waiting for the tick). ``bid_to_effect_ms_p50`` / ``_p95``.
+
+Usage: scripts/bench/auction.py [--accounts 100 1000 10000] [--vms 20] [--bids 30] [--json]
+The last line with --json is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from p2pmarket.api.rpc import CallContext
+from p2pmarket.config import Settings
+from p2pmarket.host.accounts import AccountStore, Payment
+from p2pmarket.host.allocator import (
+    AccountState,
+    AllocationInput,
+    Bid,
+    allocate,
+    build_book,
+    run_tick,
+)
+from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from p2pmarket.identity import Identity
+
+S = 1_000_000
+NOW = 1_700_000_000 * S
+CAPS = {"cpu": 64_000, "memory": 256 << 20, "disk": 4 << 30, "net_in": 10**10,
+        "net_out": 10**10}
+
+
+def accounts(n: int, seed: int = 1) -> tuple[AccountState, ...]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        bids = {}
+        for r, c in CAPS.items():
+            mx = c if rnd.random() < 0.8 else c * rnd.randint(1, 50) // 1000
+            mn = 0 if rnd.random() < 0.9 else c * rnd.randint(0, 5) // 10**7
+            bids[r] = Bid(rnd.randint(1, 5) * S, min(mn, mx), mx)
+        out.append(AccountState(f"acc{i:06d}", rnd.randint(10**6, 10**10),
+                                NOW + rnd.randint(60, 10**6) * S, bids,
+                                rnd.randint(0, 10**7) if rnd.random() < 0.3 else 0))
+    return tuple(out)
+
+
+def tick_ms(n: int, repeat: int) -> tuple[float, float, int]:
+    accs = accounts(n)
+    book = build_book(CAPS, accs)
+    funds = [a.fund for a in accs]
+    conts = [a.contingency for a in accs]
+    ends = [a.interval_end_us for a in accs]
+    roots = {r: 1 for r in book.resources}
+    times, full = [], []
+    events = 0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = run_tick(book, funds, conts, ends, NOW, S, roots)
+        times.append(time.perf_counter() - t)
+        events = len(result.events)
+    for _ in range(max(1, repeat // 3)):
+        t = time.perf_counter()
+        allocate(AllocationInput(CAPS, accs, NOW, S, 1))
+        full.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3, statistics.median(full) * 1e3, events
+
+
+async def bid_to_effect(vms: int, bids: int) -> list[float]:
+    ident = Identity.generate()
+    vmm = LibvirtVMM("test:///default", prefix=domain_prefix(ident))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = AccountStore(Path(tmp) / "host.sqlite")
+
+        async def accept(payer: bytes, cert: dict[str, Any]) -> Payment:
+            return Payment(str(cert["id"]).encode(), int(cert["amount"]))
+
+        auct = Auctioneer(ident, Settings(cpu_mhz=64_000, memory_kib=256 << 20, min_price=1),
+                          store, vmm, accept)
+        buyers = [Identity.generate() for _ in range(vms)]
+        ids = []
+        for k, who in enumerate(buyers):
+            res = await auct.create_account(CallContext(who.public_key, NOW), {
+                "payment": {"id": f"p{k}", "amount": 10**9}, "interval_s": 3600,
+                "bids": {"cpu": "1", "memory": "1,64MiB,8GiB"}})
+            ids.append(res["account_id"])
+        await auct.tick(time.time_ns() // 1000)
+        out = []
+        who, aid = buyers[0], ids[0]
+        for j in range(bids):
+            weight = 2 + j % 5
+            t = time.perf_counter()
+            await auct.bid(CallContext(who.public_key, NOW + j), {
+                "account_id": aid, "bids": {"cpu": f"{weight}"}})
+            want = auct.account_doc(auct.accounts_by_id()[aid])
+            info = vmm.describe(aid)
+            assert info is not None and want["vm"] is not None
+            assert info.weight == want["vm"]["weight"]
+            out.append((time.perf_counter() - t) * 1e3)
+        for info in vmm.list():
+            vmm.undefine(info.account_id)
+        vmm.close()
+        store.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--accounts", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--vms", type=int, default=20)
+    ap.add_argument("--bids", type=int, default=30)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    report: dict[str, Any] = {}
+    for n in sorted(set(args.accounts) | {100, 1000, 10000}):
+        tick, full, events = tick_ms(n, args.repeat)
+        report[f"tick_ms_{n}"] = round(tick, 2)
+        report[f"full_ms_{n}"] = round(full, 2)
+        report[f"events_{n}"] = events
+        if not args.json:
+            print(f"{n:>6} accounts: tick {tick:7.2f} ms, with column build {full:7.2f} ms, "
+                  f"{events} events")
+    lat = asyncio.run(bid_to_effect(args.vms, args.bids))
+    lat.sort()
+    report["bid_to_effect_ms_p50"] = round(statistics.median(lat), 2)
+    report["bid_to_effect_ms_p95"] = round(lat[int(len(lat) * 0.95) - 1], 2)
+    report["bid_to_effect_vms"] = args.vms
+    report["tick_goal_met"] = report["tick_ms_10000"] < 25
+    if not args.json:
+        print(f"bid to effect ({args.vms} VMs, test driver): p50 "
+              f"{report['bid_to_effect_ms_p50']} ms, p95 {report['bid_to_effect_ms_p95']} ms")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
