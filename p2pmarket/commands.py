@@ -25,6 +25,8 @@ from p2pmarket.config import DataDir, Genesis
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.lease import Lease
 from p2pmarket.identity import Identity, parse_public_key
+from p2pmarket.ledger.supply import network_supply
+from p2pmarket.ledger.wallet import PeerTransport
 from p2pmarket.money import format_credits, parse_credits
 
 out = Console(highlight=False, soft_wrap=True,
@@ -182,29 +184,27 @@ async def wallet_history(args: argparse.Namespace) -> int:
 
 
 async def ledger_supply(args: argparse.Namespace) -> int:
-    """Every notary's view of the supply; one error per notary that fails the check."""
+    """Every notary's view of the supply, judged together: the errors are the notaries
+    that fail to answer or whose figures do not add up, plus one if no quorum agrees."""
     genesis = Genesis.load(args.genesis) if args.genesis else wallet_dir(args).genesis()
-    rows: list[dict[str, Any]] = []
     async with PeerClient(Identity.generate(), timeout_s=10) as client:
-        for notary in genesis.notaries:
-            row: dict[str, Any] = {"notary": notary.key.hex(), "url": notary.url}
-            try:
-                row.update(await client.call(notary.url, notary.key, "notary.supply", {}))
-            except P2PMarketError as exc:
-                row.update(ok=False, error=exc.message)
-            rows.append(row)
-    errors = sum(1 for r in rows if r.get("ok") is not True)
+        summary = await network_supply(genesis, PeerTransport(client))
+    errors = int(summary["errors"])
     if args.json:
-        dump({"notaries": rows, "errors": errors})
+        dump(summary)
         return errors
+    total = summary["supply"]
+    out.print(f"total supply: {format_credits(total) if isinstance(total, int) else 'unknown'}"
+              f" credits ({summary['agree']} of {len(genesis.notaries)} notaries agree, "
+              f"quorum {summary['quorum']})")
     table = Table(title="supply at each notary (credits)")
-    for col in ("notary", "minted", "balances", "in flight", "check"):
+    for col in ("notary", "minted", "balances", "in flight", "status"):
         table.add_column(col)
-    for r in rows:
+    for r in summary["notaries"]:
         figures = [format_credits(r[k]) if isinstance(r.get(k), int) else ""
                    for k in ("minted", "balances", "pending")]
-        check = "ok" if r.get("ok") is True else r.get("error", "MISMATCH")
-        table.add_row(r["notary"][:16], *figures, check)
+        status = r["status"] + (f": {r['error']}" if "error" in r else "")
+        table.add_row(r["notary"][:16], *figures, status)
     out.print(table)
     return errors
 
@@ -214,8 +214,7 @@ async def bank_mint(args: argparse.Namespace) -> int:
     amount = parse_credits(args.amount)
     wdir = WalletDir(args.mint_wallet)
     async with open_wallet(wdir) as (wallet, _):
-        await wallet.mint(amount)
-        cert = await wallet.send(to, amount, memo="mint")
+        cert = await wallet.mint_to(to, amount)
     out.print(f"minted {format_credits(amount)} credits to {to.hex()} "
               f"(certified transfer {cert.entry.owner.hex()[:12]}#{cert.entry.seq})")
     return 0

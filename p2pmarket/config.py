@@ -63,8 +63,10 @@ class Genesis:
 
     @property
     def quorum(self) -> int:
-        """Signatures a certificate needs: 2f+1."""
-        return 2 * self.f + 1
+        """Signatures a certificate needs: 2f+1 for a committee of exactly 3f+1; a larger
+        committee needs the smallest q with 2q - n > f, so that any two quorums still
+        share an honest notary."""
+        return max(2 * self.f + 1, (len(self.notaries) + self.f) // 2 + 1)
 
     @property
     def notary_keys(self) -> frozenset[bytes]:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+COLLECT_S = 30.0
 AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
 
 
@@ -99,6 +100,7 @@ class Node:
             "pid": os.getpid(), "node_id": self.identity.node_id.hex(),
         }).encode())
         self._tasks = [asyncio.create_task(self._open_chain(), name="open-chain"),
+                       asyncio.create_task(self._collect_payments(), name="collect"),
                        asyncio.create_task(self._advertise(), name="advertise"),
                        asyncio.create_task(self.auctioneer.run(), name="auction")]
         log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
@@ -151,6 +153,18 @@ class Node:
                 attempt += 1
                 await asyncio.sleep(delay)
         self.chain_ready.set()
+
+    async def _collect_payments(self) -> None:
+        """Now and then pull certified payments to us from the notaries' inboxes: money
+        whose payer crashed before handing us the certificate is still collected."""
+        await self.chain_ready.wait()
+        while True:
+            await asyncio.sleep(COLLECT_S)
+            try:
+                async with self._payment_lock:
+                    await self.wallet.sync()
+            except P2PMarketError as exc:
+                log.info("collecting payments failed: %s", exc.message)
 
     async def _advertise(self) -> None:
         """Keep our host record and offers current in the DHT.

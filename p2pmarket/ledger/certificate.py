@@ -2,38 +2,94 @@
 
 A certificate is an entry, its owner's signature, and notary signatures of
 ``pack(["cert", owner, seq, hash])``. It is valid when the owner's signature is
-good and at least ``genesis.quorum`` (2f+1) DISTINCT committee keys signed it
-correctly. Unknown keys and bad signatures are ignored, never counted; one key
-never counts twice. Wire form: ``{entry, owner_sig, notaries: [[key, sig], ...]}``.
+good and at least :func:`committee_quorum` (2f+1 for a committee of 3f+1)
+DISTINCT committee keys signed it correctly. Unknown keys and bad signatures
+are ignored, never counted; one key never counts twice. Wire form:
+``{entry, owner_sig, notaries: [[key, sig], ...]}``.
+
+:class:`SigCache` remembers signatures already found valid, so a notary or a
+wallet that sees the same certificate twice (delivered, then received) checks
+its signatures once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from p2pmarket.config import Genesis
 from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
-from p2pmarket.ledger.chain import Authenticator, Entry, auth_message
+from p2pmarket.ledger.chain import (
+    MAX_ENTRY_BYTES,
+    Authenticator,
+    Entry,
+    encode_certificate,
+)
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
-from p2pmarket.wire import pack
+from p2pmarket.wire import WireError, unpack
 
 MAX_NOTARY_SIGS = 128
 CERT_FIELDS = frozenset({"entry", "owner_sig", "notaries"})
+MAX_CERT_BYTES = MAX_ENTRY_BYTES + MAX_NOTARY_SIGS * 100
+
+
+def committee_quorum(genesis: Genesis) -> int:
+    """Signatures a certificate needs: 2f+1 for a committee of exactly 3f+1.
+
+    A larger committee (the genesis allows n > 3f+1) needs more, so that any two
+    quorums still share an honest notary: the smallest q with 2q - n > f.
+    """
+    return genesis.quorum   # the rule lives in Genesis.quorum
+
+
+class SigCache:
+    """A bounded set of ``(key, message, signature)`` triples found valid."""
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+        self.hits = 0
+        self.checks = 0
+
+    def add(self, key: bytes, message: bytes, sig: bytes) -> None:
+        """Remember a signature known to be valid (e.g. one we just made)."""
+        self._seen[(key, message, sig)] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+    def verify(self, key: bytes, message: bytes, sig: bytes) -> bool:
+        item = (key, message, sig)
+        if item in self._seen:
+            self.hits += 1
+            return True
+        self.checks += 1
+        if not verify(key, message, sig):
+            return False
+        self.add(key, message, sig)
+        return True
 
 
 def cert_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
-    """What a notary signs to certify entry ``(owner, seq, hash)``."""
-    return pack(["cert", owner, seq, entry_hash])
+    """What a notary signs to certify entry ``(owner, seq, hash)``:
+    ``pack(["cert", owner, seq, hash])`` (a list of scalars: canonical as is)."""
+    return msgpack.packb(["cert", owner, seq, entry_hash],  # type: ignore[no-any-return]
+                         use_bin_type=True)
 
 
 def notary_sign(identity: Identity, entry: Entry) -> bytes:
     return identity.sign(cert_message(entry.owner, entry.seq, entry.hash()))
 
 
-def notary_sig_valid(entry: Entry, key: bytes, sig: bytes) -> bool:
-    return verify(key, cert_message(entry.owner, entry.seq, entry.hash()), sig)
+def notary_sig_valid(entry: Entry, key: bytes, sig: bytes,
+                     cache: SigCache | None = None) -> bool:
+    message = cert_message(entry.owner, entry.seq, entry.hash())
+    if cache is not None:
+        return cache.verify(key, message, sig)
+    return verify(key, message, sig)
 
 
 @dataclass(frozen=True)
@@ -62,11 +118,11 @@ class Certificate:
     def keys(self) -> frozenset[bytes]:
         return frozenset(k for k, _ in self.notary_sigs)
 
-    def valid_signers(self, genesis: Genesis) -> frozenset[bytes]:
+    def valid_signers(self, genesis: Genesis, cache: SigCache | None = None) -> frozenset[bytes]:
         """Committee keys with a valid signature on this certificate."""
         committee = genesis.notary_keys
         return frozenset(key for key, sig in self.notary_sigs
-                         if key in committee and notary_sig_valid(self.entry, key, sig))
+                         if key in committee and notary_sig_valid(self.entry, key, sig, cache))
 
     def merged(self, sigs: Iterable[tuple[bytes, bytes]]) -> Certificate:
         """This certificate with ``sigs`` added: one per key (first kept), sorted by key."""
@@ -74,6 +130,13 @@ class Certificate:
         for key, sig in (*self.notary_sigs, *sigs):
             by_key.setdefault(key, sig)
         return Certificate(self.entry, self.owner_sig, tuple(sorted(by_key.items())))
+
+    def trimmed(self, genesis: Genesis, cache: SigCache | None = None) -> Certificate:
+        """Only valid committee signatures, sorted, at most a quorum of them."""
+        signers = self.valid_signers(genesis, cache)
+        sigs = sorted(p for p in dict(self.notary_sigs).items() if p[0] in signers)
+        return Certificate(self.entry, self.owner_sig,
+                           tuple(sigs[:committee_quorum(genesis)]))
 
     def to_wire(self) -> dict[str, Any]:
         return {"entry": self.entry.to_wire(), "owner_sig": self.owner_sig,
@@ -93,22 +156,43 @@ class Certificate:
             pairs.append((pair[0], pair[1]))
         return cls(Entry.from_wire(doc["entry"]), doc["owner_sig"], tuple(pairs))
 
+    def encode(self) -> bytes:
+        """Canonical msgpack of the wire form."""
+        return encode_certificate(self)
 
-def verify_certificate(cert: Certificate, genesis: Genesis) -> None:
+    @classmethod
+    def decode(cls, data: Any) -> Certificate:
+        if not isinstance(data, bytes):
+            raise LedgerError("certificate must be bytes", "cert")
+        try:
+            return cls.from_wire(unpack(data, MAX_CERT_BYTES))
+        except WireError as exc:
+            raise LedgerError("malformed certificate", exc.value) from None
+
+
+def verify_certificate(cert: Certificate, genesis: Genesis,
+                       cache: SigCache | None = None) -> None:
     """Raise :class:`LedgerError` unless ``cert`` is valid under ``genesis`` (offline)."""
-    if not verify(cert.entry.owner, auth_message(cert.entry.owner, cert.entry.seq,
-                                                 cert.entry.hash()), cert.owner_sig):
+    if not cert.authenticator.verify(cache):
         raise LedgerError("certificate has a bad owner signature",
                           {"owner": cert.entry.owner, "seq": cert.entry.seq})
-    signers = cert.valid_signers(genesis)
-    if len(signers) < genesis.quorum:
+    quorum = committee_quorum(genesis)
+    committee = genesis.notary_keys
+    signers: set[bytes] = set()
+    for key, sig in cert.notary_sigs:  # stop checking once a quorum is in
+        if len(signers) >= quorum:
+            break
+        if key in committee and key not in signers and \
+                notary_sig_valid(cert.entry, key, sig, cache):
+            signers.add(key)
+    if len(signers) < quorum:
         raise LedgerError("certificate lacks a notary quorum",
-                          {"valid": len(signers), "quorum": genesis.quorum})
+                          {"valid": len(signers), "quorum": quorum})
 
 
-def is_valid(cert: Certificate, genesis: Genesis) -> bool:
+def is_valid(cert: Certificate, genesis: Genesis, cache: SigCache | None = None) -> bool:
     try:
-        verify_certificate(cert, genesis)
+        verify_certificate(cert, genesis, cache)
     except LedgerError:
         return False
     return True

@@ -9,9 +9,18 @@ hash])``: that is an *authenticator*. Kinds and bodies:
 - ``SEND`` ``{to, amount, memo}``: ``to`` another owner's public key.
 - ``RECV`` ``{from, cert}``: ``cert`` the wire form of a SEND certificate
   addressed to this owner, ``from`` its payer.
+- ``CHECKPOINT`` ``{balance}``: the owner's balance after the entries before
+  it. Certified like any entry (a notary checks the balance against its own
+  replay), it lets anyone verify the chain from there on without the entries
+  before it (:func:`verify_segment`).
 
 Amounts are integer micro-credits in ``1 .. MAX_AMOUNT``; no balance may exceed
 ``MAX_AMOUNT`` or go negative. Nothing here touches a socket, clock or file.
+
+The canonical encoding is built directly, keys already in canonical order (a
+msgpack fixstr key sorts by length, then bytes), instead of going through the
+generic canonicaliser: the bytes are those of ``wire.pack(entry.to_wire())``
+(a test checks it) at a twentieth of the cost.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from p2pmarket.config import Genesis
 from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
@@ -29,10 +40,10 @@ from p2pmarket.ledger.errors import (
     check_map,
     check_str,
 )
-from p2pmarket.wire import WireError, digest, pack, unpack
+from p2pmarket.wire import WireError, digest, unpack
 
 if TYPE_CHECKING:
-    from p2pmarket.ledger.certificate import Certificate
+    from p2pmarket.ledger.certificate import Certificate, SigCache
 
 HASH_SIZE = 32
 ZERO_HASH = bytes(HASH_SIZE)
@@ -46,9 +57,50 @@ OPEN = "OPEN"
 MINT = "MINT"
 SEND = "SEND"
 RECV = "RECV"
-KINDS = frozenset({OPEN, MINT, SEND, RECV})
+CHECKPOINT = "CHECKPOINT"
+KINDS = frozenset({OPEN, MINT, SEND, RECV, CHECKPOINT})
 ENTRY_FIELDS = frozenset({"owner", "seq", "prev", "kind", "body", "ts"})
 AUTH_FIELDS = frozenset({"owner", "seq", "hash", "sig"})
+
+
+def _k(name: str) -> bytes:
+    return msgpack.packb(name, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# canonical key order: "ts" < "seq" < "body" < "kind" < "prev" < "owner"
+_ENTRY_HEAD = b"\x86" + _k("ts")
+_K_SEQ, _K_BODY, _K_KIND, _K_PREV, _K_OWNER = (_k(n) for n in ("seq", "body", "kind", "prev",
+                                                             "owner"))
+# certificate: "entry" < "notaries" < "owner_sig"; RECV body: "cert" < "from"
+_CERT_HEAD = b"\x83" + _k("entry")
+_K_NOTARIES, _K_OWNER_SIG = _k("notaries"), _k("owner_sig")
+_RECV_HEAD = b"\x82" + _k("cert")
+_K_FROM = _k("from")
+
+
+def _p(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _encode_body(kind: str, body: dict[str, Any], cert: Certificate | None) -> bytes:
+    if kind == SEND:  # "to" < "memo" < "amount"
+        return b"\x83" + _p("to") + _p(body["to"]) + _p("memo") + _p(body["memo"]) \
+            + _p("amount") + _p(body["amount"])
+    if kind == RECV:
+        assert cert is not None
+        return _RECV_HEAD + encode_certificate(cert) + _K_FROM + _p(body["from"])
+    return _p(body)  # {} or a single key: already canonical
+
+
+def encode_body(entry: Entry) -> bytes:
+    """Canonical msgpack of ``entry.body``."""
+    return _encode_body(entry.kind, entry.body, entry.received)
+
+
+def encode_certificate(cert: Certificate) -> bytes:
+    """Canonical msgpack of ``cert.to_wire()``."""
+    return (_CERT_HEAD + cert.entry.encode() + _K_NOTARIES
+            + _p([[k, s] for k, s in cert.notary_sigs]) + _K_OWNER_SIG + _p(cert.owner_sig))
 
 
 def check_amount(value: Any, name: str = "amount") -> int:
@@ -67,6 +119,7 @@ class Entry:
     body: dict[str, Any]
     ts: int
     _hash: bytes = field(init=False, repr=False, compare=False)
+    _bytes: bytes = field(init=False, repr=False, compare=False)
     _cert: Certificate | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,9 +137,12 @@ class Entry:
         body, cert = _check_body(self.owner, self.kind, self.body)
         object.__setattr__(self, "body", body)
         object.__setattr__(self, "_cert", cert)
-        packed = pack(self.to_wire())
+        packed = (_ENTRY_HEAD + _p(self.ts) + _K_SEQ + _p(self.seq) + _K_BODY
+                  + _encode_body(self.kind, body, cert) + _K_KIND + _p(self.kind)
+                  + _K_PREV + _p(self.prev) + _K_OWNER + _p(self.owner))
         if len(packed) > MAX_ENTRY_BYTES:
             raise LedgerError("entry too large", len(packed))
+        object.__setattr__(self, "_bytes", packed)
         object.__setattr__(self, "_hash", digest(packed))
 
     def hash(self) -> bytes:
@@ -104,22 +160,29 @@ class Entry:
                    body=doc["body"], ts=doc["ts"])
 
     def encode(self) -> bytes:
-        return pack(self.to_wire())
+        """The canonical msgpack bytes (what the hash covers)."""
+        return self._bytes
 
     @classmethod
     def decode(cls, data: bytes) -> Entry:
+        """An entry from its canonical encoding; any other encoding is refused."""
         try:
-            return cls.from_wire(unpack(data))
+            entry = cls.from_wire(unpack(data, MAX_ENTRY_BYTES))
         except WireError as exc:
             raise LedgerError("malformed entry", exc.value) from None
+        if entry._bytes != data:
+            raise LedgerError("entry is not canonically encoded", "entry")
+        return entry
 
     @property
     def amount(self) -> int:
-        """The amount moved (0 for OPEN)."""
+        """The amount moved (0 for OPEN and CHECKPOINT)."""
         if self.kind == RECV:
             assert self._cert is not None
             return int(self._cert.entry.body["amount"])
-        return int(self.body.get("amount", 0))
+        if self.kind in (MINT, SEND):
+            return int(self.body["amount"])
+        return 0
 
     @property
     def delta(self) -> int:
@@ -147,6 +210,9 @@ def _check_body(owner: bytes, kind: str, body: Any) -> tuple[dict[str, Any], Cer
     if kind == MINT:
         body = check_map(body, "MINT body", {"amount"})
         return {"amount": check_amount(body["amount"])}, None
+    if kind == CHECKPOINT:
+        body = check_map(body, "CHECKPOINT body", {"balance"})
+        return {"balance": check_int(body["balance"], "balance", 0, MAX_AMOUNT)}, None
     if kind == SEND:
         body = check_map(body, "SEND body", {"to", "amount", "memo"})
         to = check_bytes(body["to"], "to", PUBLIC_KEY_SIZE)
@@ -159,7 +225,8 @@ def _check_body(owner: bytes, kind: str, body: Any) -> tuple[dict[str, Any], Cer
 
     body = check_map(body, "RECV body", {"from", "cert"})
     payer = check_bytes(body["from"], "from", PUBLIC_KEY_SIZE)
-    cert = Certificate.from_wire(body["cert"])
+    cert = body["cert"] if isinstance(body["cert"], Certificate) else \
+        Certificate.from_wire(body["cert"])
     if cert.entry.kind != SEND:
         raise LedgerError("RECV needs the certificate of a SEND", cert.entry.kind)
     if cert.entry.owner != payer:
@@ -192,7 +259,8 @@ def check_link(entry: Entry, head_seq: int, head_hash: bytes) -> None:
 
 
 def auth_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
-    return pack(["auth", owner, seq, entry_hash])
+    """What an owner signs: ``pack(["auth", owner, seq, hash])`` (a list: canonical as is)."""
+    return _p(["auth", owner, seq, entry_hash])
 
 
 @dataclass(frozen=True)
@@ -221,11 +289,16 @@ class Authenticator:
     def of(cls, entry: Entry, sig: bytes) -> Authenticator:
         return cls(entry.owner, entry.seq, entry.hash(), sig)
 
-    def verify(self) -> bool:
-        return verify(self.owner, auth_message(self.owner, self.seq, self.hash), self.sig)
+    def message(self) -> bytes:
+        return auth_message(self.owner, self.seq, self.hash)
 
-    def check(self) -> None:
-        if not self.verify():
+    def verify(self, cache: SigCache | None = None) -> bool:
+        if cache is not None:
+            return cache.verify(self.owner, self.message(), self.sig)
+        return verify(self.owner, self.message(), self.sig)
+
+    def check(self, cache: SigCache | None = None) -> None:
+        if not self.verify(cache):
             raise LedgerError("bad owner signature", {"owner": self.owner, "seq": self.seq})
 
     def matches(self, entry: Entry) -> bool:
@@ -246,16 +319,23 @@ def received_key(cert: Certificate) -> tuple[bytes, int]:
 
 
 def apply(balance: int, entry: Entry, genesis: Genesis,
-          received: Collection[tuple[bytes, int]] = ()) -> int:
+          received: Collection[tuple[bytes, int]] = (),
+          cache: SigCache | None = None) -> int:
     """The balance after ``entry``; raise :class:`LedgerError` if the entry is not allowed.
 
     ``received`` holds the ``(payer, seq)`` of SENDs already received on this chain.
     Checks: MINT only by the mint key, SEND covered by ``balance``, RECV with a
-    valid certificate not yet received, no balance above ``MAX_AMOUNT``.
+    valid certificate not yet received, CHECKPOINT stating ``balance``, no
+    balance above ``MAX_AMOUNT``. ``cache`` remembers signatures already checked.
     """
     from p2pmarket.ledger.certificate import verify_certificate
 
     if entry.kind == OPEN:
+        return balance
+    if entry.kind == CHECKPOINT:
+        if entry.body["balance"] != balance:
+            raise LedgerError("checkpoint balance does not match the chain",
+                              {"balance": balance, "checkpoint": entry.body["balance"]})
         return balance
     if entry.kind == MINT:
         if entry.owner != genesis.mint_key:
@@ -269,7 +349,7 @@ def apply(balance: int, entry: Entry, genesis: Genesis,
     else:
         cert = entry.received
         assert cert is not None
-        verify_certificate(cert, genesis)
+        verify_certificate(cert, genesis, cache)
         if received_key(cert) in received:
             raise LedgerError("certificate already received",
                               {"from": cert.entry.owner, "seq": cert.entry.seq})
@@ -280,28 +360,85 @@ def apply(balance: int, entry: Entry, genesis: Genesis,
 
 
 def verify_chain(entries: Sequence[Entry], auths: Sequence[Authenticator],
-                 genesis: Genesis) -> int:
+                 genesis: Genesis, cache: SigCache | None = None) -> int:
     """Check a whole chain from seq 0 and return its final balance.
 
     Checks seq/prev linkage, one owner, each authenticator (matching and
     correctly signed), and :func:`apply`'s rules including no double RECV.
     """
+    return _replay(entries, auths, genesis, -1, ZERO_HASH, 0, cache)
+
+
+def verify_segment(checkpoint: Certificate, entries: Sequence[Entry],
+                   auths: Sequence[Authenticator], genesis: Genesis,
+                   cache: SigCache | None = None) -> int:
+    """Check the entries that follow a certified CHECKPOINT; return the final balance.
+
+    The checkpoint's certificate (a notary quorum, checked here) vouches for the
+    balance and for everything before it, so ``entries`` start right after it.
+    Within the segment the same checks as :func:`verify_chain` apply; a RECV of a
+    SEND already received before the checkpoint is the notaries' to refuse (the
+    certificate of any later entry shows they did).
+    """
+    from p2pmarket.ledger.certificate import verify_certificate
+
+    start = checkpoint.entry
+    if start.kind != CHECKPOINT:
+        raise LedgerError("a segment starts from a CHECKPOINT certificate", start.kind)
+    verify_certificate(checkpoint, genesis, cache)
+    if entries and entries[0].owner != start.owner:
+        raise LedgerError("chain mixes owners", {"seq": entries[0].seq})
+    return _replay(entries, auths, genesis, start.seq, start.hash(),
+                   int(start.body["balance"]), cache)
+
+
+def verify_certified(entries: Sequence[Entry], auths: Sequence[Authenticator],
+                     head: Certificate, genesis: Genesis,
+                     checkpoint: Certificate | None = None,
+                     cache: SigCache | None = None) -> int:
+    """Like :func:`verify_chain` (or :func:`verify_segment` from ``checkpoint``), and
+    also that ``head`` is a valid certificate of the last entry.
+
+    An honest notary certifies an entry only after every earlier one, linked by
+    ``prev``; so a quorum certificate of the last entry shows the whole chain was
+    certified, with no certificate needed for the entries before it.
+    """
+    from p2pmarket.ledger.certificate import verify_certificate
+
+    if not entries or head.entry != entries[-1]:
+        raise LedgerError("the head certificate is not for the chain's last entry", "head")
+    verify_certificate(head, genesis, cache)
+    if checkpoint is None:
+        return verify_chain(entries, auths, genesis, cache)
+    return verify_segment(checkpoint, entries, auths, genesis, cache)
+
+
+def _replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: Genesis,
+            head_seq: int, head_hash: bytes, balance: int, cache: SigCache | None) -> int:
     if len(entries) != len(auths):
         raise LedgerError("need one authenticator per entry",
                           {"entries": len(entries), "auths": len(auths)})
-    balance = 0
-    head_hash = ZERO_HASH
     received: set[tuple[bytes, int]] = set()
     owner = entries[0].owner if entries else b""
-    for i, (entry, auth) in enumerate(zip(entries, auths, strict=True)):
+    for entry, auth in zip(entries, auths, strict=True):
         if entry.owner != owner:
             raise LedgerError("chain mixes owners", {"seq": entry.seq})
-        check_link(entry, i - 1, head_hash)
+        check_link(entry, head_seq, head_hash)
         if not auth.matches(entry):
             raise LedgerError("authenticator does not match entry", {"seq": entry.seq})
-        auth.check()
-        balance = apply(balance, entry, genesis, received)
+        auth.check(cache)
+        balance = apply(balance, entry, genesis, received, cache)
         if entry.received is not None:
             received.add(received_key(entry.received))
-        head_hash = entry.hash()
+        head_seq, head_hash = entry.seq, entry.hash()
     return balance
+
+
+def equivocation(first: Authenticator, second: Authenticator) -> bool:
+    """Whether two authenticators prove their owner signed two entries at one seq.
+
+    Self-contained and offline: both signatures valid, same owner and seq,
+    different hashes. Such a pair is what notaries keep as evidence of a fork.
+    """
+    return (first.owner == second.owner and first.seq == second.seq
+            and first.hash != second.hash and first.verify() and second.verify())

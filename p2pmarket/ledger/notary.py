@@ -5,30 +5,58 @@ only if seq is exactly one past the last entry it certified for that owner
 (seq 0 must be OPEN), prev matches that entry, the owner's signature is good,
 and the entry is allowed by :func:`chain.apply` on the replayed balance: a SEND
 covered, MINT only by the mint key, RECV only with a valid SEND certificate
-addressed to the owner whose ``(payer, seq)`` it has not seen received before.
+addressed to the owner whose ``(payer, seq)`` it has not seen received before,
+CHECKPOINT stating the replayed balance.
 
-The new head (the lock), the notary's signature, the balance, the received
-set, the inbox and the supply figures are committed in one durable sqlite
-transaction before the signature is returned. Resubmitting a certified entry
-returns the same signature; a different entry at a certified seq is refused
-with the stored authenticator as evidence. Every refusal leaves state unchanged.
+*Catch-up*: a notary that missed entries (it was down, or a reply was lost) is
+given them again, in order, in one ``certify_batch``; an entry may come with its
+quorum certificate, which proves it: the notary checks the certificate and the
+link, replays the entry into its state and signs it too (never a second entry
+at one seq). A certified entry is accepted even if this notary's own policy
+(``shun``: e.g. owners exposed by an audit) would refuse new ones.
+
+The new heads (the locks), balances, received set, inbox and supply figures of
+a whole batch, indeed of every batch that arrived meanwhile (group commit), are
+committed in one durable sqlite transaction before any signature is returned.
+Signatures are Ed25519, so deterministic: a resubmitted entry gets the same
+signature again, recomputed rather than stored. A different entry at a
+certified seq is refused with the stored authenticator as evidence, and the
+conflicting one is kept (``evidence``): the only write a refusal makes.
+
+Storage per certified entry: ``(chain id, seq, hash, owner signature)``. Full
+entries live in their owners' wallets; SEND certificates sit in the inbox until
+received. ``deliver`` lets a payer push a SEND's certificate (with every
+signature) to a notary that may have missed it, so a payee's ``sync`` works
+from any notary.
 
 Supply at one notary: ``minted`` (certified MINTs), ``balances`` (sum of the
-replayed balances), ``pending`` (certified SENDs not yet received: the inbox)
-and ``early`` (RECVs certified here before this notary certified their SEND,
-which it may see late). Invariant: ``balances + pending - early == minted``;
-``early`` is 0 once the notary has seen every chain in full.
+replayed balances), ``pending`` (SENDs certified here not yet received) and
+``early`` (RECVs certified here before this notary certified their SEND).
+Invariant: ``balances + pending - early == minted``; ``early`` is 0 once the
+notary has seen every chain in full.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from p2pmarket.api.rpc import CallContext, Handler
+from p2pmarket.api.rpc import Handler
 from p2pmarket.config import Genesis
-from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity
-from p2pmarket.ledger.certificate import Certificate, notary_sign
+from p2pmarket.files import open_db
+from p2pmarket.identity import Identity
+from p2pmarket.ledger.certificate import (
+    Certificate,
+    SigCache,
+    cert_message,
+    committee_quorum,
+    notary_sign,
+)
 from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
     MINT,
@@ -41,199 +69,459 @@ from p2pmarket.ledger.chain import (
     check_link,
     received_key,
 )
-from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
-from p2pmarket.ledger.store import ChainStore
-from p2pmarket.wire import pack, unpack
+from p2pmarket.ledger.errors import LedgerError
+
+log = logging.getLogger(__name__)
 
 MAX_INBOX = 256
+T = TypeVar("T")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS notary_accounts (
-    owner BLOB PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS nt_chain (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
     balance INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS notary_inbox (
-    payer BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS nt_entry (
+    cid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    payee BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    owner_sig BLOB NOT NULL,
+    PRIMARY KEY (cid, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nt_inbox (
+    payer INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    payee INTEGER NOT NULL,
     amount INTEGER NOT NULL,
+    counted INTEGER NOT NULL,
     cert BLOB NOT NULL,
     PRIMARY KEY (payer, seq)
-);
-CREATE INDEX IF NOT EXISTS notary_inbox_payee ON notary_inbox (payee, payer, seq);
-CREATE TABLE IF NOT EXISTS notary_received (
-    payer BLOB NOT NULL,
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nt_inbox_payee ON nt_inbox (payee, payer, seq);
+CREATE TABLE IF NOT EXISTS nt_recv (
+    payer INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    payee BLOB NOT NULL,
+    payee INTEGER NOT NULL,
     amount INTEGER NOT NULL,
     early INTEGER NOT NULL,
     PRIMARY KEY (payer, seq)
-);
-CREATE TABLE IF NOT EXISTS notary_supply (
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nt_evidence (
+    cid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    owner_sig BLOB NOT NULL,
+    PRIMARY KEY (cid, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nt_totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     minted INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO notary_supply (id, minted) VALUES (1, 0);
+INSERT OR IGNORE INTO nt_totals (id, minted) VALUES (1, 0);
 """
+
+
+@dataclass
+class Item:
+    """One entry to certify; ``notaries`` non-empty: it comes with its certificate."""
+
+    entry: Entry
+    owner_sig: bytes
+    notaries: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass
+class _Head:
+    cid: int
+    seq: int
+    hash: bytes
+    balance: int
+    dirty: bool = False
+
+
+class _Tx:
+    """What one group transaction knows beyond the database: chain heads it touched."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.heads: dict[bytes, _Head] = {}
+        self.minted = int(conn.execute("SELECT minted FROM nt_totals WHERE id = 1"
+                                       ).fetchone()[0])
+        self.minted_dirty = False
+
+    def head(self, key: bytes, create: bool = False) -> _Head | None:
+        head = self.heads.get(key)
+        if head is not None:
+            return head
+        row = self.conn.execute("SELECT id, seq, hash, balance FROM nt_chain WHERE key = ?",
+                                (key,)).fetchone()
+        if row is None:
+            if not create:
+                return None
+            cur = self.conn.execute("INSERT INTO nt_chain (key, seq, hash, balance) "
+                                    "VALUES (?, -1, ?, 0)", (key, ZERO_HASH))
+            assert cur.lastrowid is not None
+            row = (cur.lastrowid, -1, ZERO_HASH, 0)
+        head = self.heads[key] = _Head(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
+        return head
+
+    def flush(self) -> None:
+        self.conn.executemany(
+            "UPDATE nt_chain SET seq = ?, hash = ?, balance = ? WHERE id = ?",
+            [(h.seq, h.hash, h.balance, h.cid) for h in self.heads.values() if h.dirty])
+        if self.minted_dirty:
+            self.conn.execute("UPDATE nt_totals SET minted = ? WHERE id = 1", (self.minted,))
 
 
 class NotaryService:
     """One committee member's certification state and its RPC handlers."""
 
-    def __init__(self, identity: Identity, genesis: Genesis, db_path: Path | str) -> None:
+    def __init__(self, identity: Identity, genesis: Genesis, db_path: Path | str,
+                 shun: Callable[[bytes], bool] | None = None) -> None:
         if identity.public_key not in genesis.notary_keys:
             raise LedgerError("this key is not in the genesis notary committee",
                               identity.public_key)
         self.identity = identity
         self.genesis = genesis
-        self.store = ChainStore(db_path)
-        with self.store.transaction() as conn:
-            conn.executescript(SCHEMA)
+        self.path = db_path
+        self.quorum = committee_quorum(genesis)
+        self.shun = shun or (lambda owner: False)
+        self.cache = SigCache()
+        self.conn = open_db(db_path)
+        with self.conn:
+            self.conn.executescript(SCHEMA)
+        self._queue: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.groups = 0
+        self.before_commit: Callable[[], None] | None = None  # fault injection in tests
 
     @property
     def key(self) -> bytes:
         return self.identity.public_key
 
     def close(self) -> None:
-        self.store.close()
+        if self._committer is not None:
+            self._committer.cancel()
+        self.conn.close()
 
-    # -- the rules ---------------------------------------------------------------
+    # -- the rules (synchronous, each call one durable transaction) --------------
 
-    def certify(self, entry: Entry, owner_sig: bytes) -> bytes:
+    def certify(self, entry: Entry, owner_sig: bytes,
+                notaries: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
         """This notary's signature of ``entry``, or :class:`LedgerError`."""
+        result = self.certify_items([Item(entry, owner_sig, notaries)])[0]
+        if isinstance(result, LedgerError):
+            raise result
+        return result
+
+    def certify_items(self, items: Sequence[Item]) -> list[bytes | LedgerError]:
+        """Certify ``items`` in order in one transaction: a signature or a refusal each."""
+        return self._transaction(lambda tx: [self._certify_one(tx, i) for i in items])
+
+    def deliver(self, certs: Sequence[Certificate]) -> list[LedgerError | None]:
+        """Keep SEND certificates in the inbox for their payees (None: accepted)."""
+        return self._transaction(lambda tx: [self._deliver_one(tx, c) for c in certs])
+
+    def _transaction(self, fn: Callable[[_Tx], T]) -> T:
+        with self.conn:
+            tx = _Tx(self.conn)
+            result = fn(tx)
+            tx.flush()
+            if self.before_commit is not None:
+                self.before_commit()
+        return result
+
+    def _certify_one(self, tx: _Tx, item: Item) -> bytes | LedgerError:
+        try:
+            return self._certify(tx, item)
+        except LedgerError as exc:
+            return exc
+
+    def _certify(self, tx: _Tx, item: Item) -> bytes:
+        entry, owner_sig = item.entry, item.owner_sig
         auth = Authenticator.of(entry, owner_sig)
-        auth.check()
-        stored = self.store.certificate(entry.owner, entry.seq)
-        if stored is not None:
-            if stored.entry.hash() == entry.hash():
-                for key, sig in stored.notary_sigs:
-                    if key == self.key:
-                        return sig
-                raise AssertionError("stored entry lacks this notary's signature")
-            raise LedgerError(
-                "a different entry is already certified at this seq",
-                {"owner": entry.owner, "seq": entry.seq,
-                 "authenticator": stored.authenticator.to_wire(),
-                 "submitted": auth.to_wire()})
-        head = self.store.head(entry.owner)
-        if head is None:
-            check_link(entry, -1, ZERO_HASH)
-        else:
-            check_link(entry, head.seq, head.hash())
-        balance = self.balance(entry.owner)
+        auth.check(self.cache)
+        head = tx.head(entry.owner)
+        if head is not None and entry.seq <= head.seq:
+            return self._resubmitted(tx, head, auth)
+        check_link(entry, -1 if head is None else head.seq,
+                   ZERO_HASH if head is None else head.hash)
+        if item.notaries:
+            self._check_cert(Certificate(entry, owner_sig, item.notaries))
+        elif self.shun(entry.owner):
+            raise LedgerError("this notary refuses entries of this owner", "shunned")
         cert = entry.received
-        if cert is not None and self._received_row(*received_key(cert)) is not None:
+        if cert is not None and self._recv_row(tx, *received_key(cert)) is not None:
             raise LedgerError("certificate already received",
                               {"from": cert.entry.owner, "seq": cert.entry.seq})
-        new_balance = apply(balance, entry, self.genesis)
-        minted = self.minted()
-        if entry.kind == MINT and minted + entry.amount > MAX_AMOUNT:
+        new_balance = apply(0 if head is None else head.balance, entry, self.genesis,
+                            cache=self.cache)
+        if entry.kind == MINT and tx.minted + entry.amount > MAX_AMOUNT:
             raise LedgerError("total supply would exceed the maximum", MAX_AMOUNT)
 
+        # every check passed: sign and record (committed with the whole group)
         sig = notary_sign(self.identity, entry)
-        with self.store.transaction() as conn:
-            self.store.append(entry, owner_sig)
-            self.store.attach(Certificate(entry, owner_sig, ((self.key, sig),)))
-            conn.execute("INSERT INTO notary_accounts (owner, balance) VALUES (?, ?) "
-                         "ON CONFLICT (owner) DO UPDATE SET balance = excluded.balance",
-                         (entry.owner, new_balance))
-            if entry.kind == MINT:
-                conn.execute("UPDATE notary_supply SET minted = ? WHERE id = 1",
-                             (minted + entry.amount,))
-            elif entry.kind == SEND:
-                self._certified_send(entry, owner_sig, sig)
-            elif entry.kind == RECV:
-                assert cert is not None
-                self._certified_recv(entry, cert)
+        self.cache.add(self.key, cert_message(entry.owner, entry.seq, entry.hash()), sig)
+        head = head or tx.head(entry.owner, create=True)
+        assert head is not None
+        tx.conn.execute("INSERT INTO nt_entry (cid, seq, hash, owner_sig) VALUES (?, ?, ?, ?)",
+                        (head.cid, entry.seq, entry.hash(), owner_sig))
+        head.seq, head.hash, head.balance, head.dirty = entry.seq, entry.hash(), new_balance, True
+        if entry.kind == MINT:
+            tx.minted += entry.amount
+            tx.minted_dirty = True
+        elif entry.kind == SEND:
+            self._certified_send(tx, head, entry, owner_sig, sig)
+        elif entry.kind == RECV:
+            assert cert is not None
+            self._certified_recv(tx, head, entry, cert)
         return sig
 
-    def _certified_send(self, entry: Entry, owner_sig: bytes, sig: bytes) -> None:
-        early = self._received_row(entry.owner, entry.seq)
-        if early is not None:  # its RECV was certified here first: now matched
-            self.store.conn.execute(
-                "UPDATE notary_received SET early = 0 WHERE payer = ? AND seq = ?",
-                (entry.owner, entry.seq))
+    def _resubmitted(self, tx: _Tx, head: _Head, auth: Authenticator) -> bytes:
+        row = tx.conn.execute("SELECT hash, owner_sig FROM nt_entry WHERE cid = ? AND seq = ?",
+                              (head.cid, auth.seq)).fetchone()
+        assert row is not None, "a certified seq without its entry"
+        if bytes(row[0]) == auth.hash:
+            sig = self.identity.sign(cert_message(auth.owner, auth.seq, auth.hash))
+            return sig  # Ed25519 is deterministic: the very signature given before
+        stored = Authenticator(auth.owner, auth.seq, bytes(row[0]), bytes(row[1]))
+        tx.conn.execute("INSERT OR IGNORE INTO nt_evidence (cid, seq, hash, owner_sig) "
+                        "VALUES (?, ?, ?, ?)", (head.cid, auth.seq, auth.hash, auth.sig))
+        raise LedgerError("a different entry is already certified at this seq",
+                          {"owner": auth.owner, "seq": auth.seq,
+                           "authenticator": stored.to_wire(), "submitted": auth.to_wire()})
+
+    def _certified_send(self, tx: _Tx, head: _Head, entry: Entry, owner_sig: bytes,
+                        sig: bytes) -> None:
+        recv = tx.conn.execute("SELECT early FROM nt_recv WHERE payer = ? AND seq = ?",
+                               (head.cid, entry.seq)).fetchone()
+        if recv is not None:  # its RECV was certified here first: now matched
+            tx.conn.execute("UPDATE nt_recv SET early = 0 WHERE payer = ? AND seq = ?",
+                            (head.cid, entry.seq))
             return
-        cert = Certificate(entry, owner_sig, ((self.key, sig),))
-        self.store.conn.execute(
-            "INSERT INTO notary_inbox (payer, seq, payee, amount, cert) VALUES (?, ?, ?, ?, ?)",
-            (entry.owner, entry.seq, entry.body["to"], entry.amount, pack(cert.to_wire())))
+        mine = Certificate(entry, owner_sig, ((self.key, sig),))
+        row = tx.conn.execute("SELECT cert FROM nt_inbox WHERE payer = ? AND seq = ?",
+                              (head.cid, entry.seq)).fetchone()
+        if row is not None:  # delivered before we certified it: now counted
+            merged = Certificate.decode(bytes(row[0])).merged(mine.notary_sigs)
+            tx.conn.execute("UPDATE nt_inbox SET counted = 1, cert = ? WHERE payer = ? "
+                            "AND seq = ?", (merged.encode(), head.cid, entry.seq))
+            return
+        payee = tx.head(entry.body["to"], create=True)
+        assert payee is not None
+        tx.conn.execute(
+            "INSERT INTO nt_inbox (payer, seq, payee, amount, counted, cert) "
+            "VALUES (?, ?, ?, ?, 1, ?)",
+            (head.cid, entry.seq, payee.cid, entry.amount, mine.encode()))
 
-    def _certified_recv(self, entry: Entry, cert: Certificate) -> None:
-        payer, seq = received_key(cert)
-        gone = self.store.conn.execute(
-            "DELETE FROM notary_inbox WHERE payer = ? AND seq = ?", (payer, seq)).rowcount
-        self.store.conn.execute(
-            "INSERT INTO notary_received (payer, seq, payee, amount, early) "
-            "VALUES (?, ?, ?, ?, ?)", (payer, seq, entry.owner, entry.amount, int(gone == 0)))
+    def _certified_recv(self, tx: _Tx, head: _Head, entry: Entry, cert: Certificate) -> None:
+        payer = tx.head(cert.entry.owner, create=True)
+        assert payer is not None
+        row = tx.conn.execute("SELECT counted FROM nt_inbox WHERE payer = ? AND seq = ?",
+                              (payer.cid, cert.entry.seq)).fetchone()
+        if row is not None:
+            tx.conn.execute("DELETE FROM nt_inbox WHERE payer = ? AND seq = ?",
+                            (payer.cid, cert.entry.seq))
+        early = int(row is None or not row[0])
+        tx.conn.execute("INSERT INTO nt_recv (payer, seq, payee, amount, early) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (payer.cid, cert.entry.seq, head.cid, entry.amount, early))
 
-    def _received_row(self, payer: bytes, seq: int) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self.store.conn.execute(
-            "SELECT payee, amount, early FROM notary_received WHERE payer = ? AND seq = ?",
-            (payer, seq)).fetchone()
+    def _recv_row(self, tx: _Tx, payer: bytes, seq: int) -> tuple[Any, ...] | None:
+        head = tx.head(payer)
+        if head is None:
+            return None
+        row: tuple[Any, ...] | None = tx.conn.execute(
+            "SELECT payee, amount, early FROM nt_recv WHERE payer = ? AND seq = ?",
+            (head.cid, seq)).fetchone()
         return row
+
+    def _check_cert(self, cert: Certificate) -> tuple[tuple[bytes, bytes], ...]:
+        """The valid committee signatures of ``cert``; refuse it without a quorum."""
+        cert.authenticator.check(self.cache)
+        valid = cert.valid_signers(self.genesis, self.cache)
+        if len(valid) < self.quorum:
+            raise LedgerError("certificate lacks a notary quorum",
+                              {"valid": len(valid), "quorum": self.quorum})
+        return tuple(sorted(p for p in dict(cert.notary_sigs).items() if p[0] in valid))
+
+    def _deliver_one(self, tx: _Tx, cert: Certificate) -> LedgerError | None:
+        try:
+            self._deliver(tx, cert)
+        except LedgerError as exc:
+            return exc
+        return None
+
+    def _deliver(self, tx: _Tx, cert: Certificate) -> None:
+        entry = cert.entry
+        if entry.kind != SEND:
+            raise LedgerError("only SEND certificates are delivered", entry.kind)
+        sigs = self._check_cert(cert)
+        if self._recv_row(tx, entry.owner, entry.seq) is not None:
+            return  # already received: nothing left to hold
+        known = tx.head(entry.owner)
+        if known is not None and entry.seq <= known.seq:
+            row = tx.conn.execute("SELECT hash FROM nt_entry WHERE cid = ? AND seq = ?",
+                                  (known.cid, entry.seq)).fetchone()
+            assert row is not None, "a certified seq without its entry"
+            if bytes(row[0]) != entry.hash():
+                self._resubmitted(tx, known, cert.authenticator)  # records it; raises
+        payer = known or tx.head(entry.owner, create=True)
+        assert payer is not None
+        row = tx.conn.execute("SELECT cert FROM nt_inbox WHERE payer = ? AND seq = ?",
+                              (payer.cid, entry.seq)).fetchone()
+        if row is not None:
+            held = Certificate.decode(bytes(row[0]))
+            if held.entry.hash() != entry.hash():
+                raise LedgerError("two certified SENDs at one seq",
+                                  {"held": held.authenticator.to_wire(),
+                                   "delivered": cert.authenticator.to_wire()})
+            merged = held.merged(sigs)
+            if merged.notary_sigs != held.notary_sigs:
+                tx.conn.execute("UPDATE nt_inbox SET cert = ? WHERE payer = ? AND seq = ?",
+                                (merged.encode(), payer.cid, entry.seq))
+            return
+        payee = tx.head(entry.body["to"], create=True)
+        assert payee is not None
+        tx.conn.execute(
+            "INSERT INTO nt_inbox (payer, seq, payee, amount, counted, cert) "
+            "VALUES (?, ?, ?, ?, 0, ?)",
+            (payer.cid, entry.seq, payee.cid, entry.amount,
+             Certificate(entry, cert.owner_sig, sigs).encode()))
 
     # -- queries ---------------------------------------------------------------
 
     def balance(self, owner: bytes) -> int:
-        row = self.store.conn.execute(
-            "SELECT balance FROM notary_accounts WHERE owner = ?", (owner,)).fetchone()
+        row = self.conn.execute("SELECT balance FROM nt_chain WHERE key = ?",
+                                (owner,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def minted(self) -> int:
-        return int(self.store.conn.execute(
-            "SELECT minted FROM notary_supply WHERE id = 1").fetchone()[0])
+        return int(self.conn.execute("SELECT minted FROM nt_totals WHERE id = 1").fetchone()[0])
 
     def head(self, owner: bytes) -> dict[str, Any]:
         """``{owner, seq, hash, balance}`` of the last certified entry (seq -1: none)."""
-        entry = self.store.head(owner)
-        return {"owner": owner, "seq": -1 if entry is None else entry.seq,
-                "hash": ZERO_HASH if entry is None else entry.hash(),
-                "balance": self.balance(owner)}
+        row = self.conn.execute("SELECT seq, hash, balance FROM nt_chain WHERE key = ?",
+                                (owner,)).fetchone()
+        if row is None:
+            return {"owner": owner, "seq": -1, "hash": ZERO_HASH, "balance": 0}
+        return {"owner": owner, "seq": int(row[0]), "hash": bytes(row[1]),
+                "balance": int(row[2])}
+
+    def authenticator(self, owner: bytes, seq: int) -> Authenticator | None:
+        """The owner's authenticator of the entry certified here at ``seq``."""
+        row = self.conn.execute(
+            "SELECT e.hash, e.owner_sig FROM nt_entry e JOIN nt_chain c ON c.id = e.cid "
+            "WHERE c.key = ? AND e.seq = ?", (owner, seq)).fetchone()
+        return None if row is None else Authenticator(owner, seq, bytes(row[0]), bytes(row[1]))
 
     def inbox(self, owner: bytes, limit: int = MAX_INBOX) -> list[Certificate]:
-        """Certified SENDs to ``owner`` not yet received here (this notary's signature only)."""
-        rows = self.store.conn.execute(
-            "SELECT cert FROM notary_inbox WHERE payee = ? ORDER BY payer, seq LIMIT ?",
-            (owner, limit)).fetchall()
-        return [Certificate.from_wire(unpack(bytes(r[0]))) for r in rows]
+        """SEND certificates to ``owner`` not yet received here: this notary's signature,
+        or every signature when the payer delivered the certificate."""
+        rows = self.conn.execute(
+            "SELECT i.cert FROM nt_inbox i JOIN nt_chain c ON c.id = i.payee WHERE c.key = ? "
+            "ORDER BY i.payer, i.seq LIMIT ?", (owner, limit)).fetchall()
+        return [Certificate.decode(bytes(r[0])) for r in rows]
+
+    def evidence(self, owner: bytes) -> list[tuple[Authenticator, Authenticator]]:
+        """Proofs that ``owner`` signed two entries at one seq: (certified, other)."""
+        rows = self.conn.execute(
+            "SELECT v.seq, e.hash, e.owner_sig, v.hash, v.owner_sig FROM nt_evidence v "
+            "JOIN nt_chain c ON c.id = v.cid JOIN nt_entry e ON e.cid = v.cid "
+            "AND e.seq = v.seq WHERE c.key = ? ORDER BY v.seq", (owner,)).fetchall()
+        return [(Authenticator(owner, int(r[0]), bytes(r[1]), bytes(r[2])),
+                 Authenticator(owner, int(r[0]), bytes(r[3]), bytes(r[4]))) for r in rows]
 
     def supply(self) -> dict[str, Any]:
-        conn = self.store.conn
-        balances = int(conn.execute(
-            "SELECT COALESCE(SUM(balance), 0) FROM notary_accounts").fetchone()[0])
-        pending = int(conn.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM notary_inbox").fetchone()[0])
+        """This notary's supply figures and whether they add up (see the module doc)."""
+        conn = self.conn
+        chains, entries, balances = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(seq + 1), 0), COALESCE(SUM(balance), 0) "
+            "FROM nt_chain WHERE seq >= 0").fetchone()
+        pending, delivered = conn.execute(
+            "SELECT COALESCE(SUM(CASE WHEN counted THEN amount ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN counted THEN 0 ELSE amount END), 0) FROM nt_inbox"
+        ).fetchone()
         early = int(conn.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM notary_received WHERE early = 1").fetchone()[0])
+            "SELECT COALESCE(SUM(amount), 0) FROM nt_recv WHERE early = 1").fetchone()[0])
         minted = self.minted()
-        return {"minted": minted, "balances": balances, "pending": pending, "early": early,
-                "ok": balances + pending - early == minted}
+        return {"minted": minted, "balances": int(balances), "pending": int(pending),
+                "early": early, "ok": int(balances) + int(pending) - early == minted,
+                "chains": int(chains), "entries": int(entries), "delivered": int(delivered)}
 
-    # -- RPC -------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Entries certified and database bytes in use (pages minus free pages)."""
+        conn = self.conn
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        entries = int(conn.execute("SELECT COUNT(*) FROM nt_entry").fetchone()[0])
+        return {"entries": entries, "bytes": (pages - free) * size}
+
+    # -- group commit ------------------------------------------------------------
+
+    async def run_grouped(self, fn: Callable[[_Tx], T]) -> T:
+        """Run ``fn`` in the next group transaction: the requests that arrive while one
+        group commits share the next transaction (one fsync), each gets its own result."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_groups())
+        return await fut
+
+    async def _commit_groups(self) -> None:
+        group: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = []
+        try:
+            await asyncio.sleep(0)  # let requests that arrived together join
+            while self._queue:
+                group, self._queue = self._queue, []
+                self.groups += 1
+                self._commit_group(group)
+                group = []
+                await asyncio.sleep(0)
+        except BaseException:  # stopping: nobody may wait for an answer forever
+            for _, fut in (*group, *self._queue):
+                if not fut.done():
+                    fut.set_exception(LedgerError("notary stopped", "stopped"))
+            self._queue = []
+            raise
+
+    def _commit_group(self, group: list[tuple[Callable[[_Tx], Any],
+                                              asyncio.Future[Any]]]) -> None:
+        fns = [fn for fn, _ in group]
+
+        def run_all(tx: _Tx) -> list[Any]:
+            return [fn(tx) for fn in fns]
+
+        try:
+            results = self._transaction(run_all)
+        except Exception:  # one request broke the group: run each on its own
+            log.exception("notary group failed; retrying its requests one by one")
+            for fn, fut in group:
+                try:
+                    result = self._transaction(fn)
+                except Exception as exc:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                else:
+                    if not fut.done():
+                        fut.set_result(result)
+            return
+        for (_, fut), result in zip(group, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+    def certify_grouped(self, items: Sequence[Item]) -> Callable[[_Tx], list[Any]]:
+        return lambda tx: [self._certify_one(tx, i) for i in items]
+
+    def deliver_grouped(self, certs: Sequence[Certificate]) -> Callable[[_Tx], list[Any]]:
+        return lambda tx: [self._deliver_one(tx, c) for c in certs]
 
     def handlers(self) -> dict[str, Handler]:
-        """RPC handlers: ``certify``, ``inbox``, ``head``, ``supply``."""
+        """RPC handlers (see :mod:`p2pmarket.ledger.notaryrpc`)."""
+        from p2pmarket.ledger.notaryrpc import handlers
 
-        async def certify(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-            args = check_map(args, "certify arguments", {"entry", "sig"})
-            entry = Entry.from_wire(args["entry"])
-            sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
-            return {"notary": self.key, "sig": self.certify(entry, sig)}
-
-        async def inbox(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-            args = check_map(args, "inbox arguments", {"owner"})
-            owner = check_bytes(args["owner"], "owner", PUBLIC_KEY_SIZE)
-            certs = self.inbox(owner, MAX_INBOX + 1)
-            return {"certs": [c.to_wire() for c in certs[:MAX_INBOX]],
-                    "more": len(certs) > MAX_INBOX}
-
-        async def head(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-            args = check_map(args, "head arguments", {"owner"})
-            return self.head(check_bytes(args["owner"], "owner", PUBLIC_KEY_SIZE))
-
-        async def supply(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-            check_map(args, "supply arguments", set())
-            return self.supply()
-
-        return {"certify": certify, "inbox": inbox, "head": head, "supply": supply}
+        return handlers(self)

@@ -1,53 +1,85 @@
 """Durable chains on sqlite (WAL, synchronous=FULL via :func:`files.open_db`).
 
-One store holds the chains of any number of owners: a node keeps its own
-chain, a notary keeps every entry it certified. Each entry is stored with its
-owner's signature the moment it is appended (committed before the caller sends
-anything that depends on it) and later gets its notary signatures attached.
-At most one entry per chain is *pending* (appended, not yet certified): the
-chain's last one.
+One store holds the chains of any number of owners; a wallet keeps its own.
+Each entry is stored with its owner's signature the moment it is appended
+(committed before the caller sends anything that depends on it) and later gets
+its notary signatures attached. The uncertified (*pending*) entries of a chain
+are a suffix of it: a wallet may append several and have them certified in one
+batch, in order.
+
+Compact rows: the owner is a small integer (``chain_owner``), ``prev`` is not
+stored (it is the previous row's hash), the body is its canonical msgpack, the
+kind a one-byte code, and notary signatures name their notary by a small
+integer too (``chain_notary``). Every entry read back is rebuilt and its hash
+checked against the stored one. ``chain_owner`` also keeps the head and the
+certified and total balances, so the hot path never scans a chain.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from p2pmarket.files import open_db
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import (
+    CHECKPOINT,
+    KINDS,
     RECV,
+    ZERO_HASH,
     Authenticator,
     Entry,
     check_link,
+    encode_body,
     received_key,
 )
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.wire import pack, unpack
 
+KIND_CODES = {"OPEN": 0, "MINT": 1, "SEND": 2, "RECV": 3, CHECKPOINT: 4}
+CODE_KINDS = {v: k for k, v in KIND_CODES.items()}
+assert set(KIND_CODES) == KINDS
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS chain_entries (
-    owner BLOB NOT NULL,
+CREATE TABLE IF NOT EXISTS chain_owner (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    head_seq INTEGER NOT NULL,
+    head_hash BLOB NOT NULL,
+    balance INTEGER NOT NULL,
+    total INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_notary (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS chain_entry (
+    oid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     hash BLOB NOT NULL,
-    kind TEXT NOT NULL,
+    kind INTEGER NOT NULL,
     delta INTEGER NOT NULL,
     ts INTEGER NOT NULL,
-    entry BLOB NOT NULL,
+    body BLOB NOT NULL,
     owner_sig BLOB NOT NULL,
     notary_sigs BLOB,
-    PRIMARY KEY (owner, seq)
-);
-CREATE TABLE IF NOT EXISTS chain_received (
-    owner BLOB NOT NULL,
+    PRIMARY KEY (oid, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chain_entry_pending ON chain_entry (oid, seq)
+    WHERE notary_sigs IS NULL;
+CREATE TABLE IF NOT EXISTS chain_recv (
+    oid INTEGER NOT NULL,
     payer BLOB NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (owner, payer, seq)
-);
+    PRIMARY KEY (oid, payer, seq)
+) WITHOUT ROWID;
 """
+
+Row = tuple[Any, ...]
 
 
 class ChainStore:
@@ -57,8 +89,12 @@ class ChainStore:
         self.path = path
         self.conn: sqlite3.Connection = open_db(path)
         self._depth = 0
-        with self.conn:
-            self.conn.executescript(SCHEMA)
+        self._oids: dict[bytes, int] = {}
+        self._nids: dict[bytes, int] = {}
+        self._nkeys: dict[int, bytes] = {}
+        with self.transaction() as conn:
+            conn.executescript(SCHEMA)
+            self._migrate(conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -77,45 +113,61 @@ class ChainStore:
         try:
             with self.conn:
                 yield self.conn
+        except BaseException:
+            self._oids.clear()  # ids made in the rolled-back transaction are gone
+            self._nids.clear()
+            self._nkeys.clear()
+            raise
         finally:
             self._depth = 0
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, entry: Entry, owner_sig: bytes) -> bool:
+    def append(self, entry: Entry, owner_sig: bytes, check_sig: bool = True) -> bool:
         """Durably append ``entry`` with its owner's signature.
 
         Returns False (and changes nothing) if this very entry is already stored.
-        Raises :class:`LedgerError` for a bad signature, a broken link, a pending
-        predecessor, or a different entry at the same seq (value: the stored
-        authenticator, which with ``owner_sig`` proves the owner equivocated).
+        Raises :class:`LedgerError` for a bad signature, a broken link, or a
+        different entry at the same seq (value: the stored authenticator, which
+        with ``owner_sig`` proves the owner equivocated).
         """
-        auth = Authenticator.of(entry, owner_sig)
-        auth.check()
-        stored = self.authenticator(entry.owner, entry.seq)
-        if stored is not None:
-            if stored.hash == entry.hash():
-                return False
-            raise LedgerError("a different entry is stored at this seq",
-                              {"authenticator": stored.to_wire()})
-        row = self.conn.execute(
-            "SELECT seq, hash, notary_sigs IS NULL FROM chain_entries WHERE owner = ? "
-            "ORDER BY seq DESC LIMIT 1", (entry.owner,)).fetchone()
-        head_seq, head_hash = (-1, b"") if row is None else (int(row[0]), bytes(row[1]))
-        check_link(entry, head_seq, head_hash)
-        if row is not None and row[2]:
-            raise LedgerError("the previous entry is not certified yet", head_seq)
+        return self.append_many([(entry, owner_sig)], check_sig) == 1
+
+    def append_many(self, items: Sequence[tuple[Entry, bytes]], check_sig: bool = True) -> int:
+        """Append consecutive entries in one durable transaction; all or nothing.
+
+        ``check_sig=False`` skips verifying owner signatures the caller just made.
+        Returns how many were new (already stored identical ones are skipped).
+        """
+        added = 0
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO chain_entries (owner, seq, hash, kind, delta, ts, entry, "
-                "owner_sig, notary_sigs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (entry.owner, entry.seq, entry.hash(), entry.kind, entry.delta, entry.ts,
-                 entry.encode(), owner_sig))
-            if entry.received is not None:
-                payer, seq = received_key(entry.received)
-                conn.execute("INSERT INTO chain_received (owner, payer, seq) VALUES (?, ?, ?)",
-                             (entry.owner, payer, seq))
-        return True
+            for entry, owner_sig in items:
+                auth = Authenticator.of(entry, owner_sig)
+                if check_sig:
+                    auth.check()
+                oid, head_seq, head_hash = self._head_row(entry.owner, create=True)
+                if entry.seq <= head_seq:
+                    stored = self.authenticator(entry.owner, entry.seq)
+                    assert stored is not None
+                    if stored.hash == entry.hash():
+                        continue
+                    raise LedgerError("a different entry is stored at this seq",
+                                      {"authenticator": stored.to_wire()})
+                check_link(entry, head_seq, head_hash)
+                conn.execute(
+                    "INSERT INTO chain_entry (oid, seq, hash, kind, delta, ts, body, owner_sig, "
+                    "notary_sigs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    (oid, entry.seq, entry.hash(), KIND_CODES[entry.kind], entry.delta,
+                     entry.ts, encode_body(entry), owner_sig))
+                conn.execute("UPDATE chain_owner SET head_seq = ?, head_hash = ?, "
+                             "total = total + ? WHERE id = ?",
+                             (entry.seq, entry.hash(), entry.delta, oid))
+                if entry.received is not None:
+                    payer, seq = received_key(entry.received)
+                    conn.execute("INSERT INTO chain_recv (oid, payer, seq) VALUES (?, ?, ?)",
+                                 (oid, payer, seq))
+                added += 1
+        return added
 
     def attach(self, cert: Certificate) -> None:
         """Store ``cert``'s notary signatures with its (already appended) entry.
@@ -123,83 +175,138 @@ class ChainStore:
         Signatures merge with any stored before (one per notary key). The caller
         checks the certificate's validity; this only checks it is for the stored entry.
         """
-        entry = cert.entry
-        row = self.conn.execute(
-            "SELECT hash, notary_sigs FROM chain_entries WHERE owner = ? AND seq = ?",
-            (entry.owner, entry.seq)).fetchone()
-        if row is None or bytes(row[0]) != entry.hash():
-            raise LedgerError("certificate is for an entry this store does not hold",
-                              {"owner": entry.owner, "seq": entry.seq})
-        merged = cert.merged(_sigs(row[1]))
+        self.attach_many([cert])
+
+    def attach_many(self, certs: Sequence[Certificate]) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE chain_entries SET notary_sigs = ? WHERE owner = ? AND seq = ?",
-                         (pack([[k, s] for k, s in merged.notary_sigs]), entry.owner,
-                          entry.seq))
+            for cert in certs:
+                entry = cert.entry
+                oid = self._oid(entry.owner)
+                row = None if oid is None else conn.execute(
+                    "SELECT hash, notary_sigs, delta FROM chain_entry WHERE oid = ? AND seq = ?",
+                    (oid, entry.seq)).fetchone()
+                if row is None or bytes(row[0]) != entry.hash():
+                    raise LedgerError("certificate is for an entry this store does not hold",
+                                      {"owner": entry.owner, "seq": entry.seq})
+                merged = cert.merged(self._sigs(row[1]))
+                conn.execute("UPDATE chain_entry SET notary_sigs = ? WHERE oid = ? AND seq = ?",
+                             (self._pack_sigs(merged.notary_sigs), oid, entry.seq))
+                if row[1] is None:
+                    conn.execute("UPDATE chain_owner SET balance = balance + ? WHERE id = ?",
+                                 (int(row[2]), oid))
 
     # -- reading ---------------------------------------------------------------
 
     def head(self, owner: bytes) -> Entry | None:
         """The chain's last entry, certified or not."""
-        row = self.conn.execute(
-            "SELECT entry FROM chain_entries WHERE owner = ? ORDER BY seq DESC LIMIT 1",
-            (owner,)).fetchone()
-        return None if row is None else Entry.decode(bytes(row[0]))
+        seq = self.head_seq(owner)
+        return None if seq < 0 else self.entry(owner, seq)
+
+    def head_seq(self, owner: bytes) -> int:
+        """The seq of the chain's last entry, -1 for an empty chain."""
+        return self._head_row(owner)[1]
 
     def entry(self, owner: bytes, seq: int) -> Entry | None:
-        row = self.conn.execute("SELECT entry FROM chain_entries WHERE owner = ? AND seq = ?",
-                                (owner, seq)).fetchone()
-        return None if row is None else Entry.decode(bytes(row[0]))
+        got = self.segment(owner, seq, seq)
+        return got[0][0] if got else None
 
     def authenticator(self, owner: bytes, seq: int) -> Authenticator | None:
-        row = self.conn.execute(
-            "SELECT hash, owner_sig FROM chain_entries WHERE owner = ? AND seq = ?",
-            (owner, seq)).fetchone()
+        oid = self._oid(owner)
+        row = None if oid is None else self.conn.execute(
+            "SELECT hash, owner_sig FROM chain_entry WHERE oid = ? AND seq = ?",
+            (oid, seq)).fetchone()
         return None if row is None else Authenticator(owner, seq, bytes(row[0]), bytes(row[1]))
 
     def certificate(self, owner: bytes, seq: int) -> Certificate | None:
         """The entry at ``seq`` with all notary signatures stored (None if uncertified)."""
-        row = self.conn.execute(
-            "SELECT entry, owner_sig, notary_sigs FROM chain_entries "
-            "WHERE owner = ? AND seq = ?", (owner, seq)).fetchone()
-        if row is None or row[2] is None:
+        got = self.segment(owner, seq, seq)
+        if not got:
             return None
-        return Certificate(Entry.decode(bytes(row[0])), bytes(row[1]), _sigs(row[2]))
+        entry, sig, sigs = got[0]
+        return None if sigs is None else Certificate(entry, sig, sigs)
 
     def pending(self, owner: bytes) -> tuple[Entry, bytes] | None:
-        """The appended but uncertified entry and its owner signature, if any."""
+        """The first appended but uncertified entry and its owner signature, if any."""
+        got = self.pending_entries(owner, limit=1)
+        return got[0] if got else None
+
+    def pending_entries(self, owner: bytes, limit: int = -1) -> list[tuple[Entry, bytes]]:
+        """The uncertified entries (a suffix of the chain) with their owner signatures."""
+        oid = self._oid(owner)
+        if oid is None:
+            return []
         row = self.conn.execute(
-            "SELECT entry, owner_sig FROM chain_entries WHERE owner = ? AND notary_sigs IS NULL "
-            "ORDER BY seq DESC LIMIT 1", (owner,)).fetchone()
-        return None if row is None else (Entry.decode(bytes(row[0])), bytes(row[1]))
+            "SELECT MIN(seq) FROM chain_entry WHERE oid = ? AND notary_sigs IS NULL",
+            (oid,)).fetchone()
+        if row is None or row[0] is None:
+            return []
+        first = int(row[0])
+        last = self.head_seq(owner) if limit < 0 else first + limit - 1
+        return [(e, s) for e, s, _ in self.segment(owner, first, last)]
+
+    def segment(self, owner: bytes, first: int, last: int
+                ) -> list[tuple[Entry, bytes, tuple[tuple[bytes, bytes], ...] | None]]:
+        """Entries ``first..last`` (those stored): entry, owner signature, notary
+        signatures (None while pending)."""
+        oid = self._oid(owner)
+        if oid is None or last < first:
+            return []
+        rows = self.conn.execute(
+            "SELECT seq, hash, kind, ts, body, owner_sig, notary_sigs FROM chain_entry "
+            "WHERE oid = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+            (oid, max(0, first - 1), last)).fetchall()
+        out = []
+        prev = ZERO_HASH
+        for row in rows:
+            seq = int(row[0])
+            if seq < first:
+                prev = bytes(row[1])
+                continue
+            entry = self._rebuild(owner, prev, row)
+            out.append((entry, bytes(row[5]), None if row[6] is None else self._sigs(row[6])))
+            prev = entry.hash()
+        return out
 
     def entries(self, owner: bytes) -> list[Entry]:
-        rows = self.conn.execute("SELECT entry FROM chain_entries WHERE owner = ? ORDER BY seq",
-                                 (owner,)).fetchall()
-        return [Entry.decode(bytes(r[0])) for r in rows]
+        return [e for e, _, _ in self.segment(owner, 0, self.head_seq(owner))]
 
     def authenticators(self, owner: bytes) -> list[Authenticator]:
+        oid = self._oid(owner)
+        if oid is None:
+            return []
         rows = self.conn.execute(
-            "SELECT seq, hash, owner_sig FROM chain_entries WHERE owner = ? ORDER BY seq",
-            (owner,)).fetchall()
+            "SELECT seq, hash, owner_sig FROM chain_entry WHERE oid = ? ORDER BY seq",
+            (oid,)).fetchall()
         return [Authenticator(owner, int(r[0]), bytes(r[1]), bytes(r[2])) for r in rows]
 
     def owners(self) -> list[bytes]:
-        rows = self.conn.execute("SELECT DISTINCT owner FROM chain_entries ORDER BY owner")
+        rows = self.conn.execute("SELECT key FROM chain_owner WHERE head_seq >= 0 ORDER BY key")
         return [bytes(r[0]) for r in rows]
 
     def balance(self, owner: bytes, include_pending: bool = False) -> int:
-        """Replay of the chain's certified entries (and the pending one if asked)."""
-        sql = "SELECT COALESCE(SUM(delta), 0) FROM chain_entries WHERE owner = ?"
-        if not include_pending:
-            sql += " AND notary_sigs IS NOT NULL"
-        return int(self.conn.execute(sql, (owner,)).fetchone()[0])
+        """Replay of the chain's certified entries (and the pending ones if asked)."""
+        row = self.conn.execute("SELECT balance, total FROM chain_owner WHERE key = ?",
+                                (owner,)).fetchone()
+        if row is None:
+            return 0
+        return int(row[1] if include_pending else row[0])
 
     def has_received(self, owner: bytes, payer: bytes, seq: int) -> bool:
         """Whether ``owner``'s chain holds a RECV (pending or certified) of SEND (payer, seq)."""
-        row = self.conn.execute(
-            "SELECT 1 FROM chain_received WHERE owner = ? AND payer = ? AND seq = ?",
-            (owner, payer, seq)).fetchone()
-        return row is not None
+        oid = self._oid(owner)
+        return oid is not None and self.conn.execute(
+            "SELECT 1 FROM chain_recv WHERE oid = ? AND payer = ? AND seq = ?",
+            (oid, payer, seq)).fetchone() is not None
+
+    def last_checkpoint(self, owner: bytes) -> Certificate | None:
+        """The certificate of the chain's latest certified CHECKPOINT, if any."""
+        oid = self._oid(owner)
+        row = None if oid is None else self.conn.execute(
+            "SELECT MAX(seq) FROM chain_entry WHERE oid = ? AND kind = ? "
+            "AND notary_sigs IS NOT NULL", (oid, KIND_CODES[CHECKPOINT])).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return self.certificate(owner, int(row[0]))
 
     def history(self, owner: bytes) -> list[dict[str, Any]]:
         """One JSON-friendly map per entry (keys and hashes as hex).
@@ -210,18 +317,14 @@ class ChainStore:
         """
         out: list[dict[str, Any]] = []
         balance = 0
-        rows = self.conn.execute(
-            "SELECT entry, notary_sigs IS NOT NULL FROM chain_entries WHERE owner = ? "
-            "ORDER BY seq", (owner,)).fetchall()
-        for data, certified in rows:
-            entry = Entry.decode(bytes(data))
+        for entry, _, sigs in self.segment(owner, 0, self.head_seq(owner)):
             balance += entry.delta
             party = entry.counterparty
             item: dict[str, Any] = {
                 "seq": entry.seq, "kind": entry.kind, "ts": entry.ts,
                 "hash": entry.hash().hex(), "amount": entry.amount, "delta": entry.delta,
                 "balance": balance, "counterparty": None if party is None else party.hex(),
-                "memo": entry.body.get("memo", ""), "certified": bool(certified)}
+                "memo": entry.body.get("memo", ""), "certified": sigs is not None}
             if entry.kind == RECV:
                 assert entry.received is not None
                 item["memo"] = entry.received.entry.body["memo"]
@@ -229,8 +332,104 @@ class ChainStore:
             out.append(item)
         return out
 
+    def stats(self) -> dict[str, int]:
+        """``entries`` stored and ``bytes`` used by the database (pages in use, and the
+        files on disk including the WAL)."""
+        conn = self.conn
+        entries = int(conn.execute("SELECT COUNT(*) FROM chain_entry").fetchone()[0])
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        return {"entries": entries, "bytes": (pages - free) * size,
+                "file_bytes": _file_bytes(self.path)}
 
-def _sigs(blob: Any) -> tuple[tuple[bytes, bytes], ...]:
-    if blob is None:
-        return ()
-    return tuple((bytes(k), bytes(s)) for k, s in unpack(bytes(blob)))
+    # -- internals -------------------------------------------------------------
+
+    def _oid(self, owner: bytes) -> int | None:
+        oid = self._oids.get(owner)
+        if oid is None:
+            row = self.conn.execute("SELECT id FROM chain_owner WHERE key = ?",
+                                    (owner,)).fetchone()
+            if row is None:
+                return None
+            oid = self._oids[owner] = int(row[0])
+        return oid
+
+    def _head_row(self, owner: bytes, create: bool = False) -> tuple[int, int, bytes]:
+        row = self.conn.execute("SELECT id, head_seq, head_hash FROM chain_owner WHERE key = ?",
+                                (owner,)).fetchone()
+        if row is None:
+            if not create:
+                return -1, -1, ZERO_HASH
+            cur = self.conn.execute(
+                "INSERT INTO chain_owner (key, head_seq, head_hash, balance, total) "
+                "VALUES (?, -1, ?, 0, 0)", (owner, ZERO_HASH))
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid), -1, ZERO_HASH
+        return int(row[0]), int(row[1]), bytes(row[2])
+
+    def _rebuild(self, owner: bytes, prev: bytes, row: Row) -> Entry:
+        seq, stored_hash = int(row[0]), bytes(row[1])
+        entry = Entry(owner, seq, prev if seq else ZERO_HASH, CODE_KINDS[int(row[2])],
+                      unpack(bytes(row[4])), int(row[3]))
+        if entry.hash() != stored_hash:
+            raise LedgerError("stored chain is damaged", {"owner": owner, "seq": seq})
+        return entry
+
+    def _nid(self, key: bytes) -> int:
+        nid = self._nids.get(key)
+        if nid is None:
+            row = self.conn.execute("SELECT id FROM chain_notary WHERE key = ?",
+                                    (key,)).fetchone()
+            if row is None:
+                cur = self.conn.execute("INSERT INTO chain_notary (key) VALUES (?)", (key,))
+                assert cur.lastrowid is not None
+                nid = int(cur.lastrowid)
+            else:
+                nid = int(row[0])
+            self._nids[key] = nid
+            self._nkeys[nid] = key
+        return nid
+
+    def _nkey(self, nid: int) -> bytes:
+        key = self._nkeys.get(nid)
+        if key is None:
+            row = self.conn.execute("SELECT key FROM chain_notary WHERE id = ?",
+                                    (nid,)).fetchone()
+            if row is None:
+                raise LedgerError("stored chain is damaged", {"notary": nid})
+            key = self._nkeys[nid] = bytes(row[0])
+            self._nids[key] = nid
+        return key
+
+    def _pack_sigs(self, sigs: Sequence[tuple[bytes, bytes]]) -> bytes:
+        return pack([[self._nid(k), s] for k, s in sigs])
+
+    def _sigs(self, blob: Any) -> tuple[tuple[bytes, bytes], ...]:
+        if blob is None:
+            return ()
+        return tuple((self._nkey(int(n)), bytes(s)) for n, s in unpack(bytes(blob)))
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Move chains stored in the first layout (table ``chain_entries``) over."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chain_entries'"
+                        ).fetchone() is None:
+            return
+        rows = conn.execute("SELECT entry, owner_sig, notary_sigs FROM chain_entries "
+                            "ORDER BY owner, seq").fetchall()
+        for data, owner_sig, sigs in rows:
+            entry = Entry.decode(bytes(data))
+            self.append(entry, bytes(owner_sig), check_sig=False)
+            if sigs is not None:
+                pairs = tuple((bytes(k), bytes(s)) for k, s in unpack(bytes(sigs)))
+                self.attach(Certificate(entry, bytes(owner_sig), pairs))
+        conn.execute("DROP TABLE chain_entries")
+        conn.execute("DROP TABLE IF EXISTS chain_received")
+
+
+def _file_bytes(path: Path | str) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with suppress(OSError):
+            total += os.path.getsize(f"{path}{suffix}")
+    return total

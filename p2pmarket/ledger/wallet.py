@@ -1,18 +1,27 @@
 """A wallet: one owner's chain, certified by the notary committee.
 
-Every operation runs under one asyncio lock and follows the same steps:
-re-submit a pending entry left by a crash (:meth:`Wallet.resume`, idempotent at
-the notaries), open the chain if it is empty, build and check the next entry,
-append it durably with the owner's signature, then ask all notaries in
-parallel and return as soon as ``genesis.quorum`` valid signatures are in.
-Late notaries get a short grace period before the next entry is submitted.
+Operations (mint, send, receive, checkpoint) queue up and run in groups under
+one asyncio lock (group commit): whoever takes the lock first re-submits any
+pending entries a crash left (:meth:`Wallet.resume`, idempotent at the
+notaries), opens the chain if it is empty, builds and checks the next entry for
+every queued operation, appends them all durably in one transaction with the
+owner's signatures, then has them certified in one batch per notary
+(:class:`committee.Lane`) and returns as soon as a quorum of valid signatures
+covers each. Concurrent callers therefore pipeline naturally, and a caller with
+many payments to make can use :meth:`Wallet.send_many`.
+
+After a SEND is certified the wallet delivers its certificate to the notaries
+whose signature it lacks (they may have missed the SEND), in the background,
+so the payee's :meth:`sync` finds a whole certificate at any notary.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from p2pmarket.api.rpc import now_us
 from p2pmarket.config import Genesis, NotaryInfo
@@ -20,11 +29,13 @@ from p2pmarket.errors import P2PMarketError
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.certificate import (
     Certificate,
-    is_valid,
+    SigCache,
+    committee_quorum,
     notary_sig_valid,
     verify_certificate,
 )
 from p2pmarket.ledger.chain import (
+    CHECKPOINT,
     MINT,
     OPEN,
     RECV,
@@ -33,55 +44,60 @@ from p2pmarket.ledger.chain import (
     Entry,
     apply,
     next_entry,
+    received_key,
     verify_chain,
+    verify_segment,
 )
-from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
+from p2pmarket.ledger.committee import (
+    MAX_BATCH,
+    NOTARY_RPC_PREFIX,
+    Lane,
+    LaneResult,
+    NotaryTransport,
+    PeerTransport,
+    Segment,
+)
+from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.store import ChainStore
 
-if TYPE_CHECKING:
-    from p2pmarket.api.client import PeerClient
+__all__ = ["NOTARY_RPC_PREFIX", "NotaryTransport", "PeerTransport", "Wallet"]
 
-NOTARY_RPC_PREFIX = "notary"
-
-
-class NotaryTransport(Protocol):
-    """How a wallet reaches a notary's RPC ``name`` (``certify``, ``inbox``, ...).
-
-    Raises a :class:`P2PMarketError` subclass when the notary refuses or is unreachable.
-    """
-
-    async def call(self, notary: NotaryInfo, name: str,
-                   args: dict[str, Any]) -> dict[str, Any]: ...
+RECENT = 4096  # entries kept in memory for the lanes
 
 
-class PeerTransport:
-    """A :class:`NotaryTransport` over :class:`p2pmarket.api.client.PeerClient`.
+@dataclass
+class _Op:
+    kind: str
+    body: dict[str, Any]
+    future: asyncio.Future[Certificate | None] = field(repr=False)
+    cert: Certificate | None = None  # RECV: the SEND certificate
 
-    Calls ``<prefix>.<name>`` at the notary's URL; the node registers the
-    handlers with ``dispatcher.register_all(prefix, service.handlers())``.
-    """
 
-    def __init__(self, client: PeerClient, prefix: str = NOTARY_RPC_PREFIX) -> None:
-        self.client = client
-        self.prefix = prefix
-
-    async def call(self, notary: NotaryInfo, name: str,
-                   args: dict[str, Any]) -> dict[str, Any]:
-        return await self.client.call(notary.url, notary.key, f"{self.prefix}.{name}", args)
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class Wallet:
     def __init__(self, identity: Identity, store: ChainStore, genesis: Genesis,
                  transport: NotaryTransport, clock: Callable[[], int] = now_us,
-                 straggler_timeout: float = 2.0) -> None:
+                 straggler_timeout: float = 2.0, max_batch: int = MAX_BATCH,
+                 deliver: bool = True) -> None:
         self.identity = identity
         self.store = store
         self.genesis = genesis
         self.transport = transport
         self.clock = clock
-        self.straggler_timeout = straggler_timeout
+        self.straggler_timeout = straggler_timeout  # kept for callers; lanes never block
+        self.deliver_certs = deliver
+        self.quorum = committee_quorum(genesis)
+        self.cache = SigCache(1 << 14)
+        self.lanes = {n.key: Lane(identity.public_key, n, store, transport, max_batch,
+                                  self._recent_segment)
+                      for n in genesis.notaries}
+        self._recent: dict[int, tuple[Entry, bytes]] = {}
         self._lock = asyncio.Lock()
-        self._stragglers: set[asyncio.Task[bytes]] = set()
+        self._queue: list[_Op] = []
 
     @property
     def key(self) -> bytes:
@@ -90,67 +106,75 @@ class Wallet:
     # -- operations --------------------------------------------------------------
 
     async def resume(self) -> Certificate | None:
-        """Certify the pending entry a crash left behind, if any."""
+        """Certify the pending entries a crash left behind; the last one's certificate."""
         async with self._lock:
             return await self._resume()
 
     async def ensure_open(self) -> None:
         async with self._lock:
-            await self._prepare()
+            await self._resume()
+            if self.store.head(self.key) is None:
+                await self._run([])
 
     async def mint(self, amount: int) -> Certificate:
         """Create ``amount`` on the mint key's own chain."""
-        if self.key != self.genesis.mint_key:
-            raise LedgerError("only the mint key may MINT", "mint_key")
-        async with self._lock:
-            await self._prepare()
-            return await self._append(MINT, {"amount": amount})
+        self._check_mint()
+        return await self._one(MINT, {"amount": amount})
+
+    async def mint_to(self, to: bytes, amount: int, memo: str = "mint") -> Certificate:
+        """MINT ``amount`` and SEND it to ``to`` in one batch; the SEND's certificate."""
+        self._check_mint()
+        _, cert = await self._many([(MINT, {"amount": amount}, None),
+                                    (SEND, {"to": to, "amount": amount, "memo": memo}, None)])
+        assert cert is not None
+        return cert
 
     async def send(self, to: bytes, amount: int, memo: str = "") -> Certificate:
         """Pay ``amount`` to ``to``; the certificate is the payee's receipt."""
-        async with self._lock:
-            await self._prepare()
-            return await self._append(SEND, {"to": to, "amount": amount, "memo": memo})
+        return await self._one(SEND, {"to": to, "amount": amount, "memo": memo})
+
+    async def send_many(self, payments: Sequence[tuple[bytes, int, str]]) -> list[Certificate]:
+        """Several payments ``(to, amount, memo)`` in one batch, in order."""
+        certs = await self._many([(SEND, {"to": t, "amount": a, "memo": m}, None)
+                                  for t, a, m in payments])
+        return [c for c in certs if c is not None]
+
+    async def checkpoint(self) -> Certificate:
+        """Append a CHECKPOINT of the current balance (see :meth:`verify`)."""
+        return await self._one(CHECKPOINT, {})
 
     async def receive(self, cert: Certificate) -> int:
         """Verify ``cert`` offline and record it with a certified RECV; returns the amount.
 
         Receiving the same certificate again returns the amount and appends nothing.
         """
-        verify_certificate(cert, self.genesis)
-        entry = cert.entry
-        if entry.kind != SEND or entry.body["to"] != self.key:
-            raise LedgerError("certificate is not a SEND to this wallet", entry.kind)
-        signers = cert.valid_signers(self.genesis)
-        cert = Certificate(entry, cert.owner_sig,
-                           tuple(sorted(p for p in cert.notary_sigs if p[0] in signers)))
-        async with self._lock:
-            await self._prepare()
-            if not self.has_received(cert):
-                await self._append(RECV, {"from": entry.owner, "cert": cert.to_wire()})
-            return entry.amount
+        return await self.receive_many([cert])
+
+    async def receive_many(self, certs: Sequence[Certificate]) -> int:
+        """:meth:`receive` for several certificates in one batch; the total amount."""
+        ops = []
+        for cert in certs:
+            verify_certificate(cert, self.genesis, self.cache)
+            entry = cert.entry
+            if entry.kind != SEND or entry.body["to"] != self.key:
+                raise LedgerError("certificate is not a SEND to this wallet", entry.kind)
+            ops.append((RECV, {"from": entry.owner}, cert.trimmed(self.genesis, self.cache)))
+        await self._many(ops)
+        return sum(c.entry.amount for c in certs)
 
     def has_received(self, cert: Certificate) -> bool:
         return self.store.has_received(self.key, cert.entry.owner, cert.entry.seq)
 
     async def sync(self) -> int:
         """Receive every certified SEND to us that the notaries know; returns the amount."""
-        results = await asyncio.gather(*(self._inbox(n) for n in self.genesis.notaries),
-                                       return_exceptions=True)
-        merged: dict[tuple[bytes, bytes], Certificate] = {}
-        for result in results:
-            if isinstance(result, BaseException):
-                if not isinstance(result, P2PMarketError):
-                    raise result
-                continue
-            for cert in result:
-                key = (cert.entry.hash(), cert.owner_sig)
-                known = merged.get(key)
-                merged[key] = cert if known is None else known.merged(cert.notary_sigs)
         total = 0
-        for cert in sorted(merged.values(), key=lambda c: (c.entry.owner, c.entry.seq)):
-            if is_valid(cert, self.genesis) and not self.has_received(cert):
-                total += await self.receive(cert)
+        for _ in range(64):  # each round takes up to an inbox page from every notary
+            certs, more = await self._collect_inboxes()
+            fresh = [c for c in certs if not self.has_received(c)]
+            if fresh:
+                total += await self.receive_many(fresh)
+            if not (more and fresh):
+                break
         return total
 
     def balance(self) -> int:
@@ -160,77 +184,252 @@ class Wallet:
     def history(self) -> list[dict[str, Any]]:
         return self.store.history(self.key)
 
-    def verify(self) -> int:
-        """Check the whole local chain (:func:`verify_chain`); returns its balance."""
-        return verify_chain(self.store.entries(self.key), self.store.authenticators(self.key),
-                            self.genesis)
+    def verify(self, from_checkpoint: bool = False) -> int:
+        """Check the local chain (:func:`verify_chain`), or only the part after its last
+        certified CHECKPOINT (:func:`verify_segment`); returns its balance."""
+        start = self.store.last_checkpoint(self.key) if from_checkpoint else None
+        if start is None:
+            return verify_chain(self.store.entries(self.key),
+                                self.store.authenticators(self.key), self.genesis)
+        seg = self.store.segment(self.key, start.entry.seq + 1, self.store.head_seq(self.key))
+        return verify_segment(start, [e for e, _, _ in seg],
+                              [Authenticator.of(e, s) for e, s, _ in seg], self.genesis)
+
+    async def flush(self) -> None:
+        """Wait until every lane is idle (late notaries answered, certificates delivered
+        or put aside for a retry)."""
+        await asyncio.sleep(0)  # let answers already in schedule their deliveries
+        while any(lane.busy for lane in self.lanes.values()):
+            for lane in self.lanes.values():
+                await lane.idle()
+            await asyncio.sleep(0)
+
+    async def redeliver(self) -> None:
+        """Push undelivered SEND certificates now (lanes also retry on their own)."""
+        for lane in self.lanes.values():
+            lane.redeliver()
+        await self.flush()
 
     async def close(self) -> None:
-        """Stop waiting for late notaries."""
-        for task in self._stragglers:
-            task.cancel()
-        if self._stragglers:
-            await asyncio.wait(self._stragglers)
-        self._stragglers.clear()
+        """Stop talking to notaries (late answers and deliveries are dropped)."""
+        for lane in self.lanes.values():
+            await lane.close()
 
-    # -- internals ---------------------------------------------------------------
+    # -- grouping ----------------------------------------------------------------
 
-    async def _prepare(self) -> None:
-        await self._resume()
-        if self.store.head(self.key) is None:
-            await self._append(OPEN, {})
+    def _check_mint(self) -> None:
+        if self.key != self.genesis.mint_key:
+            raise LedgerError("only the mint key may MINT", "mint_key")
 
-    async def _resume(self) -> Certificate | None:
-        pending = self.store.pending(self.key)
-        if pending is None:
-            return None
-        return await self._certify(*pending)
-
-    async def _append(self, kind: str, body: dict[str, Any]) -> Certificate:
-        entry = next_entry(self.key, self.store.head(self.key), kind, body, self.clock())
-        apply(self.store.balance(self.key), entry, self.genesis)  # refuse before writing
-        auth = Authenticator.sign(self.identity, entry)
-        self.store.append(entry, auth.sig)  # durable before any notary sees it
-        return await self._certify(entry, auth.sig)
-
-    async def _certify(self, entry: Entry, owner_sig: bytes) -> Certificate:
-        await self._drain()
-        args = {"entry": entry.to_wire(), "sig": owner_sig}
-        tasks = {asyncio.create_task(self._ask(n, args, entry)): n
-                 for n in self.genesis.notaries}
-        waiting: set[asyncio.Task[bytes]] = set(tasks)
-        sigs: list[tuple[bytes, bytes]] = []
-        errors: dict[str, Any] = {}
-        while waiting and len(sigs) < self.genesis.quorum:
-            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                notary = tasks[task]
-                exc = task.exception()
-                if exc is None:
-                    sigs.append((notary.key, task.result()))
-                elif isinstance(exc, P2PMarketError):
-                    errors[notary.key.hex()] = exc.to_dict()
-                else:
-                    raise exc
-        self._stragglers |= waiting
-        if len(sigs) < self.genesis.quorum:
-            raise LedgerError("no notary quorum; the entry stays pending",
-                              {"seq": entry.seq, "signatures": len(sigs),
-                               "quorum": self.genesis.quorum, "errors": errors})
-        cert = Certificate(entry, owner_sig, tuple(sorted(sigs)))
-        verify_certificate(cert, self.genesis)
-        self.store.attach(cert)
+    async def _one(self, kind: str, body: dict[str, Any]) -> Certificate:
+        [cert] = await self._many([(kind, body, None)])
+        assert cert is not None
         return cert
 
-    async def _ask(self, notary: NotaryInfo, args: dict[str, Any], entry: Entry) -> bytes:
-        result = check_map(await self.transport.call(notary, "certify", args),
-                           "certify result", {"notary", "sig"})
-        sig = check_bytes(result["sig"], "sig", 64)
-        if result["notary"] != notary.key or not notary_sig_valid(entry, notary.key, sig):
-            raise LedgerError("notary returned a bad signature", notary.key)
-        return sig
+    async def _many(self, specs: Sequence[tuple[str, dict[str, Any], Certificate | None]]
+                    ) -> list[Certificate | None]:
+        loop = asyncio.get_running_loop()
+        ops = []
+        for kind, body, cert in specs:
+            fut: asyncio.Future[Certificate | None] = loop.create_future()
+            fut.add_done_callback(_consume)
+            ops.append(_Op(kind, body, fut, cert))
+        self._queue.extend(ops)
+        async with self._lock:
+            if self._queue and not all(op.future.done() for op in ops):
+                batch, self._queue = self._queue, []
+                try:
+                    await self._run(batch)
+                except Exception as exc:
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(exc)
+                except BaseException:
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(
+                                LedgerError("wallet operation interrupted", "cancelled"))
+                    raise
+        for op in ops:  # the first failure, in order, is the caller's error
+            failure = op.future.exception()
+            if failure is not None:
+                raise failure
+        return [op.future.result() for op in ops]
 
-    async def _inbox(self, notary: NotaryInfo) -> list[Certificate]:
+    async def _run(self, ops: Sequence[_Op]) -> None:
+        await self._resume()
+        head = self.store.head(self.key)
+        balance = self.store.balance(self.key, include_pending=True)
+        built: list[tuple[Entry, bytes]] = []
+        owners: list[_Op | None] = []
+        if head is None:
+            head = next_entry(self.key, None, OPEN, {}, self.clock())
+            built.append((head, self._sign(head)))
+            owners.append(None)
+        receiving: set[tuple[bytes, int]] = set()
+        for op in ops:
+            try:
+                body = op.body
+                if op.kind == RECV:
+                    assert op.cert is not None
+                    key = received_key(op.cert)
+                    if key in receiving or self.store.has_received(self.key, *key):
+                        op.future.set_result(None)
+                        continue
+                    body = {"from": op.cert.entry.owner, "cert": op.cert}
+                elif op.kind == CHECKPOINT:
+                    body = {"balance": balance}
+                entry = next_entry(self.key, head, op.kind, body, self.clock())
+                balance = apply(balance, entry, self.genesis, cache=self.cache)
+            except LedgerError as exc:
+                op.future.set_exception(exc)
+                continue
+            if op.kind == RECV:
+                assert op.cert is not None
+                receiving.add(received_key(op.cert))
+            built.append((entry, self._sign(entry)))
+            owners.append(op)
+            head = entry
+        if not built:
+            return
+        self.store.append_many(built, check_sig=False)  # durable before any notary sees them
+        self._remember(built)
+        results = await self._certify(built)
+        for owner, result in zip(owners, results, strict=True):
+            if owner is None:
+                if isinstance(result, LedgerError):
+                    raise result
+            elif isinstance(result, LedgerError):
+                owner.future.set_exception(result)
+            else:
+                owner.future.set_result(result)
+
+    def _remember(self, built: Sequence[tuple[Entry, bytes]]) -> None:
+        for entry, sig in built:
+            self._recent[entry.seq] = (entry, sig)
+        if len(self._recent) > RECENT:
+            floor = built[-1][0].seq - RECENT // 2
+            self._recent = {k: v for k, v in self._recent.items() if k > floor}
+
+    def _recent_segment(self, first: int, last: int) -> Segment | None:
+        """Entries ``first..last`` if all are still in memory (saves rebuilding them)."""
+        out: Segment = []
+        for seq in range(first, last + 1):
+            got = self._recent.get(seq)
+            if got is None:
+                return None
+            out.append((got[0], got[1], None))
+        return out
+
+    def _sign(self, entry: Entry) -> bytes:
+        return Authenticator.sign(self.identity, entry).sig
+
+    async def _resume(self) -> Certificate | None:
+        pending = self.store.pending_entries(self.key)
+        if not pending:
+            return None
+        results = await self._certify(pending)
+        for result in results:
+            if isinstance(result, LedgerError):
+                raise result
+        last = results[-1]
+        assert isinstance(last, Certificate)
+        return last
+
+    # -- certification -------------------------------------------------------------
+
+    async def _certify(self, built: Sequence[tuple[Entry, bytes]]
+                       ) -> list[Certificate | LedgerError]:
+        """Certify stored consecutive entries; a certificate (stored) or an error each."""
+        entries = [e for e, _ in built]
+        first, last = entries[0].seq, entries[-1].seq
+        futs = {lane.request(first, last): lane for lane in self.lanes.values()}
+        got: dict[int, dict[bytes, bytes]] = {e.seq: {} for e in entries}
+        need = set(got)
+        errors: dict[str, Any] = {}
+        waiting: set[asyncio.Future[LaneResult]] = set(futs)
+        while waiting and need:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                lane = futs[fut]
+                exc = fut.exception()
+                if exc is not None:
+                    if not isinstance(exc, P2PMarketError):
+                        raise exc
+                    errors[lane.key.hex()] = exc.to_dict()
+                    continue
+                sigs, error = fut.result()
+                if error is not None:
+                    errors[lane.key.hex()] = error.to_dict()
+                for entry in entries:
+                    sig = sigs.get(entry.seq)
+                    if entry.seq in need and sig is not None and \
+                            notary_sig_valid(entry, lane.key, sig):
+                        got[entry.seq][lane.key] = sig
+                        if len(got[entry.seq]) >= self.quorum:
+                            need.discard(entry.seq)
+        certs: list[Certificate | LedgerError] = []
+        for entry, owner_sig in built:
+            if entry.seq in need:
+                certs.append(LedgerError("no notary quorum; the entry stays pending",
+                                         {"seq": entry.seq, "signatures": len(got[entry.seq]),
+                                          "quorum": self.quorum, "errors": errors}))
+            else:
+                certs.append(Certificate(entry, owner_sig, tuple(sorted(got[entry.seq].items()))))
+        done_certs = [c for c in certs if isinstance(c, Certificate)]
+        if done_certs:
+            self.store.attach_many(done_certs)
+            sends = [c for c in done_certs if c.entry.kind == SEND]
+            if sends and self.deliver_certs:
+                for fut, lane in futs.items():
+                    fut.add_done_callback(partial(self._deliver_missed, lane, sends))
+        return certs
+
+    def _deliver_missed(self, lane: Lane, certs: Sequence[Certificate],
+                        fut: asyncio.Future[LaneResult]) -> None:
+        """Once ``lane`` answered: deliver the SEND certificates it did not certify."""
+        sigs: dict[int, bytes] = {}
+        if not fut.cancelled() and fut.exception() is None:
+            sigs = fut.result()[0]
+        missed = [c for c in certs if c.entry.seq not in sigs]
+        if missed:
+            lane.deliver(missed)
+
+    # -- inboxes -------------------------------------------------------------------
+
+    async def _collect_inboxes(self) -> tuple[list[Certificate], bool]:
+        """The SEND certificates to us that a quorum of signatures backs, merged over
+        every notary's inbox; and whether some inbox had more."""
+        results = await asyncio.gather(*(self._inbox(n) for n in self.genesis.notaries),
+                                       return_exceptions=True)
+        pairs: dict[tuple[bytes, bytes], tuple[Entry, set[tuple[bytes, bytes]]]] = {}
+        more = False
+        for result in results:
+            if isinstance(result, BaseException):
+                if not isinstance(result, P2PMarketError):
+                    raise result
+                continue
+            certs, page_full = result
+            more = more or page_full
+            for cert in certs:
+                slot = pairs.setdefault((cert.entry.hash(), cert.owner_sig), (cert.entry, set()))
+                slot[1].update(cert.notary_sigs)
+        out = []
+        for (_, owner_sig), (entry, sigs) in pairs.items():
+            valid: dict[bytes, bytes] = {}
+            for key, sig in sorted(sigs):
+                if key not in valid and key in self.genesis.notary_keys and \
+                        notary_sig_valid(entry, key, sig, self.cache):
+                    valid[key] = sig
+                if len(valid) >= self.quorum:
+                    break
+            cert = Certificate(entry, owner_sig, tuple(sorted(valid.items())))
+            if len(valid) >= self.quorum and cert.authenticator.verify(self.cache):
+                out.append(cert)
+        out.sort(key=lambda c: (c.entry.owner, c.entry.seq))
+        return out, more
+
+    async def _inbox(self, notary: NotaryInfo) -> tuple[list[Certificate], bool]:
         result = await self.transport.call(notary, "inbox", {"owner": self.key})
         certs = result.get("certs") if isinstance(result, dict) else None
         if not isinstance(certs, list):
@@ -241,21 +440,6 @@ class Wallet:
                 cert = Certificate.from_wire(doc)
             except LedgerError:
                 continue
-            entry = cert.entry
-            if entry.kind != SEND or entry.body["to"] != self.key:
-                continue
-            good = tuple(p for p in cert.notary_sigs if notary_sig_valid(entry, *p))
-            out.append(Certificate(entry, cert.owner_sig, good))
-        return out
-
-    async def _drain(self) -> None:
-        """Give notaries still working on the previous entry a moment, then stop waiting."""
-        if not self._stragglers:
-            return
-        done, late = await asyncio.wait(self._stragglers, timeout=self.straggler_timeout)
-        for task in late:
-            task.cancel()
-        for task in done:
-            if not task.cancelled():
-                task.exception()  # retrieved: a late notary's failure is not an error here
-        self._stragglers.clear()
+            if cert.entry.kind == SEND and cert.entry.body["to"] == self.key:
+                out.append(cert)
+        return out, result.get("more") is True

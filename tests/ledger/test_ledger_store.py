@@ -48,7 +48,7 @@ def test_append_attach_and_read_back(tmp_path: Path, net: Any, chain_of: Any) ->
     store.close()
 
 
-def test_pending_entry_is_not_counted_and_blocks_the_next(
+def test_pending_entries_are_a_suffix_not_counted_until_certified(
         tmp_path: Path, net: Any, chain_of: Any) -> None:
     store = ChainStore(tmp_path / "c.db")
     c = chain_of(net.mint)
@@ -63,8 +63,22 @@ def test_pending_entry_is_not_counted_and_blocks_the_next(
     assert store.balance(c.key, include_pending=True) == 100
     assert store.certificate(c.key, 1) is None
     nxt = c.send(b"\x07" * 32, 1)
-    with pytest.raises(LedgerError, match="not certified"):
-        store.append(nxt, c.auths[2].sig)
+    chk = c.add("CHECKPOINT", {"balance": 99})
+    assert store.append_many([(nxt, c.auths[2].sig), (chk, c.auths[3].sig)]) == 2
+    assert store.pending_entries(c.key) == [(e, a.sig) for e, a in
+                                            zip(c.entries[1:], c.auths[1:], strict=True)]
+    assert store.balance(c.key, include_pending=True) == 99
+    assert store.last_checkpoint(c.key) is None
+    store.attach_many([net.certify(e, c.ident) for e in c.entries[1:]])
+    assert store.pending(c.key) is None and store.balance(c.key) == 99
+    checkpoint = store.last_checkpoint(c.key)
+    assert checkpoint is not None and checkpoint.entry == chk
+    # one bad entry in a group appends none of it
+    bad = c.make("MINT", {"amount": 1})
+    with pytest.raises(LedgerError, match="signature"):
+        store.append_many([(bad, Authenticator.sign(c.ident, bad).sig),
+                           (c.make("MINT", {"amount": 2}), bytes(64))])
+    assert store.head_seq(c.key) == 3
     store.close()
 
 
@@ -134,4 +148,37 @@ def test_several_owners_and_received(tmp_path: Path, net: Any, chain_of: Any) ->
     assert hist["kind"] == RECV and hist["memo"] == "hi" and hist["send_seq"] == send.seq
     assert store.entry(mint.key, 2) == send and store.entry(mint.key, 9) is None
     assert send.kind == SEND
+    store.close()
+
+
+def test_chains_in_the_first_layout_are_migrated(tmp_path: Path, net: Any,
+                                                 chain_of: Any) -> None:
+    from p2pmarket.files import open_db
+    from p2pmarket.wire import pack
+
+    c = chain_of(net.mint)
+    c.open()
+    c.mint(100)
+    c.send(b"\x07" * 32, 40, "old")
+    conn = open_db(tmp_path / "old.db")
+    with conn:
+        conn.execute("CREATE TABLE chain_entries (owner BLOB, seq INTEGER, hash BLOB, "
+                     "kind TEXT, delta INTEGER, ts INTEGER, entry BLOB, owner_sig BLOB, "
+                     "notary_sigs BLOB)")
+        conn.execute("CREATE TABLE chain_received (owner BLOB, payer BLOB, seq INTEGER)")
+        for e, a in zip(c.entries, c.auths, strict=True):
+            cert = net.certify(e, c.ident) if e.seq < 2 else None
+            sigs = None if cert is None else pack([[k, s] for k, s in cert.notary_sigs])
+            conn.execute("INSERT INTO chain_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (e.owner, e.seq, e.hash(), e.kind, e.delta, e.ts, pack(e.to_wire()),
+                          a.sig, sigs))
+    conn.close()
+    store = ChainStore(tmp_path / "old.db")
+    assert store.entries(c.key) == c.entries
+    assert store.balance(c.key) == 100 and store.balance(c.key, include_pending=True) == 60
+    pending = store.pending(c.key)
+    assert pending is not None and pending[0] == c.entries[2]
+    assert store.certificate(c.key, 1) is not None
+    tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master")}
+    assert "chain_entries" not in tables
     store.close()
