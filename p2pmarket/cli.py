@@ -135,7 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--genesis", type=Path, help="genesis file (default: the wallet's)")
     h.add_argument("--type", action="append", dest="types", metavar="RESOURCE",
                    help="resource type to list (repeatable; default cpu and memory)")
-    h.add_argument("--max-price", help="highest price per unit per hour, credits")
+    h.add_argument("--max-price",
+                   help="highest price, credits per second for the whole resource")
+    h.add_argument("--min-capacity", type=int, default=0,
+                   help="lowest capacity in base units (MHz, KiB, bit/s)")
     h.add_argument("--limit", type=int, default=20, help="top N by cost efficiency")
     json_opt(h)
 

@@ -256,11 +256,12 @@ async def hosts(args: argparse.Namespace) -> int:
     types = args.types or ["cpu", "memory"]
     max_price = parse_credits(args.max_price) if args.max_price else None
     async with Market(genesis) as market:
-        views = await market.hosts(types, limit=args.limit, max_price=max_price)
+        views = await market.hosts(types, limit=args.limit, min_capacity=args.min_capacity,
+                                   max_price=max_price)
     rows: list[dict[str, Any]] = [{"node_id": v.node_id.hex(), "url": v.record.url,
              "dht": f"{v.record.dht[0]}:{v.record.dht[1]}",
              # no registrar attests addresses yet (the NAT issue adds attestations)
-             "reachability": "unattested",
+             "reachability": "attested" if v.record.reach else "unattested",
              "availability_ppm": v.record.availability_ppm,
              "resources": {t: {"capacity": ad.capacity, "price": ad.price,
                                "hour_avg": ad.hour_avg}

@@ -22,6 +22,7 @@ from p2pmarket.api.client import PeerClient
 from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher, now_us
 from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
 from p2pmarket.config import DataDir, Genesis, Settings
+from p2pmarket.dht.gateway import gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ResourceAd
 from p2pmarket.errors import P2PMarketError
@@ -74,9 +75,9 @@ class Node:
         self.dispatcher.register_all("host", {
             name: self._then_readvertise(h) for name, h in self.auctioneer.handlers().items()})
         self.dht = DhtNode(identity, genesis, url=settings.url,
-                           republish_s=settings.republish_seconds)
-        self.peer_site = Site(peer_app(self.dispatcher,
-                                       extra_routes=[upload_route(self.auctioneer)]))
+                           republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
+        self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
+            upload_route(self.auctioneer), *gateway_routes(self.dht)]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
                                              self.control_handlers()))
         self.chain_ready = asyncio.Event()
@@ -177,6 +178,7 @@ class Node:
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
                  if (b.host, b.dht_port) != (self.settings.public_host, self.dht.port)]
         had_contacts = False
+        await self.dht.bootstrap(peers)   # also rejoins through contacts saved last run
         while True:
             contacts = self.dht.contact_count() > 0
             try:
@@ -274,6 +276,7 @@ class Node:
                 "ready": self.chain_ready.is_set() and self.advertised.is_set(),
                 "balance": self.wallet.balance() if self.chain_ready.is_set() else None,
                 "dht_contacts": self.dht.contact_count(),
+                "dht": self.dht.metrics(),
                 "accounts": len(self.auctioneer.accounts()),
                 "market": self.auctioneer.market_summary(),
             }

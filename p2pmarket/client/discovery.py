@@ -73,22 +73,15 @@ class Market:
                         tb: TracebackType | None) -> None:
         await self.dht.close()
 
-    async def hosts(self, types: list[str], limit: int = 20,
+    async def hosts(self, types: list[str], limit: int = 20, min_capacity: int = 0,
                     max_price: int | None = None) -> list[HostView]:
-        """Hosts offering every type in ``types``, best cost efficiency (first type) first."""
+        """Hosts offering every type in ``types`` within the filters, best cost efficiency
+        (capacity / price of the first type, then the next) first; records verified."""
         try:
-            offers = await asyncio.wait_for(
-                self.dht.find_offers(types, n=max(limit * 4, 20), max_price=max_price),
-                LOOKUP_TIMEOUT_S)
-            ids = sorted({o.node_id for o in offers})
-            records = await asyncio.wait_for(
-                asyncio.gather(*(self.dht.get_host(i) for i in ids)), LOOKUP_TIMEOUT_S)
+            found = await asyncio.wait_for(
+                self.dht.market(types, n=limit, min_capacity=min_capacity,
+                                max_price=max_price), LOOKUP_TIMEOUT_S)
         except TimeoutError:
             raise DiscoveryError("DHT lookup timed out") from None
         now = now_us()
-        views = [HostView(r) for r in records
-                 if r is not None and r.expires > now and all(t in r.resources for t in types)]
-        if max_price is not None:
-            views = [v for v in views if all(v.price(t) <= max_price for t in types)]
-        views.sort(key=lambda v: (-v.efficiency(types[0]), v.node_id))
-        return views[:limit]
+        return [HostView(h.record) for h in found if h.record.expires > now]

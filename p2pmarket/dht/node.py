@@ -1,31 +1,42 @@
 """DhtNode: one node's DHT service (DESIGN.md section 3).
 
 Wraps a ``kademlia.network.Server`` whose node id is the identity's node id and
-whose protocol stores through :class:`RecordStorage`. Lookups verify every
-value they receive; host lookups keep the highest ``seq``, offer lookups merge
-the sets of every close node. After a lookup the close nodes that lacked the
-result (or held an older one) are sent it (read repair). The owner republishes
-its records every ``republish_s`` seconds, re-signed with a new expiry of
-2.5 x ``republish_s``.
+whose protocol (:class:`~p2pmarket.dht.protocol.DhtProtocol`) stores through
+:class:`RecordStorage`. Lookups (:func:`~p2pmarket.dht.lookup.lookup`) verify
+every value they receive and ban peers that answer forged ones; host lookups
+keep the highest ``seq`` and stop after ``host_quorum`` valid copies (with at most
+``get_alpha`` queries in flight; other lookups use ``alpha``),
+offer lookups merge the sets of every close node. After a lookup the close
+nodes that lacked the result (or held an older one) are sent it (read repair).
+The owner republishes its records every ``republish_s`` seconds, re-signed with
+a new expiry of 2.5 x ``republish_s``. With ``db_path`` the routing table and
+the owner's records survive a restart (:class:`~p2pmarket.dht.persist.DhtState`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+import random
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kademlia.network import Server
 from kademlia.node import Node
 
 from p2pmarket.config import Genesis
-from p2pmarket.dht.protocol import DhtProtocol, LookupResult, lookup, valid_id
+from p2pmarket.dht import market as mkt
+from p2pmarket.dht.lookup import Accept, LookupResult, LookupStats, lookup
+from p2pmarket.dht.persist import DhtState
+from p2pmarket.dht.protocol import MALICIOUS, DhtProtocol, ProtocolConfig, valid_id
 from p2pmarket.dht.records import (
+    MAX_DOC_BYTES,
     MAX_OFFERS,
     PPM,
     DhtError,
+    DocRef,
     HostRecord,
     OfferEntry,
     ResourceAd,
@@ -40,6 +51,7 @@ from p2pmarket.dht.records import (
     parse_offer_set,
     rank_offers,
 )
+from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.storage import Clock, RecordStorage, wall_clock_us
 from p2pmarket.identity import Identity
 
@@ -48,10 +60,12 @@ log = logging.getLogger(__name__)
 DEFAULT_REPUBLISH_S = 600.0
 EXPIRY_FACTOR = 2.5
 REFRESH_S = 3600.0
+VERIFY_WAIT_S = 2.0
+REPAIR_MAX = 4
 
 
 class _Server(Server):  # type: ignore[misc]
-    """The stock server with our protocol, tracked tasks and our own store path."""
+    """The stock server with our protocol, tracked tasks and our own lookups."""
 
     def __init__(self, node: DhtNode, ksize: int, alpha: int) -> None:
         super().__init__(ksize=ksize, alpha=alpha, node_id=node.node_id, storage=node.storage)
@@ -59,19 +73,21 @@ class _Server(Server):  # type: ignore[misc]
         self._owner = node
 
     def _create_protocol(self) -> DhtProtocol:
-        return DhtProtocol(self.node, self.storage, self.ksize,
-                           puzzle_bits=self._owner.puzzle_bits,
-                           timeout=self._owner.rpc_timeout, spawn=self._owner.spawn,
-                           client_mode=self._owner.client_mode)
+        return DhtProtocol(self.node, self.storage, self.ksize, identity=self._owner.identity,
+                           config=self._owner.protocol_config, spawn=self._owner.spawn)
 
     def refresh_table(self, interval: float = REFRESH_S) -> None:
         self._owner.spawn(self._refresh_table())
         self.refresh_loop = asyncio.get_running_loop().call_later(
             interval, self.refresh_table, interval)
 
-    async def set_digest(self, dkey: bytes, value: bytes) -> bool:
-        # used by the stock refresh to republish what we store
-        return await self._owner.store_digest(dkey, value) > 0
+    async def _refresh_table(self) -> None:
+        """Refresh buckets idle for an hour, then pass on what we hold (unexpired only:
+        the storage never yields an expired record, so nothing is resurrected)."""
+        await asyncio.gather(*(self._owner.lookup(rid, find_value=False)
+                               for rid in self.protocol.get_refresh_ids()))
+        for dkey, value in self.storage.iter_older_than(REFRESH_S):
+            await self._owner.store_digest(dkey, value)
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,25 @@ class _HostFields:
     availability_ppm: int
     url: str
     dht: tuple[str, int] | None
+    doc: DocRef | None = None
+    reach: tuple[bytes, ...] = field(default=())
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"resources": {t: [a.capacity, a.price, a.hour_avg]
+                              for t, a in self.resources.items()},
+                "availability_ppm": self.availability_ppm, "url": self.url,
+                "dht": list(self.dht) if self.dht else None,
+                "doc": self.doc.to_doc() if self.doc else None, "reach": list(self.reach)}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> _HostFields:
+        dht = doc["dht"]
+        ref = doc["doc"]
+        return cls({str(t): ResourceAd(*map(int, v)) for t, v in doc["resources"].items()},
+                   int(doc["availability_ppm"]), str(doc["url"]),
+                   (str(dht[0]), int(dht[1])) if dht else None,
+                   DocRef(ref["sha256"], ref["size"]) if ref else None,
+                   tuple(doc["reach"]))
 
 
 class DhtNode:
@@ -88,7 +123,9 @@ class DhtNode:
     def __init__(self, identity: Identity, genesis: Genesis, *, clock: Clock = wall_clock_us,
                  url: str = "", republish_s: float = DEFAULT_REPUBLISH_S, ksize: int = 20,
                  alpha: int = 3, rpc_timeout: float = 5.0,
-                 storage: RecordStorage | None = None, client_mode: bool = False) -> None:
+                 storage: RecordStorage | None = None, client_mode: bool = False,
+                 policy: PrefixPolicy | None = None, db_path: Path | str | None = None,
+                 max_failures: int = 3, host_quorum: int = 2, get_alpha: int = 2) -> None:
         if not valid_id(identity.node_id, genesis.puzzle_bits):
             raise DhtError("node id does not meet the genesis puzzle", "puzzle")
         self.client_mode = client_mode
@@ -101,11 +138,25 @@ class DhtNode:
         self.ksize = ksize
         self.alpha = alpha
         self.rpc_timeout = rpc_timeout
-        self.storage = storage if storage is not None else RecordStorage(clock)
+        self.host_quorum = max(1, host_quorum)
+        self.get_alpha = max(1, min(alpha, get_alpha))
+        self.policy = policy if policy is not None else PrefixPolicy()
+        self.storage = storage if storage is not None else RecordStorage(clock,
+                                                                         policy=self.policy)
+        self.protocol_config = ProtocolConfig(
+            puzzle_bits=genesis.puzzle_bits, timeout=rpc_timeout, client_mode=client_mode,
+            policy=self.policy, max_failures=max_failures,
+            handoff_interval=max(1.0, republish_s))
+        self.db_path = db_path
+        self.state: DhtState | None = None
+        self.stats = LookupStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server = _Server(self, ksize, alpha)
         self._host: _HostFields | None = None
         self._offers: dict[str, tuple[int, int]] = {}
+        self._docs: dict[bytes, bytes] = {}
+        self._saved_contacts: list[tuple[bytes, str, int]] = []
+        self._restored = False
         self._seq = 0
         self._ts = 0
         self._address: tuple[str, int] | None = None
@@ -122,9 +173,7 @@ class DhtNode:
 
     @property
     def port(self) -> int:
-        if self._address is None:
-            raise DhtError("DHT node not started", "not_started")
-        return self._address[1]
+        return self.address[1]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -151,13 +200,41 @@ class DhtNode:
             log.warning("DHT background task failed", exc_info=task.exception())
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen for UDP on ``host:port`` (0: any free port) and start the republish loop."""
+        """Listen for UDP on ``host:port`` (0: any free port), restore the saved state and
+        start the republish loop."""
         if self._address is not None:
             raise DhtError("DHT node already started", "started")
+        if self.db_path is not None:
+            self._load_state(DhtState(self.db_path))
         await self._server.listen(port, interface=host)
         sockname = self._server.transport.get_extra_info("sockname")
         self._address = (host, int(sockname[1]))
         self.spawn(self._republish_loop())
+
+    def _load_state(self, state: DhtState) -> None:
+        self.state = state
+        self._saved_contacts = state.contacts()
+        self._seq = max(self._seq, state.meta("seq"))
+        self._ts = max(self._ts, state.meta("ts"))
+        self._docs = state.docs()
+        for name, doc in state.own().items():
+            try:
+                if name == "host":
+                    self._host = _HostFields.from_doc(doc)
+                elif name.startswith("offer/"):
+                    self._offers[name.removeprefix("offer/")] = (int(doc[0]), int(doc[1]))
+            except (KeyError, TypeError, ValueError, IndexError):
+                log.warning("skipping damaged saved DHT record %s", name)
+        if not self.url and self._host is not None:
+            self.url = self._host.url
+        self._restored = self._host is not None or bool(self._offers)
+
+    def save_state(self) -> None:
+        """Write the routing table to the state db (also done on close and republish)."""
+        if self.state is not None and self._server.protocol is not None:
+            contacts = [(n.id, n.ip, n.port) for n in self.protocol.router.contacts()]
+            if contacts:
+                self.state.save_contacts(contacts)
 
     def stop(self) -> None:
         """Close the socket and cancel every task this node started."""
@@ -168,64 +245,125 @@ class DhtNode:
             task.cancel()
 
     async def close(self) -> None:
-        """:meth:`stop`, then wait for the cancelled tasks to finish."""
+        """:meth:`stop`, then wait for the cancelled tasks; save and close the state."""
+        if self.state is not None:
+            self.save_state()
         self.stop()
         tasks = list(self._tasks)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.state is not None:
+            self.state.close()
+            self.state = None
 
     async def bootstrap(self, peers: Sequence[tuple[str, int]] | None = None) -> int:
-        """Join through ``peers`` (IP, port) or the genesis bootstrap peers; return how
-        many contacts the routing table holds afterwards."""
+        """Join through ``peers`` (IP, port) or the genesis bootstrap peers, plus the
+        contacts saved by an earlier run; return how many contacts the routing table
+        holds afterwards. A node restored from its state republishes its records."""
         if peers is None:
             peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap]
-        addrs = [(h, p) for h, p in peers if (h, p) != self._address]
+        wanted = [*peers, *((ip, port) for _, ip, port in self._saved_contacts)]
+        addrs = list(dict.fromkeys(a for a in wanted if a != self._address))
         proto = self.protocol
         answers = await asyncio.gather(*(proto.call_ping_addr(a) for a in addrs))
         seeds = [Node(nid, a[0], a[1]) for a, (ok, nid) in zip(addrs, answers, strict=True)
                  if ok and valid_id(nid, self.puzzle_bits) and nid != self.node_id]
         if seeds:
-            await self._lookup(self.node_id, find_value=False, seeds=seeds)
+            for seed in seeds:
+                proto.welcome_if_new(seed)
+            await self.lookup(self.node_id, find_value=False, seeds=seeds)
+            await proto.verified(VERIFY_WAIT_S)
+            if self.contact_count() < self.ksize:  # a thin answer (e.g. a seed still
+                await self.lookup(self.node_id, find_value=False)  # joining): once more
+                await proto.verified(VERIFY_WAIT_S)
+            self.save_state()
+            if self._restored:
+                self._restored = False
+                self.spawn(self.republish())
         return self.contact_count()
 
     def contact_count(self) -> int:
-        return sum(len(b) for b in self.protocol.router.buckets)
+        return len(self.protocol.router)
+
+    def metrics(self) -> dict[str, int | float]:
+        """Counters for the control API / monitoring (names are stable)."""
+        out: dict[str, int | float] = dict(sorted(self.storage.counters.items()))
+        proto = self._server.protocol
+        rtt = proto.rtt.overall if proto is not None else None
+        out.update({
+            "contacts": len(proto.router) if proto is not None else 0,
+            "stored_keys": len(self.storage),
+            "lookups": self.stats.lookups, "lookup_rpcs": self.stats.rpcs,
+            "lookup_hops": self.stats.hops, "lookup_slow": self.stats.slow,
+            "lookup_failed": self.stats.failed,
+            "rtt_ms": round(rtt.srtt * 1000, 3) if rtt is not None else 0.0,
+            "own_records": (self._host is not None) + len(self._offers),
+        })
+        return out
 
     # -- storing -----------------------------------------------------------------
 
-    async def _lookup(self, dkey: bytes, find_value: bool,
-                      seeds: list[Node] | None = None) -> LookupResult:
-        return await lookup(self.protocol, dkey, self.ksize, self.alpha, self.puzzle_bits,
-                            find_value, seeds)
+    async def lookup(self, dkey: bytes, find_value: bool, seeds: list[Node] | None = None,
+                     accept: Accept | None = None, quorum: int = 0,
+                     alpha: int | None = None) -> LookupResult:
+        result = await lookup(self.protocol, dkey, self.ksize, alpha or self.alpha,
+                              self.puzzle_bits, find_value, seeds, accept, quorum)
+        self.stats.add(result)
+        return result
 
     async def store_digest(self, dkey: bytes, value: bytes) -> int:
         """Store ``value`` at the k closest nodes; return how many accepted it."""
-        found = await self._lookup(dkey, find_value=False)
+        found = await self.lookup(dkey, find_value=False)
         answers = await asyncio.gather(
             *(self.protocol.call_store(n, dkey, value) for n in found.closest))
         return sum(1 for ok, accepted in answers if ok and accepted is True)
 
     def _next_seq(self) -> int:
         self._seq = max(self.clock(), self._seq + 1)
+        if self.state is not None:
+            self.state.set_meta("seq", self._seq)
         return self._seq
 
     def _next_ts(self) -> int:
         self._ts = max(self.clock(), self._ts + 1)
+        if self.state is not None:
+            self.state.set_meta("ts", self._ts)
         return self._ts
 
     async def publish_host(self, resources: Mapping[str, ResourceAd],
                            availability_ppm: int = PPM, url: str | None = None,
-                           dht: tuple[str, int] | None = None) -> HostRecord:
+                           dht: tuple[str, int] | None = None, document: bytes | None = None,
+                           reach: Iterable[bytes] | None = None) -> HostRecord:
         """Sign and store this node's host record with a fresh seq (the clock in µs, so a
         restart does not go backwards). ``url`` defaults to (and updates) :attr:`url`,
-        ``dht`` to the address we listen on."""
+        ``dht`` to the address we listen on. ``document`` (up to 4 MiB) is not put in
+        the DHT: the record carries its hash and the node serves it over HTTP
+        (:func:`p2pmarket.dht.gateway.gateway_routes`). ``document``/``reach`` left
+        out keep their previous values."""
         if url is not None:
             self.url = url
-        fields = _HostFields(dict(resources), availability_ppm, self.url, dht)
+        old = self._host
+        ref = old.doc if old is not None else None
+        if document is not None:
+            if len(document) > MAX_DOC_BYTES:
+                raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
+            ref = DocRef.of(document)
+        attest = tuple(reach) if reach is not None else (old.reach if old else ())
+        fields = _HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest)
         record = self._sign_host(fields)
         self._host = fields
+        if document is not None and ref is not None:
+            self._docs = {ref.sha256: document}
+            if self.state is not None:
+                self.state.put_doc(ref.sha256, document)
+        if self.state is not None:
+            self.state.put_own("host", fields.to_doc())
         await self._put(record.key, record.value)
         return record
+
+    def document(self, sha256: bytes) -> bytes | None:
+        """The document our host record names, by its hash (None if not ours)."""
+        return self._docs.get(sha256)
 
     def _sign_host(self, fields: _HostFields) -> HostRecord:
         if not fields.url:
@@ -233,15 +371,24 @@ class DhtNode:
         return make_host_record(
             self.identity, url=fields.url, dht=fields.dht or self.address,
             resources=fields.resources, availability_ppm=fields.availability_ppm,
-            seq=self._next_seq(), now_us=self.clock(), ttl_us=self.ttl_us)
+            seq=self._next_seq(), now_us=self.clock(), ttl_us=self.ttl_us,
+            doc=fields.doc, reach=fields.reach)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         """Sign and store an entry in ``offers/<resource_type>``."""
         entry = self._sign_offer(resource_type, capacity, price)
         self._offers[resource_type] = (capacity, price)
+        if self.state is not None:
+            self.state.put_own(f"offer/{resource_type}", [capacity, price])
         value, _ = fit_offer_set(entry.key, [entry])
         await self._put(entry.key, value)
         return entry
+
+    def withdraw_offer(self, resource_type: str) -> None:
+        """Stop republishing an offer; it leaves query results within one expiry."""
+        self._offers.pop(resource_type, None)
+        if self.state is not None:
+            self.state.drop_own(f"offer/{resource_type}")
 
     def _sign_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         if not self.url:
@@ -260,6 +407,11 @@ class DhtNode:
             log.warning("no peer accepted %s", key)
         return acks
 
+    async def store_value(self, key: str, value: bytes) -> int:
+        """Store someone else's signed value (the HTTP gateway's publish path); it is
+        validated like any received store. Returns how many peers accepted it."""
+        return await self._put(key, value)
+
     async def republish(self) -> None:
         """Re-sign and store every record this node owns."""
         jobs: list[Coroutine[Any, Any, int]] = []
@@ -272,6 +424,7 @@ class DhtNode:
         for outcome in await asyncio.gather(*jobs, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 log.warning("DHT republish of one record failed: %s", outcome)
+        self.save_state()
 
     async def _republish_loop(self) -> None:
         while True:
@@ -289,36 +442,55 @@ class DhtNode:
         if n:
             self.storage.counters[name] = self.storage.counters.get(name, 0) + n
 
+    def _refused(self, peer: Node, reason: str) -> None:
+        self._count(f"lookup_rejected.{reason}")
+        if reason in MALICIOUS:
+            self.protocol.ban(peer.id, (peer.ip, peer.port), reason)
+
     async def get_host(self, node_id: bytes) -> HostRecord | None:
         """The newest valid host record of ``node_id``, or None."""
         key = host_key(node_id)
         dkey = key_digest(key)
-        found = await self._lookup(dkey, find_value=True)
         now = self.clock()
         best = self.storage.host_record(dkey)
+        checked: dict[bytes, HostRecord | None] = {}  # each distinct answer checked once
         seen: dict[bytes, int] = {}
-        verified: dict[bytes, HostRecord | None] = {}  # each distinct answer checked once
-        for peer, value in found.values:
-            if value not in verified:
-                verified[value] = self._check_host(value, key, now)
-            record = verified[value]
-            if record is None:
-                continue
-            seen[peer.id] = record.seq
-            best = record if best is None else newer_host(best, record)
+
+        def accept(peer: Node, value: bytes) -> bool:
+            if value not in checked:
+                checked[value] = self._check_host(peer, value, key, now)
+            record = checked[value]
+            if record is not None:
+                seen[peer.id] = record.seq
+            return record is not None
+
+        quorum = max(1, self.host_quorum - (best is not None))
+        # a quorum lookup stops early: fewer queries in flight waste fewer of them
+        found = await self.lookup(dkey, find_value=True, accept=accept, quorum=quorum,
+                                  alpha=self.get_alpha)
+        for _peer, value in found.values:
+            record = checked.get(value)
+            if record is not None:
+                best = record if best is None else newer_host(best, record)
         if best is not None:
-            stale = [n for n in found.closest if seen.get(n.id, -1) < best.seq]
+            target = Node(dkey)
+            holders = [n.distance_to(target) for n in found.closest if n.id in seen]
+            # repair only inside the replica set seen: nodes closer than the farthest
+            # holder that lack the newest copy (stale ones, or replacements after churn)
+            edge = max(holders) if holders else None
+            stale = [n for n in found.closest if seen.get(n.id, -1) < best.seq
+                     and (edge is None or n.distance_to(target) < edge)]
             self._repair(stale, dkey, best.value)
         return best
 
-    def _check_host(self, value: bytes, key: str, now: int) -> HostRecord | None:
+    def _check_host(self, peer: Node, value: bytes, key: str, now: int) -> HostRecord | None:
         try:
             record = HostRecord.from_bytes(value, now)
         except DhtError as exc:
-            self._count(f"lookup_rejected.{exc.value}")
+            self._refused(peer, str(exc.value))
             return None
         if record.key != key:
-            self._count("lookup_rejected.wrong_key")
+            self._refused(peer, "wrong_key")
             return None
         return record
 
@@ -326,52 +498,77 @@ class DhtNode:
                           max_price: int | None = None) -> list[OfferEntry]:
         """For each type in order, its top ``n`` offers by capacity/price (see
         :func:`rank_offers`), concatenated."""
-        sets = await asyncio.gather(*(self._offers_of(t) for t in types))
+        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
         out: list[OfferEntry] = []
         for entries in sets:
             out.extend(rank_offers(entries, n, min_capacity, max_price))
         return out
 
-    async def _offers_of(self, resource_type: str) -> list[OfferEntry]:
+    async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
+                     max_price: int | None = None) -> list[mkt.MarketHost]:
+        """Hosts offering every type in ``types`` within the filters, best cost efficiency
+        first (see :mod:`p2pmarket.dht.market`), each with its verified host record."""
+        if not types or n <= 0:
+            return []
+        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
+        ranked = mkt.candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
+                                max_price)[: 2 * n + 4]
+        ids = [o[types[0]].node_id for o in ranked]
+        records = await asyncio.gather(*(self.get_host(i) for i in ids))
+        return mkt.select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)
+
+    async def offers_of(self, resource_type: str) -> list[OfferEntry]:
+        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged."""
         key = offers_key(resource_type)
         dkey = key_digest(key)
-        found = await self._lookup(dkey, find_value=True)
         now = self.clock()
-        entries = self.storage.offer_entries(dkey)
         held: dict[bytes, set[bytes]] = {}
-        known = {e.value: e for e in entries}  # verified entries are not verified again
+        known = {e.value: e for e in self.storage.offer_entries(dkey)}
         parsed: dict[bytes, set[bytes] | None] = {}
-        for peer, value in found.values:
+
+        def accept(peer: Node, value: bytes) -> bool:
             if value not in parsed:
-                parsed[value] = self._check_offer_set(value, key, now, known)
+                parsed[value] = self._check_offer_set(peer, value, key, now, known)
             sigs = parsed[value]
             if sigs is not None:
                 held[peer.id] = sigs
+            return sigs is not None
+
+        found = await self.lookup(dkey, find_value=True, accept=accept)
         entries = list(known.values())
         merged = merge_offers(entries, now, cap=len(entries))
         if merged:
-            value, kept = fit_offer_set(key, merged[:MAX_OFFERS])
+            value, kept = fit_offer_set(key, self.storage.cap_prefixes(merged)[:MAX_OFFERS])
             sigs = {e.envelope.sig for e in kept}
             lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]
             self._repair(lacking, dkey, value)
         return merged
 
-    def _check_offer_set(self, value: bytes, key: str, now: int,
+    def _check_offer_set(self, peer: Node, value: bytes, key: str, now: int,
                          known: dict[bytes, OfferEntry]) -> set[bytes] | None:
         """Verify a returned set; add its entries to ``known``; return their signatures."""
         try:
             offer_set = parse_offer_set(value, now, known)
         except DhtError as exc:
-            self._count(f"lookup_rejected.{exc.value}")
+            self._refused(peer, str(exc.value))
             return None
         if offer_set.key != key:
-            self._count("lookup_rejected.wrong_key")
+            self._refused(peer, "wrong_key")
             return None
         self._count("lookup_dropped_entries", offer_set.dropped)
+        if offer_set.forged:
+            self._refused(peer, "forged")
+            return None
         for entry in offer_set.entries:
             known.setdefault(entry.value, entry)
         return {e.envelope.sig for e in offer_set.entries}
 
     def _repair(self, peers: list[Node], dkey: bytes, value: bytes) -> None:
-        for peer in peers:
+        """Send the close nodes that lacked (or held an older) value the best one; at most
+        :data:`REPAIR_MAX`, closest first (``peers`` come closest first)."""
+        for peer in peers[:REPAIR_MAX]:
             self.spawn(self.protocol.call_store(peer, dkey, value))
+
+    def random_contacts(self, n: int) -> list[Node]:
+        contacts = self.protocol.router.contacts()
+        return random.sample(contacts, min(n, len(contacts)))

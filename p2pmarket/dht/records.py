@@ -5,8 +5,11 @@ Key names and the values stored under them (kademlia stores ``sha1(key name)``):
 - ``host/<node id hex>``: one signed envelope of kind ``dht.host``, encoded
   (:meth:`Envelope.encode`). Body ``{key, node_id, url, dht: [host, port],
   resources: {type: {capacity, price, hour_avg}}, availability_ppm, seq,
-  expires}``. Only the key whose node id is ``node_id`` may sign it; a higher
-  ``seq`` replaces a lower one.
+  expires}`` plus, optionally, ``doc: {sha256, size}`` (a larger document the
+  owner serves over HTTP at ``<url>/dht/doc/<sha256 hex>``; readers check it
+  against the hash) and ``reach: [attestation bytes, ...]`` (registrars'
+  reachability attestations, section 7, carried opaquely). Only the key whose
+  node id is ``node_id`` may sign it; a higher ``seq`` replaces a lower one.
 - ``offers/<resource type>``: a container ``{kind: "dht.offers", key, entries:
   [encoded envelope, ...]}`` (canonical msgpack) of offer entries, kind
   ``dht.offer``, body ``{key, node_id, url, type, capacity, price, expires}``,
@@ -58,6 +61,12 @@ _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 HOST_FIELDS = frozenset(
     {"key", "node_id", "url", "dht", "resources", "availability_ppm", "seq", "expires"})
+HOST_OPTIONAL = frozenset({"doc", "reach"})
+DOC_FIELDS = frozenset({"sha256", "size"})
+MAX_DOC_BYTES = 4 * 1024 * 1024
+"""Largest document a host record may point to (fetched over HTTP, not the DHT)."""
+MAX_REACH = 4
+MAX_ATTESTATION = 512
 OFFER_FIELDS = frozenset({"key", "node_id", "url", "type", "capacity", "price", "expires"})
 RESOURCE_FIELDS = frozenset({"capacity", "price", "hour_avg"})
 
@@ -110,13 +119,14 @@ def _str(value: object, name: str, max_len: int) -> str:
     return value
 
 
-def _body(env: Envelope, kind: str, fields: frozenset[str]) -> dict[str, Any]:
+def _body(env: Envelope, kind: str, fields: frozenset[str],
+          optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     if env.kind != kind:
         raise _fail("wrong_kind", f"expected a {kind} record, got {env.kind!r:.40}")
     if env.to is not None:
         raise _fail("malformed", "records are not addressed")
     body = env.body
-    if not isinstance(body, dict) or set(body) != fields:
+    if not isinstance(body, dict) or not fields <= set(body) <= fields | optional:
         raise _fail("malformed", f"{kind} body fields wrong")
     return body
 
@@ -178,6 +188,47 @@ class ResourceAd:
 
 
 @dataclass(frozen=True)
+class DocRef:
+    """A document too large for a DHT value: its SHA-256 and size in bytes."""
+
+    sha256: bytes
+    size: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "size": self.size}
+
+    @classmethod
+    def of(cls, data: bytes) -> DocRef:
+        return cls(hashlib.sha256(data).digest(), len(data))
+
+    def check(self, data: bytes) -> bytes:
+        """``data`` if it is the document named here, else :class:`DhtError`."""
+        if len(data) != self.size or hashlib.sha256(data).digest() != self.sha256:
+            raise _fail("doc_mismatch", "document does not match the hash in its record")
+        return data
+
+
+def _doc_ref(value: object) -> DocRef | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != DOC_FIELDS:
+        raise _fail("malformed", "doc must be {sha256, size}")
+    digest = value["sha256"]
+    if not isinstance(digest, bytes) or len(digest) != 32:
+        raise _fail("malformed", "doc sha256 must be 32 bytes")
+    return DocRef(digest, _int(value["size"], "doc size", 0, MAX_DOC_BYTES))
+
+
+def _reach(value: object) -> tuple[bytes, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_REACH or not all(
+            isinstance(a, bytes) and 0 < len(a) <= MAX_ATTESTATION for a in value):
+        raise _fail("malformed", f"reach must be at most {MAX_REACH} attestations")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
 class HostRecord:
     """A verified ``host/<id>`` record. ``resources`` must not be mutated."""
 
@@ -190,15 +241,24 @@ class HostRecord:
     seq: int
     expires: int
     envelope: Envelope
+    doc: DocRef | None = None
+    reach: tuple[bytes, ...] = ()
 
     @cached_property
     def value(self) -> bytes:
         """The bytes stored in the DHT."""
         return self.envelope.encode()
 
+    @property
+    def doc_url(self) -> str | None:
+        """Where the owner serves the document named in ``doc``."""
+        if self.doc is None:
+            return None
+        return f"{self.url.rstrip('/')}/dht/doc/{self.doc.sha256.hex()}"
+
     @classmethod
     def from_envelope(cls, env: Envelope, now_us: int) -> HostRecord:
-        body = _body(env, HOST_KIND, HOST_FIELDS)
+        body = _body(env, HOST_KIND, HOST_FIELDS, HOST_OPTIONAL)
         node_id = _check_owner(env, body)
         if body["key"] != host_key(node_id):
             raise _fail("wrong_key", "host record key does not name its node")
@@ -220,11 +280,13 @@ class HostRecord:
                 _int(ad["hour_avg"], "hour_avg"))
         availability = _int(body["availability_ppm"], "availability_ppm", 0, PPM)
         seq = _int(body["seq"], "seq")
+        doc = _doc_ref(body.get("doc"))
+        reach = _reach(body.get("reach"))
         expires = _check_times(env, body["expires"], now_us)
         _verify(env)
         return cls(key=body["key"], node_id=node_id, url=url, dht=dht_addr,
                    resources=resources, availability_ppm=availability, seq=seq,
-                   expires=expires, envelope=env)
+                   expires=expires, envelope=env, doc=doc, reach=reach)
 
     @classmethod
     def from_bytes(cls, value: object, now_us: int) -> HostRecord:
@@ -233,9 +295,10 @@ class HostRecord:
 
 def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
                      resources: Mapping[str, ResourceAd], availability_ppm: int, seq: int,
-                     now_us: int, ttl_us: int) -> HostRecord:
+                     now_us: int, ttl_us: int, doc: DocRef | None = None,
+                     reach: Iterable[bytes] = ()) -> HostRecord:
     """Sign a host record valid from ``now_us`` for ``ttl_us``; validated like a received one."""
-    body = {
+    body: dict[str, Any] = {
         "key": host_key(identity.node_id),
         "node_id": identity.node_id,
         "url": url,
@@ -245,6 +308,11 @@ def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
         "seq": seq,
         "expires": now_us + ttl_us,
     }
+    if doc is not None:
+        body["doc"] = doc.to_doc()
+    reach = list(reach)
+    if reach:
+        body["reach"] = reach
     record = HostRecord.from_envelope(seal(identity, HOST_KIND, body, ts=now_us), now_us)
     _check_size(record.value)
     return record
@@ -374,6 +442,8 @@ class OfferSet:
     key: str
     entries: tuple[OfferEntry, ...]
     dropped: int
+    forged: int = 0
+    """Dropped entries that no honest node would pass on (bad signature, wrong key...)."""
 
 
 def parse_offer_set(value: object, now_us: int,
@@ -400,20 +470,26 @@ def parse_offer_set(value: object, now_us: int,
     if not isinstance(raw_entries, list):
         raise _fail("malformed", "offer set entries must be a list")
     entries: list[OfferEntry] = []
-    dropped = 0
+    dropped = forged = 0
     for raw in raw_entries:
         entry = known.get(raw) if known is not None and isinstance(raw, bytes) else None
         if entry is None or entry.expires <= now_us:
             try:
                 entry = OfferEntry.from_bytes(raw, now_us)
-            except DhtError:
+            except DhtError as exc:
                 dropped += 1
+                forged += exc.value not in INNOCENT
                 continue
         if entry.key != key:
             dropped += 1
+            forged += 1
             continue
         entries.append(entry)
-    return OfferSet(key=key, entries=tuple(entries), dropped=dropped)
+    return OfferSet(key=key, entries=tuple(entries), dropped=dropped, forged=forged)
+
+
+INNOCENT = frozenset({"expired", "future", "too_long"})
+"""Refusals an honest relay may cause (clocks differ, time passes)."""
 
 
 def parse_record(value: object, now_us: int,
@@ -465,10 +541,23 @@ def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
 
 def host_doc(record: HostRecord) -> dict[str, Any]:
     """A plain, JSON-friendly view of a host record (for the CLI and the control API)."""
-    return {"node_id": record.node_id.hex(), "url": record.url, "dht": list(record.dht),
-            "resources": {t: ad.to_doc() for t, ad in record.resources.items()},
-            "availability_ppm": record.availability_ppm, "seq": record.seq,
-            "expires": record.expires}
+    doc: dict[str, Any] = {
+        "node_id": record.node_id.hex(), "url": record.url, "dht": list(record.dht),
+        "resources": {t: ad.to_doc() for t, ad in record.resources.items()},
+        "availability_ppm": record.availability_ppm, "seq": record.seq,
+        "expires": record.expires, "attestations": len(record.reach)}
+    if record.doc is not None:
+        doc["doc"] = {"sha256": record.doc.sha256.hex(), "size": record.doc.size,
+                      "url": record.doc_url}
+    return doc
+
+
+def url_host(url: str) -> str:
+    """The host part of an ``http://host:port/...`` URL (for per-prefix caps)."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if ":" in rest else rest
 
 
 def offer_doc(entry: OfferEntry) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Every store is checked: the value must be a valid, unexpired record whose key
 name hashes (sha1, as kademlia does) to exactly the digest key it is stored
-under. Host records obey their ``seq``; offer sets are merged entry by entry.
+under. Host records obey their ``seq``; offer sets are merged entry by entry,
+capped per key and per network prefix of the entries' URL hosts (freshest kept).
 Expired values are dropped when read and are never returned, iterated (the
 stock package republishes what ``__iter__``/``iter_older_than`` yield) or
 handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
@@ -27,7 +28,9 @@ from p2pmarket.dht.records import (
     key_digest,
     merge_offers,
     parse_record,
+    url_host,
 )
+from p2pmarket.dht.routing import PrefixPolicy
 
 Clock = Callable[[], int]
 """Wall-clock time in integer microseconds."""
@@ -53,10 +56,11 @@ class RecordStorage(IStorage):  # type: ignore[misc]
     """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests."""
 
     def __init__(self, clock: Clock = wall_clock_us, max_keys: int = DEFAULT_MAX_KEYS,
-                 max_offers: int = MAX_OFFERS) -> None:
+                 max_offers: int = MAX_OFFERS, policy: PrefixPolicy | None = None) -> None:
         self.clock = clock
         self.max_keys = max_keys
         self.max_offers = max_offers
+        self.policy = policy if policy is not None else PrefixPolicy()
         self.counters: dict[str, int] = {}
         self._data: OrderedDict[bytes, _Item] = OrderedDict()
 
@@ -64,6 +68,10 @@ class RecordStorage(IStorage):  # type: ignore[misc]
 
     def put(self, dkey: bytes, value: bytes) -> bool:
         """Validate and store (or merge) ``value`` under ``dkey``; False if refused."""
+        return self.put_reason(dkey, value) is None
+
+    def put_reason(self, dkey: bytes, value: bytes) -> str | None:
+        """:meth:`put`, giving the refusal reason (None when stored)."""
         now = self.clock()
         try:
             if not isinstance(dkey, bytes) or len(dkey) != 20:
@@ -79,9 +87,9 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                 self._put_offers(dkey, record, now)
         except DhtError as exc:
             self._reject(str(exc.value))
-            return False
+            return str(exc.value)
         self._count("stored")
-        return True
+        return None
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.put(key, value)
@@ -107,15 +115,35 @@ class RecordStorage(IStorage):  # type: ignore[misc]
     def _put_offers(self, dkey: bytes, offer_set: OfferSet, now: int) -> None:
         if offer_set.dropped:
             self._count("dropped_entries", offer_set.dropped)
+        if offer_set.forged:
+            raise DhtError("offer set holds forged entries", "forged")
         if not offer_set.entries:
             raise DhtError("offer set holds no valid entry", "empty")
         old = self._live(dkey, now)
         previous = old.offers if old is not None else []
-        merged = merge_offers([*previous, *offer_set.entries], now, self.max_offers)
-        value, kept = fit_offer_set(offer_set.key, merged)
+        merged = self.cap_prefixes(merge_offers([*previous, *offer_set.entries], now,
+                                                len(previous) + len(offer_set.entries)))
+        value, kept = fit_offer_set(offer_set.key, merged[: self.max_offers])
+        if not kept:
+            raise DhtError("offer set holds no entry that fits", "empty")
         self._make_room(dkey, now)
         self._data.pop(dkey, None)
         self._data[dkey] = _Item(value, now, min(e.expires for e in kept), offers=kept)
+
+    def cap_prefixes(self, entries: list[OfferEntry]) -> list[OfferEntry]:
+        """Keep at most ``policy.offers_cap`` entries per URL-host prefix, in order given
+        (freshest first), so one network cannot fill a key."""
+        seen: dict[str, int] = {}
+        out = []
+        for entry in entries:
+            prefix = self.policy.prefix(url_host(entry.url))
+            if prefix is not None:
+                seen[prefix] = seen.get(prefix, 0) + 1
+                if seen[prefix] > self.policy.offers_cap:
+                    self._count("capped_entries")
+                    continue
+            out.append(entry)
+        return out
 
     # -- reading --------------------------------------------------------------
 

@@ -104,3 +104,34 @@ class Swarm:
 
     async def close(self) -> None:
         await asyncio.gather(*(n.close() for n in self.nodes))
+
+
+async def serve(routes: list[Any]) -> tuple[Any, str]:
+    """An aiohttp app with ``routes`` on 127.0.0.1 (ephemeral port): (runner, base url)."""
+    from aiohttp import web
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def make_protocol(storage: Any = None, ksize: int = 20, **config: Any) -> Any:
+    """A DhtProtocol with no socket (for table and hand-off tests); spawned coroutines
+    become tasks kept in ``proto.test_tasks``."""
+    from kademlia.node import Node
+
+    from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig
+    from p2pmarket.dht.routing import UNCAPPED
+    from p2pmarket.dht.storage import RecordStorage
+    ident = Identity.generate()
+    tasks: list[asyncio.Task[Any]] = []
+    config.setdefault("policy", UNCAPPED)
+    proto = DhtProtocol(Node(ident.node_id), storage or RecordStorage(FakeClock()), ksize,
+                        identity=ident, config=ProtocolConfig(**config),
+                        spawn=lambda coro: tasks.append(asyncio.ensure_future(coro)))
+    proto.test_tasks = tasks
+    return proto

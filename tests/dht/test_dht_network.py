@@ -69,12 +69,21 @@ async def test_forged_record_refused_and_honest_lookup_wins(swarm: Swarm) -> Non
                            ttl_us=60_000_000)
     attacker = nodes[7]
     for target in nodes[:7]:
-        for value in (forged, own.value):
-            ok, accepted = await attacker.protocol.store(target.address, attacker.node_id,
-                                                         dkey, value)
-            assert ok and accepted is False
+        ok, accepted = await attacker.protocol.store(target.address, attacker.node_id,
+                                                     dkey, forged)
+        assert ok and accepted is False
+        # the sender of a forged record is dropped and then ignored: no answer at all
+        ok, _ = await attacker.protocol.call(target.address, "store", attacker.node_id,
+                                             dkey, own.value, timeout=0.2)
+        assert not ok
+        assert target.protocol.router.find(attacker.node_id) is None
     assert all(n.storage.counters.get("rejected.wrong_signer", 0) == 1 for n in nodes[:7])
-    assert all(n.storage.counters.get("rejected.wrong_key", 0) == 1 for n in nodes[:7])
+    assert all(n.storage.counters.get("banned.wrong_signer", 0) == 1 for n in nodes[:7])
+    # Mallory's own valid record under the victim's key, from a fresh sender
+    other = nodes[6]
+    ok, accepted = await other.protocol.store(nodes[0].address, other.node_id, dkey, own.value)
+    assert ok and accepted is False
+    assert nodes[0].storage.counters.get("rejected.wrong_key", 0) == 1
     rec = await reader.get_host(victim.node_id)
     assert rec is not None
     assert rec.value == honest.value and rec.url == victim.url
@@ -92,10 +101,14 @@ async def test_forged_answers_in_lookups_are_ignored(swarm: Swarm,
     forged = seal(mallory, "dht.host", body, ts=time.time_ns() // 1000).encode()
     # the liar answers find_value with the forged bytes, bypassing its own storage
     monkeypatch.setattr(liar.protocol, "rpc_find_value",
-                        lambda sender, nodeid, key: {"value": forged})
+                        lambda sender, nodeid, key: {"id": liar.node_id, "value": forged})
+    reader.host_quorum = 99  # walk every close node, so the liar is surely asked
     rec = await reader.get_host(victim.node_id)
     assert rec is not None and rec.value == honest.value
     assert reader.storage.counters.get("lookup_rejected.wrong_signer") == 1
+    # the liar is out of the reader's table and ignored from now on
+    assert reader.protocol.router.find(liar.node_id) is None
+    assert reader.protocol.is_banned(liar.node_id, liar.address)
 
 
 async def test_higher_seq_replaces_lower_across_the_network(swarm: Swarm) -> None:
@@ -200,7 +213,7 @@ async def test_garbage_and_bad_rpcs_are_counted_and_ignored(swarm: Swarm) -> Non
     proto = target.protocol
     assert proto.rpc_store(("127.0.0.1", 1), b"short", b"k" * 20, b"v") is False
     assert proto.rpc_store(("127.0.0.1", 1), nodes[0].node_id, b"k", b"v") is False
-    assert proto.rpc_find_value(("127.0.0.1", 1), nodes[0].node_id, 123) == []
+    assert proto.rpc_find_value(("127.0.0.1", 1), nodes[0].node_id, 123) is None
     assert target.storage.counters["rejected.bad_sender"] == 1
     assert target.storage.counters["rejected.malformed"] == 1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

@@ -108,7 +108,8 @@ def test_offer_sets_merge_and_expire_per_entry() -> None:
     got = st.get(CPU_KEY)
     assert got is not None and list(parse_offer_set(got, clock.now).entries) == [a2]
     assert st.counters["expired"] == 1
-    # a set with one forged entry: the forged one is dropped and counted, the rest kept
+    # a set with one forged entry is refused whole (no honest node passes one on), and
+    # the sender is banned by the protocol; the honest entry alone is accepted
     c1 = offer(carol, now=clock.now)
     forged = seal(MALLORY, "dht.offer", {
         "key": "offers/cpu", "node_id": carol.node_id, "url": "http://evil", "type": "cpu",
@@ -116,8 +117,9 @@ def test_offer_sets_merge_and_expire_per_entry() -> None:
     from p2pmarket.wire import pack
     value = pack({"kind": "dht.offers", "key": "offers/cpu",
                   "entries": [c1.value, forged.encode()]})
-    assert st.put(CPU_KEY, value)
+    assert st.put_reason(CPU_KEY, value) == "forged"
     assert st.counters["dropped_entries"] == 1
+    assert st.put(CPU_KEY, pack_offer_set("offers/cpu", [c1]))
     assert {e.node_id for e in st.offer_entries(CPU_KEY)} == {ALICE.node_id, carol.node_id}
     assert [e for e in st.offer_entries(CPU_KEY) if e.node_id == carol.node_id] == [c1]
 

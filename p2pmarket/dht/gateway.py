@@ -1,0 +1,356 @@
+"""The DHT over HTTP: a gateway on public nodes, its client, and document fetches.
+
+Proxied nodes cannot send UDP (DESIGN.md sections 3 and 7); a public node
+mounts :func:`gateway_routes` on its peer app and answers with the *raw signed
+record bytes*, so the caller verifies every record itself and trusts the
+gateway for nothing but availability:
+
+- ``GET /dht/host/<node id hex>`` -> the host record (``application/octet-stream``),
+  404 if none is found;
+- ``GET /dht/offers/<type>`` -> the merged offer set (the same container the DHT
+  stores, msgpack);
+- ``POST /dht/store/<key name>`` (body: a signed host record or offer set) ->
+  validated like any DHT store, then stored at the k closest nodes;
+  ``{"accepted": n}`` (JSON), 400 with the reason if refused;
+- ``GET /dht/doc/<sha256 hex>`` -> the document this node's host record names
+  (documents too large for a DHT value travel over HTTP; readers check them
+  against the hash in the signed record, :func:`fetch_document`).
+
+Requests are rate limited per client address. :class:`GatewayClient` is the
+proxied node's reader, :class:`GatewayDht` its publisher (same calls as
+:class:`~p2pmarket.dht.node.DhtNode` for publishing and finding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from p2pmarket.dht import market as mkt
+from p2pmarket.dht.node import DEFAULT_REPUBLISH_S, EXPIRY_FACTOR, DhtNode
+from p2pmarket.dht.protocol import RateLimiter
+from p2pmarket.dht.records import (
+    MAX_DOC_BYTES,
+    MAX_VALUE_BYTES,
+    PPM,
+    DhtError,
+    DocRef,
+    HostRecord,
+    OfferEntry,
+    ResourceAd,
+    check_type_name,
+    fit_offer_set,
+    host_key,
+    make_host_record,
+    make_offer_entry,
+    merge_offers,
+    offers_key,
+    parse_offer_set,
+    rank_offers,
+)
+from p2pmarket.dht.storage import Clock, wall_clock_us
+from p2pmarket.identity import NODE_ID_SIZE, Identity
+
+log = logging.getLogger(__name__)
+
+OCTETS = "application/octet-stream"
+NO_DHT_ADDRESS = ("0.0.0.0", 1)
+"""What a proxied host advertises as its DHT address: it has none."""
+
+
+def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
+                   allow_store: bool = True) -> list[web.RouteDef]:
+    """aiohttp routes for the node's public peer app (see the module docstring)."""
+    limiter = RateLimiter(rate, burst)
+
+    def limited(request: web.Request) -> bool:
+        ok = limiter.allow(request.remote or "?", time.monotonic())
+        if not ok:
+            node._count("gateway_limited")
+        return not ok
+
+    async def get_host(request: web.Request) -> web.StreamResponse:
+        if limited(request):
+            return web.Response(status=429, text="slow down")
+        try:
+            node_id = bytes.fromhex(request.match_info["node_id"])
+        except ValueError:
+            return web.Response(status=400, text="node id must be hex")
+        if len(node_id) != NODE_ID_SIZE:
+            return web.Response(status=400, text="node id must be 20 bytes")
+        node._count("gateway_get_host")
+        record = await node.get_host(node_id)
+        if record is None:
+            return web.Response(status=404, text="no such host")
+        return web.Response(body=record.value, content_type=OCTETS)
+
+    async def get_offers(request: web.Request) -> web.StreamResponse:
+        if limited(request):
+            return web.Response(status=429, text="slow down")
+        rtype = request.match_info["type"]
+        try:
+            check_type_name(rtype)
+        except DhtError as exc:
+            return web.Response(status=400, text=exc.message)
+        node._count("gateway_offers")
+        entries = await node.offers_of(rtype)
+        value, _ = fit_offer_set(offers_key(rtype), entries)
+        return web.Response(body=value, content_type=OCTETS)
+
+    async def store(request: web.Request) -> web.StreamResponse:
+        if limited(request):
+            return web.Response(status=429, text="slow down")
+        key = request.match_info["key"]
+        if request.content_length is not None and request.content_length > MAX_VALUE_BYTES:
+            return web.Response(status=413, text="value too large")
+        value = await request.read()  # client_max_size of the app bounds it too
+        if len(value) > MAX_VALUE_BYTES:
+            return web.Response(status=413, text="value too large")
+        node._count("gateway_store")
+        try:
+            accepted = await node.store_value(key, value)
+        except DhtError as exc:
+            return web.json_response({"error": exc.message, "error_value": exc.value},
+                                     status=400)
+        return web.json_response({"accepted": accepted})
+
+    async def document(request: web.Request) -> web.StreamResponse:
+        if limited(request):
+            return web.Response(status=429, text="slow down")
+        try:
+            digest = bytes.fromhex(request.match_info["sha256"])
+        except ValueError:
+            return web.Response(status=400, text="hash must be hex")
+        data = node.document(digest)
+        if data is None:
+            return web.Response(status=404, text="no such document")
+        return web.Response(body=data, content_type=OCTETS)
+
+    routes = [web.get("/dht/host/{node_id}", get_host),
+              web.get("/dht/offers/{type}", get_offers),
+              web.get("/dht/doc/{sha256}", document)]
+    if allow_store:
+        routes.append(web.post("/dht/store/{key:.+}", store))
+    return routes
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    data = bytearray()
+    while True:
+        chunk = await resp.content.read(cap + 1 - len(data))
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > cap:
+            raise DhtError("answer larger than allowed", "too_large")
+
+
+async def fetch_document(record: HostRecord, session: aiohttp.ClientSession, *,
+                         proxy: str | None = None, timeout: float = 20.0) -> bytes:
+    """The document ``record`` names, fetched from its owner and checked against the
+    hash in the signed record (:class:`DhtError` ``doc_mismatch`` if it differs)."""
+    if record.doc is None or record.doc_url is None:
+        raise DhtError("host record names no document", "no_doc")
+    try:
+        async with session.get(record.doc_url, proxy=proxy,
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status != 200:
+                raise DhtError(f"document fetch failed: HTTP {resp.status}", "unavailable")
+            data = await _read_capped(resp, min(record.doc.size, MAX_DOC_BYTES))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DhtError(f"document fetch failed: {exc}", "unavailable") from None
+    return record.doc.check(data)
+
+
+class GatewayClient:
+    """Reads the DHT through a public node's gateway; verifies every record it gets."""
+
+    def __init__(self, base_url: str, *, session: aiohttp.ClientSession | None = None,
+                 proxy: str | None = None, clock: Clock = wall_clock_us,
+                 timeout: float = 20.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.proxy = proxy
+        self.clock = clock
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._own_session = session is None
+        self.rejected = 0
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _get(self, path: str) -> bytes | None:
+        try:
+            async with self.session.get(self.base_url + path, proxy=self.proxy,
+                                        timeout=self.timeout) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status != 200:
+                    raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
+                return await _read_capped(resp, MAX_VALUE_BYTES)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
+
+    async def get_host(self, node_id: bytes) -> HostRecord | None:
+        raw = await self._get(f"/dht/host/{node_id.hex()}")
+        if raw is None:
+            return None
+        try:
+            record = HostRecord.from_bytes(raw, self.clock())
+        except DhtError:
+            self.rejected += 1
+            return None
+        if record.key != host_key(node_id):
+            self.rejected += 1
+            return None
+        return record
+
+    async def offers_of(self, resource_type: str) -> list[OfferEntry]:
+        raw = await self._get(f"/dht/offers/{check_type_name(resource_type)}")
+        if raw is None:
+            return []
+        now = self.clock()
+        try:
+            offer_set = parse_offer_set(raw, now)
+        except DhtError:
+            self.rejected += 1
+            return []
+        if offer_set.key != offers_key(resource_type):
+            self.rejected += 1
+            return []
+        self.rejected += offer_set.dropped
+        return merge_offers(offer_set.entries, now, cap=len(offer_set.entries))
+
+    async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
+                          max_price: int | None = None) -> list[OfferEntry]:
+        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
+        out: list[OfferEntry] = []
+        for entries in sets:
+            out.extend(rank_offers(entries, n, min_capacity, max_price))
+        return out
+
+    async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
+                     max_price: int | None = None) -> list[mkt.MarketHost]:
+        if not types or n <= 0:
+            return []
+        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
+        ranked = mkt.candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
+                                max_price)[: 2 * n + 4]
+        ids = [o[types[0]].node_id for o in ranked]
+        records = await asyncio.gather(*(self.get_host(i) for i in ids))
+        return mkt.select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)
+
+    async def store(self, key: str, value: bytes) -> int:
+        try:
+            async with self.session.post(f"{self.base_url}/dht/store/{key}", data=value,
+                                         proxy=self.proxy, timeout=self.timeout) as resp:
+                doc = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
+        if not isinstance(doc, dict) or "accepted" not in doc:
+            reason = doc.get("error_value", "gateway") if isinstance(doc, dict) else "gateway"
+            raise DhtError(f"gateway refused the record: {doc}", str(reason))
+        return int(doc["accepted"])
+
+
+class GatewayDht(GatewayClient):
+    """A proxied node's DHT: signs its own records and publishes them through a
+    gateway, republishing every ``republish_s`` (call :meth:`start_republishing`)."""
+
+    def __init__(self, identity: Identity, base_url: str, *, url: str,
+                 republish_s: float = DEFAULT_REPUBLISH_S, **kw: Any) -> None:
+        super().__init__(base_url, **kw)
+        self.identity = identity
+        self.url = url
+        self.republish_s = republish_s
+        self.ttl_us = int(EXPIRY_FACTOR * republish_s * 1_000_000)
+        self._host: tuple[dict[str, ResourceAd], int, DocRef | None] | None = None
+        self._offers: dict[str, tuple[int, int]] = {}
+        self._docs: dict[bytes, bytes] = {}
+        self._seq = 0
+        self._ts = 0
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def _next(self, last: int) -> int:
+        return max(self.clock(), last + 1)
+
+    def document(self, sha256: bytes) -> bytes | None:
+        return self._docs.get(sha256)
+
+    async def publish_host(self, resources: Mapping[str, ResourceAd],
+                           availability_ppm: int = PPM, document: bytes | None = None
+                           ) -> HostRecord:
+        ref = self._host[2] if self._host is not None else None
+        if document is not None:
+            if len(document) > MAX_DOC_BYTES:
+                raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
+            ref = DocRef.of(document)
+            self._docs = {ref.sha256: document}
+        self._host = (dict(resources), availability_ppm, ref)
+        record = self._sign_host()
+        await self.store(record.key, record.value)
+        return record
+
+    def _sign_host(self) -> HostRecord:
+        assert self._host is not None
+        resources, availability, ref = self._host
+        self._seq = self._next(self._seq)
+        return make_host_record(self.identity, url=self.url, dht=NO_DHT_ADDRESS,
+                                resources=resources, availability_ppm=availability,
+                                seq=self._seq, now_us=self.clock(), ttl_us=self.ttl_us,
+                                doc=ref)
+
+    async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
+        self._offers[resource_type] = (capacity, price)
+        entry = self._sign_offer(resource_type)
+        await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
+        return entry
+
+    def _sign_offer(self, resource_type: str) -> OfferEntry:
+        capacity, price = self._offers[resource_type]
+        self._ts = self._next(self._ts)
+        return make_offer_entry(self.identity, resource_type=resource_type, url=self.url,
+                                capacity=capacity, price=price, now_us=self._ts,
+                                ttl_us=self.ttl_us)
+
+    async def republish(self) -> None:
+        if self._host is not None:
+            record = self._sign_host()
+            await self.store(record.key, record.value)
+        for rtype in list(self._offers):
+            entry = self._sign_offer(rtype)
+            await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
+
+    def start_republishing(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.republish_s)
+                try:
+                    await self.republish()
+                except DhtError as exc:
+                    log.warning("republish through the gateway failed: %s", exc.message)
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(loop())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        await super().close()

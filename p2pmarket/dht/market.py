@@ -1,0 +1,89 @@
+"""Market queries over the offer index (pure): several resource types at once.
+
+A host qualifies when it offers every asked type with at least ``min_capacity``
+and at most ``max_price`` per unit. Hosts are ranked by the cost efficiency
+(capacity / price) of the first asked type, then of the next ones, then by
+node id, as the SLS ranked one resource; the caller keeps the top ``n``. The
+host record (fetched and verified separately) supplies the current price, the
+hour average and the availability shown by ``p2pmarket hosts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from p2pmarket.dht.records import HostRecord, OfferEntry, host_doc, offer_doc
+
+
+@dataclass(frozen=True)
+class MarketHost:
+    """One host of a market query: its verified record and its offer per asked type."""
+
+    record: HostRecord
+    offers: Mapping[str, OfferEntry]
+
+    @property
+    def node_id(self) -> bytes:
+        return self.record.node_id
+
+
+def efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
+    """Capacity per unit price, exact; a zero price ranks above every positive one."""
+    if entry.price == 0:
+        return (1, Fraction(entry.capacity))
+    return (0, Fraction(entry.capacity, entry.price))
+
+
+def eligible(entry: OfferEntry, min_capacity: int, max_price: int | None) -> bool:
+    return entry.capacity >= min_capacity and (max_price is None or entry.price <= max_price)
+
+
+def candidates(types: Sequence[str], offers: Mapping[str, Iterable[OfferEntry]],
+               min_capacity: int = 0, max_price: int | None = None
+               ) -> list[dict[str, OfferEntry]]:
+    """Per host (offering every type within the filters), its offer per type, best first."""
+    per_host: dict[bytes, dict[str, OfferEntry]] = {}
+    for rtype in types:
+        for entry in offers.get(rtype, ()):
+            if entry.type == rtype and eligible(entry, min_capacity, max_price):
+                per_host.setdefault(entry.node_id, {})[rtype] = entry
+    full = [o for o in per_host.values() if len(o) == len(types)]
+
+    def order(o: dict[str, OfferEntry]) -> tuple[Any, ...]:
+        keys: list[Any] = []
+        for rtype in types:
+            tier, ratio = efficiency(o[rtype])
+            keys += [-tier, -ratio]
+        return (*keys, o[types[0]].node_id)
+
+    return sorted(full, key=order)
+
+
+def select(types: Sequence[str], ranked: Sequence[dict[str, OfferEntry]],
+           records: Mapping[bytes, HostRecord | None], n: int,
+           max_price: int | None = None) -> list[MarketHost]:
+    """The top ``n`` ranked hosts whose records were found and list every type (and,
+    with ``max_price``, whose current record prices are within it too)."""
+    out = []
+    for offers in ranked:
+        node_id = offers[types[0]].node_id
+        record = records.get(node_id)
+        if record is None or not all(t in record.resources for t in types):
+            continue
+        if max_price is not None and any(record.resources[t].price > max_price
+                                         for t in types):
+            continue
+        out.append(MarketHost(record, dict(offers)))
+        if len(out) >= n:
+            break
+    return out
+
+
+def market_doc(host: MarketHost) -> dict[str, Any]:
+    """JSON-friendly row for ``p2pmarket hosts --json`` and the control API."""
+    doc = host_doc(host.record)
+    doc["offers"] = {t: offer_doc(e) for t, e in host.offers.items()}
+    return doc

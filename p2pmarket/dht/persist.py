@@ -1,0 +1,101 @@
+"""What a DHT node keeps across restarts (sqlite through :func:`p2pmarket.files.open_db`).
+
+- ``contacts``: the routing table (node id, address), rewritten on save; a
+  restarted node pings them to rejoin, and they enter the table again only
+  after proving their ids like any new contact.
+- ``own``: the records this node publishes, as the inputs it signs them from
+  (host fields, one row per offered type), so a restarted node republishes
+  them without its owner asking.
+- ``docs``: the documents its host record points to (served over HTTP).
+- ``meta``: the last seq and ts used, so re-signed records never go backwards
+  even if the clock does.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from p2pmarket.files import open_db
+from p2pmarket.wire import WireError, pack, unpack
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS contacts (node_id BLOB PRIMARY KEY, ip TEXT NOT NULL,
+                                     port INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS own (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+MAX_SAVED_CONTACTS = 2000
+
+
+class DhtState:
+    """One node's persisted DHT state. All writes are single transactions."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = open_db(path)
+        with self._db:
+            self._db.executescript(SCHEMA)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("DHT state closed")
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- contacts -------------------------------------------------------------------
+
+    def save_contacts(self, contacts: list[tuple[bytes, str, int]]) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM contacts")
+            self.db.executemany("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?)",
+                                contacts[:MAX_SAVED_CONTACTS])
+
+    def contacts(self) -> list[tuple[bytes, str, int]]:
+        rows = self.db.execute("SELECT node_id, ip, port FROM contacts").fetchall()
+        return [(bytes(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    # -- own records ------------------------------------------------------------------
+
+    def put_own(self, name: str, doc: Any) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO own VALUES (?, ?)", (name, pack(doc)))
+
+    def drop_own(self, name: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM own WHERE name = ?", (name,))
+
+    def own(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, blob in self.db.execute("SELECT name, doc FROM own").fetchall():
+            try:
+                out[str(name)] = unpack(bytes(blob))
+            except WireError:
+                continue  # a damaged row is skipped, the owner publishes it again
+        return out
+
+    def put_doc(self, sha256: bytes, data: bytes) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM docs")  # one document per host record
+            self.db.execute("INSERT INTO docs VALUES (?, ?)", (sha256, data))
+
+    def docs(self) -> dict[bytes, bytes]:
+        rows = self.db.execute("SELECT sha256, data FROM docs").fetchall()
+        return {bytes(r[0]): bytes(r[1]) for r in rows}
+
+    # -- counters -----------------------------------------------------------------------
+
+    def set_meta(self, name: str, value: int) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def meta(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0

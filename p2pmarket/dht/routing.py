@@ -1,0 +1,270 @@
+"""Routing-table fixes over the stock ``kademlia`` table, and the RTT estimator.
+
+Stock faults fixed here (DESIGN.md section 3), each with a test in
+``tests/dht/test_dht_stock_faults.py``:
+
+- ``find_neighbors`` walked buckets with ``TableTraverser``, which stops as soon
+  as the right-hand side runs out while left buckets remain (upstream PR #52)
+  and stops at the first ``k`` nodes *in bucket order*, not the ``k`` closest.
+  :meth:`DhtRoutingTable.find_neighbors` ranks every contact by XOR distance.
+- One missed reply evicted a contact (upstream #23). Here a contact is only
+  removed after ``max_failures`` consecutive misses; a reply clears the count,
+  and contacts with misses are offered after healthy ones.
+- Hygiene: at most ``bucket_cap`` contacts per /24 (IPv6: /48) in a bucket and
+  ``table_cap`` in the whole table (:class:`PrefixPolicy`); loopback is exempt
+  by default so a single machine can run a test network.
+
+:class:`RttTable` keeps a smoothed round-trip time per peer (RFC 6298) and over
+all peers, from which each call's timeout is derived instead of the fixed 5 s.
+Everything here is pure apart from the bucket-head ping the stock table asks
+its protocol for.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kademlia.node import Node
+from kademlia.routing import KBucket, RoutingTable
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class PrefixPolicy:
+    """Per-network-prefix caps (S/Kademlia-style sybil hygiene)."""
+
+    bucket_cap: int = 2
+    table_cap: int = 3
+    offers_cap: int = 4
+    """Entries of one ``offers/<type>`` set whose URL host shares a prefix."""
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+
+    def prefix(self, host: object) -> str | None:
+        """The /24 (IPv6: /48) of ``host``, or None when it is exempt. A name that is
+        not an IP literal is its own prefix."""
+        if not isinstance(host, str):
+            return None
+        return _prefix(self, host)
+
+    def _compute(self, host: str) -> str | None:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return f"name:{host.lower()}"
+        if any(addr in net for net in self.exempt):
+            return None
+        bits = 24 if addr.version == 4 else 48
+        net = ipaddress.ip_network(f"{addr}/{bits}", strict=False)
+        return str(net)
+
+
+@functools.lru_cache(maxsize=16384)
+def _prefix(policy: PrefixPolicy, host: str) -> str | None:
+    return policy._compute(host)
+
+
+RELAXED_SPLIT = False
+
+UNCAPPED = PrefixPolicy(bucket_cap=1 << 30, table_cap=1 << 30, offers_cap=1 << 30)
+
+
+class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
+    """The stock table with the fixes above. ``protocol`` must offer ``ping_head(node)``."""
+
+    def __init__(self, protocol: Any, ksize: int, node: Node, *,
+                 policy: PrefixPolicy | None = None, max_failures: int = 3) -> None:
+        self.policy = policy if policy is not None else PrefixPolicy()
+        self.max_failures = max(1, max_failures)
+        self.failures: dict[bytes, int] = {}
+        self.refused = 0
+        self._cache: list[Node] | None = None
+        super().__init__(protocol, ksize, node)
+
+    # -- contacts ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        super().flush()
+        self._cache = None
+
+    def contacts(self) -> list[Node]:
+        """Every contact (not the replacement caches); cached until the table changes."""
+        if self._cache is None:
+            self._cache = [n for b in self.buckets for n in b.nodes.values()]
+        return self._cache
+
+    def __len__(self) -> int:
+        return len(self.contacts())
+
+    def find(self, node_id: bytes) -> Node | None:
+        bucket = self.buckets[self.get_bucket_for(Node(node_id))]
+        found: Node | None = bucket.nodes.get(node_id)
+        return found
+
+    def _prefix_counts(self, prefix: str, bucket: KBucket) -> tuple[int, int]:
+        in_bucket = in_table = 0
+        for b in self.buckets:
+            for n in (*b.nodes.values(), *b.replacement_nodes.values()):
+                if self.policy.prefix(n.ip) == prefix:
+                    in_table += 1
+                    if b is bucket:
+                        in_bucket += 1
+        return in_bucket, in_table
+
+    def allows(self, node: Node) -> bool:
+        """Whether ``node`` may enter: known ids always may (they are refreshed)."""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
+        if known is not None and known.ip == node.ip:
+            return True
+        prefix = self.policy.prefix(node.ip)
+        if prefix is None:
+            return True
+        in_bucket, in_table = self._prefix_counts(prefix, bucket)
+        return in_bucket < self.policy.bucket_cap and in_table < self.policy.table_cap
+
+    def has_room(self, node: Node) -> bool:
+        """Whether ``node`` could enter the table now (its bucket has room or may split)
+        rather than only its bucket's replacement cache."""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        return len(bucket) < self.ksize or self._splittable(bucket)
+
+    def _splittable(self, bucket: KBucket) -> bool:
+        # the paper's rule (and the stock one): the bucket holding our own id, or one
+        # whose contacts share a prefix whose length is not 0 mod 5 (section 4.2)
+        return bool(bucket.has_in_range(self.node)) or (
+            RELAXED_SPLIT and bucket.depth() % 5 != 0)
+
+    def add_contact(self, node: Node) -> bool:
+        """Add or refresh ``node``; False if a prefix cap refused it."""
+        if node.id == self.node.id:
+            return False
+        if not self.allows(node):
+            self.refused += 1
+            return False
+        self._add(node)
+        return True
+
+    def _add(self, node: Node) -> None:
+        index = self.get_bucket_for(node)
+        bucket = self.buckets[index]
+        known = bucket.nodes.get(node.id)
+        if known is None or not known.same_home_as(node):
+            self._cache = None
+        if bucket.add_node(node):
+            return
+        if self._splittable(bucket):
+            self.split_bucket(index)
+            self._add(node)
+        else:
+            # the stock table pings the least recently seen contact; it is evicted only
+            # after max_failures missed replies, and its replacement then promoted
+            self.protocol.ping_head(bucket.head())
+
+    def remove_contact(self, node: Node) -> None:
+        self.failures.pop(node.id, None)
+        self._cache = None
+        super().remove_contact(node)
+
+    def record_failure(self, node: Node) -> bool:
+        """Count a missed reply; True when that evicted the contact."""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        if node.id not in bucket.nodes and node.id not in bucket.replacement_nodes:
+            return False
+        misses = self.failures.get(node.id, 0) + 1
+        if misses >= self.max_failures:
+            self.remove_contact(node)
+            return True
+        self.failures[node.id] = misses
+        return False
+
+    def record_success(self, node: Node) -> None:
+        self.failures.pop(node.id, None)
+
+    # -- neighbours ------------------------------------------------------------------
+
+    def find_neighbors(self, node: Node, k: int | None = None,
+                       exclude: Node | None = None) -> list[Node]:
+        """The ``k`` closest contacts to ``node`` by XOR distance. Contacts that missed
+        their last reply come after every healthy one."""
+        k = k or self.ksize
+        self.buckets[self.get_bucket_for(node)].touch_last_updated()
+        target = node.long_id
+        contacts = self.contacts()
+        dists = [c.long_id ^ target for c in contacts]
+        ranked = sorted(range(len(contacts)), key=dists.__getitem__)
+        best: list[Node] = []
+        shaky: list[Node] = []
+        for i in ranked:
+            contact = contacts[i]
+            if contact.id == node.id or (exclude is not None and contact.same_home_as(exclude)):
+                continue
+            if contact.id in self.failures:
+                shaky.append(contact)
+                continue
+            best.append(contact)
+            if len(best) >= k:
+                return best
+        return best + shaky[: k - len(best)]
+
+
+# -- round-trip times --------------------------------------------------------------
+
+@dataclass
+class _Rtt:
+    srtt: float
+    rttvar: float
+
+
+@dataclass
+class RttTable:
+    """Smoothed RTT per peer address and over all peers (RFC 6298 constants).
+
+    :meth:`soft` is how long a lookup waits for a peer before it stops counting it
+    and asks another (the call stays open); :meth:`hard` is when the call gives up.
+    """
+
+    initial: float = 1.0
+    min_soft: float = 0.05
+    max_hard: float = 5.0
+    min_hard: float = 0.5
+    capacity: int = 4096
+    peers: OrderedDict[tuple[str, int], _Rtt] = field(default_factory=OrderedDict)
+    overall: _Rtt | None = None
+    samples: int = 0
+
+    @staticmethod
+    def _update(est: _Rtt | None, rtt: float) -> _Rtt:
+        if est is None:
+            return _Rtt(rtt, rtt / 2)
+        est.rttvar = 0.75 * est.rttvar + 0.25 * abs(est.srtt - rtt)
+        est.srtt = 0.875 * est.srtt + 0.125 * rtt
+        return est
+
+    def observe(self, addr: tuple[str, int], rtt: float) -> None:
+        rtt = max(0.0, rtt)
+        self.samples += 1
+        self.overall = self._update(self.overall, rtt)
+        self.peers[addr] = self._update(self.peers.pop(addr, None), rtt)
+        while len(self.peers) > self.capacity:
+            self.peers.popitem(last=False)
+
+    def _estimate(self, addr: tuple[str, int]) -> float:
+        est = self.peers.get(addr) or self.overall
+        if est is None:
+            return self.initial
+        return est.srtt + 4 * est.rttvar
+
+    def soft(self, addr: tuple[str, int]) -> float:
+        return min(self.max_hard, max(self.min_soft, self._estimate(addr)))
+
+    def hard(self, addr: tuple[str, int]) -> float:
+        return min(self.max_hard, max(self.min_hard, 4 * self.soft(addr)))
+
+    def known(self, addrs: Iterable[tuple[str, int]]) -> int:
+        return sum(1 for a in addrs if a in self.peers)
