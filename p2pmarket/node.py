@@ -178,7 +178,7 @@ class Node:
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
                  if (b.host, b.dht_port) != (self.settings.public_host, self.dht.port)]
         had_contacts = False
-        await self.dht.bootstrap(peers)   # also rejoins through contacts saved last run
+        first = True
         while True:
             contacts = self.dht.contact_count() > 0
             try:
@@ -189,8 +189,10 @@ class Node:
             had_contacts = contacts
             if now_us() - self._availability_saved > AVAILABILITY_SAVE_US:
                 self._save_availability(now_us())
-            if peers and not contacts:
-                if await self.dht.bootstrap(peers) == 0:
+            if first or (peers and not contacts):
+                # the first call also rejoins through the contacts saved last run
+                first = False
+                if await self.dht.bootstrap(peers) == 0 and peers:
                     await asyncio.sleep(RETRY_S[1])
             else:
                 with contextlib.suppress(TimeoutError):
