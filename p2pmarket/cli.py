@@ -30,6 +30,10 @@ EXAMPLES = {
   p2pmarket wallet history --json""",
     "bank": """examples:
   p2pmarket bank mint --mint-wallet run/testnet/mint --to 3f9a…(64 hex) --amount 100""",
+    "audit": """examples:
+  p2pmarket audit status --data-dir run/testnet/node2
+  p2pmarket audit status 3f9a…(host key or node id) --wallet run/demo/wallet
+  p2pmarket audit verify proof.bin --host 3f9a…""",
     "ledger": """examples:
   p2pmarket ledger supply --genesis run/testnet/genesis.json
   p2pmarket ledger supply --json""",
@@ -121,6 +125,22 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--genesis", type=Path, help="genesis file (default: the wallet's)")
     json_opt(ls)
 
+    au = cmd("audit", "PeerReview: what witnesses know about hosts; check a proof offline.")
+    asub = au.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ast = asub.add_parser("status", help="witness states (trusted, suspected, exposed): from "
+                          "your own node (--data-dir), or from HOST's witnesses in the DHT",
+                          epilog=EXAMPLES["audit"], formatter_class=fmt)
+    ast.add_argument("host", nargs="?", help="host public key or node id (hex)")
+    ast.add_argument("--data-dir", type=Path, help="ask this running node (a witness)")
+    wallet_opt(ast)
+    ast.add_argument("--genesis", type=Path, help="genesis file (default: the wallet's)")
+    json_opt(ast)
+    av = asub.add_parser("verify", help="check a proof of misbehaviour offline",
+                         epilog=EXAMPLES["audit"], formatter_class=fmt)
+    av.add_argument("proof_file", type=Path, help="the proof: raw bytes or hex")
+    av.add_argument("--host", help="the host it must be against (hex key or node id)")
+    json_opt(av)
+
     buy = cmd("buy", "Buy resources: find hosts, fund them, bid, verify the leases.")
     wallet_opt(buy)
     buy.add_argument("bids", nargs="+", metavar="BID",
@@ -193,6 +213,8 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("wallet", "balance"): commands.wallet_balance,
     ("wallet", "history"): commands.wallet_history,
     ("ledger", "supply"): commands.ledger_supply,
+    ("audit", "status"): commands.audit_status,
+    ("audit", "verify"): commands.audit_verify,
     ("bank", "mint"): commands.bank_mint,
     ("buy", None): commands.buy,
     ("hosts", None): commands.hosts,

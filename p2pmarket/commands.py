@@ -24,9 +24,11 @@ from p2pmarket.client.walletdir import WalletDir, default_wallet_path
 from p2pmarket.config import DataDir, Genesis
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.lease import Lease
-from p2pmarket.identity import Identity, parse_public_key
+from p2pmarket.identity import Identity, node_id_of, parse_public_key
+from p2pmarket.ledger.auditcli import proof_lines, status_lines, verify_file
 from p2pmarket.ledger.supply import network_supply
 from p2pmarket.ledger.wallet import PeerTransport
+from p2pmarket.ledger.witness import witness_key
 from p2pmarket.money import format_credits, parse_credits
 
 out = Console(highlight=False, soft_wrap=True,
@@ -207,6 +209,54 @@ async def ledger_supply(args: argparse.Namespace) -> int:
         table.add_row(r["notary"][:16], *figures, status)
     out.print(table)
     return errors
+
+
+async def audit_status(args: argparse.Namespace) -> int:
+    """From our own node (a witness), or straight from the host's witnesses."""
+    if args.data_dir is not None:
+        doc = await ControlClient(DataDir(args.data_dir)).call(
+            "audit_status", {"host": args.host} if args.host else {})
+        docs = [("this node", doc)]
+    else:
+        if not args.host:
+            raise P2PMarketError("name a HOST, or ask your own node with --data-dir")
+        host = bytes.fromhex(args.host) if all(
+            c in "0123456789abcdefABCDEF" for c in args.host) else b""
+        if len(host) not in (20, 32):
+            raise P2PMarketError("HOST must be a hex public key or node id", args.host)
+        host_id = host if len(host) == 20 else node_id_of(host)
+        genesis = Genesis.load(args.genesis) if args.genesis else wallet_dir(args).genesis()
+        docs = []
+        async with Market(genesis) as market, PeerClient(Identity.generate(),
+                                                           timeout_s=5) as client:
+            for peer in await market.directory().closest(witness_key(host_id), 4):
+                try:
+                    docs.append((peer.url, await client.call(
+                        peer.url, peer.key, "witness.status", {"host": host_id})))
+                except P2PMarketError as exc:
+                    docs.append((peer.url, {"hosts": [], "error": exc.message}))
+    if args.json:
+        dump({"witnesses": [{"witness": w, **d} for w, d in docs]})
+        return 0
+    for witness, doc in docs:
+        out.print(f"[bold]{witness}[/bold]" + (f": {doc['error']}" if "error" in doc else ""))
+        for line in status_lines(doc):
+            out.print("  " + line)
+    return 0
+
+
+async def audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 for a valid proof, 1 (one error) for an invalid one."""
+    try:
+        summary = verify_file(args.proof_file, args.host)
+    except FileNotFoundError:
+        raise P2PMarketError(f"no proof file at {args.proof_file}") from None
+    if args.json:
+        dump(summary)
+    else:
+        for line in proof_lines(summary):
+            out.print(line)
+    return 0
 
 
 async def bank_mint(args: argparse.Namespace) -> int:

@@ -151,6 +151,11 @@ class DataDir:
         return self.root / "audit.sqlite"
 
     @property
+    def evidence_db(self) -> Path:
+        """Proofs of misbehaviour this node holds (as a witness or a reader)."""
+        return self.root / "evidence.sqlite"
+
+    @property
     def dht_db(self) -> Path:
         return self.root / "dht.sqlite"
 
@@ -193,6 +198,7 @@ class Settings:
     vmm_uri: str = "test:///default"
     tick_seconds: float = 1.0
     republish_seconds: float = 600.0
+    audit_seconds: float = 10.0
     cpu_mhz: int = 4000
     memory_kib: int = 4 * 1024 * 1024
     min_price: int = 1

@@ -34,12 +34,16 @@ from p2pmarket.host.control import control_handlers as host_control_handlers
 from p2pmarket.host.control import upload_route
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.identity import Identity
+from p2pmarket.ledger.auditcli import control_handlers as audit_control_handlers
 from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.evidence import EvidenceStore
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.witness import Peer, WitnessService
 from p2pmarket.market import Availability, PriceHistory, moved
+from p2pmarket.witnessing import DhtHostLocator, DhtWitnessDirectory
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 COLLECT_S = 30.0
+READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log"})
 AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
 
 
@@ -59,9 +64,12 @@ class Node:
         self.identity = identity
         self.dispatcher = RpcDispatcher(identity)
         self.peers = PeerClient(identity)
+        self.evidence = EvidenceStore(data_dir.evidence_db)
         self.notary: NotaryService | None = None
         if identity.public_key in genesis.notary_keys:
-            self.notary = NotaryService(identity, genesis, data_dir.notary_db)
+            # notaries refuse new entries from owners with a valid proof against them
+            self.notary = NotaryService(identity, genesis, data_dir.notary_db,
+                                        shun=self.evidence.is_exposed)
             self.dispatcher.register_all("notary", self.notary.handlers())
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
@@ -73,9 +81,16 @@ class Node:
                                      refund_payment=self.refund_payment)
         self.market_changed = asyncio.Event()
         self.dispatcher.register_all("host", {
-            name: self._then_readvertise(h) for name, h in self.auctioneer.handlers().items()})
+            name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
+            for name, h in self.auctioneer.handlers().items()})
         self.dht = DhtNode(identity, genesis, url=settings.url,
                            republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
+        self.witness = WitnessService(
+            identity, self.peers, self.evidence,
+            directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
+                                                         settings.url)),
+            locator=DhtHostLocator(self.dht), period_s=settings.audit_seconds)
+        self.dispatcher.register_all("witness", self.witness.handlers())
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
             upload_route(self.auctioneer), *gateway_routes(self.dht)]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
@@ -102,6 +117,7 @@ class Node:
         }).encode())
         self._tasks = [asyncio.create_task(self._open_chain(), name="open-chain"),
                        asyncio.create_task(self._collect_payments(), name="collect"),
+                       asyncio.create_task(self.witness.run(), name="witness"),
                        asyncio.create_task(self._advertise(), name="advertise"),
                        asyncio.create_task(self.auctioneer.run(), name="auction")]
         log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
@@ -126,6 +142,7 @@ class Node:
         self.chain.close()
         if self.notary is not None:
             self.notary.close()
+        self.evidence.close()
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
@@ -299,7 +316,8 @@ class Node:
             return {"history": self.wallet.history()}
 
         return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
-                "history": history, **host_control_handlers(self.auctioneer)}
+                "history": history, **host_control_handlers(self.auctioneer),
+                **audit_control_handlers(self.witness)}
 
 
 def _read_json(path: Path) -> Any:

@@ -131,6 +131,13 @@ def test_mint_buy_and_check_everything(market: Market) -> None:
     assert history[-1]["balance"] == MINTED - paid
     assert all(e["certified"] for e in history)
 
+    # the buyer handed the host's signed log commitment to the host's witnesses
+    witnesses = cli_json("audit", "status", host_key.hex(), "--wallet", market.wallet)
+    holding = [h for w in witnesses["witnesses"] for h in w.get("hosts", [])
+               if h.get("held", 0) >= 1]
+    assert holding, witnesses
+    assert all(h["state"] != "exposed" for h in holding)
+
     # the buyer can fetch the current lease again at any time
     leases = cli_json("leases", "--wallet", market.wallet)["leases"]
     assert [entry["source"] for entry in leases] == ["current"]

@@ -9,6 +9,7 @@ are kept in the wallet dir; ``refresh_leases`` fetches their current versions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from p2pmarket.host.resources import BidSpec, parse_bids
 from p2pmarket.identity import node_id_of
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.witness import push_to_witnesses
 from p2pmarket.wire import Envelope, pack, unpack
 
 Progress = Callable[[str], None]
+PUSH_TIMEOUT_S = 10.0
 
 
 class BuyError(P2PMarketError):
@@ -92,29 +95,47 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         progress(f"looking up hosts offering {', '.join(types)} in the DHT")
         async with Market(genesis) as market:
             hosts = await market.hosts(types, limit=max(20, max_hosts))
-        if not hosts:
-            raise BuyError(f"no host offers {', '.join(types)}", types)
-        bids = plan(hosts, primary, budget, interval_s, max_hosts)
-        by_id = {h.node_id: h for h in hosts}
-        wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
-        purchases = []
-        for node_id, amount in bids.items():
-            host = by_id[node_id]
-            progress(f"paying {amount} µcredits to host {node_id.hex()[:12]}")
-            cert = await wallet.send(host.key, amount, memo=f"fund account at {node_id.hex()}")
-            pending = {"host_key": host.key.hex(), "url": host.record.url,
-                       "payment": pack(cert.to_wire()).hex(), "bids": wire_bids,
-                       "interval_s": interval_s}
-            wdir.set_pending(cert.entry.hash().hex(), pending)   # durable before the host
-            progress(f"opening an account at {host.record.url}")
-            account_id, lease, envelope = await open_account(client, wdir, wallet.key,
-                                                             cert.entry.hash().hex(), pending)
-            purchases.append(Purchase(host, amount, account_id, lease, envelope))
+            if not hosts:
+                raise BuyError(f"no host offers {', '.join(types)}", types)
+            bids = plan(hosts, primary, budget, interval_s, max_hosts)
+            by_id = {h.node_id: h for h in hosts}
+            wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
+            purchases = []
+            for node_id, amount in bids.items():
+                host = by_id[node_id]
+                progress(f"paying {amount} µcredits to host {node_id.hex()[:12]}")
+                cert = await wallet.send(host.key, amount,
+                                         memo=f"fund account at {node_id.hex()}")
+                pending = {"host_key": host.key.hex(), "url": host.record.url,
+                           "payment": pack(cert.to_wire()).hex(), "bids": wire_bids,
+                           "interval_s": interval_s}
+                wdir.set_pending(cert.entry.hash().hex(), pending)  # durable before the host
+                progress(f"opening an account at {host.record.url}")
+                account_id, lease, envelope, audit = await open_account(
+                    client, wdir, wallet.key, cert.entry.hash().hex(), pending)
+                progress("handing the host's signed log commitment to its witnesses")
+                await push_audit(client, market, host.key, audit, host.record.url)
+                purchases.append(Purchase(host, amount, account_id, lease, envelope))
         return purchases
 
 
+async def push_audit(client: PeerClient, market: Market, host_key: bytes,
+                     audit: Any, url: str) -> int:
+    """Best effort: give the host's witnesses the authenticator of its reply, so they can
+    hold the host to the log it committed to (DESIGN.md section 5). Returns how many
+    witnesses took it; a failure never fails the purchase."""
+    if not isinstance(audit, dict):
+        return 0
+    try:
+        return await asyncio.wait_for(
+            push_to_witnesses(client, market.directory(), host_key, [audit], url),
+            PUSH_TIMEOUT_S)
+    except (TimeoutError, P2PMarketError):
+        return 0
+
+
 async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, payment_id: str,
-                       pending: dict[str, Any]) -> tuple[str, Lease, bytes]:
+                       pending: dict[str, Any]) -> tuple[str, Lease, bytes, Any]:
     """Ask the host to open the account a payment was made for; record the lease and
     forget the pending purchase. Safe to repeat: hosts answer a repeated payment with
     the account it already funded."""
@@ -131,7 +152,7 @@ async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, payme
     wdir.save_lease(lease.lease_id, {"host_key": pending["host_key"], "url": pending["url"],
                                      "account_id": account_id, "lease": envelope.hex()})
     wdir.set_pending(payment_id, None)
-    return account_id, lease, envelope
+    return account_id, lease, envelope, reply.get("audit")
 
 
 async def resume_pending(wdir: WalletDir,
@@ -146,8 +167,8 @@ async def resume_pending(wdir: WalletDir,
         for payment_id, record in pending.items():
             progress(f"finishing an earlier purchase at {record['url']}")
             try:
-                account_id, _, _ = await open_account(client, wdir, wdir.identity().public_key,
-                                                      payment_id, record)
+                account_id, _, _, _ = await open_account(
+                    client, wdir, wdir.identity().public_key, payment_id, record)
                 outcomes.append((payment_id, f"account {account_id} opened"))
             except P2PMarketError as exc:
                 outcomes.append((payment_id, f"still pending: {exc.message}"))
@@ -158,6 +179,7 @@ async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | 
     """Each stored lease with its current verified version (or the error that stopped it)."""
     identity = wdir.identity()
     out: list[tuple[dict[str, str], Lease | None, str]] = []
+    audits: list[tuple[bytes, Any, str]] = []
     async with PeerClient(identity, timeout_s=5) as client:
         for record in wdir.leases().values():
             host_key = bytes.fromhex(record["host_key"])
@@ -167,6 +189,7 @@ async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | 
                 env = Envelope.from_wire(reply.get("lease"))
                 lease = verify_lease(env, host_key)
                 wdir.save_lease(lease.lease_id, {**record, "lease": pack(env.to_wire()).hex()})
+                audits.append((host_key, reply.get("audit"), record["url"]))
                 out.append((record, lease, "current"))
             except P2PMarketError as exc:
                 try:
@@ -174,4 +197,9 @@ async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | 
                 except (P2PMarketError, ValueError):
                     lease = None
                 out.append((record, lease, f"stored copy ({exc.message})"))
+        if audits:
+            with contextlib.suppress(P2PMarketError, TimeoutError):
+                async with Market(wdir.genesis()) as market:
+                    for host_key, audit, url in audits:
+                        await push_audit(client, market, host_key, audit, url)
     return out

@@ -19,6 +19,7 @@ from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import HostRecord
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.identity import Identity
+from p2pmarket.witnessing import DhtWitnessDirectory
 
 LOOKUP_TIMEOUT_S = 20.0
 
@@ -72,6 +73,10 @@ class Market:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.dht.close()
+
+    def directory(self) -> DhtWitnessDirectory:
+        """Where hosts' witnesses are (for pushing their log commitments)."""
+        return DhtWitnessDirectory(self.dht)
 
     async def hosts(self, types: list[str], limit: int = 20, min_capacity: int = 0,
                     max_price: int | None = None) -> list[HostView]:

@@ -200,6 +200,41 @@ class AccountStore:
         except sqlite3.IntegrityError as exc:
             raise HostError("account store refused the change", str(exc)) from None
 
+    def commit(self, accounts: Iterable[Account], payments: Iterable[tuple[bytes, str, int]],
+               refunds: Iterable[Refund], settings: Mapping[str, Any]) -> None:
+        """Write a whole auctioneer step (accounts, new payments, new refunds, settings)
+        in one durable transaction."""
+        rows = [(a.account_id, a.holder, a.fund, a.interval_end_us,
+                 pack(terms_to_doc(a.bids)), pack(dict(a.allocation)), a.created_us,
+                 None if a.lease is None else pack(dict(a.lease)), a.contingency,
+                 a.contingency_ppm, a.state) for a in accounts]
+        try:
+            with self.conn:
+                self.conn.executemany(
+                    f"INSERT OR REPLACE INTO accounts ({_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self.conn.executemany(
+                    "INSERT INTO payments (id, account_id, amount) VALUES (?, ?, ?)",
+                    list(payments))
+                self.conn.executemany(
+                    "INSERT INTO refunds (id, account_id, holder, amount, memo, status, "
+                    "result, created_us) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                    [(r.refund_id, r.account_id, r.holder, r.amount, r.memo, r.status,
+                      r.created_us) for r in refunds])
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                    [(k, pack(v)) for k, v in settings.items()])
+        except sqlite3.IntegrityError as exc:
+            raise HostError("account store refused the change", str(exc)) from None
+
+    def payments(self) -> list[tuple[bytes, str, int]]:
+        """Every payment ``(id, account_id, amount)`` in the order they were recorded."""
+        return _ordered_payments(self.conn)
+
+    def refunds(self) -> list[Refund]:
+        """Every refund in the order they were recorded."""
+        return _ordered_refunds(self.conn)
+
     def delete(self, account_id: str) -> None:
         with self.conn:
             self.conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
@@ -252,3 +287,15 @@ def _from_row(row: tuple[Any, ...]) -> Account:
         allocation={str(k): int(v) for k, v in unpack(allocation).items()},
         lease=None if lease is None else unpack(lease), contingency=int(contingency),
         contingency_ppm=int(cppm), state=str(state))
+
+
+def _ordered_payments(conn: sqlite3.Connection) -> list[tuple[bytes, str, int]]:
+    rows = conn.execute("SELECT id, account_id, amount FROM payments ORDER BY rowid").fetchall()
+    return [(bytes(i), str(a), int(n)) for i, a, n in rows]
+
+
+def _ordered_refunds(conn: sqlite3.Connection) -> list[Refund]:
+    rows = conn.execute(
+        "SELECT id, account_id, holder, amount, memo, status, result, created_us "
+        "FROM refunds ORDER BY rowid").fetchall()
+    return [_refund(r) for r in rows]

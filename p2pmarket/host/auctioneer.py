@@ -22,6 +22,8 @@ carries ``audit``: the authenticator of the audit-log entry that recorded it.
   injected ``refund_payment``; if paying fails the refund stays ``pending`` and
   is retried every tick. A retry with the same ``refund_id`` answers again.
 - ``status {}`` -> ``{accounts: [ACCOUNT...]}``; ``lease {account_id}`` -> ``{lease}``.
+- ``audit_log {since?: int, limit?: int}`` -> ``{entries: [bytes], sigs: [bytes], head}``:
+  the audit log for the host's witnesses (:func:`audit_log_segment`).
 
 ``BIDS`` is ``{"cpu": [weight_ppm, min, max] | "w,min,max", "tcp_port,30000": ...}``
 (see :mod:`p2pmarket.host.resources`); ``RATIO`` a decimal string (``"0.2"``) or
@@ -32,14 +34,23 @@ A bid or refund after which the bidder would at once lose a claim (below its
 min, or its disk) or have its running VM shut down is refused; losing a unique
 resource never is. Allocation runs on every accepted change (no charge) and
 every tick (charges).
+
+Every decision is made by the pure transitions of :mod:`p2pmarket.host.steps` on
+the :class:`~p2pmarket.host.machine.HostState` value; this class only does the
+I/O around them: it verifies payments (``accept_payment``) before the step and
+logs the outcome as part of the input, logs each input with its outputs in one
+durable append to the audit log (a write-ahead log: the store records the last
+applied seq in the same transaction as the state, and a restart replays what the
+store missed), signs leases with the authenticator of their ``out.lease`` entry,
+pays refunds and drives the VMM. The log starts with ``in.genesis`` (the state
+snapshot), so a witness can replay it from seq 0 (DESIGN.md section 5).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -47,44 +58,42 @@ from p2pmarket.api.rpc import CallContext, Handler, now_us
 from p2pmarket.config import Settings
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host import HostError
-from p2pmarket.host.accounts import (
-    ACTIVE,
-    CLOSED,
-    EXPIRED,
-    Account,
-    AccountStore,
-    Payment,
-    Refund,
-)
-from p2pmarket.host.allocator import (
-    DEFAULT_LONG_INTERVAL_US,
-    US_PER_S,
-    AccountState,
-    AllocationResult,
-    Bid,
-    Book,
-    build_book,
-    run_tick,
-)
+from p2pmarket.host.accounts import CLOSED, Account, AccountStore, Payment, Refund
+from p2pmarket.host.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
 from p2pmarket.host.hostconfig import HostConfig
-from p2pmarket.host.lease import Lease, ResourceTerm, sign_lease
-from p2pmarket.host.resources import PPM, BidSpec, BidTerm, apply_spec, bids_from_wire
-from p2pmarket.host.rpcargs import account_id_arg, check_args, interval_arg, ratio_arg
+from p2pmarket.host.lease import sign_lease
+from p2pmarket.host.machine import (
+    ZERO,
+    HostState,
+    evaluate,
+    lease_terms,
+    new_state,
+    resolved,
+    snapshot,
+    terms_digest,
+    unique_offered,
+)
+from p2pmarket.host.rpcargs import check_args
+from p2pmarket.host.steps import GENESIS, INPUTS, Step, error_doc, precheck, settings_body, step
 from p2pmarket.host.vmm.base import VMM
 from p2pmarket.host.vmmsync import VmmSync
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.auditlog import AuditLog
-from p2pmarket.wire import digest, pack
+from p2pmarket.ledger.chain import Authenticator
+from p2pmarket.wire import WireError, digest, pack
 
 log = logging.getLogger(__name__)
 
 # Verifies a payment certificate and credits the host's own chain. It must be
 # idempotent (the same certificate twice gives the same Payment and credits once):
-# single use per account is enforced here, through the store's payments table.
+# single use per account is enforced here, through the payments table.
 AcceptPayment = Callable[[bytes, dict[str, Any]], Awaitable[Payment]]
 # Pays ``amount`` back to ``holder`` with a certified transfer and returns the
 # certificate's wire form. Must be idempotent per ``memo`` (it names the refund).
 RefundPayment = Callable[[bytes, int, str], Awaitable[dict[str, Any]]]
+
+STATE_KEY = "audit.state"
+MAX_SEGMENT = 2000
 
 
 def domain_prefix(identity: Identity) -> str:
@@ -105,220 +114,149 @@ class Auctioneer:
         self.refund_payment = refund_payment
         self.clock = clock
         self.audit = audit if audit is not None else AuditLog(":memory:", identity)
-        self.long_interval_us = long_interval_us
-        self.config = HostConfig.load(store, settings)
-        self.tick_us = max(1, int(settings.tick_seconds * US_PER_S))
-        self._accounts: dict[str, Account] = {a.account_id: a for a in store.all()
-                                              if a.state != CLOSED}
         self._lock = asyncio.Lock()
-        self._book: Book | None = None
         self._last: AllocationResult | None = None
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._paying: set[str] = set()
+        self._leases: dict[str, dict[str, Any]] = {}
         self.sync = VmmSync(vmm)
+        self.state = self._restore(settings, long_interval_us)
+        self._start(HostConfig.load(store, settings),
+                    max(1, int(settings.tick_seconds * US_PER_S)), long_interval_us)
+
+    @property
+    def config(self) -> HostConfig:
+        return self.state.config
+
+    @property
+    def tick_us(self) -> int:
+        return self.state.tick_us
+
+    @property
+    def long_interval_us(self) -> int:
+        return self.state.long_us
 
     @property
     def capacities(self) -> dict[str, int]:
-        return {r: c for r, c in self.config.capacities.items() if c > 0}
+        return self.state.capacities
 
     # -- RPC handlers ----------------------------------------------------------------
 
     def handlers(self) -> dict[str, Handler]:
         return {"create_account": self.create_account, "bid": self.bid, "fund": self.fund,
-                "refund": self.refund, "status": self.status, "lease": self.lease}
+                "refund": self.refund, "status": self.status, "lease": self.lease,
+                "audit_log": self.audit_log}
 
     async def create_account(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        self._log_in("create_account", ctx, args)
-        check_args(args, {"payment", "bids", "interval_s"}, {"contingency"})
-        interval_us = interval_arg(args["interval_s"])
-        cr = ratio_arg(args.get("contingency", 0))
-        if not isinstance(args["payment"], dict):
-            raise HostError("payment must be a certificate map", type(args["payment"]).__name__)
-        terms = self._terms(bids_from_wire(args["bids"]), {})
-        async with self._lock:
-            payment = await self._checked_payment(ctx, args["payment"])
-            funded = self.store.payment_account(payment.payment_id)
-            if funded is not None:  # a retry (e.g. after our crash): answer it again
-                self._own(ctx, funded, "payment already used for another account")
-                return self._reply("create_account", {"account_id": funded,
-                                                      "lease": self._lease(funded)})
-            now = self.clock()
-            cont = payment.amount * cr // PPM
-            account = Account(account_id=secrets.token_hex(8), holder=ctx.sender,
-                              fund=payment.amount - cont, contingency=cont, contingency_ppm=cr,
-                              interval_end_us=now + interval_us, created_us=now, bids=terms)
-            try:
-                new = self._reallocate(account, now, was_running=False)
-            except HostError as exc:
-                # the money is ours now: keep it in a bid-less account for the buyer
-                account = replace(account, bids={})
-                self._commit(self._reallocate(account, now, was_running=False),
-                             (payment, account.account_id))
-                self._log_out("create_account", {"error": exc.message,
-                                                 "account_id": account.account_id})
-                raise HostError(f"{exc.message}; the payment is kept in account "
-                                f"{account.account_id}, which has no bids",
-                                {"account_id": account.account_id, "cause": exc.value}) from None
-            self._commit(new, (payment, account.account_id))
-            lease = self._lease(account.account_id)
-        await self.sync_vmm()
-        return self._reply("create_account", {"account_id": account.account_id, "lease": lease})
+        st, auth = await self._call("create_account", ctx, args, payment=True)
+        return self._leased_reply(st, auth)
 
     async def bid(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        self._log_in("bid", ctx, args)
-        check_args(args, {"account_id", "bids"}, {"interval_s", "replace", "contingency"})
-        account_id = account_id_arg(args["account_id"])
-        interval_us = None if args.get("interval_s") is None else interval_arg(args["interval_s"])
-        cr_arg = args.get("contingency")
-        cr = None if cr_arg is None else ratio_arg(cr_arg)
-        replace_all = args.get("replace", False)
-        if not isinstance(replace_all, bool):
-            raise HostError("replace must be true or false", repr(replace_all)[:40])
-        specs = bids_from_wire(args["bids"])
-        async with self._lock:
-            account = self._own(ctx, account_id)
-            terms = self._terms(specs, {} if replace_all else dict(account.bids))
-            if not replace_all:
-                terms = {**account.bids, **terms}
-            now = self.clock()
-            end = account.interval_end_us if interval_us is None else now + interval_us
-            ratio = account.contingency_ppm if cr is None else cr
-            state = ACTIVE if interval_us is not None else account.state
-            if (terms == dict(account.bids) and end == account.interval_end_us
-                    and ratio == account.contingency_ppm and state == account.state):
-                # identical bid (1/17): nothing changes, contingency included
-                return self._reply("bid", {"account_id": account_id,
-                                           "lease": self._lease(account_id)})
-            total = account.money
-            cont = total * ratio // PPM   # recomputed on every bid change (1/17)
-            changed = replace(account, bids=terms, interval_end_us=end, contingency_ppm=ratio,
-                              fund=total - cont, contingency=cont, state=state)
-            new = self._reallocate(changed, now, was_running=self._running(account))
-            self._commit(new)
-            lease = self._lease(account_id)
-        await self.sync_vmm()
-        return self._reply("bid", {"account_id": account_id, "lease": lease})
+        st, auth = await self._call("bid", ctx, args)
+        return self._leased_reply(st, auth)
 
     async def fund(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        self._log_in("fund", ctx, args)
-        check_args(args, {"account_id", "payment"})
-        account_id = account_id_arg(args["account_id"])
-        if not isinstance(args["payment"], dict):
-            raise HostError("payment must be a certificate map", type(args["payment"]).__name__)
-        async with self._lock:
-            account = self._own(ctx, account_id)
-            payment = await self._checked_payment(ctx, args["payment"])
-            funded = self.store.payment_account(payment.payment_id)
-            if funded == account_id:  # a retry: the money is already in
-                return self._reply("fund", {"account_id": account_id, "amount": payment.amount,
-                                            "balance": account.money,
-                                            "lease": self._lease(account_id)})
-            if funded is not None:
-                raise HostError("payment already used for another account", "used")
-            amount = payment.amount
-            now = self.clock()
-            cont = amount * account.contingency_ppm // PPM
-            richer = replace(account, fund=account.fund + amount - cont,
-                             contingency=account.contingency + cont)
-            # more money never lowers the funder's share: nothing here can refuse it
-            accounts = {**self._accounts, account_id: richer}
-            self._commit(self._settle(accounts, self._evaluate(accounts, now)),
-                         (payment, account_id))
-            lease = self._lease(account_id)
-        await self.sync_vmm()
-        return self._reply("fund", {"account_id": account_id, "amount": amount,
-                                    "balance": self._accounts[account_id].money, "lease": lease})
+        st, auth = await self._call("fund", ctx, args, payment=True)
+        return self._leased_reply(st, auth)
+
+    async def lease(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        st, auth = await self._call("lease", ctx, args)
+        return self._leased_reply(st, auth)
 
     async def refund(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        self._log_in("refund", ctx, args)
-        check_args(args, {"account_id"}, {"amount", "close", "refund_id"})
-        account_id = account_id_arg(args["account_id"])
-        close = args.get("close", False)
-        if not isinstance(close, bool):
-            raise HostError("close must be true or false", repr(close)[:40])
-        refund_id = args.get("refund_id") or secrets.token_hex(8)
-        if not isinstance(refund_id, str) or not 0 < len(refund_id) <= 64 or not all(
-                c.isalnum() or c in "-_" for c in refund_id):
-            raise HostError("refund_id must be a short string of letters, digits, - or _",
-                            repr(refund_id)[:40])
-        amount = args.get("amount")
-        if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)
-                                   or amount <= 0):
-            raise HostError("amount must be a positive integer (micro-credits)",
-                            repr(amount)[:40])
-        if amount is None and not close:
-            raise HostError("give an amount, or close the account", "amount")
-        async with self._lock:
-            old = self.store.refund(refund_id)
-            if old is not None:
-                if old.account_id != account_id or old.holder != ctx.sender:
-                    raise HostError("refund_id already used", refund_id)
-                refund: Refund | None = old
-            else:
-                account = self._own(ctx, account_id)
-                now = self.clock()
-                total = account.money
-                take = total if close else int(amount or 0)
-                if take > total:
-                    raise HostError("refund is larger than the account's money",
-                                    {"amount": take, "balance": total})
-                from_fund = min(take, account.fund)
-                poorer = replace(account, fund=account.fund - from_fund,
-                                 contingency=account.contingency - (take - from_fund))
-                if close:
-                    poorer = replace(poorer, state=CLOSED, bids={}, allocation={})
-                    accounts = {**self._accounts, account_id: poorer}
-                    new = self._settle(accounts, self._evaluate(accounts, now))
-                else:
-                    new = self._reallocate(poorer, now, was_running=self._running(account))
-                refund = None if take == 0 else Refund(
-                    refund_id, account_id, account.holder, take,
-                    f"p2pmarket refund {refund_id} of account {account_id}", created_us=now)
-                self._commit(new, refund=refund)
-        if refund is not None and refund.status == "pending":
-            await self._pay(refund)
-            refund = self.store.refund(refund.refund_id)
+        st, auth = await self._call("refund", ctx, args)
+        assert st.result is not None
+        result = dict(st.result)
+        if result["refund"] is not None:   # a new refund, or a retry of one not paid yet
+            stored = self.store.refund(result["refund"]["refund_id"])
+            if stored is not None and stored.status == "pending":
+                await self._pay(stored)
+                stored = self.store.refund(stored.refund_id)
+            result["refund"] = None if stored is None else stored.to_doc()
         await self.sync_vmm()
-        acc = self._accounts.get(account_id) or self.store.get(account_id)
-        return self._reply("refund", {
-            "account_id": account_id, "refund": None if refund is None else refund.to_doc(),
-            "balance": 0 if acc is None else acc.money,
-            "state": CLOSED if acc is None else acc.state})
+        return {**result, "audit": auth.to_wire()}
 
     async def status(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         check_args(args, set())
-        accounts = [a for a in self._accounts.values() if a.holder == ctx.sender]
-        docs = [self.account_doc(a) for a in sorted(accounts, key=lambda a: a.account_id)]
-        return self._reply("status", {"accounts": docs}, log_body=False)
+        accounts = [a for a in self.accounts() if a.holder == ctx.sender]
+        result = {"accounts": [self.account_doc(a) for a in accounts]}
+        auth = self.audit.append("out.status", {"digest": digest(pack(result))}, self.clock())
+        return {**result, "audit": auth.to_wire()}
 
-    async def lease(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        check_args(args, {"account_id"})
-        account = self._own(ctx, account_id_arg(args["account_id"]))
+    async def audit_log(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        """``{since?, limit?}`` -> the log from ``since`` for a witness."""
+        check_args(args, set(), {"since", "limit"})
+        since, limit = args.get("since", 0), args.get("limit", MAX_SEGMENT)
+        for v in (since, limit):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise HostError("since and limit must be non-negative integers")
+        return audit_log_segment(self.audit, since, min(limit, MAX_SEGMENT))
+
+    def _leased_reply(self, st: Step, auth: Authenticator) -> dict[str, Any]:
+        assert st.result is not None
+        aid = st.result["account_id"]
+        return {**st.result, "lease": dict(self._leases[aid]), "audit": auth.to_wire()}
+
+    async def _call(self, name: str, ctx: CallContext, args: dict[str, Any],
+                    payment: bool = False) -> tuple[Step, Authenticator]:
+        """Run one RPC through the pure step; log it; raise its error if it failed."""
+        try:
+            logged: Any = dict(args)
+            pack(logged)
+        except WireError:
+            logged = "unencodable"
+        body: dict[str, Any] = {"from": ctx.sender, "ts": ctx.ts, "args": logged}
         async with self._lock:
-            lease = self._lease(account.account_id)
-        return self._reply("lease", {"account_id": account.account_id, "lease": lease},
-                           log_body=False)
+            now = self.clock()
+            self._sync_usage(now)
+            before = self.state
+            if payment:
+                try:
+                    precheck(self.state, name, ctx.sender, logged)
+                except HostError:
+                    pass   # the step refuses it the same way, without looking at the payment
+                else:
+                    try:
+                        paid = await self._checked_payment(ctx, args["payment"])
+                    except P2PMarketError as exc:
+                        body["payment_error"] = error_doc(exc)
+                        self._apply(f"in.{name}", body, now)
+                        raise
+                    body["payment"] = {"id": paid.payment_id, "amount": paid.amount}
+            st, auths = self._apply(f"in.{name}", body, now)
+        if st.error is not None:
+            if st.state is not before:   # a refused create that kept the money
+                await self.sync_vmm()
+            raise st.error
+        if name != "refund":
+            await self.sync_vmm()
+        return st, auths[-1]
 
     # -- ticks -----------------------------------------------------------------------
 
     async def tick(self, now_us: int) -> AllocationResult:
-        """Allocate and charge one tick, then pay pending refunds and update the VMs."""
+        """Allocate and charge one tick, then pay pending refunds and update the VMs.
+
+        A tick less than one tick length after the last one is not run (the witnesses
+        would refuse it): the last result is returned."""
         async with self._lock:
-            self.audit.append("in.tick", {"now": now_us}, now_us)
-            live = {aid: a for aid, a in self._accounts.items() if a.state != CLOSED}
-            if self._book is None:
-                self._book = self._build(live)
-            book = self._book
-            accs = [live[aid] for aid in book.ids]
-            result = run_tick(book, [a.fund for a in accs], [a.contingency for a in accs],
-                              [a.interval_end_us for a in accs], now_us, self.tick_us,
-                              self.config.root_bids(self.tick_us), self.sync.disk_usage(),
-                              self.long_interval_us)
-            new = self._settle(live, result, charge=True)
-            refunds = self._collect_garbage(new, now_us)
-            self._commit(new, refunds=refunds)
+            self._sync_usage(now_us)
+            last = self.state.last_tick
+            if last >= 0 and now_us < last + self.state.tick_us:
+                return self._last or evaluate(self.state, self.state.accounts, now_us)
+            st, _ = self._apply("in.tick", {"now": now_us}, now_us)
+            assert st.tick is not None
+            result = st.tick
+            events: dict[str, list[dict[str, Any]]] = {}
+            for e in result.events:
+                events.setdefault(e.account_id, []).append(
+                    {"resource": e.resource, "kind": e.kind, "amount": e.amount,
+                     "limit": e.limit})
+                if e.kind in ("below_min", "expired", "disk_delete", "disk_shrink"):
+                    log.info("account %s %s on %s (%d / %d)", e.account_id, e.kind,
+                             e.resource, e.amount, e.limit)
+            self._events = events
             self._last = result
-            self.audit.append("out.tick", self._tick_doc(result), now_us)
         for refund in self.store.pending_refunds():
             await self._pay(refund)
         await self.sync_vmm()
@@ -339,19 +277,15 @@ class Auctioneer:
         """Apply new capacities / min prices / unique offers (persisted), reallocate."""
         async with self._lock:
             now = self.clock()
-            self.audit.append("in.settings", config.to_doc(), now)
-            config.save(self.store)
-            self.config = config
-            self._book = None
-            live = {aid: a for aid, a in self._accounts.items() if a.state != CLOSED}
-            self._commit(self._settle(live, self._evaluate(live, now)))
-            self._book = None
+            self._sync_usage(now)
+            self._apply("in.settings", settings_body(config, self.tick_us,
+                                                     self.long_interval_us), now)
         await self.sync_vmm()
 
     def market_summary(self) -> dict[str, dict[str, int]]:
         """``{res: {capacity, price (micro-credits/s, all bids), free}}`` for the DHT;
         unique types count identifiers and sum their prices."""
-        result = self._last or self._evaluate(self._accounts, self.clock())
+        result = self._last or evaluate(self.state, self.state.accounts, self.clock())
         out = {res: {"capacity": cap, "price": result.prices[res], "free": result.free[res]}
                for res, cap in sorted(self.capacities.items())}
         book = result.book.unique
@@ -369,27 +303,150 @@ class Auctioneer:
         return [info.to_doc() for info in await asyncio.to_thread(self.vmm.list)]
 
     def accounts(self) -> list[Account]:
-        return sorted(self._accounts.values(), key=lambda a: a.account_id)
+        return [self.accounts_by_id()[aid] for aid in sorted(self.state.accounts)]
 
     def accounts_by_id(self) -> dict[str, Account]:
-        return dict(self._accounts)
+        return {aid: replace(a, lease=self._leases.get(aid))
+                for aid, a in self.state.accounts.items()}
 
     def account_doc(self, a: Account) -> dict[str, Any]:
         vm = self.sync.info.get(a.account_id)
+        lease = self._leases.get(a.account_id)
         return {"account_id": a.account_id, "holder": a.holder, "state": a.state,
                 "fund": a.fund,
                 "contingency": a.contingency, "contingency_ppm": a.contingency_ppm,
                 "balance": a.money, "interval_end": a.interval_end_us, "created": a.created_us,
                 "bids": {k: t.to_wire() for k, t in sorted(a.bids.items())},
                 "resolved": {k: [b.weight_ppm, b.min, b.max]
-                             for k, b in sorted(self._resolved(a).items())},
+                             for k, b in sorted(resolved(self.state, a).items())},
                 "allocation": dict(a.allocation),
                 "events": self._events.get(a.account_id, []),
                 "vm": None if vm is None else vm.to_doc(),
                 "notes": [] if vm is None else list(vm.notes),
-                "lease": None if a.lease is None else dict(a.lease)}
+                "lease": None if lease is None else dict(lease)}
 
-    # -- internals -------------------------------------------------------------------
+    def _unique_offered(self, key: str) -> bool:
+        return unique_offered(self.state, key)
+
+    # -- the write-ahead step ----------------------------------------------------------
+
+    def _apply(self, kind: str, body: Any, now: int) -> tuple[Step, list[Authenticator]]:
+        """Step, log input and outputs in one durable append, then commit the state."""
+        st = step(self.state, kind, body, now)
+        auths = self.audit.append_many([(kind, body, now)]
+                                       + [(k, b, now) for k, b in st.outputs])
+        self._commit(st, auths, now)
+        return st, auths
+
+    def _commit(self, st: Step, auths: list[Authenticator], now: int) -> None:
+        old, new = self.state, st.state
+        leases = dict(self._leases)
+        lease_auths = [a for (k, _), a in zip(st.outputs, auths[1:], strict=True)
+                       if k == "out.lease"]
+        for aid, auth in zip(st.leases, lease_auths, strict=True):
+            terms = replace(lease_terms(new, new.accounts[aid]), audit=auth.to_wire())
+            leases[aid] = sign_lease(self.identity, terms, ts=now).to_wire()
+        rows: list[Account] = []
+        for aid, a in new.accounts.items():
+            if old.accounts.get(aid) != a or leases.get(aid) is not self._leases.get(aid):
+                rows.append(replace(a, lease=leases.get(aid)))
+        closed = [aid for aid in old.accounts if aid not in new.accounts]
+        for aid in closed:
+            a = old.accounts[aid]
+            rows.append(replace(a, state=CLOSED, fund=0, contingency=0, bids={},
+                                allocation={}, lease=leases.pop(aid, None)))
+            self.sync.closed.add(aid)
+        payments = [] if new.payments_hash == old.payments_hash or new.payments is None \
+            or old.payments is None else \
+            [(pid, aid, amount) for pid, (aid, amount)
+             in list(new.payments.items())[len(old.payments):]]
+        refunds = [] if new.refunds_hash == old.refunds_hash or new.refunds is None \
+            or old.refunds is None else list(new.refunds.values())[len(old.refunds):]
+        settings: dict[str, Any] = {STATE_KEY: _state_doc(new, auths[-1].seq)}
+        if new.config != old.config:
+            settings.update(capacities=new.config.capacities,
+                            min_prices=new.config.min_prices, unique=new.config.unique)
+        self.store.commit(rows, payments, refunds, settings)
+        self._leases = leases
+        if new.accounts != old.accounts or new.config != old.config:
+            self._last = None
+        self.state = new
+
+    def _sync_usage(self, now: int) -> None:
+        """Log the VMM's disk usage as an input when it changed (it moves disk events)."""
+        usage = {aid: u for aid, u in self.sync.disk_usage().items()
+                 if aid in self.state.accounts}
+        if usage != dict(self.state.usage):
+            self._apply("in.usage", {"usage": [[k, u, f] for k, (u, f)
+                                               in sorted(usage.items())]}, now)
+
+    # -- restart -----------------------------------------------------------------------
+
+    def _restore(self, settings: Settings, long_us: int) -> HostState:
+        """The state as the store last committed it."""
+        saved = self.store.settings().get(STATE_KEY)
+        rows = self.store.all()
+        live = {a.account_id: a for a in rows if a.state != CLOSED}
+        self._leases = {aid: dict(a.lease) for aid, a in live.items() if a.lease is not None}
+        leased = {}
+        for aid, env in self._leases.items():
+            body = dict(env.get("body", {}))
+            body["audit"] = None
+            leased[aid] = terms_digest(body)
+        config = HostConfig.load(self.store, settings)
+        tick_us = max(1, int(settings.tick_seconds * US_PER_S))
+        state = new_state(self.identity.node_id, config, tick_us, long_us)
+        if isinstance(saved, dict):
+            state = replace(state, tick_us=int(saved["tick_us"]), long_us=int(saved["long_us"]),
+                            last_tick=int(saved["last_tick"]),
+                            usage={str(k): (int(u), int(f)) for k, u, f in saved["usage"]})
+        state = replace(state, accounts={aid: replace(a, lease=None) for aid, a in live.items()},
+                        leased=leased, payments={}, refunds={})
+        return state.with_payments(self.store.payments()).with_refunds(
+            [replace(r, status="pending", result=None) for r in self.store.refunds()])
+
+    def _start(self, config: HostConfig, tick_us: int, long_us: int) -> None:
+        """Start a new log with the state, or replay what the store missed; then log
+        changed settings."""
+        saved = self.store.settings().get(STATE_KEY)
+        applied = int(saved["seq"]) if isinstance(saved, dict) else -1
+        head = self.audit.head[0]
+        if head < 0:
+            auth = self.audit.append(GENESIS, snapshot(self.state), self.clock())
+            self.store.commit([], [], [], {STATE_KEY: _state_doc(self.state, auth.seq)})
+        elif applied < head and saved is None:
+            log.warning("the audit log predates write-ahead logging (no in.genesis): "
+                        "witnesses cannot replay it; move audit.sqlite aside to start anew")
+        elif applied < head:
+            self._catch_up(applied + 1)
+        elif applied > head:
+            log.warning("the audit log (head %d) is behind the account store (%d)",
+                        head, applied)
+        if (config, tick_us, long_us) != (self.state.config, self.state.tick_us,
+                                          self.state.long_us):
+            self._apply("in.settings", settings_body(config, tick_us, long_us), self.clock())
+
+    def _catch_up(self, since: int) -> None:
+        """Re-apply the logged inputs the store missed (a crash between log and store)."""
+        entries = self.audit.entries(since, 1 << 30)
+        k = 0
+        while k < len(entries):
+            entry, _ = entries[k]
+            if entry.kind not in INPUTS:
+                k += 1
+                continue
+            st = step(self.state, entry.kind, entry.body, entry.ts)
+            outs = entries[k + 1:k + 1 + len(st.outputs)]
+            if [(e.kind, pack(e.body)) for e, _ in outs] != \
+                    [(kd, pack(b)) for kd, b in st.outputs]:
+                log.error("audit log entry %d does not replay to its logged outputs",
+                          entry.seq)
+            auths = [a for _, a in entries[k:k + 1 + len(st.outputs)]]
+            if len(auths) == 1 + len(st.outputs):
+                self._commit(st, auths, entry.ts)
+            k += 1 + len(st.outputs)
+
+    # -- payments --------------------------------------------------------------------
 
     async def _checked_payment(self, ctx: CallContext, cert: dict[str, Any]) -> Payment:
         payment = await self.accept_payment(ctx.sender, cert)
@@ -398,154 +455,12 @@ class Auctioneer:
             raise HostError("payment has no value", amount)
         return payment
 
-    def _own(self, ctx: CallContext, account_id: str,
-             message: str = "no such account of yours") -> Account:
-        account = self._accounts.get(account_id)
-        if account is None or account.holder != ctx.sender:
-            # same answer for "absent" and "not yours": do not reveal other buyers' ids
-            raise HostError(message, account_id)
-        return account
-
-    def _terms(self, specs: Mapping[str, BidSpec], current: Mapping[str, BidTerm]
-               ) -> dict[str, BidTerm]:
-        out: dict[str, BidTerm] = {}
-        for key, spec in specs.items():
-            if spec.ident is None and self.config.capacities.get(key, 0) <= 0:
-                raise HostError(f"{key} is not offered by this host",
-                                {"resource": key, "offered": self.config.offered()})
-            if spec.ident is not None and not self._unique_offered(key):
-                raise HostError(f"{key} is not offered by this host",
-                                {"resource": key, "offered": self.config.offered()})
-            out[key] = apply_spec(spec, current.get(key), self.config.capacities.get(key, 0))
-        return out
-
-    def _unique_offered(self, key: str) -> bool:
-        book = build_book({}, (), self.config.reserves(self.tick_us)).unique
-        return book.offered_in(key)
-
-    def _resolved(self, a: Account) -> dict[str, Bid]:
-        caps = self.config.capacities
-        return {k: t.resolve(k, caps.get(k, 0)) for k, t in a.bids.items()}
-
-    def _build(self, accounts: Mapping[str, Account]) -> Book:
-        states = tuple(AccountState(a.account_id, a.fund, a.interval_end_us, self._resolved(a),
-                                    a.contingency)
-                       for a in sorted(accounts.values(), key=lambda a: a.account_id)
-                       if a.state != CLOSED)
-        return build_book(self.capacities, states, self.config.reserves(self.tick_us))
-
-    def _evaluate(self, accounts: Mapping[str, Account], now: int) -> AllocationResult:
-        """This moment's allocation for ``accounts``, without charging anyone."""
-        book = self._build(accounts)
-        accs = [accounts[aid] for aid in book.ids]
-        return run_tick(book, [a.fund for a in accs], [a.contingency for a in accs],
-                        [max(a.interval_end_us, now + self.tick_us) for a in accs], now,
-                        self.tick_us, self.config.root_bids(self.tick_us),
-                        self.sync.disk_usage(), self.long_interval_us)
-
-    def _running(self, account: Account) -> bool:
-        return account.state == ACTIVE and self.sync.wanted(account, self._resolved(account),
-                                                            self.capacities)
-
-    def _reallocate(self, changed: Account, now: int, was_running: bool) -> dict[str, Account]:
-        """Everyone's state with ``changed`` in it; refuses a change that would at once
-        drop one of its claims or shut down its running VM (6/27)."""
-        accounts = {**self._accounts, changed.account_id: changed}
-        result = self._evaluate(accounts, now)
-        harm = [e for e in result.events if e.account_id == changed.account_id
-                and e.kind in ("below_min", "disk_delete")]
-        if harm:
-            e = harm[0]
-            raise HostError(f"{e.resource}: the min of this bid cannot be met at current "
-                            f"prices (would get {e.amount}, min {e.limit})"
-                            if e.kind == "below_min" else
-                            f"{e.resource}: the account's disk would be deleted "
-                            f"(would get {e.amount}, uses {e.limit})",
-                            {"resource": e.resource, "would_get": e.amount, "min": e.limit,
-                             "price": result.prices.get(e.resource)})
-        out = self._settle(accounts, result)
-        after = out[changed.account_id]
-        if was_running and not self._running(after):
-            raise HostError("this would shut down the account's VM (it needs cpu and memory)",
-                            {"allocation": dict(after.allocation)})
-        return out
-
-    def _settle(self, accounts: Mapping[str, Account], result: AllocationResult,
-                charge: bool = False) -> dict[str, Account]:
-        """Apply an allocation (and, at a tick, its charges and expiries) to copies."""
-        dropped = {(e.account_id, e.resource) for e in result.events if e.kind == "below_min"}
-        expired = {e.account_id for e in result.events if e.kind == "expired"}
-        events: dict[str, list[dict[str, Any]]] = {}
-        for e in result.events:
-            events.setdefault(e.account_id, []).append(
-                {"resource": e.resource, "kind": e.kind, "amount": e.amount, "limit": e.limit})
-        index = result.book.index
-        out: dict[str, Account] = {}
-        for aid, acc in accounts.items():
-            if acc.state == CLOSED or aid not in index:
-                out[aid] = acc
-                continue
-            bids = {r: t for r, t in acc.bids.items() if (aid, r) not in dropped}
-            alloc = {r: v for r, v in result.allocation(aid).items() if r in bids}
-            new = replace(acc, bids=bids, allocation=alloc)
-            if charge:
-                fund = acc.fund - result.charges.get(aid, 0)
-                cont = acc.contingency - result.contingency_charges.get(aid, 0)
-                assert fund >= 0 and cont >= 0, "allocator charged more than the funds"
-                new = replace(new, fund=fund, contingency=cont,
-                              interval_end_us=result.interval_ends.get(aid, acc.interval_end_us),
-                              state=EXPIRED if aid in expired else acc.state)
-            out[aid] = new
-        if charge:
-            self._events = events
-        for e in result.events:
-            if e.kind in ("below_min", "expired", "disk_delete", "disk_shrink"):
-                log.info("account %s %s on %s (%d / %d)", e.account_id, e.kind, e.resource,
-                         e.amount, e.limit)
-        return out
-
-    def _collect_garbage(self, accounts: dict[str, Account], now: int) -> list[Refund]:
-        """Expired accounts that lost all their claims are closed; their money is refunded
-        (6/20: "may still be garbage collected if outbid")."""
-        refunds = []
-        for aid, acc in list(accounts.items()):
-            if acc.state == EXPIRED and not acc.bids:
-                accounts[aid] = replace(acc, state=CLOSED, fund=0, contingency=0)
-                if acc.money > 0:
-                    rid = digest(pack(["gc", aid, now]))[:8].hex()
-                    refunds.append(Refund(rid, aid, acc.holder, acc.money,
-                                          f"p2pmarket refund {rid} of account {aid}",
-                                          created_us=now))
-        return refunds
-
-    def _commit(self, accounts: Mapping[str, Account],
-                payment: tuple[Payment, str] | None = None, refund: Refund | None = None,
-                refunds: list[Refund] | None = None) -> None:
-        """Persist what changed, with the payment or refund that goes with it, in one
-        durable transaction; then make it current."""
-        changed = [a for aid, a in accounts.items()
-                   if aid not in self._accounts or self._accounts[aid].persistent()
-                   != a.persistent()]
-        pending = ([refund] if refund is not None else []) + (refunds or [])
-        if changed or payment is not None or pending:
-            self.store.put_many(changed, payment, pending[0] if pending else None)
-            for extra in pending[1:]:
-                self.store.put_many([], None, extra)
-        for aid, a in accounts.items():
-            old = self._accounts.get(aid)
-            if old is None or old.bids != a.bids or old.state != a.state:
-                self._book = None
-            if a.state == CLOSED:
-                self._accounts.pop(aid, None)
-                self.sync.closed.add(aid)
-            else:
-                self._accounts[aid] = a
-        if changed:
-            self._last = None
-
     async def _pay(self, refund: Refund) -> None:
         """Pay a pending refund; on failure it stays pending for the next tick."""
         if self.refund_payment is None or refund.refund_id in self._paying:
+            return
+        stored = self.store.refund(refund.refund_id)
+        if stored is not None and stored.status != "pending":
             return
         self._paying.add(refund.refund_id)
         try:
@@ -561,63 +476,24 @@ class Auctioneer:
         finally:
             self._paying.discard(refund.refund_id)
 
-    # -- leases and the audit log ----------------------------------------------------
-
-    def _lease_terms(self, account: Account) -> Lease:
-        resolved = self._resolved(account)
-        return Lease(
-            lease_id=account.account_id, host_id=self.identity.node_id, holder=account.holder,
-            resources={r: ResourceTerm(b.min, b.max, account.allocation.get(r, 0))
-                       for r, b in resolved.items()},
-            start=account.created_us, end=account.interval_end_us, balance=account.money,
-            audit=None)
-
-    def _lease(self, account_id: str) -> dict[str, Any]:
-        """The account's current signed lease, re-signed (and logged) only if its terms
-        changed since the last one handed out."""
-        account = self._accounts[account_id]
-        terms = self._lease_terms(account)
-        body = terms.body()
-        if account.lease is not None:
-            old = dict(account.lease.get("body", {}))
-            old["audit"] = None
-            if pack(old) == pack(body):
-                return dict(account.lease)
-        now = self.clock()
-        auth = self.audit.append("out.lease", body, now)
-        env = sign_lease(self.identity, replace(terms, audit=auth.to_wire()), ts=now)
-        signed = replace(account, lease=env.to_wire())
-        self.store.put(signed)
-        self._accounts[account_id] = signed
-        return dict(env.to_wire())
-
-    def _log_in(self, name: str, ctx: CallContext, args: dict[str, Any]) -> None:
-        try:
-            self.audit.append(f"in.{name}", {"from": ctx.sender, "ts": ctx.ts, "args": args},
-                              self.clock())
-        except P2PMarketError:
-            self.audit.append(f"in.{name}", {"from": ctx.sender, "ts": ctx.ts,
-                                             "args": "unencodable"}, self.clock())
-
-    def _log_out(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.audit.append(f"out.{name}", body, self.clock()).to_wire()
-
-    def _reply(self, name: str, result: dict[str, Any], log_body: bool = True
-               ) -> dict[str, Any]:
-        logged = result if log_body else {"digest": digest(pack(result))}
-        return {**result, "audit": self._log_out(name, logged)}
-
-    def _tick_doc(self, result: AllocationResult) -> dict[str, Any]:
-        allocs = {aid: result.allocation(aid) for aid in result.book.ids}
-        return {"charges": {k: v for k, v in result.charges.items() if v},
-                "contingency_charges": dict(result.contingency_charges),
-                "events": [[e.account_id, e.resource, e.kind, e.amount, e.limit]
-                           for e in result.events],
-                "prices": dict(result.prices), "interval_ends": dict(result.interval_ends),
-                "allocations": digest(pack(allocs))}
-
     async def sync_vmm(self) -> None:
         """Bring the domains in line with the current allocations (only where changed)."""
-        accounts = dict(self._accounts)
-        await self.sync.run(accounts, {aid: self._resolved(a) for aid, a in accounts.items()},
+        accounts = self.accounts_by_id()
+        await self.sync.run(accounts, {aid: resolved(self.state, a)
+                                       for aid, a in accounts.items()},
                             self.capacities, self._events)
+
+
+def _state_doc(state: HostState, seq: int) -> dict[str, Any]:
+    return {"seq": seq, "last_tick": state.last_tick, "tick_us": state.tick_us,
+            "long_us": state.long_us,
+            "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())]}
+
+
+def audit_log_segment(audit: AuditLog, since: int, limit: int) -> dict[str, Any]:
+    """``{entries: [canonical entry bytes], sigs: [signature], head: [seq, hash]}`` from
+    ``since``: the host's signature of ``(key, seq, SHA-256(entry))`` for each entry."""
+    rows = audit.raw(since, limit)
+    seq, h = audit.head
+    return {"since": since, "entries": [r[1] for r in rows], "sigs": [r[3] for r in rows],
+            "head": [seq, h if seq >= 0 else ZERO]}

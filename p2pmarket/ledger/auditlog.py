@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from p2pmarket.files import open_db
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.chain import HASH_SIZE, ZERO_HASH, Authenticator
@@ -74,6 +76,22 @@ class AuditEntry:
     def from_wire(cls, doc: Any) -> AuditEntry:
         doc = check_map(doc, "audit entry", ENTRY_FIELDS)
         return cls(doc["seq"], doc["prev"], doc["kind"], doc["body"], doc["ts"])
+
+
+def _k(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# canonical key order (by encoded key): "ts" < "seq" < "body" < "kind" < "prev"
+_HEAD, _K_SEQ, _K_BODY, _K_KIND, _K_PREV = (b"\x85" + _k("ts"), _k("seq"), _k("body"),
+                                            _k("kind"), _k("prev"))
+
+
+def encode_entry(seq: int, prev: bytes, kind: str, body_bytes: bytes, ts: int) -> bytes:
+    """The canonical encoding of an entry whose body is already canonically packed: the
+    bytes of ``AuditEntry(...).encode()`` without re-encoding the body."""
+    return (_HEAD + _k(ts) + _K_SEQ + _k(seq) + _K_BODY + body_bytes
+            + _K_KIND + _k(kind) + _K_PREV + _k(prev))
 
 
 def sign_entry(identity: Identity, entry: AuditEntry) -> Authenticator:
@@ -177,6 +195,17 @@ class AuditLog:
                                              bytes(sig))))
         return out
 
+    def raw(self, since: int = 0, limit: int = 1000
+            ) -> list[tuple[int, bytes, bytes, bytes]]:
+        """``(seq, canonical entry bytes, hash, sig)`` from ``since``, oldest first: what
+        a witness fetches (it hashes the bytes itself; no re-encoding needed)."""
+        rows = self.conn.execute(
+            "SELECT seq, prev, kind, body, ts, hash, sig FROM audit WHERE seq >= ? "
+            "ORDER BY seq LIMIT ?", (since, max(0, limit))).fetchall()
+        return [(int(seq), encode_entry(int(seq), bytes(prev), str(kind), bytes(body),
+                                        int(ts)), bytes(h), bytes(sig))
+                for seq, prev, kind, body, ts, h, sig in rows]
+
     def authenticator(self, seq: int) -> Authenticator | None:
         row = self.conn.execute("SELECT hash, sig FROM audit WHERE seq = ?",
                                 (seq,)).fetchone()
@@ -196,4 +225,5 @@ class AuditLog:
                 "auths": [a.to_wire() for _, a in got], "prev": prev}
 
 
-__all__ = ["AuditEntry", "AuditLog", "conflicting", "sign_entry", "verify_segment"]
+__all__ = ["AuditEntry", "AuditLog", "conflicting", "encode_entry", "sign_entry",
+           "verify_segment"]

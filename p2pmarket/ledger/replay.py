@@ -1,0 +1,168 @@
+"""Replaying a host's audit log through the auctioneer's pure code (DESIGN.md section 5).
+
+:class:`Replayer` takes a host's log entries one at a time, as their canonical
+bytes (what ``host.audit_log`` serves), and checks:
+
+- the chain: consecutive seqs, each entry's ``prev`` is the hash of the one
+  before (the host's signature on the last entry of a run then commits it to the
+  whole run: only that one needs checking);
+- conformance: the log starts with ``in.genesis`` (the state), every input is
+  replayed with :func:`p2pmarket.host.steps.step` and must be followed at once by
+  exactly the outputs the replay gives, byte for byte (same kind, body and
+  timestamp); read-only entries (``out.status``, uploads, refund payments) are
+  skipped; anything else is a fault.
+
+The first fault stops the replay (:attr:`Replayer.fault`). The replayer keeps the
+state at the last *anchor* (``in.genesis``, or an ``out.tick``/``out.settings``
+entry, whose body commits to the state digest) and the entries since, which is
+what a proof of non-conformance needs (:mod:`p2pmarket.ledger.evidence`).
+Pure: no clock, socket or file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from p2pmarket.errors import P2PMarketError
+from p2pmarket.host.machine import HostState, MissingState, from_snapshot, state_digest
+from p2pmarket.host.steps import GENESIS, INFO, INPUTS, step
+from p2pmarket.ledger.auditlog import encode_entry
+from p2pmarket.ledger.chain import ZERO_HASH
+from p2pmarket.wire import WireError, pack, unpack
+
+ANCHORS = frozenset({"out.tick", "out.settings"})
+MAX_ENTRY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The first entry that does not follow the host's own rules."""
+
+    seq: int
+    rule: str
+
+
+def decode_entry(raw: bytes) -> dict[str, Any]:
+    """An entry map from its bytes (shape checked, not its meaning)."""
+    doc = unpack(raw, MAX_ENTRY_BYTES)
+    if (not isinstance(doc, dict) or set(doc) != {"seq", "prev", "kind", "body", "ts"}
+            or not isinstance(doc["seq"], int) or not isinstance(doc["prev"], bytes)
+            or not isinstance(doc["kind"], str) or not isinstance(doc["ts"], int)):
+        raise WireError("malformed audit entry", None)
+    return doc
+
+
+class Replayer:
+    """Incremental conformance check of one host's log (see the module docstring).
+
+    Start it empty (the log from seq 0) or from an anchor: a state whose digest the
+    anchor entry (given as ``anchor_raw``) commits to.
+    """
+
+    def __init__(self, state: HostState | None = None, anchor_raw: bytes | None = None
+                 ) -> None:
+        self.state = state
+        self.seq = -1
+        self.head = ZERO_HASH
+        self.fault: Fault | None = None
+        self._expect: list[tuple[str, bytes]] = []
+        self._expect_ts = 0
+        self.anchor_state: HostState | None = None
+        self.anchor_entries: list[bytes] = []
+        self.entries = 0
+        if anchor_raw is not None:
+            assert state is not None
+            doc = decode_entry(anchor_raw)
+            self.seq, self.head = doc["seq"], hashlib.sha256(anchor_raw).digest()
+            body = doc["body"]
+            if doc["kind"] not in ANCHORS or not isinstance(body, dict) or \
+                    body.get("state") != state_digest(state):
+                self.fault = Fault(doc["seq"], "the snapshot does not match the state "
+                                               "the anchor entry commits to")
+            self.anchor_state, self.anchor_entries = state, [anchor_raw]
+
+    @property
+    def pending(self) -> bool:
+        """An input whose outputs have not all been seen yet."""
+        return bool(self._expect)
+
+    def take(self, raw: bytes) -> Fault | None:
+        """Take the next entry; return the fault it shows, if any (after a fault nothing
+        more is taken). Raises :class:`WireError`, taking nothing, if ``raw`` is not the
+        next link of the chain (unsigned garbage is no proof of anything)."""
+        if self.fault is not None:
+            return self.fault
+        seq = self.seq + 1
+        if self._expect:
+            kind, body_bytes = self._expect[0]
+            if raw == encode_entry(seq, self.head, kind, body_bytes, self._expect_ts):
+                self._advance(seq, hashlib.sha256(raw).digest(), raw)
+                self._expect.pop(0)
+                if kind in ANCHORS and not self._expect:
+                    assert self.state is not None
+                    self.anchor_state, self.anchor_entries = self.state, [raw]
+                return None
+            self._check_link(raw)
+            self._advance(seq, hashlib.sha256(raw).digest(), raw)
+            return self._fail(seq, f"entry {seq} should be the {kind} the rules give "
+                                   "for the input before it")
+        doc = self._check_link(raw)
+        self._advance(seq, hashlib.sha256(raw).digest(), raw)
+        kind = doc["kind"]
+        if seq == 0 or kind == GENESIS:
+            if seq != 0 or kind != GENESIS:
+                return self._fail(seq, "the log must start with in.genesis, and only there")
+            try:
+                self.state = from_snapshot(doc["body"])
+            except P2PMarketError:
+                return self._fail(seq, "malformed in.genesis state")
+            self.anchor_state, self.anchor_entries = self.state, [raw]
+            return None
+        if kind in INFO:
+            return None
+        if kind not in INPUTS:
+            return self._fail(seq, f"unexpected entry {kind!r} (not an input, or an output "
+                                   "no input asked for)")
+        assert self.state is not None
+        try:
+            st = step(self.state, kind, doc["body"], doc["ts"])
+            expect = [(k, pack(b)) for k, b in st.outputs]
+        except MissingState:
+            raise
+        except P2PMarketError as exc:
+            return self._fail(seq, f"malformed input: {exc.message}")
+        except (KeyError, TypeError, ValueError, AttributeError, AssertionError):
+            return self._fail(seq, "malformed input")
+        self.state = st.state
+        self._expect, self._expect_ts = expect, doc["ts"]
+        return None
+
+    def _check_link(self, raw: bytes) -> dict[str, Any]:
+        doc = decode_entry(raw)
+        if doc["seq"] != self.seq + 1 or doc["prev"] != self.head:
+            raise WireError("audit entries do not link", doc["seq"])
+        return doc
+
+    def _advance(self, seq: int, h: bytes, raw: bytes) -> None:
+        self.seq, self.head = seq, h
+        self.anchor_entries.append(raw)
+
+    def _fail(self, seq: int, rule: str) -> Fault:
+        self.fault = Fault(seq, rule)
+        return self.fault
+
+
+def replay(entries: list[bytes], state: HostState | None = None,
+           anchor_raw: bytes | None = None) -> Replayer:
+    """Link and replay ``entries`` (from seq 0, or after ``anchor_raw``); stops at the
+    first fault. Raises :class:`WireError` if the entries do not form a chain."""
+    r = Replayer(state, anchor_raw)
+    for raw in entries:
+        if r.take(raw) is not None:
+            break
+    return r
+
+
+__all__ = ["ANCHORS", "Fault", "Replayer", "decode_entry", "replay"]
