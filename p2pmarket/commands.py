@@ -308,6 +308,7 @@ async def hosts(args: argparse.Namespace) -> int:
     async with Market(genesis) as market:
         views = await market.hosts(types, limit=args.limit, min_capacity=args.min_capacity,
                                    max_price=max_price)
+        exposed = [i.hex() for i in market.exposed]
     rows: list[dict[str, Any]] = [{"node_id": v.node_id.hex(), "url": v.record.url,
              "dht": f"{v.record.dht[0]}:{v.record.dht[1]}",
              # no registrar attests addresses yet (the NAT issue adds attestations)
@@ -317,9 +318,10 @@ async def hosts(args: argparse.Namespace) -> int:
                                "hour_avg": ad.hour_avg}
                            for t, ad in v.record.resources.items()}} for v in views]
     if args.json:
-        dump({"hosts": rows})
+        dump({"hosts": rows, "exposed": exposed})
         return 0
-    table = Table(title=f"market: {len(rows)} host(s) offering {', '.join(types)}")
+    table = Table(title=f"market: {len(rows)} host(s) offering {', '.join(types)}"
+                  + (f"; {len(exposed)} exposed host(s) left out" if exposed else ""))
     for col in ("host", "address", "reach", "resources (capacity @ price µc/s, hour avg)",
                 "avail"):
         table.add_column(col)

@@ -43,7 +43,7 @@ from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
 from p2pmarket.ledger.witness import Peer, WitnessService
 from p2pmarket.market import Availability, PriceHistory, moved
-from p2pmarket.witnessing import DhtHostLocator, DhtWitnessDirectory
+from p2pmarket.witnessing import DhtEvidenceSink, DhtHostLocator, DhtWitnessDirectory
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class Node:
             identity, self.peers, self.evidence,
             directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
                                                          settings.url)),
-            locator=DhtHostLocator(self.dht), period_s=settings.audit_seconds)
+            locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
+            period_s=settings.audit_seconds)
         self.dispatcher.register_all("witness", self.witness.handlers())
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
             upload_route(self.auctioneer), *gateway_routes(self.dht)]))

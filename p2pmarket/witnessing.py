@@ -54,3 +54,14 @@ class DhtHostLocator:
         if record is None or record.envelope.sender != host_key:
             return None
         return record.url
+
+
+class DhtEvidenceSink:
+    """``publish(host_id, proof)``: store the proof at ``evidence/<host id>``, where every
+    storer verifies it before keeping it (small proofs inline, large ones by hash)."""
+
+    def __init__(self, dht: DhtNode) -> None:
+        self.dht = dht
+
+    async def publish(self, host_id: bytes, proof: bytes) -> None:
+        await self.dht.publish_evidence(host_id, proof)

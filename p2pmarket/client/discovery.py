@@ -59,6 +59,7 @@ class Market:
         self.genesis = genesis
         self.dht = DhtNode(Identity.generate(genesis.puzzle_bits), genesis, client_mode=True)
         self.host = host
+        self.exposed: list[bytes] = []   # hosts left out of the last query for evidence
 
     async def __aenter__(self) -> Market:
         await self.dht.start(self.host, 0)
@@ -89,4 +90,10 @@ class Market:
         except TimeoutError:
             raise DiscoveryError("DHT lookup timed out") from None
         now = now_us()
-        return [HostView(h.record) for h in found if h.record.expires > now]
+        live = [h for h in found if h.record.expires > now]
+        # buyers skip exposed hosts: any proof that verifies against the host counts
+        evidence = await asyncio.gather(*(self.dht.get_evidence(h.node_id) for h in live),
+                                        return_exceptions=True)
+        self.exposed = [h.node_id for h, proofs in zip(live, evidence, strict=True)
+                        if isinstance(proofs, list) and proofs]
+        return [HostView(h.record) for h in live if h.node_id not in self.exposed]

@@ -4,7 +4,8 @@ See DESIGN.md section 3. :mod:`.records` is pure (formats, validation, merging,
 ranking), :mod:`.storage` validates every store, :mod:`.routing` fixes the
 stock routing table and keeps RTTs, :mod:`.protocol` subclasses the kademlia
 protocol, :mod:`.lookup` is the iterative lookup, :mod:`.node` is the service,
-:mod:`.persist` its sqlite state, :mod:`.market` the multi-type market query
+:mod:`.persist` its sqlite state, :mod:`.evidence` the fetching and checking of
+large proofs (``evidence/<id>``), :mod:`.market` the multi-type market query
 (pure), :mod:`.gateway` the HTTP face for nodes that cannot send UDP.
 """
 
@@ -13,9 +14,11 @@ from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import (
     DhtError,
     DocRef,
+    EvidenceEntry,
     HostRecord,
     OfferEntry,
     ResourceAd,
+    evidence_doc,
     evidence_key,
     host_doc,
     host_key,
@@ -34,12 +37,14 @@ __all__ = [
     "DhtError",
     "DhtNode",
     "DocRef",
+    "EvidenceEntry",
     "HostRecord",
     "MarketHost",
     "OfferEntry",
     "PrefixPolicy",
     "RecordStorage",
     "ResourceAd",
+    "evidence_doc",
     "evidence_key",
     "host_doc",
     "host_key",

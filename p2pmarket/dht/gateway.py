@@ -15,6 +15,12 @@ gateway for nothing but availability:
 - ``GET /dht/doc/<sha256 hex>`` -> the document this node's host record names
   (documents too large for a DHT value travel over HTTP; readers check them
   against the hash in the signed record, :func:`fetch_document`).
+- ``GET /dht/evidence/<sha256 hex>`` -> a proof body this node holds (it published
+  it, or fetched and checked it as a storer): what hash-only ``evidence/<id>``
+  entries point to (:func:`evidence_route`, also mountable on its own);
+- ``GET /dht/evidence-of/<node id hex>`` -> the checked proofs against a node
+  (:meth:`DhtNode.get_evidence`), a msgpack list of proof bodies; the client
+  checks each one again (:meth:`GatewayClient.get_evidence`).
 
 Requests are rate limited per client address. :class:`GatewayClient` is the
 proxied node's reader, :class:`GatewayDht` its publisher (same calls as
@@ -27,17 +33,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from p2pmarket.dht import market as mkt
+from p2pmarket.dht.evidence import read_capped
 from p2pmarket.dht.node import DEFAULT_REPUBLISH_S, EXPIRY_FACTOR, DhtNode
 from p2pmarket.dht.protocol import RateLimiter
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
+    MAX_EVIDENCE,
+    MAX_EVIDENCE_PROOF_BYTES,
     MAX_VALUE_BYTES,
     PPM,
     DhtError,
@@ -45,9 +54,13 @@ from p2pmarket.dht.records import (
     HostRecord,
     OfferEntry,
     ResourceAd,
+    check_proof,
     check_type_name,
+    evidence_key,
+    fit_evidence_set,
     fit_offer_set,
     host_key,
+    make_evidence_entry,
     make_host_record,
     make_offer_entry,
     merge_offers,
@@ -57,10 +70,12 @@ from p2pmarket.dht.records import (
 )
 from p2pmarket.dht.storage import Clock, wall_clock_us
 from p2pmarket.identity import NODE_ID_SIZE, Identity
+from p2pmarket.wire import WireError, pack, unpack
 
 log = logging.getLogger(__name__)
 
 OCTETS = "application/octet-stream"
+MAX_EVIDENCE_ANSWER = MAX_EVIDENCE * (MAX_EVIDENCE_PROOF_BYTES + 8) + 8
 NO_DHT_ADDRESS = ("0.0.0.0", 1)
 """What a proxied host advertises as its DHT address: it has none."""
 
@@ -133,23 +148,49 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
             return web.Response(status=404, text="no such document")
         return web.Response(body=data, content_type=OCTETS)
 
+    async def evidence_of(request: web.Request) -> web.StreamResponse:
+        if limited(request):
+            return web.Response(status=429, text="slow down")
+        try:
+            node_id = bytes.fromhex(request.match_info["node_id"])
+        except ValueError:
+            return web.Response(status=400, text="node id must be hex")
+        if len(node_id) != NODE_ID_SIZE:
+            return web.Response(status=400, text="node id must be 20 bytes")
+        node._count("gateway_evidence")
+        proofs = await node.get_evidence(node_id)
+        return web.Response(body=pack(proofs[:MAX_EVIDENCE]), content_type=OCTETS)
+
     routes = [web.get("/dht/host/{node_id}", get_host),
               web.get("/dht/offers/{type}", get_offers),
-              web.get("/dht/doc/{sha256}", document)]
+              web.get("/dht/doc/{sha256}", document),
+              evidence_route(node.evidence_body, limited),
+              web.get("/dht/evidence-of/{node_id}", evidence_of)]
     if allow_store:
         routes.append(web.post("/dht/store/{key:.+}", store))
     return routes
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
-    data = bytearray()
-    while True:
-        chunk = await resp.content.read(cap + 1 - len(data))
-        if not chunk:
-            return bytes(data)
-        data += chunk
-        if len(data) > cap:
-            raise DhtError("answer larger than allowed", "too_large")
+def evidence_route(bodies: Callable[[bytes], bytes | None],
+                   limited: Callable[[web.Request], bool] | None = None) -> web.RouteDef:
+    """``GET /dht/evidence/<sha256 hex>``: the proof body ``bodies(sha256)`` gives
+    (404 if None); for any app that publishes large proofs (e.g. a proxied node's)."""
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if limited is not None and limited(request):
+            return web.Response(status=429, text="slow down")
+        text = request.match_info["sha256"]
+        try:
+            digest = bytes.fromhex(text)
+        except ValueError:
+            return web.Response(status=400, text="hash must be hex")
+        if len(digest) != 32:
+            return web.Response(status=400, text="hash must be 32 bytes")
+        data = bodies(digest)
+        if data is None:
+            return web.Response(status=404, text="no such proof")
+        return web.Response(body=data, content_type=OCTETS)
+    return web.get("/dht/evidence/{sha256}", serve)
+
 
 
 async def fetch_document(record: HostRecord, session: aiohttp.ClientSession, *,
@@ -163,10 +204,33 @@ async def fetch_document(record: HostRecord, session: aiohttp.ClientSession, *,
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if resp.status != 200:
                 raise DhtError(f"document fetch failed: HTTP {resp.status}", "unavailable")
-            data = await _read_capped(resp, min(record.doc.size, MAX_DOC_BYTES))
+            data = await read_capped(resp, min(record.doc.size, MAX_DOC_BYTES))
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise DhtError(f"document fetch failed: {exc}", "unavailable") from None
     return record.doc.check(data)
+
+
+def checked_proofs(raw: bytes, host_id: bytes, rejected: int = 0) -> tuple[list[bytes], int]:
+    """The valid, distinct proofs against ``host_id`` in a gateway's ``evidence-of``
+    answer (a msgpack list of bodies), and ``rejected`` plus how many were not."""
+    try:
+        doc = unpack(raw, MAX_EVIDENCE_ANSWER)
+    except WireError:
+        return [], rejected + 1
+    if not isinstance(doc, list):
+        return [], rejected + 1
+    out: list[bytes] = []
+    for proof in doc[:MAX_EVIDENCE]:
+        try:
+            if not isinstance(proof, bytes) or len(proof) > MAX_EVIDENCE_PROOF_BYTES:
+                raise DhtError("not a proof", "malformed")
+            check_proof(proof, host_id)
+        except DhtError:
+            rejected += 1
+            continue
+        if proof not in out:
+            out.append(proof)
+    return out, rejected
 
 
 class GatewayClient:
@@ -202,7 +266,7 @@ class GatewayClient:
                     return None
                 if resp.status != 200:
                     raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
-                return await _read_capped(resp, MAX_VALUE_BYTES)
+                return await read_capped(resp, MAX_VALUE_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
 
@@ -235,6 +299,20 @@ class GatewayClient:
             return []
         self.rejected += offer_set.dropped
         return merge_offers(offer_set.entries, now, cap=len(offer_set.entries))
+
+    async def get_evidence(self, host_id: bytes) -> list[bytes]:
+        """The proofs against ``host_id`` the gateway found, each checked here (proofs
+        that do not check out are dropped and counted in :attr:`rejected`)."""
+        try:
+            async with self.session.get(f"{self.base_url}/dht/evidence-of/{host_id.hex()}",
+                                        proxy=self.proxy, timeout=self.timeout) as resp:
+                if resp.status != 200:
+                    raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
+                raw = await read_capped(resp, MAX_EVIDENCE_ANSWER)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
+        proofs, self.rejected = checked_proofs(raw, host_id, self.rejected)
+        return proofs
 
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                           max_price: int | None = None) -> list[OfferEntry]:
@@ -282,6 +360,7 @@ class GatewayDht(GatewayClient):
         self._host: tuple[dict[str, ResourceAd], int, DocRef | None] | None = None
         self._offers: dict[str, tuple[int, int]] = {}
         self._docs: dict[bytes, bytes] = {}
+        self._proofs: dict[bytes, tuple[bytes, bytes]] = {}
         self._seq = 0
         self._ts = 0
         self._loop_task: asyncio.Task[None] | None = None
@@ -291,6 +370,20 @@ class GatewayDht(GatewayClient):
 
     def document(self, sha256: bytes) -> bytes | None:
         return self._docs.get(sha256)
+
+    def evidence_body(self, sha256: bytes) -> bytes | None:
+        """A proof this node published (mount :func:`evidence_route` with this on the
+        app behind :attr:`url` to publish proofs over the inline size)."""
+        held = self._proofs.get(sha256)
+        return None if held is None else held[1]
+
+    async def publish_evidence(self, host_id: bytes, proof: bytes) -> int:
+        """Add ``proof`` to ``evidence/<host_id>`` through the gateway (republished with
+        the other records); see :meth:`DhtNode.publish_evidence`."""
+        entry = make_evidence_entry(host_id, proof, now_us=self.clock(), url=self.url)
+        self._proofs[entry.sha256] = (host_id, proof)
+        key = evidence_key(host_id)
+        return await self.store(key, fit_evidence_set(key, [entry])[0])
 
     async def publish_host(self, resources: Mapping[str, ResourceAd],
                            availability_ppm: int = PPM, document: bytes | None = None
@@ -335,6 +428,8 @@ class GatewayDht(GatewayClient):
         for rtype in list(self._offers):
             entry = self._sign_offer(rtype)
             await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
+        for host_id, proof in list(self._proofs.values()):
+            await self.publish_evidence(host_id, proof)
 
     def start_republishing(self) -> None:
         async def loop() -> None:

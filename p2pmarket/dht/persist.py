@@ -7,6 +7,9 @@
   (host fields, one row per offered type), so a restarted node republishes
   them without its owner asking.
 - ``docs``: the documents its host record points to (served over HTTP).
+- ``proofs``: evidence bodies (``evidence/<id>``) it published (``own``: it
+  republishes them) or fetched and checked as a storer; served over HTTP at
+  ``/dht/evidence/<sha256 hex>``.
 - ``meta``: the last seq and ts used, so re-signed records never go backwards
   even if the clock does.
 """
@@ -25,6 +28,9 @@ CREATE TABLE IF NOT EXISTS contacts (node_id BLOB PRIMARY KEY, ip TEXT NOT NULL,
                                      port INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS own (name TEXT PRIMARY KEY, doc BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS docs (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS proofs (sha256 BLOB PRIMARY KEY, node_id BLOB NOT NULL,
+                                   data BLOB NOT NULL, own INTEGER NOT NULL,
+                                   expires INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 MAX_SAVED_CONTACTS = 2000
@@ -89,6 +95,27 @@ class DhtState:
     def docs(self) -> dict[bytes, bytes]:
         rows = self.db.execute("SELECT sha256, data FROM docs").fetchall()
         return {bytes(r[0]): bytes(r[1]) for r in rows}
+
+    # -- evidence bodies ----------------------------------------------------------------
+
+    def put_proof(self, sha256: bytes, node_id: bytes, data: bytes, own: bool,
+                  expires: int) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO proofs VALUES (?, ?, ?, ?, ?) ON CONFLICT (sha256) DO UPDATE "
+                "SET own = max(own, excluded.own), expires = max(expires, excluded.expires)",
+                (sha256, node_id, data, int(own), expires))
+
+    def drop_proofs(self, sha256s: list[bytes]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM proofs WHERE sha256 = ?",
+                                [(h,) for h in sha256s])
+
+    def proofs(self) -> list[tuple[bytes, bytes, bytes, bool, int]]:
+        """``(sha256, node id, body, own, expires)`` rows, oldest first."""
+        rows = self.db.execute(
+            "SELECT sha256, node_id, data, own, expires FROM proofs ORDER BY rowid").fetchall()
+        return [(bytes(r[0]), bytes(r[1]), bytes(r[2]), bool(r[3]), int(r[4])) for r in rows]
 
     # -- counters -----------------------------------------------------------------------
 

@@ -4,6 +4,10 @@ Every store is checked: the value must be a valid, unexpired record whose key
 name hashes (sha1, as kademlia does) to exactly the digest key it is stored
 under. Host records obey their ``seq``; offer sets are merged entry by entry,
 capped per key and per network prefix of the entries' URL hosts (freshest kept).
+Evidence sets keep only verified proofs: inline ones are verified on the way in;
+a hash-only entry the storage has not checked itself is handed to
+:attr:`RecordStorage.on_evidence` (the node fetches the body, checks it and then
+calls :meth:`RecordStorage.put_evidence`); without that hook it is refused.
 Expired values are dropped when read and are never returned, iterated (the
 stock package republishes what ``__iter__``/``iter_older_than`` yield) or
 handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
@@ -19,13 +23,18 @@ from dataclasses import dataclass, field
 from kademlia.storage import IStorage
 
 from p2pmarket.dht.records import (
+    MAX_EVIDENCE,
     MAX_OFFERS,
     DhtError,
+    EvidenceEntry,
+    EvidenceSet,
     HostRecord,
     OfferEntry,
     OfferSet,
+    fit_evidence_set,
     fit_offer_set,
     key_digest,
+    merge_evidence,
     merge_offers,
     parse_record,
     url_host,
@@ -36,6 +45,10 @@ Clock = Callable[[], int]
 """Wall-clock time in integer microseconds."""
 
 DEFAULT_MAX_KEYS = 10_000
+
+EvidenceHook = Callable[[bytes, str, list[EvidenceEntry]], int]
+"""``(digest key, key name, unchecked hash-only entries)`` -> how many were scheduled
+for checking."""
 
 
 def wall_clock_us() -> int:
@@ -50,6 +63,9 @@ class _Item:
     """The earliest expiry of what the item holds: reaching it triggers a prune."""
     host: HostRecord | None = None
     offers: list[OfferEntry] = field(default_factory=list)
+    evidence: list[EvidenceEntry] = field(default_factory=list)
+    key: str = ""
+    """The key name (evidence sets)."""
 
 
 class RecordStorage(IStorage):  # type: ignore[misc]
@@ -62,6 +78,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.max_offers = max_offers
         self.policy = policy if policy is not None else PrefixPolicy()
         self.counters: dict[str, int] = {}
+        self.on_evidence: EvidenceHook | None = None
+        self.max_evidence = MAX_EVIDENCE
         self._data: OrderedDict[bytes, _Item] = OrderedDict()
 
     # -- writing --------------------------------------------------------------
@@ -78,11 +96,15 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                 raise DhtError("digest key must be 20 bytes", "malformed")
             held = self._data.get(dkey)
             known = {e.value: e for e in held.offers} if held is not None else None
-            record = parse_record(value, now, known)
+            proofs = {e.sha256 for e in held.evidence if e.inline} if held is not None \
+                else set()
+            record = parse_record(value, now, known, proofs)
             if key_digest(record.key) != dkey:
                 raise DhtError("record stored under another key's digest", "wrong_key")
             if isinstance(record, HostRecord):
                 self._put_host(dkey, record, now)
+            elif isinstance(record, EvidenceSet):
+                self._put_evidence_set(dkey, record, now)
             else:
                 self._put_offers(dkey, record, now)
         except DhtError as exc:
@@ -130,6 +152,65 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self._data.pop(dkey, None)
         self._data[dkey] = _Item(value, now, min(e.expires for e in kept), offers=kept)
 
+    def _put_evidence_set(self, dkey: bytes, evidence: EvidenceSet, now: int) -> None:
+        if evidence.dropped:
+            self._count("dropped_entries", evidence.dropped)
+        for reason in evidence.reasons:
+            self._count(f"evidence_rejected.{reason}")
+        if evidence.forged:
+            raise DhtError("evidence set holds invalid proofs", "forged")
+        old = self._live(dkey, now)
+        checked = {e.ident for e in old.evidence} if old is not None else set()
+        ready = [e for e in evidence.entries if e.inline or e.ident in checked]
+        unchecked = [e for e in evidence.entries if not e.inline and e.ident not in checked]
+        scheduled = 0
+        if unchecked:
+            if self.on_evidence is not None:
+                scheduled = self.on_evidence(dkey, evidence.key, unchecked)
+            if scheduled:
+                self._count("evidence_queued", scheduled)
+        if ready:
+            self.put_evidence(dkey, evidence.key, ready, now)
+        elif not scheduled:
+            if not evidence.entries:
+                raise DhtError("evidence set holds no valid entry", "empty")
+            raise DhtError("evidence entries could not be checked", "unchecked")
+
+    def put_evidence(self, dkey: bytes, key: str, entries: list[EvidenceEntry],
+                     now: int | None = None) -> list[EvidenceEntry]:
+        """Merge *verified* entries (inline proofs checked, hash-only ones whose body was
+        fetched and checked) into the set under ``dkey``; return what is kept."""
+        now = self.clock() if now is None else now
+        if key_digest(key) != dkey:
+            raise DhtError("evidence stored under another key's digest", "wrong_key")
+        old = self._live(dkey, now)
+        previous = old.evidence if old is not None else []
+        merged = merge_evidence([*previous, *entries], now, len(previous) + len(entries))
+        value, kept = fit_evidence_set(key, self.cap_evidence_prefixes(merged)
+                                       [: self.max_evidence])
+        if not kept:
+            raise DhtError("evidence set holds no entry that fits", "empty")
+        self._make_room(dkey, now)
+        self._data.pop(dkey, None)
+        self._data[dkey] = _Item(value, now, min(e.expires for e in kept), evidence=kept,
+                                  key=key)
+        return kept
+
+    def cap_evidence_prefixes(self, entries: list[EvidenceEntry]) -> list[EvidenceEntry]:
+        """At most ``policy.offers_cap`` hash-only entries served from one network prefix,
+        so one network cannot fill a set with proofs it may stop serving."""
+        seen: dict[str, int] = {}
+        out = []
+        for entry in entries:
+            prefix = self.policy.prefix(url_host(entry.url)) if entry.url else None
+            if prefix is not None:
+                seen[prefix] = seen.get(prefix, 0) + 1
+                if seen[prefix] > self.policy.offers_cap:
+                    self._count("capped_entries")
+                    continue
+            out.append(entry)
+        return out
+
     def cap_prefixes(self, entries: list[OfferEntry]) -> list[OfferEntry]:
         """Keep at most ``policy.offers_cap`` entries per URL-host prefix, in order given
         (freshest first), so one network cannot fill a key."""
@@ -156,6 +237,15 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             del self._data[dkey]
             self._count("expired")
             return None
+        if item.evidence:
+            proofs = [e for e in item.evidence if e.expires > now]
+            self._count("expired", len(item.evidence) - len(proofs))
+            if not proofs:
+                del self._data[dkey]
+                return None
+            item.value, item.evidence = fit_evidence_set(item.key, proofs)
+            item.expires = min(e.expires for e in item.evidence)
+            return item
         live = [e for e in item.offers if e.expires > now]
         self._count("expired", len(item.offers) - len(live))
         if not live:
@@ -192,6 +282,10 @@ class RecordStorage(IStorage):  # type: ignore[misc]
     def offer_entries(self, dkey: bytes) -> list[OfferEntry]:
         item = self._live(dkey, self.clock())
         return [] if item is None else list(item.offers)
+
+    def evidence_entries(self, dkey: bytes) -> list[EvidenceEntry]:
+        item = self._live(dkey, self.clock())
+        return [] if item is None else list(item.evidence)
 
     def _items(self) -> list[tuple[bytes, _Item]]:
         now = self.clock()

@@ -198,7 +198,7 @@ def test_offer_set_drops_bad_entries() -> None:
 
 
 def test_parse_record_refuses_unknown_kinds() -> None:
-    env: Envelope = seal(ALICE, "dht.evidence", {"key": "evidence/aa"}, ts=NOW)
+    env: Envelope = seal(ALICE, "dht.unknown", {"key": "evidence/aa"}, ts=NOW)
     with pytest.raises(DhtError) as err:
         parse_record(env.encode(), NOW)
     assert err.value.value == "unsupported"
