@@ -66,7 +66,6 @@ from p2pmarket.dht.records import (
     merge_offers,
     offers_key,
     parse_offer_set,
-    rank_offers,
 )
 from p2pmarket.dht.storage import Clock, wall_clock_us
 from p2pmarket.identity import NODE_ID_SIZE, Identity
@@ -317,10 +316,7 @@ class GatewayClient:
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                           max_price: int | None = None) -> list[OfferEntry]:
         sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        out: list[OfferEntry] = []
-        for entries in sets:
-            out.extend(rank_offers(entries, n, min_capacity, max_price))
-        return out
+        return mkt.top_offers_each(sets, n, min_capacity, max_price)
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                      max_price: int | None = None) -> list[mkt.MarketHost]:

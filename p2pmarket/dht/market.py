@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from p2pmarket.dht.records import HostRecord, OfferEntry, host_doc, offer_doc
+from p2pmarket.dht.records import HostRecord, OfferEntry, host_doc, offer_doc, rank_offers
 
 
 @dataclass(frozen=True)
@@ -87,3 +87,12 @@ def market_doc(host: MarketHost) -> dict[str, Any]:
     doc = host_doc(host.record)
     doc["offers"] = {t: offer_doc(e) for t, e in host.offers.items()}
     return doc
+
+
+def top_offers_each(sets: Sequence[Iterable[OfferEntry]], n: int, min_capacity: int,
+                    max_price: int | None) -> list[OfferEntry]:
+    """For each offer set in order, its top ``n`` by capacity/price, concatenated."""
+    out: list[OfferEntry] = []
+    for entries in sets:
+        out.extend(rank_offers(entries, n, min_capacity, max_price))
+    return out

@@ -69,7 +69,6 @@ from p2pmarket.dht.records import (
     offers_key,
     parse_evidence_set,
     parse_offer_set,
-    rank_offers,
 )
 from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.storage import Clock, RecordStorage, wall_clock_us
@@ -560,10 +559,7 @@ class DhtNode:
         """For each type in order, its top ``n`` offers by capacity/price (see
         :func:`rank_offers`), concatenated."""
         sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        out: list[OfferEntry] = []
-        for entries in sets:
-            out.extend(rank_offers(entries, n, min_capacity, max_price))
-        return out
+        return mkt.top_offers_each(sets, n, min_capacity, max_price)
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                      max_price: int | None = None) -> list[mkt.MarketHost]:

@@ -177,10 +177,7 @@ class AccountStore:
                  refund: Refund | None = None) -> None:
         """Insert or replace ``accounts`` (and record ``payment`` as funding the named
         account, and a new pending ``refund``) in one durable transaction."""
-        rows = [(a.account_id, a.holder, a.fund, a.interval_end_us,
-                 pack(terms_to_doc(a.bids)), pack(dict(a.allocation)), a.created_us,
-                 None if a.lease is None else pack(dict(a.lease)), a.contingency,
-                 a.contingency_ppm, a.state) for a in accounts]
+        rows = [_row(a) for a in accounts]
         try:
             with self.conn:
                 self.conn.executemany(
@@ -204,10 +201,7 @@ class AccountStore:
                refunds: Iterable[Refund], settings: Mapping[str, Any]) -> None:
         """Write a whole auctioneer step (accounts, new payments, new refunds, settings)
         in one durable transaction."""
-        rows = [(a.account_id, a.holder, a.fund, a.interval_end_us,
-                 pack(terms_to_doc(a.bids)), pack(dict(a.allocation)), a.created_us,
-                 None if a.lease is None else pack(dict(a.lease)), a.contingency,
-                 a.contingency_ppm, a.state) for a in accounts]
+        rows = [_row(a) for a in accounts]
         try:
             with self.conn:
                 self.conn.executemany(
@@ -275,6 +269,14 @@ def _refund(row: tuple[Any, ...]) -> Refund:
     return Refund(str(rid), str(account_id), bytes(holder), int(amount), str(memo),
                   str(status), None if result is None else unpack(bytes(result)),
                   int(created))
+
+
+def _row(a: Account) -> tuple[Any, ...]:
+    """An account as the values of ``_COLUMNS``."""
+    return (a.account_id, a.holder, a.fund, a.interval_end_us, pack(terms_to_doc(a.bids)),
+            pack(dict(a.allocation)), a.created_us,
+            None if a.lease is None else pack(dict(a.lease)), a.contingency,
+            a.contingency_ppm, a.state)
 
 
 def _from_row(row: tuple[Any, ...]) -> Account:
