@@ -31,10 +31,13 @@ REPLY_KIND = "reply"
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who called: the verified sender key and the request's timestamp."""
+    """Who called: the verified sender key and the request's timestamp; ``request`` is
+    the verified request envelope itself (None when a handler is called directly), so
+    a handler can keep the caller's signature (the auctioneer logs it for audits)."""
 
     sender: bytes
     ts: int
+    request: Envelope | None = None
 
     @property
     def sender_id(self) -> bytes:
@@ -101,7 +104,7 @@ class RpcDispatcher:
         if not isinstance(env.body, dict):
             raise WireError("RPC arguments must be a map", type(env.body).__name__)
         self.guard.accept(env.sender, env.ts, self.clock())
-        result = await handler(CallContext(sender=env.sender, ts=env.ts), env.body)
+        result = await handler(CallContext(sender=env.sender, ts=env.ts, request=env), env.body)
         if not isinstance(result, dict):
             raise TypeError(f"handler {name} returned {type(result).__name__}")
         return result

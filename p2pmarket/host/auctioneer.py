@@ -38,12 +38,14 @@ every tick (charges).
 Every decision is made by the pure transitions of :mod:`p2pmarket.host.steps` on
 the :class:`~p2pmarket.host.machine.HostState` value; this class only does the
 I/O around them: it verifies payments (``accept_payment``) before the step and
-logs the outcome as part of the input, logs each input with its outputs in one
-durable append to the audit log (a write-ahead log: the store records the last
-applied seq in the same transaction as the state, and a restart replays what the
-store missed), signs leases with the authenticator of their ``out.lease`` entry,
-pays refunds and drives the VMM. The log starts with ``in.genesis`` (the state
-snapshot), so a witness can replay it from seq 0 (DESIGN.md section 5).
+logs the outcome as part of the input, with the caller's signed request
+(``ctx.request``, set by the RPC layer) so witnesses can tell it came from the
+buyer; logs each input with its outputs in one durable append to the audit log
+(a write-ahead log: the store records the last applied seq in the same
+transaction as the state, and a restart replays what the store missed); signs
+leases with the authenticator of their ``out.lease`` entry, pays refunds and
+drives the VMM. The log starts with ``in.genesis`` (the state snapshot), so a
+witness can replay it from seq 0 (DESIGN.md section 5).
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ class Auctioneer:
         except WireError:
             logged = "unencodable"
         body: dict[str, Any] = {"from": ctx.sender, "ts": ctx.ts, "args": logged}
+        if ctx.request is not None:   # the caller's signature, for the witnesses
+            body["request"] = ctx.request.to_wire()
         async with self._lock:
             now = self.clock()
             self._sync_usage(now)

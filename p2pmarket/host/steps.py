@@ -21,7 +21,12 @@ Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
   or the reason it was refused ``payment_error: {error, error_value}`` -> zero or
   one ``out.lease`` (the lease terms, when they changed since the last lease
   handed out) then ``out.<rpc>`` (the result, or ``{error, error_value}``; for the
-  ``lease`` RPC the result entry is ``out.lease_reply``).
+  ``lease`` RPC the result entry is ``out.lease_reply``). The body also carries
+  ``request``: the caller's signed request envelope in its wire form ``{v, kind,
+  from, to, ts, body, sig}``; :func:`check_signed` (run by the replay, not by
+  :func:`step`) requires its signature to verify, its ``from``/``ts`` to be the
+  body's ``from``/``ts``, ``to`` the host's node id, ``kind`` ``rpc.host.<rpc>`` and
+  its ``body`` exactly ``args``: a host cannot invent a buyer's input.
 
 Account ids are derived from the payment that opens the account and refund ids
 (when the buyer gives none) from the request, so nothing here is random.
@@ -55,7 +60,7 @@ from p2pmarket.host.machine import (
 )
 from p2pmarket.host.resources import PPM, bids_from_wire
 from p2pmarket.host.rpcargs import account_id_arg, check_args, interval_arg, ratio_arg
-from p2pmarket.wire import WireError, digest, pack
+from p2pmarket.wire import Envelope, WireError, digest, pack
 
 RPCS = ("create_account", "bid", "fund", "refund", "lease")
 INPUTS = frozenset({"in.settings", "in.usage", "in.tick", *(f"in.{n}" for n in RPCS)})
@@ -63,6 +68,7 @@ GENESIS = "in.genesis"
 # logged but not replayed: read-only replies and I/O reports
 INFO = frozenset({"out.status", "in.upload", "out.upload", "out.refund_paid"})
 UNENCODABLE = "unencodable"
+REQUEST_PREFIX = "rpc.host."   # the auctioneer's RPCs are registered under "host"
 
 
 def reply_kind(name: str) -> str:
@@ -104,6 +110,37 @@ def step(state: HostState, kind: str, body: Any, ts: int) -> Step:
     if name not in RPCS or not isinstance(body, dict):
         raise HostError("not an auctioneer input", kind)
     return _rpc(state, name, body, ts)
+
+
+def check_signed(state: HostState, kind: str, body: Any, host_id: bytes | None = None
+                 ) -> str | None:
+    """Why the ``in.<rpc>`` input ``body`` is not a request its caller signed (None if
+    it is, or if ``kind`` is not a buyer's RPC). ``host_id`` is the host's node id the
+    request must be addressed to (default: the state's). Pure."""
+    if not kind.startswith("in.") or kind[3:] not in RPCS:
+        return None
+    if not isinstance(body, dict) or body.get("request") is None:
+        return "no signed request"
+    try:
+        env = Envelope.from_wire(body["request"])
+        env.verify_signature()
+    except WireError as exc:
+        return f"the request is not validly signed ({exc.message})"
+    if env.sender != body.get("from"):
+        return "the request is signed by another key than the caller's"
+    if env.ts != body.get("ts"):
+        return "the request has another timestamp than the input"
+    if env.to != (state.host_id if host_id is None else host_id):
+        return "the request is addressed to another node"
+    if env.kind != REQUEST_PREFIX + kind[3:]:
+        return f"the request is {env.kind!r}, not {REQUEST_PREFIX + kind[3:]!r}"
+    try:
+        same = pack(body.get("args")) == pack(env.body)
+    except WireError:
+        same = False
+    if not same:
+        return "the arguments differ from the signed request"
+    return None
 
 
 # -- ticks and settings ------------------------------------------------------------
@@ -443,5 +480,6 @@ def precheck(state: HostState, name: str, sender: bytes, args: Any) -> None:
     PARSERS[name](state, sender, args)
 
 
-__all__ = ["GENESIS", "INFO", "INPUTS", "RPCS", "Step", "account_id_for", "error_doc",
-           "precheck", "reply_kind", "settings_body", "step", "tick_doc"]
+__all__ = ["GENESIS", "INFO", "INPUTS", "REQUEST_PREFIX", "RPCS", "Step", "account_id_for",
+           "check_signed", "error_doc", "precheck", "reply_kind", "settings_body", "step",
+           "tick_doc"]

@@ -17,7 +17,9 @@ A proof is the canonical msgpack of a map ``{v: 1, type, host (public key), ...}
   auctioneer's state there, :func:`p2pmarket.host.machine.snapshot`; its payment
   and refund records may be left out when the replay does not need them).
   Replaying the entries through :mod:`p2pmarket.host.steps` must reach a fault at
-  ``seq``. The size grows with the host's accounts (about 150 bytes an account
+  ``seq`` (for a buyer's input whose signed request is missing, not the caller's,
+  not addressed to this host or not exactly the input: rule ``unsigned input: ...``).
+  The size grows with the host's accounts (about 150 bytes an account
   in the snapshot, plus the tick entries' per-account charges): a few KB for a
   small host, tens of KB for a large one.
 
@@ -193,12 +195,12 @@ def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
     if doc["snapshot"] is None:
         if first["seq"] != 0:
             raise EvidenceError("without a snapshot the entries start at seq 0")
-        replayer = Replayer()
+        replayer = Replayer(host=host)
         rest = entries
     else:
         if first["kind"] not in ANCHORS:
             raise EvidenceError("the entries start at an out.tick or out.settings entry")
-        replayer = Replayer(from_snapshot(doc["snapshot"]), entries[0])
+        replayer = Replayer(from_snapshot(doc["snapshot"]), entries[0], host)
         if replayer.fault is not None:
             raise EvidenceError(replayer.fault.rule)
         rest = entries[1:]

@@ -10,7 +10,12 @@ bytes (what ``host.audit_log`` serves), and checks:
   replayed with :func:`p2pmarket.host.steps.step` and must be followed at once by
   exactly the outputs the replay gives, byte for byte (same kind, body and
   timestamp); read-only entries (``out.status``, uploads, refund payments) are
-  skipped; anything else is a fault.
+  skipped; anything else is a fault;
+- signed inputs: every buyer's input (``in.<rpc>``) carries the caller's signed
+  request, which must verify and match the input exactly
+  (:func:`p2pmarket.host.steps.check_signed`; addressed to ``host``'s node id when
+  the replayer knows the host's key); one that does not is the fault ``unsigned
+  input: <why>`` (the host invented or altered a buyer's input).
 
 The first fault stops the replay (:attr:`Replayer.fault`). The replayer keeps the
 state at the last *anchor* (``in.genesis``, or an ``out.tick``/``out.settings``
@@ -27,7 +32,8 @@ from typing import Any
 
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.machine import HostState, MissingState, from_snapshot, state_digest
-from p2pmarket.host.steps import GENESIS, INFO, INPUTS, step
+from p2pmarket.host.steps import GENESIS, INFO, INPUTS, check_signed, step
+from p2pmarket.identity import node_id_of
 from p2pmarket.ledger.auditlog import encode_entry
 from p2pmarket.ledger.chain import ZERO_HASH
 from p2pmarket.wire import WireError, pack, unpack
@@ -58,12 +64,15 @@ class Replayer:
     """Incremental conformance check of one host's log (see the module docstring).
 
     Start it empty (the log from seq 0) or from an anchor: a state whose digest the
-    anchor entry (given as ``anchor_raw``) commits to.
+    anchor entry (given as ``anchor_raw``) commits to. ``host`` (the host's public
+    key), if given, is who buyers' requests must be addressed to; without it, the node
+    id the state names.
     """
 
-    def __init__(self, state: HostState | None = None, anchor_raw: bytes | None = None
-                 ) -> None:
+    def __init__(self, state: HostState | None = None, anchor_raw: bytes | None = None,
+                 host: bytes | None = None) -> None:
         self.state = state
+        self.host_id = None if host is None else node_id_of(host)
         self.seq = -1
         self.head = ZERO_HASH
         self.fault: Fault | None = None
@@ -126,6 +135,9 @@ class Replayer:
             return self._fail(seq, f"unexpected entry {kind!r} (not an input, or an output "
                                    "no input asked for)")
         assert self.state is not None
+        unsigned = check_signed(self.state, kind, doc["body"], self.host_id)
+        if unsigned is not None:
+            return self._fail(seq, f"unsigned input: {unsigned}")
         try:
             st = step(self.state, kind, doc["body"], doc["ts"])
             expect = [(k, pack(b)) for k, b in st.outputs]
@@ -155,10 +167,10 @@ class Replayer:
 
 
 def replay(entries: list[bytes], state: HostState | None = None,
-           anchor_raw: bytes | None = None) -> Replayer:
+           anchor_raw: bytes | None = None, host: bytes | None = None) -> Replayer:
     """Link and replay ``entries`` (from seq 0, or after ``anchor_raw``); stops at the
     first fault. Raises :class:`WireError` if the entries do not form a chain."""
-    r = Replayer(state, anchor_raw)
+    r = Replayer(state, anchor_raw, host)
     for raw in entries:
         if r.take(raw) is not None:
             break

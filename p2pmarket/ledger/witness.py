@@ -10,8 +10,9 @@ period (default 10 s) each witness fetches the host's log since its last audit
    signed for one seq -- against an authenticator it was pushed, one it audited
    before, or the chain it holds -- are a proof of inconsistency;
 2. replays the inputs through the auctioneer's pure code
-   (:class:`~p2pmarket.ledger.replay.Replayer`); an output that differs is a
-   proof of non-conformance;
+   (:class:`~p2pmarket.ledger.replay.Replayer`); an output that differs, or a
+   buyer's input without the buyer's valid signed request, is a proof of
+   non-conformance;
 3. if the host does not answer, or its log stops short of an authenticator
    the witness holds, opens a *challenge*: the host is *suspected* until an
    audit gets the log up to that point (an honest host always can);
@@ -119,6 +120,11 @@ class Watched:
     proofs: list[bytes] = field(default_factory=list)
     last_audit: int = 0
     error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.replayer.host_id is None and self.replayer.seq < 0:
+            # buyers' signed requests must be addressed to this host
+            self.replayer = Replayer(host=self.key)
 
     @property
     def state(self) -> str:

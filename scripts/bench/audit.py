@@ -41,6 +41,7 @@ from p2pmarket.identity import Identity
 from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.chain import Authenticator
 from p2pmarket.ledger.replay import Replayer
+from p2pmarket.wire import seal
 
 S = 1_000_000
 NOW = 1_700_000_000 * S
@@ -65,12 +66,16 @@ async def build_log(tmp: Path, n_accounts: int, ticks: int, rpcs: int, seed: int
     ids: list[str] = []
     ts = [NOW]
 
-    def ctx(who: Identity) -> CallContext:
+    async def call(who: Identity, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """The handler called as the RPC layer calls it: with the buyer's signed request."""
         ts[0] += 1
-        return CallContext(who.public_key, ts[0])
+        env = seal(who, f"rpc.host.{name}", args, ts=ts[0], to=ident.node_id)
+        result: dict[str, Any] = await getattr(auct, name)(
+            CallContext(who.public_key, ts[0], request=env), env.body)
+        return result
 
     for k, who in enumerate(buyers):
-        res = await auct.create_account(ctx(who), {
+        res = await call(who, "create_account", {
             "payment": {"id": f"p{k}", "amount": rnd.randint(10**8, 10**10)},
             "interval_s": rnd.randint(600, 86400), "contingency": rnd.choice([0, "0.1"]),
             "bids": {"cpu": f"{rnd.randint(1, 5)},0,1",
@@ -85,15 +90,15 @@ async def build_log(tmp: Path, n_accounts: int, ticks: int, rpcs: int, seed: int
             op = rnd.random()
             try:
                 if op < 0.4:
-                    await auct.bid(ctx(who), {"account_id": aid,
-                                              "bids": {"cpu": f"{rnd.randint(1, 9)}"}})
+                    await call(who, "bid", {"account_id": aid,
+                                            "bids": {"cpu": f"{rnd.randint(1, 9)}"}})
                 elif op < 0.6:
-                    await auct.fund(ctx(who), {"account_id": aid, "payment": {
+                    await call(who, "fund", {"account_id": aid, "payment": {
                         "id": f"f{t}-{i}-{rnd.random()}", "amount": rnd.randint(10**6, 10**8)}})
                 elif op < 0.9:
-                    await auct.lease(ctx(who), {"account_id": aid})
+                    await call(who, "lease", {"account_id": aid})
                 else:
-                    await auct.refund(ctx(who), {"account_id": aid, "amount": 1000})
+                    await call(who, "refund", {"account_id": aid, "amount": 1000})
             except P2PMarketError:
                 pass
     rows = audit.raw(0, 1 << 30)

@@ -126,3 +126,22 @@ async def test_unreachable_peer() -> None:
     async with PeerClient(CALLER, timeout_s=2) as client:
         with pytest.raises(PeerUnreachable):
             await client.call("http://127.0.0.1:1", SERVER.public_key, "counter.add", {"n": 1})
+
+
+async def test_handler_gets_the_verified_request() -> None:
+    seen: list[CallContext] = []
+
+    async def keep(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        seen.append(ctx)
+        return {}
+
+    dispatcher = RpcDispatcher(SERVER)
+    dispatcher.register("keep.it", keep)
+    request = make_request(CALLER, SERVER.node_id, "keep.it", {"n": 1})
+    open_reply(request, await dispatcher.dispatch(request), CALLER, SERVER.public_key)
+    env = seen[0].request
+    assert env is not None and env.encode() == request
+    env.verify_signature()
+    assert env.sender == seen[0].sender and env.ts == seen[0].ts and env.body == {"n": 1}
+    # handlers called directly still work without one
+    assert CallContext(sender=CALLER.public_key, ts=1).request is None

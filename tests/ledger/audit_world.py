@@ -21,7 +21,7 @@ from p2pmarket.ledger.auditlog import AuditEntry, AuditLog, sign_entry
 from p2pmarket.ledger.chain import Authenticator
 from p2pmarket.ledger.evidence import EvidenceStore
 from p2pmarket.ledger.witness import Peer, WitnessService, push_to_witnesses
-from p2pmarket.wire import pack, unpack
+from p2pmarket.wire import pack, seal, unpack
 
 S = 1_000_000
 GIB = 1024 * 1024
@@ -179,6 +179,15 @@ class World:
                 h.vmm.undefine(info.account_id)
             h.vmm.close()
             h.store.close()
+
+
+def signed_ctx(who: Identity, host: Identity, name: str, args: dict[str, Any], ts: int,
+               signer: Identity | None = None, to: bytes | None = None) -> CallContext:
+    """The context the RPC layer gives a handler for ``who``'s signed ``host.<name>``
+    request (``signer``/``to`` forge it: another key, another addressee)."""
+    env = seal(signer or who, f"rpc.host.{name}", args, ts=ts,
+               to=host.node_id if to is None else to)
+    return CallContext(sender=who.public_key, ts=ts, request=env)
 
 
 # -- cheats ------------------------------------------------------------------------

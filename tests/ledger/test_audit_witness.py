@@ -30,7 +30,7 @@ from p2pmarket.ledger.evidence import (
 )
 from p2pmarket.ledger.replay import replay
 from p2pmarket.ledger.witness import EXPOSED, SUSPECTED, TRUSTED
-from p2pmarket.wire import pack, unpack
+from p2pmarket.wire import pack, seal, unpack
 
 ALICE, BOB = Identity.generate(), Identity.generate()
 
@@ -125,8 +125,12 @@ async def test_two_logs_for_two_witnesses_are_exposed(world: World) -> None:
     h, _alice, _ = await busy_host(world)
     seq = next(e.seq for e, _ in h.auct.audit.entries(0, 1000) if e.kind == "in.bid")
     entry = h.auct.audit.entries(seq, 1)[0][0]
+    # a conformant second log: Alice's bid as if she had sent it a microsecond later
+    req = entry.body["request"]
+    resigned = seal(ALICE, req["kind"], req["body"], ts=req["ts"] + 1, to=req["to"])
     forked = rewritten(h.auct.audit, h.identity, seq,
-                       {**entry.body, "ts": entry.body["ts"] + 1})
+                       {**entry.body, "ts": entry.body["ts"] + 1,
+                        "request": resigned.to_wire()})
     serve_two_logs(h, forked, w2.identity.public_key)
     # buyers' pushes went to every witness: w2 sees authenticators of the real log
     await world.audit_round()
@@ -263,9 +267,10 @@ async def test_host_restart_replays_what_the_store_missed(world: World) -> None:
     vmm = LibvirtVMM("test:///default", prefix="p2pm-crash-")
     auct = Auctioneer(ident, settings, AccountStore(path), vmm, FakeBank().accept,
                       world.clock, audit=audit)
-    from p2pmarket.api.rpc import CallContext
-    res = await auct.create_account(CallContext(ALICE.public_key, world.clock.now), {
-        "payment": cert(10**8), "bids": BIDS, "interval_s": 60})
+    from audit_world import signed_ctx
+    args = {"payment": cert(10**8), "bids": BIDS, "interval_s": 60}
+    res = await auct.create_account(
+        signed_ctx(ALICE, ident, "create_account", args, world.clock.now), args)
     commit = auct.store.commit
     auct.store.commit = lambda *a: None   # type: ignore[method-assign]  # "crash"
     world.clock.now += S
