@@ -124,9 +124,15 @@ class Share:
 def _fill(capacity: int, bids: list[int], maxes: list[int], cappable: list[int],
           root_bid: int) -> tuple[list[int], int, int]:
     """The capped set and the uncapped set's capacity C and bids B (root included)."""
-    cap_left, bid_left = capacity, root_bid + sum(bids)
+    return _cap_rounds(cappable, bids, maxes, capacity, root_bid + sum(bids))
+
+
+def _cap_rounds(cand: list[int], bids: list[int], maxes: list[int], cap_left: int,
+                bid_left: int) -> tuple[list[int], int, int]:
+    """Water-filling: cap every candidate whose proportional share would pass its max,
+    take its max out of the capacity and its bid out of the bids, repeat until no one
+    else passes. Returns the newly capped, and the capacity C and bids B left."""
     capped: list[int] = []
-    cand = cappable
     while cand:
         newly = [i for i in cand if bids[i] * cap_left > maxes[i] * bid_left]
         if not newly:
@@ -316,19 +322,8 @@ def _with_drops(cap: int, bids: list[int], maxes: list[int], mins: list[int],
 
         def attempt(k: int) -> tuple[list[int], int, int] | None:
             gone = set(short[:k])
-            c, b = c0, b0 - prefix[k]
-            more: list[int] = []
-            cand = [i for i in free0 if i not in gone]
-            while cand:
-                newly = [i for i in cand if bids[i] * c > maxes[i] * b]
-                if not newly:
-                    break
-                more.extend(newly)
-                for i in newly:
-                    c -= maxes[i]
-                    b -= bids[i]
-                done = set(newly)
-                cand = [i for i in cand if i not in done]
+            more, c, b = _cap_rounds([i for i in free0 if i not in gone], bids, maxes,
+                                     c0, b0 - prefix[k])
             if k < len(short):
                 nxt = short[k]
                 if nxt not in more and bids[nxt] * c // b < mins[nxt]:
