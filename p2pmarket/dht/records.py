@@ -471,24 +471,30 @@ class OfferSet:
     """Dropped entries that no honest node would pass on (bad signature, wrong key...)."""
 
 
+def _open_container(value: object, kind: str, what: str) -> tuple[Any, Any]:
+    """The ``(key, entries)`` of a multi-writer set's container ``{kind, key, entries}``,
+    after checking its type, size, encoding, fields and kind (not the key or entries)."""
+    if not isinstance(value, bytes):
+        raise _fail("malformed", f"{what} must be bytes")
+    if len(value) > MAX_VALUE_BYTES:
+        raise _fail("too_large", f"{what} larger than {MAX_VALUE_BYTES} bytes")
+    try:
+        doc = unpack(value, MAX_VALUE_BYTES)
+    except WireError:
+        raise _fail("malformed", f"{what} is not msgpack") from None
+    if not isinstance(doc, dict) or set(doc) != {"kind", "key", "entries"}:
+        raise _fail("malformed", f"{what} fields wrong")
+    if doc["kind"] != kind:
+        raise _fail("wrong_kind", f"not an {what}")
+    return doc["key"], doc["entries"]
+
+
 def parse_offer_set(value: object, now_us: int,
                     known: Mapping[bytes, OfferEntry] | None = None) -> OfferSet:
     """Decode a container; invalid or expired entries are dropped and counted, a
     malformed container raises :class:`DhtError`. ``known`` maps encodings to entries
     already verified (their signatures are not checked again; expiry still is)."""
-    if not isinstance(value, bytes):
-        raise _fail("malformed", "offer set must be bytes")
-    if len(value) > MAX_VALUE_BYTES:
-        raise _fail("too_large", f"offer set larger than {MAX_VALUE_BYTES} bytes")
-    try:
-        doc = unpack(value, MAX_VALUE_BYTES)
-    except WireError:
-        raise _fail("malformed", "offer set is not msgpack") from None
-    if not isinstance(doc, dict) or set(doc) != {"kind", "key", "entries"}:
-        raise _fail("malformed", "offer set fields wrong")
-    key, raw_entries = doc["key"], doc["entries"]
-    if doc["kind"] != OFFER_SET_KIND:
-        raise _fail("wrong_kind", "not an offer set")
+    key, raw_entries = _open_container(value, OFFER_SET_KIND, "offer set")
     if not isinstance(key, str) or not key.startswith("offers/"):
         raise _fail("wrong_key", "offer set key must be offers/<type>")
     check_type_name(key.removeprefix("offers/"))
@@ -701,19 +707,7 @@ def parse_evidence_set(value: object, now_us: int, verified: Container[bytes] = 
     """Decode an evidence container, verifying every inline proof (except those whose
     sha256 is in ``verified``); bad or expired entries are dropped and counted, a
     malformed container raises :class:`DhtError`."""
-    if not isinstance(value, bytes):
-        raise _fail("malformed", "evidence set must be bytes")
-    if len(value) > MAX_VALUE_BYTES:
-        raise _fail("too_large", f"evidence set larger than {MAX_VALUE_BYTES} bytes")
-    try:
-        doc = unpack(value, MAX_VALUE_BYTES)
-    except WireError:
-        raise _fail("malformed", "evidence set is not msgpack") from None
-    if not isinstance(doc, dict) or set(doc) != {"kind", "key", "entries"}:
-        raise _fail("malformed", "evidence set fields wrong")
-    if doc["kind"] != EVIDENCE_SET_KIND:
-        raise _fail("wrong_kind", "not an evidence set")
-    key, raw_entries = doc["key"], doc["entries"]
+    key, raw_entries = _open_container(value, EVIDENCE_SET_KIND, "evidence set")
     node_id = evidence_node_id(key)
     if not isinstance(raw_entries, list) or len(raw_entries) > 4 * MAX_EVIDENCE:
         raise _fail("malformed", "evidence set entries must be a short list")
