@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -79,6 +79,21 @@ NO_DHT_ADDRESS = ("0.0.0.0", 1)
 """What a proxied host advertises as its DHT address: it has none."""
 
 
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _hex_arg(request: web.Request, name: str, size: int, what: str) -> bytes | web.Response:
+    """Path argument ``name`` as bytes from hex (of ``size`` bytes unless 0), or the
+    400 answer saying what is wrong with it."""
+    try:
+        raw = bytes.fromhex(request.match_info[name])
+    except ValueError:
+        return web.Response(status=400, text=f"{what} must be hex")
+    if size and len(raw) != size:
+        return web.Response(status=400, text=f"{what} must be {size} bytes")
+    return raw
+
+
 def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
                    allow_store: bool = True) -> list[web.RouteDef]:
     """aiohttp routes for the node's public peer app (see the module docstring)."""
@@ -91,14 +106,9 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
         return not ok
 
     async def get_host(request: web.Request) -> web.StreamResponse:
-        if limited(request):
-            return web.Response(status=429, text="slow down")
-        try:
-            node_id = bytes.fromhex(request.match_info["node_id"])
-        except ValueError:
-            return web.Response(status=400, text="node id must be hex")
-        if len(node_id) != NODE_ID_SIZE:
-            return web.Response(status=400, text="node id must be 20 bytes")
+        node_id = _hex_arg(request, "node_id", NODE_ID_SIZE, "node id")
+        if isinstance(node_id, web.Response):
+            return node_id
         node._count("gateway_get_host")
         record = await node.get_host(node_id)
         if record is None:
@@ -106,8 +116,6 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
         return web.Response(body=record.value, content_type=OCTETS)
 
     async def get_offers(request: web.Request) -> web.StreamResponse:
-        if limited(request):
-            return web.Response(status=429, text="slow down")
         rtype = request.match_info["type"]
         try:
             check_type_name(rtype)
@@ -119,8 +127,6 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
         return web.Response(body=value, content_type=OCTETS)
 
     async def store(request: web.Request) -> web.StreamResponse:
-        if limited(request):
-            return web.Response(status=429, text="slow down")
         key = request.match_info["key"]
         if request.content_length is not None and request.content_length > MAX_VALUE_BYTES:
             return web.Response(status=413, text="value too large")
@@ -136,37 +142,36 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
         return web.json_response({"accepted": accepted})
 
     async def document(request: web.Request) -> web.StreamResponse:
-        if limited(request):
-            return web.Response(status=429, text="slow down")
-        try:
-            digest = bytes.fromhex(request.match_info["sha256"])
-        except ValueError:
-            return web.Response(status=400, text="hash must be hex")
+        digest = _hex_arg(request, "sha256", 0, "hash")
+        if isinstance(digest, web.Response):
+            return digest
         data = node.document(digest)
         if data is None:
             return web.Response(status=404, text="no such document")
         return web.Response(body=data, content_type=OCTETS)
 
     async def evidence_of(request: web.Request) -> web.StreamResponse:
-        if limited(request):
-            return web.Response(status=429, text="slow down")
-        try:
-            node_id = bytes.fromhex(request.match_info["node_id"])
-        except ValueError:
-            return web.Response(status=400, text="node id must be hex")
-        if len(node_id) != NODE_ID_SIZE:
-            return web.Response(status=400, text="node id must be 20 bytes")
+        node_id = _hex_arg(request, "node_id", NODE_ID_SIZE, "node id")
+        if isinstance(node_id, web.Response):
+            return node_id
         node._count("gateway_evidence")
         proofs = await node.get_evidence(node_id)
         return web.Response(body=pack(proofs[:MAX_EVIDENCE]), content_type=OCTETS)
 
-    routes = [web.get("/dht/host/{node_id}", get_host),
-              web.get("/dht/offers/{type}", get_offers),
-              web.get("/dht/doc/{sha256}", document),
+    def guarded(handler: RouteHandler) -> RouteHandler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            if limited(request):
+                return web.Response(status=429, text="slow down")
+            return await handler(request)
+        return run
+
+    routes = [web.get("/dht/host/{node_id}", guarded(get_host)),
+              web.get("/dht/offers/{type}", guarded(get_offers)),
+              web.get("/dht/doc/{sha256}", guarded(document)),
               evidence_route(node.evidence_body, limited),
-              web.get("/dht/evidence-of/{node_id}", evidence_of)]
+              web.get("/dht/evidence-of/{node_id}", guarded(evidence_of))]
     if allow_store:
-        routes.append(web.post("/dht/store/{key:.+}", store))
+        routes.append(web.post("/dht/store/{key:.+}", guarded(store)))
     return routes
 
 
@@ -177,13 +182,9 @@ def evidence_route(bodies: Callable[[bytes], bytes | None],
     async def serve(request: web.Request) -> web.StreamResponse:
         if limited is not None and limited(request):
             return web.Response(status=429, text="slow down")
-        text = request.match_info["sha256"]
-        try:
-            digest = bytes.fromhex(text)
-        except ValueError:
-            return web.Response(status=400, text="hash must be hex")
-        if len(digest) != 32:
-            return web.Response(status=400, text="hash must be 32 bytes")
+        digest = _hex_arg(request, "sha256", 32, "hash")
+        if isinstance(digest, web.Response):
+            return digest
         data = bodies(digest)
         if data is None:
             return web.Response(status=404, text="no such proof")
@@ -320,14 +321,8 @@ class GatewayClient:
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                      max_price: int | None = None) -> list[mkt.MarketHost]:
-        if not types or n <= 0:
-            return []
-        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        ranked = mkt.candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
-                                max_price)[: 2 * n + 4]
-        ids = [o[types[0]].node_id for o in ranked]
-        records = await asyncio.gather(*(self.get_host(i) for i in ids))
-        return mkt.select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)
+        return await mkt.query(types, n, min_capacity, max_price, self.offers_of,
+                               self.get_host)
 
     async def store(self, key: str, value: bytes) -> int:
         try:

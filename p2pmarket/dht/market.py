@@ -1,4 +1,7 @@
-"""Market queries over the offer index (pure): several resource types at once.
+"""Market queries over the offer index: several resource types at once.
+
+The ranking and selection are pure; :func:`query` only sequences the reads it is
+given (a node's or a gateway client's ``offers_of`` and ``get_host``).
 
 A host qualifies when it offers every asked type with at least ``min_capacity``
 and at most ``max_price`` per unit. Hosts are ranked by the cost efficiency
@@ -10,7 +13,8 @@ hour average and the availability shown by ``p2pmarket hosts``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -96,3 +100,19 @@ def top_offers_each(sets: Sequence[Iterable[OfferEntry]], n: int, min_capacity: 
     for entries in sets:
         out.extend(rank_offers(entries, n, min_capacity, max_price))
     return out
+
+
+async def query(types: Sequence[str], n: int, min_capacity: int, max_price: int | None,
+                offers_of: Callable[[str], Awaitable[list[OfferEntry]]],
+                get_host: Callable[[bytes], Awaitable[HostRecord | None]]
+                ) -> list[MarketHost]:
+    """The market query over any DHT reader (a node, or a gateway client): fetch each
+    type's offers, rank the candidates, fetch the best ones' host records, select."""
+    if not types or n <= 0:
+        return []
+    sets = await asyncio.gather(*(offers_of(t) for t in types))
+    ranked = candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
+                        max_price)[: 2 * n + 4]
+    ids = [o[types[0]].node_id for o in ranked]
+    records = await asyncio.gather(*(get_host(i) for i in ids))
+    return select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)

@@ -565,14 +565,8 @@ class DhtNode:
                      max_price: int | None = None) -> list[mkt.MarketHost]:
         """Hosts offering every type in ``types`` within the filters, best cost efficiency
         first (see :mod:`p2pmarket.dht.market`), each with its verified host record."""
-        if not types or n <= 0:
-            return []
-        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        ranked = mkt.candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
-                                max_price)[: 2 * n + 4]
-        ids = [o[types[0]].node_id for o in ranked]
-        records = await asyncio.gather(*(self.get_host(i) for i in ids))
-        return mkt.select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)
+        return await mkt.query(types, n, min_capacity, max_price, self.offers_of,
+                               self.get_host)
 
     async def offers_of(self, resource_type: str) -> list[OfferEntry]:
         """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged."""
