@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kademlia.storage import IStorage
 
@@ -40,6 +41,8 @@ from p2pmarket.dht.records import (
     url_host,
 )
 from p2pmarket.dht.routing import PrefixPolicy
+
+_E = TypeVar("_E", OfferEntry, EvidenceEntry)
 
 Clock = Callable[[], int]
 """Wall-clock time in integer microseconds."""
@@ -199,25 +202,22 @@ class RecordStorage(IStorage):  # type: ignore[misc]
     def cap_evidence_prefixes(self, entries: list[EvidenceEntry]) -> list[EvidenceEntry]:
         """At most ``policy.offers_cap`` hash-only entries served from one network prefix,
         so one network cannot fill a set with proofs it may stop serving."""
-        seen: dict[str, int] = {}
-        out = []
-        for entry in entries:
-            prefix = self.policy.prefix(url_host(entry.url)) if entry.url else None
-            if prefix is not None:
-                seen[prefix] = seen.get(prefix, 0) + 1
-                if seen[prefix] > self.policy.offers_cap:
-                    self._count("capped_entries")
-                    continue
-            out.append(entry)
-        return out
+        return self._cap_by_prefix(entries, lambda e: e.url or None)
 
     def cap_prefixes(self, entries: list[OfferEntry]) -> list[OfferEntry]:
         """Keep at most ``policy.offers_cap`` entries per URL-host prefix, in order given
         (freshest first), so one network cannot fill a key."""
+        return self._cap_by_prefix(entries, lambda e: e.url)
+
+    def _cap_by_prefix(self, entries: list[_E], url_of: Callable[[_E], str | None]
+                       ) -> list[_E]:
+        """``entries`` in order, dropping (and counting) those past ``policy.offers_cap``
+        for the network prefix of their URL's host; entries with no URL are kept."""
         seen: dict[str, int] = {}
         out = []
         for entry in entries:
-            prefix = self.policy.prefix(url_host(entry.url))
+            url = url_of(entry)
+            prefix = self.policy.prefix(url_host(url)) if url is not None else None
             if prefix is not None:
                 seen[prefix] = seen.get(prefix, 0) + 1
                 if seen[prefix] > self.policy.offers_cap:
