@@ -163,40 +163,6 @@ class AccountStore:
                                  "ORDER BY id", (holder,)).fetchall()
         return [_from_row(r) for r in rows]
 
-    def put(self, account: Account) -> None:
-        self.put_many([account])
-
-    def payment_account(self, payment_id: bytes) -> str | None:
-        """The account that ``payment_id`` funded, if any."""
-        row = self.conn.execute("SELECT account_id FROM payments WHERE id = ?",
-                                (payment_id,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def put_many(self, accounts: Iterable[Account],
-                 payment: tuple[Payment, str] | None = None,
-                 refund: Refund | None = None) -> None:
-        """Insert or replace ``accounts`` (and record ``payment`` as funding the named
-        account, and a new pending ``refund``) in one durable transaction."""
-        rows = [_row(a) for a in accounts]
-        try:
-            with self.conn:
-                self.conn.executemany(
-                    f"INSERT OR REPLACE INTO accounts ({_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                if payment is not None:
-                    pay, account_id = payment
-                    self.conn.execute(
-                        "INSERT INTO payments (id, account_id, amount) VALUES (?, ?, ?)",
-                        (pay.payment_id, account_id, pay.amount))
-                if refund is not None:
-                    self.conn.execute(
-                        "INSERT INTO refunds (id, account_id, holder, amount, memo, status, "
-                        "result, created_us) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
-                        (refund.refund_id, refund.account_id, refund.holder, refund.amount,
-                         refund.memo, refund.status, refund.created_us))
-        except sqlite3.IntegrityError as exc:
-            raise HostError("account store refused the change", str(exc)) from None
-
     def commit(self, accounts: Iterable[Account], payments: Iterable[tuple[bytes, str, int]],
                refunds: Iterable[Refund], settings: Mapping[str, Any]) -> None:
         """Write a whole auctioneer step (accounts, new payments, new refunds, settings)
