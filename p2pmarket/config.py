@@ -156,6 +156,11 @@ class DataDir:
         return self.root / "evidence.sqlite"
 
     @property
+    def witness_db(self) -> Path:
+        """What this node, as a witness, audited and holds (DESIGN.md section 5)."""
+        return self.root / "witness.sqlite"
+
+    @property
     def dht_db(self) -> Path:
         return self.root / "dht.sqlite"
 

@@ -42,6 +42,7 @@ from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
 from p2pmarket.ledger.witness import Peer, WitnessService
+from p2pmarket.ledger.witnessstore import WitnessStore
 from p2pmarket.market import Availability, PriceHistory, moved
 from p2pmarket.witnessing import DhtEvidenceSink, DhtHostLocator, DhtWitnessDirectory
 
@@ -90,7 +91,7 @@ class Node:
             directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
                                                          settings.url)),
             locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
-            period_s=settings.audit_seconds)
+            period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db))
         self.dispatcher.register_all("witness", self.witness.handlers())
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
             upload_route(self.auctioneer), *gateway_routes(self.dht)]))
@@ -144,6 +145,7 @@ class Node:
         if self.notary is not None:
             self.notary.close()
         self.evidence.close()
+        self.witness.store.close()
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()

@@ -24,6 +24,17 @@ kept in the :class:`~p2pmarket.ledger.evidence.EvidenceStore` and published
 through an :class:`~p2pmarket.ledger.evidence.EvidenceSink`). An exposed host is
 not audited any more.
 
+An entry dated more than the clock tolerance of the RPC layer ahead of the
+witness's clock is not taken: the fetch counts as unanswered, so a host whose
+clock runs ahead stays suspected until real time catches up with its log (no
+third party could check a proof about "the future", so this is a challenge,
+not evidence). That entries' times never go backwards is a replay rule.
+
+Progress is durable (:class:`~p2pmarket.ledger.witnessstore.WitnessStore`): pushed
+authenticators are stored before ``witness.push`` answers, and each checked
+segment is stored with the replay position, so a restarted witness resumes every
+audit where it stopped.
+
 RPCs (``dispatcher.register_all("witness", service.handlers())``; the RPC
 layer's replay guard and signature checks run first):
 
@@ -59,7 +70,8 @@ from p2pmarket.ledger.evidence import (
     verify_proof,
 )
 from p2pmarket.ledger.replay import Replayer, decode_entry
-from p2pmarket.wire import WireError
+from p2pmarket.ledger.witnessstore import WitnessStore
+from p2pmarket.wire import DEFAULT_CLOCK_TOLERANCE_US, WireError
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +126,10 @@ class Watched:
     key: bytes
     url: str | None = None
     replayer: Replayer = field(default_factory=Replayer)
-    audited: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seq->(hash, sig)
     held: dict[int, Authenticator] = field(default_factory=dict)
+    # audited in the segment being checked, not yet in the store (older ones are there)
+    unsaved: dict[int, Authenticator] = field(default_factory=dict)
+    saved_anchor: int = -1   # first seq of the replay entries the store holds
     challenge: dict[str, Any] | None = None
     proofs: list[bytes] = field(default_factory=list)
     last_audit: int = 0
@@ -132,9 +146,8 @@ class Watched:
             return EXPOSED
         return SUSPECTED if self.challenge is not None else TRUSTED
 
-    def auth(self, seq: int) -> Authenticator:
-        h, sig = self.audited[seq]
-        return Authenticator(self.key, seq, h, sig)
+    def anchor_seq(self) -> int:
+        return self.replayer.seq - len(self.replayer.anchor_entries) + 1
 
 
 def _auths(host: bytes, items: Any) -> list[Authenticator]:
@@ -167,7 +180,8 @@ class WitnessService:
                  clock: Callable[[], int] = now_us, period_s: float = DEFAULT_PERIOD_S,
                  directory: WitnessDirectory | None = None,
                  locator: HostLocator | None = None, sink: EvidenceSink | None = None,
-                 psi: int = DEFAULT_PSI, segment: int = SEGMENT) -> None:
+                 psi: int = DEFAULT_PSI, segment: int = SEGMENT,
+                 store: WitnessStore | None = None) -> None:
         self.identity = identity
         self.client = client
         self.evidence = evidence
@@ -178,7 +192,15 @@ class WitnessService:
         self.sink = sink
         self.psi = psi
         self.segment = segment
+        self.store = store or WitnessStore()
         self.hosts: dict[bytes, Watched] = {}
+        for saved in self.store.hosts():
+            w = Watched(saved.key, saved.url, saved.replayer,
+                        {a.seq: a for a in saved.held}, challenge=saved.challenge,
+                        last_audit=saved.last_audit, error=saved.error)
+            w.saved_anchor = w.anchor_seq() if w.replayer.anchor_entries else -1
+            w.proofs.extend(self.evidence.proofs(saved.key))
+            self.hosts[saved.key] = w
 
     # -- what the node wires --------------------------------------------------------
 
@@ -234,6 +256,8 @@ class WitnessService:
         w = self.watch(host, url)
         for auth in auths:
             await self.hold(w, auth)
+        # durable before the pusher hears we hold them
+        self.store.save_held(host, [a for a in auths if w.held.get(a.seq) is a])
         return {"held": len(w.held), "state": w.state}
 
     async def rpc_status(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -263,10 +287,10 @@ class WitnessService:
 
     async def hold(self, w: Watched, auth: Authenticator) -> None:
         """Take one (verified) authenticator of the host."""
-        if auth.seq in w.audited:
-            h, _ = w.audited[auth.seq]
-            if h != auth.hash:
-                await self._expose(w, inconsistency_proof(w.auth(auth.seq), auth))
+        if auth.seq <= w.replayer.seq:
+            mine = self._audited(w, auth.seq)
+            if mine is not None and mine.hash != auth.hash:
+                await self._expose(w, inconsistency_proof(mine, auth))
             return
         other = w.held.get(auth.seq)
         if other is not None and other.hash != auth.hash:
@@ -329,7 +353,9 @@ class WitnessService:
             w.error = ""
             for seq in [s for s in w.held if s <= w.replayer.seq]:
                 del w.held[seq]
+            self.store.drop_held(host, w.replayer.seq)
             await self._gossip(w)
+        self.store.save_meta(host, w.url, w.replayer.seq, w.challenge, w.error, w.last_audit)
         return w.state
 
     async def _fetch(self, w: Watched, url: str) -> bool:
@@ -363,8 +389,17 @@ class WitnessService:
 
     async def _check(self, w: Watched, since: int, entries: list[Any], sigs: list[Any]
                      ) -> bool:
-        """Check one segment. Returns False when it must stop (a proof was found)."""
+        """Check one segment. Returns False when it must stop (a proof was found).
+        What was taken is stored, whatever happens."""
+        try:
+            return await self._check_entries(w, since, entries, sigs)
+        finally:
+            self._save(w)
+
+    async def _check_entries(self, w: Watched, since: int, entries: list[Any],
+                             sigs: list[Any]) -> bool:
         r = w.replayer
+        horizon = self.clock() + DEFAULT_CLOCK_TOLERANCE_US
         for i, (raw, sig) in enumerate(zip(entries, sigs, strict=True)):
             if not isinstance(raw, bytes) or not isinstance(sig, bytes):
                 raise WitnessError("entries and sigs must be bytes")
@@ -374,8 +409,9 @@ class WitnessService:
             if auth is None or not auth.verify():
                 raise WitnessError("an entry is not signed by the host", seq)
             if seq <= r.seq:   # the overlap: an entry audited before
-                if seq in w.audited and w.audited[seq][0] != h:
-                    await self._expose(w, inconsistency_proof(w.auth(seq), auth))
+                mine = self._audited(w, seq)
+                if mine is not None and mine.hash != h:
+                    await self._expose(w, inconsistency_proof(mine, auth))
                     return False
                 continue
             if seq != r.seq + 1:
@@ -384,19 +420,37 @@ class WitnessService:
             if held is not None and held.hash != h:
                 await self._expose(w, inconsistency_proof(held, auth))
                 return False
+            doc = decode_entry(raw)
+            if doc["ts"] > horizon:
+                raise WitnessError("an entry is dated in the future", {
+                    "seq": seq, "ts": doc["ts"], "now": horizon - DEFAULT_CLOCK_TOLERANCE_US})
             try:
                 fault = r.take(raw)
             except WireError:
-                doc = decode_entry(raw)
                 if r.seq >= 0 and doc["seq"] == seq and doc["prev"] != r.head:
-                    await self._expose(w, fork_proof(w.auth(r.seq), raw, sig))
+                    last = self._audited(w, r.seq)
+                    assert last is not None
+                    await self._expose(w, fork_proof(last, raw, sig))
                     return False
                 raise
-            w.audited[seq] = (h, sig)
+            w.unsaved[seq] = auth
             if fault is not None:
                 await self._expose(w, self._nonconformance(w, sig, fault.seq, fault.rule))
                 return False
         return True
+
+    def _audited(self, w: Watched, seq: int) -> Authenticator | None:
+        """The host's authenticator of an entry we audited."""
+        return w.unsaved.get(seq) or self.store.audited(w.key, seq)
+
+    def _save(self, w: Watched) -> None:
+        if not w.unsaved and w.saved_anchor == w.anchor_seq():
+            return
+        anchor = w.anchor_seq()
+        self.store.save_progress(w.key, w.url, w.replayer, list(w.unsaved.values()),
+                                 anchor_changed=anchor != w.saved_anchor)
+        w.saved_anchor = anchor
+        w.unsaved.clear()
 
     def _nonconformance(self, w: Watched, sig: bytes, seq: int, rule: str) -> bytes:
         r = w.replayer
@@ -417,7 +471,8 @@ class WitnessService:
         """Tell the host's other witnesses what we audited."""
         if self.directory is None or w.replayer.seq < 0:
             return
-        auth = w.auth(w.replayer.seq)
+        auth = self._audited(w, w.replayer.seq)
+        assert auth is not None
         try:
             peers = await self.directory.closest(witness_key(node_id_of(w.key)), self.psi + 1)
         except P2PMarketError:
