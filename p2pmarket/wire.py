@@ -12,8 +12,9 @@ message to its receiver, ``ts`` (integer microseconds) feeds the replay guard.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -39,15 +40,21 @@ class WireError(P2PMarketError):
     """Malformed, unsigned, misaddressed or replayed message."""
 
 
+_SCALARS = frozenset({type(None), bool, int, str, bytes})
+_local = threading.local()
+
+
 def _canonical(obj: Any, depth: int = 0) -> Any:
+    if type(obj) in _SCALARS:
+        return obj
     if depth > MAX_DEPTH:
         raise WireError("value nested too deeply", MAX_DEPTH)
-    if obj is None or isinstance(obj, bool | int | str | bytes):
+    if isinstance(obj, bool | int | str | bytes):  # subclasses
         return obj
     if isinstance(obj, float):
         raise WireError("floats are not allowed in signed content", obj)
     if isinstance(obj, list | tuple):
-        return [_canonical(x, depth + 1) for x in obj]
+        return [x if type(x) in _SCALARS else _canonical(x, depth + 1) for x in obj]
     if isinstance(obj, dict):
         items = [(_pack_key(k), k, _canonical(v, depth + 1)) for k, v in obj.items()]
         items.sort(key=lambda item: item[0])
@@ -60,12 +67,22 @@ def _canonical(obj: Any, depth: int = 0) -> Any:
 def _pack_key(key: Any) -> bytes:
     if not isinstance(key, str | bytes | int) or isinstance(key, bool):
         raise WireError("map keys must be str, bytes or int", repr(key)[:40])
-    return msgpack.packb(key, use_bin_type=True)  # type: ignore[no-any-return]
+    return pack_plain(key)
+
+
+def pack_plain(obj: Any) -> bytes:
+    """msgpack of ``obj`` exactly as given (maps in their own key order): canonical only
+    for scalars and values built in canonical order. A reused packer per thread, several
+    times cheaper than ``msgpack.packb`` for small values."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)  # type: ignore[no-any-return]
 
 
 def pack(obj: Any) -> bytes:
     """Canonical msgpack encoding of ``obj``."""
-    return msgpack.packb(_canonical(obj), use_bin_type=True)  # type: ignore[no-any-return]
+    return pack_plain(_canonical(obj))
 
 
 def unpack(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
@@ -97,6 +114,9 @@ class Envelope:
     body: Any
     sig: bytes
     v: int = VERSION
+    # set by seal() only (not an init field: replace() drops it): the body's canonical
+    # bytes, so encoding never walks the body again
+    _body_bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def sender_id(self) -> bytes:
@@ -112,7 +132,10 @@ class Envelope:
         return doc
 
     def encode(self) -> bytes:
-        return pack(self.to_wire())
+        if self._body_bytes is None:
+            return pack(self.to_wire())
+        return _spliced(self.v, self.kind, self.sender, self.to, self.ts, self._body_bytes,
+                        self.sig)
 
     def verify_signature(self) -> None:
         if not verify(self.sender, pack(self.signed_part()), self.sig):
@@ -144,11 +167,33 @@ class Envelope:
 
 def seal(identity: Identity, kind: str, body: Any, ts: int, to: bytes | None = None) -> Envelope:
     """Sign ``body`` as an envelope of ``kind`` from ``identity``."""
-    # Round-trip once: canonicalises the body (tuples -> lists) and checks it is encodable.
-    body = unpack(pack(body))
-    unsigned = Envelope(kind=kind, sender=identity.public_key, to=to, ts=ts, body=body, sig=b"")
-    return Envelope(kind=kind, sender=unsigned.sender, to=to, ts=ts, body=body,
-                    sig=identity.sign(pack(unsigned.signed_part())))
+    # Encode the body once: canonicalises it (tuples -> lists), checks it is encodable;
+    # the signed bytes and the wire bytes splice these bytes in.
+    body_bytes = pack(body)
+    if not isinstance(kind, str) or (to is not None and not isinstance(to, bytes)) \
+            or not isinstance(ts, int):
+        raise WireError("bad envelope header", kind)
+    sig = identity.sign(_spliced(VERSION, kind, identity.public_key, to, ts, body_bytes))
+    env = Envelope(kind=kind, sender=identity.public_key, to=to, ts=ts,
+                   body=unpack(body_bytes), sig=sig)
+    object.__setattr__(env, "_body_bytes", body_bytes)
+    return env
+
+
+# canonical key order of an envelope: v < to < ts < sig < body < from < kind
+_K_V, _K_TO, _K_TS, _K_SIG, _K_BODY, _K_FROM, _K_KIND = (
+    pack_plain(k) for k in ("v", "to", "ts", "sig", "body", "from", "kind"))
+
+
+def _spliced(v: int, kind: str, sender: bytes, to: bytes | None, ts: int, body: bytes,
+             sig: bytes | None = None) -> bytes:
+    """``pack(signed_part)`` (``sig`` None) or ``pack(to_wire())`` from the body's
+    canonical bytes (a test checks both against :func:`pack`)."""
+    head = (b"\x86" if sig is None else b"\x87") + _K_V + pack_plain(v) + _K_TO \
+        + pack_plain(to) + _K_TS + pack_plain(ts)
+    if sig is not None:
+        head += _K_SIG + pack_plain(sig)
+    return head + _K_BODY + body + _K_FROM + pack_plain(sender) + _K_KIND + pack_plain(kind)
 
 
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:

@@ -1,5 +1,7 @@
 """Canonical encoding, envelopes and the replay guard."""
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -36,6 +38,29 @@ def test_pack_refuses_floats_and_unknown_types() -> None:
         pack({"price": 1.5})
     with pytest.raises(WireError, match="cannot encode"):
         pack({"x": object()})
+
+
+def test_pack_refuses_floats_inside_lists() -> None:
+    with pytest.raises(WireError, match="floats"):
+        pack({"x": [1, b"a", [2.0]]})
+    assert pack([None, True, 1, "s", b"b"]) == msgpack.packb([None, True, 1, "s", b"b"])
+
+
+@given(values, st.one_of(st.none(), st.just(BOB.node_id)), st.integers(0, 2**63 - 1))
+def test_sealed_envelope_bytes_are_the_canonical_ones(body: object, to: bytes | None,
+                                                      ts: int) -> None:
+    """seal() splices the body's bytes once; the result equals the generic encoding."""
+    env = seal(ALICE, "rpc.x", body, ts=ts, to=to)
+    plain = Envelope(env.kind, env.sender, env.to, env.ts, env.body, env.sig)
+    assert env.encode() == pack(env.to_wire()) == plain.encode()
+    assert decode(env.encode()) == env   # the signature covers pack(signed_part)
+    changed = replace(env, body={"other": 1})  # no stale body bytes after replace()
+    assert changed.encode() == pack(changed.to_wire())
+
+
+def test_seal_refuses_a_bad_header() -> None:
+    with pytest.raises(WireError):
+        seal(ALICE, "rpc.x", {}, ts=1, to="not bytes")  # type: ignore[arg-type]
 
 
 def test_unpack_refuses_malformed_and_oversize() -> None:

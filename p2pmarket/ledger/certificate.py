@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from p2pmarket.config import Genesis
 from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
 from p2pmarket.ledger.chain import (
@@ -30,7 +28,7 @@ from p2pmarket.ledger.chain import (
     encode_certificate,
 )
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
-from p2pmarket.wire import WireError, unpack
+from p2pmarket.wire import WireError, pack_plain, unpack
 
 MAX_NOTARY_SIGS = 128
 CERT_FIELDS = frozenset({"entry", "owner_sig", "notaries"})
@@ -76,8 +74,7 @@ class SigCache:
 def cert_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
     """What a notary signs to certify entry ``(owner, seq, hash)``:
     ``pack(["cert", owner, seq, hash])`` (a list of scalars: canonical as is)."""
-    return msgpack.packb(["cert", owner, seq, entry_hash],  # type: ignore[no-any-return]
-                         use_bin_type=True)
+    return pack_plain(["cert", owner, seq, entry_hash])
 
 
 def notary_sign(identity: Identity, entry: Entry) -> bytes:

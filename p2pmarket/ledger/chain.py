@@ -40,7 +40,7 @@ from p2pmarket.ledger.errors import (
     check_map,
     check_str,
 )
-from p2pmarket.wire import WireError, digest, unpack
+from p2pmarket.wire import WireError, digest, pack_plain, unpack
 
 if TYPE_CHECKING:
     from p2pmarket.ledger.certificate import Certificate, SigCache
@@ -78,8 +78,7 @@ _RECV_HEAD = b"\x82" + _k("cert")
 _K_FROM = _k("from")
 
 
-def _p(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+_p = pack_plain  # scalars, and lists of them: canonical as they are
 
 
 def _encode_body(kind: str, body: dict[str, Any], cert: Certificate | None) -> bytes:

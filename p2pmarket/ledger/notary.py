@@ -143,11 +143,13 @@ class _Head:
 
 
 class _Tx:
-    """What one group transaction knows beyond the database: chain heads it touched."""
+    """What one group transaction knows beyond the database: chain heads it touched and
+    the entries it certified (written together, with ``executemany``, at :meth:`flush`)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.heads: dict[bytes, _Head] = {}
+        self.entries: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self.minted = int(conn.execute("SELECT minted FROM nt_totals WHERE id = 1"
                                        ).fetchone()[0])
         self.minted_dirty = False
@@ -168,7 +170,19 @@ class _Tx:
         head = self.heads[key] = _Head(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
         return head
 
+    def entry(self, cid: int, seq: int) -> tuple[bytes, bytes] | None:
+        """``(hash, owner_sig)`` of the entry certified at ``(cid, seq)``, if any."""
+        got = self.entries.get((cid, seq))
+        if got is not None:
+            return got
+        row = self.conn.execute("SELECT hash, owner_sig FROM nt_entry WHERE cid = ? AND seq = ?",
+                                (cid, seq)).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
     def flush(self) -> None:
+        self.conn.executemany("INSERT INTO nt_entry (cid, seq, hash, owner_sig) "
+                              "VALUES (?, ?, ?, ?)",
+                              [(c, q, h, s) for (c, q), (h, s) in self.entries.items()])
         self.conn.executemany(
             "UPDATE nt_chain SET seq = ?, hash = ?, balance = ? WHERE id = ?",
             [(h.seq, h.hash, h.balance, h.cid) for h in self.heads.values() if h.dirty])
@@ -267,8 +281,7 @@ class NotaryService:
         self.cache.add(self.key, cert_message(entry.owner, entry.seq, entry.hash()), sig)
         head = head or tx.head(entry.owner, create=True)
         assert head is not None
-        tx.conn.execute("INSERT INTO nt_entry (cid, seq, hash, owner_sig) VALUES (?, ?, ?, ?)",
-                        (head.cid, entry.seq, entry.hash(), owner_sig))
+        tx.entries[(head.cid, entry.seq)] = (entry.hash(), owner_sig)
         head.seq, head.hash, head.balance, head.dirty = entry.seq, entry.hash(), new_balance, True
         if entry.kind == MINT:
             tx.minted += entry.amount
@@ -281,13 +294,12 @@ class NotaryService:
         return sig
 
     def _resubmitted(self, tx: _Tx, head: _Head, auth: Authenticator) -> bytes:
-        row = tx.conn.execute("SELECT hash, owner_sig FROM nt_entry WHERE cid = ? AND seq = ?",
-                              (head.cid, auth.seq)).fetchone()
+        row = tx.entry(head.cid, auth.seq)
         assert row is not None, "a certified seq without its entry"
-        if bytes(row[0]) == auth.hash:
+        if row[0] == auth.hash:
             sig = self.identity.sign(cert_message(auth.owner, auth.seq, auth.hash))
             return sig  # Ed25519 is deterministic: the very signature given before
-        stored = Authenticator(auth.owner, auth.seq, bytes(row[0]), bytes(row[1]))
+        stored = Authenticator(auth.owner, auth.seq, row[0], row[1])
         tx.conn.execute("INSERT OR IGNORE INTO nt_evidence (cid, seq, hash, owner_sig) "
                         "VALUES (?, ?, ?, ?)", (head.cid, auth.seq, auth.hash, auth.sig))
         raise LedgerError("a different entry is already certified at this seq",
@@ -296,17 +308,17 @@ class NotaryService:
 
     def _certified_send(self, tx: _Tx, head: _Head, entry: Entry, owner_sig: bytes,
                         sig: bytes) -> None:
-        recv = tx.conn.execute("SELECT early FROM nt_recv WHERE payer = ? AND seq = ?",
-                               (head.cid, entry.seq)).fetchone()
-        if recv is not None:  # its RECV was certified here first: now matched
+        recv, held = tx.conn.execute(  # one statement for both lookups
+            "SELECT EXISTS (SELECT 1 FROM nt_recv WHERE payer = ?1 AND seq = ?2), "
+            "(SELECT cert FROM nt_inbox WHERE payer = ?1 AND seq = ?2)",
+            (head.cid, entry.seq)).fetchone()
+        if recv:  # its RECV was certified here first: now matched
             tx.conn.execute("UPDATE nt_recv SET early = 0 WHERE payer = ? AND seq = ?",
                             (head.cid, entry.seq))
             return
         mine = Certificate(entry, owner_sig, ((self.key, sig),))
-        row = tx.conn.execute("SELECT cert FROM nt_inbox WHERE payer = ? AND seq = ?",
-                              (head.cid, entry.seq)).fetchone()
-        if row is not None:  # delivered before we certified it: now counted
-            merged = Certificate.decode(bytes(row[0])).merged(mine.notary_sigs)
+        if held is not None:  # delivered before we certified it: now counted
+            merged = Certificate.decode(bytes(held)).merged(mine.notary_sigs)
             tx.conn.execute("UPDATE nt_inbox SET counted = 1, cert = ? WHERE payer = ? "
                             "AND seq = ?", (merged.encode(), head.cid, entry.seq))
             return
@@ -364,10 +376,9 @@ class NotaryService:
             return  # already received: nothing left to hold
         known = tx.head(entry.owner)
         if known is not None and entry.seq <= known.seq:
-            row = tx.conn.execute("SELECT hash FROM nt_entry WHERE cid = ? AND seq = ?",
-                                  (known.cid, entry.seq)).fetchone()
-            assert row is not None, "a certified seq without its entry"
-            if bytes(row[0]) != entry.hash():
+            got = tx.entry(known.cid, entry.seq)
+            assert got is not None, "a certified seq without its entry"
+            if got[0] != entry.hash():
                 self._resubmitted(tx, known, cert.authenticator)  # records it; raises
         payer = known or tx.head(entry.owner, create=True)
         assert payer is not None

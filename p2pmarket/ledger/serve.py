@@ -6,6 +6,10 @@ the fault tests (a real process to SIGKILL) and the benchmark (one process per
 notary). Prints one JSON line ``{"port", "pid"}`` once listening; stops on
 SIGTERM or SIGINT.
 
+Profiling: with ``P2PMARKET_PROFILE`` set to a path, the process runs under
+cProfile and writes its stats to ``<path>.<pid>`` when it stops (SIGTERM), for
+the benchmark (``scripts/bench/ledger.py --profile``).
+
 Fault injection for tests: ``--crash-after N`` SIGKILLs the process right after
 its N-th certification commit (the locks are durable, the reply never leaves);
 ``--crash-before-commit N`` SIGKILLs it inside the N-th commit (nothing of it
@@ -20,6 +24,7 @@ import json
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-after", type=int, default=0)
     parser.add_argument("--crash-before-commit", type=int, default=0)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.key_file, args.genesis, args.db, args.host, args.port,
-                      args.crash_after, args.crash_before_commit))
+    run = partial(asyncio.run, serve(args.key_file, args.genesis, args.db, args.host,
+                                     args.port, args.crash_after, args.crash_before_commit))
+    profile = os.environ.get("P2PMARKET_PROFILE")
+    if not profile:
+        run()
+        return 0
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(run)
+    finally:
+        profiler.dump_stats(f"{profile}.{os.getpid()}")
     return 0
 
 

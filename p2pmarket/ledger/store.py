@@ -38,7 +38,7 @@ from p2pmarket.ledger.chain import (
     received_key,
 )
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.wire import pack, unpack
+from p2pmarket.wire import pack_plain, unpack
 
 KIND_CODES = {"OPEN": 0, "MINT": 1, "SEND": 2, "RECV": 3, CHECKPOINT: 4}
 CODE_KINDS = {v: k for k, v in KIND_CODES.items()}
@@ -188,9 +188,11 @@ class ChainStore:
                 if row is None or bytes(row[0]) != entry.hash():
                     raise LedgerError("certificate is for an entry this store does not hold",
                                       {"owner": entry.owner, "seq": entry.seq})
-                merged = cert.merged(self._sigs(row[1]))
+                by_key = dict(self._sigs(row[1]))  # one per notary key, the first kept
+                for key, sig in cert.notary_sigs:
+                    by_key.setdefault(key, sig)
                 conn.execute("UPDATE chain_entry SET notary_sigs = ? WHERE oid = ? AND seq = ?",
-                             (self._pack_sigs(merged.notary_sigs), oid, entry.seq))
+                             (self._pack_sigs(sorted(by_key.items())), oid, entry.seq))
                 if row[1] is None:
                     conn.execute("UPDATE chain_owner SET balance = balance + ? WHERE id = ?",
                                  (int(row[2]), oid))
@@ -403,7 +405,7 @@ class ChainStore:
         return key
 
     def _pack_sigs(self, sigs: Sequence[tuple[bytes, bytes]]) -> bytes:
-        return pack([[self._nid(k), s] for k, s in sigs])
+        return pack_plain([[self._nid(k), s] for k, s in sigs])  # ints and bytes: canonical
 
     def _sigs(self, blob: Any) -> tuple[tuple[bytes, bytes], ...]:
         if blob is None:

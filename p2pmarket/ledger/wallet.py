@@ -26,10 +26,11 @@ from typing import Any
 from p2pmarket.api.rpc import now_us
 from p2pmarket.config import Genesis, NotaryInfo
 from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity
+from p2pmarket.identity import Identity, verify
 from p2pmarket.ledger.certificate import (
     Certificate,
     SigCache,
+    cert_message,
     committee_quorum,
     notary_sig_valid,
     verify_certificate,
@@ -345,6 +346,7 @@ class Wallet:
         first, last = entries[0].seq, entries[-1].seq
         futs = {lane.request(first, last): lane for lane in self.lanes.values()}
         got: dict[int, dict[bytes, bytes]] = {e.seq: {} for e in entries}
+        messages = {e.seq: cert_message(e.owner, e.seq, e.hash()) for e in entries}
         need = set(got)
         errors: dict[str, Any] = {}
         waiting: set[asyncio.Future[LaneResult]] = set(futs)
@@ -361,10 +363,10 @@ class Wallet:
                 sigs, error = fut.result()
                 if error is not None:
                     errors[lane.key.hex()] = error.to_dict()
-                for entry in entries:
+                for entry in entries:  # a quorum of valid signatures each, no more
                     sig = sigs.get(entry.seq)
                     if entry.seq in need and sig is not None and \
-                            notary_sig_valid(entry, lane.key, sig):
+                            verify(lane.key, messages[entry.seq], sig):
                         got[entry.seq][lane.key] = sig
                         if len(got[entry.seq]) >= self.quorum:
                             need.discard(entry.seq)

@@ -23,6 +23,9 @@
   which keep full entries, RECVs with their certificates, and every certificate.
 
 Usage: scripts/bench/ledger.py [--transfers 20000] [--payers 8] [--batch 256] [--json]
+[--profile DIR]: cProfile the client's send phase (``DIR/client.send``) and every
+notary process (``DIR/notary.<pid>``, via ``P2PMARKET_PROFILE``); read them with
+``python -m pstats``.
 The last line of ``--json`` output is one JSON object.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import shutil
@@ -149,7 +153,7 @@ def db_bytes(path: Path, table: str) -> tuple[int, int]:
 
 
 async def bench_transfers(root: Path, transfers: int, payers: int, batch: int,
-                          f: int) -> dict[str, Any]:
+                          f: int, profile: Path | None = None) -> dict[str, Any]:
     mint_ident = Identity.generate()
     cluster = NotaryCluster(root / "notaries", f=f, mint=mint_ident, network="bench")
     wallets: list[Wallet] = []
@@ -186,13 +190,19 @@ async def bench_transfers(root: Path, transfers: int, payers: int, batch: int,
                     [(to, 1 + (start + k) % 1000, "bench") for k in range(n)])
 
         pids = [cluster.pid(i) for i in range(len(cluster.notaries))]
+        profiler = cProfile.Profile() if profile else None
         cpu0 = cpu_seconds(pids)
         started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         await asyncio.gather(*(pay(i) for i in range(payers)))
         for s in senders:
             await s.flush()
         send_s = time.perf_counter() - started
         cpu1 = cpu_seconds(pids)
+        if profiler is not None and profile is not None:
+            profiler.disable()
+            profiler.dump_stats(profile / "client.send")
 
         async def settle(i: int) -> None:
             for start in range(0, per, batch):
@@ -253,14 +263,19 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=20000,
                         help="entries for the append and verify figures")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write cProfile stats of the client and the notaries here")
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        os.environ["P2PMARKET_PROFILE"] = str(args.profile.resolve() / "notary")
     root = Path(tempfile.mkdtemp(prefix="p2pm-ledger-bench-"))
     try:
         result: dict[str, Any] = {"cpus": os.cpu_count()}
         result.update(bench_append(root, args.entries, args.batch))
         result.update(bench_verify(args.entries))
         result.update(asyncio.run(bench_transfers(root, args.transfers, args.payers,
-                                                  args.batch, args.f)))
+                                                  args.batch, args.f, args.profile)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

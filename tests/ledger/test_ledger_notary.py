@@ -11,7 +11,7 @@ from ledger_helpers import core, dump
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
-from p2pmarket.ledger.chain import MAX_AMOUNT, Authenticator, Entry, equivocation
+from p2pmarket.ledger.chain import MAX_AMOUNT, Authenticator, Entry, equivocation, next_entry
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.notary import NotaryService
@@ -43,6 +43,28 @@ def funded(committee: LocalCommittee, notary: NotaryService, chain_of: Any) -> A
     mint.mint(100)
     submit(notary, mint)
     return mint
+
+
+def test_resubmission_and_conflict_within_one_transaction(notary: NotaryService,
+                                                          funded: Any) -> None:
+    """Entries certified in a transaction are written at its end; a resubmission or a
+    conflicting entry later in the same transaction still sees them."""
+    from p2pmarket.ledger.notary import Item
+
+    alice = Identity.generate().public_key
+    send = funded.send(alice, 5, "a")
+    other = next_entry(funded.key, funded.entries[-2], "SEND",
+                       {"to": alice, "amount": 6, "memo": "b"}, 1)
+    assert other.seq == send.seq
+    sig, other_sig = (Authenticator.sign(funded.ident, e).sig for e in (send, other))
+    first, again, conflict = notary.certify_items(
+        [Item(send, sig), Item(send, sig), Item(other, other_sig)])
+    assert isinstance(first, bytes) and again == first
+    assert isinstance(conflict, LedgerError) and "already certified" in conflict.message
+    assert notary.authenticator(funded.key, send.seq) == Authenticator.of(send, sig)
+    [(certified, bad)] = notary.evidence(funded.key)
+    assert certified.hash == send.hash() and bad.hash == other.hash()
+    assert notary.stats()["entries"] == 3
 
 
 def test_certifies_in_order_and_tracks_supply(notary: NotaryService, funded: Any,
