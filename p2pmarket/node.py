@@ -44,7 +44,12 @@ from p2pmarket.ledger.wallet import PeerTransport, Wallet
 from p2pmarket.ledger.witness import Peer, WitnessService
 from p2pmarket.ledger.witnessstore import WitnessStore
 from p2pmarket.market import Availability, PriceHistory, moved
-from p2pmarket.witnessing import DhtEvidenceSink, DhtHostLocator, DhtWitnessDirectory
+from p2pmarket.witnessing import (
+    DhtEvidenceSink,
+    DhtHostLocator,
+    DhtWitnessDirectory,
+    EvidenceScreen,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +71,15 @@ class Node:
         self.dispatcher = RpcDispatcher(identity)
         self.peers = PeerClient(identity)
         self.evidence = EvidenceStore(data_dir.evidence_db)
+        self.dht = DhtNode(identity, genesis, url=settings.url,
+                           republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
         self.notary: NotaryService | None = None
         if identity.public_key in genesis.notary_keys:
-            # notaries refuse new entries from owners with a valid proof against them
+            # notaries refuse new entries from owners with a valid proof against them,
+            # held here or published in the DHT
             self.notary = NotaryService(identity, genesis, data_dir.notary_db,
-                                        shun=self.evidence.is_exposed)
+                                        shun=self.evidence.is_exposed,
+                                        screen=EvidenceScreen(self.dht, self.evidence).screen)
             self.dispatcher.register_all("notary", self.notary.handlers())
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
@@ -84,8 +93,6 @@ class Node:
         self.dispatcher.register_all("host", {
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
             for name, h in self.auctioneer.handlers().items()})
-        self.dht = DhtNode(identity, genesis, url=settings.url,
-                           republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
         self.witness = WitnessService(
             identity, self.peers, self.evidence,
             directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,

@@ -13,7 +13,10 @@ given them again, in order, in one ``certify_batch``; an entry may come with its
 quorum certificate, which proves it: the notary checks the certificate and the
 link, replays the entry into its state and signs it too (never a second entry
 at one seq). A certified entry is accepted even if this notary's own policy
-(``shun``: e.g. owners exposed by an audit) would refuse new ones.
+(``shun``: e.g. owners exposed by an audit) would refuse new ones. The RPC
+handlers first await ``screen(owners)`` when one is given: the node's look-up of
+published evidence against those owners (:class:`p2pmarket.witnessing.EvidenceScreen`),
+which feeds the store ``shun`` reads.
 
 The new heads (the locks), balances, received set, inbox and supply figures of
 a whole batch, indeed of every batch that arrived meanwhile (group commit), are
@@ -41,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -194,7 +197,8 @@ class NotaryService:
     """One committee member's certification state and its RPC handlers."""
 
     def __init__(self, identity: Identity, genesis: Genesis, db_path: Path | str,
-                 shun: Callable[[bytes], bool] | None = None) -> None:
+                 shun: Callable[[bytes], bool] | None = None,
+                 screen: Callable[[set[bytes]], Awaitable[None]] | None = None) -> None:
         if identity.public_key not in genesis.notary_keys:
             raise LedgerError("this key is not in the genesis notary committee",
                               identity.public_key)
@@ -203,6 +207,8 @@ class NotaryService:
         self.path = db_path
         self.quorum = committee_quorum(genesis)
         self.shun = shun or (lambda owner: False)
+        # run before certifying, so shun sees evidence found elsewhere (e.g. in the DHT)
+        self.screen = screen
         self.cache = SigCache()
         self.conn = open_db(db_path)
         with self.conn:

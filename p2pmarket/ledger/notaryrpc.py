@@ -64,6 +64,8 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         args = check_map(args, "certify arguments", {"entry", "sig"})
         entry = Entry.from_wire(args["entry"])
         sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
+        if service.screen is not None:
+            await service.screen({entry.owner})
         [result] = await service.run_grouped(service.certify_grouped([Item(entry, sig)]))
         if isinstance(result, LedgerError):
             raise result
@@ -83,6 +85,8 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
                 raise LedgerError("entries must be canonical msgpack bytes", "entries")
             items.append(Item(Entry.decode(data), check_bytes(sig, "sig", SIGNATURE_SIZE),
                               parse_sigs(cert)))
+        if service.screen is not None:
+            await service.screen({item.entry.owner for item in items})
         results = await service.run_grouped(service.certify_grouped(items))
         return {"notary": service.key,
                 "sigs": [r if isinstance(r, bytes) else None for r in results],

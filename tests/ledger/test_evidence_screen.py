@@ -6,14 +6,21 @@ DHT change nothing, and nothing waits longer than the timeout."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
+
+from p2pmarket.api.rpc import CallContext
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.identity import Identity, node_id_of
 from p2pmarket.ledger.chain import Authenticator, auth_message
+from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.evidence import EvidenceStore, inconsistency_proof
+from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.witnessing import EvidenceScreen
 
 CHEAT, HONEST = Identity.generate(), Identity.generate()
+CTX = CallContext(Identity.generate().public_key, 0)
 
 
 def proof_against(ident: Identity) -> bytes:
@@ -94,3 +101,22 @@ async def test_a_slow_dht_delays_at_most_the_timeout_and_lands_later() -> None:
     assert loop.time() - t < 0.5 and not store.is_exposed(CHEAT.public_key)
     await asyncio.sleep(0.8)   # the look-up finished in the background
     assert store.is_exposed(CHEAT.public_key) and node_id_of(CHEAT.public_key) in dht.asked
+
+
+async def test_a_notary_refuses_an_owner_exposed_only_in_the_dht(net: Any, chain_of: Any
+                                                                  ) -> None:
+    dht, store = FakeDht(), EvidenceStore()
+    dht.published[CHEAT.node_id] = [proof_against(CHEAT)]
+    notary = NotaryService(net.notaries[0], net.genesis, ":memory:", shun=store.is_exposed,
+                           screen=EvidenceScreen(dht, store).screen)
+    certify = notary.handlers()["certify"]
+    cheat, honest = chain_of(CHEAT), chain_of(HONEST)
+    for c in (cheat, honest):
+        c.open()
+    before = notary.head(CHEAT.public_key)
+    with pytest.raises(LedgerError) as refused:
+        await certify(CTX, {"entry": cheat.entries[0].to_wire(), "sig": cheat.auths[0].sig})
+    assert refused.value.value == "shunned" and notary.head(CHEAT.public_key) == before
+    got = await certify(CTX, {"entry": honest.entries[0].to_wire(), "sig": honest.auths[0].sig})
+    assert isinstance(got["sig"], bytes) and dht.asked == [CHEAT.node_id, HONEST.node_id]
+    notary.close()
