@@ -42,7 +42,30 @@ class WireError(P2PMarketError):
 def _canonical(obj: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise WireError("value nested too deeply", MAX_DEPTH)
-    if obj is None or isinstance(obj, bool | int | str | bytes):
+    t = type(obj)
+    if t is int or t is str or t is bytes or obj is None or t is bool:
+        return obj
+    if t is list or t is tuple:
+        return [_canonical(x, depth + 1) for x in obj]
+    if t is dict:
+        if all(type(k) is str for k in obj):
+            # a str key's encoding is a header growing with the UTF-8 length, then the
+            # bytes: ordering by (length, bytes) is ordering by the encoding
+            return {k: _canonical(obj[k], depth + 1) for k in sorted(obj, key=_str_order)}
+        items = [(_pack_key(k), k, _canonical(v, depth + 1)) for k, v in obj.items()]
+        items.sort(key=lambda item: item[0])
+        return {k: v for _, k, v in items}
+    return _canonical_other(obj, depth)
+
+
+def _str_order(key: str) -> tuple[int, bytes]:
+    data = key.encode()
+    return len(data), data
+
+
+def _canonical_other(obj: Any, depth: int) -> Any:
+    """Subclasses of the plain types, buffers, and what cannot be encoded."""
+    if isinstance(obj, bool | int | str | bytes):
         return obj
     if isinstance(obj, float):
         raise WireError("floats are not allowed in signed content", obj)
