@@ -45,16 +45,37 @@ _local = threading.local()
 
 
 def _canonical(obj: Any, depth: int = 0) -> Any:
-    if type(obj) in _SCALARS:
+    t = type(obj)
+    if t in _SCALARS:
         return obj
     if depth > MAX_DEPTH:
         raise WireError("value nested too deeply", MAX_DEPTH)
-    if isinstance(obj, bool | int | str | bytes):  # subclasses
+    if t is list or t is tuple:
+        return [x if type(x) in _SCALARS else _canonical(x, depth + 1) for x in obj]
+    if t is dict:
+        if all(type(k) is str for k in obj):
+            # a str key's encoding is a header growing with the UTF-8 length, then the
+            # bytes: ordering by (length, bytes) is ordering by the encoding
+            return {k: _canonical(obj[k], depth + 1) for k in sorted(obj, key=_str_order)}
+        items = [(_pack_key(k), k, _canonical(v, depth + 1)) for k, v in obj.items()]
+        items.sort(key=lambda item: item[0])
+        return {k: v for _, k, v in items}
+    return _canonical_other(obj, depth)
+
+
+def _str_order(key: str) -> tuple[int, bytes]:
+    data = key.encode()
+    return len(data), data
+
+
+def _canonical_other(obj: Any, depth: int) -> Any:
+    """Subclasses of the plain types, buffers, and what cannot be encoded."""
+    if isinstance(obj, bool | int | str | bytes):
         return obj
     if isinstance(obj, float):
         raise WireError("floats are not allowed in signed content", obj)
     if isinstance(obj, list | tuple):
-        return [x if type(x) in _SCALARS else _canonical(x, depth + 1) for x in obj]
+        return [_canonical(x, depth + 1) for x in obj]
     if isinstance(obj, dict):
         items = [(_pack_key(k), k, _canonical(v, depth + 1)) for k, v in obj.items()]
         items.sort(key=lambda item: item[0])

@@ -29,6 +29,37 @@ def test_pack_is_independent_of_insertion_order(doc: dict) -> None:
     assert unpack(pack(doc)) == doc
 
 
+def reference_pack(obj: object) -> bytes:
+    """The canonical encoding by its definition: every map's keys sorted by their own
+    encoding, tuples as lists (what :func:`pack` must give byte for byte)."""
+    def canon(o: object) -> object:
+        if isinstance(o, list | tuple):
+            return [canon(x) for x in o]
+        if isinstance(o, dict):
+            items = sorted(o.items(), key=lambda kv: msgpack.packb(kv[0], use_bin_type=True))
+            return {k: canon(v) for k, v in items}
+        return o
+    return msgpack.packb(canon(obj), use_bin_type=True)
+
+
+keys = st.text(max_size=40) | st.integers(-(2**40), 2**40) | st.binary(max_size=6)
+wide_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=40)
+    | st.binary(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.tuples(children, children)
+    | st.dictionaries(st.text(max_size=300), children, max_size=5)
+    | st.dictionaries(keys, children, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(wide_values)
+def test_pack_is_the_canonical_encoding(value: object) -> None:
+    """The fast paths (str keys ordered by UTF-8 length then bytes, exact-type checks)
+    give exactly the bytes of sorting every map by its encoded keys."""
+    assert pack(value) == reference_pack(value)
+
+
 def test_pack_sorts_keys_and_turns_tuples_into_lists() -> None:
     assert pack({"b": 1, "a": (1, 2)}) == msgpack.packb({"a": [1, 2], "b": 1})
 

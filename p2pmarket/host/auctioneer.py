@@ -76,7 +76,17 @@ from p2pmarket.host.machine import (
     unique_offered,
 )
 from p2pmarket.host.rpcargs import check_args
-from p2pmarket.host.steps import GENESIS, INPUTS, Step, error_doc, precheck, settings_body, step
+from p2pmarket.host.seen import from_rows, to_rows
+from p2pmarket.host.steps import (
+    GENESIS,
+    INPUTS,
+    Step,
+    error_doc,
+    precheck,
+    request_refusal,
+    settings_body,
+    step,
+)
 from p2pmarket.host.vmm.base import VMM
 from p2pmarket.host.vmmsync import VmmSync
 from p2pmarket.identity import Identity
@@ -182,7 +192,7 @@ class Auctioneer:
         check_args(args, set())
         accounts = [a for a in self.accounts() if a.holder == ctx.sender]
         result = {"accounts": [self.account_doc(a) for a in accounts]}
-        auth = self.audit.append("out.status", {"digest": digest(pack(result))}, self.clock())
+        auth = self.audit.append("out.status", {"digest": digest(pack(result))}, self.now())
         return {**result, "audit": auth.to_wire()}
 
     async def audit_log(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +221,11 @@ class Auctioneer:
         if ctx.request is not None:   # the caller's signature, for the witnesses
             body["request"] = ctx.request.to_wire()
         async with self._lock:
-            now = self.clock()
+            now = self.now()
+            if ctx.request is not None:   # a signed request is taken once (seen.py)
+                refused = request_refusal(self.state, f"in.{name}", body, now)
+                if refused is not None:
+                    raise HostError(refused, {"ts": ctx.ts})
             self._sync_usage(now)
             before = self.state
             if payment:
@@ -224,12 +238,14 @@ class Auctioneer:
                         paid = await self._checked_payment(ctx, args["payment"])
                     except P2PMarketError as exc:
                         body["payment_error"] = error_doc(exc)
-                        self._apply(f"in.{name}", body, now)
+                        self._apply(f"in.{name}", body, self.now())
                         raise
                     body["payment"] = {"id": paid.payment_id, "amount": paid.amount}
+                    # entries logged while we waited (status, uploads) may be later
+                    now = self.now()
             st, auths = self._apply(f"in.{name}", body, now)
         if st.error is not None:
-            if st.state is not before:   # a refused create that kept the money
+            if st.state.accounts is not before.accounts:   # a refused create that kept money
                 await self.sync_vmm()
             raise st.error
         if name != "refund":
@@ -244,6 +260,7 @@ class Auctioneer:
         A tick less than one tick length after the last one is not run (the witnesses
         would refuse it): the last result is returned."""
         async with self._lock:
+            now_us = max(now_us, self.audit.last_ts)   # the log's time never goes back
             self._sync_usage(now_us)
             last = self.state.last_tick
             if last >= 0 and now_us < last + self.state.tick_us:
@@ -280,7 +297,7 @@ class Auctioneer:
     async def set_config(self, config: HostConfig) -> None:
         """Apply new capacities / min prices / unique offers (persisted), reallocate."""
         async with self._lock:
-            now = self.clock()
+            now = self.now()
             self._sync_usage(now)
             self._apply("in.settings", settings_body(config, self.tick_us,
                                                      self.long_interval_us), now)
@@ -328,6 +345,12 @@ class Auctioneer:
                 "vm": None if vm is None else vm.to_doc(),
                 "notes": [] if vm is None else list(vm.notes),
                 "lease": None if lease is None else dict(lease)}
+
+    def now(self) -> int:
+        """The time for the next audit-log entry: the clock, but never before the last
+        entry's (witnesses require entry timestamps not to decrease; a wall clock may
+        step back, and entries may be logged while an RPC waits for its payment)."""
+        return max(self.clock(), self.audit.last_ts)
 
     def _unique_offered(self, key: str) -> bool:
         return unique_offered(self.state, key)
@@ -403,7 +426,8 @@ class Auctioneer:
         if isinstance(saved, dict):
             state = replace(state, tick_us=int(saved["tick_us"]), long_us=int(saved["long_us"]),
                             last_tick=int(saved["last_tick"]),
-                            usage={str(k): (int(u), int(f)) for k, u, f in saved["usage"]})
+                            usage={str(k): (int(u), int(f)) for k, u, f in saved["usage"]},
+                            requests=from_rows(saved.get("requests", [])))
         state = replace(state, accounts={aid: replace(a, lease=None) for aid, a in live.items()},
                         leased=leased, payments={}, refunds={})
         return state.with_payments(self.store.payments()).with_refunds(
@@ -416,7 +440,7 @@ class Auctioneer:
         applied = int(saved["seq"]) if isinstance(saved, dict) else -1
         head = self.audit.head[0]
         if head < 0:
-            auth = self.audit.append(GENESIS, snapshot(self.state), self.clock())
+            auth = self.audit.append(GENESIS, snapshot(self.state), self.now())
             self.store.commit([], [], [], {STATE_KEY: _state_doc(self.state, auth.seq)})
         elif applied < head and saved is None:
             log.warning("the audit log predates write-ahead logging (no in.genesis): "
@@ -428,7 +452,7 @@ class Auctioneer:
                         head, applied)
         if (config, tick_us, long_us) != (self.state.config, self.state.tick_us,
                                           self.state.long_us):
-            self._apply("in.settings", settings_body(config, tick_us, long_us), self.clock())
+            self._apply("in.settings", settings_body(config, tick_us, long_us), self.now())
 
     def _catch_up(self, since: int) -> None:
         """Re-apply the logged inputs the store missed (a crash between log and store)."""
@@ -472,7 +496,7 @@ class Auctioneer:
             self.store.refund_done(refund.refund_id, result)
             self.audit.append("out.refund_paid", {"refund_id": refund.refund_id,
                                                   "amount": refund.amount, "payment": result},
-                              self.clock())
+                              self.now())
         except P2PMarketError as exc:
             log.warning("refund %s not paid yet: %s", refund.refund_id, exc.message)
         except Exception:
@@ -491,7 +515,8 @@ class Auctioneer:
 def _state_doc(state: HostState, seq: int) -> dict[str, Any]:
     return {"seq": seq, "last_tick": state.last_tick, "tick_us": state.tick_us,
             "long_us": state.long_us,
-            "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())]}
+            "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())],
+            "requests": to_rows(state.requests)}
 
 
 def audit_log_segment(audit: AuditLog, since: int, limit: int) -> dict[str, Any]:

@@ -4,8 +4,10 @@
 (capacities, minimum prices, unique offers, tick length, long interval), the
 live accounts, the digest of the lease terms last handed out per account, the
 payments already used (payment id -> account), the refunds made, the disk usage
-the VMM reported, and the time of the last tick. It is a frozen value; the
-transitions in :mod:`p2pmarket.host.steps` return a new one.
+the VMM reported, the time of the last tick and the buyers' requests recently
+taken (:mod:`p2pmarket.host.seen`). It is a frozen value; the transitions in
+:mod:`p2pmarket.host.steps` return a new one. Its ``book`` and ``memo`` fields are
+caches of values derived from it (outside equality, snapshot and digest).
 
 This module holds the allocation helpers the transitions share (evaluate,
 reallocate with the 6/27 refusal, settle, garbage collection, lease terms) and
@@ -13,9 +15,10 @@ the state's canonical snapshot and digest:
 
 - ``snapshot(state)`` is a plain map (the body of the ``in.genesis`` entry that
   starts every host log, and the starting point of a proof of non-conformance);
-- ``state_digest(state)`` is SHA-256 over the settings, the accounts, the disk
-  usage and two running hashes (payments and refunds are append-only, so each
-  is a hash chain: ``h' = H(h || pack(record))``). ``out.tick`` and
+- ``state_digest(state)`` is SHA-256 over the settings, the accounts (see
+  :func:`accounts_digest`), the disk usage, two running hashes (payments and
+  refunds are append-only, so each is a hash chain: ``h' = H(h ||
+  pack(record))``) and the digest of the request record. ``out.tick`` and
   ``out.settings`` entries carry it: the host commits to its whole state there.
   A snapshot may leave the payment or refund records out (``None``) when a
   proof does not need them; the digest still covers them through the chains.
@@ -47,14 +50,37 @@ from p2pmarket.host.enforce import domain_spec
 from p2pmarket.host.hostconfig import HostConfig
 from p2pmarket.host.lease import Lease, ResourceTerm
 from p2pmarket.host.resources import BidSpec, BidTerm, apply_spec
+from p2pmarket.host.seen import Record, from_rows, to_rows
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 ZERO = bytes(32)
 HARMFUL = ("below_min", "disk_delete")
+NONE: Mapping[str, int] = {}
 
 
 class MissingState(HostError):
     """A replay needed part of the state that a (trimmed) snapshot left out."""
+
+
+class Memo:
+    """Values derived from accounts, remembered across the states that share it (a pure
+    cache: it never changes a result). Each entry names the fields it was derived from
+    (by identity: the transitions keep an account's ``bids`` map while it does not
+    change) and is used only while they are still the account's.
+
+    - ``resolved``: account -> (bids, capacities, the resolved bids);
+    - ``rows``: account -> (bids, the packed fixed part of its digest row);
+    - ``book``: the last book built, with the config, tick length and (account, bids)
+      pairs it was built from.
+    """
+
+    __slots__ = ("book", "resolved", "rows")
+
+    def __init__(self) -> None:
+        self.resolved: dict[str, tuple[Mapping[str, BidTerm], Mapping[str, int],
+                                       dict[str, Bid]]] = {}
+        self.rows: dict[str, tuple[Mapping[str, BidTerm], bytes]] = {}
+        self.book: tuple[HostConfig, int, list[Account], Book] | None = None
 
 
 def _p(value: Any) -> bytes:
@@ -63,6 +89,12 @@ def _p(value: Any) -> bytes:
 
 def _h(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def plain_digest(value: Any) -> bytes:
+    """SHA-256 of the msgpack of a value without maps (lists, ints, str, bytes): such a
+    value has one encoding, so no canonical sorting is needed."""
+    return _h(_p(value))
 
 
 @dataclass(frozen=True)
@@ -79,7 +111,9 @@ class HostState:
     refunds_hash: bytes = ZERO
     usage: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     last_tick: int = -1
+    requests: Record = field(default_factory=dict)   # buyers' requests taken (seen.py)
     book: Book | None = field(default=None, compare=False, repr=False)
+    memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
     # -- derived -----------------------------------------------------------------------
 
@@ -128,9 +162,15 @@ def refund_row(r: Refund) -> list[Any]:
     return [r.refund_id, r.account_id, r.holder, r.amount, r.memo, r.created_us]
 
 
-def resolved(state: HostState, a: Account) -> dict[str, Bid]:
+def resolved(state: HostState, a: Account) -> Mapping[str, Bid]:
+    """The account's bids in absolute amounts on this host (do not modify the map)."""
     caps = state.config.capacities
-    return {k: t.resolve(k, caps.get(k, 0)) for k, t in a.bids.items()}
+    hit = state.memo.resolved.get(a.account_id)
+    if hit is not None and hit[0] is a.bids and hit[1] is caps:
+        return hit[2]
+    out = {k: t.resolve(k, caps.get(k, 0)) for k, t in a.bids.items()}
+    state.memo.resolved[a.account_id] = (a.bids, caps, out)
+    return out
 
 
 def running(state: HostState, a: Account) -> bool:
@@ -157,11 +197,21 @@ def unique_offered(state: HostState, key: str) -> bool:
 
 
 def build(state: HostState, accounts: Mapping[str, Account]) -> Book:
+    """The book of ``accounts``' bids (the last one built again if nobody's bids changed
+    since: the transitions keep an account's ``bids`` map while it does not change)."""
+    live = sorted((a for a in accounts.values() if a.state != CLOSED),
+                  key=lambda a: a.account_id)
+    hit = state.memo.book
+    if hit is not None and hit[0] is state.config and hit[1] == state.tick_us and \
+            len(hit[2]) == len(live) and all(
+                a.bids is b.bids and a.account_id == b.account_id
+                for a, b in zip(hit[2], live, strict=True)):
+        return hit[3]
     states = tuple(AccountState(a.account_id, a.fund, a.interval_end_us, resolved(state, a),
-                                a.contingency)
-                   for a in sorted(accounts.values(), key=lambda a: a.account_id)
-                   if a.state != CLOSED)
-    return build_book(state.capacities, states, state.config.reserves(state.tick_us))
+                                a.contingency) for a in live)
+    book = build_book(state.capacities, states, state.config.reserves(state.tick_us))
+    state.memo.book = (state.config, state.tick_us, live, book)
+    return book
 
 
 def same_bids(state: HostState, accounts: Mapping[str, Account]) -> bool:
@@ -220,33 +270,66 @@ def reallocate(state: HostState, changed: Account, now: int, was_running: bool
 
 def settle(accounts: Mapping[str, Account], result: AllocationResult,
            charge: bool = False) -> dict[str, Account]:
-    """Apply an allocation (and, at a tick, its charges and expiries) to copies."""
-    dropped = {(e.account_id, e.resource) for e in result.events if e.kind == "below_min"}
-    expired = {e.account_id for e in result.events if e.kind == "expired"}
-    index = result.book.index
+    """Apply an allocation (and, at a tick, its charges and expiries) to copies. An
+    account nothing changes for is kept as it is, and so are the ``bids`` and
+    ``allocation`` maps of one whose other fields change."""
+    drops: dict[str, set[str]] = {}
+    expired: set[str] = set()
+    for e in result.events:
+        if e.kind == "below_min":
+            drops.setdefault(e.account_id, set()).add(e.resource)
+        elif e.kind == "expired":
+            expired.add(e.account_id)
+    book = result.book
+    # an account's allocation as AllocationResult.allocation gives it, inlined
+    index, keys, bidders = book.index, book.keys, book.bidders
+    columns, won = result.columns, result.unique_won
+    charges, cont_charges = result.charges, result.contingency_charges
+    ends = result.interval_ends
     out: dict[str, Account] = {}
     for aid, acc in accounts.items():
         if acc.state == CLOSED or aid not in index:
             out[aid] = acc
             continue
-        bids = acc.bids if not dropped else \
-            {r: t for r, t in acc.bids.items() if (aid, r) not in dropped}
-        alloc = result.allocation(aid)
+        bids = acc.bids
+        gone = drops.get(aid)
+        if gone:
+            bids = {r: t for r, t in bids.items() if r not in gone}
+        i = index[aid]
+        alloc: Mapping[str, int] = {
+            key: col[i] if (col := columns.get(key)) is not None and i in bidders[key]
+            else won.get(aid, NONE).get(key, 0) for key in keys.get(i, ())}
         if len(alloc) != len(bids):
             alloc = {r: v for r, v in alloc.items() if r in bids}
-        if not charge and alloc == acc.allocation and len(bids) == len(acc.bids):
+        if alloc == acc.allocation:
+            alloc = acc.allocation
+        fund, cont, end, st = acc.fund, acc.contingency, acc.interval_end_us, acc.state
+        if charge:
+            fund -= charges.get(aid, 0)
+            cont -= cont_charges.get(aid, 0)
+            assert fund >= 0 and cont >= 0, "allocator charged more than the funds"
+            end = ends.get(aid, end)
+            if aid in expired:
+                st = EXPIRED
+        if (alloc is acc.allocation and bids is acc.bids and fund == acc.fund
+                and cont == acc.contingency and end == acc.interval_end_us
+                and st == acc.state):
             out[aid] = acc
             continue
-        new = replace(acc, bids=bids, allocation=alloc)
-        if charge:
-            fund = acc.fund - result.charges.get(aid, 0)
-            cont = acc.contingency - result.contingency_charges.get(aid, 0)
-            assert fund >= 0 and cont >= 0, "allocator charged more than the funds"
-            new = replace(new, fund=fund, contingency=cont,
-                          interval_end_us=result.interval_ends.get(aid, acc.interval_end_us),
-                          state=EXPIRED if aid in expired else acc.state)
-        out[aid] = new
+        out[aid] = _moved(acc, bids=bids, allocation=alloc, fund=fund, contingency=cont,
+                          interval_end_us=end, state=st)
     return out
+
+
+def _moved(acc: Account, **changes: Any) -> Account:
+    """``dataclasses.replace(acc, **changes)`` for the settle loop, which runs for every
+    account at every tick: a copy of the instance's fields (Account has no
+    ``__post_init__``), several times faster than ``replace``."""
+    new = object.__new__(Account)
+    fields = vars(new)
+    fields.update(vars(acc))
+    fields.update(changes)
+    return new
 
 
 def collect_garbage(accounts: dict[str, Account], now: int) -> list[Refund]:
@@ -268,18 +351,24 @@ def with_accounts(state: HostState, accounts: Mapping[str, Account]) -> HostStat
     """``state`` with ``accounts`` (closed ones dropped); the book cache is kept only
     if no account's bids or state changed."""
     book = state.book
-    live: dict[str, Account] = {}
+    before = state.accounts
     for aid, a in accounts.items():
-        old = state.accounts.get(aid)
-        if old is None or old.bids != a.bids or old.state != a.state:
+        old = before.get(aid)
+        if old is None or (old.bids is not a.bids and old.bids != a.bids) or \
+                old.state != a.state:
             book = None
-        if a.state != CLOSED:
-            live[aid] = a
+            break
+    live = {aid: a for aid, a in accounts.items() if a.state != CLOSED}
+    leased = state.leased
     if len(live) != len(accounts):
         book = None
-    leased = state.leased
-    if any(aid not in live for aid in leased):
-        leased = {aid: d for aid, d in leased.items() if aid in live}
+        memo = state.memo
+        for aid in accounts:
+            if aid not in live:   # closed: forget what was derived from it
+                memo.resolved.pop(aid, None)
+                memo.rows.pop(aid, None)
+        if any(aid not in live for aid in leased):
+            leased = {aid: d for aid, d in leased.items() if aid in live}
     return replace(state, accounts=live, leased=leased, book=book)
 
 
@@ -314,7 +403,7 @@ def _core(state: HostState, accounts_hash: bytes) -> list[Any]:
     return [SNAPSHOT_VERSION, state.host_id, _config_rows(state.config), state.tick_us,
             state.long_us, state.last_tick,
             [[k, u, f] for k, (u, f) in sorted(state.usage.items())], accounts_hash,
-            state.payments_hash, state.refunds_hash]
+            state.payments_hash, state.refunds_hash, plain_digest(to_rows(state.requests))]
 
 
 def _config_rows(config: HostConfig) -> list[Any]:
@@ -323,8 +412,29 @@ def _config_rows(config: HostConfig) -> list[Any]:
 
 
 def accounts_digest(state: HostState) -> bytes:
-    return _h(_p([account_row(state.accounts[aid], state.leased.get(aid))
-                  for aid in sorted(state.accounts)]))
+    """SHA-256 of a msgpack stream: for each account in id order its fixed part
+    ``[account_id, holder, created_us, bids]`` (``bids`` as in :func:`account_row`; it
+    changes only on a bid, and is packed once), then one array of the accounts' other
+    parts ``[fund, contingency, contingency_ppm, interval_end_us, state, lease terms
+    digest, allocation]`` in the same order (they change every tick)."""
+    h = hashlib.sha256()
+    rows, leased, accounts = state.memo.rows, state.leased, state.accounts
+    rest = []
+    for aid in sorted(accounts):
+        a = accounts[aid]
+        hit = rows.get(aid)
+        if hit is None or hit[0] is not a.bids:
+            fixed = _p([aid, a.holder, a.created_us,
+                        [[k, a.bids[k].to_wire()] for k in sorted(a.bids)]])
+            rows[aid] = (a.bids, fixed)
+        else:
+            fixed = hit[1]
+        h.update(fixed)
+        alloc = a.allocation
+        rest.append([a.fund, a.contingency, a.contingency_ppm, a.interval_end_us, a.state,
+                     leased.get(aid, b""), [[k, alloc[k]] for k in sorted(alloc)]])
+    h.update(_p(rest))
+    return h.digest()
 
 
 def state_digest(state: HostState) -> bytes:
@@ -348,6 +458,7 @@ def snapshot(state: HostState, payments: bool = True, refunds: bool = True
         "refunds": None if not refunds or state.refunds is None else
         [refund_row(r) for r in state.refunds.values()],
         "refunds_hash": state.refunds_hash,
+        "requests": to_rows(state.requests),
     }
 
 
@@ -405,7 +516,7 @@ def _from_snapshot(doc: Any) -> HostState:
         payments_hash=bytes(doc["payments_hash"]), refunds=refunds,
         refunds_hash=bytes(doc["refunds_hash"]),
         usage={str(k): (int(u), int(f)) for k, u, f in doc["usage"]},
-        last_tick=int(doc["last_tick"]))
+        last_tick=int(doc["last_tick"]), requests=from_rows(doc["requests"]))
 
 
 def new_state(host_id: bytes, config: HostConfig, tick_us: int, long_us: int) -> HostState:
@@ -413,8 +524,8 @@ def new_state(host_id: bytes, config: HostConfig, tick_us: int, long_us: int) ->
 
 
 __all__ = [
-    "US_PER_S", "HostState", "MissingState", "account_row", "build", "collect_garbage",
-    "evaluate", "from_snapshot", "lease_terms", "new_state", "reallocate", "resolved",
-    "running", "settle", "snapshot", "state_digest", "terms", "terms_digest",
-    "with_accounts",
+    "US_PER_S", "HostState", "Memo", "MissingState", "account_row", "accounts_digest",
+    "build", "collect_garbage", "evaluate", "from_snapshot", "lease_terms", "new_state",
+    "plain_digest", "reallocate", "resolved", "running", "settle", "snapshot",
+    "state_digest", "terms", "terms_digest", "with_accounts",
 ]

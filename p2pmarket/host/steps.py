@@ -11,10 +11,12 @@ Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
   ``out.settings {allocations, state}``
 - ``in.usage``: ``{usage: [[account_id, used_kib, floor_kib], ...]}`` (what the VMM
   reports about disks; it changes the disk events) -> no output
-- ``in.tick``: ``{now}`` -> ``out.tick {charges, contingency_charges, events, prices,
-  interval_ends, allocations, refunds, state}`` (``allocations`` is a digest,
-  ``state`` the :func:`~p2pmarket.host.machine.state_digest` after the tick). A
-  tick less than one tick length after the previous one is refused.
+- ``in.tick``: ``{now}`` (``now`` is the entry's ``ts``) -> ``out.tick {charges,
+  contingency_charges, events, prices, interval_ends, allocations, refunds, state}``
+  (``allocations`` is :func:`allocations_digest`, ``state`` the
+  :func:`~p2pmarket.host.machine.state_digest` after the tick). A tick less than
+  one tick length after the previous one is refused. A tick also forgets the
+  requests taken long enough ago (:func:`p2pmarket.host.seen.pruned`).
 - ``in.<rpc>`` for ``create_account``, ``bid``, ``fund``, ``refund``, ``lease``:
   ``{from, ts, args}`` (caller key, request timestamp, arguments), plus for
   ``create_account`` and ``fund`` the verified payment ``payment: {id, amount}``
@@ -26,7 +28,11 @@ Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
   from, to, ts, body, sig}``; :func:`check_signed` (run by the replay, not by
   :func:`step`) requires its signature to verify, its ``from``/``ts`` to be the
   body's ``from``/``ts``, ``to`` the host's node id, ``kind`` ``rpc.host.<rpc>`` and
-  its ``body`` exactly ``args``: a host cannot invent a buyer's input.
+  its ``body`` exactly ``args``: a host cannot invent a buyer's input. Every such
+  input records ``(from, ts)`` in the state's request record, whatever its outcome;
+  :func:`request_refusal` (run by the auctioneer before it takes a request, and by
+  the replay) says whether a request repeats one already taken: a host cannot run
+  a buyer's input twice either.
 
 Account ids are derived from the payment that opens the account and refund ids
 (when the buyer gives none) from the request, so nothing here is random.
@@ -50,6 +56,7 @@ from p2pmarket.host.machine import (
     collect_garbage,
     evaluate,
     lease_terms,
+    plain_digest,
     reallocate,
     running,
     settle,
@@ -60,6 +67,7 @@ from p2pmarket.host.machine import (
 )
 from p2pmarket.host.resources import PPM, bids_from_wire
 from p2pmarket.host.rpcargs import account_id_arg, check_args, interval_arg, ratio_arg
+from p2pmarket.host.seen import pruned, recorded, refusal
 from p2pmarket.wire import Envelope, WireError, digest, pack
 
 RPCS = ("create_account", "bid", "fund", "refund", "lease")
@@ -109,7 +117,25 @@ def step(state: HostState, kind: str, body: Any, ts: int) -> Step:
     name = kind[3:]
     if name not in RPCS or not isinstance(body, dict):
         raise HostError("not an auctioneer input", kind)
-    return _rpc(state, name, body, ts)
+    st = _rpc(state, name, body, ts)
+    sender, req_ts = body.get("from"), body.get("ts")
+    if isinstance(sender, bytes) and isinstance(req_ts, int) and not isinstance(req_ts, bool):
+        # taken, whatever its outcome: the host may not run it again (seen.py)
+        st = replace(st, state=replace(st.state,
+                                       requests=recorded(st.state.requests, sender, req_ts)))
+    return st
+
+
+def request_refusal(state: HostState, kind: str, body: Any, ts: int) -> str | None:
+    """Why the buyer's input ``body`` of ``kind`` at ``ts`` repeats (or may repeat) a
+    request already taken (None if it does not, or if ``kind`` is not a buyer's RPC).
+    The auctioneer refuses such a request without logging it; in a log it is a fault."""
+    if not kind.startswith("in.") or kind[3:] not in RPCS or not isinstance(body, dict):
+        return None
+    sender, req_ts = body.get("from"), body.get("ts")
+    if not isinstance(sender, bytes) or not isinstance(req_ts, int):
+        return None
+    return refusal(state.requests, sender, req_ts, ts)
 
 
 def check_signed(state: HostState, kind: str, body: Any, host_id: bytes | None = None
@@ -159,7 +185,9 @@ def tick(state: HostState, body: Any, ts: int) -> Step:
                       state.config.root_bids(state.tick_us), dict(state.usage), state.long_us)
     new = settle(live, result, charge=True)
     refunds = collect_garbage(new, now)
-    after = with_accounts(replace(state, book=book, last_tick=now), new).with_refunds(refunds)
+    after = with_accounts(replace(state, book=book, last_tick=now,
+                                  requests=pruned(state.requests, now)), new
+                          ).with_refunds(refunds)
     doc = tick_doc(result)
     doc["refunds"] = [[r.refund_id, r.account_id, r.amount] for r in refunds]
     doc["state"] = state_digest(after)
@@ -167,13 +195,24 @@ def tick(state: HostState, body: Any, ts: int) -> Step:
 
 
 def tick_doc(result: AllocationResult) -> dict[str, Any]:
-    allocs = result.allocations
     return {"charges": {k: v for k, v in result.charges.items() if v},
             "contingency_charges": dict(result.contingency_charges),
             "events": [[e.account_id, e.resource, e.kind, e.amount, e.limit]
                        for e in result.events],
             "prices": dict(result.prices), "interval_ends": dict(result.interval_ends),
-            "allocations": digest(pack(allocs))}
+            "allocations": allocations_digest(result)}
+
+
+def allocations_digest(result: AllocationResult) -> bytes:
+    """SHA-256 of ``[account ids, [[resource, column], ...], [[account, [[key, ids won],
+    ...]], ...]]`` (msgpack; ids and resources in the book's order, unique wins sorted):
+    the divisible allocations as the allocator's columns (an account's entry is 0 where
+    it does not bid) and the unique identifiers won. It commits to every account's
+    allocation (the book, which says who bids on what, follows from the state)."""
+    book = result.book
+    won = result.unique_won
+    return plain_digest([list(book.ids), [[r, result.columns[r]] for r in book.resources],
+                         [[aid, sorted(won[aid].items())] for aid in sorted(won)]])
 
 
 def settings_body(config: HostConfig, tick_us: int, long_us: int) -> dict[str, Any]:
@@ -189,7 +228,7 @@ def settings(state: HostState, body: Any, ts: int) -> Step:
     result = evaluate(changed, changed.accounts, ts)
     after = with_accounts(changed, settle(changed.accounts, result))
     after = replace(after, book=None)
-    doc = {"allocations": digest(pack(result.allocations)), "state": state_digest(after)}
+    doc = {"allocations": allocations_digest(result), "state": state_digest(after)}
     return Step(after, [("out.settings", doc)], result=doc)
 
 
@@ -481,5 +520,5 @@ def precheck(state: HostState, name: str, sender: bytes, args: Any) -> None:
 
 
 __all__ = ["GENESIS", "INFO", "INPUTS", "REQUEST_PREFIX", "RPCS", "Step", "account_id_for",
-           "check_signed", "error_doc", "precheck", "reply_kind", "settings_body", "step",
-           "tick_doc"]
+           "allocations_digest", "check_signed", "error_doc", "precheck", "reply_kind",
+           "request_refusal", "settings_body", "step", "tick_doc"]

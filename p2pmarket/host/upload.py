@@ -43,7 +43,7 @@ async def upload_image(auct: Auctioneer, sender: bytes, account_id: str, size: A
         raise HostError("the image is larger than the account's disk allocation",
                         {"size_kib": need, "disk_kib": have})
     auct.audit.append("in.upload", {"from": sender, "account_id": account_id, "size": size,
-                                    "sha256": sha256}, auct.clock())
+                                    "sha256": sha256}, auct.now())
     auct.sync.usage.pop(account_id, None)   # the old image is replaced
     q: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_CHUNKS)
     digest = hashlib.sha256()
@@ -82,7 +82,7 @@ async def upload_image(auct: Auctioneer, sender: bytes, account_id: str, size: A
     auct.sync.usage[account_id] = (vol.usage_kib, vol.floor_kib)
     auct.sync.forget(account_id)
     auth = auct.audit.append("out.upload", {"account_id": account_id, "volume": vol.name,
-                                            "capacity_kib": vol.capacity_kib}, auct.clock())
+                                            "capacity_kib": vol.capacity_kib}, auct.now())
     await auct.sync_vmm()
     return {"account_id": account_id, "volume": vol.name, "capacity_kib": vol.capacity_kib,
             "audit": auth.to_wire()}

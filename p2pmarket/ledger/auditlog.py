@@ -143,9 +143,10 @@ class AuditLog:
         with self.conn:
             self.conn.executescript(_SCHEMA)
         row = self.conn.execute(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            "SELECT seq, hash, ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self._head: tuple[int, bytes] = (-1, ZERO_HASH) if row is None else \
             (int(row[0]), bytes(row[1]))
+        self._last_ts = 0 if row is None else int(row[2])
 
     def close(self) -> None:
         self.conn.close()
@@ -154,6 +155,12 @@ class AuditLog:
     def head(self) -> tuple[int, bytes]:
         """``(seq, hash)`` of the last entry; ``(-1, zeros)`` when empty."""
         return self._head
+
+    @property
+    def last_ts(self) -> int:
+        """The timestamp of the last entry (0 when empty): the next one's must not be
+        smaller (witnesses check that timestamps never decrease)."""
+        return self._last_ts
 
     def append(self, kind: str, body: Any, ts: int) -> Authenticator:
         """Append one entry durably and return its authenticator."""
@@ -180,6 +187,7 @@ class AuditLog:
                     "INSERT INTO audit (seq, prev, kind, body, ts, hash, sig) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._head = (seq, prev)
+            self._last_ts = rows[-1][4]
         return auths
 
     def entries(self, since: int = 0, limit: int = 1000

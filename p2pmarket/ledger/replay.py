@@ -15,7 +15,14 @@ bytes (what ``host.audit_log`` serves), and checks:
   request, which must verify and match the input exactly
   (:func:`p2pmarket.host.steps.check_signed`; addressed to ``host``'s node id when
   the replayer knows the host's key); one that does not is the fault ``unsigned
-  input: <why>`` (the host invented or altered a buyer's input).
+  input: <why>`` (the host invented or altered a buyer's input);
+- requests taken once: a buyer's input whose ``(from, ts)`` the state has already
+  taken, or may have and forgotten (:mod:`p2pmarket.host.seen`), is the fault
+  ``duplicate request: ...`` or ``stale request: ...`` (the host ran a buyer's
+  request twice);
+- time: entries' ``ts`` never decrease (``entry timestamps must not decrease``),
+  and an ``in.tick``'s ``now`` is its entry's ``ts`` (``an in.tick's now must be its
+  entry's timestamp``).
 
 The first fault stops the replay (:attr:`Replayer.fault`). The replayer keeps the
 state at the last *anchor* (``in.genesis``, or an ``out.tick``/``out.settings``
@@ -32,7 +39,7 @@ from typing import Any
 
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.machine import HostState, MissingState, from_snapshot, state_digest
-from p2pmarket.host.steps import GENESIS, INFO, INPUTS, check_signed, step
+from p2pmarket.host.steps import GENESIS, INFO, INPUTS, check_signed, request_refusal, step
 from p2pmarket.identity import node_id_of
 from p2pmarket.ledger.auditlog import encode_entry
 from p2pmarket.ledger.chain import ZERO_HASH
@@ -78,6 +85,7 @@ class Replayer:
         self.fault: Fault | None = None
         self._expect: list[tuple[str, bytes]] = []
         self._expect_ts = 0
+        self._last_ts = 0
         self.anchor_state: HostState | None = None
         self.anchor_entries: list[bytes] = []
         self.entries = 0
@@ -85,6 +93,7 @@ class Replayer:
             assert state is not None
             doc = decode_entry(anchor_raw)
             self.seq, self.head = doc["seq"], hashlib.sha256(anchor_raw).digest()
+            self._last_ts = doc["ts"]
             body = doc["body"]
             if doc["kind"] not in ANCHORS or not isinstance(body, dict) or \
                     body.get("state") != state_digest(state):
@@ -120,6 +129,10 @@ class Replayer:
         doc = self._check_link(raw)
         self._advance(seq, hashlib.sha256(raw).digest(), raw)
         kind = doc["kind"]
+        if doc["ts"] < self._last_ts:
+            return self._fail(seq, f"entry timestamps must not decrease ({doc['ts']} after "
+                                   f"{self._last_ts})")
+        self._last_ts = doc["ts"]
         if seq == 0 or kind == GENESIS:
             if seq != 0 or kind != GENESIS:
                 return self._fail(seq, "the log must start with in.genesis, and only there")
@@ -138,6 +151,12 @@ class Replayer:
         unsigned = check_signed(self.state, kind, doc["body"], self.host_id)
         if unsigned is not None:
             return self._fail(seq, f"unsigned input: {unsigned}")
+        repeated = request_refusal(self.state, kind, doc["body"], doc["ts"])
+        if repeated is not None:
+            return self._fail(seq, repeated)
+        if kind == "in.tick" and (not isinstance(doc["body"], dict)
+                                  or doc["body"].get("now") != doc["ts"]):
+            return self._fail(seq, "an in.tick's now must be its entry's timestamp")
         try:
             st = step(self.state, kind, doc["body"], doc["ts"])
             expect = [(k, pack(b)) for k, b in st.outputs]
