@@ -22,7 +22,11 @@ bytes (what ``host.audit_log`` serves), and checks:
   request twice);
 - time: entries' ``ts`` never decrease (``entry timestamps must not decrease``),
   and an ``in.tick``'s ``now`` is its entry's ``ts`` (``an in.tick's now must be its
-  entry's timestamp``).
+  entry's timestamp``);
+- payments: a ``create_account``/``fund`` input whose payment the host credited must
+  credit exactly the certificate the buyer signed into the request
+  (:func:`payment_mismatch`): else the fault ``the payment credited ...`` (the host
+  kept part of a buyer's payment).
 
 The first fault stops the replay (:attr:`Replayer.fault`). The replayer keeps the
 state at the last *anchor* (``in.genesis``, or an ``out.tick``/``out.settings``
@@ -42,7 +46,8 @@ from p2pmarket.host.machine import HostState, MissingState, from_snapshot, state
 from p2pmarket.host.steps import GENESIS, INFO, INPUTS, check_signed, request_refusal, step
 from p2pmarket.identity import node_id_of
 from p2pmarket.ledger.auditlog import encode_entry
-from p2pmarket.ledger.chain import ZERO_HASH
+from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.chain import SEND, ZERO_HASH
 from p2pmarket.wire import WireError, pack, unpack
 
 ANCHORS = frozenset({"out.tick", "out.settings"})
@@ -154,6 +159,9 @@ class Replayer:
         repeated = request_refusal(self.state, kind, doc["body"], doc["ts"])
         if repeated is not None:
             return self._fail(seq, repeated)
+        underpaid = payment_mismatch(kind, doc["body"], self.host_id or self.state.host_id)
+        if underpaid is not None:
+            return self._fail(seq, underpaid)
         if kind == "in.tick" and (not isinstance(doc["body"], dict)
                                   or doc["body"].get("now") != doc["ts"]):
             return self._fail(seq, "an in.tick's now must be its entry's timestamp")
@@ -185,6 +193,37 @@ class Replayer:
         return self.fault
 
 
+PAID = frozenset({"in.create_account", "in.fund"})
+
+
+def payment_mismatch(kind: str, body: Any, host_id: bytes) -> str | None:
+    """Why the payment a host credited for a ``create_account``/``fund`` input is not
+    the one in the buyer's signed arguments: the credit must be the certificate's SEND
+    (id = the SEND entry's hash, amount = its amount), from the caller to this host.
+    None if it is, if nothing was credited, or if what the buyer sent is no
+    certificate at all (crediting that harms only the host). Signatures are not
+    checked here: the buyer signed the certificate into its request, and the host
+    checked the notaries' signatures before crediting. Pure."""
+    if kind not in PAID or not isinstance(body, dict):
+        return None
+    credit = body.get("payment")
+    args = body.get("args")
+    if not isinstance(credit, dict) or not isinstance(args, dict):
+        return None
+    try:
+        entry = Certificate.from_wire(args.get("payment")).entry
+    except (P2PMarketError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    to = entry.body.get("to") if isinstance(entry.body, dict) else None
+    if entry.kind != SEND or entry.owner != body.get("from") or not isinstance(to, bytes) \
+            or node_id_of(to) != host_id:
+        return "the payment credited is not a transfer from the caller to this host"
+    if credit.get("id") != entry.hash() or credit.get("amount") != entry.amount:
+        return (f"the payment credited ({credit.get('amount')!r}) differs from the buyer's "
+                f"certificate ({entry.amount})")
+    return None
+
+
 def replay(entries: list[bytes], state: HostState | None = None,
            anchor_raw: bytes | None = None, host: bytes | None = None) -> Replayer:
     """Link and replay ``entries`` (from seq 0, or after ``anchor_raw``); stops at the
@@ -196,4 +235,4 @@ def replay(entries: list[bytes], state: HostState | None = None,
     return r
 
 
-__all__ = ["ANCHORS", "Fault", "Replayer", "decode_entry", "replay"]
+__all__ = ["ANCHORS", "Fault", "Replayer", "decode_entry", "payment_mismatch", "replay"]
