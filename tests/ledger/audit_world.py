@@ -256,3 +256,16 @@ def sign(identity: Identity, entry: AuditEntry) -> Authenticator:
 
 def roundtrip(value: Any) -> Any:
     return unpack(pack(value))
+
+
+async def open_two(world: World, alice: Identity, bob: Identity) -> tuple[HostNode, str]:
+    """A new host where ``alice`` and ``bob`` opened accounts, one tick passed and
+    ``alice`` raised her cpu bid; returns the host and Alice's account id."""
+    h = world.host()
+    a = await world.call(alice, h, "create_account", {"payment": cert(10**9),
+                                                      "bids": ALICE_BIDS, "interval_s": 3600})
+    await world.call(bob, h, "create_account", {"payment": cert(10**8), "bids": BIDS,
+                                                "interval_s": 600})
+    await world.tick(h)
+    await world.call(alice, h, "bid", {"account_id": a["account_id"], "bids": {"cpu": "2"}})
+    return h, str(a["account_id"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit_world import World
 
 from p2pmarket.config import Genesis, NotaryInfo
 from p2pmarket.identity import Identity
@@ -104,3 +105,12 @@ def committee4(tmp_path: Path) -> Iterator[LocalCommittee]:
     c = LocalCommittee.create(tmp_path / "notaries", f=1)
     yield c
     c.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """Hosts and witnesses in one process (``audit_world``); test modules with another
+    kind of world define their own fixture of that name."""
+    w = World(tmp_path)
+    yield w
+    w.close()

@@ -4,8 +4,6 @@ offline; an honest host paid with real certificates stays trusted."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,13 +17,6 @@ from p2pmarket.ledger.replay import payment_mismatch, replay
 from p2pmarket.ledger.witness import EXPOSED, TRUSTED
 
 ALICE = Identity.generate()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def paying(net: Any, chain_of: Any, to: bytes, amount: int) -> Certificate:

@@ -4,13 +4,11 @@ once (also by a restarted host, whose RPC replay guard starts empty)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_world import ALICE_BIDS, BIDS, GIB, FakeBank, S, World, cert, signed_ctx
+from audit_world import BIDS, GIB, FakeBank, S, World, cert, open_two, signed_ctx
 
 from p2pmarket.config import Settings
 from p2pmarket.host import HostError
@@ -28,22 +26,9 @@ from p2pmarket.wire import unpack
 ALICE, BOB = Identity.generate(), Identity.generate()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
-
-
 async def honest_log(world: World) -> tuple[Any, list[dict[str, Any]]]:
-    h = world.host()
-    a = await world.call(ALICE, h, "create_account", {"payment": cert(10**9),
-                                                      "bids": ALICE_BIDS, "interval_s": 3600})
-    await world.call(BOB, h, "create_account", {"payment": cert(10**8), "bids": BIDS,
-                                                "interval_s": 600})
-    await world.tick(h)
-    await world.call(ALICE, h, "bid", {"account_id": a["account_id"], "bids": {"cpu": "2"}})
-    await world.call(ALICE, h, "lease", {"account_id": a["account_id"]})
+    h, alice = await open_two(world, ALICE, BOB)
+    await world.call(ALICE, h, "lease", {"account_id": alice})
     await world.tick(h)
     return h, [unpack(r[1]) for r in h.auct.audit.raw(0, 10**6)]
 

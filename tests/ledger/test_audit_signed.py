@@ -5,13 +5,11 @@ witnesses with a proof that verifies offline."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_world import ALICE_BIDS, BIDS, World, cert, signed_ctx
+from audit_world import World, cert, open_two, signed_ctx
 
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.host.steps import RPCS
@@ -24,27 +22,9 @@ from p2pmarket.wire import Envelope, pack, unpack
 ALICE, BOB, MALLORY = Identity.generate(), Identity.generate(), Identity.generate()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
-
-
-async def opened(world: World) -> tuple[Any, str]:
-    h = world.host()
-    a = await world.call(ALICE, h, "create_account", {"payment": cert(10**9),
-                                                      "bids": ALICE_BIDS, "interval_s": 3600})
-    await world.call(BOB, h, "create_account", {"payment": cert(10**8), "bids": BIDS,
-                                                "interval_s": 600})
-    await world.tick(h)
-    await world.call(ALICE, h, "bid", {"account_id": a["account_id"], "bids": {"cpu": "2"}})
-    return h, a["account_id"]
-
-
 async def test_honest_log_carries_signed_requests_and_replays_clean(world: World) -> None:
     ws = [world.witness() for _ in range(3)]
-    h, alice = await opened(world)
+    h, alice = await open_two(world, ALICE, BOB)
     await world.call(ALICE, h, "fund", {"account_id": alice, "payment": cert(10**6)})
     await world.call(ALICE, h, "refund", {"account_id": alice, "amount": 1000})
     await world.call(ALICE, h, "lease", {"account_id": alice})
@@ -101,7 +81,7 @@ def fabricated(case: str, h: Any, alice: str, ts: int) -> tuple[CallContext, dic
 ])
 async def test_fabricated_bid_is_exposed(world: World, case: str, why: str) -> None:
     ws = [world.witness() for _ in range(3)]
-    h, alice = await opened(world)
+    h, alice = await open_two(world, ALICE, BOB)
     await world.audit_round()
     ctx, args = fabricated(case, h, alice, world.clock.now)
     await h.auct.bid(ctx, args)          # the host runs (and logs) a bid Alice never sent

@@ -4,8 +4,6 @@ with proofs that verify offline; unanswered audits are challenges."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,13 +31,6 @@ from p2pmarket.ledger.witness import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.wire import pack, seal, unpack
 
 ALICE, BOB = Identity.generate(), Identity.generate()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 async def busy_host(world: World) -> tuple[Any, str, str]:

@@ -5,12 +5,10 @@ dated in the future are a challenge, not evidence."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from audit_world import ALICE_BIDS, BIDS, S, WitnessNode, World, cert, rewritten
+from audit_world import S, WitnessNode, World, open_two, rewritten
 
 from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.identity import Identity
@@ -20,13 +18,6 @@ from p2pmarket.ledger.witnessstore import WitnessStore
 from p2pmarket.wire import pack
 
 ALICE, BOB = Identity.generate(), Identity.generate()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 class Recorder:
@@ -69,14 +60,9 @@ def stop(node: WitnessNode) -> None:
 
 
 async def open_accounts(world: World) -> tuple[Any, str]:
-    h = world.host()
-    a = await world.call(ALICE, h, "create_account", {"payment": cert(10**9),
-                                                      "bids": ALICE_BIDS, "interval_s": 3600})
-    await world.call(BOB, h, "create_account", {"payment": cert(10**8), "bids": BIDS,
-                                                "interval_s": 600})
-    for _ in range(3):
-        await world.tick(h)
-    return h, a["account_id"]
+    h, alice = await open_two(world, ALICE, BOB)
+    await world.tick(h)
+    return h, alice
 
 
 async def test_restarted_witness_resumes_where_it_stopped(world: World, tmp_path: Path
