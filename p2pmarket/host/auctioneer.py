@@ -71,12 +71,12 @@ from p2pmarket.host.machine import (
     lease_terms,
     new_state,
     resolved,
-    snapshot,
     terms_digest,
     unique_offered,
 )
 from p2pmarket.host.rpcargs import check_args
 from p2pmarket.host.seen import from_rows, to_rows
+from p2pmarket.host.snapshot import snapshot
 from p2pmarket.host.steps import (
     GENESIS,
     INPUTS,

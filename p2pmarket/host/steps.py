@@ -14,7 +14,7 @@ Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
 - ``in.tick``: ``{now}`` (``now`` is the entry's ``ts``) -> ``out.tick {charges,
   contingency_charges, events, prices, interval_ends, allocations, refunds, state}``
   (``allocations`` is :func:`allocations_digest`, ``state`` the
-  :func:`~p2pmarket.host.machine.state_digest` after the tick). A tick less than
+  :func:`~p2pmarket.host.snapshot.state_digest` after the tick). A tick less than
   one tick length after the previous one is refused. A tick also forgets the
   requests taken long enough ago (:func:`p2pmarket.host.seen.pruned`).
 - ``in.<rpc>`` for ``create_account``, ``bid``, ``fund``, ``refund``, ``lease``:
@@ -60,7 +60,6 @@ from p2pmarket.host.machine import (
     reallocate,
     running,
     settle,
-    state_digest,
     terms,
     terms_digest,
     with_accounts,
@@ -68,6 +67,7 @@ from p2pmarket.host.machine import (
 from p2pmarket.host.resources import PPM, bids_from_wire
 from p2pmarket.host.rpcargs import account_id_arg, check_args, interval_arg, ratio_arg
 from p2pmarket.host.seen import pruned, recorded, refusal
+from p2pmarket.host.snapshot import state_digest
 from p2pmarket.wire import Envelope, WireError, digest, pack
 
 RPCS = ("create_account", "bid", "fund", "refund", "lease")

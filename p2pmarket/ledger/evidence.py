@@ -14,7 +14,7 @@ A proof is the canonical msgpack of a map ``{v: 1, type, host (public key), ...}
   links to the one before). Either ``entries[0]`` is the log's ``in.genesis``
   (seq 0) and ``snapshot`` is None, or ``entries[0]`` is an ``out.tick`` /
   ``out.settings`` entry whose body commits to the digest of ``snapshot`` (the
-  auctioneer's state there, :func:`p2pmarket.host.machine.snapshot`; its payment
+  auctioneer's state there, :func:`p2pmarket.host.snapshot.snapshot`; its payment
   and refund records may be left out when the replay does not need them).
   Replaying the entries through :mod:`p2pmarket.host.steps` must reach a fault at
   ``seq`` (for a buyer's input whose signed request is missing, not the caller's,
@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from p2pmarket.config import Genesis
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.files import open_db
-from p2pmarket.host.machine import from_snapshot
+from p2pmarket.host.snapshot import from_snapshot
 from p2pmarket.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, verify
 from p2pmarket.ledger.chain import HASH_SIZE, Authenticator, auth_message
 from p2pmarket.ledger.errors import LedgerError

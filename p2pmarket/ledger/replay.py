@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmarket.errors import P2PMarketError
-from p2pmarket.host.machine import HostState, MissingState, from_snapshot, state_digest
+from p2pmarket.host.machine import HostState, MissingState
+from p2pmarket.host.snapshot import from_snapshot, state_digest
 from p2pmarket.host.steps import GENESIS, INFO, INPUTS, check_signed, request_refusal, step
 from p2pmarket.identity import node_id_of
 from p2pmarket.ledger.auditlog import encode_entry

@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 from p2pmarket.api.rpc import CallContext, Handler, now_us
 from p2pmarket.errors import P2PMarketError
-from p2pmarket.host.machine import snapshot
+from p2pmarket.host.snapshot import snapshot
 from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of
 from p2pmarket.ledger.chain import HASH_SIZE, Authenticator
 from p2pmarket.ledger.errors import LedgerError

@@ -4,7 +4,7 @@ Per watched host, in one sqlite file under the node's data dir:
 
 - ``hosts``: the host's URL, how far the audit got (seq and head hash), the open
   challenge, the last error and audit time, and where the replay resumes: the
-  state at the last anchor (:func:`p2pmarket.host.machine.snapshot`, canonical
+  state at the last anchor (:func:`p2pmarket.host.snapshot.snapshot`, canonical
   msgpack; NULL when the anchor is the log's ``in.genesis``) and the entries
   since that anchor (``replay_entries``). Re-taking those entries rebuilds the
   :class:`~p2pmarket.ledger.replay.Replayer` exactly, mid-input included.
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.files import open_db
-from p2pmarket.host.machine import HostState, from_snapshot, snapshot
+from p2pmarket.host.machine import HostState
+from p2pmarket.host.snapshot import from_snapshot, snapshot
 from p2pmarket.ledger.chain import Authenticator
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.replay import Replayer

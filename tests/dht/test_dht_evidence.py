@@ -34,7 +34,8 @@ from p2pmarket.dht.records import (
 )
 from p2pmarket.dht.storage import RecordStorage
 from p2pmarket.host.hostconfig import HostConfig
-from p2pmarket.host.machine import new_state, snapshot
+from p2pmarket.host.machine import new_state
+from p2pmarket.host.snapshot import snapshot
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.chain import Authenticator, auth_message

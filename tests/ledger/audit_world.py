@@ -13,7 +13,7 @@ from p2pmarket.config import Settings
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.host.accounts import AccountStore, Payment
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
-from p2pmarket.host.machine import state_digest
+from p2pmarket.host.snapshot import state_digest
 from p2pmarket.host.steps import step
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.identity import Identity, node_id_of

@@ -14,8 +14,8 @@ from p2pmarket.config import Settings
 from p2pmarket.host import HostError
 from p2pmarket.host.accounts import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
-from p2pmarket.host.machine import from_snapshot, snapshot, state_digest
 from p2pmarket.host.seen import MEMORY, WINDOW_US, pruned, recorded, refusal
+from p2pmarket.host.snapshot import from_snapshot, snapshot, state_digest
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.auditlog import AuditEntry, AuditLog
