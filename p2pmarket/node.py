@@ -283,13 +283,15 @@ class Node:
     async def refund_payment(self, holder: bytes, amount: int, memo: str) -> dict[str, Any]:
         """Pay ``amount`` back to ``holder`` with a certified transfer. Idempotent per
         memo (the auctioneer gives each refund a unique memo and retries until done):
-        a refund already on our chain is answered with its certificate."""
+        a refund already on our chain is answered with its certificate (recovered from
+        the notaries if the wallet pruned its signatures)."""
         async with self._payment_lock:
             await self.wallet.resume()
             for entry in self.chain.entries(self.identity.public_key):
                 if (entry.kind == "SEND" and entry.body["memo"] == memo
                         and entry.body["to"] == holder):
-                    cert = self.chain.certificate(entry.owner, entry.seq)
+                    # store or recover: a pruned certificate is not "unpaid" (never pay twice)
+                    cert = await self.wallet.certificate(entry.seq)
                     if cert is not None:
                         return cert.to_wire()
             return (await self.wallet.send(holder, amount, memo=memo)).to_wire()

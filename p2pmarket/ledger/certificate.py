@@ -10,6 +10,9 @@ are ignored, never counted; one key never counts twice. Wire form:
 :class:`SigCache` remembers signatures already found valid, so a notary or a
 wallet that sees the same certificate twice (delivered, then received) checks
 its signatures once.
+
+:func:`check_receipt` is what a notary checks before certifying a fresh RECV:
+the SEND certificate that travels beside it matches the SEND the RECV names.
 """
 
 from __future__ import annotations
@@ -193,3 +196,21 @@ def is_valid(cert: Certificate, genesis: Genesis, cache: SigCache | None = None)
     except LedgerError:
         return False
     return True
+
+
+def check_receipt(recv: Entry, send: Certificate, genesis: Genesis,
+                  cache: SigCache | None = None) -> None:
+    """Raise :class:`LedgerError` unless ``send`` is a valid certificate of the SEND
+    that the RECV ``recv`` names: same payer, seq, entry hash, amount and memo, and
+    addressed to the RECV's owner."""
+    entry, body = send.entry, recv.body
+    if recv.kind != "RECV" or entry.kind != "SEND":
+        raise LedgerError("a receipt is the certificate of a SEND, for a RECV",
+                          {"recv": recv.kind, "send": entry.kind})
+    if entry.body["to"] != recv.owner:
+        raise LedgerError("the SEND is addressed to another owner", "to")
+    for name, got in (("from", entry.owner), ("seq", entry.seq), ("hash", entry.hash()),
+                      ("amount", entry.body["amount"]), ("memo", entry.body["memo"])):
+        if body[name] != got:
+            raise LedgerError("the RECV does not match its SEND certificate", name)
+    verify_certificate(send, genesis, cache)

@@ -7,8 +7,14 @@ hash])``: that is an *authenticator*. Kinds and bodies:
 - ``OPEN`` ``{}``: exactly the entry at seq 0, ``prev`` all zeros.
 - ``MINT`` ``{amount}``: only the genesis mint key.
 - ``SEND`` ``{to, amount, memo}``: ``to`` another owner's public key.
-- ``RECV`` ``{from, cert}``: ``cert`` the wire form of a SEND certificate
-  addressed to this owner, ``from`` its payer.
+- ``RECV`` ``{from, seq, hash, amount, memo}``: names the SEND it receives (its
+  payer ``from``, its ``seq`` and entry ``hash``) and copies its ``amount`` and
+  ``memo``. The SEND's certificate is not part of the entry: it travels beside
+  the RECV when the RECV is certified, and a notary certifies a fresh RECV only
+  with a valid SEND certificate that matches all five fields and is addressed
+  to this owner (:func:`p2pmarket.ledger.certificate.check_receipt`). So a
+  RECV's own certificate vouches for its SEND; a bare chain does not
+  (:func:`verify_chain` checks a RECV's SEND only when given its certificate).
 - ``CHECKPOINT`` ``{balance}``: the owner's balance after the entries before
   it. Certified like any entry (a notary checks the balance against its own
   replay), it lets anyone verify the chain from there on without the entries
@@ -71,29 +77,32 @@ def _k(name: str) -> bytes:
 _ENTRY_HEAD = b"\x86" + _k("ts")
 _K_SEQ, _K_BODY, _K_KIND, _K_PREV, _K_OWNER = (_k(n) for n in ("seq", "body", "kind", "prev",
                                                              "owner"))
-# certificate: "entry" < "notaries" < "owner_sig"; RECV body: "cert" < "from"
+# certificate: "entry" < "notaries" < "owner_sig"
 _CERT_HEAD = b"\x83" + _k("entry")
 _K_NOTARIES, _K_OWNER_SIG = _k("notaries"), _k("owner_sig")
-_RECV_HEAD = b"\x82" + _k("cert")
-_K_FROM = _k("from")
+# RECV body: "seq" < "from" < "hash" < "memo" < "amount"
+_RECV_HEAD = b"\x85" + _k("seq")
+_K_FROM, _K_HASH, _K_MEMO, _K_AMOUNT = (_k(n) for n in ("from", "hash", "memo", "amount"))
+RECV_FIELDS = frozenset({"from", "seq", "hash", "amount", "memo"})
 
 
 _p = pack_plain  # scalars, and lists of them: canonical as they are
 
 
-def _encode_body(kind: str, body: dict[str, Any], cert: Certificate | None) -> bytes:
+def _encode_body(kind: str, body: dict[str, Any]) -> bytes:
     if kind == SEND:  # "to" < "memo" < "amount"
         return b"\x83" + _p("to") + _p(body["to"]) + _p("memo") + _p(body["memo"]) \
             + _p("amount") + _p(body["amount"])
     if kind == RECV:
-        assert cert is not None
-        return _RECV_HEAD + encode_certificate(cert) + _K_FROM + _p(body["from"])
+        return (_RECV_HEAD + _p(body["seq"]) + _K_FROM + _p(body["from"]) + _K_HASH
+                + _p(body["hash"]) + _K_MEMO + _p(body["memo"]) + _K_AMOUNT
+                + _p(body["amount"]))
     return _p(body)  # {} or a single key: already canonical
 
 
 def encode_body(entry: Entry) -> bytes:
     """Canonical msgpack of ``entry.body``."""
-    return _encode_body(entry.kind, entry.body, entry.received)
+    return _encode_body(entry.kind, entry.body)
 
 
 def encode_certificate(cert: Certificate) -> bytes:
@@ -119,7 +128,6 @@ class Entry:
     ts: int
     _hash: bytes = field(init=False, repr=False, compare=False)
     _bytes: bytes = field(init=False, repr=False, compare=False)
-    _cert: Certificate | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_bytes(self.owner, "owner", PUBLIC_KEY_SIZE)
@@ -133,11 +141,10 @@ class Entry:
                               {"seq": self.seq, "kind": self.kind})
         if self.seq == 0 and self.prev != ZERO_HASH:
             raise LedgerError("the entry at seq 0 must have an all-zero prev", "prev")
-        body, cert = _check_body(self.owner, self.kind, self.body)
+        body = _check_body(self.owner, self.kind, self.body)
         object.__setattr__(self, "body", body)
-        object.__setattr__(self, "_cert", cert)
         packed = (_ENTRY_HEAD + _p(self.ts) + _K_SEQ + _p(self.seq) + _K_BODY
-                  + _encode_body(self.kind, body, cert) + _K_KIND + _p(self.kind)
+                  + _encode_body(self.kind, body) + _K_KIND + _p(self.kind)
                   + _K_PREV + _p(self.prev) + _K_OWNER + _p(self.owner))
         if len(packed) > MAX_ENTRY_BYTES:
             raise LedgerError("entry too large", len(packed))
@@ -176,10 +183,7 @@ class Entry:
     @property
     def amount(self) -> int:
         """The amount moved (0 for OPEN and CHECKPOINT)."""
-        if self.kind == RECV:
-            assert self._cert is not None
-            return int(self._cert.entry.body["amount"])
-        if self.kind in (MINT, SEND):
+        if self.kind in (MINT, SEND, RECV):
             return int(self.body["amount"])
         return 0
 
@@ -189,9 +193,11 @@ class Entry:
         return -self.amount if self.kind == SEND else self.amount
 
     @property
-    def received(self) -> Certificate | None:
-        """For a RECV: the SEND certificate it receives."""
-        return self._cert
+    def receipt(self) -> tuple[bytes, int] | None:
+        """For a RECV: the ``(payer, seq)`` of the SEND it receives."""
+        if self.kind != RECV:
+            return None
+        return bytes(self.body["from"]), int(self.body["seq"])
 
     @property
     def counterparty(self) -> bytes | None:
@@ -202,37 +208,37 @@ class Entry:
         return None
 
 
-def _check_body(owner: bytes, kind: str, body: Any) -> tuple[dict[str, Any], Certificate | None]:
+def _check_body(owner: bytes, kind: str, body: Any) -> dict[str, Any]:
     if kind == OPEN:
         check_map(body, "OPEN body", set())
-        return {}, None
+        return {}
     if kind == MINT:
         body = check_map(body, "MINT body", {"amount"})
-        return {"amount": check_amount(body["amount"])}, None
+        return {"amount": check_amount(body["amount"])}
     if kind == CHECKPOINT:
         body = check_map(body, "CHECKPOINT body", {"balance"})
-        return {"balance": check_int(body["balance"], "balance", 0, MAX_AMOUNT)}, None
+        return {"balance": check_int(body["balance"], "balance", 0, MAX_AMOUNT)}
     if kind == SEND:
         body = check_map(body, "SEND body", {"to", "amount", "memo"})
         to = check_bytes(body["to"], "to", PUBLIC_KEY_SIZE)
         if to == owner:
             raise LedgerError("cannot SEND to oneself", "to")
         return {"to": to, "amount": check_amount(body["amount"]),
-                "memo": check_str(body["memo"], "memo", MAX_MEMO)}, None
-    # RECV
-    from p2pmarket.ledger.certificate import Certificate
-
-    body = check_map(body, "RECV body", {"from", "cert"})
+                "memo": check_str(body["memo"], "memo", MAX_MEMO)}
+    body = check_map(body, "RECV body", RECV_FIELDS)
     payer = check_bytes(body["from"], "from", PUBLIC_KEY_SIZE)
-    cert = body["cert"] if isinstance(body["cert"], Certificate) else \
-        Certificate.from_wire(body["cert"])
-    if cert.entry.kind != SEND:
-        raise LedgerError("RECV needs the certificate of a SEND", cert.entry.kind)
-    if cert.entry.owner != payer:
-        raise LedgerError("RECV 'from' is not the certificate's payer", "from")
-    if cert.entry.body["to"] != owner:
-        raise LedgerError("the SEND is addressed to another owner", "to")
-    return {"from": payer, "cert": cert.to_wire()}, cert
+    if payer == owner:
+        raise LedgerError("cannot RECV from oneself", "from")
+    return {"from": payer, "seq": check_int(body["seq"], "seq", 1, MAX_SEQ),
+            "hash": check_bytes(body["hash"], "hash", HASH_SIZE),
+            "amount": check_amount(body["amount"]),
+            "memo": check_str(body["memo"], "memo", MAX_MEMO)}
+
+
+def recv_body(send: Entry) -> dict[str, Any]:
+    """The body of the RECV that receives the SEND ``send``."""
+    return {"from": send.owner, "seq": send.seq, "hash": send.hash(),
+            "amount": send.body["amount"], "memo": send.body["memo"]}
 
 
 def next_entry(owner: bytes, head: Entry | None, kind: str, body: dict[str, Any],
@@ -313,21 +319,24 @@ class Authenticator:
 
 
 def received_key(cert: Certificate) -> tuple[bytes, int]:
-    """What identifies a received SEND: ``(payer, seq)``."""
+    """What identifies a received SEND: ``(payer, seq)`` (a RECV's :attr:`Entry.receipt`)."""
     return cert.entry.owner, cert.entry.seq
 
 
 def apply(balance: int, entry: Entry, genesis: Genesis,
           received: Collection[tuple[bytes, int]] = (),
-          cache: SigCache | None = None) -> int:
+          cache: SigCache | None = None, send: Certificate | None = None) -> int:
     """The balance after ``entry``; raise :class:`LedgerError` if the entry is not allowed.
 
     ``received`` holds the ``(payer, seq)`` of SENDs already received on this chain.
-    Checks: MINT only by the mint key, SEND covered by ``balance``, RECV with a
-    valid certificate not yet received, CHECKPOINT stating ``balance``, no
-    balance above ``MAX_AMOUNT``. ``cache`` remembers signatures already checked.
+    Checks: MINT only by the mint key, SEND covered by ``balance``, RECV of a SEND
+    not yet received (and, given ``send``, that it is a valid certificate of that
+    SEND: :func:`check_receipt`), CHECKPOINT stating ``balance``, no balance above
+    ``MAX_AMOUNT``. ``cache`` remembers signatures already checked. Without
+    ``send`` a RECV's SEND is the notaries' to check: the RECV's own
+    certificate vouches for it.
     """
-    from p2pmarket.ledger.certificate import verify_certificate
+    from p2pmarket.ledger.certificate import check_receipt
 
     if entry.kind == OPEN:
         return balance
@@ -346,12 +355,12 @@ def apply(balance: int, entry: Entry, genesis: Genesis,
                               {"balance": balance, "amount": entry.amount})
         new = balance - entry.amount
     else:
-        cert = entry.received
-        assert cert is not None
-        verify_certificate(cert, genesis, cache)
-        if received_key(cert) in received:
-            raise LedgerError("certificate already received",
-                              {"from": cert.entry.owner, "seq": cert.entry.seq})
+        key = entry.receipt
+        assert key is not None
+        if send is not None:
+            check_receipt(entry, send, genesis, cache)
+        if key in received:
+            raise LedgerError("certificate already received", {"from": key[0], "seq": key[1]})
         new = balance + entry.amount
     if new > MAX_AMOUNT:
         raise LedgerError("balance would exceed the maximum", MAX_AMOUNT)
@@ -363,7 +372,10 @@ def verify_chain(entries: Sequence[Entry], auths: Sequence[Authenticator],
     """Check a whole chain from seq 0 and return its final balance.
 
     Checks seq/prev linkage, one owner, each authenticator (matching and
-    correctly signed), and :func:`apply`'s rules including no double RECV.
+    correctly signed), and :func:`apply`'s rules including no double RECV. A
+    RECV's SEND certificate is not part of the chain: the notaries checked it
+    before certifying the RECV, so pair this with a certificate of the last
+    entry (:func:`verify_certified`) to trust the RECVs.
     """
     return _replay(entries, auths, genesis, -1, ZERO_HASH, 0, cache)
 
@@ -427,8 +439,8 @@ def _replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: G
             raise LedgerError("authenticator does not match entry", {"seq": entry.seq})
         auth.check(cache)
         balance = apply(balance, entry, genesis, received, cache)
-        if entry.received is not None:
-            received.add(received_key(entry.received))
+        if entry.receipt is not None:
+            received.add(entry.receipt)
         head_seq, head_hash = entry.seq, entry.hash()
     return balance
 

@@ -6,9 +6,12 @@ one request at a time, so a notary never sees seq n+1 before seq n from us:
 - a request names the seqs a wallet wants certified; requests that pile up
   while one is in flight are merged into the next ``certify_batch`` (chunks
   of at most ``max_batch`` entries);
+- a fresh RECV goes with the SEND certificate it receives (``sends``, from the
+  store's receipts);
 - a notary that lags (it was down, or lost a reply) answers "not the next
-  entry, expected k": the lane re-sends from k, certified entries with their
-  quorum certificates (catch-up), and goes on;
+  entry, expected k": the lane re-sends from k, certified entries with the
+  quorum certificates the store kept (catch-up), each batch ending on an entry
+  with its certificate, which covers the entries before it;
 - ``deliver`` pushes SEND certificates to the notary, after any certification
   in flight, batched; best effort (a notary that certified the SEND holds it
   in its inbox anyway).
@@ -27,9 +30,9 @@ from p2pmarket.config import NotaryInfo
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.identity import SIGNATURE_SIZE
 from p2pmarket.ledger.certificate import Certificate
-from p2pmarket.ledger.chain import Entry
+from p2pmarket.ledger.chain import RECV, Entry
 from p2pmarket.ledger.errors import LedgerError, check_map
-from p2pmarket.ledger.store import ChainStore
+from p2pmarket.ledger.store import KEEP_EVERY, ChainStore
 
 if TYPE_CHECKING:
     from p2pmarket.api.client import PeerClient
@@ -226,14 +229,26 @@ class Lane:
             last = min(target, pos + self.max_batch - 1)
             if pos < fresh:
                 last = min(last, fresh - 1)
-            seg = None if pos < fresh or self.recent is None else self.recent(pos, last)
-            if seg is None:  # catching up, or not in memory: certificates from the store
+            seg: Segment | None = None
+            if pos < fresh:  # catching up: certificates from the store
+                seg = self._catch_up_segment(pos, last)
+            elif self.recent is not None:
+                seg = self.recent(pos, last)
+            if seg is None:  # not in memory
                 seg = self.store.segment(self.owner, pos, last)
             if not seg:
                 break
-            args = {"entries": [e.encode() for e, _, _ in seg],
-                    "sigs": [s for _, s, _ in seg],
-                    "certs": [[[k, s] for k, s in ns] if ns else [] for _, _, ns in seg]}
+            args = self._batch_args(seg)
+            if pos >= fresh and any(e.kind == RECV for e, _, _ in seg):
+                receipts = self.store.receipts(self.owner, pos, seg[-1][0].seq)
+                if any(e.kind == RECV and e.seq not in receipts for e, _, _ in seg):
+                    # certified meanwhile (by a quorum without us): the receipt is gone,
+                    # but a later entry's certificate covers it
+                    seg = self._catch_up_segment(pos, last)
+                    args = self._batch_args(seg)
+                    receipts = self.store.receipts(self.owner, pos, seg[-1][0].seq)
+                args["sends"] = [receipts.get(e.seq) if e.kind == RECV else None
+                                 for e, _, _ in seg]
             result = check_map(await self.transport.call(self.notary, "certify_batch", args),
                                "certify_batch result", {"notary", "sigs", "errors"})
             got = result["sigs"]
@@ -262,6 +277,25 @@ class Lane:
             return sigs, error
         self.catch_ups += catching
         return sigs, None
+
+    @staticmethod
+    def _batch_args(seg: Segment) -> dict[str, Any]:
+        return {"entries": [e.encode() for e, _, _ in seg], "sigs": [s for _, s, _ in seg],
+                "certs": [[[k, s] for k, s in ns] if ns else [] for _, _, ns in seg]}
+
+    def _catch_up_segment(self, pos: int, last: int) -> Segment:
+        """Certified entries from ``pos``, ending on one whose certificate the store
+        kept (it covers those before it): cut back within ``pos..last``, or extended
+        forward (at most :data:`KEEP_EVERY` more) when none there has one."""
+        seg = self.store.segment(self.owner, pos, last)
+        for i in range(len(seg) - 1, -1, -1):
+            if seg[i][2]:
+                return seg[:i + 1]
+        more = self.store.segment(self.owner, last + 1, last + KEEP_EVERY)
+        for i, item in enumerate(more):
+            if item[2]:
+                return seg + more[:i + 1]
+        return seg + more  # nothing certified within reach: the notary will say why
 
 
 def _item_error(errors: Any, index: int) -> LedgerError:

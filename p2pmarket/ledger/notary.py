@@ -5,14 +5,19 @@ only if seq is exactly one past the last entry it certified for that owner
 (seq 0 must be OPEN), prev matches that entry, the owner's signature is good,
 and the entry is allowed by :func:`chain.apply` on the replayed balance: a SEND
 covered, MINT only by the mint key, RECV only with a valid SEND certificate
-addressed to the owner whose ``(payer, seq)`` it has not seen received before,
-CHECKPOINT stating the replayed balance.
+(sent beside the RECV, not inside it: :func:`certificate.check_receipt`) of the
+SEND the RECV names (payer, seq, hash, amount, memo), addressed to the owner,
+whose ``(payer, seq)`` it has not seen received before, CHECKPOINT stating the
+replayed balance.
 
 *Catch-up*: a notary that missed entries (it was down, or a reply was lost) is
 given them again, in order, in one ``certify_batch``; an entry may come with its
 quorum certificate, which proves it: the notary checks the certificate and the
 link, replays the entry into its state and signs it too (never a second entry
-at one seq). A certified entry is accepted even if this notary's own policy
+at one seq). An entry without its own certificate is accepted the same way when
+a later item of the same owner in the batch carries one and the items between
+link by ``prev`` (*coverage*, :func:`notarystate.coverage`); a covered RECV
+needs no SEND certificate. A certified entry is accepted even if this notary's own policy
 (``shun``: e.g. owners exposed by an audit) would refuse new ones. The RPC
 handlers first await ``screen(owners)`` when one is given: the node's look-up of
 published evidence against those owners (:class:`p2pmarket.witnessing.EvidenceScreen`),
@@ -26,7 +31,9 @@ signature again, recomputed rather than stored. A different entry at a
 certified seq is refused with the stored authenticator as evidence, and the
 conflicting one is kept (``evidence``): the only write a refusal makes.
 
-Storage per certified entry: ``(chain id, seq, hash, owner signature)``. Full
+Storage per certified entry: ``(chain id, seq, hash, owner signature)``, kept
+forever, so a wallet that pruned a certificate gets the same signature back by
+submitting the entry again. Full
 entries live in their owners' wallets; SEND certificates sit in the inbox until
 received. ``deliver`` lets a payer push a SEND's certificate (with every
 signature) to a notary that may have missed it, so a payee's ``sync`` works
@@ -43,9 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +62,7 @@ from p2pmarket.ledger.certificate import (
     Certificate,
     SigCache,
     cert_message,
+    check_receipt,
     committee_quorum,
     notary_sign,
 )
@@ -70,128 +76,16 @@ from p2pmarket.ledger.chain import (
     Entry,
     apply,
     check_link,
-    received_key,
 )
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.notarystate import SCHEMA, Head, Item, Tx, coverage
+
+__all__ = ["Item", "NotaryService"]
 
 log = logging.getLogger(__name__)
 
 MAX_INBOX = 256
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS nt_chain (
-    id INTEGER PRIMARY KEY,
-    key BLOB NOT NULL UNIQUE,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    balance INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS nt_entry (
-    cid INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    owner_sig BLOB NOT NULL,
-    PRIMARY KEY (cid, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nt_inbox (
-    payer INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    payee INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    counted INTEGER NOT NULL,
-    cert BLOB NOT NULL,
-    PRIMARY KEY (payer, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS nt_inbox_payee ON nt_inbox (payee, payer, seq);
-CREATE TABLE IF NOT EXISTS nt_recv (
-    payer INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    payee INTEGER NOT NULL,
-    amount INTEGER NOT NULL,
-    early INTEGER NOT NULL,
-    PRIMARY KEY (payer, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nt_evidence (
-    cid INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    owner_sig BLOB NOT NULL,
-    PRIMARY KEY (cid, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nt_totals (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    minted INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO nt_totals (id, minted) VALUES (1, 0);
-"""
-
-
-@dataclass
-class Item:
-    """One entry to certify; ``notaries`` non-empty: it comes with its certificate."""
-
-    entry: Entry
-    owner_sig: bytes
-    notaries: tuple[tuple[bytes, bytes], ...] = ()
-
-
-@dataclass
-class _Head:
-    cid: int
-    seq: int
-    hash: bytes
-    balance: int
-    dirty: bool = False
-
-
-class _Tx:
-    """What one group transaction knows beyond the database: chain heads it touched and
-    the entries it certified (written together, with ``executemany``, at :meth:`flush`)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.heads: dict[bytes, _Head] = {}
-        self.entries: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-        self.minted = int(conn.execute("SELECT minted FROM nt_totals WHERE id = 1"
-                                       ).fetchone()[0])
-        self.minted_dirty = False
-
-    def head(self, key: bytes, create: bool = False) -> _Head | None:
-        head = self.heads.get(key)
-        if head is not None:
-            return head
-        row = self.conn.execute("SELECT id, seq, hash, balance FROM nt_chain WHERE key = ?",
-                                (key,)).fetchone()
-        if row is None:
-            if not create:
-                return None
-            cur = self.conn.execute("INSERT INTO nt_chain (key, seq, hash, balance) "
-                                    "VALUES (?, -1, ?, 0)", (key, ZERO_HASH))
-            assert cur.lastrowid is not None
-            row = (cur.lastrowid, -1, ZERO_HASH, 0)
-        head = self.heads[key] = _Head(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
-        return head
-
-    def entry(self, cid: int, seq: int) -> tuple[bytes, bytes] | None:
-        """``(hash, owner_sig)`` of the entry certified at ``(cid, seq)``, if any."""
-        got = self.entries.get((cid, seq))
-        if got is not None:
-            return got
-        row = self.conn.execute("SELECT hash, owner_sig FROM nt_entry WHERE cid = ? AND seq = ?",
-                                (cid, seq)).fetchone()
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
-
-    def flush(self) -> None:
-        self.conn.executemany("INSERT INTO nt_entry (cid, seq, hash, owner_sig) "
-                              "VALUES (?, ?, ?, ?)",
-                              [(c, q, h, s) for (c, q), (h, s) in self.entries.items()])
-        self.conn.executemany(
-            "UPDATE nt_chain SET seq = ?, hash = ?, balance = ? WHERE id = ?",
-            [(h.seq, h.hash, h.balance, h.cid) for h in self.heads.values() if h.dirty])
-        if self.minted_dirty:
-            self.conn.execute("UPDATE nt_totals SET minted = ? WHERE id = 1", (self.minted,))
-
 
 class NotaryService:
     """One committee member's certification state and its RPC handlers."""
@@ -213,7 +107,7 @@ class NotaryService:
         self.conn = open_db(db_path)
         with self.conn:
             self.conn.executescript(SCHEMA)
-        self._queue: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
         self.groups = 0
         self.before_commit: Callable[[], None] | None = None  # fault injection in tests
@@ -230,37 +124,45 @@ class NotaryService:
     # -- the rules (synchronous, each call one durable transaction) --------------
 
     def certify(self, entry: Entry, owner_sig: bytes,
-                notaries: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+                notaries: tuple[tuple[bytes, bytes], ...] = (),
+                send: Certificate | None = None) -> bytes:
         """This notary's signature of ``entry``, or :class:`LedgerError`."""
-        result = self.certify_items([Item(entry, owner_sig, notaries)])[0]
+        result = self.certify_items([Item(entry, owner_sig, notaries, send)])[0]
         if isinstance(result, LedgerError):
             raise result
         return result
 
     def certify_items(self, items: Sequence[Item]) -> list[bytes | LedgerError]:
         """Certify ``items`` in order in one transaction: a signature or a refusal each."""
-        return self._transaction(lambda tx: [self._certify_one(tx, i) for i in items])
+        return self._transaction(self.certify_grouped(items))
 
     def deliver(self, certs: Sequence[Certificate]) -> list[LedgerError | None]:
         """Keep SEND certificates in the inbox for their payees (None: accepted)."""
         return self._transaction(lambda tx: [self._deliver_one(tx, c) for c in certs])
 
-    def _transaction(self, fn: Callable[[_Tx], T]) -> T:
+    def _transaction(self, fn: Callable[[Tx], T]) -> T:
         with self.conn:
-            tx = _Tx(self.conn)
+            tx = Tx(self.conn)
             result = fn(tx)
             tx.flush()
             if self.before_commit is not None:
                 self.before_commit()
         return result
 
-    def _certify_one(self, tx: _Tx, item: Item) -> bytes | LedgerError:
+    def _certify_one(self, tx: Tx, item: Item, covered: bool) -> bytes | LedgerError:
         try:
-            return self._certify(tx, item)
+            return self._certify(tx, item, covered)
         except LedgerError as exc:
             return exc
 
-    def _certify(self, tx: _Tx, item: Item) -> bytes:
+    def _cert_ok(self, cert: Certificate) -> bool:
+        try:
+            self._check_cert(cert)
+        except LedgerError:
+            return False
+        return True
+
+    def _certify(self, tx: Tx, item: Item, covered: bool = False) -> bytes:
         entry, owner_sig = item.entry, item.owner_sig
         auth = Authenticator.of(entry, owner_sig)
         auth.check(self.cache)
@@ -271,12 +173,18 @@ class NotaryService:
                    ZERO_HASH if head is None else head.hash)
         if item.notaries:
             self._check_cert(Certificate(entry, owner_sig, item.notaries))
-        elif self.shun(entry.owner):
+        elif not covered and self.shun(entry.owner):
             raise LedgerError("this notary refuses entries of this owner", "shunned")
-        cert = entry.received
-        if cert is not None and self._recv_row(tx, *received_key(cert)) is not None:
-            raise LedgerError("certificate already received",
-                              {"from": cert.entry.owner, "seq": cert.entry.seq})
+        receipt = entry.receipt
+        if receipt is not None:
+            if self._recv_row(tx, *receipt) is not None:
+                raise LedgerError("certificate already received",
+                                  {"from": receipt[0], "seq": receipt[1]})
+            if not (item.notaries or covered):  # a fresh RECV: check the SEND certificate
+                if item.send is None:
+                    raise LedgerError("a RECV needs the certificate of the SEND it receives",
+                                      "send")
+                check_receipt(entry, item.send, self.genesis, self.cache)
         new_balance = apply(0 if head is None else head.balance, entry, self.genesis,
                             cache=self.cache)
         if entry.kind == MINT and tx.minted + entry.amount > MAX_AMOUNT:
@@ -295,11 +203,10 @@ class NotaryService:
         elif entry.kind == SEND:
             self._certified_send(tx, head, entry, owner_sig, sig)
         elif entry.kind == RECV:
-            assert cert is not None
-            self._certified_recv(tx, head, entry, cert)
+            self._certified_recv(tx, head, entry)
         return sig
 
-    def _resubmitted(self, tx: _Tx, head: _Head, auth: Authenticator) -> bytes:
+    def _resubmitted(self, tx: Tx, head: Head, auth: Authenticator) -> bytes:
         row = tx.entry(head.cid, auth.seq)
         assert row is not None, "a certified seq without its entry"
         if row[0] == auth.hash:
@@ -312,7 +219,7 @@ class NotaryService:
                           {"owner": auth.owner, "seq": auth.seq,
                            "authenticator": stored.to_wire(), "submitted": auth.to_wire()})
 
-    def _certified_send(self, tx: _Tx, head: _Head, entry: Entry, owner_sig: bytes,
+    def _certified_send(self, tx: Tx, head: Head, entry: Entry, owner_sig: bytes,
                         sig: bytes) -> None:
         recv, held = tx.conn.execute(  # one statement for both lookups
             "SELECT EXISTS (SELECT 1 FROM nt_recv WHERE payer = ?1 AND seq = ?2), "
@@ -335,20 +242,22 @@ class NotaryService:
             "VALUES (?, ?, ?, ?, 1, ?)",
             (head.cid, entry.seq, payee.cid, entry.amount, mine.encode()))
 
-    def _certified_recv(self, tx: _Tx, head: _Head, entry: Entry, cert: Certificate) -> None:
-        payer = tx.head(cert.entry.owner, create=True)
+    def _certified_recv(self, tx: Tx, head: Head, entry: Entry) -> None:
+        assert entry.receipt is not None
+        payer_key, seq = entry.receipt
+        payer = tx.head(payer_key, create=True)
         assert payer is not None
         row = tx.conn.execute("SELECT counted FROM nt_inbox WHERE payer = ? AND seq = ?",
-                              (payer.cid, cert.entry.seq)).fetchone()
+                              (payer.cid, seq)).fetchone()
         if row is not None:
             tx.conn.execute("DELETE FROM nt_inbox WHERE payer = ? AND seq = ?",
-                            (payer.cid, cert.entry.seq))
+                            (payer.cid, seq))
         early = int(row is None or not row[0])
         tx.conn.execute("INSERT INTO nt_recv (payer, seq, payee, amount, early) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (payer.cid, cert.entry.seq, head.cid, entry.amount, early))
+                        (payer.cid, seq, head.cid, entry.amount, early))
 
-    def _recv_row(self, tx: _Tx, payer: bytes, seq: int) -> tuple[Any, ...] | None:
+    def _recv_row(self, tx: Tx, payer: bytes, seq: int) -> tuple[Any, ...] | None:
         head = tx.head(payer)
         if head is None:
             return None
@@ -366,14 +275,14 @@ class NotaryService:
                               {"valid": len(valid), "quorum": self.quorum})
         return tuple(sorted(p for p in dict(cert.notary_sigs).items() if p[0] in valid))
 
-    def _deliver_one(self, tx: _Tx, cert: Certificate) -> LedgerError | None:
+    def _deliver_one(self, tx: Tx, cert: Certificate) -> LedgerError | None:
         try:
             self._deliver(tx, cert)
         except LedgerError as exc:
             return exc
         return None
 
-    def _deliver(self, tx: _Tx, cert: Certificate) -> None:
+    def _deliver(self, tx: Tx, cert: Certificate) -> None:
         entry = cert.entry
         if entry.kind != SEND:
             raise LedgerError("only SEND certificates are delivered", entry.kind)
@@ -480,7 +389,7 @@ class NotaryService:
 
     # -- group commit ------------------------------------------------------------
 
-    async def run_grouped(self, fn: Callable[[_Tx], T]) -> T:
+    async def run_grouped(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in the next group transaction: the requests that arrive while one
         group commits share the next transaction (one fsync), each gets its own result."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -490,7 +399,7 @@ class NotaryService:
         return await fut
 
     async def _commit_groups(self) -> None:
-        group: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = []
+        group: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
         try:
             await asyncio.sleep(0)  # let requests that arrived together join
             while self._queue:
@@ -506,11 +415,11 @@ class NotaryService:
             self._queue = []
             raise
 
-    def _commit_group(self, group: list[tuple[Callable[[_Tx], Any],
+    def _commit_group(self, group: list[tuple[Callable[[Tx], Any],
                                               asyncio.Future[Any]]]) -> None:
         fns = [fn for fn, _ in group]
 
-        def run_all(tx: _Tx) -> list[Any]:
+        def run_all(tx: Tx) -> list[Any]:
             return [fn(tx) for fn in fns]
 
         try:
@@ -531,10 +440,14 @@ class NotaryService:
             if not fut.done():
                 fut.set_result(result)
 
-    def certify_grouped(self, items: Sequence[Item]) -> Callable[[_Tx], list[Any]]:
-        return lambda tx: [self._certify_one(tx, i) for i in items]
+    def certify_grouped(self, items: Sequence[Item]) -> Callable[[Tx], list[Any]]:
+        def run(tx: Tx) -> list[Any]:
+            covered = coverage(items, self._cert_ok)
+            return [self._certify_one(tx, i, c) for i, c in zip(items, covered, strict=True)]
 
-    def deliver_grouped(self, certs: Sequence[Certificate]) -> Callable[[_Tx], list[Any]]:
+        return run
+
+    def deliver_grouped(self, certs: Sequence[Certificate]) -> Callable[[Tx], list[Any]]:
         return lambda tx: [self._deliver_one(tx, c) for c in certs]
 
     def handlers(self) -> dict[str, Handler]:

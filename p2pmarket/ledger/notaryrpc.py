@@ -5,12 +5,15 @@ runs: a malformed request is refused whole and changes nothing. Entries and
 certificates in batches travel as their canonical msgpack bytes (what their
 hashes cover), which keeps the envelope small and cheap to sign and check.
 
-- ``certify`` ``{entry: map, sig}`` → ``{notary, sig}``; a refusal is an error.
-- ``certify_batch`` ``{entries: [bytes], sigs: [bytes], certs: [[[key, sig], ...]]}``
-  → ``{notary, sigs: [bytes | None], errors: [[index, message, value], ...]}``.
-  Items are certified in order; ``certs[i]`` is empty or the notary signatures
-  of a quorum certificate for item i (catch-up). A refused item leaves later
-  items of the same chain refused too (they no longer follow its head).
+- ``certify`` ``{entry: map, sig, send?: bytes}`` → ``{notary, sig}``; a refusal
+  is an error. ``send``: for a RECV, the SEND certificate it receives (encoded).
+- ``certify_batch`` ``{entries: [bytes], sigs: [bytes], certs: [[[key, sig], ...]],
+  sends?: [bytes | None]}`` → ``{notary, sigs: [bytes | None], errors: [[index,
+  message, value], ...]}``. Items are certified in order; ``certs[i]`` is empty or
+  the notary signatures of a quorum certificate for item i (catch-up: it also
+  covers the items before it that link to it); ``sends[i]`` the SEND certificate
+  a fresh RECV at item i receives (None for other items). A refused item leaves
+  later items of the same chain refused too (they no longer follow its head).
 - ``deliver`` ``{certs: [bytes]}`` → ``{notary, accepted, errors}``: SEND
   certificates for the inbox of their payees.
 - ``inbox`` ``{owner}`` → ``{certs: [map], more}``.
@@ -52,6 +55,21 @@ def parse_sigs(value: Any) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(pairs)
 
 
+def _fields(args: Any, what: str, required: set[str], optional: set[str]) -> dict[str, Any]:
+    """``args`` as a map with the ``required`` fields and any of the ``optional`` ones."""
+    if isinstance(args, dict):
+        present = set(args) & optional
+        return check_map(args, what, required | present)
+    return check_map(args, what, required)
+
+
+def _send(value: Any) -> Certificate | None:
+    if value is None:
+        return None
+    return Certificate.decode(value) if isinstance(value, bytes) else \
+        Certificate.from_wire(value)
+
+
 def _errors(results: list[Any]) -> list[list[Any]]:
     return [[i, r.message, r.value] for i, r in enumerate(results)
             if isinstance(r, LedgerError)]
@@ -61,30 +79,35 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
     from p2pmarket.ledger.notary import Item
 
     async def certify(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        args = check_map(args, "certify arguments", {"entry", "sig"})
+        args = _fields(args, "certify arguments", {"entry", "sig"}, {"send"})
         entry = Entry.from_wire(args["entry"])
         sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
+        send = _send(args.get("send"))
         if service.screen is not None:
             await service.screen({entry.owner})
-        [result] = await service.run_grouped(service.certify_grouped([Item(entry, sig)]))
+        [result] = await service.run_grouped(
+            service.certify_grouped([Item(entry, sig, send=send)]))
         if isinstance(result, LedgerError):
             raise result
         return {"notary": service.key, "sig": result}
 
     async def certify_batch(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
-        args = check_map(args, "certify_batch arguments", {"entries", "sigs", "certs"})
+        args = _fields(args, "certify_batch arguments", {"entries", "sigs", "certs"},
+                       {"sends"})
         entries = _list(args["entries"], "entries", MAX_BATCH)
         sigs = _list(args["sigs"], "sigs", MAX_BATCH)
         certs = _list(args["certs"], "certs", MAX_BATCH)
-        if not entries or not len(entries) == len(sigs) == len(certs):
-            raise LedgerError("entries, sigs and certs must be non-empty and match",
-                              {"entries": len(entries), "sigs": len(sigs), "certs": len(certs)})
+        sends = _list(args.get("sends", [None] * len(entries)), "sends", MAX_BATCH)
+        if not entries or not len(entries) == len(sigs) == len(certs) == len(sends):
+            raise LedgerError("entries, sigs, certs and sends must be non-empty and match",
+                              {"entries": len(entries), "sigs": len(sigs), "certs": len(certs),
+                               "sends": len(sends)})
         items = []
-        for data, sig, cert in zip(entries, sigs, certs, strict=True):
+        for data, sig, cert, send in zip(entries, sigs, certs, sends, strict=True):
             if not isinstance(data, bytes):
                 raise LedgerError("entries must be canonical msgpack bytes", "entries")
             items.append(Item(Entry.decode(data), check_bytes(sig, "sig", SIGNATURE_SIZE),
-                              parse_sigs(cert)))
+                              parse_sigs(cert), _send(send)))
         if service.screen is not None:
             await service.screen({item.entry.owner for item in items})
         results = await service.run_grouped(service.certify_grouped(items))

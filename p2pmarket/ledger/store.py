@@ -8,18 +8,31 @@ are a suffix of it: a wallet may append several and have them certified in one
 batch, in order.
 
 Compact rows: the owner is a small integer (``chain_owner``), ``prev`` is not
-stored (it is the previous row's hash), the body is its canonical msgpack, the
-kind a one-byte code, and notary signatures name their notary by a small
-integer too (``chain_notary``). Every entry read back is rebuilt and its hash
-checked against the stored one. ``chain_owner`` also keeps the head and the
-certified and total balances, so the hot path never scans a chain.
+stored (it is the previous row's hash), the body is the msgpack list of its
+values in a fixed order per kind (no field names; a SEND's payee and a RECV's
+payer as a small integer naming the key in ``chain_party``), the kind a
+one-byte code, and notary signatures name their notary by a small integer too
+(``chain_notary``). Every entry read back is rebuilt and its hash checked
+against the stored one. ``chain_owner`` also keeps the head and the certified
+and total balances, so the hot path never scans a chain.
+
+Notary signatures are kept only where still needed (``notary_sigs``: NULL while
+pending, an empty blob once certified and pruned): the certified head, every
+CHECKPOINT and every entry whose seq is a multiple of :data:`KEEP_EVERY`, so a
+catch-up batch of at most that many entries always ends on an entry with its
+certificate (whose quorum covers the entries before it). A pruned certificate
+is recovered from the notaries (:meth:`p2pmarket.ledger.wallet.Wallet.certificate`).
+
+``chain_recv`` indexes received SENDs by ``(payer's party id, seq)``;
+``chain_receipt`` holds the SEND certificate of each pending RECV (needed to
+certify it, also after a crash) and drops it once the RECV is certified.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -29,20 +42,27 @@ from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
     KINDS,
+    MINT,
+    OPEN,
     RECV,
+    SEND,
     ZERO_HASH,
     Authenticator,
     Entry,
     check_link,
-    encode_body,
-    received_key,
 )
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.keyids import KeyIds
 from p2pmarket.wire import pack_plain, unpack
 
 KIND_CODES = {"OPEN": 0, "MINT": 1, "SEND": 2, "RECV": 3, CHECKPOINT: 4}
 CODE_KINDS = {v: k for k, v in KIND_CODES.items()}
 assert set(KIND_CODES) == KINDS
+# stored body: the values of these fields, in this order (a party key as its chain_party id)
+BODY_FIELDS = {OPEN: (), MINT: ("amount",), CHECKPOINT: ("balance",),
+               SEND: ("to", "amount", "memo"), RECV: ("from", "seq", "hash", "amount", "memo")}
+KEEP_EVERY = 64  # entries whose seq is a multiple of this keep their notary signatures
+PRUNED = b""  # notary_sigs of a certified entry whose signatures were dropped
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chain_owner (
@@ -57,12 +77,15 @@ CREATE TABLE IF NOT EXISTS chain_notary (
     id INTEGER PRIMARY KEY,
     key BLOB NOT NULL UNIQUE
 );
+CREATE TABLE IF NOT EXISTS chain_party (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS chain_entry (
     oid INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     hash BLOB NOT NULL,
     kind INTEGER NOT NULL,
-    delta INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     body BLOB NOT NULL,
     owner_sig BLOB NOT NULL,
@@ -73,9 +96,15 @@ CREATE INDEX IF NOT EXISTS chain_entry_pending ON chain_entry (oid, seq)
     WHERE notary_sigs IS NULL;
 CREATE TABLE IF NOT EXISTS chain_recv (
     oid INTEGER NOT NULL,
-    payer BLOB NOT NULL,
+    payer INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     PRIMARY KEY (oid, payer, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chain_receipt (
+    oid INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    cert BLOB NOT NULL,
+    PRIMARY KEY (oid, seq)
 ) WITHOUT ROWID;
 """
 
@@ -90,9 +119,10 @@ class ChainStore:
         self.conn: sqlite3.Connection = open_db(path)
         self._depth = 0
         self._oids: dict[bytes, int] = {}
-        self._nids: dict[bytes, int] = {}
-        self._nkeys: dict[int, bytes] = {}
+        self._notaries = KeyIds("chain_notary")
+        self._parties = KeyIds("chain_party")
         with self.transaction() as conn:
+            self._check_format(conn)
             conn.executescript(SCHEMA)
             self._migrate(conn)
 
@@ -115,8 +145,8 @@ class ChainStore:
                 yield self.conn
         except BaseException:
             self._oids.clear()  # ids made in the rolled-back transaction are gone
-            self._nids.clear()
-            self._nkeys.clear()
+            self._notaries.clear()
+            self._parties.clear()
             raise
         finally:
             self._depth = 0
@@ -133,11 +163,14 @@ class ChainStore:
         """
         return self.append_many([(entry, owner_sig)], check_sig) == 1
 
-    def append_many(self, items: Sequence[tuple[Entry, bytes]], check_sig: bool = True) -> int:
+    def append_many(self, items: Sequence[tuple[Entry, bytes]], check_sig: bool = True,
+                    receipts: Mapping[int, bytes] | None = None) -> int:
         """Append consecutive entries in one durable transaction; all or nothing.
 
         ``check_sig=False`` skips verifying owner signatures the caller just made.
-        Returns how many were new (already stored identical ones are skipped).
+        ``receipts`` maps the seq of a RECV to its SEND certificate (encoded), kept
+        until the RECV is certified. Returns how many were new (already stored
+        identical ones are skipped).
         """
         added = 0
         with self.transaction() as conn:
@@ -155,17 +188,21 @@ class ChainStore:
                                       {"authenticator": stored.to_wire()})
                 check_link(entry, head_seq, head_hash)
                 conn.execute(
-                    "INSERT INTO chain_entry (oid, seq, hash, kind, delta, ts, body, owner_sig, "
-                    "notary_sigs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                    (oid, entry.seq, entry.hash(), KIND_CODES[entry.kind], entry.delta,
-                     entry.ts, encode_body(entry), owner_sig))
+                    "INSERT INTO chain_entry (oid, seq, hash, kind, ts, body, owner_sig, "
+                    "notary_sigs) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                    (oid, entry.seq, entry.hash(), KIND_CODES[entry.kind], entry.ts,
+                     self._pack_body(entry), owner_sig))
                 conn.execute("UPDATE chain_owner SET head_seq = ?, head_hash = ?, "
                              "total = total + ? WHERE id = ?",
                              (entry.seq, entry.hash(), entry.delta, oid))
-                if entry.received is not None:
-                    payer, seq = received_key(entry.received)
+                if entry.receipt is not None:
+                    payer, seq = entry.receipt
                     conn.execute("INSERT INTO chain_recv (oid, payer, seq) VALUES (?, ?, ?)",
-                                 (oid, payer, seq))
+                                 (oid, self._parties.id(conn, payer), seq))
+                    receipt = None if receipts is None else receipts.get(entry.seq)
+                    if receipt is not None:
+                        conn.execute("INSERT INTO chain_receipt (oid, seq, cert) "
+                                     "VALUES (?, ?, ?)", (oid, entry.seq, receipt))
                 added += 1
         return added
 
@@ -174,28 +211,56 @@ class ChainStore:
 
         Signatures merge with any stored before (one per notary key). The caller
         checks the certificate's validity; this only checks it is for the stored entry.
+        Then the signatures no longer needed are dropped (see the module doc).
         """
         self.attach_many([cert])
 
     def attach_many(self, certs: Sequence[Certificate]) -> None:
+        lowest: dict[int, int] = {}  # oid -> lowest seq attached
+        last: dict[bytes, int] = {}  # owner -> highest seq attached (the new head, usually)
+        for cert in certs:
+            last[cert.entry.owner] = max(last.get(cert.entry.owner, -1), cert.entry.seq)
         with self.transaction() as conn:
             for cert in certs:
                 entry = cert.entry
                 oid = self._oid(entry.owner)
                 row = None if oid is None else conn.execute(
-                    "SELECT hash, notary_sigs, delta FROM chain_entry WHERE oid = ? AND seq = ?",
+                    "SELECT hash, notary_sigs FROM chain_entry WHERE oid = ? AND seq = ?",
                     (oid, entry.seq)).fetchone()
-                if row is None or bytes(row[0]) != entry.hash():
+                if oid is None or row is None or bytes(row[0]) != entry.hash():
                     raise LedgerError("certificate is for an entry this store does not hold",
                                       {"owner": entry.owner, "seq": entry.seq})
-                by_key = dict(self._sigs(row[1]))  # one per notary key, the first kept
-                for key, sig in cert.notary_sigs:
-                    by_key.setdefault(key, sig)
+                if entry.seq == last[entry.owner] or _kept(entry.seq, entry.kind):
+                    by_key = dict(self._sigs(row[1]) or ())  # one per notary key, first kept
+                    for key, sig in cert.notary_sigs:
+                        by_key.setdefault(key, sig)
+                    sigs = self._pack_sigs(sorted(by_key.items()))
+                else:  # pruned at once: writing them first would leave half-empty pages
+                    sigs = PRUNED
                 conn.execute("UPDATE chain_entry SET notary_sigs = ? WHERE oid = ? AND seq = ?",
-                             (self._pack_sigs(sorted(by_key.items())), oid, entry.seq))
+                             (sigs, oid, entry.seq))
                 if row[1] is None:
                     conn.execute("UPDATE chain_owner SET balance = balance + ? WHERE id = ?",
-                                 (int(row[2]), oid))
+                                 (entry.delta, oid))
+                    if entry.kind == RECV:
+                        conn.execute("DELETE FROM chain_receipt WHERE oid = ? AND seq = ?",
+                                     (oid, entry.seq))
+                lowest[oid] = min(lowest.get(oid, entry.seq), entry.seq)
+            for oid, low in lowest.items():
+                self._prune(conn, oid, low)
+
+    def _prune(self, conn: sqlite3.Connection, oid: int, low: int) -> None:
+        """Drop the notary signatures of certified entries from ``low - 1`` up to (not
+        including) the certified head, except CHECKPOINTs and every KEEP_EVERY-th."""
+        row = conn.execute("SELECT MIN(seq) FROM chain_entry WHERE oid = ? "
+                           "AND notary_sigs IS NULL", (oid,)).fetchone()
+        if row is None or row[0] is None:
+            row = conn.execute("SELECT head_seq + 1 FROM chain_owner WHERE id = ?",
+                               (oid,)).fetchone()
+        conn.execute(
+            "UPDATE chain_entry SET notary_sigs = ? WHERE oid = ? AND seq >= ? AND seq < ? "
+            "AND length(notary_sigs) > 0 AND seq % ? != 0 AND kind != ?",
+            (PRUNED, oid, low - 1, int(row[0]) - 1, KEEP_EVERY, KIND_CODES[CHECKPOINT]))
 
     # -- reading ---------------------------------------------------------------
 
@@ -220,12 +285,30 @@ class ChainStore:
         return None if row is None else Authenticator(owner, seq, bytes(row[0]), bytes(row[1]))
 
     def certificate(self, owner: bytes, seq: int) -> Certificate | None:
-        """The entry at ``seq`` with all notary signatures stored (None if uncertified)."""
+        """The entry at ``seq`` with all notary signatures stored: None if it is
+        uncertified or its signatures were pruned (:meth:`certified` tells which)."""
         got = self.segment(owner, seq, seq)
         if not got:
             return None
         entry, sig, sigs = got[0]
-        return None if sigs is None else Certificate(entry, sig, sigs)
+        return Certificate(entry, sig, sigs) if sigs else None
+
+    def certified(self, owner: bytes, seq: int) -> bool:
+        """Whether the entry at ``seq`` is stored and certified (signatures kept or not)."""
+        oid = self._oid(owner)
+        row = None if oid is None else self.conn.execute(
+            "SELECT notary_sigs IS NOT NULL FROM chain_entry WHERE oid = ? AND seq = ?",
+            (oid, seq)).fetchone()
+        return row is not None and bool(row[0])
+
+    def receipts(self, owner: bytes, first: int, last: int) -> dict[int, bytes]:
+        """The SEND certificates (encoded) of the pending RECVs in ``first..last``, by seq."""
+        oid = self._oid(owner)
+        if oid is None:
+            return {}
+        rows = self.conn.execute("SELECT seq, cert FROM chain_receipt WHERE oid = ? AND "
+                                 "seq >= ? AND seq <= ?", (oid, first, last)).fetchall()
+        return {int(r[0]): bytes(r[1]) for r in rows}
 
     def pending(self, owner: bytes) -> tuple[Entry, bytes] | None:
         """The first appended but uncertified entry and its owner signature, if any."""
@@ -249,7 +332,7 @@ class ChainStore:
     def segment(self, owner: bytes, first: int, last: int
                 ) -> list[tuple[Entry, bytes, tuple[tuple[bytes, bytes], ...] | None]]:
         """Entries ``first..last`` (those stored): entry, owner signature, notary
-        signatures (None while pending)."""
+        signatures (None while pending, empty once pruned)."""
         oid = self._oid(owner)
         if oid is None or last < first:
             return []
@@ -265,7 +348,7 @@ class ChainStore:
                 prev = bytes(row[1])
                 continue
             entry = self._rebuild(owner, prev, row)
-            out.append((entry, bytes(row[5]), None if row[6] is None else self._sigs(row[6])))
+            out.append((entry, bytes(row[5]), self._sigs(row[6])))
             prev = entry.hash()
         return out
 
@@ -296,9 +379,10 @@ class ChainStore:
     def has_received(self, owner: bytes, payer: bytes, seq: int) -> bool:
         """Whether ``owner``'s chain holds a RECV (pending or certified) of SEND (payer, seq)."""
         oid = self._oid(owner)
-        return oid is not None and self.conn.execute(
+        pid = self._parties.id(self.conn, payer, create=False)
+        return oid is not None and pid is not None and self.conn.execute(
             "SELECT 1 FROM chain_recv WHERE oid = ? AND payer = ? AND seq = ?",
-            (oid, payer, seq)).fetchone() is not None
+            (oid, pid, seq)).fetchone() is not None
 
     def last_checkpoint(self, owner: bytes) -> Certificate | None:
         """The certificate of the chain's latest certified CHECKPOINT, if any."""
@@ -328,9 +412,7 @@ class ChainStore:
                 "balance": balance, "counterparty": None if party is None else party.hex(),
                 "memo": entry.body.get("memo", ""), "certified": sigs is not None}
             if entry.kind == RECV:
-                assert entry.received is not None
-                item["memo"] = entry.received.entry.body["memo"]
-                item["send_seq"] = entry.received.entry.seq
+                item["send_seq"] = entry.body["seq"]
             out.append(item)
         return out
 
@@ -372,45 +454,44 @@ class ChainStore:
 
     def _rebuild(self, owner: bytes, prev: bytes, row: Row) -> Entry:
         seq, stored_hash = int(row[0]), bytes(row[1])
-        entry = Entry(owner, seq, prev if seq else ZERO_HASH, CODE_KINDS[int(row[2])],
-                      unpack(bytes(row[4])), int(row[3]))
+        kind = CODE_KINDS[int(row[2])]
+        values = unpack(bytes(row[4]))
+        fields = BODY_FIELDS[kind]
+        if not isinstance(values, list) or len(values) != len(fields):
+            raise LedgerError("stored chain is damaged", {"owner": owner, "seq": seq})
+        if kind in (SEND, RECV):
+            values[0] = self._parties.key(self.conn, int(values[0]))
+        entry = Entry(owner, seq, prev if seq else ZERO_HASH, kind,
+                      dict(zip(fields, values, strict=True)), int(row[3]))
         if entry.hash() != stored_hash:
             raise LedgerError("stored chain is damaged", {"owner": owner, "seq": seq})
         return entry
 
-    def _nid(self, key: bytes) -> int:
-        nid = self._nids.get(key)
-        if nid is None:
-            row = self.conn.execute("SELECT id FROM chain_notary WHERE key = ?",
-                                    (key,)).fetchone()
-            if row is None:
-                cur = self.conn.execute("INSERT INTO chain_notary (key) VALUES (?)", (key,))
-                assert cur.lastrowid is not None
-                nid = int(cur.lastrowid)
-            else:
-                nid = int(row[0])
-            self._nids[key] = nid
-            self._nkeys[nid] = key
-        return nid
-
-    def _nkey(self, nid: int) -> bytes:
-        key = self._nkeys.get(nid)
-        if key is None:
-            row = self.conn.execute("SELECT key FROM chain_notary WHERE id = ?",
-                                    (nid,)).fetchone()
-            if row is None:
-                raise LedgerError("stored chain is damaged", {"notary": nid})
-            key = self._nkeys[nid] = bytes(row[0])
-            self._nids[key] = nid
-        return key
+    def _pack_body(self, entry: Entry) -> bytes:
+        values = [entry.body[k] for k in BODY_FIELDS[entry.kind]]
+        if entry.kind in (SEND, RECV):
+            values[0] = self._parties.id(self.conn, values[0])
+        return pack_plain(values)  # ints, bytes and str: canonical
 
     def _pack_sigs(self, sigs: Sequence[tuple[bytes, bytes]]) -> bytes:
-        return pack_plain([[self._nid(k), s] for k, s in sigs])  # ints and bytes: canonical
+        ids = self._notaries
+        return pack_plain([[ids.id(self.conn, k), s] for k, s in sigs])  # canonical as is
 
-    def _sigs(self, blob: Any) -> tuple[tuple[bytes, bytes], ...]:
+    def _sigs(self, blob: Any) -> tuple[tuple[bytes, bytes], ...] | None:
         if blob is None:
+            return None
+        if not blob:
             return ()
-        return tuple((self._nkey(int(n)), bytes(s)) for n, s in unpack(bytes(blob)))
+        ids = self._notaries
+        return tuple((ids.key(self.conn, int(n)), bytes(s)) for n, s in unpack(bytes(blob)))
+
+    @staticmethod
+    def _check_format(conn: sqlite3.Connection) -> None:
+        """Refuse a store written before RECVs named their SEND (it had ``delta``)."""
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(chain_entry)")}
+        if "delta" in columns:
+            raise LedgerError("this chain store has an older format (RECVs embedding "
+                              "certificates); start a new network or wallet", str(conn))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Move chains stored in the first layout (table ``chain_entries``) over."""
@@ -427,6 +508,11 @@ class ChainStore:
                 self.attach(Certificate(entry, bytes(owner_sig), pairs))
         conn.execute("DROP TABLE chain_entries")
         conn.execute("DROP TABLE IF EXISTS chain_received")
+
+
+def _kept(seq: int, kind: str) -> bool:
+    """Whether a certified entry keeps its notary signatures even when not the head."""
+    return seq % KEEP_EVERY == 0 or kind == CHECKPOINT
 
 
 def _file_bytes(path: Path | str) -> int:

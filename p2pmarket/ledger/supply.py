@@ -10,7 +10,8 @@ Two views:
 - :func:`audit_chains` needs no notary: given whole chains (each verified with
   :func:`verify_chain`) it adds up every MINT on the mint key's chain, every
   balance, and every SEND no chain has received yet, and checks
-  ``balances + in flight == minted``.
+  ``balances + in flight == minted``. Each RECV must match the SEND it names
+  (payer, seq, hash, amount, memo, payee) when the payer's chain is audited too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from p2pmarket.config import Genesis
 from p2pmarket.errors import P2PMarketError
 from p2pmarket.ledger.certificate import SigCache, committee_quorum
-from p2pmarket.ledger.chain import MINT, SEND, Authenticator, Entry, received_key, verify_chain
+from p2pmarket.ledger.chain import MINT, SEND, Authenticator, Entry, recv_body, verify_chain
 from p2pmarket.ledger.committee import NotaryTransport
 from p2pmarket.ledger.errors import LedgerError
 
@@ -97,13 +98,13 @@ def audit_chains(chains: Mapping[bytes, tuple[Sequence[Entry], Sequence[Authenti
 
     ``chains`` maps each owner to its entries and authenticators (certified ones;
     a pending entry is not money yet). Returns ``{minted, balances, in_flight,
-    ok, chains}``. Raises :class:`LedgerError` if a chain does not verify or a
-    SEND was received twice across chains.
+    ok, chains}``. Raises :class:`LedgerError` if a chain does not verify, a SEND
+    was received twice across chains, or a RECV does not match its SEND.
     """
     cache = SigCache()
     minted = balances = 0
-    sent: dict[tuple[bytes, int], int] = {}
-    received: set[tuple[bytes, int]] = set()
+    sent: dict[tuple[bytes, int], Entry] = {}
+    received: dict[tuple[bytes, int], Entry] = {}
     for owner, (entries, auths) in chains.items():
         if entries and entries[0].owner != owner:
             raise LedgerError("chain filed under another owner", owner)
@@ -112,13 +113,20 @@ def audit_chains(chains: Mapping[bytes, tuple[Sequence[Entry], Sequence[Authenti
             if entry.kind == MINT:
                 minted += entry.amount
             elif entry.kind == SEND:
-                sent[(entry.owner, entry.seq)] = entry.amount
-            elif entry.received is not None:
-                key = received_key(entry.received)
+                sent[(entry.owner, entry.seq)] = entry
+            elif entry.receipt is not None:
+                key = entry.receipt
                 if key in received:
                     raise LedgerError("a SEND was received twice", {"from": key[0],
                                                                     "seq": key[1]})
-                received.add(key)
-    in_flight = sum(a for k, a in sent.items() if k not in received)
+                received[key] = entry
+    for key, recv in received.items():  # a RECV must match the SEND it names
+        send = sent.get(key)
+        if send is None and key[0] not in chains:
+            continue  # its payer's chain is not audited here
+        if send is None or recv_body(send) != recv.body or send.body["to"] != recv.owner:
+            raise LedgerError("a RECV does not match the SEND it names",
+                              {"from": key[0], "seq": key[1]})
+    in_flight = sum(s.amount for k, s in sent.items() if k not in received)
     return {"minted": minted, "balances": balances, "in_flight": in_flight,
             "ok": balances + in_flight == minted, "chains": len(chains)}

@@ -13,6 +13,15 @@ many payments to make can use :meth:`Wallet.send_many`.
 After a SEND is certified the wallet delivers its certificate to the notaries
 whose signature it lacks (they may have missed the SEND), in the background,
 so the payee's :meth:`sync` finds a whole certificate at any notary.
+
+A RECV names the SEND it receives (``{from, seq, hash, amount, memo}``); the
+SEND's certificate is stored beside the pending RECV (the store's receipts) and
+sent beside it to the notaries, then dropped once the RECV is certified. The
+store keeps notary signatures only where still needed (see
+:mod:`p2pmarket.ledger.store`); :meth:`Wallet.certificate` gives any certified
+entry's certificate, recovering a pruned one from the notaries (they keep every
+authenticator, and Ed25519 signatures are deterministic: resubmitting the
+entry returns the very signatures given before).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from p2pmarket.ledger.chain import (
     apply,
     next_entry,
     received_key,
+    recv_body,
     verify_chain,
     verify_segment,
 )
@@ -159,7 +169,7 @@ class Wallet:
             entry = cert.entry
             if entry.kind != SEND or entry.body["to"] != self.key:
                 raise LedgerError("certificate is not a SEND to this wallet", entry.kind)
-            ops.append((RECV, {"from": entry.owner}, cert.trimmed(self.genesis, self.cache)))
+            ops.append((RECV, recv_body(entry), cert.trimmed(self.genesis, self.cache)))
         await self._many(ops)
         return sum(c.entry.amount for c in certs)
 
@@ -177,6 +187,47 @@ class Wallet:
             if not (more and fresh):
                 break
         return total
+
+    async def certificate(self, seq: int) -> Certificate | None:
+        """The certificate of our entry at ``seq``: from the store, or recovered from a
+        notary quorum if its signatures were pruned. None if the entry is absent or
+        not certified; :class:`LedgerError` if no quorum can be had now."""
+        cert = self.store.certificate(self.key, seq)
+        if cert is not None or not self.store.certified(self.key, seq):
+            return cert
+        [(entry, owner_sig, _)] = self.store.segment(self.key, seq, seq)
+        sigs = await self._recollect(entry, owner_sig)
+        if len(sigs) < self.quorum:  # lagging notaries: catch them up to our head
+            head = self.store.head_seq(self.key)
+            while head > seq and not self.store.certified(self.key, head):
+                head -= 1
+            lanes = [lane for lane in self.lanes.values() if lane.key not in sigs]
+            await asyncio.gather(*(lane.request(head, head) for lane in lanes),
+                                 return_exceptions=True)
+            sigs.update(await self._recollect(entry, owner_sig))
+        if len(sigs) < self.quorum:
+            raise LedgerError("cannot recover the certificate: no notary quorum answers",
+                              {"seq": seq, "signatures": len(sigs), "quorum": self.quorum})
+        return Certificate(entry, owner_sig, tuple(sorted(sigs.items())[:self.quorum]))
+
+    async def _recollect(self, entry: Entry, owner_sig: bytes) -> dict[bytes, bytes]:
+        """Resubmit a certified entry to every notary: the valid signatures returned."""
+        args = {"entries": [entry.encode()], "sigs": [owner_sig], "certs": [[]]}
+        message = cert_message(entry.owner, entry.seq, entry.hash())
+        results = await asyncio.gather(
+            *(self.transport.call(n, "certify_batch", args) for n in self.genesis.notaries),
+            return_exceptions=True)
+        sigs: dict[bytes, bytes] = {}
+        for notary, result in zip(self.genesis.notaries, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, P2PMarketError):
+                    raise result
+                continue
+            got = result.get("sigs") if isinstance(result, dict) else None
+            sig = got[0] if isinstance(got, list) and len(got) == 1 else None
+            if isinstance(sig, bytes) and verify(notary.key, message, sig):
+                sigs[notary.key] = sig
+        return sigs
 
     def balance(self) -> int:
         """The certified balance."""
@@ -268,6 +319,7 @@ class Wallet:
             built.append((head, self._sign(head)))
             owners.append(None)
         receiving: set[tuple[bytes, int]] = set()
+        receipts: dict[int, bytes] = {}
         for op in ops:
             try:
                 body = op.body
@@ -277,23 +329,24 @@ class Wallet:
                     if key in receiving or self.store.has_received(self.key, *key):
                         op.future.set_result(None)
                         continue
-                    body = {"from": op.cert.entry.owner, "cert": op.cert}
                 elif op.kind == CHECKPOINT:
                     body = {"balance": balance}
                 entry = next_entry(self.key, head, op.kind, body, self.clock())
-                balance = apply(balance, entry, self.genesis, cache=self.cache)
+                balance = apply(balance, entry, self.genesis, cache=self.cache, send=op.cert)
             except LedgerError as exc:
                 op.future.set_exception(exc)
                 continue
             if op.kind == RECV:
                 assert op.cert is not None
                 receiving.add(received_key(op.cert))
+                receipts[entry.seq] = op.cert.encode()
             built.append((entry, self._sign(entry)))
             owners.append(op)
             head = entry
         if not built:
             return
-        self.store.append_many(built, check_sig=False)  # durable before any notary sees them
+        # durable, with the receipts, before any notary sees them
+        self.store.append_many(built, check_sig=False, receipts=receipts)
         self._remember(built)
         results = await self._certify(built)
         for owner, result in zip(owners, results, strict=True):

@@ -21,6 +21,7 @@ from p2pmarket.ledger.chain import (
     Authenticator,
     Entry,
     next_entry,
+    recv_body,
 )
 from p2pmarket.ledger.local import LocalCommittee
 
@@ -58,6 +59,7 @@ class Chain:
     ident: Identity
     entries: list[Entry] = field(default_factory=list)
     auths: list[Authenticator] = field(default_factory=list)
+    sends: dict[int, Certificate] = field(default_factory=dict)  # RECV seq -> SEND cert
 
     @property
     def key(self) -> bytes:
@@ -83,7 +85,9 @@ class Chain:
         return self.add(SEND, {"to": to, "amount": amount, "memo": memo})
 
     def recv(self, cert: Certificate) -> Entry:
-        return self.add(RECV, {"from": cert.entry.owner, "cert": cert.to_wire()})
+        entry = self.add(RECV, recv_body(cert.entry))
+        self.sends[entry.seq] = cert
+        return entry
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ def services(c: LocalCommittee) -> list[NotaryService]:
 
 
 def items(chain: Any, start: int = 0) -> list[Item]:
-    return [Item(e, a.sig) for e, a in zip(chain.entries[start:], chain.auths[start:],
-                                           strict=True)]
+    return [Item(e, a.sig, send=chain.sends.get(e.seq))
+            for e, a in zip(chain.entries[start:], chain.auths[start:], strict=True)]
 
 
 def batch_args(chain: Any, start: int = 0, certs: dict[int, Certificate] | None = None

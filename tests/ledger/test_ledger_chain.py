@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from p2pmarket.identity import Identity
+from p2pmarket.ledger.certificate import check_receipt
 from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
     MINT,
@@ -17,6 +18,7 @@ from p2pmarket.ledger.chain import (
     Authenticator,
     Entry,
     apply,
+    recv_body,
     verify_chain,
 )
 from p2pmarket.ledger.errors import LedgerError
@@ -88,6 +90,11 @@ def _wire(**over: Any) -> dict[str, Any]:
     _wire(kind=OPEN, seq=0, prev=ZERO_HASH, body={"x": 1}),
     _wire(kind=RECV, body={"from": OTHER, "cert": {}}),
     _wire(kind=RECV, body={"cert": {}}),
+    _wire(kind=RECV, body={"from": OTHER, "seq": 0, "hash": bytes(32), "amount": 1, "memo": ""}),
+    _wire(kind=RECV, body={"from": OTHER, "seq": 1, "hash": b"x", "amount": 1, "memo": ""}),
+    _wire(kind=RECV, body={"from": OTHER, "seq": 1, "hash": bytes(32), "amount": 0, "memo": ""}),
+    _wire(kind=RECV, body={"from": OWNER, "seq": 1, "hash": bytes(32), "amount": 1, "memo": ""}),
+    _wire(kind=RECV, body={"from": OTHER, "seq": 1, "hash": bytes(32), "amount": 1}),
 ])
 def test_bad_entries_are_refused(doc: Any) -> None:
     with pytest.raises(LedgerError):
@@ -210,12 +217,17 @@ def test_recv_needs_a_valid_certificate(net: Any, chain_of: Any) -> None:
     send = mint.send(alice.key, 30)
     weak = net.certify(send, net.mint, signers=net.notaries[:2])  # quorum is 3
     alice.open()
-    alice.recv(weak)
+    recv = alice.recv(weak)
     with pytest.raises(LedgerError, match="quorum"):
-        verify_chain(alice.entries, alice.auths, net.genesis)
+        check_receipt(recv, weak, net.genesis)
+    with pytest.raises(LedgerError, match="quorum"):
+        apply(0, recv, net.genesis, send=weak)
+    check_receipt(recv, net.certify(send, net.mint), net.genesis)
+    # the chain alone does not carry the SEND certificate: the RECV's own does
+    assert verify_chain(alice.entries, alice.auths, net.genesis) == 30
 
 
-def test_recv_of_a_send_to_someone_else_cannot_be_built(net: Any, chain_of: Any) -> None:
+def test_recv_must_match_the_send_it_names(net: Any, chain_of: Any) -> None:
     mint = chain_of(net.mint)
     mint.open()
     mint.mint(100)
@@ -223,12 +235,22 @@ def test_recv_of_a_send_to_someone_else_cannot_be_built(net: Any, chain_of: Any)
     bob = chain_of(Identity.generate())
     bob.open()
     with pytest.raises(LedgerError, match="another owner"):
-        bob.recv(cert)
+        check_receipt(bob.make(RECV, recv_body(cert.entry)), cert, net.genesis)
+    mine = net.certify(mint.send(bob.key, 7, "m"), net.mint)
+    good = recv_body(mine.entry)
+    check_receipt(bob.make(RECV, good), mine, net.genesis)
+    for name, value in (("from", OTHER), ("seq", 9), ("hash", bytes(32)), ("amount", 8),
+                        ("memo", "x")):
+        with pytest.raises(LedgerError, match="does not match") as err:
+            check_receipt(bob.make(RECV, {**good, name: value}), mine, net.genesis)
+        assert err.value.value == name
     with pytest.raises(LedgerError, match="SEND"):
-        bob.recv(net.certify(mint.entries[1], net.mint))  # a MINT's certificate
-    with pytest.raises(LedgerError, match="payer"):
-        bob.add(RECV, {"from": OTHER, "cert": net.certify(
-            mint.send(bob.key, 1), net.mint).to_wire()})
+        minted = net.certify(mint.entries[1], net.mint)  # a MINT's certificate
+        check_receipt(bob.make(RECV, good), minted, net.genesis)
+    with pytest.raises(LedgerError, match="oneself"):
+        bob.make(RECV, {**good, "from": bob.key})
+    with pytest.raises(LedgerError, match="wrong fields"):  # the old, embedding form
+        bob.make(RECV, {"from": OTHER, "cert": mine.to_wire()})
 
 
 def test_chain_mixing_owners_is_refused(net: Any, chain_of: Any) -> None:

@@ -22,6 +22,7 @@ from p2pmarket.ledger.chain import (
     apply,
     auth_message,
     equivocation,
+    recv_body,
     verify_certified,
     verify_chain,
     verify_segment,
@@ -54,7 +55,7 @@ def test_recv_encoding_is_canonical(net: Any, chain_of: Any) -> None:
     mint.open()
     mint.mint(10)
     cert = net.certify(mint.send(OTHER, 3, "é"), net.mint)
-    recv = Entry(OTHER, 1, bytes(32), RECV, {"from": net.mint.public_key, "cert": cert}, 5)
+    recv = Entry(OTHER, 1, bytes(32), RECV, recv_body(cert.entry), 5)
     assert recv.encode() == pack(recv.to_wire())
     assert cert.encode() == pack(cert.to_wire())
     assert Certificate.decode(cert.encode()) == cert

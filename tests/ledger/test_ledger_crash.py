@@ -11,7 +11,7 @@ notary commit.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,10 @@ class FaultyStore(ChainStore):
     faults: Faults
     who: str
 
-    def append_many(self, items: Sequence[tuple[Entry, bytes]], check_sig: bool = True) -> int:
+    def append_many(self, items: Sequence[tuple[Entry, bytes]], check_sig: bool = True,
+                    receipts: Mapping[int, bytes] | None = None) -> int:
         self.faults.point(self.who)
-        added = super().append_many(items, check_sig)
+        added = super().append_many(items, check_sig, receipts)
         self.faults.point(self.who)
         return added
 
@@ -173,8 +174,8 @@ class World:
         payer, payee = self.wallets["payer"], self.wallets["payee"]
         sent = {(e.owner, e.seq) for e in payer.store.entries(payer.key)
                 if e.kind == SEND}
-        got = {(e.received.entry.owner, e.received.entry.seq)
-               for e in payee.store.entries(payee.key) if e.received is not None}
+        got = {e.receipt
+               for e in payee.store.entries(payee.key) if e.receipt is not None}
         assert sent == got
         for service in self.c.services.values():
             supply = service.supply()

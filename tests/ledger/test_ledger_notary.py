@@ -11,7 +11,14 @@ from ledger_helpers import core, dump
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
-from p2pmarket.ledger.chain import MAX_AMOUNT, Authenticator, Entry, equivocation, next_entry
+from p2pmarket.ledger.chain import (
+    MAX_AMOUNT,
+    Authenticator,
+    Entry,
+    equivocation,
+    next_entry,
+    recv_body,
+)
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.notary import NotaryService
@@ -21,7 +28,8 @@ CTX = CallContext(sender=bytes(32), ts=0)
 
 def submit(service: NotaryService, chain: Any, entry: Entry | None = None) -> bytes:
     entry = chain.entries[-1] if entry is None else entry
-    return service.certify(entry, Authenticator.sign(chain.ident, entry).sig)
+    return service.certify(entry, Authenticator.sign(chain.ident, entry).sig,
+                           send=chain.sends.get(entry.seq))
 
 
 def cert_of(service: NotaryService, chain: Any, entry: Entry, sig: bytes) -> Certificate:
@@ -101,9 +109,10 @@ def test_refusals_leave_state_unchanged(committee: LocalCommittee, notary: Notar
     submit(notary, alice)
     before = dump(notary)
 
-    def refused(entry: Entry, owner_sig: bytes, match: str) -> None:
+    def refused(entry: Entry, owner_sig: bytes, match: str,
+                send: Certificate | None = None) -> None:
         with pytest.raises(LedgerError, match=match):
-            notary.certify(entry, owner_sig)
+            notary.certify(entry, owner_sig, send=send)
         assert dump(notary) == before
 
     # bad owner signature
@@ -124,13 +133,21 @@ def test_refusals_leave_state_unchanged(committee: LocalCommittee, notary: Notar
     refused(over, Authenticator.sign(funded.ident, over).sig, "insufficient")
     fake_mint = alice.make("MINT", {"amount": 5})
     refused(fake_mint, Authenticator.sign(alice.ident, fake_mint).sig, "mint")
-    # RECV: twice, or with a certificate lacking a quorum
-    again = alice.make("RECV", {"from": funded.key, "cert": good.to_wire()})
-    refused(again, Authenticator.sign(alice.ident, again).sig, "already received")
-    send2 = funded.send(alice.key, 5)
-    weak = Certificate(send2, funded.auths[-1].sig, ())
-    unsigned = alice.make("RECV", {"from": funded.key, "cert": weak.to_wire()})
-    refused(unsigned, Authenticator.sign(alice.ident, unsigned).sig, "quorum")
+    # RECV: twice; without the SEND certificate beside it; with one lacking a quorum,
+    # of another SEND, or not matching what the RECV names
+    again = alice.make("RECV", recv_body(send))
+    refused(again, Authenticator.sign(alice.ident, again).sig, "already received", good)
+    send2 = funded.send(alice.key, 5, "two")
+    fresh = alice.make("RECV", recv_body(send2))
+    fresh_sig = Authenticator.sign(alice.ident, fresh).sig
+    refused(fresh, fresh_sig, "needs the certificate")
+    refused(fresh, fresh_sig, "quorum", Certificate(send2, funded.auths[-1].sig, ()))
+    refused(fresh, fresh_sig, "does not match", good)
+    cert2 = cert_of(notary, funded, send2, submit(notary, funded))
+    before = dump(notary)  # send2 is certified now: the new baseline
+    for name, value in (("amount", 6), ("memo", "one"), ("hash", bytes(32))):
+        bad = alice.make("RECV", {**recv_body(send2), name: value})
+        refused(bad, Authenticator.sign(alice.ident, bad).sig, "does not match", cert2)
 
 
 def test_resubmitting_is_idempotent(notary: NotaryService, funded: Any) -> None:

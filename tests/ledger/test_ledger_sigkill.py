@@ -282,8 +282,8 @@ async def test_payer_process_sigkilled_between_steps(tmp_path: Path, cluster: No
     await settle(mint, payer, payee)
     sends = [e for e in payer.store.entries(payer.key) if e.kind == SEND]
     assert len(sends) >= 3
-    received = {(e.received.entry.owner, e.received.entry.seq)
-                for e in payee.store.entries(payee.key) if e.received is not None}
+    received = {e.receipt
+                for e in payee.store.entries(payee.key) if e.receipt is not None}
     assert received == {(e.owner, e.seq) for e in sends}  # on both chains, none half done
     audit = audit_chains({w.key: (w.store.entries(w.key), w.store.authenticators(w.key))
                           for w in (mint, payer, payee)}, genesis)
