@@ -7,7 +7,10 @@ Per watched host, in one sqlite file under the node's data dir:
   state at the last anchor (:func:`p2pmarket.host.snapshot.snapshot`, canonical
   msgpack; NULL when the anchor is the log's ``in.genesis``) and the entries
   since that anchor (``replay_entries``). Re-taking those entries rebuilds the
-  :class:`~p2pmarket.ledger.replay.Replayer` exactly, mid-input included.
+  :class:`~p2pmarket.ledger.replay.Replayer` exactly, mid-input included. The
+  state's payment and refund records only grow, so they are kept apart
+  (``anchor_records``, one row each, in order) and only new ones are written when
+  the anchor moves; the snapshot blob leaves them out.
 - ``audited``: the host's authenticator (hash, signature) of every entry the
   witness audited. These are what later inconsistency proofs are built from (a
   pushed authenticator, or a re-fetched entry, that disagrees with one), so
@@ -52,6 +55,13 @@ CREATE TABLE IF NOT EXISTS hosts (
     anchor_seq INTEGER NOT NULL DEFAULT -1,
     anchor_state BLOB
 );
+CREATE TABLE IF NOT EXISTS anchor_records (
+    key BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    row BLOB NOT NULL,
+    PRIMARY KEY (key, kind, n)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS replay_entries (
     key BLOB NOT NULL,
     seq INTEGER NOT NULL,
@@ -141,7 +151,12 @@ class WitnessStore:
                 r = Replayer(host=key)
                 rest = entries
             else:
-                state = from_snapshot(unpack(bytes(row[0]), MAX_SNAPSHOT_BYTES))
+                doc = unpack(bytes(row[0]), MAX_SNAPSHOT_BYTES)
+                for kind in ("payments", "refunds"):
+                    doc[kind] = [unpack(bytes(r[0])) for r in self.conn.execute(
+                        "SELECT row FROM anchor_records WHERE key = ? AND kind = ? "
+                        "ORDER BY n", (key, kind))]
+                state = from_snapshot(doc)
                 r = Replayer(state, entries[0], host=key)
                 rest = entries[1:]
             for raw in rest:
@@ -197,9 +212,32 @@ class WitnessStore:
                       "DO UPDATE SET url = excluded.url, seq = excluded.seq",
                       (key, url, replayer.seq)))
         if anchor_changed and first is not None:
+            state = replayer.anchor_state if first_seq > 0 else None
             stmts.append(("UPDATE hosts SET anchor_seq = ?, anchor_state = ? WHERE key = ?",
-                          (first_seq, _state_blob(first_seq, replayer.anchor_state), key)))
+                          (first_seq, None if state is None else
+                           pack(snapshot(state, payments=False, refunds=False)), key)))
+            if state is not None:
+                stmts.extend(self._new_records(key, state))
         self._run(stmts)
+
+    def _new_records(self, key: bytes, state: HostState) -> list[tuple[str, Any]]:
+        """Statements adding the state's payment and refund records the store lacks
+        (all of them again if the store holds more: a replay started over)."""
+        doc = snapshot(state)
+        stmts: list[tuple[str, Any]] = []
+        for kind in ("payments", "refunds"):
+            rows = doc[kind]
+            if rows is None:
+                raise WitnessStoreError("an anchor state without its records", kind)
+            have = self.conn.execute("SELECT COUNT(*) FROM anchor_records WHERE key = ? "
+                                     "AND kind = ?", (key, kind)).fetchone()[0]
+            if have > len(rows):
+                stmts.append(("DELETE FROM anchor_records WHERE key = ? AND kind = ?",
+                              (key, kind)))
+                have = 0
+            stmts.append(("INSERT INTO anchor_records (key, kind, n, row) VALUES (?, ?, ?, ?)",
+                          [(key, kind, n, pack(rows[n])) for n in range(have, len(rows))]))
+        return stmts
 
     def save_meta(self, key: bytes, url: str | None, seq: int,
                   challenge: dict[str, Any] | None, error: str, last_audit: int) -> None:
@@ -224,14 +262,6 @@ class WitnessStore:
                         self.conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise WitnessStoreError("witness store failed", str(exc)) from None
-
-
-def _state_blob(first_seq: int, state: HostState | None) -> bytes | None:
-    """The anchor's state, or None when the anchor is the log's in.genesis (seq 0),
-    whose body is the state itself."""
-    if first_seq == 0 or state is None:
-        return None
-    return pack(snapshot(state))
 
 
 __all__ = ["SavedHost", "WitnessStore", "WitnessStoreError"]

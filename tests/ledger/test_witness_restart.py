@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from audit_world import S, WitnessNode, World, open_two, rewritten
+from audit_world import S, WitnessNode, World, cert, open_two, rewritten
 
 from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.identity import Identity
@@ -80,6 +80,7 @@ async def test_restarted_witness_resumes_where_it_stopped(world: World, tmp_path
     assert (after["audited_seq"], after["head"], after["state"]) == \
         (before["audited_seq"], before["head"], TRUSTED)
     await world.call(ALICE, h, "bid", {"account_id": alice, "bids": {"cpu": "3"}})
+    await world.call(ALICE, h, "fund", {"account_id": alice, "payment": cert(10**6)})
     await world.tick(h)
     await world.audit_round()
     # one fetch, from the last entry audited before the restart (not from 0)
@@ -87,6 +88,14 @@ async def test_restarted_witness_resumes_where_it_stopped(world: World, tmp_path
     st = w.service.status(h.key)["hosts"][0]
     assert st["state"] == TRUSTED and st["audited_seq"] == h.auct.audit.head[0]
     assert w.service.store.audited_count(h.key) == h.auct.audit.head[0] + 1
+    # the anchor's payment records are kept one row each: the three payments, once
+    rows = w.service.store.conn.execute(
+        "SELECT COUNT(*) FROM anchor_records WHERE kind = 'payments'").fetchone()[0]
+    assert rows == 3
+    stop(w)
+    w, _ = durable_witness(world, ident, tmp_path)       # and they restore the state
+    assert w.service.status(h.key)["hosts"][0]["audited_seq"] == h.auct.audit.head[0]
+    assert len(w.service.hosts[h.key].replayer.anchor_state.payments or {}) == 3  # type: ignore[union-attr]
 
 
 async def test_restarted_witness_keeps_pushes_and_challenges(world: World, tmp_path: Path
