@@ -60,6 +60,12 @@ class Market:
 
 
 @pytest.fixture
+def fast_audits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Witnesses audit every half second (ask for it before ``market``)."""
+    monkeypatch.setenv("P2PMARKET_AUDIT_SECONDS", "0.5")
+
+
+@pytest.fixture
 def market(tmp_path: Path) -> Iterator[Market]:
     root = tmp_path / "net"
     cli("testnet", "up", "--nodes", "3", "--dir", root, "--tick-seconds", "0.5")
@@ -144,6 +150,77 @@ def test_mint_buy_and_check_everything(market: Market) -> None:
     assert leases[0]["lease"]["lease_id"] == lease.lease_id
 
 
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def restart(node_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start the node of ``node_dir`` again and wait until it is ready."""
+    proc = subprocess.Popen([sys.executable, "-m", "p2pmarket", "node", "--data-dir",
+                             str(node_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pmarket", "status", "--data-dir", str(node_dir)],
+            capture_output=True, text=True)
+        if done.returncode == 0:
+            after = json.loads(done.stdout)
+            if after.get("ready") and after.get("balance") is not None:
+                return proc
+        time.sleep(0.2)
+    stop(proc)
+    raise AssertionError("restarted node never became ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def audited(node_dir: Path, host_key: bytes) -> dict[str, Any] | None:
+    """What the node, as a witness, knows of the host (None if it watches it not)."""
+    doc = cli_json("audit", "status", "--data-dir", node_dir)["witnesses"][0]
+    return next((h for h in doc.get("hosts", []) if h.get("host") == host_key.hex()), None)
+
+
+def test_witness_survives_sigkill(fast_audits: None, market: Market) -> None:
+    mint_to_wallet(market)
+    purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
+                        "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]
+    host_key = Identity.load(market.node_by_url(purchase["url"]) / "node.key").public_key
+    deadline = time.monotonic() + 30
+    seen: dict[Path, dict[str, Any]] = {}
+    while not seen and time.monotonic() < deadline:
+        for d in market.node_dirs():
+            got = audited(d, host_key)
+            if got is not None and got["audited_seq"] >= 0 and got["state"] == "trusted":
+                seen[d] = got
+        time.sleep(0.3)
+    assert seen, "no witness audited the host"
+    witness_dir, before = next(iter(seen.items()))
+
+    kill(json.loads((witness_dir / "control.json").read_text())["pid"])
+    # audits far apart after the restart: what it knows now is what it kept
+    proc = restart(witness_dir, {"P2PMARKET_AUDIT_SECONDS": "600"})
+    try:
+        after = audited(witness_dir, host_key)
+        assert after is not None, "the restarted witness forgot the host"
+        assert after["state"] == "trusted"
+        assert after["audited_seq"] >= before["audited_seq"]
+        assert after["url"] == before["url"]
+    finally:
+        stop(proc)
+
+
 def test_host_survives_sigkill(market: Market) -> None:
     mint_to_wallet(market)
     purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
@@ -153,28 +230,10 @@ def test_host_survives_sigkill(market: Market) -> None:
     history_before = control(host_dir, "history")["history"]
     accounts_before = control(host_dir, "accounts")["accounts"]
 
-    pid = json.loads((host_dir / "control.json").read_text())["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-    proc = subprocess.Popen([sys.executable, "-m", "p2pmarket", "node", "--data-dir",
-                             str(host_dir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    kill(json.loads((host_dir / "control.json").read_text())["pid"])
+    proc = restart(host_dir)
     try:
-        deadline = time.monotonic() + 30
-        after: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            done = subprocess.run(
-                [sys.executable, "-m", "p2pmarket", "status", "--data-dir", str(host_dir)],
-                capture_output=True, text=True)
-            if done.returncode == 0:
-                after = json.loads(done.stdout)
-                if after.get("ready") and after.get("balance") is not None:
-                    break
-            time.sleep(0.2)
-        assert after.get("ready"), "restarted node never became ready"
+        after = control(host_dir, "node")
         # chain, balance and leases intact
         assert after["balance"] == before["balance"]
         history_after = control(host_dir, "history")["history"]
@@ -189,9 +248,4 @@ def test_host_survives_sigkill(market: Market) -> None:
         # and it still sells: a second purchase from it works
         assert len(control(host_dir, "vms")["vms"]) >= 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
