@@ -22,14 +22,9 @@ from typing import Any
 
 import aiohttp
 
+from p2pmarket.dht.evidence_records import MAX_EVIDENCE_PROOF_BYTES, EvidenceEntry, check_proof
 from p2pmarket.dht.protocol import RateLimiter
-from p2pmarket.dht.records import (
-    MAX_EVIDENCE_PROOF_BYTES,
-    DhtError,
-    EvidenceEntry,
-    check_proof,
-    url_host,
-)
+from p2pmarket.dht.records import DhtError, url_host
 
 FETCH_TIMEOUT_S = 10.0
 MAX_CONCURRENT = 4

@@ -41,31 +41,35 @@ from aiohttp import web
 
 from p2pmarket.dht import market as mkt
 from p2pmarket.dht.evidence import read_capped
+from p2pmarket.dht.evidence_records import (
+    MAX_EVIDENCE,
+    MAX_EVIDENCE_PROOF_BYTES,
+    check_proof,
+    fit_evidence_set,
+    make_evidence_entry,
+)
 from p2pmarket.dht.node import DEFAULT_REPUBLISH_S, EXPIRY_FACTOR, DhtNode
+from p2pmarket.dht.offers import (
+    OfferEntry,
+    fit_offer_set,
+    make_offer_entry,
+    merge_offers,
+    parse_offer_set,
+)
 from p2pmarket.dht.protocol import RateLimiter
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
-    MAX_EVIDENCE,
-    MAX_EVIDENCE_PROOF_BYTES,
     MAX_VALUE_BYTES,
     PPM,
     DhtError,
     DocRef,
     HostRecord,
-    OfferEntry,
     ResourceAd,
-    check_proof,
     check_type_name,
     evidence_key,
-    fit_evidence_set,
-    fit_offer_set,
     host_key,
-    make_evidence_entry,
     make_host_record,
-    make_offer_entry,
-    merge_offers,
     offers_key,
-    parse_offer_set,
 )
 from p2pmarket.dht.storage import Clock, wall_clock_us
 from p2pmarket.identity import NODE_ID_SIZE, Identity

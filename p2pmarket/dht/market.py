@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from p2pmarket.dht.records import HostRecord, OfferEntry, host_doc, offer_doc, rank_offers
+from p2pmarket.dht.offers import OfferEntry, offer_doc, rank_offers
+from p2pmarket.dht.records import HostRecord, host_doc
 
 
 @dataclass(frozen=True)

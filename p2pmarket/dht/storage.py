@@ -11,36 +11,48 @@ calls :meth:`RecordStorage.put_evidence`); without that hook it is refused.
 Expired values are dropped when read and are never returned, iterated (the
 stock package republishes what ``__iter__``/``iter_older_than`` yield) or
 handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
+:func:`parse_record` decodes and verifies a stored value of any kind.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kademlia.storage import IStorage
 
-from p2pmarket.dht.records import (
+from p2pmarket.dht.evidence_records import (
+    EVIDENCE_SET_KIND,
     MAX_EVIDENCE,
-    MAX_OFFERS,
-    DhtError,
     EvidenceEntry,
     EvidenceSet,
-    HostRecord,
+    fit_evidence_set,
+    merge_evidence,
+    parse_evidence_set,
+)
+from p2pmarket.dht.offers import (
+    MAX_OFFERS,
+    OFFER_SET_KIND,
     OfferEntry,
     OfferSet,
-    fit_evidence_set,
     fit_offer_set,
-    key_digest,
-    merge_evidence,
     merge_offers,
-    parse_record,
+    parse_offer_set,
+)
+from p2pmarket.dht.records import (
+    HOST_KIND,
+    MAX_VALUE_BYTES,
+    DhtError,
+    HostRecord,
+    _fail,
+    key_digest,
     url_host,
 )
 from p2pmarket.dht.routing import PrefixPolicy
+from p2pmarket.wire import WireError, unpack
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
 
@@ -56,6 +68,30 @@ for checking."""
 
 def wall_clock_us() -> int:
     return time.time_ns() // 1000
+
+
+def parse_record(value: object, now_us: int,
+                 known: Mapping[bytes, OfferEntry] | None = None,
+                 known_proofs: Container[bytes] = ()) -> HostRecord | OfferSet | EvidenceSet:
+    """A stored value of any kind, verified (the key name it claims is in ``.key``);
+    for an evidence set, only the inline entries are verified (see
+    :func:`parse_evidence_set`)."""
+    if not isinstance(value, bytes):
+        raise _fail("malformed", "value must be bytes")
+    if len(value) > MAX_VALUE_BYTES:
+        raise _fail("too_large", f"value larger than {MAX_VALUE_BYTES} bytes")
+    try:
+        doc = unpack(value, MAX_VALUE_BYTES)
+    except WireError:
+        raise _fail("malformed", "value is not msgpack") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind == OFFER_SET_KIND:
+        return parse_offer_set(value, now_us, known)
+    if kind == HOST_KIND:
+        return HostRecord.from_bytes(value, now_us)
+    if kind == EVIDENCE_SET_KIND:
+        return parse_evidence_set(value, now_us, known_proofs)
+    raise _fail("unsupported", f"unsupported record kind {kind!r:.40}")
 
 
 @dataclass

@@ -8,14 +8,8 @@ from typing import Any
 
 from p2pmarket.config import Genesis, NotaryInfo
 from p2pmarket.dht import DhtNode
-from p2pmarket.dht.records import (
-    HostRecord,
-    OfferEntry,
-    ResourceAd,
-    host_key,
-    make_host_record,
-    make_offer_entry,
-)
+from p2pmarket.dht.offers import OfferEntry, make_offer_entry
+from p2pmarket.dht.records import HostRecord, ResourceAd, host_key, make_host_record
 from p2pmarket.dht.storage import wall_clock_us
 from p2pmarket.identity import Identity
 

@@ -164,7 +164,7 @@ async def test_per_prefix_caps_in_bucket_and_table() -> None:
 async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
     from dht_helpers import offer
 
-    from p2pmarket.dht.records import pack_offer_set
+    from p2pmarket.dht.offers import pack_offer_set
     from p2pmarket.dht.storage import RecordStorage
     st = RecordStorage(policy=PrefixPolicy(offers_cap=2))
     idents = [Identity.generate() for _ in range(5)]

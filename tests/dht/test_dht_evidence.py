@@ -16,23 +16,19 @@ from dht_helpers import NOW, FakeClock, Swarm, make_genesis, serve, wait_for
 from kademlia.node import Node
 
 from p2pmarket.dht import DhtNode
-from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
-from p2pmarket.dht.records import (
+from p2pmarket.dht.evidence_records import (
     EVIDENCE_TTL_US,
     INLINE_PROOF_BYTES,
     MAX_EVIDENCE,
-    MAX_VALUE_BYTES,
-    DhtError,
     EvidenceEntry,
-    evidence_key,
     fit_evidence_set,
-    key_digest,
     make_evidence_entry,
     merge_evidence,
     parse_evidence_set,
-    parse_record,
 )
-from p2pmarket.dht.storage import RecordStorage
+from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
+from p2pmarket.dht.records import MAX_VALUE_BYTES, DhtError, evidence_key, key_digest
+from p2pmarket.dht.storage import RecordStorage, parse_record
 from p2pmarket.host.hostconfig import HostConfig
 from p2pmarket.host.machine import new_state
 from p2pmarket.host.snapshot import snapshot

@@ -5,24 +5,26 @@ from __future__ import annotations
 import pytest
 from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 
-from p2pmarket.dht.records import (
+from p2pmarket.dht.offers import (
     MAX_OFFERS,
+    OfferEntry,
+    fit_offer_set,
+    make_offer_entry,
+    merge_offers,
+    pack_offer_set,
+    parse_offer_set,
+    rank_offers,
+)
+from p2pmarket.dht.records import (
     MAX_VALUE_BYTES,
     DhtError,
     HostRecord,
-    OfferEntry,
     ResourceAd,
-    fit_offer_set,
     host_key,
-    make_offer_entry,
-    merge_offers,
     newer_host,
     offers_key,
-    pack_offer_set,
-    parse_offer_set,
-    parse_record,
-    rank_offers,
 )
+from p2pmarket.dht.storage import parse_record
 from p2pmarket.identity import Identity
 from p2pmarket.wire import Envelope, pack, seal, unpack
 

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from dht_helpers import ALICE, MALLORY, NOW, TTL, FakeClock, host, host_body, offer
 
-from p2pmarket.dht.records import (
-    MAX_VALUE_BYTES,
-    host_key,
-    key_digest,
-    pack_offer_set,
-    parse_offer_set,
-)
+from p2pmarket.dht.offers import pack_offer_set, parse_offer_set
+from p2pmarket.dht.records import MAX_VALUE_BYTES, host_key, key_digest
 from p2pmarket.dht.storage import RecordStorage
 from p2pmarket.identity import Identity
 from p2pmarket.wire import seal

@@ -1,0 +1,275 @@
+"""Host records and offers of :class:`~p2pmarket.dht.node.DhtNode` (DESIGN.md
+section 3): the owner signs and publishes them; anyone finds them.
+
+Host lookups keep the highest ``seq`` and stop after ``host_quorum`` valid copies
+(with at most ``get_alpha`` queries in flight; other lookups use ``alpha``),
+offer lookups merge the sets of every close node; both repair the close nodes
+that lacked the result (:meth:`~p2pmarket.dht.node_base.NodeBase._repair`).
+Re-signed records take a seq (host) or ts (offer) that never goes backwards, even
+across restarts (kept in the state db). The multi-type market query is
+:mod:`p2pmarket.dht.market`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kademlia.node import Node
+
+from p2pmarket.dht import market as mkt
+from p2pmarket.dht.node_base import NodeBase
+from p2pmarket.dht.offers import (
+    MAX_OFFERS,
+    OfferEntry,
+    fit_offer_set,
+    make_offer_entry,
+    merge_offers,
+    parse_offer_set,
+)
+from p2pmarket.dht.records import (
+    MAX_DOC_BYTES,
+    PPM,
+    DhtError,
+    DocRef,
+    HostRecord,
+    ResourceAd,
+    host_key,
+    key_digest,
+    make_host_record,
+    newer_host,
+    offers_key,
+)
+
+
+@dataclass(frozen=True)
+class _HostFields:
+    resources: Mapping[str, ResourceAd]
+    availability_ppm: int
+    url: str
+    dht: tuple[str, int] | None
+    doc: DocRef | None = None
+    reach: tuple[bytes, ...] = field(default=())
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"resources": {t: [a.capacity, a.price, a.hour_avg]
+                              for t, a in self.resources.items()},
+                "availability_ppm": self.availability_ppm, "url": self.url,
+                "dht": list(self.dht) if self.dht else None,
+                "doc": self.doc.to_doc() if self.doc else None, "reach": list(self.reach)}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> _HostFields:
+        dht = doc["dht"]
+        ref = doc["doc"]
+        return cls({str(t): ResourceAd(*map(int, v)) for t, v in doc["resources"].items()},
+                   int(doc["availability_ppm"]), str(doc["url"]),
+                   (str(dht[0]), int(dht[1])) if dht else None,
+                   DocRef(ref["sha256"], ref["size"]) if ref else None,
+                   tuple(doc["reach"]))
+
+
+class RecordsMixin(NodeBase):
+    """Publishing and finding ``host/<id>`` records and ``offers/<type>`` entries."""
+
+    ttl_us: int
+    host_quorum: int
+    get_alpha: int
+    _host: _HostFields | None
+    _offers: dict[str, tuple[int, int]]
+    _docs: dict[bytes, bytes]
+    _seq: int
+    _ts: int
+
+    # -- publishing --------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq = max(self.clock(), self._seq + 1)
+        if self.state is not None:
+            self.state.set_meta("seq", self._seq)
+        return self._seq
+
+    def _next_ts(self) -> int:
+        self._ts = max(self.clock(), self._ts + 1)
+        if self.state is not None:
+            self.state.set_meta("ts", self._ts)
+        return self._ts
+
+    async def publish_host(self, resources: Mapping[str, ResourceAd],
+                           availability_ppm: int = PPM, url: str | None = None,
+                           dht: tuple[str, int] | None = None, document: bytes | None = None,
+                           reach: Iterable[bytes] | None = None) -> HostRecord:
+        """Sign and store this node's host record with a fresh seq (the clock in µs, so a
+        restart does not go backwards). ``url`` defaults to (and updates) :attr:`url`,
+        ``dht`` to the address we listen on. ``document`` (up to 4 MiB) is not put in
+        the DHT: the record carries its hash and the node serves it over HTTP
+        (:func:`p2pmarket.dht.gateway.gateway_routes`). ``document``/``reach`` left
+        out keep their previous values."""
+        if url is not None:
+            self.url = url
+        old = self._host
+        ref = old.doc if old is not None else None
+        if document is not None:
+            if len(document) > MAX_DOC_BYTES:
+                raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
+            ref = DocRef.of(document)
+        attest = tuple(reach) if reach is not None else (old.reach if old else ())
+        fields = _HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest)
+        record = self._sign_host(fields)
+        self._host = fields
+        if document is not None and ref is not None:
+            self._docs = {ref.sha256: document}
+            if self.state is not None:
+                self.state.put_doc(ref.sha256, document)
+        if self.state is not None:
+            self.state.put_own("host", fields.to_doc())
+        await self._put(record.key, record.value)
+        return record
+
+    def document(self, sha256: bytes) -> bytes | None:
+        """The document our host record names, by its hash (None if not ours)."""
+        return self._docs.get(sha256)
+
+    def _sign_host(self, fields: _HostFields) -> HostRecord:
+        if not fields.url:
+            raise DhtError("a host record needs the node's RPC url", "no_url")
+        return make_host_record(
+            self.identity, url=fields.url, dht=fields.dht or self.address,
+            resources=fields.resources, availability_ppm=fields.availability_ppm,
+            seq=self._next_seq(), now_us=self.clock(), ttl_us=self.ttl_us,
+            doc=fields.doc, reach=fields.reach)
+
+    async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
+        """Sign and store an entry in ``offers/<resource_type>``."""
+        entry = self._sign_offer(resource_type, capacity, price)
+        self._offers[resource_type] = (capacity, price)
+        if self.state is not None:
+            self.state.put_own(f"offer/{resource_type}", [capacity, price])
+        value, _ = fit_offer_set(entry.key, [entry])
+        await self._put(entry.key, value)
+        return entry
+
+    def withdraw_offer(self, resource_type: str) -> None:
+        """Stop republishing an offer; it leaves query results within one expiry."""
+        self._offers.pop(resource_type, None)
+        if self.state is not None:
+            self.state.drop_own(f"offer/{resource_type}")
+
+    def _sign_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
+        if not self.url:
+            raise DhtError("an offer needs the node's RPC url", "no_url")
+        now = self._next_ts()
+        return make_offer_entry(self.identity, resource_type=resource_type, url=self.url,
+                                capacity=capacity, price=price, now_us=now,
+                                ttl_us=self.ttl_us)
+
+    # -- finding -----------------------------------------------------------------
+
+    async def get_host(self, node_id: bytes) -> HostRecord | None:
+        """The newest valid host record of ``node_id``, or None."""
+        key = host_key(node_id)
+        dkey = key_digest(key)
+        now = self.clock()
+        best = self.storage.host_record(dkey)
+        checked: dict[bytes, HostRecord | None] = {}  # each distinct answer checked once
+        seen: dict[bytes, int] = {}
+
+        def accept(peer: Node, value: bytes) -> bool:
+            if value not in checked:
+                checked[value] = self._check_host(peer, value, key, now)
+            record = checked[value]
+            if record is not None:
+                seen[peer.id] = record.seq
+            return record is not None
+
+        quorum = max(1, self.host_quorum - (best is not None))
+        # a quorum lookup stops early: fewer queries in flight waste fewer of them
+        found = await self.lookup(dkey, find_value=True, accept=accept, quorum=quorum,
+                                  alpha=self.get_alpha)
+        for _peer, value in found.values:
+            record = checked.get(value)
+            if record is not None:
+                best = record if best is None else newer_host(best, record)
+        if best is not None:
+            target = Node(dkey)
+            holders = [n.distance_to(target) for n in found.closest if n.id in seen]
+            # repair only inside the replica set seen: nodes closer than the farthest
+            # holder that lack the newest copy (stale ones, or replacements after churn)
+            edge = max(holders) if holders else None
+            stale = [n for n in found.closest if seen.get(n.id, -1) < best.seq
+                     and (edge is None or n.distance_to(target) < edge)]
+            self._repair(stale, dkey, best.value)
+        return best
+
+    def _check_host(self, peer: Node, value: bytes, key: str, now: int) -> HostRecord | None:
+        try:
+            record = HostRecord.from_bytes(value, now)
+        except DhtError as exc:
+            self._refused(peer, str(exc.value))
+            return None
+        if record.key != key:
+            self._refused(peer, "wrong_key")
+            return None
+        return record
+
+    async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
+                          max_price: int | None = None) -> list[OfferEntry]:
+        """For each type in order, its top ``n`` offers by capacity/price (see
+        :func:`rank_offers`), concatenated."""
+        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
+        return mkt.top_offers_each(sets, n, min_capacity, max_price)
+
+    async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
+                     max_price: int | None = None) -> list[mkt.MarketHost]:
+        """Hosts offering every type in ``types`` within the filters, best cost efficiency
+        first (see :mod:`p2pmarket.dht.market`), each with its verified host record."""
+        return await mkt.query(types, n, min_capacity, max_price, self.offers_of,
+                               self.get_host)
+
+    async def offers_of(self, resource_type: str) -> list[OfferEntry]:
+        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged."""
+        key = offers_key(resource_type)
+        dkey = key_digest(key)
+        now = self.clock()
+        held: dict[bytes, set[bytes]] = {}
+        known = {e.value: e for e in self.storage.offer_entries(dkey)}
+        parsed: dict[bytes, set[bytes] | None] = {}
+
+        def accept(peer: Node, value: bytes) -> bool:
+            if value not in parsed:
+                parsed[value] = self._check_offer_set(peer, value, key, now, known)
+            sigs = parsed[value]
+            if sigs is not None:
+                held[peer.id] = sigs
+            return sigs is not None
+
+        found = await self.lookup(dkey, find_value=True, accept=accept)
+        entries = list(known.values())
+        merged = merge_offers(entries, now, cap=len(entries))
+        if merged:
+            value, kept = fit_offer_set(key, self.storage.cap_prefixes(merged)[:MAX_OFFERS])
+            sigs = {e.envelope.sig for e in kept}
+            lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]
+            self._repair(lacking, dkey, value)
+        return merged
+
+    def _check_offer_set(self, peer: Node, value: bytes, key: str, now: int,
+                         known: dict[bytes, OfferEntry]) -> set[bytes] | None:
+        """Verify a returned set; add its entries to ``known``; return their signatures."""
+        try:
+            offer_set = parse_offer_set(value, now, known)
+        except DhtError as exc:
+            self._refused(peer, str(exc.value))
+            return None
+        if offer_set.key != key:
+            self._refused(peer, "wrong_key")
+            return None
+        self._count("lookup_dropped_entries", offer_set.dropped)
+        if offer_set.forged:
+            self._refused(peer, "forged")
+            return None
+        for entry in offer_set.entries:
+            known.setdefault(entry.value, entry)
+        return {e.envelope.sig for e in offer_set.entries}

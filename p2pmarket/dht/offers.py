@@ -1,0 +1,226 @@
+"""The offer index: ``offers/<type>`` entries and sets, ranking (DESIGN.md section 3).
+Pure: no I/O, no clock.
+
+- ``offers/<resource type>``: a container ``{kind: "dht.offers", key, entries:
+  [encoded envelope, ...]}`` (canonical msgpack) of offer entries, kind
+  ``dht.offer``, body ``{key, node_id, url, type, capacity, price, expires}``,
+  each signed by its host. One entry per signer (the newest envelope ``ts``
+  wins), expired ones dropped, at most :data:`MAX_OFFERS` kept (the freshest),
+  and the whole container at most :data:`~p2pmarket.dht.records.MAX_VALUE_BYTES`.
+
+All times are integer microseconds; ``now_us`` always comes in as an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cached_property
+from typing import Any
+
+from p2pmarket.dht.records import (
+    INNOCENT,
+    MAX_URL,
+    MAX_VALUE_BYTES,
+    DhtError,
+    _body,
+    _check_owner,
+    _check_size,
+    _check_times,
+    _envelope,
+    _fail,
+    _int,
+    _open_container,
+    _str,
+    _verify,
+    check_type_name,
+    offers_key,
+)
+from p2pmarket.identity import Identity
+from p2pmarket.wire import Envelope, pack, seal
+
+OFFER_KIND = "dht.offer"
+OFFER_SET_KIND = "dht.offers"
+
+MAX_OFFERS = 24
+"""Entries kept per ``offers/<type>`` key."""
+OFFER_FIELDS = frozenset({"key", "node_id", "url", "type", "capacity", "price", "expires"})
+
+
+# -- offer entries -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class OfferEntry:
+    """A verified entry of an ``offers/<type>`` set."""
+
+    key: str
+    node_id: bytes
+    url: str
+    type: str
+    capacity: int
+    price: int
+    expires: int
+    envelope: Envelope
+
+    @property
+    def ts(self) -> int:
+        return self.envelope.ts
+
+    @cached_property
+    def value(self) -> bytes:
+        return self.envelope.encode()
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, now_us: int) -> OfferEntry:
+        body = _body(env, OFFER_KIND, OFFER_FIELDS)
+        node_id = _check_owner(env, body)
+        rtype = check_type_name(body["type"])
+        if body["key"] != offers_key(rtype):
+            raise _fail("wrong_key", "offer key does not match its type")
+        url = _str(body["url"], "url", MAX_URL)
+        capacity = _int(body["capacity"], "capacity")
+        price = _int(body["price"], "price")
+        expires = _check_times(env, body["expires"], now_us)
+        _verify(env)
+        return cls(key=body["key"], node_id=node_id, url=url, type=rtype, capacity=capacity,
+                   price=price, expires=expires, envelope=env)
+
+    @classmethod
+    def from_bytes(cls, value: object, now_us: int) -> OfferEntry:
+        return cls.from_envelope(_envelope(value), now_us)
+
+
+def make_offer_entry(identity: Identity, *, resource_type: str, url: str, capacity: int,
+                     price: int, now_us: int, ttl_us: int) -> OfferEntry:
+    """Sign an offer entry; ``now_us`` is also its ``ts`` (newest per signer wins)."""
+    body = {
+        "key": offers_key(resource_type),
+        "node_id": identity.node_id,
+        "url": url,
+        "type": resource_type,
+        "capacity": capacity,
+        "price": price,
+        "expires": now_us + ttl_us,
+    }
+    entry = OfferEntry.from_envelope(seal(identity, OFFER_KIND, body, ts=now_us), now_us)
+    _check_size(pack_offer_set(entry.key, [entry]))
+    return entry
+
+
+def _newer_offer(a: OfferEntry, b: OfferEntry) -> OfferEntry:
+    if a.ts != b.ts:
+        return a if a.ts > b.ts else b
+    return a if a.value >= b.value else b
+
+
+def merge_offers(entries: Iterable[OfferEntry], now_us: int,
+                 cap: int = MAX_OFFERS) -> list[OfferEntry]:
+    """One entry per signer (newest wins), unexpired, the ``cap`` freshest, freshest first."""
+    best: dict[bytes, OfferEntry] = {}
+    for entry in entries:
+        if entry.expires <= now_us:
+            continue
+        old = best.get(entry.node_id)
+        best[entry.node_id] = entry if old is None else _newer_offer(old, entry)
+    ordered = sorted(best.values(), key=lambda e: (-e.ts, e.node_id))
+    return ordered[:cap]
+
+
+def fit_offer_set(key: str, entries: Iterable[OfferEntry]) -> tuple[bytes, list[OfferEntry]]:
+    """The stored container and the entries it holds. Entries that would push it over
+    :data:`MAX_VALUE_BYTES` are left out, so give them freshest first."""
+    def encode(items: list[bytes]) -> bytes:
+        return pack({"kind": OFFER_SET_KIND, "key": key, "entries": items})
+
+    items: list[bytes] = []
+    kept: list[OfferEntry] = []
+    size = len(encode([]))
+    for entry in entries:
+        if entry.key != key:
+            raise _fail("wrong_key", "offer entry for another key")
+        raw = entry.value
+        # msgpack bin header (<= 3 bytes) + array header growth (<= 2 bytes)
+        if size + len(raw) + 5 > MAX_VALUE_BYTES:
+            continue
+        items.append(raw)
+        kept.append(entry)
+        size += len(raw) + 5
+    return encode(items), kept
+
+
+def pack_offer_set(key: str, entries: Iterable[OfferEntry]) -> bytes:
+    return fit_offer_set(key, entries)[0]
+
+
+@dataclass(frozen=True)
+class OfferSet:
+    """A parsed ``offers/<type>`` value: its valid entries and how many were dropped."""
+
+    key: str
+    entries: tuple[OfferEntry, ...]
+    dropped: int
+    forged: int = 0
+    """Dropped entries that no honest node would pass on (bad signature, wrong key...)."""
+
+def parse_offer_set(value: object, now_us: int,
+                    known: Mapping[bytes, OfferEntry] | None = None) -> OfferSet:
+    """Decode a container; invalid or expired entries are dropped and counted, a
+    malformed container raises :class:`DhtError`. ``known`` maps encodings to entries
+    already verified (their signatures are not checked again; expiry still is)."""
+    key, raw_entries = _open_container(value, OFFER_SET_KIND, "offer set")
+    if not isinstance(key, str) or not key.startswith("offers/"):
+        raise _fail("wrong_key", "offer set key must be offers/<type>")
+    check_type_name(key.removeprefix("offers/"))
+    if not isinstance(raw_entries, list):
+        raise _fail("malformed", "offer set entries must be a list")
+    entries: list[OfferEntry] = []
+    dropped = forged = 0
+    for raw in raw_entries:
+        entry = known.get(raw) if known is not None and isinstance(raw, bytes) else None
+        if entry is None or entry.expires <= now_us:
+            try:
+                entry = OfferEntry.from_bytes(raw, now_us)
+            except DhtError as exc:
+                dropped += 1
+                forged += exc.value not in INNOCENT
+                continue
+        if entry.key != key:
+            dropped += 1
+            forged += 1
+            continue
+        entries.append(entry)
+    return OfferSet(key=key, entries=tuple(entries), dropped=dropped, forged=forged)
+
+
+# -- ranking -----------------------------------------------------------------
+
+def _efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
+    """Capacity per unit price, exact; a zero price ranks above every positive one."""
+    if entry.price == 0:
+        return (1, Fraction(entry.capacity))
+    return (0, Fraction(entry.capacity, entry.price))
+
+
+def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
+                max_price: int | None = None) -> list[OfferEntry]:
+    """The top ``n`` entries by cost efficiency (capacity / price), best first.
+
+    Ties go to the larger capacity, then the lower price, then the lower node id,
+    so the order is total and deterministic.
+    """
+    if n <= 0:
+        return []
+    eligible = [e for e in entries if e.capacity >= min_capacity
+                and (max_price is None or e.price <= max_price)]
+
+    def order(e: OfferEntry) -> tuple[int, Fraction, int, int, bytes]:
+        tier, ratio = _efficiency(e)
+        return (-tier, -ratio, -e.capacity, e.price, e.node_id)
+
+    return sorted(eligible, key=order)[:n]
+
+
+def offer_doc(entry: OfferEntry) -> dict[str, Any]:
+    return {"node_id": entry.node_id.hex(), "url": entry.url, "type": entry.type,
+            "capacity": entry.capacity, "price": entry.price, "expires": entry.expires}
