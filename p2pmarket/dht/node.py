@@ -75,7 +75,8 @@ class _Server(Server):  # type: ignore[misc]
 
 
 class DhtNode(RecordsMixin, EvidenceMixin):
-    """A DHT participant that publishes and finds signed host and offer records."""
+    """A DHT participant that publishes and finds signed host and offer records, and
+    proofs of misbehaviour (evidence)."""
 
     def __init__(self, identity: Identity, genesis: Genesis, *, clock: Clock = wall_clock_us,
                  url: str = "", republish_s: float = DEFAULT_REPUBLISH_S, ksize: int = 20,
