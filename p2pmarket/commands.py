@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ async def host_status(args: argparse.Namespace) -> int:
                        human(res, m.get("free", 0)) if "free" in m else "")
     out.print(market)
     accounts = Table(title=f"{len(doc.get('accounts', []))} account(s)")
-    for col in ("account", "holder", "balance", "bids [weight ppm, min, max]", "allocation",
+    for col in ("account", "holder", "balance", "bids (weight, min, max)", "allocation",
                 "VM"):
         accounts.add_column(col)
     vms = {v.get("account_id"): v for v in doc.get("vms", [])}
@@ -108,7 +109,7 @@ async def host_status(args: argparse.Namespace) -> int:
         accounts.add_row(
             a["account_id"], str(a.get("holder", ""))[:12],
             format_credits(int(a.get("balance", 0))),
-            "\n".join(f"{r}: {b}" for r, b in sorted(a.get("bids", {}).items())),
+            "\n".join(f"{r}: {bid_text(r, b)}" for r, b in sorted(a.get("bids", {}).items())),
             "\n".join(f"{r}: {human(r, v)}" for r, v in sorted(a.get("allocation", {}).items())),
             f"{vm.get('state', 'none')}" + (f"\n{notes}" if notes else ""))
     out.print(accounts)
@@ -332,6 +333,26 @@ async def hosts(args: argparse.Namespace) -> int:
                       f"{r['availability_ppm'] / 10_000:.1f}%")
     out.print(table)
     return 0
+
+
+def bid_text(key: str, wire: Any) -> str:
+    """A standing bid ``[weight ppm, min, max]`` (its wire form) for people, in the order
+    of the bid syntax: ``1, 256 MiB, 50% of capacity``."""
+    if not isinstance(wire, list) or len(wire) != 3 or not isinstance(wire[0], int):
+        return str(wire)
+    rtype = key.split(",", 1)[0]
+
+    def quantity(q: Any) -> str:
+        if q is None:
+            return "-"
+        if isinstance(q, str):   # a fraction of capacity, as a decimal string
+            try:
+                return f"{float(Decimal(q) * 100):g}% of capacity"
+            except ArithmeticError:
+                return q
+        return human(rtype, int(q))
+
+    return f"{Decimal(wire[0]) / 1_000_000:g}, {quantity(wire[1])}, {quantity(wire[2])}"
 
 
 def human(rtype: str, amount: int) -> str:

@@ -111,3 +111,12 @@ def test_parse_duration() -> None:
     for bad in ("0", "-1h", "1w", "h", "99999999d"):
         with pytest.raises(P2PMarketError):
             parse_duration(bad)
+
+
+def test_host_status_shows_bids_in_the_bid_syntax() -> None:
+    from p2pmarket.commands import bid_text
+
+    assert bid_text("cpu", [1_000_000, "0.1", "1"]) == "1, 10% of capacity, 100% of capacity"
+    assert bid_text("memory", [2_500_000, 256 * 1024, 1 << 20]) == "2.5, 256 MiB, 1 GiB"
+    assert bid_text("tcp_port,30000", [1_000_000, None, None]) == "1, -, -"
+    assert bid_text("disk", "not a bid") == "not a bid"
