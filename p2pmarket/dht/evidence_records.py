@@ -31,6 +31,7 @@ from p2pmarket.dht.records import (
     MAX_URL,
     MAX_VALUE_BYTES,
     DhtError,
+    _check_expiry,
     _fail,
     _int,
     _open_container,
@@ -155,12 +156,7 @@ def make_evidence_entry(node_id: bytes, proof: bytes, *, now_us: int,
 
 
 def _check_evidence_expiry(expires: object, now_us: int) -> int:
-    expires = _int(expires, "expires")
-    if expires <= now_us:
-        raise _fail("expired", "evidence entry expired")
-    if expires > now_us + MAX_EVIDENCE_TTL_US:
-        raise _fail("too_long", "evidence expiry too far in the future")
-    return expires
+    return _check_expiry(expires, now_us, MAX_EVIDENCE_TTL_US, "evidence entry")
 
 
 def _evidence_entry(doc: object, node_id: bytes, now_us: int,

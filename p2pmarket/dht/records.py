@@ -140,12 +140,13 @@ def _check_times(env: Envelope, expires: object, now_us: int) -> int:
     return _check_expiry(expires, now_us)
 
 
-def _check_expiry(expires: object, now_us: int) -> int:
+def _check_expiry(expires: object, now_us: int, max_ttl_us: int = MAX_TTL_US,
+                  what: str = "record") -> int:
     expires = _int(expires, "expires")
     if expires <= now_us:
-        raise _fail("expired", "record expired")
-    if expires > now_us + MAX_TTL_US:
-        raise _fail("too_long", "record expiry too far in the future")
+        raise _fail("expired", f"{what} expired")
+    if expires > now_us + max_ttl_us:
+        raise _fail("too_long", f"{what} expiry too far in the future")
     return expires
 
 
