@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.files import open_db
-from p2pmarket.host.machine import HostState
 from p2pmarket.host.snapshot import from_snapshot, snapshot
 from p2pmarket.ledger.chain import Authenticator
 from p2pmarket.ledger.errors import LedgerError
@@ -41,6 +40,8 @@ from p2pmarket.ledger.replay import Replayer
 from p2pmarket.wire import pack, unpack
 
 log = logging.getLogger(__name__)
+
+_AUDITED = "INSERT OR REPLACE INTO audited (key, seq, hash, sig) VALUES (?, ?, ?, ?)"
 
 MAX_SNAPSHOT_BYTES = 64 << 20
 
@@ -195,12 +196,11 @@ class WitnessStore:
                       audited: list[Authenticator], anchor_changed: bool) -> None:
         """One checked segment: its authenticators, and where the replay resumes (not
         for a replay that found a fault: the host is exposed, nothing resumes)."""
-        stmts: list[tuple[str, Any]] = [
-            ("INSERT OR REPLACE INTO audited (key, seq, hash, sig) VALUES (?, ?, ?, ?)",
-             [(key, a.seq, a.hash, a.sig) for a in audited])]
+        rows = [(key, a.seq, a.hash, a.sig) for a in audited]
         if replayer.fault is not None:
-            self._write(stmts[0][0], stmts[0][1], key)
+            self._write(_AUDITED, rows, key)
             return
+        stmts: list[tuple[str, Any]] = [(_AUDITED, rows)]
         if anchor_changed:
             stmts.append(("DELETE FROM replay_entries WHERE key = ?", (key,)))
         first = replayer.anchor_entries[0] if replayer.anchor_entries else None
@@ -213,17 +213,19 @@ class WitnessStore:
                       (key, url, replayer.seq)))
         if anchor_changed and first is not None:
             state = replayer.anchor_state if first_seq > 0 else None
+            doc = None if state is None else snapshot(state)
+            # the blob leaves the records out; anchor_records holds them
             stmts.append(("UPDATE hosts SET anchor_seq = ?, anchor_state = ? WHERE key = ?",
-                          (first_seq, None if state is None else
-                           pack(snapshot(state, payments=False, refunds=False)), key)))
-            if state is not None:
-                stmts.extend(self._new_records(key, state))
+                          (first_seq, None if doc is None else
+                           pack({**doc, "payments": None, "refunds": None}), key)))
+            if doc is not None:
+                stmts.extend(self._new_records(key, doc))
         self._run(stmts)
 
-    def _new_records(self, key: bytes, state: HostState) -> list[tuple[str, Any]]:
-        """Statements adding the state's payment and refund records the store lacks
-        (all of them again if the store holds more: a replay started over)."""
-        doc = snapshot(state)
+    def _new_records(self, key: bytes, doc: dict[str, Any]) -> list[tuple[str, Any]]:
+        """Statements adding the payment and refund records of the snapshot ``doc`` that
+        the store lacks (all of them again if the store holds more: a replay started
+        over)."""
         stmts: list[tuple[str, Any]] = []
         for kind in ("payments", "refunds"):
             rows = doc[kind]
