@@ -19,7 +19,7 @@ a later item of the same owner in the batch carries one and the items between
 link by ``prev`` (*coverage*, :func:`notarystate.coverage`); a covered RECV
 needs no SEND certificate. A certified entry is accepted even if this notary's own policy
 (``shun``: e.g. owners exposed by an audit) would refuse new ones. The RPC
-handlers first await ``screen(owners)`` when one is given: the node's look-up of
+handlers first await ``screen(owners)`` (by default nothing): the node's look-up of
 published evidence against those owners (:class:`p2pmarket.witnessing.EvidenceScreen`),
 which feeds the store ``shun`` reads.
 
@@ -87,6 +87,10 @@ log = logging.getLogger(__name__)
 MAX_INBOX = 256
 T = TypeVar("T")
 
+async def _no_screen(owners: set[bytes]) -> None:
+    return None
+
+
 class NotaryService:
     """One committee member's certification state and its RPC handlers."""
 
@@ -102,7 +106,7 @@ class NotaryService:
         self.quorum = committee_quorum(genesis)
         self.shun = shun or (lambda owner: False)
         # run before certifying, so shun sees evidence found elsewhere (e.g. in the DHT)
-        self.screen = screen
+        self.screen = screen or _no_screen
         self.cache = SigCache()
         self.conn = open_db(db_path)
         with self.conn:

@@ -83,8 +83,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         entry = Entry.from_wire(args["entry"])
         sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
         send = _send(args.get("send"))
-        if service.screen is not None:
-            await service.screen({entry.owner})
+        await service.screen({entry.owner})
         [result] = await service.run_grouped(
             service.certify_grouped([Item(entry, sig, send=send)]))
         if isinstance(result, LedgerError):
@@ -108,8 +107,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
                 raise LedgerError("entries must be canonical msgpack bytes", "entries")
             items.append(Item(Entry.decode(data), check_bytes(sig, "sig", SIGNATURE_SIZE),
                               parse_sigs(cert), _send(send)))
-        if service.screen is not None:
-            await service.screen({item.entry.owner for item in items})
+        await service.screen({item.entry.owner for item in items})
         results = await service.run_grouped(service.certify_grouped(items))
         return {"notary": service.key,
                 "sigs": [r if isinstance(r, bytes) else None for r in results],
