@@ -21,6 +21,7 @@ from p2pmarket.ledger.auditlog import AuditEntry, AuditLog, sign_entry
 from p2pmarket.ledger.chain import Authenticator
 from p2pmarket.ledger.evidence import EvidenceStore
 from p2pmarket.ledger.witness import Peer, WitnessService, push_to_witnesses
+from p2pmarket.ledger.witnessstore import WitnessStore
 from p2pmarket.wire import pack, seal, unpack
 
 S = 1_000_000
@@ -138,18 +139,23 @@ class World:
         self.hosts.append(h)
         return h
 
-    def witness(self) -> WitnessNode:
-        ident = Identity.generate()
-        n = len(self.witnesses)
-        url = f"http://witness{n}"
-        service = WitnessService(ident, self.net.client(ident), EvidenceStore(), self.clock,
-                                 directory=self.directory)
+    def witness(self, ident: Identity | None = None, client: Any = None,
+                evidence: EvidenceStore | None = None, store: WitnessStore | None = None,
+                clock: Any = None) -> WitnessNode:
+        """A witness (in-memory stores and the world's clock unless given); one with the
+        identity of an earlier one replaces it, at the same URL (a restart)."""
+        ident = ident or Identity.generate()
+        url = f"http://witness-{ident.node_id.hex()[:8]}"
+        service = WitnessService(ident, client or self.net.client(ident),
+                                 evidence or EvidenceStore(), clock or self.clock,
+                                 directory=self.directory, store=store)
         disp = RpcDispatcher(ident, clock=self.clock)
         disp.register_all("witness", service.handlers())
         self.net.nodes[url] = disp
+        self.directory.peers = [p for p in self.directory.peers if p.node_id != ident.node_id]
         self.directory.peers.append(Peer(ident.node_id, ident.public_key, url))
         w = WitnessNode(ident, service, disp, url)
-        self.witnesses.append(w)
+        self.witnesses = [x for x in self.witnesses if x.identity != ident] + [w]
         return w
 
     async def call(self, who: Identity, h: HostNode, name: str, args: dict[str, Any],

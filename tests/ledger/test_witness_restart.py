@@ -10,10 +10,9 @@ from typing import Any
 
 from audit_world import S, WitnessNode, World, cert, open_two, rewritten
 
-from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.identity import Identity
 from p2pmarket.ledger.evidence import EvidenceStore, verify_proof
-from p2pmarket.ledger.witness import EXPOSED, SUSPECTED, TRUSTED, Peer, WitnessService
+from p2pmarket.ledger.witness import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.ledger.witnessstore import WitnessStore
 from p2pmarket.wire import pack
 
@@ -40,17 +39,8 @@ def durable_witness(world: World, ident: Identity, tmp: Path,
     """A witness whose store and evidence live in ``tmp`` (start it again with the same
     arguments to restart it); it replaces any earlier one with this identity."""
     rec = Recorder(world.net.client(ident))
-    service = WitnessService(ident, rec, EvidenceStore(tmp / f"ev-{ident.node_id.hex()}"),
-                             clock or world.clock, directory=world.directory,
-                             store=WitnessStore(tmp / f"wit-{ident.node_id.hex()}"))
-    disp = RpcDispatcher(ident, clock=world.clock)
-    disp.register_all("witness", service.handlers())
-    url = f"http://w-{ident.node_id.hex()[:8]}"
-    world.net.nodes[url] = disp
-    world.directory.peers = [p for p in world.directory.peers if p.node_id != ident.node_id]
-    world.directory.peers.append(Peer(ident.node_id, ident.public_key, url))
-    node = WitnessNode(ident, service, disp, url)
-    world.witnesses = [w for w in world.witnesses if w.identity != ident] + [node]
+    node = world.witness(ident, rec, EvidenceStore(tmp / f"ev-{ident.node_id.hex()}"),
+                         WitnessStore(tmp / f"wit-{ident.node_id.hex()}"), clock)
     return node, rec
 
 
