@@ -1,3 +1,3 @@
-from p2pmarket.cli import main
+from p2pmarket.cli.main import main
 
 raise SystemExit(main())

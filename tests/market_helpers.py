@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pmarket import testnet
+from p2pmarket.cli import testnet
 from p2pmarket.client.walletdir import WalletDir
-from p2pmarket.config import DataDir, Genesis, Settings
-from p2pmarket.identity import Identity
-from p2pmarket.node import Node
+from p2pmarket.core.config import DataDir, Settings, load_genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.keyfile import load_key
+from p2pmarket.node.service import Node
 
 
 @dataclass
@@ -33,13 +34,13 @@ async def local_market(root: Path, n: int = 2, tick_seconds: float = 0.2
                        ) -> AsyncIterator[LocalMarket]:
     """``n`` nodes (node0 the notary) started in this event loop, stopped on exit."""
     dirs = testnet.create(root, n, tick_seconds=tick_seconds)
-    genesis = Genesis.load(root / "genesis.json")
+    genesis = load_genesis(root / "genesis.json")
     nodes = []
     try:
         for d in dirs:
             data = DataDir(d)
             node = Node(data, Settings.load(data.config, env={}), genesis,
-                        Identity.load(data.key))
+                        load_key(data.key))
             await node.start()
             nodes.append(node)
         for node in nodes:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket.cli import main
+from p2pmarket.cli.commands import parse_duration
+from p2pmarket.cli.main import main
 from p2pmarket.client.walletdir import WalletDir
-from p2pmarket.commands import parse_duration
-from p2pmarket.config import Genesis, NotaryInfo
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity
+from p2pmarket.core.config import load_genesis, save_genesis
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def genesis_file(tmp_path: Path) -> Path:
     g = Genesis(network="cli-test", mint_key=Identity.generate().public_key,
                 notaries=(NotaryInfo(notary.public_key, "http://127.0.0.1:1"),))
     path = tmp_path / "genesis.json"
-    g.save(path)
+    save_genesis(g, path)
     return path
 
 
@@ -93,7 +94,7 @@ def test_bad_arguments_give_one_readable_line(
         capsys: pytest.CaptureFixture[str], tmp_path: Path, genesis_file: Path,
         args: list[str], message: str) -> None:
     wallet = tmp_path / "wallet"
-    WalletDir(wallet).create(Genesis.load(genesis_file))
+    WalletDir(wallet).create(load_genesis(genesis_file))
     before = sorted(p.name for p in wallet.iterdir())
     filled = [a.format(missing=tmp_path / "missing", tmp=tmp_path, wallet=wallet) for a in args]
     code, _, err = run(capsys, *filled)
@@ -114,7 +115,7 @@ def test_parse_duration() -> None:
 
 
 def test_host_status_shows_bids_in_the_bid_syntax() -> None:
-    from p2pmarket.commands import bid_text
+    from p2pmarket.cli.commands import bid_text
 
     assert bid_text("cpu", [1_000_000, "0.1", "1"]) == "1, 10% of capacity, 100% of capacity"
     assert bid_text("memory", [2_500_000, 256 * 1024, 1 << 20]) == "2.5, 256 MiB, 1 GiB"

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket import testnet
-from p2pmarket.config import ConfigError, DataDir, Genesis, NotaryInfo, Settings
-from p2pmarket.identity import Identity
+from p2pmarket.cli import testnet
+from p2pmarket.core.config import DataDir, Settings, load_genesis, save_genesis
+from p2pmarket.core.genesis import ConfigError, Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.keyfile import load_key
 
 KEYS = [Identity(bytes([i + 1]) * 32).public_key for i in range(5)]
 
@@ -43,10 +45,10 @@ def test_bad_settings(tmp_path: Path, text: str, message: str) -> None:
 
 def test_genesis_round_trip_and_quorum(tmp_path: Path) -> None:
     g = Genesis(network="n", mint_key=KEYS[0], notaries=notaries(4), f=1)
-    g.save(tmp_path / "g.json")
-    assert Genesis.load(tmp_path / "g.json") == g
+    save_genesis(g, tmp_path / "g.json")
+    assert load_genesis(tmp_path / "g.json") == g
     assert g.quorum == 3
-    assert g.network_id == Genesis.load(tmp_path / "g.json").network_id
+    assert g.network_id == load_genesis(tmp_path / "g.json").network_id
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -66,25 +68,25 @@ def test_malformed_genesis_file(tmp_path: Path) -> None:
     path = tmp_path / "g.json"
     path.write_text("{")
     with pytest.raises(ConfigError, match="not JSON"):
-        Genesis.load(path)
+        load_genesis(path)
     path.write_text(json.dumps({"network": "n"}))
     with pytest.raises(ConfigError, match="malformed"):
-        Genesis.load(path)
+        load_genesis(path)
 
 
 def test_testnet_layout(tmp_path: Path) -> None:
     root = tmp_path / "tn"
     dirs = testnet.create(root, 3)
-    genesis = Genesis.load(root / "genesis.json")
-    keys = [Identity.load(DataDir(d).key).public_key for d in dirs]
+    genesis = load_genesis(root / "genesis.json")
+    keys = [load_key(DataDir(d).key).public_key for d in dirs]
     assert genesis.notary_keys == {keys[0]}
     assert len(genesis.bootstrap) == 2
-    assert Identity.load(root / "mint" / "wallet.key").public_key == genesis.mint_key
+    assert load_key(root / "mint" / "wallet.key").public_key == genesis.mint_key
     ports = set()
     for d in dirs:
         s = Settings.load(DataDir(d).config, env={})
         ports |= {s.http_port, s.dht_port, s.control_port}
-        assert Genesis.load(DataDir(d).genesis) == genesis
+        assert load_genesis(DataDir(d).genesis) == genesis
         assert oct(os.stat(d).st_mode & 0o777) == "0o700"
     assert len(ports) == 9
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from p2pmarket.host.lease import verify_lease
-from p2pmarket.identity import Identity
+from p2pmarket.auction.lease import verify_lease
+from p2pmarket.core.keyfile import load_key
 
 pytestmark = pytest.mark.e2e
 MINTED = 100_000_000
@@ -101,7 +101,7 @@ def test_mint_buy_and_check_everything(market: Market) -> None:
     assert len(bought) == 1
     purchase = bought[0]
     host_dir = market.node_by_url(purchase["url"])
-    host_key = Identity.load(host_dir / "node.key").public_key
+    host_key = load_key(host_dir / "node.key").public_key
     host_before = 0  # hosts start with an empty chain
 
     # the lease verifies offline against the host's key and names us
@@ -196,7 +196,7 @@ def test_witness_survives_sigkill(fast_audits: None, market: Market) -> None:
     mint_to_wallet(market)
     purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
                         "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]
-    host_key = Identity.load(market.node_by_url(purchase["url"]) / "node.key").public_key
+    host_key = load_key(market.node_by_url(purchase["url"]) / "node.key").public_key
     deadline = time.monotonic() + 30
     seen: dict[Path, dict[str, Any]] = {}
     while not seen and time.monotonic() < deadline:

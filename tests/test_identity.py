@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket.identity import (
+from p2pmarket.core.identity import (
     Identity,
     IdentityError,
     leading_zero_bits,
@@ -16,6 +16,7 @@ from p2pmarket.identity import (
     parse_public_key,
     verify,
 )
+from p2pmarket.core.keyfile import load_key, load_or_create_key
 
 
 def test_node_id_is_sha256_prefix_of_key() -> None:
@@ -35,24 +36,24 @@ def test_sign_and_verify() -> None:
 
 def test_key_file_round_trip_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "k" / "node.key"
-    ident = Identity.load_or_create(path)
+    ident = load_or_create_key(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert Identity.load(path) == ident
-    assert Identity.load_or_create(path) == ident
+    assert load_key(path) == ident
+    assert load_or_create_key(path) == ident
     assert ident.seed.hex() not in repr(ident)
 
 
 def test_bad_key_files(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="no key file"):
-        Identity.load(tmp_path / "missing")
+        load_key(tmp_path / "missing")
     bad = tmp_path / "bad"
     bad.write_text("not json")
     with pytest.raises(IdentityError, match="not a p2pmarket key file"):
-        Identity.load(bad)
+        load_key(bad)
     mismatched = tmp_path / "mismatch"
     mismatched.write_text('{"seed": "' + "11" * 32 + '", "public_key": "' + "22" * 32 + '"}')
     with pytest.raises(IdentityError, match="does not match"):
-        Identity.load(mismatched)
+        load_key(mismatched)
 
 
 def test_puzzle() -> None:

@@ -1,4 +1,4 @@
-from p2pmarket.market import HOUR_US, PriceHistory, moved
+from p2pmarket.node.advert import HOUR_US, PriceHistory, moved
 
 
 def test_time_weighted_average() -> None:
@@ -26,7 +26,7 @@ def test_moved() -> None:
 
 
 def test_availability_counts_uptime_across_restarts() -> None:
-    from p2pmarket.market import Availability
+    from p2pmarket.node.advert import Availability
 
     a = Availability.resume(None, 0)
     assert a.ppm(0) == 1_000_000

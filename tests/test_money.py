@@ -1,6 +1,6 @@
 import pytest
 
-from p2pmarket.money import AmountError, format_credits, parse_credits
+from p2pmarket.core.money import AmountError, format_credits, parse_credits
 
 
 @pytest.mark.parametrize("text,micro", [("1", 1_000_000), ("0.000001", 1), ("12.5", 12_500_000)])

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pmarket.identity import Identity
-from p2pmarket.wire import Envelope, ReplayGuard, WireError, decode, pack, seal, unpack
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, decode, pack, seal, unpack
 
 ALICE = Identity(b"\x01" * 32)
 BOB = Identity(b"\x02" * 32)

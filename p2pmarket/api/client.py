@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 
 from p2pmarket.api.rpc import make_request, open_reply
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity, node_id_of
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity, node_id_of
 
 MSGPACK = "application/msgpack"
 

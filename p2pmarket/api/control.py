@@ -7,8 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from p2pmarket.config import DataDir
-from p2pmarket.errors import P2PMarketError, RemoteError
+from p2pmarket.core.config import DataDir
+from p2pmarket.core.errors import P2PMarketError, RemoteError
 
 
 class ControlError(P2PMarketError):

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.errors import INTERNAL_ERROR, P2PMarketError, RemoteError
-from p2pmarket.identity import Identity
-from p2pmarket.wire import Envelope, ReplayGuard, WireError, decode, digest, seal
+from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, RemoteError
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, decode, digest, seal
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class CallContext:
 
     @property
     def sender_id(self) -> bytes:
-        from p2pmarket.identity import node_id_of
+        from p2pmarket.core.identity import node_id_of
 
         return node_id_of(self.sender)
 

@@ -19,8 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from p2pmarket.api.rpc import RpcDispatcher
-from p2pmarket.errors import INTERNAL_ERROR, P2PMarketError, error_dict
-from p2pmarket.files import write_atomic
+from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, error_dict
+from p2pmarket.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 

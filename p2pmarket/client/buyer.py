@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmarket.api.client import PeerClient
+from p2pmarket.auction.lease import Lease, verify_lease
+from p2pmarket.auction.resources import BidSpec, parse_bids
+from p2pmarket.audit.witness import push_to_witnesses
 from p2pmarket.client.discovery import HostView, Market
 from p2pmarket.client.planner import Candidate, PlanError, best_response
 from p2pmarket.client.walletdir import WalletDir
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.host.lease import Lease, verify_lease
-from p2pmarket.host.resources import BidSpec, parse_bids
-from p2pmarket.identity import node_id_of
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import node_id_of
+from p2pmarket.core.wire import Envelope, pack, unpack
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
-from p2pmarket.ledger.witness import push_to_witnesses
-from p2pmarket.wire import Envelope, pack, unpack
 
 Progress = Callable[[str], None]
 PUSH_TIMEOUT_S = 10.0

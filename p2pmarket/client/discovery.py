@@ -14,12 +14,12 @@ from fractions import Fraction
 from types import TracebackType
 
 from p2pmarket.api.rpc import now_us
-from p2pmarket.config import Genesis
+from p2pmarket.audit.witnessing import DhtWitnessDirectory
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import HostRecord
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity
-from p2pmarket.witnessing import DhtWitnessDirectory
 
 LOOKUP_TIMEOUT_S = 20.0
 

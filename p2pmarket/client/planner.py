@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from p2pmarket.errors import P2PMarketError
+from p2pmarket.core.errors import P2PMarketError
 
 
 class PlanError(P2PMarketError):

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.config import Genesis
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.files import write_atomic
-from p2pmarket.identity import Identity
+from p2pmarket.core.config import load_genesis, save_genesis
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.files import write_atomic
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.keyfile import load_key, save_key
 
 
 class WalletDirError(P2PMarketError):
@@ -77,8 +79,8 @@ class WalletDir:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         ident = identity or Identity.generate()
-        genesis.save(self.genesis_path)
-        ident.save(self.key_path)
+        save_genesis(genesis, self.genesis_path)
+        save_key(ident, self.key_path)
         return ident
 
     def identity(self) -> Identity:
@@ -86,10 +88,10 @@ class WalletDir:
             raise WalletDirError(
                 f"no wallet in {self.root} (create one with `p2pmarket wallet new`)",
                 str(self.root))
-        return Identity.load(self.key_path)
+        return load_key(self.key_path)
 
     def genesis(self) -> Genesis:
-        return Genesis.load(self.genesis_path)
+        return load_genesis(self.genesis_path)
 
     def leases(self) -> dict[str, dict[str, str]]:
         """lease id -> {host_key, url, account_id, lease (hex of the signed envelope)}."""

@@ -4,7 +4,7 @@ sections 3 and 5).
 A proof too large for a DHT value travels as ``{sha256, size, url}``; its body is
 served at ``<url>/dht/evidence/<sha256 hex>`` (:func:`p2pmarket.dht.gateway.gateway_routes`).
 :func:`fetch_proof` gets one and checks it (size, hash, then
-:func:`p2pmarket.ledger.evidence.verify_proof` against the key's node id); it is
+:func:`p2pmarket.audit.evidence.verify_proof` against the key's node id); it is
 what readers use. :class:`EvidenceFetcher` is the storer's side: a store that
 brings an entry it has not checked yet schedules a fetch, bounded in number
 (concurrency, queue), rate (overall and per serving host), size and time, and

@@ -7,7 +7,7 @@ and 5). Pure: no I/O, no clock.
   self-checking and bound to the key: the proof's host must have the key's node
   id. An entry is either inline, ``{proof: bytes, expires}`` (a proof of at most
   :data:`INLINE_PROOF_BYTES`, checked with
-  :func:`p2pmarket.ledger.evidence.verify_proof`), or hash-only, ``{sha256, size,
+  :func:`p2pmarket.audit.evidence.verify_proof`), or hash-only, ``{sha256, size,
   url, expires}`` for a larger proof (up to :data:`MAX_EVIDENCE_PROOF_BYTES`)
   served at ``<url>/dht/evidence/<sha256 hex>``; storers keep a hash-only entry
   only after fetching that body and checking it. One entry per proof (by
@@ -26,6 +26,9 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from p2pmarket.audit.evidence import EvidenceError, verify_proof
+from p2pmarket.core.identity import NODE_ID_SIZE
+from p2pmarket.core.wire import pack
 from p2pmarket.dht.records import (
     INNOCENT,
     MAX_URL,
@@ -38,9 +41,6 @@ from p2pmarket.dht.records import (
     _str,
     url_host,
 )
-from p2pmarket.identity import NODE_ID_SIZE
-from p2pmarket.ledger.evidence import EvidenceError, verify_proof
-from p2pmarket.wire import pack
 
 EVIDENCE_SET_KIND = "dht.evidence"
 

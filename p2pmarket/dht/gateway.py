@@ -39,7 +39,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from p2pmarket.dht import market as mkt
+from p2pmarket.core.identity import NODE_ID_SIZE, Identity
+from p2pmarket.core.wire import WireError, pack, unpack
+from p2pmarket.dht import offerquery
 from p2pmarket.dht.evidence import read_capped
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE,
@@ -72,8 +74,6 @@ from p2pmarket.dht.records import (
     offers_key,
 )
 from p2pmarket.dht.storage import Clock, wall_clock_us
-from p2pmarket.identity import NODE_ID_SIZE, Identity
-from p2pmarket.wire import WireError, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -321,11 +321,11 @@ class GatewayClient:
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                           max_price: int | None = None) -> list[OfferEntry]:
         sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        return mkt.top_offers_each(sets, n, min_capacity, max_price)
+        return offerquery.top_offers_each(sets, n, min_capacity, max_price)
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
-                     max_price: int | None = None) -> list[mkt.MarketHost]:
-        return await mkt.query(types, n, min_capacity, max_price, self.offers_of,
+                     max_price: int | None = None) -> list[offerquery.MarketHost]:
+        return await offerquery.query(types, n, min_capacity, max_price, self.offers_of,
                                self.get_host)
 
     async def store(self, key: str, value: bytes) -> int:

@@ -27,7 +27,8 @@ import aiohttp
 from kademlia.network import Server
 from kademlia.node import Node
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht.evidence import EvidenceFetcher
 from p2pmarket.dht.lookup import LookupStats
 from p2pmarket.dht.node_evidence import EvidenceMixin, _Proof
@@ -38,7 +39,6 @@ from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig, valid_id
 from p2pmarket.dht.records import DhtError
 from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.storage import Clock, RecordStorage, wall_clock_us
-from p2pmarket.identity import Identity
 
 log = logging.getLogger(__name__)
 

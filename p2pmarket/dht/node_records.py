@@ -7,7 +7,7 @@ offer lookups merge the sets of every close node; both repair the close nodes
 that lacked the result (:meth:`~p2pmarket.dht.node_base.NodeBase._repair`).
 Re-signed records take a seq (host) or ts (offer) that never goes backwards, even
 across restarts (kept in the state db). The multi-type market query is
-:mod:`p2pmarket.dht.market`.
+:mod:`p2pmarket.dht.offerquery`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from kademlia.node import Node
 
-from p2pmarket.dht import market as mkt
+from p2pmarket.dht import offerquery
 from p2pmarket.dht.node_base import NodeBase
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
@@ -219,13 +219,13 @@ class RecordsMixin(NodeBase):
         """For each type in order, its top ``n`` offers by capacity/price (see
         :func:`rank_offers`), concatenated."""
         sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        return mkt.top_offers_each(sets, n, min_capacity, max_price)
+        return offerquery.top_offers_each(sets, n, min_capacity, max_price)
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
-                     max_price: int | None = None) -> list[mkt.MarketHost]:
+                     max_price: int | None = None) -> list[offerquery.MarketHost]:
         """Hosts offering every type in ``types`` within the filters, best cost efficiency
-        first (see :mod:`p2pmarket.dht.market`), each with its verified host record."""
-        return await mkt.query(types, n, min_capacity, max_price, self.offers_of,
+        first (see :mod:`p2pmarket.dht.offerquery`), each with its verified host record."""
+        return await offerquery.query(types, n, min_capacity, max_price, self.offers_of,
                                self.get_host)
 
     async def offers_of(self, resource_type: str) -> list[OfferEntry]:

@@ -19,6 +19,8 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import Envelope, pack, seal
 from p2pmarket.dht.records import (
     INNOCENT,
     MAX_URL,
@@ -37,8 +39,6 @@ from p2pmarket.dht.records import (
     check_type_name,
     offers_key,
 )
-from p2pmarket.identity import Identity
-from p2pmarket.wire import Envelope, pack, seal
 
 OFFER_KIND = "dht.offer"
 OFFER_SET_KIND = "dht.offers"

@@ -1,4 +1,4 @@
-"""What a DHT node keeps across restarts (sqlite through :func:`p2pmarket.files.open_db`).
+"""What a DHT node keeps across restarts (sqlite through :func:`p2pmarket.core.files.open_db`).
 
 - ``contacts``: the routing table (node id, address), rewritten on save; a
   restarted node pings them to rejoin, and they enter the table again only
@@ -20,8 +20,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.files import open_db
-from p2pmarket.wire import WireError, pack, unpack
+from p2pmarket.core.files import open_db
+from p2pmarket.core.wire import WireError, pack, unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contacts (node_id BLOB PRIMARY KEY, ip TEXT NOT NULL,

@@ -47,10 +47,10 @@ import msgpack
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
+from p2pmarket.core.identity import NODE_ID_SIZE, Identity, meets_puzzle, node_id_of, verify
+from p2pmarket.core.wire import pack
 from p2pmarket.dht.routing import DhtRoutingTable, PrefixPolicy, RttTable
 from p2pmarket.dht.storage import RecordStorage
-from p2pmarket.identity import NODE_ID_SIZE, Identity, meets_puzzle, node_id_of, verify
-from p2pmarket.wire import pack
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import NODE_ID_SIZE, Identity
-from p2pmarket.wire import Envelope, WireError, seal, unpack
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import NODE_ID_SIZE, Identity
+from p2pmarket.core.wire import Envelope, WireError, seal, unpack
 
 HOST_KIND = "dht.host"
 

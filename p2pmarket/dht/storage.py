@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from kademlia.storage import IStorage
 
+from p2pmarket.core.wire import WireError, unpack
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_SET_KIND,
     MAX_EVIDENCE,
@@ -52,7 +53,6 @@ from p2pmarket.dht.records import (
     url_host,
 )
 from p2pmarket.dht.routing import PrefixPolicy
-from p2pmarket.wire import WireError, unpack
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
 

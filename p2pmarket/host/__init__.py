@@ -1,15 +1,5 @@
-"""The host room: auctioneer, pure allocator, accounts, leases and the VMM (DESIGN.md §6).
-
-Every expected failure in this package raises :class:`HostError`.
+"""The host room (DESIGN.md §6): the auctioneer's I/O around the pure auction of
+:mod:`p2pmarket.auction` (RPC handlers, the tick loop, the account store), the
+VMMs (:mod:`.vmm`), keeping domains in line with allocations (:mod:`.vmmsync`),
+image upload and the local control routes.
 """
-
-from __future__ import annotations
-
-from p2pmarket.errors import P2PMarketError
-
-
-class HostError(P2PMarketError):
-    """Bad bid, unknown account, refused operation or VMM failure on a host."""
-
-
-__all__ = ["HostError"]

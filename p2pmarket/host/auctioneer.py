@@ -26,7 +26,7 @@ carries ``audit``: the authenticator of the audit-log entry that recorded it.
   the audit log for the host's witnesses (:func:`audit_log_segment`).
 
 ``BIDS`` is ``{"cpu": [weight_ppm, min, max] | "w,min,max", "tcp_port,30000": ...}``
-(see :mod:`p2pmarket.host.resources`); ``RATIO`` a decimal string (``"0.2"``) or
+(see :mod:`p2pmarket.auction.resources`); ``RATIO`` a decimal string (``"0.2"``) or
 ppm. Rules (seed 1/17, 1/25, 6/27, 2/7): new state is computed on copies and
 committed (sqlite, durable) only when every check passed, so a refused bid,
 fund or refund leaves balance, contingency and allocation exactly as they were.
@@ -35,8 +35,8 @@ min, or its disk) or have its running VM shut down is refused; losing a unique
 resource never is. Allocation runs on every accepted change (no charge) and
 every tick (charges).
 
-Every decision is made by the pure transitions of :mod:`p2pmarket.host.steps` on
-the :class:`~p2pmarket.host.machine.HostState` value; this class only does the
+Every decision is made by the pure transitions of :mod:`p2pmarket.auction.steps` on
+the :class:`~p2pmarket.auction.machine.HostState` value; this class only does the
 I/O around them: it verifies payments (``accept_payment``) before the step and
 logs the outcome as part of the input, with the caller's signed request
 (``ctx.request``, set by the RPC layer) so witnesses can tell it came from the
@@ -57,14 +57,12 @@ from dataclasses import replace
 from typing import Any
 
 from p2pmarket.api.rpc import CallContext, Handler, now_us
-from p2pmarket.config import Settings
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.host import HostError
-from p2pmarket.host.accounts import CLOSED, Account, AccountStore, Payment, Refund
-from p2pmarket.host.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
-from p2pmarket.host.hostconfig import HostConfig
-from p2pmarket.host.lease import sign_lease
-from p2pmarket.host.machine import (
+from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import CLOSED, Account, Payment, Refund
+from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
+from p2pmarket.auction.hostconfig import HostConfig
+from p2pmarket.auction.lease import sign_lease
+from p2pmarket.auction.machine import (
     ZERO,
     HostState,
     evaluate,
@@ -74,10 +72,10 @@ from p2pmarket.host.machine import (
     terms_digest,
     unique_offered,
 )
-from p2pmarket.host.rpcargs import check_args
-from p2pmarket.host.seen import from_rows, to_rows
-from p2pmarket.host.snapshot import snapshot
-from p2pmarket.host.steps import (
+from p2pmarket.auction.rpcargs import check_args
+from p2pmarket.auction.seen import from_rows, to_rows
+from p2pmarket.auction.snapshot import snapshot
+from p2pmarket.auction.steps import (
     GENESIS,
     INPUTS,
     Step,
@@ -87,12 +85,15 @@ from p2pmarket.host.steps import (
     settings_body,
     step,
 )
+from p2pmarket.audit.log import AuditLog
+from p2pmarket.core.config import Settings
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import WireError, digest, pack
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.vmm.base import VMM
 from p2pmarket.host.vmmsync import VmmSync
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.chain import Authenticator
-from p2pmarket.wire import WireError, digest, pack
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Auctioneer:
         self._leases: dict[str, dict[str, Any]] = {}
         self.sync = VmmSync(vmm)
         self.state = self._restore(settings, long_interval_us)
-        self._start(HostConfig.load(store, settings),
+        self._start(saved_config(store, settings),
                     max(1, int(settings.tick_seconds * US_PER_S)), long_interval_us)
 
     @property
@@ -420,7 +421,7 @@ class Auctioneer:
             body = dict(env.get("body", {}))
             body["audit"] = None
             leased[aid] = terms_digest(body)
-        config = HostConfig.load(self.store, settings)
+        config = saved_config(self.store, settings)
         tick_us = max(1, int(settings.tick_seconds * US_PER_S))
         state = new_state(self.identity.node_id, config, tick_us, long_us)
         if isinstance(saved, dict):
@@ -526,3 +527,9 @@ def audit_log_segment(audit: AuditLog, since: int, limit: int) -> dict[str, Any]
     seq, h = audit.head
     return {"since": since, "entries": [r[1] for r in rows], "sigs": [r[3] for r in rows],
             "head": [seq, h if seq >= 0 else ZERO]}
+
+
+def saved_config(store: AccountStore, settings: Settings) -> HostConfig:
+    """The host's settings: the node's defaults, overridden by those saved in the store."""
+    return HostConfig.defaults(settings.cpu_mhz, settings.memory_kib,
+                               settings.min_price).updated(store.settings())

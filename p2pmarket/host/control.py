@@ -24,11 +24,11 @@ from typing import Any
 
 from aiohttp import web
 
-from p2pmarket.errors import P2PMarketError, error_dict
-from p2pmarket.host import HostError
+from p2pmarket.auction import HostError
+from p2pmarket.core.errors import P2PMarketError, error_dict
+from p2pmarket.core.wire import ReplayGuard, WireError, decode
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.upload import UPLOAD_KIND, upload_image
-from p2pmarket.wire import ReplayGuard, WireError, decode
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 AUTH_HEADER = "X-P2PM-Auth"

@@ -14,8 +14,8 @@ import queue
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from p2pmarket.host import HostError
-from p2pmarket.host.accounts import ACTIVE
+from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import ACTIVE
 
 if TYPE_CHECKING:
     from p2pmarket.host.auctioneer import Auctioneer

@@ -2,7 +2,7 @@
 
 Lifecycle: a domain is defined and started on its account's first allocation
 of cpu and memory, updated live when its spec moves by more than the tolerance
-of :func:`p2pmarket.host.enforce.close_enough`, shut down when the account has
+of :func:`p2pmarket.auction.enforce.close_enough`, shut down when the account has
 expired or lost cpu or memory, and undefined (with its volume) when the account
 is closed. What the driver could not enforce is kept per account for the status.
 """
@@ -14,10 +14,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from p2pmarket.host.accounts import ACTIVE, Account
-from p2pmarket.host.enforce import close_enough, domain_spec
-from p2pmarket.host.model import Bid
-from p2pmarket.host.vmm.base import VMM, DomainSpec, VmInfo, VmmError
+from p2pmarket.auction.accounts import ACTIVE, Account
+from p2pmarket.auction.enforce import DomainSpec, close_enough, domain_spec
+from p2pmarket.auction.model import Bid
+from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.config import Genesis
-from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
+from p2pmarket.core.wire import WireError, pack_plain, unpack
 from p2pmarket.ledger.chain import (
     MAX_ENTRY_BYTES,
     Authenticator,
@@ -31,7 +32,6 @@ from p2pmarket.ledger.chain import (
     encode_certificate,
 )
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
-from p2pmarket.wire import WireError, pack_plain, unpack
 
 MAX_NOTARY_SIGS = 128
 CERT_FIELDS = frozenset({"entry", "owner_sig", "notaries"})

@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from p2pmarket.config import Genesis
-from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
+from p2pmarket.core.wire import WireError, digest, pack_plain, unpack
 from p2pmarket.ledger.errors import (
     LedgerError,
     check_bytes,
@@ -46,7 +47,6 @@ from p2pmarket.ledger.errors import (
     check_map,
     check_str,
 )
-from p2pmarket.wire import WireError, digest, pack_plain, unpack
 
 if TYPE_CHECKING:
     from p2pmarket.ledger.certificate import Certificate, SigCache

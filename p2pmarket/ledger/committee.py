@@ -26,9 +26,9 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from p2pmarket.config import NotaryInfo
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import SIGNATURE_SIZE
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import NotaryInfo
+from p2pmarket.core.identity import SIGNATURE_SIZE
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import RECV, Entry
 from p2pmarket.ledger.errors import LedgerError, check_map

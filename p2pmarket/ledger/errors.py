@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from p2pmarket.errors import P2PMarketError
+from p2pmarket.core.errors import P2PMarketError
 
 
 class LedgerError(P2PMarketError):

@@ -20,7 +20,7 @@ link by ``prev`` (*coverage*, :func:`notarystate.coverage`); a covered RECV
 needs no SEND certificate. A certified entry is accepted even if this notary's own policy
 (``shun``: e.g. owners exposed by an audit) would refuse new ones. The RPC
 handlers first await ``screen(owners)`` (by default nothing): the node's look-up of
-published evidence against those owners (:class:`p2pmarket.witnessing.EvidenceScreen`),
+published evidence against those owners (:class:`p2pmarket.audit.witnessing.EvidenceScreen`),
 which feeds the store ``shun`` reads.
 
 The new heads (the locks), balances, received set, inbox and supply figures of
@@ -55,9 +55,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from p2pmarket.api.rpc import Handler
-from p2pmarket.config import Genesis
-from p2pmarket.files import open_db
-from p2pmarket.identity import Identity
+from p2pmarket.core.files import open_db
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import (
     Certificate,
     SigCache,

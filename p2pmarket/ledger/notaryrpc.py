@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from p2pmarket.api.rpc import CallContext, Handler
-from p2pmarket.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
+from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from p2pmarket.ledger.certificate import MAX_NOTARY_SIGS, Certificate
 from p2pmarket.ledger.chain import Entry
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map

@@ -37,7 +37,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.files import open_db
+from p2pmarket.core.files import open_db
+from p2pmarket.core.wire import pack_plain, unpack
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
@@ -53,7 +54,6 @@ from p2pmarket.ledger.chain import (
 )
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.keyids import KeyIds
-from p2pmarket.wire import pack_plain, unpack
 
 KIND_CODES = {"OPEN": 0, "MINT": 1, "SEND": 2, "RECV": 3, CHECKPOINT: 4}
 CODE_KINDS = {v: k for k, v in KIND_CODES.items()}

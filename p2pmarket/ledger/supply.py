@@ -21,8 +21,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from p2pmarket.config import Genesis
-from p2pmarket.errors import P2PMarketError
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.ledger.certificate import SigCache, committee_quorum
 from p2pmarket.ledger.chain import MINT, SEND, Authenticator, Entry, recv_body, verify_chain
 from p2pmarket.ledger.committee import NotaryTransport

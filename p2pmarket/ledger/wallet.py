@@ -33,9 +33,9 @@ from functools import partial
 from typing import Any
 
 from p2pmarket.api.rpc import now_us
-from p2pmarket.config import Genesis, NotaryInfo
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity, verify
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity, verify
 from p2pmarket.ledger.certificate import (
     Certificate,
     SigCache,

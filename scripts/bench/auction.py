@@ -33,9 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.config import Settings
-from p2pmarket.host.accounts import AccountStore, Payment
-from p2pmarket.host.allocator import (
+from p2pmarket.auction.accounts import Payment
+from p2pmarket.auction.allocator import (
     AccountState,
     AllocationInput,
     Bid,
@@ -43,9 +42,11 @@ from p2pmarket.host.allocator import (
     build_book,
     run_tick,
 )
+from p2pmarket.core.config import Settings
+from p2pmarket.core.identity import Identity
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity
 
 S = 1_000_000
 NOW = 1_700_000_000 * S

@@ -35,16 +35,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.config import Settings
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.host.accounts import AccountStore, Payment
+from p2pmarket.auction.accounts import Payment
+from p2pmarket.audit.log import AuditLog
+from p2pmarket.audit.replay import Replayer
+from p2pmarket.core.config import Settings
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import seal
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.chain import Authenticator
-from p2pmarket.ledger.replay import Replayer
-from p2pmarket.wire import seal
 
 S = 1_000_000
 NOW = 1_700_000_000 * S
@@ -150,7 +151,7 @@ def main() -> int:
     n = len(rows)
     kinds: dict[str, int] = {}
     for _, raw, _, _ in rows:
-        from p2pmarket.wire import unpack
+        from p2pmarket.core.wire import unpack
         kind = unpack(raw)["kind"]
         kinds[kind] = kinds.get(kind, 0) + 1
     replay = max(replay_rate(rows, ident.public_key, False) for _ in range(3))

@@ -39,10 +39,10 @@ from kademlia.crawling import ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.protocol import KademliaProtocol
 
-from p2pmarket.config import Genesis, NotaryInfo
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
 from p2pmarket.dht.records import host_key
-from p2pmarket.identity import Identity
 
 HOST = "127.0.0.1"
 TYPES = ("cpu", "memory")

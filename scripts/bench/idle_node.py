@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from p2pmarket import testnet
-from p2pmarket.commands import wait_ready
+from p2pmarket.cli import testnet
+from p2pmarket.cli.commands import wait_ready
 
 
 def vm_kib(pid: int, field: str) -> int:

@@ -8,7 +8,7 @@
   chain of RECVs (half each; a RECV names its SEND, whose certificate the
   notaries checked, so it is not part of the chain), cold: no signature cache.
 - ``certified_transfers_per_s``: SENDs certified end to end. ``--notaries 4``
-  (f=1) notary processes (:mod:`p2pmarket.ledger.serve`) on 127.0.0.1, each with
+  (f=1) notary processes (:mod:`tests.support.notary_server`) on 127.0.0.1, each with
   its own sqlite (WAL, synchronous=FULL), and one client process running
   ``--payers`` payer wallets over signed HTTP RPC (PeerClient). Each wallet
   appends its SENDs durably, sends them in ``certify_batch`` requests of
@@ -46,9 +46,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo: p2pmarket, tests.support
+
 from p2pmarket.api.client import PeerClient
-from p2pmarket.config import Genesis, NotaryInfo
-from p2pmarket.identity import Identity
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import (
     MINT,
@@ -61,9 +63,9 @@ from p2pmarket.ledger.chain import (
     recv_body,
     verify_chain,
 )
-from p2pmarket.ledger.cluster import NotaryCluster
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from tests.support.notary_cluster import NotaryCluster
 
 
 def bench_append(root: Path, count: int, batch: int) -> dict[str, float]:

@@ -12,8 +12,8 @@ import pytest
 
 from p2pmarket.api.control import ControlClient, ControlError
 from p2pmarket.api.server import Site, control_app, jsonable, load_or_create_token
-from p2pmarket.config import DataDir
-from p2pmarket.errors import P2PMarketError, RemoteError
+from p2pmarket.core.config import DataDir
+from p2pmarket.core.errors import P2PMarketError, RemoteError
 
 
 class State:

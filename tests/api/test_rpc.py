@@ -9,9 +9,9 @@ import pytest
 from p2pmarket.api.client import PeerClient, PeerUnreachable
 from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_reply
 from p2pmarket.api.server import Site, peer_app
-from p2pmarket.errors import P2PMarketError, RemoteError
-from p2pmarket.identity import Identity
-from p2pmarket.wire import WireError, pack, seal, unpack
+from p2pmarket.core.errors import P2PMarketError, RemoteError
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import WireError, pack, seal, unpack
 
 SERVER = Identity(b"\x05" * 32)
 CALLER = Identity(b"\x06" * 32)

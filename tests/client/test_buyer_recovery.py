@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2pmarket.client.buyer import open_wallet, resume_pending
-from p2pmarket.wire import pack
+from p2pmarket.core.wire import pack
 from tests.market_helpers import local_market
 
 BIDS = {"cpu": "1,0.1,1", "memory": "1,128MiB,256MiB"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p2pmarket.audit.evidence import inconsistency_proof, verify_proof
 from p2pmarket.client.discovery import Market
 from p2pmarket.ledger.chain import Authenticator, auth_message
-from p2pmarket.ledger.evidence import inconsistency_proof, verify_proof
 from tests.market_helpers import local_market
 
 

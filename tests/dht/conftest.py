@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from dht_helpers import FakeClock, Swarm, make_genesis
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
 
 
 @pytest.fixture

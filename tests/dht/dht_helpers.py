@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from p2pmarket.config import Genesis, NotaryInfo
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode
 from p2pmarket.dht.offers import OfferEntry, make_offer_entry
 from p2pmarket.dht.records import HostRecord, ResourceAd, host_key, make_host_record
 from p2pmarket.dht.storage import wall_clock_us
-from p2pmarket.identity import Identity
 
 NOW = 1_700_000_000_000_000
 TTL = 1_500_000_000

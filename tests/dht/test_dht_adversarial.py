@@ -12,11 +12,11 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import ForgetfulStorage
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
 from p2pmarket.dht.records import host_key, key_digest, make_host_record
 from p2pmarket.dht.routing import DhtRoutingTable, PrefixPolicy
-from p2pmarket.identity import Identity
 
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 

@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
-from p2pmarket.identity import Identity
 
 N = 200
 PUBLISHERS = 30

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dht_helpers import Swarm
 
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
-from p2pmarket.identity import Identity
 
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 

@@ -1,6 +1,6 @@
 """``evidence/<node id>`` records: proofs of misbehaviour anyone may add, kept only when
 they verify (DESIGN.md sections 3 and 5). Proofs are built with the real builders of
-:mod:`p2pmarket.ledger.evidence`: inconsistency proofs (two signed authenticators for
+:mod:`p2pmarket.audit.evidence`: inconsistency proofs (two signed authenticators for
 one seq, ~300 bytes, stored inline) and non-conformance proofs over a padded audit log
 (~9 KB, stored as ``{sha256, size, url}`` and fetched over HTTP)."""
 
@@ -15,6 +15,14 @@ from aiohttp import web
 from dht_helpers import NOW, FakeClock, Swarm, make_genesis, serve, wait_for
 from kademlia.node import Node
 
+from p2pmarket.auction.hostconfig import HostConfig
+from p2pmarket.auction.machine import new_state
+from p2pmarket.auction.snapshot import snapshot
+from p2pmarket.audit.evidence import inconsistency_proof, nonconformance_proof, verify_proof
+from p2pmarket.audit.log import AuditLog
+from p2pmarket.audit.replay import replay
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import pack, unpack
 from p2pmarket.dht import DhtNode
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_TTL_US,
@@ -29,15 +37,7 @@ from p2pmarket.dht.evidence_records import (
 from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
 from p2pmarket.dht.records import MAX_VALUE_BYTES, DhtError, evidence_key, key_digest
 from p2pmarket.dht.storage import RecordStorage, parse_record
-from p2pmarket.host.hostconfig import HostConfig
-from p2pmarket.host.machine import new_state
-from p2pmarket.host.snapshot import snapshot
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.auditlog import AuditLog
 from p2pmarket.ledger.chain import Authenticator, auth_message
-from p2pmarket.ledger.evidence import inconsistency_proof, nonconformance_proof, verify_proof
-from p2pmarket.ledger.replay import replay
-from p2pmarket.wire import pack, unpack
 
 HOST = Identity(b"\x5e" * 32)
 OTHER = Identity(b"\x6f" * 32)

@@ -8,11 +8,11 @@ import time
 import pytest
 from dht_helpers import NOW, FakeClock, Swarm, wait_for
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity, meets_puzzle
+from p2pmarket.core.wire import seal
 from p2pmarket.dht import DhtError, DhtNode, ResourceAd
 from p2pmarket.dht.records import host_key, key_digest, make_host_record
-from p2pmarket.identity import Identity, meets_puzzle
-from p2pmarket.wire import seal
 
 N = 20
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}

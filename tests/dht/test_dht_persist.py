@@ -7,10 +7,10 @@ from pathlib import Path
 
 from dht_helpers import FakeClock, Swarm, wait_for
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
 from p2pmarket.dht.persist import DhtState
-from p2pmarket.identity import Identity
 
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import Envelope, pack, seal, unpack
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
     OfferEntry,
@@ -25,8 +27,6 @@ from p2pmarket.dht.records import (
     offers_key,
 )
 from p2pmarket.dht.storage import parse_record
-from p2pmarket.identity import Identity
-from p2pmarket.wire import Envelope, pack, seal, unpack
 
 
 def test_host_record_round_trip() -> None:

@@ -21,13 +21,13 @@ from kademlia.storage import ForgetfulStorage
 from kademlia.utils import digest
 from rpcudp.exceptions import MalformedMessage
 
-from p2pmarket.config import Genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
 from p2pmarket.dht.gateway import fetch_document, gateway_routes
 from p2pmarket.dht.records import DhtError, host_key, key_digest
 from p2pmarket.dht.routing import UNCAPPED, DhtRoutingTable, RttTable
 from p2pmarket.dht.storage import RecordStorage
-from p2pmarket.identity import Identity
 
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dht_helpers import ALICE, MALLORY, NOW, TTL, FakeClock, host, host_body, offer
 
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import seal
 from p2pmarket.dht.offers import pack_offer_set, parse_offer_set
 from p2pmarket.dht.records import MAX_VALUE_BYTES, host_key, key_digest
 from p2pmarket.dht.storage import RecordStorage
-from p2pmarket.identity import Identity
-from p2pmarket.wire import seal
 
 ALICE_KEY = key_digest(host_key(ALICE.node_id))
 CPU_KEY = key_digest("offers/cpu")
@@ -109,7 +109,7 @@ def test_offer_sets_merge_and_expire_per_entry() -> None:
     forged = seal(MALLORY, "dht.offer", {
         "key": "offers/cpu", "node_id": carol.node_id, "url": "http://evil", "type": "cpu",
         "capacity": 10**9, "price": 1, "expires": clock.now + TTL}, ts=clock.now + 5)
-    from p2pmarket.wire import pack
+    from p2pmarket.core.wire import pack
     value = pack({"kind": "dht.offers", "key": "offers/cpu",
                   "entries": [c1.value, forged.encode()]})
     assert st.put_reason(CPU_KEY, value) == "forged"

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pmarket.host.allocator import (
+from p2pmarket.auction.allocator import (
     DEFAULT_LONG_INTERVAL_US,
     AccountState,
     AllocationInput,

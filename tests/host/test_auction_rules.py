@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_auctioneer import ALICE, BOB, GIB, Host, Make, S, cert, ctx, make_host, snapshot
 
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.host import HostError
-from p2pmarket.host.accounts import AccountStore
+from p2pmarket.auction import HostError
+from p2pmarket.auction.lease import verify_lease
+from p2pmarket.audit.log import AuditEntry, verify_segment
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.control import control_handlers
-from p2pmarket.host.lease import verify_lease
-from p2pmarket.ledger.auditlog import AuditEntry, verify_segment
 from p2pmarket.ledger.chain import Authenticator
 
 __all__ = ["make_host"]   # the fixture, used by name

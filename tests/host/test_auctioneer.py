@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 
 from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_reply
-from p2pmarket.config import Settings
-from p2pmarket.errors import P2PMarketError, RemoteError
-from p2pmarket.host import HostError
-from p2pmarket.host.accounts import AccountStore, Payment
+from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import Payment
+from p2pmarket.auction.lease import verify_lease
+from p2pmarket.core.config import Settings
+from p2pmarket.core.errors import P2PMarketError, RemoteError
+from p2pmarket.core.identity import Identity
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
-from p2pmarket.host.lease import verify_lease
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity
 
 S = 1_000_000
 GIB = 1024 * 1024  # KiB

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from p2pmarket.host import HostError
-from p2pmarket.host.lease import Lease, ResourceTerm, sign_lease, verify_lease
-from p2pmarket.identity import Identity
-from p2pmarket.wire import Envelope, seal
+from p2pmarket.auction import HostError
+from p2pmarket.auction.lease import Lease, ResourceTerm, sign_lease, verify_lease
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import Envelope, seal
 
 HOST = Identity(bytes(range(32)))
 BUYER = Identity(bytes(32))

@@ -22,11 +22,11 @@ import libvirt
 import pytest
 from test_auctioneer import ALICE, BOB, Clock, FakeBank, cert, ctx
 
-from p2pmarket.config import Settings
-from p2pmarket.host.accounts import AccountStore
+from p2pmarket.core.config import Settings
+from p2pmarket.core.identity import Identity
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity
 
 pytestmark = pytest.mark.slow
 URI = "qemu:///system"

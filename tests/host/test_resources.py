@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from p2pmarket.host import HostError
-from p2pmarket.host.allocator import Bid
-from p2pmarket.host.resources import (
+from p2pmarket.auction import HostError
+from p2pmarket.auction.allocator import Bid
+from p2pmarket.auction.resources import (
     PPM,
     BidSpec,
     Quantity,

@@ -11,15 +11,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from test_auctioneer import ALICE, BOB, GIB, Clock, FakeBank, ctx
 
-from p2pmarket.config import Settings
-from p2pmarket.host.accounts import AccountStore
+from p2pmarket.core.config import Settings
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import seal
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.control import AUTH_HEADER, control_handlers, upload_route
 from p2pmarket.host.upload import UPLOAD_KIND
 from p2pmarket.host.vmm.base import VolumeInfo
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity
-from p2pmarket.wire import seal
 
 
 class StreamingVMM(LibvirtVMM):

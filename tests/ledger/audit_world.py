@@ -9,20 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_reply
-from p2pmarket.config import Settings
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.host.accounts import AccountStore, Payment
+from p2pmarket.auction.accounts import Payment
+from p2pmarket.auction.snapshot import state_digest
+from p2pmarket.auction.steps import step
+from p2pmarket.audit.evidence import EvidenceStore
+from p2pmarket.audit.log import AuditEntry, AuditLog, sign_entry
+from p2pmarket.audit.witness import Peer, WitnessService, push_to_witnesses
+from p2pmarket.audit.witnessstore import WitnessStore
+from p2pmarket.core.config import Settings
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity, node_id_of
+from p2pmarket.core.wire import pack, seal, unpack
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
-from p2pmarket.host.snapshot import state_digest
-from p2pmarket.host.steps import step
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity, node_id_of
-from p2pmarket.ledger.auditlog import AuditEntry, AuditLog, sign_entry
 from p2pmarket.ledger.chain import Authenticator
-from p2pmarket.ledger.evidence import EvidenceStore
-from p2pmarket.ledger.witness import Peer, WitnessService, push_to_witnesses
-from p2pmarket.ledger.witnessstore import WitnessStore
-from p2pmarket.wire import pack, seal, unpack
 
 S = 1_000_000
 GIB = 1024 * 1024

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from audit_world import World
 
-from p2pmarket.config import Genesis, NotaryInfo
-from p2pmarket.identity import Identity
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, notary_sign
 from p2pmarket.ledger.chain import (
     MINT,
@@ -23,7 +23,7 @@ from p2pmarket.ledger.chain import (
     next_entry,
     recv_body,
 )
-from p2pmarket.ledger.local import LocalCommittee
+from tests.support.local_committee import LocalCommittee
 
 
 @dataclass

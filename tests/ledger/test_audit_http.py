@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from p2pmarket.api.client import PeerClient
 from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.api.server import Site, peer_app
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.evidence import EvidenceStore, verify_proof
-from p2pmarket.ledger.witness import EXPOSED, TRUSTED, Peer, WitnessService, push_to_witnesses
+from p2pmarket.audit.evidence import EvidenceStore, verify_proof
+from p2pmarket.audit.witness import EXPOSED, TRUSTED, Peer, WitnessService, push_to_witnesses
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity
 
 ALICE = Identity.generate()
 
@@ -129,13 +129,13 @@ async def _run(world: World, h: Any, buyers: list[Identity], accounts: dict[int,
 
 
 async def test_cli_helpers(tmp_path: Path) -> None:
-    from p2pmarket.ledger.auditcli import (
+    from p2pmarket.audit.evidence import EvidenceError
+    from p2pmarket.cli.audit import (
         control_handlers,
         proof_lines,
         status_lines,
         verify_file,
     )
-    from p2pmarket.ledger.evidence import EvidenceError
 
     world = World(tmp_path)
     w = world.witness()

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from audit_world import BIDS, World
 
-from p2pmarket.host.accounts import Payment
-from p2pmarket.identity import Identity
+from p2pmarket.auction.accounts import Payment
+from p2pmarket.audit.evidence import verify_proof
+from p2pmarket.audit.replay import payment_mismatch, replay
+from p2pmarket.audit.witness import EXPOSED, TRUSTED
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate
-from p2pmarket.ledger.evidence import verify_proof
-from p2pmarket.ledger.replay import payment_mismatch, replay
-from p2pmarket.ledger.witness import EXPOSED, TRUSTED
 
 ALICE = Identity.generate()
 

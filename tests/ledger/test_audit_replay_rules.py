@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 from audit_world import BIDS, GIB, FakeBank, S, World, cert, open_two, signed_ctx
 
-from p2pmarket.config import Settings
-from p2pmarket.host import HostError
-from p2pmarket.host.accounts import AccountStore
+from p2pmarket.auction import HostError
+from p2pmarket.auction.seen import MEMORY, WINDOW_US, pruned, recorded, refusal
+from p2pmarket.auction.snapshot import from_snapshot, snapshot, state_digest
+from p2pmarket.audit.log import AuditEntry, AuditLog
+from p2pmarket.audit.replay import replay
+from p2pmarket.core.config import Settings
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import unpack
+from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
-from p2pmarket.host.seen import MEMORY, WINDOW_US, pruned, recorded, refusal
-from p2pmarket.host.snapshot import from_snapshot, snapshot, state_digest
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.auditlog import AuditEntry, AuditLog
 from p2pmarket.ledger.chain import ZERO_HASH
-from p2pmarket.ledger.replay import replay
-from p2pmarket.wire import unpack
 
 ALICE, BOB = Identity.generate(), Identity.generate()
 

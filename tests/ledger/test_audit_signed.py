@@ -12,12 +12,12 @@ import pytest
 from audit_world import World, cert, open_two, signed_ctx
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.host.steps import RPCS
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.evidence import EvidenceError, verify_proof
-from p2pmarket.ledger.replay import replay
-from p2pmarket.ledger.witness import EXPOSED, TRUSTED
-from p2pmarket.wire import Envelope, pack, unpack
+from p2pmarket.auction.steps import RPCS
+from p2pmarket.audit.evidence import EvidenceError, verify_proof
+from p2pmarket.audit.replay import replay
+from p2pmarket.audit.witness import EXPOSED, TRUSTED
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import Envelope, pack, unpack
 
 ALICE, BOB, MALLORY = Identity.generate(), Identity.generate(), Identity.generate()
 

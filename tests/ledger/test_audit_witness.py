@@ -18,17 +18,17 @@ from audit_world import (
     serve_two_logs,
 )
 
-from p2pmarket.errors import RemoteError
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.evidence import (
+from p2pmarket.audit.evidence import (
     EvidenceError,
     EvidenceStore,
     inconsistency_proof,
     verify_proof,
 )
-from p2pmarket.ledger.replay import replay
-from p2pmarket.ledger.witness import EXPOSED, SUSPECTED, TRUSTED
-from p2pmarket.wire import pack, seal, unpack
+from p2pmarket.audit.replay import replay
+from p2pmarket.audit.witness import EXPOSED, SUSPECTED, TRUSTED
+from p2pmarket.core.errors import RemoteError
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import pack, seal, unpack
 
 ALICE, BOB = Identity.generate(), Identity.generate()
 
@@ -243,16 +243,16 @@ async def test_conflicting_pushes_are_a_proof(world: World) -> None:
 async def test_host_restart_replays_what_the_store_missed(world: World) -> None:
     """The log is the write-ahead log: a crash after the log append but before the
     store commit is repaired on restart by replaying the log."""
-    from p2pmarket.host.accounts import AccountStore
+    from p2pmarket.audit.log import AuditLog
+    from p2pmarket.host.accountstore import AccountStore
     from p2pmarket.host.auctioneer import Auctioneer
-    from p2pmarket.ledger.auditlog import AuditLog
 
     ident = Identity.generate()
     path = world.tmp / "crash.sqlite"
     audit = AuditLog(world.tmp / "audit.sqlite", ident)
     from audit_world import GIB, FakeBank
 
-    from p2pmarket.config import Settings
+    from p2pmarket.core.config import Settings
     from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
     settings = Settings(cpu_mhz=4000, memory_kib=4 * GIB, min_price=1)
     vmm = LibvirtVMM("test:///default", prefix="p2pm-crash-")

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.errors import P2PMarketError
-from p2pmarket.identity import Identity, node_id_of
+from p2pmarket.audit.evidence import EvidenceStore, inconsistency_proof
+from p2pmarket.audit.witnessing import EvidenceScreen
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.ledger.chain import Authenticator, auth_message
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.evidence import EvidenceStore, inconsistency_proof
 from p2pmarket.ledger.notary import NotaryService
-from p2pmarket.witnessing import EvidenceScreen
 
 CHEAT, HONEST = Identity.generate(), Identity.generate()
 CTX = CallContext(Identity.generate().public_key, 0)

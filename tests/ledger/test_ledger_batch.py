@@ -8,13 +8,13 @@ import pytest
 from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
 from p2pmarket.ledger.chain import CHECKPOINT, Authenticator, Entry
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.notary import Item, NotaryService
 from p2pmarket.ledger.supply import audit_chains, summarize
+from tests.support.local_committee import LocalCommittee
 
 CTX = CallContext(sender=bytes(32), ts=0)
 

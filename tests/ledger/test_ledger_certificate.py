@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import pack, unpack
 from p2pmarket.ledger.certificate import (
     MAX_NOTARY_SIGS,
     Certificate,
@@ -16,7 +17,6 @@ from p2pmarket.ledger.certificate import (
 )
 from p2pmarket.ledger.chain import Entry
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.wire import pack, unpack
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import digest, pack, unpack
 from p2pmarket.ledger.certificate import check_receipt
 from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
@@ -22,7 +23,6 @@ from p2pmarket.ledger.chain import (
     verify_chain,
 )
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.wire import digest, pack, unpack
 
 OWNER = bytes(range(32))
 OTHER = bytes(range(1, 33))

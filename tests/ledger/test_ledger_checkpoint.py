@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import pack
 from p2pmarket.ledger.certificate import Certificate, committee_quorum
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
@@ -28,7 +29,6 @@ from p2pmarket.ledger.chain import (
     verify_segment,
 )
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.wire import pack
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -158,7 +158,7 @@ def test_equivocation_proof(net: Any, chain_of: Any) -> None:
 @pytest.mark.parametrize("n,f,quorum", [(1, 0, 1), (4, 1, 3), (7, 2, 5), (5, 1, 4),
                                         (4, 0, 3), (3, 0, 2)])
 def test_committee_quorum_makes_quorums_intersect(n: int, f: int, quorum: int) -> None:
-    from p2pmarket.config import Genesis, NotaryInfo
+    from p2pmarket.core.genesis import Genesis, NotaryInfo
 
     genesis = Genesis(network="q", mint_key=KEY, f=f,
                       notaries=tuple(NotaryInfo(bytes([i]) * 32, "x") for i in range(n)))

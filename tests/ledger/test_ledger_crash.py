@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from p2pmarket.config import NotaryInfo
-from p2pmarket.identity import Identity
+from p2pmarket.core.genesis import NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import SEND, Authenticator, Entry
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee, NotaryUnreachable
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.supply import audit_chains
 from p2pmarket.ledger.wallet import Wallet
+from tests.support.local_committee import LocalCommittee, NotaryUnreachable
 
 KILL_POINTS = 50
 

@@ -15,13 +15,13 @@ from ledger_helpers import core, dump
 from p2pmarket.api.client import PeerClient
 from p2pmarket.api.rpc import RpcDispatcher, make_request, now_us, open_reply
 from p2pmarket.api.server import Site, peer_app
-from p2pmarket.config import Genesis, NotaryInfo
-from p2pmarket.errors import P2PMarketError, RemoteError
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.local import LocalCommittee
+from p2pmarket.core.errors import P2PMarketError, RemoteError
+from p2pmarket.core.genesis import Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from tests.support.local_committee import LocalCommittee
 
 
 @dataclass

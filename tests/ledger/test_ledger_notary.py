@@ -9,7 +9,7 @@ import pytest
 from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
 from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
@@ -20,8 +20,8 @@ from p2pmarket.ledger.chain import (
     recv_body,
 )
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.notary import NotaryService
+from tests.support.local_committee import LocalCommittee
 
 CTX = CallContext(sender=bytes(32), ts=0)
 

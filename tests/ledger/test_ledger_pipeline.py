@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from ledger_helpers import core
 
-from p2pmarket.config import NotaryInfo
-from p2pmarket.identity import Identity
+from p2pmarket.core.genesis import NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import verify_certificate
 from p2pmarket.ledger.chain import CHECKPOINT, MINT, SEND
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee, LocalTransport
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
+from tests.support.local_committee import LocalCommittee, LocalTransport
 
 
 class CountingTransport:

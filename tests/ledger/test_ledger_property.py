@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ledger_helpers import core
 
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
+from tests.support.local_committee import LocalCommittee
 
 WALLETS = 4  # wallet 0 holds the mint key
 

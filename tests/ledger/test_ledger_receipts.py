@@ -10,14 +10,14 @@ import pytest
 from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import RECV, Authenticator, Entry, recv_body
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.notary import Item, NotaryService
 from p2pmarket.ledger.store import KEEP_EVERY, ChainStore
 from p2pmarket.ledger.wallet import Wallet
+from tests.support.local_committee import LocalCommittee
 
 CTX = CallContext(sender=bytes(32), ts=0)
 

@@ -1,6 +1,6 @@
 """Real processes killed with SIGKILL: notaries mid-certification, a payer mid-transfer.
 
-Notaries are :mod:`p2pmarket.ledger.serve` processes on 127.0.0.1
+Notaries are :mod:`tests.support.notary_server` processes on 127.0.0.1
 (:class:`NotaryCluster`); every process started here is ended by its pid.
 """
 
@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 
 from p2pmarket.api.client import PeerClient
-from p2pmarket.config import Genesis
-from p2pmarket.identity import Identity
+from p2pmarket.core.config import save_genesis
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.keyfile import save_key
 from p2pmarket.ledger.certificate import notary_sig_valid
 from p2pmarket.ledger.chain import SEND, Authenticator, Entry
-from p2pmarket.ledger.cluster import NotaryCluster
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.supply import audit_chains, network_supply
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from tests.support.notary_cluster import NotaryCluster
 
 pytestmark = pytest.mark.slow
 
@@ -221,15 +223,17 @@ PAYER = """
 import asyncio, sys
 from pathlib import Path
 from p2pmarket.api.client import PeerClient
-from p2pmarket.config import Genesis
-from p2pmarket.identity import Identity
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.core.keyfile import load_key
+from p2pmarket.core.config import load_genesis
 
 async def main():
     root = Path(sys.argv[1])
-    ident = Identity.load(root / "payer.key")
-    genesis = Genesis.load(root / "genesis.json")
+    ident = load_key(root / "payer.key")
+    genesis = load_genesis(root / "genesis.json")
     async with PeerClient(ident, timeout_s=5) as client:
         w = Wallet(ident, ChainStore(root / "payer.sqlite"), genesis, PeerTransport(client))
         await w.resume()
@@ -246,12 +250,12 @@ asyncio.run(main())
 async def test_payer_process_sigkilled_between_steps(tmp_path: Path, cluster: NotaryCluster,
                                                      wallets: list[Wallets]) -> None:
     genesis = cluster.start_all()
-    genesis.save(tmp_path / "genesis.json")
+    save_genesis(genesis, tmp_path / "genesis.json")
     ws = Wallets(tmp_path, genesis)
     wallets.append(ws)
     mint = ws.open("mint", cluster.mint)
     payer_ident = Identity.generate()
-    payer_ident.save(tmp_path / "payer.key")
+    save_key(payer_ident, tmp_path / "payer.key")
     payee = ws.open("payee", Identity.generate())
     first = ws.open("payer", payer_ident)
     await first.receive(await mint.mint_to(payer_ident.public_key, 100_000))

@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.supply import audit_chains
 from p2pmarket.ledger.wallet import Wallet
+from tests.support.local_committee import LocalCommittee
 
 WALLETS = 4  # wallet 0 holds the mint key
 who = st.integers(0, WALLETS - 1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from p2pmarket.identity import Identity
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.chain import RECV, SEND, Authenticator, Entry, verify_chain
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.store import ChainStore
@@ -153,8 +153,8 @@ def test_several_owners_and_received(tmp_path: Path, net: Any, chain_of: Any) ->
 
 def test_chains_in_the_first_layout_are_migrated(tmp_path: Path, net: Any,
                                                  chain_of: Any) -> None:
-    from p2pmarket.files import open_db
-    from p2pmarket.wire import pack
+    from p2pmarket.core.files import open_db
+    from p2pmarket.core.wire import pack
 
     c = chain_of(net.mint)
     c.open()

@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 from ledger_helpers import core
 
-from p2pmarket.config import NotaryInfo
-from p2pmarket.errors import RemoteError
-from p2pmarket.identity import Identity
+from p2pmarket.core.errors import RemoteError
+from p2pmarket.core.genesis import NotaryInfo
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import MINT, OPEN, RECV, SEND
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.local import LocalCommittee, LocalTransport
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import NotaryTransport, Wallet
+from tests.support.local_committee import LocalCommittee, LocalTransport
 
 
 def make_wallet(c: LocalCommittee, path: Path, ident: Identity | None = None,

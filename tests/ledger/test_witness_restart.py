@@ -10,11 +10,11 @@ from typing import Any
 
 from audit_world import S, WitnessNode, World, cert, open_two, rewritten
 
-from p2pmarket.identity import Identity
-from p2pmarket.ledger.evidence import EvidenceStore, verify_proof
-from p2pmarket.ledger.witness import EXPOSED, SUSPECTED, TRUSTED
-from p2pmarket.ledger.witnessstore import WitnessStore
-from p2pmarket.wire import pack
+from p2pmarket.audit.evidence import EvidenceStore, verify_proof
+from p2pmarket.audit.witness import EXPOSED, SUSPECTED, TRUSTED
+from p2pmarket.audit.witnessstore import WitnessStore
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.wire import pack
 
 ALICE, BOB = Identity.generate(), Identity.generate()
 

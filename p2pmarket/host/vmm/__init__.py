@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from p2pmarket.host.vmm.base import VMM, DomainSpec, VmInfo, VmmError, VolumeInfo
+from p2pmarket.auction.enforce import DomainSpec
+from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError, VolumeInfo
 
 __all__ = ["VMM", "DomainSpec", "VmInfo", "VmmError", "VolumeInfo"]

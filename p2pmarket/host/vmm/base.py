@@ -19,23 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pmarket.host import HostError
+from p2pmarket.auction import HostError
+from p2pmarket.auction.enforce import DomainSpec
 
 
 class VmmError(HostError):
     """The hypervisor refused or failed an operation."""
-
-
-@dataclass(frozen=True)
-class DomainSpec:
-    vcpus: int
-    memory_kib: int
-    cpu_weight: int
-    max_memory_kib: int = 0
-    blkio_weight: int | None = None
-    net_in_kib_s: int | None = None
-    net_out_kib_s: int | None = None
-    disk_kib: int | None = None
 
 
 @dataclass(frozen=True)

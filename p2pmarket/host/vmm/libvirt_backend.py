@@ -45,7 +45,8 @@ from typing import Any
 
 import libvirt
 
-from p2pmarket.host.vmm.base import VMM, DomainSpec, VmInfo, VmmError, VolumeInfo
+from p2pmarket.auction.enforce import DomainSpec
+from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError, VolumeInfo
 
 META_URI = "https://p2pmarket.invalid/host"
 META_KEY = "p2pmarket"

@@ -1,0 +1,87 @@
+"""The records of a host's books (pure): an account (the buyer's money and bids at
+one host), a payment that funded one, and a refund owed back to a holder.
+
+An account holds its holder's public key, expected-value fund and contingency
+fund (micro-credits), contingency ratio (ppm), interval end (µs), state
+(``active``, ``expired``: shut down and reset with a long interval, ``closed``),
+standing bids per resource (:class:`BidTerm`, fractions kept as fractions), the
+last allocation and the last signed lease. :mod:`p2pmarket.host.accountstore`
+keeps them in sqlite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pmarket.auction.resources import BidTerm
+from p2pmarket.core.wire import pack
+
+ACTIVE, EXPIRED, CLOSED = "active", "expired", "closed"
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    holder: bytes
+    fund: int
+    interval_end_us: int
+    created_us: int
+    bids: Mapping[str, BidTerm] = field(default_factory=dict)
+    allocation: Mapping[str, int] = field(default_factory=dict)
+    lease: Mapping[str, Any] | None = None   # the lease envelope's wire form
+    contingency: int = 0
+    contingency_ppm: int = 0
+    state: str = ACTIVE
+
+    @property
+    def money(self) -> int:
+        return self.fund + self.contingency
+
+    def persistent(self) -> tuple[Any, ...]:
+        """What must be written when it changes (the allocation is derived state)."""
+        return (self.holder, self.fund, self.interval_end_us, self.created_us,
+                tuple(sorted((k, t.to_wire().__repr__()) for k, t in self.bids.items())),
+                None if self.lease is None else pack(dict(self.lease)), self.contingency,
+                self.contingency_ppm, self.state)
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A verified payment to this host: its unique id (e.g. the SEND entry's hash) and
+    amount. The store records which account each payment funded, in the same
+    transaction as the account itself, so a payment funds exactly one account once and
+    a retry after a crash finds out what happened to it."""
+
+    payment_id: bytes
+    amount: int
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Money owed back to an account's holder: recorded (``pending``) in the same
+    transaction that takes it out of the account, ``done`` once the transfer is made."""
+
+    refund_id: str
+    account_id: str
+    holder: bytes
+    amount: int
+    memo: str
+    status: str = "pending"
+    result: Mapping[str, Any] | None = None
+    created_us: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"refund_id": self.refund_id, "account_id": self.account_id,
+                "amount": self.amount, "memo": self.memo, "status": self.status,
+                "payment": None if self.result is None else dict(self.result)}
+
+
+def terms_to_doc(bids: Mapping[str, BidTerm]) -> dict[str, list[int | str]]:
+    """``{res: [weight_ppm, min, max]}``: ints are absolute, decimal strings fractions."""
+    return {res: t.to_wire() for res, t in sorted(bids.items())}
+
+
+def terms_from_doc(doc: Any) -> dict[str, BidTerm]:
+    return {str(res): BidTerm.from_wire(str(res), v) for res, v in doc.items()}

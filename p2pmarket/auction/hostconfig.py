@@ -1,0 +1,120 @@
+"""The host owner's settings: capacities, minimum prices and unique resources offered.
+
+Persisted in the account store's ``settings`` table (``set-capacity`` and
+``set-min-price`` survive restarts); defaults come from the node's
+:class:`p2pmarket.core.config.Settings` (``cpu_mhz``, ``memory_kib``, ``min_price``).
+Disk, net_in and net_out are offered once the owner sets a capacity for them.
+Minimum prices are micro-credits per second: for a divisible resource the root
+account's bid (seed 6/13), for a unique identifier its reserve price.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from p2pmarket.auction import HostError
+from p2pmarket.auction.resources import DIVISIBLE, UNIQUE, parse_quantity, resource_type
+from p2pmarket.auction.unique import UniqueKeyError, canonical_key, parse_key
+
+US_PER_S = 1_000_000
+MAX_PRICE = 2**40
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    capacities: dict[str, int] = field(default_factory=dict)
+    min_prices: dict[str, int] = field(default_factory=dict)
+    unique: dict[str, int] = field(default_factory=dict)      # key or range -> reserve/s
+
+    @classmethod
+    def defaults(cls, cpu_mhz: int, memory_kib: int, min_price: int) -> HostConfig:
+        """A host offering ``cpu_mhz`` and ``memory_kib`` at ``min_price`` per unit·s."""
+        caps = {r: 0 for r in DIVISIBLE}
+        caps.update(cpu=cpu_mhz, memory=memory_kib)
+        return cls(caps, {r: max(1, min_price) for r in DIVISIBLE}, {})
+
+    def updated(self, saved: Mapping[str, Any]) -> HostConfig:
+        """These defaults overridden by the saved settings ``capacities``, ``min_prices``
+        and ``unique`` (each a map, as :meth:`to_saved` gives them)."""
+        caps = {**self.capacities, **{str(k): int(v) for k, v in
+                                      dict(saved.get("capacities", {})).items()}}
+        prices = {**self.min_prices, **{str(k): int(v) for k, v in
+                                        dict(saved.get("min_prices", {})).items()}}
+        unique = {str(k): int(v) for k, v in dict(saved.get("unique", {})).items()}
+        return HostConfig(caps, prices, unique)
+
+    def root_bids(self, tick_us: int) -> dict[str, int]:
+        """The root account's bid per tick on each offered divisible resource."""
+        return {r: max(1, self.min_prices.get(r, 1) * tick_us // US_PER_S)
+                for r, c in self.capacities.items() if c > 0}
+
+    def reserves(self, tick_us: int) -> dict[str, int]:
+        """Reserve price per tick of each offered unique key or range."""
+        return {k: -(-p * tick_us // US_PER_S) for k, p in self.unique.items()}
+
+    def offered(self) -> list[str]:
+        return sorted([r for r, c in self.capacities.items() if c > 0] + list(self.unique))
+
+    def with_capacity(self, resource: str, amount: Any) -> HostConfig:
+        """``("disk", "100GiB")``, ``("cpu", 8000)``; ``("tcp_port", "30000-30099")``
+        offers identifiers (``amount`` ``"0"``/None withdraws them)."""
+        res, _, ident = str(resource).partition(",")
+        kind = resource_type(res)
+        if kind in UNIQUE:
+            ids = ident or (str(amount) if amount not in (None, "", 0, "0") else "")
+            if not ids:
+                raise HostError("give the identifiers to offer, e.g. tcp_port 30000-30099",
+                                resource)
+            try:
+                key = canonical_key(f"{kind},{ids}")
+                parse_key(key)
+            except UniqueKeyError as exc:
+                raise HostError(str(exc), ids[:40]) from None
+            unique = dict(self.unique)
+            if ident and amount in ("0", 0, None):
+                unique.pop(key, None)
+            else:
+                unique[key] = unique.get(key, self.min_prices.get(kind, 1))
+            return replace(self, unique=unique)
+        if isinstance(amount, bool):
+            raise HostError("capacity must be an amount", repr(amount))
+        if isinstance(amount, int):
+            value = amount
+        elif isinstance(amount, str):
+            q = parse_quantity(kind, amount)
+            if q.fraction:
+                raise HostError("a capacity needs a unit (or an integer in base units)",
+                                amount[:40])
+            value = q.value
+        else:
+            raise HostError("capacity must be an amount", repr(amount)[:40])
+        if value < 0:
+            raise HostError("capacity must not be negative", value)
+        return replace(self, capacities={**self.capacities, kind: value})
+
+    def with_min_price(self, resource: str, price: Any) -> HostConfig:
+        """Minimum price in micro-credits per second (an integer)."""
+        if isinstance(price, str) and price.strip().isdigit():
+            price = int(price.strip())
+        if isinstance(price, bool) or not isinstance(price, int) or not 0 < price <= MAX_PRICE:
+            raise HostError(f"min price must be an integer from 1 to {MAX_PRICE} "
+                            "micro-credits per second", repr(price)[:40])
+        res, _, ident = str(resource).partition(",")
+        kind = resource_type(res)
+        if ident:
+            key = canonical_key(f"{kind},{ident}") if kind in UNIQUE else ""
+            if key not in self.unique:
+                raise HostError(f"{resource} is not offered", resource)
+            return replace(self, unique={**self.unique, key: price})
+        if kind in UNIQUE:   # every offered identifier of that type
+            return replace(self, min_prices={**self.min_prices, kind: price},
+                           unique={k: (price if k.startswith(kind + ",") else v)
+                                   for k, v in self.unique.items()})
+        return replace(self, min_prices={**self.min_prices, kind: price})
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"capacities": dict(sorted(self.capacities.items())),
+                "min_prices": dict(sorted(self.min_prices.items())),
+                "unique": dict(sorted(self.unique.items()))}

@@ -1,0 +1,168 @@
+"""The auctioneer's state as a plain map and as one digest (DESIGN.md section 5).
+
+- :func:`snapshot` gives the state as a plain map: the body of the ``in.genesis``
+  entry that starts every host log, and the starting point of a proof of
+  non-conformance. :func:`from_snapshot` reads it back, checking the payment and
+  refund records against their hash chains.
+- :func:`state_digest` is SHA-256 over the settings, the accounts (see
+  :func:`accounts_digest`), the disk usage, two running hashes (payments and
+  refunds are append-only, so each is a hash chain: ``h' = H(h || pack(record))``)
+  and the digest of the request record. ``out.tick`` and ``out.settings`` entries
+  carry it: the host commits to its whole state there.
+
+A snapshot may leave the payment or refund records out (``None``) when a proof does
+not need them; the digest still covers them through the chains. Pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import Account, Refund
+from p2pmarket.auction.hostconfig import HostConfig
+from p2pmarket.auction.machine import (
+    SNAPSHOT_VERSION,
+    ZERO,
+    HostState,
+    plain_digest,
+    refund_row,
+)
+from p2pmarket.auction.resources import BidTerm
+from p2pmarket.auction.seen import from_rows, to_rows
+from p2pmarket.core.wire import pack_plain as _p
+
+
+def _h(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def account_row(a: Account, leased: bytes | None) -> list[Any]:
+    return [a.account_id, a.holder, a.fund, a.contingency, a.contingency_ppm,
+            a.interval_end_us, a.created_us, a.state,
+            [[k, a.bids[k].to_wire()] for k in sorted(a.bids)],
+            [[k, a.allocation[k]] for k in sorted(a.allocation)], leased or b""]
+
+
+def _core(state: HostState, accounts_hash: bytes) -> list[Any]:
+    return [SNAPSHOT_VERSION, state.host_id, _config_rows(state.config), state.tick_us,
+            state.long_us, state.last_tick,
+            [[k, u, f] for k, (u, f) in sorted(state.usage.items())], accounts_hash,
+            state.payments_hash, state.refunds_hash, plain_digest(to_rows(state.requests))]
+
+
+def _config_rows(config: HostConfig) -> list[Any]:
+    return [[[k, v] for k, v in sorted(d.items())]
+            for d in (config.capacities, config.min_prices, config.unique)]
+
+
+def accounts_digest(state: HostState) -> bytes:
+    """SHA-256 of a msgpack stream: for each account in id order its fixed part
+    ``[account_id, holder, created_us, bids]`` (``bids`` as in :func:`account_row`; it
+    changes only on a bid, and is packed once), then one array of the accounts' other
+    parts ``[fund, contingency, contingency_ppm, interval_end_us, state, lease terms
+    digest, allocation]`` in the same order (they change every tick)."""
+    h = hashlib.sha256()
+    rows, leased, accounts = state.memo.rows, state.leased, state.accounts
+    rest = []
+    for aid in sorted(accounts):
+        a = accounts[aid]
+        hit = rows.get(aid)
+        if hit is None or hit[0] is not a.bids:
+            fixed = _p([aid, a.holder, a.created_us,
+                        [[k, a.bids[k].to_wire()] for k in sorted(a.bids)]])
+            rows[aid] = (a.bids, fixed)
+        else:
+            fixed = hit[1]
+        h.update(fixed)
+        alloc = a.allocation
+        rest.append([a.fund, a.contingency, a.contingency_ppm, a.interval_end_us, a.state,
+                     leased.get(aid, b""), [[k, alloc[k]] for k in sorted(alloc)]])
+    h.update(_p(rest))
+    return h.digest()
+
+
+def state_digest(state: HostState) -> bytes:
+    """SHA-256 committing to the whole state (see the module docstring)."""
+    return _h(_p(_core(state, accounts_digest(state))))
+
+
+def snapshot(state: HostState, payments: bool = True, refunds: bool = True
+             ) -> dict[str, Any]:
+    """The state as a plain map; ``payments``/``refunds`` False leaves those records
+    out (their chain hashes stay)."""
+    return {
+        "v": SNAPSHOT_VERSION, "host_id": state.host_id, "config": state.config.to_doc(),
+        "tick_us": state.tick_us, "long_us": state.long_us, "last_tick": state.last_tick,
+        "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())],
+        "accounts": [account_row(state.accounts[aid], state.leased.get(aid))
+                     for aid in sorted(state.accounts)],
+        "payments": None if not payments or state.payments is None else
+        [[pid, aid, amount] for pid, (aid, amount) in state.payments.items()],
+        "payments_hash": state.payments_hash,
+        "refunds": None if not refunds or state.refunds is None else
+        [refund_row(r) for r in state.refunds.values()],
+        "refunds_hash": state.refunds_hash,
+        "requests": to_rows(state.requests),
+    }
+
+
+def from_snapshot(doc: Any) -> HostState:
+    """A state from :func:`snapshot`'s map; raises :class:`HostError` if malformed or if
+    the payment or refund records do not match their hashes."""
+    try:
+        return _from_snapshot(doc)
+    except HostError:
+        raise
+    except (KeyError, TypeError, ValueError, AssertionError, AttributeError) as exc:
+        raise HostError("malformed state snapshot", type(exc).__name__) from None
+
+
+def _from_snapshot(doc: Any) -> HostState:
+    if not isinstance(doc, dict) or doc.get("v") != SNAPSHOT_VERSION:
+        raise HostError("not a state snapshot", "snapshot")
+    cfg = doc["config"]
+    config = HostConfig({str(k): int(v) for k, v in cfg["capacities"].items()},
+                        {str(k): int(v) for k, v in cfg["min_prices"].items()},
+                        {str(k): int(v) for k, v in cfg["unique"].items()})
+    accounts: dict[str, Account] = {}
+    leased: dict[str, bytes] = {}
+    for row in doc["accounts"]:
+        aid, holder, fund, cont, cppm, end, created, st, bids, alloc, lease = row
+        accounts[str(aid)] = Account(
+            account_id=str(aid), holder=bytes(holder), fund=int(fund),
+            interval_end_us=int(end), created_us=int(created),
+            bids={str(k): BidTerm.from_wire(str(k), v) for k, v in bids},
+            allocation={str(k): int(v) for k, v in alloc}, contingency=int(cont),
+            contingency_ppm=int(cppm), state=str(st))
+        if lease:
+            leased[str(aid)] = bytes(lease)
+    payments: dict[bytes, tuple[str, int]] | None = None
+    if doc["payments"] is not None:
+        payments, chain = {}, ZERO
+        for pid, aid, amount in doc["payments"]:
+            payments[bytes(pid)] = (str(aid), int(amount))
+            chain = _h(chain + _p([bytes(pid), str(aid), int(amount)]))
+        if chain != doc["payments_hash"]:
+            raise HostError("snapshot payments do not match their hash", "payments")
+    refunds: dict[str, Refund] | None = None
+    if doc["refunds"] is not None:
+        refunds, chain = {}, ZERO
+        for rid, aid, holder, amount, memo, created in doc["refunds"]:
+            r = Refund(str(rid), str(aid), bytes(holder), int(amount), str(memo),
+                       created_us=int(created))
+            refunds[r.refund_id] = r
+            chain = _h(chain + _p(refund_row(r)))
+        if chain != doc["refunds_hash"]:
+            raise HostError("snapshot refunds do not match their hash", "refunds")
+    return HostState(
+        host_id=bytes(doc["host_id"]), config=config, tick_us=int(doc["tick_us"]),
+        long_us=int(doc["long_us"]), accounts=accounts, leased=leased, payments=payments,
+        payments_hash=bytes(doc["payments_hash"]), refunds=refunds,
+        refunds_hash=bytes(doc["refunds_hash"]),
+        usage={str(k): (int(u), int(f)) for k, u, f in doc["usage"]},
+        last_tick=int(doc["last_tick"]), requests=from_rows(doc["requests"]))
+
+
+__all__ = ["account_row", "accounts_digest", "from_snapshot", "snapshot", "state_digest"]

@@ -1,0 +1,284 @@
+"""Proofs against hosts, verifiable offline by anyone (DESIGN.md section 5).
+
+A proof is the canonical msgpack of a map ``{v: 1, type, host (public key), ...}``:
+
+- ``type: "inconsistency"`` -- the host signed two different logs.
+  ``{a: [seq, hash, sig], b: [seq, hash, sig]}``: two authenticators of the host
+  for one seq with different hashes; or ``{a: [seq, hash, sig], entry: bytes,
+  sig: bytes}``: the host signed entry ``seq + 1`` (``entry``, its canonical bytes,
+  and its signature) whose ``prev`` is not ``a``'s hash. About 300 bytes.
+- ``type: "nonconformance"`` -- the host's own log shows it broke its rules.
+  ``{snapshot: map | None, entries: [bytes], sig: bytes, seq: int, rule: str}``:
+  ``entries`` are consecutive log entries (canonical bytes) ending with the
+  offending one, whose signature ``sig`` commits the host to all of them (each
+  links to the one before). Either ``entries[0]`` is the log's ``in.genesis``
+  (seq 0) and ``snapshot`` is None, or ``entries[0]`` is an ``out.tick`` /
+  ``out.settings`` entry whose body commits to the digest of ``snapshot`` (the
+  auctioneer's state there, :func:`p2pmarket.auction.snapshot.snapshot`; its payment
+  and refund records may be left out when the replay does not need them).
+  Replaying the entries through :mod:`p2pmarket.auction.steps` must reach a fault at
+  ``seq`` (for a buyer's input whose signed request is missing, not the caller's,
+  not addressed to this host or not exactly the input: rule ``unsigned input: ...``).
+  The size grows with the host's accounts (about 150 bytes an account
+  in the snapshot, plus the tick entries' per-account charges): a few KB for a
+  small host, tens of KB for a large one.
+
+:func:`verify_proof` checks one; :class:`EvidenceStore` keeps the valid ones and
+answers :meth:`EvidenceStore.is_exposed`. ``genesis`` is accepted for future
+proofs about payments; none of the current proof types needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from p2pmarket.auction.snapshot import from_snapshot
+from p2pmarket.audit.replay import ANCHORS, Replayer, decode_entry
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.files import open_db
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, verify
+from p2pmarket.core.wire import WireError, pack, unpack
+from p2pmarket.ledger.chain import HASH_SIZE, Authenticator, auth_message
+from p2pmarket.ledger.errors import LedgerError
+
+PROOF_VERSION = 1
+INCONSISTENCY = "inconsistency"
+NONCONFORMANCE = "nonconformance"
+MAX_PROOF_BYTES = 4 * 1024 * 1024
+COMPACT_PROOF_BYTES = 7 * 1024
+
+
+class EvidenceError(LedgerError):
+    """Not a valid proof (malformed, wrong host, or it proves nothing)."""
+
+
+@dataclass(frozen=True)
+class Proof:
+    host: bytes        # the host's public key
+    type: str
+    seq: int
+    rule: str
+    data: bytes        # the proof's canonical bytes
+
+    @property
+    def host_id(self) -> bytes:
+        return node_id_of(self.host)
+
+    @property
+    def proof_id(self) -> bytes:
+        return hashlib.sha256(self.data).digest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        return {"host": self.host, "host_id": self.host_id, "type": self.type,
+                "seq": self.seq, "rule": self.rule, "id": self.proof_id,
+                "bytes": len(self.data)}
+
+
+class EvidenceSink(Protocol):
+    """Where proofs go (the DHT's ``evidence/<host id>`` records)."""
+
+    async def publish(self, host_id: bytes, proof: bytes) -> None: ...
+
+
+# -- building ----------------------------------------------------------------------
+
+def _auth_doc(auth: Authenticator) -> list[Any]:
+    return [auth.seq, auth.hash, auth.sig]
+
+
+def inconsistency_proof(a: Authenticator, b: Authenticator) -> bytes:
+    """Two authenticators of one host, one seq, two hashes."""
+    return pack({"v": PROOF_VERSION, "type": INCONSISTENCY, "host": a.owner,
+                 "a": _auth_doc(a), "b": _auth_doc(b)})
+
+
+def fork_proof(a: Authenticator, next_entry: bytes, next_sig: bytes) -> bytes:
+    """The host signed entry ``a.seq + 1`` linking to another entry than ``a``'s."""
+    return pack({"v": PROOF_VERSION, "type": INCONSISTENCY, "host": a.owner,
+                 "a": _auth_doc(a), "entry": next_entry, "sig": next_sig})
+
+
+def nonconformance_proof(host: bytes, snapshot: dict[str, Any] | None, entries: list[bytes],
+                         sig: bytes, seq: int, rule: str) -> bytes:
+    return pack({"v": PROOF_VERSION, "type": NONCONFORMANCE, "host": host,
+                 "snapshot": snapshot, "entries": list(entries), "sig": sig, "seq": seq,
+                 "rule": rule})
+
+
+# -- verifying ---------------------------------------------------------------------
+
+def verify_proof(data: bytes, host: bytes | None = None, genesis: Genesis | None = None
+                 ) -> Proof:
+    """Check a proof offline; ``host`` (a public key or node id), if given, must be the
+    host it accuses. Raises :class:`EvidenceError` unless the proof is valid."""
+    try:
+        return _verify(data, host)
+    except EvidenceError:
+        raise
+    except P2PMarketError as exc:
+        raise EvidenceError(f"invalid proof: {exc.message}", exc.value) from None
+    except (KeyError, TypeError, ValueError, IndexError, AssertionError) as exc:
+        raise EvidenceError("malformed proof", type(exc).__name__) from None
+
+
+def _verify(data: bytes, want: bytes | None) -> Proof:
+    if not isinstance(data, bytes) or len(data) > MAX_PROOF_BYTES:
+        raise EvidenceError("a proof is at most 4 MiB of bytes")
+    doc = unpack(data, MAX_PROOF_BYTES)
+    if not isinstance(doc, dict) or doc.get("v") != PROOF_VERSION:
+        raise EvidenceError("not a proof", "v")
+    if pack(doc) != data:
+        raise EvidenceError("proof is not canonically encoded")
+    host = doc["host"]
+    if not isinstance(host, bytes) or len(host) != PUBLIC_KEY_SIZE:
+        raise EvidenceError("proof host must be a public key")
+    if want is not None and want not in (host, node_id_of(host)):
+        raise EvidenceError("the proof is about another host", node_id_of(host).hex())
+    if want is not None and len(want) not in (PUBLIC_KEY_SIZE, NODE_ID_SIZE):
+        raise EvidenceError("give a host key or node id")
+    if doc["type"] == INCONSISTENCY:
+        seq, rule = _check_inconsistency(host, doc)
+    elif doc["type"] == NONCONFORMANCE:
+        seq, rule = _check_nonconformance(host, doc)
+    else:
+        raise EvidenceError("unknown proof type", doc["type"])
+    return Proof(host, doc["type"], seq, rule, data)
+
+
+def _auth(host: bytes, item: Any) -> Authenticator:
+    seq, h, sig = item
+    auth = Authenticator(host, seq, h, sig)
+    if not auth.verify():
+        raise EvidenceError("an authenticator in the proof is not the host's", seq)
+    return auth
+
+
+def _check_inconsistency(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
+    a = _auth(host, doc["a"])
+    if "b" in doc:
+        if set(doc) != {"v", "type", "host", "a", "b"}:
+            raise EvidenceError("proof has the wrong fields")
+        b = _auth(host, doc["b"])
+        if a.seq != b.seq or a.hash == b.hash:
+            raise EvidenceError("the authenticators do not conflict")
+        return a.seq, f"two different entries signed for seq {a.seq}"
+    if set(doc) != {"v", "type", "host", "a", "entry", "sig"}:
+        raise EvidenceError("proof has the wrong fields")
+    entry, sig = doc["entry"], doc["sig"]
+    e = decode_entry(entry)
+    h = hashlib.sha256(entry).digest()
+    if not verify(host, auth_message(host, e["seq"], h), sig):
+        raise EvidenceError("the entry is not signed by the host")
+    if e["seq"] != a.seq + 1 or e["prev"] == a.hash or len(e["prev"]) != HASH_SIZE:
+        raise EvidenceError("the entry does not contradict the authenticator")
+    return a.seq, f"entry {e['seq']} links to another entry {a.seq} than the one signed"
+
+
+def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
+    if set(doc) != {"v", "type", "host", "snapshot", "entries", "sig", "seq", "rule"}:
+        raise EvidenceError("proof has the wrong fields")
+    entries = doc["entries"]
+    if not isinstance(entries, list) or not entries or \
+            not all(isinstance(e, bytes) for e in entries):
+        raise EvidenceError("proof entries must be a list of entry bytes")
+    last = decode_entry(entries[-1])
+    if not verify(host, auth_message(host, last["seq"], hashlib.sha256(entries[-1]).digest()),
+                  doc["sig"]):
+        raise EvidenceError("the last entry is not signed by the host")
+    first = decode_entry(entries[0])
+    if doc["snapshot"] is None:
+        if first["seq"] != 0:
+            raise EvidenceError("without a snapshot the entries start at seq 0")
+        replayer = Replayer(host=host)
+        rest = entries
+    else:
+        if first["kind"] not in ANCHORS:
+            raise EvidenceError("the entries start at an out.tick or out.settings entry")
+        replayer = Replayer(from_snapshot(doc["snapshot"]), entries[0], host)
+        if replayer.fault is not None:
+            raise EvidenceError(replayer.fault.rule)
+        rest = entries[1:]
+    fault = None
+    try:
+        for raw in rest:
+            fault = replayer.take(raw)
+            if fault is not None:
+                break
+    except WireError as exc:
+        raise EvidenceError(f"proof entries do not form a chain: {exc.message}") from None
+    except P2PMarketError as exc:   # a trimmed snapshot that left out what was needed
+        raise EvidenceError(f"the snapshot is incomplete: {exc.message}") from None
+    if fault is None or fault.seq != doc["seq"] or fault.seq != last["seq"]:
+        raise EvidenceError("the replay does not show the claimed fault",
+                            None if fault is None else fault.seq)
+    return fault.seq, fault.rule
+
+
+# -- storing -----------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    id BLOB PRIMARY KEY,
+    host_id BLOB NOT NULL,
+    host BLOB NOT NULL,
+    proof BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_host ON evidence (host_id);
+"""
+
+
+class EvidenceStore:
+    """Valid proofs by host (sqlite; ``:memory:`` for tests). Buyers and notaries ask
+    :meth:`is_exposed`."""
+
+    def __init__(self, path: Path | str = ":memory:") -> None:
+        self.conn = open_db(path)
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+        self._exposed: set[bytes] = set()
+        for host_id, host in self.conn.execute("SELECT host_id, host FROM evidence"):
+            self._exposed.update((bytes(host_id), bytes(host)))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def add(self, data: bytes) -> Proof:
+        """Verify and keep a proof (idempotent); raises :class:`EvidenceError`."""
+        proof = verify_proof(data)
+        try:
+            with self.conn:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO evidence (id, host_id, host, proof) "
+                    "VALUES (?, ?, ?, ?)", (proof.proof_id, proof.host_id, proof.host, data))
+        except sqlite3.Error as exc:
+            raise EvidenceError("evidence store failed", str(exc)) from None
+        self._exposed.update((proof.host_id, proof.host))
+        return proof
+
+    def is_exposed(self, node: bytes) -> bool:
+        """Whether a valid proof against this node (node id or public key) is held."""
+        return bytes(node) in self._exposed
+
+    def proofs(self, node: bytes | None = None) -> list[bytes]:
+        if node is None:
+            rows: Iterable[Any] = self.conn.execute("SELECT proof FROM evidence ORDER BY id")
+        else:
+            rows = self.conn.execute(
+                "SELECT proof FROM evidence WHERE host_id = ? OR host = ? ORDER BY id",
+                (node, node))
+        return [bytes(r[0]) for r in rows]
+
+    def exposed(self) -> list[bytes]:
+        """Node ids of every exposed host."""
+        return sorted({bytes(r[0]) for r in self.conn.execute("SELECT host_id FROM evidence")})
+
+
+__all__ = ["COMPACT_PROOF_BYTES", "EvidenceError", "EvidenceSink", "EvidenceStore",
+           "Proof", "fork_proof", "inconsistency_proof", "nonconformance_proof",
+           "verify_proof"]

@@ -1,0 +1,201 @@
+"""A local market: N node processes on loopback with a shared genesis.
+
+Layout of a testnet directory::
+
+    genesis.json     the network: node0 is the notary, node0/node1 bootstrap
+    mint/            the mint's wallet (its key is the genesis mint key)
+    node<i>/         one node's data dir (key, config.toml, genesis.json, sqlite files)
+    testnet.json     what `up` started: pids, ports, data dirs
+
+``down`` ends only the processes listed in testnet.json, by pid, after checking
+that each pid still runs a p2pmarket node on that data dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from p2pmarket.client.walletdir import WalletDir
+from p2pmarket.core.config import DataDir, Settings, load_genesis, save_genesis
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.files import write_atomic
+from p2pmarket.core.genesis import BootstrapPeer, Genesis, NotaryInfo
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.keyfile import load_key, save_key
+
+HOST = "127.0.0.1"
+
+
+class TestnetError(P2PMarketError):
+    """The local market could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class NodeProc:
+    name: str
+    data_dir: str
+    pid: int
+    url: str
+    dht_port: int
+    control_port: int
+    notary: bool
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free for both TCP and UDP on loopback right now."""
+    ports: list[int] = []
+    held: list[socket.socket] = []
+    try:
+        while len(ports) < count:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.bind((HOST, 0))
+            port = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.bind((HOST, port))
+            except OSError:
+                tcp.close()
+                udp.close()
+                continue
+            held += [tcp, udp]
+            ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+def create(root: Path, nodes: int, base_port: int = 0, cpu_mhz: int = 4000,
+           memory_kib: int = 4 * 1024 * 1024, tick_seconds: float = 1.0) -> list[Path]:
+    """Write genesis, mint wallet and node data dirs; returns the node dirs."""
+    if not 1 <= nodes <= 64:
+        raise TestnetError("a testnet has 1 to 64 nodes", nodes)
+    if (root / "testnet.json").exists():
+        raise TestnetError(f"a testnet already runs in {root}; use `testnet down` first",
+                           str(root))
+    ports = (list(range(base_port, base_port + 3 * nodes)) if base_port
+             else free_ports(3 * nodes))
+    idents = [Identity.generate() for _ in range(nodes)]
+    mint = Identity.generate()
+    settings = [Settings(listen_host=HOST, http_port=ports[3 * i], dht_port=ports[3 * i + 1],
+                         control_port=ports[3 * i + 2], cpu_mhz=cpu_mhz,
+                         memory_kib=memory_kib, tick_seconds=tick_seconds)
+                for i in range(nodes)]
+    genesis = Genesis(
+        network=f"testnet-{root.name}",
+        mint_key=mint.public_key,
+        notaries=(NotaryInfo(idents[0].public_key, settings[0].url),),
+        f=0,
+        bootstrap=tuple(BootstrapPeer(HOST, s.dht_port, s.url) for s in settings[:2]),
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    save_genesis(genesis, root / "genesis.json")
+    WalletDir(root / "mint").create(genesis, mint)
+    dirs = []
+    for i, (ident, s) in enumerate(zip(idents, settings, strict=True)):
+        d = DataDir(root / f"node{i}")
+        d.create()
+        save_key(ident, d.key)
+        save_genesis(genesis, d.genesis)
+        write_atomic(d.config, s.to_toml().encode())
+        dirs.append(d.root)
+    return dirs
+
+
+BOOTSTRAP_WAIT_S = 20.0
+
+
+def start(root: Path, dirs: list[Path]) -> list[NodeProc]:
+    """Start every node; the bootstrap nodes (the first two) first, so the others' first
+    DHT ping finds them listening instead of waiting out a UDP timeout."""
+    procs = []
+    genesis = load_genesis(root / "genesis.json")
+    for i, path in enumerate(dirs):
+        if i == len(genesis.bootstrap):
+            _wait_listening(dirs[:i], BOOTSTRAP_WAIT_S)
+        d = DataDir(path)
+        s = Settings.load(d.config, env={})
+        log = open(d.log, "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pmarket", "node", "--data-dir", str(path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        procs.append(NodeProc(f"node{i}", str(path), proc.pid, s.url, s.dht_port,
+                              s.control_port, notary=load_key(d.key).public_key
+                              in genesis.notary_keys))
+    write_atomic(root / "testnet.json",
+                 json.dumps({"nodes": [asdict(p) for p in procs]}, indent=2).encode())
+    return procs
+
+
+def _wait_listening(dirs: list[Path], timeout_s: float) -> None:
+    """Wait until each node has written control.json (it does so once it listens)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(DataDir(d).control.exists() for d in dirs):
+            return
+        time.sleep(0.02)
+
+
+def load(root: Path) -> list[NodeProc]:
+    try:
+        doc = json.loads((root / "testnet.json").read_text())
+        return [NodeProc(**n) for n in doc["nodes"]]
+    except FileNotFoundError:
+        raise TestnetError(f"no testnet running in {root}", str(root)) from None
+    except (KeyError, TypeError, ValueError):
+        raise TestnetError(f"{root}/testnet.json is damaged", str(root)) from None
+
+
+def is_our_node(pid: int, data_dir: str) -> bool:
+    """True if ``pid`` is alive and is a p2pmarket node on ``data_dir``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"p2pmarket" in b" ".join(cmdline) and data_dir.encode() in cmdline
+
+
+def stop_pid(pid: int, data_dir: str, timeout_s: float = 15.0) -> bool:
+    """SIGTERM our node, wait, SIGKILL if it will not go. True if it was running."""
+    if not is_our_node(pid, data_dir):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_our_node(pid, data_dir) or _reap(pid):
+            return True
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _reap(pid: int) -> bool:
+    """Collect our own child if it exited (no-op for processes we did not fork)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == pid
+
+
+def stop(root: Path) -> int:
+    """Stop every node of the testnet; returns how many were running."""
+    procs = load(root)
+    stopped = sum(stop_pid(p.pid, p.data_dir) for p in procs)
+    (root / "testnet.json").unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,191 @@
+"""Settings, the data dir layout and the genesis file.
+
+Settings come from defaults, then ``<data dir>/config.toml``, then
+``P2PMARKET_<SECTION>_<KEY>`` environment variables, then command-line flags.
+The genesis file names the network: its notary committee, mint key, bootstrap
+peers and the node-id puzzle difficulty. Every node of a network holds the
+same genesis file; its hash is the network id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from p2pmarket.core.files import write_atomic
+from p2pmarket.core.genesis import ConfigError, Genesis
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Where one node (or wallet) keeps its files."""
+
+    root: Path
+
+    @property
+    def key(self) -> Path:
+        return self.root / "node.key"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def genesis(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
+    def ledger_db(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def notary_db(self) -> Path:
+        return self.root / "notary.sqlite"
+
+    @property
+    def host_db(self) -> Path:
+        return self.root / "host.sqlite"
+
+    @property
+    def audit_db(self) -> Path:
+        """The host's tamper-evident audit log (DESIGN.md section 5)."""
+        return self.root / "audit.sqlite"
+
+    @property
+    def evidence_db(self) -> Path:
+        """Proofs of misbehaviour this node holds (as a witness or a reader)."""
+        return self.root / "evidence.sqlite"
+
+    @property
+    def witness_db(self) -> Path:
+        """What this node, as a witness, audited and holds (DESIGN.md section 5)."""
+        return self.root / "witness.sqlite"
+
+    @property
+    def dht_db(self) -> Path:
+        return self.root / "dht.sqlite"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "api.token"
+
+    @property
+    def control(self) -> Path:
+        """Written by a running node: its control API address."""
+        return self.root / "control.json"
+
+    @property
+    def availability(self) -> Path:
+        """First start and accumulated uptime, for the advertised availability."""
+        return self.root / "availability.json"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "node.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "node.log"
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One node's settings. Capacities are in base units (see host.resources)."""
+
+    listen_host: str = "127.0.0.1"
+    advertise_host: str = ""
+    http_port: int = 0
+    dht_port: int = 0
+    control_port: int = 0
+    vmm_uri: str = "test:///default"
+    tick_seconds: float = 1.0
+    republish_seconds: float = 600.0
+    audit_seconds: float = 10.0
+    cpu_mhz: int = 4000
+    memory_kib: int = 4 * 1024 * 1024
+    min_price: int = 1
+    labels: tuple[str, ...] = field(default=())
+
+    @property
+    def public_host(self) -> str:
+        return self.advertise_host or self.listen_host
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.public_host}:{self.http_port}"
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Settings:
+        known = {f.name: f for f in fields(self)}
+        clean: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}", key)
+            current = getattr(self, key)
+            try:
+                if isinstance(current, tuple):
+                    clean[key] = tuple(value)
+                elif isinstance(current, float):
+                    clean[key] = float(value)
+                elif isinstance(current, int):
+                    clean[key] = int(value)
+                else:
+                    clean[key] = str(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"setting {key!r} has a bad value", repr(value)) from None
+        return replace(self, **clean)
+
+    def to_toml(self) -> str:
+        lines = ["# p2pmarket node settings", "[node]"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def load(cls, path: Path | None, env: dict[str, str] | None = None,
+             flags: dict[str, Any] | None = None) -> Settings:
+        settings = cls()
+        if path is not None and path.exists():
+            try:
+                doc = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            settings = settings.with_overrides(doc.get("node", {}))
+        env = dict(os.environ) if env is None else env
+        from_env = {f.name: env[f"P2PMARKET_{f.name.upper()}"] for f in fields(cls)
+                    if f"P2PMARKET_{f.name.upper()}" in env}
+        settings = settings.with_overrides(from_env)
+        return settings.with_overrides(flags or {})
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def save_genesis(genesis: Genesis, path: Path) -> None:
+    write_atomic(path, json.dumps(genesis.to_doc(), indent=2).encode() + b"\n")
+
+
+def load_genesis(path: Path) -> Genesis:
+    try:
+        return Genesis.from_doc(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"no genesis file at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not JSON: {exc}") from None

@@ -1,0 +1,354 @@
+"""A node: the one place that wires the services together.
+
+Start order: stores, RPC handlers (notary if the genesis names our key, host
+always), the peer and control HTTP servers, the DHT; then in the background the
+node opens its own chain with the notaries, publishes its advertisement, and
+ticks the auction. ``stop`` undoes it in reverse. Nothing here decides
+anything; the decisions live in the rooms' pure cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from p2pmarket.api.client import PeerClient
+from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher, now_us
+from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
+from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import Payment
+from p2pmarket.audit.evidence import EvidenceStore
+from p2pmarket.audit.log import AuditLog
+from p2pmarket.audit.witness import Peer, WitnessService
+from p2pmarket.audit.witnessing import (
+    DhtEvidenceSink,
+    DhtHostLocator,
+    DhtWitnessDirectory,
+    EvidenceScreen,
+)
+from p2pmarket.audit.witnessstore import WitnessStore
+from p2pmarket.cli.audit import control_handlers as audit_control_handlers
+from p2pmarket.core.config import DataDir, Settings, load_genesis
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.files import write_atomic
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
+from p2pmarket.core.keyfile import load_or_create_key
+from p2pmarket.dht.gateway import gateway_routes
+from p2pmarket.dht.node import DhtNode
+from p2pmarket.dht.records import ResourceAd
+from p2pmarket.host.accountstore import AccountStore
+from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.control import control_handlers as host_control_handlers
+from p2pmarket.host.control import upload_route
+from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.notary import NotaryService
+from p2pmarket.ledger.store import ChainStore
+from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.node.advert import Availability, PriceHistory, moved
+
+log = logging.getLogger(__name__)
+
+ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
+PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
+RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+COLLECT_S = 30.0
+READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log"})
+AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
+
+
+class Node:
+    def __init__(self, data_dir: DataDir, settings: Settings, genesis: Genesis,
+                 identity: Identity) -> None:
+        self.data_dir = data_dir
+        self.settings = settings
+        self.genesis = genesis
+        self.identity = identity
+        self.dispatcher = RpcDispatcher(identity)
+        self.peers = PeerClient(identity)
+        self.evidence = EvidenceStore(data_dir.evidence_db)
+        self.dht = DhtNode(identity, genesis, url=settings.url,
+                           republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
+        self.notary: NotaryService | None = None
+        if identity.public_key in genesis.notary_keys:
+            # notaries refuse new entries from owners with a valid proof against them,
+            # held here or published in the DHT
+            self.notary = NotaryService(identity, genesis, data_dir.notary_db,
+                                        shun=self.evidence.is_exposed,
+                                        screen=EvidenceScreen(self.dht, self.evidence).screen)
+            self.dispatcher.register_all("notary", self.notary.handlers())
+        self.chain = ChainStore(data_dir.ledger_db)
+        self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
+        self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity))
+        self.accounts = AccountStore(data_dir.host_db)
+        self.audit = AuditLog(data_dir.audit_db, identity)
+        self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
+                                     accept_payment=self.accept_payment, audit=self.audit,
+                                     refund_payment=self.refund_payment)
+        self.market_changed = asyncio.Event()
+        self.dispatcher.register_all("host", {
+            name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
+            for name, h in self.auctioneer.handlers().items()})
+        self.witness = WitnessService(
+            identity, self.peers, self.evidence,
+            directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
+                                                         settings.url)),
+            locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
+            period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db))
+        self.dispatcher.register_all("witness", self.witness.handlers())
+        self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
+            upload_route(self.auctioneer), *gateway_routes(self.dht)]))
+        self.control_site = Site(control_app(load_or_create_token(data_dir.token),
+                                             self.control_handlers()))
+        self.chain_ready = asyncio.Event()
+        self.advertised = asyncio.Event()
+        self.prices: dict[str, PriceHistory] = {}
+        self.availability = Availability.resume(_read_json(data_dir.availability), now_us())
+        self._availability_saved = 0
+        self._published: dict[str, int] = {}
+        self._payment_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.peer_site.start(s.listen_host, s.http_port)
+        await self.control_site.start("127.0.0.1", s.control_port)
+        await self.dht.start(s.listen_host, s.dht_port)
+        write_atomic(self.data_dir.control, json.dumps({
+            "url": f"http://127.0.0.1:{self.control_site.port}",
+            "pid": os.getpid(), "node_id": self.identity.node_id.hex(),
+        }).encode())
+        self._tasks = [asyncio.create_task(self._open_chain(), name="open-chain"),
+                       asyncio.create_task(self._collect_payments(), name="collect"),
+                       asyncio.create_task(self.witness.run(), name="witness"),
+                       asyncio.create_task(self._advertise(), name="advertise"),
+                       asyncio.create_task(self.auctioneer.run(), name="auction")]
+        log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
+                 s.url, s.listen_host, self.dht.port)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.data_dir.control.unlink(missing_ok=True)
+        self._save_availability(now_us())
+        await self.dht.close()
+        await self.control_site.stop()
+        await self.peer_site.stop()
+        await self.wallet.close()
+        await self.peers.close()
+        self.vmm.close()
+        self.accounts.close()
+        self.audit.close()
+        self.chain.close()
+        if self.notary is not None:
+            self.notary.close()
+        self.evidence.close()
+        self.witness.store.close()
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await self.stop()
+
+    async def _open_chain(self) -> None:
+        """Open our chain with the notaries (they may start after us), then finish any
+        transfer a crash interrupted."""
+        attempt = 0
+        while True:
+            try:
+                await self.wallet.resume()
+                await self.wallet.ensure_open()
+                break
+            except P2PMarketError as exc:
+                delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                log.info("chain not open yet (%s); retrying in %.1fs", exc.message, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+        self.chain_ready.set()
+
+    async def _collect_payments(self) -> None:
+        """Now and then pull certified payments to us from the notaries' inboxes: money
+        whose payer crashed before handing us the certificate is still collected."""
+        await self.chain_ready.wait()
+        while True:
+            await asyncio.sleep(COLLECT_S)
+            try:
+                async with self._payment_lock:
+                    await self.wallet.sync()
+            except P2PMarketError as exc:
+                log.info("collecting payments failed: %s", exc.message)
+
+    async def _advertise(self) -> None:
+        """Keep our host record and offers current in the DHT.
+
+        A node publishes at once, even with an empty routing table (the first node of
+        a network is a DHT of one; peers that join later are handed its records), and
+        keeps trying its bootstrap peers while the table is empty. It publishes again
+        as soon as it first has contacts, and whenever a price moves.
+        """
+        peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
+                 if (b.host, b.dht_port) != (self.settings.public_host, self.dht.port)]
+        had_contacts = False
+        first = True
+        while True:
+            contacts = self.dht.contact_count() > 0
+            try:
+                await self.publish_if_moved(force=contacts and not had_contacts)
+                self.advertised.set()
+            except P2PMarketError as exc:
+                log.warning("advertising failed: %s", exc.message)
+            had_contacts = contacts
+            if now_us() - self._availability_saved > AVAILABILITY_SAVE_US:
+                self._save_availability(now_us())
+            if first or (peers and not contacts):
+                # the first call also rejoins through the contacts saved last run
+                first = False
+                if await self.dht.bootstrap(peers) == 0 and peers:
+                    await asyncio.sleep(RETRY_S[1])
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.market_changed.wait(), ADVERT_CHECK_S)
+                self.market_changed.clear()
+
+    def _then_readvertise(self, handler: Handler) -> Handler:
+        """Wrap a host RPC so a sale shows in the DHT at once, not at the next check."""
+        async def wrapped(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+            result = await handler(ctx, args)
+            self.market_changed.set()
+            return result
+        return wrapped
+
+    async def publish_if_moved(self, force: bool = False) -> bool:
+        now = now_us()
+        summary = self.auctioneer.market_summary()
+        for res, info in summary.items():
+            self.prices.setdefault(res, PriceHistory()).add(now, info["price"])
+        changed = force or not self.advertised.is_set() or any(
+            moved(self._published.get(res, 0), info["price"], PRICE_MOVE_PPM)
+            for res, info in summary.items())
+        if not changed:
+            return False
+        ads = {res: ResourceAd(capacity=info["capacity"], price=info["price"],
+                               hour_avg=self.prices[res].average(now))
+               for res, info in summary.items()}
+        await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now))
+        self._save_availability(now)
+        for res, ad in ads.items():
+            await self.dht.publish_offer(res, ad.capacity, max(1, ad.price))
+        self._published = {res: info["price"] for res, info in summary.items()}
+        return True
+
+    def _save_availability(self, now: int) -> None:
+        self._availability_saved = now
+        write_atomic(self.data_dir.availability,
+                     json.dumps(self.availability.to_doc(now)).encode())
+
+    # -- payments ----------------------------------------------------------------
+
+    async def accept_payment(self, payer: bytes, cert_doc: dict[str, Any]) -> Payment:
+        """Verify a buyer's SEND certificate offline and record it on our chain.
+
+        Idempotent: a certificate already received is not credited again, and gives the
+        same Payment (its id is the SEND entry's hash). Which account a payment funded
+        is the auctioneer's record, committed with the account, so a payment received
+        just before a crash still funds the account the buyer's retry creates."""
+        cert = Certificate.from_wire(cert_doc)
+        body = cert.entry.body
+        if cert.entry.kind != "SEND" or body.get("to") != self.identity.public_key:
+            raise HostError("payment is not a transfer to this host", "not_to_host")
+        if cert.entry.owner != payer:
+            raise HostError("payment was made by another key than the caller", "payer")
+        if not self.chain_ready.is_set():
+            raise HostError("host is still opening its ledger; retry shortly", "not_ready")
+        async with self._payment_lock:
+            amount = await self.wallet.receive(cert)
+        return Payment(cert.entry.hash(), amount)
+
+    async def refund_payment(self, holder: bytes, amount: int, memo: str) -> dict[str, Any]:
+        """Pay ``amount`` back to ``holder`` with a certified transfer. Idempotent per
+        memo (the auctioneer gives each refund a unique memo and retries until done):
+        a refund already on our chain is answered with its certificate (recovered from
+        the notaries if the wallet pruned its signatures)."""
+        async with self._payment_lock:
+            await self.wallet.resume()
+            for entry in self.chain.entries(self.identity.public_key):
+                if (entry.kind == "SEND" and entry.body["memo"] == memo
+                        and entry.body["to"] == holder):
+                    # store or recover: a pruned certificate is not "unpaid" (never pay twice)
+                    cert = await self.wallet.certificate(entry.seq)
+                    if cert is not None:
+                        return cert.to_wire()
+            return (await self.wallet.send(holder, amount, memo=memo)).to_wire()
+
+    # -- control API ---------------------------------------------------------------
+
+    def control_handlers(self) -> dict[str, Any]:
+        async def status(args: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "node_id": self.identity.node_id, "key": self.identity.public_key,
+                "url": self.settings.url, "dht_port": self.dht.port,
+                "notary": self.notary is not None,
+                "ready": self.chain_ready.is_set() and self.advertised.is_set(),
+                "balance": self.wallet.balance() if self.chain_ready.is_set() else None,
+                "dht_contacts": self.dht.contact_count(),
+                "dht": self.dht.metrics(),
+                "accounts": len(self.auctioneer.accounts()),
+                "market": self.auctioneer.market_summary(),
+            }
+
+        async def vms(args: dict[str, Any]) -> dict[str, Any]:
+            return {"vms": await self.auctioneer.vm_list()}
+
+        async def accounts(args: dict[str, Any]) -> dict[str, Any]:
+            return {"accounts": [self.auctioneer.account_doc(a)
+                                 for a in self.auctioneer.accounts()]}
+
+        async def supply(args: dict[str, Any]) -> dict[str, Any]:
+            if self.notary is None:
+                raise P2PMarketError("this node is not a notary")
+            return self.notary.supply()
+
+        async def history(args: dict[str, Any]) -> dict[str, Any]:
+            return {"history": self.wallet.history()}
+
+        return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
+                "history": history, **host_control_handlers(self.auctioneer),
+                **audit_control_handlers(self.witness)}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:
+    """``p2pmarket node``: load settings, key and genesis, run until SIGTERM/SIGINT."""
+    data_dir.create()
+    settings = Settings.load(data_dir.config, flags=flags)
+    if not data_dir.config.exists():
+        write_atomic(data_dir.config, settings.to_toml().encode())
+    genesis = load_genesis(data_dir.genesis)
+    identity = load_or_create_key(data_dir.key, genesis.puzzle_bits)
+    node = Node(data_dir, settings, genesis, identity)
+    await node.run_until_signalled()
