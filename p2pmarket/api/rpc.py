@@ -14,11 +14,11 @@ A handler is ``async def h(ctx: CallContext, args: dict) -> dict``. It raises a
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, RemoteError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, decode, digest, seal
@@ -47,10 +47,6 @@ class CallContext:
 
 
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class RpcDispatcher:

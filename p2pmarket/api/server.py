@@ -106,9 +106,8 @@ class Site:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        addresses = self.runner.addresses   # the bound socket names, e.g. for port 0
+        self.port = int(addresses[0][1]) if addresses else port
         return self.port
 
     async def stop(self) -> None:

@@ -23,24 +23,20 @@ A proof is the canonical msgpack of a map ``{v: 1, type, host (public key), ...}
   in the snapshot, plus the tick entries' per-account charges): a few KB for a
   small host, tens of KB for a large one.
 
-:func:`verify_proof` checks one; :class:`EvidenceStore` keeps the valid ones and
-answers :meth:`EvidenceStore.is_exposed`. ``genesis`` is accepted for future
+:func:`verify_proof` checks one; :class:`p2pmarket.audit.evidencestore.EvidenceStore`
+keeps the valid ones and answers ``is_exposed``. ``genesis`` is accepted for future
 proofs about payments; none of the current proof types needs it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from p2pmarket.auction.snapshot import from_snapshot
 from p2pmarket.audit.replay import ANCHORS, Replayer, decode_entry
 from p2pmarket.core.errors import P2PMarketError
-from p2pmarket.core.files import open_db
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, verify
 from p2pmarket.core.wire import WireError, pack, unpack
@@ -220,65 +216,5 @@ def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
     return fault.seq, fault.rule
 
 
-# -- storing -----------------------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS evidence (
-    id BLOB PRIMARY KEY,
-    host_id BLOB NOT NULL,
-    host BLOB NOT NULL,
-    proof BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS evidence_host ON evidence (host_id);
-"""
-
-
-class EvidenceStore:
-    """Valid proofs by host (sqlite; ``:memory:`` for tests). Buyers and notaries ask
-    :meth:`is_exposed`."""
-
-    def __init__(self, path: Path | str = ":memory:") -> None:
-        self.conn = open_db(path)
-        with self.conn:
-            self.conn.executescript(_SCHEMA)
-        self._exposed: set[bytes] = set()
-        for host_id, host in self.conn.execute("SELECT host_id, host FROM evidence"):
-            self._exposed.update((bytes(host_id), bytes(host)))
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def add(self, data: bytes) -> Proof:
-        """Verify and keep a proof (idempotent); raises :class:`EvidenceError`."""
-        proof = verify_proof(data)
-        try:
-            with self.conn:
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO evidence (id, host_id, host, proof) "
-                    "VALUES (?, ?, ?, ?)", (proof.proof_id, proof.host_id, proof.host, data))
-        except sqlite3.Error as exc:
-            raise EvidenceError("evidence store failed", str(exc)) from None
-        self._exposed.update((proof.host_id, proof.host))
-        return proof
-
-    def is_exposed(self, node: bytes) -> bool:
-        """Whether a valid proof against this node (node id or public key) is held."""
-        return bytes(node) in self._exposed
-
-    def proofs(self, node: bytes | None = None) -> list[bytes]:
-        if node is None:
-            rows: Iterable[Any] = self.conn.execute("SELECT proof FROM evidence ORDER BY id")
-        else:
-            rows = self.conn.execute(
-                "SELECT proof FROM evidence WHERE host_id = ? OR host = ? ORDER BY id",
-                (node, node))
-        return [bytes(r[0]) for r in rows]
-
-    def exposed(self) -> list[bytes]:
-        """Node ids of every exposed host."""
-        return sorted({bytes(r[0]) for r in self.conn.execute("SELECT host_id FROM evidence")})
-
-
-__all__ = ["COMPACT_PROOF_BYTES", "EvidenceError", "EvidenceSink", "EvidenceStore",
-           "Proof", "fork_proof", "inconsistency_proof", "nonconformance_proof",
-           "verify_proof"]
+__all__ = ["COMPACT_PROOF_BYTES", "EvidenceError", "EvidenceSink", "Proof", "fork_proof",
+           "inconsistency_proof", "nonconformance_proof", "verify_proof"]

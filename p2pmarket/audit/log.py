@@ -4,8 +4,7 @@ Every input to the auctioneer (RPC arguments, ticks with their time, settings)
 and every output (results, allocations, charges, leases, refunds) is appended as
 an entry ``{seq, prev, kind, body, ts}``: ``prev`` is the hash of entry
 ``seq - 1`` (all zeros for seq 0), the entry's hash is SHA-256 of its canonical
-msgpack, and the host signs ``auth_message(host key, seq, hash)`` -- the same
-*authenticator* as on payment chains (:class:`p2pmarket.ledger.chain.Authenticator`).
+msgpack, and the host signs it with an *authenticator* (:mod:`p2pmarket.audit.entry`).
 A reply that carries an authenticator commits the host to the whole log up to
 that entry: two different hashes signed for one seq are a proof of
 inconsistency, checked with :func:`verify_segment`.
@@ -16,22 +15,16 @@ after the entry is durable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
+from p2pmarket.audit.entry import AuditEntry, encode_entry, sign_entry
 from p2pmarket.core.files import open_db
 from p2pmarket.core.identity import Identity
-from p2pmarket.core.wire import WireError, digest, pack, unpack
-from p2pmarket.ledger.chain import HASH_SIZE, ZERO_HASH, Authenticator
-from p2pmarket.ledger.errors import LedgerError, check_bytes, check_int, check_map, check_str
-
-MAX_KIND = 64
-MAX_TS = 2**63 - 1
-ENTRY_FIELDS = frozenset({"seq", "prev", "kind", "body", "ts"})
+from p2pmarket.core.wire import WireError, pack, unpack
+from p2pmarket.ledger.chain import ZERO_HASH, Authenticator
+from p2pmarket.ledger.errors import LedgerError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -44,94 +37,6 @@ CREATE TABLE IF NOT EXISTS audit (
     sig BLOB NOT NULL
 );
 """
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    prev: bytes
-    kind: str
-    body: Any
-    ts: int
-
-    def __post_init__(self) -> None:
-        check_int(self.seq, "seq", 0, 2**62)
-        check_bytes(self.prev, "prev", HASH_SIZE)
-        check_str(self.kind, "kind", MAX_KIND)
-        check_int(self.ts, "ts", 0, MAX_TS)
-        if self.seq == 0 and self.prev != ZERO_HASH:
-            raise LedgerError("the entry at seq 0 must have an all-zero prev", "prev")
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"seq": self.seq, "prev": self.prev, "kind": self.kind, "body": self.body,
-                "ts": self.ts}
-
-    def encode(self) -> bytes:
-        return pack(self.to_wire())
-
-    def hash(self) -> bytes:
-        return digest(self.encode())
-
-    @classmethod
-    def from_wire(cls, doc: Any) -> AuditEntry:
-        doc = check_map(doc, "audit entry", ENTRY_FIELDS)
-        return cls(doc["seq"], doc["prev"], doc["kind"], doc["body"], doc["ts"])
-
-
-def _k(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-# canonical key order (by encoded key): "ts" < "seq" < "body" < "kind" < "prev"
-_HEAD, _K_SEQ, _K_BODY, _K_KIND, _K_PREV = (b"\x85" + _k("ts"), _k("seq"), _k("body"),
-                                            _k("kind"), _k("prev"))
-
-
-def encode_entry(seq: int, prev: bytes, kind: str, body_bytes: bytes, ts: int) -> bytes:
-    """The canonical encoding of an entry whose body is already canonically packed: the
-    bytes of ``AuditEntry(...).encode()`` without re-encoding the body."""
-    return (_HEAD + _k(ts) + _K_SEQ + _k(seq) + _K_BODY + body_bytes
-            + _K_KIND + _k(kind) + _K_PREV + _k(prev))
-
-
-def sign_entry(identity: Identity, entry: AuditEntry) -> Authenticator:
-    from p2pmarket.ledger.chain import auth_message
-
-    h = entry.hash()
-    return Authenticator(identity.public_key, entry.seq, h,
-                         identity.sign(auth_message(identity.public_key, entry.seq, h)))
-
-
-def verify_segment(entries: Sequence[AuditEntry], auths: Sequence[Authenticator],
-                   host_key: bytes, prev_hash: bytes | None = None) -> bytes:
-    """Check a contiguous run of entries: links, hashes and the host's signatures.
-
-    ``prev_hash`` is the hash of the entry before the first (None: the run must start
-    at seq 0). Returns the hash of the last entry. Pure.
-    """
-    if len(entries) != len(auths):
-        raise LedgerError("need one authenticator per audit entry",
-                          {"entries": len(entries), "auths": len(auths)})
-    head = ZERO_HASH if prev_hash is None else prev_hash
-    if entries and prev_hash is None and entries[0].seq != 0:
-        raise LedgerError("audit segment does not start at seq 0", entries[0].seq)
-    for k, (entry, auth) in enumerate(zip(entries, auths, strict=True)):
-        if k and entry.seq != entries[k - 1].seq + 1:
-            raise LedgerError("audit entries are not consecutive", entry.seq)
-        if entry.prev != head:
-            raise LedgerError("audit entry does not link to the previous one", entry.seq)
-        if auth.owner != host_key or auth.seq != entry.seq or auth.hash != entry.hash():
-            raise LedgerError("authenticator does not match the audit entry", entry.seq)
-        auth.check()
-        head = entry.hash()
-    return head
-
-
-def conflicting(a: Authenticator, b: Authenticator) -> bool:
-    """Two valid authenticators of one host for one seq with different hashes: a proof
-    that the host keeps two logs."""
-    return (a.owner == b.owner and a.seq == b.seq and a.hash != b.hash
-            and a.verify() and b.verify())
 
 
 class AuditLog:
@@ -233,5 +138,4 @@ class AuditLog:
                 "auths": [a.to_wire() for _, a in got], "prev": prev}
 
 
-__all__ = ["AuditEntry", "AuditLog", "conflicting", "encode_entry", "sign_entry",
-           "verify_segment"]
+__all__ = ["AuditLog"]

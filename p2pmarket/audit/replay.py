@@ -44,7 +44,7 @@ from typing import Any
 from p2pmarket.auction.machine import HostState, MissingState
 from p2pmarket.auction.snapshot import from_snapshot, state_digest
 from p2pmarket.auction.steps import GENESIS, INFO, INPUTS, check_signed, request_refusal, step
-from p2pmarket.audit.log import encode_entry
+from p2pmarket.audit.entry import encode_entry
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.wire import WireError, pack, unpack

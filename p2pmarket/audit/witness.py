@@ -54,19 +54,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from p2pmarket.api.rpc import CallContext, Handler, now_us
+from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction.snapshot import snapshot
 from p2pmarket.audit.evidence import (
     EvidenceError,
     EvidenceSink,
-    EvidenceStore,
     fork_proof,
     inconsistency_proof,
     nonconformance_proof,
     verify_proof,
 )
+from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.replay import Replayer, decode_entry
 from p2pmarket.audit.witnessstore import WitnessStore
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of
 from p2pmarket.core.wire import DEFAULT_CLOCK_TOLERANCE_US, WireError

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from p2pmarket.audit.evidence import EvidenceError, EvidenceStore
+from p2pmarket.audit.evidence import EvidenceError
+from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.witness import Peer
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import node_id_of

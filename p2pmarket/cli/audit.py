@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from p2pmarket.audit.evidence import EvidenceError, verify_proof
 from p2pmarket.audit.witness import WitnessService
+from p2pmarket.core.clock import now_us
 
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -69,7 +69,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         if "audited_seq" in h:
             line += f"  audited to seq {h['audited_seq']}, {h['held']} authenticators held"
         if h.get("last_audit"):
-            ago = max(0, time.time_ns() // 1000 - int(h["last_audit"])) // 1_000_000
+            ago = max(0, now_us() - int(h["last_audit"])) // 1_000_000
             line += f", last audit {ago}s ago"
         out.append(line)
         if h.get("challenge"):

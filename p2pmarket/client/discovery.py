@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
 
-from p2pmarket.api.rpc import now_us
 from p2pmarket.audit.witnessing import DhtWitnessDirectory
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity

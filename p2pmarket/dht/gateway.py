@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.dht import offerquery
@@ -73,7 +74,6 @@ from p2pmarket.dht.records import (
     make_host_record,
     offers_key,
 )
-from p2pmarket.dht.storage import Clock, wall_clock_us
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class GatewayClient:
     """Reads the DHT through a public node's gateway; verifies every record it gets."""
 
     def __init__(self, base_url: str, *, session: aiohttp.ClientSession | None = None,
-                 proxy: str | None = None, clock: Clock = wall_clock_us,
+                 proxy: str | None = None, clock: Clock = now_us,
                  timeout: float = 20.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.proxy = proxy

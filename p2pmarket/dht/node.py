@@ -27,6 +27,7 @@ import aiohttp
 from kademlia.network import Server
 from kademlia.node import Node
 
+from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht.evidence import EvidenceFetcher
@@ -38,7 +39,7 @@ from p2pmarket.dht.persist import DhtState
 from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig, valid_id
 from p2pmarket.dht.records import DhtError
 from p2pmarket.dht.routing import PrefixPolicy
-from p2pmarket.dht.storage import Clock, RecordStorage, wall_clock_us
+from p2pmarket.dht.storage import RecordStorage
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class DhtNode(RecordsMixin, EvidenceMixin):
     """A DHT participant that publishes and finds signed host and offer records, and
     proofs of misbehaviour (evidence)."""
 
-    def __init__(self, identity: Identity, genesis: Genesis, *, clock: Clock = wall_clock_us,
+    def __init__(self, identity: Identity, genesis: Genesis, *, clock: Clock = now_us,
                  url: str = "", republish_s: float = DEFAULT_REPUBLISH_S, ksize: int = 20,
                  alpha: int = 3, rpc_timeout: float = 5.0,
                  storage: RecordStorage | None = None, client_mode: bool = False,

@@ -16,7 +16,6 @@ handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import TypeVar
 
 from kademlia.storage import IStorage
 
+from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.wire import WireError, unpack
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_SET_KIND,
@@ -56,18 +56,11 @@ from p2pmarket.dht.routing import PrefixPolicy
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
 
-Clock = Callable[[], int]
-"""Wall-clock time in integer microseconds."""
-
 DEFAULT_MAX_KEYS = 10_000
 
 EvidenceHook = Callable[[bytes, str, list[EvidenceEntry]], int]
 """``(digest key, key name, unchecked hash-only entries)`` -> how many were scheduled
 for checking."""
-
-
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
 
 
 def parse_record(value: object, now_us: int,
@@ -110,7 +103,7 @@ class _Item:
 class RecordStorage(IStorage):  # type: ignore[misc]
     """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests."""
 
-    def __init__(self, clock: Clock = wall_clock_us, max_keys: int = DEFAULT_MAX_KEYS,
+    def __init__(self, clock: Clock = now_us, max_keys: int = DEFAULT_MAX_KEYS,
                  max_offers: int = MAX_OFFERS, policy: PrefixPolicy | None = None) -> None:
         self.clock = clock
         self.max_keys = max_keys

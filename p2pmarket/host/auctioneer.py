@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from p2pmarket.api.rpc import CallContext, Handler, now_us
+from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import CLOSED, Account, Payment, Refund
 from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
@@ -86,6 +86,7 @@ from p2pmarket.auction.steps import (
     step,
 )
 from p2pmarket.audit.log import AuditLog
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import Settings
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from p2pmarket.api.rpc import now_us
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity, verify

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.api.client import PeerClient
-from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher, now_us
+from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher
 from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Payment
-from p2pmarket.audit.evidence import EvidenceStore
+from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.witness import Peer, WitnessService
 from p2pmarket.audit.witnessing import (
@@ -34,6 +34,7 @@ from p2pmarket.audit.witnessing import (
 )
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.cli.audit import control_handlers as audit_control_handlers
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import DataDir, Settings, load_genesis
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.files import write_atomic

@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode
 from p2pmarket.dht.offers import OfferEntry, make_offer_entry
 from p2pmarket.dht.records import HostRecord, ResourceAd, host_key, make_host_record
-from p2pmarket.dht.storage import wall_clock_us
 
 NOW = 1_700_000_000_000_000
 TTL = 1_500_000_000
@@ -80,7 +80,7 @@ class Swarm:
 
     async def add(self, clock: Callable[[], int] | None = None,
                   republish_s: float = 600.0) -> DhtNode:
-        node = DhtNode(Identity.generate(), self.genesis, clock=clock or wall_clock_us,
+        node = DhtNode(Identity.generate(), self.genesis, clock=clock or now_us,
                        republish_s=republish_s, rpc_timeout=1.0)
         await node.start("127.0.0.1", 0)
         node.url = f"http://127.0.0.1:{node.port + 1}"

@@ -12,7 +12,7 @@ from test_auctioneer import ALICE, BOB, GIB, Host, Make, S, cert, ctx, make_host
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.lease import verify_lease
-from p2pmarket.audit.log import AuditEntry, verify_segment
+from p2pmarket.audit.entry import AuditEntry, verify_segment
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer

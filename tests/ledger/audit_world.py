@@ -12,8 +12,9 @@ from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_rep
 from p2pmarket.auction.accounts import Payment
 from p2pmarket.auction.snapshot import state_digest
 from p2pmarket.auction.steps import step
-from p2pmarket.audit.evidence import EvidenceStore
-from p2pmarket.audit.log import AuditEntry, AuditLog, sign_entry
+from p2pmarket.audit.entry import AuditEntry, sign_entry
+from p2pmarket.audit.evidencestore import EvidenceStore
+from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.witness import Peer, WitnessService, push_to_witnesses
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.config import Settings

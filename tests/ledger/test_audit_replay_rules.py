@@ -13,7 +13,8 @@ from audit_world import BIDS, GIB, FakeBank, S, World, cert, open_two, signed_ct
 from p2pmarket.auction import HostError
 from p2pmarket.auction.seen import MEMORY, WINDOW_US, pruned, recorded, refusal
 from p2pmarket.auction.snapshot import from_snapshot, snapshot, state_digest
-from p2pmarket.audit.log import AuditEntry, AuditLog
+from p2pmarket.audit.entry import AuditEntry
+from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.replay import replay
 from p2pmarket.core.config import Settings
 from p2pmarket.core.identity import Identity

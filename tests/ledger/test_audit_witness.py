@@ -18,12 +18,8 @@ from audit_world import (
     serve_two_logs,
 )
 
-from p2pmarket.audit.evidence import (
-    EvidenceError,
-    EvidenceStore,
-    inconsistency_proof,
-    verify_proof,
-)
+from p2pmarket.audit.evidence import EvidenceError, inconsistency_proof, verify_proof
+from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.replay import replay
 from p2pmarket.audit.witness import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.core.errors import RemoteError

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket.audit.log import AuditEntry, AuditLog, conflicting, verify_segment
+from p2pmarket.audit.entry import AuditEntry, conflicting, verify_segment
+from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.chain import ZERO_HASH, Authenticator
 from p2pmarket.ledger.errors import LedgerError

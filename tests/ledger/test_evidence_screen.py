@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from p2pmarket.api.rpc import CallContext
-from p2pmarket.audit.evidence import EvidenceStore, inconsistency_proof
+from p2pmarket.audit.evidence import inconsistency_proof
+from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.witnessing import EvidenceScreen
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of

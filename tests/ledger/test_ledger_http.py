@@ -13,8 +13,9 @@ import pytest
 from ledger_helpers import core, dump
 
 from p2pmarket.api.client import PeerClient
-from p2pmarket.api.rpc import RpcDispatcher, make_request, now_us, open_reply
+from p2pmarket.api.rpc import RpcDispatcher, make_request, open_reply
 from p2pmarket.api.server import Site, peer_app
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity

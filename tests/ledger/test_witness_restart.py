@@ -10,7 +10,8 @@ from typing import Any
 
 from audit_world import S, WitnessNode, World, cert, open_two, rewritten
 
-from p2pmarket.audit.evidence import EvidenceStore, verify_proof
+from p2pmarket.audit.evidence import verify_proof
+from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.witness import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.identity import Identity

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.api.rpc import CallContext, now_us
+from p2pmarket.api.rpc import CallContext
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity

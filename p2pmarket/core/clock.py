@@ -1,0 +1,19 @@
+"""The one clock: wall-clock time in integer microseconds since the epoch.
+
+Every timestamp on the wire, in a log or in a store is one of these. Pure code
+never reads it: it takes ``now`` (or a :data:`Clock`) as an argument, so tests
+drive time explicitly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+Clock = Callable[[], int]
+"""A source of :func:`now_us` readings (tests pass their own)."""
+
+
+def now_us() -> int:
+    """Wall-clock time in integer microseconds."""
+    return time.time_ns() // 1000
