@@ -1,7 +1,8 @@
 """Settings, the data dir layout and the genesis file.
 
 Settings come from defaults, then ``<data dir>/config.toml``, then
-``P2PMARKET_<SETTING>`` environment variables (e.g. ``P2PMARKET_HTTP_PORT``), then command-line flags.
+``P2PMARKET_<SETTING>`` environment variables (e.g. ``P2PMARKET_HTTP_PORT``), then
+command-line flags.
 The genesis file names the network: its notary committee, mint key, bootstrap
 peers and the node-id puzzle difficulty. Every node of a network holds the
 same genesis file; its hash is the network id.
