@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket.cli.commands import parse_duration
+from p2pmarket.cli.buy import parse_duration
 from p2pmarket.cli.main import main
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.config import load_genesis, save_genesis
@@ -115,7 +115,7 @@ def test_parse_duration() -> None:
 
 
 def test_host_status_shows_bids_in_the_bid_syntax() -> None:
-    from p2pmarket.cli.commands import bid_text
+    from p2pmarket.cli.host import bid_text
 
     assert bid_text("cpu", [1_000_000, "0.1", "1"]) == "1, 10% of capacity, 100% of capacity"
     assert bid_text("memory", [2_500_000, 256 * 1024, 1 << 20]) == "2.5, 256 MiB, 1 GiB"

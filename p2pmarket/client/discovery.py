@@ -52,8 +52,10 @@ class HostView:
         return Fraction(self.capacity(rtype), max(1, self.price(rtype)))
 
 
-class Market:
-    """``async with Market(genesis) as m: hosts = await m.hosts(["cpu"])``."""
+class MarketView:
+    """The buyer's view of the market in the DHT, through a client-mode DHT peer with a
+    throw-away key: ``async with MarketView(genesis) as m: hosts = await m.hosts(["cpu"])``.
+    """
 
     def __init__(self, genesis: Genesis, host: str = "127.0.0.1") -> None:
         self.genesis = genesis
@@ -61,7 +63,7 @@ class Market:
         self.host = host
         self.exposed: list[bytes] = []   # hosts left out of the last query for evidence
 
-    async def __aenter__(self) -> Market:
+    async def __aenter__(self) -> MarketView:
         await self.dht.start(self.host, 0)
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap]
         if not peers:
