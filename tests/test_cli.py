@@ -86,6 +86,9 @@ def test_wallet_new_show_and_refuse_overwrite(capsys: pytest.CaptureFixture[str]
     (["buy", "--wallet", "{wallet}", "--budget", "1", "memory:1,2GiB,1GiB"], "min"),
     (["buy", "--wallet", "{wallet}", "--budget", "1", "--hosts", "0", "cpu:1,0.1,1"],
      "--hosts"),
+    (["audit", "status", "abc", "--wallet", "{wallet}"], "host must be a hex public key"),
+    (["audit", "status", "zz" * 20, "--wallet", "{wallet}"], "host must be a hex public key"),
+    (["audit", "status", "ab" * 21, "--wallet", "{wallet}"], "host must be a hex public key"),
     (["status", "--data-dir", "{missing}"], "no running node"),
     (["testnet", "status", "--dir", "{missing}"], "no testnet running"),
     (["testnet", "up", "--nodes", "0", "--dir", "{tmp}/tn"], "1 to 64 nodes"),
@@ -121,3 +124,12 @@ def test_host_status_shows_bids_in_the_bid_syntax() -> None:
     assert bid_text("memory", [2_500_000, 256 * 1024, 1 << 20]) == "2.5, 256 MiB, 1 GiB"
     assert bid_text("tcp_port,30000", [1_000_000, None, None]) == "1, -, -"
     assert bid_text("disk", "not a bid") == "not a bid"
+
+
+def test_json_output_shows_bytes_as_hex(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pmarket.cli.terminal import dump
+
+    dump({"host": b"\x01\xab", "proofs": [{"id": b"\x02"}], "dir": Path("/x")})
+    assert capsys.readouterr().out.split() == [
+        "{", '"dir":', '"/x",', '"host":', '"01ab",', '"proofs":', "[", "{", '"id":', '"02"',
+        "}", "]", "}"]

@@ -9,14 +9,17 @@ from typing import Any
 
 from rich.console import Console
 
+from p2pmarket.api.server import jsonable
+
 out = Console(highlight=False, soft_wrap=True,
               width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 
 def dump(doc: Any) -> None:
-    """``--json`` output: sorted keys, anything not JSON as its ``str``."""
-    print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    """``--json`` output: sorted keys, bytes as hex (as the control API sends them),
+    anything else not JSON as its ``str``."""
+    print(json.dumps(jsonable(doc), indent=2, sort_keys=True, default=str))
 
 
 def human(rtype: str, amount: int) -> str:

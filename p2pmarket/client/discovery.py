@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from fractions import Fraction
 from types import TracebackType
 
 from p2pmarket.audit.witnessing import DhtWitnessDirectory
@@ -30,6 +29,9 @@ class DiscoveryError(P2PMarketError):
 
 @dataclass(frozen=True)
 class HostView:
+    """A host found in the market: its verified record, and what the planner reads
+    from it (key, node id, capacity and current price per resource type)."""
+
     record: HostRecord
 
     @property
@@ -47,9 +49,6 @@ class HostView:
     def price(self, rtype: str) -> int:
         ad = self.record.resources.get(rtype)
         return ad.price if ad else 0
-
-    def efficiency(self, rtype: str) -> Fraction:
-        return Fraction(self.capacity(rtype), max(1, self.price(rtype)))
 
 
 class MarketView:
