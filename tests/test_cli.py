@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket.cli.commands import parse_duration
+from p2pmarket.cli.buy import parse_duration
 from p2pmarket.cli.main import main
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.config import load_genesis, save_genesis
@@ -86,6 +86,9 @@ def test_wallet_new_show_and_refuse_overwrite(capsys: pytest.CaptureFixture[str]
     (["buy", "--wallet", "{wallet}", "--budget", "1", "memory:1,2GiB,1GiB"], "min"),
     (["buy", "--wallet", "{wallet}", "--budget", "1", "--hosts", "0", "cpu:1,0.1,1"],
      "--hosts"),
+    (["audit", "status", "abc", "--wallet", "{wallet}"], "host must be a hex public key"),
+    (["audit", "status", "zz" * 20, "--wallet", "{wallet}"], "host must be a hex public key"),
+    (["audit", "status", "ab" * 21, "--wallet", "{wallet}"], "host must be a hex public key"),
     (["status", "--data-dir", "{missing}"], "no running node"),
     (["testnet", "status", "--dir", "{missing}"], "no testnet running"),
     (["testnet", "up", "--nodes", "0", "--dir", "{tmp}/tn"], "1 to 64 nodes"),
@@ -115,9 +118,18 @@ def test_parse_duration() -> None:
 
 
 def test_host_status_shows_bids_in_the_bid_syntax() -> None:
-    from p2pmarket.cli.commands import bid_text
+    from p2pmarket.cli.host import bid_text
 
     assert bid_text("cpu", [1_000_000, "0.1", "1"]) == "1, 10% of capacity, 100% of capacity"
     assert bid_text("memory", [2_500_000, 256 * 1024, 1 << 20]) == "2.5, 256 MiB, 1 GiB"
     assert bid_text("tcp_port,30000", [1_000_000, None, None]) == "1, -, -"
     assert bid_text("disk", "not a bid") == "not a bid"
+
+
+def test_json_output_shows_bytes_as_hex(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pmarket.cli.terminal import dump
+
+    dump({"host": b"\x01\xab", "proofs": [{"id": b"\x02"}], "dir": Path("/x")})
+    assert capsys.readouterr().out.split() == [
+        "{", '"dir":', '"/x",', '"host":', '"01ab",', '"proofs":', "[", "{", '"id":', '"02"',
+        "}", "]", "}"]

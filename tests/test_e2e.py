@@ -45,7 +45,9 @@ def control(node_dir: Path, what: str) -> Any:
 
 
 @dataclass
-class Market:
+class RunningTestnet:
+    """A testnet started with `p2pmarket testnet up`, and a buyer's wallet."""
+
     root: Path
     wallet: Path
 
@@ -66,13 +68,13 @@ def fast_audits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def market(tmp_path: Path) -> Iterator[Market]:
+def market(tmp_path: Path) -> Iterator[RunningTestnet]:
     root = tmp_path / "net"
     cli("testnet", "up", "--nodes", "3", "--dir", root, "--tick-seconds", "0.5")
     try:
         wallet = tmp_path / "wallet"
         cli("wallet", "new", "--genesis", root / "genesis.json", "--wallet", wallet)
-        yield Market(root, wallet)
+        yield RunningTestnet(root, wallet)
     finally:
         cli("testnet", "down", "--dir", root, check=False)
         for d in root.glob("node[0-9]*"):  # every node shut down cleanly
@@ -83,14 +85,14 @@ def balance(wallet: Path) -> int:
     return int(cli_json("wallet", "balance", "--wallet", wallet)["balance"])
 
 
-def mint_to_wallet(m: Market) -> str:
+def mint_to_wallet(m: RunningTestnet) -> str:
     key = cli_json("wallet", "show", "--wallet", m.wallet)["key"]
     cli("bank", "mint", "--mint-wallet", m.root / "mint", "--to", key, "--amount", "100")
     assert balance(m.wallet) == MINTED
     return str(key)
 
 
-def test_mint_buy_and_check_everything(market: Market) -> None:
+def test_mint_buy_and_check_everything(market: RunningTestnet) -> None:
     key = mint_to_wallet(market)
     hosts = cli_json("hosts", "--wallet", market.wallet)["hosts"]
     assert len(hosts) == 3
@@ -192,7 +194,7 @@ def audited(node_dir: Path, host_key: bytes) -> dict[str, Any] | None:
     return next((h for h in doc.get("hosts", []) if h.get("host") == host_key.hex()), None)
 
 
-def test_witness_survives_sigkill(fast_audits: None, market: Market) -> None:
+def test_witness_survives_sigkill(fast_audits: None, market: RunningTestnet) -> None:
     mint_to_wallet(market)
     purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
                         "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]
@@ -221,7 +223,7 @@ def test_witness_survives_sigkill(fast_audits: None, market: Market) -> None:
         stop(proc)
 
 
-def test_host_survives_sigkill(market: Market) -> None:
+def test_host_survives_sigkill(market: RunningTestnet) -> None:
     mint_to_wallet(market)
     purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
                         "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]

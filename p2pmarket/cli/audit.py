@@ -1,46 +1,98 @@
-"""What ``p2pmarket audit status [HOST]`` and ``p2pmarket audit verify PROOF_FILE`` need.
+"""``p2pmarket audit status [HOST]`` and ``p2pmarket audit verify PROOF_FILE``.
 
-- :func:`control_handlers` gives the node's control API call ``audit_status {host?:
-  hex key or node id}`` -> the witness's :meth:`WitnessService.status`, plus
-  ``audit_exposed {}`` -> ``{exposed: [node id]}``;
-- :func:`verify_file` checks a proof file offline (raw proof bytes, or their hex)
-  and returns its summary; :func:`status_lines` and :func:`proof_lines` format
-  results for the terminal.
+- ``status`` asks your own node (``--data-dir``, its ``audit_status`` control call)
+  or HOST's witnesses in the DHT (``witness.status``) what they know;
+- ``verify`` checks a proof file offline (:func:`verify_file`: raw proof bytes, or
+  their hex);
+
+:func:`status_lines` and :func:`proof_lines` format the results for the terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import argparse
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.audit.evidence import EvidenceError, verify_proof
-from p2pmarket.audit.witness import WitnessService
+from p2pmarket.api.client import PeerClient
+from p2pmarket.api.control import ControlClient
+from p2pmarket.audit.evidence import verify_proof
+from p2pmarket.audit.witness import DEFAULT_PSI, witness_key
+from p2pmarket.cli.options import Subcommands, genesis_of, genesis_opt, json_opt, wallet_opt
+from p2pmarket.cli.terminal import dump, out
+from p2pmarket.client.discovery import MarketView
 from p2pmarket.core.clock import now_us
+from p2pmarket.core.config import DataDir
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import NODE_ID_SIZE, Identity, node_id_of, parse_key_or_node_id
 
-ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+EXAMPLES = """examples:
+  p2pmarket audit status --data-dir run/testnet/node2
+  p2pmarket audit status 3f9a…(host key or node id) --wallet run/demo/wallet
+  p2pmarket audit verify proof.bin --host 3f9a…"""
+WITNESSES = DEFAULT_PSI + 1   # a host's witnesses: the ψ+1 nodes closest to its witness key
 
 
-def _host_arg(value: Any) -> bytes | None:
-    if value in (None, ""):
-        return None
+def add_audit(sub: Subcommands) -> None:
+    au = sub.add("audit", "PeerReview: what witnesses know about hosts; check a proof offline.",
+                 EXAMPLES)
+    actions = Subcommands(au, "action", "ACTION")
+    st = actions.add("status", "witness states (trusted, suspected, exposed): from your own "
+                     "node (--data-dir), or from HOST's witnesses in the DHT", EXAMPLES,
+                     audit_status)
+    st.add_argument("host", nargs="?", help="host public key or node id (hex)")
+    st.add_argument("--data-dir", type=Path, help="ask this running node (a witness)")
+    wallet_opt(st)
+    genesis_opt(st)
+    json_opt(st)
+    ve = actions.add("verify", "check a proof of misbehaviour offline", EXAMPLES, audit_verify)
+    ve.add_argument("proof_file", type=Path, help="the proof: raw bytes or hex")
+    ve.add_argument("--host", help="the host it must be against (hex key or node id)")
+    json_opt(ve)
+
+
+async def audit_status(args: argparse.Namespace) -> int:
+    """Ask your own node (a witness) or HOST's witnesses in the DHT."""
+    if args.data_dir is not None:
+        doc = await ControlClient(DataDir(args.data_dir)).call(
+            "audit_status", {"host": args.host} if args.host else {})
+        docs = [("this node", doc)]
+    else:
+        if not args.host:
+            raise P2PMarketError("name a HOST, or ask your own node with --data-dir")
+        host = parse_key_or_node_id(args.host)
+        host_id = host if len(host) == NODE_ID_SIZE else node_id_of(host)
+        docs = []
+        async with MarketView(genesis_of(args)) as market, PeerClient(
+                Identity.generate(), timeout_s=5) as client:
+            for peer in await market.directory().closest(witness_key(host_id), WITNESSES):
+                try:
+                    docs.append((peer.url, await client.call(
+                        peer.url, peer.key, "witness.status", {"host": host_id})))
+                except P2PMarketError as exc:
+                    docs.append((peer.url, {"hosts": [], "error": exc.message}))
+    if args.json:
+        dump({"witnesses": [{"witness": w, **d} for w, d in docs]})
+        return 0
+    for witness, doc in docs:
+        out.print(f"[bold]{witness}[/bold]" + (f": {doc['error']}" if "error" in doc else ""))
+        for line in status_lines(doc):
+            out.print("  " + line)
+    return 0
+
+
+async def audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 for a valid proof, 1 (one error) for an invalid one."""
     try:
-        raw = bytes.fromhex(str(value))
-    except ValueError:
-        raise EvidenceError("host must be a hex public key or node id") from None
-    if len(raw) not in (20, 32):
-        raise EvidenceError("host must be a hex public key (32 bytes) or node id (20)")
-    return raw
-
-
-def control_handlers(service: WitnessService) -> dict[str, ControlHandler]:
-    async def status(args: dict[str, Any]) -> dict[str, Any]:
-        return service.status(_host_arg(args.get("host")))
-
-    async def exposed(args: dict[str, Any]) -> dict[str, Any]:
-        return {"exposed": service.evidence.exposed()}
-
-    return {"audit_status": status, "audit_exposed": exposed}
+        summary = verify_file(args.proof_file, args.host)
+    except FileNotFoundError:
+        raise P2PMarketError(f"no proof file at {args.proof_file}") from None
+    if args.json:
+        dump(summary)
+    else:
+        for line in proof_lines(summary):
+            out.print(line)
+    return 0
 
 
 def verify_file(path: Path | str, host: str | None = None) -> dict[str, Any]:
@@ -49,7 +101,7 @@ def verify_file(path: Path | str, host: str | None = None) -> dict[str, Any]:
     text = data.strip()
     if text and all(c in b"0123456789abcdefABCDEF" for c in text):
         data = bytes.fromhex(text.decode())
-    return verify_proof(data, _host_arg(host)).summary()
+    return verify_proof(data, parse_key_or_node_id(host) if host else None).summary()
 
 
 def proof_lines(summary: dict[str, Any]) -> list[str]:
@@ -63,7 +115,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     hosts = doc.get("hosts", [])
     if not hosts:
         return ["this node witnesses no host yet"]
-    out = []
+    lines = []
     for h in hosts:
         line = f"{_hex(h.get('host_id', b''))[:16]}  {h['state']:<9}"
         if "audited_seq" in h:
@@ -71,21 +123,18 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         if h.get("last_audit"):
             ago = max(0, now_us() - int(h["last_audit"])) // 1_000_000
             line += f", last audit {ago}s ago"
-        out.append(line)
+        lines.append(line)
         if h.get("challenge"):
             c = h["challenge"]
-            out.append(f"    open challenge: log up to seq {c['target']} "
-                       f"({c['attempts']} unanswered)")
+            lines.append(f"    open challenge: log up to seq {c['target']} "
+                         f"({c['attempts']} unanswered)")
         if h.get("error"):
-            out.append(f"    {h['error']}")
+            lines.append(f"    {h['error']}")
         for p in h.get("proofs", []):
-            out.append(f"    proof {_hex(p['id'])}: {p['type']} at seq {p['seq']}: "
-                       f"{p['rule']}")
-    return out
+            lines.append(f"    proof {_hex(p['id'])}: {p['type']} at seq {p['seq']}: "
+                         f"{p['rule']}")
+    return lines
 
 
 def _hex(value: Any) -> str:
     return value.hex() if isinstance(value, bytes) else str(value)
-
-
-__all__ = ["control_handlers", "proof_lines", "status_lines", "verify_file"]

@@ -9,10 +9,14 @@ Layout of a testnet directory::
 
 ``down`` ends only the processes listed in testnet.json, by pid, after checking
 that each pid still runs a p2pmarket node on that data dir.
+
+The ``p2pmarket testnet up|down|status`` commands are at the end.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -23,7 +27,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from rich.table import Table
+
+from p2pmarket.api.control import ControlClient, ControlError
+from p2pmarket.cli.options import Subcommands, json_opt
+from p2pmarket.cli.terminal import dump, err, out
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.config import DataDir, Settings, load_genesis, save_genesis
 from p2pmarket.core.errors import P2PMarketError
@@ -31,6 +41,7 @@ from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import BootstrapPeer, Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_key, save_key
+from p2pmarket.core.money import format_credits
 
 HOST = "127.0.0.1"
 
@@ -199,3 +210,103 @@ def stop(root: Path) -> int:
     stopped = sum(stop_pid(p.pid, p.data_dir) for p in procs)
     (root / "testnet.json").unlink(missing_ok=True)
     return stopped
+
+
+# -- the commands ------------------------------------------------------------------
+
+EXAMPLES = """examples:
+  p2pmarket testnet up --nodes 5 --dir run/testnet
+  p2pmarket testnet status --dir run/testnet
+  p2pmarket testnet down --dir run/testnet"""
+READY_TIMEOUT_S = 60.0
+
+
+def add_testnet(sub: Subcommands) -> None:
+    t = sub.add("testnet", "Run a local market of node processes on loopback.", EXAMPLES)
+    actions = Subcommands(t, "action", "ACTION")
+    tu = actions.add("up", "create and start a testnet", EXAMPLES, testnet_up)
+    tu.add_argument("--nodes", type=int, default=5, help="number of node processes")
+    tu.add_argument("--base-port", type=int, default=0,
+                    help="first port (default: any free)")
+    tu.add_argument("--tick-seconds", type=float, default=1.0, help="auction tick")
+    for action, text, run in (("down", "stop the testnet's nodes", testnet_down),
+                              ("status", "show its nodes", testnet_status)):
+        q = actions.add(action, text, EXAMPLES, run)
+        dir_opt(q)
+        json_opt(q)
+    dir_opt(tu)
+
+
+def dir_opt(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--dir", type=Path, default=Path("run/testnet"), help="testnet dir")
+
+
+async def testnet_up(args: argparse.Namespace) -> int:
+    root: Path = args.dir
+    dirs = create(root, args.nodes, args.base_port, tick_seconds=args.tick_seconds)
+    procs = start(root, dirs)
+    with out.status(f"starting {len(procs)} nodes…"):
+        errors = await wait_ready(root, READY_TIMEOUT_S)
+    if errors:
+        for e in errors:
+            err.print(f"error: {e}")
+        return len(errors)
+    out.print(f"testnet of {len(procs)} nodes up in {root} "
+              f"(genesis {root / 'genesis.json'}, mint wallet {root / 'mint'})")
+    return 0
+
+
+async def wait_ready(root: Path, timeout_s: float) -> list[str]:
+    """Wait until every node answers its control API with ready=true."""
+    procs = load(root)
+    deadline = time.monotonic() + timeout_s
+    pending = {p.name: p for p in procs}
+    last: dict[str, str] = {}
+    while pending and time.monotonic() < deadline:
+        for name, p in list(pending.items()):
+            if not is_our_node(p.pid, p.data_dir):
+                return [f"{name} exited; see {Path(p.data_dir) / 'node.log'}"]
+            try:
+                st = await ControlClient(DataDir(Path(p.data_dir)), timeout_s=2).call("status")
+                if st.get("ready"):
+                    del pending[name]
+            except (ControlError, P2PMarketError) as exc:
+                last[name] = exc.message
+        await asyncio.sleep(0.2)
+    return [f"{n} not ready after {timeout_s:.0f}s ({last.get(n, 'starting')})" for n in pending]
+
+
+async def testnet_down(args: argparse.Namespace) -> int:
+    stopped = stop(args.dir)
+    out.print(f"stopped {stopped} node(s) of the testnet in {args.dir}")
+    return 0
+
+
+async def testnet_status(args: argparse.Namespace) -> int:
+    procs = load(args.dir)
+    rows = []
+    errors = 0
+    for p in procs:
+        row: dict[str, Any] = {"name": p.name, "pid": p.pid, "url": p.url, "notary": p.notary}
+        try:
+            st = await ControlClient(DataDir(Path(p.data_dir)), timeout_s=3).call("status")
+            row.update(ready=st.get("ready"), balance=st.get("balance"),
+                       accounts=st.get("accounts"), contacts=st.get("dht_contacts"))
+        except P2PMarketError as exc:
+            row.update(ready=False, error=exc.message)
+            errors += 1
+        rows.append(row)
+    if args.json:
+        dump({"nodes": rows})
+        return errors
+    table = Table(title=f"testnet {args.dir}")
+    for col in ("node", "pid", "url", "notary", "ready", "balance", "accounts", "contacts"):
+        table.add_column(col)
+    for r in rows:
+        bal = r.get("balance")
+        table.add_row(r["name"], str(r["pid"]), r["url"], "yes" if r["notary"] else "",
+                      "yes" if r.get("ready") else r.get("error", "no"),
+                      format_credits(bal) if isinstance(bal, int) else "",
+                      str(r.get("accounts", "")), str(r.get("contacts", "")))
+    out.print(table)
+    return errors

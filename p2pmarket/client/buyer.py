@@ -19,7 +19,7 @@ from p2pmarket.api.client import PeerClient
 from p2pmarket.auction.lease import Lease, verify_lease
 from p2pmarket.auction.resources import BidSpec, parse_bids
 from p2pmarket.audit.witness import push_to_witnesses
-from p2pmarket.client.discovery import HostView, Market
+from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.planner import Candidate, PlanError, best_response
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.errors import P2PMarketError
@@ -93,7 +93,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
             raise BuyError(f"balance {wallet.balance()} µcredits is below the budget {budget}",
                            {"balance": wallet.balance(), "budget": budget})
         progress(f"looking up hosts offering {', '.join(types)} in the DHT")
-        async with Market(genesis) as market:
+        async with MarketView(genesis) as market:
             hosts = await market.hosts(types, limit=max(20, max_hosts))
             if not hosts:
                 raise BuyError(f"no host offers {', '.join(types)}", types)
@@ -119,7 +119,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         return purchases
 
 
-async def push_audit(client: PeerClient, market: Market, host_key: bytes,
+async def push_audit(client: PeerClient, market: MarketView, host_key: bytes,
                      audit: Any, url: str) -> int:
     """Best effort: give the host's witnesses the authenticator of its reply, so they can
     hold the host to the log it committed to (DESIGN.md section 5). Returns how many
@@ -199,7 +199,7 @@ async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | 
                 out.append((record, lease, f"stored copy ({exc.message})"))
         if audits:
             with contextlib.suppress(P2PMarketError, TimeoutError):
-                async with Market(wdir.genesis()) as market:
+                async with MarketView(wdir.genesis()) as market:
                     for host_key, audit, url in audits:
                         await push_audit(client, market, host_key, audit, url)
     return out

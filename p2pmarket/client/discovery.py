@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from fractions import Fraction
 from types import TracebackType
 
 from p2pmarket.audit.witnessing import DhtWitnessDirectory
@@ -30,6 +29,9 @@ class DiscoveryError(P2PMarketError):
 
 @dataclass(frozen=True)
 class HostView:
+    """A host found in the market: its verified record, and what the planner reads
+    from it (key, node id, capacity and current price per resource type)."""
+
     record: HostRecord
 
     @property
@@ -48,12 +50,11 @@ class HostView:
         ad = self.record.resources.get(rtype)
         return ad.price if ad else 0
 
-    def efficiency(self, rtype: str) -> Fraction:
-        return Fraction(self.capacity(rtype), max(1, self.price(rtype)))
 
-
-class Market:
-    """``async with Market(genesis) as m: hosts = await m.hosts(["cpu"])``."""
+class MarketView:
+    """The buyer's view of the market in the DHT, through a client-mode DHT peer with a
+    throw-away key: ``async with MarketView(genesis) as m: hosts = await m.hosts(["cpu"])``.
+    """
 
     def __init__(self, genesis: Genesis, host: str = "127.0.0.1") -> None:
         self.genesis = genesis
@@ -61,7 +62,7 @@ class Market:
         self.host = host
         self.exposed: list[bytes] = []   # hosts left out of the last query for evidence
 
-    async def __aenter__(self) -> Market:
+    async def __aenter__(self) -> MarketView:
         await self.dht.start(self.host, 0)
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap]
         if not peers:

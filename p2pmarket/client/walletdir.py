@@ -40,6 +40,10 @@ def _read_map(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _write_map(path: Path, doc: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(doc, indent=1).encode(), mode=0o600)
+
+
 def default_wallet_path() -> Path:
     env = os.environ.get("P2PMARKET_WALLET")
     return Path(env) if env else Path.home() / ".p2pmarket" / "wallet"
@@ -95,13 +99,8 @@ class WalletDir:
 
     def leases(self) -> dict[str, dict[str, str]]:
         """lease id -> {host_key, url, account_id, lease (hex of the signed envelope)}."""
-        try:
-            doc = json.loads(self.leases_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            raise WalletDirError(f"{self.leases_path} is damaged") from None
-        if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        doc = _read_map(self.leases_path)
+        if not all(isinstance(v, dict) for v in doc.values()):
             raise WalletDirError(f"{self.leases_path} is damaged")
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in doc.items()}
 
@@ -116,9 +115,9 @@ class WalletDir:
             pending.pop(payment_id, None)
         else:
             pending[payment_id] = record
-        write_atomic(self.pending_path, json.dumps(pending, indent=1).encode(), mode=0o600)
+        _write_map(self.pending_path, pending)
 
     def save_lease(self, lease_id: str, record: dict[str, str]) -> None:
         leases = self.leases()
         leases[lease_id] = record
-        write_atomic(self.leases_path, json.dumps(leases, indent=1).encode(), mode=0o600)
+        _write_map(self.leases_path, leases)

@@ -69,6 +69,18 @@ def parse_public_key(text: str) -> bytes:
     return key
 
 
+def parse_key_or_node_id(text: str) -> bytes:
+    """A public key (64 hex digits) or a node id (40 hex digits) from its hex form, as
+    its 32 or 20 bytes: how a command or control call names a host."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) not in (PUBLIC_KEY_SIZE, NODE_ID_SIZE):
+        raise IdentityError("host must be a hex public key (64 digits) or node id (40)", text)
+    return raw
+
+
 @dataclass(frozen=True)
 class Identity:
     """A private signing key and what follows from it."""

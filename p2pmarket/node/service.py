@@ -23,6 +23,7 @@ from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher
 from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Payment
+from p2pmarket.audit.control import control_handlers as audit_control_handlers
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.witness import Peer, WitnessService
@@ -33,7 +34,6 @@ from p2pmarket.audit.witnessing import (
     EvidenceScreen,
 )
 from p2pmarket.audit.witnessstore import WitnessStore
-from p2pmarket.cli.audit import control_handlers as audit_control_handlers
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import DataDir, Settings, load_genesis
 from p2pmarket.core.errors import P2PMarketError

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from p2pmarket.cli import testnet
-from p2pmarket.cli.commands import wait_ready
 
 
 def vm_kib(pid: int, field: str) -> int:
@@ -38,7 +37,7 @@ async def run(nodes: int, idle_s: float) -> dict[str, object]:
         started = time.monotonic()
         dirs = testnet.create(root / "net", nodes)
         procs = testnet.start(root / "net", dirs)
-        errors = await wait_ready(root / "net", 60)
+        errors = await testnet.wait_ready(root / "net", 60)
         ready_s = time.monotonic() - started
         if errors:
             raise SystemExit(f"testnet did not start: {errors}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2pmarket.audit.evidence import inconsistency_proof, verify_proof
-from p2pmarket.client.discovery import Market
+from p2pmarket.client.discovery import MarketView
 from p2pmarket.ledger.chain import Authenticator, auth_message
 from tests.market_helpers import local_market
 
@@ -23,7 +23,7 @@ async def test_market_leaves_out_a_host_with_evidence(tmp_path: Path) -> None:
         assert verify_proof(proof, cheat.identity.node_id)
         assert await m.nodes[0].dht.publish_evidence(cheat.identity.node_id, proof) > 0
 
-        async with Market(m.genesis) as market:
+        async with MarketView(m.genesis) as market:
             views = await market.hosts(["cpu", "memory"], limit=10)
         assert {v.node_id for v in views} == {n.identity.node_id for n in m.nodes[:2]}
         assert market.exposed == [cheat.identity.node_id]
@@ -33,6 +33,6 @@ async def test_market_keeps_hosts_without_evidence(tmp_path: Path) -> None:
     async with local_market(tmp_path / "m", n=2) as m:
         for node in m.nodes:
             await node.advertised.wait()
-        async with Market(m.genesis) as market:
+        async with MarketView(m.genesis) as market:
             views = await market.hosts(["cpu"], limit=10)
         assert len(views) == 2 and market.exposed == []

@@ -130,13 +130,9 @@ async def _run(world: World, h: Any, buyers: list[Identity], accounts: dict[int,
 
 
 async def test_cli_helpers(tmp_path: Path) -> None:
+    from p2pmarket.audit.control import control_handlers
     from p2pmarket.audit.evidence import EvidenceError
-    from p2pmarket.cli.audit import (
-        control_handlers,
-        proof_lines,
-        status_lines,
-        verify_file,
-    )
+    from p2pmarket.cli.audit import proof_lines, status_lines, verify_file
 
     world = World(tmp_path)
     w = world.witness()

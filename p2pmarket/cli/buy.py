@@ -1,0 +1,171 @@
+"""The buyer's commands: ``p2pmarket buy``, ``p2pmarket hosts`` (the market in the
+DHT) and ``p2pmarket leases``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from typing import Any
+
+from rich.table import Table
+
+from p2pmarket.auction.lease import Lease
+from p2pmarket.cli.options import (
+    Subcommands,
+    genesis_of,
+    genesis_opt,
+    json_opt,
+    wallet_dir,
+    wallet_opt,
+)
+from p2pmarket.cli.terminal import dump, err, human, out
+from p2pmarket.client.buyer import buy as run_buy
+from p2pmarket.client.buyer import refresh_leases, resume_pending
+from p2pmarket.client.discovery import MarketView
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.money import format_credits, parse_credits
+
+BUY_EXAMPLES = """examples:
+  p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
+  p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB"""
+HOSTS_EXAMPLES = """examples:
+  p2pmarket hosts
+  p2pmarket hosts --type memory --max-price 5 --json"""
+LEASES_EXAMPLES = """examples:
+  p2pmarket leases
+  p2pmarket leases --json"""
+
+DURATION = re.compile(r"^(\d+)([smhd]?)$")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 10 * 365 * 86400
+
+
+def add_buy(sub: Subcommands) -> None:
+    buy_ = sub.add("buy", "Buy resources: find hosts, fund them, bid, verify the leases.",
+                   BUY_EXAMPLES, buy)
+    wallet_opt(buy_)
+    buy_.add_argument("bids", nargs="+", metavar="BID",
+                      help="RESOURCE:WEIGHT,MIN,MAX (Tycoon syntax), e.g. memory:1,256MiB,1GiB")
+    buy_.add_argument("--budget", required=True, help="credits to spend in all")
+    buy_.add_argument("--duration", default="1h", help="how long to spend it (30m, 2h, 1d)")
+    buy_.add_argument("--hosts", type=int, default=1, help="spread over up to N hosts")
+    json_opt(buy_)
+
+
+def add_hosts(sub: Subcommands) -> None:
+    h = sub.add("hosts", "Show the live market from the DHT.", HOSTS_EXAMPLES, hosts)
+    wallet_opt(h)
+    genesis_opt(h)
+    h.add_argument("--type", action="append", dest="types", metavar="RESOURCE",
+                   help="resource type to list (repeatable; default cpu and memory)")
+    h.add_argument("--max-price",
+                   help="highest price, credits per second for the whole resource")
+    h.add_argument("--min-capacity", type=int, default=0,
+                   help="lowest capacity in base units (MHz, KiB, bit/s)")
+    h.add_argument("--limit", type=int, default=20, help="top N by cost efficiency")
+    json_opt(h)
+
+
+def add_leases(sub: Subcommands) -> None:
+    le = sub.add("leases", "Show this wallet's leases, refreshed from their hosts.",
+                 LEASES_EXAMPLES, leases)
+    wallet_opt(le)
+    json_opt(le)
+
+
+def parse_duration(text: str) -> int:
+    m = DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise P2PMarketError(f"duration must look like 90s, 30m, 2h or 1d: {text!r}", text)
+    seconds = int(m.group(1)) * UNIT_S[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise P2PMarketError("duration is longer than ten years", text)
+    return seconds
+
+
+def lease_doc(lease: Lease) -> dict[str, Any]:
+    return {"lease_id": lease.lease_id, "host_id": lease.host_id.hex(),
+            "holder": lease.holder.hex(), "start": lease.start, "end": lease.end,
+            "balance": lease.balance,
+            "resources": {r: {"min": t.min, "max": t.max, "alloc": t.alloc}
+                          for r, t in lease.resources.items()}}
+
+
+async def buy(args: argparse.Namespace) -> int:
+    budget = parse_credits(args.budget)
+    duration = parse_duration(args.duration)
+    with out.status("buying…") as spinner:
+        purchases = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
+                                  progress=lambda msg: spinner.update(msg))
+    docs: list[dict[str, Any]] = [
+        {"host": p.host.node_id.hex(), "url": p.host.record.url, "paid": p.amount,
+         "account_id": p.account_id, "lease": lease_doc(p.lease),
+         "signed_lease": p.envelope.hex()} for p in purchases]
+    if args.json:
+        dump({"purchases": docs})
+        return 0
+    for p, doc in zip(purchases, docs, strict=True):
+        out.print(f"[bold]lease {p.lease.lease_id}[/bold] from host {doc['host'][:16]}… "
+                  f"at {doc['url']} (paid {format_credits(p.amount)} credits)")
+        out.print_json(json.dumps(doc["lease"]))
+        out.print(f"signed lease (msgpack, hex): {doc['signed_lease'][:96]}…")
+    return 0
+
+
+async def hosts(args: argparse.Namespace) -> int:
+    genesis = genesis_of(args)
+    types = args.types or ["cpu", "memory"]
+    max_price = parse_credits(args.max_price) if args.max_price else None
+    async with MarketView(genesis) as market:
+        views = await market.hosts(types, limit=args.limit, min_capacity=args.min_capacity,
+                                   max_price=max_price)
+        exposed = [i.hex() for i in market.exposed]
+    rows: list[dict[str, Any]] = [{"node_id": v.node_id.hex(), "url": v.record.url,
+             "dht": f"{v.record.dht[0]}:{v.record.dht[1]}",
+             # no registrar attests addresses yet (the NAT issue adds attestations)
+             "reachability": "attested" if v.record.reach else "unattested",
+             "availability_ppm": v.record.availability_ppm,
+             "resources": {t: {"capacity": ad.capacity, "price": ad.price,
+                               "hour_avg": ad.hour_avg}
+                           for t, ad in v.record.resources.items()}} for v in views]
+    if args.json:
+        dump({"hosts": rows, "exposed": exposed})
+        return 0
+    table = Table(title=f"market: {len(rows)} host(s) offering {', '.join(types)}"
+                  + (f"; {len(exposed)} exposed host(s) left out" if exposed else ""))
+    for col in ("host", "address", "reach", "resources (capacity @ price µc/s, hour avg)",
+                "avail"):
+        table.add_column(col)
+    for r in rows:
+        res = "\n".join(f"{t}: {human(t, a['capacity'])} @ {a['price']} ({a['hour_avg']})"
+                        for t, a in sorted(r["resources"].items()))
+        table.add_row(r["node_id"][:16], r["url"], r["reachability"], res,
+                      f"{r['availability_ppm'] / 10_000:.1f}%")
+    out.print(table)
+    return 0
+
+
+async def leases(args: argparse.Namespace) -> int:
+    for _, outcome in await resume_pending(wallet_dir(args)):
+        err.print(f"earlier purchase: {outcome}")
+    results = await refresh_leases(wallet_dir(args))
+    if args.json:
+        dump({"leases": [{"source": src, "url": rec["url"],
+                          "lease": lease_doc(lease) if lease else None}
+                         for rec, lease, src in results]})
+        return sum(lease is None for _, lease, _ in results)
+    table = Table(title=f"{len(results)} lease(s)")
+    for col in ("lease", "host", "resources (alloc / min..max)", "balance", "ends", "source"):
+        table.add_column(col)
+    for rec, lease, src in results:
+        if lease is None:
+            table.add_row("?", rec["url"], "", "", "", src)
+            continue
+        res = "\n".join(f"{r}: {human(r, t.alloc)} / {human(r, t.min)}..{human(r, t.max)}"
+                        for r, t in sorted(lease.resources.items()))
+        ends = time.strftime("%Y-%m-%d %H:%M", time.localtime(lease.end / 1e6))
+        table.add_row(lease.lease_id, rec["url"], res, format_credits(lease.balance), ends, src)
+    out.print(table)
+    return sum(lease is None for _, lease, _ in results)
