@@ -1,4 +1,4 @@
-"""The host owner's control calls and the image upload route (wired by node.py).
+"""The host owner's control calls and the image upload route (wired by p2pmarket.node.service).
 
 Control API handlers (``POST /v1/<name>``, JSON in and out):
 
@@ -19,18 +19,17 @@ is streamed in chunks into the account's storage volume.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from p2pmarket.api.server import ControlHandler, jsonable
 from p2pmarket.auction import HostError
 from p2pmarket.core.errors import P2PMarketError, error_dict
 from p2pmarket.core.wire import ReplayGuard, WireError, decode
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.upload import UPLOAD_KIND, upload_image
 
-ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 AUTH_HEADER = "X-P2PM-Auth"
 CHUNK = 1024 * 1024
 
@@ -93,17 +92,7 @@ def upload_route(auct: Auctioneer, guard: ReplayGuard | None = None) -> web.Rout
         except WireError as exc:
             return web.json_response(error_dict(exc.message), status=401)
         except P2PMarketError as exc:
-            return web.json_response(error_dict(exc.message, _jsonable(exc.value)), status=400)
-        return web.json_response(_jsonable(result))
+            return web.json_response(error_dict(exc.message, jsonable(exc.value)), status=400)
+        return web.json_response(jsonable(result))
 
     return web.put("/host/image/{account_id}", handler)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
