@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction.snapshot import snapshot
+from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.evidence import (
     EvidenceError,
     EvidenceSink,
@@ -72,7 +73,6 @@ from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of
 from p2pmarket.core.wire import DEFAULT_CLOCK_TOLERANCE_US, WireError
 from p2pmarket.ledger.chain import HASH_SIZE, Authenticator
-from p2pmarket.ledger.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ MAX_HELD = 4096
 TRUSTED, SUSPECTED, EXPOSED = "trusted", "suspected", "exposed"
 
 
-class WitnessError(LedgerError):
+class WitnessError(AuditError):
     """A refused witness request."""
 
 
