@@ -1,6 +1,6 @@
 """The audit's error class: :class:`AuditError` and its subclasses (one a module:
 :class:`~p2pmarket.audit.evidence.EvidenceError`,
-:class:`~p2pmarket.audit.witness.WitnessError`,
+:class:`~p2pmarket.audit.watched.WitnessError`,
 :class:`~p2pmarket.audit.witnessstore.WitnessStoreError`)."""
 
 from __future__ import annotations
