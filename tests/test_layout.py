@@ -34,6 +34,7 @@ PURE_CORES = (
     "p2pmarket.ledger.certificate",
     "p2pmarket.audit.entry",
     "p2pmarket.audit.replay",
+    "p2pmarket.audit.watched",
     "p2pmarket.client.planner",
     "p2pmarket.dht.records",
     "p2pmarket.dht.offers",

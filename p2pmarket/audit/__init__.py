@@ -1,5 +1,8 @@
-"""PeerReview-style accountability for hosts (DESIGN.md §5): the host's signed audit
-log (:mod:`.log`), its replay against the pure auction (:mod:`.replay`), proofs of
-misbehaviour and their store (:mod:`.evidence`), the witness service and its durable
-progress (:mod:`.witness`, :mod:`.witnessstore`), and the DHT adapters the witnesses
-and notaries use (:mod:`.witnessing`)."""
+"""PeerReview-style accountability for hosts (DESIGN.md §5): the pure entry format
+(:mod:`.entry`) and the host's signed audit log (:mod:`.log`), its replay against the
+pure auction (:mod:`.replay`), proofs of misbehaviour (:mod:`.evidence`) and the store
+of valid ones (:mod:`.evidencestore`), the witnesses -- what one audit decides about
+one host (:mod:`.watched`, pure), the service with its RPCs and audit rounds
+(:mod:`.witness`) and its durable progress (:mod:`.witnessstore`) -- the DHT adapters
+the witnesses and notaries use (:mod:`.witnessing`), and the audit's error class
+(:mod:`.errors`)."""

@@ -5,7 +5,8 @@ An entry is ``{seq, prev, kind, body, ts}``: ``prev`` is the hash of entry
 msgpack, and the host signs ``auth_message(host key, seq, hash)`` -- the same
 *authenticator* as on payment chains (:class:`p2pmarket.ledger.chain.Authenticator`).
 Two different hashes signed for one seq are a proof of inconsistency
-(:func:`conflicting`); :func:`verify_segment` checks a contiguous run.
+(:func:`conflicting`); :func:`verify_segment` checks a contiguous run. Refusals
+are :class:`~p2pmarket.audit.errors.AuditError`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import msgpack
 
+from p2pmarket.audit.errors import AuditError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import digest, pack
 from p2pmarket.ledger.chain import HASH_SIZE, ZERO_HASH, Authenticator, auth_message
@@ -36,12 +38,15 @@ class AuditEntry:
     ts: int
 
     def __post_init__(self) -> None:
-        check_int(self.seq, "seq", 0, 2**62)
-        check_bytes(self.prev, "prev", HASH_SIZE)
-        check_str(self.kind, "kind", MAX_KIND)
-        check_int(self.ts, "ts", 0, MAX_TS)
+        try:
+            check_int(self.seq, "seq", 0, 2**62)
+            check_bytes(self.prev, "prev", HASH_SIZE)
+            check_str(self.kind, "kind", MAX_KIND)
+            check_int(self.ts, "ts", 0, MAX_TS)
+        except LedgerError as exc:
+            raise AuditError(exc.message, exc.value) from None
         if self.seq == 0 and self.prev != ZERO_HASH:
-            raise LedgerError("the entry at seq 0 must have an all-zero prev", "prev")
+            raise AuditError("the entry at seq 0 must have an all-zero prev", "prev")
 
     def to_wire(self) -> dict[str, Any]:
         return {"seq": self.seq, "prev": self.prev, "kind": self.kind, "body": self.body,
@@ -55,7 +60,10 @@ class AuditEntry:
 
     @classmethod
     def from_wire(cls, doc: Any) -> AuditEntry:
-        doc = check_map(doc, "audit entry", ENTRY_FIELDS)
+        try:
+            doc = check_map(doc, "audit entry", ENTRY_FIELDS)
+        except LedgerError as exc:
+            raise AuditError(exc.message, exc.value) from None
         return cls(doc["seq"], doc["prev"], doc["kind"], doc["body"], doc["ts"])
 
 
@@ -89,19 +97,22 @@ def verify_segment(entries: Sequence[AuditEntry], auths: Sequence[Authenticator]
     at seq 0). Returns the hash of the last entry. Pure.
     """
     if len(entries) != len(auths):
-        raise LedgerError("need one authenticator per audit entry",
+        raise AuditError("need one authenticator per audit entry",
                           {"entries": len(entries), "auths": len(auths)})
     head = ZERO_HASH if prev_hash is None else prev_hash
     if entries and prev_hash is None and entries[0].seq != 0:
-        raise LedgerError("audit segment does not start at seq 0", entries[0].seq)
+        raise AuditError("audit segment does not start at seq 0", entries[0].seq)
     for k, (entry, auth) in enumerate(zip(entries, auths, strict=True)):
         if k and entry.seq != entries[k - 1].seq + 1:
-            raise LedgerError("audit entries are not consecutive", entry.seq)
+            raise AuditError("audit entries are not consecutive", entry.seq)
         if entry.prev != head:
-            raise LedgerError("audit entry does not link to the previous one", entry.seq)
+            raise AuditError("audit entry does not link to the previous one", entry.seq)
         if auth.owner != host_key or auth.seq != entry.seq or auth.hash != entry.hash():
-            raise LedgerError("authenticator does not match the audit entry", entry.seq)
-        auth.check()
+            raise AuditError("authenticator does not match the audit entry", entry.seq)
+        try:
+            auth.check()
+        except LedgerError as exc:
+            raise AuditError(exc.message, exc.value) from None
         head = entry.hash()
     return head
 

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pmarket.auction.snapshot import from_snapshot
+from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.replay import ANCHORS, Replayer, decode_entry
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, verify
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.ledger.chain import HASH_SIZE, Authenticator, auth_message
-from p2pmarket.ledger.errors import LedgerError
 
 PROOF_VERSION = 1
 INCONSISTENCY = "inconsistency"
@@ -50,7 +50,7 @@ MAX_PROOF_BYTES = 4 * 1024 * 1024
 COMPACT_PROOF_BYTES = 7 * 1024
 
 
-class EvidenceError(LedgerError):
+class EvidenceError(AuditError):
     """Not a valid proof (malformed, wrong host, or it proves nothing)."""
 
 

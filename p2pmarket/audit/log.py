@@ -7,7 +7,7 @@ an entry ``{seq, prev, kind, body, ts}``: ``prev`` is the hash of entry
 msgpack, and the host signs it with an *authenticator* (:mod:`p2pmarket.audit.entry`).
 A reply that carries an authenticator commits the host to the whole log up to
 that entry: two different hashes signed for one seq are a proof of
-inconsistency, checked with :func:`verify_segment`.
+inconsistency, checked with :func:`p2pmarket.audit.entry.verify_segment`.
 
 Storage: sqlite (WAL, synchronous=FULL); :meth:`AuditLog.append` returns only
 after the entry is durable.
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.audit.entry import AuditEntry, encode_entry, sign_entry
+from p2pmarket.audit.errors import AuditError
 from p2pmarket.core.files import open_db
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.ledger.chain import ZERO_HASH, Authenticator
-from p2pmarket.ledger.errors import LedgerError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -81,7 +81,7 @@ class AuditLog:
                 entry = AuditEntry(seq + 1, prev, kind, unpack(pack(body)), ts)
                 data = pack(entry.body)
             except WireError as exc:
-                raise LedgerError("audit entry body cannot be encoded", exc.value) from None
+                raise AuditError("audit entry body cannot be encoded", exc.value) from None
             auth = sign_entry(self.identity, entry)
             rows.append((entry.seq, entry.prev, kind, data, ts, auth.hash, auth.sig))
             auths.append(auth)

@@ -1,8 +1,8 @@
 """PeerReview witnesses for hosts (DESIGN.md section 5).
 
-A host's witnesses are the ψ+1 nodes (default 3) closest in the DHT to
-:func:`witness_key` ``= SHA-256("witness" + host id)``. Buyers push the
-authenticators the host put in its replies (``witness.push``); every audit
+A host's witnesses are the ψ+1 nodes (default 3: :data:`WITNESSES_PER_HOST`) closest
+in the DHT to :func:`witness_key` ``= SHA-256("witness" + host id)``. Buyers push
+the authenticators the host put in its replies (``witness.push``); every audit
 period (default 10 s) each witness fetches the host's log since its last audit
 (``host.audit_log``, re-fetching the last entry it audited), and
 
@@ -20,7 +20,7 @@ period (default 10 s) each witness fetches the host's log since its last audit
    shows different logs to different witnesses is caught.
 
 States: ``trusted``, ``suspected`` (open challenge), ``exposed`` (a valid proof,
-kept in the :class:`~p2pmarket.audit.evidence.EvidenceStore` and published
+kept in the :class:`~p2pmarket.audit.evidencestore.EvidenceStore` and published
 through an :class:`~p2pmarket.audit.evidence.EvidenceSink`). An exposed host is
 not audited any more.
 
@@ -34,6 +34,11 @@ Progress is durable (:class:`~p2pmarket.audit.witnessstore.WitnessStore`): pushe
 authenticators are stored before ``witness.push`` answers, and each checked
 segment is stored with the replay position, so a restarted witness resumes every
 audit where it stopped.
+
+This module is the service: the RPCs, the audit round and its I/O (fetching the
+log, storing progress, publishing proofs, gossip), and what a buyer does with
+authenticators (:func:`push_to_witnesses`). What one audit decides about one host
+is pure, in :mod:`p2pmarket.audit.watched`.
 
 RPCs (``dispatcher.register_all("witness", service.handlers())``; the RPC
 layer's replay guard and signature checks run first):
@@ -51,41 +56,34 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pmarket.api.rpc import CallContext, Handler
-from p2pmarket.auction.snapshot import snapshot
-from p2pmarket.audit.evidence import (
-    EvidenceError,
-    EvidenceSink,
-    fork_proof,
-    inconsistency_proof,
-    nonconformance_proof,
-    verify_proof,
-)
+from p2pmarket.audit.evidence import EvidenceError, EvidenceSink, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
-from p2pmarket.audit.replay import Replayer, decode_entry
+from p2pmarket.audit.watched import (
+    EXPOSED,
+    MAX_PUSH,
+    Watched,
+    WitnessError,
+    check_auths,
+    check_host_key,
+    read_segment,
+)
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
-from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, node_id_of
-from p2pmarket.core.wire import DEFAULT_CLOCK_TOLERANCE_US, WireError
-from p2pmarket.ledger.chain import HASH_SIZE, Authenticator
-from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.core.identity import Identity, node_id_of
+from p2pmarket.core.wire import WireError
+from p2pmarket.ledger.chain import Authenticator
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PSI = 2
+WITNESSES_PER_HOST = DEFAULT_PSI + 1   # how many witnesses a host has (psi + 1)
 DEFAULT_PERIOD_S = 10.0
 SEGMENT = 2000
-MAX_PUSH = 256
-MAX_HELD = 4096
-TRUSTED, SUSPECTED, EXPOSED = "trusted", "suspected", "exposed"
-
-
-class WitnessError(LedgerError):
-    """A refused witness request."""
 
 
 @dataclass(frozen=True)
@@ -120,60 +118,6 @@ class PeerCaller(Protocol):
 def witness_key(host_id: bytes) -> bytes:
     """Where a host's witnesses are in the DHT: SHA-256("witness" + host id)."""
     return hashlib.sha256(b"witness" + host_id).digest()
-
-
-@dataclass
-class Watched:
-    key: bytes
-    url: str | None = None
-    replayer: Replayer = field(default_factory=Replayer)
-    held: dict[int, Authenticator] = field(default_factory=dict)
-    # audited in the segment being checked, not yet in the store (older ones are there)
-    unsaved: dict[int, Authenticator] = field(default_factory=dict)
-    saved_anchor: int = -1   # first seq of the replay entries the store holds
-    challenge: dict[str, Any] | None = None
-    proofs: list[bytes] = field(default_factory=list)
-    last_audit: int = 0
-    error: str = ""
-
-    def __post_init__(self) -> None:
-        if self.replayer.host_id is None and self.replayer.seq < 0:
-            # buyers' signed requests must be addressed to this host
-            self.replayer = Replayer(host=self.key)
-
-    @property
-    def state(self) -> str:
-        if self.proofs:
-            return EXPOSED
-        return SUSPECTED if self.challenge is not None else TRUSTED
-
-    def anchor_seq(self) -> int:
-        return self.replayer.seq - len(self.replayer.anchor_entries) + 1
-
-
-def _auths(host: bytes, items: Any) -> list[Authenticator]:
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_PUSH:
-        raise WitnessError(f"auths must be a list of 1 to {MAX_PUSH} authenticators")
-    out = []
-    for item in items:
-        if not isinstance(item, list) or len(item) != 3:
-            raise WitnessError("an authenticator is [seq, hash, sig]")
-        seq, h, sig = item
-        if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(h, bytes) \
-                or len(h) != HASH_SIZE or not isinstance(sig, bytes) \
-                or len(sig) != SIGNATURE_SIZE:
-            raise WitnessError("an authenticator is [seq, hash, sig]")
-        auth = Authenticator(host, seq, h, sig)
-        if not auth.verify():
-            raise WitnessError("an authenticator is not signed by the host", seq)
-        out.append(auth)
-    return out
-
-
-def _host_key(value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) != PUBLIC_KEY_SIZE:
-        raise WitnessError("host must be a 32-byte public key")
-    return value
 
 
 class WitnessService:
@@ -247,11 +191,11 @@ class WitnessService:
     async def rpc_push(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         if not set(args) <= {"host", "auths", "url"} or not {"host", "auths"} <= set(args):
             raise WitnessError("push takes {host, auths, url?}", sorted(map(str, args)))
-        host = _host_key(args["host"])
+        host = check_host_key(args["host"])
         url = args.get("url")
         if url is not None and (not isinstance(url, str) or not 0 < len(url) <= 256):
             raise WitnessError("url must be a short string")
-        auths = _auths(host, args["auths"])
+        auths = check_auths(host, args["auths"])
         if self.directory is not None and not await self._is_witness(host):
             raise WitnessError("this node is not a witness of that host")
         w = self.watch(host, url)
@@ -288,17 +232,9 @@ class WitnessService:
 
     async def hold(self, w: Watched, auth: Authenticator) -> None:
         """Take one (verified) authenticator of the host."""
-        if auth.seq <= w.replayer.seq:
-            mine = self._audited(w, auth.seq)
-            if mine is not None and mine.hash != auth.hash:
-                await self._expose(w, inconsistency_proof(mine, auth))
-            return
-        other = w.held.get(auth.seq)
-        if other is not None and other.hash != auth.hash:
-            await self._expose(w, inconsistency_proof(other, auth))
-            return
-        if other is None and len(w.held) < MAX_HELD:
-            w.held[auth.seq] = auth
+        proof = w.hold(auth, self.store.audited)
+        if proof is not None:
+            await self._expose(w, proof)
 
     async def _expose(self, w: Watched, proof: bytes) -> None:
         try:
@@ -341,19 +277,7 @@ class WitnessService:
         w.last_audit = now
         if w.proofs:
             return EXPOSED
-        if not answered or w.replayer.seq < target:
-            if w.challenge is None:
-                w.challenge = {"since": max(0, w.replayer.seq), "target": target,
-                               "opened": now, "attempts": 0}
-            w.challenge["attempts"] += 1
-            w.challenge["target"] = max(target, w.challenge["target"])
-            if answered:
-                w.error = f"the log stops at {w.replayer.seq}, before seq {target}"
-        else:
-            w.challenge = None
-            w.error = ""
-            for seq in [s for s in w.held if s <= w.replayer.seq]:
-                del w.held[seq]
+        if w.conclude(now, target, answered):
             self.store.drop_held(host, w.replayer.seq)
             await self._gossip(w)
         self.store.save_meta(host, w.url, w.replayer.seq, w.challenge, w.error, w.last_audit)
@@ -365,26 +289,20 @@ class WitnessService:
         since = max(0, w.replayer.seq)
         while True:
             try:
-                resp = await self.client.call(url, w.key, "host.audit_log",
-                                              {"since": since, "limit": self.segment})
-                entries, sigs = resp["entries"], resp["sigs"]
-                if not isinstance(entries, list) or not isinstance(sigs, list) or \
-                        len(entries) != len(sigs) or len(entries) > self.segment:
-                    raise WitnessError("malformed audit log answer")
-                head = resp.get("head")
-                head_seq = head[0] if isinstance(head, list) and head and \
-                    isinstance(head[0], int) else -1
+                seg = read_segment(await self.client.call(
+                    url, w.key, "host.audit_log", {"since": since, "limit": self.segment}),
+                    self.segment)
             except (P2PMarketError, KeyError, TypeError) as exc:
                 w.error = exc.message if isinstance(exc, P2PMarketError) else "bad answer"
                 return False
             try:
-                done = await self._check(w, since, entries, sigs)
+                done = await self._check(w, since, seg.entries, seg.sigs)
             except (WireError, WitnessError) as exc:
                 w.error = f"bad log segment: {exc.message}"
                 return False
             if w.proofs:
                 return True
-            if not done or not entries or w.replayer.seq >= head_seq:
+            if not done or not seg.entries or w.replayer.seq >= seg.head_seq:
                 return True
             since = w.replayer.seq + 1
 
@@ -393,56 +311,13 @@ class WitnessService:
         """Check one segment. Returns False when it must stop (a proof was found).
         What was taken is stored, whatever happens."""
         try:
-            return await self._check_entries(w, since, entries, sigs)
+            proof = w.check_segment(since, entries, sigs, self.clock(), self.store.audited)
+            if proof is None:
+                return True
+            await self._expose(w, proof)
+            return False
         finally:
             self._save(w)
-
-    async def _check_entries(self, w: Watched, since: int, entries: list[Any],
-                             sigs: list[Any]) -> bool:
-        r = w.replayer
-        horizon = self.clock() + DEFAULT_CLOCK_TOLERANCE_US
-        for i, (raw, sig) in enumerate(zip(entries, sigs, strict=True)):
-            if not isinstance(raw, bytes) or not isinstance(sig, bytes):
-                raise WitnessError("entries and sigs must be bytes")
-            seq = since + i
-            h = hashlib.sha256(raw).digest()
-            auth = Authenticator(w.key, seq, h, sig) if len(sig) == SIGNATURE_SIZE else None
-            if auth is None or not auth.verify():
-                raise WitnessError("an entry is not signed by the host", seq)
-            if seq <= r.seq:   # the overlap: an entry audited before
-                mine = self._audited(w, seq)
-                if mine is not None and mine.hash != h:
-                    await self._expose(w, inconsistency_proof(mine, auth))
-                    return False
-                continue
-            if seq != r.seq + 1:
-                raise WitnessError("the segment does not start where asked", seq)
-            held = w.held.get(seq)
-            if held is not None and held.hash != h:
-                await self._expose(w, inconsistency_proof(held, auth))
-                return False
-            doc = decode_entry(raw)
-            if doc["ts"] > horizon:
-                raise WitnessError("an entry is dated in the future", {
-                    "seq": seq, "ts": doc["ts"], "now": horizon - DEFAULT_CLOCK_TOLERANCE_US})
-            try:
-                fault = r.take(raw)
-            except WireError:
-                if r.seq >= 0 and doc["seq"] == seq and doc["prev"] != r.head:
-                    last = self._audited(w, r.seq)
-                    assert last is not None
-                    await self._expose(w, fork_proof(last, raw, sig))
-                    return False
-                raise
-            w.unsaved[seq] = auth
-            if fault is not None:
-                await self._expose(w, self._nonconformance(w, sig, fault.seq, fault.rule))
-                return False
-        return True
-
-    def _audited(self, w: Watched, seq: int) -> Authenticator | None:
-        """The host's authenticator of an entry we audited."""
-        return w.unsaved.get(seq) or self.store.audited(w.key, seq)
 
     def _save(self, w: Watched) -> None:
         if not w.unsaved and w.saved_anchor == w.anchor_seq():
@@ -453,26 +328,11 @@ class WitnessService:
         w.saved_anchor = anchor
         w.unsaved.clear()
 
-    def _nonconformance(self, w: Watched, sig: bytes, seq: int, rule: str) -> bytes:
-        r = w.replayer
-        first = decode_entry(r.anchor_entries[0])
-        proof = b""
-        for full in (False, True):
-            snap = None if first["seq"] == 0 or r.anchor_state is None else \
-                snapshot(r.anchor_state, payments=full, refunds=full)
-            proof = nonconformance_proof(w.key, snap, r.anchor_entries, sig, seq, rule)
-            try:
-                verify_proof(proof)
-                return proof
-            except EvidenceError:
-                continue
-        return proof
-
     async def _gossip(self, w: Watched) -> None:
         """Tell the host's other witnesses what we audited."""
         if self.directory is None or w.replayer.seq < 0:
             return
-        auth = self._audited(w, w.replayer.seq)
+        auth = w.audited(w.replayer.seq, self.store.audited)
         assert auth is not None
         try:
             peers = await self.directory.closest(witness_key(node_id_of(w.key)), self.psi + 1)
@@ -487,11 +347,6 @@ class WitnessService:
                     **({"url": w.url} if w.url else {})})
             except P2PMarketError as exc:
                 log.debug("witness %s did not take our head: %s", peer.url, exc.message)
-
-
-__all__ = ["DEFAULT_PERIOD_S", "DEFAULT_PSI", "EXPOSED", "SUSPECTED", "TRUSTED",
-           "HostLocator", "Peer", "PeerCaller", "Watched", "WitnessDirectory",
-           "WitnessError", "WitnessService", "push_to_witnesses", "witness_key"]
 
 
 async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, host_key: bytes,
@@ -514,3 +369,8 @@ async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, hos
         except P2PMarketError as exc:
             log.info("witness %s did not take the authenticators: %s", peer.url, exc.message)
     return took
+
+
+__all__ = ["DEFAULT_PERIOD_S", "DEFAULT_PSI", "SEGMENT", "WITNESSES_PER_HOST", "HostLocator",
+           "Peer", "PeerCaller", "WitnessDirectory", "WitnessService", "push_to_witnesses",
+           "witness_key"]

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.auction.snapshot import from_snapshot, snapshot
+from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.replay import Replayer
 from p2pmarket.core.files import open_db
 from p2pmarket.core.wire import pack, unpack
 from p2pmarket.ledger.chain import Authenticator
-from p2pmarket.ledger.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS held (
 """
 
 
-class WitnessStoreError(LedgerError):
+class WitnessStoreError(AuditError):
     """The witness's own store failed or holds something unreadable."""
 
 

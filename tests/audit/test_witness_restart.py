@@ -12,7 +12,7 @@ from audit_world import S, WitnessNode, World, cert, open_two, rewritten
 
 from p2pmarket.audit.evidence import verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
-from p2pmarket.audit.witness import EXPOSED, SUSPECTED, TRUSTED
+from p2pmarket.audit.watched import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from p2pmarket.audit.entry import AuditEntry, conflicting, verify_segment
+from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.chain import ZERO_HASH, Authenticator
-from p2pmarket.ledger.errors import LedgerError
 
 HOST = Identity(bytes(range(32)))
 
@@ -46,13 +46,13 @@ def test_tampering_is_detected(tmp_path: Path) -> None:
     entries, auths = [e for e, _ in got], [a for _, a in got]
     forged = [*entries]
     forged[1] = replace(entries[1], body={"now": 99})
-    with pytest.raises(LedgerError):
+    with pytest.raises(AuditError):
         verify_segment(forged, auths, HOST.public_key)
-    with pytest.raises(LedgerError):
+    with pytest.raises(AuditError):
         verify_segment(entries[1:], auths[1:], HOST.public_key)      # no start
-    with pytest.raises(LedgerError):
+    with pytest.raises(AuditError):
         verify_segment(entries, auths, Identity(bytes(32)).public_key)
-    with pytest.raises(LedgerError):
+    with pytest.raises(AuditError):
         log.append("in.x", {"f": 1.5}, 1)                              # floats refused
 
 

@@ -21,7 +21,7 @@ from audit_world import (
 from p2pmarket.audit.evidence import EvidenceError, inconsistency_proof, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.replay import replay
-from p2pmarket.audit.witness import EXPOSED, SUSPECTED, TRUSTED
+from p2pmarket.audit.watched import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.core.errors import RemoteError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack, seal, unpack

@@ -15,7 +15,7 @@ from p2pmarket.api.rpc import CallContext
 from p2pmarket.auction.steps import RPCS
 from p2pmarket.audit.evidence import EvidenceError, verify_proof
 from p2pmarket.audit.replay import replay
-from p2pmarket.audit.witness import EXPOSED, TRUSTED
+from p2pmarket.audit.watched import EXPOSED, TRUSTED
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, unpack
 

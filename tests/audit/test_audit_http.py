@@ -17,7 +17,8 @@ from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.api.server import Site, peer_app
 from p2pmarket.audit.evidence import verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
-from p2pmarket.audit.witness import EXPOSED, TRUSTED, Peer, WitnessService, push_to_witnesses
+from p2pmarket.audit.watched import EXPOSED, TRUSTED
+from p2pmarket.audit.witness import Peer, WitnessService, push_to_witnesses
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity
 

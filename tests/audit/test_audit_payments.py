@@ -12,7 +12,7 @@ from audit_world import BIDS, World
 from p2pmarket.auction.accounts import Payment
 from p2pmarket.audit.evidence import verify_proof
 from p2pmarket.audit.replay import payment_mismatch, replay
-from p2pmarket.audit.witness import EXPOSED, TRUSTED
+from p2pmarket.audit.watched import EXPOSED, TRUSTED
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate
 
