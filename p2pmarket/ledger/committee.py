@@ -61,7 +61,7 @@ class PeerTransport:
     """A :class:`NotaryTransport` over :class:`p2pmarket.api.client.PeerClient`.
 
     Calls ``<prefix>.<name>`` at the notary's URL; the node registers the
-    handlers with ``dispatcher.register_all(prefix, service.handlers())``.
+    handlers with ``dispatcher.register_all(prefix, notaryrpc.handlers(service))``.
     """
 
     def __init__(self, client: PeerClient, prefix: str = NOTARY_RPC_PREFIX) -> None:

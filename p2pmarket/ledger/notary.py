@@ -54,13 +54,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from p2pmarket.api.rpc import Handler
 from p2pmarket.core.files import open_db
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import (
     Certificate,
-    SigCache,
     cert_message,
     check_receipt,
     committee_quorum,
@@ -79,8 +77,7 @@ from p2pmarket.ledger.chain import (
 )
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.notarystate import SCHEMA, Head, Item, Tx, coverage
-
-__all__ = ["Item", "NotaryService"]
+from p2pmarket.ledger.sigcache import SigCache
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +89,8 @@ async def _no_screen(owners: set[bytes]) -> None:
 
 
 class NotaryService:
-    """One committee member's certification state and its RPC handlers."""
+    """One committee member's certification state (its RPCs:
+    :func:`p2pmarket.ledger.notaryrpc.handlers`)."""
 
     def __init__(self, identity: Identity, genesis: Genesis, db_path: Path | str,
                  shun: Callable[[bytes], bool] | None = None,
@@ -189,8 +187,7 @@ class NotaryService:
                     raise LedgerError("a RECV needs the certificate of the SEND it receives",
                                       "send")
                 check_receipt(entry, item.send, self.genesis, self.cache)
-        new_balance = apply(0 if head is None else head.balance, entry, self.genesis,
-                            cache=self.cache)
+        new_balance = apply(0 if head is None else head.balance, entry, self.genesis)
         if entry.kind == MINT and tx.minted + entry.amount > MAX_AMOUNT:
             raise LedgerError("total supply would exceed the maximum", MAX_AMOUNT)
 
@@ -453,9 +450,3 @@ class NotaryService:
 
     def deliver_grouped(self, certs: Sequence[Certificate]) -> Callable[[Tx], list[Any]]:
         return lambda tx: [self._deliver_one(tx, c) for c in certs]
-
-    def handlers(self) -> dict[str, Handler]:
-        """RPC handlers (see :mod:`p2pmarket.ledger.notaryrpc`)."""
-        from p2pmarket.ledger.notaryrpc import handlers
-
-        return handlers(self)

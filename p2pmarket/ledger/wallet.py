@@ -38,11 +38,13 @@ from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity, verify
 from p2pmarket.ledger.certificate import (
     Certificate,
-    SigCache,
     cert_message,
+    check_receipt,
     committee_quorum,
     notary_sig_valid,
+    received_key,
     verify_certificate,
+    verify_segment,
 )
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
@@ -54,10 +56,8 @@ from p2pmarket.ledger.chain import (
     Entry,
     apply,
     next_entry,
-    received_key,
     recv_body,
     verify_chain,
-    verify_segment,
 )
 from p2pmarket.ledger.committee import (
     MAX_BATCH,
@@ -69,6 +69,7 @@ from p2pmarket.ledger.committee import (
     Segment,
 )
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.sigcache import SigCache
 from p2pmarket.ledger.store import ChainStore
 
 __all__ = ["NOTARY_RPC_PREFIX", "NotaryTransport", "PeerTransport", "Wallet"]
@@ -332,7 +333,9 @@ class Wallet:
                 elif op.kind == CHECKPOINT:
                     body = {"balance": balance}
                 entry = next_entry(self.key, head, op.kind, body, self.clock())
-                balance = apply(balance, entry, self.genesis, cache=self.cache, send=op.cert)
+                if op.cert is not None:  # a RECV: the SEND certificate it receives
+                    check_receipt(entry, op.cert, self.genesis, self.cache)
+                balance = apply(balance, entry, self.genesis)
             except LedgerError as exc:
                 op.future.set_exception(exc)
                 continue
