@@ -29,8 +29,8 @@ from p2pmarket.core.config import DataDir, load_genesis, save_genesis
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of, parse_public_key
 from p2pmarket.core.money import format_credits, parse_credits
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.supply import network_supply
-from p2pmarket.ledger.wallet import PeerTransport
 
 out = Console(highlight=False, soft_wrap=True,
               width=None if sys.stdout.isatty() else 160)

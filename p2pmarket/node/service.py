@@ -51,9 +51,10 @@ from p2pmarket.host.control import upload_route
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from p2pmarket.node.advert import Availability, PriceHistory, moved
 
 log = logging.getLogger(__name__)

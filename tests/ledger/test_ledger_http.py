@@ -20,9 +20,10 @@ from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger import notaryrpc
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from tests.support.local_committee import LocalCommittee
 
 
