@@ -87,7 +87,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
         send = _send(args.get("send"))
         await service.screen({entry.owner})
-        [result] = await service.run_grouped(
+        [result] = await service.group.run(
             service.certify_grouped([Item(entry, sig, send=send)]))
         if isinstance(result, LedgerError):
             raise result
@@ -111,7 +111,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
             items.append(Item(Entry.decode(data), check_bytes(sig, "sig", SIGNATURE_SIZE),
                               parse_sigs(cert), _send(send)))
         await service.screen({item.entry.owner for item in items})
-        results = await service.run_grouped(service.certify_grouped(items))
+        results = await service.group.run(service.certify_grouped(items))
         return {"notary": service.key,
                 "sigs": [r if isinstance(r, bytes) else None for r in results],
                 "errors": _errors(results)}
@@ -120,7 +120,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         args = check_map(args, "deliver arguments", {"certs"})
         docs = _list(args["certs"], "certs", MAX_BATCH)
         certs = [Certificate.decode(d) for d in docs]
-        results = await service.run_grouped(service.deliver_grouped(certs))
+        results = await service.group.run(service.deliver_grouped(certs))
         return {"notary": service.key, "accepted": sum(1 for r in results if r is None),
                 "errors": _errors(results)}
 
