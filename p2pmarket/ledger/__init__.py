@@ -1,16 +1,22 @@
 """Payments: hash chains with notary certificates (DESIGN.md section 4).
 
-Only the payments are here (the host audit is :mod:`p2pmarket.audit`; the
-in-process committee and the notary processes used by tests and benchmarks are in
-``tests/support``). Pure, no I/O: :mod:`.chain` (entries, authenticators, the
-balance rules, chain verification), :mod:`.certificate` above it (notary
-certificates, receipts, segment and certified-chain verification) and
-:mod:`.sigcache` below both (signatures already checked). :mod:`.store` keeps
-wallets' chains in sqlite. :mod:`.notary` holds the certification rules, on its
-durable state (:mod:`.notarystate`), :mod:`.notaryrpc` its RPC handlers.
-:mod:`.committee` is a wallet's ordered lanes to the notaries, :mod:`.wallet`
-drives one owner's chain, :mod:`.supply` checks the total supply against all
-mints; :mod:`.errors` and :mod:`.keyids` are shared helpers.
+Only the payments are here: the host audit is :mod:`p2pmarket.audit`, and the
+in-process committee and the notary processes that tests and benchmarks use are
+in ``tests/support``.
+
+- Pure, no I/O: :mod:`.chain` (entries, authenticators, the balance rules, chain
+  verification), :mod:`.certificate` above it (notary certificates, receipts,
+  verification of segments and certified chains), :mod:`.sigcache` below both
+  (signatures already checked).
+- A wallet's side: :mod:`.store` keeps chains in sqlite, in the rows of
+  :mod:`.storeformat`; :mod:`.committee` has a wallet's ordered lanes to the
+  notaries; :mod:`.collect` gathers notary signatures into certificates;
+  :mod:`.wallet` drives one owner's chain.
+- A notary's side: :mod:`.notary` holds the certification rules, on the durable
+  state of :mod:`.notarystate`, run through :mod:`.groupcommit`;
+  :mod:`.notaryrpc` is its RPC handlers.
+- :mod:`.supply` checks the total supply against all mints; :mod:`.errors` and
+  :mod:`.keyids` are shared helpers.
 """
 
 from p2pmarket.ledger.certificate import (
