@@ -25,8 +25,9 @@ from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.wire import Envelope, pack, unpack
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 
 Progress = Callable[[str], None]
 PUSH_TIMEOUT_S = 10.0

@@ -7,18 +7,18 @@ DISTINCT committee keys signed it correctly. Unknown keys and bad signatures
 are ignored, never counted; one key never counts twice. Wire form:
 ``{entry, owner_sig, notaries: [[key, sig], ...]}``.
 
-:class:`SigCache` remembers signatures already found valid, so a notary or a
-wallet that sees the same certificate twice (delivered, then received) checks
-its signatures once.
-
-:func:`check_receipt` is what a notary checks before certifying a fresh RECV:
-the SEND certificate that travels beside it matches the SEND the RECV names.
+The chain checks that lean on certificates live here too, above
+:mod:`p2pmarket.ledger.chain`: :func:`check_receipt`, what a notary (and a
+wallet) checks before certifying a fresh RECV: the SEND certificate that
+travels beside it matches the SEND the RECV names; :func:`verify_segment`, a
+chain from a certified CHECKPOINT on; :func:`verify_certified`, a chain and the
+certificate of its last entry. Signatures go through a
+:class:`p2pmarket.ledger.sigcache.SigCache` when given one. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +26,22 @@ from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
 from p2pmarket.core.wire import WireError, pack_plain, unpack
 from p2pmarket.ledger.chain import (
+    CHECKPOINT,
     MAX_ENTRY_BYTES,
     Authenticator,
     Entry,
-    encode_certificate,
+    replay,
+    verify_chain,
 )
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
+from p2pmarket.ledger.sigcache import SigCache
 
 MAX_NOTARY_SIGS = 128
 CERT_FIELDS = frozenset({"entry", "owner_sig", "notaries"})
 MAX_CERT_BYTES = MAX_ENTRY_BYTES + MAX_NOTARY_SIGS * 100
+# canonical key order: "entry" < "notaries" < "owner_sig"
+_CERT_HEAD = b"\x83" + pack_plain("entry")
+_K_NOTARIES, _K_OWNER_SIG = pack_plain("notaries"), pack_plain("owner_sig")
 
 
 def committee_quorum(genesis: Genesis) -> int:
@@ -45,33 +51,6 @@ def committee_quorum(genesis: Genesis) -> int:
     quorums still share an honest notary: the smallest q with 2q - n > f.
     """
     return genesis.quorum   # the rule lives in Genesis.quorum
-
-
-class SigCache:
-    """A bounded set of ``(key, message, signature)`` triples found valid."""
-
-    def __init__(self, size: int = 1 << 16) -> None:
-        self.size = size
-        self._seen: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
-        self.hits = 0
-        self.checks = 0
-
-    def add(self, key: bytes, message: bytes, sig: bytes) -> None:
-        """Remember a signature known to be valid (e.g. one we just made)."""
-        self._seen[(key, message, sig)] = None
-        if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-
-    def verify(self, key: bytes, message: bytes, sig: bytes) -> bool:
-        item = (key, message, sig)
-        if item in self._seen:
-            self.hits += 1
-            return True
-        self.checks += 1
-        if not verify(key, message, sig):
-            return False
-        self.add(key, message, sig)
-        return True
 
 
 def cert_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
@@ -157,8 +136,10 @@ class Certificate:
         return cls(Entry.from_wire(doc["entry"]), doc["owner_sig"], tuple(pairs))
 
     def encode(self) -> bytes:
-        """Canonical msgpack of the wire form."""
-        return encode_certificate(self)
+        """Canonical msgpack of the wire form, built directly (keys in canonical order)."""
+        return (_CERT_HEAD + self.entry.encode() + _K_NOTARIES
+                + pack_plain([[k, s] for k, s in self.notary_sigs])
+                + _K_OWNER_SIG + pack_plain(self.owner_sig))
 
     @classmethod
     def decode(cls, data: Any) -> Certificate:
@@ -214,3 +195,48 @@ def check_receipt(recv: Entry, send: Certificate, genesis: Genesis,
         if body[name] != got:
             raise LedgerError("the RECV does not match its SEND certificate", name)
     verify_certificate(send, genesis, cache)
+
+
+def received_key(cert: Certificate) -> tuple[bytes, int]:
+    """What identifies a received SEND: ``(payer, seq)`` (a RECV's :attr:`Entry.receipt`)."""
+    return cert.entry.owner, cert.entry.seq
+
+
+def verify_segment(checkpoint: Certificate, entries: Sequence[Entry],
+                   auths: Sequence[Authenticator], genesis: Genesis,
+                   cache: SigCache | None = None) -> int:
+    """Check the entries that follow a certified CHECKPOINT; return the final balance.
+
+    The checkpoint's certificate (a notary quorum, checked here) vouches for the
+    balance and for everything before it, so ``entries`` start right after it.
+    Within the segment the same checks as :func:`p2pmarket.ledger.chain.verify_chain`
+    apply; a RECV of a SEND already received before the checkpoint is the notaries'
+    to refuse (the certificate of any later entry shows they did).
+    """
+    start = checkpoint.entry
+    if start.kind != CHECKPOINT:
+        raise LedgerError("a segment starts from a CHECKPOINT certificate", start.kind)
+    verify_certificate(checkpoint, genesis, cache)
+    if entries and entries[0].owner != start.owner:
+        raise LedgerError("chain mixes owners", {"seq": entries[0].seq})
+    return replay(entries, auths, genesis, start.seq, start.hash(),
+                  int(start.body["balance"]), cache)
+
+
+def verify_certified(entries: Sequence[Entry], auths: Sequence[Authenticator],
+                     head: Certificate, genesis: Genesis,
+                     checkpoint: Certificate | None = None,
+                     cache: SigCache | None = None) -> int:
+    """Like :func:`p2pmarket.ledger.chain.verify_chain` (or :func:`verify_segment`
+    from ``checkpoint``), and also that ``head`` is a valid certificate of the last entry.
+
+    An honest notary certifies an entry only after every earlier one, linked by
+    ``prev``; so a quorum certificate of the last entry shows the whole chain was
+    certified, with no certificate needed for the entries before it.
+    """
+    if not entries or head.entry != entries[-1]:
+        raise LedgerError("the head certificate is not for the chain's last entry", "head")
+    verify_certificate(head, genesis, cache)
+    if checkpoint is None:
+        return verify_chain(entries, auths, genesis, cache)
+    return verify_segment(checkpoint, entries, auths, genesis, cache)

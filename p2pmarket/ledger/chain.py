@@ -14,11 +14,14 @@ hash])``: that is an *authenticator*. Kinds and bodies:
   with a valid SEND certificate that matches all five fields and is addressed
   to this owner (:func:`p2pmarket.ledger.certificate.check_receipt`). So a
   RECV's own certificate vouches for its SEND; a bare chain does not
-  (:func:`verify_chain` checks a RECV's SEND only when given its certificate).
+  (:func:`verify_chain` does not check a RECV's SEND).
 - ``CHECKPOINT`` ``{balance}``: the owner's balance after the entries before
   it. Certified like any entry (a notary checks the balance against its own
   replay), it lets anyone verify the chain from there on without the entries
-  before it (:func:`verify_segment`).
+  before it (:func:`p2pmarket.ledger.certificate.verify_segment`).
+
+Certificates, and the chain checks that need them, live one level up in
+:mod:`p2pmarket.ledger.certificate`.
 
 Amounts are integer micro-credits in ``1 .. MAX_AMOUNT``; no balance may exceed
 ``MAX_AMOUNT`` or go negative. Nothing here touches a socket, clock or file.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
@@ -47,9 +50,7 @@ from p2pmarket.ledger.errors import (
     check_map,
     check_str,
 )
-
-if TYPE_CHECKING:
-    from p2pmarket.ledger.certificate import Certificate, SigCache
+from p2pmarket.ledger.sigcache import SigCache
 
 HASH_SIZE = 32
 ZERO_HASH = bytes(HASH_SIZE)
@@ -77,9 +78,6 @@ def _k(name: str) -> bytes:
 _ENTRY_HEAD = b"\x86" + _k("ts")
 _K_SEQ, _K_BODY, _K_KIND, _K_PREV, _K_OWNER = (_k(n) for n in ("seq", "body", "kind", "prev",
                                                              "owner"))
-# certificate: "entry" < "notaries" < "owner_sig"
-_CERT_HEAD = b"\x83" + _k("entry")
-_K_NOTARIES, _K_OWNER_SIG = _k("notaries"), _k("owner_sig")
 # RECV body: "seq" < "from" < "hash" < "memo" < "amount"
 _RECV_HEAD = b"\x85" + _k("seq")
 _K_FROM, _K_HASH, _K_MEMO, _K_AMOUNT = (_k(n) for n in ("from", "hash", "memo", "amount"))
@@ -103,12 +101,6 @@ def _encode_body(kind: str, body: dict[str, Any]) -> bytes:
 def encode_body(entry: Entry) -> bytes:
     """Canonical msgpack of ``entry.body``."""
     return _encode_body(entry.kind, entry.body)
-
-
-def encode_certificate(cert: Certificate) -> bytes:
-    """Canonical msgpack of ``cert.to_wire()``."""
-    return (_CERT_HEAD + cert.entry.encode() + _K_NOTARIES
-            + _p([[k, s] for k, s in cert.notary_sigs]) + _K_OWNER_SIG + _p(cert.owner_sig))
 
 
 def check_amount(value: Any, name: str = "amount") -> int:
@@ -318,26 +310,17 @@ class Authenticator:
         return cls(doc["owner"], doc["seq"], doc["hash"], doc["sig"])
 
 
-def received_key(cert: Certificate) -> tuple[bytes, int]:
-    """What identifies a received SEND: ``(payer, seq)`` (a RECV's :attr:`Entry.receipt`)."""
-    return cert.entry.owner, cert.entry.seq
-
-
 def apply(balance: int, entry: Entry, genesis: Genesis,
-          received: Collection[tuple[bytes, int]] = (),
-          cache: SigCache | None = None, send: Certificate | None = None) -> int:
+          received: Collection[tuple[bytes, int]] = ()) -> int:
     """The balance after ``entry``; raise :class:`LedgerError` if the entry is not allowed.
 
     ``received`` holds the ``(payer, seq)`` of SENDs already received on this chain.
     Checks: MINT only by the mint key, SEND covered by ``balance``, RECV of a SEND
-    not yet received (and, given ``send``, that it is a valid certificate of that
-    SEND: :func:`check_receipt`), CHECKPOINT stating ``balance``, no balance above
-    ``MAX_AMOUNT``. ``cache`` remembers signatures already checked. Without
-    ``send`` a RECV's SEND is the notaries' to check: the RECV's own
-    certificate vouches for it.
+    not yet received, CHECKPOINT stating ``balance``, no balance above
+    ``MAX_AMOUNT``. A RECV's SEND certificate is checked by whoever holds it,
+    before this (:func:`p2pmarket.ledger.certificate.check_receipt`); on a bare
+    chain the RECV's own certificate vouches for it.
     """
-    from p2pmarket.ledger.certificate import check_receipt
-
     if entry.kind == OPEN:
         return balance
     if entry.kind == CHECKPOINT:
@@ -357,8 +340,6 @@ def apply(balance: int, entry: Entry, genesis: Genesis,
     else:
         key = entry.receipt
         assert key is not None
-        if send is not None:
-            check_receipt(entry, send, genesis, cache)
         if key in received:
             raise LedgerError("certificate already received", {"from": key[0], "seq": key[1]})
         new = balance + entry.amount
@@ -375,57 +356,17 @@ def verify_chain(entries: Sequence[Entry], auths: Sequence[Authenticator],
     correctly signed), and :func:`apply`'s rules including no double RECV. A
     RECV's SEND certificate is not part of the chain: the notaries checked it
     before certifying the RECV, so pair this with a certificate of the last
-    entry (:func:`verify_certified`) to trust the RECVs.
+    entry (:func:`p2pmarket.ledger.certificate.verify_certified`) to trust the RECVs.
     """
-    return _replay(entries, auths, genesis, -1, ZERO_HASH, 0, cache)
+    return replay(entries, auths, genesis, -1, ZERO_HASH, 0, cache)
 
 
-def verify_segment(checkpoint: Certificate, entries: Sequence[Entry],
-                   auths: Sequence[Authenticator], genesis: Genesis,
-                   cache: SigCache | None = None) -> int:
-    """Check the entries that follow a certified CHECKPOINT; return the final balance.
-
-    The checkpoint's certificate (a notary quorum, checked here) vouches for the
-    balance and for everything before it, so ``entries`` start right after it.
-    Within the segment the same checks as :func:`verify_chain` apply; a RECV of a
-    SEND already received before the checkpoint is the notaries' to refuse (the
-    certificate of any later entry shows they did).
-    """
-    from p2pmarket.ledger.certificate import verify_certificate
-
-    start = checkpoint.entry
-    if start.kind != CHECKPOINT:
-        raise LedgerError("a segment starts from a CHECKPOINT certificate", start.kind)
-    verify_certificate(checkpoint, genesis, cache)
-    if entries and entries[0].owner != start.owner:
-        raise LedgerError("chain mixes owners", {"seq": entries[0].seq})
-    return _replay(entries, auths, genesis, start.seq, start.hash(),
-                   int(start.body["balance"]), cache)
-
-
-def verify_certified(entries: Sequence[Entry], auths: Sequence[Authenticator],
-                     head: Certificate, genesis: Genesis,
-                     checkpoint: Certificate | None = None,
-                     cache: SigCache | None = None) -> int:
-    """Like :func:`verify_chain` (or :func:`verify_segment` from ``checkpoint``), and
-    also that ``head`` is a valid certificate of the last entry.
-
-    An honest notary certifies an entry only after every earlier one, linked by
-    ``prev``; so a quorum certificate of the last entry shows the whole chain was
-    certified, with no certificate needed for the entries before it.
-    """
-    from p2pmarket.ledger.certificate import verify_certificate
-
-    if not entries or head.entry != entries[-1]:
-        raise LedgerError("the head certificate is not for the chain's last entry", "head")
-    verify_certificate(head, genesis, cache)
-    if checkpoint is None:
-        return verify_chain(entries, auths, genesis, cache)
-    return verify_segment(checkpoint, entries, auths, genesis, cache)
-
-
-def _replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: Genesis,
-            head_seq: int, head_hash: bytes, balance: int, cache: SigCache | None) -> int:
+def replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: Genesis,
+           head_seq: int, head_hash: bytes, balance: int,
+           cache: SigCache | None = None) -> int:
+    """Check ``entries`` as the continuation of a chain whose head is ``(head_seq,
+    head_hash)`` with ``balance`` (seq -1, zero hash, 0: from the start); return the
+    final balance. The checks of :func:`verify_chain`, from that head on."""
     if len(entries) != len(auths):
         raise LedgerError("need one authenticator per entry",
                           {"entries": len(entries), "auths": len(auths)})
@@ -438,7 +379,7 @@ def _replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: G
         if not auth.matches(entry):
             raise LedgerError("authenticator does not match entry", {"seq": entry.seq})
         auth.check(cache)
-        balance = apply(balance, entry, genesis, received, cache)
+        balance = apply(balance, entry, genesis, received)
         if entry.receipt is not None:
             received.add(entry.receipt)
         head_seq, head_hash = entry.seq, entry.hash()

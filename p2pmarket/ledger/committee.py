@@ -14,7 +14,9 @@ one request at a time, so a notary never sees seq n+1 before seq n from us:
   with its certificate, which covers the entries before it;
 - ``deliver`` pushes SEND certificates to the notary, after any certification
   in flight, batched; best effort (a notary that certified the SEND holds it
-  in its inbox anyway).
+  in its inbox anyway). Undelivered ones are retried when their
+  :class:`Backoff` (pure: it takes ``now`` and says when the next try is due)
+  allows, or as soon as the notary answers a certification.
 
 Lanes never verify notary signatures: the wallet checks those it needs.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from p2pmarket.core.errors import P2PMarketError
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 NOTARY_RPC_PREFIX = "notary"
 MAX_BATCH = 512
 MAX_UNDELIVERED = 100_000
+MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 LaneResult = tuple[dict[int, bytes], LedgerError | None]
 Segment = list[tuple[Entry, bytes, tuple[tuple[bytes, bytes], ...] | None]]
@@ -61,7 +65,7 @@ class PeerTransport:
     """A :class:`NotaryTransport` over :class:`p2pmarket.api.client.PeerClient`.
 
     Calls ``<prefix>.<name>`` at the notary's URL; the node registers the
-    handlers with ``dispatcher.register_all(prefix, service.handlers())``.
+    handlers with ``dispatcher.register_all(prefix, notaryrpc.handlers(service))``.
     """
 
     def __init__(self, client: PeerClient, prefix: str = NOTARY_RPC_PREFIX) -> None:
@@ -71,6 +75,32 @@ class PeerTransport:
     async def call(self, notary: NotaryInfo, name: str,
                    args: dict[str, Any]) -> dict[str, Any]:
         return await self.client.call(notary.url, notary.key, f"{self.prefix}.{name}", args)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When undelivered certificates may be tried again: ``due`` (loop time, s) and
+    the ``delay`` that led there, doubling from :data:`MIN_BACKOFF_S` up to
+    :data:`MAX_BACKOFF_S` with each failure in a row."""
+
+    delay: float = 0.0
+    due: float = 0.0
+
+    def failed(self, now: float) -> Backoff:
+        delay = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, self.delay * 2))
+        return Backoff(delay, now + delay)
+
+    def succeeded(self) -> Backoff:
+        """A delivery went through: the next failure starts from the shortest delay."""
+        return replace(self, delay=0.0)
+
+    def due_now(self) -> Backoff:
+        """Try at once (asked to, or the notary just answered), keeping the delay."""
+        return replace(self, due=0.0)
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the next try is due; None when it is due."""
+        return self.due - now if now < self.due else None
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -95,8 +125,7 @@ class Lane:
         self._start: int | None = None
         self._waiters: list[asyncio.Future[LaneResult]] = []
         self._deliveries: list[Certificate] = []
-        self._retry_at = 0.0
-        self._backoff = 0.0
+        self.backoff = Backoff()
         self._retry: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.catch_ups = 0
@@ -129,7 +158,7 @@ class Lane:
 
     def redeliver(self) -> None:
         """Try the undelivered certificates now."""
-        self._retry_at = 0.0
+        self.backoff = self.backoff.due_now()
         self._kick()
 
     @property
@@ -170,9 +199,10 @@ class Lane:
                 continue
             if not self._deliveries:
                 return
-            if loop.time() < self._retry_at:
+            wait = self.backoff.wait(loop.time())
+            if wait is not None:
                 if self._retry is None or self._retry.cancelled():
-                    self._retry = loop.call_later(self._retry_at - loop.time(), self._rekick)
+                    self._retry = loop.call_later(wait, self._rekick)
                 return
             certs, self._deliveries = self._deliveries, []
             for i in range(0, len(certs), self.max_batch):
@@ -183,11 +213,10 @@ class Lane:
                 except P2PMarketError as exc:
                     log.debug("deliver to %s failed: %s", self.key.hex()[:8], exc.message)
                     self._deliveries[:0] = certs[i:]
-                    self._backoff = min(MAX_BACKOFF_S, max(0.5, self._backoff * 2))
-                    self._retry_at = loop.time() + self._backoff
+                    self.backoff = self.backoff.failed(loop.time())
                     break
             else:
-                self._backoff = 0.0
+                self.backoff = self.backoff.succeeded()
 
     def _rekick(self) -> None:
         self._retry = None
@@ -213,7 +242,7 @@ class Lane:
                                       else LedgerError("lane stopped", "cancelled"))
             raise
         else:
-            self._retry_at = 0.0  # the notary answers: deliveries may go now
+            self.backoff = self.backoff.due_now()  # the notary answers: deliveries may go now
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(result)

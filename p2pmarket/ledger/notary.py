@@ -24,8 +24,9 @@ published evidence against those owners (:class:`p2pmarket.audit.witnessing.Evid
 which feeds the store ``shun`` reads.
 
 The new heads (the locks), balances, received set, inbox and supply figures of
-a whole batch, indeed of every batch that arrived meanwhile (group commit), are
-committed in one durable sqlite transaction before any signature is returned.
+a whole batch, indeed of every batch that arrived meanwhile (group commit,
+:mod:`p2pmarket.ledger.groupcommit`), are committed in one durable sqlite
+transaction before any signature is returned.
 Signatures are Ed25519, so deterministic: a resubmitted entry gets the same
 signature again, recomputed rather than stored. A different entry at a
 certified seq is refused with the stored authenticator as evidence, and the
@@ -48,19 +49,15 @@ notary has seen every chain in full.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from p2pmarket.api.rpc import Handler
 from p2pmarket.core.files import open_db
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import (
     Certificate,
-    SigCache,
     cert_message,
     check_receipt,
     committee_quorum,
@@ -78,21 +75,21 @@ from p2pmarket.ledger.chain import (
     check_link,
 )
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.groupcommit import GroupCommit
 from p2pmarket.ledger.notarystate import SCHEMA, Head, Item, Tx, coverage
-
-__all__ = ["Item", "NotaryService"]
-
-log = logging.getLogger(__name__)
+from p2pmarket.ledger.sigcache import SigCache
 
 MAX_INBOX = 256
 T = TypeVar("T")
+
 
 async def _no_screen(owners: set[bytes]) -> None:
     return None
 
 
 class NotaryService:
-    """One committee member's certification state and its RPC handlers."""
+    """One committee member's certification state (its RPCs:
+    :func:`p2pmarket.ledger.notaryrpc.handlers`)."""
 
     def __init__(self, identity: Identity, genesis: Genesis, db_path: Path | str,
                  shun: Callable[[bytes], bool] | None = None,
@@ -111,9 +108,7 @@ class NotaryService:
         self.conn = open_db(db_path)
         with self.conn:
             self.conn.executescript(SCHEMA)
-        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
-        self._committer: asyncio.Task[None] | None = None
-        self.groups = 0
+        self.group: GroupCommit[Tx] = GroupCommit(self._transaction)
         self.before_commit: Callable[[], None] | None = None  # fault injection in tests
 
     @property
@@ -121,8 +116,7 @@ class NotaryService:
         return self.identity.public_key
 
     def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
+        self.group.close()
         self.conn.close()
 
     # -- the rules (synchronous, each call one durable transaction) --------------
@@ -189,8 +183,7 @@ class NotaryService:
                     raise LedgerError("a RECV needs the certificate of the SEND it receives",
                                       "send")
                 check_receipt(entry, item.send, self.genesis, self.cache)
-        new_balance = apply(0 if head is None else head.balance, entry, self.genesis,
-                            cache=self.cache)
+        new_balance = apply(0 if head is None else head.balance, entry, self.genesis)
         if entry.kind == MINT and tx.minted + entry.amount > MAX_AMOUNT:
             raise LedgerError("total supply would exceed the maximum", MAX_AMOUNT)
 
@@ -391,58 +384,7 @@ class NotaryService:
         entries = int(conn.execute("SELECT COUNT(*) FROM nt_entry").fetchone()[0])
         return {"entries": entries, "bytes": (pages - free) * size}
 
-    # -- group commit ------------------------------------------------------------
-
-    async def run_grouped(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in the next group transaction: the requests that arrive while one
-        group commits share the next transaction (one fsync), each gets its own result."""
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, fut))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_groups())
-        return await fut
-
-    async def _commit_groups(self) -> None:
-        group: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
-        try:
-            await asyncio.sleep(0)  # let requests that arrived together join
-            while self._queue:
-                group, self._queue = self._queue, []
-                self.groups += 1
-                self._commit_group(group)
-                group = []
-                await asyncio.sleep(0)
-        except BaseException:  # stopping: nobody may wait for an answer forever
-            for _, fut in (*group, *self._queue):
-                if not fut.done():
-                    fut.set_exception(LedgerError("notary stopped", "stopped"))
-            self._queue = []
-            raise
-
-    def _commit_group(self, group: list[tuple[Callable[[Tx], Any],
-                                              asyncio.Future[Any]]]) -> None:
-        fns = [fn for fn, _ in group]
-
-        def run_all(tx: Tx) -> list[Any]:
-            return [fn(tx) for fn in fns]
-
-        try:
-            results = self._transaction(run_all)
-        except Exception:  # one request broke the group: run each on its own
-            log.exception("notary group failed; retrying its requests one by one")
-            for fn, fut in group:
-                try:
-                    result = self._transaction(fn)
-                except Exception as exc:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                else:
-                    if not fut.done():
-                        fut.set_result(result)
-            return
-        for (_, fut), result in zip(group, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
+    # -- the functions the RPCs run in a group transaction (:attr:`group`) ---------
 
     def certify_grouped(self, items: Sequence[Item]) -> Callable[[Tx], list[Any]]:
         def run(tx: Tx) -> list[Any]:
@@ -453,9 +395,3 @@ class NotaryService:
 
     def deliver_grouped(self, certs: Sequence[Certificate]) -> Callable[[Tx], list[Any]]:
         return lambda tx: [self._deliver_one(tx, c) for c in certs]
-
-    def handlers(self) -> dict[str, Handler]:
-        """RPC handlers (see :mod:`p2pmarket.ledger.notaryrpc`)."""
-        from p2pmarket.ledger.notaryrpc import handlers
-
-        return handlers(self)

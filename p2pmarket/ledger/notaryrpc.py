@@ -1,5 +1,9 @@
 """The notary's RPC handlers (registered by the node under the prefix ``notary``).
 
+:func:`handlers` wraps a :class:`p2pmarket.ledger.notary.NotaryService`: it
+parses the arguments into :class:`p2pmarket.ledger.notarystate.Item` records
+and runs them in the service's group commit.
+
 Arguments are checked strictly (exact fields, sizes, counts) before anything
 runs: a malformed request is refused whole and changes nothing. Entries and
 certificates in batches travel as their canonical msgpack bytes (what their
@@ -24,16 +28,15 @@ hashes cover), which keeps the envelope small and cheap to sign and check.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from p2pmarket.ledger.certificate import MAX_NOTARY_SIGS, Certificate
 from p2pmarket.ledger.chain import Entry
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
-
-if TYPE_CHECKING:
-    from p2pmarket.ledger.notary import NotaryService
+from p2pmarket.ledger.notary import NotaryService
+from p2pmarket.ledger.notarystate import Item
 
 MAX_BATCH = 1024
 MAX_INBOX = 256
@@ -76,7 +79,7 @@ def _errors(results: list[Any]) -> list[list[Any]]:
 
 
 def handlers(service: NotaryService) -> dict[str, Handler]:
-    from p2pmarket.ledger.notary import Item
+    """The notary RPCs of ``service``, by name (see the module doc)."""
 
     async def certify(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         args = _fields(args, "certify arguments", {"entry", "sig"}, {"send"})
@@ -84,7 +87,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
         send = _send(args.get("send"))
         await service.screen({entry.owner})
-        [result] = await service.run_grouped(
+        [result] = await service.group.run(
             service.certify_grouped([Item(entry, sig, send=send)]))
         if isinstance(result, LedgerError):
             raise result
@@ -108,7 +111,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
             items.append(Item(Entry.decode(data), check_bytes(sig, "sig", SIGNATURE_SIZE),
                               parse_sigs(cert), _send(send)))
         await service.screen({item.entry.owner for item in items})
-        results = await service.run_grouped(service.certify_grouped(items))
+        results = await service.group.run(service.certify_grouped(items))
         return {"notary": service.key,
                 "sigs": [r if isinstance(r, bytes) else None for r in results],
                 "errors": _errors(results)}
@@ -117,7 +120,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         args = check_map(args, "deliver arguments", {"certs"})
         docs = _list(args["certs"], "certs", MAX_BATCH)
         certs = [Certificate.decode(d) for d in docs]
-        results = await service.run_grouped(service.deliver_grouped(certs))
+        results = await service.group.run(service.deliver_grouped(certs))
         return {"notary": service.key, "accepted": sum(1 for r in results if r is None),
                 "errors": _errors(results)}
 

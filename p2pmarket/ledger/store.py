@@ -7,14 +7,10 @@ its notary signatures attached. The uncertified (*pending*) entries of a chain
 are a suffix of it: a wallet may append several and have them certified in one
 batch, in order.
 
-Compact rows: the owner is a small integer (``chain_owner``), ``prev`` is not
-stored (it is the previous row's hash), the body is the msgpack list of its
-values in a fixed order per kind (no field names; a SEND's payee and a RECV's
-payer as a small integer naming the key in ``chain_party``), the kind a
-one-byte code, and notary signatures name their notary by a small integer too
-(``chain_notary``). Every entry read back is rebuilt and its hash checked
-against the stored one. ``chain_owner`` also keeps the head and the certified
-and total balances, so the hot path never scans a chain.
+The rows are compact (:mod:`p2pmarket.ledger.storeformat`: the schema and the
+row encoding); ``chain_owner`` also keeps the head and the certified and total
+balances, so the hot path never scans a chain. Every entry read back is rebuilt
+and its hash checked against the stored one.
 
 Notary signatures are kept only where still needed (``notary_sigs``: NULL while
 pending, an empty blob once certified and pruned): the certified head, every
@@ -38,77 +34,26 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.core.files import open_db
-from p2pmarket.core.wire import pack_plain, unpack
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
-    KINDS,
-    MINT,
-    OPEN,
     RECV,
-    SEND,
     ZERO_HASH,
     Authenticator,
     Entry,
     check_link,
 )
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.keyids import KeyIds
+from p2pmarket.ledger.storeformat import (
+    KIND_CODES,
+    PRUNED,
+    SCHEMA,
+    RowCodec,
+    check_format,
+    migrate,
+)
 
-KIND_CODES = {"OPEN": 0, "MINT": 1, "SEND": 2, "RECV": 3, CHECKPOINT: 4}
-CODE_KINDS = {v: k for k, v in KIND_CODES.items()}
-assert set(KIND_CODES) == KINDS
-# stored body: the values of these fields, in this order (a party key as its chain_party id)
-BODY_FIELDS = {OPEN: (), MINT: ("amount",), CHECKPOINT: ("balance",),
-               SEND: ("to", "amount", "memo"), RECV: ("from", "seq", "hash", "amount", "memo")}
 KEEP_EVERY = 64  # entries whose seq is a multiple of this keep their notary signatures
-PRUNED = b""  # notary_sigs of a certified entry whose signatures were dropped
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS chain_owner (
-    id INTEGER PRIMARY KEY,
-    key BLOB NOT NULL UNIQUE,
-    head_seq INTEGER NOT NULL,
-    head_hash BLOB NOT NULL,
-    balance INTEGER NOT NULL,
-    total INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chain_notary (
-    id INTEGER PRIMARY KEY,
-    key BLOB NOT NULL UNIQUE
-);
-CREATE TABLE IF NOT EXISTS chain_party (
-    id INTEGER PRIMARY KEY,
-    key BLOB NOT NULL UNIQUE
-);
-CREATE TABLE IF NOT EXISTS chain_entry (
-    oid INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    kind INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    owner_sig BLOB NOT NULL,
-    notary_sigs BLOB,
-    PRIMARY KEY (oid, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chain_entry_pending ON chain_entry (oid, seq)
-    WHERE notary_sigs IS NULL;
-CREATE TABLE IF NOT EXISTS chain_recv (
-    oid INTEGER NOT NULL,
-    payer INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (oid, payer, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chain_receipt (
-    oid INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    cert BLOB NOT NULL,
-    PRIMARY KEY (oid, seq)
-) WITHOUT ROWID;
-"""
-
-Row = tuple[Any, ...]
 
 
 class ChainStore:
@@ -119,12 +64,12 @@ class ChainStore:
         self.conn: sqlite3.Connection = open_db(path)
         self._depth = 0
         self._oids: dict[bytes, int] = {}
-        self._notaries = KeyIds("chain_notary")
-        self._parties = KeyIds("chain_party")
+        self.rows = RowCodec(self.conn)
         with self.transaction() as conn:
-            self._check_format(conn)
+            check_format(conn)
             conn.executescript(SCHEMA)
-            self._migrate(conn)
+            migrate(conn, lambda entry, sig: self.append(entry, sig, check_sig=False),
+                    self.attach)
 
     def close(self) -> None:
         self.conn.close()
@@ -145,8 +90,7 @@ class ChainStore:
                 yield self.conn
         except BaseException:
             self._oids.clear()  # ids made in the rolled-back transaction are gone
-            self._notaries.clear()
-            self._parties.clear()
+            self.rows.clear()
             raise
         finally:
             self._depth = 0
@@ -191,14 +135,14 @@ class ChainStore:
                     "INSERT INTO chain_entry (oid, seq, hash, kind, ts, body, owner_sig, "
                     "notary_sigs) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                     (oid, entry.seq, entry.hash(), KIND_CODES[entry.kind], entry.ts,
-                     self._pack_body(entry), owner_sig))
+                     self.rows.pack_body(entry), owner_sig))
                 conn.execute("UPDATE chain_owner SET head_seq = ?, head_hash = ?, "
                              "total = total + ? WHERE id = ?",
                              (entry.seq, entry.hash(), entry.delta, oid))
                 if entry.receipt is not None:
                     payer, seq = entry.receipt
                     conn.execute("INSERT INTO chain_recv (oid, payer, seq) VALUES (?, ?, ?)",
-                                 (oid, self._parties.id(conn, payer), seq))
+                                 (oid, self.rows.party_id(payer), seq))
                     receipt = None if receipts is None else receipts.get(entry.seq)
                     if receipt is not None:
                         conn.execute("INSERT INTO chain_receipt (oid, seq, cert) "
@@ -231,10 +175,10 @@ class ChainStore:
                     raise LedgerError("certificate is for an entry this store does not hold",
                                       {"owner": entry.owner, "seq": entry.seq})
                 if entry.seq == last[entry.owner] or _kept(entry.seq, entry.kind):
-                    by_key = dict(self._sigs(row[1]) or ())  # one per notary key, first kept
+                    by_key = dict(self.rows.sigs(row[1]) or ())  # one per notary key, first kept
                     for key, sig in cert.notary_sigs:
                         by_key.setdefault(key, sig)
-                    sigs = self._pack_sigs(sorted(by_key.items()))
+                    sigs = self.rows.pack_sigs(sorted(by_key.items()))
                 else:  # pruned at once: writing them first would leave half-empty pages
                     sigs = PRUNED
                 conn.execute("UPDATE chain_entry SET notary_sigs = ? WHERE oid = ? AND seq = ?",
@@ -347,8 +291,8 @@ class ChainStore:
             if seq < first:
                 prev = bytes(row[1])
                 continue
-            entry = self._rebuild(owner, prev, row)
-            out.append((entry, bytes(row[5]), self._sigs(row[6])))
+            entry = self.rows.rebuild(owner, prev, row)
+            out.append((entry, bytes(row[5]), self.rows.sigs(row[6])))
             prev = entry.hash()
         return out
 
@@ -379,7 +323,7 @@ class ChainStore:
     def has_received(self, owner: bytes, payer: bytes, seq: int) -> bool:
         """Whether ``owner``'s chain holds a RECV (pending or certified) of SEND (payer, seq)."""
         oid = self._oid(owner)
-        pid = self._parties.id(self.conn, payer, create=False)
+        pid = self.rows.party_id(payer, create=False)
         return oid is not None and pid is not None and self.conn.execute(
             "SELECT 1 FROM chain_recv WHERE oid = ? AND payer = ? AND seq = ?",
             (oid, pid, seq)).fetchone() is not None
@@ -451,63 +395,6 @@ class ChainStore:
             assert cur.lastrowid is not None
             return int(cur.lastrowid), -1, ZERO_HASH
         return int(row[0]), int(row[1]), bytes(row[2])
-
-    def _rebuild(self, owner: bytes, prev: bytes, row: Row) -> Entry:
-        seq, stored_hash = int(row[0]), bytes(row[1])
-        kind = CODE_KINDS[int(row[2])]
-        values = unpack(bytes(row[4]))
-        fields = BODY_FIELDS[kind]
-        if not isinstance(values, list) or len(values) != len(fields):
-            raise LedgerError("stored chain is damaged", {"owner": owner, "seq": seq})
-        if kind in (SEND, RECV):
-            values[0] = self._parties.key(self.conn, int(values[0]))
-        entry = Entry(owner, seq, prev if seq else ZERO_HASH, kind,
-                      dict(zip(fields, values, strict=True)), int(row[3]))
-        if entry.hash() != stored_hash:
-            raise LedgerError("stored chain is damaged", {"owner": owner, "seq": seq})
-        return entry
-
-    def _pack_body(self, entry: Entry) -> bytes:
-        values = [entry.body[k] for k in BODY_FIELDS[entry.kind]]
-        if entry.kind in (SEND, RECV):
-            values[0] = self._parties.id(self.conn, values[0])
-        return pack_plain(values)  # ints, bytes and str: canonical
-
-    def _pack_sigs(self, sigs: Sequence[tuple[bytes, bytes]]) -> bytes:
-        ids = self._notaries
-        return pack_plain([[ids.id(self.conn, k), s] for k, s in sigs])  # canonical as is
-
-    def _sigs(self, blob: Any) -> tuple[tuple[bytes, bytes], ...] | None:
-        if blob is None:
-            return None
-        if not blob:
-            return ()
-        ids = self._notaries
-        return tuple((ids.key(self.conn, int(n)), bytes(s)) for n, s in unpack(bytes(blob)))
-
-    @staticmethod
-    def _check_format(conn: sqlite3.Connection) -> None:
-        """Refuse a store written before RECVs named their SEND (it had ``delta``)."""
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(chain_entry)")}
-        if "delta" in columns:
-            raise LedgerError("this chain store has an older format (RECVs embedding "
-                              "certificates); start a new network or wallet", str(conn))
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Move chains stored in the first layout (table ``chain_entries``) over."""
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chain_entries'"
-                        ).fetchone() is None:
-            return
-        rows = conn.execute("SELECT entry, owner_sig, notary_sigs FROM chain_entries "
-                            "ORDER BY owner, seq").fetchall()
-        for data, owner_sig, sigs in rows:
-            entry = Entry.decode(bytes(data))
-            self.append(entry, bytes(owner_sig), check_sig=False)
-            if sigs is not None:
-                pairs = tuple((bytes(k), bytes(s)) for k, s in unpack(bytes(sigs)))
-                self.attach(Certificate(entry, bytes(owner_sig), pairs))
-        conn.execute("DROP TABLE chain_entries")
-        conn.execute("DROP TABLE IF EXISTS chain_received")
 
 
 def _kept(seq: int, kind: str) -> bool:

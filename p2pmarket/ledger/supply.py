@@ -23,10 +23,11 @@ from typing import Any
 
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
-from p2pmarket.ledger.certificate import SigCache, committee_quorum
+from p2pmarket.ledger.certificate import committee_quorum
 from p2pmarket.ledger.chain import MINT, SEND, Authenticator, Entry, recv_body, verify_chain
 from p2pmarket.ledger.committee import NotaryTransport
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.sigcache import SigCache
 
 FIGURES = ("minted", "balances", "pending", "early")
 

@@ -7,21 +7,23 @@ notaries), opens the chain if it is empty, builds and checks the next entry for
 every queued operation, appends them all durably in one transaction with the
 owner's signatures, then has them certified in one batch per notary
 (:class:`committee.Lane`) and returns as soon as a quorum of valid signatures
-covers each. Concurrent callers therefore pipeline naturally, and a caller with
-many payments to make can use :meth:`Wallet.send_many`.
+covers each (:class:`collect.Tally`). Concurrent callers therefore pipeline
+naturally, and a caller with many payments to make can use :meth:`Wallet.send_many`.
 
 After a SEND is certified the wallet delivers its certificate to the notaries
 whose signature it lacks (they may have missed the SEND), in the background,
-so the payee's :meth:`sync` finds a whole certificate at any notary.
+so the payee's :meth:`sync` finds a whole certificate at any notary (it merges
+every notary's inbox: :func:`collect.collect_inboxes`).
 
 A RECV names the SEND it receives (``{from, seq, hash, amount, memo}``); the
 SEND's certificate is stored beside the pending RECV (the store's receipts) and
 sent beside it to the notaries, then dropped once the RECV is certified. The
 store keeps notary signatures only where still needed (see
 :mod:`p2pmarket.ledger.store`); :meth:`Wallet.certificate` gives any certified
-entry's certificate, recovering a pruned one from the notaries (they keep every
-authenticator, and Ed25519 signatures are deterministic: resubmitting the
-entry returns the very signatures given before).
+entry's certificate, recovering a pruned one from the notaries
+(:func:`collect.recollect`: they keep every authenticator, and Ed25519
+signatures are deterministic, so resubmitting the entry returns the very
+signatures given before).
 """
 
 from __future__ import annotations
@@ -34,15 +36,15 @@ from typing import Any
 
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
-from p2pmarket.core.genesis import Genesis, NotaryInfo
-from p2pmarket.core.identity import Identity, verify
+from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import (
     Certificate,
-    SigCache,
-    cert_message,
+    check_receipt,
     committee_quorum,
-    notary_sig_valid,
+    received_key,
     verify_certificate,
+    verify_segment,
 )
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
@@ -54,24 +56,20 @@ from p2pmarket.ledger.chain import (
     Entry,
     apply,
     next_entry,
-    received_key,
     recv_body,
     verify_chain,
-    verify_segment,
 )
+from p2pmarket.ledger.collect import Tally, collect_inboxes, recollect
 from p2pmarket.ledger.committee import (
     MAX_BATCH,
-    NOTARY_RPC_PREFIX,
     Lane,
     LaneResult,
     NotaryTransport,
-    PeerTransport,
     Segment,
 )
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.sigcache import SigCache
 from p2pmarket.ledger.store import ChainStore
-
-__all__ = ["NOTARY_RPC_PREFIX", "NotaryTransport", "PeerTransport", "Wallet"]
 
 RECENT = 4096  # entries kept in memory for the lanes
 
@@ -180,7 +178,8 @@ class Wallet:
         """Receive every certified SEND to us that the notaries know; returns the amount."""
         total = 0
         for _ in range(64):  # each round takes up to an inbox page from every notary
-            certs, more = await self._collect_inboxes()
+            certs, more = await collect_inboxes(self.transport, self.genesis, self.key,
+                                                self.cache)
             fresh = [c for c in certs if not self.has_received(c)]
             if fresh:
                 total += await self.receive_many(fresh)
@@ -196,7 +195,7 @@ class Wallet:
         if cert is not None or not self.store.certified(self.key, seq):
             return cert
         [(entry, owner_sig, _)] = self.store.segment(self.key, seq, seq)
-        sigs = await self._recollect(entry, owner_sig)
+        sigs = await recollect(self.transport, self.genesis, entry, owner_sig)
         if len(sigs) < self.quorum:  # lagging notaries: catch them up to our head
             head = self.store.head_seq(self.key)
             while head > seq and not self.store.certified(self.key, head):
@@ -204,30 +203,11 @@ class Wallet:
             lanes = [lane for lane in self.lanes.values() if lane.key not in sigs]
             await asyncio.gather(*(lane.request(head, head) for lane in lanes),
                                  return_exceptions=True)
-            sigs.update(await self._recollect(entry, owner_sig))
+            sigs.update(await recollect(self.transport, self.genesis, entry, owner_sig))
         if len(sigs) < self.quorum:
             raise LedgerError("cannot recover the certificate: no notary quorum answers",
                               {"seq": seq, "signatures": len(sigs), "quorum": self.quorum})
         return Certificate(entry, owner_sig, tuple(sorted(sigs.items())[:self.quorum]))
-
-    async def _recollect(self, entry: Entry, owner_sig: bytes) -> dict[bytes, bytes]:
-        """Resubmit a certified entry to every notary: the valid signatures returned."""
-        args = {"entries": [entry.encode()], "sigs": [owner_sig], "certs": [[]]}
-        message = cert_message(entry.owner, entry.seq, entry.hash())
-        results = await asyncio.gather(
-            *(self.transport.call(n, "certify_batch", args) for n in self.genesis.notaries),
-            return_exceptions=True)
-        sigs: dict[bytes, bytes] = {}
-        for notary, result in zip(self.genesis.notaries, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, P2PMarketError):
-                    raise result
-                continue
-            got = result.get("sigs") if isinstance(result, dict) else None
-            sig = got[0] if isinstance(got, list) and len(got) == 1 else None
-            if isinstance(sig, bytes) and verify(notary.key, message, sig):
-                sigs[notary.key] = sig
-        return sigs
 
     def balance(self) -> int:
         """The certified balance."""
@@ -332,7 +312,9 @@ class Wallet:
                 elif op.kind == CHECKPOINT:
                     body = {"balance": balance}
                 entry = next_entry(self.key, head, op.kind, body, self.clock())
-                balance = apply(balance, entry, self.genesis, cache=self.cache, send=op.cert)
+                if op.cert is not None:  # a RECV: the SEND certificate it receives
+                    check_receipt(entry, op.cert, self.genesis, self.cache)
+                balance = apply(balance, entry, self.genesis)
             except LedgerError as exc:
                 op.future.set_exception(exc)
                 continue
@@ -395,15 +377,11 @@ class Wallet:
     async def _certify(self, built: Sequence[tuple[Entry, bytes]]
                        ) -> list[Certificate | LedgerError]:
         """Certify stored consecutive entries; a certificate (stored) or an error each."""
-        entries = [e for e, _ in built]
-        first, last = entries[0].seq, entries[-1].seq
+        first, last = built[0][0].seq, built[-1][0].seq
         futs = {lane.request(first, last): lane for lane in self.lanes.values()}
-        got: dict[int, dict[bytes, bytes]] = {e.seq: {} for e in entries}
-        messages = {e.seq: cert_message(e.owner, e.seq, e.hash()) for e in entries}
-        need = set(got)
-        errors: dict[str, Any] = {}
+        tally = Tally(built, self.quorum)
         waiting: set[asyncio.Future[LaneResult]] = set(futs)
-        while waiting and need:
+        while waiting and not tally.complete:
             done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 lane = futs[fut]
@@ -411,26 +389,13 @@ class Wallet:
                 if exc is not None:
                     if not isinstance(exc, P2PMarketError):
                         raise exc
-                    errors[lane.key.hex()] = exc.to_dict()
+                    tally.refused(lane.key, exc)
                     continue
                 sigs, error = fut.result()
                 if error is not None:
-                    errors[lane.key.hex()] = error.to_dict()
-                for entry in entries:  # a quorum of valid signatures each, no more
-                    sig = sigs.get(entry.seq)
-                    if entry.seq in need and sig is not None and \
-                            verify(lane.key, messages[entry.seq], sig):
-                        got[entry.seq][lane.key] = sig
-                        if len(got[entry.seq]) >= self.quorum:
-                            need.discard(entry.seq)
-        certs: list[Certificate | LedgerError] = []
-        for entry, owner_sig in built:
-            if entry.seq in need:
-                certs.append(LedgerError("no notary quorum; the entry stays pending",
-                                         {"seq": entry.seq, "signatures": len(got[entry.seq]),
-                                          "quorum": self.quorum, "errors": errors}))
-            else:
-                certs.append(Certificate(entry, owner_sig, tuple(sorted(got[entry.seq].items()))))
+                    tally.refused(lane.key, error)
+                tally.add(lane.key, sigs)  # a quorum of valid signatures each, no more
+        certs = tally.results()
         done_certs = [c for c in certs if isinstance(c, Certificate)]
         if done_certs:
             self.store.attach_many(done_certs)
@@ -449,52 +414,3 @@ class Wallet:
         missed = [c for c in certs if c.entry.seq not in sigs]
         if missed:
             lane.deliver(missed)
-
-    # -- inboxes -------------------------------------------------------------------
-
-    async def _collect_inboxes(self) -> tuple[list[Certificate], bool]:
-        """The SEND certificates to us that a quorum of signatures backs, merged over
-        every notary's inbox; and whether some inbox had more."""
-        results = await asyncio.gather(*(self._inbox(n) for n in self.genesis.notaries),
-                                       return_exceptions=True)
-        pairs: dict[tuple[bytes, bytes], tuple[Entry, set[tuple[bytes, bytes]]]] = {}
-        more = False
-        for result in results:
-            if isinstance(result, BaseException):
-                if not isinstance(result, P2PMarketError):
-                    raise result
-                continue
-            certs, page_full = result
-            more = more or page_full
-            for cert in certs:
-                slot = pairs.setdefault((cert.entry.hash(), cert.owner_sig), (cert.entry, set()))
-                slot[1].update(cert.notary_sigs)
-        out = []
-        for (_, owner_sig), (entry, sigs) in pairs.items():
-            valid: dict[bytes, bytes] = {}
-            for key, sig in sorted(sigs):
-                if key not in valid and key in self.genesis.notary_keys and \
-                        notary_sig_valid(entry, key, sig, self.cache):
-                    valid[key] = sig
-                if len(valid) >= self.quorum:
-                    break
-            cert = Certificate(entry, owner_sig, tuple(sorted(valid.items())))
-            if len(valid) >= self.quorum and cert.authenticator.verify(self.cache):
-                out.append(cert)
-        out.sort(key=lambda c: (c.entry.owner, c.entry.seq))
-        return out, more
-
-    async def _inbox(self, notary: NotaryInfo) -> tuple[list[Certificate], bool]:
-        result = await self.transport.call(notary, "inbox", {"owner": self.key})
-        certs = result.get("certs") if isinstance(result, dict) else None
-        if not isinstance(certs, list):
-            raise LedgerError("notary returned a malformed inbox", notary.key)
-        out: list[Certificate] = []
-        for doc in certs:
-            try:
-                cert = Certificate.from_wire(doc)
-            except LedgerError:
-                continue
-            if cert.entry.kind == SEND and cert.entry.body["to"] == self.key:
-                out.append(cert)
-        return out, result.get("more") is True

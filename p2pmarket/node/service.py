@@ -49,10 +49,12 @@ from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.control import control_handlers as host_control_handlers
 from p2pmarket.host.control import upload_route
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from p2pmarket.node.advert import Availability, PriceHistory, moved
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class Node:
             self.notary = NotaryService(identity, genesis, data_dir.notary_db,
                                         shun=self.evidence.is_exposed,
                                         screen=EvidenceScreen(self.dht, self.evidence).screen)
-            self.dispatcher.register_all("notary", self.notary.handlers())
+            self.dispatcher.register_all("notary", notaryrpc.handlers(self.notary))
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity))

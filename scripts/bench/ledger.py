@@ -63,8 +63,9 @@ from p2pmarket.ledger.chain import (
     recv_body,
     verify_chain,
 )
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from tests.support.notary_cluster import NotaryCluster
 
 

@@ -16,6 +16,7 @@ from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.witnessing import EvidenceScreen
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.chain import Authenticator, auth_message
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.notary import NotaryService
@@ -110,7 +111,7 @@ async def test_a_notary_refuses_an_owner_exposed_only_in_the_dht(net: Any, chain
     dht.published[CHEAT.node_id] = [proof_against(CHEAT)]
     notary = NotaryService(net.notaries[0], net.genesis, ":memory:", shun=store.is_exposed,
                            screen=EvidenceScreen(dht, store).screen)
-    certify = notary.handlers()["certify"]
+    certify = notaryrpc.handlers(notary)["certify"]
     cheat, honest = chain_of(CHEAT), chain_of(HONEST)
     for c in (cheat, honest):
         c.open()

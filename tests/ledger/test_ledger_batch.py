@@ -9,10 +9,12 @@ from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.core.identity import Identity
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
 from p2pmarket.ledger.chain import CHECKPOINT, Authenticator, Entry
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.notary import Item, NotaryService
+from p2pmarket.ledger.notary import NotaryService
+from p2pmarket.ledger.notarystate import Item
 from p2pmarket.ledger.supply import audit_chains, summarize
 from tests.support.local_committee import LocalCommittee
 
@@ -66,7 +68,7 @@ async def test_certify_batch_in_order_with_per_item_errors(world: Any) -> None:
     start = len(mint.entries)
     for amount in (10, 20, 2000, 30):  # the third overspends: it and the fourth fail
         mint.send(alice.key, amount)
-    result = await s0.handlers()["certify_batch"](CTX, batch_args(mint, start))
+    result = await notaryrpc.handlers(s0)["certify_batch"](CTX, batch_args(mint, start))
     sigs = result["sigs"]
     assert [isinstance(x, bytes) for x in sigs] == [True, True, False, False]
     assert all(notary_sig_valid(e, s0.key, sig)
@@ -77,7 +79,7 @@ async def test_certify_batch_in_order_with_per_item_errors(world: Any) -> None:
     assert s0.head(mint.key)["seq"] == start + 1
     # resubmitting the whole batch: same signatures, same refusals, nothing new
     before = dump(s0)
-    again = await s0.handlers()["certify_batch"](CTX, batch_args(mint, start))
+    again = await notaryrpc.handlers(s0)["certify_batch"](CTX, batch_args(mint, start))
     assert again["sigs"][:2] == sigs[:2]
     assert dump(s0) == before
 
@@ -95,7 +97,7 @@ async def test_malformed_batches_change_nothing(world: Any, args: dict[str, Any]
     s0 = services(c)[0]
     before = dump(s0)
     with pytest.raises(LedgerError):
-        await s0.handlers()["certify_batch"](CTX, args)
+        await notaryrpc.handlers(s0)["certify_batch"](CTX, args)
     assert dump(s0) == before
 
 
@@ -110,7 +112,7 @@ async def test_malformed_item_refuses_the_whole_batch(world: Any) -> None:
     args["certs"].append([])
     before = dump(s0)
     with pytest.raises(LedgerError):
-        await s0.handlers()["certify_batch"](CTX, args)
+        await notaryrpc.handlers(s0)["certify_batch"](CTX, args)
     assert dump(s0) == before
 
 
@@ -128,7 +130,7 @@ async def test_lagging_notary_catches_up_from_certificates(world: Any) -> None:
     assert isinstance(refused, LedgerError) and refused.value["expected"] == start
     # given the missing certified entries with their certificates, it advances
     by_seq = {ct.entry.seq: ct for ct in certs}
-    result = await late.handlers()["certify_batch"](CTX, batch_args(mint, start, by_seq))
+    result = await notaryrpc.handlers(late)["certify_batch"](CTX, batch_args(mint, start, by_seq))
     assert all(isinstance(x, bytes) for x in result["sigs"]) and result["errors"] == []
     assert late.head(mint.key) == {"owner": mint.key, "seq": len(mint.entries) - 1,
                                    "hash": mint.entries[-1].hash(), "balance": 990}
@@ -143,7 +145,7 @@ async def test_catch_up_certificate_is_checked(world: Any) -> None:
     [cert] = certify_all(svcs[:3], mint, start)
     weak = Certificate(cert.entry, cert.owner_sig, cert.notary_sigs[:2])
     before = dump(svcs[3])
-    result = await svcs[3].handlers()["certify_batch"](CTX, batch_args(mint, start,
+    result = await notaryrpc.handlers(svcs[3])["certify_batch"](CTX, batch_args(mint, start,
                                                                        {start: weak}))
     assert result["sigs"] == [None] and "quorum" in result["errors"][0][1]
     assert dump(svcs[3]) == before
@@ -170,7 +172,7 @@ async def test_deliver_fills_the_inbox_of_a_notary_that_missed_the_send(world: A
     [cert] = certify_all(svcs[:3], mint, start)
     late = svcs[3]
     assert late.inbox(alice.key) == []
-    result = await late.handlers()["deliver"](CTX, {"certs": [cert.encode()]})
+    result = await notaryrpc.handlers(late)["deliver"](CTX, {"certs": [cert.encode()]})
     assert result == {"notary": late.key, "accepted": 1, "errors": []}
     [held] = late.inbox(alice.key)
     assert held == cert  # every signature: a whole certificate from one notary
@@ -183,13 +185,14 @@ async def test_deliver_fills_the_inbox_of_a_notary_that_missed_the_send(world: A
     assert late.key in held.keys and late.supply()["pending"] == 25
     assert late.supply()["delivered"] == 0 and late.supply()["ok"]
     # delivering again, or to a notary that certified it, changes nothing but signatures
-    await svcs[0].handlers()["deliver"](CTX, {"certs": [cert.encode()]})
+    await notaryrpc.handlers(svcs[0])["deliver"](CTX, {"certs": [cert.encode()]})
     assert set(svcs[0].inbox(alice.key)[0].keys) == cert.keys
     # after the RECV the certificate leaves the inbox; a late deliver is ignored
     alice.recv(cert)
     certify_all(svcs, alice, len(alice.entries) - 1)
     before = dump(late)
-    assert (await late.handlers()["deliver"](CTX, {"certs": [cert.encode()]}))["accepted"] == 1
+    result = await notaryrpc.handlers(late)["deliver"](CTX, {"certs": [cert.encode()]})
+    assert result["accepted"] == 1
     assert dump(late) == before and late.inbox(alice.key) == []
     assert all(core(s.supply()) == {"minted": 1000, "balances": 1000, "pending": 0,
                                     "early": 0, "ok": True} for s in svcs)
@@ -206,12 +209,12 @@ async def test_deliver_refuses_bad_certificates(world: Any) -> None:
     forged = Certificate(cert.entry, bytes(64), cert.notary_sigs)
     mint_cert = certify_all(svcs[:3], mint, 1)[0]  # a MINT
     before = dump(s3)
-    result = await s3.handlers()["deliver"](
+    result = await notaryrpc.handlers(s3)["deliver"](
         CTX, {"certs": [weak.encode(), forged.encode(), mint_cert.encode()]})
     assert result["accepted"] == 0 and [e[0] for e in result["errors"]] == [0, 1, 2]
     assert dump(s3) == before
     with pytest.raises(LedgerError):
-        await s3.handlers()["deliver"](CTX, {"certs": [b"\x93garbage"]})
+        await notaryrpc.handlers(s3)["deliver"](CTX, {"certs": [b"\x93garbage"]})
     assert dump(s3) == before
 
 
@@ -227,11 +230,11 @@ async def test_conflicting_certificate_at_a_certified_seq(world: Any, chain_of: 
     assert isinstance(svcs[3].certify(x, sx), bytes)
     ysigs = tuple(sorted((s.key, s.certify(y, sy)) for s in svcs[:3]))
     ycert = Certificate(y, sy, ysigs)
-    result = await svcs[3].handlers()["deliver"](CTX, {"certs": [ycert.encode()]})
+    result = await notaryrpc.handlers(svcs[3])["deliver"](CTX, {"certs": [ycert.encode()]})
     assert result["accepted"] == 0 and "different entry" in result["errors"][0][1]
     [(certified, other)] = svcs[3].evidence(mint.key)
     assert certified.hash == x.hash() and other.hash == y.hash()
-    proofs = (await svcs[3].handlers()["evidence"](CTX, {"owner": mint.key}))["proofs"]
+    proofs = (await notaryrpc.handlers(svcs[3])["evidence"](CTX, {"owner": mint.key}))["proofs"]
     assert len(proofs) == 1 and proofs[0]["certified"]["seq"] == start
 
 

@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack
-from p2pmarket.ledger.certificate import Certificate, committee_quorum
+from p2pmarket.ledger.certificate import (
+    Certificate,
+    committee_quorum,
+    verify_certified,
+    verify_segment,
+)
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
     MAX_AMOUNT,
@@ -24,9 +29,7 @@ from p2pmarket.ledger.chain import (
     auth_message,
     equivocation,
     recv_body,
-    verify_certified,
     verify_chain,
-    verify_segment,
 )
 from p2pmarket.ledger.errors import LedgerError
 

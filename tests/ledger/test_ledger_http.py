@@ -19,9 +19,11 @@ from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
+from p2pmarket.ledger import notaryrpc
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from tests.support.local_committee import LocalCommittee
 
 
@@ -40,7 +42,7 @@ async def served(committee4: LocalCommittee) -> AsyncIterator[Served]:
     sites, infos = [], []
     for ident in committee4.notaries:
         dispatcher = RpcDispatcher(ident)
-        dispatcher.register_all("notary", committee4.services[ident.public_key].handlers())
+        dispatcher.register_all("notary", notaryrpc.handlers(committee4.services[ident.public_key]))
         site = Site(peer_app(dispatcher))
         port = await site.start("127.0.0.1", 0)
         sites.append(site)

@@ -10,6 +10,7 @@ from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.core.identity import Identity
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
 from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
@@ -57,7 +58,7 @@ def test_resubmission_and_conflict_within_one_transaction(notary: NotaryService,
                                                           funded: Any) -> None:
     """Entries certified in a transaction are written at its end; a resubmission or a
     conflicting entry later in the same transaction still sees them."""
-    from p2pmarket.ledger.notary import Item
+    from p2pmarket.ledger.notarystate import Item
 
     alice = Identity.generate().public_key
     send = funded.send(alice, 5, "a")
@@ -205,7 +206,7 @@ def test_total_supply_is_capped(notary: NotaryService, funded: Any) -> None:
 
 
 async def test_handlers(notary: NotaryService, funded: Any, chain_of: Any) -> None:
-    h = notary.handlers()
+    h = notaryrpc.handlers(notary)
     assert set(h) == {"certify", "certify_batch", "deliver", "inbox", "head", "supply",
                       "evidence"}
     alice = chain_of(Identity.generate())
@@ -239,7 +240,7 @@ async def test_handlers_refuse_bad_arguments(notary: NotaryService, funded: Any,
                                              name: str, args: dict[str, Any]) -> None:
     before = dump(notary)
     with pytest.raises(LedgerError):
-        await notary.handlers()[name](CTX, args)
+        await notaryrpc.handlers(notary)[name](CTX, args)
     assert dump(notary) == before
 
 
@@ -248,7 +249,7 @@ async def test_certify_handler_refuses_bad_signature(notary: NotaryService,
     nxt = funded.make("MINT", {"amount": 1})
     before = dump(notary)
     with pytest.raises(LedgerError):
-        await notary.handlers()["certify"](CTX, {"entry": nxt.to_wire(), "sig": bytes(64)})
+        await notaryrpc.handlers(notary)["certify"](CTX, {"entry": nxt.to_wire(), "sig": bytes(64)})
     assert dump(notary) == before
 
 

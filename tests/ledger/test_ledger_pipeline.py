@@ -13,6 +13,7 @@ from p2pmarket.core.genesis import NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import verify_certificate
 from p2pmarket.ledger.chain import CHECKPOINT, MINT, SEND
+from p2pmarket.ledger.committee import MAX_BACKOFF_S, MIN_BACKOFF_S, Backoff
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
@@ -111,6 +112,19 @@ async def test_lagging_notary_is_caught_up_by_the_wallet(tmp_path: Path,
     await alice.close()
 
 
+def test_delivery_backoff_doubles_up_to_its_cap_and_starts_over() -> None:
+    b = Backoff()
+    assert b.wait(0.0) is None  # nothing failed yet: due
+    b = b.failed(10.0)
+    assert (b.delay, b.due) == (MIN_BACKOFF_S, 10.0 + MIN_BACKOFF_S)
+    assert b.wait(10.25) == pytest.approx(0.25) and b.wait(10.5) is None
+    for _ in range(20):
+        b = b.failed(10.0)
+    assert (b.delay, b.due) == (MAX_BACKOFF_S, 10.0 + MAX_BACKOFF_S)
+    assert b.due_now().wait(10.0) is None and b.due_now().delay == MAX_BACKOFF_S
+    assert b.succeeded().failed(20.0).delay == MIN_BACKOFF_S
+
+
 async def test_deliver_lets_sync_work_when_a_notary_missed_the_send(
         tmp_path: Path, committee4: LocalCommittee) -> None:
     c = committee4
@@ -124,6 +138,7 @@ async def test_deliver_lets_sync_work_when_a_notary_missed_the_send(
     assert n3 not in cert.keys
     await mint.flush()
     assert mint.lanes[n3].undelivered == 1  # kept for when it is back
+    assert mint.lanes[n3].backoff.delay == MIN_BACKOFF_S  # and tried again later
     c.transport.down.discard(n3)
     await mint.redeliver()
     assert mint.lanes[n3].undelivered == 0

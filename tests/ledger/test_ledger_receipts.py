@@ -11,10 +11,12 @@ from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.core.identity import Identity
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import RECV, Authenticator, Entry, recv_body
 from p2pmarket.ledger.errors import LedgerError
-from p2pmarket.ledger.notary import Item, NotaryService
+from p2pmarket.ledger.notary import NotaryService
+from p2pmarket.ledger.notarystate import Item
 from p2pmarket.ledger.store import KEEP_EVERY, ChainStore
 from p2pmarket.ledger.wallet import Wallet
 from tests.support.local_committee import LocalCommittee
@@ -216,7 +218,7 @@ async def test_certify_rpcs_take_the_send_certificate_beside_the_recv(world: Any
 
     async def batch(sends: list[Any]) -> dict[str, Any]:
         args = {"entries": [recv.encode()], "sigs": [sig], "certs": [[]], "sends": sends}
-        result: dict[str, Any] = await s0.handlers()["certify_batch"](CTX, args)
+        result: dict[str, Any] = await notaryrpc.handlers(s0)["certify_batch"](CTX, args)
         return result
 
     for sends, match in (([None], "needs the certificate"),
@@ -229,12 +231,12 @@ async def test_certify_rpcs_take_the_send_certificate_beside_the_recv(world: Any
     with pytest.raises(LedgerError, match="match"):  # lengths differ: refused whole
         await batch([None, None])
     with pytest.raises(LedgerError):
-        await s0.handlers()["certify"](CTX, {"entry": recv.to_wire(), "sig": sig})
+        await notaryrpc.handlers(s0)["certify"](CTX, {"entry": recv.to_wire(), "sig": sig})
     assert dump(s0) == before
     result = await batch([first.encode()])
     assert isinstance(result["sigs"][0], bytes) and result["errors"] == []
     # the single-entry RPC takes ``send`` too (here: a resubmission, same signature)
-    again = await s0.handlers()["certify"](CTX, {"entry": recv.to_wire(), "sig": sig,
+    again = await notaryrpc.handlers(s0)["certify"](CTX, {"entry": recv.to_wire(), "sig": sig,
                                                  "send": first.encode()})
     assert again["sig"] == result["sigs"][0]
 

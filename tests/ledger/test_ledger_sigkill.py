@@ -24,10 +24,11 @@ from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import save_key
 from p2pmarket.ledger.certificate import notary_sig_valid
 from p2pmarket.ledger.chain import SEND, Authenticator, Entry
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.supply import audit_chains, network_supply
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from tests.support.notary_cluster import NotaryCluster
 
 pytestmark = pytest.mark.slow
@@ -226,7 +227,8 @@ from p2pmarket.api.client import PeerClient
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import PeerTransport, Wallet
+from p2pmarket.ledger.committee import PeerTransport
+from p2pmarket.ledger.wallet import Wallet
 from p2pmarket.core.keyfile import load_key
 from p2pmarket.core.config import load_genesis
 

@@ -13,9 +13,10 @@ from p2pmarket.core.genesis import NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import MINT, OPEN, RECV, SEND
+from p2pmarket.ledger.committee import NotaryTransport
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.store import ChainStore
-from p2pmarket.ledger.wallet import NotaryTransport, Wallet
+from p2pmarket.ledger.wallet import Wallet
 from tests.support.local_committee import LocalCommittee, LocalTransport
 
 

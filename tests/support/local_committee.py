@@ -18,6 +18,7 @@ from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack, unpack
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.notary import NotaryService
 
@@ -45,7 +46,7 @@ class LocalTransport:
         service = self.services.get(notary.key)
         if service is None or notary.key in self.down:
             raise NotaryUnreachable("notary unreachable", notary.url)
-        handler = service.handlers().get(name)
+        handler = notaryrpc.handlers(service).get(name)
         if handler is None:
             raise RemoteError(f"unknown RPC {name!r}", name)
         ctx = CallContext(sender=self.sender, ts=now_us())

@@ -32,6 +32,7 @@ from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher
 from p2pmarket.api.server import Site, peer_app
 from p2pmarket.core.config import load_genesis
 from p2pmarket.core.keyfile import load_key
+from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.notary import NotaryService
 
 
@@ -69,7 +70,7 @@ async def serve(key_file: Path, genesis_file: Path, db: Path, host: str, port: i
                 _kill_self()
 
         service.before_commit = hook
-    handlers = service.handlers()
+    handlers = notaryrpc.handlers(service)
     if crash_after_n:
         for name in ("certify", "certify_batch"):
             handlers[name] = crash_after(handlers[name], crash_after_n)
