@@ -60,7 +60,9 @@ from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import CLOSED, Account, Payment, Refund
 from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
+from p2pmarket.auction.buyersteps import precheck
 from p2pmarket.auction.hostconfig import HostConfig
+from p2pmarket.auction.hoststeps import SettingsChange, UsageReport
 from p2pmarket.auction.lease import sign_lease
 from p2pmarket.auction.machine import (
     ZERO,
@@ -72,19 +74,11 @@ from p2pmarket.auction.machine import (
     terms_digest,
     unique_offered,
 )
-from p2pmarket.auction.rpcargs import check_args
+from p2pmarket.auction.outcome import Step, error_doc
+from p2pmarket.auction.rpcargs import UNENCODABLE, check_args
 from p2pmarket.auction.seen import from_rows, to_rows
 from p2pmarket.auction.snapshot import snapshot
-from p2pmarket.auction.steps import (
-    GENESIS,
-    INPUTS,
-    Step,
-    error_doc,
-    precheck,
-    request_refusal,
-    settings_body,
-    step,
-)
+from p2pmarket.auction.steps import GENESIS, INPUTS, request_refusal, step
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import Settings
@@ -218,7 +212,7 @@ class Auctioneer:
             logged: Any = dict(args)
             pack(logged)
         except WireError:
-            logged = "unencodable"
+            logged = UNENCODABLE
         body: dict[str, Any] = {"from": ctx.sender, "ts": ctx.ts, "args": logged}
         if ctx.request is not None:   # the caller's signature, for the witnesses
             body["request"] = ctx.request.to_wire()
@@ -301,8 +295,8 @@ class Auctioneer:
         async with self._lock:
             now = self.now()
             self._sync_usage(now)
-            self._apply("in.settings", settings_body(config, self.tick_us,
-                                                     self.long_interval_us), now)
+            change = SettingsChange(config, self.tick_us, self.long_interval_us)
+            self._apply("in.settings", change.body(), now)
         await self.sync_vmm()
 
     def market_summary(self) -> dict[str, dict[str, int]]:
@@ -406,8 +400,7 @@ class Auctioneer:
         usage = {aid: u for aid, u in self.sync.disk_usage().items()
                  if aid in self.state.accounts}
         if usage != dict(self.state.usage):
-            self._apply("in.usage", {"usage": [[k, u, f] for k, (u, f)
-                                               in sorted(usage.items())]}, now)
+            self._apply("in.usage", UsageReport(usage).body(), now)
 
     # -- restart -----------------------------------------------------------------------
 
@@ -454,7 +447,7 @@ class Auctioneer:
                         head, applied)
         if (config, tick_us, long_us) != (self.state.config, self.state.tick_us,
                                           self.state.long_us):
-            self._apply("in.settings", settings_body(config, tick_us, long_us), self.now())
+            self._apply("in.settings", SettingsChange(config, tick_us, long_us).body(), self.now())
 
     def _catch_up(self, since: int) -> None:
         """Re-apply the logged inputs the store missed (a crash between log and store)."""
