@@ -28,10 +28,8 @@ import msgpack
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import ACTIVE, CLOSED, EXPIRED, Account, Refund
 from p2pmarket.auction.allocator import (
-    US_PER_S,
     AccountState,
     AllocationResult,
-    Bid,
     Book,
     build_book,
     run_tick,
@@ -39,6 +37,7 @@ from p2pmarket.auction.allocator import (
 from p2pmarket.auction.enforce import domain_spec
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.lease import Lease, ResourceTerm
+from p2pmarket.auction.model import Bid
 from p2pmarket.auction.resources import BidSpec, BidTerm, apply_spec
 from p2pmarket.auction.seen import Record
 
@@ -385,7 +384,7 @@ def new_state(host_id: bytes, config: HostConfig, tick_us: int, long_us: int) ->
 
 
 __all__ = [
-    "SNAPSHOT_VERSION", "US_PER_S", "ZERO", "HostState", "Memo", "MissingState", "build",
+    "SNAPSHOT_VERSION", "ZERO", "HostState", "Memo", "MissingState", "build",
     "collect_garbage", "evaluate", "lease_terms", "new_state", "plain_digest",
     "reallocate", "refund_row", "resolved", "running", "settle", "terms", "terms_digest",
     "with_accounts",

@@ -37,11 +37,11 @@ from p2pmarket.auction.accounts import Payment
 from p2pmarket.auction.allocator import (
     AccountState,
     AllocationInput,
-    Bid,
     allocate,
     build_book,
     run_tick,
 )
+from p2pmarket.auction.model import Bid
 from p2pmarket.core.config import Settings
 from p2pmarket.core.identity import Identity
 from p2pmarket.host.accountstore import AccountStore
