@@ -21,9 +21,7 @@ from typing import Any, assert_never
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import ACTIVE, CLOSED, Account, Refund
-from p2pmarket.auction.machine import (
-    HostState,
-    MissingState,
+from p2pmarket.auction.allocation import (
     evaluate,
     lease_terms,
     reallocate,
@@ -33,6 +31,7 @@ from p2pmarket.auction.machine import (
     terms_digest,
     with_accounts,
 )
+from p2pmarket.auction.machine import HostState, MissingState
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.resources import PPM, BidTerm
 from p2pmarket.auction.rpcargs import (

@@ -22,17 +22,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from p2pmarket.auction import HostError
+from p2pmarket.auction.allocation import build, collect_garbage, evaluate, settle, with_accounts
 from p2pmarket.auction.allocator import AllocationResult, run_tick
 from p2pmarket.auction.hostconfig import HostConfig
-from p2pmarket.auction.machine import (
-    HostState,
-    build,
-    collect_garbage,
-    evaluate,
-    plain_digest,
-    settle,
-    with_accounts,
-)
+from p2pmarket.auction.machine import HostState, plain_digest
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.seen import pruned
 from p2pmarket.auction.snapshot import state_digest

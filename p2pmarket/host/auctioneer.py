@@ -59,21 +59,13 @@ from typing import Any
 from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import CLOSED, Account, Payment, Refund
+from p2pmarket.auction.allocation import evaluate, lease_terms, resolved, terms_digest
 from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
 from p2pmarket.auction.buyersteps import precheck
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange, UsageReport
 from p2pmarket.auction.lease import sign_lease
-from p2pmarket.auction.machine import (
-    ZERO,
-    HostState,
-    evaluate,
-    lease_terms,
-    new_state,
-    resolved,
-    terms_digest,
-    unique_offered,
-)
+from p2pmarket.auction.machine import ZERO, HostState, new_state
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.rpcargs import UNENCODABLE, check_args
 from p2pmarket.auction.seen import from_rows, to_rows
@@ -347,9 +339,6 @@ class Auctioneer:
         entry's (witnesses require entry timestamps not to decrease; a wall clock may
         step back, and entries may be logged while an RPC waits for its payment)."""
         return max(self.clock(), self.audit.last_ts)
-
-    def _unique_offered(self, key: str) -> bool:
-        return unique_offered(self.state, key)
 
     # -- the write-ahead step ----------------------------------------------------------
 
