@@ -21,7 +21,8 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import ACTIVE, CLOSED, EXPIRED, Account, Refund
-from p2pmarket.auction.allocator import AccountState, AllocationResult, Book, build_book, run_tick
+from p2pmarket.auction.allocator import AllocationResult, run_tick
+from p2pmarket.auction.book import AccountState, Book, build_book
 from p2pmarket.auction.enforce import domain_spec
 from p2pmarket.auction.lease import Lease, ResourceTerm
 from p2pmarket.auction.machine import HostState, plain_digest

@@ -28,7 +28,7 @@ import msgpack
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account, Refund
-from p2pmarket.auction.allocator import Book
+from p2pmarket.auction.book import Book
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.model import Bid
 from p2pmarket.auction.resources import BidTerm

@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 
 from p2pmarket.auction.allocator import (
     DEFAULT_LONG_INTERVAL_US,
-    AccountState,
     AllocationInput,
     AllocationResult,
     allocate,
     split_by_weight,
     tick_spend,
 )
+from p2pmarket.auction.book import AccountState
 from p2pmarket.auction.model import AllocEvent, Bid
 from p2pmarket.auction.shares import water_fill
 
