@@ -1,10 +1,13 @@
 """The pure Tycoon allocator (DESIGN.md §6): integers in, integers out, no clocks or I/O.
 
 ``allocate(AllocationInput) -> AllocationResult`` allocates one tick; a witness
-replays it bit for bit. For speed it runs in two parts: :func:`build_book` turns
-the accounts' bids into columns (done again only when bids or capacities change;
-the auctioneer caches it) and :func:`run_tick` does the per-tick money work on
-those columns. ``allocate`` is exactly ``run_tick(build_book(...), ...)``.
+replays it bit for bit. For speed it runs in two parts:
+:func:`~p2pmarket.auction.book.build_book` turns the accounts' bids into columns
+(done again only when bids or capacities change; the auctioneer caches it) and
+:func:`run_tick` does the per-tick money work on those columns, as named phases
+that follow the rules below. ``allocate`` is exactly ``run_tick(build_book(...),
+...)``. Sharing one resource among fixed bids (water-filling, drops) is
+:mod:`p2pmarket.auction.shares`.
 
 Rules, in order:
 
@@ -58,28 +61,19 @@ per second: what a buyer's best response needs as "the others' bids".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property, cmp_to_key
-from itertools import pairwise
+from functools import cached_property
 from operator import add
-from typing import Any
 
-from p2pmarket.auction.model import AllocEvent, Bid
-from p2pmarket.auction.unique import UniqueBook, build_unique, run_unique
+from p2pmarket.auction.book import AccountState, Book, build_book
+from p2pmarket.auction.model import AllocEvent
+from p2pmarket.auction.shares import Clearing, clearing, share_with_drops
+from p2pmarket.auction.unique import run_unique
 
 US_PER_S = 1_000_000
 DAY_US = 24 * 3600 * US_PER_S
 DEFAULT_LONG_INTERVAL_US = 30 * DAY_US
-
-
-@dataclass(frozen=True)
-class AccountState:
-    account_id: str
-    fund: int
-    interval_end_us: int
-    bids: Mapping[str, Bid] = field(default_factory=dict)
-    contingency: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,132 +103,6 @@ def split_by_weight(amount: int, weights: Mapping[str, int]) -> dict[str, int]:
     if total <= 0 or amount <= 0:
         return {k: 0 for k in weights}
     return {k: amount * w // total for k, w in weights.items()}
-
-
-@dataclass(frozen=True)
-class Share:
-    """One divisible resource's outcome among fixed bids."""
-
-    alloc: list[int]
-    capped: list[int]
-    bids_total: int   # B of the uncapped set (root included)
-    cap_total: int    # C left for the uncapped set
-
-
-def _fill(capacity: int, bids: list[int], maxes: list[int], cappable: list[int],
-          root_bid: int) -> tuple[list[int], int, int]:
-    """The capped set and the uncapped set's capacity C and bids B (root included)."""
-    return _cap_rounds(cappable, bids, maxes, capacity, root_bid + sum(bids))
-
-
-def _cap_rounds(cand: list[int], bids: list[int], maxes: list[int], cap_left: int,
-                bid_left: int) -> tuple[list[int], int, int]:
-    """Water-filling: cap every candidate whose proportional share would pass its max,
-    take its max out of the capacity and its bid out of the bids, repeat until no one
-    else passes. Returns the newly capped, and the capacity C and bids B left."""
-    capped: list[int] = []
-    while cand:
-        newly = [i for i in cand if bids[i] * cap_left > maxes[i] * bid_left]
-        if not newly:
-            break
-        capped.extend(newly)
-        for i in newly:
-            cap_left -= maxes[i]
-            bid_left -= bids[i]
-        gone = set(newly)
-        cand = [i for i in cand if i not in gone]
-    return capped, cap_left, bid_left
-
-
-def water_fill(capacity: int, bids: list[int], maxes: list[int], cappable: list[int],
-               root_bid: int) -> Share:
-    """Proportional shares of ``capacity`` with max caps; the root takes the rest.
-
-    Only the indices in ``cappable`` (max below capacity) can be capped.
-    """
-    capped, cap_left, bid_left = _fill(capacity, bids, maxes, cappable, root_bid)
-    alloc = [b * cap_left // bid_left for b in bids]
-    for i in capped:
-        alloc[i] = maxes[i]
-    return Share(alloc, capped, bid_left, cap_left)
-
-
-@dataclass(frozen=True)
-class Book:
-    """The bids as columns (index = position in ``ids``, sorted by account id)."""
-
-    ids: tuple[str, ...]
-    resources: tuple[str, ...]             # offered divisible resources, sorted
-    capacities: Mapping[str, int]
-    weights: Mapping[str, list[int]]       # per resource; 0 where the account does not bid
-    total_weight: list[int]                # per account, over offered bids (at least 1)
-    mins: Mapping[str, list[int]]
-    maxes: Mapping[str, list[int]]
-    bidders: Mapping[str, frozenset[int]]  # who bids on the resource
-    cappable: Mapping[str, list[int]]      # bidders with max < capacity
-    with_min: Mapping[str, list[int]]      # bidders with min > 0
-    order: Mapping[int, tuple[str, ...]]   # an account's divisible resources, by weight desc
-    keys: Mapping[int, tuple[str, ...]]    # every key an account bids on (for reports)
-    unique: UniqueBook
-    not_offered: tuple[AllocEvent, ...]
-
-    @cached_property
-    def index(self) -> dict[str, int]:
-        return {aid: i for i, aid in enumerate(self.ids)}
-
-
-def _sorted_accounts(accounts: tuple[AccountState, ...]) -> list[AccountState]:
-    ids = [a.account_id for a in accounts]
-    if any(x >= y for x, y in pairwise(ids)):
-        accounts = tuple(sorted(accounts, key=lambda a: a.account_id))
-        ids = [a.account_id for a in accounts]
-        assert all(x < y for x, y in pairwise(ids)), "duplicate account ids"
-    return list(accounts)
-
-
-def build_book(capacities: Mapping[str, int], accounts: tuple[AccountState, ...],
-               unique: Mapping[str, int] | None = None) -> Book:
-    """Columns for :func:`run_tick`; depends only on bids and capacities."""
-    accs = _sorted_accounts(accounts)
-    n = len(accs)
-    resources = tuple(sorted(r for r, c in capacities.items() if c > 0 and "," not in r))
-    offered = set(resources)
-    weights = {r: [0] * n for r in resources}
-    mins = {r: [0] * n for r in resources}
-    maxes = {r: [0] * n for r in resources}
-    bidders: dict[str, set[int]] = {r: set() for r in resources}
-    total = [1] * n
-    order: dict[int, tuple[str, ...]] = {}
-    keys: dict[int, tuple[str, ...]] = {}
-    not_offered: list[AllocEvent] = []
-    ubook = build_unique(unique or {}, accs)
-    for i, acc in enumerate(accs):
-        tw = 0
-        mine: list[tuple[int, str]] = []
-        for key, bid in acc.bids.items():
-            if key in offered:
-                weights[key][i] = bid.weight_ppm
-                mins[key][i] = min(bid.min, bid.max)
-                maxes[key][i] = bid.max
-                bidders[key].add(i)
-                tw += bid.weight_ppm
-                mine.append((-bid.weight_ppm, key))
-            elif "," in key and ubook.offered_in(key):
-                tw += bid.weight_ppm
-            else:
-                not_offered.append(AllocEvent(acc.account_id, key, "not_offered", 0, 0))
-        total[i] = max(1, tw)
-        if mine:
-            order[i] = tuple(k for _, k in sorted(mine))
-        keys[i] = tuple(sorted(acc.bids))
-    cap = {r: capacities[r] for r in resources}
-    return Book(
-        ids=tuple(a.account_id for a in accs), resources=resources, capacities=cap,
-        weights=weights, total_weight=total, mins=mins, maxes=maxes,
-        bidders={r: frozenset(s) for r, s in bidders.items()},
-        cappable={r: sorted(i for i in bidders[r] if maxes[r][i] < cap[r]) for r in resources},
-        with_min={r: sorted(i for i in bidders[r] if mins[r][i] > 0) for r in resources},
-        order=order, keys=keys, unique=ubook, not_offered=tuple(not_offered))
 
 
 @dataclass(frozen=True)
@@ -283,86 +151,52 @@ def allocate(inp: AllocationInput) -> AllocationResult:
                     inp.disk_usage, inp.long_interval_us)
 
 
-def _ratio_order(bids: list[int], mins: list[int]) -> Callable[[int], Any]:
-    def cmp(i: int, j: int) -> int:
-        lhs, rhs = bids[i] * mins[j], bids[j] * mins[i]
-        if lhs != rhs:
-            return -1 if lhs < rhs else 1
-        return -1 if i < j else (1 if i > j else 0)
-    return cmp_to_key(cmp)
-
-
-def _with_drops(cap: int, bids: list[int], maxes: list[int], mins: list[int],
-                cappable: list[int], with_min: list[int], root: int,
-                first: tuple[list[int], int, int] | None = None
-                ) -> tuple[Share, list[int], dict[int, int]]:
-    """Water-fill, dropping the bidders furthest below their min until all left meet it.
-
-    Returns the final share, the dropped indices and the share each of those would
-    have had in the first fill.
-
-    Only uncapped bidders can be short, and for them ``alloc = floor(bid * C / B)``
-    with one ``C / B`` for all, so the furthest below (smallest bid/min) is short
-    whenever anyone is, and dropping bidders only raises ``C / B``: the drop order is
-    a prefix of the first fill's short list sorted by bid/min. The length of the
-    prefix is found by binary search; each try updates the capped set from the first
-    fill's and checks only the next bidder in line.
-    """
-    capped0_list, c0, b0 = first or _fill(cap, bids, maxes, cappable, root)
-    capped0 = set(capped0_list)
-    short = [i for i in with_min if i not in capped0 and bids[i] * c0 // b0 < mins[i]]
-    capped: list[int] = []
-    cap_left, bid_left, hi = c0, b0, 0
-    if short:
-        short.sort(key=_ratio_order(bids, mins))  # worst first: smallest bid/min
-        free0 = [i for i in cappable if i not in capped0]
-        prefix = [0]
-        for i in short:
-            prefix.append(prefix[-1] + bids[i])
-
-        def attempt(k: int) -> tuple[list[int], int, int] | None:
-            gone = set(short[:k])
-            more, c, b = _cap_rounds([i for i in free0 if i not in gone], bids, maxes,
-                                     c0, b0 - prefix[k])
-            if k < len(short):
-                nxt = short[k]
-                if nxt not in more and bids[nxt] * c // b < mins[nxt]:
-                    return None
-            return more, c, b
-
-        lo, hi = 1, len(short)   # dropping every short bidder always works
-        best = attempt(hi)
-        assert best is not None
-        while lo < hi:
-            mid = (lo + hi) // 2
-            got = attempt(mid)
-            if got is None:
-                lo = mid + 1
-            else:
-                hi, best = mid, got
-        capped, cap_left, bid_left = best
-    dropped = short[:hi]
-    had = {i: bids[i] * c0 // b0 for i in dropped}
-    alloc = [b * cap_left // bid_left for b in bids]
-    for i in dropped:
-        alloc[i] = 0
-    all_capped = sorted(capped0 | set(capped))
-    for i in all_capped:
-        alloc[i] = maxes[i]
-    return Share(alloc, all_capped, bid_left, cap_left), dropped, had
-
-
 def run_tick(book: Book, funds: list[int], contingencies: list[int], ends: list[int],
              now_us: int, tick_us: int, root_bids: Mapping[str, int],
              disk_usage: Mapping[str, tuple[int, int]] | None = None,
              long_interval_us: int = DEFAULT_LONG_INTERVAL_US) -> AllocationResult:
     """One tick on prepared columns; ``funds``, ``contingencies`` and ``ends`` are
-    aligned with ``book.ids``."""
+    aligned with ``book.ids``. The phases are the rules of the module docstring."""
     assert tick_us > 0 and all(v > 0 for v in root_bids.values())
     assert min(funds, default=0) >= 0 and min(contingencies, default=0) >= 0
-    ids, n = book.ids, len(book.ids)
+    ids = book.ids
     events: list[AllocEvent] = list(book.not_offered)
-    # 1. expiry
+    ends, new_ends = _expire(ids, funds, contingencies, ends, now_us, long_interval_us,
+                             events)
+    spend = _spend(funds, ends, now_us, tick_us)
+    base = _split_spend(book, spend)
+    fills, short_of = _first_fill(book, base, contingencies, root_bids)
+    topups = _top_ups(book, base, contingencies, fills, short_of, events)
+    usage = disk_usage or {}
+    shares: dict[str, _ResourceTick] = {}
+    for r in book.resources:
+        shares[r] = _final_share(book, r, base[r], topups.get(r, {}), fills[r], root_bids[r],
+                                 tick_us, usage, events)
+    total = _fund_charges([s.pay for s in shares.values()], len(ids))
+    uout = run_unique(book.unique, spend, book.total_weight, tick_us)
+    for i, amount in uout.charges.items():
+        total[i] += amount
+    events.extend(uout.events)
+    cont_pay: dict[int, int] = {}
+    for s in shares.values():
+        for i, v in s.from_contingency.items():
+            cont_pay[i] = cont_pay.get(i, 0) + v
+    events.sort(key=lambda e: (e.account_id, e.resource, e.kind))
+    return AllocationResult(
+        book=book, columns={r: s.alloc for r, s in shares.items()}, unique_won=uout.won,
+        charges=dict(zip(ids, total, strict=True)),
+        contingency_charges={ids[i]: v for i, v in sorted(cont_pay.items()) if v},
+        events=tuple(events),
+        prices={**{r: s.price for r, s in shares.items()}, **uout.prices},
+        revenue={**{r: s.revenue for r, s in shares.items()}, **uout.revenue},
+        free={r: s.free for r, s in shares.items()}, interval_ends=new_ends,
+        winners=uout.winners)
+
+
+def _expire(ids: tuple[str, ...], funds: list[int], contingencies: list[int],
+            ends: list[int], now_us: int, long_interval_us: int, events: list[AllocEvent]
+            ) -> tuple[list[int], dict[str, int]]:
+    """Rule 1: the interval ends after expiry, and the new ends of the expired."""
     new_ends: dict[str, int] = {}
     ends = list(ends)
     for i in [i for i, e in enumerate(ends) if e <= now_us]:
@@ -371,28 +205,49 @@ def run_tick(book: Book, funds: list[int], contingencies: list[int], ends: list[
             new_ends[ids[i]] = ends[i]
             events.append(AllocEvent(ids[i], "", "expired", funds[i] + contingencies[i],
                                      ends[i]))
-    # 2. spend, split by weight
+    return ends, new_ends
+
+
+def _spend(funds: list[int], ends: list[int], now_us: int, tick_us: int) -> list[int]:
+    """Rule 2: what each account spends this tick (:func:`tick_spend`, inlined)."""
     if not ends or min(ends) - now_us > tick_us:   # the usual case: no interval ends now
-        spend = [-(-f * tick_us // (e - now_us)) for f, e in zip(funds, ends, strict=True)]
-    else:
-        spend = [min(f, -(-f * tick_us // (e - now_us if e - now_us > tick_us else tick_us)))
-                 for f, e in zip(funds, ends, strict=True)]
+        return [-(-f * tick_us // (e - now_us)) for f, e in zip(funds, ends, strict=True)]
+    return [min(f, -(-f * tick_us // (e - now_us if e - now_us > tick_us else tick_us)))
+            for f, e in zip(funds, ends, strict=True)]
+
+
+def _split_spend(book: Book, spend: list[int]) -> dict[str, list[int]]:
+    """Rule 2: each account's spend split over its offered bids by weight (the bids
+    on the divisible resources, per resource)."""
     total_w = book.total_weight
-    base: dict[str, list[int]] = {
-        r: [s * w // t for s, w, t in zip(spend, book.weights[r], total_w, strict=True)]
-        for r in book.resources}
-    # 3. first fill (capped set and clearing price only), to find who is short
-    fills: dict[str, tuple[list[int], int, int]] = {}
+    return {r: [s * w // t for s, w, t in zip(spend, book.weights[r], total_w, strict=True)]
+            for r in book.resources}
+
+
+def _first_fill(book: Book, base: Mapping[str, list[int]], contingencies: list[int],
+                root_bids: Mapping[str, int]
+                ) -> tuple[dict[str, Clearing], dict[int, list[str]]]:
+    """Rule 3, first pass: each resource's clearing at the plain bids, and the
+    resources each account with a contingency fund is short of its min on."""
+    fills: dict[str, Clearing] = {}
     short_of: dict[int, list[str]] = {}
     for r in book.resources:
-        fill = _fill(book.capacities[r], base[r], book.maxes[r], book.cappable[r], root_bids[r])
+        fill = clearing(book.capacities[r], base[r], book.maxes[r], book.cappable[r],
+                        root_bids[r])
         fills[r] = fill
         capped, c, b = fill
         mins, bids = book.mins[r], base[r]
         for i in book.with_min[r]:
             if contingencies[i] > 0 and bids[i] * c // b < mins[i] and i not in capped:
                 short_of.setdefault(i, []).append(r)
-    # 4. contingency top-ups, priced at this fill
+    return fills, short_of
+
+
+def _top_ups(book: Book, base: Mapping[str, list[int]], contingencies: list[int],
+             fills: Mapping[str, Clearing], short_of: Mapping[int, list[str]],
+             events: list[AllocEvent]) -> dict[str, dict[int, int]]:
+    """Rule 4: contingency top-ups (resource -> account -> amount), priced at the first
+    pass, granted by weight while the account's contingency fund covers them."""
     topups: dict[str, dict[int, int]] = {}
     for i in sorted(short_of):
         pool = contingencies[i]
@@ -407,82 +262,85 @@ def run_tick(book: Book, funds: list[int], contingencies: list[int], ends: list[
             if 0 < need <= pool:
                 pool -= need
                 topups.setdefault(r, {})[i] = need
-                events.append(AllocEvent(ids[i], r, "topped_up", need, m))
-    # 5-6. final shares with drops, charges
-    fund_pay: list[list[int]] = []
-    cont_pay: dict[int, int] = {}
-    prices: dict[str, int] = {}
-    revenue: dict[str, int] = {}
-    free: dict[str, int] = {}
-    columns: dict[str, list[int]] = {}
-    usage = disk_usage or {}
-    for r in book.resources:
-        cap, maxes, mins, root = book.capacities[r], book.maxes[r], book.mins[r], root_bids[r]
-        bids = base[r]
-        extra = topups.get(r, {})
-        if extra:
-            bids = list(bids)
-            for i, t in extra.items():
-                bids[i] += t
-        share, dropped, first = _with_drops(cap, bids, maxes, mins, book.cappable[r],
-                                            book.with_min[r], root,
-                                            None if extra else fills[r])
-        pay = list(base[r])
-        for i in dropped:
-            pay[i] = 0
-            events.append(AllocEvent(ids[i], r, "below_min", first[i], mins[i]))
-        gone = set(dropped)
-        paid_extra = 0
+                events.append(AllocEvent(book.ids[i], r, "topped_up", need, m))
+    return topups
+
+
+@dataclass(frozen=True)
+class _ResourceTick:
+    """One divisible resource's final outcome this tick."""
+
+    alloc: list[int]                  # per account
+    pay: list[int]                    # charged to each account's fund
+    from_contingency: dict[int, int]  # charged to contingency funds (the top-ups kept)
+    revenue: int
+    price: int
+    free: int
+
+
+def _final_share(book: Book, r: str, base: list[int], extra: Mapping[int, int],
+                 fill: Clearing, root: int, tick_us: int,
+                 usage: Mapping[str, tuple[int, int]], events: list[AllocEvent]
+                 ) -> _ResourceTick:
+    """Rules 5 and 6 on resource ``r``: the shares with the top-ups ``extra``, the
+    bidders below their min dropped, and the charges."""
+    cap, maxes, mins = book.capacities[r], book.maxes[r], book.mins[r]
+    bids = base
+    if extra:
+        bids = list(bids)
         for i, t in extra.items():
-            if i not in gone:
-                cont_pay[i] = cont_pay.get(i, 0) + t
-                paid_extra += t
-        for i in share.capped:
-            full = bids[i]
-            cost = min(full, -(-maxes[i] * share.bids_total // share.cap_total)
-                       if share.cap_total > 0 else full)
-            from_fund = min(cost, base[r][i])
-            pay[i] = from_fund
-            if i in extra:
-                over = extra[i] - (cost - from_fund)
-                cont_pay[i] -= over
-                paid_extra -= over
-        fund_pay.append(pay)
-        columns[r] = share.alloc
-        revenue[r] = sum(pay) + paid_extra
-        live_bids = sum(bids) - sum(bids[i] for i in dropped)
-        prices[r] = (root + live_bids) * US_PER_S // tick_us
-        free[r] = cap - sum(share.alloc)
-        if r == "disk" and usage:
-            for aid, (used, floor) in sorted(usage.items()):
-                i = book.index.get(aid, -1)
-                if i < 0 or i not in book.bidders[r] or i in gone or share.alloc[i] >= used:
-                    continue
-                kind = "disk_shrink" if share.alloc[i] >= floor else "disk_delete"
-                events.append(AllocEvent(aid, r, kind, share.alloc[i], used))
-    if fund_pay:
-        total = fund_pay[0]
-        for col in fund_pay[1:]:
-            total = list(map(add, total, col))
-    else:
-        total = [0] * n
-    # 7. unique resources
-    uout = run_unique(book.unique, spend, total_w, tick_us)
-    for i, amount in uout.charges.items():
-        total[i] += amount
-    events.extend(uout.events)
-    prices.update(uout.prices)
-    revenue.update(uout.revenue)
-    cont = {ids[i]: v for i, v in sorted(cont_pay.items()) if v}
-    events.sort(key=lambda e: (e.account_id, e.resource, e.kind))
-    return AllocationResult(
-        book=book, columns=columns, unique_won=uout.won, charges=dict(zip(ids, total,
-                                                                          strict=True)),
-        contingency_charges=cont, events=tuple(events), prices=prices, revenue=revenue,
-        free=free, interval_ends=new_ends, winners=uout.winners)
+            bids[i] += t
+    share, dropped, first = share_with_drops(cap, bids, maxes, mins, book.cappable[r],
+                                             book.with_min[r], root,
+                                             None if extra else fill)
+    pay = list(base)
+    for i in dropped:
+        pay[i] = 0
+        events.append(AllocEvent(book.ids[i], r, "below_min", first[i], mins[i]))
+    gone = set(dropped)
+    cont: dict[int, int] = {}
+    paid_extra = 0
+    for i, t in extra.items():
+        if i not in gone:
+            cont[i] = t
+            paid_extra += t
+    for i in share.capped:
+        full = bids[i]
+        cost = min(full, -(-maxes[i] * share.bids_total // share.cap_total)
+                   if share.cap_total > 0 else full)
+        from_fund = min(cost, base[i])
+        pay[i] = from_fund
+        if i in extra:
+            over = extra[i] - (cost - from_fund)
+            cont[i] -= over
+            paid_extra -= over
+    if r == "disk" and usage:
+        _disk_events(book, share.alloc, gone, usage, events)
+    live_bids = sum(bids) - sum(bids[i] for i in dropped)
+    return _ResourceTick(share.alloc, pay, cont, sum(pay) + paid_extra,
+                         (root + live_bids) * US_PER_S // tick_us, cap - sum(share.alloc))
 
 
-__all__ = [
-    "AccountState", "AllocEvent", "AllocationInput", "AllocationResult", "Bid", "Book",
-    "allocate", "build_book", "run_tick", "split_by_weight", "tick_spend", "water_fill",
-]
+def _disk_events(book: Book, alloc: list[int], gone: set[int],
+                 usage: Mapping[str, tuple[int, int]], events: list[AllocEvent]) -> None:
+    """Rule 5 for disk: a claim kept below the account's usage shrinks or deletes it."""
+    for aid, (used, floor) in sorted(usage.items()):
+        i = book.index.get(aid, -1)
+        if i < 0 or i not in book.bidders["disk"] or i in gone or alloc[i] >= used:
+            continue
+        kind = "disk_shrink" if alloc[i] >= floor else "disk_delete"
+        events.append(AllocEvent(aid, "disk", kind, alloc[i], used))
+
+
+def _fund_charges(pays: list[list[int]], n: int) -> list[int]:
+    """Each account's charges to its fund, over the divisible resources."""
+    if not pays:
+        return [0] * n
+    total = pays[0]
+    for col in pays[1:]:
+        total = list(map(add, total, col))
+    return total
+
+
+__all__ = ["AllocationInput", "AllocationResult", "allocate", "run_tick", "split_by_weight",
+           "tick_spend"]

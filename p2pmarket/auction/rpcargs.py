@@ -1,17 +1,151 @@
-"""Argument checks shared by the host's RPC handlers (clear error dicts, seed 5/2)."""
+"""The buyers' RPC arguments, checked once into one frozen record per RPC (seed 5/2).
+
+:func:`parse_args` turns the ``args`` map of an ``in.<rpc>`` input into a
+:class:`CreateAccountArgs`, :class:`BidArgs`, :class:`FundArgs`, :class:`RefundArgs`
+or :class:`LeaseArgs`, or raises :class:`HostError` with the message and value the
+caller gets back (the first problem found, in a fixed order). Only the arguments'
+shape is checked here; what depends on the host's state (whose account it is, what
+is offered) is checked by the steps in :mod:`p2pmarket.auction.buyersteps`.
+
+:func:`check_args` and the value checkers are shared with the auctioneer's
+read-only RPCs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from p2pmarket.auction import HostError
+from p2pmarket.auction.resources import PPM, BidSpec, bids_from_wire
 
-PPM = 1_000_000
 US_PER_S = 1_000_000
 MAX_INTERVAL_S = 10 * 365 * 24 * 3600
+# what the auctioneer logs as the arguments when msgpack cannot encode them (floats)
+UNENCODABLE = "unencodable"
 
+
+@dataclass(frozen=True)
+class CreateAccountArgs:
+    """``create_account {payment, bids, interval_s, contingency?}``."""
+
+    payment: Mapping[str, Any]          # the payment certificate, for the host to verify
+    bids: Mapping[str, BidSpec]
+    interval_us: int
+    contingency_ppm: int
+
+
+@dataclass(frozen=True)
+class BidArgs:
+    """``bid {account_id, bids, interval_s?, contingency?, replace?}``: a patch."""
+
+    account_id: str
+    bids: Mapping[str, BidSpec]
+    interval_us: int | None        # None: the interval is kept
+    contingency_ppm: int | None    # None: the ratio is kept
+    replace_all: bool              # ``replace``: the bids not listed are dropped
+
+
+@dataclass(frozen=True)
+class FundArgs:
+    """``fund {account_id, payment}``."""
+
+    account_id: str
+    payment: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RefundArgs:
+    """``refund {account_id, amount?, close?, refund_id?}``."""
+
+    account_id: str
+    amount: int | None             # micro-credits; None only when closing
+    close: bool
+    refund_id: str | None          # None: derived from the request
+
+
+@dataclass(frozen=True)
+class LeaseArgs:
+    """``lease {account_id}``."""
+
+    account_id: str
+
+
+RpcArgs = CreateAccountArgs | BidArgs | FundArgs | RefundArgs | LeaseArgs
+
+
+def parse_args(name: str, args: object) -> RpcArgs:
+    """The arguments of the buyer's RPC ``name`` (one of the auctioneer's RPCs)."""
+    if args == UNENCODABLE:
+        raise HostError("arguments must not contain floats", UNENCODABLE)
+    if not isinstance(args, dict):
+        raise HostError("RPC arguments must be a map", type(args).__name__)
+    return PARSERS[name](args)
+
+
+def parse_create(args: dict[str, Any]) -> CreateAccountArgs:
+    check_args(args, {"payment", "bids", "interval_s"}, {"contingency"})
+    interval_us = interval_arg(args["interval_s"])
+    cr = ratio_arg(args.get("contingency", 0))
+    payment = payment_arg(args["payment"])
+    return CreateAccountArgs(payment, bids_from_wire(args["bids"]), interval_us, cr)
+
+
+def parse_bid(args: dict[str, Any]) -> BidArgs:
+    check_args(args, {"account_id", "bids"}, {"interval_s", "replace", "contingency"})
+    account_id = account_id_arg(args["account_id"])
+    interval_us = None if args.get("interval_s") is None else interval_arg(args["interval_s"])
+    cr_arg = args.get("contingency")
+    cr = None if cr_arg is None else ratio_arg(cr_arg)
+    replace_all = args.get("replace", False)
+    if not isinstance(replace_all, bool):
+        raise HostError("replace must be true or false", repr(replace_all)[:40])
+    return BidArgs(account_id, bids_from_wire(args["bids"]), interval_us, cr, replace_all)
+
+
+def parse_fund(args: dict[str, Any]) -> FundArgs:
+    check_args(args, {"account_id", "payment"})
+    account_id = account_id_arg(args["account_id"])
+    return FundArgs(account_id, payment_arg(args["payment"]))
+
+
+def parse_refund(args: dict[str, Any]) -> RefundArgs:
+    check_args(args, {"account_id"}, {"amount", "close", "refund_id"})
+    account_id = account_id_arg(args["account_id"])
+    close = args.get("close", False)
+    if not isinstance(close, bool):
+        raise HostError("close must be true or false", repr(close)[:40])
+    refund_id = args.get("refund_id")
+    if not isinstance(refund_id, str) or not 0 < len(refund_id) <= 64 or not all(
+            c.isalnum() or c in "-_" for c in refund_id):
+        if refund_id:
+            raise HostError("refund_id must be a short string of letters, digits, - or _",
+                            repr(refund_id)[:40])
+        refund_id = None
+    amount = args.get("amount")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)
+                               or amount <= 0):
+        raise HostError("amount must be a positive integer (micro-credits)",
+                        repr(amount)[:40])
+    if amount is None and not close:
+        raise HostError("give an amount, or close the account", "amount")
+    return RefundArgs(account_id, amount, close, refund_id)
+
+
+def parse_lease(args: dict[str, Any]) -> LeaseArgs:
+    check_args(args, {"account_id"})
+    return LeaseArgs(account_id_arg(args["account_id"]))
+
+
+PARSERS: dict[str, Callable[[dict[str, Any]], RpcArgs]] = {
+    "create_account": parse_create, "bid": parse_bid, "fund": parse_fund,
+    "refund": parse_refund, "lease": parse_lease}
+
+
+# -- checkers ----------------------------------------------------------------------
 
 def check_args(args: dict[str, Any], required: AbstractSet[str],
                optional: AbstractSet[str] = frozenset()) -> None:
@@ -34,6 +168,13 @@ def interval_arg(value: Any) -> int:
 def account_id_arg(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         raise HostError("account_id must be a short string", repr(value)[:40])
+    return value
+
+
+def payment_arg(value: Any) -> dict[str, Any]:
+    """A payment certificate's wire form: only its being a map is checked here."""
+    if not isinstance(value, dict):
+        raise HostError("payment must be a certificate map", type(value).__name__)
     return value
 
 

@@ -24,8 +24,8 @@ from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.config import load_genesis
 from p2pmarket.core.identity import Identity, parse_public_key
 from p2pmarket.core.money import format_credits, parse_credits
+from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.supply import network_supply
-from p2pmarket.ledger.wallet import PeerTransport
 
 WALLET_EXAMPLES = """examples:
   p2pmarket wallet new --genesis run/testnet/genesis.json

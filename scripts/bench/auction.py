@@ -34,14 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.auction.accounts import Payment
-from p2pmarket.auction.allocator import (
-    AccountState,
-    AllocationInput,
-    Bid,
-    allocate,
-    build_book,
-    run_tick,
-)
+from p2pmarket.auction.allocator import AllocationInput, allocate, run_tick
+from p2pmarket.auction.book import AccountState, build_book
+from p2pmarket.auction.model import Bid
 from p2pmarket.core.config import Settings
 from p2pmarket.core.identity import Identity
 from p2pmarket.host.accountstore import AccountStore

@@ -203,12 +203,12 @@ def signed_ctx(who: Identity, host: Identity, name: str, args: dict[str, Any], t
 def overcharge_next_tick(auct: Auctioneer, account_id: str, extra: int = 1) -> None:
     """The host charges ``account_id`` ``extra`` micro-credits too many at its next tick,
     and logs a self-consistent lie (charges and state digest both cheated)."""
-    honest = auct._apply
+    honest = auct.journal.apply
 
     def cheat(kind: str, body: Any, now: int) -> Any:
         if kind != "in.tick":
             return honest(kind, body, now)
-        auct._apply = honest   # type: ignore[method-assign]
+        auct.journal.apply = honest   # type: ignore[method-assign]
         st = step(auct.state, kind, body, now)
         acc = st.state.accounts[account_id]
         state = replace(st.state, accounts={**st.state.accounts,
@@ -219,10 +219,10 @@ def overcharge_next_tick(auct: Auctioneer, account_id: str, extra: int = 1) -> N
         doc["state"] = state_digest(state)
         lied = replace(st, state=state, outputs=[("out.tick", doc)])
         auths = auct.audit.append_many([(kind, body, now), ("out.tick", doc, now)])
-        auct._commit(lied, auths, now)
+        auct.journal.commit(lied, auths, now)
         return lied, auths
 
-    auct._apply = cheat   # type: ignore[method-assign]
+    auct.journal.apply = cheat   # type: ignore[method-assign]
 
 
 def rewritten(audit: AuditLog, identity: Identity, seq: int, body: Any) -> AuditLog:

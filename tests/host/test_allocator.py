@@ -9,16 +9,15 @@ from hypothesis import strategies as st
 
 from p2pmarket.auction.allocator import (
     DEFAULT_LONG_INTERVAL_US,
-    AccountState,
     AllocationInput,
     AllocationResult,
-    AllocEvent,
-    Bid,
     allocate,
     split_by_weight,
     tick_spend,
-    water_fill,
 )
+from p2pmarket.auction.book import AccountState
+from p2pmarket.auction.model import AllocEvent, Bid
+from p2pmarket.auction.shares import water_fill
 
 S = 1_000_000  # one second in µs
 NOW = 1_000 * S

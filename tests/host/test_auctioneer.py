@@ -358,6 +358,63 @@ async def test_run_ticks_until_cancelled(make_host: Make) -> None:
     assert h.auct.accounts()[0].fund < fund
 
 
+async def test_run_sleeps_until_the_next_tick_is_due(make_host: Make,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    h = make_host()
+    await open_account(h)
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        """The clock moves on by what is slept, except that the second sleep wakes
+        half-way (the tick then is too early, and the rest is slept)."""
+        slept.append(seconds)
+        if len(slept) == 5:
+            raise asyncio.CancelledError
+        h.clock.now += round(seconds * S) // (2 if len(slept) == 2 else 1)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await h.auct.run()
+    # before the first tick one tick length, then until the next tick is due
+    assert slept[:4] == [1.0, 1.0, 0.5, 1.0]
+    ticks = [e.ts for e, _ in h.auct.audit.entries(0, 100) if e.kind == "in.tick"]
+    assert ticks == [T0 + S, T0 + 2 * S, T0 + 3 * S]
+    assert h.auct.seconds_to_next_tick() == 1.0
+
+
+async def test_run_waits_a_tick_length_after_a_failed_tick(
+        make_host: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    h = make_host()
+    await h.auct.tick(T0)
+    h.clock.now = T0 + S // 2
+    assert h.auct.seconds_to_next_tick() == 0.5
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:
+            raise asyncio.CancelledError
+        h.clock.now += round(seconds * S)
+        await real_sleep(0)
+
+    async def broken(now_us: int) -> Any:
+        raise RuntimeError("the VMM is gone")
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(h.auct, "tick", broken)
+    with pytest.raises(asyncio.CancelledError):
+        await h.auct.run()
+    # the tick is overdue after the failure, but the loop does not spin
+    assert slept == [0.5, 1.0, 1.0]
+
+
 async def test_through_the_rpc_dispatcher(make_host: Make) -> None:
     h = make_host()
     disp = RpcDispatcher(h.identity, clock=h.clock)

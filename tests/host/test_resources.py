@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.allocator import Bid
+from p2pmarket.auction.model import Bid
 from p2pmarket.auction.resources import (
     PPM,
     BidSpec,

@@ -1,0 +1,257 @@
+"""Running the pure auction on a host: ticks, the owner's settings, refunds and the VMM.
+
+:class:`AuctionRunner` is the I/O around :mod:`p2pmarket.auction`: it keeps the
+state in its :class:`~p2pmarket.host.journal.Journal` (every input goes through
+the pure step and is logged and committed there), ticks when the core says the next
+tick is due (:func:`~p2pmarket.auction.hoststeps.next_tick_at`, aioquic style: the
+core gives its deadline, the runner sleeps until then and hands it the time),
+applies the host owner's settings, pays the refunds the steps make and brings the
+VMM in line with the allocations. The buyers' RPCs are added by
+:class:`p2pmarket.host.auctioneer.Auctioneer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from p2pmarket.auction.accounts import Account, Refund
+from p2pmarket.auction.allocation import evaluate, resolved
+from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
+from p2pmarket.auction.hostconfig import HostConfig
+from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, next_tick_at
+from p2pmarket.auction.machine import HostState
+from p2pmarket.audit.log import AuditLog
+from p2pmarket.core.clock import now_us
+from p2pmarket.core.config import Settings
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import Identity
+from p2pmarket.host.accountstore import AccountStore
+from p2pmarket.host.journal import Journal, saved_config
+from p2pmarket.host.vmm.base import VMM
+from p2pmarket.host.vmmsync import VmmSync
+
+log = logging.getLogger(__name__)
+
+# Pays ``amount`` back to ``holder`` with a certified transfer and returns the
+# certificate's wire form. Must be idempotent per ``memo`` (it names the refund).
+RefundPayment = Callable[[bytes, int, str], Awaitable[dict[str, Any]]]
+
+NOTED_EVENTS = ("below_min", "expired", "disk_delete", "disk_shrink")
+
+
+class AuctionRunner:
+    def __init__(self, identity: Identity, settings: Settings, store: AccountStore, vmm: VMM,
+                 clock: Callable[[], int] = now_us, audit: AuditLog | None = None,
+                 refund_payment: RefundPayment | None = None,
+                 long_interval_us: int = DEFAULT_LONG_INTERVAL_US) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.store = store
+        self.vmm = vmm
+        self.refund_payment = refund_payment
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self._last: AllocationResult | None = None
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._paying: set[str] = set()
+        self.sync = VmmSync(vmm)
+        config = saved_config(store, settings)
+        tick_us = max(1, int(settings.tick_seconds * US_PER_S))
+        self.journal = Journal(identity, store,
+                               audit if audit is not None else AuditLog(":memory:", identity),
+                               self.now, self._committed, config, tick_us, long_interval_us)
+        self.journal.start(config, tick_us, long_interval_us)
+
+    @property
+    def state(self) -> HostState:
+        return self.journal.state
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.journal.audit
+
+    @audit.setter
+    def audit(self, audit: AuditLog) -> None:
+        self.journal.audit = audit
+
+    @property
+    def config(self) -> HostConfig:
+        return self.state.config
+
+    @property
+    def tick_us(self) -> int:
+        return self.state.tick_us
+
+    @property
+    def long_interval_us(self) -> int:
+        return self.state.long_us
+
+    @property
+    def capacities(self) -> dict[str, int]:
+        return self.state.capacities
+
+    def now(self) -> int:
+        """The time for the next audit-log entry: the clock, but never before the last
+        entry's (witnesses require entry timestamps not to decrease; a wall clock may
+        step back, and entries may be logged while an RPC waits for its payment)."""
+        return max(self.clock(), self.audit.last_ts)
+
+    # -- ticks -----------------------------------------------------------------------
+
+    async def tick(self, now_us: int) -> AllocationResult:
+        """Allocate and charge one tick, then pay pending refunds and update the VMs.
+
+        A tick before the core's :func:`next_tick_at` is not run (the witnesses would
+        refuse it): the last result is returned."""
+        async with self._lock:
+            now_us = max(now_us, self.audit.last_ts)   # the log's time never goes back
+            self._sync_usage(now_us)
+            due = next_tick_at(self.state)
+            if due is not None and now_us < due:
+                return self._last or evaluate(self.state, self.state.accounts, now_us)
+            st, _ = self.journal.apply("in.tick", {"now": now_us}, now_us)
+            assert st.tick is not None
+            result = st.tick
+            events: dict[str, list[dict[str, Any]]] = {}
+            for e in result.events:
+                events.setdefault(e.account_id, []).append(
+                    {"resource": e.resource, "kind": e.kind, "amount": e.amount,
+                     "limit": e.limit})
+                if e.kind in NOTED_EVENTS:
+                    log.info("account %s %s on %s (%d / %d)", e.account_id, e.kind,
+                             e.resource, e.amount, e.limit)
+            self._events = events
+            self._last = result
+        for refund in self.store.pending_refunds():
+            await self._pay(refund)
+        await self.sync_vmm()
+        return result
+
+    def seconds_to_next_tick(self) -> float:
+        """How long until the core's next tick is due; before the first tick, one
+        ``settings.tick_seconds``."""
+        due = next_tick_at(self.state)
+        if due is None:
+            return self.settings.tick_seconds
+        return max(0, due - self.now()) / US_PER_S
+
+    async def run(self) -> None:
+        """Tick whenever the next tick is due, until cancelled (after a failed tick,
+        wait one ``settings.tick_seconds``)."""
+        failed = False
+        while True:
+            await asyncio.sleep(self.settings.tick_seconds if failed
+                                else self.seconds_to_next_tick())
+            try:
+                await self.tick(self.clock())
+                failed = False
+            except Exception:
+                log.exception("auctioneer tick failed")
+                failed = True
+
+    # -- host owner ------------------------------------------------------------------
+
+    async def set_config(self, config: HostConfig) -> None:
+        """Apply new capacities / min prices / unique offers (persisted), reallocate."""
+        async with self._lock:
+            now = self.now()
+            self._sync_usage(now)
+            change = SettingsChange(config, self.tick_us, self.long_interval_us)
+            self.journal.apply("in.settings", change.body(), now)
+        await self.sync_vmm()
+
+    def market_summary(self) -> dict[str, dict[str, int]]:
+        """``{res: {capacity, price (micro-credits/s, all bids), free}}`` for the DHT;
+        unique types count identifiers and sum their prices."""
+        result = self._last or evaluate(self.state, self.state.accounts, self.clock())
+        out = {res: {"capacity": cap, "price": result.prices[res], "free": result.free[res]}
+               for res, cap in sorted(self.capacities.items())}
+        book = result.book.unique
+        for kind, ranges in sorted(book.offered.items()):
+            count = sum(hi - lo + 1 for lo, hi, _ in ranges)
+            sold = sum(1 for k in result.winners if k.startswith(kind + ","))
+            price = sum(p for k, p in result.prices.items() if k.startswith(kind + ","))
+            reserve = min(r for _, _, r in ranges) * US_PER_S // self.tick_us
+            out[kind] = {"capacity": count, "price": max(price, reserve),
+                         "free": count - sold}
+        return out
+
+    async def vm_list(self) -> list[dict[str, Any]]:
+        """This host's domains for the control API."""
+        return [info.to_doc() for info in await asyncio.to_thread(self.vmm.list)]
+
+    def accounts(self) -> list[Account]:
+        return [self.accounts_by_id()[aid] for aid in sorted(self.state.accounts)]
+
+    def accounts_by_id(self) -> dict[str, Account]:
+        leases = self.journal.leases
+        return {aid: replace(a, lease=leases.get(aid)) for aid, a in self.state.accounts.items()}
+
+    def account_doc(self, a: Account) -> dict[str, Any]:
+        vm = self.sync.info.get(a.account_id)
+        lease = self.journal.leases.get(a.account_id)
+        return {"account_id": a.account_id, "holder": a.holder, "state": a.state,
+                "fund": a.fund,
+                "contingency": a.contingency, "contingency_ppm": a.contingency_ppm,
+                "balance": a.money, "interval_end": a.interval_end_us, "created": a.created_us,
+                "bids": {k: t.to_wire() for k, t in sorted(a.bids.items())},
+                "resolved": {k: [b.weight_ppm, b.min, b.max]
+                             for k, b in sorted(resolved(self.state, a).items())},
+                "allocation": dict(a.allocation),
+                "events": self._events.get(a.account_id, []),
+                "vm": None if vm is None else vm.to_doc(),
+                "notes": [] if vm is None else list(vm.notes),
+                "lease": None if lease is None else dict(lease)}
+
+    # -- around the journal ------------------------------------------------------------
+
+    def _committed(self, old: HostState, new: HostState) -> None:
+        """After each commit: closed accounts' domains go; a changed book drops the
+        last tick's result."""
+        self.sync.closed.update(aid for aid in old.accounts if aid not in new.accounts)
+        if new.accounts != old.accounts or new.config != old.config:
+            self._last = None
+
+    def _sync_usage(self, now: int) -> None:
+        """Log the VMM's disk usage as an input when it changed (it moves disk events)."""
+        usage = {aid: u for aid, u in self.sync.disk_usage().items()
+                 if aid in self.state.accounts}
+        if usage != dict(self.state.usage):
+            self.journal.apply("in.usage", UsageReport(usage).body(), now)
+
+    # -- refunds and the VMM -------------------------------------------------------------
+
+    async def _pay(self, refund: Refund) -> None:
+        """Pay a pending refund; on failure it stays pending for the next tick."""
+        if self.refund_payment is None or refund.refund_id in self._paying:
+            return
+        stored = self.store.refund(refund.refund_id)
+        if stored is not None and stored.status != "pending":
+            return
+        self._paying.add(refund.refund_id)
+        try:
+            result = await self.refund_payment(refund.holder, refund.amount, refund.memo)
+            self.store.refund_done(refund.refund_id, result)
+            self.audit.append("out.refund_paid", {"refund_id": refund.refund_id,
+                                                  "amount": refund.amount, "payment": result},
+                              self.now())
+        except P2PMarketError as exc:
+            log.warning("refund %s not paid yet: %s", refund.refund_id, exc.message)
+        except Exception:
+            log.exception("refund %s not paid yet", refund.refund_id)
+        finally:
+            self._paying.discard(refund.refund_id)
+
+    async def sync_vmm(self) -> None:
+        """Bring the domains in line with the current allocations (only where changed)."""
+        accounts = self.accounts_by_id()
+        await self.sync.run(accounts, {aid: resolved(self.state, a)
+                                       for aid, a in accounts.items()},
+                            self.capacities, self._events)
+
+
+__all__ = ["AuctionRunner", "RefundPayment"]
