@@ -70,8 +70,8 @@ from p2pmarket.auction.book import AccountState, Book, build_book
 from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.shares import Clearing, clearing, share_with_drops
 from p2pmarket.auction.unique import run_unique
+from p2pmarket.core.clock import US_PER_S
 
-US_PER_S = 1_000_000
 DAY_US = 24 * 3600 * US_PER_S
 DEFAULT_LONG_INTERVAL_US = 30 * DAY_US
 

@@ -17,8 +17,8 @@ from typing import Any
 from p2pmarket.auction import HostError
 from p2pmarket.auction.resources import DIVISIBLE, UNIQUE, parse_quantity, resource_type
 from p2pmarket.auction.unique import UniqueKeyError, canonical_key, parse_key
+from p2pmarket.core.clock import US_PER_S
 
-US_PER_S = 1_000_000
 MAX_PRICE = 2**40
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.resources import PPM, BidSpec, bids_from_wire
+from p2pmarket.core.clock import US_PER_S
 
-US_PER_S = 1_000_000
 MAX_INTERVAL_S = 10 * 365 * 24 * 3600
 # what the auctioneer logs as the arguments when msgpack cannot encode them (floats)
 UNENCODABLE = "unencodable"

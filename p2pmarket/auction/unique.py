@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from p2pmarket.auction.model import AllocEvent, Bid
+from p2pmarket.core.clock import US_PER_S
 
 UNIQUE_TYPES = ("ipv4_address", "tcp_port")
 MAX_RANGE = 4096
-US_PER_S = 1_000_000
 
 
 class UniqueKeyError(ValueError):

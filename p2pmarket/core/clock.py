@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+US_PER_S = 1_000_000
+"""Microseconds in a second: every time and duration in the system is in µs."""
+
 Clock = Callable[[], int]
 """A source of :func:`now_us` readings (tests pass their own)."""
 

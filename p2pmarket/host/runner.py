@@ -20,12 +20,12 @@ from typing import Any
 
 from p2pmarket.auction.accounts import Account, Refund
 from p2pmarket.auction.allocation import evaluate, resolved
-from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, US_PER_S, AllocationResult
+from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, AllocationResult
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, next_tick_at
 from p2pmarket.auction.machine import HostState
 from p2pmarket.audit.log import AuditLog
-from p2pmarket.core.clock import now_us
+from p2pmarket.core.clock import US_PER_S, now_us
 from p2pmarket.core.config import Settings
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity
