@@ -12,12 +12,12 @@ the multi-type market query (pure), :mod:`.gateway` the HTTP face for nodes that
 cannot send UDP.
 """
 
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence_records import EvidenceEntry, evidence_doc
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.offerquery import MarketHost, market_doc
 from p2pmarket.dht.offers import OfferEntry, make_offer_entry, merge_offers, offer_doc, rank_offers
 from p2pmarket.dht.records import (
-    DhtError,
     DocRef,
     HostRecord,
     ResourceAd,

@@ -22,9 +22,10 @@ from typing import Any
 
 import aiohttp
 
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence_records import MAX_EVIDENCE_PROOF_BYTES, EvidenceEntry, check_proof
 from p2pmarket.dht.protocol import RateLimiter
-from p2pmarket.dht.records import DhtError, url_host
+from p2pmarket.dht.records import url_host
 
 FETCH_TIMEOUT_S = 10.0
 MAX_CONCURRENT = 4

@@ -43,6 +43,7 @@ from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.dht import offerquery
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.evidence import read_capped
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE,
@@ -62,9 +63,7 @@ from p2pmarket.dht.offers import (
 from p2pmarket.dht.protocol import RateLimiter
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
-    MAX_VALUE_BYTES,
     PPM,
-    DhtError,
     DocRef,
     HostRecord,
     ResourceAd,

@@ -30,14 +30,14 @@ from kademlia.node import Node
 from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence import EvidenceFetcher
 from p2pmarket.dht.lookup import LookupStats
-from p2pmarket.dht.node_evidence import EvidenceMixin, _Proof
-from p2pmarket.dht.node_records import RecordsMixin, _HostFields
+from p2pmarket.dht.node_evidence import EvidenceMixin, HeldProof
+from p2pmarket.dht.node_records import HostFields, RecordsMixin
 from p2pmarket.dht.offers import fit_offer_set
 from p2pmarket.dht.persist import DhtState
 from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig, valid_id
-from p2pmarket.dht.records import DhtError
 from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.storage import RecordStorage
 
@@ -111,10 +111,10 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         self.stats = LookupStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server = _Server(self, ksize, alpha)
-        self._host: _HostFields | None = None
+        self._host: HostFields | None = None
         self._offers: dict[str, tuple[int, int]] = {}
         self._docs: dict[bytes, bytes] = {}
-        self._proofs: OrderedDict[bytes, _Proof] = OrderedDict()
+        self._proofs: OrderedDict[bytes, HeldProof] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
         self.evidence_fetcher = EvidenceFetcher(self.spawn, self._http, self._proof_checked,
                                                 self._count, self.storage.count_reject)
@@ -149,7 +149,7 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         stale = []
         for sha, node_id, data, own, expires in state.proofs():
             if own or expires > now:
-                self._proofs[sha] = _Proof(node_id, data, own, expires)
+                self._proofs[sha] = HeldProof(node_id, data, own, expires)
             else:
                 stale.append(sha)
         if stale:
@@ -157,7 +157,7 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         for name, doc in state.own().items():
             try:
                 if name == "host":
-                    self._host = _HostFields.from_doc(doc)
+                    self._host = HostFields.from_doc(doc)
                 elif name.startswith("offer/"):
                     self._offers[name.removeprefix("offer/")] = (int(doc[0]), int(doc[1]))
             except (KeyError, TypeError, ValueError, IndexError):

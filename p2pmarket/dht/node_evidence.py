@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 from kademlia.node import Node
 
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence import EvidenceFetcher, fetch_proof
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE,
@@ -32,7 +33,7 @@ from p2pmarket.dht.evidence_records import (
     parse_evidence_set,
 )
 from p2pmarket.dht.node_base import NodeBase
-from p2pmarket.dht.records import DhtError, evidence_key, key_digest
+from p2pmarket.dht.records import evidence_key, key_digest
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ READ_FETCHES = 2 * MAX_EVIDENCE
 """Hash-only proofs one :meth:`DhtNode.get_evidence` fetches at most."""
 
 
-@dataclass
-class _Proof:
+@dataclass(frozen=True)
+class HeldProof:
     """An evidence body this node holds (checked): published by it or fetched."""
 
     node_id: bytes
@@ -57,7 +58,7 @@ class EvidenceMixin(NodeBase):
     """Publishing, storing and finding proofs of misbehaviour."""
 
     evidence_fetcher: EvidenceFetcher
-    _proofs: OrderedDict[bytes, _Proof]
+    _proofs: OrderedDict[bytes, HeldProof]
     _session: aiohttp.ClientSession | None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -75,7 +76,7 @@ class EvidenceMixin(NodeBase):
         old = self._proofs.pop(sha256, None)
         if old is not None:
             own, expires = own or old.own, max(expires, old.expires)
-        self._proofs[sha256] = _Proof(node_id, data, own, expires)
+        self._proofs[sha256] = HeldProof(node_id, data, own, expires)
         if self.state is not None:
             self.state.put_proof(sha256, node_id, data, own, expires)
         fetched = [h for h, p in self._proofs.items() if not p.own]

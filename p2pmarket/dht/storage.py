@@ -25,6 +25,7 @@ from kademlia.storage import IStorage
 
 from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.wire import WireError, unpack
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError, refusal
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_SET_KIND,
     MAX_EVIDENCE,
@@ -43,15 +44,7 @@ from p2pmarket.dht.offers import (
     merge_offers,
     parse_offer_set,
 )
-from p2pmarket.dht.records import (
-    HOST_KIND,
-    MAX_VALUE_BYTES,
-    DhtError,
-    HostRecord,
-    _fail,
-    key_digest,
-    url_host,
-)
+from p2pmarket.dht.records import HOST_KIND, HostRecord, key_digest, url_host
 from p2pmarket.dht.routing import PrefixPolicy
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
@@ -70,13 +63,13 @@ def parse_record(value: object, now_us: int,
     for an evidence set, only the inline entries are verified (see
     :func:`parse_evidence_set`)."""
     if not isinstance(value, bytes):
-        raise _fail("malformed", "value must be bytes")
+        raise refusal("malformed", "value must be bytes")
     if len(value) > MAX_VALUE_BYTES:
-        raise _fail("too_large", f"value larger than {MAX_VALUE_BYTES} bytes")
+        raise refusal("too_large", f"value larger than {MAX_VALUE_BYTES} bytes")
     try:
         doc = unpack(value, MAX_VALUE_BYTES)
     except WireError:
-        raise _fail("malformed", "value is not msgpack") from None
+        raise refusal("malformed", "value is not msgpack") from None
     kind = doc.get("kind") if isinstance(doc, dict) else None
     if kind == OFFER_SET_KIND:
         return parse_offer_set(value, now_us, known)
@@ -84,7 +77,7 @@ def parse_record(value: object, now_us: int,
         return HostRecord.from_bytes(value, now_us)
     if kind == EVIDENCE_SET_KIND:
         return parse_evidence_set(value, now_us, known_proofs)
-    raise _fail("unsupported", f"unsupported record kind {kind!r:.40}")
+    raise refusal("unsupported", f"unsupported record kind {kind!r:.40}")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from p2pmarket.audit.replay import replay
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack, unpack
 from p2pmarket.dht import DhtNode
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_TTL_US,
     INLINE_PROOF_BYTES,
@@ -35,7 +36,7 @@ from p2pmarket.dht.evidence_records import (
     parse_evidence_set,
 )
 from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
-from p2pmarket.dht.records import MAX_VALUE_BYTES, DhtError, evidence_key, key_digest
+from p2pmarket.dht.records import evidence_key, key_digest
 from p2pmarket.dht.storage import RecordStorage, parse_record
 from p2pmarket.ledger.chain import Authenticator, auth_message
 

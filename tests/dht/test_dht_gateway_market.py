@@ -11,9 +11,10 @@ from dht_helpers import FakeClock, Swarm, serve
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
 from p2pmarket.dht import DhtNode, ResourceAd
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
 from p2pmarket.dht.offerquery import market_doc
-from p2pmarket.dht.records import DhtError, host_key, key_digest
+from p2pmarket.dht.records import host_key, key_digest
 
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 

@@ -7,6 +7,7 @@ from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, seal, unpack
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
     OfferEntry,
@@ -18,8 +19,6 @@ from p2pmarket.dht.offers import (
     rank_offers,
 )
 from p2pmarket.dht.records import (
-    MAX_VALUE_BYTES,
-    DhtError,
     HostRecord,
     ResourceAd,
     host_key,

@@ -24,8 +24,9 @@ from rpcudp.exceptions import MalformedMessage
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.gateway import fetch_document, gateway_routes
-from p2pmarket.dht.records import DhtError, host_key, key_digest
+from p2pmarket.dht.records import host_key, key_digest
 from p2pmarket.dht.routing import UNCAPPED, DhtRoutingTable, RttTable
 from p2pmarket.dht.storage import RecordStorage
 

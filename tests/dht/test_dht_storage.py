@@ -6,8 +6,9 @@ from dht_helpers import ALICE, MALLORY, NOW, TTL, FakeClock, host, host_body, of
 
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
+from p2pmarket.dht.checks import MAX_VALUE_BYTES
 from p2pmarket.dht.offers import pack_offer_set, parse_offer_set
-from p2pmarket.dht.records import MAX_VALUE_BYTES, host_key, key_digest
+from p2pmarket.dht.records import host_key, key_digest
 from p2pmarket.dht.storage import RecordStorage
 
 ALICE_KEY = key_digest(host_key(ALICE.node_id))
