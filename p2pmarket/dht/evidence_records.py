@@ -6,27 +6,28 @@ and 5). Pure: no I/O, no clock.
   Entries are not signed by their writer (anyone may add a proof) but are
   self-checking and bound to the key: the proof's host must have the key's node
   id. An entry is either inline, ``{proof: bytes, expires}`` (a proof of at most
-  :data:`INLINE_PROOF_BYTES`, checked with
-  :func:`p2pmarket.audit.evidence.verify_proof`), or hash-only, ``{sha256, size,
-  url, expires}`` for a larger proof (up to :data:`MAX_EVIDENCE_PROOF_BYTES`)
-  served at ``<url>/dht/evidence/<sha256 hex>``; storers keep a hash-only entry
-  only after fetching that body and checking it. One entry per proof (by
-  sha256; the later expiry wins), inline entries first, then the smaller, at most
-  :data:`MAX_EVIDENCE` kept and the container at most
-  :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`.
+  :data:`INLINE_PROOF_BYTES`, checked with the :data:`ProofVerifier` the caller
+  gives), or hash-only, ``{sha256, size, url, expires}`` for a larger proof (up
+  to :data:`MAX_EVIDENCE_PROOF_BYTES`) served at ``<url>/dht/evidence/<sha256
+  hex>``; storers keep a hash-only entry only after fetching that body and
+  checking it. One entry per proof (by sha256; the later expiry wins), inline
+  entries first, then the smaller, at most :data:`MAX_EVIDENCE` kept and the
+  container at most :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`.
   Expiry: :data:`EVIDENCE_TTL_US` (30 days), renewed by whoever republishes.
 
+The DHT does not know the proof formats: whoever builds a storer or reader
+passes the audit's verifier (:func:`p2pmarket.audit.evidence.proof_host_id`).
 All times are integer microseconds; ``now_us`` always comes in as an argument.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.audit.evidence import EvidenceError, verify_proof
+from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import NODE_ID_SIZE
 from p2pmarket.core.wire import pack
 from p2pmarket.dht.checks import (
@@ -55,6 +56,11 @@ MAX_EVIDENCE_TTL_US = EVIDENCE_TTL_US + 24 * 3600 * 1_000_000
 """An evidence entry may not claim to live longer than this from now (clock slack)."""
 INLINE_FIELDS = frozenset({"proof", "expires"})
 REF_FIELDS = frozenset({"sha256", "size", "url", "expires"})
+
+ProofVerifier = Callable[[bytes], bytes]
+"""Checks a proof of misbehaviour and returns the node id of the host it exposes;
+raises a :class:`~p2pmarket.core.errors.P2PMarketError` (any subclass) if the proof
+is invalid."""
 
 
 def evidence_node_id(key: object) -> bytes:
@@ -125,26 +131,27 @@ class EvidenceEntry:
         return data
 
 
-def check_proof(proof: bytes, node_id: bytes) -> bytes:
-    """``proof`` if it is a valid proof against ``node_id``, else :class:`DhtError`
-    (``bad_proof``, or ``wrong_host`` for a valid proof about another host)."""
+def check_proof(proof: bytes, node_id: bytes, proof_verifier: ProofVerifier) -> bytes:
+    """``proof`` if ``proof_verifier`` finds it a valid proof against ``node_id``, else
+    :class:`DhtError` (``bad_proof``, or ``wrong_host`` for a valid proof about another
+    host)."""
     try:
-        checked = verify_proof(proof)
-    except EvidenceError as exc:
+        host_id = proof_verifier(proof)
+    except P2PMarketError as exc:
         raise refusal("bad_proof", f"invalid proof: {exc.message}") from None
-    if checked.host_id != node_id:
+    if host_id != node_id:
         raise refusal("wrong_host", "proof is about another host than its key names")
     return proof
 
 
-def make_evidence_entry(node_id: bytes, proof: bytes, *, now_us: int,
-                        ttl_us: int = EVIDENCE_TTL_US, url: str | None = None
+def make_evidence_entry(node_id: bytes, proof: bytes, proof_verifier: ProofVerifier, *,
+                        now_us: int, ttl_us: int = EVIDENCE_TTL_US, url: str | None = None
                         ) -> EvidenceEntry:
     """A checked entry for ``proof`` against ``node_id``: inline if it is small enough,
     else hash-only, served at ``<url>/dht/evidence/<sha256 hex>`` (``url`` required)."""
     if len(proof) > MAX_EVIDENCE_PROOF_BYTES:
         raise refusal("too_large", f"proof larger than {MAX_EVIDENCE_PROOF_BYTES} bytes")
-    check_proof(proof, node_id)
+    check_proof(proof, node_id, proof_verifier)
     expires = _check_evidence_expiry(now_us + ttl_us, now_us)
     digest = hashlib.sha256(proof).digest()
     if len(proof) <= INLINE_PROOF_BYTES:
@@ -158,7 +165,7 @@ def _check_evidence_expiry(expires: object, now_us: int) -> int:
     return check_expiry(expires, now_us, MAX_EVIDENCE_TTL_US, "evidence entry")
 
 
-def _evidence_entry(doc: object, node_id: bytes, now_us: int,
+def _evidence_entry(doc: object, node_id: bytes, now_us: int, proof_verifier: ProofVerifier,
                     verified: Container[bytes]) -> EvidenceEntry:
     if not isinstance(doc, dict):
         raise refusal("malformed", "evidence entry must be a map")
@@ -169,7 +176,7 @@ def _evidence_entry(doc: object, node_id: bytes, now_us: int,
         expires = _check_evidence_expiry(doc["expires"], now_us)
         digest = hashlib.sha256(proof).digest()
         if digest not in verified:
-            check_proof(proof, node_id)
+            check_proof(proof, node_id, proof_verifier)
         return EvidenceEntry(digest, len(proof), expires, proof=proof)
     if set(doc) == REF_FIELDS:
         digest = doc["sha256"]
@@ -205,11 +212,11 @@ class EvidenceSet:
         return [e for e in self.entries if not e.inline]
 
 
-def parse_evidence_set(value: object, now_us: int, verified: Container[bytes] = ()
-                       ) -> EvidenceSet:
-    """Decode an evidence container, verifying every inline proof (except those whose
-    sha256 is in ``verified``); bad or expired entries are dropped and counted, a
-    malformed container raises :class:`DhtError`."""
+def parse_evidence_set(value: object, now_us: int, proof_verifier: ProofVerifier,
+                       verified: Container[bytes] = ()) -> EvidenceSet:
+    """Decode an evidence container, verifying every inline proof with
+    ``proof_verifier`` (except those whose sha256 is in ``verified``); bad or expired
+    entries are dropped and counted, a malformed container raises :class:`DhtError`."""
     key, raw_entries = open_container(value, EVIDENCE_SET_KIND, "evidence set")
     node_id = evidence_node_id(key)
     if not isinstance(raw_entries, list) or len(raw_entries) > 4 * MAX_EVIDENCE:
@@ -219,7 +226,7 @@ def parse_evidence_set(value: object, now_us: int, verified: Container[bytes] = 
     dropped = 0
     for raw in raw_entries:
         try:
-            entries.append(_evidence_entry(raw, node_id, now_us, verified))
+            entries.append(_evidence_entry(raw, node_id, now_us, proof_verifier, verified))
         except DhtError as exc:
             dropped += 1
             if exc.value not in INNOCENT:

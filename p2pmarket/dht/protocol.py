@@ -37,7 +37,6 @@ import asyncio
 import heapq
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from kademlia.protocol import KademliaProtocol
 
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity, meets_puzzle, node_id_of, verify
 from p2pmarket.core.wire import pack
+from p2pmarket.dht.ratelimit import Monotonic, RateLimiter
 from p2pmarket.dht.routing import DhtRoutingTable, PrefixPolicy, RttTable
 from p2pmarket.dht.storage import RecordStorage
 
@@ -90,23 +90,6 @@ def _encode(obj: Any) -> bytes:
     return data
 
 
-class RateLimiter:
-    """Token buckets per key: ``rate`` per second, ``burst`` at most (bounded table)."""
-
-    def __init__(self, rate: float, burst: float, capacity: int = 4096) -> None:
-        self.rate, self.burst, self.capacity = rate, burst, capacity
-        self._buckets: OrderedDict[Any, tuple[float, float]] = OrderedDict()
-
-    def allow(self, key: Any, now: float) -> bool:
-        tokens, last = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        ok = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
-        while len(self._buckets) > self.capacity:
-            self._buckets.popitem(last=False)
-        return ok
-
-
 @dataclass(frozen=True)
 class ProtocolConfig:
     puzzle_bits: int = 0
@@ -127,9 +110,10 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
 
     def __init__(self, source_node: Node, storage: RecordStorage, ksize: int, *,
                  identity: Identity, config: ProtocolConfig, spawn: Spawn,
-                 counters: dict[str, int] | None = None) -> None:
+                 monotonic: Monotonic, counters: dict[str, int] | None = None) -> None:
         super().__init__(source_node, storage, ksize)
         self._cfg = config
+        self._monotonic = monotonic
         self._identity = identity
         self._client_mode = config.client_mode
         self._puzzle_bits = config.puzzle_bits
@@ -174,7 +158,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
     # -- bans ----------------------------------------------------------------------
 
     def is_banned(self, node_id: bytes | None, address: tuple[str, int] | None) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         for key in (node_id, address):
             until = self._banned.get(key) if key is not None else None
             if until is not None:
@@ -185,7 +169,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
 
     def ban(self, node_id: bytes | None, address: tuple[str, int] | None, reason: str) -> None:
         """Drop a contact that sent an invalid record and ignore it for a while."""
-        until = time.monotonic() + BAN_S
+        until = self._monotonic() + BAN_S
         if node_id is not None:
             self._banned[node_id] = until
             contact = self.router.find(node_id)
@@ -400,7 +384,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not self._is_digest(key) or not isinstance(value, bytes):
             self._store.count_reject("malformed")
             return False
-        if not self._store_limit.allow(sender, time.monotonic()):
+        if not self._store_limit.allow(sender, self._monotonic()):
             self._store.count_reject("rate_limited")
             return False
         assert isinstance(key, bytes) and isinstance(nodeid, bytes)
@@ -527,7 +511,7 @@ class DhtProtocol(KademliaProtocol):  # type: ignore[misc]
         if not self.router.add_contact(node):
             self._count("refused_prefix")
             return
-        now = time.monotonic()
+        now = self._monotonic()
         last = self._handed.get(node.id)
         if last is not None and now - last < self._cfg.handoff_interval:
             return

@@ -4,13 +4,14 @@ Every store is checked: the value must be a valid, unexpired record whose key
 name hashes (sha1, as kademlia does) to exactly the digest key it is stored
 under. Host records obey their ``seq``; offer sets are merged entry by entry,
 capped per key and per network prefix of the entries' URL hosts (freshest kept).
-Evidence sets keep only verified proofs: inline ones are verified on the way in;
-a hash-only entry the storage has not checked itself is handed to
+Evidence sets keep only verified proofs: inline ones are verified on the way in
+(by the :data:`~p2pmarket.dht.evidence_records.ProofVerifier` the storage is
+given); a hash-only entry the storage has not checked itself is handed to
 :attr:`RecordStorage.on_evidence` (the node fetches the body, checks it and then
 calls :meth:`RecordStorage.put_evidence`); without that hook it is refused.
-Expired values are dropped when read and are never returned, iterated (the
-stock package republishes what ``__iter__``/``iter_older_than`` yield) or
-handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
+Expired values are dropped when read and are never returned, iterated (the stock
+package republishes what ``__iter__``/``iter_older_than`` yield) or handed to
+new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
 :func:`parse_record` decodes and verifies a stored value of any kind.
 """
 
@@ -31,6 +32,7 @@ from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE,
     EvidenceEntry,
     EvidenceSet,
+    ProofVerifier,
     fit_evidence_set,
     merge_evidence,
     parse_evidence_set,
@@ -56,12 +58,12 @@ EvidenceHook = Callable[[bytes, str, list[EvidenceEntry]], int]
 for checking."""
 
 
-def parse_record(value: object, now_us: int,
+def parse_record(value: object, now_us: int, proof_verifier: ProofVerifier,
                  known: Mapping[bytes, OfferEntry] | None = None,
                  known_proofs: Container[bytes] = ()) -> HostRecord | OfferSet | EvidenceSet:
     """A stored value of any kind, verified (the key name it claims is in ``.key``);
-    for an evidence set, only the inline entries are verified (see
-    :func:`parse_evidence_set`)."""
+    for an evidence set, only the inline entries are verified, with ``proof_verifier``
+    (see :func:`parse_evidence_set`)."""
     if not isinstance(value, bytes):
         raise refusal("malformed", "value must be bytes")
     if len(value) > MAX_VALUE_BYTES:
@@ -76,7 +78,7 @@ def parse_record(value: object, now_us: int,
     if kind == HOST_KIND:
         return HostRecord.from_bytes(value, now_us)
     if kind == EVIDENCE_SET_KIND:
-        return parse_evidence_set(value, now_us, known_proofs)
+        return parse_evidence_set(value, now_us, proof_verifier, known_proofs)
     raise refusal("unsupported", f"unsupported record kind {kind!r:.40}")
 
 
@@ -94,10 +96,13 @@ class _Item:
 
 
 class RecordStorage(IStorage):  # type: ignore[misc]
-    """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests."""
+    """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests;
+    ``proof_verifier`` checks the proofs in evidence sets."""
 
-    def __init__(self, clock: Clock = now_us, max_keys: int = DEFAULT_MAX_KEYS,
-                 max_offers: int = MAX_OFFERS, policy: PrefixPolicy | None = None) -> None:
+    def __init__(self, proof_verifier: ProofVerifier, clock: Clock = now_us,
+                 max_keys: int = DEFAULT_MAX_KEYS, max_offers: int = MAX_OFFERS,
+                 policy: PrefixPolicy | None = None) -> None:
+        self.proof_verifier = proof_verifier
         self.clock = clock
         self.max_keys = max_keys
         self.max_offers = max_offers
@@ -123,7 +128,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             known = {e.value: e for e in held.offers} if held is not None else None
             proofs = {e.sha256 for e in held.evidence if e.inline} if held is not None \
                 else set()
-            record = parse_record(value, now, known, proofs)
+            record = parse_record(value, now, self.proof_verifier, known, proofs)
             if key_digest(record.key) != dkey:
                 raise DhtError("record stored under another key's digest", "wrong_key")
             if isinstance(record, HostRecord):

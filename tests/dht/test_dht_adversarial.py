@@ -12,6 +12,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import ForgetfulStorage
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
@@ -166,7 +167,7 @@ async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
 
     from p2pmarket.dht.offers import pack_offer_set
     from p2pmarket.dht.storage import RecordStorage
-    st = RecordStorage(policy=PrefixPolicy(offers_cap=2))
+    st = RecordStorage(proof_host_id, policy=PrefixPolicy(offers_cap=2))
     idents = [Identity.generate() for _ in range(5)]
     for i, ident in enumerate(idents):
         entry = offer(ident, now=now_us())
@@ -175,7 +176,7 @@ async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
         assert i >= 0
     # the helper's offers all name http://127.0.0.1:8000: loopback is exempt
     assert len(st.offer_entries(key_digest("offers/cpu"))) == 5
-    st2 = RecordStorage(policy=PrefixPolicy(offers_cap=2, exempt=()))
+    st2 = RecordStorage(proof_host_id, policy=PrefixPolicy(offers_cap=2, exempt=()))
     for ident in idents:
         st2.put(key_digest("offers/cpu"), pack_offer_set("offers/cpu", [offer(ident,
                                                                               now=now_us())]))
