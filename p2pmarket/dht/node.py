@@ -32,6 +32,7 @@ from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht.checks import DhtError
+from p2pmarket.dht.contacts import valid_id
 from p2pmarket.dht.evidence import EvidenceFetcher
 from p2pmarket.dht.evidence_records import ProofVerifier
 from p2pmarket.dht.lookup import LookupStats
@@ -39,9 +40,10 @@ from p2pmarket.dht.node_evidence import EvidenceMixin, HeldProof
 from p2pmarket.dht.node_records import HostFields, RecordsMixin
 from p2pmarket.dht.offers import fit_offer_set
 from p2pmarket.dht.persist import DhtState
-from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig, valid_id
+from p2pmarket.dht.protocol import DhtProtocol
 from p2pmarket.dht.ratelimit import Monotonic
 from p2pmarket.dht.routing import PrefixPolicy
+from p2pmarket.dht.rpc import ProtocolConfig
 from p2pmarket.dht.storage import RecordStorage
 
 log = logging.getLogger(__name__)

@@ -121,8 +121,9 @@ def make_protocol(storage: Any = None, ksize: int = 20,
     become tasks kept in ``proto.test_tasks``."""
     from kademlia.node import Node
 
-    from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig
+    from p2pmarket.dht.protocol import DhtProtocol
     from p2pmarket.dht.routing import UNCAPPED
+    from p2pmarket.dht.rpc import ProtocolConfig
     from p2pmarket.dht.storage import RecordStorage
     ident = Identity.generate()
     tasks: list[asyncio.Task[Any]] = []
