@@ -39,6 +39,7 @@ PURE_CORES = (
     "p2pmarket.dht.records",
     "p2pmarket.dht.offers",
     "p2pmarket.dht.evidence_records",
+    "p2pmarket.dht.ratelimit",
     "p2pmarket.nat.table",
 )
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 
@@ -31,6 +30,7 @@ from p2pmarket.dht.evidence_records import (
 )
 from p2pmarket.dht.ratelimit import Monotonic, RateLimiter
 from p2pmarket.dht.records import url_host
+from p2pmarket.dht.rpc import Spawn
 
 FETCH_TIMEOUT_S = 10.0
 MAX_CONCURRENT = 4
@@ -85,7 +85,6 @@ async def fetch_proof(session: aiohttp.ClientSession, entry: EvidenceEntry, node
     return check_proof(entry.check(data), node_id, proof_verifier)
 
 
-Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 Checked = Callable[[bytes, str, bytes, EvidenceEntry, bytes], None]
 """``(digest key, key name, node id, entry, body)``: an entry checked out."""
 

@@ -193,11 +193,16 @@ def parse_offer_set(value: object, now_us: int,
 
 # -- ranking -----------------------------------------------------------------
 
-def _efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
+def efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
     """Capacity per unit price, exact; a zero price ranks above every positive one."""
     if entry.price == 0:
         return (1, Fraction(entry.capacity))
     return (0, Fraction(entry.capacity, entry.price))
+
+
+def eligible(entry: OfferEntry, min_capacity: int, max_price: int | None) -> bool:
+    """Whether ``entry`` offers at least ``min_capacity`` at most at ``max_price``."""
+    return entry.capacity >= min_capacity and (max_price is None or entry.price <= max_price)
 
 
 def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
@@ -209,14 +214,13 @@ def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
     """
     if n <= 0:
         return []
-    eligible = [e for e in entries if e.capacity >= min_capacity
-                and (max_price is None or e.price <= max_price)]
+    kept = [e for e in entries if eligible(e, min_capacity, max_price)]
 
     def order(e: OfferEntry) -> tuple[int, Fraction, int, int, bytes]:
-        tier, ratio = _efficiency(e)
+        tier, ratio = efficiency(e)
         return (-tier, -ratio, -e.capacity, e.price, e.node_id)
 
-    return sorted(eligible, key=order)[:n]
+    return sorted(kept, key=order)[:n]
 
 
 def offer_doc(entry: OfferEntry) -> dict[str, Any]:
