@@ -123,6 +123,13 @@ def verify_proof(data: bytes, host: bytes | None = None, genesis: Genesis | None
         raise EvidenceError("malformed proof", type(exc).__name__) from None
 
 
+def proof_host_id(data: bytes) -> bytes:
+    """The node id of the host a valid proof exposes; :class:`EvidenceError` if the
+    proof is invalid. What the DHT checks evidence with
+    (:data:`p2pmarket.dht.evidence_records.ProofVerifier`)."""
+    return verify_proof(data).host_id
+
+
 def _verify(data: bytes, want: bytes | None) -> Proof:
     if not isinstance(data, bytes) or len(data) > MAX_PROOF_BYTES:
         raise EvidenceError("a proof is at most 4 MiB of bytes")
@@ -217,4 +224,4 @@ def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
 
 
 __all__ = ["COMPACT_PROOF_BYTES", "EvidenceError", "EvidenceSink", "Proof", "fork_proof",
-           "inconsistency_proof", "nonconformance_proof", "verify_proof"]
+           "inconsistency_proof", "nonconformance_proof", "proof_host_id", "verify_proof"]

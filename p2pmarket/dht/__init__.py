@@ -1,23 +1,34 @@
 """Discovery: Kademlia (the ``kademlia`` package) with signed records and the offer index.
 
-See DESIGN.md section 3. :mod:`.records` (key names, host records),
-:mod:`.offers` (the offer index, ranking) and :mod:`.evidence_records` are pure
-(formats, validation, merging), :mod:`.storage` validates every store,
-:mod:`.routing` fixes the stock routing table and keeps RTTs, :mod:`.protocol`
-subclasses the kademlia protocol, :mod:`.lookup` is the iterative lookup,
-:mod:`.node` is the service (built from :mod:`.node_base`, :mod:`.node_records`
-and :mod:`.node_evidence`), :mod:`.persist` its sqlite state, :mod:`.evidence`
-the fetching and checking of large proofs (``evidence/<id>``), :mod:`.market`
-the multi-type market query (pure), :mod:`.gateway` the HTTP face for nodes that
-cannot send UDP.
-"""
+See DESIGN.md section 3. The DHT knows no proof format and imports nothing of the
+audit: whoever builds a node, a storage or a gateway client passes a
+:data:`ProofVerifier` (the audit's :func:`p2pmarket.audit.evidence.proof_host_id`).
 
-from p2pmarket.dht.evidence_records import EvidenceEntry, evidence_doc
+Pure (formats, validation, merging; ``now`` comes in as an argument):
+:mod:`.checks` (:class:`DhtError` and the checks every record shares),
+:mod:`.records` (key names, host records), :mod:`.offers` (the offer index,
+ranking), :mod:`.evidence_records` (``evidence/<id>`` proofs of misbehaviour),
+:mod:`.ratelimit` (token buckets on a monotonic clock).
+
+The rest: :mod:`.storage` validates every store; the protocol is built in three
+layers, :mod:`.rpc` (rpcudp's datagrams, RTT timeouts), :mod:`.contacts`
+(verified contacts, bans, hand-off) and :mod:`.protocol` (the RPC handlers);
+:mod:`.routing` fixes the stock routing table and keeps RTTs; :mod:`.lookup` is
+the iterative lookup; :mod:`.node` is the service (built from
+:mod:`.node_base`, :mod:`.node_records` and :mod:`.node_evidence`),
+:mod:`.persist` its sqlite state, :mod:`.evidence` the fetching and checking of
+large proofs; :mod:`.offerquery` the multi-type market query; :mod:`.gateway`
+the HTTP face for nodes that cannot send UDP.
+
+Exported here: what callers outside the DHT use to run a node and read what it
+finds.
+"""
+from p2pmarket.dht.checks import DhtError
+from p2pmarket.dht.evidence_records import EvidenceEntry, ProofVerifier, evidence_doc
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.offerquery import MarketHost, market_doc
 from p2pmarket.dht.offers import OfferEntry, make_offer_entry, merge_offers, offer_doc, rank_offers
 from p2pmarket.dht.records import (
-    DhtError,
     DocRef,
     HostRecord,
     ResourceAd,
@@ -40,6 +51,7 @@ __all__ = [
     "MarketHost",
     "OfferEntry",
     "PrefixPolicy",
+    "ProofVerifier",
     "RecordStorage",
     "ResourceAd",
     "evidence_doc",

@@ -3,28 +3,34 @@ sections 3 and 5).
 
 A proof too large for a DHT value travels as ``{sha256, size, url}``; its body is
 served at ``<url>/dht/evidence/<sha256 hex>`` (:func:`p2pmarket.dht.gateway.gateway_routes`).
-:func:`fetch_proof` gets one and checks it (size, hash, then
-:func:`p2pmarket.audit.evidence.verify_proof` against the key's node id); it is
-what readers use. :class:`EvidenceFetcher` is the storer's side: a store that
+:func:`fetch_proof` gets one and checks it (size, hash, then the
+:data:`~p2pmarket.dht.evidence_records.ProofVerifier` it is given, against the
+key's node id); it is what readers use. :class:`EvidenceFetcher` is the storer's side: a store that
 brings an entry it has not checked yet schedules a fetch, bounded in number
 (concurrency, queue), rate (overall and per serving host), size and time, and
 the entry is stored only once its body checks out; failures are counted and
-remembered for a while so the same (hash, url) is not fetched again at once.
+remembered for a while so the same (hash, url) is not fetched again at once
+(time read from the :data:`~p2pmarket.dht.ratelimit.Monotonic` it is given).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 
-from p2pmarket.dht.evidence_records import MAX_EVIDENCE_PROOF_BYTES, EvidenceEntry, check_proof
-from p2pmarket.dht.protocol import RateLimiter
-from p2pmarket.dht.records import DhtError, url_host
+from p2pmarket.dht.checks import DhtError
+from p2pmarket.dht.evidence_records import (
+    MAX_EVIDENCE_PROOF_BYTES,
+    EvidenceEntry,
+    ProofVerifier,
+    check_proof,
+)
+from p2pmarket.dht.ratelimit import Monotonic, RateLimiter
+from p2pmarket.dht.records import url_host
+from p2pmarket.dht.rpc import Spawn
 
 FETCH_TIMEOUT_S = 10.0
 MAX_CONCURRENT = 4
@@ -53,12 +59,14 @@ async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
 
 
 async def fetch_proof(session: aiohttp.ClientSession, entry: EvidenceEntry, node_id: bytes,
-                      *, proxy: str | None = None, timeout: float = FETCH_TIMEOUT_S) -> bytes:
+                      proof_verifier: ProofVerifier, *, proxy: str | None = None,
+                      timeout: float = FETCH_TIMEOUT_S) -> bytes:
     """The body of hash-only ``entry``, fetched from its url and checked: its size and
-    sha256 (``evidence_mismatch``) and that it is a valid proof against ``node_id``
-    (``bad_proof``/``wrong_host``). ``unavailable`` if it cannot be fetched."""
+    sha256 (``evidence_mismatch``) and that ``proof_verifier`` finds it a valid proof
+    against ``node_id`` (``bad_proof``/``wrong_host``). ``unavailable`` if it cannot be
+    fetched."""
     if entry.proof is not None:
-        return check_proof(entry.check(entry.proof), node_id)
+        return check_proof(entry.check(entry.proof), node_id, proof_verifier)
     url = entry.fetch_url
     if url is None:
         raise DhtError("evidence entry names no url", "malformed")
@@ -74,10 +82,9 @@ async def fetch_proof(session: aiohttp.ClientSession, entry: EvidenceEntry, node
         raise
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise DhtError(f"proof fetch failed: {exc}", "unavailable") from None
-    return check_proof(entry.check(data), node_id)
+    return check_proof(entry.check(data), node_id, proof_verifier)
 
 
-Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 Checked = Callable[[bytes, str, bytes, EvidenceEntry, bytes], None]
 """``(digest key, key name, node id, entry, body)``: an entry checked out."""
 
@@ -87,16 +94,18 @@ class EvidenceFetcher:
 
     def __init__(self, spawn: Spawn, session: Callable[[], aiohttp.ClientSession],
                  on_checked: Checked, count: Callable[[str], None],
-                 reject: Callable[[str], None], *,
-                 timeout: float = FETCH_TIMEOUT_S, max_concurrent: int = MAX_CONCURRENT,
-                 max_pending: int = MAX_PENDING, rate: float = FETCH_RATE,
-                 burst: float = FETCH_BURST, host_rate: float = HOST_RATE,
-                 host_burst: float = HOST_BURST) -> None:
+                 reject: Callable[[str], None], *, proof_verifier: ProofVerifier,
+                 monotonic: Monotonic, timeout: float = FETCH_TIMEOUT_S,
+                 max_concurrent: int = MAX_CONCURRENT, max_pending: int = MAX_PENDING,
+                 rate: float = FETCH_RATE, burst: float = FETCH_BURST,
+                 host_rate: float = HOST_RATE, host_burst: float = HOST_BURST) -> None:
         self._spawn = spawn
         self._session = session
         self._on_checked = on_checked
         self._count = count
         self._reject = reject
+        self._proof_verifier = proof_verifier
+        self._monotonic = monotonic
         self.timeout = timeout
         self.max_pending = max_pending
         self._sem = asyncio.Semaphore(max_concurrent)
@@ -113,7 +122,7 @@ class EvidenceFetcher:
                  entries: list[EvidenceEntry]) -> int:
         """Queue the entries for checking; return how many are queued (now or before)."""
         queued = 0
-        now = time.monotonic()
+        now = self._monotonic()
         for entry in entries:
             ident = entry.ident
             if ident in self._pending:
@@ -140,11 +149,12 @@ class EvidenceFetcher:
     async def _fetch(self, dkey: bytes, key: str, node_id: bytes, entry: EvidenceEntry) -> None:
         try:
             async with self._sem:
-                body = await fetch_proof(self._session(), entry, node_id, timeout=self.timeout)
+                body = await fetch_proof(self._session(), entry, node_id, self._proof_verifier,
+                                         timeout=self.timeout)
         except DhtError as exc:
             reason = str(exc.value)
             self._reject(reason if reason.startswith("evidence_") else f"evidence_{reason}")
-            self._failed[entry.ident] = time.monotonic() + FAILED_S
+            self._failed[entry.ident] = self._monotonic() + FAILED_S
             while len(self._failed) > FAILED_CACHE:
                 self._failed.popitem(last=False)
             return

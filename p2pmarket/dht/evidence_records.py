@@ -6,41 +6,41 @@ and 5). Pure: no I/O, no clock.
   Entries are not signed by their writer (anyone may add a proof) but are
   self-checking and bound to the key: the proof's host must have the key's node
   id. An entry is either inline, ``{proof: bytes, expires}`` (a proof of at most
-  :data:`INLINE_PROOF_BYTES`, checked with
-  :func:`p2pmarket.audit.evidence.verify_proof`), or hash-only, ``{sha256, size,
-  url, expires}`` for a larger proof (up to :data:`MAX_EVIDENCE_PROOF_BYTES`)
-  served at ``<url>/dht/evidence/<sha256 hex>``; storers keep a hash-only entry
-  only after fetching that body and checking it. One entry per proof (by
-  sha256; the later expiry wins), inline entries first, then the smaller, at most
-  :data:`MAX_EVIDENCE` kept and the container at most
-  :data:`~p2pmarket.dht.records.MAX_VALUE_BYTES`.
+  :data:`INLINE_PROOF_BYTES`, checked with the :data:`ProofVerifier` the caller
+  gives), or hash-only, ``{sha256, size, url, expires}`` for a larger proof (up
+  to :data:`MAX_EVIDENCE_PROOF_BYTES`) served at ``<url>/dht/evidence/<sha256
+  hex>``; storers keep a hash-only entry only after fetching that body and
+  checking it. One entry per proof (by sha256; the later expiry wins), inline
+  entries first, then the smaller, at most :data:`MAX_EVIDENCE` kept and the
+  container at most :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`.
   Expiry: :data:`EVIDENCE_TTL_US` (30 days), renewed by whoever republishes.
 
+The DHT does not know the proof formats: whoever builds a storer or reader
+passes the audit's verifier (:func:`p2pmarket.audit.evidence.proof_host_id`).
 All times are integer microseconds; ``now_us`` always comes in as an argument.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.audit.evidence import EvidenceError, verify_proof
+from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import NODE_ID_SIZE
 from p2pmarket.core.wire import pack
-from p2pmarket.dht.records import (
+from p2pmarket.dht.checks import (
     INNOCENT,
-    MAX_URL,
     MAX_VALUE_BYTES,
     DhtError,
-    _check_expiry,
-    _fail,
-    _int,
-    _open_container,
-    _str,
-    url_host,
+    check_expiry,
+    check_int,
+    check_str,
+    open_container,
+    refusal,
 )
+from p2pmarket.dht.records import MAX_URL, url_host
 
 EVIDENCE_SET_KIND = "dht.evidence"
 
@@ -57,24 +57,29 @@ MAX_EVIDENCE_TTL_US = EVIDENCE_TTL_US + 24 * 3600 * 1_000_000
 INLINE_FIELDS = frozenset({"proof", "expires"})
 REF_FIELDS = frozenset({"sha256", "size", "url", "expires"})
 
+ProofVerifier = Callable[[bytes], bytes]
+"""Checks a proof of misbehaviour and returns the node id of the host it exposes;
+raises a :class:`~p2pmarket.core.errors.P2PMarketError` (any subclass) if the proof
+is invalid."""
+
 
 def evidence_node_id(key: object) -> bytes:
     """The node id an ``evidence/<node id hex>`` key name accuses."""
     if not isinstance(key, str) or not key.startswith("evidence/"):
-        raise _fail("wrong_key", "evidence key must be evidence/<node id hex>")
+        raise refusal("wrong_key", "evidence key must be evidence/<node id hex>")
     hexid = key.removeprefix("evidence/")
     if len(hexid) != 2 * NODE_ID_SIZE or hexid != hexid.lower():
-        raise _fail("wrong_key", "evidence key must name a 20-byte node id in lower hex")
+        raise refusal("wrong_key", "evidence key must name a 20-byte node id in lower hex")
     try:
         return bytes.fromhex(hexid)
     except ValueError:
-        raise _fail("wrong_key", "evidence key must name a node id in hex") from None
+        raise refusal("wrong_key", "evidence key must name a node id in hex") from None
 
 
 def check_evidence_url(url: object) -> str:
-    url = _str(url, "url", MAX_URL)
+    url = check_str(url, "url", MAX_URL)
     if not url.startswith(("http://", "https://")) or not url_host(url):
-        raise _fail("malformed", "evidence url must be http(s)://host[:port]")
+        raise refusal("malformed", "evidence url must be http(s)://host[:port]")
     return url
 
 
@@ -122,65 +127,66 @@ class EvidenceEntry:
     def check(self, data: bytes) -> bytes:
         """``data`` if it is the body this entry names, else ``evidence_mismatch``."""
         if len(data) != self.size or hashlib.sha256(data).digest() != self.sha256:
-            raise _fail("evidence_mismatch", "proof does not match the hash in its entry")
+            raise refusal("evidence_mismatch", "proof does not match the hash in its entry")
         return data
 
 
-def check_proof(proof: bytes, node_id: bytes) -> bytes:
-    """``proof`` if it is a valid proof against ``node_id``, else :class:`DhtError`
-    (``bad_proof``, or ``wrong_host`` for a valid proof about another host)."""
+def check_proof(proof: bytes, node_id: bytes, proof_verifier: ProofVerifier) -> bytes:
+    """``proof`` if ``proof_verifier`` finds it a valid proof against ``node_id``, else
+    :class:`DhtError` (``bad_proof``, or ``wrong_host`` for a valid proof about another
+    host)."""
     try:
-        checked = verify_proof(proof)
-    except EvidenceError as exc:
-        raise _fail("bad_proof", f"invalid proof: {exc.message}") from None
-    if checked.host_id != node_id:
-        raise _fail("wrong_host", "proof is about another host than its key names")
+        host_id = proof_verifier(proof)
+    except P2PMarketError as exc:
+        raise refusal("bad_proof", f"invalid proof: {exc.message}") from None
+    if host_id != node_id:
+        raise refusal("wrong_host", "proof is about another host than its key names")
     return proof
 
 
-def make_evidence_entry(node_id: bytes, proof: bytes, *, now_us: int,
-                        ttl_us: int = EVIDENCE_TTL_US, url: str | None = None
+def make_evidence_entry(node_id: bytes, proof: bytes, proof_verifier: ProofVerifier, *,
+                        now_us: int, ttl_us: int = EVIDENCE_TTL_US, url: str | None = None
                         ) -> EvidenceEntry:
     """A checked entry for ``proof`` against ``node_id``: inline if it is small enough,
     else hash-only, served at ``<url>/dht/evidence/<sha256 hex>`` (``url`` required)."""
     if len(proof) > MAX_EVIDENCE_PROOF_BYTES:
-        raise _fail("too_large", f"proof larger than {MAX_EVIDENCE_PROOF_BYTES} bytes")
-    check_proof(proof, node_id)
+        raise refusal("too_large", f"proof larger than {MAX_EVIDENCE_PROOF_BYTES} bytes")
+    check_proof(proof, node_id, proof_verifier)
     expires = _check_evidence_expiry(now_us + ttl_us, now_us)
     digest = hashlib.sha256(proof).digest()
     if len(proof) <= INLINE_PROOF_BYTES:
         return EvidenceEntry(digest, len(proof), expires, proof=proof)
     if url is None:
-        raise _fail("no_url", "a large proof needs the url that serves it")
+        raise refusal("no_url", "a large proof needs the url that serves it")
     return EvidenceEntry(digest, len(proof), expires, url=check_evidence_url(url))
 
 
 def _check_evidence_expiry(expires: object, now_us: int) -> int:
-    return _check_expiry(expires, now_us, MAX_EVIDENCE_TTL_US, "evidence entry")
+    return check_expiry(expires, now_us, MAX_EVIDENCE_TTL_US, "evidence entry")
 
 
-def _evidence_entry(doc: object, node_id: bytes, now_us: int,
+def _evidence_entry(doc: object, node_id: bytes, now_us: int, proof_verifier: ProofVerifier,
                     verified: Container[bytes]) -> EvidenceEntry:
     if not isinstance(doc, dict):
-        raise _fail("malformed", "evidence entry must be a map")
+        raise refusal("malformed", "evidence entry must be a map")
     if set(doc) == INLINE_FIELDS:
         proof = doc["proof"]
         if not isinstance(proof, bytes) or not 0 < len(proof) <= INLINE_PROOF_BYTES:
-            raise _fail("malformed", f"inline proof must be 1..{INLINE_PROOF_BYTES} bytes")
+            raise refusal("malformed", f"inline proof must be 1..{INLINE_PROOF_BYTES} bytes")
         expires = _check_evidence_expiry(doc["expires"], now_us)
         digest = hashlib.sha256(proof).digest()
         if digest not in verified:
-            check_proof(proof, node_id)
+            check_proof(proof, node_id, proof_verifier)
         return EvidenceEntry(digest, len(proof), expires, proof=proof)
     if set(doc) == REF_FIELDS:
         digest = doc["sha256"]
         if not isinstance(digest, bytes) or len(digest) != 32:
-            raise _fail("malformed", "evidence sha256 must be 32 bytes")
-        size = _int(doc["size"], "size", INLINE_PROOF_BYTES + 1, MAX_EVIDENCE_PROOF_BYTES)
+            raise refusal("malformed", "evidence sha256 must be 32 bytes")
+        size = check_int(doc["size"], "size", INLINE_PROOF_BYTES + 1, MAX_EVIDENCE_PROOF_BYTES)
         url = check_evidence_url(doc["url"])
         expires = _check_evidence_expiry(doc["expires"], now_us)
         return EvidenceEntry(digest, size, expires, url=url)
-    raise _fail("malformed", "evidence entry fields wrong")
+    raise refusal("malformed", "evidence entry fields wrong")
 
 
 @dataclass(frozen=True)
@@ -206,21 +212,21 @@ class EvidenceSet:
         return [e for e in self.entries if not e.inline]
 
 
-def parse_evidence_set(value: object, now_us: int, verified: Container[bytes] = ()
-                       ) -> EvidenceSet:
-    """Decode an evidence container, verifying every inline proof (except those whose
-    sha256 is in ``verified``); bad or expired entries are dropped and counted, a
-    malformed container raises :class:`DhtError`."""
-    key, raw_entries = _open_container(value, EVIDENCE_SET_KIND, "evidence set")
+def parse_evidence_set(value: object, now_us: int, proof_verifier: ProofVerifier,
+                       verified: Container[bytes] = ()) -> EvidenceSet:
+    """Decode an evidence container, verifying every inline proof with
+    ``proof_verifier`` (except those whose sha256 is in ``verified``); bad or expired
+    entries are dropped and counted, a malformed container raises :class:`DhtError`."""
+    key, raw_entries = open_container(value, EVIDENCE_SET_KIND, "evidence set")
     node_id = evidence_node_id(key)
     if not isinstance(raw_entries, list) or len(raw_entries) > 4 * MAX_EVIDENCE:
-        raise _fail("malformed", "evidence set entries must be a short list")
+        raise refusal("malformed", "evidence set entries must be a short list")
     entries: list[EvidenceEntry] = []
     reasons: list[str] = []
     dropped = 0
     for raw in raw_entries:
         try:
-            entries.append(_evidence_entry(raw, node_id, now_us, verified))
+            entries.append(_evidence_entry(raw, node_id, now_us, proof_verifier, verified))
         except DhtError as exc:
             dropped += 1
             if exc.value not in INNOCENT:

@@ -22,7 +22,8 @@ gateway for nothing but availability:
   (:meth:`DhtNode.get_evidence`), a msgpack list of proof bodies; the client
   checks each one again (:meth:`GatewayClient.get_evidence`).
 
-Requests are rate limited per client address. :class:`GatewayClient` is the
+Requests are rate limited per client address (on the node's
+:attr:`~p2pmarket.dht.node.DhtNode.monotonic` clock). :class:`GatewayClient` is the
 proxied node's reader, :class:`GatewayDht` its publisher (same calls as
 :class:`~p2pmarket.dht.node.DhtNode` for publishing and finding).
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,10 +43,12 @@ from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.dht import offerquery
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.evidence import read_capped
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE,
     MAX_EVIDENCE_PROOF_BYTES,
+    ProofVerifier,
     check_proof,
     fit_evidence_set,
     make_evidence_entry,
@@ -59,12 +61,10 @@ from p2pmarket.dht.offers import (
     merge_offers,
     parse_offer_set,
 )
-from p2pmarket.dht.protocol import RateLimiter
+from p2pmarket.dht.ratelimit import RateLimiter
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
-    MAX_VALUE_BYTES,
     PPM,
-    DhtError,
     DocRef,
     HostRecord,
     ResourceAd,
@@ -104,7 +104,7 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
     limiter = RateLimiter(rate, burst)
 
     def limited(request: web.Request) -> bool:
-        ok = limiter.allow(request.remote or "?", time.monotonic())
+        ok = limiter.allow(request.remote or "?", node.monotonic())
         if not ok:
             node._count("gateway_limited")
         return not ok
@@ -214,9 +214,11 @@ async def fetch_document(record: HostRecord, session: aiohttp.ClientSession, *,
     return record.doc.check(data)
 
 
-def checked_proofs(raw: bytes, host_id: bytes, rejected: int = 0) -> tuple[list[bytes], int]:
-    """The valid, distinct proofs against ``host_id`` in a gateway's ``evidence-of``
-    answer (a msgpack list of bodies), and ``rejected`` plus how many were not."""
+def checked_proofs(raw: bytes, host_id: bytes, proof_verifier: ProofVerifier,
+                   rejected: int = 0) -> tuple[list[bytes], int]:
+    """The valid (by ``proof_verifier``), distinct proofs against ``host_id`` in a
+    gateway's ``evidence-of`` answer (a msgpack list of bodies), and ``rejected`` plus
+    how many were not."""
     try:
         doc = unpack(raw, MAX_EVIDENCE_ANSWER)
     except WireError:
@@ -228,7 +230,7 @@ def checked_proofs(raw: bytes, host_id: bytes, rejected: int = 0) -> tuple[list[
         try:
             if not isinstance(proof, bytes) or len(proof) > MAX_EVIDENCE_PROOF_BYTES:
                 raise DhtError("not a proof", "malformed")
-            check_proof(proof, host_id)
+            check_proof(proof, host_id, proof_verifier)
         except DhtError:
             rejected += 1
             continue
@@ -238,12 +240,14 @@ def checked_proofs(raw: bytes, host_id: bytes, rejected: int = 0) -> tuple[list[
 
 
 class GatewayClient:
-    """Reads the DHT through a public node's gateway; verifies every record it gets."""
+    """Reads the DHT through a public node's gateway; verifies every record it gets
+    (proofs with ``proof_verifier``)."""
 
-    def __init__(self, base_url: str, *, session: aiohttp.ClientSession | None = None,
-                 proxy: str | None = None, clock: Clock = now_us,
-                 timeout: float = 20.0) -> None:
+    def __init__(self, base_url: str, *, proof_verifier: ProofVerifier,
+                 session: aiohttp.ClientSession | None = None, proxy: str | None = None,
+                 clock: Clock = now_us, timeout: float = 20.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.proof_verifier = proof_verifier
         self.proxy = proxy
         self.clock = clock
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -315,7 +319,8 @@ class GatewayClient:
                 raw = await read_capped(resp, MAX_EVIDENCE_ANSWER)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
-        proofs, self.rejected = checked_proofs(raw, host_id, self.rejected)
+        proofs, self.rejected = checked_proofs(raw, host_id, self.proof_verifier,
+                                               self.rejected)
         return proofs
 
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
@@ -345,9 +350,9 @@ class GatewayDht(GatewayClient):
     """A proxied node's DHT: signs its own records and publishes them through a
     gateway, republishing every ``republish_s`` (call :meth:`start_republishing`)."""
 
-    def __init__(self, identity: Identity, base_url: str, *, url: str,
-                 republish_s: float = DEFAULT_REPUBLISH_S, **kw: Any) -> None:
-        super().__init__(base_url, **kw)
+    def __init__(self, identity: Identity, base_url: str, *, proof_verifier: ProofVerifier,
+                 url: str, republish_s: float = DEFAULT_REPUBLISH_S, **kw: Any) -> None:
+        super().__init__(base_url, proof_verifier=proof_verifier, **kw)
         self.identity = identity
         self.url = url
         self.republish_s = republish_s
@@ -375,7 +380,8 @@ class GatewayDht(GatewayClient):
     async def publish_evidence(self, host_id: bytes, proof: bytes) -> int:
         """Add ``proof`` to ``evidence/<host_id>`` through the gateway (republished with
         the other records); see :meth:`DhtNode.publish_evidence`."""
-        entry = make_evidence_entry(host_id, proof, now_us=self.clock(), url=self.url)
+        entry = make_evidence_entry(host_id, proof, self.proof_verifier, now_us=self.clock(),
+                                    url=self.url)
         self._proofs[entry.sha256] = (host_id, proof)
         key = evidence_key(host_id)
         return await self.store(key, fit_evidence_set(key, [entry])[0])

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from kademlia.node import Node
 
-from p2pmarket.dht.protocol import Result, parse_nodes
+from p2pmarket.dht.contacts import parse_nodes
+from p2pmarket.dht.rpc import Result
 
 if TYPE_CHECKING:
     from p2pmarket.dht.protocol import DhtProtocol

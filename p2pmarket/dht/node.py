@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -30,15 +31,19 @@ from kademlia.node import Node
 from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
+from p2pmarket.dht.checks import DhtError
+from p2pmarket.dht.contacts import valid_id
 from p2pmarket.dht.evidence import EvidenceFetcher
+from p2pmarket.dht.evidence_records import ProofVerifier
 from p2pmarket.dht.lookup import LookupStats
-from p2pmarket.dht.node_evidence import EvidenceMixin, _Proof
-from p2pmarket.dht.node_records import RecordsMixin, _HostFields
+from p2pmarket.dht.node_evidence import EvidenceMixin, HeldProof
+from p2pmarket.dht.node_records import HostFields, RecordsMixin
 from p2pmarket.dht.offers import fit_offer_set
 from p2pmarket.dht.persist import DhtState
-from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig, valid_id
-from p2pmarket.dht.records import DhtError
+from p2pmarket.dht.protocol import DhtProtocol
+from p2pmarket.dht.ratelimit import Monotonic
 from p2pmarket.dht.routing import PrefixPolicy
+from p2pmarket.dht.rpc import ProtocolConfig
 from p2pmarket.dht.storage import RecordStorage
 
 log = logging.getLogger(__name__)
@@ -59,7 +64,8 @@ class _Server(Server):  # type: ignore[misc]
 
     def _create_protocol(self) -> DhtProtocol:
         return DhtProtocol(self.node, self.storage, self.ksize, identity=self._owner.identity,
-                           config=self._owner.protocol_config, spawn=self._owner.spawn)
+                           config=self._owner.protocol_config, spawn=self._owner.spawn,
+                           monotonic=self._owner.monotonic)
 
     def refresh_table(self, interval: float = REFRESH_S) -> None:
         self._owner.spawn(self._refresh_table())
@@ -77,10 +83,14 @@ class _Server(Server):  # type: ignore[misc]
 
 class DhtNode(RecordsMixin, EvidenceMixin):
     """A DHT participant that publishes and finds signed host and offer records, and
-    proofs of misbehaviour (evidence)."""
+    proofs of misbehaviour (evidence). ``proof_verifier`` checks those proofs (the DHT
+    does not know their format); ``clock`` gives the wall-clock time records carry,
+    ``monotonic`` the time bans, rate limits and retry pauses run on."""
 
-    def __init__(self, identity: Identity, genesis: Genesis, *, clock: Clock = now_us,
-                 url: str = "", republish_s: float = DEFAULT_REPUBLISH_S, ksize: int = 20,
+    def __init__(self, identity: Identity, genesis: Genesis, *,
+                 proof_verifier: ProofVerifier, clock: Clock = now_us,
+                 monotonic: Monotonic = time.monotonic, url: str = "",
+                 republish_s: float = DEFAULT_REPUBLISH_S, ksize: int = 20,
                  alpha: int = 3, rpc_timeout: float = 5.0,
                  storage: RecordStorage | None = None, client_mode: bool = False,
                  policy: PrefixPolicy | None = None, db_path: Path | str | None = None,
@@ -90,7 +100,9 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         self.client_mode = client_mode
         self.identity = identity
         self.genesis = genesis
+        self.proof_verifier = proof_verifier
         self.clock = clock
+        self.monotonic = monotonic
         self.url = url
         self.republish_s = republish_s
         self.ttl_us = int(EXPIRY_FACTOR * republish_s * 1_000_000)
@@ -100,8 +112,8 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         self.host_quorum = max(1, host_quorum)
         self.get_alpha = max(1, min(alpha, get_alpha))
         self.policy = policy if policy is not None else PrefixPolicy()
-        self.storage = storage if storage is not None else RecordStorage(clock,
-                                                                         policy=self.policy)
+        self.storage = storage if storage is not None else RecordStorage(
+            proof_verifier, clock, policy=self.policy)
         self.protocol_config = ProtocolConfig(
             puzzle_bits=genesis.puzzle_bits, timeout=rpc_timeout, client_mode=client_mode,
             policy=self.policy, max_failures=max_failures,
@@ -111,13 +123,14 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         self.stats = LookupStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server = _Server(self, ksize, alpha)
-        self._host: _HostFields | None = None
+        self._host: HostFields | None = None
         self._offers: dict[str, tuple[int, int]] = {}
         self._docs: dict[bytes, bytes] = {}
-        self._proofs: OrderedDict[bytes, _Proof] = OrderedDict()
+        self._proofs: OrderedDict[bytes, HeldProof] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
-        self.evidence_fetcher = EvidenceFetcher(self.spawn, self._http, self._proof_checked,
-                                                self._count, self.storage.count_reject)
+        self.evidence_fetcher = EvidenceFetcher(
+            self.spawn, self._http, self._proof_checked, self._count,
+            self.storage.count_reject, proof_verifier=proof_verifier, monotonic=monotonic)
         self.storage.on_evidence = self._schedule_evidence
         self._saved_contacts: list[tuple[bytes, str, int]] = []
         self._restored = False
@@ -149,7 +162,7 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         stale = []
         for sha, node_id, data, own, expires in state.proofs():
             if own or expires > now:
-                self._proofs[sha] = _Proof(node_id, data, own, expires)
+                self._proofs[sha] = HeldProof(node_id, data, own, expires)
             else:
                 stale.append(sha)
         if stale:
@@ -157,7 +170,7 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         for name, doc in state.own().items():
             try:
                 if name == "host":
-                    self._host = _HostFields.from_doc(doc)
+                    self._host = HostFields.from_doc(doc)
                 elif name.startswith("offer/"):
                     self._offers[name.removeprefix("offer/")] = (int(doc[0]), int(doc[1]))
             except (KeyError, TypeError, ValueError, IndexError):

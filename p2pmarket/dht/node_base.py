@@ -23,10 +23,11 @@ from kademlia.node import Node
 from p2pmarket.core.clock import Clock
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
+from p2pmarket.dht.checks import MALICIOUS, DhtError
 from p2pmarket.dht.lookup import Accept, LookupResult, LookupStats, lookup
 from p2pmarket.dht.persist import DhtState
-from p2pmarket.dht.protocol import MALICIOUS, DhtProtocol
-from p2pmarket.dht.records import DhtError, key_digest
+from p2pmarket.dht.protocol import DhtProtocol
+from p2pmarket.dht.records import key_digest
 from p2pmarket.dht.storage import RecordStorage
 
 log = logging.getLogger(__name__)

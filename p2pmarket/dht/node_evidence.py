@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import aiohttp
 from kademlia.node import Node
 
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence import EvidenceFetcher, fetch_proof
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE,
     EvidenceEntry,
     EvidenceSet,
+    ProofVerifier,
     evidence_node_id,
     fit_evidence_set,
     make_evidence_entry,
@@ -32,7 +34,7 @@ from p2pmarket.dht.evidence_records import (
     parse_evidence_set,
 )
 from p2pmarket.dht.node_base import NodeBase
-from p2pmarket.dht.records import DhtError, evidence_key, key_digest
+from p2pmarket.dht.records import evidence_key, key_digest
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,8 @@ READ_FETCHES = 2 * MAX_EVIDENCE
 """Hash-only proofs one :meth:`DhtNode.get_evidence` fetches at most."""
 
 
-@dataclass
-class _Proof:
+@dataclass(frozen=True)
+class HeldProof:
     """An evidence body this node holds (checked): published by it or fetched."""
 
     node_id: bytes
@@ -56,8 +58,9 @@ class _Proof:
 class EvidenceMixin(NodeBase):
     """Publishing, storing and finding proofs of misbehaviour."""
 
+    proof_verifier: ProofVerifier
     evidence_fetcher: EvidenceFetcher
-    _proofs: OrderedDict[bytes, _Proof]
+    _proofs: OrderedDict[bytes, HeldProof]
     _session: aiohttp.ClientSession | None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -75,7 +78,7 @@ class EvidenceMixin(NodeBase):
         old = self._proofs.pop(sha256, None)
         if old is not None:
             own, expires = own or old.own, max(expires, old.expires)
-        self._proofs[sha256] = _Proof(node_id, data, own, expires)
+        self._proofs[sha256] = HeldProof(node_id, data, own, expires)
         if self.state is not None:
             self.state.put_proof(sha256, node_id, data, own, expires)
         fetched = [h for h, p in self._proofs.items() if not p.own]
@@ -98,14 +101,15 @@ class EvidenceMixin(NodeBase):
             self.storage.count_reject(str(exc.value))
 
     async def publish_evidence(self, host_id: bytes, proof: bytes) -> int:
-        """Add ``proof`` (checked here first: :class:`DhtError` ``bad_proof`` or
-        ``wrong_host`` if it is no valid proof against ``host_id``) to
+        """Add ``proof`` (checked here first, with :attr:`proof_verifier`:
+        :class:`DhtError` ``bad_proof`` or ``wrong_host`` if it is no valid proof
+        against ``host_id``) to
         ``evidence/<host_id>``; return how many storers accepted it. A proof over
         :data:`~p2pmarket.dht.evidence_records.INLINE_PROOF_BYTES` goes as
         ``{sha256, size, url}`` with this node's :attr:`url`, whose gateway must serve it
         (storers accept it for checking and store it once they fetched it). The body is
         kept (and persisted) and republished with a fresh expiry on every republish."""
-        entry = make_evidence_entry(host_id, proof, now_us=self.clock(),
+        entry = make_evidence_entry(host_id, proof, self.proof_verifier, now_us=self.clock(),
                                     url=self.url or None)
         self._keep_proof(entry.sha256, host_id, proof, True, entry.expires)
         key = evidence_key(host_id)
@@ -182,7 +186,7 @@ class EvidenceMixin(NodeBase):
         async def fetch(options: list[EvidenceEntry]) -> EvidenceEntry | None:
             for entry in options[:3]:
                 try:
-                    body = await fetch_proof(self._http(), entry, host_id,
+                    body = await fetch_proof(self._http(), entry, host_id, self.proof_verifier,
                                              timeout=self.evidence_fetcher.timeout)
                 except DhtError as exc:
                     self._count(f"lookup_rejected.evidence_{exc.value}")
@@ -200,7 +204,7 @@ class EvidenceMixin(NodeBase):
     def _check_evidence_set(self, peer: Node, value: bytes, key: str, now: int,
                             verified: set[bytes]) -> EvidenceSet | None:
         try:
-            evidence = parse_evidence_set(value, now, verified)
+            evidence = parse_evidence_set(value, now, self.proof_verifier, verified)
         except DhtError as exc:
             self._refused(peer, str(exc.value))
             return None

@@ -20,6 +20,7 @@ from typing import Any
 from kademlia.node import Node
 
 from p2pmarket.dht import offerquery
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.node_base import NodeBase
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
@@ -32,7 +33,6 @@ from p2pmarket.dht.offers import (
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
     PPM,
-    DhtError,
     DocRef,
     HostRecord,
     ResourceAd,
@@ -45,7 +45,10 @@ from p2pmarket.dht.records import (
 
 
 @dataclass(frozen=True)
-class _HostFields:
+class HostFields:
+    """What this node's host record says, kept to re-sign it on every republish (saved
+    in the state db as its ``host`` record; ``dht`` None: the address we listen on)."""
+
     resources: Mapping[str, ResourceAd]
     availability_ppm: int
     url: str
@@ -61,7 +64,7 @@ class _HostFields:
                 "doc": self.doc.to_doc() if self.doc else None, "reach": list(self.reach)}
 
     @classmethod
-    def from_doc(cls, doc: Any) -> _HostFields:
+    def from_doc(cls, doc: Any) -> HostFields:
         dht = doc["dht"]
         ref = doc["doc"]
         return cls({str(t): ResourceAd(*map(int, v)) for t, v in doc["resources"].items()},
@@ -77,7 +80,7 @@ class RecordsMixin(NodeBase):
     ttl_us: int
     host_quorum: int
     get_alpha: int
-    _host: _HostFields | None
+    _host: HostFields | None
     _offers: dict[str, tuple[int, int]]
     _docs: dict[bytes, bytes]
     _seq: int
@@ -116,7 +119,7 @@ class RecordsMixin(NodeBase):
                 raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
             ref = DocRef.of(document)
         attest = tuple(reach) if reach is not None else (old.reach if old else ())
-        fields = _HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest)
+        fields = HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest)
         record = self._sign_host(fields)
         self._host = fields
         if document is not None and ref is not None:
@@ -132,7 +135,7 @@ class RecordsMixin(NodeBase):
         """The document our host record names, by its hash (None if not ours)."""
         return self._docs.get(sha256)
 
-    def _sign_host(self, fields: _HostFields) -> HostRecord:
+    def _sign_host(self, fields: HostFields) -> HostRecord:
         if not fields.url:
             raise DhtError("a host record needs the node's RPC url", "no_url")
         return make_host_record(

@@ -16,10 +16,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
-from p2pmarket.dht.offers import OfferEntry, offer_doc, rank_offers
+from p2pmarket.dht.offers import OfferEntry, efficiency, eligible, offer_doc, rank_offers
 from p2pmarket.dht.records import HostRecord, host_doc
 
 
@@ -33,17 +32,6 @@ class MarketHost:
     @property
     def node_id(self) -> bytes:
         return self.record.node_id
-
-
-def efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
-    """Capacity per unit price, exact; a zero price ranks above every positive one."""
-    if entry.price == 0:
-        return (1, Fraction(entry.capacity))
-    return (0, Fraction(entry.capacity, entry.price))
-
-
-def eligible(entry: OfferEntry, min_capacity: int, max_price: int | None) -> bool:
-    return entry.capacity >= min_capacity and (max_price is None or entry.price <= max_price)
 
 
 def candidates(types: Sequence[str], offers: Mapping[str, Iterable[OfferEntry]],

@@ -6,7 +6,7 @@ Pure: no I/O, no clock.
   ``dht.offer``, body ``{key, node_id, url, type, capacity, price, expires}``,
   each signed by its host. One entry per signer (the newest envelope ``ts``
   wins), expired ones dropped, at most :data:`MAX_OFFERS` kept (the freshest),
-  and the whole container at most :data:`~p2pmarket.dht.records.MAX_VALUE_BYTES`.
+  and the whole container at most :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`.
 
 All times are integer microseconds; ``now_us`` always comes in as an argument.
 """
@@ -21,24 +21,22 @@ from typing import Any
 
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, seal
-from p2pmarket.dht.records import (
+from p2pmarket.dht.checks import (
     INNOCENT,
-    MAX_URL,
     MAX_VALUE_BYTES,
     DhtError,
-    _body,
-    _check_owner,
-    _check_size,
-    _check_times,
-    _envelope,
-    _fail,
-    _int,
-    _open_container,
-    _str,
-    _verify,
-    check_type_name,
-    offers_key,
+    check_body,
+    check_int,
+    check_owner,
+    check_signature,
+    check_size,
+    check_str,
+    check_times,
+    open_container,
+    open_envelope,
+    refusal,
 )
+from p2pmarket.dht.records import MAX_URL, check_type_name, offers_key
 
 OFFER_KIND = "dht.offer"
 OFFER_SET_KIND = "dht.offers"
@@ -73,22 +71,22 @@ class OfferEntry:
 
     @classmethod
     def from_envelope(cls, env: Envelope, now_us: int) -> OfferEntry:
-        body = _body(env, OFFER_KIND, OFFER_FIELDS)
-        node_id = _check_owner(env, body)
+        body = check_body(env, OFFER_KIND, OFFER_FIELDS)
+        node_id = check_owner(env, body)
         rtype = check_type_name(body["type"])
         if body["key"] != offers_key(rtype):
-            raise _fail("wrong_key", "offer key does not match its type")
-        url = _str(body["url"], "url", MAX_URL)
-        capacity = _int(body["capacity"], "capacity")
-        price = _int(body["price"], "price")
-        expires = _check_times(env, body["expires"], now_us)
-        _verify(env)
+            raise refusal("wrong_key", "offer key does not match its type")
+        url = check_str(body["url"], "url", MAX_URL)
+        capacity = check_int(body["capacity"], "capacity")
+        price = check_int(body["price"], "price")
+        expires = check_times(env, body["expires"], now_us)
+        check_signature(env)
         return cls(key=body["key"], node_id=node_id, url=url, type=rtype, capacity=capacity,
                    price=price, expires=expires, envelope=env)
 
     @classmethod
     def from_bytes(cls, value: object, now_us: int) -> OfferEntry:
-        return cls.from_envelope(_envelope(value), now_us)
+        return cls.from_envelope(open_envelope(value), now_us)
 
 
 def make_offer_entry(identity: Identity, *, resource_type: str, url: str, capacity: int,
@@ -104,7 +102,7 @@ def make_offer_entry(identity: Identity, *, resource_type: str, url: str, capaci
         "expires": now_us + ttl_us,
     }
     entry = OfferEntry.from_envelope(seal(identity, OFFER_KIND, body, ts=now_us), now_us)
-    _check_size(pack_offer_set(entry.key, [entry]))
+    check_size(pack_offer_set(entry.key, [entry]))
     return entry
 
 
@@ -138,7 +136,7 @@ def fit_offer_set(key: str, entries: Iterable[OfferEntry]) -> tuple[bytes, list[
     size = len(encode([]))
     for entry in entries:
         if entry.key != key:
-            raise _fail("wrong_key", "offer entry for another key")
+            raise refusal("wrong_key", "offer entry for another key")
         raw = entry.value
         # msgpack bin header (<= 3 bytes) + array header growth (<= 2 bytes)
         if size + len(raw) + 5 > MAX_VALUE_BYTES:
@@ -168,12 +166,12 @@ def parse_offer_set(value: object, now_us: int,
     """Decode a container; invalid or expired entries are dropped and counted, a
     malformed container raises :class:`DhtError`. ``known`` maps encodings to entries
     already verified (their signatures are not checked again; expiry still is)."""
-    key, raw_entries = _open_container(value, OFFER_SET_KIND, "offer set")
+    key, raw_entries = open_container(value, OFFER_SET_KIND, "offer set")
     if not isinstance(key, str) or not key.startswith("offers/"):
-        raise _fail("wrong_key", "offer set key must be offers/<type>")
+        raise refusal("wrong_key", "offer set key must be offers/<type>")
     check_type_name(key.removeprefix("offers/"))
     if not isinstance(raw_entries, list):
-        raise _fail("malformed", "offer set entries must be a list")
+        raise refusal("malformed", "offer set entries must be a list")
     entries: list[OfferEntry] = []
     dropped = forged = 0
     for raw in raw_entries:
@@ -195,11 +193,16 @@ def parse_offer_set(value: object, now_us: int,
 
 # -- ranking -----------------------------------------------------------------
 
-def _efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
+def efficiency(entry: OfferEntry) -> tuple[int, Fraction]:
     """Capacity per unit price, exact; a zero price ranks above every positive one."""
     if entry.price == 0:
         return (1, Fraction(entry.capacity))
     return (0, Fraction(entry.capacity, entry.price))
+
+
+def eligible(entry: OfferEntry, min_capacity: int, max_price: int | None) -> bool:
+    """Whether ``entry`` offers at least ``min_capacity`` at most at ``max_price``."""
+    return entry.capacity >= min_capacity and (max_price is None or entry.price <= max_price)
 
 
 def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
@@ -211,14 +214,13 @@ def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
     """
     if n <= 0:
         return []
-    eligible = [e for e in entries if e.capacity >= min_capacity
-                and (max_price is None or e.price <= max_price)]
+    kept = [e for e in entries if eligible(e, min_capacity, max_price)]
 
     def order(e: OfferEntry) -> tuple[int, Fraction, int, int, bytes]:
-        tier, ratio = _efficiency(e)
+        tier, ratio = efficiency(e)
         return (-tier, -ratio, -e.capacity, e.price, e.node_id)
 
-    return sorted(eligible, key=order)[:n]
+    return sorted(kept, key=order)[:n]
 
 
 def offer_doc(entry: OfferEntry) -> dict[str, Any]:

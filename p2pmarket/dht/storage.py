@@ -4,13 +4,14 @@ Every store is checked: the value must be a valid, unexpired record whose key
 name hashes (sha1, as kademlia does) to exactly the digest key it is stored
 under. Host records obey their ``seq``; offer sets are merged entry by entry,
 capped per key and per network prefix of the entries' URL hosts (freshest kept).
-Evidence sets keep only verified proofs: inline ones are verified on the way in;
-a hash-only entry the storage has not checked itself is handed to
+Evidence sets keep only verified proofs: inline ones are verified on the way in
+(by the :data:`~p2pmarket.dht.evidence_records.ProofVerifier` the storage is
+given); a hash-only entry the storage has not checked itself is handed to
 :attr:`RecordStorage.on_evidence` (the node fetches the body, checks it and then
 calls :meth:`RecordStorage.put_evidence`); without that hook it is refused.
-Expired values are dropped when read and are never returned, iterated (the
-stock package republishes what ``__iter__``/``iter_older_than`` yield) or
-handed to new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
+Expired values are dropped when read and are never returned, iterated (the stock
+package republishes what ``__iter__``/``iter_older_than`` yield) or handed to
+new contacts. Refusals are counted in :attr:`RecordStorage.counters`.
 :func:`parse_record` decodes and verifies a stored value of any kind.
 """
 
@@ -25,11 +26,13 @@ from kademlia.storage import IStorage
 
 from p2pmarket.core.clock import Clock, now_us
 from p2pmarket.core.wire import WireError, unpack
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError, refusal
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_SET_KIND,
     MAX_EVIDENCE,
     EvidenceEntry,
     EvidenceSet,
+    ProofVerifier,
     fit_evidence_set,
     merge_evidence,
     parse_evidence_set,
@@ -43,15 +46,7 @@ from p2pmarket.dht.offers import (
     merge_offers,
     parse_offer_set,
 )
-from p2pmarket.dht.records import (
-    HOST_KIND,
-    MAX_VALUE_BYTES,
-    DhtError,
-    HostRecord,
-    _fail,
-    key_digest,
-    url_host,
-)
+from p2pmarket.dht.records import HOST_KIND, HostRecord, key_digest, url_host
 from p2pmarket.dht.routing import PrefixPolicy
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
@@ -63,28 +58,28 @@ EvidenceHook = Callable[[bytes, str, list[EvidenceEntry]], int]
 for checking."""
 
 
-def parse_record(value: object, now_us: int,
+def parse_record(value: object, now_us: int, proof_verifier: ProofVerifier,
                  known: Mapping[bytes, OfferEntry] | None = None,
                  known_proofs: Container[bytes] = ()) -> HostRecord | OfferSet | EvidenceSet:
     """A stored value of any kind, verified (the key name it claims is in ``.key``);
-    for an evidence set, only the inline entries are verified (see
-    :func:`parse_evidence_set`)."""
+    for an evidence set, only the inline entries are verified, with ``proof_verifier``
+    (see :func:`parse_evidence_set`)."""
     if not isinstance(value, bytes):
-        raise _fail("malformed", "value must be bytes")
+        raise refusal("malformed", "value must be bytes")
     if len(value) > MAX_VALUE_BYTES:
-        raise _fail("too_large", f"value larger than {MAX_VALUE_BYTES} bytes")
+        raise refusal("too_large", f"value larger than {MAX_VALUE_BYTES} bytes")
     try:
         doc = unpack(value, MAX_VALUE_BYTES)
     except WireError:
-        raise _fail("malformed", "value is not msgpack") from None
+        raise refusal("malformed", "value is not msgpack") from None
     kind = doc.get("kind") if isinstance(doc, dict) else None
     if kind == OFFER_SET_KIND:
         return parse_offer_set(value, now_us, known)
     if kind == HOST_KIND:
         return HostRecord.from_bytes(value, now_us)
     if kind == EVIDENCE_SET_KIND:
-        return parse_evidence_set(value, now_us, known_proofs)
-    raise _fail("unsupported", f"unsupported record kind {kind!r:.40}")
+        return parse_evidence_set(value, now_us, proof_verifier, known_proofs)
+    raise refusal("unsupported", f"unsupported record kind {kind!r:.40}")
 
 
 @dataclass
@@ -101,10 +96,13 @@ class _Item:
 
 
 class RecordStorage(IStorage):  # type: ignore[misc]
-    """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests."""
+    """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests;
+    ``proof_verifier`` checks the proofs in evidence sets."""
 
-    def __init__(self, clock: Clock = now_us, max_keys: int = DEFAULT_MAX_KEYS,
-                 max_offers: int = MAX_OFFERS, policy: PrefixPolicy | None = None) -> None:
+    def __init__(self, proof_verifier: ProofVerifier, clock: Clock = now_us,
+                 max_keys: int = DEFAULT_MAX_KEYS, max_offers: int = MAX_OFFERS,
+                 policy: PrefixPolicy | None = None) -> None:
+        self.proof_verifier = proof_verifier
         self.clock = clock
         self.max_keys = max_keys
         self.max_offers = max_offers
@@ -130,7 +128,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             known = {e.value: e for e in held.offers} if held is not None else None
             proofs = {e.sha256 for e in held.evidence if e.inline} if held is not None \
                 else set()
-            record = parse_record(value, now, known, proofs)
+            record = parse_record(value, now, self.proof_verifier, known, proofs)
             if key_digest(record.key) != dkey:
                 raise DhtError("record stored under another key's digest", "wrong_key")
             if isinstance(record, HostRecord):

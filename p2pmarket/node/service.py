@@ -24,6 +24,7 @@ from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_a
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Payment
 from p2pmarket.audit.control import control_handlers as audit_control_handlers
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.witness import Peer, WitnessService
@@ -77,7 +78,7 @@ class Node:
         self.dispatcher = RpcDispatcher(identity)
         self.peers = PeerClient(identity)
         self.evidence = EvidenceStore(data_dir.evidence_db)
-        self.dht = DhtNode(identity, genesis, url=settings.url,
+        self.dht = DhtNode(identity, genesis, proof_verifier=proof_host_id, url=settings.url,
                            republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
         self.notary: NotaryService | None = None
         if identity.public_key in genesis.notary_keys:

@@ -39,6 +39,7 @@ from kademlia.crawling import ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.protocol import KademliaProtocol
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
@@ -185,7 +186,8 @@ async def run_ours(args: argparse.Namespace, rng: random.Random) -> dict[str, An
     gen = genesis()
     nodes: list[DhtNode] = []
     for _ in range(args.nodes):
-        node = DhtNode(Identity(rng.randbytes(32)), gen, rpc_timeout=args.rpc_timeout)
+        node = DhtNode(Identity(rng.randbytes(32)), gen, proof_verifier=proof_host_id,
+                       rpc_timeout=args.rpc_timeout)
         await node.start(HOST, 0)
         node.url = f"http://{HOST}:{node.port}"
         nodes.append(node)

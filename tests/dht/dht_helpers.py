@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
@@ -80,8 +82,8 @@ class Swarm:
 
     async def add(self, clock: Callable[[], int] | None = None,
                   republish_s: float = 600.0) -> DhtNode:
-        node = DhtNode(Identity.generate(), self.genesis, clock=clock or now_us,
-                       republish_s=republish_s, rpc_timeout=1.0)
+        node = DhtNode(Identity.generate(), self.genesis, proof_verifier=proof_host_id,
+                       clock=clock or now_us, republish_s=republish_s, rpc_timeout=1.0)
         await node.start("127.0.0.1", 0)
         node.url = f"http://127.0.0.1:{node.port + 1}"
         if self.nodes:
@@ -113,19 +115,22 @@ async def serve(routes: list[Any]) -> tuple[Any, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-def make_protocol(storage: Any = None, ksize: int = 20, **config: Any) -> Any:
+def make_protocol(storage: Any = None, ksize: int = 20,
+                  monotonic: Callable[[], float] = time.monotonic, **config: Any) -> Any:
     """A DhtProtocol with no socket (for table and hand-off tests); spawned coroutines
     become tasks kept in ``proto.test_tasks``."""
     from kademlia.node import Node
 
-    from p2pmarket.dht.protocol import DhtProtocol, ProtocolConfig
+    from p2pmarket.dht.protocol import DhtProtocol
     from p2pmarket.dht.routing import UNCAPPED
+    from p2pmarket.dht.rpc import ProtocolConfig
     from p2pmarket.dht.storage import RecordStorage
     ident = Identity.generate()
     tasks: list[asyncio.Task[Any]] = []
     config.setdefault("policy", UNCAPPED)
-    proto = DhtProtocol(Node(ident.node_id), storage or RecordStorage(FakeClock()), ksize,
-                        identity=ident, config=ProtocolConfig(**config),
+    storage = storage or RecordStorage(proof_host_id, FakeClock())
+    proto = DhtProtocol(Node(ident.node_id), storage, ksize, identity=ident,
+                        config=ProtocolConfig(**config), monotonic=monotonic,
                         spawn=lambda coro: tasks.append(asyncio.ensure_future(coro)))
     proto.test_tasks = tasks
     return proto

@@ -12,6 +12,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import ForgetfulStorage
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
@@ -166,7 +167,7 @@ async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
 
     from p2pmarket.dht.offers import pack_offer_set
     from p2pmarket.dht.storage import RecordStorage
-    st = RecordStorage(policy=PrefixPolicy(offers_cap=2))
+    st = RecordStorage(proof_host_id, policy=PrefixPolicy(offers_cap=2))
     idents = [Identity.generate() for _ in range(5)]
     for i, ident in enumerate(idents):
         entry = offer(ident, now=now_us())
@@ -175,7 +176,7 @@ async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
         assert i >= 0
     # the helper's offers all name http://127.0.0.1:8000: loopback is exempt
     assert len(st.offer_entries(key_digest("offers/cpu"))) == 5
-    st2 = RecordStorage(policy=PrefixPolicy(offers_cap=2, exempt=()))
+    st2 = RecordStorage(proof_host_id, policy=PrefixPolicy(offers_cap=2, exempt=()))
     for ident in idents:
         st2.put(key_digest("offers/cpu"), pack_offer_set("offers/cpu", [offer(ident,
                                                                               now=now_us())]))
@@ -183,3 +184,29 @@ async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
     assert st2.counters["capped_entries"] >= 3
     assert host_key(idents[0].node_id) and host()
     assert DhtNode  # imported for type context
+
+
+async def test_bans_and_hand_off_pauses_run_on_the_protocol_clock() -> None:
+    from p2pmarket.dht.contacts import BAN_S
+    now = [1000.0]
+    proto = make_protocol(monotonic=lambda: now[0], handoff_interval=60.0)
+    liar, addr = Identity.generate().node_id, ("203.0.113.5", 4000)
+    proto.ban(liar, addr, "forged")
+    now[0] += BAN_S - 1
+    assert proto.is_banned(liar, None) and proto.is_banned(None, addr)
+    now[0] += 2   # the ban is over once the given clock says so
+    assert not proto.is_banned(liar, addr)
+    assert proto._counters["banned.forged"] == 1
+    newcomer = Node(Identity.generate().node_id, "127.0.0.1", 4001)
+    proto._admit(newcomer)
+    assert newcomer.id in proto._newcomers
+    proto._handoff()
+    now[0] += 59   # admitted again within the hand-off interval: nothing to hand
+    proto._admit(newcomer)
+    assert newcomer.id not in proto._newcomers
+    now[0] += 2
+    proto._admit(newcomer)
+    assert newcomer.id in proto._newcomers
+    proto._handoff()
+    for task in proto.test_tasks:
+        task.cancel()

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
@@ -34,7 +35,8 @@ async def _gets(nodes: list[DhtNode], live: list[int], publishers: list[int],
 async def test_200_nodes_keep_every_record_when_nodes_are_killed_mid_run(
         genesis: Genesis, fraction: float) -> None:
     rng = random.Random(3000 + int(fraction * 100))
-    nodes = [DhtNode(Identity(rng.randbytes(32)), genesis, rpc_timeout=2.0) for _ in range(N)]
+    nodes = [DhtNode(Identity(rng.randbytes(32)), genesis, proof_verifier=proof_host_id,
+                     rpc_timeout=2.0) for _ in range(N)]
     try:
         for node in nodes:
             await node.start("127.0.0.1", 0)

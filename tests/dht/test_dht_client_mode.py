@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dht_helpers import Swarm
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
 
@@ -21,7 +22,8 @@ async def test_client_finds_records_and_leaves_no_contact(swarm: Swarm) -> None:
         await n.publish_host(CPU)
         await n.publish_offer("cpu", capacity=100 + i, price=10)
 
-    client = DhtNode(Identity.generate(), swarm.genesis, client_mode=True, rpc_timeout=1.0)
+    client = DhtNode(Identity.generate(), swarm.genesis, proof_verifier=proof_host_id,
+                     client_mode=True, rpc_timeout=1.0)
     await client.start("127.0.0.1", 0)
     try:
         assert await client.bootstrap([nodes[0].address]) > 0
@@ -37,7 +39,8 @@ async def test_client_finds_records_and_leaves_no_contact(swarm: Swarm) -> None:
 async def test_server_mode_peer_does_enter_routing_tables(swarm: Swarm) -> None:
     # the control case: the same steps in server mode leave the contact behind
     nodes = await swarm.grow(4)
-    peer = DhtNode(Identity.generate(), swarm.genesis, rpc_timeout=1.0)
+    peer = DhtNode(Identity.generate(), swarm.genesis, proof_verifier=proof_host_id,
+                   rpc_timeout=1.0)
     await peer.start("127.0.0.1", 0)
     try:
         await peer.bootstrap([nodes[0].address])

@@ -18,12 +18,18 @@ from kademlia.node import Node
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.machine import new_state
 from p2pmarket.auction.snapshot import snapshot
-from p2pmarket.audit.evidence import inconsistency_proof, nonconformance_proof, verify_proof
+from p2pmarket.audit.evidence import (
+    inconsistency_proof,
+    nonconformance_proof,
+    proof_host_id,
+    verify_proof,
+)
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.replay import replay
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack, unpack
 from p2pmarket.dht import DhtNode
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.evidence_records import (
     EVIDENCE_TTL_US,
     INLINE_PROOF_BYTES,
@@ -35,7 +41,7 @@ from p2pmarket.dht.evidence_records import (
     parse_evidence_set,
 )
 from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
-from p2pmarket.dht.records import MAX_VALUE_BYTES, DhtError, evidence_key, key_digest
+from p2pmarket.dht.records import evidence_key, key_digest
 from p2pmarket.dht.storage import RecordStorage, parse_record
 from p2pmarket.ledger.chain import Authenticator, auth_message
 
@@ -99,54 +105,55 @@ def ref_set(node_id: bytes, proof: bytes, url: str, expires: int) -> bytes:
 
 def test_entries_inline_when_small_hash_only_when_large() -> None:
     small, large = small_proof(), large_proof()
-    entry = make_evidence_entry(HOST.node_id, small, now_us=NOW)
+    entry = make_evidence_entry(HOST.node_id, small, proof_host_id, now_us=NOW)
     assert entry.inline and entry.proof == small and entry.expires == NOW + EVIDENCE_TTL_US
     with pytest.raises(DhtError) as err:
-        make_evidence_entry(HOST.node_id, large, now_us=NOW)
+        make_evidence_entry(HOST.node_id, large, proof_host_id, now_us=NOW)
     assert err.value.value == "no_url"
-    ref = make_evidence_entry(HOST.node_id, large, now_us=NOW, url="http://127.0.0.1:8000")
+    ref = make_evidence_entry(HOST.node_id, large, proof_host_id, now_us=NOW, url="http://127.0.0.1:8000")
     assert not ref.inline and ref.size == len(large)
     assert ref.fetch_url == f"http://127.0.0.1:8000/dht/evidence/{ref.sha256.hex()}"
     value, kept = fit_evidence_set(evidence_key(HOST.node_id), [entry, ref])
     assert kept == [entry, ref] and len(value) <= MAX_VALUE_BYTES
-    parsed = parse_record(value, NOW)
-    assert isinstance(parsed, type(parse_evidence_set(value, NOW)))
+    parsed = parse_record(value, NOW, proof_host_id)
+    assert isinstance(parsed, type(parse_evidence_set(value, NOW, proof_host_id)))
     assert parsed.key == evidence_key(HOST.node_id)
-    assert parse_evidence_set(value, NOW).entries == (entry, ref)
+    assert parse_evidence_set(value, NOW, proof_host_id).entries == (entry, ref)
     for bad in (forged_signature(small), small_proof(OTHER), b"\x80"):
         with pytest.raises(DhtError):
-            make_evidence_entry(HOST.node_id, bad, now_us=NOW)
+            make_evidence_entry(HOST.node_id, bad, proof_host_id, now_us=NOW)
 
 
 def test_parse_refuses_forged_and_malformed_entries() -> None:
     good = small_proof()
     parsed = parse_evidence_set(
-        inline_set(HOST.node_id, good, forged_signature(good), small_proof(OTHER)), NOW)
+        inline_set(HOST.node_id, good, forged_signature(good), small_proof(OTHER)), NOW,
+        proof_host_id)
     assert [e.proof for e in parsed.entries] == [good]
     assert parsed.forged == 2 and sorted(parsed.reasons) == ["bad_proof", "wrong_host"]
     # expired or too long entries are dropped as innocent (clocks differ)
-    late = parse_evidence_set(inline_set(HOST.node_id, good, expires=NOW - 1), NOW)
+    late = parse_evidence_set(inline_set(HOST.node_id, good, expires=NOW - 1), NOW, proof_host_id)
     assert late.entries == () and late.dropped == 1 and late.forged == 0
     far = parse_evidence_set(inline_set(HOST.node_id, good, expires=NOW + 2 * EVIDENCE_TTL_US),
-                             NOW)
+                             NOW, proof_host_id)
     assert far.entries == () and far.forged == 0
     # a hash-only entry for a proof small enough to go inline is malformed
     small_ref = ref_set(HOST.node_id, good, "http://127.0.0.1:1", NOW + 10**9)
-    assert parse_evidence_set(small_ref, NOW).reasons == ("malformed",)
+    assert parse_evidence_set(small_ref, NOW, proof_host_id).reasons == ("malformed",)
     bad_url = ref_set(HOST.node_id, large_proof(pad=6), "file:///etc/passwd", NOW + 10**9)
-    assert parse_evidence_set(bad_url, NOW).reasons == ("malformed",)
+    assert parse_evidence_set(bad_url, NOW, proof_host_id).reasons == ("malformed",)
     for value in (pack({"kind": "dht.evidence", "key": "evidence/zz", "entries": []}),
                   pack({"kind": "dht.evidence", "key": "host/" + "a" * 40, "entries": []}),
                   pack([1])):
         with pytest.raises(DhtError):
-            parse_evidence_set(value, NOW)
+            parse_evidence_set(value, NOW, proof_host_id)
 
 
 def test_merge_dedups_by_hash_caps_and_prefers_inline() -> None:
     proofs = [small_proof(seq=i) for i in range(MAX_EVIDENCE + 3)]
-    entries = [make_evidence_entry(HOST.node_id, p, now_us=NOW) for p in proofs]
-    again = make_evidence_entry(HOST.node_id, proofs[0], now_us=NOW + 5)
-    ref = make_evidence_entry(HOST.node_id, large_proof(), now_us=NOW, url="http://h:1")
+    entries = [make_evidence_entry(HOST.node_id, p, proof_host_id, now_us=NOW) for p in proofs]
+    again = make_evidence_entry(HOST.node_id, proofs[0], proof_host_id, now_us=NOW + 5)
+    ref = make_evidence_entry(HOST.node_id, large_proof(), proof_host_id, now_us=NOW, url="http://h:1")
     merged = merge_evidence([ref, *entries, again], NOW)
     assert len(merged) == MAX_EVIDENCE and ref not in merged
     assert len({e.sha256 for e in merged}) == MAX_EVIDENCE
@@ -158,7 +165,7 @@ def test_merge_dedups_by_hash_caps_and_prefers_inline() -> None:
 
 
 def test_storage_keeps_verified_proofs_only(clock: FakeClock) -> None:
-    storage = RecordStorage(clock)
+    storage = RecordStorage(proof_host_id, clock)
     key = evidence_key(HOST.node_id)
     dkey = key_digest(key)
     good = small_proof()
@@ -258,7 +265,7 @@ async def test_large_proof_goes_by_hash_and_url_and_is_fetched(swarm: Swarm) -> 
         assert got == [proof] and verify_proof(got[0], HOST.node_id).type == "nonconformance"
         assert reader.evidence_body(digest) == proof
         # the gateway serves bodies it holds, and only those
-        client = GatewayClient(base)
+        client = GatewayClient(base, proof_verifier=proof_host_id)
         try:
             async with client.session.get(f"{base}/dht/evidence/{digest.hex()}") as resp:
                 assert resp.status == 200 and await resp.read() == proof
@@ -289,7 +296,8 @@ async def test_forged_proofs_are_refused_counted_and_change_nothing(swarm: Swarm
     expires = target.clock() + EVIDENCE_TTL_US
 
     async def attacker() -> DhtNode:
-        node = DhtNode(Identity.generate(), swarm.genesis, rpc_timeout=1.0)
+        node = DhtNode(Identity.generate(), swarm.genesis, proof_verifier=proof_host_id,
+                       rpc_timeout=1.0)
         await node.start()
         swarm.nodes.append(node)
         return node
@@ -363,7 +371,7 @@ async def test_published_proofs_survive_a_restart_and_are_republished(tmp_path: 
         nodes = await swarm.grow(3)
         ident = Identity.generate()
         db = tmp_path / "dht.sqlite"
-        node = DhtNode(ident, genesis, db_path=db, rpc_timeout=1.0)
+        node = DhtNode(ident, genesis, proof_verifier=proof_host_id, db_path=db, rpc_timeout=1.0)
         await node.start()
         runner, base = await serve(gateway_routes(node))
         node.url = base
@@ -372,7 +380,7 @@ async def test_published_proofs_survive_a_restart_and_are_republished(tmp_path: 
         await node.publish_evidence(HOST.node_id, large)
         await node.publish_evidence(HOST.node_id, small)
         await node.close()
-        again = DhtNode(ident, genesis, db_path=db, rpc_timeout=1.0)
+        again = DhtNode(ident, genesis, proof_verifier=proof_host_id, db_path=db, rpc_timeout=1.0)
         await again.start()
         swarm.nodes.append(again)
         assert again.evidence_body(hashlib.sha256(large).digest()) == large
@@ -396,7 +404,7 @@ async def test_published_proofs_survive_a_restart_and_are_republished(tmp_path: 
 async def test_proxied_node_publishes_evidence_through_a_gateway(swarm: Swarm) -> None:
     nodes = await swarm.grow(4)
     runner, base = await serve(gateway_routes(nodes[0]))
-    proxied = GatewayDht(Identity.generate(), base, url="http://127.0.0.1:9")
+    proxied = GatewayDht(Identity.generate(), base, proof_verifier=proof_host_id, url="http://127.0.0.1:9")
     try:
         proof = small_proof()
         assert await proxied.publish_evidence(HOST.node_id, proof) >= 1

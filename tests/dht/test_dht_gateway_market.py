@@ -8,12 +8,14 @@ import pytest
 from aiohttp import web
 from dht_helpers import FakeClock, Swarm, serve
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
 from p2pmarket.dht import DhtNode, ResourceAd
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
 from p2pmarket.dht.offerquery import market_doc
-from p2pmarket.dht.records import DhtError, host_key, key_digest
+from p2pmarket.dht.records import host_key, key_digest
 
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 
@@ -22,7 +24,7 @@ async def test_proxied_node_publishes_and_reads_through_a_gateway(swarm: Swarm) 
     nodes = await swarm.grow(5)
     public = nodes[0]
     runner, base = await serve(gateway_routes(public))
-    proxied = GatewayDht(Identity.generate(), base, url="http://127.0.0.1:9")
+    proxied = GatewayDht(Identity.generate(), base, proof_verifier=proof_host_id, url="http://127.0.0.1:9")
     try:
         rec = await proxied.publish_host({"cpu": ResourceAd(500, 2, 2)})
         await proxied.publish_offer("cpu", 500, 2)
@@ -63,7 +65,8 @@ async def test_gateway_answers_are_verified_and_rate_limited(swarm: Swarm) -> No
         return web.Response(body=bytes(raw))
     runner, base = await serve([web.get("/dht/host/{node_id}", lying)])
     runner2, base2 = await serve(gateway_routes(nodes[0], rate=0.001, burst=2))
-    client, client2 = GatewayClient(base), GatewayClient(base2)
+    client = GatewayClient(base, proof_verifier=proof_host_id)
+    client2 = GatewayClient(base2, proof_verifier=proof_host_id)
     try:
         assert await client.get_host(nodes[1].node_id) is None
         assert client.rejected == 1

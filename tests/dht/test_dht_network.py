@@ -8,6 +8,7 @@ import time
 import pytest
 from dht_helpers import NOW, FakeClock, Swarm, wait_for
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity, meets_puzzle
 from p2pmarket.core.wire import seal
@@ -172,7 +173,7 @@ async def test_late_joiner_is_handed_records(swarm: Swarm) -> None:
 
 
 async def test_lone_node_and_bad_usage(genesis: Genesis) -> None:
-    node = DhtNode(Identity.generate(), genesis, clock=FakeClock(NOW))
+    node = DhtNode(Identity.generate(), genesis, proof_verifier=proof_host_id, clock=FakeClock(NOW))
     with pytest.raises(DhtError) as err:
         await node.publish_host(CPU)
     assert err.value.value == "no_url"
@@ -199,7 +200,7 @@ def test_node_id_must_meet_the_genesis_puzzle(genesis: Genesis) -> None:
     weak = Identity(b"\x00" * 32)
     assert not meets_puzzle(weak.node_id, 12)
     with pytest.raises(DhtError) as err:
-        DhtNode(weak, hard)
+        DhtNode(weak, hard, proof_verifier=proof_host_id)
     assert err.value.value == "puzzle"
 
 

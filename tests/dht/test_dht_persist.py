@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dht_helpers import FakeClock, Swarm, wait_for
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
@@ -21,7 +22,8 @@ async def test_restart_rejoins_through_saved_contacts_and_republishes(
     nodes = await swarm.grow(6, clock=clock, republish_s=10.0)
     ident = Identity.generate()
     db = tmp_path / "dht.sqlite"
-    first = DhtNode(ident, genesis, clock=clock, republish_s=10.0, db_path=db, rpc_timeout=1.0)
+    first = DhtNode(ident, genesis, proof_verifier=proof_host_id, clock=clock, republish_s=10.0,
+                    db_path=db, rpc_timeout=1.0)
     await first.start("127.0.0.1", 0)
     first.url = "http://127.0.0.1:8123"
     assert await first.bootstrap([nodes[0].address]) > 0
@@ -37,7 +39,8 @@ async def test_restart_rejoins_through_saved_contacts_and_republishes(
     clock.advance(30)  # past the expiry: nothing of it is left anywhere
     assert await nodes[2].get_host(ident.node_id) is None
 
-    again = DhtNode(ident, genesis, clock=clock, republish_s=10.0, db_path=db, rpc_timeout=1.0)
+    again = DhtNode(ident, genesis, proof_verifier=proof_host_id, clock=clock, republish_s=10.0,
+                    db_path=db, rpc_timeout=1.0)
     await again.start("127.0.0.1", 0)  # a new port, no bootstrap peer given
     try:
         assert again.url == "http://127.0.0.1:8123"

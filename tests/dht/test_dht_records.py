@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, seal, unpack
+from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
     OfferEntry,
@@ -18,8 +20,6 @@ from p2pmarket.dht.offers import (
     rank_offers,
 )
 from p2pmarket.dht.records import (
-    MAX_VALUE_BYTES,
-    DhtError,
     HostRecord,
     ResourceAd,
     host_key,
@@ -39,7 +39,7 @@ def test_host_record_round_trip() -> None:
     assert again.dht == ("127.0.0.1", 9000)
     assert again.expires == NOW + TTL
     assert len(rec.value) < 1024
-    assert parse_record(rec.value, NOW) == rec
+    assert parse_record(rec.value, NOW, proof_host_id) == rec
 
 
 def test_host_record_signed_by_another_key_refused() -> None:
@@ -112,7 +112,8 @@ def test_record_signed_in_the_future_refused() -> None:
 
 def test_oversize_refused_and_offer_sets_trimmed_to_fit() -> None:
     big = b"\x00" * (MAX_VALUE_BYTES + 1)
-    for parse in (HostRecord.from_bytes, parse_offer_set, parse_record):
+    for parse in (HostRecord.from_bytes, parse_offer_set,
+                  lambda value, now: parse_record(value, now, proof_host_id)):
         with pytest.raises(DhtError) as err:
             parse(big, NOW)
         assert err.value.value == "too_large"
@@ -202,7 +203,7 @@ def test_offer_set_drops_bad_entries() -> None:
 def test_parse_record_refuses_unknown_kinds() -> None:
     env: Envelope = seal(ALICE, "dht.unknown", {"key": "evidence/aa"}, ts=NOW)
     with pytest.raises(DhtError) as err:
-        parse_record(env.encode(), NOW)
+        parse_record(env.encode(), NOW, proof_host_id)
     assert err.value.value == "unsupported"
 
 

@@ -21,11 +21,13 @@ from kademlia.storage import ForgetfulStorage
 from kademlia.utils import digest
 from rpcudp.exceptions import MalformedMessage
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
+from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.gateway import fetch_document, gateway_routes
-from p2pmarket.dht.records import DhtError, host_key, key_digest
+from p2pmarket.dht.records import host_key, key_digest
 from p2pmarket.dht.routing import UNCAPPED, DhtRoutingTable, RttTable
 from p2pmarket.dht.storage import RecordStorage
 
@@ -122,7 +124,7 @@ def test_issue104_stock_republish_resurrects_expired_values_ours_cannot() -> Non
 
     # ours: the expiry is inside the signed record; republishing cannot extend it
     clock = FakeClock()
-    origin2, peer2 = RecordStorage(clock), RecordStorage(clock)
+    origin2, peer2 = RecordStorage(proof_host_id, clock), RecordStorage(proof_host_id, clock)
     rec = host()
     dkey = key_digest(rec.key)
     assert origin2.put(dkey, rec.value)
@@ -155,7 +157,7 @@ async def test_stock_floods_every_new_contact_ours_hands_off_a_bounded_few() -> 
     assert len(sent) == 600
 
     clock = FakeClock()
-    storage = RecordStorage(clock)
+    storage = RecordStorage(proof_host_id, clock)
     for i in range(300):
         rec = host(Identity(i.to_bytes(32, "big")))
         assert storage.put(key_digest(rec.key), rec.value)
@@ -238,7 +240,8 @@ async def test_stock_lookup_waits_out_a_silent_peer_ours_moves_past_it(
         # ours, alpha=1: the lookup sets the silent peer aside after its RTT-based soft
         # deadline and finds the record while the call to it is still open
         owner, _helper = await swarm.grow(2)
-        ours = DhtNode(Identity.generate(), genesis, alpha=1, rpc_timeout=5.0)
+        ours = DhtNode(Identity.generate(), genesis, proof_verifier=proof_host_id, alpha=1,
+                       rpc_timeout=5.0)
         await ours.start("127.0.0.1", 0)
         try:
             await ours.bootstrap([owner.address])
@@ -297,7 +300,7 @@ def test_stock_values_are_unauthenticated_and_last_writer_wins() -> None:
     stock[key] = b"honest"
     stock[key] = b"anyone's overwrite"
     assert stock[key] == b"anyone's overwrite"
-    ours = RecordStorage(FakeClock())
+    ours = RecordStorage(proof_host_id, FakeClock())
     rec = host()
     dkey = key_digest(rec.key)
     assert ours.put(dkey, rec.value)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dht_helpers import ALICE, MALLORY, NOW, TTL, FakeClock, host, host_body, offer
 
+from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
+from p2pmarket.dht.checks import MAX_VALUE_BYTES
 from p2pmarket.dht.offers import pack_offer_set, parse_offer_set
-from p2pmarket.dht.records import MAX_VALUE_BYTES, host_key, key_digest
+from p2pmarket.dht.records import host_key, key_digest
 from p2pmarket.dht.storage import RecordStorage
 
 ALICE_KEY = key_digest(host_key(ALICE.node_id))
@@ -16,7 +18,7 @@ CPU_KEY = key_digest("offers/cpu")
 
 def storage() -> tuple[RecordStorage, FakeClock]:
     clock = FakeClock()
-    return RecordStorage(clock), clock
+    return RecordStorage(proof_host_id, clock), clock
 
 
 def test_digest_matches_kademlia() -> None:
@@ -121,7 +123,7 @@ def test_offer_sets_merge_and_expire_per_entry() -> None:
 
 def test_storage_is_bounded() -> None:
     clock = FakeClock()
-    st = RecordStorage(clock, max_keys=2)
+    st = RecordStorage(proof_host_id, clock, max_keys=2)
     recs = [host(Identity(bytes([i + 1]) * 32), ttl_us=10_000_000) for i in range(3)]
     keys = [key_digest(r.key) for r in recs]
     assert st.put(keys[0], recs[0].value)

@@ -1,0 +1,34 @@
+"""Token buckets, and the monotonic clock they run on. Pure: the time comes in as
+an argument.
+
+:data:`Monotonic` is what the DHT's I/O classes are given to read the time for
+bans, rate limits and retry pauses (``time.monotonic`` where the node is built;
+tests pass their own); :class:`RateLimiter` takes its readings as ``now``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+Monotonic = Callable[[], float]
+"""A source of monotonic seconds (``time.monotonic``)."""
+
+
+class RateLimiter:
+    """Token buckets per key: ``rate`` per second, ``burst`` at most (bounded table)."""
+
+    def __init__(self, rate: float, burst: float, capacity: int = 4096) -> None:
+        self.rate, self.burst, self.capacity = rate, burst, capacity
+        self._buckets: OrderedDict[Any, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: Any, now: float) -> bool:
+        """Take a token from ``key``'s bucket at monotonic time ``now``; False if empty."""
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._buckets) > self.capacity:
+            self._buckets.popitem(last=False)
+        return ok
