@@ -1,4 +1,4 @@
-"""The auction, pure (DESIGN.md §6): Tycoon's proportional-share allocator, unique
+"""The auction, pure (docs/design.md §6): Tycoon's proportional-share allocator, unique
 resources, the host's state machine and its steps, snapshots and digests, bid and
 resource syntax, and the lease format.
 

@@ -1,4 +1,4 @@
-"""The pure Tycoon allocator (DESIGN.md §6): integers in, integers out, no clocks or I/O.
+"""The pure Tycoon allocator (docs/design.md §6): integers in, integers out, no clocks or I/O.
 
 ``allocate(AllocationInput) -> AllocationResult`` allocates one tick; a witness
 replays it bit for bit. For speed it runs in two parts:

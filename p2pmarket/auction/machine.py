@@ -1,4 +1,4 @@
-"""The auctioneer's state, pure (DESIGN.md sections 1, 5, 6): what a witness replays.
+"""The auctioneer's state, pure (docs/design.md sections 1, 5, 6): what a witness replays.
 
 :class:`HostState` is everything the host's decisions depend on: its settings
 (capacities, minimum prices, unique offers, tick length, long interval), the

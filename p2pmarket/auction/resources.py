@@ -1,4 +1,4 @@
-"""Resource types, base units and Tycoon's bid syntax (DESIGN.md §6).
+"""Resource types, base units and Tycoon's bid syntax (docs/design.md §6).
 
 Base units (integers everywhere): cpu in MHz, memory and disk in KiB, net_in and
 net_out in bit/s. Weights and fractions are integer parts-per-million (ppm).

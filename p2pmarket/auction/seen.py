@@ -1,4 +1,4 @@
-"""The buyers' requests the auctioneer has taken, pure (DESIGN.md sections 2, 5).
+"""The buyers' requests the auctioneer has taken, pure (docs/design.md sections 2, 5).
 
 A buyer's signed request ``(from, ts)`` must be taken at most once, also across a
 host restart (the RPC layer's :class:`~p2pmarket.core.wire.ReplayGuard` lives in memory

@@ -1,4 +1,4 @@
-"""Sharing one divisible resource among fixed bids, pure (DESIGN.md §6, rules 3 and 5).
+"""Sharing one divisible resource among fixed bids, pure (docs/design.md §6, rules 3 and 5).
 
 Proportional shares with max caps, water-filled (:func:`water_fill`; the root
 account takes what is left), and the drop of the bidders still below their min,

@@ -1,4 +1,4 @@
-"""The auctioneer's state as a plain map and as one digest (DESIGN.md section 5).
+"""The auctioneer's state as a plain map and as one digest (docs/design.md section 5).
 
 - :func:`snapshot` gives the state as a plain map: the body of the ``in.genesis``
   entry that starts every host log, and the starting point of a proof of

@@ -3,7 +3,7 @@
 One logged input entry in, the new state and the output entries out. The
 auctioneer runs every input through here and logs the input and its outputs
 in one durable append; a witness replays the same inputs through the same code
-and must get the same outputs byte for byte (DESIGN.md section 5).
+and must get the same outputs byte for byte (docs/design.md section 5).
 
 Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
 

@@ -1,4 +1,4 @@
-"""PeerReview-style accountability for hosts (DESIGN.md §5): the pure entry format
+"""PeerReview-style accountability for hosts (docs/design.md §5): the pure entry format
 (:mod:`.entry`) and the host's signed audit log (:mod:`.log`), its replay against the
 pure auction (:mod:`.replay`), proofs of misbehaviour (:mod:`.evidence`) and the store
 of valid ones (:mod:`.evidencestore`), the witnesses -- what one audit decides about

@@ -1,4 +1,4 @@
-"""Proofs against hosts, verifiable offline by anyone (DESIGN.md section 5).
+"""Proofs against hosts, verifiable offline by anyone (docs/design.md section 5).
 
 A proof is the canonical msgpack of a map ``{v: 1, type, host (public key), ...}``:
 

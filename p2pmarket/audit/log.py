@@ -1,4 +1,4 @@
-"""The host's audit log (DESIGN.md section 5): PeerReview-style, tamper-evident.
+"""The host's audit log (docs/design.md section 5): PeerReview-style, tamper-evident.
 
 Every input to the auctioneer (RPC arguments, ticks with their time, settings)
 and every output (results, allocations, charges, leases, refunds) is appended as

@@ -1,4 +1,4 @@
-"""Replaying a host's audit log through the auctioneer's pure code (DESIGN.md section 5).
+"""Replaying a host's audit log through the auctioneer's pure code (docs/design.md section 5).
 
 :class:`Replayer` takes a host's log entries one at a time, as their canonical
 bytes (what ``host.audit_log`` serves), and checks:

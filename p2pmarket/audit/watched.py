@@ -1,5 +1,5 @@
 """One host as a witness watches it (pure): what the witness holds and has audited,
-and the decisions of an audit (DESIGN.md section 5).
+and the decisions of an audit (docs/design.md section 5).
 
 :class:`Watched` is the bookkeeping: the :class:`~p2pmarket.audit.replay.Replayer`
 at the audited head, the authenticators buyers pushed (``held``) and those audited

@@ -1,4 +1,4 @@
-"""PeerReview witnesses for hosts (DESIGN.md section 5).
+"""PeerReview witnesses for hosts (docs/design.md section 5).
 
 A host's witnesses are the ψ+1 nodes (default 3: :data:`WITNESSES_PER_HOST`) closest
 in the DHT to :func:`witness_key` ``= SHA-256("witness" + host id)``. Buyers push

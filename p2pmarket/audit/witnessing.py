@@ -3,7 +3,7 @@ protocols of :mod:`p2pmarket.audit.witness` and :mod:`p2pmarket.audit.evidence`,
 and the notaries' look-up of published evidence (:class:`EvidenceScreen`).
 
 A host's witnesses are the ψ+1 nodes nearest SHA-256("witness" + host id) in the
-DHT (DESIGN.md section 5), found with an ordinary node lookup; each one's key
+DHT (docs/design.md section 5), found with an ordinary node lookup; each one's key
 and URL come from its signed host record, so a witness can only be reached under
 the key its id belongs to.
 """
@@ -88,7 +88,7 @@ class EvidenceSource(Protocol):
 
 
 class EvidenceScreen:
-    """What a notary consults before certifying an owner's entries (DESIGN.md sections
+    """What a notary consults before certifying an owner's entries (docs/design.md sections
     4 and 5: notaries refuse exposed owners, wherever the proof was found).
 
     ``await screen(owners)`` looks up ``evidence/<node id>`` in the DHT for each owner

@@ -1,4 +1,4 @@
-"""What a witness must not forget across restarts (DESIGN.md section 5).
+"""What a witness must not forget across restarts (docs/design.md section 5).
 
 Per watched host, in one sqlite file under the node's data dir:
 

@@ -1,4 +1,4 @@
-"""The buyer's workflow: plan, pay, bid, verify (DESIGN.md section 8).
+"""The buyer's workflow: plan, pay, bid, verify (docs/design.md section 8).
 
 ``buy`` finds hosts offering every wanted resource, spreads the budget over
 the best ``n`` with best response, and for each chosen host: pays it with a
@@ -123,7 +123,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
 async def push_audit(client: PeerClient, market: MarketView, host_key: bytes,
                      audit: Any, url: str) -> int:
     """Best effort: give the host's witnesses the authenticator of its reply, so they can
-    hold the host to the log it committed to (DESIGN.md section 5). Returns how many
+    hold the host to the log it committed to (docs/design.md section 5). Returns how many
     witnesses took it; a failure never fails the purchase."""
     if not isinstance(audit, dict):
         return 0

@@ -53,7 +53,7 @@ class DataDir:
 
     @property
     def audit_db(self) -> Path:
-        """The host's tamper-evident audit log (DESIGN.md section 5)."""
+        """The host's tamper-evident audit log (docs/design.md section 5)."""
         return self.root / "audit.sqlite"
 
     @property
@@ -63,7 +63,7 @@ class DataDir:
 
     @property
     def witness_db(self) -> Path:
-        """What this node, as a witness, audited and holds (DESIGN.md section 5)."""
+        """What this node, as a witness, audited and holds (docs/design.md section 5)."""
         return self.root / "witness.sqlite"
 
     @property
@@ -99,7 +99,7 @@ class DataDir:
 
 @dataclass(frozen=True)
 class Settings:
-    """One node's settings. Capacities are in base units (see host.resources)."""
+    """One node's settings. Capacities are in base units (see auction.resources)."""
 
     listen_host: str = "127.0.0.1"
     advertise_host: str = ""

@@ -1,4 +1,4 @@
-"""The error base class and the error-dict form (DESIGN.md section 2).
+"""The error base class and the error-dict form (docs/design.md section 2).
 
 Expected failures raise a subclass of :class:`P2PMarketError`, one class per
 module (Tycoon note 6/6). The RPC layer turns them into

@@ -1,4 +1,4 @@
-"""Durable files: atomic writes and sqlite opened the way DESIGN.md section 4 asks.
+"""Durable files: atomic writes and sqlite opened the way docs/design.md section 4 asks.
 
 Every store in p2pmarket goes through :func:`open_db`: WAL journal,
 ``synchronous=FULL``, so a committed transaction survives SIGKILL and power

@@ -1,4 +1,4 @@
-"""Ed25519 identities, node ids and key files (DESIGN.md section 2).
+"""Ed25519 identities, node ids and key files (docs/design.md section 2).
 
 A node id is the first 20 bytes of SHA-256(public key): it fits Kademlia's
 160-bit space and cannot be chosen freely. An optional static puzzle

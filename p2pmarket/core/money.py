@@ -1,6 +1,6 @@
 """Credits on the command line, micro-credits everywhere else.
 
-All amounts inside p2pmarket are integers in micro-credits (DESIGN.md section
+All amounts inside p2pmarket are integers in micro-credits (docs/design.md section
 2: no floats in signed content). People type and read credits with up to six
 decimals.
 """

@@ -1,4 +1,4 @@
-"""Canonical msgpack, signed envelopes and the replay guard (DESIGN.md section 2).
+"""Canonical msgpack, signed envelopes and the replay guard (docs/design.md section 2).
 
 Canonical encoding: maps are written with their keys sorted by the keys' own
 encoding, tuples become lists, floats are refused, so one value always gives the

@@ -1,6 +1,6 @@
 """Discovery: Kademlia (the ``kademlia`` package) with signed records and the offer index.
 
-See DESIGN.md section 3. The DHT knows no proof format and imports nothing of the
+See docs/design.md section 3. The DHT knows no proof format and imports nothing of the
 audit: whoever builds a node, a storage or a gateway client passes a
 :data:`ProofVerifier` (the audit's :func:`p2pmarket.audit.evidence.proof_host_id`).
 

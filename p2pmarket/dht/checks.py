@@ -1,4 +1,4 @@
-"""The checks every signed DHT value shares (DESIGN.md section 3). Pure: no I/O, no
+"""The checks every signed DHT value shares (docs/design.md section 3). Pure: no I/O, no
 clock.
 
 :class:`DhtError` is the one refusal (its ``value`` is the short reason code that

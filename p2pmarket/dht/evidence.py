@@ -1,4 +1,4 @@
-"""Fetching and checking hash-only evidence entries (``evidence/<node id>``, DESIGN.md
+"""Fetching and checking hash-only evidence entries (``evidence/<node id>``, docs/design.md
 sections 3 and 5).
 
 A proof too large for a DHT value travels as ``{sha256, size, url}``; its body is

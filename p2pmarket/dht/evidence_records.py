@@ -1,4 +1,4 @@
-"""Evidence records: ``evidence/<node id>`` entries and sets (DESIGN.md sections 3
+"""Evidence records: ``evidence/<node id>`` entries and sets (docs/design.md sections 3
 and 5). Pure: no I/O, no clock.
 
 - ``evidence/<node id hex>``: proofs of misbehaviour (section 5), a multi-writer

@@ -1,6 +1,6 @@
 """The DHT over HTTP: a gateway on public nodes, its client, and document fetches.
 
-Proxied nodes cannot send UDP (DESIGN.md sections 3 and 7); a public node
+Proxied nodes cannot send UDP (docs/design.md sections 3 and 7); a public node
 mounts :func:`gateway_routes` on its peer app and answers with the *raw signed
 record bytes*, so the caller verifies every record itself and trusts the
 gateway for nothing but availability:

@@ -1,4 +1,4 @@
-"""DhtNode: one node's DHT service (DESIGN.md section 3).
+"""DhtNode: one node's DHT service (docs/design.md section 3).
 
 Wraps a ``kademlia.network.Server`` whose node id is the identity's node id and
 whose protocol (:class:`~p2pmarket.dht.protocol.DhtProtocol`) stores through

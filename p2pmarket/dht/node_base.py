@@ -1,4 +1,4 @@
-"""The plumbing every part of :class:`~p2pmarket.dht.node.DhtNode` uses (DESIGN.md
+"""The plumbing every part of :class:`~p2pmarket.dht.node.DhtNode` uses (docs/design.md
 section 3): iterative lookups, stores at the k closest nodes, read repair, lookup
 counters and bans, background tasks.
 

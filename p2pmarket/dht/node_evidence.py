@@ -1,4 +1,4 @@
-"""Evidence (``evidence/<node id>``, DESIGN.md sections 3 and 5) for
+"""Evidence (``evidence/<node id>``, docs/design.md sections 3 and 5) for
 :class:`~p2pmarket.dht.node.DhtNode`.
 
 :meth:`EvidenceMixin.publish_evidence` stores a proof inline when small, else as

@@ -1,4 +1,4 @@
-"""Host records and offers of :class:`~p2pmarket.dht.node.DhtNode` (DESIGN.md
+"""Host records and offers of :class:`~p2pmarket.dht.node.DhtNode` (docs/design.md
 section 3): the owner signs and publishes them; anyone finds them.
 
 Host lookups keep the highest ``seq`` and stop after ``host_quorum`` valid copies

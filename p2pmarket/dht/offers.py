@@ -1,4 +1,4 @@
-"""The offer index: ``offers/<type>`` entries and sets, ranking (DESIGN.md section 3).
+"""The offer index: ``offers/<type>`` entries and sets, ranking (docs/design.md section 3).
 Pure: no I/O, no clock.
 
 - ``offers/<resource type>``: a container ``{kind: "dht.offers", key, entries:

@@ -1,4 +1,4 @@
-"""Signed DHT records: key names and host records (DESIGN.md section 3). Pure: no
+"""Signed DHT records: key names and host records (docs/design.md section 3). Pure: no
 I/O, no clock.
 
 Key names and the values stored under them (kademlia stores ``sha1(key name)``):

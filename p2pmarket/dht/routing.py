@@ -1,6 +1,6 @@
 """Routing-table fixes over the stock ``kademlia`` table, and the RTT estimator.
 
-Stock faults fixed here (DESIGN.md section 3), each with a test in
+Stock faults fixed here (docs/design.md section 3), each with a test in
 ``tests/dht/test_dht_stock_faults.py``:
 
 - ``find_neighbors`` walked buckets with ``TableTraverser``, which stops as soon

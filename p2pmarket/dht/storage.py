@@ -1,4 +1,4 @@
-"""Validating storage for kademlia (DESIGN.md section 3).
+"""Validating storage for kademlia (docs/design.md section 3).
 
 Every store is checked: the value must be a valid, unexpired record whose key
 name hashes (sha1, as kademlia does) to exactly the digest key it is stored

@@ -1,4 +1,4 @@
-"""The auctioneer (DESIGN.md §6): RPCs, argument checks and money around the pure allocator.
+"""The auctioneer (docs/design.md §6): RPCs, argument checks and money around the pure allocator.
 
 RPCs (register with ``dispatcher.register_all("host", auctioneer.handlers())``);
 only the account's holder (``ctx.sender``) may act on an account. Every result

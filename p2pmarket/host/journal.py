@@ -1,5 +1,5 @@
 """The auctioneer's write-ahead journal: the pure state kept in step with the audit log
-and the account store (DESIGN.md section 5).
+and the account store (docs/design.md section 5).
 
 :meth:`Journal.apply` runs one input through :func:`p2pmarket.auction.steps.step`,
 logs the input and its outputs in one durable append to the audit log, then

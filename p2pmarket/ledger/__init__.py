@@ -1,4 +1,4 @@
-"""Payments: hash chains with notary certificates (DESIGN.md section 4).
+"""Payments: hash chains with notary certificates (docs/design.md section 4).
 
 Only the payments are here: the host audit is :mod:`p2pmarket.audit`, and the
 in-process committee and the notary processes that tests and benchmarks use are

@@ -1,4 +1,4 @@
-"""Notary certificates: a receipt anyone verifies offline (DESIGN.md section 4).
+"""Notary certificates: a receipt anyone verifies offline (docs/design.md section 4).
 
 A certificate is an entry, its owner's signature, and notary signatures of
 ``pack(["cert", owner, seq, hash])``. It is valid when the owner's signature is

@@ -1,4 +1,4 @@
-"""Hash-chain entries, authenticators and pure chain verification (DESIGN.md section 4).
+"""Hash-chain entries, authenticators and pure chain verification (docs/design.md section 4).
 
 An entry is ``{owner, seq, prev, kind, body, ts}``; its hash is SHA-256 of the
 canonical msgpack of that map. The owner signs ``pack(["auth", owner, seq,

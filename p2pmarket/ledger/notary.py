@@ -1,6 +1,6 @@
 """A notary: certifies chain entries in order and never signs two at one seq.
 
-DESIGN.md section 4. For every entry kind a notary signs ``(owner, seq, hash)``
+docs/design.md section 4. For every entry kind a notary signs ``(owner, seq, hash)``
 only if seq is exactly one past the last entry it certified for that owner
 (seq 0 must be OPEN), prev matches that entry, the owner's signature is good,
 and the entry is allowed by :func:`chain.apply` on the replayed balance: a SEND

@@ -1,4 +1,4 @@
-"""Bad input: the honest network keeps working (DESIGN.md section 3, issue 3)."""
+"""Bad input: the honest network keeps working (docs/design.md section 3, issue 3)."""
 
 from __future__ import annotations
 

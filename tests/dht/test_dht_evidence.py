@@ -1,5 +1,5 @@
 """``evidence/<node id>`` records: proofs of misbehaviour anyone may add, kept only when
-they verify (DESIGN.md sections 3 and 5). Proofs are built with the real builders of
+they verify (docs/design.md sections 3 and 5). Proofs are built with the real builders of
 :mod:`p2pmarket.audit.evidence`: inconsistency proofs (two signed authenticators for
 one seq, ~300 bytes, stored inline) and non-conformance proofs over a padded audit log
 (~9 KB, stored as ``{sha256, size, url}`` and fetched over HTTP)."""

@@ -1,5 +1,5 @@
 """Each known fault of the stock kademlia 2.2.3 package, shown on the stock classes, and
-the same scenario on ours (DESIGN.md section 3)."""
+the same scenario on ours (docs/design.md section 3)."""
 
 from __future__ import annotations
 
