@@ -21,7 +21,7 @@ between the datagram RPC and the RPC handlers) changes the stock
   ``handoff_max`` of them, at most once per ``handoff_interval``
   (:func:`handoff_picks` decides).
 
-Bans and hand-off intervals run on the :data:`~p2pmarket.dht.ratelimit.Monotonic`
+Bans and hand-off intervals run on the :data:`~p2pmarket.core.clock.Monotonic`
 clock the protocol is given.
 """
 
@@ -36,9 +36,9 @@ from typing import Any
 
 from kademlia.node import Node
 
+from p2pmarket.core.clock import Monotonic
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity, meets_puzzle, node_id_of, verify
 from p2pmarket.core.wire import pack
-from p2pmarket.dht.ratelimit import Monotonic
 from p2pmarket.dht.routing import DhtRoutingTable
 from p2pmarket.dht.rpc import DatagramRpc, ProtocolConfig, Result, Spawn
 from p2pmarket.dht.storage import RecordStorage

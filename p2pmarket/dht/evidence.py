@@ -10,7 +10,7 @@ brings an entry it has not checked yet schedules a fetch, bounded in number
 (concurrency, queue), rate (overall and per serving host), size and time, and
 the entry is stored only once its body checks out; failures are counted and
 remembered for a while so the same (hash, url) is not fetched again at once
-(time read from the :data:`~p2pmarket.dht.ratelimit.Monotonic` it is given).
+(time read from the :data:`~p2pmarket.core.clock.Monotonic` it is given).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from p2pmarket.core.clock import Monotonic
 from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE_PROOF_BYTES,
@@ -28,7 +29,7 @@ from p2pmarket.dht.evidence_records import (
     ProofVerifier,
     check_proof,
 )
-from p2pmarket.dht.ratelimit import Monotonic, RateLimiter
+from p2pmarket.dht.ratelimit import RateLimiter
 from p2pmarket.dht.records import url_host
 from p2pmarket.dht.rpc import Spawn
 

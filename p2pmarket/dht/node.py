@@ -28,7 +28,7 @@ import aiohttp
 from kademlia.network import Server
 from kademlia.node import Node
 
-from p2pmarket.core.clock import Clock, now_us
+from p2pmarket.core.clock import Clock, Monotonic, now_us
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht.checks import DhtError
@@ -41,7 +41,6 @@ from p2pmarket.dht.node_records import HostFields, RecordsMixin
 from p2pmarket.dht.offers import fit_offer_set
 from p2pmarket.dht.persist import DhtState
 from p2pmarket.dht.protocol import DhtProtocol
-from p2pmarket.dht.ratelimit import Monotonic
 from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.rpc import ProtocolConfig
 from p2pmarket.dht.storage import RecordStorage

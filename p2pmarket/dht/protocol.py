@@ -15,7 +15,7 @@
   was given (wrong contacts in lookup answers); ``ping`` answers the id as in
   the stock protocol. Stores go through
   :class:`~p2pmarket.dht.storage.RecordStorage`, rate limited per sender address
-  (store floods, on the :data:`~p2pmarket.dht.ratelimit.Monotonic` clock the
+  (store floods, on the :data:`~p2pmarket.core.clock.Monotonic` clock the
   protocol is given), and a sender of an invalid record
   (:data:`~p2pmarket.dht.checks.MALICIOUS`) is banned.
 
@@ -29,10 +29,11 @@ from typing import Any
 
 from kademlia.node import Node
 
+from p2pmarket.core.clock import Monotonic
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity
 from p2pmarket.dht.checks import MALICIOUS
 from p2pmarket.dht.contacts import ContactGate, ident_message
-from p2pmarket.dht.ratelimit import Monotonic, RateLimiter
+from p2pmarket.dht.ratelimit import RateLimiter
 from p2pmarket.dht.rpc import MAX_DATAGRAM, ProtocolConfig, Spawn
 from p2pmarket.dht.storage import RecordStorage
 

@@ -1,7 +1,7 @@
 """Token buckets, and the monotonic clock they run on. Pure: the time comes in as
 an argument.
 
-:data:`Monotonic` is what the DHT's I/O classes are given to read the time for
+:data:`p2pmarket.core.clock.Monotonic` is what the DHT's I/O classes are given to read the time for
 bans, rate limits and retry pauses (``time.monotonic`` where the node is built;
 tests pass their own); :class:`RateLimiter` takes its readings as ``now``.
 """
@@ -9,11 +9,7 @@ tests pass their own); :class:`RateLimiter` takes its readings as ``now``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
-
-Monotonic = Callable[[], float]
-"""A source of monotonic seconds (``time.monotonic``)."""
 
 
 class RateLimiter:
