@@ -120,6 +120,13 @@ def witness_key(host_id: bytes) -> bytes:
     return hashlib.sha256(b"witness" + host_id).digest()
 
 
+async def witnesses_of(directory: WitnessDirectory, host_id: bytes, n: int) -> list[Peer]:
+    """A host's ``n`` witnesses: the nodes nearest :func:`witness_key` of its id, the host
+    itself left out (it would vouch for its own log)."""
+    peers = await directory.closest(witness_key(host_id), n + 1)
+    return [p for p in peers if p.node_id != host_id][:n]
+
+
 class WitnessService:
     def __init__(self, identity: Identity, client: PeerCaller, evidence: EvidenceStore,
                  clock: Callable[[], int] = now_us, period_s: float = DEFAULT_PERIOD_S,
@@ -255,7 +262,7 @@ class WitnessService:
 
     async def _is_witness(self, host: bytes) -> bool:
         assert self.directory is not None
-        peers = await self.directory.closest(witness_key(node_id_of(host)), self.psi + 1)
+        peers = await witnesses_of(self.directory, node_id_of(host), self.psi + 1)
         return any(p.node_id == self.identity.node_id for p in peers)
 
     # -- auditing -----------------------------------------------------------------------
@@ -335,7 +342,7 @@ class WitnessService:
         auth = w.audited(w.replayer.seq, self.store.audited)
         assert auth is not None
         try:
-            peers = await self.directory.closest(witness_key(node_id_of(w.key)), self.psi + 1)
+            peers = await witnesses_of(self.directory, node_id_of(w.key), self.psi + 1)
         except P2PMarketError:
             return
         for peer in peers:
@@ -357,7 +364,7 @@ async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, hos
     items = [[a["seq"], a["hash"], a["sig"]] for a in auths if a.get("owner") == host_key]
     if not items:
         return 0
-    peers = await directory.closest(witness_key(node_id_of(host_key)), psi + 1)
+    peers = await witnesses_of(directory, node_id_of(host_key), psi + 1)
     took = 0
     for peer in peers:
         args: dict[str, Any] = {"host": host_key, "auths": items[:MAX_PUSH]}
@@ -373,4 +380,4 @@ async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, hos
 
 __all__ = ["DEFAULT_PERIOD_S", "DEFAULT_PSI", "SEGMENT", "WITNESSES_PER_HOST", "HostLocator",
            "Peer", "PeerCaller", "WitnessDirectory", "WitnessService", "push_to_witnesses",
-           "witness_key"]
+           "witness_key", "witnesses_of"]

@@ -17,7 +17,7 @@ from typing import Any
 from p2pmarket.api.client import PeerClient
 from p2pmarket.api.control import ControlClient
 from p2pmarket.audit.evidence import verify_proof
-from p2pmarket.audit.witness import WITNESSES_PER_HOST, witness_key
+from p2pmarket.audit.witness import WITNESSES_PER_HOST, witnesses_of
 from p2pmarket.cli.options import Subcommands, genesis_of, genesis_opt, json_opt, wallet_opt
 from p2pmarket.cli.terminal import dump, out
 from p2pmarket.client.discovery import MarketView
@@ -64,7 +64,7 @@ async def audit_status(args: argparse.Namespace) -> int:
         docs = []
         async with MarketView(genesis_of(args)) as market, PeerClient(
                 Identity.generate(), timeout_s=5) as client:
-            for peer in await market.directory().closest(witness_key(host_id), WITNESSES_PER_HOST):
+            for peer in await witnesses_of(market.directory(), host_id, WITNESSES_PER_HOST):
                 try:
                     docs.append((peer.url, await client.call(
                         peer.url, peer.key, "witness.status", {"host": host_id})))
