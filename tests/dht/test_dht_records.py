@@ -6,7 +6,7 @@ import pytest
 from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 
 from p2pmarket.audit.evidence import proof_host_id
-from p2pmarket.core.domains import DHT_RECORD
+from p2pmarket.core.domains import AUDIT_ENTRY, DHT_RECORD, ENVELOPE, LEASE, Domain
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, seal, unpack
 from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
@@ -49,6 +49,26 @@ def test_host_record_signed_by_another_key_refused() -> None:
     with pytest.raises(DhtError) as err:
         HostRecord.from_envelope(env, NOW)
     assert err.value.value == "wrong_signer"
+
+
+@pytest.mark.parametrize("domain", [ENVELOPE, LEASE, AUDIT_ENTRY])
+def test_a_record_signed_for_another_purpose_is_refused(domain: Domain) -> None:
+    """Alice's own signature of her own record body, made as an RPC, a lease or an
+    audit entry, is no record: host records and offer entries are dht.record's."""
+    for make in (lambda: seal(ALICE, domain, "dht.host", host_body(ALICE), ts=NOW),
+                 lambda: seal(ALICE, domain, "dht.offer", offer(ALICE).envelope.body,
+                              ts=NOW)):
+        env = make()
+        with pytest.raises(DhtError) as err:
+            if env.kind == "dht.host":
+                HostRecord.from_envelope(env, NOW)
+            else:
+                OfferEntry.from_envelope(env, NOW)
+        assert err.value.value == "bad_signature"
+    with pytest.raises(DhtError) as err:   # stored as a record, it is refused too
+        parse_record(seal(ALICE, domain, "dht.host", host_body(ALICE), ts=NOW).encode(), NOW,
+                     proof_host_id)
+    assert err.value.value == "bad_signature"
 
 
 def test_host_record_key_must_name_signer() -> None:
