@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pmarket.core.domains import ENVELOPE, LEASE
 from p2pmarket.core.identity import (
     Identity,
     IdentityError,
@@ -27,11 +28,12 @@ def test_node_id_is_sha256_prefix_of_key() -> None:
 
 def test_sign_and_verify() -> None:
     ident = Identity.generate()
-    sig = ident.sign(b"hello")
-    assert verify(ident.public_key, b"hello", sig)
-    assert not verify(ident.public_key, b"hellO", sig)
-    assert not verify(Identity.generate().public_key, b"hello", sig)
-    assert not verify(ident.public_key, b"hello", sig[:10])
+    sig = ident.sign(ENVELOPE, b"hello")
+    assert verify(ident.public_key, ENVELOPE, b"hello", sig)
+    assert not verify(ident.public_key, ENVELOPE, b"hellO", sig)
+    assert not verify(Identity.generate().public_key, ENVELOPE, b"hello", sig)
+    assert not verify(ident.public_key, ENVELOPE, b"hello", sig[:10])
+    assert not verify(ident.public_key, LEASE, b"hello", sig)   # another domain
 
 
 def test_key_file_round_trip_mode_0600(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, decode, pack, seal, unpack
 
@@ -81,17 +82,17 @@ def test_pack_refuses_floats_inside_lists() -> None:
 def test_sealed_envelope_bytes_are_the_canonical_ones(body: object, to: bytes | None,
                                                       ts: int) -> None:
     """seal() splices the body's bytes once; the result equals the generic encoding."""
-    env = seal(ALICE, "rpc.x", body, ts=ts, to=to)
+    env = seal(ALICE, ENVELOPE, "rpc.x", body, ts=ts, to=to)
     plain = Envelope(env.kind, env.sender, env.to, env.ts, env.body, env.sig)
     assert env.encode() == pack(env.to_wire()) == plain.encode()
-    assert decode(env.encode()) == env   # the signature covers pack(signed_part)
+    assert decode(env.encode(), ENVELOPE) == env   # the signature covers pack(signed_part)
     changed = replace(env, body={"other": 1})  # no stale body bytes after replace()
     assert changed.encode() == pack(changed.to_wire())
 
 
 def test_seal_refuses_a_bad_header() -> None:
     with pytest.raises(WireError):
-        seal(ALICE, "rpc.x", {}, ts=1, to="not bytes")  # type: ignore[arg-type]
+        seal(ALICE, ENVELOPE, "rpc.x", {}, ts=1, to="not bytes")  # type: ignore[arg-type]
 
 
 def test_unpack_refuses_malformed_and_oversize() -> None:
@@ -102,8 +103,8 @@ def test_unpack_refuses_malformed_and_oversize() -> None:
 
 
 def test_envelope_round_trip_and_signature() -> None:
-    env = seal(ALICE, "rpc.ping", {"n": 1}, ts=123, to=BOB.node_id)
-    back = decode(env.encode())
+    env = seal(ALICE, ENVELOPE, "rpc.ping", {"n": 1}, ts=123, to=BOB.node_id)
+    back = decode(env.encode(), ENVELOPE)
     assert back == env
     assert back.sender == ALICE.public_key
     assert back.sender_id == ALICE.node_id
@@ -113,17 +114,17 @@ def test_envelope_round_trip_and_signature() -> None:
     ("body", {"n": 2}), ("ts", 124), ("kind", "rpc.pong"), ("to", None),
 ])
 def test_tampered_envelope_fails(field: str, value: object) -> None:
-    doc = seal(ALICE, "rpc.ping", {"n": 1}, ts=123, to=BOB.node_id).to_wire()
+    doc = seal(ALICE, ENVELOPE, "rpc.ping", {"n": 1}, ts=123, to=BOB.node_id).to_wire()
     doc[field] = value
     with pytest.raises(WireError, match="bad signature"):
-        decode(pack(doc))
+        decode(pack(doc), ENVELOPE)
 
 
 def test_envelope_from_someone_else_fails() -> None:
-    doc = seal(ALICE, "rpc.ping", {}, ts=1).to_wire()
+    doc = seal(ALICE, ENVELOPE, "rpc.ping", {}, ts=1).to_wire()
     doc["from"] = BOB.public_key
     with pytest.raises(WireError, match="bad signature"):
-        decode(pack(doc))
+        decode(pack(doc), ENVELOPE)
 
 
 @pytest.mark.parametrize("doc,message", [
@@ -131,13 +132,16 @@ def test_envelope_from_someone_else_fails() -> None:
     ({"v": 1}, "fields wrong"),
     ({"v": 9, "kind": "k", "from": b"x" * 32, "to": None, "ts": 1, "body": {}, "sig": b"s" * 64},
      "version"),
-    ({"v": 1, "kind": "k", "from": b"x" * 31, "to": None, "ts": 1, "body": {}, "sig": b"s" * 64},
+    # version 1 envelopes were signed without a domain: refused
+    ({"v": 1, "kind": "k", "from": b"x" * 32, "to": None, "ts": 1, "body": {}, "sig": b"s" * 64},
+     "unsupported envelope version"),
+    ({"v": 2, "kind": "k", "from": b"x" * 31, "to": None, "ts": 1, "body": {}, "sig": b"s" * 64},
      "public key"),
-    ({"v": 1, "kind": "k", "from": b"x" * 32, "to": b"t", "ts": 1, "body": {}, "sig": b"s" * 64},
+    ({"v": 2, "kind": "k", "from": b"x" * 32, "to": b"t", "ts": 1, "body": {}, "sig": b"s" * 64},
      "node id"),
-    ({"v": 1, "kind": "k", "from": b"x" * 32, "to": None, "ts": -1, "body": {}, "sig": b"s" * 64},
+    ({"v": 2, "kind": "k", "from": b"x" * 32, "to": None, "ts": -1, "body": {}, "sig": b"s" * 64},
      "ts"),
-    ({"v": 1, "kind": "", "from": b"x" * 32, "to": None, "ts": 1, "body": {}, "sig": b"s" * 64},
+    ({"v": 2, "kind": "", "from": b"x" * 32, "to": None, "ts": 1, "body": {}, "sig": b"s" * 64},
      "kind"),
 ])
 def test_malformed_envelopes(doc: object, message: str) -> None:

@@ -3,7 +3,9 @@
 A request is a signed envelope of kind ``rpc.<name>`` whose body is the argument
 map, addressed (``to``) to the receiving node. The reply is a signed envelope of
 kind ``reply`` addressed to the caller, body ``{"re": <request digest>,
-"result": <map>}``; an error result is ``{"error": ..., "error_value": ...}``.
+"result": <map>}``; an error result is ``{"error": ..., "error_value": ...}``. Both
+are signed in the ``envelope`` signature domain
+(:data:`p2pmarket.core.domains.ENVELOPE`).
 Every check (decoding, signature, address, replay guard, handler name, handler
 arguments) happens before a handler runs; a refused request changes nothing.
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmarket.core.clock import now_us
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, RemoteError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, decode, digest, seal
@@ -74,7 +77,7 @@ class RpcDispatcher:
         re = digest(data)[:16]
         to: bytes | None = None
         try:
-            env = decode(data)
+            env = decode(data, ENVELOPE)
             to = env.sender_id
             result = await self._run(env)
         except P2PMarketError as exc:
@@ -83,7 +86,7 @@ class RpcDispatcher:
         except Exception:
             log.exception("RPC handler failed")
             result = dict(INTERNAL_ERROR)
-        reply = seal(self.identity, REPLY_KIND, {"re": re, "result": result},
+        reply = seal(self.identity, ENVELOPE, REPLY_KIND, {"re": re, "result": result},
                      ts=self.clock(), to=to)
         return reply.encode()
 
@@ -108,14 +111,14 @@ class RpcDispatcher:
 
 def make_request(identity: Identity, to: bytes, name: str, args: dict[str, Any],
                  ts: int | None = None) -> bytes:
-    return seal(identity, RPC_PREFIX + name, args, ts=now_us() if ts is None else ts,
+    return seal(identity, ENVELOPE, RPC_PREFIX + name, args, ts=now_us() if ts is None else ts,
                 to=to).encode()
 
 
 def open_reply(request: bytes, reply: bytes, identity: Identity,
                server_key: bytes | None) -> dict[str, Any]:
     """Check a reply belongs to ``request`` and comes from ``server_key``; raise on error."""
-    env = decode(reply)
+    env = decode(reply, ENVELOPE)
     if env.kind != REPLY_KIND:
         raise WireError("not a reply", env.kind)
     if server_key is not None and env.sender != server_key:

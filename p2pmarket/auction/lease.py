@@ -1,7 +1,8 @@
 """SHARP leases: what a host promises one account, signed, verifiable offline.
 
-A lease is a wire envelope of kind ``lease`` (``to`` = None) signed by the host,
-body::
+A lease is a wire envelope of kind ``lease`` (``to`` = None) signed by the host in
+the ``lease`` signature domain (:data:`p2pmarket.core.domains.LEASE`: an RPC or a DHT
+record of the host's is no lease, whatever its kind), body::
 
     {lease_id: str, host_id: bytes (node id), holder: bytes (public key),
      resources: {res: {min: int, max: int, alloc: int}},   # base units
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmarket.auction import HostError
+from p2pmarket.core.domains import LEASE
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, Identity, node_id_of
 from p2pmarket.core.wire import Envelope, WireError, decode, seal
 
@@ -93,7 +95,7 @@ def sign_lease(identity: Identity, lease: Lease, ts: int) -> Envelope:
     """Sign ``lease`` as the host ``identity`` at time ``ts`` (µs)."""
     if lease.host_id != identity.node_id:
         raise HostError("a lease must name the signing host", lease.host_id.hex())
-    return seal(identity, LEASE_KIND, lease.body(), ts=ts, to=None)
+    return seal(identity, LEASE, LEASE_KIND, lease.body(), ts=ts, to=None)
 
 
 def verify_lease(data: bytes | Mapping[str, Any] | Envelope, host_key: bytes) -> Lease:
@@ -101,12 +103,12 @@ def verify_lease(data: bytes | Mapping[str, Any] | Envelope, host_key: bytes) ->
     try:
         if isinstance(data, Envelope):
             env = data
-            env.verify_signature()
+            env.verify_signature(LEASE)
         elif isinstance(data, bytes | bytearray):
-            env = decode(bytes(data))
+            env = decode(bytes(data), LEASE)
         else:
             env = Envelope.from_wire(dict(data))
-            env.verify_signature()
+            env.verify_signature(LEASE)
     except WireError as exc:
         raise HostError(f"invalid lease: {exc.message}", exc.value) from None
     if env.kind != LEASE_KIND:

@@ -40,6 +40,7 @@ from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, settings, t
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.outcome import Step
 from p2pmarket.auction.seen import recorded, refusal
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.wire import Envelope, WireError, pack
 
 RPCS = ("create_account", "bid", "fund", "refund", "lease")
@@ -93,7 +94,7 @@ def check_signed(state: HostState, kind: str, body: Any, host_id: bytes | None =
         return "no signed request"
     try:
         env = Envelope.from_wire(body["request"])
-        env.verify_signature()
+        env.verify_signature(ENVELOPE)
     except WireError as exc:
         return f"the request is not validly signed ({exc.message})"
     if env.sender != body.get("from"):

@@ -2,31 +2,42 @@
 
 An entry is ``{seq, prev, kind, body, ts}``: ``prev`` is the hash of entry
 ``seq - 1`` (all zeros for seq 0), the entry's hash is SHA-256 of its canonical
-msgpack, and the host signs ``auth_message(host key, seq, hash)`` -- the same
-*authenticator* as on payment chains (:class:`p2pmarket.ledger.chain.Authenticator`).
-Two different hashes signed for one seq are a proof of inconsistency
-(:func:`conflicting`); :func:`verify_segment` checks a contiguous run. Refusals
-are :class:`~p2pmarket.audit.errors.AuditError`.
+msgpack, and the host signs ``auth_message(host key, seq, hash)`` in the signature
+domain ``audit.entry`` (:data:`p2pmarket.core.domains.AUDIT_ENTRY`): an
+:class:`AuditAuthenticator`. It has the form of a payment chain's authenticator
+(:class:`p2pmarket.ledger.chain.Authenticator`) but not its domain, so the host's
+ledger signatures, made with the same key, never pass for audit log ones (issue 10:
+a buyer holding a refund's ledger entry at seq s framed the host with it). Two
+different hashes signed for one seq in this domain are a proof of inconsistency
+(:func:`conflicting`); :func:`verify_segment` checks a contiguous run. Refusals are
+:class:`~p2pmarket.audit.errors.AuditError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
 from p2pmarket.audit.errors import AuditError
+from p2pmarket.core.domains import AUDIT_ENTRY, Domain
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import digest, pack
-from p2pmarket.ledger.chain import HASH_SIZE, ZERO_HASH, Authenticator, auth_message
+from p2pmarket.ledger.chain import HASH_SIZE, ZERO_HASH, LogAuthenticator, auth_message
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_int, check_map, check_str
 
 MAX_KIND = 64
 MAX_TS = 2**63 - 1
 ENTRY_FIELDS = frozenset({"seq", "prev", "kind", "body", "ts"})
 
+
+@dataclass(frozen=True)
+class AuditAuthenticator(LogAuthenticator):
+    """The host's signature of ``(host key, seq, hash)`` of an entry of its audit log."""
+
+    DOMAIN: ClassVar[Domain] = AUDIT_ENTRY
 
 
 @dataclass(frozen=True)
@@ -83,13 +94,13 @@ def encode_entry(seq: int, prev: bytes, kind: str, body_bytes: bytes, ts: int) -
             + _K_KIND + _k(kind) + _K_PREV + _k(prev))
 
 
-def sign_entry(identity: Identity, entry: AuditEntry) -> Authenticator:
+def sign_entry(identity: Identity, entry: AuditEntry) -> AuditAuthenticator:
     h = entry.hash()
-    return Authenticator(identity.public_key, entry.seq, h,
-                         identity.sign(auth_message(identity.public_key, entry.seq, h)))
+    return AuditAuthenticator(identity.public_key, entry.seq, h, identity.sign(
+        AUDIT_ENTRY, auth_message(identity.public_key, entry.seq, h)))
 
 
-def verify_segment(entries: Sequence[AuditEntry], auths: Sequence[Authenticator],
+def verify_segment(entries: Sequence[AuditEntry], auths: Sequence[AuditAuthenticator],
                    host_key: bytes, prev_hash: bytes | None = None) -> bytes:
     """Check a contiguous run of entries: links, hashes and the host's signatures.
 
@@ -117,8 +128,9 @@ def verify_segment(entries: Sequence[AuditEntry], auths: Sequence[Authenticator]
     return head
 
 
-def conflicting(a: Authenticator, b: Authenticator) -> bool:
-    """Two valid authenticators of one host for one seq with different hashes: a proof
-    that the host keeps two logs."""
-    return (a.owner == b.owner and a.seq == b.seq and a.hash != b.hash
+def conflicting(a: AuditAuthenticator, b: AuditAuthenticator) -> bool:
+    """Two valid audit log authenticators of one host for one seq with different
+    hashes: a proof that the host keeps two logs."""
+    return (type(a) is AuditAuthenticator and type(b) is AuditAuthenticator
+            and a.owner == b.owner and a.seq == b.seq and a.hash != b.hash
             and a.verify() and b.verify())

@@ -1,17 +1,25 @@
 """Proofs against hosts, verifiable offline by anyone (docs/design.md section 5).
 
-A proof is the canonical msgpack of a map ``{v: 1, type, host (public key), ...}``:
+A proof is the canonical msgpack of a map ``{v: 2, type, host (public key), ...}``.
+Every signature in it is the host's, checked in the audit log's signature domain
+(:data:`p2pmarket.core.domains.AUDIT_ENTRY`): a proof's parts must all belong to the
+host's one audit log. The host's payment chain is signed with the same key, in
+another domain, so none of its signatures counts here (issue 10: version 1 proofs,
+whose signatures had no domain, let a buyer pair the host's refund ledger entry at
+seq s with its audit entry at seq s, and frame an honest host). Version 1 proofs are
+refused.
 
 - ``type: "inconsistency"`` -- the host signed two different logs.
-  ``{a: [seq, hash, sig], b: [seq, hash, sig]}``: two authenticators of the host
-  for one seq with different hashes; or ``{a: [seq, hash, sig], entry: bytes,
-  sig: bytes}``: the host signed entry ``seq + 1`` (``entry``, its canonical bytes,
-  and its signature) whose ``prev`` is not ``a``'s hash. About 300 bytes.
+  ``{a: [seq, hash, sig], b: [seq, hash, sig]}``: two audit log authenticators of
+  the host for one seq with different hashes; or ``{a: [seq, hash, sig], entry:
+  bytes, sig: bytes}``: the host signed audit entry ``seq + 1`` (``entry``, its
+  canonical bytes, an audit entry's shape, and its audit log signature) whose
+  ``prev`` is not ``a``'s hash. About 300 bytes.
 - ``type: "nonconformance"`` -- the host's own log shows it broke its rules.
   ``{snapshot: map | None, entries: [bytes], sig: bytes, seq: int, rule: str}``:
   ``entries`` are consecutive log entries (canonical bytes) ending with the
-  offending one, whose signature ``sig`` commits the host to all of them (each
-  links to the one before). Either ``entries[0]`` is the log's ``in.genesis``
+  offending one, whose audit log signature ``sig`` commits the host to all of them
+  (each links to the one before). Either ``entries[0]`` is the log's ``in.genesis``
   (seq 0) and ``snapshot`` is None, or ``entries[0]`` is an ``out.tick`` /
   ``out.settings`` entry whose body commits to the digest of ``snapshot`` (the
   auctioneer's state there, :func:`p2pmarket.auction.snapshot.snapshot`; its payment
@@ -35,15 +43,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pmarket.auction.snapshot import from_snapshot
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.replay import ANCHORS, Replayer, decode_entry
+from p2pmarket.core.domains import AUDIT_ENTRY
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, verify
 from p2pmarket.core.wire import WireError, pack, unpack
-from p2pmarket.ledger.chain import HASH_SIZE, Authenticator, auth_message
+from p2pmarket.ledger.chain import HASH_SIZE, auth_message
 
-PROOF_VERSION = 1
+PROOF_VERSION = 2   # 2: signatures have domains (issue 10); 1 is refused
 INCONSISTENCY = "inconsistency"
 NONCONFORMANCE = "nonconformance"
 MAX_PROOF_BYTES = 4 * 1024 * 1024
@@ -84,17 +94,21 @@ class EvidenceSink(Protocol):
 
 # -- building ----------------------------------------------------------------------
 
-def _auth_doc(auth: Authenticator) -> list[Any]:
+def _auth_doc(auth: AuditAuthenticator) -> list[Any]:
+    if type(auth) is not AuditAuthenticator:
+        raise EvidenceError("a proof is made of audit log authenticators")
     return [auth.seq, auth.hash, auth.sig]
 
 
-def inconsistency_proof(a: Authenticator, b: Authenticator) -> bytes:
-    """Two authenticators of one host, one seq, two hashes."""
+def inconsistency_proof(a: AuditAuthenticator, b: AuditAuthenticator) -> bytes:
+    """Two audit log authenticators of one host, one seq, two hashes."""
+    if a.owner != b.owner:
+        raise EvidenceError("the authenticators are of two hosts")
     return pack({"v": PROOF_VERSION, "type": INCONSISTENCY, "host": a.owner,
                  "a": _auth_doc(a), "b": _auth_doc(b)})
 
 
-def fork_proof(a: Authenticator, next_entry: bytes, next_sig: bytes) -> bytes:
+def fork_proof(a: AuditAuthenticator, next_entry: bytes, next_sig: bytes) -> bytes:
     """The host signed entry ``a.seq + 1`` linking to another entry than ``a``'s."""
     return pack({"v": PROOF_VERSION, "type": INCONSISTENCY, "host": a.owner,
                  "a": _auth_doc(a), "entry": next_entry, "sig": next_sig})
@@ -134,8 +148,11 @@ def _verify(data: bytes, want: bytes | None) -> Proof:
     if not isinstance(data, bytes) or len(data) > MAX_PROOF_BYTES:
         raise EvidenceError("a proof is at most 4 MiB of bytes")
     doc = unpack(data, MAX_PROOF_BYTES)
-    if not isinstance(doc, dict) or doc.get("v") != PROOF_VERSION:
+    if not isinstance(doc, dict) or not isinstance(doc.get("v"), int):
         raise EvidenceError("not a proof", "v")
+    if doc["v"] != PROOF_VERSION:
+        raise EvidenceError(f"proof version {doc['v']} is not read here (version "
+                            f"{PROOF_VERSION}: signatures with domains)", doc["v"])
     if pack(doc) != data:
         raise EvidenceError("proof is not canonically encoded")
     host = doc["host"]
@@ -154,12 +171,24 @@ def _verify(data: bytes, want: bytes | None) -> Proof:
     return Proof(host, doc["type"], seq, rule, data)
 
 
-def _auth(host: bytes, item: Any) -> Authenticator:
+def _auth(host: bytes, item: Any) -> AuditAuthenticator:
+    """An authenticator of the proof, which must be one of ``host``'s audit log."""
     seq, h, sig = item
-    auth = Authenticator(host, seq, h, sig)
+    auth = AuditAuthenticator(host, seq, h, sig)
     if not auth.verify():
-        raise EvidenceError("an authenticator in the proof is not the host's", seq)
+        raise EvidenceError("an authenticator in the proof is not the host's audit log "
+                            "signature", seq)
     return auth
+
+
+def _signed_entry(host: bytes, raw: bytes, sig: Any, what: str) -> dict[str, Any]:
+    """The audit entry ``raw`` (its map), which ``sig`` must sign as the host's audit
+    log entry."""
+    e = decode_entry(raw)
+    if not isinstance(sig, bytes) or not verify(
+            host, AUDIT_ENTRY, auth_message(host, e["seq"], hashlib.sha256(raw).digest()), sig):
+        raise EvidenceError(f"{what} is not signed by the host as an entry of its audit log")
+    return e
 
 
 def _check_inconsistency(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
@@ -173,11 +202,7 @@ def _check_inconsistency(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
         return a.seq, f"two different entries signed for seq {a.seq}"
     if set(doc) != {"v", "type", "host", "a", "entry", "sig"}:
         raise EvidenceError("proof has the wrong fields")
-    entry, sig = doc["entry"], doc["sig"]
-    e = decode_entry(entry)
-    h = hashlib.sha256(entry).digest()
-    if not verify(host, auth_message(host, e["seq"], h), sig):
-        raise EvidenceError("the entry is not signed by the host")
+    e = _signed_entry(host, doc["entry"], doc["sig"], "the entry")
     if e["seq"] != a.seq + 1 or e["prev"] == a.hash or len(e["prev"]) != HASH_SIZE:
         raise EvidenceError("the entry does not contradict the authenticator")
     return a.seq, f"entry {e['seq']} links to another entry {a.seq} than the one signed"
@@ -190,10 +215,7 @@ def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
     if not isinstance(entries, list) or not entries or \
             not all(isinstance(e, bytes) for e in entries):
         raise EvidenceError("proof entries must be a list of entry bytes")
-    last = decode_entry(entries[-1])
-    if not verify(host, auth_message(host, last["seq"], hashlib.sha256(entries[-1]).digest()),
-                  doc["sig"]):
-        raise EvidenceError("the last entry is not signed by the host")
+    last = _signed_entry(host, entries[-1], doc["sig"], "the last entry")
     first = decode_entry(entries[0])
     if doc["snapshot"] is None:
         if first["seq"] != 0:

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.audit.evidence import EvidenceError, Proof, verify_proof
-from p2pmarket.core.files import open_db
+from p2pmarket.core.files import open_db, require_format
+
+STORE_FORMAT = 2
+"""The evidence store's format: 2 since signatures have domains (docs/design.md §2)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evidence (
@@ -30,6 +33,8 @@ class EvidenceStore:
 
     def __init__(self, path: Path | str = ":memory:") -> None:
         self.conn = open_db(path)
+        require_format(self.conn, "evidence", STORE_FORMAT, ("evidence",),
+                       "signatures have domains, proofs are version 2")
         with self.conn:
             self.conn.executescript(_SCHEMA)
         self._exposed: set[bytes] = set()

@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.audit.entry import AuditEntry, encode_entry, sign_entry
+from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, encode_entry, sign_entry
 from p2pmarket.audit.errors import AuditError
-from p2pmarket.core.files import open_db
+from p2pmarket.core.files import open_db, require_format
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import WireError, pack, unpack
-from p2pmarket.ledger.chain import ZERO_HASH, Authenticator
+from p2pmarket.ledger.chain import ZERO_HASH
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS audit (
     sig BLOB NOT NULL
 );
 """
+STORE_FORMAT = 2
+"""The audit log store's format: 2 since signatures have domains (docs/design.md §2)."""
 
 
 class AuditLog:
@@ -45,6 +47,8 @@ class AuditLog:
     def __init__(self, path: Path | str, identity: Identity) -> None:
         self.identity = identity
         self.conn = open_db(path)
+        require_format(self.conn, "audit log", STORE_FORMAT, ("audit",),
+                       "signatures have domains")
         with self.conn:
             self.conn.executescript(_SCHEMA)
         row = self.conn.execute(
@@ -67,15 +71,15 @@ class AuditLog:
         smaller (witnesses check that timestamps never decrease)."""
         return self._last_ts
 
-    def append(self, kind: str, body: Any, ts: int) -> Authenticator:
+    def append(self, kind: str, body: Any, ts: int) -> AuditAuthenticator:
         """Append one entry durably and return its authenticator."""
         return self.append_many([(kind, body, ts)])[-1]
 
-    def append_many(self, items: Iterable[tuple[str, Any, int]]) -> list[Authenticator]:
+    def append_many(self, items: Iterable[tuple[str, Any, int]]) -> list[AuditAuthenticator]:
         """Append several entries in one durable transaction."""
         seq, prev = self._head
         rows: list[tuple[int, bytes, str, bytes, int, bytes, bytes]] = []
-        auths: list[Authenticator] = []
+        auths: list[AuditAuthenticator] = []
         for kind, body, ts in items:
             try:
                 entry = AuditEntry(seq + 1, prev, kind, unpack(pack(body)), ts)
@@ -96,7 +100,7 @@ class AuditLog:
         return auths
 
     def entries(self, since: int = 0, limit: int = 1000
-                ) -> list[tuple[AuditEntry, Authenticator]]:
+                ) -> list[tuple[AuditEntry, AuditAuthenticator]]:
         """Entries with ``seq >= since``, oldest first, at most ``limit``."""
         rows = self.conn.execute(
             "SELECT seq, prev, kind, body, ts, hash, sig FROM audit WHERE seq >= ? "
@@ -104,8 +108,8 @@ class AuditLog:
         out = []
         for seq, prev, kind, body, ts, h, sig in rows:
             entry = AuditEntry(int(seq), bytes(prev), str(kind), unpack(bytes(body)), int(ts))
-            out.append((entry, Authenticator(self.identity.public_key, int(seq), bytes(h),
-                                             bytes(sig))))
+            out.append((entry, AuditAuthenticator(self.identity.public_key, int(seq),
+                                                  bytes(h), bytes(sig))))
         return out
 
     def raw(self, since: int = 0, limit: int = 1000
@@ -119,12 +123,12 @@ class AuditLog:
                                         int(ts)), bytes(h), bytes(sig))
                 for seq, prev, kind, body, ts, h, sig in rows]
 
-    def authenticator(self, seq: int) -> Authenticator | None:
+    def authenticator(self, seq: int) -> AuditAuthenticator | None:
         row = self.conn.execute("SELECT hash, sig FROM audit WHERE seq = ?",
                                 (seq,)).fetchone()
         if row is None:
             return None
-        return Authenticator(self.identity.public_key, seq, bytes(row[0]), bytes(row[1]))
+        return AuditAuthenticator(self.identity.public_key, seq, bytes(row[0]), bytes(row[1]))
 
     def segment(self, since: int = 0, limit: int = 1000) -> dict[str, Any]:
         """Wire form for a witness: ``{entries: [...], auths: [...], prev: hash | None}``."""

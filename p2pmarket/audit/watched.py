@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmarket.auction.snapshot import snapshot
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.evidence import (
     EvidenceError,
@@ -40,13 +41,13 @@ from p2pmarket.audit.evidence import (
 from p2pmarket.audit.replay import Replayer, decode_entry
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from p2pmarket.core.wire import DEFAULT_CLOCK_TOLERANCE_US, WireError
-from p2pmarket.ledger.chain import HASH_SIZE, Authenticator
+from p2pmarket.ledger.chain import HASH_SIZE
 
 MAX_PUSH = 256      # authenticators in one witness.push
 MAX_HELD = 4096     # pushed authenticators held per host, ahead of the audit
 TRUSTED, SUSPECTED, EXPOSED = "trusted", "suspected", "exposed"
 
-AuditedLookup = Callable[[bytes, int], Authenticator | None]
+AuditedLookup = Callable[[bytes, int], AuditAuthenticator | None]
 """``(host key, seq)`` -> the host's authenticator of an entry audited in an earlier
 segment (:meth:`p2pmarket.audit.witnessstore.WitnessStore.audited`)."""
 
@@ -55,7 +56,7 @@ class WitnessError(AuditError):
     """A refused witness request, or a host's answer the witness cannot take."""
 
 
-def check_auths(host: bytes, items: Any) -> list[Authenticator]:
+def check_auths(host: bytes, items: Any) -> list[AuditAuthenticator]:
     """Pushed ``[[seq, hash, sig], ...]``: at most :data:`MAX_PUSH`, all the host's valid
     signatures, or :class:`WitnessError`."""
     if not isinstance(items, list) or not 0 < len(items) <= MAX_PUSH:
@@ -69,7 +70,7 @@ def check_auths(host: bytes, items: Any) -> list[Authenticator]:
                 or len(h) != HASH_SIZE or not isinstance(sig, bytes) \
                 or len(sig) != SIGNATURE_SIZE:
             raise WitnessError("an authenticator is [seq, hash, sig]")
-        auth = Authenticator(host, seq, h, sig)
+        auth = AuditAuthenticator(host, seq, h, sig)
         if not auth.verify():
             raise WitnessError("an authenticator is not signed by the host", seq)
         out.append(auth)
@@ -111,9 +112,9 @@ class Watched:
     key: bytes
     url: str | None = None
     replayer: Replayer = field(default_factory=Replayer)
-    held: dict[int, Authenticator] = field(default_factory=dict)
+    held: dict[int, AuditAuthenticator] = field(default_factory=dict)
     # audited in the segment being checked, not yet in the store (older ones are there)
-    unsaved: dict[int, Authenticator] = field(default_factory=dict)
+    unsaved: dict[int, AuditAuthenticator] = field(default_factory=dict)
     saved_anchor: int = -1   # first seq of the replay entries the store holds
     challenge: dict[str, Any] | None = None
     proofs: list[bytes] = field(default_factory=list)
@@ -134,11 +135,11 @@ class Watched:
     def anchor_seq(self) -> int:
         return self.replayer.seq - len(self.replayer.anchor_entries) + 1
 
-    def audited(self, seq: int, stored: AuditedLookup) -> Authenticator | None:
+    def audited(self, seq: int, stored: AuditedLookup) -> AuditAuthenticator | None:
         """The host's authenticator of an entry we audited."""
         return self.unsaved.get(seq) or stored(self.key, seq)
 
-    def hold(self, auth: Authenticator, stored: AuditedLookup) -> bytes | None:
+    def hold(self, auth: AuditAuthenticator, stored: AuditedLookup) -> bytes | None:
         """Take one (verified) authenticator of the host; return the proof of
         inconsistency it makes, if any."""
         if auth.seq <= self.replayer.seq:
@@ -165,7 +166,7 @@ class Watched:
                 raise WitnessError("entries and sigs must be bytes")
             seq = since + i
             h = hashlib.sha256(raw).digest()
-            auth = Authenticator(self.key, seq, h, sig) if len(sig) == SIGNATURE_SIZE \
+            auth = AuditAuthenticator(self.key, seq, h, sig) if len(sig) == SIGNATURE_SIZE \
                 else None
             if auth is None or not auth.verify():
                 raise WitnessError("an entry is not signed by the host", seq)

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pmarket.api.rpc import CallContext, Handler
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import EvidenceError, EvidenceSink, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.watched import (
@@ -76,7 +77,6 @@ from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.wire import WireError
-from p2pmarket.ledger.chain import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class WitnessService:
             w.url = url
         return w
 
-    async def hold(self, w: Watched, auth: Authenticator) -> None:
+    async def hold(self, w: Watched, auth: AuditAuthenticator) -> None:
         """Take one (verified) authenticator of the host."""
         proof = w.hold(auth, self.store.audited)
         if proof is not None:

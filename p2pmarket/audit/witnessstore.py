@@ -33,17 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from p2pmarket.auction.snapshot import from_snapshot, snapshot
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.replay import Replayer
-from p2pmarket.core.files import open_db
+from p2pmarket.core.files import open_db, require_format
 from p2pmarket.core.wire import pack, unpack
-from p2pmarket.ledger.chain import Authenticator
 
 log = logging.getLogger(__name__)
 
 _AUDITED = "INSERT OR REPLACE INTO audited (key, seq, hash, sig) VALUES (?, ?, ?, ?)"
 
 MAX_SNAPSHOT_BYTES = 64 << 20
+
+STORE_FORMAT = 2
+"""The witness store's format: 2 since signatures have domains (docs/design.md §2)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -97,7 +100,7 @@ class SavedHost:
     key: bytes
     url: str | None
     replayer: Replayer
-    held: tuple[Authenticator, ...]
+    held: tuple[AuditAuthenticator, ...]
     challenge: dict[str, Any] | None
     error: str
     last_audit: int
@@ -108,6 +111,8 @@ class WitnessStore:
 
     def __init__(self, path: Path | str = ":memory:") -> None:
         self.conn = open_db(path)
+        require_format(self.conn, "witness", STORE_FORMAT, ("hosts", "audited", "held"),
+                       "signatures have domains")
         with self.conn:
             self.conn.executescript(_SCHEMA)
 
@@ -132,7 +137,7 @@ class WitnessStore:
                 log.error("witness store, host %s: %s (%s); auditing it again from seq 0",
                           key.hex()[:12], exc.message, exc.value)
                 replayer, error = Replayer(host=key), f"{exc.message}; re-auditing"
-            held = tuple(Authenticator(key, s, bytes(h), bytes(sig)) for s, h, sig in
+            held = tuple(AuditAuthenticator(key, s, bytes(h), bytes(sig)) for s, h, sig in
                          self.conn.execute("SELECT seq, hash, sig FROM held WHERE key = ? "
                                            "ORDER BY seq", (key,)))
             out.append(SavedHost(key, url, replayer, held,
@@ -173,10 +178,10 @@ class WitnessStore:
 
     # -- lookups ------------------------------------------------------------------------
 
-    def audited(self, key: bytes, seq: int) -> Authenticator | None:
+    def audited(self, key: bytes, seq: int) -> AuditAuthenticator | None:
         row = self.conn.execute("SELECT hash, sig FROM audited WHERE key = ? AND seq = ?",
                                 (key, seq)).fetchone()
-        return None if row is None else Authenticator(key, seq, bytes(row[0]), bytes(row[1]))
+        return None if row is None else AuditAuthenticator(key, seq, bytes(row[0]), bytes(row[1]))
 
     def audited_count(self, key: bytes) -> int:
         row = self.conn.execute("SELECT COUNT(*) FROM audited WHERE key = ?", (key,)).fetchone()
@@ -184,7 +189,7 @@ class WitnessStore:
 
     # -- saving -------------------------------------------------------------------------
 
-    def save_held(self, key: bytes, auths: Iterable[Authenticator]) -> None:
+    def save_held(self, key: bytes, auths: Iterable[AuditAuthenticator]) -> None:
         """Keep pushed authenticators (call before acknowledging the push)."""
         self._write("INSERT OR IGNORE INTO held (key, seq, hash, sig) VALUES (?, ?, ?, ?)",
                     [(key, a.seq, a.hash, a.sig) for a in auths], key)
@@ -193,7 +198,7 @@ class WitnessStore:
         self._run([("DELETE FROM held WHERE key = ? AND seq <= ?", (key, upto))])
 
     def save_progress(self, key: bytes, url: str | None, replayer: Replayer,
-                      audited: list[Authenticator], anchor_changed: bool) -> None:
+                      audited: list[AuditAuthenticator], anchor_changed: bool) -> None:
         """One checked segment: its authenticators, and where the replay resumes (not
         for a replay that found a fault: the host is exposed, nothing resumes)."""
         rows = [(key, a.seq, a.hash, a.sig) for a in audited]

@@ -3,6 +3,10 @@
 A node id is the first 20 bytes of SHA-256(public key): it fits Kademlia's
 160-bit space and cannot be chosen freely. An optional static puzzle
 (S/Kademlia) requires SHA-256(node id) to start with ``bits`` zero bits.
+
+Every signature has a domain (:mod:`p2pmarket.core.domains`): :meth:`Identity.sign`
+and :func:`verify` take it and sign or check the framed message, so a signature made
+for one purpose never verifies for another.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 import nacl.exceptions
 import nacl.signing
 
+from p2pmarket.core.domains import Domain, framed
 from p2pmarket.core.errors import P2PMarketError
 
 PUBLIC_KEY_SIZE = 32
@@ -47,12 +52,14 @@ def meets_puzzle(node_id: bytes, bits: int) -> bool:
     return bits <= 0 or leading_zero_bits(hashlib.sha256(node_id).digest()) >= bits
 
 
-def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s signature of ``message``."""
+def verify(public_key: bytes, domain: Domain, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is ``public_key``'s signature of ``message`` in
+    ``domain``."""
+    signed = framed(domain, message)
     if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
         return False
     try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        nacl.signing.VerifyKey(public_key).verify(signed, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
         return False
     return True
@@ -108,5 +115,6 @@ class Identity:
             if meets_puzzle(ident.node_id, puzzle_bits):
                 return ident
 
-    def sign(self, message: bytes) -> bytes:
-        return self._key.sign(message).signature
+    def sign(self, domain: Domain, message: bytes) -> bytes:
+        """This key's signature of ``message`` in ``domain``."""
+        return self._key.sign(framed(domain, message)).signature

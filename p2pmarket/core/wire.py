@@ -4,9 +4,16 @@ Canonical encoding: maps are written with their keys sorted by the keys' own
 encoding, tuples become lists, floats are refused, so one value always gives the
 same bytes and a signature over them is well defined.
 
-A signed envelope is ``{v, kind, from, to, ts, body, sig}``; ``sig`` covers the
-canonical encoding of all other fields. ``to`` (a node id or None) binds the
-message to its receiver, ``ts`` (integer microseconds) feeds the replay guard.
+A signed envelope is ``{v, kind, from, to, ts, body, sig}``, ``v`` = 2; ``sig`` is
+the sender's signature, in a signature domain (:mod:`p2pmarket.core.domains`), of the
+canonical encoding of all other fields. ``to`` (a node id or None) binds the message
+to its receiver, ``ts`` (integer microseconds) feeds the replay guard. The domain is
+not on the wire: who signs and who checks name it (:data:`~p2pmarket.core.domains.
+ENVELOPE` for RPC requests, replies and upload authorizations,
+:data:`~p2pmarket.core.domains.DHT_RECORD` for DHT records,
+:data:`~p2pmarket.core.domains.LEASE` for leases), so an envelope signed for one
+purpose does not verify for another. Version 1 envelopes (signed without a domain)
+are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import msgpack
 
+from p2pmarket.core.domains import Domain
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import (
     NODE_ID_SIZE,
@@ -29,7 +37,7 @@ from p2pmarket.core.identity import (
     verify,
 )
 
-VERSION = 1
+VERSION = 2   # 2: signatures have a domain (issue 10); 1 signed the bare encoding
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 32
 DEFAULT_CLOCK_TOLERANCE_US = 60_000_000
@@ -158,9 +166,11 @@ class Envelope:
         return _spliced(self.v, self.kind, self.sender, self.to, self.ts, self._body_bytes,
                         self.sig)
 
-    def verify_signature(self) -> None:
-        if not verify(self.sender, pack(self.signed_part()), self.sig):
-            raise WireError("bad signature", self.kind)
+    def verify_signature(self, domain: Domain) -> None:
+        """Raise :class:`WireError` unless ``sig`` is the sender's signature of this
+        envelope in ``domain``."""
+        if not verify(self.sender, domain, pack(self.signed_part()), self.sig):
+            raise WireError(f"bad signature (for a {domain.tag})", self.kind)
 
     @classmethod
     def from_wire(cls, doc: Any) -> Envelope:
@@ -172,7 +182,8 @@ class Envelope:
             raise WireError("envelope fields wrong", sorted(map(str, doc)))
         v, kind, sender, to, ts, sig = (doc[k] for k in ("v", "kind", "from", "to", "ts", "sig"))
         if v != VERSION:
-            raise WireError("unsupported envelope version", v)
+            raise WireError(f"unsupported envelope version (this node speaks version "
+                            f"{VERSION}: signatures with a domain)", v)
         if not isinstance(kind, str) or not 0 < len(kind) <= 64:
             raise WireError("envelope kind must be a short string", None)
         if not isinstance(sender, bytes) or len(sender) != PUBLIC_KEY_SIZE:
@@ -186,15 +197,17 @@ class Envelope:
         return cls(kind=kind, sender=sender, to=to, ts=ts, body=doc["body"], sig=sig, v=v)
 
 
-def seal(identity: Identity, kind: str, body: Any, ts: int, to: bytes | None = None) -> Envelope:
-    """Sign ``body`` as an envelope of ``kind`` from ``identity``."""
+def seal(identity: Identity, domain: Domain, kind: str, body: Any, ts: int,
+         to: bytes | None = None) -> Envelope:
+    """Sign ``body`` as an envelope of ``kind`` from ``identity``, in ``domain``."""
     # Encode the body once: canonicalises it (tuples -> lists), checks it is encodable;
     # the signed bytes and the wire bytes splice these bytes in.
     body_bytes = pack(body)
     if not isinstance(kind, str) or (to is not None and not isinstance(to, bytes)) \
             or not isinstance(ts, int):
         raise WireError("bad envelope header", kind)
-    sig = identity.sign(_spliced(VERSION, kind, identity.public_key, to, ts, body_bytes))
+    sig = identity.sign(domain, _spliced(VERSION, kind, identity.public_key, to, ts,
+                                         body_bytes))
     env = Envelope(kind=kind, sender=identity.public_key, to=to, ts=ts,
                    body=unpack(body_bytes), sig=sig)
     object.__setattr__(env, "_body_bytes", body_bytes)
@@ -217,10 +230,10 @@ def _spliced(v: int, kind: str, sender: bytes, to: bytes | None, ts: int, body: 
     return head + _K_BODY + body + _K_FROM + pack_plain(sender) + _K_KIND + pack_plain(kind)
 
 
-def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
-    """Decode and signature-check an envelope from the network."""
+def decode(data: bytes, domain: Domain, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
+    """Decode an envelope from the network and check its signature in ``domain``."""
     env = Envelope.from_wire(unpack(data, max_bytes))
-    env.verify_signature()
+    env.verify_signature(domain)
     return env
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import NODE_ID_SIZE
 from p2pmarket.core.wire import Envelope, WireError, unpack
@@ -124,9 +125,11 @@ def check_expiry(expires: object, now_us: int, max_ttl_us: int = MAX_TTL_US,
 
 
 def check_signature(env: Envelope) -> None:
-    """``bad_signature`` unless the envelope's signature verifies."""
+    """``bad_signature`` unless the envelope's signature verifies as a DHT record's
+    (:data:`~p2pmarket.core.domains.DHT_RECORD`: a lease or an RPC signed by the same
+    key does not)."""
     try:
-        env.verify_signature()
+        env.verify_signature(DHT_RECORD)
     except WireError:
         raise refusal("bad_signature", "bad record signature") from None
 

@@ -5,9 +5,10 @@ between the datagram RPC and the RPC handlers) changes the stock
 ``KademliaProtocol`` thus:
 
 - A contact enters the routing table only after it proved, with a signature
-  over our random nonce (RPC ``ident``, :func:`check_ident`), that it holds the
-  key its node id is derived from; the id must also meet the genesis puzzle
-  (:func:`valid_id`). Verified (id, address) pairs are cached.
+  over our random nonce (RPC ``ident``, :func:`check_ident`; in the ``dht.ident``
+  signature domain, so the nonce we pick cannot make it sign anything else), that
+  it holds the key its node id is derived from; the id must also meet the genesis
+  puzzle (:func:`valid_id`). Verified (id, address) pairs are cached.
 - The routing table is :class:`~p2pmarket.dht.routing.DhtRoutingTable`
   (k closest neighbours, eviction after several misses, per-/24 caps).
 - A node that sends an invalid record (forged, wrong key, malformed) is
@@ -37,6 +38,7 @@ from typing import Any
 from kademlia.node import Node
 
 from p2pmarket.core.clock import Monotonic
+from p2pmarket.core.domains import DHT_IDENT
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity, meets_puzzle, node_id_of, verify
 from p2pmarket.core.wire import pack
 from p2pmarket.dht.routing import DhtRoutingTable
@@ -70,7 +72,8 @@ def check_ident(doc: Any, node_id: bytes, nonce: bytes, requester: bytes) -> boo
     key, sig = doc
     if not isinstance(key, bytes) or len(key) != 32 or not isinstance(sig, bytes):
         return False
-    return node_id_of(key) == node_id and verify(key, ident_message(nonce, requester), sig)
+    return node_id_of(key) == node_id and verify(key, DHT_IDENT, ident_message(nonce, requester),
+                                                 sig)
 
 
 def parse_nodes(doc: object, puzzle_bits: int, limit: int = 64) -> list[Node]:

@@ -19,6 +19,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
+from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, seal
 from p2pmarket.dht.checks import (
@@ -101,7 +102,8 @@ def make_offer_entry(identity: Identity, *, resource_type: str, url: str, capaci
         "price": price,
         "expires": now_us + ttl_us,
     }
-    entry = OfferEntry.from_envelope(seal(identity, OFFER_KIND, body, ts=now_us), now_us)
+    entry = OfferEntry.from_envelope(seal(identity, DHT_RECORD, OFFER_KIND, body, ts=now_us),
+                                     now_us)
     check_size(pack_offer_set(entry.key, [entry]))
     return entry
 

@@ -20,7 +20,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.core.files import open_db
+from p2pmarket.core.files import open_db, require_format
 from p2pmarket.core.wire import WireError, pack, unpack
 
 SCHEMA = """
@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS proofs (sha256 BLOB PRIMARY KEY, node_id BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 MAX_SAVED_CONTACTS = 2000
+STORE_FORMAT = 2
+"""The DHT state's format: 2 since signatures have domains (docs/design.md §2)."""
 
 
 class DhtState:
@@ -42,6 +44,8 @@ class DhtState:
     def __init__(self, path: Path | str) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = open_db(path)
+        require_format(self._db, "DHT", STORE_FORMAT, ("own", "proofs"),
+                       "records are envelopes of version 2, proofs of version 2")
         with self._db:
             self._db.executescript(SCHEMA)
 

@@ -30,6 +30,7 @@ from typing import Any
 from kademlia.node import Node
 
 from p2pmarket.core.clock import Monotonic
+from p2pmarket.core.domains import DHT_IDENT
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity
 from p2pmarket.dht.checks import MALICIOUS
 from p2pmarket.dht.contacts import ContactGate, ident_message
@@ -86,7 +87,8 @@ class DhtProtocol(ContactGate):
         if not isinstance(nonce, bytes) or len(nonce) != 16 or not self._acceptable(nodeid):
             return None
         assert isinstance(nodeid, bytes)
-        return [self._identity.public_key, self._identity.sign(ident_message(nonce, nodeid))]
+        return [self._identity.public_key, self._identity.sign(DHT_IDENT,
+                                                                ident_message(nonce, nodeid))]
 
     def _store_value(self, sender: tuple[str, int], nodeid: object, key: object,
                      value: object) -> bool:

@@ -16,7 +16,10 @@ Key names and the values stored under them (kademlia stores ``sha1(key name)``):
 - ``evidence/<node id hex>``: a multi-writer set of proofs of misbehaviour
   (:mod:`p2pmarket.dht.evidence_records`).
 
-Both sets are stored as a container ``{kind, key, entries}`` (canonical msgpack).
+Host records and offer entries are signed in the ``dht.record`` signature domain
+(:data:`p2pmarket.core.domains.DHT_RECORD`): the same key's RPCs or leases are no
+records. Both sets are stored as a container ``{kind, key, entries}`` (canonical
+msgpack).
 The checks every kind shares (sizes, container, fields, signature, times) are in
 :mod:`p2pmarket.dht.checks`; :func:`url_host` (per-prefix caps) is here. All
 times are integer microseconds; ``now_us`` always comes in as an argument.
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, seal
 from p2pmarket.dht.checks import (
@@ -233,7 +237,8 @@ def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
     reach = list(reach)
     if reach:
         body["reach"] = reach
-    record = HostRecord.from_envelope(seal(identity, HOST_KIND, body, ts=now_us), now_us)
+    record = HostRecord.from_envelope(seal(identity, DHT_RECORD, HOST_KIND, body, ts=now_us),
+                                      now_us)
     check_size(record.value)
     return record
 

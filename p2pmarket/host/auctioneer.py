@@ -59,6 +59,7 @@ from p2pmarket.auction.machine import ZERO
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.rpcargs import UNENCODABLE, check_args
 from p2pmarket.auction.steps import request_refusal
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import Settings
@@ -68,7 +69,6 @@ from p2pmarket.core.wire import WireError, digest, pack
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.runner import AuctionRunner, RefundPayment
 from p2pmarket.host.vmm.base import VMM
-from p2pmarket.ledger.chain import Authenticator
 
 # Verifies a payment certificate and credits the host's own chain. It must be
 # idempotent (the same certificate twice gives the same Payment and credits once):
@@ -146,13 +146,13 @@ class Auctioneer(AuctionRunner):
                 raise HostError("since and limit must be non-negative integers")
         return audit_log_segment(self.audit, since, min(limit, MAX_SEGMENT))
 
-    def _leased_reply(self, st: Step, auth: Authenticator) -> dict[str, Any]:
+    def _leased_reply(self, st: Step, auth: AuditAuthenticator) -> dict[str, Any]:
         assert st.result is not None
         aid = st.result["account_id"]
         return {**st.result, "lease": dict(self.journal.leases[aid]), "audit": auth.to_wire()}
 
     async def _call(self, name: str, ctx: CallContext, args: dict[str, Any],
-                    payment: bool = False) -> tuple[Step, Authenticator]:
+                    payment: bool = False) -> tuple[Step, AuditAuthenticator]:
         """Run one RPC through the pure step; log it; raise its error if it failed."""
         try:
             logged: Any = dict(args)

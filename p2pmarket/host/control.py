@@ -25,6 +25,7 @@ from aiohttp import web
 
 from p2pmarket.api.server import ControlHandler, jsonable
 from p2pmarket.auction import HostError
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import P2PMarketError, error_dict
 from p2pmarket.core.wire import ReplayGuard, WireError, decode
 from p2pmarket.host.auctioneer import Auctioneer
@@ -72,7 +73,7 @@ def upload_route(auct: Auctioneer, guard: ReplayGuard | None = None) -> web.Rout
 
     async def handler(request: web.Request) -> web.Response:
         try:
-            env = decode(bytes.fromhex(request.headers.get(AUTH_HEADER, "")))
+            env = decode(bytes.fromhex(request.headers.get(AUTH_HEADER, "")), ENVELOPE)
             if env.kind != UPLOAD_KIND or env.to != auct.identity.node_id:
                 raise WireError("upload authorization is for another host or purpose")
             replay.accept(env.sender, env.ts, auct.clock())

@@ -30,12 +30,12 @@ from p2pmarket.auction.outcome import Step
 from p2pmarket.auction.seen import from_rows, to_rows
 from p2pmarket.auction.snapshot import snapshot
 from p2pmarket.auction.steps import GENESIS, INPUTS, step
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.config import Settings
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack
 from p2pmarket.host.accountstore import AccountStore
-from p2pmarket.ledger.chain import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Journal:
         self.leases: dict[str, dict[str, Any]] = {}   # account -> signed lease (wire)
         self.state = self._restore(config, tick_us, long_us)
 
-    def apply(self, kind: str, body: Any, now: int) -> tuple[Step, list[Authenticator]]:
+    def apply(self, kind: str, body: Any, now: int) -> tuple[Step, list[AuditAuthenticator]]:
         """Step, log input and outputs in one durable append, then commit the state."""
         st = step(self.state, kind, body, now)
         auths = self.audit.append_many([(kind, body, now)]
@@ -68,7 +68,7 @@ class Journal:
         self.commit(st, auths, now)
         return st, auths
 
-    def commit(self, st: Step, auths: list[Authenticator], now: int) -> None:
+    def commit(self, st: Step, auths: list[AuditAuthenticator], now: int) -> None:
         """Make ``st`` (logged as ``auths``: its input's, then its outputs') the state."""
         old, new = self.state, st.state
         leases = dict(self.leases)

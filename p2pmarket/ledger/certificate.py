@@ -1,7 +1,8 @@
 """Notary certificates: a receipt anyone verifies offline (docs/design.md section 4).
 
 A certificate is an entry, its owner's signature, and notary signatures of
-``pack(["cert", owner, seq, hash])``. It is valid when the owner's signature is
+``pack(["cert", owner, seq, hash])`` in the signature domain ``notary.cert``
+(:data:`p2pmarket.core.domains.NOTARY_CERT`). It is valid when the owner's signature is
 good and at least :func:`committee_quorum` (2f+1 for a committee of 3f+1)
 DISTINCT committee keys signed it correctly. Unknown keys and bad signatures
 are ignored, never counted; one key never counts twice. Wire form:
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from p2pmarket.core.domains import NOTARY_CERT
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
 from p2pmarket.core.wire import WireError, pack_plain, unpack
@@ -54,21 +56,22 @@ def committee_quorum(genesis: Genesis) -> int:
 
 
 def cert_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
-    """What a notary signs to certify entry ``(owner, seq, hash)``:
-    ``pack(["cert", owner, seq, hash])`` (a list of scalars: canonical as is)."""
+    """What a notary signs (in :data:`~p2pmarket.core.domains.NOTARY_CERT`) to certify
+    entry ``(owner, seq, hash)``: ``pack(["cert", owner, seq, hash])`` (a list of
+    scalars: canonical as is)."""
     return pack_plain(["cert", owner, seq, entry_hash])
 
 
 def notary_sign(identity: Identity, entry: Entry) -> bytes:
-    return identity.sign(cert_message(entry.owner, entry.seq, entry.hash()))
+    return identity.sign(NOTARY_CERT, cert_message(entry.owner, entry.seq, entry.hash()))
 
 
 def notary_sig_valid(entry: Entry, key: bytes, sig: bytes,
                      cache: SigCache | None = None) -> bool:
     message = cert_message(entry.owner, entry.seq, entry.hash())
     if cache is not None:
-        return cache.verify(key, message, sig)
-    return verify(key, message, sig)
+        return cache.verify(key, NOTARY_CERT, message, sig)
+    return verify(key, NOTARY_CERT, message, sig)
 
 
 @dataclass(frozen=True)

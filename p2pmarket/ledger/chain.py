@@ -2,7 +2,11 @@
 
 An entry is ``{owner, seq, prev, kind, body, ts}``; its hash is SHA-256 of the
 canonical msgpack of that map. The owner signs ``pack(["auth", owner, seq,
-hash])``: that is an *authenticator*. Kinds and bodies:
+hash])`` in the signature domain ``chain.entry``
+(:data:`p2pmarket.core.domains.CHAIN_ENTRY`): that is an *authenticator*
+(:class:`Authenticator`). A host's audit log has authenticators of the same form in
+its own domain (:class:`p2pmarket.audit.entry.AuditAuthenticator`); both derive from
+:class:`LogAuthenticator`, and neither verifies as the other. Kinds and bodies:
 
 - ``OPEN`` ``{}``: exactly the entry at seq 0, ``prev`` all zeros.
 - ``MINT`` ``{amount}``: only the genesis mint key.
@@ -36,10 +40,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import msgpack
 
+from p2pmarket.core.domains import CHAIN_ENTRY, Domain
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, verify
 from p2pmarket.core.wire import WireError, digest, pack_plain, unpack
@@ -256,58 +261,74 @@ def check_link(entry: Entry, head_seq: int, head_hash: bytes) -> None:
 
 
 def auth_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
-    """What an owner signs: ``pack(["auth", owner, seq, hash])`` (a list: canonical as is)."""
+    """What an owner signs (in its log's domain): ``pack(["auth", owner, seq, hash])``
+    (a list: canonical as is)."""
     return _p(["auth", owner, seq, entry_hash])
 
 
 @dataclass(frozen=True)
-class Authenticator:
-    """The owner's signature of ``(owner, seq, hash)``."""
+class LogAuthenticator:
+    """An owner's signature of ``(owner, seq, hash)`` of an entry of one of its logs, in
+    that log's signature domain (:attr:`DOMAIN`, set by each subclass): the payment
+    chain's :class:`Authenticator` or the audit log's
+    :class:`p2pmarket.audit.entry.AuditAuthenticator`. The wire form does not name the
+    log; whoever reads one says which it expects, and a signature made for one log
+    never verifies as the other's. Never made itself."""
 
     owner: bytes
     seq: int
     hash: bytes
     sig: bytes
+    DOMAIN: ClassVar[Domain]
 
     def __post_init__(self) -> None:
+        if type(self) is LogAuthenticator:
+            raise TypeError("an authenticator belongs to a log: use a subclass")
         check_bytes(self.owner, "owner", PUBLIC_KEY_SIZE)
         check_int(self.seq, "seq", 0, MAX_SEQ)
         check_bytes(self.hash, "hash", HASH_SIZE)
         check_bytes(self.sig, "sig", SIGNATURE_SIZE)
-
-    @classmethod
-    def sign(cls, identity: Identity, entry: Entry) -> Authenticator:
-        if identity.public_key != entry.owner:
-            raise LedgerError("only the owner signs its chain's entries", "owner")
-        sig = identity.sign(auth_message(entry.owner, entry.seq, entry.hash()))
-        return cls(entry.owner, entry.seq, entry.hash(), sig)
-
-    @classmethod
-    def of(cls, entry: Entry, sig: bytes) -> Authenticator:
-        return cls(entry.owner, entry.seq, entry.hash(), sig)
 
     def message(self) -> bytes:
         return auth_message(self.owner, self.seq, self.hash)
 
     def verify(self, cache: SigCache | None = None) -> bool:
         if cache is not None:
-            return cache.verify(self.owner, self.message(), self.sig)
-        return verify(self.owner, self.message(), self.sig)
+            return cache.verify(self.owner, self.DOMAIN, self.message(), self.sig)
+        return verify(self.owner, self.DOMAIN, self.message(), self.sig)
 
     def check(self, cache: SigCache | None = None) -> None:
         if not self.verify(cache):
             raise LedgerError("bad owner signature", {"owner": self.owner, "seq": self.seq})
 
-    def matches(self, entry: Entry) -> bool:
-        return (self.owner, self.seq, self.hash) == (entry.owner, entry.seq, entry.hash())
-
     def to_wire(self) -> dict[str, Any]:
         return {"owner": self.owner, "seq": self.seq, "hash": self.hash, "sig": self.sig}
 
     @classmethod
-    def from_wire(cls, doc: Any) -> Authenticator:
+    def from_wire(cls, doc: Any) -> Self:
         doc = check_map(doc, "authenticator", AUTH_FIELDS)
         return cls(doc["owner"], doc["seq"], doc["hash"], doc["sig"])
+
+
+@dataclass(frozen=True)
+class Authenticator(LogAuthenticator):
+    """The owner's signature of ``(owner, seq, hash)`` of a payment chain entry."""
+
+    DOMAIN: ClassVar[Domain] = CHAIN_ENTRY
+
+    @classmethod
+    def sign(cls, identity: Identity, entry: Entry) -> Authenticator:
+        if identity.public_key != entry.owner:
+            raise LedgerError("only the owner signs its chain's entries", "owner")
+        sig = identity.sign(CHAIN_ENTRY, auth_message(entry.owner, entry.seq, entry.hash()))
+        return cls(entry.owner, entry.seq, entry.hash(), sig)
+
+    @classmethod
+    def of(cls, entry: Entry, sig: bytes) -> Authenticator:
+        return cls(entry.owner, entry.seq, entry.hash(), sig)
+
+    def matches(self, entry: Entry) -> bool:
+        return (self.owner, self.seq, self.hash) == (entry.owner, entry.seq, entry.hash())
 
 
 def apply(balance: int, entry: Entry, genesis: Genesis,
@@ -389,8 +410,10 @@ def replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: Ge
 def equivocation(first: Authenticator, second: Authenticator) -> bool:
     """Whether two authenticators prove their owner signed two entries at one seq.
 
-    Self-contained and offline: both signatures valid, same owner and seq,
-    different hashes. Such a pair is what notaries keep as evidence of a fork.
+    Self-contained and offline: both payment-chain authenticators (not audit log
+    ones), both signatures valid, same owner and seq, different hashes. Such a pair is
+    what notaries keep as evidence of a fork.
     """
-    return (first.owner == second.owner and first.seq == second.seq
+    return (type(first) is Authenticator and type(second) is Authenticator
+            and first.owner == second.owner and first.seq == second.seq
             and first.hash != second.hash and first.verify() and second.verify())

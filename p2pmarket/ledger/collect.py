@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from p2pmarket.core.domains import NOTARY_CERT
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import verify
@@ -57,7 +58,7 @@ class Tally:
         for entry, _ in self.built:
             sig = sigs.get(entry.seq)
             if entry.seq in self.need and sig is not None and \
-                    verify(notary, self.messages[entry.seq], sig):
+                    verify(notary, NOTARY_CERT, self.messages[entry.seq], sig):
                 self.got[entry.seq][notary] = sig
                 if len(self.got[entry.seq]) >= self.quorum:
                     self.need.discard(entry.seq)
@@ -157,6 +158,6 @@ async def recollect(transport: NotaryTransport, genesis: Genesis, entry: Entry,
             continue
         got = result.get("sigs") if isinstance(result, dict) else None
         sig = got[0] if isinstance(got, list) and len(got) == 1 else None
-        if isinstance(sig, bytes) and verify(notary.key, message, sig):
+        if isinstance(sig, bytes) and verify(notary.key, NOTARY_CERT, message, sig):
             sigs[notary.key] = sig
     return sigs

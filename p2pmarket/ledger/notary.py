@@ -53,7 +53,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from p2pmarket.core.files import open_db
+from p2pmarket.core.domains import NOTARY_CERT
+from p2pmarket.core.files import open_db, require_format
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import (
@@ -82,6 +83,9 @@ from p2pmarket.ledger.sigcache import SigCache
 MAX_INBOX = 256
 T = TypeVar("T")
 
+STORE_FORMAT = 2
+"""The notary store's format: 2 since signatures have domains (docs/design.md §2)."""
+
 
 async def _no_screen(owners: set[bytes]) -> None:
     return None
@@ -106,6 +110,8 @@ class NotaryService:
         self.screen = screen or _no_screen
         self.cache = SigCache()
         self.conn = open_db(db_path)
+        require_format(self.conn, "notary", STORE_FORMAT, ("nt_chain", "nt_entry"),
+                       "signatures have domains")
         with self.conn:
             self.conn.executescript(SCHEMA)
         self.group: GroupCommit[Tx] = GroupCommit(self._transaction)
@@ -189,7 +195,8 @@ class NotaryService:
 
         # every check passed: sign and record (committed with the whole group)
         sig = notary_sign(self.identity, entry)
-        self.cache.add(self.key, cert_message(entry.owner, entry.seq, entry.hash()), sig)
+        self.cache.add(self.key, NOTARY_CERT, cert_message(entry.owner, entry.seq,
+                                                           entry.hash()), sig)
         head = head or tx.head(entry.owner, create=True)
         assert head is not None
         tx.entries[(head.cid, entry.seq)] = (entry.hash(), owner_sig)
@@ -207,7 +214,7 @@ class NotaryService:
         row = tx.entry(head.cid, auth.seq)
         assert row is not None, "a certified seq without its entry"
         if row[0] == auth.hash:
-            sig = self.identity.sign(cert_message(auth.owner, auth.seq, auth.hash))
+            sig = self.identity.sign(NOTARY_CERT, cert_message(auth.owner, auth.seq, auth.hash))
             return sig  # Ed25519 is deterministic: the very signature given before
         stored = Authenticator(auth.owner, auth.seq, row[0], row[1])
         tx.conn.execute("INSERT OR IGNORE INTO nt_evidence (cid, seq, hash, owner_sig) "

@@ -50,7 +50,6 @@ from p2pmarket.ledger.storeformat import (
     SCHEMA,
     RowCodec,
     check_format,
-    migrate,
 )
 
 KEEP_EVERY = 64  # entries whose seq is a multiple of this keep their notary signatures
@@ -65,11 +64,9 @@ class ChainStore:
         self._depth = 0
         self._oids: dict[bytes, int] = {}
         self.rows = RowCodec(self.conn)
+        check_format(self.conn)
         with self.transaction() as conn:
-            check_format(conn)
             conn.executescript(SCHEMA)
-            migrate(conn, lambda entry, sig: self.append(entry, sig, check_sig=False),
-                    self.attach)
 
     def close(self) -> None:
         self.conn.close()

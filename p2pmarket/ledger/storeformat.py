@@ -7,7 +7,9 @@ integer naming the key in ``chain_party``), the kind a one-byte code, and
 notary signatures name their notary by a small integer too (``chain_notary``).
 :class:`RowCodec` packs entries into rows and rebuilds them, checking each
 rebuilt entry's hash against the stored one. :func:`check_format` refuses an
-older, incompatible store and :func:`migrate` moves the first layout over.
+older, incompatible store: one whose RECVs embedded certificates, and any store of
+format 1 (:data:`STORE_FORMAT`: since format 2 every signature has a domain, so the
+signatures of a format 1 store, the first layout's included, no longer verify).
 :class:`p2pmarket.ledger.store.ChainStore` does the rest (appending, attaching
 and pruning signatures, queries).
 """
@@ -15,11 +17,11 @@ and pruning signatures, queries).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from p2pmarket.core.files import require_format
 from p2pmarket.core.wire import pack_plain, unpack
-from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import (
     CHECKPOINT,
     KINDS,
@@ -138,29 +140,17 @@ class RowCodec:
         return tuple((ids.key(self.conn, int(n)), bytes(s)) for n, s in unpack(bytes(blob)))
 
 
+STORE_FORMAT = 2
+"""The chain store's format: 2 since signatures have domains (docs/design.md §2)."""
+
+
 def check_format(conn: sqlite3.Connection) -> None:
-    """Refuse a store written before RECVs named their SEND (it had ``delta``)."""
+    """Refuse a store written before RECVs named their SEND (it had ``delta``), and one
+    of another format than :data:`STORE_FORMAT` (:class:`~p2pmarket.core.files.
+    FormatError`); mark a new one."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(chain_entry)")}
     if "delta" in columns:
         raise LedgerError("this chain store has an older format (RECVs embedding "
                           "certificates); start a new network or wallet", str(conn))
-
-
-def migrate(conn: sqlite3.Connection, append: Callable[[Entry, bytes], object],
-            attach: Callable[[Certificate], None]) -> None:
-    """Move chains stored in the first layout (table ``chain_entries``) over: each
-    entry through ``append`` (with its owner signature), its certificate through
-    ``attach``; then drop the old tables."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chain_entries'"
-                    ).fetchone() is None:
-        return
-    rows = conn.execute("SELECT entry, owner_sig, notary_sigs FROM chain_entries "
-                        "ORDER BY owner, seq").fetchall()
-    for data, owner_sig, sigs in rows:
-        entry = Entry.decode(bytes(data))
-        append(entry, bytes(owner_sig))
-        if sigs is not None:
-            pairs = tuple((bytes(k), bytes(s)) for k, s in unpack(bytes(sigs)))
-            attach(Certificate(entry, bytes(owner_sig), pairs))
-    conn.execute("DROP TABLE chain_entries")
-    conn.execute("DROP TABLE IF EXISTS chain_received")
+    require_format(conn, "chain", STORE_FORMAT, ("chain_entry", "chain_entries", "chain_owner"),
+                   "signatures have domains")

@@ -9,6 +9,8 @@ import pytest
 from p2pmarket.api.client import PeerClient, PeerUnreachable
 from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_reply
 from p2pmarket.api.server import Site, peer_app
+from p2pmarket.core.clock import now_us
+from p2pmarket.core.domains import DHT_RECORD, ENVELOPE, LEASE
 from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import WireError, pack, seal, unpack
@@ -91,10 +93,15 @@ async def test_bad_requests_get_error_dicts_and_change_nothing(
         pack(tampered): "bad signature",
         make_request(CALLER, CALLER.node_id, "counter.add", {"n": 1}): "addressed to another",
         make_request(CALLER, SERVER.node_id, "counter.nope", {}): "unknown RPC",
-        seal(CALLER, "rpc.counter.add", [1], ts=good and 1, to=SERVER.node_id).encode():
+        seal(CALLER, ENVELOPE, "rpc.counter.add", [1], ts=good and 1, to=SERVER.node_id).encode():
             "arguments must be a map",
-        seal(CALLER, "notrpc", {}, ts=2, to=SERVER.node_id).encode(): "not an RPC",
+        seal(CALLER, ENVELOPE, "notrpc", {}, ts=2, to=SERVER.node_id).encode(): "not an RPC",
         make_request(CALLER, SERVER.node_id, "counter.add", {"n": 1}, ts=10): "too old",
+        # the caller's signature of a request in another domain (a lease, a DHT record)
+        seal(CALLER, LEASE, "rpc.counter.add", {"n": 1}, ts=now_us(),
+             to=SERVER.node_id).encode(): "bad signature",
+        seal(CALLER, DHT_RECORD, "rpc.counter.add", {"n": 1}, ts=now_us() + 1,
+             to=SERVER.node_id).encode(): "bad signature",
     }
     for data, message in cases.items():
         assert message in await error_of(url, data), message
@@ -141,7 +148,7 @@ async def test_handler_gets_the_verified_request() -> None:
     open_reply(request, await dispatcher.dispatch(request), CALLER, SERVER.public_key)
     env = seen[0].request
     assert env is not None and env.encode() == request
-    env.verify_signature()
+    env.verify_signature(ENVELOPE)
     assert env.sender == seen[0].sender and env.ts == seen[0].ts and env.body == {"n": 1}
     # handlers called directly still work without one
     assert CallContext(sender=CALLER.public_key, ts=1).request is None

@@ -12,19 +12,19 @@ from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_rep
 from p2pmarket.auction.accounts import Payment
 from p2pmarket.auction.snapshot import state_digest
 from p2pmarket.auction.steps import step
-from p2pmarket.audit.entry import AuditEntry, sign_entry
+from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, sign_entry
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.witness import Peer, WitnessService, push_to_witnesses
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.config import Settings
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.wire import pack, seal, unpack
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.ledger.chain import Authenticator
 
 S = 1_000_000
 GIB = 1024 * 1024
@@ -193,7 +193,7 @@ def signed_ctx(who: Identity, host: Identity, name: str, args: dict[str, Any], t
                signer: Identity | None = None, to: bytes | None = None) -> CallContext:
     """The context the RPC layer gives a handler for ``who``'s signed ``host.<name>``
     request (``signer``/``to`` forge it: another key, another addressee)."""
-    env = seal(signer or who, f"rpc.host.{name}", args, ts=ts,
+    env = seal(signer or who, ENVELOPE, f"rpc.host.{name}", args, ts=ts,
                to=host.node_id if to is None else to)
     return CallContext(sender=who.public_key, ts=ts, request=env)
 
@@ -254,11 +254,11 @@ def serve_two_logs(h: HostNode, other: AuditLog, to: bytes) -> None:
     h.disp.handlers["host.audit_log"] = audit_log
 
 
-def auth_doc(a: Authenticator) -> dict[str, Any]:
+def auth_doc(a: AuditAuthenticator) -> dict[str, Any]:
     return a.to_wire()
 
 
-def sign(identity: Identity, entry: AuditEntry) -> Authenticator:
+def sign(identity: Identity, entry: AuditEntry) -> AuditAuthenticator:
     return sign_entry(identity, entry)
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from p2pmarket.audit.entry import AuditEntry, conflicting, verify_segment
+from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, conflicting, verify_segment
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.identity import Identity
-from p2pmarket.ledger.chain import ZERO_HASH, Authenticator
+from p2pmarket.ledger.chain import ZERO_HASH
 
 HOST = Identity(bytes(range(32)))
 
@@ -33,7 +33,7 @@ def test_append_links_and_signs(tmp_path: Path) -> None:
     assert again.entries(3)[0][0].prev == a2.hash and again.authenticator(3) == a3
     seg = again.segment(since=2)
     entries = [AuditEntry.from_wire(e) for e in seg["entries"]]
-    auths = [Authenticator.from_wire(a) for a in seg["auths"]]
+    auths = [AuditAuthenticator.from_wire(a) for a in seg["auths"]]
     verify_segment(entries, auths, HOST.public_key, prev_hash=seg["prev"])
     again.close()
 

@@ -16,6 +16,7 @@ from p2pmarket.auction.steps import RPCS
 from p2pmarket.audit.evidence import EvidenceError, verify_proof
 from p2pmarket.audit.replay import replay
 from p2pmarket.audit.watched import EXPOSED, TRUSTED
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, unpack
 
@@ -41,7 +42,7 @@ async def test_honest_log_carries_signed_requests_and_replays_clean(world: World
         if doc["kind"][3:] in RPCS and doc["kind"].startswith("in."):
             kinds.add(doc["kind"])
             env = Envelope.from_wire(doc["body"]["request"])
-            env.verify_signature()
+            env.verify_signature(ENVELOPE)
             assert env.sender == doc["body"]["from"] and env.to == h.identity.node_id
             assert env.body == doc["body"]["args"] and env.ts == doc["body"]["ts"]
             # compact: the request is its envelope (~185 bytes) and the arguments

@@ -18,10 +18,12 @@ from audit_world import (
     serve_two_logs,
 )
 
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import EvidenceError, inconsistency_proof, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.replay import replay
 from p2pmarket.audit.watched import EXPOSED, SUSPECTED, TRUSTED
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import RemoteError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack, seal, unpack
@@ -114,7 +116,7 @@ async def test_two_logs_for_two_witnesses_are_exposed(world: World) -> None:
     entry = h.auct.audit.entries(seq, 1)[0][0]
     # a conformant second log: Alice's bid as if she had sent it a microsecond later
     req = entry.body["request"]
-    resigned = seal(ALICE, req["kind"], req["body"], ts=req["ts"] + 1, to=req["to"])
+    resigned = seal(ALICE, ENVELOPE, req["kind"], req["body"], ts=req["ts"] + 1, to=req["to"])
     forked = rewritten(h.auct.audit, h.identity, seq,
                        {**entry.body, "ts": entry.body["ts"] + 1,
                         "request": resigned.to_wire()})
@@ -231,8 +233,7 @@ async def test_conflicting_pushes_are_a_proof(world: World) -> None:
     proof = w.service.evidence.proofs(h.key)[0]
     assert len(proof) < 400 and verify_proof(proof).seq == a["seq"]
     with pytest.raises(EvidenceError):
-        from p2pmarket.ledger.chain import Authenticator
-        same = Authenticator.from_wire(a)
+        same = AuditAuthenticator.from_wire(a)
         verify_proof(inconsistency_proof(same, same))
 
 

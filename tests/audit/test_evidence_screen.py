@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 
 from p2pmarket.api.rpc import CallContext
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import inconsistency_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.witnessing import EvidenceScreen
+from p2pmarket.core.domains import AUDIT_ENTRY
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.ledger import notaryrpc
-from p2pmarket.ledger.chain import Authenticator, auth_message
+from p2pmarket.ledger.chain import auth_message
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.notary import NotaryService
 
@@ -26,7 +28,7 @@ CTX = CallContext(Identity.generate().public_key, 0)
 
 
 def proof_against(ident: Identity) -> bytes:
-    a, b = (Authenticator(ident.public_key, 7, h, ident.sign(
+    a, b = (AuditAuthenticator(ident.public_key, 7, h, ident.sign(AUDIT_ENTRY,
         auth_message(ident.public_key, 7, h))) for h in (b"\1" * 32, b"\2" * 32))
     return inconsistency_proof(a, b)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pmarket.audit.entry import AuditEntry, sign_entry
+from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, sign_entry
 from p2pmarket.audit.evidence import verify_proof
 from p2pmarket.audit.watched import (
     MAX_HELD,
@@ -18,22 +18,23 @@ from p2pmarket.audit.watched import (
     check_auths,
     read_segment,
 )
+from p2pmarket.core.domains import AUDIT_ENTRY
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import DEFAULT_CLOCK_TOLERANCE_US
-from p2pmarket.ledger.chain import ZERO_HASH, Authenticator, auth_message
+from p2pmarket.ledger.chain import ZERO_HASH, auth_message
 
 HOST = Identity.generate()
 S = 1_000_000
 T0 = 1_700_000_000 * S
 
 
-def nothing_stored(key: bytes, seq: int) -> Authenticator | None:
+def nothing_stored(key: bytes, seq: int) -> AuditAuthenticator | None:
     return None
 
 
-def auth(seq: int, h: bytes) -> Authenticator:
-    return Authenticator(HOST.public_key, seq, h,
-                         HOST.sign(auth_message(HOST.public_key, seq, h)))
+def auth(seq: int, h: bytes) -> AuditAuthenticator:
+    return AuditAuthenticator(HOST.public_key, seq, h,
+                              HOST.sign(AUDIT_ENTRY, auth_message(HOST.public_key, seq, h)))
 
 
 def test_two_hashes_held_for_one_seq_are_a_proof_and_the_first_is_kept() -> None:

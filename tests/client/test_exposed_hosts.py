@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import inconsistency_proof, verify_proof
 from p2pmarket.client.discovery import MarketView
-from p2pmarket.ledger.chain import Authenticator, auth_message
+from p2pmarket.core.domains import AUDIT_ENTRY
+from p2pmarket.ledger.chain import auth_message
 from tests.market_helpers import local_market
 
 
@@ -17,7 +19,8 @@ async def test_market_leaves_out_a_host_with_evidence(tmp_path: Path) -> None:
         cheat = m.nodes[2]
         host = cheat.identity.public_key
         # the host signed two different log entries for seq 7: a proof anyone can check
-        a, b = (Authenticator(host, 7, h, cheat.identity.sign(auth_message(host, 7, h)))
+        a, b = (AuditAuthenticator(host, 7, h, cheat.identity.sign(AUDIT_ENTRY,
+                                                                   auth_message(host, 7, h)))
                 for h in (b"\x01" * 32, b"\x02" * 32))
         proof = inconsistency_proof(a, b)
         assert verify_proof(proof, cheat.identity.node_id)

@@ -18,6 +18,7 @@ from kademlia.node import Node
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.machine import new_state
 from p2pmarket.auction.snapshot import snapshot
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import (
     inconsistency_proof,
     nonconformance_proof,
@@ -26,6 +27,7 @@ from p2pmarket.audit.evidence import (
 )
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.replay import replay
+from p2pmarket.core.domains import AUDIT_ENTRY
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import pack, unpack
 from p2pmarket.dht import DhtNode
@@ -43,15 +45,15 @@ from p2pmarket.dht.evidence_records import (
 from p2pmarket.dht.gateway import GatewayClient, GatewayDht, gateway_routes
 from p2pmarket.dht.records import evidence_key, key_digest
 from p2pmarket.dht.storage import RecordStorage, parse_record
-from p2pmarket.ledger.chain import Authenticator, auth_message
+from p2pmarket.ledger.chain import auth_message
 
 HOST = Identity(b"\x5e" * 32)
 OTHER = Identity(b"\x6f" * 32)
 
 
-def signed(ident: Identity, seq: int, digest: bytes) -> Authenticator:
-    return Authenticator(ident.public_key, seq, digest,
-                         ident.sign(auth_message(ident.public_key, seq, digest)))
+def signed(ident: Identity, seq: int, digest: bytes) -> AuditAuthenticator:
+    return AuditAuthenticator(ident.public_key, seq, digest,
+                              ident.sign(AUDIT_ENTRY, auth_message(ident.public_key, seq, digest)))
 
 
 def small_proof(ident: Identity = HOST, seq: int = 7) -> bytes:

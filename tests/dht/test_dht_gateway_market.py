@@ -9,6 +9,7 @@ from aiohttp import web
 from dht_helpers import FakeClock, Swarm, serve
 
 from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
 from p2pmarket.dht import DhtNode, ResourceAd
@@ -46,7 +47,8 @@ async def test_proxied_node_publishes_and_reads_through_a_gateway(swarm: Swarm) 
         assert again is not None and again.seq > rec.seq
         # a forged record is refused by the gateway like any DHT store
         body = dict(rec.envelope.body, url="http://evil")
-        forged = seal(Identity.generate(), "dht.host", body, ts=rec.envelope.ts).encode()
+        forged = seal(Identity.generate(), DHT_RECORD, "dht.host", body,
+                      ts=rec.envelope.ts).encode()
         with pytest.raises(DhtError) as err:
             await proxied.store(host_key(proxied.identity.node_id), forged)
         assert err.value.value == "refused"

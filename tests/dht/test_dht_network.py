@@ -9,6 +9,7 @@ import pytest
 from dht_helpers import NOW, FakeClock, Swarm, wait_for
 
 from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity, meets_puzzle
 from p2pmarket.core.wire import seal
@@ -62,7 +63,7 @@ async def test_forged_record_refused_and_honest_lookup_wins(swarm: Swarm) -> Non
     body = {"key": host_key(victim.node_id), "node_id": victim.node_id, "url": "http://evil",
             "dht": ["127.0.0.1", 1], "resources": {}, "availability_ppm": 0,
             "seq": honest.seq + 1000, "expires": time.time_ns() // 1000 + 60_000_000}
-    forged = seal(mallory, "dht.host", body, ts=time.time_ns() // 1000).encode()
+    forged = seal(mallory, DHT_RECORD, "dht.host", body, ts=time.time_ns() // 1000).encode()
     dkey = key_digest(host_key(victim.node_id))
     # Mallory's own record, stored under the victim's key: valid signature, wrong key
     own = make_host_record(mallory, url="http://evil", dht=("127.0.0.1", 1), resources={},
@@ -99,7 +100,7 @@ async def test_forged_answers_in_lookups_are_ignored(swarm: Swarm,
     body = {"key": host_key(victim.node_id), "node_id": victim.node_id, "url": "http://evil",
             "dht": ["127.0.0.1", 1], "resources": {}, "availability_ppm": 0,
             "seq": honest.seq + 1, "expires": time.time_ns() // 1000 + 60_000_000}
-    forged = seal(mallory, "dht.host", body, ts=time.time_ns() // 1000).encode()
+    forged = seal(mallory, DHT_RECORD, "dht.host", body, ts=time.time_ns() // 1000).encode()
     # the liar answers find_value with the forged bytes, bypassing its own storage
     monkeypatch.setattr(liar.protocol, "rpc_find_value",
                         lambda sender, nodeid, key: {"id": liar.node_id, "value": forged})

@@ -6,6 +6,7 @@ import pytest
 from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 
 from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.core.domains import AUDIT_ENTRY, DHT_RECORD, ENVELOPE, LEASE, Domain
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, pack, seal, unpack
 from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
@@ -44,14 +45,35 @@ def test_host_record_round_trip() -> None:
 
 def test_host_record_signed_by_another_key_refused() -> None:
     # Mallory signs a record that names Alice's node id and key
-    env = seal(MALLORY, "dht.host", host_body(ALICE), ts=NOW)
+    env = seal(MALLORY, DHT_RECORD, "dht.host", host_body(ALICE), ts=NOW)
     with pytest.raises(DhtError) as err:
         HostRecord.from_envelope(env, NOW)
     assert err.value.value == "wrong_signer"
 
 
+@pytest.mark.parametrize("domain", [ENVELOPE, LEASE, AUDIT_ENTRY])
+def test_a_record_signed_for_another_purpose_is_refused(domain: Domain) -> None:
+    """Alice's own signature of her own record body, made as an RPC, a lease or an
+    audit entry, is no record: host records and offer entries are dht.record's."""
+    for make in (lambda: seal(ALICE, domain, "dht.host", host_body(ALICE), ts=NOW),
+                 lambda: seal(ALICE, domain, "dht.offer", offer(ALICE).envelope.body,
+                              ts=NOW)):
+        env = make()
+        with pytest.raises(DhtError) as err:
+            if env.kind == "dht.host":
+                HostRecord.from_envelope(env, NOW)
+            else:
+                OfferEntry.from_envelope(env, NOW)
+        assert err.value.value == "bad_signature"
+    with pytest.raises(DhtError) as err:   # stored as a record, it is refused too
+        parse_record(seal(ALICE, domain, "dht.host", host_body(ALICE), ts=NOW).encode(), NOW,
+                     proof_host_id)
+    assert err.value.value == "bad_signature"
+
+
 def test_host_record_key_must_name_signer() -> None:
-    env = seal(ALICE, "dht.host", host_body(ALICE, key=host_key(MALLORY.node_id)), ts=NOW)
+    env = seal(ALICE, DHT_RECORD, "dht.host", host_body(ALICE, key=host_key(MALLORY.node_id)),
+               ts=NOW)
     with pytest.raises(DhtError) as err:
         HostRecord.from_envelope(env, NOW)
     assert err.value.value == "wrong_key"
@@ -74,7 +96,7 @@ def test_tampered_host_record_refused() -> None:
 def test_malformed_host_bodies_refused(changes: dict[str, object]) -> None:
     body = host_body(ALICE, **changes)
     try:
-        env = seal(ALICE, "dht.host", body, ts=NOW)
+        env = seal(ALICE, DHT_RECORD, "dht.host", body, ts=NOW)
     except Exception:  # floats cannot even be signed
         return
     with pytest.raises(DhtError):
@@ -83,9 +105,11 @@ def test_malformed_host_bodies_refused(changes: dict[str, object]) -> None:
 
 def test_extra_field_and_wrong_kind_refused() -> None:
     with pytest.raises(DhtError):
-        HostRecord.from_envelope(seal(ALICE, "dht.host", host_body(ALICE, x=1), ts=NOW), NOW)
+        HostRecord.from_envelope(seal(ALICE, DHT_RECORD, "dht.host", host_body(ALICE, x=1),
+                                      ts=NOW), NOW)
     with pytest.raises(DhtError) as err:
-        HostRecord.from_envelope(seal(ALICE, "dht.offer", host_body(ALICE), ts=NOW), NOW)
+        HostRecord.from_envelope(seal(ALICE, DHT_RECORD, "dht.offer", host_body(ALICE),
+                                      ts=NOW), NOW)
     assert err.value.value == "wrong_kind"
 
 
@@ -149,11 +173,11 @@ def test_offer_round_trip_and_wrong_signer() -> None:
     body = {"key": "offers/cpu", "node_id": ALICE.node_id, "url": "http://x", "type": "cpu",
             "capacity": 1, "price": 1, "expires": NOW + TTL}
     with pytest.raises(DhtError) as err:
-        OfferEntry.from_envelope(seal(MALLORY, "dht.offer", body, ts=NOW), NOW)
+        OfferEntry.from_envelope(seal(MALLORY, DHT_RECORD, "dht.offer", body, ts=NOW), NOW)
     assert err.value.value == "wrong_signer"
     body = {**body, "node_id": MALLORY.node_id, "key": "offers/memory"}
     with pytest.raises(DhtError) as err:
-        OfferEntry.from_envelope(seal(MALLORY, "dht.offer", body, ts=NOW), NOW)
+        OfferEntry.from_envelope(seal(MALLORY, DHT_RECORD, "dht.offer", body, ts=NOW), NOW)
     assert err.value.value == "wrong_key"
 
 
@@ -201,7 +225,7 @@ def test_offer_set_drops_bad_entries() -> None:
 
 
 def test_parse_record_refuses_unknown_kinds() -> None:
-    env: Envelope = seal(ALICE, "dht.unknown", {"key": "evidence/aa"}, ts=NOW)
+    env: Envelope = seal(ALICE, DHT_RECORD, "dht.unknown", {"key": "evidence/aa"}, ts=NOW)
     with pytest.raises(DhtError) as err:
         parse_record(env.encode(), NOW, proof_host_id)
     assert err.value.value == "unsupported"

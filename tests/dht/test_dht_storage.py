@@ -5,6 +5,7 @@ from __future__ import annotations
 from dht_helpers import ALICE, MALLORY, NOW, TTL, FakeClock, host, host_body, offer
 
 from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
 from p2pmarket.dht.checks import MAX_VALUE_BYTES
@@ -40,7 +41,7 @@ def test_valid_host_record_stored_and_returned() -> None:
 def test_invalid_values_for_the_digest_refused_and_counted() -> None:
     st, _ = storage()
     rec = host()
-    forged = seal(MALLORY, "dht.host", host_body(ALICE), ts=NOW).encode()
+    forged = seal(MALLORY, DHT_RECORD, "dht.host", host_body(ALICE), ts=NOW).encode()
     cases = {
         "wrong_key": (key_digest("host/" + "00" * 20), rec.value),  # valid record, other key
         "wrong_signer": (ALICE_KEY, forged),
@@ -108,7 +109,7 @@ def test_offer_sets_merge_and_expire_per_entry() -> None:
     # a set with one forged entry is refused whole (no honest node passes one on), and
     # the sender is banned by the protocol; the honest entry alone is accepted
     c1 = offer(carol, now=clock.now)
-    forged = seal(MALLORY, "dht.offer", {
+    forged = seal(MALLORY, DHT_RECORD, "dht.offer", {
         "key": "offers/cpu", "node_id": carol.node_id, "url": "http://evil", "type": "cpu",
         "capacity": 10**9, "price": 1, "expires": clock.now + TTL}, ts=clock.now + 5)
     from p2pmarket.core.wire import pack

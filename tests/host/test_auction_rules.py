@@ -12,12 +12,11 @@ from test_auctioneer import ALICE, BOB, GIB, Host, Make, S, cert, ctx, make_host
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.lease import verify_lease
-from p2pmarket.audit.entry import AuditEntry, verify_segment
+from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, verify_segment
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.control import control_handlers
-from p2pmarket.ledger.chain import Authenticator
 
 __all__ = ["make_host"]   # the fixture, used by name
 
@@ -209,7 +208,7 @@ async def test_audit_log_records_everything_and_verifies(make_host: Make) -> Non
     await h.auct.tick(h.clock.now + S)
     seg = h.auct.audit.segment()
     entries = [AuditEntry.from_wire(e) for e in seg["entries"]]
-    auths = [Authenticator.from_wire(a) for a in seg["auths"]]
+    auths = [AuditAuthenticator.from_wire(a) for a in seg["auths"]]
     verify_segment(entries, auths, h.identity.public_key)
     kinds = [e.kind for e in entries]
     # the log starts with the state it replays from, then the first input
@@ -218,14 +217,14 @@ async def test_audit_log_records_everything_and_verifies(make_host: Make) -> Non
     # the lease carries the authenticator of the entry that recorded its terms
     lease = verify_lease(res["lease"], h.identity.public_key)
     assert lease.audit is not None
-    auth = Authenticator.from_wire(lease.audit)
+    auth = AuditAuthenticator.from_wire(lease.audit)
     recorded = entries[auth.seq]
     assert recorded.kind == "out.lease" and auth.hash == recorded.hash()
     body = lease.body() if hasattr(lease, "body") else {}
     body["audit"] = None
     assert recorded.body == body
     # replies carry their own authenticator
-    assert Authenticator.from_wire(res["audit"]).verify()
+    assert AuditAuthenticator.from_wire(res["audit"]).verify()
 
 
 async def test_create_with_unique_loss_does_not_fail(make_host: Make) -> None:

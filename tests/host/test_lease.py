@@ -6,6 +6,7 @@ import pytest
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.lease import Lease, ResourceTerm, sign_lease, verify_lease
+from p2pmarket.core.domains import DHT_RECORD, ENVELOPE, LEASE
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, seal
 
@@ -49,16 +50,22 @@ def test_host_must_name_itself() -> None:
     with pytest.raises(HostError):
         sign_lease(BUYER, make(), ts=1)
     # a lease body naming another host, signed by the buyer's key: refused on verify
-    env = seal(BUYER, "lease", make().body(), ts=1)
+    env = seal(BUYER, LEASE, "lease", make().body(), ts=1)
     with pytest.raises(HostError, match="host_id"):
         verify_lease(env, BUYER.public_key)
 
 
 def test_not_a_lease() -> None:
-    env = seal(HOST, "reply", make().body(), ts=1)
+    env = seal(HOST, LEASE, "reply", make().body(), ts=1)
     with pytest.raises(HostError, match="not a lease"):
         verify_lease(env, HOST.public_key)
-    bad = seal(HOST, "lease", {"lease_id": "x"}, ts=1)
+    # the host's signature of a lease body in another domain (an RPC, a DHT record) is
+    # no lease, whatever its kind
+    for domain in (ENVELOPE, DHT_RECORD):
+        with pytest.raises(HostError, match="bad signature"):
+            verify_lease(seal(HOST, domain, "lease", make().body(), ts=1).encode(),
+                         HOST.public_key)
+    bad = seal(HOST, LEASE, "lease", {"lease_id": "x"}, ts=1)
     with pytest.raises(HostError, match="wrong fields"):
         verify_lease(bad, HOST.public_key)
     with pytest.raises(HostError):

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from test_auctioneer import ALICE, BOB, GIB, Clock, FakeBank, ctx
 
 from p2pmarket.core.config import Settings
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
 from p2pmarket.host.accountstore import AccountStore
@@ -52,7 +53,7 @@ class StreamingVMM(LibvirtVMM):
 
 def auth(who: Identity, host: Identity, account_id: str, data: bytes, ts: int) -> str:
     body = {"account_id": account_id, "size": len(data), "sha256": hashlib.sha256(data).digest()}
-    return seal(who, UPLOAD_KIND, body, ts=ts, to=host.node_id).encode().hex()
+    return seal(who, ENVELOPE, UPLOAD_KIND, body, ts=ts, to=host.node_id).encode().hex()
 
 
 async def test_upload_streams_into_the_volume(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from ledger_helpers import core, dump
 
 from p2pmarket.api.rpc import CallContext
+from p2pmarket.core.domains import AUDIT_ENTRY, CHAIN_ENTRY
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate, notary_sig_valid
@@ -16,6 +17,7 @@ from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
     Authenticator,
     Entry,
+    auth_message,
     equivocation,
     next_entry,
     recv_body,
@@ -119,7 +121,10 @@ def test_refusals_leave_state_unchanged(committee: LocalCommittee, notary: Notar
     # bad owner signature
     nxt = funded.make("SEND", {"to": alice.key, "amount": 1, "memo": ""})
     refused(nxt, bytes(64), "signature")
-    refused(nxt, alice.ident.sign(b"anything"), "signature")
+    refused(nxt, alice.ident.sign(CHAIN_ENTRY, b"anything"), "signature")
+    # the owner's own signature of (owner, seq, hash), but as an audit log entry's
+    refused(nxt, funded.ident.sign(AUDIT_ENTRY, auth_message(nxt.owner, nxt.seq, nxt.hash())),
+            "signature")
     # seq gap, wrong prev, first entry not OPEN
     gap = Entry(funded.key, 4, nxt.prev, "MINT", {"amount": 1}, 1)
     refused(gap, Authenticator.sign(funded.ident, gap).sig, "next")

@@ -151,34 +151,22 @@ def test_several_owners_and_received(tmp_path: Path, net: Any, chain_of: Any) ->
     store.close()
 
 
-def test_chains_in_the_first_layout_are_migrated(tmp_path: Path, net: Any,
-                                                 chain_of: Any) -> None:
-    from p2pmarket.core.files import open_db
+def test_chains_in_the_first_layout_are_refused(tmp_path: Path, net: Any,
+                                                chain_of: Any) -> None:
+    """The first layout (``chain_entries``) used to be migrated; its owner signatures
+    were made without a signature domain, so they no longer verify and the store is
+    refused with a clear error, like any store of format 1."""
+    from p2pmarket.core.files import FormatError, open_db
     from p2pmarket.core.wire import pack
 
     c = chain_of(net.mint)
     c.open()
-    c.mint(100)
-    c.send(b"\x07" * 32, 40, "old")
     conn = open_db(tmp_path / "old.db")
     with conn:
-        conn.execute("CREATE TABLE chain_entries (owner BLOB, seq INTEGER, hash BLOB, "
-                     "kind TEXT, delta INTEGER, ts INTEGER, entry BLOB, owner_sig BLOB, "
-                     "notary_sigs BLOB)")
-        conn.execute("CREATE TABLE chain_received (owner BLOB, payer BLOB, seq INTEGER)")
-        for e, a in zip(c.entries, c.auths, strict=True):
-            cert = net.certify(e, c.ident) if e.seq < 2 else None
-            sigs = None if cert is None else pack([[k, s] for k, s in cert.notary_sigs])
-            conn.execute("INSERT INTO chain_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (e.owner, e.seq, e.hash(), e.kind, e.delta, e.ts, pack(e.to_wire()),
-                          a.sig, sigs))
+        conn.execute("CREATE TABLE chain_entries (owner BLOB, seq INTEGER, entry BLOB, "
+                     "owner_sig BLOB)")
+        conn.execute("INSERT INTO chain_entries VALUES (?, ?, ?, ?)",
+                     (c.key, 0, pack(c.entries[0].to_wire()), c.auths[0].sig))
     conn.close()
-    store = ChainStore(tmp_path / "old.db")
-    assert store.entries(c.key) == c.entries
-    assert store.balance(c.key) == 100 and store.balance(c.key, include_pending=True) == 60
-    pending = store.pending(c.key)
-    assert pending is not None and pending[0] == c.entries[2]
-    assert store.certificate(c.key, 1) is not None
-    tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master")}
-    assert "chain_entries" not in tables
-    store.close()
+    with pytest.raises(FormatError, match=r"chain store is in format 1.*signatures have domains"):
+        ChainStore(tmp_path / "old.db")
