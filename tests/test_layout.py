@@ -28,6 +28,7 @@ IO_MODULES = frozenset({"sqlite3", "asyncio", "aiohttp", "libvirt", "os", "socke
 PURE_CORES = (
     "p2pmarket.auction",            # the whole folder: allocator, machine, steps, ...
     "p2pmarket.core.genesis",
+    "p2pmarket.core.limits",
     "p2pmarket.core.money",
     "p2pmarket.core.identity",
     "p2pmarket.core.wire",

@@ -251,13 +251,14 @@ class Node:
             for res, info in summary.items())
         if not changed:
             return False
-        ads = {res: ResourceAd(capacity=info["capacity"], price=info["price"],
+        # an offered resource's price is never below 1 (the root bid); the DHT refuses 0
+        ads = {res: ResourceAd(capacity=info["capacity"], price=max(1, info["price"]),
                                hour_avg=self.prices[res].average(now))
                for res, info in summary.items()}
         await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now))
         self._save_availability(now)
         for res, ad in ads.items():
-            await self.dht.publish_offer(res, ad.capacity, max(1, ad.price))
+            await self.dht.publish_offer(res, ad.capacity, ad.price)
         self._published = {res: info["price"] for res, info in summary.items()}
         return True
 
