@@ -64,7 +64,7 @@ ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 COLLECT_S = 30.0
-READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log"})
+READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log", "quote"})
 AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
 
 
