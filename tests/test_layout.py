@@ -28,6 +28,7 @@ IO_MODULES = frozenset({"sqlite3", "asyncio", "aiohttp", "libvirt", "os", "socke
 PURE_CORES = (
     "p2pmarket.auction",            # the whole folder: allocator, machine, steps, ...
     "p2pmarket.core.genesis",
+    "p2pmarket.core.limits",
     "p2pmarket.core.money",
     "p2pmarket.core.identity",
     "p2pmarket.core.wire",
@@ -39,6 +40,7 @@ PURE_CORES = (
     "p2pmarket.audit.replay",
     "p2pmarket.audit.watched",
     "p2pmarket.client.planner",
+    "p2pmarket.client.quotecheck",
     "p2pmarket.dht.checks",
     "p2pmarket.dht.records",
     "p2pmarket.dht.offers",

@@ -3,7 +3,9 @@
 Persisted in the account store's ``settings`` table (``set-capacity`` and
 ``set-min-price`` survive restarts); defaults come from the node's
 :class:`p2pmarket.core.config.Settings` (``cpu_mhz``, ``memory_kib``, ``min_price``).
-Disk, net_in and net_out are offered once the owner sets a capacity for them.
+Disk, net_in and net_out are offered once the owner sets a capacity for them; no
+capacity may exceed the plausible maximum of :mod:`p2pmarket.core.limits` (the DHT
+would refuse the advertisement).
 Minimum prices are micro-credits per second: for a divisible resource the root
 account's bid (seed 6/13), for a unique identifier its reserve price.
 """
@@ -18,6 +20,7 @@ from p2pmarket.auction import HostError
 from p2pmarket.auction.resources import DIVISIBLE, UNIQUE, parse_quantity, resource_type
 from p2pmarket.auction.unique import UniqueKeyError, canonical_key, parse_key
 from p2pmarket.core.clock import US_PER_S
+from p2pmarket.core.limits import capacity_problem
 
 MAX_PRICE = 2**40
 
@@ -92,6 +95,9 @@ class HostConfig:
             raise HostError("capacity must be an amount", repr(amount)[:40])
         if value < 0:
             raise HostError("capacity must not be negative", value)
+        problem = capacity_problem(kind, value)
+        if problem is not None:   # the DHT would refuse the advertisement
+            raise HostError(f"{problem}: more than one machine can have", value)
         return replace(self, capacities={**self.capacities, kind: value})
 
     def with_min_price(self, resource: str, price: Any) -> HostConfig:

@@ -94,24 +94,42 @@ def lease_doc(lease: Lease) -> dict[str, Any]:
 
 
 async def buy(args: argparse.Namespace) -> int:
+    """Exit code: one per planned payment not made or not finished (an error each)."""
     budget = parse_credits(args.budget)
     duration = parse_duration(args.duration)
     with out.status("buying…") as spinner:
-        purchases = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
-                                  progress=lambda msg: spinner.update(msg))
+        report = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
+                               progress=lambda msg: spinner.update(msg))
     docs: list[dict[str, Any]] = [
         {"host": p.host.node_id.hex(), "url": p.host.record.url, "paid": p.amount,
          "account_id": p.account_id, "lease": lease_doc(p.lease),
-         "signed_lease": p.envelope.hex()} for p in purchases]
+         "signed_lease": p.envelope.hex()} for p in report.purchases]
+    skipped: list[dict[str, Any]] = [
+        {"host": s.host.node_id.hex(), "url": s.host.record.url, "reason": s.reason,
+         "planned": s.amount} for s in report.skipped]
+    unfinished: list[dict[str, Any]] = [
+        {"host": u.host.node_id.hex(), "url": u.host.record.url, "paid": u.amount,
+         "reason": u.reason} for u in report.unfinished]
+    errors = len(report.unfinished) + sum(1 for s in report.skipped if s.amount)
     if args.json:
-        dump({"purchases": docs})
-        return 0
-    for p, doc in zip(purchases, docs, strict=True):
+        dump({"purchases": docs, "skipped": skipped, "unfinished": unfinished,
+              "unspent": report.unspent})
+        return errors
+    for s in skipped:
+        note = (f"; its share of {format_credits(s['planned'])} credits was not spent"
+                if s["planned"] else "")
+        err.print(f"skipped host {s['host'][:16]}… at {s['url']}: {s['reason']} "
+                  f"(nothing paid{note})")
+    for p, doc in zip(report.purchases, docs, strict=True):
         out.print(f"[bold]lease {p.lease.lease_id}[/bold] from host {doc['host'][:16]}… "
                   f"at {doc['url']} (paid {format_credits(p.amount)} credits)")
         out.print_json(json.dumps(doc["lease"]))
         out.print(f"signed lease (msgpack, hex): {doc['signed_lease'][:96]}…")
-    return 0
+    for u in unfinished:
+        err.print(f"paid {format_credits(u['paid'])} credits to host {u['host'][:16]}… at "
+                  f"{u['url']}, but the account is not open yet: {u['reason']} (kept as "
+                  "pending; `p2pmarket leases` or the next `buy` finishes it)")
+    return errors
 
 
 async def hosts(args: argparse.Namespace) -> int:

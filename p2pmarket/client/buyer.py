@@ -1,35 +1,51 @@
-"""The buyer's workflow: plan, pay, bid, verify (docs/design.md section 8).
+"""The buyer's workflow: quote, plan, pay, bid, verify (docs/design.md section 8).
 
-``buy`` finds hosts offering every wanted resource, spreads the budget over
-the best ``n`` with best response, and for each chosen host: pays it with a
-notary-certified transfer, opens an account with the bids, and verifies the
-signed lease it gets back against the host's key from its DHT record. Leases
-are kept in the wallet dir; ``refresh_leases`` fetches their current versions.
+``buy`` finds hosts offering every wanted resource and asks the best ranked for a
+signed quote (``host.quote``); a host that does not answer, or whose quote the
+buyer refuses (:mod:`p2pmarket.client.quotecheck`), is skipped and the next one
+asked. It spreads the budget over the quoted hosts with best response, and for
+each: asks a fresh quote of the exact amount, records the purchase durably,
+pays it with a notary-certified transfer whose memo names the quote, opens an
+account with the bids, and verifies the signed lease it gets back against the
+host's key from its DHT record. No money moves to a host that has not signed an
+acceptable quote. Leases are kept in the wallet dir; ``refresh_leases`` fetches
+their current versions.
+
+The wallet dir's pending purchases (``pending.json``, :func:`resume_pending`)
+keep the money safe between paying and the account opening: each is written
+before the payment (with the memo) and again after it (with the certificate), so
+a crash at any point leaves either no payment (the record is dropped) or a
+payment the next run finds by its memo and turns into the account.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from p2pmarket.api.client import PeerClient
+from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.lease import Lease, verify_lease
+from p2pmarket.auction.quote import quote_id
 from p2pmarket.auction.resources import BidSpec, parse_bids
 from p2pmarket.audit.witness import push_to_witnesses
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.planner import Candidate, PlanError, best_response
+from p2pmarket.client.quotecheck import planning_view
+from p2pmarket.client.quoting import Progress, Quoted, Skipped, ask_quote, gather_quotes
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.wire import Envelope, pack, unpack
+from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.chain import SEND
 from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
 
-Progress = Callable[[str], None]
 PUSH_TIMEOUT_S = 10.0
 
 
@@ -63,13 +79,38 @@ async def open_wallet(wdir: WalletDir) -> AsyncIterator[tuple[Wallet, PeerClient
         await client.close()
 
 
-def plan(hosts: list[HostView], primary: str, budget: int, interval_s: int,
+@dataclass(frozen=True)
+class Unfinished:
+    """A host paid whose account is not open yet: the purchase stays pending (the next
+    ``buy`` or ``leases`` finishes it)."""
+
+    host: HostView
+    amount: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class BuyReport:
+    purchases: list[Purchase]
+    skipped: list[Skipped]
+    unfinished: list[Unfinished]
+
+    @property
+    def unspent(self) -> int:
+        """The part of the budget that was planned for hosts skipped before paying."""
+        return sum(s.amount for s in self.skipped)
+
+
+def plan(quoted: list[Quoted], primary: str, budget: int, interval_s: int,
          max_hosts: int) -> dict[bytes, int]:
     """Best response over the top ``max_hosts``: weight = capacity of the primary resource,
-    others' bids = the host's current price over the interval."""
-    top = hosts[:max_hosts]
-    candidates = [Candidate(h.node_id, h.capacity(primary),
-                            max(1, h.price(primary) * interval_s)) for h in top]
+    others' bids = the host's current price over the interval, both from its quote
+    (:func:`p2pmarket.client.quotecheck.planning_view`)."""
+    candidates = []
+    for q in quoted[:max_hosts]:
+        view = planning_view(q.quote, q.host.record, primary)
+        candidates.append(Candidate(q.host.node_id, view.capacity,
+                                    max(1, view.price * interval_s)))
     try:
         return best_response(candidates, budget)
     except PlanError as exc:
@@ -77,7 +118,10 @@ def plan(hosts: list[HostView], primary: str, budget: int, interval_s: int,
 
 
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
-              max_hosts: int, progress: Progress = lambda _: None) -> list[Purchase]:
+              max_hosts: int, progress: Progress = lambda _: None) -> BuyReport:
+    """Find hosts, get their quotes, plan, and for each planned host: a fresh quote of its
+    exact amount, then the payment, then the account (docs/design.md section 8). No
+    money moves to a host before it has signed an acceptable quote."""
     if interval_s <= 0:
         raise BuyError("duration must be positive", interval_s)
     if not 1 <= max_hosts <= 64:
@@ -98,26 +142,65 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
             hosts = await market.hosts(types, limit=max(20, max_hosts))
             if not hosts:
                 raise BuyError(f"no host offers {', '.join(types)}", types)
-            bids = plan(hosts, primary, budget, interval_s, max_hosts)
-            by_id = {h.node_id: h for h in hosts}
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
-            purchases = []
+            quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,
+                                                  wire_bids, types, interval_s, progress)
+            if not quoted:
+                reasons = "; ".join(f"{s.host.node_id.hex()[:12]}: {s.reason}"
+                                    for s in skipped[:5])
+                raise BuyError(f"no host gave an acceptable quote, nothing was paid ({reasons})",
+                               [[s.host.node_id.hex(), s.reason] for s in skipped])
+            bids = plan(quoted, primary, budget, interval_s, max_hosts)
+            by_id = {q.host.node_id: q.host for q in quoted}
+            report = BuyReport([], skipped, [])
             for node_id, amount in bids.items():
-                host = by_id[node_id]
-                progress(f"paying {amount} µcredits to host {node_id.hex()[:12]}")
-                cert = await wallet.send(host.key, amount,
-                                         memo=f"fund account at {node_id.hex()}")
-                pending = {"host_key": host.key.hex(), "url": host.record.url,
-                           "payment": pack(cert.to_wire()).hex(), "bids": wire_bids,
-                           "interval_s": interval_s}
-                wdir.set_pending(cert.entry.hash().hex(), pending)  # durable before the host
-                progress(f"opening an account at {host.record.url}")
-                account_id, lease, envelope, audit = await open_account(
-                    client, wdir, wallet.key, cert.entry.hash().hex(), pending)
-                progress("handing the host's signed log commitment to its witnesses")
-                await push_audit(client, market, host.key, audit, host.record.url)
-                purchases.append(Purchase(host, amount, account_id, lease, envelope))
-        return purchases
+                if not await pay_one(client, market, wallet, wdir, by_id[node_id], amount,
+                                     wire_bids, types, interval_s, report, progress):
+                    break
+        return report
+
+
+async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: WalletDir,
+                  host: HostView, amount: int, wire_bids: dict[str, Any], types: list[str],
+                  interval_s: int, report: BuyReport, progress: Progress) -> bool:
+    """One planned host: quote the exact amount, record the intent, pay, open the account,
+    push the audit; the outcome goes into ``report``. False if paying itself failed (the
+    notaries: the next payments would fail too)."""
+    short = host.node_id.hex()[:12]
+    progress(f"asking host {short} for a quote of {amount} µcredits")
+    try:
+        quoted = await ask_quote(client, host, wallet.key, wire_bids, types, interval_s,
+                                 amount)
+    except P2PMarketError as exc:
+        report.skipped.append(Skipped(host, exc.message, amount))
+        return True
+    qid = quote_id(quoted.quote)
+    memo = f"fund account at {host.node_id.hex()} quote {qid}"
+    pending: dict[str, Any] = {
+        "host_key": host.key.hex(), "url": host.record.url, "memo": memo, "amount": amount,
+        "quote": pack(quoted.envelope).hex(), "payment": None, "bids": wire_bids,
+        "interval_s": interval_s}
+    wdir.set_pending(qid, pending)   # durable before the money moves: resume finds the SEND
+    progress(f"paying {amount} µcredits to host {short}")
+    try:
+        cert = await wallet.send(host.key, amount, memo=memo)
+    except P2PMarketError as exc:
+        report.unfinished.append(Unfinished(host, amount, f"payment not certified: "
+                                                          f"{exc.message}"))
+        return False
+    pending["payment"] = pack(cert.to_wire()).hex()
+    wdir.set_pending(qid, pending)   # durable before the host
+    progress(f"opening an account at {host.record.url}")
+    try:
+        account_id, lease, envelope, audit = await open_account(
+            client, wdir, wallet.key, qid, pending)
+    except P2PMarketError as exc:
+        report.unfinished.append(Unfinished(host, amount, exc.message))
+        return True
+    progress("handing the host's signed log commitment to its witnesses")
+    await push_audit(client, market, host.key, audit, host.record.url)
+    report.purchases.append(Purchase(host, amount, account_id, lease, envelope))
+    return True
 
 
 async def push_audit(client: PeerClient, market: MarketView, host_key: bytes,
@@ -135,44 +218,93 @@ async def push_audit(client: PeerClient, market: MarketView, host_key: bytes,
         return 0
 
 
-async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, payment_id: str,
+async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, pending_id: str,
                        pending: dict[str, Any]) -> tuple[str, Lease, bytes, Any]:
     """Ask the host to open the account a payment was made for; record the lease and
-    forget the pending purchase. Safe to repeat: hosts answer a repeated payment with
-    the account it already funded."""
+    forget the pending purchase ``pending_id``. Safe to repeat: hosts answer a repeated
+    payment with the account it already funded. The account must be the one the
+    payment names (:func:`account_id_for`) and the lease that account's, for us."""
     host_key = bytes.fromhex(pending["host_key"])
+    payment = unpack(bytes.fromhex(pending["payment"]))
     reply = await client.call(pending["url"], host_key, "host.create_account", {
-        "payment": unpack(bytes.fromhex(pending["payment"])), "bids": pending["bids"],
-        "interval_s": pending["interval_s"]})
+        "payment": payment, "bids": pending["bids"], "interval_s": pending["interval_s"]})
     env = Envelope.from_wire(reply.get("lease"))
     lease = verify_lease(env, host_key)
     if lease.host_id != node_id_of(host_key) or lease.holder != holder:
         raise BuyError("the host sent a lease for someone else", lease.lease_id)
-    envelope = pack(env.to_wire())
     account_id = str(reply.get("account_id"))
+    expected = account_id_for(Certificate.from_wire(payment).entry.hash())
+    if account_id != expected or lease.lease_id != expected:
+        raise BuyError("the host answered with another account than the payment's",
+                       {"expected": expected, "got": account_id})
+    envelope = pack(env.to_wire())
     wdir.save_lease(lease.lease_id, {"host_key": pending["host_key"], "url": pending["url"],
                                      "account_id": account_id, "lease": envelope.hex()})
-    wdir.set_pending(payment_id, None)
+    wdir.set_pending(pending_id, None)
     return account_id, lease, envelope, reply.get("audit")
+
+
+async def find_payment(wallet: Wallet, record: dict[str, Any]) -> Certificate | None:
+    """The certified SEND a pending purchase recorded before paying (found by its host
+    and memo, which names the quote), None if it was never made; :class:`BuyError` if
+    it is on our chain but not certified yet."""
+    host_key = bytes.fromhex(record["host_key"])
+    for entry in wallet.store.entries(wallet.key):
+        if (entry.kind == SEND and entry.body["to"] == host_key
+                and entry.body["memo"] == record["memo"]):
+            cert = await wallet.certificate(entry.seq)
+            if cert is None:
+                raise BuyError("the payment is not certified yet", entry.seq)
+            return cert
+    return None
+
+
+async def settle_intent(wallet: Wallet, wdir: WalletDir, key: str,
+                        record: dict[str, Any]) -> str:
+    """A purchase recorded before its payment: dropped if the payment was never made,
+    completed with its certificate if it was."""
+    try:
+        cert = await find_payment(wallet, record)
+    except P2PMarketError as exc:
+        return f"still pending: {exc.message}"
+    if cert is None:
+        wdir.set_pending(key, None)
+        return "never paid: nothing to finish"
+    wdir.set_pending(key, {**record, "payment": pack(cert.to_wire()).hex()})
+    return "paid: opening the account"
 
 
 async def resume_pending(wdir: WalletDir,
                          progress: Progress = lambda _: None) -> list[tuple[str, str]]:
-    """Retry every purchase that was paid for but not acknowledged (a crash, a host that
-    was down). Returns (payment id, outcome) pairs; unfinished ones stay pending."""
+    """Finish every purchase a crash or an unreachable host interrupted. A purchase
+    recorded before its payment is looked up on our chain first (the wallet finishes a
+    transfer the crash cut short): never paid, it is dropped; paid, its account is
+    opened. Returns (pending id, outcome) pairs; unfinished ones stay pending."""
     pending = wdir.pending()
     if not pending:
         return []
     outcomes = []
+    unpaid = {k: r for k, r in pending.items() if not r.get("payment")}
+    if unpaid:
+        try:
+            async with open_wallet(wdir) as (wallet, _):   # finishes cut-short transfers
+                for key, record in unpaid.items():
+                    outcomes.append((key, await settle_intent(wallet, wdir, key, record)))
+        except P2PMarketError as exc:   # the wallet could not finish them now
+            done = {k for k, _ in outcomes}
+            outcomes.extend((k, f"still pending: {exc.message}") for k in unpaid
+                            if k not in done)
     async with PeerClient(wdir.identity(), timeout_s=10) as client:
-        for payment_id, record in pending.items():
+        for key, record in wdir.pending().items():
+            if not record.get("payment"):
+                continue
             progress(f"finishing an earlier purchase at {record['url']}")
             try:
                 account_id, _, _, _ = await open_account(
-                    client, wdir, wdir.identity().public_key, payment_id, record)
-                outcomes.append((payment_id, f"account {account_id} opened"))
+                    client, wdir, wdir.identity().public_key, key, record)
+                outcomes.append((key, f"account {account_id} opened"))
             except P2PMarketError as exc:
-                outcomes.append((payment_id, f"still pending: {exc.message}"))
+                outcomes.append((key, f"still pending: {exc.message}"))
     return outcomes
 
 

@@ -6,6 +6,7 @@ Layout of a wallet dir (default ``~/.p2pmarket/wallet``)::
     genesis.json    the network this wallet belongs to
     ledger.sqlite   this wallet's hash chain with its certificates
     leases.json     leases bought, as signed envelopes (hex msgpack)
+    pending.json    purchases not finished yet (paid, or about to be, without an account)
 """
 
 from __future__ import annotations
@@ -105,8 +106,11 @@ class WalletDir:
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in doc.items()}
 
     def pending(self) -> dict[str, dict[str, Any]]:
-        """payment id (hex) -> {host_key, url, payment (cert wire, hex msgpack), bids,
-        interval_s}: written durably after paying and before asking the host."""
+        """purchase id -> {host_key, url, payment (cert wire, hex msgpack, or None before
+        the payment), bids, interval_s} plus, for purchases made on a quote (the id is
+        the quote's), {memo, amount, quote (the signed quote, hex msgpack)}: written
+        durably before paying and again after, before asking the host
+        (:func:`p2pmarket.client.buyer.resume_pending` finishes them)."""
         return _read_map(self.pending_path)
 
     def set_pending(self, payment_id: str, record: dict[str, Any] | None) -> None:

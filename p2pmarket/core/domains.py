@@ -23,6 +23,7 @@ The domains (the module named is where each is signed and checked):
 - :data:`DHT_RECORD` ``dht.record``: host records and offer entries
   (:mod:`p2pmarket.dht.records`, :mod:`p2pmarket.dht.offers`).
 - :data:`LEASE` ``lease``: a host's lease (:mod:`p2pmarket.auction.lease`).
+- :data:`QUOTE` ``host.quote``: a host's quote to a buyer (:mod:`p2pmarket.auction.quote`).
 - :data:`CHAIN_ENTRY` ``chain.entry``: an owner's authenticator of its payment chain
   entry (:mod:`p2pmarket.ledger.chain`).
 - :data:`NOTARY_CERT` ``notary.cert``: a notary's certificate signature
@@ -75,6 +76,7 @@ def framed(domain: Domain, message: bytes) -> bytes:
 ENVELOPE = Domain("envelope")
 DHT_RECORD = Domain("dht.record")
 LEASE = Domain("lease")
+QUOTE = Domain("host.quote")
 CHAIN_ENTRY = Domain("chain.entry")
 NOTARY_CERT = Domain("notary.cert")
 AUDIT_ENTRY = Domain("audit.entry")
@@ -82,9 +84,9 @@ DHT_IDENT = Domain("dht.ident")
 ATTESTATION = Domain("nat.attestation")
 TICKET = Domain("ticket")
 
-ALL = (ENVELOPE, DHT_RECORD, LEASE, CHAIN_ENTRY, NOTARY_CERT, AUDIT_ENTRY, DHT_IDENT,
+ALL = (ENVELOPE, DHT_RECORD, LEASE, QUOTE, CHAIN_ENTRY, NOTARY_CERT, AUDIT_ENTRY, DHT_IDENT,
        ATTESTATION, TICKET)
 assert len({d.tag for d in ALL}) == len(ALL)
 
 __all__ = ["ALL", "ATTESTATION", "AUDIT_ENTRY", "CHAIN_ENTRY", "DHT_IDENT", "DHT_RECORD",
-           "ENVELOPE", "LEASE", "NOTARY_CERT", "PREFIX", "TICKET", "Domain", "framed"]
+           "ENVELOPE", "LEASE", "NOTARY_CERT", "PREFIX", "QUOTE", "TICKET", "Domain", "framed"]

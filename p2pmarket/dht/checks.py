@@ -36,7 +36,8 @@ MAX_INT = 2**63 - 1
 INNOCENT = frozenset({"expired", "future", "too_long"})
 """Refusals an honest relay may cause (clocks differ, time passes)."""
 MALICIOUS = frozenset({"bad_signature", "wrong_signer", "wrong_key", "malformed",
-                       "wrong_kind", "too_large", "unsupported", "bad_type", "forged"})
+                       "wrong_kind", "too_large", "unsupported", "bad_type", "forged",
+                       "implausible"})
 """Refusal reasons that an honest node never causes (expiry and seq races it may):
 the sender is banned."""
 

@@ -7,6 +7,8 @@ Pure: no I/O, no clock.
   each signed by its host. One entry per signer (the newest envelope ``ts``
   wins), expired ones dropped, at most :data:`MAX_OFFERS` kept (the freshest),
   and the whole container at most :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`.
+  ``capacity`` and ``price`` must be within the plausibility bounds of
+  :mod:`p2pmarket.core.limits` (else the entry is refused: ``implausible``).
 
 All times are integer microseconds; ``now_us`` always comes in as an argument.
 """
@@ -27,7 +29,6 @@ from p2pmarket.dht.checks import (
     MAX_VALUE_BYTES,
     DhtError,
     check_body,
-    check_int,
     check_owner,
     check_signature,
     check_size,
@@ -37,7 +38,13 @@ from p2pmarket.dht.checks import (
     open_envelope,
     refusal,
 )
-from p2pmarket.dht.records import MAX_URL, check_type_name, offers_key
+from p2pmarket.dht.records import (
+    MAX_URL,
+    check_capacity,
+    check_price,
+    check_type_name,
+    offers_key,
+)
 
 OFFER_KIND = "dht.offer"
 OFFER_SET_KIND = "dht.offers"
@@ -78,8 +85,8 @@ class OfferEntry:
         if body["key"] != offers_key(rtype):
             raise refusal("wrong_key", "offer key does not match its type")
         url = check_str(body["url"], "url", MAX_URL)
-        capacity = check_int(body["capacity"], "capacity")
-        price = check_int(body["price"], "price")
+        capacity = check_capacity(rtype, body["capacity"])
+        price = check_price(body["price"])
         expires = check_times(env, body["expires"], now_us)
         check_signature(env)
         return cls(key=body["key"], node_id=node_id, url=url, type=rtype, capacity=capacity,

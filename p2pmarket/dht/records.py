@@ -11,6 +11,10 @@ Key names and the values stored under them (kademlia stores ``sha1(key name)``):
   against the hash) and ``reach: [attestation bytes, ...]`` (registrars'
   reachability attestations, section 7, carried opaquely). Only the key whose
   node id is ``node_id`` may sign it; a higher ``seq`` replaces a lower one.
+  Each capacity must be within its type's plausible maximum and each ``price``
+  from 1 to 2^62 (:mod:`p2pmarket.core.limits`, :func:`check_capacity`,
+  :func:`check_price`); ``hour_avg`` from 0 to 2^62. A record outside is refused
+  (``implausible``).
 - ``offers/<resource type>``: a multi-writer set of signed offer entries
   (:mod:`p2pmarket.dht.offers`).
 - ``evidence/<node id hex>``: a multi-writer set of proofs of misbehaviour
@@ -36,6 +40,7 @@ from typing import Any
 
 from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.identity import Identity
+from p2pmarket.core.limits import MAX_PRICE, capacity_problem, price_problem
 from p2pmarket.core.wire import Envelope, seal
 from p2pmarket.dht.checks import (
     check_body,
@@ -93,6 +98,26 @@ def check_type_name(resource_type: object) -> str:
     if not isinstance(resource_type, str) or not _TYPE_RE.match(resource_type):
         raise refusal("bad_type", f"bad resource type name {resource_type!r:.40}")
     return resource_type
+
+
+def check_capacity(resource_type: str, value: object) -> int:
+    """An advertised capacity: an integer (else ``malformed``) within the plausible
+    maximum for its type (:mod:`p2pmarket.core.limits`; else ``implausible``)."""
+    capacity = check_int(value, f"{resource_type} capacity")
+    problem = capacity_problem(resource_type, capacity)
+    if problem is not None:
+        raise refusal("implausible", problem)
+    return capacity
+
+
+def check_price(value: object) -> int:
+    """An advertised price: an integer (else ``malformed``) from ``MIN_PRICE`` to
+    ``MAX_PRICE`` (:mod:`p2pmarket.core.limits`; else ``implausible``)."""
+    price = check_int(value, "price")
+    problem = price_problem(price)
+    if problem is not None:
+        raise refusal("implausible", problem)
+    return price
 
 
 # -- host records ------------------------------------------------------------
@@ -200,8 +225,8 @@ class HostRecord:
             if not isinstance(ad, dict) or set(ad) != RESOURCE_FIELDS:
                 raise refusal("malformed", "resource must be {capacity, price, hour_avg}")
             resources[rtype] = ResourceAd(
-                check_int(ad["capacity"], "capacity"), check_int(ad["price"], "price"),
-                check_int(ad["hour_avg"], "hour_avg"))
+                check_capacity(rtype, ad["capacity"]), check_price(ad["price"]),
+                check_int(ad["hour_avg"], "hour_avg", 0, MAX_PRICE))
         availability = check_int(body["availability_ppm"], "availability_ppm", 0, PPM)
         seq = check_int(body["seq"], "seq")
         doc = _doc_ref(body.get("doc"))

@@ -22,6 +22,11 @@ carries ``audit``: the authenticator of the audit-log entry that recorded it.
   injected ``refund_payment``; if paying fails the refund stays ``pending`` and
   is retried every tick. A retry with the same ``refund_id`` answers again.
 - ``status {}`` -> ``{accounts: [ACCOUNT...]}``; ``lease {account_id}`` -> ``{lease}``.
+- ``quote {bids, interval_s, nonce, amount?, contingency?}`` -> ``{quote}``: the host's
+  signed quote for the caller (:mod:`p2pmarket.auction.quote`): its current capacity
+  and price per resource type bid on, valid for 30 s; refused with the error
+  ``create_account`` would give. Read-only: not an input, so not logged (the audit
+  replay never sees it) and no ``audit`` field.
 - ``audit_log {since?: int, limit?: int}`` -> ``{entries: [bytes], sigs: [bytes], head}``:
   the audit log for the host's witnesses (:func:`audit_log_segment`).
 
@@ -57,6 +62,7 @@ from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US
 from p2pmarket.auction.buyersteps import precheck
 from p2pmarket.auction.machine import ZERO
 from p2pmarket.auction.outcome import Step, error_doc
+from p2pmarket.auction.quote import make_quote, parse_quote_args, sign_quote
 from p2pmarket.auction.rpcargs import UNENCODABLE, check_args
 from p2pmarket.auction.steps import request_refusal
 from p2pmarket.audit.entry import AuditAuthenticator
@@ -99,7 +105,7 @@ class Auctioneer(AuctionRunner):
     def handlers(self) -> dict[str, Handler]:
         return {"create_account": self.create_account, "bid": self.bid, "fund": self.fund,
                 "refund": self.refund, "status": self.status, "lease": self.lease,
-                "audit_log": self.audit_log}
+                "audit_log": self.audit_log, "quote": self.quote}
 
     async def create_account(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         st, auth = await self._call("create_account", ctx, args, payment=True)
@@ -136,6 +142,13 @@ class Auctioneer(AuctionRunner):
         result = {"accounts": [self.account_doc(a) for a in accounts]}
         auth = self.audit.append("out.status", {"digest": digest(pack(result))}, self.now())
         return {**result, "audit": auth.to_wire()}
+
+    async def quote(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        """``{bids, interval_s, nonce, amount?, contingency?}`` -> ``{quote}``: read-only
+        (no await between reading the state and signing, so no lock is needed)."""
+        terms = make_quote(self.state, self.allocation(), ctx.sender, parse_quote_args(args),
+                           self.now())
+        return {"quote": sign_quote(self.identity, terms).to_wire()}
 
     async def audit_log(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         """``{since?, limit?}`` -> the log from ``since`` for a witness."""

@@ -24,6 +24,7 @@ from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, AllocationResu
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, next_tick_at
 from p2pmarket.auction.machine import HostState
+from p2pmarket.auction.quote import offered
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.core.clock import US_PER_S, now_us
 from p2pmarket.core.config import Settings
@@ -165,20 +166,14 @@ class AuctionRunner:
         await self.sync_vmm()
 
     def market_summary(self) -> dict[str, dict[str, int]]:
-        """``{res: {capacity, price (micro-credits/s, all bids), free}}`` for the DHT;
-        unique types count identifiers and sum their prices."""
-        result = self._last or evaluate(self.state, self.state.accounts, self.clock())
-        out = {res: {"capacity": cap, "price": result.prices[res], "free": result.free[res]}
-               for res, cap in sorted(self.capacities.items())}
-        book = result.book.unique
-        for kind, ranges in sorted(book.offered.items()):
-            count = sum(hi - lo + 1 for lo, hi, _ in ranges)
-            sold = sum(1 for k in result.winners if k.startswith(kind + ","))
-            price = sum(p for k, p in result.prices.items() if k.startswith(kind + ","))
-            reserve = min(r for _, _, r in ranges) * US_PER_S // self.tick_us
-            out[kind] = {"capacity": count, "price": max(price, reserve),
-                         "free": count - sold}
-        return out
+        """``{res: {capacity, price (micro-credits/s, all bids), free}}`` for the DHT (and
+        the quotes: :func:`p2pmarket.auction.quote.offered`); unique types count
+        identifiers and sum their prices."""
+        return {res: o.to_doc() for res, o in offered(self.state, self.allocation()).items()}
+
+    def allocation(self) -> AllocationResult:
+        """The current allocation: the last tick's, or (after a change) evaluated now."""
+        return self._last or evaluate(self.state, self.state.accounts, self.clock())
 
     async def vm_list(self) -> list[dict[str, Any]]:
         """This host's domains for the control API."""

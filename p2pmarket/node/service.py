@@ -64,7 +64,7 @@ ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 COLLECT_S = 30.0
-READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log"})
+READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log", "quote"})
 AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
 
 
@@ -112,7 +112,8 @@ class Node:
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
                                              self.control_handlers()))
         self.chain_ready = asyncio.Event()
-        self.advertised = asyncio.Event()
+        self.advertised = asyncio.Event()   # published at least once, maybe only locally
+        self.announced = asyncio.Event()    # published while it had DHT contacts (or none exist)
         self.prices: dict[str, PriceHistory] = {}
         self.availability = Availability.resume(_read_json(data_dir.availability), now_us())
         self._availability_saved = 0
@@ -218,6 +219,8 @@ class Node:
             try:
                 await self.publish_if_moved(force=contacts and not had_contacts)
                 self.advertised.set()
+                if contacts or not peers:
+                    self.announced.set()
             except P2PMarketError as exc:
                 log.warning("advertising failed: %s", exc.message)
             had_contacts = contacts
@@ -251,13 +254,14 @@ class Node:
             for res, info in summary.items())
         if not changed:
             return False
-        ads = {res: ResourceAd(capacity=info["capacity"], price=info["price"],
+        # an offered resource's price is never below 1 (the root bid); the DHT refuses 0
+        ads = {res: ResourceAd(capacity=info["capacity"], price=max(1, info["price"]),
                                hour_avg=self.prices[res].average(now))
                for res, info in summary.items()}
         await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now))
         self._save_availability(now)
         for res, ad in ads.items():
-            await self.dht.publish_offer(res, ad.capacity, max(1, ad.price))
+            await self.dht.publish_offer(res, ad.capacity, ad.price)
         self._published = {res: info["price"] for res, info in summary.items()}
         return True
 

@@ -15,7 +15,7 @@ from tests.market_helpers import local_market
 async def test_market_leaves_out_a_host_with_evidence(tmp_path: Path) -> None:
     async with local_market(tmp_path / "m", n=3) as m:
         for node in m.nodes:
-            await node.advertised.wait()
+            await node.announced.wait()
         cheat = m.nodes[2]
         host = cheat.identity.public_key
         # the host signed two different log entries for seq 7: a proof anyone can check
@@ -35,7 +35,7 @@ async def test_market_leaves_out_a_host_with_evidence(tmp_path: Path) -> None:
 async def test_market_keeps_hosts_without_evidence(tmp_path: Path) -> None:
     async with local_market(tmp_path / "m", n=2) as m:
         for node in m.nodes:
-            await node.advertised.wait()
+            await node.announced.wait()
         async with MarketView(m.genesis) as market:
             views = await market.hosts(["cpu"], limit=10)
         assert len(views) == 2 and market.exposed == []

@@ -8,6 +8,7 @@ from dht_helpers import ALICE, MALLORY, NOW, TTL, host, host_body, offer
 from p2pmarket.audit.evidence import proof_host_id
 from p2pmarket.core.domains import AUDIT_ENTRY, DHT_RECORD, ENVELOPE, LEASE, Domain
 from p2pmarket.core.identity import Identity
+from p2pmarket.core.limits import DEFAULT_MAX_CAPACITY, MAX_PRICE
 from p2pmarket.core.wire import Envelope, pack, seal, unpack
 from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
 from p2pmarket.dht.offers import (
@@ -145,7 +146,8 @@ def test_oversize_refused_and_offer_sets_trimmed_to_fit() -> None:
         host(resources={f"r{i}": ResourceAd(1, 1, 1) for i in range(17)})
     # the largest legal host record stays far below the limit
     widest = host(url="http://" + "a" * 249, dht=("h" * 253, 65535), resources={
-        f"{i:02d}" + "r" * 30: ResourceAd(2**63 - 1, 2**63 - 1, 2**63 - 1) for i in range(16)})
+        f"{i:02d}" + "r" * 30: ResourceAd(DEFAULT_MAX_CAPACITY, MAX_PRICE, MAX_PRICE)
+        for i in range(16)})
     assert len(widest.value) < MAX_VALUE_BYTES // 2
     # entries with long urls: the container keeps the freshest that fit
     idents = [Identity(bytes([i + 100]) * 32) for i in range(MAX_OFFERS)]
@@ -237,8 +239,8 @@ def test_rank_offers_by_cost_efficiency_with_filters() -> None:
     b = offer(idents[1], capacity=300, price=20)   # 15
     c = offer(idents[2], capacity=50, price=2)     # 25
     d = offer(idents[3], capacity=30, price=3)     # 10, smaller than a
-    e = offer(idents[4], capacity=5, price=0)      # free: first
-    huge = offer(idents[5], capacity=2**62, price=2**62 - 1)  # just over 1
+    e = offer(idents[4], capacity=40, price=1)     # 40: first (no price is below 1)
+    huge = offer(idents[5], capacity=2**27, price=2**27 - 1)  # just over 1
     entries = [a, b, c, d, e, huge]
     assert rank_offers(entries, 10) == [e, c, b, a, d, huge]
     assert rank_offers(entries, 2) == [e, c]
