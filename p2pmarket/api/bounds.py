@@ -37,23 +37,22 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1     # what msgpack encodes
 
 def sealable(value: Any, depth: int = 0) -> Any:
     """``value`` in a bounded form canonical msgpack always encodes: scalars kept
-    (strings and bytes cut to 200), lists and maps cut to 8 items and 3 levels,
-    anything else (floats, ext types, huge integers, objects) as a short repr; map
-    keys that are not str, bytes or int become their repr."""
-    t = type(value)
-    if value is None or t is bool:
+    (strings and bytes cut to 200), lists, tuples (ext types among them) and maps cut
+    to 8 items and 3 levels, anything else (floats, huge integers, objects) as a short
+    repr; map keys that are not str, bytes or int become their repr."""
+    if value is None or isinstance(value, bool):
         return value
-    if t is int:
-        return value if _INT_MIN <= value <= _INT_MAX else _short(value)
-    if t is str:
-        return value[:_TEXT]
-    if t is bytes:
-        return value[:_TEXT]
-    if t in (list, tuple):
+    if isinstance(value, int):
+        return int(value) if _INT_MIN <= value <= _INT_MAX else _short(value)
+    if isinstance(value, str):
+        return str(value[:_TEXT])
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value[:_TEXT])
+    if isinstance(value, list | tuple):
         if depth >= _DEPTH:
             return f"<{len(value)} items>"
         return [sealable(x, depth + 1) for x in value[:_ITEMS]]
-    if t is dict:
+    if isinstance(value, dict):
         if depth >= _DEPTH:
             return f"<{len(value)} entries>"
         out: dict[Any, Any] = {}
@@ -73,20 +72,24 @@ def sealable_error(result: Any) -> dict[str, Any]:
 
 
 def _key(key: Any) -> Any:
-    t = type(key)
-    if t is str or t is bytes:
+    if isinstance(key, bool):
+        return _short(key)
+    if type(key) is str or type(key) is bytes:
         return key[:_TEXT]
-    if t is int and _INT_MIN <= key <= _INT_MAX:
+    if type(key) is int and _INT_MIN <= key <= _INT_MAX:
         return key
     return _short(key)
 
 
 def _short(value: Any) -> str:
+    if value is None or isinstance(value, float | bool):
+        return repr(value)
+    if not isinstance(value, int):   # an object's repr may be long or fail: its type
+        return f"<{type(value).__name__}>"
     try:
-        text = repr(value)
-    except Exception:   # a repr that fails: only the type is told
-        text = ""
-    return text[:_TEXT] if text else f"<{type(value).__name__}>"
+        return repr(value)[:_TEXT]
+    except ValueError:   # too many digits to print
+        return "<int>"
 
 
 __all__ = ["DEFAULT_REQUEST_BYTES", "MAX_ERROR_BYTES", "MAX_ERROR_MESSAGE",

@@ -111,6 +111,10 @@ class RpcDispatcher:
         """How long a request of RPC ``name`` may be."""
         return self.request_bytes.get(name, self.default_request_bytes)
 
+    def max_request_bytes(self) -> int:
+        """The longest request any registered RPC takes: what a transport need read."""
+        return max([self.default_request_bytes, *self.request_bytes.values()])
+
     async def dispatch(self, data: bytes) -> bytes:
         """Handle one request's bytes; always returns a signed reply's bytes."""
         re = digest(data)[:16]

@@ -2,8 +2,9 @@
 
 * Peer API (public address): ``POST /rpc`` takes a signed msgpack envelope and
   returns a signed reply (see :mod:`p2pmarket.api.rpc`), whatever it was sent: a
-  body over :data:`~p2pmarket.api.bounds.MAX_REQUEST_BYTES` gets a signed error
-  too (not read further); ``GET /health``.
+  body longer than the largest bound of the RPCs registered (at most
+  :data:`~p2pmarket.api.bounds.MAX_REQUEST_BYTES`) gets a signed error too, and is
+  not read further; ``GET /health``.
 * Control API (127.0.0.1 only): ``POST /v1/<name>`` with a JSON body, guarded by
   the bearer token in ``<data dir>/api.token``; the CLI talks to it. Error values
   are bounded like the peer API's (:func:`~p2pmarket.api.bounds.sealable`), and a
@@ -30,6 +31,9 @@ from p2pmarket.core.files import write_atomic
 log = logging.getLogger(__name__)
 
 MAX_RPC_BYTES = MAX_REQUEST_BYTES
+# what the peer app's other routes may read whole (request.read(): a gateway store of
+# a 7 KiB DHT value); /rpc reads up to its own bound, uploads stream
+MAX_ROUTE_BYTES = 64 * 1024
 MAX_CONTROL_BYTES = 1024 * 1024
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -47,13 +51,13 @@ def jsonable(value: Any) -> Any:
 
 def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None = None
              ) -> web.Application:
-    app = web.Application(client_max_size=MAX_RPC_BYTES)
+    app = web.Application(client_max_size=MAX_ROUTE_BYTES)
 
     async def rpc(request: web.Request) -> web.Response:
-        try:
-            data = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            reply = dispatcher.refusal("request too large", {"max": MAX_RPC_BYTES})
+        limit = dispatcher.max_request_bytes()
+        data = await read_body(request, limit)
+        if data is None:
+            reply = dispatcher.refusal("request too large", {"max": limit})
         else:
             reply = await dispatcher.dispatch(data)
         return web.Response(body=reply, content_type="application/msgpack")
@@ -81,6 +85,20 @@ def json_reply(result: dict[str, Any], status: int) -> web.Response:
         log.error("a control result cannot be written as JSON")
         return web.json_response(INTERNAL_ERROR, status=500)
     return web.Response(text=text, status=status, content_type="application/json")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None (the rest unread) when it is over ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    data = bytearray()
+    while True:
+        chunk = await request.content.read(limit + 1 - len(data))
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > limit:
+            return None
 
 
 def load_or_create_token(path: Path) -> str:

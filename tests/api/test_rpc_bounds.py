@@ -231,3 +231,24 @@ async def test_a_reply_over_the_bound_is_not_read_whole() -> None:
     finally:
         never.set()
         await site.stop()
+
+
+async def test_the_transport_reads_no_more_than_the_largest_rpc_bound() -> None:
+    dispatcher = RpcDispatcher(SERVER)
+    dispatcher.register("t.echo", Rooms().echo, max_bytes=128 * 1024)
+    site = Site(peer_app(dispatcher))
+    port = await site.start("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        result = signed_error(*await post(url, b"\x00" * (256 * 1024)))
+        assert result["error_value"] == {"max": 128 * 1024}
+
+        async def chunked() -> AsyncIterator[bytes]:   # no Content-Length
+            for _ in range(64):
+                yield b"\x00" * 4096
+
+        async with aiohttp.ClientSession() as s, s.post(url + "/rpc", data=chunked()) as r:
+            result = signed_error(r.status, await r.read())
+        assert result["error_value"] == {"max": 128 * 1024}
+    finally:
+        await site.stop()

@@ -139,3 +139,18 @@ async def test_a_slow_host_does_not_hold_up_the_audit_of_the_others(world: World
     assert w.service.status(fast.key)["hosts"][0]["state"] == TRUSTED
     st = w.service.status(slow.key)["hosts"][0]
     assert st["state"] == SUSPECTED and "did not come" in st["error"]
+
+
+async def test_a_stranger_asking_for_its_status_grows_no_log(world: World) -> None:
+    h = world.host()
+    head = h.auct.audit.head
+    for _ in range(5):
+        res = await world.net.client(Identity.generate()).call(h.url, h.key, "host.status", {})
+        assert res["accounts"] == [] and res["audit"]["seq"] == head[0]
+        assert res["audit"]["hash"] == head[1]
+    assert h.auct.audit.head == head
+    await world.call(ALICE, h, "create_account", {"payment": cert(10**8), "bids": BIDS,
+                                                  "interval_s": 600})
+    before = h.auct.audit.head[0]
+    res = await world.net.client(ALICE).call(h.url, h.key, "host.status", {})
+    assert len(res["accounts"]) == 1 and res["audit"]["seq"] == before + 1   # recorded
