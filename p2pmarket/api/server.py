@@ -4,7 +4,8 @@
   returns a signed reply (see :mod:`p2pmarket.api.rpc`), whatever it was sent: a
   body longer than the largest bound of the RPCs registered (at most
   :data:`~p2pmarket.api.bounds.MAX_REQUEST_BYTES`) gets a signed error too, and is
-  not read further; ``GET /health``.
+  not read further; so does one whose body takes longer than
+  :data:`BODY_TIMEOUT_S` to arrive; ``GET /health``.
 * Control API (127.0.0.1 only): ``POST /v1/<name>`` with a JSON body, guarded by
   the bearer token in ``<data dir>/api.token``; the CLI talks to it. Error values
   are bounded like the peer API's (:func:`~p2pmarket.api.bounds.sealable`), and a
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -34,6 +36,7 @@ MAX_RPC_BYTES = MAX_REQUEST_BYTES
 # what the peer app's other routes may read whole (request.read(): a gateway store of
 # a 7 KiB DHT value); /rpc reads up to its own bound, uploads stream
 MAX_ROUTE_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 60.0   # a peer trickling its request body is cut off after this
 MAX_CONTROL_BYTES = 1024 * 1024
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -49,17 +52,22 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None = None
-             ) -> web.Application:
+def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None = None,
+             body_timeout_s: float = BODY_TIMEOUT_S) -> web.Application:
+    """The peer API; a request body must arrive within ``body_timeout_s``."""
     app = web.Application(client_max_size=MAX_ROUTE_BYTES)
 
     async def rpc(request: web.Request) -> web.Response:
         limit = dispatcher.max_request_bytes()
-        data = await read_body(request, limit)
-        if data is None:
-            reply = dispatcher.refusal("request too large", {"max": limit})
+        try:
+            data = await asyncio.wait_for(read_body(request, limit), body_timeout_s)
+        except TimeoutError:
+            reply = dispatcher.refusal("request body too slow", {"timeout_s": body_timeout_s})
         else:
-            reply = await dispatcher.dispatch(data)
+            if data is None:
+                reply = dispatcher.refusal("request too large", {"max": limit})
+            else:
+                reply = await dispatcher.dispatch(data)
         return web.Response(body=reply, content_type="application/msgpack")
 
     async def health(request: web.Request) -> web.Response:

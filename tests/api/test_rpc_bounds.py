@@ -252,3 +252,26 @@ async def test_the_transport_reads_no_more_than_the_largest_rpc_bound() -> None:
         assert result["error_value"] == {"max": 128 * 1024}
     finally:
         await site.stop()
+
+
+async def test_a_request_body_trickling_in_is_cut_off() -> None:
+    dispatcher = RpcDispatcher(SERVER)
+    dispatcher.register("t.echo", Rooms().echo)
+    site = Site(peer_app(dispatcher, body_timeout_s=0.2))
+    port = await site.start("127.0.0.1", 0)
+    never = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"\x87"
+        await never.wait()   # and the rest never comes
+        yield b""
+
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{port}/rpc", data=trickle(),
+                timeout=aiohttp.ClientTimeout(total=10)) as r:
+            result = signed_error(r.status, await r.read())
+        assert "too slow" in result["error"]
+    finally:
+        never.set()
+        await site.stop()
