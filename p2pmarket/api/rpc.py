@@ -6,8 +6,16 @@ kind ``reply`` addressed to the caller, body ``{"re": <request digest>,
 "result": <map>}``; an error result is ``{"error": ..., "error_value": ...}``. Both
 are signed in the ``envelope`` signature domain
 (:data:`p2pmarket.core.domains.ENVELOPE`).
-Every check (decoding, signature, address, replay guard, handler name, handler
-arguments) happens before a handler runs; a refused request changes nothing.
+Every check (size, decoding, signature, address, replay guard, handler name,
+handler arguments) happens before a handler runs; a refused request changes nothing.
+
+Sizes (:mod:`p2pmarket.api.bounds`): a request longer than its RPC's bound (given
+when the RPC is registered; :data:`~p2pmarket.api.bounds.DEFAULT_REQUEST_BYTES`
+otherwise) is refused before its signature is checked. Every reply is signed and
+bounded, error or not: an error whose value cannot be sealed (a float, an ext type,
+an odd map key, an integer beyond 64 bits) or is too large is sealed in the bounded
+form of :func:`~p2pmarket.api.bounds.sealable_error`, and a result too large (or
+unencodable) to seal becomes an error.
 
 A handler is ``async def h(ctx: CallContext, args: dict) -> dict``. It raises a
 :class:`P2PMarketError` for expected failures.
@@ -16,15 +24,31 @@ A handler is ``async def h(ctx: CallContext, args: dict) -> dict``. It raises a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from p2pmarket.api.bounds import (
+    DEFAULT_REQUEST_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_RESULT_BYTES,
+    sealable_error,
+)
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.domains import ENVELOPE
-from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, RemoteError
+from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, RemoteError, error_dict
 from p2pmarket.core.identity import Identity
-from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, decode, digest, seal
+from p2pmarket.core.wire import (
+    Envelope,
+    ReplayGuard,
+    WireError,
+    decode,
+    digest,
+    pack,
+    seal,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +74,65 @@ class CallContext:
 
 
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[dict[str, Any]]]
+# what packing a value can raise besides WireError (an int beyond 64 bits, ...)
+_UNPACKABLE = (WireError, OverflowError, ValueError, TypeError, RecursionError)
 
 
 class RpcDispatcher:
     """Routes verified requests to handlers and signs every reply."""
 
     def __init__(self, identity: Identity, guard: ReplayGuard | None = None,
-                 clock: Callable[[], int] = now_us) -> None:
+                 clock: Callable[[], int] = now_us,
+                 default_request_bytes: int = DEFAULT_REQUEST_BYTES) -> None:
         self.identity = identity
         self.guard = guard or ReplayGuard()
         self.clock = clock
         self.handlers: dict[str, Handler] = {}
+        self.request_bytes: dict[str, int] = {}   # RPC name -> its bound, if not the default
+        self.default_request_bytes = default_request_bytes
         self.rejected = 0
 
-    def register(self, name: str, handler: Handler) -> None:
+    def register(self, name: str, handler: Handler, max_bytes: int | None = None) -> None:
+        """Route RPC ``name`` to ``handler``; its requests may be at most ``max_bytes``
+        long (default: the dispatcher's ``default_request_bytes``)."""
         if name in self.handlers:
             raise ValueError(f"handler {name} registered twice")
+        if max_bytes is not None and not 0 < max_bytes <= MAX_REQUEST_BYTES:
+            raise ValueError(f"request bound of {name} must be 1 .. {MAX_REQUEST_BYTES}")
         self.handlers[name] = handler
+        if max_bytes is not None:
+            self.request_bytes[name] = max_bytes
 
-    def register_all(self, prefix: str, handlers: dict[str, Handler]) -> None:
+    def register_all(self, prefix: str, handlers: dict[str, Handler],
+                     limits: Mapping[str, int] | None = None) -> None:
+        """Register ``handlers`` as ``<prefix>.<name>``, each bounded by ``limits[name]``
+        where given."""
         for name, handler in handlers.items():
-            self.register(f"{prefix}.{name}", handler)
+            self.register(f"{prefix}.{name}", handler, (limits or {}).get(name))
+
+    def request_limit(self, name: str) -> int:
+        """How long a request of RPC ``name`` may be."""
+        return self.request_bytes.get(name, self.default_request_bytes)
+
+    def max_request_bytes(self) -> int:
+        """The longest request any registered RPC takes: what a transport need read."""
+        return max([self.default_request_bytes, *self.request_bytes.values()])
 
     async def dispatch(self, data: bytes) -> bytes:
         """Handle one request's bytes; always returns a signed reply's bytes."""
         re = digest(data)[:16]
         to: bytes | None = None
         try:
-            env = decode(data, ENVELOPE)
+            if len(data) > MAX_REQUEST_BYTES:
+                raise WireError("request too large", {"size": len(data),
+                                                      "max": MAX_REQUEST_BYTES})
+            env = Envelope.from_wire(unpack(data, MAX_REQUEST_BYTES))
+            if env.kind.startswith(RPC_PREFIX):
+                limit = self.request_limit(env.kind[len(RPC_PREFIX):])
+                if len(data) > limit:
+                    raise WireError(f"request too large for {env.kind}",
+                                    {"size": len(data), "max": limit})
+            env.verify_signature(ENVELOPE)
             to = env.sender_id
             result = await self._run(env)
         except P2PMarketError as exc:
@@ -86,9 +141,20 @@ class RpcDispatcher:
         except Exception:
             log.exception("RPC handler failed")
             result = dict(INTERNAL_ERROR)
-        reply = seal(self.identity, ENVELOPE, REPLY_KIND, {"re": re, "result": result},
-                     ts=self.clock(), to=to)
-        return reply.encode()
+        return self.reply(re, result, to)
+
+    def refusal(self, message: str, value: Any = None) -> bytes:
+        """A signed error reply to a request that could not even be read (its body too
+        long for the transport): addressed to no one, ``re`` empty."""
+        self.rejected += 1
+        return self.reply(b"", error_dict(message, value), None)
+
+    def reply(self, re: bytes, result: dict[str, Any], to: bytes | None) -> bytes:
+        """The signed reply envelope's bytes for ``result``, bounded: see the module
+        docstring."""
+        body = {"re": re, "result": bounded_result(result)}
+        return seal(self.identity, ENVELOPE, REPLY_KIND, body, ts=self.clock(),
+                    to=to).encode()
 
     async def _run(self, env: Envelope) -> dict[str, Any]:
         if env.to != self.identity.node_id:
@@ -107,6 +173,31 @@ class RpcDispatcher:
         if not isinstance(result, dict):
             raise TypeError(f"handler {name} returned {type(result).__name__}")
         return result
+
+
+def bounded_result(result: Any) -> dict[str, Any]:
+    """``result`` if it can be sealed within the bounds; an error result in its
+    bounded form (:func:`sealable_error`) if it cannot, or is over
+    :data:`MAX_ERROR_BYTES`; an error instead of a result over
+    :data:`MAX_RESULT_BYTES` or that cannot be encoded."""
+    is_error = isinstance(result, dict) and "error" in result
+    try:
+        size = len(pack(result)) if isinstance(result, dict) else -1
+    except _UNPACKABLE:
+        size = -1
+    if is_error:
+        if 0 <= size <= MAX_ERROR_BYTES:
+            return dict(result)
+        bounded = sealable_error(result)
+        if len(pack(bounded)) > MAX_ERROR_BYTES:   # cannot happen with sealable's caps
+            bounded["error_value"] = None
+        return bounded
+    if 0 <= size <= MAX_RESULT_BYTES:
+        return dict(result)
+    if size < 0:
+        log.error("an RPC result cannot be encoded")
+        return dict(INTERNAL_ERROR)
+    return error_dict("reply too large", {"size": size, "max": MAX_RESULT_BYTES})
 
 
 def make_request(identity: Identity, to: bytes, name: str, args: dict[str, Any],

@@ -1,13 +1,20 @@
 """The node's two HTTP faces, both aiohttp.
 
 * Peer API (public address): ``POST /rpc`` takes a signed msgpack envelope and
-  returns a signed reply (see :mod:`p2pmarket.api.rpc`); ``GET /health``.
+  returns a signed reply (see :mod:`p2pmarket.api.rpc`), whatever it was sent: a
+  body longer than the largest bound of the RPCs registered (at most
+  :data:`~p2pmarket.api.bounds.MAX_REQUEST_BYTES`) gets a signed error too, and is
+  not read further; so does one whose body takes longer than
+  :data:`BODY_TIMEOUT_S` to arrive; ``GET /health``.
 * Control API (127.0.0.1 only): ``POST /v1/<name>`` with a JSON body, guarded by
-  the bearer token in ``<data dir>/api.token``; the CLI talks to it.
+  the bearer token in ``<data dir>/api.token``; the CLI talks to it. Error values
+  are bounded like the peer API's (:func:`~p2pmarket.api.bounds.sealable`), and a
+  result that cannot be written as JSON is an internal error, never a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -18,13 +25,19 @@ from typing import Any
 
 from aiohttp import web
 
+from p2pmarket.api.bounds import MAX_ERROR_BYTES, MAX_REQUEST_BYTES, sealable_error
 from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, error_dict
 from p2pmarket.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
-MAX_RPC_BYTES = 4 * 1024 * 1024
+MAX_RPC_BYTES = MAX_REQUEST_BYTES
+# what the peer app's other routes may read whole (request.read(): a gateway store of
+# a 7 KiB DHT value); /rpc reads up to its own bound, uploads stream
+MAX_ROUTE_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 60.0   # a peer trickling its request body is cut off after this
+MAX_CONTROL_BYTES = 1024 * 1024
 ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -39,13 +52,22 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None = None
-             ) -> web.Application:
-    app = web.Application(client_max_size=MAX_RPC_BYTES)
+def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None = None,
+             body_timeout_s: float = BODY_TIMEOUT_S) -> web.Application:
+    """The peer API; a request body must arrive within ``body_timeout_s``."""
+    app = web.Application(client_max_size=MAX_ROUTE_BYTES)
 
     async def rpc(request: web.Request) -> web.Response:
-        data = await request.read()
-        reply = await dispatcher.dispatch(data)
+        limit = dispatcher.max_request_bytes()
+        try:
+            data = await asyncio.wait_for(read_body(request, limit), body_timeout_s)
+        except TimeoutError:
+            reply = dispatcher.refusal("request body too slow", {"timeout_s": body_timeout_s})
+        else:
+            if data is None:
+                reply = dispatcher.refusal("request too large", {"max": limit})
+            else:
+                reply = await dispatcher.dispatch(data)
         return web.Response(body=reply, content_type="application/msgpack")
 
     async def health(request: web.Request) -> web.Response:
@@ -53,6 +75,38 @@ def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None 
 
     app.add_routes([web.post("/rpc", rpc), web.get("/health", health), *(extra_routes or [])])
     return app
+
+
+def json_reply(result: dict[str, Any], status: int) -> web.Response:
+    """``result`` as JSON (bytes as hex). An error whose value JSON cannot carry, or
+    that is over :data:`~p2pmarket.api.bounds.MAX_ERROR_BYTES`, in its bounded form
+    (:func:`~p2pmarket.api.bounds.sealable_error`); a result that is no JSON, an
+    internal error."""
+    is_error = "error" in result
+    try:
+        text = json.dumps(jsonable(result))
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if is_error and (text is None or len(text) > MAX_ERROR_BYTES):
+        text = json.dumps(jsonable(sealable_error(result)))
+    if text is None:
+        log.error("a control result cannot be written as JSON")
+        return web.json_response(INTERNAL_ERROR, status=500)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None (the rest unread) when it is over ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    data = bytearray()
+    while True:
+        chunk = await request.content.read(limit + 1 - len(data))
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > limit:
+            return None
 
 
 def load_or_create_token(path: Path) -> str:
@@ -64,7 +118,7 @@ def load_or_create_token(path: Path) -> str:
 
 
 def control_app(token: str, handlers: dict[str, ControlHandler]) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=MAX_CONTROL_BYTES)
 
     async def call(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")
@@ -81,14 +135,17 @@ def control_app(token: str, handlers: dict[str, ControlHandler]) -> web.Applicat
             if not isinstance(args, dict):
                 raise P2PMarketError("control arguments must be a JSON object")
             result = await handler(args)
-        except json.JSONDecodeError:
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response(error_dict("control body too large",
+                                                MAX_CONTROL_BYTES), status=413)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return web.json_response(error_dict("control body is not JSON"), status=400)
         except P2PMarketError as exc:
-            return web.json_response(jsonable(exc.to_dict()), status=400)
+            return json_reply(exc.to_dict(), 400)
         except Exception:
             log.exception("control call %s failed", name)
             return web.json_response(INTERNAL_ERROR, status=500)
-        return web.json_response(jsonable(result))
+        return json_reply(result, 200)
 
     app.add_routes([web.post("/v1/{name}", call)])
     return app

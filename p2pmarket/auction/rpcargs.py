@@ -9,6 +9,15 @@ is offered) is checked by the steps in :mod:`p2pmarket.auction.buyersteps`.
 
 :func:`check_args` and the value checkers are shared with the auctioneer's
 read-only RPCs.
+
+:data:`REQUEST_LIMITS` bounds each RPC's signed request (its wire bytes, as the RPC
+layer checks them, and its canonical encoding, as the auctioneer logs it): the
+largest legitimate requests are a ``create_account``/``fund`` whose certificate
+carries a large committee's signatures (about 13 KiB at 128 notaries) and a ``bid``
+on 64 unique resources (about 6 KiB); the bound leaves a wide margin. The bound is
+enforced at the RPC layer and by the auctioneer before anything is logged, not by
+:func:`parse_args`: the pure steps, hence the replay of logs written before it,
+are unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +33,13 @@ from p2pmarket.auction.resources import PPM, BidSpec, bids_from_wire
 from p2pmarket.core.clock import US_PER_S
 
 MAX_INTERVAL_S = 10 * 365 * 24 * 3600
+MAX_REQUEST_BYTES = 64 * 1024      # create_account, fund, bid
+SMALL_REQUEST_BYTES = 4 * 1024     # the RPCs whose arguments are a few short fields
+REQUEST_LIMITS: dict[str, int] = {
+    "create_account": MAX_REQUEST_BYTES, "fund": MAX_REQUEST_BYTES,
+    "bid": MAX_REQUEST_BYTES, "refund": SMALL_REQUEST_BYTES,
+    "lease": SMALL_REQUEST_BYTES, "status": SMALL_REQUEST_BYTES,
+    "audit_log": SMALL_REQUEST_BYTES}
 # what the auctioneer logs as the arguments when msgpack cannot encode them (floats)
 UNENCODABLE = "unencodable"
 
@@ -75,6 +91,11 @@ class LeaseArgs:
 
 
 RpcArgs = CreateAccountArgs | BidArgs | FundArgs | RefundArgs | LeaseArgs
+
+
+def request_limit(name: str) -> int:
+    """How long (bytes) a signed request of the host's RPC ``name`` may be."""
+    return REQUEST_LIMITS.get(name, SMALL_REQUEST_BYTES)
 
 
 def parse_args(name: str, args: object) -> RpcArgs:

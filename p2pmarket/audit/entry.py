@@ -30,6 +30,10 @@ from p2pmarket.ledger.errors import LedgerError, check_bytes, check_int, check_m
 
 MAX_KIND = 64
 MAX_TS = 2**63 - 1
+MAX_SEQ = 2**62
+# the most an entry's canonical bytes may be: a host never logs a longer one and a
+# witness takes none (a host.audit_log reply always has room for one)
+MAX_ENTRY_BYTES = 1 << 20
 ENTRY_FIELDS = frozenset({"seq", "prev", "kind", "body", "ts"})
 
 
@@ -50,7 +54,7 @@ class AuditEntry:
 
     def __post_init__(self) -> None:
         try:
-            check_int(self.seq, "seq", 0, 2**62)
+            check_int(self.seq, "seq", 0, MAX_SEQ)
             check_bytes(self.prev, "prev", HASH_SIZE)
             check_str(self.kind, "kind", MAX_KIND)
             check_int(self.ts, "ts", 0, MAX_TS)

@@ -10,7 +10,12 @@ that entry: two different hashes signed for one seq are a proof of
 inconsistency, checked with :func:`p2pmarket.audit.entry.verify_segment`.
 
 Storage: sqlite (WAL, synchronous=FULL); :meth:`AuditLog.append` returns only
-after the entry is durable.
+after the entry is durable. An entry longer than
+:data:`~p2pmarket.audit.entry.MAX_ENTRY_BYTES` encoded is refused (no witness would
+take it). Reads are bounded in bytes as well as in entries: :meth:`AuditLog.raw`
+stops before the entry that would take a segment past ``max_bytes``
+(:data:`SEGMENT_BYTES` by default), but always gives the first one, so a reader
+paging through the log always makes progress.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, encode_entry, sign_entry
+from p2pmarket.audit.entry import (
+    MAX_ENTRY_BYTES,
+    MAX_SEQ,
+    AuditAuthenticator,
+    AuditEntry,
+    encode_entry,
+    sign_entry,
+)
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.core.files import open_db, require_format
 from p2pmarket.core.identity import Identity
@@ -39,6 +51,14 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 STORE_FORMAT = 2
 """The audit log store's format: 2 since signatures have domains (docs/design.md §2)."""
+
+SEGMENT_BYTES = 1 << 20   # entry bytes in one segment read, unless the first is longer
+_SQL_MAX = 2**63 - 1
+
+
+def _range(since: int, limit: int) -> tuple[int, int]:
+    """``since`` and ``limit`` clamped to what sqlite takes (no OverflowError)."""
+    return max(0, min(since, MAX_SEQ + 1)), max(0, min(limit, _SQL_MAX))
 
 
 class AuditLog:
@@ -86,6 +106,10 @@ class AuditLog:
                 data = pack(entry.body)
             except WireError as exc:
                 raise AuditError("audit entry body cannot be encoded", exc.value) from None
+            size = len(encode_entry(entry.seq, entry.prev, kind, data, ts))
+            if size > MAX_ENTRY_BYTES:
+                raise AuditError("audit entry too large", {"kind": kind, "size": size,
+                                                           "max": MAX_ENTRY_BYTES})
             auth = sign_entry(self.identity, entry)
             rows.append((entry.seq, entry.prev, kind, data, ts, auth.hash, auth.sig))
             auths.append(auth)
@@ -104,7 +128,7 @@ class AuditLog:
         """Entries with ``seq >= since``, oldest first, at most ``limit``."""
         rows = self.conn.execute(
             "SELECT seq, prev, kind, body, ts, hash, sig FROM audit WHERE seq >= ? "
-            "ORDER BY seq LIMIT ?", (since, max(0, limit))).fetchall()
+            "ORDER BY seq LIMIT ?", _range(since, limit)).fetchall()
         out = []
         for seq, prev, kind, body, ts, h, sig in rows:
             entry = AuditEntry(int(seq), bytes(prev), str(kind), unpack(bytes(body)), int(ts))
@@ -112,27 +136,42 @@ class AuditLog:
                                                   bytes(h), bytes(sig))))
         return out
 
-    def raw(self, since: int = 0, limit: int = 1000
+    def raw(self, since: int = 0, limit: int = 1000, max_bytes: int = SEGMENT_BYTES
             ) -> list[tuple[int, bytes, bytes, bytes]]:
         """``(seq, canonical entry bytes, hash, sig)`` from ``since``, oldest first: what
-        a witness fetches (it hashes the bytes itself; no re-encoding needed)."""
-        rows = self.conn.execute(
+        a witness fetches (it hashes the bytes itself; no re-encoding needed). At most
+        ``limit`` entries, and no more than ``max_bytes`` of entry bytes unless the
+        first entry alone is longer (it is given anyway)."""
+        cur = self.conn.execute(
             "SELECT seq, prev, kind, body, ts, hash, sig FROM audit WHERE seq >= ? "
-            "ORDER BY seq LIMIT ?", (since, max(0, limit))).fetchall()
-        return [(int(seq), encode_entry(int(seq), bytes(prev), str(kind), bytes(body),
-                                        int(ts)), bytes(h), bytes(sig))
-                for seq, prev, kind, body, ts, h, sig in rows]
+            "ORDER BY seq LIMIT ?", _range(since, limit))
+        out: list[tuple[int, bytes, bytes, bytes]] = []
+        size = 0
+        for seq, prev, kind, body, ts, h, sig in cur:
+            raw = encode_entry(int(seq), bytes(prev), str(kind), bytes(body), int(ts))
+            size += len(raw) + len(sig)
+            if out and size > max_bytes:
+                break
+            out.append((int(seq), raw, bytes(h), bytes(sig)))
+        cur.close()
+        return out
 
     def authenticator(self, seq: int) -> AuditAuthenticator | None:
+        if not 0 <= seq <= MAX_SEQ:
+            return None
         row = self.conn.execute("SELECT hash, sig FROM audit WHERE seq = ?",
                                 (seq,)).fetchone()
         if row is None:
             return None
         return AuditAuthenticator(self.identity.public_key, seq, bytes(row[0]), bytes(row[1]))
 
-    def segment(self, since: int = 0, limit: int = 1000) -> dict[str, Any]:
-        """Wire form for a witness: ``{entries: [...], auths: [...], prev: hash | None}``."""
-        got = self.entries(since, limit)
+    def segment(self, since: int = 0, limit: int = 1000, max_bytes: int = SEGMENT_BYTES
+                ) -> dict[str, Any]:
+        """Wire form for a witness: ``{entries: [...], auths: [...], prev: hash | None}``,
+        bounded like :meth:`raw`."""
+        since, limit = _range(since, limit)
+        n = len(self.raw(since, limit, max_bytes))
+        got = self.entries(since, n)
         prev = None
         if since > 0:
             row = self.conn.execute("SELECT hash FROM audit WHERE seq = ?",
@@ -142,4 +181,4 @@ class AuditLog:
                 "auths": [a.to_wire() for _, a in got], "prev": prev}
 
 
-__all__ = ["AuditLog"]
+__all__ = ["SEGMENT_BYTES", "AuditLog"]

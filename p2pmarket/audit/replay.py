@@ -44,7 +44,7 @@ from typing import Any
 from p2pmarket.auction.machine import HostState, MissingState
 from p2pmarket.auction.snapshot import from_snapshot, state_digest
 from p2pmarket.auction.steps import GENESIS, INFO, INPUTS, check_signed, request_refusal, step
-from p2pmarket.audit.entry import encode_entry
+from p2pmarket.audit.entry import MAX_ENTRY_BYTES, encode_entry
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.wire import WireError, pack, unpack
@@ -52,7 +52,6 @@ from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import SEND, ZERO_HASH
 
 ANCHORS = frozenset({"out.tick", "out.settings"})
-MAX_ENTRY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)

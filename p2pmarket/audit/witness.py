@@ -30,6 +30,15 @@ clock runs ahead stays suspected until real time catches up with its log (no
 third party could check a proof about "the future", so this is a challenge,
 not evidence). That entries' times never go backwards is a replay rule.
 
+Fetching pages through the log: the host answers ``host.audit_log`` with as many
+entries as fit its byte bound (at least one), and the witness asks again from the
+next seq until it has reached the host's head as the first answer named it, or the
+highest authenticator it holds, whichever is later (entries logged meanwhile wait
+for the next audit). One host's fetch is bounded in time (``fetch_s``, default
+:data:`DEFAULT_FETCH_S`): a host too slow to answer counts as unanswered if it gave
+nothing, else the audit stops where it got (and the challenge rule decides), so a
+slow host never holds up the audit of the others.
+
 Progress is durable (:class:`~p2pmarket.audit.witnessstore.WitnessStore`): pushed
 authenticators are stored before ``witness.push`` answers, and each checked
 segment is stored with the replay position, so a restarted witness resumes every
@@ -40,8 +49,9 @@ log, storing progress, publishing proofs, gossip), and what a buyer does with
 authenticators (:func:`push_to_witnesses`). What one audit decides about one host
 is pure, in :mod:`p2pmarket.audit.watched`.
 
-RPCs (``dispatcher.register_all("witness", service.handlers())``; the RPC
-layer's replay guard and signature checks run first):
+RPCs (``dispatcher.register_all("witness", service.handlers(),
+limits=service.request_limits())``; the RPC layer's size, signature and replay
+guard checks run first):
 
 - ``push {host: key, auths: [[seq, hash, sig], ...] (at most 256), url?: str}``
   -> ``{held, state}``. All authenticators must be the host's valid signatures or
@@ -83,7 +93,11 @@ log = logging.getLogger(__name__)
 DEFAULT_PSI = 2
 WITNESSES_PER_HOST = DEFAULT_PSI + 1   # how many witnesses a host has (psi + 1)
 DEFAULT_PERIOD_S = 10.0
+DEFAULT_FETCH_S = 30.0
 SEGMENT = 2000
+# request bounds for the RPC layer: a full push (MAX_PUSH authenticators) is ~29 KiB;
+# the others take its default
+REQUEST_LIMITS = {"push": 128 * 1024}
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,8 @@ class WitnessService:
                  directory: WitnessDirectory | None = None,
                  locator: HostLocator | None = None, sink: EvidenceSink | None = None,
                  psi: int = DEFAULT_PSI, segment: int = SEGMENT,
-                 store: WitnessStore | None = None) -> None:
+                 store: WitnessStore | None = None, fetch_s: float = DEFAULT_FETCH_S
+                 ) -> None:
         self.identity = identity
         self.client = client
         self.evidence = evidence
@@ -144,6 +159,7 @@ class WitnessService:
         self.sink = sink
         self.psi = psi
         self.segment = segment
+        self.fetch_s = fetch_s
         self.store = store or WitnessStore()
         self.hosts: dict[bytes, Watched] = {}
         for saved in self.store.hosts():
@@ -159,6 +175,11 @@ class WitnessService:
     def handlers(self) -> dict[str, Handler]:
         return {"push": self.rpc_push, "status": self.rpc_status,
                 "evidence": self.rpc_evidence}
+
+    @staticmethod
+    def request_limits() -> dict[str, int]:
+        """For ``dispatcher.register_all("witness", ..., limits=...)``."""
+        return dict(REQUEST_LIMITS)
 
     def is_exposed(self, node: bytes) -> bool:
         """For discovery (skip the host) and NotaryService(shun=...)."""
@@ -280,7 +301,7 @@ class WitnessService:
         answered = url is not None
         if url is not None:
             w.url = url
-            answered = await self._fetch(w, url)
+            answered = await self._fetch(w, url, target)
         w.last_audit = now
         if w.proofs:
             return EXPOSED
@@ -290,15 +311,27 @@ class WitnessService:
         self.store.save_meta(host, w.url, w.replayer.seq, w.challenge, w.error, w.last_audit)
         return w.state
 
-    async def _fetch(self, w: Watched, url: str) -> bool:
-        """Fetch and check the log up to its head; False if the host did not answer
-        properly (a challenge stays open)."""
+    async def _fetch(self, w: Watched, url: str, target: int = -1) -> bool:
+        """Fetch and check the log, page by page, up to the head the host names first
+        (or ``target``, if later); False if the host did not answer properly, or gave
+        nothing in time (a challenge stays open)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fetch_s
         since = max(0, w.replayer.seq)
+        start = w.replayer.seq
+        goal: int | None = None
         while True:
+            remaining = deadline - loop.time()
             try:
-                seg = read_segment(await self.client.call(
+                if remaining <= 0:
+                    raise TimeoutError
+                resp = await asyncio.wait_for(self.client.call(
                     url, w.key, "host.audit_log", {"since": since, "limit": self.segment}),
-                    self.segment)
+                    remaining)
+                seg = read_segment(resp, self.segment)
+            except TimeoutError:
+                w.error = f"the host's log did not come within {self.fetch_s:g} s"
+                return w.replayer.seq > start
             except (P2PMarketError, KeyError, TypeError) as exc:
                 w.error = exc.message if isinstance(exc, P2PMarketError) else "bad answer"
                 return False
@@ -309,7 +342,9 @@ class WitnessService:
                 return False
             if w.proofs:
                 return True
-            if not done or not seg.entries or w.replayer.seq >= seg.head_seq:
+            if goal is None:
+                goal = max(seg.head_seq, target)
+            if not done or not seg.entries or w.replayer.seq >= goal:
                 return True
             since = w.replayer.seq + 1
 
@@ -378,6 +413,6 @@ async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, hos
     return took
 
 
-__all__ = ["DEFAULT_PERIOD_S", "DEFAULT_PSI", "SEGMENT", "WITNESSES_PER_HOST", "HostLocator",
-           "Peer", "PeerCaller", "WitnessDirectory", "WitnessService", "push_to_witnesses",
-           "witness_key", "witnesses_of"]
+__all__ = ["DEFAULT_FETCH_S", "DEFAULT_PERIOD_S", "DEFAULT_PSI", "REQUEST_LIMITS", "SEGMENT",
+           "WITNESSES_PER_HOST", "HostLocator", "Peer", "PeerCaller", "WitnessDirectory",
+           "WitnessService", "push_to_witnesses", "witness_key", "witnesses_of"]

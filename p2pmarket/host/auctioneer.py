@@ -21,14 +21,30 @@ carries ``audit``: the authenticator of the audit-log entry that recorded it.
   refund is recorded durably with the account change, then paid with the
   injected ``refund_payment``; if paying fails the refund stays ``pending`` and
   is retried every tick. A retry with the same ``refund_id`` answers again.
-- ``status {}`` -> ``{accounts: [ACCOUNT...]}``; ``lease {account_id}`` -> ``{lease}``.
+- ``status {}`` -> ``{accounts: [ACCOUNT...]}`` (logged as ``out.status``, a digest;
+  for a caller with no account nothing is logged and ``audit`` is the head's
+  authenticator, so strangers cannot grow the log with it); ``lease {account_id}``
+  -> ``{lease}``.
 - ``quote {bids, interval_s, nonce, amount?, contingency?}`` -> ``{quote}``: the host's
   signed quote for the caller (:mod:`p2pmarket.auction.quote`): its current capacity
   and price per resource type bid on, valid for 30 s; refused with the error
   ``create_account`` would give. Read-only: not an input, so not logged (the audit
   replay never sees it) and no ``audit`` field.
-- ``audit_log {since?: int, limit?: int}`` -> ``{entries: [bytes], sigs: [bytes], head}``:
-  the audit log for the host's witnesses (:func:`audit_log_segment`).
+- ``audit_log {since?: int, limit?: int}`` -> ``{since, entries: [bytes], sigs: [bytes],
+  head}``: the audit log for the host's witnesses (:func:`audit_log_segment`), from
+  ``since`` (0 .. 2^62), at most ``limit`` (default and cap :data:`MAX_SEGMENT`)
+  entries and about :data:`~p2pmarket.audit.log.SEGMENT_BYTES` of them, but always
+  the first: a witness pages on from the last entry it got up to ``head``.
+
+Requests are bounded (:data:`p2pmarket.auction.rpcargs.REQUEST_LIMITS`; register
+the handlers with :meth:`Auctioneer.request_limits` so the RPC layer refuses longer
+ones before checking their signature; the auctioneer refuses them too, before
+logging anything). What is logged of a refused request: nothing when the refusal
+depends on the request alone (too long, arguments malformed: the same request is
+refused the same way whenever it comes, so there is nothing to replay, and a
+stranger's junk never reaches the log); the whole signed request, bounded, when it
+depends on the state (the replay needs it to re-derive the refusal and to record
+the request as taken).
 
 ``BIDS`` is ``{"cpu": [weight_ppm, min, max] | "w,min,max", "tcp_port,30000": ...}``
 (see :mod:`p2pmarket.auction.resources`); ``RATIO`` a decimal string (``"0.2"``) or
@@ -55,6 +71,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from p2pmarket.api.bounds import sealable_error
 from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Payment
@@ -63,10 +80,16 @@ from p2pmarket.auction.buyersteps import precheck
 from p2pmarket.auction.machine import ZERO
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.quote import make_quote, parse_quote_args, sign_quote
-from p2pmarket.auction.rpcargs import UNENCODABLE, check_args
+from p2pmarket.auction.rpcargs import (
+    REQUEST_LIMITS,
+    UNENCODABLE,
+    check_args,
+    parse_args,
+    request_limit,
+)
 from p2pmarket.auction.steps import request_refusal
-from p2pmarket.audit.entry import AuditAuthenticator
-from p2pmarket.audit.log import AuditLog
+from p2pmarket.audit.entry import MAX_SEQ, AuditAuthenticator
+from p2pmarket.audit.log import SEGMENT_BYTES, AuditLog
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import Settings
 from p2pmarket.core.errors import P2PMarketError
@@ -82,6 +105,7 @@ from p2pmarket.host.vmm.base import VMM
 AcceptPayment = Callable[[bytes, dict[str, Any]], Awaitable[Payment]]
 
 MAX_SEGMENT = 2000
+MAX_PAYMENT_ERROR_BYTES = 1024
 
 
 def domain_prefix(identity: Identity) -> str:
@@ -106,6 +130,12 @@ class Auctioneer(AuctionRunner):
         return {"create_account": self.create_account, "bid": self.bid, "fund": self.fund,
                 "refund": self.refund, "status": self.status, "lease": self.lease,
                 "audit_log": self.audit_log, "quote": self.quote}
+
+    @staticmethod
+    def request_limits() -> dict[str, int]:
+        """Each RPC's request bound, for ``dispatcher.register_all("host", ...,
+        limits=...)``."""
+        return dict(REQUEST_LIMITS)
 
     async def create_account(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         st, auth = await self._call("create_account", ctx, args, payment=True)
@@ -140,6 +170,9 @@ class Auctioneer(AuctionRunner):
         check_args(args, set())
         accounts = [a for a in self.accounts() if a.holder == ctx.sender]
         result = {"accounts": [self.account_doc(a) for a in accounts]}
+        head = None if accounts else self.audit.authenticator(self.audit.head[0])
+        if head is not None:   # nothing to record: the head commits the host as well
+            return {**result, "audit": head.to_wire()}
         auth = self.audit.append("out.status", {"digest": digest(pack(result))}, self.now())
         return {**result, "audit": auth.to_wire()}
 
@@ -154,9 +187,10 @@ class Auctioneer(AuctionRunner):
         """``{since?, limit?}`` -> the log from ``since`` for a witness."""
         check_args(args, set(), {"since", "limit"})
         since, limit = args.get("since", 0), args.get("limit", MAX_SEGMENT)
-        for v in (since, limit):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise HostError("since and limit must be non-negative integers")
+        if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_SEQ:
+            raise HostError(f"since must be an integer from 0 to {MAX_SEQ}", repr(since)[:40])
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise HostError("limit must be a non-negative integer", repr(limit)[:40])
         return audit_log_segment(self.audit, since, min(limit, MAX_SEGMENT))
 
     def _leased_reply(self, st: Step, auth: AuditAuthenticator) -> dict[str, Any]:
@@ -166,12 +200,20 @@ class Auctioneer(AuctionRunner):
 
     async def _call(self, name: str, ctx: CallContext, args: dict[str, Any],
                     payment: bool = False) -> tuple[Step, AuditAuthenticator]:
-        """Run one RPC through the pure step; log it; raise its error if it failed."""
+        """Run one RPC through the pure step; log it; raise its error if it failed.
+        Refused before anything is logged: a request over its bound, or whose arguments
+        are malformed (see the module docstring)."""
+        if ctx.request is not None:
+            size, limit = len(ctx.request.encode()), request_limit(name)
+            if size > limit:
+                raise HostError(f"request too large for host.{name}",
+                                {"size": size, "max": limit})
         try:
             logged: Any = dict(args)
             pack(logged)
         except WireError:
             logged = UNENCODABLE
+        parse_args(name, logged)   # raises the very refusal the step would log
         body: dict[str, Any] = {"from": ctx.sender, "ts": ctx.ts, "args": logged}
         if ctx.request is not None:   # the caller's signature, for the witnesses
             body["request"] = ctx.request.to_wire()
@@ -192,7 +234,7 @@ class Auctioneer(AuctionRunner):
                     try:
                         paid = await self._checked_payment(ctx, args["payment"])
                     except P2PMarketError as exc:
-                        body["payment_error"] = error_doc(exc)
+                        body["payment_error"] = payment_error_doc(exc)
                         self.journal.apply(f"in.{name}", body, self.now())
                         raise
                     body["payment"] = {"id": paid.payment_id, "amount": paid.amount}
@@ -215,13 +257,25 @@ class Auctioneer(AuctionRunner):
         return payment
 
 
-def audit_log_segment(audit: AuditLog, since: int, limit: int) -> dict[str, Any]:
-    """``{entries: [canonical entry bytes], sigs: [signature], head: [seq, hash]}`` from
-    ``since``: the host's signature of ``(key, seq, SHA-256(entry))`` for each entry."""
-    rows = audit.raw(since, limit)
+def payment_error_doc(exc: P2PMarketError) -> dict[str, Any]:
+    """Why a payment was refused, as logged: its error doc, in the bounded form
+    (:func:`~p2pmarket.api.bounds.sealable_error`) when that is over
+    :data:`MAX_PAYMENT_ERROR_BYTES` (a refused certificate's value may echo it)."""
+    doc = error_doc(exc)
+    return doc if len(pack(doc)) <= MAX_PAYMENT_ERROR_BYTES else sealable_error(doc)
+
+
+def audit_log_segment(audit: AuditLog, since: int, limit: int,
+                      max_bytes: int = SEGMENT_BYTES) -> dict[str, Any]:
+    """``{since, entries: [canonical entry bytes], sigs: [signature], head: [seq, hash]}``
+    from ``since``: the host's signature of ``(key, seq, SHA-256(entry))`` for each
+    entry; at most ``limit`` entries and ``max_bytes`` of them, but at least one if
+    there is one (:meth:`AuditLog.raw`)."""
+    rows = audit.raw(since, limit, max_bytes)
     seq, h = audit.head
     return {"since": since, "entries": [r[1] for r in rows], "sigs": [r[3] for r in rows],
             "head": [seq, h if seq >= 0 else ZERO]}
 
 
-__all__ = ["AcceptPayment", "Auctioneer", "audit_log_segment", "domain_prefix"]
+__all__ = ["MAX_PAYMENT_ERROR_BYTES", "MAX_SEGMENT", "AcceptPayment", "Auctioneer",
+           "audit_log_segment", "domain_prefix", "payment_error_doc"]

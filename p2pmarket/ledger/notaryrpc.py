@@ -40,6 +40,10 @@ from p2pmarket.ledger.notarystate import Item
 
 MAX_BATCH = 1024
 MAX_INBOX = 256
+# request bounds for the RPC layer (register_all(..., limits=REQUEST_LIMITS)); the
+# others take its default (64 KiB: a certify with its SEND certificate is a few KiB)
+BATCH_REQUEST_BYTES = 4 * 1024 * 1024   # up to MAX_BATCH entries with certificates
+REQUEST_LIMITS = {"certify_batch": BATCH_REQUEST_BYTES, "deliver": BATCH_REQUEST_BYTES}
 
 
 def _list(value: Any, name: str, max_len: int) -> list[Any]:

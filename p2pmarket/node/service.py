@@ -87,7 +87,8 @@ class Node:
             self.notary = NotaryService(identity, genesis, data_dir.notary_db,
                                         shun=self.evidence.is_exposed,
                                         screen=EvidenceScreen(self.dht, self.evidence).screen)
-            self.dispatcher.register_all("notary", notaryrpc.handlers(self.notary))
+            self.dispatcher.register_all("notary", notaryrpc.handlers(self.notary),
+                                         limits=notaryrpc.REQUEST_LIMITS)
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity))
@@ -99,14 +100,16 @@ class Node:
         self.market_changed = asyncio.Event()
         self.dispatcher.register_all("host", {
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
-            for name, h in self.auctioneer.handlers().items()})
+            for name, h in self.auctioneer.handlers().items()},
+            limits=self.auctioneer.request_limits())
         self.witness = WitnessService(
             identity, self.peers, self.evidence,
             directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
                                                          settings.url)),
             locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
             period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db))
-        self.dispatcher.register_all("witness", self.witness.handlers())
+        self.dispatcher.register_all("witness", self.witness.handlers(),
+                                     limits=self.witness.request_limits())
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
             upload_route(self.auctioneer), *gateway_routes(self.dht)]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),

@@ -21,6 +21,11 @@ class State:
         self.calls = 0
 
     async def bump(self, args: dict[str, Any]) -> dict[str, Any]:
+        if "odd" in args:   # an error value JSON cannot carry, or a huge one
+            raise P2PMarketError("odd value", {"set": {1, 2}, (1, 2): object(),
+                                               "big": "x" * 10**6}[args["odd"]])
+        if "result" in args:
+            return {"value": {1, 2}}
         by = args.get("by", 1)
         if not isinstance(by, int) or by < 1:
             raise P2PMarketError("by must be a positive integer", by)
@@ -80,6 +85,21 @@ async def test_refused_requests_change_nothing(node: tuple[DataDir, State, str],
 async def test_client_without_node(tmp_path: Path) -> None:
     with pytest.raises(ControlError, match="no running node"):
         await ControlClient(DataDir(tmp_path)).call("status")
+
+
+@pytest.mark.parametrize("args,status,message", [
+    ({"odd": "set"}, 400, "odd value"), ({"odd": "big"}, 400, "odd value"),
+    ({"result": 1}, 500, "internal error")])
+async def test_error_values_json_cannot_carry_are_bounded(
+        node: tuple[DataDir, State, str], args: dict[str, Any], status: int,
+        message: str) -> None:
+    d, _, url = node
+    headers = {"Authorization": f"Bearer {d.token.read_text().strip()}"}
+    async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/bump", json=args,
+                                                    headers=headers) as r:
+        assert r.status == status
+        body = await r.read()
+    assert len(body) < 20_000 and message in json.loads(body)["error"]
 
 
 def test_jsonable() -> None:

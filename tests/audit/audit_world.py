@@ -134,7 +134,7 @@ class World:
                                           min_price=1), store, vmm, FakeBank().accept,
                           self.clock, audit=AuditLog(":memory:", ident))
         disp = RpcDispatcher(ident, clock=self.clock)
-        disp.register_all("host", auct.handlers())
+        disp.register_all("host", auct.handlers(), limits=auct.request_limits())
         url = f"http://host{n}"
         self.net.nodes[url] = disp
         h = HostNode(ident, auct, disp, url, vmm, store)
@@ -152,7 +152,7 @@ class World:
                                  evidence or EvidenceStore(), clock or self.clock,
                                  directory=self.directory, store=store)
         disp = RpcDispatcher(ident, clock=self.clock)
-        disp.register_all("witness", service.handlers())
+        disp.register_all("witness", service.handlers(), limits=service.request_limits())
         self.net.nodes[url] = disp
         self.directory.peers = [p for p in self.directory.peers if p.node_id != ident.node_id]
         self.directory.peers.append(Peer(ident.node_id, ident.public_key, url))

@@ -42,7 +42,8 @@ async def served(committee4: LocalCommittee) -> AsyncIterator[Served]:
     sites, infos = [], []
     for ident in committee4.notaries:
         dispatcher = RpcDispatcher(ident)
-        dispatcher.register_all("notary", notaryrpc.handlers(committee4.services[ident.public_key]))
+        dispatcher.register_all("notary", notaryrpc.handlers(committee4.services[ident.public_key]),
+                                limits=notaryrpc.REQUEST_LIMITS)
         site = Site(peer_app(dispatcher))
         port = await site.start("127.0.0.1", 0)
         sites.append(site)

@@ -75,7 +75,7 @@ async def serve(key_file: Path, genesis_file: Path, db: Path, host: str, port: i
         for name in ("certify", "certify_batch"):
             handlers[name] = crash_after(handlers[name], crash_after_n)
     dispatcher = RpcDispatcher(identity)
-    dispatcher.register_all("notary", handlers)
+    dispatcher.register_all("notary", handlers, limits=notaryrpc.REQUEST_LIMITS)
     site = Site(peer_app(dispatcher))
     bound = await site.start(host, port)
     print(json.dumps({"port": bound, "pid": os.getpid()}), flush=True)
