@@ -23,6 +23,7 @@ from p2pmarket.audit.refunds import REFUND_GRACE_US
 from p2pmarket.audit.replay import replay
 from p2pmarket.audit.watched import EXPOSED, SUSPECTED, TRUSTED
 from p2pmarket.audit.witness import WitnessService, push_refund_to_witnesses
+from p2pmarket.cli.audit import verify_file
 from p2pmarket.core.config import Settings
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity
@@ -181,6 +182,12 @@ async def test_short_payment_never_logged_is_exposed_by_the_buyers_push(
                          "not the 1000000 recorded"
     with pytest.raises(EvidenceError, match="genesis"):
         verify_proof(data, h.key)
+    # p2pmarket audit verify PROOF --genesis FILE
+    (world.tmp / "proof.bin").write_bytes(data)
+    assert verify_file(world.tmp / "proof.bin", h.key.hex(), world.ledger.genesis)[
+        "type"] == REFUND_PAYMENT
+    with pytest.raises(EvidenceError, match="genesis"):
+        verify_file(world.tmp / "proof.bin", h.key.hex())
     # a proof about another payment, or with the payment amended, does not verify
     other = Certificate.from_wire(await RefundPayer(h.identity, world.ledger)(
         ALICE.public_key, REFUND, memo))
