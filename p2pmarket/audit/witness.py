@@ -50,9 +50,10 @@ layer's replay guard and signature checks run first):
   certified SEND of the host that pays a refund (its memo names the refund), pushed by
   the buyer who received it (:func:`push_refund_to_witnesses`). The witness checks
   the certificate against the genesis, audits the host first if its log has not
-  shown that refund yet, and exposes the host (proof ``refund_payment``) if the SEND
-  does not pay the refund its log recorded exactly; ``result`` is ``exposed``,
-  ``exact`` or ``unknown refund`` (not in the log audited).
+  shown that refund yet (at most once a second per host), and exposes the host
+  (proof ``refund_payment``) if the SEND does not pay the refund its log recorded
+  exactly; ``result`` is ``exposed``, ``exact`` or ``unknown refund`` (not in the
+  log audited).
 - ``status {host?: key}`` -> ``{hosts: [STATUS]}`` (see :meth:`WitnessService.status`)
 - ``evidence {host: key or node id}`` -> ``{proofs: [bytes]}``
 """
@@ -81,7 +82,7 @@ from p2pmarket.audit.watched import (
     read_segment,
 )
 from p2pmarket.audit.witnessstore import WitnessStore
-from p2pmarket.core.clock import now_us
+from p2pmarket.core.clock import US_PER_S, now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity, node_id_of
@@ -95,6 +96,7 @@ DEFAULT_PSI = 2
 WITNESSES_PER_HOST = DEFAULT_PSI + 1   # how many witnesses a host has (psi + 1)
 DEFAULT_PERIOD_S = 10.0
 SEGMENT = 2000
+REFUND_AUDIT_GAP_US = 1_000_000   # witness.refund audits a host at most this often
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,12 @@ class WitnessService:
         state = w.replayer.state
         if not w.proofs and (state is None or state.refunds is None
                              or rid not in state.refunds):
-            await self.audit(host)   # the refund may be in the part not audited yet
+            # the refund may be in the part not audited yet: audit (not more than once
+            # a second per host for these pushes)
+            wait = REFUND_AUDIT_GAP_US - (self.clock() - w.last_audit)
+            if wait > 0:
+                await asyncio.sleep(min(wait, REFUND_AUDIT_GAP_US) / US_PER_S)
+            await self.audit(host)
         if not w.proofs:
             proof = w.refund_received(cert, self.store.audited)
             if proof is not None:
