@@ -38,6 +38,7 @@ PURE_CORES = (
     "p2pmarket.ledger.sigcache",
     "p2pmarket.audit.entry",
     "p2pmarket.audit.evidence",     # proofs check offline
+    "p2pmarket.audit.refunds",
     "p2pmarket.audit.replay",
     "p2pmarket.audit.watched",
     "p2pmarket.client.planner",

@@ -1,5 +1,6 @@
 """The records of a host's books (pure): an account (the buyer's money and bids at
-one host), a payment that funded one, and a refund owed back to a holder.
+one host), a payment that funded one, a refund owed back to a holder, and the
+payment that paid a refund (:class:`RefundPaid`, the body of ``in.refund_paid``).
 
 An account holds its holder's public key, expected-value fund and contingency
 fund (micro-credits), contingency ratio (ppm), interval end (µs), state
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2pmarket.auction import HostError
 from p2pmarket.auction.resources import BidTerm
 from p2pmarket.core.wire import pack
 
@@ -76,6 +78,54 @@ class Refund:
         return {"refund_id": self.refund_id, "account_id": self.account_id,
                 "amount": self.amount, "memo": self.memo, "status": self.status,
                 "payment": None if self.result is None else dict(self.result)}
+
+
+def refund_memo(refund_id: str, account_id: str) -> str:
+    """The memo of the SEND that pays a refund: ``p2pmarket refund <refund id> of account
+    <account id>`` (the refund's ``memo``; witnesses find the refund a payment names by
+    it, :func:`memo_refund_id`)."""
+    return f"p2pmarket refund {refund_id} of account {account_id}"
+
+
+def memo_refund_id(memo: object) -> str | None:
+    """The refund id a SEND's memo names (:func:`refund_memo`), or None."""
+    if not isinstance(memo, str):
+        return None
+    parts = memo.split(" ")
+    if len(parts) != 6 or parts[:2] != ["p2pmarket", "refund"] or parts[3:5] != [
+            "of", "account"] or not parts[2] or not parts[5]:
+        return None
+    return parts[2]
+
+
+@dataclass(frozen=True)
+class RefundPaid:
+    """The body of ``in.refund_paid``: the host paid refund ``refund_id`` with the
+    certified SEND ``payment`` (a certificate's wire form ``{entry, owner_sig,
+    notaries}``) whose entry hash is ``payment_id``. The pure step records ``refund_id
+    -> payment_id`` (a refund is paid once); the replay checks the certificate
+    (:func:`p2pmarket.audit.refunds.refund_payment_fault`): a SEND of this host to the
+    refund's holder, of its amount, with its memo."""
+
+    refund_id: str
+    payment_id: bytes
+    payment: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Any) -> RefundPaid:
+        """Raises :class:`p2pmarket.auction.HostError` for a wrong shape."""
+        if not isinstance(body, dict) or set(body) != {"refund_id", "payment_id", "payment"}:
+            raise HostError("in.refund_paid is {refund_id, payment_id, payment}")
+        rid, pid, pay = body["refund_id"], body["payment_id"], body["payment"]
+        if not isinstance(rid, str) or not isinstance(pid, bytes) or len(pid) != 32 or \
+                not isinstance(pay, dict):
+            raise HostError("in.refund_paid is {refund_id: str, payment_id: 32 bytes, "
+                            "payment: certificate}")
+        return cls(rid, pid, pay)
+
+    def body(self) -> dict[str, Any]:
+        return {"refund_id": self.refund_id, "payment_id": self.payment_id,
+                "payment": dict(self.payment)}
 
 
 def terms_to_doc(bids: Mapping[str, BidTerm]) -> dict[str, list[int | str]]:

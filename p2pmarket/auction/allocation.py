@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.accounts import ACTIVE, CLOSED, EXPIRED, Account, Refund
+from p2pmarket.auction.accounts import ACTIVE, CLOSED, EXPIRED, Account, Refund, refund_memo
 from p2pmarket.auction.allocator import AllocationResult, run_tick
 from p2pmarket.auction.book import AccountState, Book, build_book
 from p2pmarket.auction.enforce import domain_spec
@@ -213,8 +213,7 @@ def collect_garbage(accounts: dict[str, Account], now: int) -> list[Refund]:
             accounts[aid] = replace(acc, state=CLOSED, fund=0, contingency=0)
             if acc.money > 0:
                 rid = plain_digest(["gc", aid, now])[:8].hex()
-                refunds.append(Refund(rid, aid, acc.holder, acc.money,
-                                      f"p2pmarket refund {rid} of account {aid}",
+                refunds.append(Refund(rid, aid, acc.holder, acc.money, refund_memo(rid, aid),
                                       created_us=now))
     return refunds
 

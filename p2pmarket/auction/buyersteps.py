@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, assert_never
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.accounts import ACTIVE, CLOSED, Account, Refund
+from p2pmarket.auction.accounts import ACTIVE, CLOSED, Account, Refund, refund_memo
 from p2pmarket.auction.allocation import (
     evaluate,
     lease_terms,
@@ -312,7 +312,7 @@ def _take_refund(state: HostState, args: RefundArgs, sender: bytes, refund_id: s
         new = reallocate(state, poorer, now, was_running=running(state, account))
     made = None if take == 0 else Refund(
         refund_id, account_id, account.holder, take,
-        f"p2pmarket refund {refund_id} of account {account_id}", created_us=now)
+        refund_memo(refund_id, account_id), created_us=now)
     return made, with_accounts(state, new).with_refunds([] if made is None else [made])
 
 

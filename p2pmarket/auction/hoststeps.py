@@ -1,4 +1,5 @@
-"""The host's own inputs, pure: ticks, settings changes and disk-usage reports.
+"""The host's own inputs, pure: ticks, settings changes, disk-usage reports and
+refunds paid.
 
 - ``in.tick {now}`` -> ``out.tick {charges, contingency_charges, events, prices,
   interval_ends, allocations, refunds, state}``, or ``out.tick {error, error_value}``
@@ -10,6 +11,11 @@
   without charges.
 - ``in.usage`` (:class:`UsageReport`): the disk usage the VMM reports; it changes the
   disk events of the next allocations. No output.
+- ``in.refund_paid`` (:class:`~p2pmarket.auction.accounts.RefundPaid`): the host paid
+  a refund it recorded, with the certified SEND in the body; the refund is marked
+  paid (once). No output. The step checks only that the refund exists and is not
+  paid yet (it raises otherwise: no honest host logs that); the replay checks the
+  SEND against the refund (:mod:`p2pmarket.audit.refunds`).
 
 ``allocations`` is :func:`allocations_digest`, ``state`` the
 :func:`~p2pmarket.auction.snapshot.state_digest` of the state after the input.
@@ -22,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import RefundPaid
 from p2pmarket.auction.allocation import build, collect_garbage, evaluate, settle, with_accounts
 from p2pmarket.auction.allocator import AllocationResult, run_tick
 from p2pmarket.auction.hostconfig import HostConfig
@@ -137,5 +144,16 @@ def usage(state: HostState, report: UsageReport) -> Step:
     return Step(replace(state, usage=dict(report.usage)), [])
 
 
-__all__ = ["SettingsChange", "UsageReport", "allocations_digest", "next_tick_at", "settings",
-           "tick", "tick_doc", "usage"]
+def refund_paid(state: HostState, paid: RefundPaid) -> Step:
+    """``in.refund_paid``: refund ``paid.refund_id`` is paid by the SEND whose entry hash
+    is ``paid.payment_id``. Raises :class:`HostError` for a refund the state does not
+    hold or has already marked paid."""
+    if state.refund(paid.refund_id) is None:
+        raise HostError("no such refund", paid.refund_id)
+    if state.refund_paid(paid.refund_id) is not None:
+        raise HostError("refund already paid", paid.refund_id)
+    return Step(state.with_paid([(paid.refund_id, paid.payment_id)]), [], paid=[paid])
+
+
+__all__ = ["SettingsChange", "UsageReport", "allocations_digest", "next_tick_at",
+           "refund_paid", "settings", "tick", "tick_doc", "usage"]

@@ -3,7 +3,8 @@
 :class:`HostState` is everything the host's decisions depend on: its settings
 (capacities, minimum prices, unique offers, tick length, long interval), the
 live accounts, the digest of the lease terms last handed out per account, the
-payments already used (payment id -> account), the refunds made, the disk usage
+payments already used (payment id -> account), the refunds made and which of them
+are paid (refund id -> the paying SEND's entry hash), the disk usage
 the VMM reported, the time of the last tick and the buyers' requests recently
 taken (:mod:`p2pmarket.auction.seen`). It is a frozen value; the transitions in
 :mod:`p2pmarket.auction.steps` return a new one. Its ``book`` and ``memo`` fields are
@@ -34,7 +35,7 @@ from p2pmarket.auction.model import Bid
 from p2pmarket.auction.resources import BidTerm
 from p2pmarket.auction.seen import Record
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3   # 3: refunds paid (in.refund_paid) are part of the state
 ZERO = bytes(32)
 
 
@@ -89,6 +90,8 @@ class HostState:
     payments_hash: bytes = ZERO
     refunds: Mapping[str, Refund] | None = field(default_factory=dict)
     refunds_hash: bytes = ZERO
+    paid: Mapping[str, bytes] | None = field(default_factory=dict)   # refund -> SEND hash
+    paid_hash: bytes = ZERO
     usage: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     last_tick: int = -1
     requests: Record = field(default_factory=dict)   # buyers' requests taken (seen.py)
@@ -111,6 +114,19 @@ class HostState:
         if self.refunds is None:
             raise MissingState("the snapshot leaves out the refunds", "refunds")
         return self.refunds.get(refund_id)
+
+    def refund_paid(self, refund_id: str) -> bytes | None:
+        """The entry hash of the SEND that paid refund ``refund_id`` (None: unpaid)."""
+        if self.paid is None:
+            raise MissingState("the snapshot leaves out the refunds paid", "paid")
+        return self.paid.get(refund_id)
+
+    def unpaid(self) -> list[Refund]:
+        """The refunds not paid yet, oldest first."""
+        if self.refunds is None or self.paid is None:
+            raise MissingState("the snapshot leaves out the refunds", "refunds")
+        paid = self.paid
+        return [r for rid, r in self.refunds.items() if rid not in paid]
 
     def with_payment(self, payment_id: bytes, account_id: str, amount: int) -> HostState:
         return self.with_payments([(payment_id, account_id, amount)])
@@ -136,6 +152,19 @@ class HostState:
             table[r.refund_id] = r
             chain = _h(chain + _p(refund_row(r)))
         return replace(self, refunds=table, refunds_hash=chain)
+
+    def with_paid(self, records: list[tuple[str, bytes]]) -> HostState:
+        """The refunds ``(refund id, SEND entry hash)`` marked paid (a hash chain, like
+        the payments and refunds)."""
+        if not records:
+            return self
+        if self.paid is None:
+            raise MissingState("the snapshot leaves out the refunds paid", "paid")
+        table, chain = dict(self.paid), self.paid_hash
+        for rid, pid in records:
+            table[rid] = pid
+            chain = _h(chain + _p([rid, pid]))
+        return replace(self, paid=table, paid_hash=chain)
 
 
 def refund_row(r: Refund) -> list[Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.accounts import Refund
+from p2pmarket.auction.accounts import Refund, RefundPaid
 from p2pmarket.auction.allocator import AllocationResult
 from p2pmarket.auction.machine import HostState
 from p2pmarket.core.errors import P2PMarketError
@@ -25,6 +25,7 @@ class Step:
     error: HostError | None = None
     tick: AllocationResult | None = None
     refunds: list[Refund] = field(default_factory=list)   # new refunds to pay
+    paid: list[RefundPaid] = field(default_factory=list)  # refunds marked paid
     leases: list[str] = field(default_factory=list)        # account of each out.lease
 
 

@@ -2,16 +2,20 @@
 
 - :func:`snapshot` gives the state as a plain map: the body of the ``in.genesis``
   entry that starts every host log, and the starting point of a proof of
-  non-conformance. :func:`from_snapshot` reads it back, checking the payment and
-  refund records against their hash chains.
+  non-conformance. :func:`from_snapshot` reads it back, checking the payment,
+  refund and refund-paid records against their hash chains. A snapshot of another
+  version is refused with an error naming both versions (version 3 added the refunds
+  paid; logs written before it do not replay).
 - :func:`state_digest` is SHA-256 over the settings, the accounts (see
-  :func:`accounts_digest`), the disk usage, two running hashes (payments and
-  refunds are append-only, so each is a hash chain: ``h' = H(h || pack(record))``)
-  and the digest of the request record. ``out.tick`` and ``out.settings`` entries
+  :func:`accounts_digest`), the disk usage, three running hashes (payments, refunds
+  and refunds paid are append-only, so each is a hash chain: ``h' = H(h ||
+  pack(record))``; a paid record is ``[refund id, SEND entry hash]``) and the digest
+  of the request record. ``out.tick`` and ``out.settings`` entries
   carry it: the host commits to its whole state there.
 
-A snapshot may leave the payment or refund records out (``None``) when a proof does
-not need them; the digest still covers them through the chains. Pure.
+A snapshot may leave the payment records, or the refund and refund-paid records,
+out (``None``) when a proof does not need them; the digest still covers them
+through the chains. Pure.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def _core(state: HostState, accounts_hash: bytes) -> list[Any]:
     return [SNAPSHOT_VERSION, state.host_id, _config_rows(state.config), state.tick_us,
             state.long_us, state.last_tick,
             [[k, u, f] for k, (u, f) in sorted(state.usage.items())], accounts_hash,
-            state.payments_hash, state.refunds_hash, plain_digest(to_rows(state.requests))]
+            state.payments_hash, state.refunds_hash, state.paid_hash,
+            plain_digest(to_rows(state.requests))]
 
 
 def _config_rows(config: HostConfig) -> list[Any]:
@@ -91,7 +96,7 @@ def state_digest(state: HostState) -> bytes:
 def snapshot(state: HostState, payments: bool = True, refunds: bool = True
              ) -> dict[str, Any]:
     """The state as a plain map; ``payments``/``refunds`` False leaves those records
-    out (their chain hashes stay)."""
+    out (``refunds`` the refunds paid too; their chain hashes stay)."""
     return {
         "v": SNAPSHOT_VERSION, "host_id": state.host_id, "config": state.config.to_doc(),
         "tick_us": state.tick_us, "long_us": state.long_us, "last_tick": state.last_tick,
@@ -104,6 +109,9 @@ def snapshot(state: HostState, payments: bool = True, refunds: bool = True
         "refunds": None if not refunds or state.refunds is None else
         [refund_row(r) for r in state.refunds.values()],
         "refunds_hash": state.refunds_hash,
+        "paid": None if not refunds or state.paid is None else
+        [[rid, pid] for rid, pid in state.paid.items()],
+        "paid_hash": state.paid_hash,
         "requests": to_rows(state.requests),
     }
 
@@ -120,8 +128,12 @@ def from_snapshot(doc: Any) -> HostState:
 
 
 def _from_snapshot(doc: Any) -> HostState:
-    if not isinstance(doc, dict) or doc.get("v") != SNAPSHOT_VERSION:
+    if not isinstance(doc, dict) or not isinstance(doc.get("v"), int):
         raise HostError("not a state snapshot", "snapshot")
+    if doc["v"] != SNAPSHOT_VERSION:
+        raise HostError(f"a state snapshot of version {doc['v']}; this version reads only "
+                        f"version {SNAPSHOT_VERSION} (older logs do not replay)",
+                        {"version": doc["v"], "expected": SNAPSHOT_VERSION})
     cfg = doc["config"]
     config = HostConfig({str(k): int(v) for k, v in cfg["capacities"].items()},
                         {str(k): int(v) for k, v in cfg["min_prices"].items()},
@@ -156,11 +168,20 @@ def _from_snapshot(doc: Any) -> HostState:
             chain = _h(chain + _p(refund_row(r)))
         if chain != doc["refunds_hash"]:
             raise HostError("snapshot refunds do not match their hash", "refunds")
+    paid: dict[str, bytes] | None = None
+    if doc["paid"] is not None:
+        paid, chain = {}, ZERO
+        for rid, pid in doc["paid"]:
+            paid[str(rid)] = bytes(pid)
+            chain = _h(chain + _p([str(rid), bytes(pid)]))
+        if chain != doc["paid_hash"]:
+            raise HostError("snapshot refunds paid do not match their hash", "paid")
     return HostState(
         host_id=bytes(doc["host_id"]), config=config, tick_us=int(doc["tick_us"]),
         long_us=int(doc["long_us"]), accounts=accounts, leased=leased, payments=payments,
         payments_hash=bytes(doc["payments_hash"]), refunds=refunds,
-        refunds_hash=bytes(doc["refunds_hash"]),
+        refunds_hash=bytes(doc["refunds_hash"]), paid=paid,
+        paid_hash=bytes(doc["paid_hash"]),
         usage={str(k): (int(u), int(f)) for k, u, f in doc["usage"]},
         last_tick=int(doc["last_tick"]), requests=from_rows(doc["requests"]))
 

@@ -10,7 +10,9 @@ Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
 - the host's own (:mod:`p2pmarket.auction.hoststeps`): ``in.settings`` ->
   ``out.settings``; ``in.usage`` -> no output; ``in.tick {now}`` (``now`` is the
   entry's ``ts``) -> ``out.tick``. A tick before
-  :func:`~p2pmarket.auction.hoststeps.next_tick_at` is refused.
+  :func:`~p2pmarket.auction.hoststeps.next_tick_at` is refused. ``in.refund_paid
+  {refund_id, payment_id, payment}`` (the certified SEND that paid a refund) -> no
+  output; the refund is marked paid.
 - the buyers' (:mod:`p2pmarket.auction.buyersteps`): ``in.<rpc>`` for
   ``create_account``, ``bid``, ``fund``, ``refund``, ``lease``: ``{from, ts, args}``
   (caller key, request timestamp, arguments), plus for ``create_account`` and
@@ -35,8 +37,16 @@ from dataclasses import replace
 from typing import Any
 
 from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import RefundPaid
 from p2pmarket.auction.buyersteps import rpc_step
-from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, settings, tick, usage
+from p2pmarket.auction.hoststeps import (
+    SettingsChange,
+    UsageReport,
+    refund_paid,
+    settings,
+    tick,
+    usage,
+)
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.outcome import Step
 from p2pmarket.auction.seen import recorded, refusal
@@ -44,10 +54,12 @@ from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.wire import Envelope, WireError, pack
 
 RPCS = ("create_account", "bid", "fund", "refund", "lease")
-INPUTS = frozenset({"in.settings", "in.usage", "in.tick", *(f"in.{n}" for n in RPCS)})
+REFUND_PAID = "in.refund_paid"
+INPUTS = frozenset({"in.settings", "in.usage", "in.tick", REFUND_PAID,
+                    *(f"in.{n}" for n in RPCS)})
 GENESIS = "in.genesis"
 # logged but not replayed: read-only replies and I/O reports
-INFO = frozenset({"out.status", "in.upload", "out.upload", "out.refund_paid"})
+INFO = frozenset({"out.status", "in.upload", "out.upload"})
 REQUEST_PREFIX = "rpc.host."   # the auctioneer's RPCs are registered under "host"
 
 
@@ -59,6 +71,8 @@ def step(state: HostState, kind: str, body: Any, ts: int) -> Step:
         return settings(state, SettingsChange.from_body(body), ts)
     if kind == "in.usage":
         return usage(state, UsageReport.from_body(body))
+    if kind == REFUND_PAID:
+        return refund_paid(state, RefundPaid.from_body(body))
     name = kind[3:]
     if name not in RPCS or not isinstance(body, dict):
         raise HostError("not an auctioneer input", kind)
@@ -114,5 +128,5 @@ def check_signed(state: HostState, kind: str, body: Any, host_id: bytes | None =
     return None
 
 
-__all__ = ["GENESIS", "INFO", "INPUTS", "REQUEST_PREFIX", "RPCS", "check_signed",
+__all__ = ["GENESIS", "INFO", "INPUTS", "REFUND_PAID", "REQUEST_PREFIX", "RPCS", "check_signed",
            "request_refusal", "step"]

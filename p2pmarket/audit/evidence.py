@@ -29,33 +29,51 @@ refused.
   not addressed to this host or not exactly the input: rule ``unsigned input: ...``).
   The size grows with the host's accounts (about 150 bytes an account
   in the snapshot, plus the tick entries' per-account charges): a few KB for a
-  small host, tens of KB for a large one.
+  small host, tens of KB for a large one. Verified with the network's genesis, the
+  replay also checks the notary quorum of every refund payment logged
+  (:func:`p2pmarket.audit.refunds.refund_payment_fault`): a proof that a logged
+  payment is not certified verifies only with the genesis.
+- ``type: "refund_payment"`` -- the host paid a refund it recorded with a certified
+  SEND that does not pay it exactly. ``{snapshot, entries, sig, payment}``:
+  ``snapshot``, ``entries`` and ``sig`` as for non-conformance (the snapshot keeps
+  its refund records), except that the entries replay without a fault; ``payment``
+  is the certificate's wire form of a SEND of the host whose memo names a refund
+  the replayed state holds, and whose payee, amount or memo is not that refund's
+  (:func:`p2pmarket.audit.refunds.received_refund_fault`). The certificate must carry
+  a quorum of the genesis's notaries, so this proof verifies only with the genesis
+  (anyone holding the network's genesis file can check it offline). ``seq`` is the
+  last entry's. What a buyer's ``witness.refund`` push exposes.
 
 :func:`verify_proof` checks one; :class:`p2pmarket.audit.evidencestore.EvidenceStore`
-keeps the valid ones and answers ``is_exposed``. ``genesis`` is accepted for future
-proofs about payments; none of the current proof types needs it.
+keeps the valid ones and answers ``is_exposed``. Every node of a network holds its
+genesis and passes it (:func:`proof_verifier`); without it, a proof that needs the
+genesis is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pmarket.auction.snapshot import from_snapshot
 from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.errors import AuditError
+from p2pmarket.audit.refunds import received_refund_fault
 from p2pmarket.audit.replay import ANCHORS, Replayer, decode_entry
 from p2pmarket.core.domains import AUDIT_ENTRY
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, verify
 from p2pmarket.core.wire import WireError, pack, unpack
+from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import HASH_SIZE, auth_message
 
 PROOF_VERSION = 2   # 2: signatures have domains (issue 10); 1 is refused
 INCONSISTENCY = "inconsistency"
 NONCONFORMANCE = "nonconformance"
+REFUND_PAYMENT = "refund_payment"
 MAX_PROOF_BYTES = 4 * 1024 * 1024
 COMPACT_PROOF_BYTES = 7 * 1024
 
@@ -121,14 +139,22 @@ def nonconformance_proof(host: bytes, snapshot: dict[str, Any] | None, entries: 
                  "rule": rule})
 
 
+def refund_payment_proof(host: bytes, snapshot: dict[str, Any] | None, entries: list[bytes],
+                         sig: bytes, payment: dict[str, Any]) -> bytes:
+    return pack({"v": PROOF_VERSION, "type": REFUND_PAYMENT, "host": host,
+                 "snapshot": snapshot, "entries": list(entries), "sig": sig,
+                 "payment": payment})
+
+
 # -- verifying ---------------------------------------------------------------------
 
 def verify_proof(data: bytes, host: bytes | None = None, genesis: Genesis | None = None
                  ) -> Proof:
     """Check a proof offline; ``host`` (a public key or node id), if given, must be the
-    host it accuses. Raises :class:`EvidenceError` unless the proof is valid."""
+    host it accuses; ``genesis`` is the network's (a proof about certificates needs
+    it). Raises :class:`EvidenceError` unless the proof is valid."""
     try:
-        return _verify(data, host)
+        return _verify(data, host, genesis)
     except EvidenceError:
         raise
     except P2PMarketError as exc:
@@ -137,14 +163,21 @@ def verify_proof(data: bytes, host: bytes | None = None, genesis: Genesis | None
         raise EvidenceError("malformed proof", type(exc).__name__) from None
 
 
-def proof_host_id(data: bytes) -> bytes:
+def proof_host_id(data: bytes, genesis: Genesis | None = None) -> bytes:
     """The node id of the host a valid proof exposes; :class:`EvidenceError` if the
-    proof is invalid. What the DHT checks evidence with
-    (:data:`p2pmarket.dht.evidence_records.ProofVerifier`)."""
-    return verify_proof(data).host_id
+    proof is invalid."""
+    return verify_proof(data, genesis=genesis).host_id
 
 
-def _verify(data: bytes, want: bytes | None) -> Proof:
+def proof_verifier(genesis: Genesis) -> Callable[[bytes], bytes]:
+    """:func:`proof_host_id` under the network's ``genesis``: what the DHT checks
+    evidence with (:data:`p2pmarket.dht.evidence_records.ProofVerifier`)."""
+    def verifier(data: bytes) -> bytes:
+        return proof_host_id(data, genesis)
+    return verifier
+
+
+def _verify(data: bytes, want: bytes | None, genesis: Genesis | None) -> Proof:
     if not isinstance(data, bytes) or len(data) > MAX_PROOF_BYTES:
         raise EvidenceError("a proof is at most 4 MiB of bytes")
     doc = unpack(data, MAX_PROOF_BYTES)
@@ -165,7 +198,9 @@ def _verify(data: bytes, want: bytes | None) -> Proof:
     if doc["type"] == INCONSISTENCY:
         seq, rule = _check_inconsistency(host, doc)
     elif doc["type"] == NONCONFORMANCE:
-        seq, rule = _check_nonconformance(host, doc)
+        seq, rule = _check_nonconformance(host, doc, genesis)
+    elif doc["type"] == REFUND_PAYMENT:
+        seq, rule = _check_refund_payment(host, doc, genesis)
     else:
         raise EvidenceError("unknown proof type", doc["type"])
     return Proof(host, doc["type"], seq, rule, data)
@@ -208,9 +243,10 @@ def _check_inconsistency(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
     return a.seq, f"entry {e['seq']} links to another entry {a.seq} than the one signed"
 
 
-def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
-    if set(doc) != {"v", "type", "host", "snapshot", "entries", "sig", "seq", "rule"}:
-        raise EvidenceError("proof has the wrong fields")
+def _replayed(host: bytes, doc: dict[str, Any], genesis: Genesis | None
+              ) -> tuple[Replayer, Any]:
+    """Replay a proof's ``entries`` (from ``in.genesis``, or from the anchor that
+    ``snapshot`` is the state of) up to the first fault; with the last entry's map."""
     entries = doc["entries"]
     if not isinstance(entries, list) or not entries or \
             not all(isinstance(e, bytes) for e in entries):
@@ -220,30 +256,61 @@ def _check_nonconformance(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
     if doc["snapshot"] is None:
         if first["seq"] != 0:
             raise EvidenceError("without a snapshot the entries start at seq 0")
-        replayer = Replayer(host=host)
+        replayer = Replayer(host=host, genesis=genesis)
         rest = entries
     else:
         if first["kind"] not in ANCHORS:
             raise EvidenceError("the entries start at an out.tick or out.settings entry")
-        replayer = Replayer(from_snapshot(doc["snapshot"]), entries[0], host)
+        replayer = Replayer(from_snapshot(doc["snapshot"]), entries[0], host, genesis)
         if replayer.fault is not None:
             raise EvidenceError(replayer.fault.rule)
         rest = entries[1:]
-    fault = None
     try:
         for raw in rest:
-            fault = replayer.take(raw)
-            if fault is not None:
+            if replayer.take(raw) is not None:
                 break
     except WireError as exc:
         raise EvidenceError(f"proof entries do not form a chain: {exc.message}") from None
     except P2PMarketError as exc:   # a trimmed snapshot that left out what was needed
         raise EvidenceError(f"the snapshot is incomplete: {exc.message}") from None
+    return replayer, last
+
+
+def _check_nonconformance(host: bytes, doc: dict[str, Any], genesis: Genesis | None
+                          ) -> tuple[int, str]:
+    if set(doc) != {"v", "type", "host", "snapshot", "entries", "sig", "seq", "rule"}:
+        raise EvidenceError("proof has the wrong fields")
+    replayer, last = _replayed(host, doc, genesis)
+    fault = replayer.fault
     if fault is None or fault.seq != doc["seq"] or fault.seq != last["seq"]:
         raise EvidenceError("the replay does not show the claimed fault",
                             None if fault is None else fault.seq)
     return fault.seq, fault.rule
 
 
-__all__ = ["COMPACT_PROOF_BYTES", "EvidenceError", "EvidenceSink", "Proof", "fork_proof",
-           "inconsistency_proof", "nonconformance_proof", "proof_host_id", "verify_proof"]
+def _check_refund_payment(host: bytes, doc: dict[str, Any], genesis: Genesis | None
+                          ) -> tuple[int, str]:
+    if set(doc) != {"v", "type", "host", "snapshot", "entries", "sig", "payment"}:
+        raise EvidenceError("proof has the wrong fields")
+    if genesis is None:
+        raise EvidenceError("a refund_payment proof needs the network's genesis (it checks "
+                            "the notaries' certificate)")
+    cert = Certificate.from_wire(doc["payment"])
+    verify_certificate(cert, genesis)
+    replayer, last = _replayed(host, doc, genesis)
+    if replayer.fault is not None:
+        raise EvidenceError("the entries replay with a fault (prove that instead)",
+                            replayer.fault.seq)
+    assert replayer.state is not None
+    try:
+        found = received_refund_fault(replayer.state, cert, host)
+    except P2PMarketError as exc:
+        raise EvidenceError(f"the snapshot is incomplete: {exc.message}") from None
+    if found is None:
+        raise EvidenceError("the payment pays a refund of the host's log exactly, or none")
+    return int(last["seq"]), found[1]
+
+
+__all__ = ["COMPACT_PROOF_BYTES", "REFUND_PAYMENT", "EvidenceError", "EvidenceSink", "Proof",
+           "fork_proof", "inconsistency_proof", "nonconformance_proof", "proof_host_id",
+           "proof_verifier", "refund_payment_proof", "verify_proof"]

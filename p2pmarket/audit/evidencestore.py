@@ -1,6 +1,7 @@
 """The proofs a node holds, by host (sqlite): what buyers and notaries consult to shun
 exposed hosts. Each proof is checked with :func:`p2pmarket.audit.evidence.verify_proof`
-before it is kept.
+before it is kept, under the network's genesis when the store is given it (a proof
+about the notaries' certificates needs it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from p2pmarket.audit.evidence import EvidenceError, Proof, verify_proof
 from p2pmarket.core.files import open_db, require_format
+from p2pmarket.core.genesis import Genesis
 
 STORE_FORMAT = 2
 """The evidence store's format: 2 since signatures have domains (docs/design.md §2)."""
@@ -31,7 +33,8 @@ class EvidenceStore:
     """Valid proofs by host (sqlite; ``:memory:`` for tests). Buyers and notaries ask
     :meth:`is_exposed`."""
 
-    def __init__(self, path: Path | str = ":memory:") -> None:
+    def __init__(self, path: Path | str = ":memory:", genesis: Genesis | None = None) -> None:
+        self.genesis = genesis
         self.conn = open_db(path)
         require_format(self.conn, "evidence", STORE_FORMAT, ("evidence",),
                        "signatures have domains, proofs are version 2")
@@ -46,7 +49,7 @@ class EvidenceStore:
 
     def add(self, data: bytes) -> Proof:
         """Verify and keep a proof (idempotent); raises :class:`EvidenceError`."""
-        proof = verify_proof(data)
+        proof = verify_proof(data, genesis=self.genesis)
         try:
             with self.conn:
                 self.conn.execute(

@@ -9,8 +9,8 @@ bytes (what ``host.audit_log`` serves), and checks:
 - conformance: the log starts with ``in.genesis`` (the state), every input is
   replayed with :func:`p2pmarket.auction.steps.step` and must be followed at once by
   exactly the outputs the replay gives, byte for byte (same kind, body and
-  timestamp); read-only entries (``out.status``, uploads, refund payments) are
-  skipped; anything else is a fault;
+  timestamp); read-only entries (``out.status``, uploads) are skipped; anything
+  else is a fault;
 - signed inputs: every buyer's input (``in.<rpc>``) carries the caller's signed
   request, which must verify and match the input exactly
   (:func:`p2pmarket.auction.steps.check_signed`; addressed to ``host``'s node id when
@@ -26,7 +26,11 @@ bytes (what ``host.audit_log`` serves), and checks:
 - payments: a ``create_account``/``fund`` input whose payment the host credited must
   credit exactly the certificate the buyer signed into the request
   (:func:`payment_mismatch`): else the fault ``the payment credited ...`` (the host
-  kept part of a buyer's payment).
+  kept part of a buyer's payment);
+- refunds paid: an ``in.refund_paid`` must carry the host's SEND that pays a refund
+  the state holds and has not marked paid, exactly: to its holder, of its amount,
+  with its memo (:func:`p2pmarket.audit.refunds.refund_payment_fault`); with the
+  network's ``genesis``, the SEND's certificate must carry a notary quorum too.
 
 The first fault stops the replay (:attr:`Replayer.fault`). The replayer keeps the
 state at the last *anchor* (``in.genesis``, or an ``out.tick``/``out.settings``
@@ -41,11 +45,21 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.auction.machine import HostState, MissingState
+from p2pmarket.auction.machine import SNAPSHOT_VERSION, HostState, MissingState
 from p2pmarket.auction.snapshot import from_snapshot, state_digest
-from p2pmarket.auction.steps import GENESIS, INFO, INPUTS, check_signed, request_refusal, step
+from p2pmarket.auction.steps import (
+    GENESIS,
+    INFO,
+    INPUTS,
+    REFUND_PAID,
+    check_signed,
+    request_refusal,
+    step,
+)
 from p2pmarket.audit.entry import MAX_ENTRY_BYTES, encode_entry
+from p2pmarket.audit.refunds import refund_payment_fault
 from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.ledger.certificate import Certificate
@@ -77,13 +91,16 @@ class Replayer:
 
     Start it empty (the log from seq 0) or from an anchor: a state whose digest the
     anchor entry (given as ``anchor_raw``) commits to. ``host`` (the host's public
-    key), if given, is who buyers' requests must be addressed to; without it, the node
-    id the state names.
+    key), if given, is who buyers' requests must be addressed to and who pays the
+    refunds; without it, the node id the state names. ``genesis``, if given, is the
+    notary committee whose quorum the certificates of refunds paid must carry.
     """
 
     def __init__(self, state: HostState | None = None, anchor_raw: bytes | None = None,
-                 host: bytes | None = None) -> None:
+                 host: bytes | None = None, genesis: Genesis | None = None) -> None:
         self.state = state
+        self.host = host
+        self.genesis = genesis
         self.host_id = None if host is None else node_id_of(host)
         self.seq = -1
         self.head = ZERO_HASH
@@ -132,6 +149,8 @@ class Replayer:
             return self._fail(seq, f"entry {seq} should be the {kind} the rules give "
                                    "for the input before it")
         doc = self._check_link(raw)
+        if seq == 0 and doc["kind"] == GENESIS:
+            check_log_version(doc["body"])
         self._advance(seq, hashlib.sha256(raw).digest(), raw)
         kind = doc["kind"]
         if doc["ts"] < self._last_ts:
@@ -162,6 +181,10 @@ class Replayer:
         underpaid = payment_mismatch(kind, doc["body"], self.host_id or self.state.host_id)
         if underpaid is not None:
             return self._fail(seq, underpaid)
+        if kind == REFUND_PAID:
+            wrong = refund_payment_fault(self.state, doc["body"], self.host, self.genesis)
+            if wrong is not None:
+                return self._fail(seq, wrong)
         if kind == "in.tick" and (not isinstance(doc["body"], dict)
                                   or doc["body"].get("now") != doc["ts"]):
             return self._fail(seq, "an in.tick's now must be its entry's timestamp")
@@ -191,6 +214,18 @@ class Replayer:
     def _fail(self, seq: int, rule: str) -> Fault:
         self.fault = Fault(seq, rule)
         return self.fault
+
+
+def check_log_version(genesis_body: Any) -> None:
+    """Raise :class:`WireError` if an ``in.genesis`` body is a state snapshot of another
+    version than this code replays: a log of an older format is refused, not taken as
+    evidence (its host broke no rule; it runs older code)."""
+    v = genesis_body.get("v") if isinstance(genesis_body, dict) else None
+    if isinstance(v, int) and not isinstance(v, bool) and v != SNAPSHOT_VERSION:
+        raise WireError(f"the log starts with a state snapshot of version {v}; this "
+                        f"version replays only version {SNAPSHOT_VERSION} (older logs are "
+                        "refused; the host must start a new log)",
+                        {"version": v, "expected": SNAPSHOT_VERSION})
 
 
 PAID = frozenset({"in.create_account", "in.fund"})
@@ -225,14 +260,16 @@ def payment_mismatch(kind: str, body: Any, host_id: bytes) -> str | None:
 
 
 def replay(entries: list[bytes], state: HostState | None = None,
-           anchor_raw: bytes | None = None, host: bytes | None = None) -> Replayer:
+           anchor_raw: bytes | None = None, host: bytes | None = None,
+           genesis: Genesis | None = None) -> Replayer:
     """Link and replay ``entries`` (from seq 0, or after ``anchor_raw``); stops at the
     first fault. Raises :class:`WireError` if the entries do not form a chain."""
-    r = Replayer(state, anchor_raw, host)
+    r = Replayer(state, anchor_raw, host, genesis)
     for raw in entries:
         if r.take(raw) is not None:
             break
     return r
 
 
-__all__ = ["ANCHORS", "Fault", "Replayer", "decode_entry", "payment_mismatch", "replay"]
+__all__ = ["ANCHORS", "Fault", "Replayer", "check_log_version", "decode_entry",
+           "payment_mismatch", "replay"]

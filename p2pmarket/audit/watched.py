@@ -13,7 +13,12 @@ decide, without I/O:
   shows (inconsistency, fork, non-conformance); a segment that proves nothing but
   is not the next part of a signed chain, or is dated too far ahead of ``now``,
   raises :class:`WitnessError`;
-- :meth:`Watched.conclude` -- after the fetch, open, extend or close the challenge.
+- :meth:`Watched.conclude` -- after the fetch, open, extend or close the challenge,
+  and note the refunds overdue (recorded long ago and still unpaid: the host is
+  suspected while there are any; a complaint, not a proof);
+- :meth:`Watched.refund_received` -- a certified SEND of the host a buyer pushed
+  (``witness.refund``): the proof it makes with the audited log if it names a refund
+  of the log and does not pay it exactly.
 
 The authenticators of entries audited in earlier segments live in the witness's
 store; the methods that need them take the look-up (:data:`AuditedLookup`). The
@@ -36,11 +41,15 @@ from p2pmarket.audit.evidence import (
     fork_proof,
     inconsistency_proof,
     nonconformance_proof,
+    refund_payment_proof,
     verify_proof,
 )
+from p2pmarket.audit.refunds import overdue_refunds, received_refund_fault
 from p2pmarket.audit.replay import Replayer, decode_entry
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from p2pmarket.core.wire import DEFAULT_CLOCK_TOLERANCE_US, WireError
+from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import HASH_SIZE
 
 MAX_PUSH = 256      # authenticators in one witness.push
@@ -120,17 +129,19 @@ class Watched:
     proofs: list[bytes] = field(default_factory=list)
     last_audit: int = 0
     error: str = ""
+    genesis: Genesis | None = None   # the network's: refund certificates are checked
+    overdue: list[str] = field(default_factory=list)   # refunds unpaid for too long
 
     def __post_init__(self) -> None:
         if self.replayer.host_id is None and self.replayer.seq < 0:
             # buyers' signed requests must be addressed to this host
-            self.replayer = Replayer(host=self.key)
+            self.replayer = Replayer(host=self.key, genesis=self.genesis)
 
     @property
     def state(self) -> str:
         if self.proofs:
             return EXPOSED
-        return SUSPECTED if self.challenge is not None else TRUSTED
+        return SUSPECTED if self.challenge is not None or self.overdue else TRUSTED
 
     def anchor_seq(self) -> int:
         return self.replayer.seq - len(self.replayer.anchor_entries) + 1
@@ -208,17 +219,39 @@ class Watched:
                 snapshot(r.anchor_state, payments=full, refunds=full)
             proof = nonconformance_proof(self.key, snap, r.anchor_entries, sig, seq, rule)
             try:
-                verify_proof(proof)
+                verify_proof(proof, genesis=self.genesis)
                 return proof
             except EvidenceError:
                 continue
         return proof
 
+    def refund_received(self, cert: Certificate, stored: AuditedLookup) -> bytes | None:
+        """The proof that ``cert`` (a certified SEND of the host, its notary quorum
+        checked by the caller) names a refund of the audited log and does not pay it
+        exactly; None if it does not (or names no refund audited yet)."""
+        r = self.replayer
+        if r.state is None or r.seq < 0 or r.fault is not None or \
+                received_refund_fault(r.state, cert, self.key) is None:
+            return None
+        last = self.audited(r.seq, stored)
+        assert last is not None, "every audited entry's authenticator is kept"
+        first = decode_entry(r.anchor_entries[0])
+        snap = None if first["seq"] == 0 or r.anchor_state is None else \
+            snapshot(r.anchor_state, payments=False, refunds=True)
+        return refund_payment_proof(self.key, snap, r.anchor_entries, last.sig,
+                                    cert.to_wire())
+
     def conclude(self, now: int, target: int, answered: bool) -> bool:
         """After fetching (``answered``: the host gave its log) toward ``target`` (the
         highest seq held when the audit began): a log short of it, or no answer, opens
         or extends the challenge; reaching it closes the challenge and drops the held
-        authenticators now audited. Returns whether it was reached."""
+        authenticators now audited. Returns whether it was reached. The refunds the
+        audited log recorded more than :data:`~p2pmarket.audit.refunds.REFUND_GRACE_US`
+        before ``now`` and has not marked paid are :attr:`overdue` (the host stays
+        suspected while there are any)."""
+        state = self.replayer.state
+        if answered and state is not None:
+            self.overdue = [r.refund_id for r in overdue_refunds(state, now)][:100]
         if not answered or self.replayer.seq < target:
             if self.challenge is None:
                 self.challenge = {"since": max(0, self.replayer.seq), "target": target,

@@ -56,6 +56,14 @@ guard checks run first):
 - ``push {host: key, auths: [[seq, hash, sig], ...] (at most 256), url?: str}``
   -> ``{held, state}``. All authenticators must be the host's valid signatures or
   nothing is taken.
+- ``refund {host: key, payment: certificate}`` -> ``{state, refund_id, result}``: a
+  certified SEND of the host that pays a refund (its memo names the refund), pushed by
+  the buyer who received it (:func:`push_refund_to_witnesses`). The witness checks
+  the certificate against the genesis, audits the host first if its log has not
+  shown that refund yet (at most once a second per host), and exposes the host
+  (proof ``refund_payment``) if the SEND does not pay the refund its log recorded
+  exactly; ``result`` is ``exposed``, ``exact`` or ``unknown refund`` (not in the
+  log audited).
 - ``status {host?: key}`` -> ``{hosts: [STATUS]}`` (see :meth:`WitnessService.status`)
 - ``evidence {host: key or node id}`` -> ``{proofs: [bytes]}``
 """
@@ -70,6 +78,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from p2pmarket.api.rpc import CallContext, Handler
+from p2pmarket.auction.accounts import memo_refund_id
 from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import EvidenceError, EvidenceSink, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
@@ -83,10 +92,13 @@ from p2pmarket.audit.watched import (
     read_segment,
 )
 from p2pmarket.audit.witnessstore import WitnessStore
-from p2pmarket.core.clock import now_us
+from p2pmarket.core.clock import US_PER_S, now_us
 from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.wire import WireError
+from p2pmarket.ledger.certificate import Certificate, verify_certificate
+from p2pmarket.ledger.chain import SEND
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +110,7 @@ SEGMENT = 2000
 # request bounds for the RPC layer: a full push (MAX_PUSH authenticators) is ~29 KiB;
 # the others take its default
 REQUEST_LIMITS = {"push": 128 * 1024}
+REFUND_AUDIT_GAP_US = 1_000_000   # witness.refund audits a host at most this often
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,10 @@ class WitnessService:
                  directory: WitnessDirectory | None = None,
                  locator: HostLocator | None = None, sink: EvidenceSink | None = None,
                  psi: int = DEFAULT_PSI, segment: int = SEGMENT,
-                 store: WitnessStore | None = None, fetch_s: float = DEFAULT_FETCH_S
-                 ) -> None:
+                 store: WitnessStore | None = None, fetch_s: float = DEFAULT_FETCH_S,
+                 genesis: Genesis | None = None) -> None:
+        """``genesis`` (the network's) lets the replay check the notaries' certificates
+        of the refunds hosts pay, and is needed for ``witness.refund``."""
         self.identity = identity
         self.client = client
         self.evidence = evidence
@@ -161,11 +176,15 @@ class WitnessService:
         self.segment = segment
         self.fetch_s = fetch_s
         self.store = store or WitnessStore()
+        self.genesis = genesis
+        if genesis is not None and evidence.genesis is None:
+            evidence.genesis = genesis   # it must take the proofs this witness builds
         self.hosts: dict[bytes, Watched] = {}
-        for saved in self.store.hosts():
+        self._locks: dict[bytes, asyncio.Lock] = {}   # one audit of a host at a time
+        for saved in self.store.hosts(genesis):
             w = Watched(saved.key, saved.url, saved.replayer,
                         {a.seq: a for a in saved.held}, challenge=saved.challenge,
-                        last_audit=saved.last_audit, error=saved.error)
+                        last_audit=saved.last_audit, error=saved.error, genesis=genesis)
             w.saved_anchor = w.anchor_seq() if w.replayer.anchor_entries else -1
             w.proofs.extend(self.evidence.proofs(saved.key))
             self.hosts[saved.key] = w
@@ -174,7 +193,7 @@ class WitnessService:
 
     def handlers(self) -> dict[str, Handler]:
         return {"push": self.rpc_push, "status": self.rpc_status,
-                "evidence": self.rpc_evidence}
+                "evidence": self.rpc_evidence, "refund": self.rpc_refund}
 
     @staticmethod
     def request_limits() -> dict[str, int]:
@@ -204,14 +223,16 @@ class WitnessService:
         for key, w in sorted(self.hosts.items()):
             if host is not None and host not in (key, node_id_of(key)):
                 continue
-            proofs = [verify_proof(p).summary() for p in w.proofs]
+            proofs = [verify_proof(p, genesis=self.genesis).summary() for p in w.proofs]
             out.append({"host": key, "host_id": node_id_of(key), "state": w.state,
                         "audited_seq": w.replayer.seq, "head": w.replayer.head,
                         "held": len(w.held), "challenge": w.challenge, "proofs": proofs,
-                        "last_audit": w.last_audit, "error": w.error, "url": w.url})
+                        "last_audit": w.last_audit, "error": w.error, "url": w.url,
+                        "overdue_refunds": list(w.overdue)})
         if host is not None and not out and self.evidence.is_exposed(host):
             out.append({"host": host, "state": EXPOSED, "proofs": [
-                verify_proof(p).summary() for p in self.evidence.proofs(host)]})
+                verify_proof(p, genesis=self.genesis).summary()
+                for p in self.evidence.proofs(host)]})
         return {"hosts": out}
 
     # -- RPCs ------------------------------------------------------------------------
@@ -233,6 +254,57 @@ class WitnessService:
         self.store.save_held(host, [a for a in auths if w.held.get(a.seq) is a])
         return {"held": len(w.held), "state": w.state}
 
+    async def rpc_refund(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        if set(args) != {"host", "payment"}:
+            raise WitnessError("refund takes {host, payment}", sorted(map(str, args)))
+        host = check_host_key(args["host"])
+        cert = self._refund_payment(host, args["payment"])
+        if self.directory is not None and not await self._is_witness(host):
+            raise WitnessError("this node is not a witness of that host")
+        w = self.watch(host)
+        rid = memo_refund_id(cert.entry.body.get("memo"))
+        state = w.replayer.state
+        if not w.proofs and (state is None or state.refunds is None
+                             or rid not in state.refunds):
+            # the refund may be in the part not audited yet: audit (not more than once
+            # a second per host for these pushes)
+            wait = REFUND_AUDIT_GAP_US - (self.clock() - w.last_audit)
+            if wait > 0:
+                await asyncio.sleep(min(wait, REFUND_AUDIT_GAP_US) / US_PER_S)
+            await self.audit(host)
+        if not w.proofs:
+            proof = w.refund_received(cert, self.store.audited)
+            if proof is not None:
+                await self._expose(w, proof)
+                if not w.proofs:   # never accuse without a valid proof
+                    raise WitnessError("could not build a valid proof", rid)
+                return {"state": w.state, "refund_id": rid, "result": "exposed"}
+        if w.proofs:
+            return {"state": w.state, "refund_id": rid, "result": "exposed"}
+        state = w.replayer.state
+        known = state is not None and state.refunds is not None and rid in state.refunds
+        return {"state": w.state, "refund_id": rid,
+                "result": "exact" if known else "unknown refund"}
+
+    def _refund_payment(self, host: bytes, doc: Any) -> Certificate:
+        """A certified SEND of ``host`` whose memo names a refund, or :class:`WitnessError`."""
+        if self.genesis is None:
+            raise WitnessError("this witness cannot check certificates (no genesis)")
+        try:
+            cert = Certificate.from_wire(doc)
+        except (P2PMarketError, KeyError, TypeError, ValueError, AttributeError):
+            raise WitnessError("payment must be a certificate") from None
+        entry = cert.entry
+        if entry.kind != SEND or entry.owner != host:
+            raise WitnessError("payment must be a SEND of that host")
+        if memo_refund_id(entry.body.get("memo")) is None:
+            raise WitnessError("the SEND's memo names no refund", entry.body.get("memo"))
+        try:
+            verify_certificate(cert, self.genesis)
+        except P2PMarketError as exc:
+            raise WitnessError(f"payment is not certified: {exc.message}") from None
+        return cert
+
     async def rpc_status(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         if not set(args) <= {"host"}:
             raise WitnessError("status takes {host?}")
@@ -251,7 +323,7 @@ class WitnessService:
     def watch(self, host: bytes, url: str | None = None) -> Watched:
         w = self.hosts.get(host)
         if w is None:
-            w = self.hosts[host] = Watched(host, url)
+            w = self.hosts[host] = Watched(host, url, genesis=self.genesis)
             for proof in self.evidence.proofs(host):
                 w.proofs.append(proof)
         elif url and (w.url is None or w.challenge is not None):
@@ -289,7 +361,11 @@ class WitnessService:
     # -- auditing -----------------------------------------------------------------------
 
     async def audit(self, host: bytes) -> str:
-        """One audit of ``host``; returns its state."""
+        """One audit of ``host`` (after any running one); returns its state."""
+        async with self._locks.setdefault(host, asyncio.Lock()):
+            return await self._audit(host)
+
+    async def _audit(self, host: bytes) -> str:
         w = self.watch(host)
         if w.proofs:
             return EXPOSED
@@ -413,6 +489,25 @@ async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, hos
     return took
 
 
+async def push_refund_to_witnesses(client: PeerCaller, directory: WitnessDirectory,
+                                   host_key: bytes, payment: dict[str, Any],
+                                   psi: int = DEFAULT_PSI) -> list[dict[str, Any]]:
+    """What a buyer does with the certified SEND that paid it a refund: push it to the
+    host's witnesses (``witness.refund``), who expose the host if it does not pay the
+    refund the host's log recorded exactly. Returns the witnesses' answers."""
+    peers = await witnesses_of(directory, node_id_of(host_key), psi + 1)
+    answers = []
+    for peer in peers:
+        try:
+            answers.append(await client.call(peer.url, peer.key, "witness.refund",
+                                             {"host": host_key, "payment": payment}))
+        except P2PMarketError as exc:
+            log.info("witness %s did not take the refund payment: %s", peer.url,
+                     exc.message)
+    return answers
+
+
 __all__ = ["DEFAULT_FETCH_S", "DEFAULT_PERIOD_S", "DEFAULT_PSI", "REQUEST_LIMITS", "SEGMENT",
            "WITNESSES_PER_HOST", "HostLocator", "Peer", "PeerCaller", "WitnessDirectory",
-           "WitnessService", "push_to_witnesses", "witness_key", "witnesses_of"]
+           "WitnessService", "push_refund_to_witnesses", "push_to_witnesses", "witness_key",
+           "witnesses_of"]

@@ -8,7 +8,7 @@ Per watched host, in one sqlite file under the node's data dir:
   msgpack; NULL when the anchor is the log's ``in.genesis``) and the entries
   since that anchor (``replay_entries``). Re-taking those entries rebuilds the
   :class:`~p2pmarket.audit.replay.Replayer` exactly, mid-input included. The
-  state's payment and refund records only grow, so they are kept apart
+  state's payment, refund and refund-paid records only grow, so they are kept apart
   (``anchor_records``, one row each, in order) and only new ones are written when
   the anchor moves; the snapshot blob leaves them out.
 - ``audited``: the host's authenticator (hash, signature) of every entry the
@@ -37,6 +37,7 @@ from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.replay import Replayer
 from p2pmarket.core.files import open_db, require_format
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.wire import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 _AUDITED = "INSERT OR REPLACE INTO audited (key, seq, hash, sig) VALUES (?, ?, ?, ?)"
 
 MAX_SNAPSHOT_BYTES = 64 << 20
+RECORDS = ("payments", "refunds", "paid")   # a snapshot's append-only records
 
 STORE_FORMAT = 2
 """The witness store's format: 2 since signatures have domains (docs/design.md §2)."""
@@ -121,14 +123,16 @@ class WitnessStore:
 
     # -- loading ------------------------------------------------------------------------
 
-    def hosts(self) -> list[SavedHost]:
+    def hosts(self, genesis: Genesis | None = None) -> list[SavedHost]:
+        """Every watched host, its replay rebuilt (checking refund certificates against
+        ``genesis`` when given)."""
         out = []
         rows = self.conn.execute("SELECT key, url, seq, challenge, error, last_audit "
                                  "FROM hosts ORDER BY key").fetchall()
         for key, url, seq, challenge, error, last_audit in rows:
             key = bytes(key)
             try:
-                replayer = self._replayer(key)
+                replayer = self._replayer(key, genesis)
                 if replayer.seq != seq:
                     raise WitnessStoreError("saved replay does not reach the saved seq",
                                             {"seq": seq, "got": replayer.seq})
@@ -136,7 +140,8 @@ class WitnessStore:
                 # never trust a replay we cannot rebuild: audit that host again from 0
                 log.error("witness store, host %s: %s (%s); auditing it again from seq 0",
                           key.hex()[:12], exc.message, exc.value)
-                replayer, error = Replayer(host=key), f"{exc.message}; re-auditing"
+                replayer = Replayer(host=key, genesis=genesis)
+                error = f"{exc.message}; re-auditing"
             held = tuple(AuditAuthenticator(key, s, bytes(h), bytes(sig)) for s, h, sig in
                          self.conn.execute("SELECT seq, hash, sig FROM held WHERE key = ? "
                                            "ORDER BY seq", (key,)))
@@ -145,25 +150,25 @@ class WitnessStore:
                                  str(error), int(last_audit)))
         return out
 
-    def _replayer(self, key: bytes) -> Replayer:
+    def _replayer(self, key: bytes, genesis: Genesis | None) -> Replayer:
         row = self.conn.execute("SELECT anchor_state FROM hosts WHERE key = ?",
                                 (key,)).fetchone()
         entries = [bytes(r[0]) for r in self.conn.execute(
             "SELECT raw FROM replay_entries WHERE key = ? ORDER BY seq", (key,))]
         if not entries:
-            return Replayer(host=key)
+            return Replayer(host=key, genesis=genesis)
         try:
             if row is None or row[0] is None:   # anchored at the log's in.genesis
-                r = Replayer(host=key)
+                r = Replayer(host=key, genesis=genesis)
                 rest = entries
             else:
                 doc = unpack(bytes(row[0]), MAX_SNAPSHOT_BYTES)
-                for kind in ("payments", "refunds"):
+                for kind in RECORDS:
                     doc[kind] = [unpack(bytes(r[0])) for r in self.conn.execute(
                         "SELECT row FROM anchor_records WHERE key = ? AND kind = ? "
                         "ORDER BY n", (key, kind))]
                 state = from_snapshot(doc)
-                r = Replayer(state, entries[0], host=key)
+                r = Replayer(state, entries[0], host=key, genesis=genesis)
                 rest = entries[1:]
             for raw in rest:
                 if r.take(raw) is not None:
@@ -222,17 +227,17 @@ class WitnessStore:
             # the blob leaves the records out; anchor_records holds them
             stmts.append(("UPDATE hosts SET anchor_seq = ?, anchor_state = ? WHERE key = ?",
                           (first_seq, None if doc is None else
-                           pack({**doc, "payments": None, "refunds": None}), key)))
+                           pack({**doc, **dict.fromkeys(RECORDS)}), key)))
             if doc is not None:
                 stmts.extend(self._new_records(key, doc))
         self._run(stmts)
 
     def _new_records(self, key: bytes, doc: dict[str, Any]) -> list[tuple[str, Any]]:
-        """Statements adding the payment and refund records of the snapshot ``doc`` that
-        the store lacks (all of them again if the store holds more: a replay started
-        over)."""
+        """Statements adding the payment, refund and refund-paid records of the
+        snapshot ``doc`` that the store lacks (all of them again if the store holds
+        more: a replay started over)."""
         stmts: list[tuple[str, Any]] = []
-        for kind in ("payments", "refunds"):
+        for kind in RECORDS:
             rows = doc[kind]
             if rows is None:
                 raise WitnessStoreError("an anchor state without its records", kind)

@@ -3,7 +3,7 @@
 - ``status`` asks your own node (``--data-dir``, its ``audit_status`` control call)
   or HOST's witnesses in the DHT (``witness.status``) what they know;
 - ``verify`` checks a proof file offline (:func:`verify_file`: raw proof bytes, or
-  their hex);
+  their hex; with ``--genesis``, also the proofs about notary certificates);
 
 :func:`status_lines` and :func:`proof_lines` format the results for the terminal.
 """
@@ -22,14 +22,16 @@ from p2pmarket.cli.options import Subcommands, genesis_of, genesis_opt, json_opt
 from p2pmarket.cli.terminal import dump, out
 from p2pmarket.client.discovery import MarketView
 from p2pmarket.core.clock import now_us
-from p2pmarket.core.config import DataDir
+from p2pmarket.core.config import DataDir, load_genesis
 from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity, node_id_of, parse_key_or_node_id
 
 EXAMPLES = """examples:
   p2pmarket audit status --data-dir run/testnet/node2
   p2pmarket audit status 3f9a…(host key or node id) --wallet run/demo/wallet
-  p2pmarket audit verify proof.bin --host 3f9a…"""
+  p2pmarket audit verify proof.bin --host 3f9a…
+  p2pmarket audit verify proof.bin --genesis run/testnet/genesis.json"""
 
 
 def add_audit(sub: Subcommands) -> None:
@@ -47,6 +49,8 @@ def add_audit(sub: Subcommands) -> None:
     ve = actions.add("verify", "check a proof of misbehaviour offline", EXAMPLES, audit_verify)
     ve.add_argument("proof_file", type=Path, help="the proof: raw bytes or hex")
     ve.add_argument("--host", help="the host it must be against (hex key or node id)")
+    ve.add_argument("--genesis", type=Path, help="the network's genesis file: needed for "
+                    "proofs about notary certificates (refund payments)")
     json_opt(ve)
 
 
@@ -83,7 +87,8 @@ async def audit_status(args: argparse.Namespace) -> int:
 async def audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 for a valid proof, 1 (one error) for an invalid one."""
     try:
-        summary = verify_file(args.proof_file, args.host)
+        summary = verify_file(args.proof_file, args.host,
+                              load_genesis(args.genesis) if args.genesis else None)
     except FileNotFoundError:
         raise P2PMarketError(f"no proof file at {args.proof_file}") from None
     if args.json:
@@ -94,13 +99,16 @@ async def audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify_file(path: Path | str, host: str | None = None) -> dict[str, Any]:
-    """Verify the proof in ``path`` offline; raise :class:`EvidenceError` if invalid."""
+def verify_file(path: Path | str, host: str | None = None, genesis: Genesis | None = None
+                ) -> dict[str, Any]:
+    """Verify the proof in ``path`` offline (under ``genesis`` if given); raise
+    :class:`EvidenceError` if invalid."""
     data = Path(path).read_bytes()
     text = data.strip()
     if text and all(c in b"0123456789abcdefABCDEF" for c in text):
         data = bytes.fromhex(text.decode())
-    return verify_proof(data, parse_key_or_node_id(host) if host else None).summary()
+    return verify_proof(data, parse_key_or_node_id(host) if host else None,
+                        genesis).summary()
 
 
 def proof_lines(summary: dict[str, Any]) -> list[str]:

@@ -16,6 +16,11 @@ keep the money safe between paying and the account opening: each is written
 before the payment (with the memo) and again after it (with the certificate), so
 a crash at any point leaves either no payment (the record is dropped) or a
 payment the next run finds by its memo and turns into the account.
+
+``refund`` takes money back out of an account (``close``: all of it) and hands the
+certified SEND that paid it, and any SEND of the host naming that refund found in the
+notaries' inboxes, to the host's witnesses (``witness.refund``): a host that pays less
+than the refund its log recorded, or pays someone else, is exposed.
 """
 
 from __future__ import annotations
@@ -27,21 +32,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmarket.api.client import PeerClient
+from p2pmarket.auction.accounts import memo_refund_id
 from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.lease import Lease, verify_lease
 from p2pmarket.auction.quote import quote_id
 from p2pmarket.auction.resources import BidSpec, parse_bids
-from p2pmarket.audit.witness import push_to_witnesses
+from p2pmarket.audit.witness import push_refund_to_witnesses, push_to_witnesses
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.planner import Candidate, PlanError, best_response
 from p2pmarket.client.quotecheck import planning_view
 from p2pmarket.client.quoting import Progress, Quoted, Skipped, ask_quote, gather_quotes
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.wire import Envelope, pack, unpack
-from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import SEND
+from p2pmarket.ledger.collect import collect_inboxes
 from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
@@ -336,3 +344,73 @@ async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | 
                     for host_key, audit, url in audits:
                         await push_audit(client, market, host_key, audit, url)
     return out
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    """What became of a refund: its id and amount as the host recorded them, whether it
+    is paid (``done``) or not yet (``pending``), the certified SENDs of the host naming
+    it that the buyer received, and the witnesses' answers about them (``result``:
+    ``exact``, ``exposed``, ``unknown refund``)."""
+
+    refund_id: str | None
+    amount: int
+    status: str
+    payments: list[Certificate]
+    witnesses: list[dict[str, Any]]
+
+
+async def refund(wdir: WalletDir, lease_id: str, amount: int | None = None,
+                 close: bool = False, progress: Progress = lambda _: None) -> RefundOutcome:
+    """Take ``amount`` (or, with ``close``, everything) back from the account of the lease
+    ``lease_id``; receive the payment and push it to the host's witnesses."""
+    record = wdir.leases().get(lease_id)
+    if record is None:
+        raise BuyError("no such lease in this wallet", lease_id)
+    host_key, url = bytes.fromhex(record["host_key"]), record["url"]
+    args: dict[str, Any] = {"account_id": record["account_id"]}
+    args.update({"close": True} if close else {"amount": amount})
+    genesis = wdir.genesis()
+    async with open_wallet(wdir) as (wallet, client):
+        progress(f"asking host {node_id_of(host_key).hex()[:12]} for the refund")
+        reply = await client.call(url, host_key, "host.refund", args)
+        made = reply.get("refund") if isinstance(reply.get("refund"), dict) else None
+        rid = None if made is None else str(made.get("refund_id"))
+        certs: dict[bytes, Certificate] = {}
+        if made is not None and made.get("payment") is not None:
+            cert = Certificate.from_wire(made["payment"])
+            certs[cert.entry.hash()] = cert
+        if rid is not None:   # a host may pay without saying so: look in the inboxes
+            inbox, _ = await collect_inboxes(wallet.transport, genesis, wallet.key,
+                                             wallet.cache)
+            certs.update((c.entry.hash(), c) for c in inbox
+                         if c.entry.owner == host_key and
+                         memo_refund_id(c.entry.body.get("memo")) == rid)
+        paid = [c for c in certs.values() if _pays_us(c, host_key, wallet.key, genesis)]
+        answers: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError, P2PMarketError):
+            async with MarketView(genesis) as market:
+                await push_audit(client, market, host_key, reply.get("audit"), url)
+                for cert in paid:
+                    progress("handing the refund payment to the host's witnesses")
+                    answers.extend(await asyncio.wait_for(push_refund_to_witnesses(
+                        client, market.directory(), host_key, cert.to_wire()),
+                        PUSH_TIMEOUT_S))
+        fresh = [c for c in paid if not wallet.has_received(c)]
+        if fresh:
+            progress("receiving the refund")
+            await wallet.receive_many(fresh)
+    return RefundOutcome(rid, 0 if made is None else int(made.get("amount", 0)),
+                         "none" if made is None else str(made.get("status")), paid, answers)
+
+
+def _pays_us(cert: Certificate, host_key: bytes, us: bytes, genesis: Genesis) -> bool:
+    """Whether ``cert`` is a certified SEND of the host to us."""
+    if cert.entry.kind != SEND or cert.entry.owner != host_key or \
+            cert.entry.body.get("to") != us:
+        return False
+    try:
+        verify_certificate(cert, genesis)
+    except P2PMarketError:
+        return False
+    return True

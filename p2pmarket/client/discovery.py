@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from types import TracebackType
 
-from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.audit.evidence import proof_verifier
 from p2pmarket.audit.witnessing import DhtWitnessDirectory
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
@@ -60,7 +60,7 @@ class MarketView:
     def __init__(self, genesis: Genesis, host: str = "127.0.0.1") -> None:
         self.genesis = genesis
         self.dht = DhtNode(Identity.generate(genesis.puzzle_bits), genesis,
-                           proof_verifier=proof_host_id, client_mode=True)
+                           proof_verifier=proof_verifier(genesis), client_mode=True)
         self.host = host
         self.exposed: list[bytes] = []   # hosts left out of the last query for evidence
 

@@ -8,7 +8,10 @@ with a long interval, ``closed``), standing bids per resource
 (:class:`BidTerm`, fractions kept as fractions), the last allocation and the
 last signed lease. Every write commits before returning, so a change is durable
 before the RPC that made it is acknowledged; a payment or a refund is recorded
-in the same transaction as the account it changes.
+in the same transaction as the account it changes, and a refund's payment (its
+row in ``refunds_paid``, in the order paid, and the refund ``done`` with the SEND's
+certificate as its result) in the same transaction as the state record of the
+``in.refund_paid`` that logged it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import (
     Account,
     Refund,
+    RefundPaid,
     terms_from_doc,
     terms_to_doc,
 )
@@ -54,6 +58,10 @@ CREATE TABLE IF NOT EXISTS refunds (
     status TEXT NOT NULL,
     result BLOB,
     created_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refunds_paid (
+    refund_id TEXT PRIMARY KEY,
+    payment_id BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
@@ -100,10 +108,13 @@ class AccountStore:
         return [_from_row(r) for r in rows]
 
     def commit(self, accounts: Iterable[Account], payments: Iterable[tuple[bytes, str, int]],
-               refunds: Iterable[Refund], settings: Mapping[str, Any]) -> None:
-        """Write a whole auctioneer step (accounts, new payments, new refunds, settings)
-        in one durable transaction."""
+               refunds: Iterable[Refund], settings: Mapping[str, Any],
+               paid: Iterable[RefundPaid] = ()) -> None:
+        """Write a whole auctioneer step (accounts, new payments, new refunds, settings,
+        refunds paid: ``done``, with the payment's certificate as their result) in one
+        durable transaction."""
         rows = [_row(a) for a in accounts]
+        done = list(paid)
         try:
             with self.conn:
                 self.conn.executemany(
@@ -118,6 +129,12 @@ class AccountStore:
                     [(r.refund_id, r.account_id, r.holder, r.amount, r.memo, r.status,
                       r.created_us) for r in refunds])
                 self.conn.executemany(
+                    "INSERT INTO refunds_paid (refund_id, payment_id) VALUES (?, ?)",
+                    [(p.refund_id, p.payment_id) for p in done])
+                self.conn.executemany(
+                    "UPDATE refunds SET status = 'done', result = ? WHERE id = ?",
+                    [(pack(dict(p.payment)), p.refund_id) for p in done])
+                self.conn.executemany(
                     "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
                     [(k, pack(v)) for k, v in settings.items()])
         except sqlite3.IntegrityError as exc:
@@ -130,6 +147,12 @@ class AccountStore:
     def refunds(self) -> list[Refund]:
         """Every refund in the order they were recorded."""
         return _ordered_refunds(self.conn)
+
+    def refunds_paid(self) -> list[tuple[str, bytes]]:
+        """Every refund paid ``(refund id, SEND entry hash)``, in the order they were."""
+        rows = self.conn.execute(
+            "SELECT refund_id, payment_id FROM refunds_paid ORDER BY rowid").fetchall()
+        return [(str(r), bytes(p)) for r, p in rows]
 
     def delete(self, account_id: str) -> None:
         with self.conn:
@@ -148,11 +171,6 @@ class AccountStore:
             "SELECT id, account_id, holder, amount, memo, status, result, created_us "
             "FROM refunds WHERE status = 'pending' ORDER BY created_us, id").fetchall()
         return [_refund(r) for r in rows]
-
-    def refund_done(self, refund_id: str, result: Mapping[str, Any]) -> None:
-        with self.conn:
-            self.conn.execute("UPDATE refunds SET status = 'done', result = ? WHERE id = ?",
-                              (pack(dict(result)), refund_id))
 
     # -- host settings -------------------------------------------------------------
 

@@ -10,7 +10,9 @@ in one transaction. The audit log is the write-ahead log: at start the journal
 restores the state as the store last committed it, then starts a new log with
 ``in.genesis`` (the state snapshot, so a witness can replay from seq 0) or replays
 the logged inputs the store missed (a crash between log and store), and logs an
-``in.settings`` when the node's settings changed.
+``in.settings`` when the node's settings changed. A log that starts with a state
+snapshot of another version than :data:`~p2pmarket.auction.machine.SNAPSHOT_VERSION`
+is refused (:class:`OldLogError`): witnesses would not replay it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import CLOSED, Account
 from p2pmarket.auction.allocation import lease_terms, terms_digest
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange
 from p2pmarket.auction.lease import sign_lease
-from p2pmarket.auction.machine import HostState, new_state
+from p2pmarket.auction.machine import SNAPSHOT_VERSION, HostState, new_state
 from p2pmarket.auction.outcome import Step
 from p2pmarket.auction.seen import from_rows, to_rows
 from p2pmarket.auction.snapshot import snapshot
@@ -40,6 +43,12 @@ from p2pmarket.host.accountstore import AccountStore
 log = logging.getLogger(__name__)
 
 STATE_KEY = "audit.state"
+
+
+class OldLogError(HostError):
+    """The host's audit log was written in an older format than this version replays."""
+
+
 # called after each commit with the state before and after it
 OnCommit = Callable[[HostState, HostState], None]
 
@@ -96,7 +105,7 @@ class Journal:
         if new.config != old.config:
             settings.update(capacities=new.config.capacities,
                             min_prices=new.config.min_prices, unique=new.config.unique)
-        self.store.commit(rows, payments, refunds, settings)
+        self.store.commit(rows, payments, refunds, settings, st.paid)
         self.leases = leases
         self.state = new
         self.on_commit(old, new)
@@ -109,6 +118,16 @@ class Journal:
         saved = self.store.settings().get(STATE_KEY)
         applied = int(saved["seq"]) if isinstance(saved, dict) else -1
         head = self.audit.head[0]
+        if head >= 0:
+            first = self.audit.entries(0, 1)
+            body = first[0][0].body if first and first[0][0].kind == GENESIS else None
+            if isinstance(body, dict) and body.get("v") != SNAPSHOT_VERSION:
+                raise OldLogError(
+                    f"the audit log starts with a state snapshot of version {body.get('v')}"
+                    f"; this version writes version {SNAPSHOT_VERSION} and its witnesses "
+                    "replay no other. Start the host anew: move audit.sqlite and "
+                    "host.sqlite aside (pay the buyers of the old accounts back first)",
+                    {"version": body.get("v"), "expected": SNAPSHOT_VERSION})
         if head < 0:
             auth = self.audit.append(GENESIS, snapshot(self.state), self.now())
             self.store.commit([], [], [], {STATE_KEY: state_doc(self.state, auth.seq)})
@@ -142,9 +161,10 @@ class Journal:
                             usage={str(k): (int(u), int(f)) for k, u, f in saved["usage"]},
                             requests=from_rows(saved.get("requests", [])))
         state = replace(state, accounts={aid: replace(a, lease=None) for aid, a in live.items()},
-                        leased=leased, payments={}, refunds={})
+                        leased=leased, payments={}, refunds={}, paid={})
         return state.with_payments(self.store.payments()).with_refunds(
-            [replace(r, status="pending", result=None) for r in self.store.refunds()])
+            [replace(r, status="pending", result=None) for r in self.store.refunds()]
+        ).with_paid(self.store.refunds_paid())
 
     def _catch_up(self, since: int) -> None:
         """Re-apply the logged inputs the store missed (a crash between log and store)."""
@@ -181,4 +201,4 @@ def saved_config(store: AccountStore, settings: Settings) -> HostConfig:
                                settings.min_price).updated(store.settings())
 
 
-__all__ = ["STATE_KEY", "Journal", "OnCommit", "saved_config", "state_doc"]
+__all__ = ["STATE_KEY", "Journal", "OldLogError", "OnCommit", "saved_config", "state_doc"]

@@ -5,8 +5,9 @@ state in its :class:`~p2pmarket.host.journal.Journal` (every input goes through
 the pure step and is logged and committed there), ticks when the core says the next
 tick is due (:func:`~p2pmarket.auction.hoststeps.next_tick_at`, aioquic style: the
 core gives its deadline, the runner sleeps until then and hands it the time),
-applies the host owner's settings, pays the refunds the steps make and brings the
-VMM in line with the allocations. The buyers' RPCs are added by
+applies the host owner's settings, pays the refunds the steps make (and logs each
+payment, with its certificate, as ``in.refund_paid``) and brings the VMM in line with
+the allocations. The buyers' RPCs are added by
 :class:`p2pmarket.host.auctioneer.Auctioneer`.
 """
 
@@ -18,14 +19,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from p2pmarket.auction.accounts import Account, Refund
+from p2pmarket.auction import HostError
+from p2pmarket.auction.accounts import Account, Refund, RefundPaid
 from p2pmarket.auction.allocation import evaluate, resolved
 from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, AllocationResult
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, next_tick_at
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.quote import offered
+from p2pmarket.auction.steps import REFUND_PAID
 from p2pmarket.audit.log import AuditLog
+from p2pmarket.audit.refunds import refund_payment_fault
 from p2pmarket.core.clock import US_PER_S, now_us
 from p2pmarket.core.config import Settings
 from p2pmarket.core.errors import P2PMarketError
@@ -34,12 +38,20 @@ from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.journal import Journal, saved_config
 from p2pmarket.host.vmm.base import VMM
 from p2pmarket.host.vmmsync import VmmSync
+from p2pmarket.ledger.certificate import Certificate
 
 log = logging.getLogger(__name__)
 
 # Pays ``amount`` back to ``holder`` with a certified transfer and returns the
 # certificate's wire form. Must be idempotent per ``memo`` (it names the refund).
 RefundPayment = Callable[[bytes, int, str], Awaitable[dict[str, Any]]]
+
+
+def paid_body(refund_id: str, cert_doc: dict[str, Any]) -> dict[str, Any]:
+    """The ``in.refund_paid`` body for a refund paid with the certificate ``cert_doc``
+    (raises :class:`~p2pmarket.ledger.errors.LedgerError` if it is no certificate)."""
+    cert = Certificate.from_wire(cert_doc)
+    return RefundPaid(refund_id, cert.entry.hash(), cert.to_wire()).body()
 
 NOTED_EVENTS = ("below_min", "expired", "disk_delete", "disk_shrink")
 
@@ -221,7 +233,10 @@ class AuctionRunner:
     # -- refunds and the VMM -------------------------------------------------------------
 
     async def _pay(self, refund: Refund) -> None:
-        """Pay a pending refund; on failure it stays pending for the next tick."""
+        """Pay a pending refund and log the payment (``in.refund_paid``, with the SEND's
+        certificate: the witnesses check it against the refund); on failure it stays
+        pending for the next tick. A payment that does not pay the refund exactly (a
+        fault of ``refund_payment``) is not logged: it would expose the host."""
         if self.refund_payment is None or refund.refund_id in self._paying:
             return
         stored = self.store.refund(refund.refund_id)
@@ -229,11 +244,15 @@ class AuctionRunner:
             return
         self._paying.add(refund.refund_id)
         try:
-            result = await self.refund_payment(refund.holder, refund.amount, refund.memo)
-            self.store.refund_done(refund.refund_id, result)
-            self.audit.append("out.refund_paid", {"refund_id": refund.refund_id,
-                                                  "amount": refund.amount, "payment": result},
-                              self.now())
+            cert = await self.refund_payment(refund.holder, refund.amount, refund.memo)
+            async with self._lock:
+                if self.state.refund_paid(refund.refund_id) is not None:
+                    return   # paid meanwhile (a concurrent retry)
+                body = paid_body(refund.refund_id, cert)
+                wrong = refund_payment_fault(self.state, body, self.identity.public_key)
+                if wrong is not None:
+                    raise HostError(f"the refund payment is wrong: {wrong}", refund.refund_id)
+                self.journal.apply(REFUND_PAID, body, self.now())
         except P2PMarketError as exc:
             log.warning("refund %s not paid yet: %s", refund.refund_id, exc.message)
         except Exception:
@@ -249,4 +268,4 @@ class AuctionRunner:
                             self.capacities, self._events)
 
 
-__all__ = ["AuctionRunner", "RefundPayment"]
+__all__ = ["AuctionRunner", "RefundPayment", "paid_body"]

@@ -24,7 +24,7 @@ from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_a
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Payment
 from p2pmarket.audit.control import control_handlers as audit_control_handlers
-from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.audit.evidence import proof_verifier
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.witness import Peer, WitnessService
@@ -77,8 +77,9 @@ class Node:
         self.identity = identity
         self.dispatcher = RpcDispatcher(identity)
         self.peers = PeerClient(identity)
-        self.evidence = EvidenceStore(data_dir.evidence_db)
-        self.dht = DhtNode(identity, genesis, proof_verifier=proof_host_id, url=settings.url,
+        self.evidence = EvidenceStore(data_dir.evidence_db, genesis)
+        self.dht = DhtNode(identity, genesis, proof_verifier=proof_verifier(genesis),
+                           url=settings.url,
                            republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
         self.notary: NotaryService | None = None
         if identity.public_key in genesis.notary_keys:
@@ -107,7 +108,8 @@ class Node:
             directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
                                                          settings.url)),
             locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
-            period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db))
+            period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db),
+            genesis=genesis)
         self.dispatcher.register_all("witness", self.witness.handlers(),
                                      limits=self.witness.request_limits())
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[

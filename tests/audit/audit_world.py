@@ -1,5 +1,7 @@
 """A small world for the audit tests: hosts and witnesses in one process, talking
-through real RpcDispatchers (signed envelopes, replay guard) with a fake clock."""
+through real RpcDispatchers (signed envelopes, replay guard) with a fake clock. The
+witnesses hold the genesis of the world's notary committee (``world.ledger``), which
+certifies the hosts' refund payments (:class:`tests.support.refunds.RefundPayer`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 from p2pmarket.api.rpc import CallContext, RpcDispatcher, make_request, open_reply
 from p2pmarket.auction.accounts import Payment
 from p2pmarket.auction.snapshot import state_digest
-from p2pmarket.auction.steps import step
+from p2pmarket.auction.steps import REFUND_PAID, step
 from p2pmarket.audit.entry import AuditAuthenticator, AuditEntry, sign_entry
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
@@ -24,7 +26,11 @@ from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.wire import pack, seal, unpack
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.runner import paid_body
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from p2pmarket.ledger.certificate import Certificate
+from tests.support.chains import Net as Ledger
+from tests.support.refunds import RefundPayer
 
 S = 1_000_000
 GIB = 1024 * 1024
@@ -122,17 +128,22 @@ class World:
         self.clock = Clock()
         self.net = Net(self.clock)
         self.directory = Directory()
+        self.ledger = Ledger.generate()
         self.hosts: list[HostNode] = []
         self.witnesses: list[WitnessNode] = []
 
-    def host(self) -> HostNode:
+    def host(self, pay_refunds: bool = False) -> HostNode:
+        """A host; ``pay_refunds``: it pays refunds with certified SENDs of the world's
+        committee (``h.auct.refund_payment`` is then a :class:`RefundPayer`)."""
         ident = Identity.generate()
         n = len(self.hosts)
         store = AccountStore(self.tmp / f"host{n}-{uuid.uuid4().hex[:6]}.sqlite")
         vmm = LibvirtVMM("test:///default", prefix=domain_prefix(ident))
         auct = Auctioneer(ident, Settings(cpu_mhz=4000, memory_kib=4 * GIB, tick_seconds=1.0,
                                           min_price=1), store, vmm, FakeBank().accept,
-                          self.clock, audit=AuditLog(":memory:", ident))
+                          self.clock, audit=AuditLog(":memory:", ident),
+                          refund_payment=RefundPayer(ident, self.ledger) if pay_refunds
+                          else None)
         disp = RpcDispatcher(ident, clock=self.clock)
         disp.register_all("host", auct.handlers(), limits=auct.request_limits())
         url = f"http://host{n}"
@@ -150,7 +161,8 @@ class World:
         url = f"http://witness-{ident.node_id.hex()[:8]}"
         service = WitnessService(ident, client or self.net.client(ident),
                                  evidence or EvidenceStore(), clock or self.clock,
-                                 directory=self.directory, store=store)
+                                 directory=self.directory, store=store,
+                                 genesis=self.ledger.genesis)
         disp = RpcDispatcher(ident, clock=self.clock)
         disp.register_all("witness", service.handlers(), limits=service.request_limits())
         self.net.nodes[url] = disp
@@ -277,3 +289,15 @@ async def open_two(world: World, alice: Identity, bob: Identity) -> tuple[HostNo
     await world.tick(h)
     await world.call(alice, h, "bid", {"account_id": a["account_id"], "bids": {"cpu": "2"}})
     return h, str(a["account_id"])
+
+
+def log_refund_paid(auct: Auctioneer, refund_id: str, cert: Certificate,
+                    through_step: bool = True) -> None:
+    """The host logs refund ``refund_id`` as paid with ``cert``, skipping the runner's
+    check that the payment pays the refund (``through_step`` False: not even the pure
+    step, which refuses a refund already paid; the entry goes straight into the log)."""
+    body = paid_body(refund_id, cert.to_wire())
+    if through_step:
+        auct.journal.apply(REFUND_PAID, body, auct.now())
+    else:
+        auct.audit.append(REFUND_PAID, body, auct.now())

@@ -60,7 +60,7 @@ async def refunded_buyer(world: World) -> tuple[Any, Auth, Auth, bytes]:
     ledger authenticator the buyer holds (from the refund's certificate), the host's
     audit authenticator at the same seq (from ``host.audit_log``) and the audit entry
     after it (its bytes)."""
-    net = Net.generate()
+    net = world.ledger   # the committee the witnesses hold (they check refund certificates)
     h = world.host()
     wallet = HostWallet(net, h.identity)
     h.auct.accept_payment = wallet.accept

@@ -18,6 +18,7 @@ from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.control import control_handlers
+from tests.support.refunds import RefundPayer
 
 __all__ = ["make_host"]   # the fixture, used by name
 
@@ -61,9 +62,11 @@ async def test_refund_pays_back_and_is_idempotent(make_host: Make) -> None:
     h = make_host()
     paid: list[tuple[bytes, int, str]] = []
 
+    payer = RefundPayer(h.identity)
+
     async def refund_payment(holder: bytes, amount: int, memo: str) -> dict[str, Any]:
         paid.append((holder, amount, memo))
-        return {"cert": memo}
+        return await payer(holder, amount, memo)
 
     h.auct.refund_payment = refund_payment
     aid = await open_acc(h, amount=10_000_000)
@@ -102,11 +105,13 @@ async def test_refund_failure_stays_pending_and_is_retried(make_host: Make) -> N
     h = make_host()
     calls: list[int] = []
 
+    payer = RefundPayer(h.identity)
+
     async def flaky(holder: bytes, amount: int, memo: str) -> dict[str, Any]:
         calls.append(amount)
         if len(calls) == 1:
             raise P2PMarketError("notaries unreachable")
-        return {"ok": memo}
+        return await payer(holder, amount, memo)
 
     h.auct.refund_payment = flaky
     aid = await open_acc(h, amount=10_000_000)
@@ -183,9 +188,11 @@ async def test_expired_account_outbid_is_collected_and_refunded(make_host: Make)
     h = make_host()
     paid: list[int] = []
 
+    payer = RefundPayer(h.identity)
+
     async def refund_payment(holder: bytes, amount: int, memo: str) -> dict[str, Any]:
         paid.append(amount)
-        return {}
+        return await payer(holder, amount, memo)
 
     h.auct.refund_payment = refund_payment
     aid = await open_acc(h, amount=10_000, bids={"cpu": "1,0.1,1", "memory": "1,1GiB,2GiB"},
