@@ -19,11 +19,12 @@ from typing import Any
 
 from kademlia.node import Node
 
+from p2pmarket.core.identity import meets_puzzle
 from p2pmarket.dht import offerquery
 from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.node_base import NodeBase
+from p2pmarket.dht.offerkeep import repair_value
 from p2pmarket.dht.offers import (
-    MAX_OFFERS,
     OfferEntry,
     fit_offer_set,
     make_offer_entry,
@@ -171,7 +172,10 @@ class RecordsMixin(NodeBase):
     # -- finding -----------------------------------------------------------------
 
     async def get_host(self, node_id: bytes) -> HostRecord | None:
-        """The newest valid host record of ``node_id``, or None."""
+        """The newest valid host record of ``node_id``, or None (always for an id that
+        misses the genesis puzzle)."""
+        if not meets_puzzle(node_id, self.puzzle_bits):
+            return None
         key = host_key(node_id)
         dkey = key_digest(key)
         now = self.clock()
@@ -232,7 +236,8 @@ class RecordsMixin(NodeBase):
                                self.get_host)
 
     async def offers_of(self, resource_type: str) -> list[OfferEntry]:
-        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged."""
+        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged
+        (one per signer, from signers that meet the genesis puzzle)."""
         key = offers_key(resource_type)
         dkey = key_digest(key)
         now = self.clock()
@@ -249,10 +254,15 @@ class RecordsMixin(NodeBase):
             return sigs is not None
 
         found = await self.lookup(dkey, find_value=True, accept=accept)
-        entries = list(known.values())
-        merged = merge_offers(entries, now, cap=len(entries))
+        merged = merge_offers(known.values(), now, self.puzzle_bits)
         if merged:
-            value, kept = fit_offer_set(key, self.storage.cap_prefixes(merged)[:MAX_OFFERS])
+            # repair with the entries most close nodes hold first (the established ones;
+            # each storer still ranks by its own seniority)
+            support = {e.node_id: sum(1 for sigs in held.values() if e.envelope.sig in sigs)
+                       for e in merged}
+            ordered = sorted(merged, key=lambda e: -support[e.node_id])
+            value, kept = repair_value(key, ordered, cap=self.storage.max_offers,
+                                       policy=self.storage.policy)
             sigs = {e.envelope.sig for e in kept}
             lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]
             self._repair(lacking, dkey, value)

@@ -8,7 +8,11 @@ and at most ``max_price`` per unit. Hosts are ranked by the cost efficiency
 (capacity / price) of the first asked type, then of the next ones, then by
 node id, as the SLS ranked one resource; the caller keeps the top ``n``. The
 host record (fetched and verified separately) supplies the current price, the
-hour average and the availability shown by ``p2pmarket hosts``.
+hour average and the availability shown by ``p2pmarket hosts``. An offer whose
+host record is not found does not count: :func:`query` goes on down the ranking
+(up to :data:`MAX_RECORD_LOOKUPS` records) until it has ``n`` hosts, so entries
+without a host behind them, however cheap they claim to be, cannot crowd the real
+hosts out of the answer.
 """
 
 from __future__ import annotations
@@ -18,8 +22,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.dht.offers import OfferEntry, efficiency, eligible, offer_doc, rank_offers
+from p2pmarket.dht.offers import (
+    MAX_OFFERS,
+    OfferEntry,
+    efficiency,
+    eligible,
+    offer_doc,
+    rank_offers,
+)
 from p2pmarket.dht.records import HostRecord, host_doc
+
+MAX_RECORD_LOOKUPS = 4 * MAX_OFFERS
+"""Host records one query fetches at most (beyond the first ``2 n + 4``)."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +114,16 @@ async def query(types: Sequence[str], n: int, min_capacity: int, max_price: int 
     if not types or n <= 0:
         return []
     sets = await asyncio.gather(*(offers_of(t) for t in types))
-    ranked = candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
-                        max_price)[: 2 * n + 4]
-    ids = [o[types[0]].node_id for o in ranked]
-    records = await asyncio.gather(*(get_host(i) for i in ids))
-    return select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)
+    ranked = candidates(types, dict(zip(types, sets, strict=True)), min_capacity, max_price)
+    records: dict[bytes, HostRecord | None] = {}
+    limit = min(len(ranked), max(2 * n + 4, MAX_RECORD_LOOKUPS))
+    done = 0
+    while True:
+        chosen = select(types, ranked[:done], records, n, max_price)
+        if len(chosen) >= n or done >= limit:
+            return chosen
+        batch = ranked[done: min(limit, done + 2 * (n - len(chosen)) + 4)]
+        ids = [o[types[0]].node_id for o in batch]
+        found = await asyncio.gather(*(get_host(i) for i in ids))
+        records.update(zip(ids, found, strict=True))
+        done += len(batch)

@@ -11,8 +11,9 @@ Stock faults fixed here (docs/design.md section 3), each with a test in
   removed after ``max_failures`` consecutive misses; a reply clears the count,
   and contacts with misses are offered after healthy ones.
 - Hygiene: at most ``bucket_cap`` contacts per /24 (IPv6: /48) in a bucket and
-  ``table_cap`` in the whole table (:class:`PrefixPolicy`); loopback is exempt
-  by default so a single machine can run a test network.
+  ``table_cap`` in the whole table (:class:`~p2pmarket.dht.prefixes.PrefixPolicy`);
+  loopback is exempt by default so a single machine can run a test network (a
+  loopback contact address can only be this machine's).
 
 :class:`RttTable` keeps a smoothed round-trip time per peer (RFC 6298) and over
 all peers, from which each call's timeout is derived instead of the fixed 5 s.
@@ -22,8 +23,6 @@ its protocol for.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,46 +31,11 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+from p2pmarket.dht.prefixes import LOOPBACK, UNCAPPED, PrefixPolicy
 
-
-@dataclass(frozen=True)
-class PrefixPolicy:
-    """Per-network-prefix caps (S/Kademlia-style sybil hygiene)."""
-
-    bucket_cap: int = 2
-    table_cap: int = 3
-    offers_cap: int = 4
-    """Entries of one ``offers/<type>`` set whose URL host shares a prefix."""
-    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
-
-    def prefix(self, host: object) -> str | None:
-        """The /24 (IPv6: /48) of ``host``, or None when it is exempt. A name that is
-        not an IP literal is its own prefix."""
-        if not isinstance(host, str):
-            return None
-        return _prefix(self, host)
-
-    def _compute(self, host: str) -> str | None:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return f"name:{host.lower()}"
-        if any(addr in net for net in self.exempt):
-            return None
-        bits = 24 if addr.version == 4 else 48
-        net = ipaddress.ip_network(f"{addr}/{bits}", strict=False)
-        return str(net)
-
-
-@functools.lru_cache(maxsize=16384)
-def _prefix(policy: PrefixPolicy, host: str) -> str | None:
-    return policy._compute(host)
-
+__all__ = ["LOOPBACK", "UNCAPPED", "DhtRoutingTable", "PrefixPolicy", "RttTable"]
 
 RELAXED_SPLIT = False
-
-UNCAPPED = PrefixPolicy(bucket_cap=1 << 30, table_cap=1 << 30, offers_cap=1 << 30)
 
 
 class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
