@@ -4,7 +4,9 @@
 and how many places one prefix may take:
 
 - in a routing table (:class:`~p2pmarket.dht.routing.DhtRoutingTable`), per
-  bucket and overall, for the /24 (IPv6: /48) of a contact's address;
+  bucket and overall, for the /24 (IPv6: /48) of a contact's address; and at most
+  ``address_cap`` ids per exact address (ip, port), loopback included, so one
+  socket cannot fill a table with ids it holds keys for;
 - in an ``offers/<type>`` set (and among the hash-only entries of an evidence set),
   for the URL host the entry *claims*: entries past ``offers_cap`` for their prefix
   rank after every entry within its prefix's cap (:func:`~p2pmarket.dht.offers.keep_offers`).
@@ -42,6 +44,8 @@ class PrefixPolicy:
     offers_cap: int = 4
     """Entries of one ``offers/<type>`` set whose URL host shares a prefix before the
     rest rank last (see :func:`~p2pmarket.dht.offers.keep_offers`)."""
+    address_cap: int = 1
+    """Routing-table ids per exact (ip, port); never exempt."""
     exempt: tuple[IpNetwork, ...] = LOOPBACK
     """Contact addresses in these networks are free of the /24 caps."""
     claimed_exempt: tuple[IpNetwork, ...] = ()
@@ -96,4 +100,5 @@ def _prefix(host: str, exempt: tuple[IpNetwork, ...]) -> str | None:
     return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
 
 
-UNCAPPED = PrefixPolicy(bucket_cap=1 << 30, table_cap=1 << 30, offers_cap=1 << 30)
+UNCAPPED = PrefixPolicy(bucket_cap=1 << 30, table_cap=1 << 30, offers_cap=1 << 30,
+                        address_cap=1 << 30)

@@ -11,9 +11,14 @@ Stock faults fixed here (docs/design.md section 3), each with a test in
   removed after ``max_failures`` consecutive misses; a reply clears the count,
   and contacts with misses are offered after healthy ones.
 - Hygiene: at most ``bucket_cap`` contacts per /24 (IPv6: /48) in a bucket and
-  ``table_cap`` in the whole table (:class:`~p2pmarket.dht.prefixes.PrefixPolicy`);
-  loopback is exempt by default so a single machine can run a test network (a
-  loopback contact address can only be this machine's).
+  ``table_cap`` in the whole table, and at most ``address_cap`` ids per exact
+  address, loopback included (:class:`~p2pmarket.dht.prefixes.PrefixPolicy`);
+  loopback is exempt from the /24 caps by default so a single machine can run a
+  test network (a loopback contact address can only be this machine's).
+- Only a contact's own address speaks for it: a missed or wrong reply from another
+  address that merely claims a contact's id counts nothing against the contact
+  (:meth:`DhtRoutingTable.record_failure`), so nobody can evict a live contact by
+  naming its id at a dead or lying address.
 
 :class:`RttTable` keeps a smoothed round-trip time per peer (RFC 6298) and over
 all peers, from which each call's timeout is derived instead of the fixed 5 s.
@@ -70,26 +75,34 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         found: Node | None = bucket.nodes.get(node_id)
         return found
 
-    def _prefix_counts(self, prefix: str, bucket: KBucket) -> tuple[int, int]:
-        in_bucket = in_table = 0
+    def _prefix_counts(self, node: Node, prefix: str | None, bucket: KBucket
+                       ) -> tuple[int, int, int]:
+        """Contacts (and replacements) sharing ``node``'s prefix in its bucket and in the
+        table, and other ids at ``node``'s exact address."""
+        in_bucket = in_table = at_address = 0
         for b in self.buckets:
             for n in (*b.nodes.values(), *b.replacement_nodes.values()):
-                if self.policy.prefix(n.ip) == prefix:
+                if n.id != node.id and n.same_home_as(node):
+                    at_address += 1
+                if prefix is not None and self.policy.prefix(n.ip) == prefix:
                     in_table += 1
                     if b is bucket:
                         in_bucket += 1
-        return in_bucket, in_table
+        return in_bucket, in_table, at_address
 
     def allows(self, node: Node) -> bool:
-        """Whether ``node`` may enter: known ids always may (they are refreshed)."""
+        """Whether ``node`` may enter: known ids at the same address always may (they
+        are refreshed); a live contact keeps its address against a newcomer's id."""
         bucket = self.buckets[self.get_bucket_for(node)]
         known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
-        if known is not None and known.ip == node.ip:
+        if known is not None and known.same_home_as(node):
             return True
         prefix = self.policy.prefix(node.ip)
-        if prefix is None:
-            return True
-        in_bucket, in_table = self._prefix_counts(prefix, bucket)
+        in_bucket, in_table, at_address = self._prefix_counts(node, prefix, bucket)
+        if at_address >= self.policy.address_cap:
+            return False
+        if prefix is None or (known is not None and known.ip == node.ip):
+            return True  # exempt, or a known id moving to another port of its ip
         return in_bucket < self.policy.bucket_cap and in_table < self.policy.table_cap
 
     def has_room(self, node: Node) -> bool:
@@ -135,10 +148,16 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         self._cache = None
         super().remove_contact(node)
 
-    def record_failure(self, node: Node) -> bool:
-        """Count a missed reply; True when that evicted the contact."""
+    def _holds(self, node: Node) -> bool:
+        """Whether ``node`` (id *and* address) is a contact or replacement here."""
         bucket = self.buckets[self.get_bucket_for(node)]
-        if node.id not in bucket.nodes and node.id not in bucket.replacement_nodes:
+        known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
+        return known is not None and known.same_home_as(node)
+
+    def record_failure(self, node: Node) -> bool:
+        """Count a missed reply; True when that evicted the contact. A call to another
+        address than the contact's counts nothing (it only claimed the id)."""
+        if not self._holds(node):
             return False
         misses = self.failures.get(node.id, 0) + 1
         if misses >= self.max_failures:
@@ -148,7 +167,8 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         return False
 
     def record_success(self, node: Node) -> None:
-        self.failures.pop(node.id, None)
+        if self._holds(node):
+            self.failures.pop(node.id, None)
 
     # -- neighbours ------------------------------------------------------------------
 

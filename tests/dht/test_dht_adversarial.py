@@ -41,7 +41,9 @@ async def test_contact_must_prove_its_id_stock_takes_any_claim(swarm: Swarm) -> 
     target.protocol.welcome_if_new(fake)
     await target.protocol.verified(2.0)
     contact = target.protocol.router.find(honest.node_id)
-    assert contact is None or contact.same_home_as(Node(honest.node_id, *honest.address))
+    # (this used to allow contact None: the failed claim banned the honest node's id)
+    assert contact is not None and contact.same_home_as(Node(honest.node_id, *honest.address))
+    assert not target.protocol.is_banned(honest.node_id, honest.address)
     assert target.storage.counters.get("ident_refused", 0) >= 1
     # ... and a made-up id nobody holds a key for
     target.protocol.welcome_if_new(Node(b"\x00" * 19 + b"\x07", *impostor.address))

@@ -1,5 +1,6 @@
-"""Floods against a DHT of real nodes on loopback (issue 10, item 3): fresh keys
-cannot empty the market index."""
+"""Floods and false claims against a DHT of real nodes on loopback (issue 10, items 3
+and 4): fresh keys cannot empty the market index, and a datagram that merely claims a
+node's id never bans or evicts that node."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 import umsgpack  # type: ignore[import-untyped]
-from dht_helpers import Swarm
+from dht_helpers import Swarm, wait_for
+from kademlia.node import Node
 
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.identity import Identity
@@ -133,3 +135,114 @@ async def test_fresh_keys_dated_ahead_do_not_empty_the_market(swarm: Swarm,
         assert real <= held
     assert await market_ids(reader, 10) == real
     assert await market_ids(nodes[0], 3) == real
+
+
+# -- claims of an id (item 4) -------------------------------------------------------
+
+async def joined(swarm: Swarm) -> tuple[DhtNode, DhtNode]:
+    nodes = await swarm.grow(4)
+    b, x = nodes[1], nodes[2]
+    await wait_for(lambda: b.protocol.router.find(x.node_id) is not None)
+    return b, x
+
+
+async def still_there(b: DhtNode, x: DhtNode) -> None:
+    """``x`` is in ``b``'s table at its own address, unbanned, and both still talk."""
+    contact = b.protocol.router.find(x.node_id)
+    assert contact is not None and contact.same_home_as(Node(x.node_id, *x.address))
+    assert not b.protocol.is_banned(x.node_id, x.address)
+    ok, answer = await b.protocol.call_ping(contact)           # b uses x
+    assert ok and answer == x.node_id
+    ok, answer = await x.protocol.call_ping(Node(b.node_id, *b.address))   # b answers x
+    assert ok and answer == b.node_id
+    near = x.node_id[:-1] + bytes([x.node_id[-1] ^ 1])   # (a lookup leaves its target out)
+    found = await b.lookup(near, find_value=False)
+    assert found.closest[0].id == x.node_id
+
+
+async def test_junk_store_claiming_an_id_bans_only_the_sender_address(swarm: Swarm) -> None:
+    b, x = await joined(swarm)
+    transport, attacker = await peer()
+    try:
+        answer = await asyncio.wait_for(attacker.request(
+            b.address, "store_c", x.node_id, key_digest("offers/cpu"), b"junk"), 5.0)
+        assert answer is False
+        assert b.storage.counters["rejected.malformed"] >= 1
+        assert b.protocol.is_banned(None, attacker.address)
+    finally:
+        transport.close()
+    await still_there(b, x)
+
+
+async def test_bad_ident_answer_for_a_claimed_id_bans_only_that_address(
+        swarm: Swarm) -> None:
+    b, x = await joined(swarm)
+    transport, attacker = await peer()
+    try:
+        # "I am x" from another address: b asks that address to prove it, gets junk
+        answer = await asyncio.wait_for(attacker.request(b.address, "ping", x.node_id), 5.0)
+        assert answer == b.node_id
+        await wait_for(lambda: b.storage.counters.get("ident_refused", 0) >= 1)
+        assert "ident" in attacker.requests
+        assert b.protocol.is_banned(None, attacker.address)
+    finally:
+        transport.close()
+    await still_there(b, x)
+
+
+async def test_a_lying_reply_under_a_claimed_id_bans_only_its_address(swarm: Swarm) -> None:
+    b, x = await joined(swarm)
+    liar = ("127.0.0.1", 9)   # answered a lookup's call for "x" with a forged record
+    b._refused(Node(x.node_id, *liar), "forged")
+    assert b.protocol.is_banned(None, liar)
+    await still_there(b, x)
+    # a contact whose id was proven at its address loses both
+    c = next(n for n in swarm.nodes if n not in (b, x)
+             and b.protocol.router.find(n.node_id) is not None)
+    b._refused(Node(c.node_id, *c.address), "forged")
+    assert b.protocol.is_banned(c.node_id, None) and b.protocol.router.find(c.node_id) is None
+
+
+async def test_misses_at_another_address_do_not_evict_a_contact(swarm: Swarm) -> None:
+    b, x = await joined(swarm)
+    claimed = Node(x.node_id, "127.0.0.1", 9)   # x's id listed at a dead address
+    for _ in range(5):
+        b.protocol.handle_call_response((False, None), claimed)
+    await still_there(b, x)
+    for _ in range(3):   # x's own misses still count
+        b.protocol.handle_call_response((False, None), Node(x.node_id, *x.address))
+    assert b.protocol.router.find(x.node_id) is None
+
+
+async def test_one_socket_cannot_fill_a_table_with_ids(swarm: Swarm) -> None:
+    """Routing-table poisoning from one address: a socket holding many keys answers each
+    ``ident`` correctly; loopback is exempt from the /24 caps, not from one id per
+    address."""
+    from p2pmarket.dht.contacts import ident_message
+    b, _ = await joined(swarm)
+    keys = [Identity.generate() for _ in range(6)]
+    transport, sybil = await peer()
+    current: list[Identity] = []
+
+    def answer(data: bytes, addr: tuple[str, int]) -> None:
+        msg_id, doc = data[1:21], umsgpack.unpackb(data[21:])
+        if data[:1] == b"\x00" and doc[0] == "ident":
+            nonce, requester = doc[1][1], doc[1][0]
+            key = current[-1]
+            sybil.send(addr, b"\x01" + msg_id,
+                       [key.public_key, key.sign(ident_message(nonce, requester))])
+        else:
+            Peer.datagram_received(sybil, data, addr)
+    sybil.datagram_received = answer  # type: ignore[method-assign]
+    try:
+        for i, key in enumerate(keys):
+            current.append(key)
+            await asyncio.wait_for(sybil.request(b.address, "ping", key.node_id), 5.0)
+            # admitted, or refused (the i-th refusal): either way b is done with this key
+            await wait_for(lambda k=key, i=i: b.protocol.router.find(k.node_id) is not None
+                           or 0 < i <= b.storage.counters.get("refused_prefix", 0))
+    finally:
+        transport.close()
+    held = [k for k in keys if b.protocol.router.find(k.node_id) is not None]
+    assert len(held) == 1
+    assert b.storage.counters["refused_prefix"] == len(keys) - 1
