@@ -246,3 +246,53 @@ async def test_one_socket_cannot_fill_a_table_with_ids(swarm: Swarm) -> None:
     held = [k for k in keys if b.protocol.router.find(k.node_id) is not None]
     assert len(held) == 1
     assert b.storage.counters["refused_prefix"] == len(keys) - 1
+
+
+# -- eclipse of a key from one network ------------------------------------------------
+
+class _Net:
+    """A fake network for :func:`p2pmarket.dht.lookup.lookup`: each node answers
+    ``find_node`` from a fixed contact list."""
+
+    def __init__(self, me: Node, contacts: list[Node], answers: dict[bytes, list[Node]]
+                 ) -> None:
+        from p2pmarket.dht.prefixes import PrefixPolicy
+        from p2pmarket.dht.routing import RttTable
+        self.source_node = me
+        self.answers = answers
+        self.rtt = RttTable()
+        self.contacts = contacts
+        self.router = self
+        self.policy = PrefixPolicy()
+
+    def find_neighbors(self, target: Node, k: int) -> list[Node]:
+        return sorted(self.contacts, key=lambda n: n.distance_to(target))[:k]
+
+    def is_banned(self, node_id: bytes, addr: tuple[str, int]) -> bool:
+        return False
+
+    def query(self, peer: Node, key: bytes, find_value: bool) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        nodes = [[n.id, n.ip, n.port] for n in self.answers.get(peer.id, [])]
+        fut.set_result((True, {"id": peer.id, "nodes": nodes}))
+        return fut
+
+
+def _near(key: bytes, i: int) -> bytes:
+    return key[:-2] + (int.from_bytes(key[-2:], "big") ^ i).to_bytes(2, "big")
+
+
+async def test_sybils_from_one_network_cannot_fill_a_lookups_closest() -> None:
+    from p2pmarket.dht.lookup import lookup
+    key = os.urandom(20)
+    honest = [Node(_near(key, 0x100 + i), f"198.51.{i}.1", 4000) for i in range(30)]
+    # 20 ids right next to the key, all from one /24 (ports differ), vouching for each
+    # other; one of them is in our table
+    sybils = [Node(_near(key, i + 1), "203.0.113.7", 5000 + i) for i in range(20)]
+    answers = {n.id: honest[:20] for n in honest}
+    answers[honest[0].id] = [sybils[0], *honest[:19]]
+    answers.update({s.id: sybils for s in sybils})
+    net = _Net(Node(os.urandom(20)), honest[:10], answers)
+    found = await lookup(net, key, 20, 3, 0, False)  # type: ignore[arg-type]
+    assert len(found.closest) == 20
+    assert sum(1 for n in found.closest if n.ip == "203.0.113.7") <= net.policy.table_cap
