@@ -237,11 +237,13 @@ class RecordsMixin(NodeBase):
 
     async def offers_of(self, resource_type: str) -> list[OfferEntry]:
         """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged
-        (one per signer, from signers that meet the genesis puzzle)."""
+        (one per signer, from signers that meet the genesis puzzle), the signers most
+        close nodes hold first (established hosts before entries few storers took)."""
         key = offers_key(resource_type)
         dkey = key_digest(key)
         now = self.clock()
         held: dict[bytes, set[bytes]] = {}
+        signers: dict[bytes, set[bytes]] = {}
         known = {e.value: e for e in self.storage.offer_entries(dkey)}
         parsed: dict[bytes, set[bytes] | None] = {}
 
@@ -251,17 +253,19 @@ class RecordsMixin(NodeBase):
             sigs = parsed[value]
             if sigs is not None:
                 held[peer.id] = sigs
+                signers[peer.id] = {e.node_id for e in known.values()
+                                    if e.envelope.sig in sigs}
             return sigs is not None
 
         found = await self.lookup(dkey, find_value=True, accept=accept)
         merged = merge_offers(known.values(), now, self.puzzle_bits)
+        support = {e.node_id: sum(1 for ids in signers.values() if e.node_id in ids)
+                   for e in merged}
+        merged.sort(key=lambda e: -support[e.node_id])
         if merged:
-            # repair with the entries most close nodes hold first (the established ones;
-            # each storer still ranks by its own seniority)
-            support = {e.node_id: sum(1 for sigs in held.values() if e.envelope.sig in sigs)
-                       for e in merged}
-            ordered = sorted(merged, key=lambda e: -support[e.node_id])
-            value, kept = repair_value(key, ordered, cap=self.storage.max_offers,
+            # repair with the entries most close nodes hold first (each storer still
+            # ranks by its own seniority)
+            value, kept = repair_value(key, merged, cap=self.storage.max_offers,
                                        policy=self.storage.policy)
             sigs = {e.envelope.sig for e in kept}
             lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]

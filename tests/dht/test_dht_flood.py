@@ -296,3 +296,32 @@ async def test_sybils_from_one_network_cannot_fill_a_lookups_closest() -> None:
     found = await lookup(net, key, 20, 3, 0, False)  # type: ignore[arg-type]
     assert len(found.closest) == 20
     assert sum(1 for n in found.closest if n.ip == "203.0.113.7") <= net.policy.table_cap
+
+
+async def test_made_up_offers_cannot_use_up_a_querys_record_lookups() -> None:
+    """A lying storer answers with as many cheap made-up entries as it likes (no host
+    behind them): the query still reaches the hosts most storers hold."""
+    from dht_helpers import host
+
+    from p2pmarket.dht.offerquery import MAX_RECORD_LOOKUPS, query
+    now = now_us()
+    real = [Identity.generate() for _ in range(3)]
+    records = {i.node_id: host(i, now=now) for i in real}
+    fakes = [make_offer_entry(Identity.generate(), resource_type="cpu", url="http://x:1",
+                              capacity=8000, price=1, now_us=now, ttl_us=60_000_000)
+             for _ in range(MAX_RECORD_LOOKUPS + 30)]
+    offers = [make_offer_entry(i, resource_type="cpu", url="http://127.0.0.1:1",
+                               capacity=4000, price=10, now_us=now, ttl_us=60_000_000)
+              for i in real]
+    asked: list[bytes] = []
+
+    async def offers_of(rtype: str) -> list[Any]:
+        return [*offers, *fakes]   # the reader's order: most held first
+
+    async def get_host(node_id: bytes) -> Any:
+        asked.append(node_id)
+        return records.get(node_id)
+
+    found = await query(["cpu"], 3, 0, None, offers_of, get_host)
+    assert {h.node_id for h in found} == set(records)
+    assert len(asked) <= MAX_RECORD_LOOKUPS
