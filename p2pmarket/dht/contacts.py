@@ -37,6 +37,7 @@ clock the protocol is given.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import ipaddress
 import os
@@ -91,8 +92,11 @@ def check_ident(doc: Any, node_id: bytes, nonce: bytes, requester: bytes) -> boo
 def is_ip(host: object) -> bool:
     """Whether ``host`` is an IP literal (contacts are addresses, never names: sending to
     a name would resolve it inside the event loop, and a name is its owner's to point)."""
-    if not isinstance(host, str) or not 0 < len(host) <= 45:
-        return False
+    return isinstance(host, str) and 0 < len(host) <= 45 and _is_ip(host)
+
+
+@functools.lru_cache(maxsize=16384)
+def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -41,6 +41,8 @@ from p2pmarket.dht.prefixes import LOOPBACK, UNCAPPED, PrefixPolicy
 __all__ = ["LOOPBACK", "UNCAPPED", "DhtRoutingTable", "PrefixPolicy", "RttTable"]
 
 RELAXED_SPLIT = False
+HOMES_MAX = 16384
+"""Addresses indexed (for ``address_cap``) before the index is rebuilt from the buckets."""
 
 
 class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
@@ -53,6 +55,7 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         self.failures: dict[bytes, int] = {}
         self.refused = 0
         self._cache: list[Node] | None = None
+        self._homes: dict[tuple[str, int], set[bytes]] = {}
         super().__init__(protocol, ksize, node)
 
     # -- contacts ------------------------------------------------------------------
@@ -75,20 +78,37 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         found: Node | None = bucket.nodes.get(node_id)
         return found
 
-    def _prefix_counts(self, node: Node, prefix: str | None, bucket: KBucket
-                       ) -> tuple[int, int, int]:
-        """Contacts (and replacements) sharing ``node``'s prefix in its bucket and in the
-        table, and other ids at ``node``'s exact address."""
-        in_bucket = in_table = at_address = 0
+    def _prefix_counts(self, prefix: str, bucket: KBucket) -> tuple[int, int]:
+        in_bucket = in_table = 0
         for b in self.buckets:
             for n in (*b.nodes.values(), *b.replacement_nodes.values()):
-                if n.id != node.id and n.same_home_as(node):
-                    at_address += 1
-                if prefix is not None and self.policy.prefix(n.ip) == prefix:
+                if self.policy.prefix(n.ip) == prefix:
                     in_table += 1
                     if b is bucket:
                         in_bucket += 1
-        return in_bucket, in_table, at_address
+        return in_bucket, in_table
+
+    def _at_address(self, node: Node) -> int:
+        """Other ids held (contacts or replacements) at ``node``'s exact address. The
+        index is checked against the buckets, which drop replacements on their own."""
+        home = (node.ip, node.port)
+        ids = self._homes.get(home)
+        if not ids:
+            return 0
+        for node_id in list(ids):
+            if not self._holds(Node(node_id, node.ip, node.port)):
+                ids.discard(node_id)
+        if not ids:
+            del self._homes[home]
+        return len(ids - {node.id})
+
+    def _index(self, node: Node) -> None:
+        if len(self._homes) > HOMES_MAX:  # stale homes: rebuild from the buckets
+            self._homes = {}
+            for b in self.buckets:
+                for n in (*b.nodes.values(), *b.replacement_nodes.values()):
+                    self._homes.setdefault((n.ip, n.port), set()).add(n.id)
+        self._homes.setdefault((node.ip, node.port), set()).add(node.id)
 
     def allows(self, node: Node) -> bool:
         """Whether ``node`` may enter: known ids at the same address always may (they
@@ -97,12 +117,12 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
         if known is not None and known.same_home_as(node):
             return True
-        prefix = self.policy.prefix(node.ip)
-        in_bucket, in_table, at_address = self._prefix_counts(node, prefix, bucket)
-        if at_address >= self.policy.address_cap:
+        if self._at_address(node) >= self.policy.address_cap:
             return False
+        prefix = self.policy.prefix(node.ip)
         if prefix is None or (known is not None and known.ip == node.ip):
             return True  # exempt, or a known id moving to another port of its ip
+        in_bucket, in_table = self._prefix_counts(prefix, bucket)
         return in_bucket < self.policy.bucket_cap and in_table < self.policy.table_cap
 
     def has_room(self, node: Node) -> bool:
@@ -133,6 +153,7 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         known = bucket.nodes.get(node.id)
         if known is None or not known.same_home_as(node):
             self._cache = None
+            self._index(node)
         if bucket.add_node(node):
             return
         if self._splittable(bucket):

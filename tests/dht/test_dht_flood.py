@@ -248,6 +248,22 @@ async def test_one_socket_cannot_fill_a_table_with_ids(swarm: Swarm) -> None:
     assert b.storage.counters["refused_prefix"] == len(keys) - 1
 
 
+
+async def test_an_address_frees_when_its_id_leaves_the_table() -> None:
+    from dht_helpers import make_protocol
+
+    from p2pmarket.dht.prefixes import PrefixPolicy
+    proto = make_protocol(policy=PrefixPolicy())
+    table = proto.router
+    first, second = (Node(Identity.generate().node_id, "127.0.0.1", 7) for _ in range(2))
+    assert table.add_contact(first)
+    assert not table.add_contact(second)     # one id per address, loopback included
+    assert table.add_contact(first)          # the holder is refreshed
+    assert table.add_contact(Node(second.id, "127.0.0.1", 8))   # another port: fine
+    table.remove_contact(first)
+    assert table.add_contact(Node(Identity.generate().node_id, "127.0.0.1", 7))
+
+
 # -- eclipse of a key from one network ------------------------------------------------
 
 class _Net:
