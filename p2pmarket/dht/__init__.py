@@ -28,6 +28,7 @@ from p2pmarket.dht.evidence_records import EvidenceEntry, ProofVerifier, evidenc
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.offerquery import MarketHost, market_doc
 from p2pmarket.dht.offers import OfferEntry, make_offer_entry, merge_offers, offer_doc, rank_offers
+from p2pmarket.dht.prefixes import PrefixPolicy
 from p2pmarket.dht.records import (
     DocRef,
     HostRecord,
@@ -39,7 +40,6 @@ from p2pmarket.dht.records import (
     make_host_record,
     offers_key,
 )
-from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.storage import RecordStorage
 
 __all__ = [

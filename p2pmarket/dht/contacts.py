@@ -11,8 +11,17 @@ between the datagram RPC and the RPC handlers) changes the stock
   puzzle (:func:`valid_id`). Verified (id, address) pairs are cached.
 - The routing table is :class:`~p2pmarket.dht.routing.DhtRoutingTable`
   (k closest neighbours, eviction after several misses, per-/24 caps).
-- A node that sends an invalid record (forged, wrong key, malformed) is
-  dropped from the table and ignored for :data:`BAN_S` (:meth:`ContactGate.ban`).
+- Bans fall on addresses and on proven ids only; a claimed id never costs its
+  owner anything. An invalid record in a *request* (an unsolicited datagram,
+  whose node id is a claim and whose source address may be forged) gets its
+  source address ignored for :data:`BAN_S`, unless a live contact of ours lives
+  there (:meth:`ContactGate.refuse_request`: Kademlia keeps live old contacts).
+  An invalid *reply* to our own call (it came from the address asked: the random
+  message id proves the round trip) bans that address, and the id too when the
+  id was proven at that address by ``ident`` (:meth:`ContactGate.punish`). An
+  ``ident`` answer that proves another key than the one claimed bans nothing (an
+  honest node, named wrongly by someone); a junk one bans the answering address,
+  never the claimed id.
 - Outgoing calls check that the answer comes from the contact asked
   (``wrong_contact``) and update the table with the outcome; in client mode they
   use the ``*_c`` RPC variants, which never add the caller.
@@ -29,7 +38,9 @@ clock the protocol is given.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
+import ipaddress
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable
@@ -63,21 +74,41 @@ def ident_message(nonce: bytes, requester: bytes) -> bytes:
     return pack([IDENT_CONTEXT, nonce, requester])
 
 
-def check_ident(doc: Any, node_id: bytes, nonce: bytes, requester: bytes) -> bool:
-    """Whether ``doc``, an ``ident`` answer ``[public key, signature]``, proves that its
-    sender holds the key ``node_id`` comes from (signed over ``nonce`` and
-    ``requester``, the asker's node id)."""
+def ident_signer(doc: Any, nonce: bytes, requester: bytes) -> bytes | None:
+    """The node id whose key signed ``doc``, an ``ident`` answer ``[public key,
+    signature]`` over ``nonce`` and ``requester`` (the asker's node id); None if it is
+    no valid answer."""
     if not isinstance(doc, list) or len(doc) != 2:
-        return False
+        return None
     key, sig = doc
     if not isinstance(key, bytes) or len(key) != 32 or not isinstance(sig, bytes):
+        return None
+    return node_id_of(key) if verify(key, DHT_IDENT, ident_message(nonce, requester), sig) else None
+
+
+def check_ident(doc: Any, node_id: bytes, nonce: bytes, requester: bytes) -> bool:
+    """Whether ``doc`` proves that its sender holds the key ``node_id`` comes from."""
+    return ident_signer(doc, nonce, requester) == node_id
+
+
+def is_ip(host: object) -> bool:
+    """Whether ``host`` is an IP literal (contacts are addresses, never names: sending to
+    a name would resolve it inside the event loop, and a name is its owner's to point)."""
+    return isinstance(host, str) and 0 < len(host) <= 45 and _is_ip(host)
+
+
+@functools.lru_cache(maxsize=16384)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
         return False
-    return node_id_of(key) == node_id and verify(key, DHT_IDENT, ident_message(nonce, requester),
-                                                 sig)
+    return True
 
 
 def parse_nodes(doc: object, puzzle_bits: int, limit: int = 64) -> list[Node]:
-    """Contacts from a find_node answer; anything malformed is skipped."""
+    """Contacts from a find_node answer; anything malformed (a name instead of an IP
+    address, too) is skipped."""
     if not isinstance(doc, list | tuple):
         return []
     out = []
@@ -85,7 +116,7 @@ def parse_nodes(doc: object, puzzle_bits: int, limit: int = 64) -> list[Node]:
         if not isinstance(item, list | tuple) or len(item) != 3:
             continue
         node_id, ip, port = item
-        if (valid_id(node_id, puzzle_bits) and isinstance(ip, str) and 0 < len(ip) <= 253
+        if (valid_id(node_id, puzzle_bits) and is_ip(ip)
                 and isinstance(port, int) and not isinstance(port, bool)
                 and 0 < port < 65536):
             out.append(Node(node_id, ip, port))
@@ -152,7 +183,9 @@ class ContactGate(DatagramRpc):
         return self.is_banned(None, addr)
 
     def ban(self, node_id: bytes | None, address: tuple[str, int] | None, reason: str) -> None:
-        """Drop a contact that sent an invalid record and ignore it for a while."""
+        """Drop the contacts with ``node_id`` or at ``address`` and ignore both for
+        :data:`BAN_S`. Callers pass only what misbehaved provably
+        (:meth:`refuse_request`, :meth:`punish`)."""
         until = self._monotonic() + BAN_S
         if node_id is not None:
             self._banned[node_id] = until
@@ -169,6 +202,29 @@ class ContactGate(DatagramRpc):
                 del self._banned[key]
         self._count("banned")
         self._count(f"banned.{reason}")
+
+    def proven(self, node: Node) -> bool:
+        """Whether ``node``'s id was proven at ``node``'s address (an ``ident`` we checked,
+        or the contact we hold)."""
+        if (node.id, node.ip, node.port) in self._verified:
+            return True
+        known = self.router.find(node.id)
+        return known is not None and known.same_home_as(node)
+
+    def refuse_request(self, address: tuple[str, int], reason: str) -> None:
+        """A request from ``address`` carried an invalid record: ignore the address for
+        :data:`BAN_S`, unless it is a live contact's (the source of a datagram can be
+        forged; the contact answers our calls, so we keep it). The id the request
+        claimed is never banned."""
+        if any((c.ip, c.port) == address for c in self.router.contacts()):
+            self._count("spared_contact")
+            return
+        self.ban(None, address, reason)
+
+    def punish(self, node: Node, reason: str) -> None:
+        """A reply from ``node``'s address to our own call was invalid: ban the address,
+        and ``node``'s id if it was proven there (else the id was only claimed)."""
+        self.ban(node.id if self.proven(node) else None, (node.ip, node.port), reason)
 
     # -- outgoing calls --------------------------------------------------------------
 
@@ -283,10 +339,13 @@ class ContactGate(DatagramRpc):
             nonce = os.urandom(16)
             answered, doc = await self.call((node.ip, node.port), "ident",
                                             self.source_node.id, nonce)
-            ok = answered and check_ident(doc, node.id, nonce, self.source_node.id)
+            signer = ident_signer(doc, nonce, self.source_node.id) if answered else None
+            ok = signer is not None and signer == node.id
             if answered and not ok:
                 self._count("ident_refused")
-                self.ban(node.id, (node.ip, node.port), "ident")
+                if signer is None:  # junk in reply to our nonce: that address lied
+                    self.ban(None, (node.ip, node.port), "ident")
+                # a valid proof for another key: an honest node someone named wrongly
             if ok and not self.is_banned(node.id, (node.ip, node.port)):
                 self._verified[(node.id, node.ip, node.port)] = None
                 while len(self._verified) > VERIFIED_CACHE:

@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import web
 
 from p2pmarket.core.clock import Clock, now_us
-from p2pmarket.core.identity import NODE_ID_SIZE, Identity
+from p2pmarket.core.identity import NODE_ID_SIZE, Identity, meets_puzzle
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.dht import offerquery
 from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError
@@ -241,13 +241,14 @@ def checked_proofs(raw: bytes, host_id: bytes, proof_verifier: ProofVerifier,
 
 class GatewayClient:
     """Reads the DHT through a public node's gateway; verifies every record it gets
-    (proofs with ``proof_verifier``)."""
+    (proofs with ``proof_verifier``; node ids against the genesis ``puzzle_bits``)."""
 
     def __init__(self, base_url: str, *, proof_verifier: ProofVerifier,
                  session: aiohttp.ClientSession | None = None, proxy: str | None = None,
-                 clock: Clock = now_us, timeout: float = 20.0) -> None:
+                 clock: Clock = now_us, timeout: float = 20.0, puzzle_bits: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
         self.proof_verifier = proof_verifier
+        self.puzzle_bits = puzzle_bits
         self.proxy = proxy
         self.clock = clock
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -287,7 +288,7 @@ class GatewayClient:
         except DhtError:
             self.rejected += 1
             return None
-        if record.key != host_key(node_id):
+        if record.key != host_key(node_id) or not meets_puzzle(node_id, self.puzzle_bits):
             self.rejected += 1
             return None
         return record
@@ -306,7 +307,7 @@ class GatewayClient:
             self.rejected += 1
             return []
         self.rejected += offer_set.dropped
-        return merge_offers(offer_set.entries, now, cap=len(offer_set.entries))
+        return merge_offers(offer_set.entries, now, self.puzzle_bits)
 
     async def get_evidence(self, host_id: bytes) -> list[bytes]:
         """The proofs against ``host_id`` the gateway found, each checked here (proofs

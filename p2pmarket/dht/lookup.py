@@ -13,6 +13,14 @@ Answers must come from the node that was asked (the protocol checks the
 ``id``); contact lists are validated, capped at ``k`` per answer and
 deduplicated by address; values go through ``accept`` (the caller's record
 check), and a peer that answers an invalid value is banned by the caller.
+
+The ``k`` closest candidates a lookup works on (and returns) hold at most
+``table_cap`` per network prefix, the routing table's own cap
+(:class:`~p2pmarket.dht.prefixes.PrefixPolicy`): ids are cheap, so without it one
+address with ``k`` ports and ids ground next to a key would be a key's whole
+replica set, and every store and read of it would go to that one network
+(eclipse). Candidates that fail drop out and free their prefix's places, so
+contacts listed under other networks' prefixes cannot block those networks.
 """
 
 from __future__ import annotations
@@ -140,6 +148,23 @@ async def lookup(protocol: DhtProtocol, dkey: bytes, ksize: int, alpha: int,
         if not wake.done():
             wake.set_result(None)
 
+    policy = protocol.router.policy
+
+    def diverse(ranked: list[_Cand]) -> list[_Cand]:
+        """The first ``ksize`` of ``ranked`` with at most ``table_cap`` per prefix."""
+        out: list[_Cand] = []
+        per: dict[str, int] = {}
+        for cand in ranked:
+            prefix = policy.prefix(cand.node.ip)
+            if prefix is not None:
+                if per.get(prefix, 0) >= policy.table_cap:
+                    continue
+                per[prefix] = per.get(prefix, 0) + 1
+            out.append(cand)
+            if len(out) >= ksize:
+                break
+        return out
+
     while True:
         for cand, (ok, answer) in answers:
             inflight.discard(cand.node.id)
@@ -147,9 +172,9 @@ async def lookup(protocol: DhtProtocol, dkey: bytes, ksize: int, alpha: int,
         answers.clear()
         if find_value and quorum and accepted >= quorum:
             break
-        live = sorted((c for c in cands.values()
-                       if c.state in (_State.NEW, _State.PENDING, _State.OK)),
-                      key=lambda c: c.distance)[:ksize]
+        live = diverse(sorted((c for c in cands.values()
+                               if c.state in (_State.NEW, _State.PENDING, _State.OK)),
+                              key=lambda c: c.distance))
         if all(c.state is _State.OK for c in live):
             break
         active = sum(1 for c in live if c.state is _State.PENDING)
@@ -184,6 +209,7 @@ async def lookup(protocol: DhtProtocol, dkey: bytes, ksize: int, alpha: int,
                 cand.state = _State.SLOW
                 result.slow += 1
     # calls still open finish on their own (and update the routing table)
-    answered = sorted((c for c in cands.values() if c.state is _State.OK), key=lambda c: c.distance)
-    result.closest = [c.node for c in answered[:ksize]]
+    answered = sorted((c for c in cands.values() if c.state is _State.OK),
+                      key=lambda c: c.distance)
+    result.closest = [c.node for c in diverse(answered)]
     return result

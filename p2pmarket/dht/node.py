@@ -40,8 +40,8 @@ from p2pmarket.dht.node_evidence import EvidenceMixin, HeldProof
 from p2pmarket.dht.node_records import HostFields, RecordsMixin
 from p2pmarket.dht.offers import fit_offer_set
 from p2pmarket.dht.persist import DhtState
+from p2pmarket.dht.prefixes import PrefixPolicy
 from p2pmarket.dht.protocol import DhtProtocol
-from p2pmarket.dht.routing import PrefixPolicy
 from p2pmarket.dht.rpc import ProtocolConfig
 from p2pmarket.dht.storage import RecordStorage
 
@@ -110,9 +110,10 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         self.rpc_timeout = rpc_timeout
         self.host_quorum = max(1, host_quorum)
         self.get_alpha = max(1, min(alpha, get_alpha))
-        self.policy = policy if policy is not None else PrefixPolicy()
+        self.policy = policy if policy is not None else PrefixPolicy.for_network(
+            b.host for b in genesis.bootstrap)
         self.storage = storage if storage is not None else RecordStorage(
-            proof_verifier, clock, policy=self.policy)
+            proof_verifier, clock, policy=self.policy, puzzle_bits=genesis.puzzle_bits)
         self.protocol_config = ProtocolConfig(
             puzzle_bits=genesis.puzzle_bits, timeout=rpc_timeout, client_mode=client_mode,
             policy=self.policy, max_failures=max_failures,

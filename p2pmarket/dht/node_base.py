@@ -4,7 +4,8 @@ counters and bans, background tasks.
 
 Lookups (:func:`~p2pmarket.dht.lookup.lookup`) verify every value they receive
 (the caller's ``accept``) and ban peers that answer forged ones
-(:meth:`NodeBase._refused`). After a lookup the close nodes that lacked the result
+(:meth:`NodeBase._refused`): their address, and their id only if it was proven
+there. After a lookup the close nodes that lacked the result
 (or held an older one) are sent it (read repair, :meth:`NodeBase._repair`). The
 attributes declared on :class:`NodeBase` are set by ``DhtNode.__init__``.
 """
@@ -128,8 +129,8 @@ class NodeBase:
 
     def _refused(self, peer: Node, reason: str) -> None:
         self._count(f"lookup_rejected.{reason}")
-        if reason in MALICIOUS:
-            self.protocol.ban(peer.id, (peer.ip, peer.port), reason)
+        if reason in MALICIOUS:  # a reply to our call: its address, and the id if proven
+            self.protocol.punish(peer, reason)
 
     def _repair(self, peers: list[Node], dkey: bytes, value: bytes) -> None:
         """Send the close nodes that lacked (or held an older) value the best one; at most

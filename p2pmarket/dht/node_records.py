@@ -19,11 +19,12 @@ from typing import Any
 
 from kademlia.node import Node
 
+from p2pmarket.core.identity import meets_puzzle
 from p2pmarket.dht import offerquery
 from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.node_base import NodeBase
+from p2pmarket.dht.offerkeep import repair_value
 from p2pmarket.dht.offers import (
-    MAX_OFFERS,
     OfferEntry,
     fit_offer_set,
     make_offer_entry,
@@ -171,7 +172,10 @@ class RecordsMixin(NodeBase):
     # -- finding -----------------------------------------------------------------
 
     async def get_host(self, node_id: bytes) -> HostRecord | None:
-        """The newest valid host record of ``node_id``, or None."""
+        """The newest valid host record of ``node_id``, or None (always for an id that
+        misses the genesis puzzle)."""
+        if not meets_puzzle(node_id, self.puzzle_bits):
+            return None
         key = host_key(node_id)
         dkey = key_digest(key)
         now = self.clock()
@@ -232,11 +236,14 @@ class RecordsMixin(NodeBase):
                                self.get_host)
 
     async def offers_of(self, resource_type: str) -> list[OfferEntry]:
-        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged."""
+        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged
+        (one per signer, from signers that meet the genesis puzzle), the signers most
+        close nodes hold first (established hosts before entries few storers took)."""
         key = offers_key(resource_type)
         dkey = key_digest(key)
         now = self.clock()
         held: dict[bytes, set[bytes]] = {}
+        signers: dict[bytes, set[bytes]] = {}
         known = {e.value: e for e in self.storage.offer_entries(dkey)}
         parsed: dict[bytes, set[bytes] | None] = {}
 
@@ -246,13 +253,20 @@ class RecordsMixin(NodeBase):
             sigs = parsed[value]
             if sigs is not None:
                 held[peer.id] = sigs
+                signers[peer.id] = {e.node_id for e in known.values()
+                                    if e.envelope.sig in sigs}
             return sigs is not None
 
         found = await self.lookup(dkey, find_value=True, accept=accept)
-        entries = list(known.values())
-        merged = merge_offers(entries, now, cap=len(entries))
+        merged = merge_offers(known.values(), now, self.puzzle_bits)
+        support = {e.node_id: sum(1 for ids in signers.values() if e.node_id in ids)
+                   for e in merged}
+        merged.sort(key=lambda e: -support[e.node_id])
         if merged:
-            value, kept = fit_offer_set(key, self.storage.cap_prefixes(merged)[:MAX_OFFERS])
+            # repair with the entries most close nodes hold first (each storer still
+            # ranks by its own seniority)
+            value, kept = repair_value(key, merged, cap=self.storage.max_offers,
+                                       policy=self.storage.policy)
             sigs = {e.envelope.sig for e in kept}
             lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]
             self._repair(lacking, dkey, value)

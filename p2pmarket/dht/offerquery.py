@@ -8,7 +8,13 @@ and at most ``max_price`` per unit. Hosts are ranked by the cost efficiency
 (capacity / price) of the first asked type, then of the next ones, then by
 node id, as the SLS ranked one resource; the caller keeps the top ``n``. The
 host record (fetched and verified separately) supplies the current price, the
-hour average and the availability shown by ``p2pmarket hosts``.
+hour average and the availability shown by ``p2pmarket hosts``. An offer whose
+host record is not found does not count: :func:`query` fetches the records of the
+best ``2 n + 4`` and, while it has fewer than ``n`` hosts, goes on through the rest
+in the order the reader gave the first type's offers (a node's reader: the signers
+most close nodes hold first), up to :data:`MAX_RECORD_LOOKUPS` records. So entries
+with no host behind them, however cheap they claim to be and however many a lying
+storer makes up, cannot crowd established hosts out of the answer.
 """
 
 from __future__ import annotations
@@ -18,8 +24,18 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.dht.offers import OfferEntry, efficiency, eligible, offer_doc, rank_offers
+from p2pmarket.dht.offers import (
+    MAX_OFFERS,
+    OfferEntry,
+    efficiency,
+    eligible,
+    offer_doc,
+    rank_offers,
+)
 from p2pmarket.dht.records import HostRecord, host_doc
+
+MAX_RECORD_LOOKUPS = 4 * MAX_OFFERS
+"""Host records one query fetches at most (beyond the first ``2 n + 4``)."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +116,22 @@ async def query(types: Sequence[str], n: int, min_capacity: int, max_price: int 
     if not types or n <= 0:
         return []
     sets = await asyncio.gather(*(offers_of(t) for t in types))
-    ranked = candidates(types, dict(zip(types, sets, strict=True)), min_capacity,
-                        max_price)[: 2 * n + 4]
-    ids = [o[types[0]].node_id for o in ranked]
-    records = await asyncio.gather(*(get_host(i) for i in ids))
-    return select(types, ranked, dict(zip(ids, records, strict=True)), n, max_price)
+    ranked = candidates(types, dict(zip(types, sets, strict=True)), min_capacity, max_price)
+    records: dict[bytes, HostRecord | None] = {}
+    first = ranked[: 2 * n + 4]
+    given = {e.node_id: i for i, e in reversed(list(enumerate(sets[0])))}
+    rest = sorted(ranked[len(first):],
+                  key=lambda o: given.get(o[types[0]].node_id, len(given)))
+    order = [*first, *rest][: max(len(first), MAX_RECORD_LOOKUPS)]
+    done = 0
+    while True:
+        fetched = {o[types[0]].node_id for o in order[:done]}
+        chosen = select(types, [o for o in ranked if o[types[0]].node_id in fetched],
+                        records, n, max_price)
+        if len(chosen) >= n or done >= len(order):
+            return chosen
+        batch = order[done: done + 2 * (n - len(chosen)) + 4]
+        ids = [o[types[0]].node_id for o in batch]
+        found = await asyncio.gather(*(get_host(i) for i in ids))
+        records.update(zip(ids, found, strict=True))
+        done += len(batch)

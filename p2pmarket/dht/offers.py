@@ -4,11 +4,13 @@ Pure: no I/O, no clock.
 - ``offers/<resource type>``: a container ``{kind: "dht.offers", key, entries:
   [encoded envelope, ...]}`` (canonical msgpack) of offer entries, kind
   ``dht.offer``, body ``{key, node_id, url, type, capacity, price, expires}``,
-  each signed by its host. One entry per signer (the newest envelope ``ts``
-  wins), expired ones dropped, at most :data:`MAX_OFFERS` kept (the freshest),
-  and the whole container at most :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`.
-  ``capacity`` and ``price`` must be within the plausibility bounds of
-  :mod:`p2pmarket.core.limits` (else the entry is refused: ``implausible``).
+  each signed by its host, the whole container at most
+  :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`. One entry per signer (the newest
+  envelope ``ts`` wins: a signer's clock orders only its own entries), expired ones
+  dropped. Which entries a storer keeps, at most :data:`MAX_OFFERS`, and in which
+  order it lists them, is :mod:`p2pmarket.dht.offerkeep`'s rule. ``capacity`` and
+  ``price`` must be within the plausibility bounds of :mod:`p2pmarket.core.limits`
+  (else the entry is refused: ``implausible``).
 
 All times are integer microseconds; ``now_us`` always comes in as an argument.
 """
@@ -22,7 +24,7 @@ from functools import cached_property
 from typing import Any
 
 from p2pmarket.core.domains import DHT_RECORD
-from p2pmarket.core.identity import Identity
+from p2pmarket.core.identity import Identity, meets_puzzle
 from p2pmarket.core.wire import Envelope, pack, seal
 from p2pmarket.dht.checks import (
     INNOCENT,
@@ -122,21 +124,21 @@ def _newer_offer(a: OfferEntry, b: OfferEntry) -> OfferEntry:
 
 
 def merge_offers(entries: Iterable[OfferEntry], now_us: int,
-                 cap: int = MAX_OFFERS) -> list[OfferEntry]:
-    """One entry per signer (newest wins), unexpired, the ``cap`` freshest, freshest first."""
+                 puzzle_bits: int = 0) -> list[OfferEntry]:
+    """One entry per signer (newest wins), unexpired, from signers whose id meets the
+    puzzle, in the order each signer first appears."""
     best: dict[bytes, OfferEntry] = {}
     for entry in entries:
-        if entry.expires <= now_us:
+        if entry.expires <= now_us or not meets_puzzle(entry.node_id, puzzle_bits):
             continue
         old = best.get(entry.node_id)
         best[entry.node_id] = entry if old is None else _newer_offer(old, entry)
-    ordered = sorted(best.values(), key=lambda e: (-e.ts, e.node_id))
-    return ordered[:cap]
+    return list(best.values())
 
 
 def fit_offer_set(key: str, entries: Iterable[OfferEntry]) -> tuple[bytes, list[OfferEntry]]:
     """The stored container and the entries it holds. Entries that would push it over
-    :data:`MAX_VALUE_BYTES` are left out, so give them freshest first."""
+    :data:`MAX_VALUE_BYTES` are left out, so give them best ranked first."""
     def encode(items: list[bytes]) -> bytes:
         return pack({"kind": OFFER_SET_KIND, "key": key, "entries": items})
 

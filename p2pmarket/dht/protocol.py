@@ -16,8 +16,9 @@
   the stock protocol. Stores go through
   :class:`~p2pmarket.dht.storage.RecordStorage`, rate limited per sender address
   (store floods, on the :data:`~p2pmarket.core.clock.Monotonic` clock the
-  protocol is given), and a sender of an invalid record
-  (:data:`~p2pmarket.dht.checks.MALICIOUS`) is banned.
+  protocol is given), and the source address of an invalid record
+  (:data:`~p2pmarket.dht.checks.MALICIOUS`) is ignored for a while, never the node
+  id the datagram claims (:meth:`~p2pmarket.dht.contacts.ContactGate.refuse_request`).
 
 Client mode: the ``*_c`` RPC variants answer like the plain ones but never add
 the caller; a node in client mode sends only those.
@@ -104,7 +105,7 @@ class DhtProtocol(ContactGate):
         assert isinstance(key, bytes) and isinstance(nodeid, bytes)
         reason = self._store.put_reason(key, value)
         if reason in MALICIOUS:
-            self.ban(nodeid, sender, reason or "")
+            self.refuse_request(sender, reason or "")  # the id is only claimed: never banned
             return False
         return reason is None
 

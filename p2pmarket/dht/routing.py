@@ -11,8 +11,14 @@ Stock faults fixed here (docs/design.md section 3), each with a test in
   removed after ``max_failures`` consecutive misses; a reply clears the count,
   and contacts with misses are offered after healthy ones.
 - Hygiene: at most ``bucket_cap`` contacts per /24 (IPv6: /48) in a bucket and
-  ``table_cap`` in the whole table (:class:`PrefixPolicy`); loopback is exempt
-  by default so a single machine can run a test network.
+  ``table_cap`` in the whole table, and at most ``address_cap`` ids per exact
+  address, loopback included (:class:`~p2pmarket.dht.prefixes.PrefixPolicy`);
+  loopback is exempt from the /24 caps by default so a single machine can run a
+  test network (a loopback contact address can only be this machine's).
+- Only a contact's own address speaks for it: a missed or wrong reply from another
+  address that merely claims a contact's id counts nothing against the contact
+  (:meth:`DhtRoutingTable.record_failure`), so nobody can evict a live contact by
+  naming its id at a dead or lying address.
 
 :class:`RttTable` keeps a smoothed round-trip time per peer (RFC 6298) and over
 all peers, from which each call's timeout is derived instead of the fixed 5 s.
@@ -22,8 +28,6 @@ its protocol for.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,46 +36,13 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+from p2pmarket.dht.prefixes import LOOPBACK, UNCAPPED, PrefixPolicy
 
-
-@dataclass(frozen=True)
-class PrefixPolicy:
-    """Per-network-prefix caps (S/Kademlia-style sybil hygiene)."""
-
-    bucket_cap: int = 2
-    table_cap: int = 3
-    offers_cap: int = 4
-    """Entries of one ``offers/<type>`` set whose URL host shares a prefix."""
-    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
-
-    def prefix(self, host: object) -> str | None:
-        """The /24 (IPv6: /48) of ``host``, or None when it is exempt. A name that is
-        not an IP literal is its own prefix."""
-        if not isinstance(host, str):
-            return None
-        return _prefix(self, host)
-
-    def _compute(self, host: str) -> str | None:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return f"name:{host.lower()}"
-        if any(addr in net for net in self.exempt):
-            return None
-        bits = 24 if addr.version == 4 else 48
-        net = ipaddress.ip_network(f"{addr}/{bits}", strict=False)
-        return str(net)
-
-
-@functools.lru_cache(maxsize=16384)
-def _prefix(policy: PrefixPolicy, host: str) -> str | None:
-    return policy._compute(host)
-
+__all__ = ["LOOPBACK", "UNCAPPED", "DhtRoutingTable", "PrefixPolicy", "RttTable"]
 
 RELAXED_SPLIT = False
-
-UNCAPPED = PrefixPolicy(bucket_cap=1 << 30, table_cap=1 << 30, offers_cap=1 << 30)
+HOMES_MAX = 16384
+"""Addresses indexed (for ``address_cap``) before the index is rebuilt from the buckets."""
 
 
 class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
@@ -84,6 +55,7 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         self.failures: dict[bytes, int] = {}
         self.refused = 0
         self._cache: list[Node] | None = None
+        self._homes: dict[tuple[str, int], set[bytes]] = {}
         super().__init__(protocol, ksize, node)
 
     # -- contacts ------------------------------------------------------------------
@@ -116,15 +88,40 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
                         in_bucket += 1
         return in_bucket, in_table
 
+    def _at_address(self, node: Node) -> int:
+        """Other ids held (contacts or replacements) at ``node``'s exact address. The
+        index is checked against the buckets, which drop replacements on their own."""
+        home = (node.ip, node.port)
+        ids = self._homes.get(home)
+        if not ids:
+            return 0
+        for node_id in list(ids):
+            if not self._holds(Node(node_id, node.ip, node.port)):
+                ids.discard(node_id)
+        if not ids:
+            del self._homes[home]
+        return len(ids - {node.id})
+
+    def _index(self, node: Node) -> None:
+        if len(self._homes) > HOMES_MAX:  # stale homes: rebuild from the buckets
+            self._homes = {}
+            for b in self.buckets:
+                for n in (*b.nodes.values(), *b.replacement_nodes.values()):
+                    self._homes.setdefault((n.ip, n.port), set()).add(n.id)
+        self._homes.setdefault((node.ip, node.port), set()).add(node.id)
+
     def allows(self, node: Node) -> bool:
-        """Whether ``node`` may enter: known ids always may (they are refreshed)."""
+        """Whether ``node`` may enter: known ids at the same address always may (they
+        are refreshed); a live contact keeps its address against a newcomer's id."""
         bucket = self.buckets[self.get_bucket_for(node)]
         known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
-        if known is not None and known.ip == node.ip:
+        if known is not None and known.same_home_as(node):
             return True
+        if self._at_address(node) >= self.policy.address_cap:
+            return False
         prefix = self.policy.prefix(node.ip)
-        if prefix is None:
-            return True
+        if prefix is None or (known is not None and known.ip == node.ip):
+            return True  # exempt, or a known id moving to another port of its ip
         in_bucket, in_table = self._prefix_counts(prefix, bucket)
         return in_bucket < self.policy.bucket_cap and in_table < self.policy.table_cap
 
@@ -156,6 +153,7 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         known = bucket.nodes.get(node.id)
         if known is None or not known.same_home_as(node):
             self._cache = None
+            self._index(node)
         if bucket.add_node(node):
             return
         if self._splittable(bucket):
@@ -171,10 +169,16 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         self._cache = None
         super().remove_contact(node)
 
-    def record_failure(self, node: Node) -> bool:
-        """Count a missed reply; True when that evicted the contact."""
+    def _holds(self, node: Node) -> bool:
+        """Whether ``node`` (id *and* address) is a contact or replacement here."""
         bucket = self.buckets[self.get_bucket_for(node)]
-        if node.id not in bucket.nodes and node.id not in bucket.replacement_nodes:
+        known = bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
+        return known is not None and known.same_home_as(node)
+
+    def record_failure(self, node: Node) -> bool:
+        """Count a missed reply; True when that evicted the contact. A call to another
+        address than the contact's counts nothing (it only claimed the id)."""
+        if not self._holds(node):
             return False
         misses = self.failures.get(node.id, 0) + 1
         if misses >= self.max_failures:
@@ -184,7 +188,8 @@ class DhtRoutingTable(RoutingTable):  # type: ignore[misc]
         return False
 
     def record_success(self, node: Node) -> None:
-        self.failures.pop(node.id, None)
+        if self._holds(node):
+            self.failures.pop(node.id, None)
 
     # -- neighbours ------------------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
 Every store is checked: the value must be a valid, unexpired record whose key
 name hashes (sha1, as kademlia does) to exactly the digest key it is stored
-under. Host records obey their ``seq``; offer sets are merged entry by entry,
-capped per key and per network prefix of the entries' URL hosts (freshest kept).
+under. Host records obey their ``seq`` and, like offer entries, must come from a node
+id that meets the genesis puzzle (``puzzle_bits``, the price of a throw-away key).
+Offer sets are merged entry by entry by :func:`~p2pmarket.dht.offers.keep_offers`:
+established signers keep their places, newcomers take only free ones (``set_full``
+when none is left), entries past the per-prefix cap of their URL hosts rank last.
 Evidence sets keep only verified proofs: inline ones are verified on the way in
 (by the :data:`~p2pmarket.dht.evidence_records.ProofVerifier` the storage is
 given); a hash-only entry the storage has not checked itself is handed to
@@ -25,6 +28,7 @@ from typing import TypeVar
 from kademlia.storage import IStorage
 
 from p2pmarket.core.clock import Clock, now_us
+from p2pmarket.core.identity import meets_puzzle
 from p2pmarket.core.wire import WireError, unpack
 from p2pmarket.dht.checks import MAX_VALUE_BYTES, DhtError, refusal
 from p2pmarket.dht.evidence_records import (
@@ -37,17 +41,16 @@ from p2pmarket.dht.evidence_records import (
     merge_evidence,
     parse_evidence_set,
 )
+from p2pmarket.dht.offerkeep import FRESH_PLACES, HeldOffer, KeptOffers, keep_offers
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
     OFFER_SET_KIND,
     OfferEntry,
     OfferSet,
-    fit_offer_set,
-    merge_offers,
     parse_offer_set,
 )
+from p2pmarket.dht.prefixes import PrefixPolicy
 from p2pmarket.dht.records import HOST_KIND, HostRecord, key_digest, url_host
-from p2pmarket.dht.routing import PrefixPolicy
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
 
@@ -89,24 +92,33 @@ class _Item:
     expires: int
     """The earliest expiry of what the item holds: reaching it triggers a prune."""
     host: HostRecord | None = None
-    offers: list[OfferEntry] = field(default_factory=list)
+    held: list[HeldOffer] = field(default_factory=list)
+    """Offer entries in the set's order (:func:`~p2pmarket.dht.offerkeep.keep_offers`)."""
     evidence: list[EvidenceEntry] = field(default_factory=list)
     key: str = ""
     """The key name (evidence sets)."""
 
+    @property
+    def offers(self) -> list[OfferEntry]:
+        return [h.entry for h in self.held]
+
 
 class RecordStorage(IStorage):  # type: ignore[misc]
     """An ``IStorage`` that only keeps valid records. Keys are 20-byte digests;
-    ``proof_verifier`` checks the proofs in evidence sets."""
+    ``proof_verifier`` checks the proofs in evidence sets; ``puzzle_bits`` is the
+    genesis puzzle every record's node id must meet."""
 
     def __init__(self, proof_verifier: ProofVerifier, clock: Clock = now_us,
                  max_keys: int = DEFAULT_MAX_KEYS, max_offers: int = MAX_OFFERS,
-                 policy: PrefixPolicy | None = None) -> None:
+                 policy: PrefixPolicy | None = None, puzzle_bits: int = 0) -> None:
         self.proof_verifier = proof_verifier
         self.clock = clock
         self.max_keys = max_keys
         self.max_offers = max_offers
         self.policy = policy if policy is not None else PrefixPolicy()
+        self.puzzle_bits = puzzle_bits
+        self.fresh_places = max_offers * FRESH_PLACES // MAX_OFFERS
+        self._arrivals = 0
         self.counters: dict[str, int] = {}
         self.on_evidence: EvidenceHook | None = None
         self.max_evidence = MAX_EVIDENCE
@@ -155,6 +167,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             raise DhtError("storage full", "full")
 
     def _put_host(self, dkey: bytes, record: HostRecord, now: int) -> None:
+        if not meets_puzzle(record.node_id, self.puzzle_bits):
+            raise DhtError("host id does not meet the genesis puzzle", "puzzle")
         old = self._live(dkey, now)
         prev = old.host if old is not None else None
         if prev is not None and (record.seq < prev.seq or (
@@ -171,16 +185,31 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             raise DhtError("offer set holds forged entries", "forged")
         if not offer_set.entries:
             raise DhtError("offer set holds no valid entry", "empty")
+        entries = [e for e in offer_set.entries if meets_puzzle(e.node_id, self.puzzle_bits)]
+        self._count("dropped_entries.puzzle", len(offer_set.entries) - len(entries))
+        if not entries:
+            raise DhtError("no offer signer meets the genesis puzzle", "puzzle")
         old = self._live(dkey, now)
-        previous = old.offers if old is not None else []
-        merged = self.cap_prefixes(merge_offers([*previous, *offer_set.entries], now,
-                                                len(previous) + len(offer_set.entries)))
-        value, kept = fit_offer_set(offer_set.key, merged[: self.max_offers])
-        if not kept:
-            raise DhtError("offer set holds no entry that fits", "empty")
+        previous = old.held if old is not None else []
+        kept = self._keep(offer_set.key, previous, entries, now)
+        placed = {e.node_id for e in kept.entries}
+        before = {h.entry.node_id for h in previous}
+        self._count("capped_entries", sum(1 for e in kept.refused if e.node_id in before))
+        self._count("refused_entries", sum(1 for e in kept.refused if e.node_id not in before))
+        if not any(e.node_id in placed for e in entries):
+            raise DhtError("offer set full of established entries", "set_full")
         self._make_room(dkey, now)
         self._data.pop(dkey, None)
-        self._data[dkey] = _Item(value, now, min(e.expires for e in kept), offers=kept)
+        self._data[dkey] = _Item(kept.value, now, min(e.expires for e in kept.entries),
+                                 held=list(kept.held))
+
+    def _keep(self, key: str, held: list[HeldOffer], incoming: list[OfferEntry],
+              now: int) -> KeptOffers:
+        kept = keep_offers(key, held, incoming, now, self._arrivals, cap=self.max_offers,
+                           fresh=self.fresh_places, policy=self.policy,
+                           puzzle_bits=self.puzzle_bits)
+        self._arrivals = kept.next_arrival
+        return kept
 
     def _put_evidence_set(self, dkey: bytes, evidence: EvidenceSet, now: int) -> None:
         if evidence.dropped:
@@ -231,11 +260,6 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         so one network cannot fill a set with proofs it may stop serving."""
         return self._cap_by_prefix(entries, lambda e: e.url or None)
 
-    def cap_prefixes(self, entries: list[OfferEntry]) -> list[OfferEntry]:
-        """Keep at most ``policy.offers_cap`` entries per URL-host prefix, in order given
-        (freshest first), so one network cannot fill a key."""
-        return self._cap_by_prefix(entries, lambda e: e.url)
-
     def _cap_by_prefix(self, entries: list[_E], url_of: Callable[[_E], str | None]
                        ) -> list[_E]:
         """``entries`` in order, dropping (and counting) those past ``policy.offers_cap``
@@ -244,7 +268,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         out = []
         for entry in entries:
             url = url_of(entry)
-            prefix = self.policy.prefix(url_host(url)) if url is not None else None
+            prefix = self.policy.claimed_prefix(url_host(url)) if url is not None else None
             if prefix is not None:
                 seen[prefix] = seen.get(prefix, 0) + 1
                 if seen[prefix] > self.policy.offers_cap:
@@ -273,12 +297,13 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             item.value, item.evidence = fit_evidence_set(item.key, proofs)
             item.expires = min(e.expires for e in item.evidence)
             return item
-        live = [e for e in item.offers if e.expires > now]
-        self._count("expired", len(item.offers) - len(live))
+        live = [h for h in item.held if h.entry.expires > now]
+        self._count("expired", len(item.held) - len(live))
         if not live:
             del self._data[dkey]
             return None
-        item.value, item.offers = fit_offer_set(live[0].key, live)
+        kept = self._keep(live[0].entry.key, live, [], now)
+        item.value, item.held = kept.value, list(kept.held)
         item.expires = min(e.expires for e in item.offers)
         return item
 

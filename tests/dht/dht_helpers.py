@@ -81,9 +81,10 @@ class Swarm:
         self.nodes: list[DhtNode] = []
 
     async def add(self, clock: Callable[[], int] | None = None,
-                  republish_s: float = 600.0) -> DhtNode:
+                  republish_s: float = 600.0, policy: Any = None) -> DhtNode:
         node = DhtNode(Identity.generate(), self.genesis, proof_verifier=proof_host_id,
-                       clock=clock or now_us, republish_s=republish_s, rpc_timeout=1.0)
+                       clock=clock or now_us, republish_s=republish_s, rpc_timeout=1.0,
+                       policy=policy)
         await node.start("127.0.0.1", 0)
         node.url = f"http://127.0.0.1:{node.port + 1}"
         if self.nodes:
@@ -92,9 +93,9 @@ class Swarm:
         return node
 
     async def grow(self, n: int, clock: Callable[[], int] | None = None,
-                   republish_s: float = 600.0) -> list[DhtNode]:
-        first = [] if self.nodes else [await self.add(clock, republish_s)]
-        rest = await asyncio.gather(*(self.add(clock, republish_s)
+                   republish_s: float = 600.0, policy: Any = None) -> list[DhtNode]:
+        first = [] if self.nodes else [await self.add(clock, republish_s, policy)]
+        rest = await asyncio.gather(*(self.add(clock, republish_s, policy)
                                       for _ in range(n - len(first))))
         return [*first, *rest]
 

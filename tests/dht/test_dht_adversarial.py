@@ -41,7 +41,9 @@ async def test_contact_must_prove_its_id_stock_takes_any_claim(swarm: Swarm) -> 
     target.protocol.welcome_if_new(fake)
     await target.protocol.verified(2.0)
     contact = target.protocol.router.find(honest.node_id)
-    assert contact is None or contact.same_home_as(Node(honest.node_id, *honest.address))
+    # (this used to allow contact None: the failed claim banned the honest node's id)
+    assert contact is not None and contact.same_home_as(Node(honest.node_id, *honest.address))
+    assert not target.protocol.is_banned(honest.node_id, honest.address)
     assert target.storage.counters.get("ident_refused", 0) >= 1
     # ... and a made-up id nobody holds a key for
     target.protocol.welcome_if_new(Node(b"\x00" * 19 + b"\x07", *impostor.address))
@@ -165,23 +167,33 @@ async def test_per_prefix_caps_in_bucket_and_table() -> None:
 async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
     from dht_helpers import offer
 
-    from p2pmarket.dht.offers import pack_offer_set
+    from p2pmarket.dht.offers import make_offer_entry, pack_offer_set
+    from p2pmarket.dht.prefixes import LOOPBACK
     from p2pmarket.dht.storage import RecordStorage
-    st = RecordStorage(proof_host_id, policy=PrefixPolicy(offers_cap=2))
+    dkey = key_digest("offers/cpu")
     idents = [Identity.generate() for _ in range(5)]
-    for i, ident in enumerate(idents):
-        entry = offer(ident, now=now_us())
-        entry = entry.__class__.from_envelope(entry.envelope, now_us())
-        st.put(key_digest("offers/cpu"), pack_offer_set("offers/cpu", [entry]))
-        assert i >= 0
-    # the helper's offers all name http://127.0.0.1:8000: loopback is exempt
-    assert len(st.offer_entries(key_digest("offers/cpu"))) == 5
-    st2 = RecordStorage(proof_host_id, policy=PrefixPolicy(offers_cap=2, exempt=()))
-    for ident in idents:
-        st2.put(key_digest("offers/cpu"), pack_offer_set("offers/cpu", [offer(ident,
-                                                                              now=now_us())]))
-    assert len(st2.offer_entries(key_digest("offers/cpu"))) == 2
-    assert st2.counters["capped_entries"] >= 3
+    # the helper's offers all name http://127.0.0.1:8000: exempt on a loopback network
+    st = RecordStorage(proof_host_id, max_offers=3,
+                       policy=PrefixPolicy(offers_cap=2, claimed_exempt=LOOPBACK))
+    for ident in idents[:3]:
+        assert st.put(dkey, pack_offer_set("offers/cpu", [offer(ident, now=now_us())]))
+    assert len(st.offer_entries(dkey)) == 3
+    # elsewhere loopback URLs are one network's: past the cap its entries rank after
+    # every other network's, so newcomers from elsewhere take their places first
+    st2 = RecordStorage(proof_host_id, max_offers=3, policy=PrefixPolicy(offers_cap=2))
+    for ident in idents[:3]:
+        assert st2.put(dkey, pack_offer_set("offers/cpu", [offer(ident, now=now_us())]))
+    assert len(st2.offer_entries(dkey)) == 3   # free places: one network may fill them
+    elsewhere = make_offer_entry(idents[3], resource_type="cpu", url="http://198.51.100.1:1",
+                                 capacity=1, price=1, now_us=now_us(), ttl_us=60_000_000)
+    assert st2.put(dkey, pack_offer_set("offers/cpu", [elsewhere]))
+    held = {e.node_id for e in st2.offer_entries(dkey)}
+    assert held == {idents[0].node_id, idents[1].node_id, idents[3].node_id}
+    assert st2.counters["capped_entries"] == 1
+    # a fourth loopback entry finds no place: every place is within some network's cap
+    reason = st2.put_reason(dkey, pack_offer_set("offers/cpu", [offer(idents[4],
+                                                                      now=now_us())]))
+    assert reason == "set_full"
     assert host_key(idents[0].node_id) and host()
     assert DhtNode  # imported for type context
 

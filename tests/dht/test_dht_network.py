@@ -69,18 +69,31 @@ async def test_forged_record_refused_and_honest_lookup_wins(swarm: Swarm) -> Non
     own = make_host_record(mallory, url="http://evil", dht=("127.0.0.1", 1), resources={},
                            availability_ppm=0, seq=10**15, now_us=time.time_ns() // 1000,
                            ttl_us=60_000_000)
-    attacker = nodes[7]
+    # the attacker is nobody's contact (a live contact is spared: see below)
+    attacker = DhtNode(Identity.generate(), swarm.genesis, proof_verifier=proof_host_id,
+                       rpc_timeout=1.0)
+    await attacker.start("127.0.0.1", 0)
+    swarm.nodes.append(attacker)
     for target in nodes[:7]:
         ok, accepted = await attacker.protocol.store(target.address, attacker.node_id,
                                                      dkey, forged)
         assert ok and accepted is False
-        # the sender of a forged record is dropped and then ignored: no answer at all
+        # the sender's address is then ignored: no answer at all
         ok, _ = await attacker.protocol.call(target.address, "store", attacker.node_id,
                                              dkey, own.value, timeout=0.2)
         assert not ok
         assert target.protocol.router.find(attacker.node_id) is None
     assert all(n.storage.counters.get("rejected.wrong_signer", 0) == 1 for n in nodes[:7])
     assert all(n.storage.counters.get("banned.wrong_signer", 0) == 1 for n in nodes[:7])
+    # the same datagram from a live contact's address is refused, but may be spoofed:
+    # the contact is kept (it answers our calls) and its address still answered
+    liar, target = nodes[7], nodes[0]
+    assert target.protocol.router.find(liar.node_id) is not None
+    ok, accepted = await liar.protocol.store(target.address, liar.node_id, dkey, forged)
+    assert ok and accepted is False
+    assert target.storage.counters.get("spared_contact", 0) == 1
+    assert target.protocol.router.find(liar.node_id) is not None
+    assert (await liar.protocol.call(target.address, "ping", liar.node_id))[0]
     # Mallory's own valid record under the victim's key, from a fresh sender
     other = nodes[6]
     ok, accepted = await other.protocol.store(nodes[0].address, other.node_id, dkey, own.value)
