@@ -36,16 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.auction.accounts import Payment
+from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.replay import Replayer
 from p2pmarket.core.config import Settings
+from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from p2pmarket.ledger.chain import Authenticator
 
 S = 1_000_000
 NOW = 1_700_000_000 * S
@@ -73,7 +74,7 @@ async def build_log(tmp: Path, n_accounts: int, ticks: int, rpcs: int, seed: int
     async def call(who: Identity, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """The handler called as the RPC layer calls it: with the buyer's signed request."""
         ts[0] += 1
-        env = seal(who, f"rpc.host.{name}", args, ts=ts[0], to=ident.node_id)
+        env = seal(who, ENVELOPE, f"rpc.host.{name}", args, ts=ts[0], to=ident.node_id)
         result: dict[str, Any] = await getattr(auct, name)(
             CallContext(who.public_key, ts[0], request=env), env.body)
         return result
@@ -127,7 +128,7 @@ def replay_rate(rows: list[tuple[int, bytes, bytes, bytes]], host: bytes,
     start = time.perf_counter()
     r = Replayer()
     for seq, raw, h, sig in rows:
-        if check_sigs and not Authenticator(host, seq, h, sig).verify():
+        if check_sigs and not AuditAuthenticator(host, seq, h, sig).verify():
             raise SystemExit(f"bad signature at {seq}")
         fault = r.take(raw)
         if fault is not None:

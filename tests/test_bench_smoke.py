@@ -1,0 +1,39 @@
+"""Every benchmark in scripts/bench/ still runs: each, at a tiny size, ends its output
+with one JSON object holding the figures it names. (The figures themselves are for
+the benchmarks to measure, not for tests to time; an API change that breaks a
+benchmark must fail here, not on the next person who measures.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUNS = {
+    "auction.py": (["--accounts", "20", "--repeat", "1", "--vms", "2", "--bids", "3"],
+                   {"tick_ms_20"}),
+    "audit.py": (["--accounts", "5", "--ticks", "10"], {"audit_replay_per_s",
+                                                        "audit_check_per_s"}),
+    "dht.py": (["--nodes", "12", "--records", "10", "--gets", "10", "--queries", "5",
+                "--no-stock"], {"success_rate", "get_p95_ms"}),
+    "ledger.py": (["--transfers", "40", "--payers", "2", "--batch", "8", "--entries", "40"],
+                  {"certified_transfers_per_s", "bytes_per_entry", "supply_ok"}),
+    "idle_node.py": (["--nodes", "2", "--idle", "0.5"], set()),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(RUNS))
+def test_benchmark_runs_and_prints_json(script: str, tmp_path: Path) -> None:
+    args, figures = RUNS[script]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / script), *args,
+                           "--json"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(last, dict) and figures <= set(last), sorted(last)
