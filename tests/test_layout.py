@@ -304,3 +304,27 @@ def test_io_reached_through_another_module_is_found(tmp_path: Path) -> None:
 def test_a_long_module_is_found(tmp_path: Path) -> None:
     mods = _tree(tmp_path, {**CLEAN, "p2pmarket/auction/big.py": "x = 1\n" * (MAX_LINES + 1)})
     assert long_modules(mods) == [f"p2pmarket.auction.big: {MAX_LINES + 1} lines"]
+
+
+def documented_graph(design: Path) -> dict[str, set[str]]:
+    """The folder graph docs/design.md section 1 gives (``A: B, C`` lines in the code
+    block after "The graph, from the imports")."""
+    text = design.read_text()
+    block = text[text.index("The graph, from the imports"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    graph = {}
+    for line in block.strip().splitlines():
+        name, _, rest = line.partition(":")
+        rest = rest.split("(")[0]
+        graph["p2pmarket." + name.strip().replace("/", ".")] = {
+            "p2pmarket." + t.strip().replace("/", ".") for t in rest.split(",")
+            if t.strip() and t.strip() != "(nothing)"}
+    return graph
+
+
+def test_the_design_gives_the_folder_graph_as_it_is() -> None:
+    actual = {f: deps for f, deps in folder_graph(MODS).items() if f != "p2pmarket"}
+    documented = documented_graph(ROOT / "docs" / "design.md")
+    assert {f: documented.get(f, set()) for f in actual} == actual
+    assert set(documented) <= set(actual) | {"p2pmarket.core", "p2pmarket.nat"}
