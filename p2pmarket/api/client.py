@@ -14,6 +14,7 @@ import aiohttp
 from p2pmarket.api.rpc import make_request, open_reply
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
+from p2pmarket.core.streams import read_at_most
 from p2pmarket.core.wire import MAX_MESSAGE_BYTES
 
 MSGPACK = "application/msgpack"
@@ -64,23 +65,10 @@ class PeerClient:
                 url.rstrip("/") + "/rpc", data=request,
                 headers={"Content-Type": MSGPACK}, proxy=self.proxy,
             ) as resp:
-                reply = await read_capped(resp, MAX_MESSAGE_BYTES)
+                reply = await read_at_most(resp.content, MAX_MESSAGE_BYTES,
+                                             resp.content_length)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"cannot reach {url}: {type(exc).__name__}", url) from None
         if reply is None:
             raise PeerUnreachable(f"{url} sent a reply over {MAX_MESSAGE_BYTES} bytes", url)
         return open_reply(request, reply, self.identity, server_key)
-
-
-async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The response body, or None (and the rest unread) when it is over ``limit``."""
-    if resp.content_length is not None and resp.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

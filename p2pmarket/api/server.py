@@ -29,6 +29,7 @@ from p2pmarket.api.bounds import MAX_ERROR_BYTES, MAX_REQUEST_BYTES, sealable_er
 from p2pmarket.api.rpc import RpcDispatcher
 from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, error_dict
 from p2pmarket.core.files import write_atomic
+from p2pmarket.core.streams import read_at_most
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None 
     async def rpc(request: web.Request) -> web.Response:
         limit = dispatcher.max_request_bytes()
         try:
-            data = await asyncio.wait_for(read_body(request, limit), body_timeout_s)
+            data = await asyncio.wait_for(
+                read_at_most(request.content, limit, request.content_length), body_timeout_s)
         except TimeoutError:
             reply = dispatcher.refusal("request body too slow", {"timeout_s": body_timeout_s})
         else:
@@ -93,20 +95,6 @@ def json_reply(result: dict[str, Any], status: int) -> web.Response:
         log.error("a control result cannot be written as JSON")
         return web.json_response(INTERNAL_ERROR, status=500)
     return web.Response(text=text, status=status, content_type="application/json")
-
-
-async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None (the rest unread) when it is over ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    data = bytearray()
-    while True:
-        chunk = await request.content.read(limit + 1 - len(data))
-        if not chunk:
-            return bytes(data)
-        data += chunk
-        if len(data) > limit:
-            return None
 
 
 def load_or_create_token(path: Path) -> str:

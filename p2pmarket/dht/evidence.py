@@ -22,6 +22,7 @@ from collections.abc import Callable
 import aiohttp
 
 from p2pmarket.core.clock import Monotonic
+from p2pmarket.core.streams import read_at_most
 from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.evidence_records import (
     MAX_EVIDENCE_PROOF_BYTES,
@@ -49,14 +50,10 @@ FAILED_CACHE = 4096
 
 async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     """The response body, :class:`DhtError` ``too_large`` past ``cap`` bytes."""
-    data = bytearray()
-    while True:
-        chunk = await resp.content.read(cap + 1 - len(data))
-        if not chunk:
-            return bytes(data)
-        data += chunk
-        if len(data) > cap:
-            raise DhtError("answer larger than allowed", "too_large")
+    data = await read_at_most(resp.content, cap, resp.content_length)
+    if data is None:
+        raise DhtError("answer larger than allowed", "too_large")
+    return data
 
 
 async def fetch_proof(session: aiohttp.ClientSession, entry: EvidenceEntry, node_id: bytes,
