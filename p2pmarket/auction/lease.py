@@ -22,7 +22,7 @@ from typing import Any
 from p2pmarket.auction import HostError
 from p2pmarket.core.domains import LEASE
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, Identity, node_id_of
-from p2pmarket.core.wire import Envelope, WireError, decode, seal
+from p2pmarket.core.wire import Envelope, WireError, open_signed, seal
 
 LEASE_KIND = "lease"
 
@@ -101,14 +101,7 @@ def sign_lease(identity: Identity, lease: Lease, ts: int) -> Envelope:
 def verify_lease(data: bytes | Mapping[str, Any] | Envelope, host_key: bytes) -> Lease:
     """Check a lease offline against the host's public key; return its terms."""
     try:
-        if isinstance(data, Envelope):
-            env = data
-            env.verify_signature(LEASE)
-        elif isinstance(data, bytes | bytearray):
-            env = decode(bytes(data), LEASE)
-        else:
-            env = Envelope.from_wire(dict(data))
-            env.verify_signature(LEASE)
+        env = open_signed(data, LEASE)
     except WireError as exc:
         raise HostError(f"invalid lease: {exc.message}", exc.value) from None
     if env.kind != LEASE_KIND:

@@ -50,7 +50,7 @@ from p2pmarket.core.clock import US_PER_S
 from p2pmarket.core.domains import QUOTE
 from p2pmarket.core.identity import PUBLIC_KEY_SIZE, Identity, node_id_of
 from p2pmarket.core.money import MAX_AMOUNT
-from p2pmarket.core.wire import Envelope, WireError, decode, pack, seal
+from p2pmarket.core.wire import Envelope, WireError, open_signed, pack, seal
 
 QUOTE_KIND = "quote"
 QUOTE_VERSION = 1
@@ -219,14 +219,10 @@ def verify_quote(data: object, host_key: bytes) -> Quote:
     """Check a quote (its bytes or wire map) offline against the host's public key; return
     its terms. Whether it is fresh and for whom is the buyer's to judge
     (:mod:`p2pmarket.client.quotecheck`)."""
+    if not isinstance(data, bytes | bytearray | Mapping):
+        raise HostError("no quote in the host's answer", type(data).__name__)
     try:
-        if isinstance(data, bytes | bytearray):
-            env = decode(bytes(data), QUOTE)
-        elif isinstance(data, Mapping):
-            env = Envelope.from_wire(dict(data))
-            env.verify_signature(QUOTE)
-        else:
-            raise HostError("no quote in the host's answer", type(data).__name__)
+        env = open_signed(data, QUOTE)
     except WireError as exc:
         raise HostError(f"invalid quote: {exc.message}", exc.value) from None
     if env.kind != QUOTE_KIND:

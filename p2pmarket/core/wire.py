@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,6 +234,17 @@ def _spliced(v: int, kind: str, sender: bytes, to: bytes | None, ts: int, body: 
 def decode(data: bytes, domain: Domain, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     """Decode an envelope from the network and check its signature in ``domain``."""
     env = Envelope.from_wire(unpack(data, max_bytes))
+    env.verify_signature(domain)
+    return env
+
+
+def open_signed(data: bytes | bytearray | Mapping[Any, Any] | Envelope, domain: Domain
+                ) -> Envelope:
+    """An envelope given as its bytes, its wire map or itself, with its signature checked
+    in ``domain``; :class:`WireError` if it is not one."""
+    if isinstance(data, bytes | bytearray):
+        return decode(bytes(data), domain)
+    env = data if isinstance(data, Envelope) else Envelope.from_wire(dict(data))
     env.verify_signature(domain)
     return env
 
