@@ -12,10 +12,11 @@ inconsistency, checked with :func:`p2pmarket.audit.entry.verify_segment`.
 Storage: sqlite (WAL, synchronous=FULL); :meth:`AuditLog.append` returns only
 after the entry is durable. An entry longer than
 :data:`~p2pmarket.audit.entry.MAX_ENTRY_BYTES` encoded is refused (no witness would
-take it). Reads are bounded in bytes as well as in entries: :meth:`AuditLog.raw`
-stops before the entry that would take a segment past ``max_bytes``
-(:data:`SEGMENT_BYTES` by default), but always gives the first one, so a reader
-paging through the log always makes progress.
+take it). Reads for the wire are bounded in bytes as well as in entries:
+:meth:`AuditLog.raw` given ``max_bytes`` (:meth:`AuditLog.segment` and the host's
+``audit_log`` RPC give :data:`SEGMENT_BYTES`) stops before the entry that would take
+a segment past it, but always gives the first one, so a reader paging through the
+log always makes progress.
 """
 
 from __future__ import annotations
@@ -136,12 +137,13 @@ class AuditLog:
                                                   bytes(h), bytes(sig))))
         return out
 
-    def raw(self, since: int = 0, limit: int = 1000, max_bytes: int = SEGMENT_BYTES
+    def raw(self, since: int = 0, limit: int = 1000, max_bytes: int | None = None
             ) -> list[tuple[int, bytes, bytes, bytes]]:
         """``(seq, canonical entry bytes, hash, sig)`` from ``since``, oldest first: what
         a witness fetches (it hashes the bytes itself; no re-encoding needed). At most
-        ``limit`` entries, and no more than ``max_bytes`` of entry bytes unless the
-        first entry alone is longer (it is given anyway)."""
+        ``limit`` entries, and, given ``max_bytes`` (a segment for the wire, e.g.
+        :data:`SEGMENT_BYTES`), no more than that many entry bytes unless the first
+        entry alone is longer (it is given anyway)."""
         cur = self.conn.execute(
             "SELECT seq, prev, kind, body, ts, hash, sig FROM audit WHERE seq >= ? "
             "ORDER BY seq LIMIT ?", _range(since, limit))
@@ -150,7 +152,7 @@ class AuditLog:
         for seq, prev, kind, body, ts, h, sig in cur:
             raw = encode_entry(int(seq), bytes(prev), str(kind), bytes(body), int(ts))
             size += len(raw) + len(sig)
-            if out and size > max_bytes:
+            if out and max_bytes is not None and size > max_bytes:
                 break
             out.append((int(seq), raw, bytes(h), bytes(sig)))
         cur.close()

@@ -178,11 +178,6 @@ class AccountStore:
         return {str(k): unpack(bytes(v)) for k, v in
                 self.conn.execute("SELECT key, value FROM settings ORDER BY key")}
 
-    def put_setting(self, key: str, value: Any) -> None:
-        with self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
-                              (key, pack(value)))
-
 
 def _refund(row: tuple[Any, ...]) -> Refund:
     rid, account_id, holder, amount, memo, status, result, created = row

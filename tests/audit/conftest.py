@@ -1,5 +1,5 @@
 """Fixtures for the audit tests: hosts and witnesses in one process
-(:mod:`audit_world`), and the pure ledger fixtures the payment cases need."""
+(:mod:`audit_world`); the pure ledger fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from audit_world import World
 
-from tests.support.chains import Chain, Net
-
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
@@ -18,13 +16,3 @@ def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path)
     yield w
     w.close()
-
-
-@pytest.fixture
-def net() -> Net:
-    return Net.generate()
-
-
-@pytest.fixture
-def chain_of() -> type[Chain]:
-    return Chain

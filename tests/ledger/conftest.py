@@ -1,5 +1,5 @@
-"""Shared fixtures for the ledger tests: a pure committee, a chain builder and
-in-process notaries."""
+"""Shared fixtures for the ledger tests: in-process notaries (the pure committee and
+the chain builder are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chains import Chain, Net
 from tests.support.local_committee import LocalCommittee
-
-
-@pytest.fixture
-def net() -> Net:
-    return Net.generate()
-
-
-@pytest.fixture
-def chain_of() -> type[Chain]:
-    return Chain
 
 
 @pytest.fixture
