@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from p2pmarket.api.rpc import make_request, open_reply
+from p2pmarket.api.rpc import Reply, make_request, open_reply_seen
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.streams import read_at_most
@@ -59,6 +59,11 @@ class PeerClient:
         Returns the result map; raises :class:`RemoteError` for an error reply,
         :class:`PeerUnreachable` when there is no reply, ``WireError`` for a forged one.
         """
+        return (await self.call_seen(url, server_key, name, args)).result
+
+    async def call_seen(self, url: str, server_key: bytes, name: str,
+                        args: dict[str, Any]) -> Reply:
+        """:meth:`call`, also giving the address the callee saw us at (signed)."""
         request = make_request(self.identity, node_id_of(server_key), name, args)
         try:
             async with self.session.post(
@@ -71,4 +76,4 @@ class PeerClient:
             raise PeerUnreachable(f"cannot reach {url}: {type(exc).__name__}", url) from None
         if reply is None:
             raise PeerUnreachable(f"{url} sent a reply over {MAX_MESSAGE_BYTES} bytes", url)
-        return open_reply(request, reply, self.identity, server_key)
+        return open_reply_seen(request, reply, self.identity, server_key)

@@ -3,7 +3,10 @@
 A request is a signed envelope of kind ``rpc.<name>`` whose body is the argument
 map, addressed (``to``) to the receiving node. The reply is a signed envelope of
 kind ``reply`` addressed to the caller, body ``{"re": <request digest>,
-"result": <map>}``; an error result is ``{"error": ..., "error_value": ...}``. Both
+"result": <map>}`` plus ``"seen": [ip, port]``, the address the request came from as
+the transport observed it (docs/design.md section 7: how a node behind NAT learns its
+external address), when the transport knows it; an error result is
+``{"error": ..., "error_value": ...}``. Both
 are signed in the ``envelope`` signature domain
 (:data:`p2pmarket.core.domains.ENVELOPE`).
 Every check (size, decoding, signature, address, replay guard, handler name,
@@ -65,6 +68,9 @@ class CallContext:
     sender: bytes
     ts: int
     request: Envelope | None = None
+    peer: tuple[str, int] | None = None
+    """The address (ip, port) the request came from, as the transport saw it; None
+    when unknown (called directly, or through a relay)."""
 
     @property
     def sender_id(self) -> bytes:
@@ -118,8 +124,9 @@ class RpcDispatcher:
         """The longest request any registered RPC takes: what a transport need read."""
         return max([self.default_request_bytes, *self.request_bytes.values()])
 
-    async def dispatch(self, data: bytes) -> bytes:
-        """Handle one request's bytes; always returns a signed reply's bytes."""
+    async def dispatch(self, data: bytes, peer: tuple[str, int] | None = None) -> bytes:
+        """Handle one request's bytes that came from ``peer`` (as the transport observed
+        it, if known); always returns a signed reply's bytes."""
         re = digest(data)[:16]
         to: bytes | None = None
         try:
@@ -134,14 +141,14 @@ class RpcDispatcher:
                                     {"size": len(data), "max": limit})
             env.verify_signature(ENVELOPE)
             to = env.sender_id
-            result = await self._run(env)
+            result = await self._run(env, peer)
         except P2PMarketError as exc:
             self.rejected += 1
             result = exc.to_dict()
         except Exception:
             log.exception("RPC handler failed")
             result = dict(INTERNAL_ERROR)
-        return self.reply(re, result, to)
+        return self.reply(re, result, to, peer)
 
     def refusal(self, message: str, value: Any = None) -> bytes:
         """A signed error reply to a request that could not even be read (its body too
@@ -149,14 +156,17 @@ class RpcDispatcher:
         self.rejected += 1
         return self.reply(b"", error_dict(message, value), None)
 
-    def reply(self, re: bytes, result: dict[str, Any], to: bytes | None) -> bytes:
-        """The signed reply envelope's bytes for ``result``, bounded: see the module
-        docstring."""
-        body = {"re": re, "result": bounded_result(result)}
+    def reply(self, re: bytes, result: dict[str, Any], to: bytes | None,
+              peer: tuple[str, int] | None = None) -> bytes:
+        """The signed reply envelope's bytes for ``result``, bounded, telling the caller
+        the address ``peer`` it was seen at: see the module docstring."""
+        body: dict[str, Any] = {"re": re, "result": bounded_result(result)}
+        if peer is not None:
+            body["seen"] = [peer[0], peer[1]]
         return seal(self.identity, ENVELOPE, REPLY_KIND, body, ts=self.clock(),
                     to=to).encode()
 
-    async def _run(self, env: Envelope) -> dict[str, Any]:
+    async def _run(self, env: Envelope, peer: tuple[str, int] | None) -> dict[str, Any]:
         if env.to != self.identity.node_id:
             raise WireError("message is addressed to another node",
                             env.to.hex() if env.to else None)
@@ -169,7 +179,8 @@ class RpcDispatcher:
         if not isinstance(env.body, dict):
             raise WireError("RPC arguments must be a map", type(env.body).__name__)
         self.guard.accept(env.sender, env.ts, self.clock())
-        result = await handler(CallContext(sender=env.sender, ts=env.ts, request=env), env.body)
+        result = await handler(CallContext(sender=env.sender, ts=env.ts, request=env,
+                                             peer=peer), env.body)
         if not isinstance(result, dict):
             raise TypeError(f"handler {name} returned {type(result).__name__}")
         return result
@@ -206,9 +217,24 @@ def make_request(identity: Identity, to: bytes, name: str, args: dict[str, Any],
                 to=to).encode()
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An opened reply: the result map and the address the callee saw the request come
+    from (None if it did not say, or said something malformed)."""
+
+    result: dict[str, Any]
+    seen: tuple[str, int] | None
+
+
 def open_reply(request: bytes, reply: bytes, identity: Identity,
                server_key: bytes | None) -> dict[str, Any]:
     """Check a reply belongs to ``request`` and comes from ``server_key``; raise on error."""
+    return open_reply_seen(request, reply, identity, server_key).result
+
+
+def open_reply_seen(request: bytes, reply: bytes, identity: Identity,
+                    server_key: bytes | None) -> Reply:
+    """:func:`open_reply`, also giving the signed ``seen`` address."""
     env = decode(reply, ENVELOPE)
     if env.kind != REPLY_KIND:
         raise WireError("not a reply", env.kind)
@@ -223,4 +249,12 @@ def open_reply(request: bytes, reply: bytes, identity: Identity,
     result: dict[str, Any] = body["result"]
     if "error" in result:
         raise RemoteError(str(result["error"]), result.get("error_value"))
-    return result
+    return Reply(result, _seen(body.get("seen")))
+
+
+def _seen(value: object) -> tuple[str, int] | None:
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and 0 < len(value[0]) <= 64 and isinstance(value[1], int)
+            and 0 <= value[1] < 65536):
+        return value[0], value[1]
+    return None

@@ -69,7 +69,7 @@ def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None 
             if data is None:
                 reply = dispatcher.refusal("request too large", {"max": limit})
             else:
-                reply = await dispatcher.dispatch(data)
+                reply = await dispatcher.dispatch(data, observed(request))
         return web.Response(body=reply, content_type="application/msgpack")
 
     async def health(request: web.Request) -> web.Response:
@@ -77,6 +77,16 @@ def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None 
 
     app.add_routes([web.post("/rpc", rpc), web.get("/health", health), *(extra_routes or [])])
     return app
+
+
+def observed(request: web.Request) -> tuple[str, int] | None:
+    """The (ip, port) a request's TCP connection came from; None if unknown. IPv4-mapped
+    IPv6 addresses are given as IPv4."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return None
+    host = str(peer[0]).removeprefix("::ffff:")
+    return host, int(peer[1])
 
 
 def json_reply(result: dict[str, Any], status: int) -> web.Response:

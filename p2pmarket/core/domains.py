@@ -32,9 +32,11 @@ The domains (the module named is where each is signed and checked):
   (:mod:`p2pmarket.audit.entry`).
 - :data:`DHT_IDENT` ``dht.ident``: the answer to the DHT's ``ident`` handshake
   (:mod:`p2pmarket.dht.contacts`).
-- reserved, nothing signs them yet: :data:`ATTESTATION` ``nat.attestation`` (a
-  registrar's reachability attestation, section 7) and :data:`TICKET` ``ticket``
-  (SHARP tickets).
+- :data:`ATTESTATION` ``nat.attestation``: a registrar's reachability attestation
+  (:mod:`p2pmarket.nat.attestation`, section 7).
+- :data:`RESERVATION` ``nat.reservation``: a relay's reservation voucher for a host it
+  relays (:mod:`p2pmarket.nat.reservation`, section 7).
+- reserved, nothing signs it yet: :data:`TICKET` ``ticket`` (SHARP tickets).
 
 Proofs of misbehaviour are not signed by whoever writes them; they carry the
 accused host's own signatures, checked in the host's audit domain. Pure.
@@ -82,11 +84,12 @@ NOTARY_CERT = Domain("notary.cert")
 AUDIT_ENTRY = Domain("audit.entry")
 DHT_IDENT = Domain("dht.ident")
 ATTESTATION = Domain("nat.attestation")
+RESERVATION = Domain("nat.reservation")
 TICKET = Domain("ticket")
 
 ALL = (ENVELOPE, DHT_RECORD, LEASE, QUOTE, CHAIN_ENTRY, NOTARY_CERT, AUDIT_ENTRY, DHT_IDENT,
-       ATTESTATION, TICKET)
+       ATTESTATION, RESERVATION, TICKET)
 assert len({d.tag for d in ALL}) == len(ALL)
 
 __all__ = ["ALL", "ATTESTATION", "AUDIT_ENTRY", "CHAIN_ENTRY", "DHT_IDENT", "DHT_RECORD",
-           "ENVELOPE", "LEASE", "NOTARY_CERT", "PREFIX", "QUOTE", "TICKET", "Domain", "framed"]
+           "ENVELOPE", "LEASE", "NOTARY_CERT", "PREFIX", "QUOTE", "RESERVATION", "TICKET", "Domain", "framed"]

@@ -152,3 +152,45 @@ async def test_handler_gets_the_verified_request() -> None:
     assert env.sender == seen[0].sender and env.ts == seen[0].ts and env.body == {"n": 1}
     # handlers called directly still work without one
     assert CallContext(sender=CALLER.public_key, ts=1).request is None
+
+
+async def test_reply_tells_the_caller_where_it_was_seen() -> None:
+    """The handler gets the TCP source address, and the signed reply carries it back."""
+    seen_by_handler: list[tuple[str, int] | None] = []
+
+    async def where(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        seen_by_handler.append(ctx.peer)
+        return {}
+
+    dispatcher = RpcDispatcher(SERVER)
+    dispatcher.register("where", where)
+    site = Site(peer_app(dispatcher))
+    port = await site.start("127.0.0.1", 0)
+    try:
+        async with PeerClient(CALLER) as client:
+            reply = await client.call_seen(f"http://127.0.0.1:{port}", SERVER.public_key,
+                                           "where", {})
+    finally:
+        await site.stop()
+    assert reply.seen is not None and reply.seen[0] == "127.0.0.1"
+    assert 0 < reply.seen[1] < 65536 and reply.seen[1] != port
+    assert seen_by_handler == [reply.seen]
+
+
+async def test_seen_is_signed_and_absent_when_unknown() -> None:
+    dispatcher = RpcDispatcher(SERVER)
+
+    async def nothing(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return {"peer": list(ctx.peer) if ctx.peer else None}
+
+    dispatcher.register("nothing", nothing)
+    req = make_request(CALLER, SERVER.node_id, "nothing", {})
+    reply = await dispatcher.dispatch(req)
+    assert "seen" not in unpack(reply)["body"]
+    assert open_reply(req, reply, CALLER, SERVER.public_key) == {"peer": None}
+    req = make_request(CALLER, SERVER.node_id, "nothing", {})
+    env = unpack(await dispatcher.dispatch(req, ("198.18.0.7", 4242)))
+    assert env["body"]["seen"] == ["198.18.0.7", 4242]
+    env["body"]["seen"] = ["198.18.0.8", 4242]   # changed in transit: the signature fails
+    with pytest.raises(WireError):
+        open_reply(req, pack(env), CALLER, SERVER.public_key)
