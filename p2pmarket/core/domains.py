@@ -92,4 +92,5 @@ ALL = (ENVELOPE, DHT_RECORD, LEASE, QUOTE, CHAIN_ENTRY, NOTARY_CERT, AUDIT_ENTRY
 assert len({d.tag for d in ALL}) == len(ALL)
 
 __all__ = ["ALL", "ATTESTATION", "AUDIT_ENTRY", "CHAIN_ENTRY", "DHT_IDENT", "DHT_RECORD",
-           "ENVELOPE", "LEASE", "NOTARY_CERT", "PREFIX", "QUOTE", "RESERVATION", "TICKET", "Domain", "framed"]
+           "ENVELOPE", "LEASE", "NOTARY_CERT", "PREFIX", "QUOTE", "RESERVATION", "TICKET",
+           "Domain", "framed"]
