@@ -1,13 +1,18 @@
 """The genesis of a network (pure): what every node of it agrees on.
 
 The genesis file names the network: its notary committee (3f+1 keys with their
-URLs), mint key, bootstrap peers and the node-id puzzle difficulty. Every node of
+URLs), mint key, bootstrap peers, the node-id puzzle difficulty and, for a private
+deployment, ``shared_prefixes``: networks (CIDR) whose addresses are free of the
+DHT's per-prefix caps (docs/design.md section 3), because many honest hosts share a
+prefix there (one site's LAN, a testnet's 198.18.0.0/15). The open network leaves it
+empty. Every node of
 a network holds the same file; the hash of its canonical form is the network id.
 :func:`p2pmarket.core.config.load_genesis` reads it from disk.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,8 +48,16 @@ class Genesis:
     f: int = 0
     bootstrap: tuple[BootstrapPeer, ...] = ()
     puzzle_bits: int = 0
+    shared_prefixes: tuple[str, ...] = ()
+    """CIDR networks free of the DHT's per-prefix caps (a private deployment)."""
 
     def __post_init__(self) -> None:
+        for net in self.shared_prefixes:
+            try:
+                ipaddress.ip_network(net)
+            except ValueError:
+                raise ConfigError("genesis: shared_prefixes must be CIDR networks",
+                                  net) from None
         if len(self.mint_key) != PUBLIC_KEY_SIZE:
             raise ConfigError("genesis: mint key must be 32 bytes")
         if self.f < 0 or not self.notaries:
@@ -71,7 +84,7 @@ class Genesis:
         return digest(pack(self.to_doc()))[:16]
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "network": self.network,
             "mint_key": self.mint_key.hex(),
             "f": self.f,
@@ -79,6 +92,9 @@ class Genesis:
             "notaries": [{"key": n.key.hex(), "url": n.url} for n in self.notaries],
             "bootstrap": [asdict(b) for b in self.bootstrap],
         }
+        if self.shared_prefixes:   # absent when empty: older network ids stay the same
+            doc["shared_prefixes"] = list(self.shared_prefixes)
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Any) -> Genesis:
@@ -92,6 +108,7 @@ class Genesis:
                                for n in doc["notaries"]),
                 bootstrap=tuple(BootstrapPeer(str(b["host"]), int(b["dht_port"]), str(b["url"]))
                                 for b in doc.get("bootstrap", [])),
+                shared_prefixes=tuple(str(n) for n in doc.get("shared_prefixes", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"genesis file is malformed: {exc}") from None

@@ -111,7 +111,7 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         self.host_quorum = max(1, host_quorum)
         self.get_alpha = max(1, min(alpha, get_alpha))
         self.policy = policy if policy is not None else PrefixPolicy.for_network(
-            b.host for b in genesis.bootstrap)
+            (b.host for b in genesis.bootstrap), genesis.shared_prefixes)
         self.storage = storage if storage is not None else RecordStorage(
             proof_verifier, clock, policy=self.policy, puzzle_bits=genesis.puzzle_bits)
         self.protocol_config = ProtocolConfig(

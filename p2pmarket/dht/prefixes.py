@@ -52,13 +52,19 @@ class PrefixPolicy:
     """URL hosts in these networks count as no prefix (free of ``offers_cap``)."""
 
     @classmethod
-    def for_network(cls, bootstrap_hosts: Iterable[str]) -> PrefixPolicy:
+    def for_network(cls, bootstrap_hosts: Iterable[str],
+                    shared: Iterable[str] = ()) -> PrefixPolicy:
         """The default policy for a network whose bootstrap peers are ``bootstrap_hosts``:
         claimed loopback URLs are exempt only when every one of them is on loopback (a
-        test network on one machine, where every honest host has a loopback URL)."""
+        test network on one machine, where every honest host has a loopback URL).
+        ``shared`` (the genesis's ``shared_prefixes``, CIDR) are networks of a private
+        deployment where many hosts share a prefix: both their contact addresses and
+        their claimed URL hosts are exempt."""
         hosts = list(bootstrap_hosts)
         local = bool(hosts) and all(_is_loopback(h) for h in hosts)
-        return cls(claimed_exempt=LOOPBACK if local else ())
+        extra = tuple(ipaddress.ip_network(n) for n in shared)
+        return cls(exempt=LOOPBACK + extra,
+                   claimed_exempt=(LOOPBACK if local else ()) + extra)
 
     def prefix(self, host: object) -> str | None:
         """The /24 (IPv6: /48) of a contact address, or None when it is exempt."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from dht_helpers import NOW, TTL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.core.genesis import ConfigError, Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity, meets_puzzle
 from p2pmarket.dht.offerkeep import FRESH_PLACES, HeldOffer, KeptOffers, keep_offers
 from p2pmarket.dht.offers import (
@@ -208,3 +210,23 @@ def test_storage_turns_over_fresh_places_only() -> None:
     # a republish of a held signer is always taken
     assert st_.put(dkey, pack_offer_set(KEY, [entry(HONEST[0], ts=NOW + 9)]))
     assert st_.counters["capped_entries"] == 1
+
+
+def test_shared_prefixes_of_a_private_deployment_are_free_of_the_caps() -> None:
+    """A genesis's shared_prefixes exempt both contact addresses and claimed URL hosts
+    there; every other prefix keeps its /24 caps."""
+    policy = PrefixPolicy.for_network(["198.18.0.11"], ["198.18.0.0/15"])
+    for host in ("198.18.0.21", "198.19.4.10"):
+        assert policy.prefix(host) is None
+        assert policy.claimed_prefix(host) is None
+    assert policy.prefix("198.51.100.7") == "198.51.100.0/24"
+    assert policy.claimed_prefix("198.51.100.7") == "198.51.100.0/24"
+    assert policy.claimed_prefix("127.0.0.1") == "127.0.0.0/24"   # not a loopback network
+    assert policy.prefix("127.0.0.1") is None
+    base = Genesis("t", b"\x01" * 32, (NotaryInfo(b"\x02" * 32, "http://198.18.0.11:7400"),))
+    genesis = Genesis.from_doc({**base.to_doc(), "shared_prefixes": ["198.18.0.0/15"]})
+    assert genesis.shared_prefixes == ("198.18.0.0/15",)
+    assert genesis.network_id != base.network_id
+    assert Genesis.from_doc(base.to_doc()).network_id == base.network_id
+    with pytest.raises(ConfigError):
+        Genesis.from_doc({**base.to_doc(), "shared_prefixes": ["not a network"]})
