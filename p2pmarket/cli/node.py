@@ -52,7 +52,9 @@ async def node(args: argparse.Namespace) -> int:
     data_dir = DataDir(args.data_dir)
     data_dir.create()
     if args.genesis is not None:
-        save_genesis(load_genesis(args.genesis), data_dir.genesis)
+        genesis = load_genesis(args.genesis)
+        data_dir.bind_network(genesis)   # never overwrite another network's genesis
+        save_genesis(genesis, data_dir.genesis)
     await run_node(data_dir, {k: getattr(args, k) for k in FLAGS})
     return 0
 

@@ -10,6 +10,7 @@ same genesis file; its hash is the network id.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tomllib
@@ -89,6 +90,16 @@ class DataDir:
         return self.root / "node.pid"
 
     @property
+    def lock(self) -> Path:
+        """Held (flock) by the node running on this data dir."""
+        return self.root / "node.lock"
+
+    @property
+    def network(self) -> Path:
+        """The network id (hex) of the genesis this data dir was created with."""
+        return self.root / "network.id"
+
+    @property
     def log(self) -> Path:
         return self.root / "node.log"
 
@@ -96,16 +107,62 @@ class DataDir:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
 
+    def acquire(self) -> int:
+        """Lock the data dir for one running node (``flock`` on :attr:`lock`, released
+        when the process ends, also by SIGKILL); raise :class:`ConfigError` if another
+        process holds it. Returns the lock's file descriptor (keep it open)."""
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ConfigError(f"another node runs on the data dir {self.root} "
+                              f"(pid {holder or '?'})", str(self.root)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def bind_network(self, genesis: Genesis) -> None:
+        """Remember the network id of ``genesis`` on first use; refuse a genesis of
+        another network afterwards (its stores belong to the first one)."""
+        wanted = genesis.network_id.hex()
+        try:
+            held = self.network.read_text().strip()
+        except FileNotFoundError:
+            write_atomic(self.network, wanted.encode() + b"\n")
+            return
+        if held != wanted:
+            raise ConfigError(
+                f"the data dir {self.root} belongs to network {held[:12]}…, but its genesis "
+                f"is of network {wanted[:12]}… ({genesis.network!r}): use the network's "
+                "own genesis, or a new data dir", {"data_dir": held, "genesis": wanted})
+
 
 @dataclass(frozen=True)
 class Settings:
     """One node's settings. Capacities are in base units (see auction.resources)."""
 
     listen_host: str = "127.0.0.1"
+    """Where the peer API (TCP) and the DHT (UDP) listen; ``0.0.0.0`` or ``::`` for all."""
     advertise_host: str = ""
+    """The address peers should use. Empty: the address registrars verified (section 7),
+    or until then the listen address, or for a wildcard one the address of the route to
+    the first bootstrap peer."""
     http_port: int = 0
     dht_port: int = 0
     control_port: int = 0
+    http_proxy: str = ""
+    """An HTTP proxy for all the node's outgoing HTTP (``http://host:port``). A node
+    behind one sends no UDP: it uses a public peer's HTTP DHT gateway."""
+    dht_gateway: str = ""
+    """The public peer whose HTTP DHT gateway a proxied node uses (its base URL);
+    empty: the first bootstrap peer's URL."""
+    relay: bool = True
+    """Serve as registrar and relay for other nodes once this node is public."""
+    nat: bool = True
+    """Find out this node's reachability from registrars and, if it cannot be called
+    back, keep a relay reservation (section 7). Off: advertise the address as is."""
     vmm_uri: str = "test:///default"
     tick_seconds: float = 1.0
     republish_seconds: float = 600.0
@@ -121,7 +178,27 @@ class Settings:
 
     @property
     def url(self) -> str:
-        return f"http://{self.public_host}:{self.http_port}"
+        """The peer URL from the settings alone (a node's actual URL uses the port it
+        bound and the address registration verified: ``Node.url``)."""
+        return http_url(self.public_host, self.http_port)
+
+    def check(self) -> Settings:
+        """Raise :class:`ConfigError` for a setting outside its range; return self."""
+        for name in ("http_port", "dht_port", "control_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"setting {name!r} must be a port 0..65535",
+                                  getattr(self, name))
+        for name in ("cpu_mhz", "memory_kib", "min_price"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"setting {name!r} must not be negative", getattr(self, name))
+        for name in ("tick_seconds", "republish_seconds", "audit_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"setting {name!r} must be positive", getattr(self, name))
+        if not self.listen_host:
+            raise ConfigError("setting 'listen_host' must not be empty")
+        if self.http_proxy and not self.http_proxy.startswith(("http://", "https://")):
+            raise ConfigError("setting 'http_proxy' must be an http:// URL", self.http_proxy)
+        return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         known = {f.name: f for f in fields(self)}
@@ -133,7 +210,9 @@ class Settings:
                 raise ConfigError(f"unknown setting {key!r}", key)
             current = getattr(self, key)
             try:
-                if isinstance(current, tuple):
+                if isinstance(current, bool):
+                    clean[key] = _boolean(value)
+                elif isinstance(current, tuple):
                     clean[key] = tuple(value)
                 elif isinstance(current, float):
                     clean[key] = float(value)
@@ -166,7 +245,23 @@ class Settings:
         from_env = {f.name: env[f"P2PMARKET_{f.name.upper()}"] for f in fields(cls)
                     if f"P2PMARKET_{f.name.upper()}" in env}
         settings = settings.with_overrides(from_env)
-        return settings.with_overrides(flags or {})
+        return settings.with_overrides(flags or {}).check()
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, with an IPv6 literal in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def _toml_value(value: Any) -> str:

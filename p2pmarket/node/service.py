@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import signal
+import socket
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,10 @@ from p2pmarket.audit.witnessing import (
 )
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.clock import now_us
-from p2pmarket.core.config import DataDir, Settings, load_genesis
+from p2pmarket.core.config import DataDir, Settings, http_url, load_genesis
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.files import write_atomic
-from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.genesis import ConfigError, Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_or_create_key
 from p2pmarket.dht.gateway import gateway_routes
@@ -78,8 +80,8 @@ class Node:
         self.dispatcher = RpcDispatcher(identity)
         self.peers = PeerClient(identity)
         self.evidence = EvidenceStore(data_dir.evidence_db, genesis)
+        self.public_host = settings.public_host   # set at start (see :meth:`start`)
         self.dht = DhtNode(identity, genesis, proof_verifier=proof_verifier(genesis),
-                           url=settings.url,
                            republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
         self.notary: NotaryService | None = None
         if identity.public_key in genesis.notary_keys:
@@ -103,10 +105,9 @@ class Node:
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
             for name, h in self.auctioneer.handlers().items()},
             limits=self.auctioneer.request_limits())
+        self.directory = DhtWitnessDirectory(self.dht)   # `own` is set at start
         self.witness = WitnessService(
-            identity, self.peers, self.evidence,
-            directory=DhtWitnessDirectory(self.dht, Peer(identity.node_id, identity.public_key,
-                                                         settings.url)),
+            identity, self.peers, self.evidence, directory=self.directory,
             locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
             period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db),
             genesis=genesis)
@@ -128,11 +129,36 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------
 
+    @property
+    def url(self) -> str:
+        """Our peer URL: the public host and the port the peer API bound."""
+        return http_url(self.public_host, self.peer_site.port)
+
+    @property
+    def dht_address(self) -> tuple[str, int]:
+        """Where peers reach our DHT: the public host and the UDP port bound."""
+        return self.public_host, self.dht.port
+
     async def start(self) -> None:
+        """Listen (a bind error is one :class:`ConfigError` line and nothing is left
+        listening), then start the background tasks."""
         s = self.settings
-        await self.peer_site.start(s.listen_host, s.http_port)
-        await self.control_site.start("127.0.0.1", s.control_port)
-        await self.dht.start(s.listen_host, s.dht_port)
+        try:
+            await _bind("peer API (TCP)", s.listen_host, s.http_port,
+                        self.peer_site.start(s.listen_host, s.http_port))
+            await _bind("control API (TCP)", "127.0.0.1", s.control_port,
+                        self.control_site.start("127.0.0.1", s.control_port))
+            await _bind("DHT (UDP)", s.listen_host, s.dht_port,
+                        self.dht.start(s.listen_host, s.dht_port))
+        except ConfigError:
+            await self.control_site.stop()
+            await self.peer_site.stop()
+            raise
+        if not s.advertise_host and is_wildcard(s.listen_host):
+            self.public_host = route_source(
+                [b.host for b in self.genesis.bootstrap], s.listen_host)
+        self.dht.url = self.url
+        self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
         write_atomic(self.data_dir.control, json.dumps({
             "url": f"http://127.0.0.1:{self.control_site.port}",
             "pid": os.getpid(), "node_id": self.identity.node_id.hex(),
@@ -143,7 +169,7 @@ class Node:
                        asyncio.create_task(self._advertise(), name="advertise"),
                        asyncio.create_task(self.auctioneer.run(), name="auction")]
         log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
-                 s.url, s.listen_host, self.dht.port)
+                 self.url, *self.dht_address)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -216,7 +242,7 @@ class Node:
         as soon as it first has contacts, and whenever a price moves.
         """
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
-                 if (b.host, b.dht_port) != (self.settings.public_host, self.dht.port)]
+                 if (b.host, b.dht_port) != self.dht_address]
         had_contacts = False
         first = True
         while True:
@@ -263,7 +289,8 @@ class Node:
         ads = {res: ResourceAd(capacity=info["capacity"], price=max(1, info["price"]),
                                hour_avg=self.prices[res].average(now))
                for res, info in summary.items()}
-        await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now))
+        await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now),
+                                    url=self.url, dht=self.dht_address)
         self._save_availability(now)
         for res, ad in ads.items():
             await self.dht.publish_offer(res, ad.capacity, ad.price)
@@ -318,7 +345,7 @@ class Node:
         async def status(args: dict[str, Any]) -> dict[str, Any]:
             return {
                 "node_id": self.identity.node_id, "key": self.identity.public_key,
-                "url": self.settings.url, "dht_port": self.dht.port,
+                "url": self.url, "dht_address": list(self.dht_address), "dht_port": self.dht.port,
                 "notary": self.notary is not None,
                 "ready": self.chain_ready.is_set() and self.advertised.is_set(),
                 "balance": self.wallet.balance() if self.chain_ready.is_set() else None,
@@ -355,13 +382,47 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+async def _bind(what: str, host: str, port: int, starting: Awaitable[Any]) -> None:
+    try:
+        await starting
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen for the {what} on {host}:{port}: {reason}",
+                          {"host": host, "port": port}) from None
+
+
+def is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def route_source(targets: list[str], fallback: str) -> str:
+    """The local address of the route to the first of ``targets`` that has one (a UDP
+    socket's connect sends nothing); ``fallback`` when none has (no bootstrap peers, or
+    no route: a proxied node)."""
+    for target in targets:
+        family = socket.AF_INET6 if ":" in target else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                return str(probe.getsockname()[0])
+        except OSError:
+            continue
+    return "127.0.0.1" if is_wildcard(fallback) else fallback
+
+
 async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:
-    """``p2pmarket node``: load settings, key and genesis, run until SIGTERM/SIGINT."""
+    """``p2pmarket node``: load settings, key and genesis, run until SIGTERM/SIGINT.
+    One node per data dir (a lock), and a data dir stays with its network."""
     data_dir.create()
-    settings = Settings.load(data_dir.config, flags=flags)
-    if not data_dir.config.exists():
-        write_atomic(data_dir.config, settings.to_toml().encode())
-    genesis = load_genesis(data_dir.genesis)
-    identity = load_or_create_key(data_dir.key, genesis.puzzle_bits)
-    node = Node(data_dir, settings, genesis, identity)
-    await node.run_until_signalled()
+    lock = data_dir.acquire()
+    try:
+        settings = Settings.load(data_dir.config, flags=flags)
+        if not data_dir.config.exists():
+            write_atomic(data_dir.config, settings.to_toml().encode())
+        genesis = load_genesis(data_dir.genesis)
+        data_dir.bind_network(genesis)
+        identity = load_or_create_key(data_dir.key, genesis.puzzle_bits)
+        node = Node(data_dir, settings, genesis, identity)
+        await node.run_until_signalled()
+    finally:
+        os.close(lock)

@@ -24,7 +24,7 @@ async def test_paid_but_unacknowledged_purchase_is_resumed(tmp_path: Path) -> No
         # the buyer crashed here: paid, pending recorded, host never asked
         payment_id = cert.entry.hash().hex()
         buyer.set_pending(payment_id, {
-            "host_key": host.identity.public_key.hex(), "url": host.settings.url,
+            "host_key": host.identity.public_key.hex(), "url": host.url,
             "payment": pack(cert.to_wire()).hex(), "bids": BIDS, "interval_s": 600})
 
         outcomes = await resume_pending(buyer)
@@ -38,7 +38,7 @@ async def test_paid_but_unacknowledged_purchase_is_resumed(tmp_path: Path) -> No
 
         # retrying the same payment again (a lost answer) opens nothing new
         buyer.set_pending(payment_id, {
-            "host_key": host.identity.public_key.hex(), "url": host.settings.url,
+            "host_key": host.identity.public_key.hex(), "url": host.url,
             "payment": pack(cert.to_wire()).hex(), "bids": BIDS, "interval_s": 600})
         assert (await resume_pending(buyer))[0][1] == f"account {record['account_id']} opened"
         assert len(host.auctioneer.accounts()) == 1

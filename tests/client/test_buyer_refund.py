@@ -27,7 +27,7 @@ async def bought(m: LocalMarket, name: str, host_index: int = 1) -> tuple[Any, s
         await wallet.sync()
         cert = await wallet.send(host.identity.public_key, 7_000_000, "fund")
     buyer.set_pending(cert.entry.hash().hex(), {
-        "host_key": host.identity.public_key.hex(), "url": host.settings.url,
+        "host_key": host.identity.public_key.hex(), "url": host.url,
         "payment": pack(cert.to_wire()).hex(), "bids": BIDS, "interval_s": 600})
     await resume_pending(buyer)
     [lease_id] = buyer.leases()

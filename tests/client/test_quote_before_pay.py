@@ -81,7 +81,7 @@ async def test_a_record_only_phantom_is_never_paid(tmp_path: Path, where: str) -
         # takes, at the lowest price (ranked first), for a URL on a closed port or the
         # URL of a real host (which does not hold the phantom's key)
         url = (f"http://127.0.0.1:{closed_port()}" if where == "closed port"
-               else m.nodes[1].settings.url)
+               else m.nodes[1].url)
         phantom = DhtNode(Identity.generate(m.genesis.puzzle_bits), m.genesis,
                           proof_verifier=proof_host_id, url=url)
         await phantom.start("127.0.0.1", 0)
@@ -164,7 +164,7 @@ async def test_the_quote_rpc_is_signed_by_the_host_and_changes_nothing(
         bids = {"cpu": "1,0.1,1"}
         nonce = secrets.token_bytes(16)
         async with PeerClient(buyer) as client:
-            reply = await client.call(host.settings.url, host.identity.public_key,
+            reply = await client.call(host.url, host.identity.public_key,
                                       "host.quote", {"bids": bids, "interval_s": 60,
                                                      "nonce": nonce, "amount": 1_000_000})
         quote = verify_quote(reply["quote"], host.identity.public_key)
@@ -181,7 +181,7 @@ async def test_a_purchase_recorded_before_paying_is_finished_or_dropped(
         host = m.nodes[1]
         buyer = await funded(m)
         key = host.identity.public_key
-        record = {"host_key": key.hex(), "url": host.settings.url, "amount": 7_000_000,
+        record = {"host_key": key.hex(), "url": host.url, "amount": 7_000_000,
                   "payment": None, "bids": {"cpu": "1,0.1,1"}, "interval_s": 600}
         paid = {**record, "memo": f"fund account at {host.identity.node_id.hex()} quote aa"}
         unpaid = {**record, "memo": f"fund account at {host.identity.node_id.hex()} quote bb"}
