@@ -21,7 +21,7 @@ from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.witness import Peer
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import node_id_of
-from p2pmarket.dht.node import DhtNode
+from p2pmarket.dht.records import HostRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,31 @@ def _distance(a: bytes, b: bytes) -> int:
     return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
 
 
+class DhtReader(Protocol):
+    """What the witness adapters read from the DHT: a :class:`DhtNode`, or a proxied
+    node's :class:`~p2pmarket.dht.gateway.GatewayClient`."""
+
+    async def closest_ids(self, target: bytes) -> list[bytes]: ...
+
+    async def get_host(self, node_id: bytes) -> HostRecord | None: ...
+
+
+class EvidencePublisher(Protocol):
+    async def publish_evidence(self, host_id: bytes, proof: bytes) -> int: ...
+
+
 class DhtWitnessDirectory:
     """``closest(key, n)``: the ``n`` nodes with host records nearest ``key[:20]``,
     this node included when it is among them (it is then a witness itself)."""
 
-    def __init__(self, dht: DhtNode, own: Peer | None = None) -> None:
+    def __init__(self, dht: DhtReader, own: Peer | None = None) -> None:
         self.dht = dht
         self.own = own
 
     async def closest(self, key: bytes, n: int) -> list[Peer]:
         target = key[:20]
-        found = await self.dht.lookup(target, find_value=False)
-        ids = sorted({node.id for node in found.closest}, key=lambda i: _distance(i, target))
+        ids = sorted(set(await self.dht.closest_ids(target)),
+                     key=lambda i: _distance(i, target))
         records = await asyncio.gather(*(self.dht.get_host(i) for i in ids[: 2 * n]))
         peers = [Peer(r.node_id, r.envelope.sender, r.url) for r in records if r is not None]
         if self.own is not None:
@@ -60,7 +73,7 @@ class DhtWitnessDirectory:
 class DhtHostLocator:
     """``locate(host_key)``: the URL in the host's signed record, if it has one."""
 
-    def __init__(self, dht: DhtNode) -> None:
+    def __init__(self, dht: DhtReader) -> None:
         self.dht = dht
 
     async def locate(self, host_key: bytes) -> str | None:
@@ -74,7 +87,7 @@ class DhtEvidenceSink:
     """``publish(host_id, proof)``: store the proof at ``evidence/<host id>``, where every
     storer verifies it before keeping it (small proofs inline, large ones by hash)."""
 
-    def __init__(self, dht: DhtNode) -> None:
+    def __init__(self, dht: EvidencePublisher) -> None:
         self.dht = dht
 
     async def publish(self, host_id: bytes, proof: bytes) -> None:

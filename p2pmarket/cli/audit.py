@@ -18,7 +18,14 @@ from p2pmarket.api.client import PeerClient
 from p2pmarket.api.control import ControlClient
 from p2pmarket.audit.evidence import verify_proof
 from p2pmarket.audit.witness import WITNESSES_PER_HOST, witnesses_of
-from p2pmarket.cli.options import Subcommands, genesis_of, genesis_opt, json_opt, wallet_opt
+from p2pmarket.cli.options import (
+    Subcommands,
+    genesis_of,
+    genesis_opt,
+    json_opt,
+    net_of,
+    wallet_opt,
+)
 from p2pmarket.cli.terminal import dump, out
 from p2pmarket.client.discovery import MarketView
 from p2pmarket.core.clock import now_us
@@ -66,8 +73,8 @@ async def audit_status(args: argparse.Namespace) -> int:
         host = parse_key_or_node_id(args.host)
         host_id = host if len(host) == NODE_ID_SIZE else node_id_of(host)
         docs = []
-        async with MarketView(genesis_of(args)) as market, PeerClient(
-                Identity.generate(), timeout_s=5) as client:
+        async with MarketView(genesis_of(args), net_of(args)) as market, PeerClient(
+                Identity.generate(), timeout_s=5, proxy=net_of(args).proxy) as client:
             for peer in await witnesses_of(market.directory(), host_id, WITNESSES_PER_HOST):
                 try:
                     docs.append((peer.url, await client.call(

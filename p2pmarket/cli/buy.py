@@ -17,6 +17,7 @@ from p2pmarket.cli.options import (
     genesis_of,
     genesis_opt,
     json_opt,
+    net_of,
     wallet_dir,
     wallet_opt,
 )
@@ -99,7 +100,7 @@ async def buy(args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration)
     with out.status("buying…") as spinner:
         report = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
-                               progress=lambda msg: spinner.update(msg))
+                               progress=lambda msg: spinner.update(msg), net=net_of(args))
     docs: list[dict[str, Any]] = [
         {"host": p.host.node_id.hex(), "url": p.host.record.url, "paid": p.amount,
          "account_id": p.account_id, "lease": lease_doc(p.lease),
@@ -136,7 +137,7 @@ async def hosts(args: argparse.Namespace) -> int:
     genesis = genesis_of(args)
     types = args.types or ["cpu", "memory"]
     max_price = parse_credits(args.max_price) if args.max_price else None
-    async with MarketView(genesis) as market:
+    async with MarketView(genesis, net_of(args)) as market:
         views = await market.hosts(types, limit=args.limit, min_capacity=args.min_capacity,
                                    max_price=max_price)
         exposed = [i.hex() for i in market.exposed]
@@ -166,9 +167,9 @@ async def hosts(args: argparse.Namespace) -> int:
 
 
 async def leases(args: argparse.Namespace) -> int:
-    for _, outcome in await resume_pending(wallet_dir(args)):
+    for _, outcome in await resume_pending(wallet_dir(args), net=net_of(args)):
         err.print(f"earlier purchase: {outcome}")
-    results = await refresh_leases(wallet_dir(args))
+    results = await refresh_leases(wallet_dir(args), net_of(args))
     if args.json:
         dump({"leases": [{"source": src, "url": rec["url"],
                           "lease": lease_doc(lease) if lease else None}

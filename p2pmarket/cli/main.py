@@ -4,7 +4,7 @@ Each subcommand is a small function that parses nothing itself: argparse checks
 the shape of the arguments, the library checks their meaning and raises a
 :class:`P2PMarketError`, which is printed as one readable line. The command
 groups (:mod:`.node`, :mod:`.wallet`, :mod:`.audit`, :mod:`.buy`, :mod:`.host`,
-:mod:`.testnet`) each add their part of the parser, naming the function that
+:mod:`.network`, :mod:`.testnet`) each add their part of the parser, naming the function that
 runs each subcommand.
 """
 
@@ -15,13 +15,14 @@ import asyncio
 import logging
 import sys
 
-from p2pmarket.cli import audit, buy, host, node, testnet, wallet
+from p2pmarket.cli import audit, buy, host, network, node, testnet, wallet
 from p2pmarket.cli.options import FORMATTER, Command, Subcommands
 from p2pmarket.core.errors import P2PMarketError
 
+# in the order --help lists them
 COMMAND_GROUPS = (node.add_node, wallet.add_wallet, wallet.add_bank, wallet.add_ledger,
                   audit.add_audit, buy.add_buy, buy.add_hosts, buy.add_leases, host.add_host,
-                  node.add_status, testnet.add_testnet)   # in the order --help lists them
+                  node.add_status, network.add_network, testnet.add_testnet)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from p2pmarket.client.netopts import ClientNet
 from p2pmarket.client.walletdir import WalletDir, default_wallet_path
 from p2pmarket.core.config import load_genesis
 from p2pmarket.core.genesis import Genesis
@@ -38,8 +39,22 @@ class Subcommands:
 
 
 def wallet_opt(q: argparse.ArgumentParser) -> None:
+    """``--wallet``, and how the command reaches the network (:func:`net_of`)."""
     q.add_argument("--wallet", type=Path, default=None,
                    help="wallet dir (default $P2PMARKET_WALLET or ~/.p2pmarket/wallet)")
+    q.add_argument("--http-proxy", default=None, metavar="URL",
+                   help="send all HTTP through this proxy and read the DHT through a "
+                        "gateway (default $P2PMARKET_HTTP_PROXY)")
+    q.add_argument("--dht-gateway", default=None, metavar="URL",
+                   help="the public peer whose HTTP DHT gateway to use (default: the first "
+                        "bootstrap peer, when behind a proxy)")
+    q.add_argument("--bind-host", default=None, metavar="ADDR",
+                   help="address the DHT client binds (default: the wildcard)")
+
+
+def net_of(args: argparse.Namespace) -> ClientNet:
+    return ClientNet.load(flags={k: getattr(args, k, None)
+                                 for k in ("http_proxy", "dht_gateway", "bind_host")})
 
 
 def genesis_opt(q: argparse.ArgumentParser) -> None:

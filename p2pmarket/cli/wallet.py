@@ -15,6 +15,7 @@ from p2pmarket.cli.options import (
     genesis_of,
     genesis_opt,
     json_opt,
+    net_of,
     wallet_dir,
     wallet_opt,
 )
@@ -96,7 +97,7 @@ async def wallet_show(args: argparse.Namespace) -> int:
 
 
 async def wallet_balance(args: argparse.Namespace) -> int:
-    async with open_wallet(wallet_dir(args)) as (wallet, _):
+    async with open_wallet(wallet_dir(args), net_of(args)) as (wallet, _):
         received = await wallet.sync()
         balance = wallet.balance()
     if args.json:
@@ -108,7 +109,7 @@ async def wallet_balance(args: argparse.Namespace) -> int:
 
 
 async def wallet_history(args: argparse.Namespace) -> int:
-    async with open_wallet(wallet_dir(args)) as (wallet, _):
+    async with open_wallet(wallet_dir(args), net_of(args)) as (wallet, _):
         await wallet.sync()
         entries = wallet.history()
     if args.json:
@@ -132,7 +133,7 @@ async def wallet_history(args: argparse.Namespace) -> int:
 async def bank_mint(args: argparse.Namespace) -> int:
     to = parse_public_key(args.to)
     amount = parse_credits(args.amount)
-    async with open_wallet(WalletDir(args.mint_wallet)) as (wallet, _):
+    async with open_wallet(WalletDir(args.mint_wallet), net_of(args)) as (wallet, _):
         cert = await wallet.mint_to(to, amount)
     out.print(f"minted {format_credits(amount)} credits to {to.hex()} "
               f"(certified transfer {cert.entry.owner.hex()[:12]}#{cert.entry.seq})")
@@ -143,7 +144,8 @@ async def ledger_supply(args: argparse.Namespace) -> int:
     """Every notary's view of the supply, judged together: the errors are the notaries
     that fail to answer or whose figures do not add up, plus one if no quorum agrees."""
     genesis = genesis_of(args)
-    async with PeerClient(Identity.generate(), timeout_s=10) as client:
+    async with PeerClient(Identity.generate(), timeout_s=10,
+                          proxy=net_of(args).proxy) as client:
         summary = await network_supply(genesis, PeerTransport(client))
     errors = int(summary["errors"])
     if args.json:

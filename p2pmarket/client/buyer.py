@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from p2pmarket.api.client import PeerClient
+from p2pmarket.api.client import PeerClient, PeerUnreachable
 from p2pmarket.auction.accounts import memo_refund_id
 from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.lease import Lease, verify_lease
@@ -39,6 +39,7 @@ from p2pmarket.auction.quote import quote_id
 from p2pmarket.auction.resources import BidSpec, parse_bids
 from p2pmarket.audit.witness import push_refund_to_witnesses, push_to_witnesses
 from p2pmarket.client.discovery import HostView, MarketView
+from p2pmarket.client.netopts import ClientNet
 from p2pmarket.client.planner import Candidate, PlanError, best_response
 from p2pmarket.client.quotecheck import planning_view
 from p2pmarket.client.quoting import Progress, Quoted, Skipped, ask_quote, gather_quotes
@@ -71,11 +72,13 @@ class Purchase:
 
 
 @contextlib.asynccontextmanager
-async def open_wallet(wdir: WalletDir) -> AsyncIterator[tuple[Wallet, PeerClient]]:
-    """The wallet in ``wdir`` with a client for the notaries; closed on exit."""
+async def open_wallet(wdir: WalletDir, net: ClientNet | None = None
+                      ) -> AsyncIterator[tuple[Wallet, PeerClient]]:
+    """The wallet in ``wdir`` with a client for the notaries (through ``net``'s proxy, if
+    any); closed on exit."""
     identity = wdir.identity()
     genesis = wdir.genesis()
-    client = PeerClient(identity)
+    client = PeerClient(identity, proxy=_net(net).proxy)
     store = ChainStore(wdir.ledger_db)
     wallet = Wallet(identity, store, genesis, PeerTransport(client))
     try:
@@ -126,7 +129,8 @@ def plan(quoted: list[Quoted], primary: str, budget: int, interval_s: int,
 
 
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
-              max_hosts: int, progress: Progress = lambda _: None) -> BuyReport:
+              max_hosts: int, progress: Progress = lambda _: None,
+              net: ClientNet | None = None) -> BuyReport:
     """Find hosts, get their quotes, plan, and for each planned host: a fresh quote of its
     exact amount, then the payment, then the account (docs/design.md section 8). No
     money moves to a host before it has signed an acceptable quote."""
@@ -138,15 +142,16 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
     types = sorted({key.split(",")[0] for key in specs})
     primary = next(iter(specs)).split(",")[0]
     genesis = wdir.genesis()
-    await resume_pending(wdir, progress)
-    async with open_wallet(wdir) as (wallet, client):
+    net = _net(net)
+    await resume_pending(wdir, progress, net)
+    async with open_wallet(wdir, net) as (wallet, client):
         progress("collecting incoming payments")
         await wallet.sync()
         if wallet.balance() < budget:
             raise BuyError(f"balance {wallet.balance()} µcredits is below the budget {budget}",
                            {"balance": wallet.balance(), "budget": budget})
         progress(f"looking up hosts offering {', '.join(types)} in the DHT")
-        async with MarketView(genesis) as market:
+        async with MarketView(genesis, net) as market:
             hosts = await market.hosts(types, limit=max(20, max_hosts))
             if not hosts:
                 raise BuyError(f"no host offers {', '.join(types)}", types)
@@ -282,8 +287,8 @@ async def settle_intent(wallet: Wallet, wdir: WalletDir, key: str,
     return "paid: opening the account"
 
 
-async def resume_pending(wdir: WalletDir,
-                         progress: Progress = lambda _: None) -> list[tuple[str, str]]:
+async def resume_pending(wdir: WalletDir, progress: Progress = lambda _: None,
+                         net: ClientNet | None = None) -> list[tuple[str, str]]:
     """Finish every purchase a crash or an unreachable host interrupted. A purchase
     recorded before its payment is looked up on our chain first (the wallet finishes a
     transfer the crash cut short): never paid, it is dropped; paid, its account is
@@ -295,14 +300,14 @@ async def resume_pending(wdir: WalletDir,
     unpaid = {k: r for k, r in pending.items() if not r.get("payment")}
     if unpaid:
         try:
-            async with open_wallet(wdir) as (wallet, _):   # finishes cut-short transfers
+            async with open_wallet(wdir, net) as (wallet, _):   # finishes cut-short transfers
                 for key, record in unpaid.items():
                     outcomes.append((key, await settle_intent(wallet, wdir, key, record)))
         except P2PMarketError as exc:   # the wallet could not finish them now
             done = {k for k, _ in outcomes}
             outcomes.extend((k, f"still pending: {exc.message}") for k in unpaid
                             if k not in done)
-    async with PeerClient(wdir.identity(), timeout_s=10) as client:
+    async with PeerClient(wdir.identity(), timeout_s=10, proxy=_net(net).proxy) as client:
         for key, record in wdir.pending().items():
             if not record.get("payment"):
                 continue
@@ -316,17 +321,21 @@ async def resume_pending(wdir: WalletDir,
     return outcomes
 
 
-async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | None, str]]:
-    """Each stored lease with its current verified version (or the error that stopped it)."""
+async def refresh_leases(wdir: WalletDir, net: ClientNet | None = None
+                         ) -> list[tuple[dict[str, str], Lease | None, str]]:
+    """Each stored lease with its current verified version (or the error that stopped it).
+    A host no longer at the stored URL (its relay changed) is looked up in the DHT, and
+    the lease's URL updated."""
     identity = wdir.identity()
+    net = _net(net)
     out: list[tuple[dict[str, str], Lease | None, str]] = []
     audits: list[tuple[bytes, Any, str]] = []
-    async with PeerClient(identity, timeout_s=5) as client:
+    async with PeerClient(identity, timeout_s=5, proxy=net.proxy) as client:
         for record in wdir.leases().values():
             host_key = bytes.fromhex(record["host_key"])
             try:
-                reply = await client.call(record["url"], host_key, "host.lease",
-                                          {"account_id": record["account_id"]})
+                reply, record = await call_host(client, wdir, net, record, "host.lease",
+                                                {"account_id": record["account_id"]})
                 env = Envelope.from_wire(reply.get("lease"))
                 lease = verify_lease(env, host_key)
                 wdir.save_lease(lease.lease_id, {**record, "lease": pack(env.to_wire()).hex()})
@@ -340,7 +349,7 @@ async def refresh_leases(wdir: WalletDir) -> list[tuple[dict[str, str], Lease | 
                 out.append((record, lease, f"stored copy ({exc.message})"))
         if audits:
             with contextlib.suppress(P2PMarketError, TimeoutError):
-                async with MarketView(wdir.genesis()) as market:
+                async with MarketView(wdir.genesis(), net) as market:
                     for host_key, audit, url in audits:
                         await push_audit(client, market, host_key, audit, url)
     return out
@@ -361,7 +370,8 @@ class RefundOutcome:
 
 
 async def refund(wdir: WalletDir, lease_id: str, amount: int | None = None,
-                 close: bool = False, progress: Progress = lambda _: None) -> RefundOutcome:
+                 close: bool = False, progress: Progress = lambda _: None,
+                 net: ClientNet | None = None) -> RefundOutcome:
     """Take ``amount`` (or, with ``close``, everything) back from the account of the lease
     ``lease_id``; receive the payment and push it to the host's witnesses."""
     record = wdir.leases().get(lease_id)
@@ -371,7 +381,8 @@ async def refund(wdir: WalletDir, lease_id: str, amount: int | None = None,
     args: dict[str, Any] = {"account_id": record["account_id"]}
     args.update({"close": True} if close else {"amount": amount})
     genesis = wdir.genesis()
-    async with open_wallet(wdir) as (wallet, client):
+    net = _net(net)
+    async with open_wallet(wdir, net) as (wallet, client):
         progress(f"asking host {node_id_of(host_key).hex()[:12]} for the refund")
         reply = await client.call(url, host_key, "host.refund", args)
         made = reply.get("refund") if isinstance(reply.get("refund"), dict) else None
@@ -389,7 +400,7 @@ async def refund(wdir: WalletDir, lease_id: str, amount: int | None = None,
         paid = [c for c in certs.values() if _pays_us(c, host_key, wallet.key, genesis)]
         answers: list[dict[str, Any]] = []
         with contextlib.suppress(TimeoutError, P2PMarketError):
-            async with MarketView(genesis) as market:
+            async with MarketView(genesis, net) as market:
                 await push_audit(client, market, host_key, reply.get("audit"), url)
                 for cert in paid:
                     progress("handing the refund payment to the host's witnesses")
@@ -402,6 +413,29 @@ async def refund(wdir: WalletDir, lease_id: str, amount: int | None = None,
             await wallet.receive_many(fresh)
     return RefundOutcome(rid, 0 if made is None else int(made.get("amount", 0)),
                          "none" if made is None else str(made.get("status")), paid, answers)
+
+
+def _net(net: ClientNet | None) -> ClientNet:
+    return net if net is not None else ClientNet.load()
+
+
+async def call_host(client: PeerClient, wdir: WalletDir, net: ClientNet,
+                    record: dict[str, str], name: str, args: dict[str, Any]
+                    ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Call ``name`` on the host of a stored lease ``record``; if the host is not at the
+    stored URL any more (a relayed host whose relay changed), find its current URL in
+    its signed DHT record and call it there. Returns the result and the record with
+    the URL that answered (the caller stores it)."""
+    host_key = bytes.fromhex(record["host_key"])
+    try:
+        return await client.call(record["url"], host_key, name, args), record
+    except PeerUnreachable:
+        async with MarketView(wdir.genesis(), net) as market:
+            found = await market.reader.get_host(node_id_of(host_key))
+        if found is None or found.envelope.sender != host_key or found.url == record["url"]:
+            raise
+        record = {**record, "url": found.url}
+        return await client.call(record["url"], host_key, name, args), record
 
 
 def _pays_us(cert: Certificate, host_key: bytes, us: bytes, genesis: Genesis) -> bool:

@@ -21,6 +21,10 @@ gateway for nothing but availability:
 - ``GET /dht/evidence-of/<node id hex>`` -> the checked proofs against a node
   (:meth:`DhtNode.get_evidence`), a msgpack list of proof bodies; the client
   checks each one again (:meth:`GatewayClient.get_evidence`).
+- ``GET /dht/closest/<20-byte key hex>`` -> the ids of the nodes closest to the key
+  that a lookup found (:meth:`DhtNode.closest_ids`), a msgpack list of at most
+  :data:`MAX_CLOSEST` ids: how a proxied node finds a host's witnesses. The caller
+  trusts the gateway for this list (it cannot check it), as for availability.
 
 Requests are rate limited per client address (on the node's
 :attr:`~p2pmarket.dht.node.DhtNode.monotonic` clock). :class:`GatewayClient` is the
@@ -79,6 +83,7 @@ log = logging.getLogger(__name__)
 
 OCTETS = "application/octet-stream"
 MAX_EVIDENCE_ANSWER = MAX_EVIDENCE * (MAX_EVIDENCE_PROOF_BYTES + 8) + 8
+MAX_CLOSEST = 40
 NO_DHT_ADDRESS = ("0.0.0.0", 1)
 """What a proxied host advertises as its DHT address: it has none."""
 
@@ -162,6 +167,14 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
         proofs = await node.get_evidence(node_id)
         return web.Response(body=pack(proofs[:MAX_EVIDENCE]), content_type=OCTETS)
 
+    async def closest(request: web.Request) -> web.StreamResponse:
+        target = _hex_arg(request, "key", NODE_ID_SIZE, "key")
+        if isinstance(target, web.Response):
+            return target
+        node._count("gateway_closest")
+        ids = await node.closest_ids(target)
+        return web.Response(body=pack(ids[:MAX_CLOSEST]), content_type=OCTETS)
+
     def guarded(handler: RouteHandler) -> RouteHandler:
         async def run(request: web.Request) -> web.StreamResponse:
             if limited(request):
@@ -173,7 +186,8 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
               web.get("/dht/offers/{type}", guarded(get_offers)),
               web.get("/dht/doc/{sha256}", guarded(document)),
               evidence_route(node.evidence_body, limited),
-              web.get("/dht/evidence-of/{node_id}", guarded(evidence_of))]
+              web.get("/dht/evidence-of/{node_id}", guarded(evidence_of)),
+              web.get("/dht/closest/{key}", guarded(closest))]
     if allow_store:
         routes.append(web.post("/dht/store/{key:.+}", guarded(store)))
     return routes
@@ -323,6 +337,19 @@ class GatewayClient:
         proofs, self.rejected = checked_proofs(raw, host_id, self.proof_verifier,
                                                self.rejected)
         return proofs
+
+    async def closest_ids(self, target: bytes) -> list[bytes]:
+        """The ids of the nodes closest to ``target`` the gateway's lookup found (valid
+        ids only, at most :data:`MAX_CLOSEST`)."""
+        raw = await self._get(f"/dht/closest/{target.hex()}")
+        try:
+            ids = unpack(raw) if raw is not None else []
+        except WireError:
+            ids = None
+        if not isinstance(ids, list):
+            raise DhtError("gateway sent a malformed node list", "gateway")
+        return [i for i in ids[:MAX_CLOSEST] if isinstance(i, bytes) and len(i) == NODE_ID_SIZE
+                and meets_puzzle(i, self.puzzle_bits)]
 
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                           max_price: int | None = None) -> list[OfferEntry]:

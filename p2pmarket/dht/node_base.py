@@ -102,6 +102,11 @@ class NodeBase:
         self.stats.add(result)
         return result
 
+    async def closest_ids(self, target: bytes) -> list[bytes]:
+        """The ids of the nodes closest to ``target`` (a 20-byte key) a lookup finds."""
+        found = await self.lookup(target, find_value=False)
+        return [node.id for node in found.closest]
+
     async def store_digest(self, dkey: bytes, value: bytes) -> int:
         """Store ``value`` at the k closest nodes; return how many accepted it."""
         found = await self.lookup(dkey, find_value=False)
