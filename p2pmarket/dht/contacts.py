@@ -164,6 +164,16 @@ class ContactGate(DatagramRpc):
         self._pinging: set[bytes] = set()
         self._newcomers: dict[bytes, Node] = {}
 
+    @property
+    def client_mode(self) -> bool:
+        return self._client_mode
+
+    @client_mode.setter
+    def client_mode(self, on: bool) -> None:
+        """Switch client mode at run time (a node that found out it is not reachable):
+        from the next call on, our calls are the ``*_c`` variants."""
+        self._client_mode = on
+
     def _acceptable(self, node_id: object) -> bool:
         return valid_id(node_id, self._puzzle_bits) and node_id != self.source_node.id
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -385,7 +385,8 @@ class GatewayDht(GatewayClient):
         self.url = url
         self.republish_s = republish_s
         self.ttl_us = int(EXPIRY_FACTOR * republish_s * 1_000_000)
-        self._host: tuple[dict[str, ResourceAd], int, DocRef | None] | None = None
+        self._host: tuple[dict[str, ResourceAd], int, DocRef | None, tuple[bytes, ...]] | None \
+            = None
         self._offers: dict[str, tuple[int, int]] = {}
         self._docs: dict[bytes, bytes] = {}
         self._proofs: dict[bytes, tuple[bytes, bytes]] = {}
@@ -415,27 +416,34 @@ class GatewayDht(GatewayClient):
         return await self.store(key, fit_evidence_set(key, [entry])[0])
 
     async def publish_host(self, resources: Mapping[str, ResourceAd],
-                           availability_ppm: int = PPM, document: bytes | None = None
-                           ) -> HostRecord:
+                           availability_ppm: int = PPM, url: str | None = None,
+                           dht: tuple[str, int] | None = None, document: bytes | None = None,
+                           reach: Iterable[bytes] | None = None) -> HostRecord:
+        """As :meth:`DhtNode.publish_host`; the record's DHT address is always
+        :data:`NO_DHT_ADDRESS` (a proxied node has none), whatever ``dht`` says."""
+        if url is not None:
+            self.url = url
         ref = self._host[2] if self._host is not None else None
+        attest = tuple(reach) if reach is not None else (
+            self._host[3] if self._host is not None else ())
         if document is not None:
             if len(document) > MAX_DOC_BYTES:
                 raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
             ref = DocRef.of(document)
             self._docs = {ref.sha256: document}
-        self._host = (dict(resources), availability_ppm, ref)
+        self._host = (dict(resources), availability_ppm, ref, attest)
         record = self._sign_host()
         await self.store(record.key, record.value)
         return record
 
     def _sign_host(self) -> HostRecord:
         assert self._host is not None
-        resources, availability, ref = self._host
+        resources, availability, ref, reach = self._host
         self._seq = self._next(self._seq)
         return make_host_record(self.identity, url=self.url, dht=NO_DHT_ADDRESS,
                                 resources=resources, availability_ppm=availability,
                                 seq=self._seq, now_us=self.clock(), ttl_us=self.ttl_us,
-                                doc=ref)
+                                doc=ref, reach=reach)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         self._offers[resource_type] = (capacity, price)

@@ -148,9 +148,17 @@ class DhtNode(RecordsMixin, EvidenceMixin):
         if self.db_path is not None:
             self._load_state(DhtState(self.db_path))
         await self._server.listen(port, interface=host)
+        self.protocol.client_mode = self.client_mode
         sockname = self._server.transport.get_extra_info("sockname")
         self._address = (host, int(sockname[1]))
         self.spawn(self._republish_loop())
+
+    def set_client_mode(self, on: bool) -> None:
+        """Run as a DHT client (``on``: peers never add us to their tables, for a node
+        that is not reachable from outside) or as a full peer, from now on."""
+        self.client_mode = on
+        if self._server.protocol is not None:
+            self.protocol.client_mode = on
 
     def _load_state(self, state: DhtState) -> None:
         self.state = state

@@ -44,7 +44,7 @@ from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import ConfigError, Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_or_create_key
-from p2pmarket.dht.gateway import gateway_routes
+from p2pmarket.dht.gateway import GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ResourceAd
 from p2pmarket.host.accountstore import AccountStore
@@ -78,11 +78,25 @@ class Node:
         self.genesis = genesis
         self.identity = identity
         self.dispatcher = RpcDispatcher(identity)
-        self.peers = PeerClient(identity)
+        self.peers = PeerClient(identity, proxy=settings.http_proxy or None)
         self.evidence = EvidenceStore(data_dir.evidence_db, genesis)
         self.public_host = settings.public_host   # set at start (see :meth:`start`)
         self.dht = DhtNode(identity, genesis, proof_verifier=proof_verifier(genesis),
                            republish_s=settings.republish_seconds, db_path=data_dir.dht_db)
+        # behind an HTTP proxy there is no UDP: records go through a public peer's gateway
+        self.gateway: GatewayDht | None = None
+        if settings.http_proxy:
+            base = settings.dht_gateway or (genesis.bootstrap[0].url if genesis.bootstrap
+                                            else "")
+            if not base:
+                raise ConfigError("behind an HTTP proxy a node needs a DHT gateway: set "
+                                  "dht_gateway, or name bootstrap peers in the genesis")
+            self.gateway = GatewayDht(identity, base, proof_verifier=proof_verifier(genesis),
+                                      url="", republish_s=settings.republish_seconds,
+                                      proxy=settings.http_proxy,
+                                      puzzle_bits=genesis.puzzle_bits)
+        self.records: DhtNode | GatewayDht = self.gateway or self.dht
+        """Where our records go and others' come from: the DHT, or the gateway."""
         self.notary: NotaryService | None = None
         if identity.public_key in genesis.notary_keys:
             # notaries refuse new entries from owners with a valid proof against them,
@@ -105,10 +119,10 @@ class Node:
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
             for name, h in self.auctioneer.handlers().items()},
             limits=self.auctioneer.request_limits())
-        self.directory = DhtWitnessDirectory(self.dht)   # `own` is set at start
+        self.directory = DhtWitnessDirectory(self.records)   # `own` is set at start
         self.witness = WitnessService(
             identity, self.peers, self.evidence, directory=self.directory,
-            locator=DhtHostLocator(self.dht), sink=DhtEvidenceSink(self.dht),
+            locator=DhtHostLocator(self.records), sink=DhtEvidenceSink(self.records),
             period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db),
             genesis=genesis)
         self.dispatcher.register_all("witness", self.witness.handlers(),
@@ -158,6 +172,9 @@ class Node:
             self.public_host = route_source(
                 [b.host for b in self.genesis.bootstrap], s.listen_host)
         self.dht.url = self.url
+        if self.gateway is not None:
+            self.gateway.url = self.url
+            self.gateway.start_republishing()
         self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
         write_atomic(self.data_dir.control, json.dumps({
             "url": f"http://127.0.0.1:{self.control_site.port}",
@@ -180,6 +197,8 @@ class Node:
         self.data_dir.control.unlink(missing_ok=True)
         self._save_availability(now_us())
         await self.dht.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.control_site.stop()
         await self.peer_site.stop()
         await self.wallet.close()
@@ -242,11 +261,11 @@ class Node:
         as soon as it first has contacts, and whenever a price moves.
         """
         peers = [(b.host, b.dht_port) for b in self.genesis.bootstrap
-                 if (b.host, b.dht_port) != self.dht_address]
+                 if (b.host, b.dht_port) != self.dht_address and self.gateway is None]
         had_contacts = False
         first = True
         while True:
-            contacts = self.dht.contact_count() > 0
+            contacts = self.dht.contact_count() > 0 or self.gateway is not None
             try:
                 await self.publish_if_moved(force=contacts and not had_contacts)
                 self.advertised.set()
@@ -289,11 +308,11 @@ class Node:
         ads = {res: ResourceAd(capacity=info["capacity"], price=max(1, info["price"]),
                                hour_avg=self.prices[res].average(now))
                for res, info in summary.items()}
-        await self.dht.publish_host(ads, availability_ppm=self.availability.ppm(now),
-                                    url=self.url, dht=self.dht_address)
+        await self.records.publish_host(ads, availability_ppm=self.availability.ppm(now),
+                                        url=self.url, dht=self.dht_address)
         self._save_availability(now)
         for res, ad in ads.items():
-            await self.dht.publish_offer(res, ad.capacity, ad.price)
+            await self.records.publish_offer(res, ad.capacity, ad.price)
         self._published = {res: info["price"] for res, info in summary.items()}
         return True
 

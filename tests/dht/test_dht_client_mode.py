@@ -48,3 +48,24 @@ async def test_server_mode_peer_does_enter_routing_tables(swarm: Swarm) -> None:
         assert any(knows(n, peer) for n in nodes)
     finally:
         await peer.close()
+
+
+async def test_client_mode_switches_at_run_time(swarm: Swarm) -> None:
+    """A node that finds out it is not reachable turns client; peers it queries from then
+    on do not add it, and turning back makes it a full peer again."""
+    nodes = await swarm.grow(3)
+    late = DhtNode(Identity.generate(), swarm.genesis, proof_verifier=proof_host_id,
+                   rpc_timeout=1.0)
+    late.set_client_mode(True)   # before start: applied when the socket opens
+    await late.start("127.0.0.1", 0)
+    try:
+        assert late.protocol.client_mode
+        assert await late.bootstrap([nodes[0].address]) > 0
+        await late.get_host(nodes[2].node_id)
+        assert not any(knows(n, late) for n in nodes)
+        late.set_client_mode(False)
+        await late.bootstrap([nodes[0].address])
+        await late.get_host(nodes[1].node_id)
+        assert any(knows(n, late) for n in nodes)
+    finally:
+        await late.close()
