@@ -67,6 +67,14 @@ def may_dial(observed: str, claimed: str) -> bool:
     return target.is_global
 
 
+def rate_key(ip: str) -> str:
+    """What a registrar rate-limits by for a peer at ``ip`` (canonical): the IPv4
+    address, or the IPv6 /64 (one host usually holds a whole /64)."""
+    if ":" not in ip:
+        return ip
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
 def _short(value: object) -> object:
     """A bounded form of a bad value, for an error."""
     if isinstance(value, str | bytes):
@@ -79,4 +87,4 @@ def _short(value: object) -> object:
 
 
 __all__ = ["MAX_HOST_CHARS", "Address", "canonical_ip", "check_port", "http_url",
-           "may_dial", "parse_address"]
+           "may_dial", "parse_address", "rate_key"]

@@ -103,10 +103,10 @@ def test_a_busy_peer_gets_its_twelve(whens: list[int]) -> None:
     """A lone peer asking at least once a second is admitted exactly when fewer than 12
     of its requests lie in the last minute."""
     lim = DialLimiter()
-    now, taken = 0.0, []
+    now, taken = 0.0, list[float]()
     for step in whens:
         now += step / 10
-        expect = sum(1 for t in taken if t > now - 60) < 12
+        expect = len([t for t in taken if t > now - 60]) < 12
         got = lim.admit("p", now) is None
         assert got == expect
         if got:
