@@ -55,6 +55,7 @@ import aiohttp
 from aiohttp import web
 
 from p2pmarket.api.bounds import sealable
+from p2pmarket.api.client import MSGPACK
 from p2pmarket.api.rpc import make_request, open_reply
 from p2pmarket.api.server import observed
 from p2pmarket.core.clock import Clock, Monotonic, now_us
@@ -94,7 +95,6 @@ MAX_REGISTER_BYTES = 1024
 MAX_WS_MESSAGE = 64 * 1024       # aiohttp closes (1009) on a larger message
 MAX_ECHO_REPLY_BYTES = 16 * 1024
 CLOSE_TIMEOUT_S = 2.0            # how long closing waits for the node's close frame
-MSGPACK = "application/msgpack"
 
 
 class Registrar:

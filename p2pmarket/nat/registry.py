@@ -35,10 +35,6 @@ class _Slot:
             self.holder = None
         self.unverified = {n: t for n, t in self.unverified.items() if t > now}
 
-    @property
-    def empty(self) -> bool:
-        return self.holder is None and not self.unverified
-
 
 class Registry:
     """Registrations per address; see the module docstring."""
