@@ -25,6 +25,7 @@ from p2pmarket.cli.terminal import dump, err, human, out
 from p2pmarket.client.buyer import buy as run_buy
 from p2pmarket.client.buyer import refresh_leases, resume_pending
 from p2pmarket.client.discovery import MarketView
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.money import format_credits, parse_credits
 
@@ -33,7 +34,9 @@ BUY_EXAMPLES = """examples:
   p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB"""
 HOSTS_EXAMPLES = """examples:
   p2pmarket hosts
-  p2pmarket hosts --type memory --max-price 5 --json"""
+  p2pmarket hosts --type memory --max-price 5 --json
+  p2pmarket hosts --reach public --reach forwarded     # hosts reachable directly
+  p2pmarket hosts --http-proxy http://proxy:8888       # from behind an HTTP proxy"""
 LEASES_EXAMPLES = """examples:
   p2pmarket leases
   p2pmarket leases --json"""
@@ -66,6 +69,10 @@ def add_hosts(sub: Subcommands) -> None:
     h.add_argument("--min-capacity", type=int, default=0,
                    help="lowest capacity in base units (MHz, KiB, bit/s)")
     h.add_argument("--limit", type=int, default=20, help="top N by cost efficiency")
+    h.add_argument("--reach", action="append", metavar="CLASS",
+                   choices=["public", "forwarded", "nat", "proxied", "unattested"],
+                   help="only hosts of this reachability class (repeatable): public, "
+                        "forwarded (NAT with a port forward), nat, proxied, unattested")
     json_opt(h)
 
 
@@ -141,19 +148,29 @@ async def hosts(args: argparse.Namespace) -> int:
         views = await market.hosts(types, limit=args.limit, min_capacity=args.min_capacity,
                                    max_price=max_price)
         exposed = [i.hex() for i in market.exposed]
+        unreachable = [i.hex() for i in market.unreachable]
+    now = now_us()
+    reach = {v.node_id: v.reach(now) for v in views}
+    if args.reach:
+        views = [v for v in views if (reach[v.node_id].reach_class or "unattested")
+                 in args.reach]
     rows: list[dict[str, Any]] = [{"node_id": v.node_id.hex(), "url": v.record.url,
              "dht": f"{v.record.dht[0]}:{v.record.dht[1]}",
-             # no registrar attests addresses yet (the NAT issue adds attestations)
-             "reachability": "attested" if v.record.reach else "unattested",
+             "reachability": reach[v.node_id].label,
+             "class": (reach[v.node_id].reach_class or "unattested"),
+             "relay": reach[v.node_id].relayed_by,
+             "registrars": reach[v.node_id].registrars,
              "availability_ppm": v.record.availability_ppm,
              "resources": {t: {"capacity": ad.capacity, "price": ad.price,
                                "hour_avg": ad.hour_avg}
                            for t, ad in v.record.resources.items()}} for v in views]
     if args.json:
-        dump({"hosts": rows, "exposed": exposed})
+        dump({"hosts": rows, "exposed": exposed, "unreachable": unreachable})
         return 0
     table = Table(title=f"market: {len(rows)} host(s) offering {', '.join(types)}"
-                  + (f"; {len(exposed)} exposed host(s) left out" if exposed else ""))
+                  + (f"; {len(exposed)} exposed host(s) left out" if exposed else "")
+                  + (f"; {len(unreachable)} unreachable host(s) left out"
+                     if unreachable else ""))
     for col in ("host", "address", "reach", "resources (capacity @ price µc/s, hour avg)",
                 "avail"):
         table.add_column(col)

@@ -17,6 +17,7 @@ from types import TracebackType
 from p2pmarket.audit.evidence import proof_verifier
 from p2pmarket.audit.witnessing import DhtReader, DhtWitnessDirectory
 from p2pmarket.client.netopts import ClientNet
+from p2pmarket.client.reachview import ReachView, reach_of
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
@@ -56,6 +57,10 @@ class HostView:
         ad = self.record.resources.get(rtype)
         return ad.price if ad else 0
 
+    def reach(self, now: int) -> ReachView:
+        """What the record's attestations and relay voucher say (checked)."""
+        return reach_of(self.record, now)
+
 
 class MarketView:
     """The buyer's view of the market in the DHT, through a client-mode DHT peer with a
@@ -72,6 +77,7 @@ class MarketView:
         self.dht = DhtNode(Identity.generate(genesis.puzzle_bits), genesis,
                            proof_verifier=proof_verifier(genesis), client_mode=True)
         self.exposed: list[bytes] = []   # hosts left out of the last query for evidence
+        self.unreachable: list[bytes] = []   # ... whose URL their attestations do not back
 
     @property
     def reader(self) -> DhtReader:
@@ -121,7 +127,9 @@ class MarketView:
     async def hosts(self, types: list[str], limit: int = 20, min_capacity: int = 0,
                     max_price: int | None = None) -> list[HostView]:
         """Hosts offering every type in ``types`` within the filters, best cost efficiency
-        (capacity / price of the first type, then the next) first; records verified."""
+        (capacity / price of the first type, then the next) first; records verified;
+        exposed hosts (:attr:`exposed`) and hosts whose URL is not backed by their
+        attestations or relay voucher (:attr:`unreachable`) left out."""
         try:
             found = await asyncio.wait_for(
                 self._market(types, limit, min_capacity, max_price), LOOKUP_TIMEOUT_S)
@@ -134,4 +142,7 @@ class MarketView:
                                         return_exceptions=True)
         self.exposed = [h.node_id for h, proofs in zip(live, evidence, strict=True)
                         if isinstance(proofs, list) and proofs]
-        return [HostView(h.record) for h in live if h.node_id not in self.exposed]
+        # buyers skip hosts they cannot reach: a URL no attestation or voucher backs
+        self.unreachable = [h.node_id for h in live if not reach_of(h.record, now).reachable]
+        return [HostView(h.record) for h in live
+                if h.node_id not in self.exposed and h.node_id not in self.unreachable]

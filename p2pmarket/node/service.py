@@ -19,6 +19,7 @@ import socket
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from p2pmarket.api.client import PeerClient
 from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher
@@ -44,7 +45,7 @@ from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import ConfigError, Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_or_create_key
-from p2pmarket.dht.gateway import GatewayDht, gateway_routes
+from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ResourceAd
 from p2pmarket.host.accountstore import AccountStore
@@ -58,7 +59,11 @@ from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
+from p2pmarket.nat.registrar import Registrar
+from p2pmarket.nat.registration import echo_handlers
+from p2pmarket.nat.relay import RelayService
 from p2pmarket.node.advert import Availability, PriceHistory, moved
+from p2pmarket.node.reach import Advert, ReachKeeper, reach_candidates
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +132,22 @@ class Node:
             genesis=genesis)
         self.dispatcher.register_all("witness", self.witness.handlers(),
                                      limits=self.witness.request_limits())
+        # reachability (section 7): every node answers callbacks; a node that may serve
+        # others is a registrar and a relay (useful once it is public)
+        self.dispatcher.register_all("nat", echo_handlers(identity))
+        self.registrar = Registrar(identity) if settings.relay else None
+        self.relay = (RelayService(identity, lambda: self.url) if settings.relay else None)
+        self.advert: Advert | None = None
+        self.reach = ReachKeeper(
+            identity, self_known=lambda: (self.public_host, self.peer_site.port),
+            local_url=self.local_url,
+            candidates=lambda: reach_candidates(genesis, self.dht, self.records),
+            on_advert=self._on_advert, proxy=settings.http_proxy or None
+        ) if settings.nat else None
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
-            upload_route(self.auctioneer), *gateway_routes(self.dht)]))
+            upload_route(self.auctioneer), *gateway_routes(self.dht),
+            *(self.registrar.routes() if self.registrar else ()),
+            *(self.relay.routes() if self.relay else ())]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
                                              self.control_handlers()))
         self.chain_ready = asyncio.Event()
@@ -145,13 +164,39 @@ class Node:
 
     @property
     def url(self) -> str:
-        """Our peer URL: the public host and the port the peer API bound."""
+        """Our peer URL: what reachability found (our verified address, or our relay's
+        URL for us), else the public host and the port the peer API bound."""
+        if self.advert is not None:
+            return self.advert.url
         return http_url(self.public_host, self.peer_site.port)
+
+    def local_url(self) -> str:
+        """Our own peer API from this machine (where relayed requests are replayed)."""
+        host = self.settings.listen_host
+        return http_url("127.0.0.1" if is_wildcard(host) else host, self.peer_site.port)
 
     @property
     def dht_address(self) -> tuple[str, int]:
-        """Where peers reach our DHT: the public host and the UDP port bound."""
+        """Where peers reach our DHT: the public host and the UDP port bound; none (a
+        placeholder) when we run the DHT as a client or through a gateway."""
+        if self.gateway is not None or (self.advert is not None and self.advert.client_mode):
+            return NO_DHT_ADDRESS
         return self.public_host, self.dht.port
+
+    async def _on_advert(self, advert: Advert) -> None:
+        """Reachability changed what we advertise: switch the DHT's mode, republish."""
+        if not advert.client_mode:
+            self.public_host = urlsplit(advert.url).hostname or self.public_host
+        self.advert = advert
+        self.dht.set_client_mode(advert.client_mode)
+        self.dht.url = self.url
+        if self.gateway is not None:
+            self.gateway.url = self.url
+        self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
+        log.info("reachability: advertising %s (%s)", advert.url,
+                 "relayed, DHT client" if advert.client_mode else "direct")
+        if self.advertised.is_set():
+            await self.publish_if_moved(force=True)
 
     async def start(self) -> None:
         """Listen (a bind error is one :class:`ConfigError` line and nothing is left
@@ -180,7 +225,9 @@ class Node:
             "url": f"http://127.0.0.1:{self.control_site.port}",
             "pid": os.getpid(), "node_id": self.identity.node_id.hex(),
         }).encode())
-        self._tasks = [asyncio.create_task(self._open_chain(), name="open-chain"),
+        if self.reach is not None:
+            self._tasks.append(asyncio.create_task(self.reach.run(), name="reach"))
+        self._tasks += [asyncio.create_task(self._open_chain(), name="open-chain"),
                        asyncio.create_task(self._collect_payments(), name="collect"),
                        asyncio.create_task(self.witness.run(), name="witness"),
                        asyncio.create_task(self._advertise(), name="advertise"),
@@ -195,6 +242,10 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.data_dir.control.unlink(missing_ok=True)
+        if self.registrar is not None:   # open websockets would hold up the site's cleanup
+            await self.registrar.close()
+        if self.relay is not None:
+            await self.relay.close()
         self._save_availability(now_us())
         await self.dht.close()
         if self.gateway is not None:
@@ -309,7 +360,8 @@ class Node:
                                hour_avg=self.prices[res].average(now))
                for res, info in summary.items()}
         await self.records.publish_host(ads, availability_ppm=self.availability.ppm(now),
-                                        url=self.url, dht=self.dht_address)
+                                        url=self.url, dht=self.dht_address,
+                                        reach=self.advert.reach if self.advert else None)
         self._save_availability(now)
         for res, ad in ads.items():
             await self.records.publish_offer(res, ad.capacity, ad.price)
@@ -366,6 +418,9 @@ class Node:
                 "node_id": self.identity.node_id, "key": self.identity.public_key,
                 "url": self.url, "dht_address": list(self.dht_address), "dht_port": self.dht.port,
                 "notary": self.notary is not None,
+                "reach": self.reach.status() if self.reach is not None else {"class": "off"},
+                "registrar": self.registrar.status() if self.registrar else None,
+                "relay": self.relay.status() if self.relay else None,
                 "ready": self.chain_ready.is_set() and self.advertised.is_set(),
                 "balance": self.wallet.balance() if self.chain_ready.is_set() else None,
                 "dht_contacts": self.dht.contact_count(),
