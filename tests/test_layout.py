@@ -52,6 +52,8 @@ PURE_CORES = (
     "p2pmarket.dht.ratelimit",
     "p2pmarket.node.advert",
     "p2pmarket.nat.table",
+    "p2pmarket.testnet.topology",
+    "p2pmarket.testnet.plan",
 )
 
 
@@ -238,7 +240,7 @@ def test_folders_are_the_rooms() -> None:
     folders = {m.folder for m in MODS.values()}
     assert {"p2pmarket.dht", "p2pmarket.ledger", "p2pmarket.host", "p2pmarket.client",
             "p2pmarket.nat", "p2pmarket.auction", "p2pmarket.audit", "p2pmarket.core",
-            "p2pmarket.cli", "p2pmarket.api"} <= folders
+            "p2pmarket.cli", "p2pmarket.api", "p2pmarket.testnet"} <= folders
 
 
 # -- the checks themselves, on planted faults ----------------------------------------
