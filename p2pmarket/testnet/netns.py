@@ -12,6 +12,7 @@ it runs there (:meth:`NetnsTestnet.run_in`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -122,6 +123,9 @@ class NetnsTestnet:
         if state.exists(root) or (root / LOOPBACK_STATE).exists():
             raise TestnetError(f"a testnet already runs in {root}; use `testnet down` first",
                                str(root))
+        if root.exists() and any(root.iterdir()):
+            raise TestnetError(f"{root} is not empty: a namespace testnet needs a new dir",
+                               str(root))
         root.mkdir(parents=True, exist_ok=True)
         write_atomic(root / TOPOLOGY_FILE, topology_path.read_bytes())
         net = cls(root, topo, State(new_prefix(), python))
@@ -135,7 +139,8 @@ class NetnsTestnet:
                 net.start_nodes()
             net._save(replace(net.state, built=True))
         except BaseException:
-            net.down()
+            with contextlib.suppress(TestnetError):   # the state file stays for a retry
+                net.down()
             raise
         return net
 
@@ -202,7 +207,8 @@ class NetnsTestnet:
 
     def run_in(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run ``argv`` in the namespace of a site, router or proxy (``subprocess.run``
-        keyword arguments pass through)."""
+        keyword arguments pass through). :func:`down` ends only the testnet's own
+        processes: end whatever you start here."""
         return subprocess.run(in_namespace(self.namespace(name), argv), **kwargs)
 
     def popen_in(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:

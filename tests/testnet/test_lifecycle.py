@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,26 @@ address = "198.18.0.31"
 """
 BUILD = ("import sys; from pathlib import Path; from p2pmarket.testnet.netns import "
          "NetnsTestnet; NetnsTestnet.up(Path(sys.argv[1]), Path(sys.argv[2]), "
-         "start_nodes=False)")
+         "start_nodes=sys.argv[3] == 'nodes'); print('up', flush=True); sys.stdin.read()")
+
+
+def kill_runner_when(topology: Path, root: Path, nodes: bool,
+                     made: Callable[[state.State], bool]) -> state.State:
+    """Build in another process, SIGKILL it as soon as ``made(state)``; the state left."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runner = subprocess.Popen([sys.executable, "-c", BUILD, str(topology), str(root),
+                               "nodes" if nodes else "-"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and runner.poll() is None:
+            if state.exists(root) and made(state.load(root)):
+                break
+            time.sleep(0.002)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+    return state.load(root)
 
 
 @pytest.fixture
@@ -69,22 +89,39 @@ def test_down_removes_every_namespace_and_process_and_is_idempotent(tmp_path: Pa
 @needs_tools
 def test_down_cleans_up_after_a_runner_killed_mid_build(tmp_path: Path) -> None:
     root = tmp_path / "net"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    runner = subprocess.Popen([sys.executable, "-c", BUILD, str(DEFAULT_TOPOLOGY), str(root)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    try:
-        while time.monotonic() < deadline:     # until it has made a few namespaces
-            if state.exists(root) and len(state.load(root).namespaces) >= 3:
-                break
-            time.sleep(0.002)
-    finally:
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=10)
-    st = state.load(root)
+    st = kill_runner_when(DEFAULT_TOPOLOGY, root, False, lambda st: len(st.namespaces) >= 3)
     assert not st.built and len(st.namespaces) >= 3 and ours(st.prefix)
     netns.down(root)
     assert ours(st.prefix) == [] and not state.exists(root)
+
+
+def test_down_ends_the_nodes_of_a_killed_runner(small: Path, tmp_path: Path) -> None:
+    root = tmp_path / "net"
+    st = kill_runner_when(small, root, True, lambda st: any(p.pid for p in st.processes))
+    n1 = st.process("n1")
+    assert n1 is not None and n1.pid is not None and procs.is_our_node(n1.pid, n1.arg)
+    assert netns.down(root) >= 1
+    assert ours(st.prefix) == [] and not procs.is_our_node(n1.pid, n1.arg)
+
+
+def test_down_finds_a_process_listed_before_its_pid_and_spares_others(
+        small: Path, tmp_path: Path) -> None:
+    net = netns.NetnsTestnet.up(small, tmp_path / "net", start_nodes=False)
+    try:
+        d = str(net.data_dir("h1"))
+        sleeper = [sys.executable, "-c", "import sys, time; time.sleep(60)"]
+        node = net.popen_in("h1", [*sleeper, "p2pmarket", d])   # looks like h1's node
+        other = net.popen_in("h1", [*sleeper, "not-ours", d])
+        listed = state.Proc("h1", "node", net.namespace("h1"), d)      # pid not known
+        state.save(net.root, net.state.with_process(listed))
+        assert procs.is_our_node(node.pid, d) and not procs.is_our_node(other.pid, d)
+    finally:
+        assert net.down() == 1
+    assert not procs.is_our_node(node.pid, d)     # ended (and reaped) by down
+    assert other.poll() is None and procs.runs(other.pid, "not-ours", d)
+    node.wait(timeout=10)
+    other.kill()
+    other.wait(timeout=10)
 
 
 def test_real_nodes_get_ready_and_survive_a_crash(small: Path, tmp_path: Path) -> None:

@@ -115,3 +115,9 @@ def test_the_testnet_dir_holds_the_network(default_net: NetnsTestnet) -> None:
         default_net.data_dir("b1")
     with pytest.raises(state.TestnetError, match="already runs"):
         NetnsTestnet.up(DEFAULT_TOPOLOGY, default_net.root, start_nodes=False)
+    used = default_net.root.parent / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    with pytest.raises(state.TestnetError, match="not empty"):
+        NetnsTestnet.up(DEFAULT_TOPOLOGY, used, start_nodes=False)
+    assert [p.name for p in used.iterdir()] == ["notes.txt"]
