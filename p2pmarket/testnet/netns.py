@@ -5,8 +5,8 @@ namespace per site, router and proxy plus one for the internet's bridge and wire
 them (:mod:`.plan`), starts tinyproxy in each proxy's namespace and a node in each
 notary's and host's (``ip netns exec NS <python> -m p2pmarket node ...``, notaries
 first). Everything is listed in the state file (:mod:`.state`) before it is made;
-:func:`down` reads only that file, so it cleans up after a runner killed at any
-point. A node's control API is on 127.0.0.1 inside its namespace: whatever talks to
+:func:`.teardown.down` reads only that file, so it cleans up after a runner killed
+at any point. A node's control API is on 127.0.0.1 inside its namespace: whatever talks to
 it runs there (:meth:`NetnsTestnet.run_in`).
 """
 
@@ -41,9 +41,9 @@ from p2pmarket.testnet.plan import (
     tinyproxy_config,
 )
 from p2pmarket.testnet.state import Proc, State, TestnetError
+from p2pmarket.testnet.teardown import down, existing_namespaces, run
 from p2pmarket.testnet.topology import Topology, TopologyError, parse
 
-CMD_TIMEOUT_S = 30.0
 STATUS_TIMEOUT_S = 10.0
 LISTEN_WAIT_S = 20.0
 LOOPBACK_STATE = "testnet.json"   # a loopback testnet's (p2pmarket.cli.testnet)
@@ -70,11 +70,6 @@ def missing_requirements(topo: Topology) -> list[str]:
     return missing
 
 
-def existing_namespaces() -> list[str]:
-    listed = _run(["ip", "netns", "list"]).stdout.splitlines()
-    return [line.split()[0] for line in listed if line.strip()]
-
-
 def new_prefix() -> str:
     """A prefix no namespace on this machine starts with."""
     taken = existing_namespaces()
@@ -83,17 +78,6 @@ def new_prefix() -> str:
         if not any(ns.startswith(prefix) for ns in taken):
             return prefix
     raise TestnetError("no free namespace prefix (too many p2pm* namespaces)")
-
-
-def _run(argv: list[str] | tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True,
-                              timeout=CMD_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TestnetError(f"{' '.join(argv)}: {exc}", list(argv)) from None
-    if done.returncode != 0:
-        raise TestnetError(f"{' '.join(argv)} failed: {done.stderr.strip()}", list(argv))
-    return done
 
 
 class NetnsTestnet:
@@ -158,12 +142,12 @@ class NetnsTestnet:
     def _build(self) -> None:
         for ns in namespaces(self.topology, self.state.prefix):
             self._save(self.state.with_namespace(ns))
-            _run(["ip", "netns", "add", ns])
+            run(["ip", "netns", "add", ns])
         for cmd in link_commands(self.topology, self.state.prefix):
-            _run(cmd)
+            run(cmd)
 
     def down(self) -> int:
-        """Take the testnet down (see :func:`down`)."""
+        """Take the testnet down (see :func:`.teardown.down`)."""
         return down(self.root)
 
     # -- where things are ------------------------------------------------------------
@@ -357,27 +341,3 @@ class NetnsTestnet:
                     row["error"] = node["error"]
             rows.append(row)
         return rows
-
-
-def down(root: Path) -> int:
-    """Stop every process the state file lists (checked by command line; also those
-    started but not yet given a pid, found by ``ip netns pids``), delete every
-    namespace it lists (which removes their veths and iptables rules), then the state
-    file. Idempotent. Returns how many processes were running."""
-    root = root.resolve()
-    if not state.exists(root):
-        return 0
-    st = state.load(root)
-    alive = set(existing_namespaces())
-    candidates: list[tuple[int, str, str]] = []
-    for p in st.processes:
-        pids = {p.pid} if p.pid else set()
-        if p.namespace in alive:
-            pids |= {int(x) for x in _run(["ip", "netns", "pids", p.namespace]).stdout.split()}
-        candidates += [(pid, p.program, p.arg) for pid in sorted(pids)]
-    stopped = procs.stop_all(candidates)
-    for ns in reversed(st.namespaces):
-        if ns in alive:
-            _run(["ip", "netns", "del", ns])
-    (root / state.STATE_FILE).unlink(missing_ok=True)
-    return stopped

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import p2pmarket
-from p2pmarket.testnet.netns import NetnsTestnet, existing_namespaces
+from p2pmarket.testnet.netns import NetnsTestnet
+from p2pmarket.testnet.teardown import existing_namespaces
 
 REPO = Path(p2pmarket.__file__).resolve().parents[1]
 DEFAULT_TOPOLOGY = REPO / "testnet" / "default.toml"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from p2pmarket.cli.main import main
-from p2pmarket.testnet import netns, procs, state
+from p2pmarket.testnet import netns, procs, state, teardown
 from tests.testnet.conftest import (
     DEFAULT_TOPOLOGY,
     REPO,
@@ -83,7 +83,7 @@ def test_down_removes_every_namespace_and_process_and_is_idempotent(tmp_path: Pa
     assert net.down() == 1
     assert ours(prefix) == [] and not procs.runs(proxy, "tinyproxy", str(tmp_path))
     assert not (tmp_path / "net" / "netns.json").exists()
-    assert net.down() == 0 and netns.down(tmp_path / "nowhere") == 0
+    assert net.down() == 0 and teardown.down(tmp_path / "nowhere") == 0
 
 
 @needs_tools
@@ -91,7 +91,7 @@ def test_down_cleans_up_after_a_runner_killed_mid_build(tmp_path: Path) -> None:
     root = tmp_path / "net"
     st = kill_runner_when(DEFAULT_TOPOLOGY, root, False, lambda st: len(st.namespaces) >= 3)
     assert not st.built and len(st.namespaces) >= 3 and ours(st.prefix)
-    netns.down(root)
+    teardown.down(root)
     assert ours(st.prefix) == [] and not state.exists(root)
 
 
@@ -100,7 +100,7 @@ def test_down_ends_the_nodes_of_a_killed_runner(small: Path, tmp_path: Path) -> 
     st = kill_runner_when(small, root, True, lambda st: any(p.pid for p in st.processes))
     n1 = st.process("n1")
     assert n1 is not None and n1.pid is not None and procs.is_our_node(n1.pid, n1.arg)
-    assert netns.down(root) >= 1
+    assert teardown.down(root) >= 1
     assert ours(st.prefix) == [] and not procs.is_our_node(n1.pid, n1.arg)
 
 
