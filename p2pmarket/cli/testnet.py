@@ -43,6 +43,7 @@ from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_key, save_key
 from p2pmarket.core.money import format_credits
 from p2pmarket.testnet import netns, state, teardown
+from p2pmarket.testnet.datadirs import TOPOLOGY_FILE
 from p2pmarket.testnet.procs import is_our_node, stop_pid
 from p2pmarket.testnet.state import TestnetError
 
@@ -267,7 +268,7 @@ def netns_up(args: argparse.Namespace) -> int:
 
 
 async def testnet_down(args: argparse.Namespace) -> int:
-    if state.exists(args.dir):
+    if state.exists(args.dir) or (args.dir / TOPOLOGY_FILE).exists():   # a namespace one
         stopped = teardown.down(args.dir)
         out.print(f"stopped {stopped} process(es) and removed the namespaces of the "
                   f"testnet in {args.dir}")
