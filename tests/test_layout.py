@@ -58,6 +58,8 @@ PURE_CORES = (
     "p2pmarket.nat.registry",
     "p2pmarket.nat.limits",
     "p2pmarket.nat.reachability",
+    "p2pmarket.testnet.topology",
+    "p2pmarket.testnet.plan",
 )
 
 
@@ -243,7 +245,7 @@ def test_folders_are_the_rooms() -> None:
     folders = {m.folder for m in MODS.values()}
     assert {"p2pmarket.dht", "p2pmarket.ledger", "p2pmarket.host", "p2pmarket.client",
             "p2pmarket.nat", "p2pmarket.auction", "p2pmarket.audit", "p2pmarket.core",
-            "p2pmarket.cli", "p2pmarket.api"} <= folders
+            "p2pmarket.cli", "p2pmarket.api", "p2pmarket.testnet"} <= folders
 
 
 # -- the checks themselves, on planted faults ----------------------------------------

@@ -1,4 +1,5 @@
-"""A local market: N node processes on loopback with a shared genesis.
+"""A local market: N node processes on loopback with a shared genesis, or (``up
+--netns TOPOLOGY``) a testnet of network namespaces (:mod:`p2pmarket.testnet`).
 
 Layout of a testnet directory::
 
@@ -10,17 +11,16 @@ Layout of a testnet directory::
 ``down`` ends only the processes listed in testnet.json, by pid, after checking
 that each pid still runs a p2pmarket node on that data dir.
 
-The ``p2pmarket testnet up|down|status`` commands are at the end.
+The ``p2pmarket testnet up|down|status`` commands are at the end; for a namespace
+testnet they are thin calls of :class:`p2pmarket.testnet.netns.NetnsTestnet`
+(``down`` and ``status`` tell the two kinds apart by their state files).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,12 +42,12 @@ from p2pmarket.core.genesis import BootstrapPeer, Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_key, save_key
 from p2pmarket.core.money import format_credits
+from p2pmarket.testnet import netns, state, teardown
+from p2pmarket.testnet.datadirs import TOPOLOGY_FILE
+from p2pmarket.testnet.procs import is_our_node, stop_pid
+from p2pmarket.testnet.state import TestnetError
 
 HOST = "127.0.0.1"
-
-
-class TestnetError(P2PMarketError):
-    """The local market could not be started, found or stopped."""
 
 
 @dataclass(frozen=True)
@@ -169,41 +169,6 @@ def load(root: Path) -> list[NodeProc]:
         raise TestnetError(f"{root}/testnet.json is damaged", str(root)) from None
 
 
-def is_our_node(pid: int, data_dir: str) -> bool:
-    """True if ``pid`` is alive and is a p2pmarket node on ``data_dir``."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"p2pmarket" in b" ".join(cmdline) and data_dir.encode() in cmdline
-
-
-def stop_pid(pid: int, data_dir: str, timeout_s: float = 15.0) -> bool:
-    """SIGTERM our node, wait, SIGKILL if it will not go. True if it was running."""
-    if not is_our_node(pid, data_dir):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not is_our_node(pid, data_dir) or _reap(pid):
-            return True
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> bool:
-    """Collect our own child if it exited (no-op for processes we did not fork)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == pid
-
-
 def stop(root: Path) -> int:
     """Stop every node of the testnet; returns how many were running."""
     procs = load(root)
@@ -217,18 +182,25 @@ def stop(root: Path) -> int:
 EXAMPLES = """examples:
   p2pmarket testnet up --nodes 5 --dir run/testnet
   p2pmarket testnet status --dir run/testnet
-  p2pmarket testnet down --dir run/testnet"""
+  p2pmarket testnet down --dir run/testnet
+  sudo p2pmarket testnet up --netns testnet/default.toml --dir run/netns   # as root"""
 READY_TIMEOUT_S = 60.0
 
 
 def add_testnet(sub: Subcommands) -> None:
-    t = sub.add("testnet", "Run a local market of node processes on loopback.", EXAMPLES)
+    t = sub.add("testnet", "Run a local market of node processes on loopback, or in "
+                "network namespaces.", EXAMPLES)
     actions = Subcommands(t, "action", "ACTION")
     tu = actions.add("up", "create and start a testnet", EXAMPLES, testnet_up)
-    tu.add_argument("--nodes", type=int, default=5, help="number of node processes")
+    tu.add_argument("--netns", type=Path, metavar="TOPOLOGY",
+                    help="build this topology (testnet/README.md) in network namespaces "
+                         "instead (root; needs ip, iptables, tinyproxy)")
+    tu.add_argument("--nodes", type=int, default=5,
+                    help="number of node processes (loopback)")
     tu.add_argument("--base-port", type=int, default=0,
-                    help="first port (default: any free)")
-    tu.add_argument("--tick-seconds", type=float, default=1.0, help="auction tick")
+                    help="first port (loopback; default: any free)")
+    tu.add_argument("--tick-seconds", type=float, default=None,
+                    help="auction tick (default 1; with --netns, the topology's)")
     for action, text, run in (("down", "stop the testnet's nodes", testnet_down),
                               ("status", "show its nodes", testnet_status)):
         q = actions.add(action, text, EXAMPLES, run)
@@ -243,7 +215,9 @@ def dir_opt(q: argparse.ArgumentParser) -> None:
 
 async def testnet_up(args: argparse.Namespace) -> int:
     root: Path = args.dir
-    dirs = create(root, args.nodes, args.base_port, tick_seconds=args.tick_seconds)
+    if args.netns is not None:
+        return netns_up(args)
+    dirs = create(root, args.nodes, args.base_port, tick_seconds=args.tick_seconds or 1.0)
     procs = start(root, dirs)
     with out.status(f"starting {len(procs)} nodes…"):
         errors = await wait_ready(root, READY_TIMEOUT_S)
@@ -276,13 +250,54 @@ async def wait_ready(root: Path, timeout_s: float) -> list[str]:
     return [f"{n} not ready after {timeout_s:.0f}s ({last.get(n, 'starting')})" for n in pending]
 
 
+def netns_up(args: argparse.Namespace) -> int:
+    settings = {} if args.tick_seconds is None else {"tick_seconds": args.tick_seconds}
+    net = netns.NetnsTestnet.up(args.netns, args.dir, settings=settings)
+    nodes = len(net.topology.nodes)
+    try:
+        with out.status(f"starting {nodes} nodes in namespaces {net.state.prefix}-*…"):
+            net.wait_ready(READY_TIMEOUT_S)
+    except TestnetError as exc:
+        err.print(f"error: {exc.message}")
+        err.print(f"the testnet stays up for a look; `p2pmarket testnet down --dir {args.dir}`")
+        return 1
+    out.print(f"namespace testnet of {nodes} nodes up in {args.dir} (namespaces "
+              f"{net.state.prefix}-*, genesis {net.genesis_path}, "
+              f"mint wallet {net.wallet_dir(net.topology.mint)})")
+    return 0
+
+
 async def testnet_down(args: argparse.Namespace) -> int:
+    if state.exists(args.dir) or (args.dir / TOPOLOGY_FILE).exists():   # a namespace one
+        stopped = teardown.down(args.dir)
+        out.print(f"stopped {stopped} process(es) and removed the namespaces of the "
+                  f"testnet in {args.dir}")
+        return 0
     stopped = stop(args.dir)
     out.print(f"stopped {stopped} node(s) of the testnet in {args.dir}")
     return 0
 
 
+def netns_status(args: argparse.Namespace) -> int:
+    rows = netns.NetnsTestnet.open(args.dir).rows()
+    errors = sum(1 for r in rows if r["ready"] is False)
+    if args.json:
+        dump({"sites": rows})
+        return errors
+    table = Table(title=f"namespace testnet {args.dir}")
+    for col in ("site", "namespace", "address", "role", "behind", "pid", "ready", "contacts"):
+        table.add_column(col)
+    for r in rows:
+        ready = "" if r["ready"] is None else "yes" if r["ready"] else r.get("error", "no")
+        table.add_row(r["name"], r["namespace"], r["address"], r["role"], r["behind"] or "",
+                      str(r["pid"] or ""), ready, str(r.get("contacts", "")))
+    out.print(table)
+    return errors
+
+
 async def testnet_status(args: argparse.Namespace) -> int:
+    if state.exists(args.dir):
+        return netns_status(args)
     procs = load(args.dir)
     rows = []
     errors = 0
