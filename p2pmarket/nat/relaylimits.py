@@ -94,7 +94,7 @@ class RelayBook:
         self.slots: dict[bytes, Slot] = {}
         self.circuits: dict[int, Circuit] = {}
         self.bytes_relayed = 0
-        self._next_circuit = 1
+        self.next_circuit = 1
 
     def expire(self, now: int) -> list[bytes]:
         """Drop the reservations expired at ``now`` (and their circuits); the node ids
@@ -134,10 +134,10 @@ class RelayBook:
         if sum(c.node_id == node_id for c in self.circuits.values()) \
                 >= self.limits.circuits_per_peer:
             return Refusal(CIRCUIT_LIMIT, self.limits.circuits_per_peer)
-        cid = self._next_circuit
+        cid = self.next_circuit
         while cid in self.circuits:   # at most len(circuits) steps
             cid = cid % MAX_CIRCUIT + 1
-        self._next_circuit = cid % MAX_CIRCUIT + 1
+        self.next_circuit = cid % MAX_CIRCUIT + 1
         self.circuits[cid] = Circuit(node_id, now)
         return cid
 
