@@ -52,6 +52,9 @@ PURE_CORES = (
     "p2pmarket.dht.ratelimit",
     "p2pmarket.node.advert",
     "p2pmarket.nat.table",
+    "p2pmarket.nat.frames",         # the relay's circuit framing
+    "p2pmarket.nat.reservation",    # relay vouchers
+    "p2pmarket.nat.relaylimits",    # the relay's book
 )
 
 
