@@ -21,7 +21,7 @@ OPEN        1        >= 1   msgpack ``{method, path, query, headers, body, peer}
                             ``[ip, port]`` the relay saw the caller at, or nil
 DATA        2        >= 1   1 .. MAX_DATA bytes of the body (request or response)
 END         3        >= 1   empty: this direction's body is complete
-RESPONSE    4        >= 1   msgpack ``{status, headers}`` (host to relay)
+RESPONSE    4        >= 1   msgpack ``{status, headers}`` (host to relay), status 200..599
 RESET       5        any    msgpack ``{error}``: the circuit is dropped; on circuit 0 the
                             reservation is refused or over (relay to host)
 WINDOW      6        >= 1   u32 (big-endian) >= 1: the receiver has consumed that many
@@ -156,11 +156,10 @@ Frame = Open | Data | End | Response | Reset | Window | Reserve | Reserved
 
 def end_to_end(headers: Iterable[tuple[str, str]]) -> Headers:
     """``headers`` without the hop-by-hop ones (:data:`HOP_BY_HOP` and those the
-    ``Connection`` header names), names lower-cased; at most :data:`MAX_HEADERS`."""
+    ``Connection`` header names), names lower-cased."""
     pairs = [(str(k).lower(), str(v)) for k, v in headers]
     named = {t.strip().lower() for k, v in pairs if k == "connection" for t in v.split(",")}
-    kept = tuple((k, v) for k, v in pairs if k not in HOP_BY_HOP and k not in named)
-    return kept[:MAX_HEADERS]
+    return tuple((k, v) for k, v in pairs if k not in HOP_BY_HOP and k not in named)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -345,8 +344,8 @@ def _check_response(meta: dict[str, Any]) -> None:
     if set(meta) != {"status", "headers"}:
         raise RelayError("RESPONSE fields wrong", sorted(map(str, meta)))
     status = meta["status"]
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise RelayError("RESPONSE status must be 100 .. 599", status)
+    if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+        raise RelayError("RESPONSE status must be 200 .. 599", status)
     _headers(meta["headers"])
 
 

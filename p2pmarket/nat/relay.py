@@ -26,14 +26,15 @@ Routes (add them to the relay node's peer app):
 
 Frames from a host for circuits that are not open are counted (``stray_frames``) and
 otherwise ignored; malformed frames are counted (``bad_frames``) and, when the circuit
-they name is open, reset that circuit. Nothing else changes.
+they name is open, reset that circuit. Nothing else changes. The app serving the
+routes calls :meth:`RelayService.close` on shutdown (``app.on_shutdown``), or aiohttp
+waits for the hosts' sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +72,6 @@ from p2pmarket.nat.relaylimits import (
     RelayLimits,
 )
 from p2pmarket.nat.reservation import make_reservation, open_reserve_request
-
-log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0     # the host's first frame must come within this
 HEARTBEAT_S = 30.0         # websocket pings, both sides: a dead peer is found in ~this
@@ -325,15 +324,21 @@ class Exchange:
         request, end = self.request, self.end
         headers = tuple((k, v) for k, v in end_to_end(request.headers.items())
                         if k not in _DROPPED)
-        await end.send(Open(end.circuit, request.method, tail, request.rel_url.raw_query_string,
-                            headers, request.body_exists, observed(request)))
+        opened = Open(end.circuit, request.method, tail, request.rel_url.raw_query_string,
+                      headers, request.body_exists, observed(request))
+        try:
+            encode_frame(opened)
+        except RelayError as exc:
+            return web.json_response(error_dict(f"this request cannot be relayed: "
+                                                f"{exc.message}", exc.value), status=400)
+        await end.send(opened)
         if request.body_exists:
             self.pump = asyncio.create_task(self.send_body())
         frame = await end.receive()
         if not isinstance(frame, Response):
             return self.failed(None, frame)
         response = self.response = web.StreamResponse(status=frame.status,
-                                                      headers=dict(frame.headers))
+                                                      headers=frame.headers)
         await response.prepare(request)
         while True:
             frame = await end.receive()

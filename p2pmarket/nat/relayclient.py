@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -55,8 +54,6 @@ from p2pmarket.nat.reservation import (
     relayed_url,
 )
 from p2pmarket.nat.tunnel import connect_tunnel
-
-log = logging.getLogger(__name__)
 
 REFRESH_AT = 0.75          # refresh when this fraction of the reservation's life is gone
 CONNECT_TIMEOUT_S = 10.0
@@ -267,8 +264,9 @@ class RelayClient:
                 while chunk := await resp.content.read(MAX_DATA):
                     await end.send_data(chunk)
                 await end.send(End(end.circuit))
-        except RelayError:
-            pass    # reset by the relay, or the link is gone
+        except RelayError as exc:
+            if end.error is None:   # else reset by the relay, or the link is gone
+                await end.reset(f"the host's response cannot be relayed: {exc.message}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if end.error is None:
                 await end.reset(f"the host's peer app did not answer: {type(exc).__name__}")

@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
 from p2pmarket.nat.frames import RelayError
-
-log = logging.getLogger(__name__)
 
 PIPE_CHUNK = 64 * 1024
 CONNECT_TIMEOUT_S = 10.0

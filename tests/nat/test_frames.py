@@ -48,7 +48,7 @@ frames: st.SearchStrategy[Frame] = st.one_of(
               queries, headers, st.booleans(), peers),
     st.builds(Data, circuits, st.binary(min_size=1, max_size=2048)),
     st.builds(End, circuits),
-    st.builds(Response, circuits, st.integers(100, 599), headers),
+    st.builds(Response, circuits, st.integers(200, 599), headers),
     st.builds(Reset, st.integers(0, MAX_CIRCUIT), st.text(max_size=100)),
     st.builds(Window, circuits, st.integers(1, MAX_CIRCUIT)),
     st.builds(Reserve, st.binary(min_size=1, max_size=600)),
@@ -107,7 +107,7 @@ GOOD_OPEN = {"method": "GET", "path": "/x", "query": "", "headers": [], "body": 
      "RESPONSE payload too large"),
     (meta(FrameType.RESPONSE, 1, [200]), "RESPONSE payload must be a map"),
     (meta(FrameType.RESPONSE, 1, {"status": 200}), "RESPONSE fields wrong"),
-    (meta(FrameType.RESPONSE, 1, {"status": 99, "headers": []}), "RESPONSE status"),
+    (meta(FrameType.RESPONSE, 1, {"status": 101, "headers": []}), "RESPONSE status"),
     (meta(FrameType.RESPONSE, 1, {"status": True, "headers": []}), "RESPONSE status"),
     (meta(FrameType.RESPONSE, 1, {"status": 200, "headers": [["a b", "x"]]}),
      "bad header name"),
@@ -163,7 +163,9 @@ def test_only_end_to_end_headers_cross() -> None:
     assert end_to_end(given_headers) == (("content-length", "12"),
                                          ("content-type", "application/msgpack"),
                                          ("x-p2pm-auth", "abc"))
-    assert len(end_to_end([("x-a", "1")] * 100)) == 64
+    assert len(end_to_end([("x-a", "1")] * 100)) == 100     # the frame bounds the count
+    with pytest.raises(RelayError, match="at most 64"):
+        encode_frame(Open(1, "GET", "/", headers=end_to_end([("x-a", "1")] * 65)))
 
 
 def test_the_inflow_counts_the_window_and_batches_its_grants() -> None:

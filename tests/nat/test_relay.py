@@ -122,6 +122,16 @@ async def test_no_reservation_is_a_clear_404_and_a_bad_node_id_a_400() -> None:
         await relay.site.stop()
 
 
+async def test_a_request_the_frames_cannot_carry_is_a_400() -> None:
+    async with relay_world() as w, aiohttp.ClientSession() as http:
+        headers = [(f"x-h{i}", "v") for i in range(70)]
+        async with http.get(w.client.url + "/health", headers=headers) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"] == (
+                "this request cannot be relayed: headers must be a list of at most 64 pairs")
+        assert w.relay.service.status()["circuits"] == 0
+
+
 async def test_a_byte_limit_cuts_the_upload_and_the_relay_stays_up() -> None:
     limits = RelayLimits(circuit_bytes=2 * MIB)
     async with relay_world(limits) as w, aiohttp.ClientSession() as http:
@@ -165,7 +175,12 @@ async def test_frames_for_circuits_that_are_not_open_are_ignored() -> None:
             await raw.send(frame)
         async with aiohttp.ClientSession() as http:
             url = f"{relay.url}/relay/{host.node_id.hex()}/hello?a=1"
-            call = asyncio.ensure_future(relayed_get(http, url))
+
+            async def get() -> tuple[int, bytes, list[str]]:
+                async with http.get(url) as resp:
+                    return resp.status, await resp.read(), resp.headers.getall("set-cookie")
+
+            call = asyncio.ensure_future(get())
             opened = await raw.receive()
             assert isinstance(opened, Open)
             assert (opened.method, opened.path, opened.query, opened.body) == (
@@ -174,10 +189,11 @@ async def test_frames_for_circuits_that_are_not_open_are_ignored() -> None:
             assert all(k not in ("host", "connection") for k, _ in opened.headers)
             c = opened.circuit
             await raw.send(Data(c + 1, b"stray"))   # a neighbour that is not open
-            await raw.send(Response(c, 201, (("content-type", "text/plain"),)))
+            await raw.send(Response(c, 201, (("content-type", "text/plain"),
+                                             ("set-cookie", "a=1"), ("set-cookie", "b=2"))))
             await raw.send(Data(c, b"hi there"))
             await raw.send(End(c))
-            assert await asyncio.wait_for(call, WAIT_S) == (201, b"hi there")
+            assert await asyncio.wait_for(call, WAIT_S) == (201, b"hi there", ["a=1", "b=2"])
         status = relay.service.status()
         assert status["stray_frames"] == 5 and status["bad_frames"] == 0
         assert status["reservations"] == 1 and status["circuits"] == 0
@@ -262,6 +278,29 @@ async def test_a_forged_reserve_request_is_refused(forgery: str) -> None:
         status = relay.service.status()
         assert status["reservations"] == 0 and status["refused"] == refused_before + 1
     finally:
+        await relay.site.stop()
+
+
+async def test_a_newer_reservation_of_a_host_replaces_the_older_socket() -> None:
+    relay = await start_relay(RelayLimits(max_reservations=1))
+    host = Identity.generate()
+    first = await reserved_raw(relay, host)
+    second = await reserved_raw(relay, host)
+    try:
+        assert await first.receive() == Reset(0, "replaced by a newer reservation")
+        assert await first.receive() is None
+        async with aiohttp.ClientSession() as http:
+            call = asyncio.ensure_future(relayed_get(
+                http, f"{relay.url}/relay/{host.node_id.hex()}/x"))
+            opened = await second.receive()
+            assert isinstance(opened, Open)
+            await second.send(Response(opened.circuit, 204))
+            await second.send(End(opened.circuit))
+            assert await asyncio.wait_for(call, WAIT_S) == (204, b"")
+        assert relay.service.status()["reservations"] == 1
+    finally:
+        await first.close()
+        await second.close()
         await relay.site.stop()
 
 
@@ -504,3 +543,27 @@ async def test_a_circuit_end_resets_a_sender_overrunning_its_window() -> None:
     assert [type(await end.receive()) for _ in range(3)] == [Data, Data, Reset]
     with pytest.raises(RelayError, match="flow control window exceeded"):
         await end.send_data(b"z")
+
+
+async def test_a_byte_limit_passed_while_the_response_streams_cuts_the_connection() -> None:
+    async with relay_world(RelayLimits(circuit_bytes=1 * MIB)) as w, \
+            aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with http.get(w.client.url + f"/stream?n={4 * MIB}") as resp:
+                assert resp.status == 200 and resp.content_length == 4 * MIB
+                await resp.read()
+        status, _ = await relayed_get(http, w.client.url + "/health")
+        assert status == 200
+        assert w.relay.service.status()["circuits"] == 0
+
+
+async def test_a_circuit_over_its_time_is_a_504() -> None:
+    async with relay_world(RelayLimits(circuit_seconds=0.2)) as w, \
+            aiohttp.ClientSession() as http:
+        status, body = await relayed_get(http, w.client.url + "/hold")
+        assert status == 504
+        assert json.loads(body) == {"error": "relay circuit time limit exceeded",
+                                    "error_value": {"reason": "circuit_time",
+                                                    "limit": 200_000}}
+        w.host.release.set()
+        assert (await relayed_get(http, w.client.url + "/health"))[0] == 200
