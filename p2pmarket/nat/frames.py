@@ -17,7 +17,8 @@ OPEN        1        >= 1   msgpack ``{method, path, query, headers, body, peer}
                             ``/relay/<node id>``, starting with ``/``; ``query`` the raw
                             query string without ``?``; ``headers`` ``[[name, value],
                             ...]``, end-to-end headers only (:func:`end_to_end`);
-                            ``body`` whether DATA frames follow before END; ``peer``
+                            ``body`` whether the request has a body (DATA frames,
+                            then END; neither when false); ``peer``
                             ``[ip, port]`` the relay saw the caller at, or nil
 DATA        2        >= 1   1 .. MAX_DATA bytes of the body (request or response)
 END         3        >= 1   empty: this direction's body is complete
@@ -38,8 +39,11 @@ that gets more resets the circuit. So a reader never waits for one slow circuit 
 head-of-line blocking) and buffers at most a window per circuit. :class:`Inflow` is the
 receiving side's count; a sender keeps its credit as a plain integer.
 
-Every decoding check raises :class:`RelayError`: a short header, an unknown type, a
-payload over its bound, malformed msgpack, a field of the wrong shape. Pure.
+Bounds: a DATA payload is at most :data:`MAX_DATA` (256 KiB), any other payload at most
+:data:`MAX_META_BYTES` (32 KiB), a window :data:`WINDOW_BYTES` (1 MiB, four full DATA
+frames); at most :data:`MAX_HEADERS` (64) headers. Every decoding check raises
+:class:`RelayError`: a short header, an unknown type, a payload over its bound,
+malformed msgpack, a field of the wrong shape. Pure.
 """
 
 from __future__ import annotations

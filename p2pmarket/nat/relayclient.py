@@ -114,14 +114,24 @@ class RelayClient:
 
     async def run(self) -> None:
         """Reserve, refresh and serve until the relay connection ends: :class:`RelayLost`
-        then, unless :meth:`close` ended it."""
-        self._closing = False
+        then, unless :meth:`close` ended it (for good: a closed client does not run)."""
+        try:
+            why = await self._run()
+        finally:
+            self._session = self._ws = None
+            self.reserved.clear()
+        if not self._closing:
+            raise RelayLost(why, self.relay_url)
+
+    async def _run(self) -> str:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
         async with contextlib.AsyncExitStack() as stack:
             session = self._session = await stack.enter_async_context(
                 aiohttp.ClientSession(timeout=timeout, auto_decompress=False))
             ws = self._ws = await self._connect(stack, session)
             stack.push_async_callback(ws.close)
+            if self._closing:
+                return "closed"
             stack.callback(self._drop_circuits)
             await self._send(Reserve(make_reserve_request(self.identity, self.relay_id,
                                                           self.clock())))
@@ -136,11 +146,7 @@ class RelayClient:
             self._take(frame)
             refresher = asyncio.ensure_future(self._refresh_loop())
             stack.callback(refresher.cancel)
-            why = await self._serve(ws)
-        self._session = self._ws = None
-        self.reserved.clear()
-        if not self._closing:
-            raise RelayLost(why, self.relay_url)
+            return await self._serve(ws)
 
     async def _connect(self, stack: contextlib.AsyncExitStack,
                        session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
@@ -191,7 +197,10 @@ class RelayClient:
             assert voucher is not None
             due = voucher.ts + int((voucher.expires - voucher.ts) * REFRESH_AT)
             await asyncio.sleep(max(0.0, (due - self.clock()) / 1e6))
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (ConnectionError, RelayError):
+                return      # the socket is closing: run() says why
 
     async def _send(self, frame: Frame) -> None:
         if self._ws is None:

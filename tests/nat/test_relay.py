@@ -567,3 +567,35 @@ async def test_a_circuit_over_its_time_is_a_504() -> None:
                                                     "limit": 200_000}}
         w.host.release.set()
         assert (await relayed_get(http, w.client.url + "/health"))[0] == 200
+
+
+async def test_the_client_refreshes_its_reservation_before_it_expires() -> None:
+    async with relay_world(RelayLimits(reservation_s=0.4)) as w:
+        renewed = asyncio.Event()
+        vouchers: list[bytes] = []
+
+        def on_reservation(data: bytes) -> None:
+            vouchers.append(data)
+            if len(vouchers) == 3:
+                renewed.set()
+
+        w.client.on_reservation = on_reservation
+        await asyncio.wait_for(renewed.wait(), WAIT_S)   # at 3/4 of each 0.4 s life
+        assert not w.task.done() and w.relay.service.status()["reservations"] == 1
+        assert len(set(vouchers)) == 3
+        async with PeerClient(w.buyer) as peers:
+            got = await peers.call(w.client.url, w.host.identity.public_key, "test.echo", {})
+        assert got["echo"] == {}
+
+
+async def test_a_client_closed_before_it_runs_does_not_reserve() -> None:
+    host = await start_host(Identity.generate())
+    relay = await start_relay()
+    try:
+        client = RelayClient(host.identity, relay.url, relay.identity.public_key, host.url)
+        await client.close()
+        await asyncio.wait_for(client.run(), WAIT_S)
+        assert client.reservation is None and relay.service.status()["reservations"] == 0
+    finally:
+        await relay.site.stop()
+        await host.site.stop()
