@@ -64,6 +64,7 @@ PURE_CORES = (
     "p2pmarket.nat.reservation",    # relay vouchers
     "p2pmarket.nat.relaylimits",    # the relay's book
     "p2pmarket.client.reachview",
+    "p2pmarket.core.urls",
 )
 
 

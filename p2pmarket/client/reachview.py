@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from p2pmarket.core.config import http_url
 from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.urls import http_url
 from p2pmarket.core.wire import unpack
 from p2pmarket.dht.records import HostRecord
 from p2pmarket.nat.attestation import ATTESTATION_KIND, Attestation, open_attestation

@@ -20,6 +20,7 @@ from typing import Any
 
 from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import ConfigError, Genesis
+from p2pmarket.core.urls import http_url
 
 
 @dataclass(frozen=True)
@@ -246,11 +247,6 @@ class Settings:
                     if f"P2PMARKET_{f.name.upper()}" in env}
         settings = settings.with_overrides(from_env)
         return settings.with_overrides(flags or {}).check()
-
-
-def http_url(host: str, port: int) -> str:
-    """``http://host:port``, with an IPv6 literal in brackets."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _boolean(value: Any) -> bool:

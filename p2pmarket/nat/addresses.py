@@ -40,11 +40,6 @@ def parse_address(value: object) -> Address:
     return canonical_ip(value[0]), check_port(value[1])
 
 
-def http_url(host: str, port: int) -> str:
-    """``http://host:port``, with brackets around an IPv6 literal."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def may_dial(observed: str, claimed: str) -> bool:
     """Whether a registrar that saw a registration come from ``observed`` may dial
     ``claimed`` (both canonical IP literals) once paid for in dial data: a global
@@ -86,5 +81,5 @@ def _short(value: object) -> object:
     return type(value).__name__
 
 
-__all__ = ["MAX_HOST_CHARS", "Address", "canonical_ip", "check_port", "http_url",
+__all__ = ["MAX_HOST_CHARS", "Address", "canonical_ip", "check_port",
            "may_dial", "parse_address", "rate_key"]

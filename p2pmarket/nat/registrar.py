@@ -63,11 +63,11 @@ from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError
 from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.streams import read_at_most
+from p2pmarket.core.urls import http_url
 from p2pmarket.core.wire import Envelope, ReplayGuard, WireError, digest, pack, seal, unpack
 from p2pmarket.nat.addresses import (
     Address,
     canonical_ip,
-    http_url,
     may_dial,
     parse_address,
     rate_key,

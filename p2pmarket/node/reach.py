@@ -38,10 +38,10 @@ from urllib.parse import urlsplit
 
 from p2pmarket.audit.witness import Peer
 from p2pmarket.core.clock import US_PER_S, now_us
-from p2pmarket.core.config import http_url
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity, node_id_of
+from p2pmarket.core.urls import http_url
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import HostRecord
 from p2pmarket.nat.reachability import KEEP_REGISTRARS, Reachability, Verdict

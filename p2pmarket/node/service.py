@@ -39,12 +39,13 @@ from p2pmarket.audit.witnessing import (
 )
 from p2pmarket.audit.witnessstore import WitnessStore
 from p2pmarket.core.clock import now_us
-from p2pmarket.core.config import DataDir, Settings, http_url, load_genesis
+from p2pmarket.core.config import DataDir, Settings, load_genesis
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import ConfigError, Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_or_create_key
+from p2pmarket.core.urls import http_url
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ResourceAd

@@ -15,8 +15,9 @@ from p2pmarket.api.server import Site, peer_app
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.identity import Identity
+from p2pmarket.core.urls import http_url
 from p2pmarket.core.wire import decode, digest, pack, seal, unpack
-from p2pmarket.nat.addresses import http_url, may_dial, rate_key
+from p2pmarket.nat.addresses import may_dial, rate_key
 from p2pmarket.nat.attestation import open_attestation
 from p2pmarket.nat.errors import NatError
 from p2pmarket.nat.limits import DIAL_DATA_MAX, DIAL_DATA_MIN, MAX_DIAL_CHUNK, DialLimits
