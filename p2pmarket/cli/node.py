@@ -13,12 +13,14 @@ from p2pmarket.core.config import DataDir, load_genesis, save_genesis
 
 NODE_EXAMPLES = """examples:
   p2pmarket node --data-dir ~/.p2pmarket/node --genesis genesis.json
-  p2pmarket node --data-dir run/testnet/node0          # settings from its config.toml"""
+  p2pmarket node --data-dir run/testnet/node0          # settings from its config.toml
+  p2pmarket node --data-dir D --genesis genesis.json --listen-host 0.0.0.0   # behind NAT
+  p2pmarket node --data-dir D --genesis genesis.json --http-proxy http://proxy:8888"""
 STATUS_EXAMPLES = """examples:
   p2pmarket status --data-dir run/testnet/node1
   p2pmarket status --data-dir run/testnet/node1 --what vms"""
 FLAGS = ("listen_host", "advertise_host", "http_port", "dht_port", "control_port", "vmm_uri",
-         "cpu_mhz", "memory_kib")
+         "cpu_mhz", "memory_kib", "http_proxy", "dht_gateway", "relay", "nat")
 
 
 def add_node(sub: Subcommands) -> None:
@@ -34,6 +36,15 @@ def add_node(sub: Subcommands) -> None:
     n.add_argument("--vmm-uri", help="libvirt URI (default test:///default)")
     n.add_argument("--cpu-mhz", type=int, help="CPU capacity offered, MHz")
     n.add_argument("--memory-kib", type=int, help="memory capacity offered, KiB")
+    n.add_argument("--http-proxy", metavar="URL",
+                   help="send all HTTP through this proxy (no UDP: the DHT through a gateway)")
+    n.add_argument("--dht-gateway", metavar="URL",
+                   help="the public peer whose HTTP DHT gateway to use behind a proxy "
+                        "(default: the first bootstrap peer)")
+    n.add_argument("--no-relay", dest="relay", action="store_const", const=False,
+                   help="do not serve as registrar and relay for other nodes")
+    n.add_argument("--no-nat", dest="nat", action="store_const", const=False,
+                   help="do not check reachability with registrars; advertise as is")
 
 
 def add_status(sub: Subcommands) -> None:

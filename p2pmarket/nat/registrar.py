@@ -25,7 +25,9 @@ binary msgpack (:mod:`p2pmarket.core.wire`); a text message is an error.
    node's peer RPC ``nat.echo`` with ``{nonce: <32 random bytes>}``: ``ok`` if the
    reply is signed by the requester's key and echoes the nonce, ``failed`` if any
    other answer came (an error reply, another key, another nonce, not HTTP 200,
-   garbage), ``none`` if no connection or no answer within ``dial_timeout_s``.
+   garbage, or a refused connection: the address answered with a TCP reset, so
+   something is there, but not this node, as at a NAT router's own address),
+   ``none`` if nothing answered (unreachable, or silent until ``dial_timeout_s``).
 4. :func:`~p2pmarket.nat.table.decide` decides; an accepted address is claimed in the
    :class:`~p2pmarket.nat.registry.Registry` (an unverified claim on an address a
    verified registration of another node holds is refused: code ``held``).
@@ -320,7 +322,12 @@ class Registrar:
                     return Callback.FAILED
                 reply = await read_at_most(resp.content, MAX_ECHO_REPLY_BYTES,
                                            resp.content_length)
-        except (TimeoutError, aiohttp.ClientConnectorError):
+        except aiohttp.ClientConnectorError as exc:
+            # refused: the address answered (a TCP reset) but holds no node of this key
+            # (e.g. a NAT router's own address); unreachable or silent: no connection
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            return Callback.FAILED if refused else Callback.NONE
+        except TimeoutError:
             return Callback.NONE
         except (aiohttp.ClientError, OSError, ValueError):
             return Callback.FAILED
