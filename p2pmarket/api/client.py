@@ -44,7 +44,11 @@ class PeerClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            # through a proxy, a connection per request: proxies (tinyproxy) may close
+            # a kept-alive one between requests
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(force_close=self.proxy is not None))
         return self._session
 
     async def close(self) -> None:

@@ -273,7 +273,10 @@ class GatewayClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # through a proxy, a connection per request: proxies (tinyproxy) may close
+            # a kept-alive one between requests
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                force_close=self.proxy is not None))
         return self._session
 
     async def close(self) -> None:

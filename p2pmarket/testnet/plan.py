@@ -6,8 +6,10 @@ Namespaces (``prefix`` is short and random per testnet, e.g. ``p2pm3f2a``)::
     <prefix>-<router>    eth0 on the internet, bridge lan0 = the LAN's first address;
                          ip_forward=1, iptables MASQUERADE of the LAN out of eth0, no
                          new connections in, except the port forward (DNAT)
-    <prefix>-<proxy>     eth0 on the internet, bridge lan0 as above; ip_forward=0 and
-                         tinyproxy listening on the LAN address
+    <prefix>-<proxy>     eth0 on the internet, bridge lan0 as above; ip_forward=0,
+                         tinyproxy listening on the LAN address, and nothing but
+                         replies let in on eth0 (a router's own address refuses
+                         connections; a proxy's drops them)
     <prefix>-<site>      eth0 with the site's address; a default route via its router,
                          none behind a proxy (its LAN is all it can reach)
 
@@ -102,7 +104,7 @@ def link_commands(topo: Topology, prefix: str) -> list[Command]:
                  _ip(ns, "link", "add", LAN_BRIDGE, "type", "bridge"),
                  _ip(ns, "addr", "add", f"{g.gateway}/{lan.prefixlen}", "dev", LAN_BRIDGE),
                  _ip(ns, "link", "set", LAN_BRIDGE, "up")]
-        cmds += _nat(topo, ns, g) if isinstance(g, Router) else [_sysctl_forward(ns, False)]
+        cmds += _nat(topo, ns, g) if isinstance(g, Router) else _proxy_host(ns)
     for s in topo.sites:
         ns = namespace(prefix, s.name)
         cmds.append(_ip(ns, "link", "set", "lo", "up"))
@@ -115,6 +117,16 @@ def link_commands(topo: Topology, prefix: str) -> list[Command]:
         if isinstance(g, Router):
             cmds.append(_ip(ns, "route", "add", "default", "via", g.gateway))
     return cmds
+
+
+def _proxy_host(ns: str) -> list[Command]:
+    """A proxy forwards nothing itself, and its public side answers nothing but replies
+    (a firewalled proxy: a registrar's callback to its address gets no answer at all,
+    where a NAT router's own address refuses, so the two are told apart)."""
+    return [_sysctl_forward(ns, False),
+            _iptables(ns, "-A", "INPUT", "-i", UPLINK, "-m", "conntrack",
+                      "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"),
+            _iptables(ns, "-A", "INPUT", "-i", UPLINK, "-j", "DROP")]
 
 
 def _nat(topo: Topology, ns: str, r: Router) -> list[Command]:

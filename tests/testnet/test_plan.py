@@ -65,7 +65,11 @@ def test_nat_rules_on_routers_only() -> None:
     masq = "iptables -w -t nat -A POSTROUTING -s {} -o eth0 -j MASQUERADE"
     assert any(masq.format("198.19.1.0/24") in c for c in joined["nat1"])
     assert any(masq.format("198.19.2.0/24") in c for c in joined["fwd1"])
-    assert not any("iptables" in c for c in joined["px1"])
+    # a proxy's public side lets in replies only (its address never answers a callback)
+    assert [c.split("iptables -w ")[1] for c in joined["px1"] if "iptables" in c] == [
+        "-A INPUT -i eth0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A INPUT -i eth0 -j DROP"]
+    assert not any("INPUT" in c for c in joined["nat1"] + joined["fwd1"])   # routers refuse
     assert any("echo 1 > /proc/sys/net/ipv4/ip_forward" in c for c in joined["nat1"])
     assert any("echo 0 > /proc/sys/net/ipv4/ip_forward" in c for c in joined["px1"])
     dnat = [c for c in joined["fwd1"] if "DNAT --to" in c]
