@@ -27,6 +27,7 @@ from p2pmarket.client.buyer import refresh_leases, resume_pending
 from p2pmarket.client.discovery import MarketView
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import NODE_ID_SIZE, node_id_of, parse_key_or_node_id
 from p2pmarket.core.money import format_credits, parse_credits
 
 BUY_EXAMPLES = """examples:
@@ -55,6 +56,8 @@ def add_buy(sub: Subcommands) -> None:
     buy_.add_argument("--budget", required=True, help="credits to spend in all")
     buy_.add_argument("--duration", default="1h", help="how long to spend it (30m, 2h, 1d)")
     buy_.add_argument("--hosts", type=int, default=1, help="spread over up to N hosts")
+    buy_.add_argument("--host", action="append", metavar="NODE_ID",
+                      help="buy only from this host (node id or key, hex; repeatable)")
     json_opt(buy_)
 
 
@@ -93,6 +96,11 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+def parse_node_id(text: str) -> bytes:
+    key = parse_key_or_node_id(text)
+    return key if len(key) == NODE_ID_SIZE else node_id_of(key)
+
+
 def lease_doc(lease: Lease) -> dict[str, Any]:
     return {"lease_id": lease.lease_id, "host_id": lease.host_id.hex(),
             "holder": lease.holder.hex(), "start": lease.start, "end": lease.end,
@@ -107,7 +115,8 @@ async def buy(args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration)
     with out.status("buying…") as spinner:
         report = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
-                               progress=lambda msg: spinner.update(msg), net=net_of(args))
+                               progress=lambda msg: spinner.update(msg), net=net_of(args),
+                               only=frozenset(parse_node_id(h) for h in args.host or ()))
     docs: list[dict[str, Any]] = [
         {"host": p.host.node_id.hex(), "url": p.host.record.url, "paid": p.amount,
          "account_id": p.account_id, "lease": lease_doc(p.lease),

@@ -130,10 +130,12 @@ def plan(quoted: list[Quoted], primary: str, budget: int, interval_s: int,
 
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
               max_hosts: int, progress: Progress = lambda _: None,
-              net: ClientNet | None = None) -> BuyReport:
-    """Find hosts, get their quotes, plan, and for each planned host: a fresh quote of its
-    exact amount, then the payment, then the account (docs/design.md section 8). No
-    money moves to a host before it has signed an acceptable quote."""
+              net: ClientNet | None = None, only: frozenset[bytes] = frozenset()
+              ) -> BuyReport:
+    """Find hosts (only those whose node ids are in ``only``, if given), get their
+    quotes, plan, and for each planned host: a fresh quote of its exact amount, then the
+    payment, then the account (docs/design.md section 8). No money moves to a host
+    before it has signed an acceptable quote."""
     if interval_s <= 0:
         raise BuyError("duration must be positive", interval_s)
     if not 1 <= max_hosts <= 64:
@@ -152,9 +154,12 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                            {"balance": wallet.balance(), "budget": budget})
         progress(f"looking up hosts offering {', '.join(types)} in the DHT")
         async with MarketView(genesis, net) as market:
-            hosts = await market.hosts(types, limit=max(20, max_hosts))
+            hosts = await market.hosts(types, limit=max(20, max_hosts, len(only)))
+            if only:
+                hosts = [h for h in hosts if h.node_id in only]
             if not hosts:
-                raise BuyError(f"no host offers {', '.join(types)}", types)
+                raise BuyError(f"no {'chosen ' if only else ''}host offers "
+                               f"{', '.join(types)}", types)
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
             quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,
                                                   wire_bids, types, interval_s, progress)

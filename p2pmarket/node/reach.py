@@ -79,6 +79,9 @@ class ReachState:
     verdict: Verdict | None = None
     seen: tuple[str, int] | None = None
     attestations: dict[bytes, bytes] = field(default_factory=dict)   # registrar -> raw
+    registrations: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    """registrar key -> what its last registration said: url, class, address,
+    verified, and the outcomes of its callbacks (external, self)."""
     relay: str = ""
     rounds: int = 0
     errors: list[str] = field(default_factory=list)
@@ -136,6 +139,11 @@ class ReachKeeper:
                 self.book.add(answer.attestation, now)
                 self.state.attestations[peer.key] = answer.raw
                 self.state.seen = answer.seen
+                att = answer.attestation
+                self.state.registrations[peer.key] = {
+                    "registrar": peer.url, "class": att.reach_class.value,
+                    "address": [att.host, att.port], "verified": att.verified,
+                    "external": answer.external.value, "self": answer.self_known.value}
             else:
                 errors.append(f"{peer.url}: {answer}")
         self.book.round_done(now)
@@ -250,6 +258,7 @@ class ReachKeeper:
             "answers": v.answers if v is not None else 0,
             "seen": list(self.state.seen) if self.state.seen else None,
             "attestations": len(self.state.attestations),
+            "registrations": list(self.state.registrations.values()),
             "relay": self.state.relay,
             "url": self._advert.url if self._advert else None,
             "rounds": self.state.rounds,
