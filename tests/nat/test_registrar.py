@@ -4,7 +4,7 @@ RPC, a registrar's peer app, and the ways a registration goes right and wrong.""
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
@@ -71,7 +71,8 @@ async def echo_node(identity: Identity, host: str = "127.0.0.1", port: int = 0,
 
 @contextmanager
 def dead_port() -> Iterator[int]:
-    """A port held bound on 127.0.0.1 but not listening: a connection there is refused."""
+    """A port held bound on 127.0.0.1 but not listening: a connection there is refused
+    (a TCP reset), so a callback there is ``failed``, as at a NAT router's own address."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     try:
@@ -80,10 +81,43 @@ def dead_port() -> Iterator[int]:
         sock.close()
 
 
+@contextmanager
+def unreachable_port(host: str = "127.0.0.1", port: int = 0) -> Iterator[int]:
+    """A port on ``host`` where no connection is ever made: a listening socket (backlog
+    0) whose accept queue one never-accepted connection holds full, so Linux drops every
+    further SYN, as a firewalled address does. A callback there waits out the
+    registrar's ``dial_timeout_s``: ``none``."""
+    sock = socket.socket()
+    sock.bind((host, port))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    try:
+        with socket.create_connection((host, port), timeout=1.0):   # fills the queue
+            yield port
+    finally:
+        sock.close()
+
+
 @asynccontextmanager
-async def behind(identity: Identity, host: str = "127.0.0.2") -> AsyncIterator[EchoNode]:
+async def behind_silence(identity: Identity, host: str = "127.0.0.2"
+                         ) -> AsyncIterator[tuple[EchoNode, "Listener"]]:
+    """A node on ``host``:p while 127.0.0.1:p accepts and never answers (the second
+    item counts the connections), so a registrar calling back the external address
+    (127.0.0.1, p) waits out its ``dial_timeout_s``: ``none``."""
+    gate = Listener(None)
+    port = await gate.start("127.0.0.1")
+    try:
+        async with echo_node(identity, host, port) as node:
+            yield node, gate
+    finally:
+        await gate.stop()
+
+
+@asynccontextmanager
+async def behind_router(identity: Identity, host: str = "127.0.0.2"
+                        ) -> AsyncIterator[EchoNode]:
     """A node on ``host``:p while 127.0.0.1:p is a dead port, so a registrar calling back
-    the external address (127.0.0.1, p) finds nothing there."""
+    the external address (127.0.0.1, p) is refused: ``failed``."""
     with dead_port() as port:
         async with echo_node(identity, host, port) as node:
             yield node
@@ -143,9 +177,19 @@ async def registrar_site(**kwargs: Any) -> AsyncIterator[RegistrarSite]:
         await site.stop()
 
 
+DIAL_TIMEOUT_S = 0.3    # how long the ``quick`` registrar waits for a silent address
+
+
 @pytest.fixture
 async def reg() -> AsyncIterator[RegistrarSite]:
     async with registrar_site() as r:
+        yield r
+
+
+@pytest.fixture
+async def quick() -> AsyncIterator[RegistrarSite]:
+    """A registrar that gives a silent address up after :data:`DIAL_TIMEOUT_S`."""
+    async with registrar_site(dial_timeout_s=DIAL_TIMEOUT_S) as r:
         yield r
 
 
@@ -221,29 +265,31 @@ async def test_a_public_node_gets_a_verified_public_attestation(reg: RegistrarSi
 
 
 async def test_dial_data_is_asked_and_paid_before_the_self_known_address_is_dialled(
-        reg: RegistrarSite) -> None:
-    async with behind(A) as node:
-        async with session(reg) as ws:
+        quick: RegistrarSite) -> None:
+    async with behind_silence(A) as (node, gate):
+        async with session(quick) as ws:
             await ws.send_bytes(hello(A, ["127.0.0.2", node.port]))
             n = await need_data(ws)
             assert node.calls == []               # nothing dialled before the data
+            assert gate.connections == 0
             data = bytes(n)
             for start in range(0, n, MAX_DIAL_CHUNK):
                 await ws.send_bytes(data[start:start + MAX_DIAL_CHUNK])
             body = await answer(ws)
-        assert len(node.calls) == 1
+        assert len(node.calls) == 1 and gate.connections == 1
     assert (body["external"], body["self"]) == ("none", "ok")
     att = open_attestation(body["attestation"], node_id=A.node_id)
     assert (att.reach_class, att.verified, att.address) == (
         ReachClass.PROXIED, True, ("127.0.0.2", node.port))
     assert body["seen"][0] == "127.0.0.1"
-    assert reg.registrar.status()["dial_data_bytes"] == n
+    assert quick.registrar.status()["dial_data_bytes"] == n
 
 
 async def test_register_pays_the_dial_data_itself(reg: RegistrarSite) -> None:
-    async with behind(A) as node:
+    async with behind_router(A) as node:
         result = await register(A, reg.url, REG.public_key, ("127.0.0.2", node.port))
-    assert (result.external, result.self_known) == (Callback.NONE, Callback.OK)
+        assert len(node.calls) == 1
+    assert (result.external, result.self_known) == (Callback.FAILED, Callback.OK)
     assert result.attestation.reach_class is ReachClass.PROXIED
     assert DIAL_DATA_MIN <= reg.registrar.status()["dial_data_bytes"] <= DIAL_DATA_MAX
 
@@ -261,34 +307,39 @@ async def test_external_ok_self_failed_is_forwarded(reg: RegistrarSite) -> None:
 # -- dial data: never dial another IP unpaid ---------------------------------------
 
 async def test_without_the_data_the_other_address_is_never_dialled(
-        reg: RegistrarSite) -> None:
+        quick: RegistrarSite) -> None:
     listener = Listener(b"HTTP/1.1 200 OK\r\n\r\n")
-    with dead_port() as port:
+    gate = Listener(None)                 # the external address: silent
+    port = await gate.start("127.0.0.1")
+    try:
         await listener.start("127.0.0.3", port)
-        try:
-            # declined: the self-known address is not dialled, its outcome is none
-            result = await register(A, reg.url, REG.public_key, ("127.0.0.3", port),
-                                    send_dial_data=False)
-            assert (result.external, result.self_known) == (Callback.NONE, Callback.NONE)
-            assert (result.attestation.reach_class, result.attestation.verified) == (
-                ReachClass.PROXIED, False)
-            # the node goes away after being asked
-            async with session(reg) as ws:
-                await ws.send_bytes(hello(A, ["127.0.0.3", port]))
-                await need_data(ws)
-            await reg.registrar.idle()
-            # half the data, then gone
-            async with session(reg) as ws:
-                await ws.send_bytes(hello(A, ["127.0.0.3", port]))
-                n = await need_data(ws)
-                await ws.send_bytes(bytes(MAX_DIAL_CHUNK))
-                assert n > MAX_DIAL_CHUNK
-            await reg.registrar.idle()
-        finally:
+        # declined: the self-known address is not dialled, its outcome is none
+        result = await register(A, quick.url, REG.public_key, ("127.0.0.3", port),
+                                send_dial_data=False)
+        assert (result.external, result.self_known) == (Callback.NONE, Callback.NONE)
+        assert (result.attestation.reach_class, result.attestation.verified) == (
+            ReachClass.PROXIED, False)
+        assert gate.connections == 1
+        # the node goes away after being asked
+        async with session(quick) as ws:
+            await ws.send_bytes(hello(A, ["127.0.0.3", port]))
+            await need_data(ws)
+        await quick.registrar.idle()
+        # half the data, then gone
+        async with session(quick) as ws:
+            await ws.send_bytes(hello(A, ["127.0.0.3", port]))
+            n = await need_data(ws)
+            await ws.send_bytes(bytes(MAX_DIAL_CHUNK))
+            assert n > MAX_DIAL_CHUNK
+        await quick.registrar.idle()
+    finally:
+        if listener.server is not None:
             await listener.stop()
-    assert listener.connections == 0
-    status = reg.registrar.status()
+        await gate.stop()
+    assert listener.connections == 0 and gate.connections == 1
+    status = quick.registrar.status()
     assert status["refused_closed"] == 2 and status["dial_ok"] == 0
+    assert (status["dial_none"], status["dial_failed"]) == (1, 0)
 
 
 async def test_dial_data_in_time_or_nothing() -> None:
@@ -323,7 +374,7 @@ async def test_a_private_or_loopback_claim_from_afar_is_not_dialled() -> None:
 @pytest.mark.parametrize("case", ["oversized chunk", "too much", "text", "empty later"])
 async def test_bad_dial_data_is_an_error_and_nothing_is_registered(
         reg: RegistrarSite, case: str) -> None:
-    async with behind(A) as node:
+    async with behind_silence(A) as (node, gate):
         async with session(reg) as ws:
             await ws.send_bytes(hello(A, ["127.0.0.2", node.port]))
             n = await need_data(ws)
@@ -339,7 +390,7 @@ async def test_bad_dial_data_is_an_error_and_nothing_is_registered(
                 await ws.send_bytes(bytes(100))
                 await ws.send_bytes(b"")
             body = await answer(ws)
-        assert node.calls == []
+        assert node.calls == [] and gate.connections == 0
     expected = {"oversized chunk": "chunk", "too much": "too_much", "text": "malformed",
                 "empty later": "malformed"}[case]
     assert body["code"] == expected, body
@@ -349,21 +400,23 @@ async def test_bad_dial_data_is_an_error_and_nothing_is_registered(
 # -- squatting -------------------------------------------------------------------------
 
 async def test_a_squatter_cannot_take_a_verified_nodes_address(reg: RegistrarSite) -> None:
-    async with behind(A) as node:
+    async with behind_router(A) as node:
         first = await register(A, reg.url, REG.public_key, ("127.0.0.2", node.port))
         assert first.attestation.verified
-        # unverified (declines the data): refused by the registry
+        assert first.attestation.address == ("127.0.0.2", node.port)
+        # unverified (declines the data; external refused, self none: plain NAT):
+        # refused by the registry
         with pytest.raises(NatError) as info:
             await register(C, reg.url, REG.public_key, ("127.0.0.2", node.port),
                            send_dial_data=False)
         assert info.value.code == "held"
         assert "verified registration of another node" in info.value.message
-        assert info.value.value["external"] == "none"
+        assert (info.value.value["external"], info.value.value["self"]) == ("failed", "none")
         # paid: the callback reaches A, whose answer is no echo for C: rejected
         with pytest.raises(NatError) as info:
             await register(C, reg.url, REG.public_key, ("127.0.0.2", node.port))
         assert info.value.code == "rejected"
-        assert info.value.value == {"external": "none", "self": "failed"}
+        assert info.value.value == {"external": "failed", "self": "failed"}
     registry = reg.registrar.registry
     assert registry.holder("127.0.0.2", node.port, now_us()) == A.node_id
     assert registry.claimants("127.0.0.2", node.port, now_us()) == frozenset()
@@ -407,25 +460,24 @@ async def test_a_malformed_request_is_refused_clearly(reg: RegistrarSite, case: 
     assert (status["dial_ok"], status["dial_failed"], status["dial_none"]) == (0, 0, 0)
 
 
-async def test_other_bodies_text_and_replays(reg: RegistrarSite) -> None:
-    body = await refused(reg, "hello")
+async def test_other_bodies_text_and_replays(quick: RegistrarSite) -> None:
+    body = await refused(quick, "hello")
     assert body["code"] == "malformed" and "re" not in body
     extra = seal(A, ENVELOPE, REGISTER_KIND, {"addr": ["127.0.0.1", 8000], "x": 1},
                  ts=now_us(), to=REG.node_id).encode()
-    assert (await refused(reg, extra))["code"] == "malformed"
-    # a replayed request is refused (the first one was accepted, then dialled nothing)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    try:
+    assert (await refused(quick, extra))["code"] == "malformed"
+    # a replayed request is refused (the first one was accepted: its callback found
+    # nothing answering, so unverified)
+    with unreachable_port() as port:
         data = hello(A, ["127.0.0.1", port])
-        async with session(reg) as ws:
+        async with session(quick) as ws:
             await ws.send_bytes(data)
             first = await answer(ws)
-        assert first["external"] == "none"
-        assert (await refused(reg, data))["code"] == "replay"
-    finally:
-        sock.close()
+        assert (first["external"], first["self"]) == ("none", "none")
+        assert "attestation" in first
+        again = await refused(quick, data)
+        assert again["code"] == "replay" and again["re"] == digest(data)[:16]
+    assert quick.registrar.status()["dial_none"] == 1      # the replay dialled nothing
 
 
 async def test_a_session_without_a_request_times_out() -> None:
@@ -524,18 +576,58 @@ async def test_garbage_answers_fail(reg: RegistrarSite, reply: bytes) -> None:
     assert listener.connections == 1
 
 
-async def test_nothing_listening_is_none_and_accepted_unverified(reg: RegistrarSite) -> None:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    try:
-        result = await register(A, reg.url, REG.public_key, ("127.0.0.1", port))
-    finally:
-        sock.close()
+async def test_nothing_answering_is_none_and_accepted_unverified(
+        quick: RegistrarSite) -> None:
+    with unreachable_port() as port:       # no connection is ever made
+        result = await register(A, quick.url, REG.public_key, ("127.0.0.1", port))
     assert (result.external, result.self_known) == (Callback.NONE, Callback.NONE)
     att = result.attestation
     assert (att.reach_class, att.verified) == (ReachClass.PROXIED, False)
-    assert reg.registrar.registry.claimants("127.0.0.1", port, now_us()) == {A.node_id}
+    assert quick.registrar.registry.claimants("127.0.0.1", port, now_us()) == {A.node_id}
+    assert quick.registrar.registry.holder("127.0.0.1", port, now_us()) is None
+    status = quick.registrar.status()
+    assert (status["dial_none"], status["dial_failed"]) == (1, 0)
+
+
+async def test_nothing_listening_is_failed(reg: RegistrarSite) -> None:
+    """A refused connection (a TCP reset) is "connected, hash failed": something is at
+    the address, but not this node."""
+    with dead_port() as port, pytest.raises(NatError) as info:
+        await register(A, reg.url, REG.public_key, ("127.0.0.1", port))
+    assert info.value.code == "rejected"          # one address, failed: the table rejects
+    assert info.value.value == {"external": "failed", "self": "failed"}
+    assert registered(reg) == 0
+    status = reg.registrar.status()
+    assert (status["dial_failed"], status["dial_none"]) == (1, 0)
+
+
+@pytest.mark.parametrize("self_known", ["silent", "unreachable", "declined"])
+async def test_external_refused_and_self_known_none_is_plain_nat(
+        quick: RegistrarSite, self_known: str) -> None:
+    """The seed's row 6: the external address is a NAT router's own (it resets), and
+    nothing answers at the self-known one (or it is not dialled): the node is behind
+    NAT, accepted unverified at its self-known address."""
+    with dead_port() as port:
+        async with AsyncExitStack() as stack:
+            silent = Listener(None)
+            if self_known == "silent":            # accepts, never answers
+                await silent.start("127.0.0.2", port)
+                stack.push_async_callback(silent.stop)
+            elif self_known == "unreachable":     # never connects
+                stack.enter_context(unreachable_port("127.0.0.2", port))
+            result = await register(A, quick.url, REG.public_key, ("127.0.0.2", port),
+                                    send_dial_data=self_known != "declined")
+    assert (result.external, result.self_known) == (Callback.FAILED, Callback.NONE)
+    att = result.attestation
+    assert (att.reach_class, att.verified, att.address) == (
+        ReachClass.NAT, False, ("127.0.0.2", port))
+    assert silent.connections == (1 if self_known == "silent" else 0)
+    registry = quick.registrar.registry
+    assert registry.claimants("127.0.0.2", port, now_us()) == {A.node_id}
+    assert registry.holder("127.0.0.2", port, now_us()) is None
+    status = quick.registrar.status()
+    assert status["dial_failed"] == 1
+    assert status["dial_none"] == (0 if self_known == "declined" else 1)
 
 
 async def test_no_answer_in_time_is_none() -> None:
