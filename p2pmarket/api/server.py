@@ -79,14 +79,36 @@ def peer_app(dispatcher: RpcDispatcher, extra_routes: list[web.RouteDef] | None 
     return app
 
 
-def observed(request: web.Request) -> tuple[str, int] | None:
-    """The (ip, port) a request's TCP connection came from; None if unknown. IPv4-mapped
-    IPv6 addresses are given as IPv4."""
+RELAYED_FROM = "X-P2PM-Relayed-From"
+"""Set by a relayed host's relay client when it replays a circuit on loopback: where
+the relay saw the caller (docs/design.md section 7). The relay drops any copy a caller
+sends, and it is believed only on a loopback connection."""
+
+
+def transport_peer(request: web.Request) -> tuple[str, int] | None:
+    """The (ip, port) a request's TCP connection came from; None if unknown.
+    IPv4-mapped IPv6 addresses are given as IPv4."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not isinstance(peer, tuple) or len(peer) < 2:
         return None
-    host = str(peer[0]).removeprefix("::ffff:")
-    return host, int(peer[1])
+    return str(peer[0]).removeprefix("::ffff:"), int(peer[1])
+
+
+def observed(request: web.Request) -> tuple[str, int] | None:
+    """Where a peer RPC came from: :func:`transport_peer`, or for a request replayed from
+    a relay circuit on loopback, where the relay saw it come from. (The relay and the
+    registrar use :func:`transport_peer`: they believe no header.)"""
+    peer = transport_peer(request)
+    if peer is None:
+        return None
+    host = peer[0]
+    relayed = request.headers.get(RELAYED_FROM)
+    if relayed is not None and host in ("127.0.0.1", "::1"):
+        ip, _, port = relayed.rpartition(":")
+        if ip and port.isdigit() and int(port) < 65536 and len(ip) <= 45:
+            return ip.strip("[]"), int(port)
+        return None
+    return peer
 
 
 def json_reply(result: dict[str, Any], status: int) -> web.Response:

@@ -59,7 +59,7 @@ from aiohttp import web
 from p2pmarket.api.bounds import sealable
 from p2pmarket.api.client import MSGPACK
 from p2pmarket.api.rpc import make_request, open_reply
-from p2pmarket.api.server import observed
+from p2pmarket.api.server import transport_peer
 from p2pmarket.core.clock import Clock, Monotonic, now_us
 from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError
@@ -155,7 +155,7 @@ class Registrar:
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="a websocket upgrade is expected")
         await ws.prepare(request)
-        task = asyncio.create_task(self._session(ws, observed(request)))
+        task = asyncio.create_task(self._session(ws, transport_peer(request)))
         self._tasks.add(task)
         try:
             await asyncio.wait({task})

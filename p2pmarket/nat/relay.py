@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from p2pmarket.api.server import observed
+from p2pmarket.api.server import RELAYED_FROM, transport_peer
 from p2pmarket.core.clock import US_PER_S, Clock, Monotonic, now_us
 from p2pmarket.core.errors import error_dict
 from p2pmarket.core.identity import Identity
@@ -75,7 +75,7 @@ from p2pmarket.nat.reservation import make_reservation, open_reserve_request
 
 HELLO_TIMEOUT_S = 10.0     # the host's first frame must come within this
 HEARTBEAT_S = 30.0         # websocket pings, both sides: a dead peer is found in ~this
-RELAYED_FROM_HEADER = "X-P2PM-Relayed-From"   # set by the host's side, never forwarded
+RELAYED_FROM_HEADER = RELAYED_FROM   # set by the host's side, never forwarded
 _DROPPED = frozenset({RELAYED_FROM_HEADER.lower()})
 _LINK_FRAMES = (Response, Data, End, Reset, Window)
 
@@ -156,7 +156,7 @@ class RelayService:
             return web.json_response(error_dict("a relay reservation takes a websocket"),
                                      status=400)
         await ws.prepare(request)
-        ip = (observed(request) or ("unknown", 0))[0]
+        ip = (transport_peer(request) or ("unknown", 0))[0]
         try:
             msg = await ws.receive(timeout=HELLO_TIMEOUT_S)
             if self.closing:
@@ -325,7 +325,7 @@ class Exchange:
         headers = tuple((k, v) for k, v in end_to_end(request.headers.items())
                         if k not in _DROPPED)
         opened = Open(end.circuit, request.method, tail, request.rel_url.raw_query_string,
-                      headers, request.body_exists, observed(request))
+                      headers, request.body_exists, transport_peer(request))
         try:
             encode_frame(opened)
         except RelayError as exc:

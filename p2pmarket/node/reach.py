@@ -139,6 +139,8 @@ class ReachKeeper:
                 self.book.add(answer.attestation, now)
                 self.state.attestations[peer.key] = answer.raw
                 self.state.seen = answer.seen
+                if self.book.address_changed(answer.seen[0]):
+                    self.wake.set()          # our external address moved: check again
                 att = answer.attestation
                 self.state.registrations[peer.key] = {
                     "registrar": peer.url, "class": att.reach_class.value,

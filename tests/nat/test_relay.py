@@ -26,7 +26,8 @@ from relay_helpers import (
 )
 
 from p2pmarket.api.client import PeerClient
-from p2pmarket.api.server import Site
+from p2pmarket.api.rpc import make_request, open_reply_seen
+from p2pmarket.api.server import Site, observed
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import RemoteError
 from p2pmarket.core.identity import Identity
@@ -68,6 +69,36 @@ async def test_an_rpc_through_the_relay_is_a_direct_call() -> None:
         status = w.relay.service.status()
         assert status["reservations"] == 1 and status["circuits"] == 0
         assert status["bytes_relayed"] > 0
+
+
+async def test_a_relayed_reply_tells_the_buyer_where_the_relay_saw_it() -> None:
+    """The host's handlers see the caller as the relay saw it (not the loopback replay
+    hop), and the signed reply's ``seen`` says so; a caller's own copy of the header
+    is dropped by the relay."""
+    async with relay_world() as w, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as http:
+        key = w.host.identity.public_key
+        request = make_request(w.buyer, w.host.identity.node_id, "test.echo", {})
+        async with http.post(w.client.url + "/rpc", data=request) as resp:
+            reply = open_reply_seen(request, await resp.read(), w.buyer, key)
+        # the buyer (from 127.0.0.2) as the relay saw it, not the replay hop (127.0.0.1)
+        assert reply.seen is not None and reply.seen[0] == "127.0.0.2"
+    assert observed_of({"X-P2PM-Relayed-From": "198.18.0.31:5555"}, "127.0.0.1") == (
+        "198.18.0.31", 5555)
+    assert observed_of({"X-P2PM-Relayed-From": "198.18.0.31:5555"}, "198.18.0.9") == (
+        "198.18.0.9", 4444)                              # believed on loopback only
+    assert observed_of({"X-P2PM-Relayed-From": "junk"}, "127.0.0.1") is None
+
+
+def observed_of(headers: dict[str, str], remote: str) -> tuple[str, int] | None:
+    from aiohttp.test_utils import make_mocked_request
+
+    class Transport:
+        def get_extra_info(self, name: str) -> object:
+            return (remote, 4444) if name == "peername" else None
+
+    return observed(make_mocked_request("POST", "/rpc", headers=headers,
+                                        transport=Transport()))
 
 
 async def test_a_20_mb_upload_streams_through_intact_and_is_never_held_whole() -> None:
