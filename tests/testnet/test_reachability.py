@@ -75,8 +75,11 @@ def test_a_proxied_site_has_no_way_out_but_the_proxy(default_net: NetnsTestnet) 
             0, "198.18.0.103")
         assert probe(default_net, "hp1", "tunnel", PROXY, "198.18.0.21:7400") == (
             0, "198.18.0.103")
-    # the proxy listens on its LAN side only
+    # the proxy listens on its LAN side only, and its public side answers nothing (a
+    # router's own address refuses: that is how a registrar tells NAT from a proxy)
     code, said = probe(default_net, "b1", "connect", "198.18.0.103", "8888")
+    assert code == 1 and "timed out" in said
+    code, said = probe(default_net, "b1", "connect", "198.18.0.101", "7400")
     assert code == 1 and "refused" in said
 
 
