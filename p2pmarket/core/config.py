@@ -161,6 +161,10 @@ class Settings:
     empty: the first bootstrap peer's URL."""
     relay: bool = True
     """Serve as registrar and relay for other nodes once this node is public."""
+    relay_circuit_seconds: float = 3600.0
+    """As a relay: the longest one relayed request may last (an image upload is one)."""
+    relay_circuit_bytes: int = 4 * 1024 ** 3
+    """As a relay: the most bytes one relayed request may carry, both ways."""
     nat: bool = True
     """Find out this node's reachability from registrars and, if it cannot be called
     back, keep a relay reservation (section 7). Off: advertise the address as is."""
@@ -192,7 +196,8 @@ class Settings:
         for name in ("cpu_mhz", "memory_kib", "min_price"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"setting {name!r} must not be negative", getattr(self, name))
-        for name in ("tick_seconds", "republish_seconds", "audit_seconds"):
+        for name in ("tick_seconds", "republish_seconds", "audit_seconds",
+                     "relay_circuit_seconds", "relay_circuit_bytes"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"setting {name!r} must be positive", getattr(self, name))
         if not self.listen_host:

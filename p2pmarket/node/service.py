@@ -63,6 +63,7 @@ from p2pmarket.ledger.wallet import Wallet
 from p2pmarket.nat.registrar import Registrar
 from p2pmarket.nat.registration import echo_handlers
 from p2pmarket.nat.relay import RelayService
+from p2pmarket.nat.relaylimits import RelayLimits
 from p2pmarket.node.advert import Availability, PriceHistory, moved
 from p2pmarket.node.reach import Advert, ReachKeeper, reach_candidates
 
@@ -137,7 +138,9 @@ class Node:
         # others is a registrar and a relay (useful once it is public)
         self.dispatcher.register_all("nat", echo_handlers(identity))
         self.registrar = Registrar(identity) if settings.relay else None
-        self.relay = (RelayService(identity, lambda: self.url) if settings.relay else None)
+        self.relay = RelayService(identity, lambda: self.url, limits=RelayLimits(
+            circuit_seconds=settings.relay_circuit_seconds,
+            circuit_bytes=settings.relay_circuit_bytes)) if settings.relay else None
         self.advert: Advert | None = None
         self.reach = ReachKeeper(
             identity, self_known=lambda: (self.public_host, self.peer_site.port),

@@ -142,3 +142,13 @@ def test_another_networks_genesis_is_refused(tmp_path: Path) -> None:
     done = run_cli(*node_args(path, "--genesis", str(other)))
     assert done.returncode == 1
     assert "belongs to network" in done.stderr
+
+
+def test_the_relay_operator_sets_the_circuit_limits(tmp_path: Path) -> None:
+    node = one_node(tmp_path, relay_circuit_seconds=60, relay_circuit_bytes=1 << 20)
+    assert node.relay is not None
+    assert (node.relay.limits.circuit_seconds, node.relay.limits.circuit_bytes) == (
+        60.0, 1 << 20)
+    assert one_node(tmp_path / "b", relay=False).relay is None
+    with pytest.raises(ConfigError, match="must be positive"):
+        Settings.load(None, env={}, flags={"relay_circuit_bytes": 0})
