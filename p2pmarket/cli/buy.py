@@ -1,12 +1,15 @@
-"""The buyer's commands: ``p2pmarket buy``, ``p2pmarket hosts`` (the market in the
-DHT) and ``p2pmarket leases``."""
+"""The buyer's commands: ``p2pmarket buy`` and ``p2pmarket hosts`` (the market in the
+DHT). Their ``--json`` schemas are in their help epilogs (:data:`BUY_SCHEMA`); amounts
+are integers in µcredits, each with a ``*_credits`` twin (a decimal string, up to six
+decimals), prices µcredits per second for the whole resource."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import re
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from rich.table import Table
@@ -21,30 +24,54 @@ from p2pmarket.cli.options import (
     wallet_dir,
     wallet_opt,
 )
-from p2pmarket.cli.terminal import dump, err, human, out
+from p2pmarket.cli.terminal import animated, dump, err, human, out, unit_of
+from p2pmarket.client.buyer import BuyReport
 from p2pmarket.client.buyer import buy as run_buy
-from p2pmarket.client.buyer import refresh_leases, resume_pending
-from p2pmarket.client.discovery import MarketView
+from p2pmarket.client.discovery import HostView, MarketView
+from p2pmarket.client.quoting import Progress
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import NODE_ID_SIZE, node_id_of, parse_key_or_node_id
 from p2pmarket.core.money import format_credits, parse_credits
 
-BUY_EXAMPLES = """examples:
+LEASE_SCHEMA = """  LEASE = {lease_id, host_id (hex), holder (hex key), start, end (µs since the
+           epoch), balance (µcredits), balance_credits (decimal string),
+           resources: {RESOURCE: {min, max, alloc (integers), unit ("MHz" cpu,
+           "KiB" memory and disk, "bit/s" net)}}}"""
+BUY_SCHEMA = f"""--json prints one object (amounts: integers in µcredits, each with a
+*_credits twin, a decimal string of credits):
+  {{dry_run: bool,
+   plan: [{{host, url, amount, amount_credits, cost_per_hour, cost_per_hour_credits}}],
+   purchases: [{{host (node id, hex), url, paid, paid_credits, cost_per_hour,
+                cost_per_hour_credits, account_id, lease: LEASE,
+                signed_lease (hex msgpack envelope, verify with the host's key)}}],
+   skipped: [{{host, url, reason, planned, planned_credits}}],   # nothing paid
+   unfinished: [{{host, url, paid, paid_credits, reason}}],      # paid, kept pending
+   errors: [str], unspent, unspent_credits}}
+{LEASE_SCHEMA}
+The exit code is the number of errors: planned hosts not paid, payments whose
+account is not open yet, other failures. The leases bought are printed whatever
+happens."""
+BUY_EXAMPLES = f"""examples:
   p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
-  p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB"""
+  p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB
+  p2pmarket buy --budget 5 --hosts 3 --dry-run cpu:1,0.1,1     # the plan, nothing paid
+
+{BUY_SCHEMA}"""
 HOSTS_EXAMPLES = """examples:
   p2pmarket hosts
   p2pmarket hosts --type memory --max-price 5 --json
   p2pmarket hosts --reach public --reach forwarded     # hosts reachable directly
-  p2pmarket hosts --http-proxy http://proxy:8888       # from behind an HTTP proxy"""
-LEASES_EXAMPLES = """examples:
-  p2pmarket leases
-  p2pmarket leases --json"""
+  p2pmarket hosts --http-proxy http://proxy:8888       # from behind an HTTP proxy
+
+prices are credits per second for the whole resource (--max-price too); in --json,
+price and hour_avg are µcredits per second, price_credits the same in credits, and
+capacity is in each resource's unit ("MHz", "KiB", "bit/s")."""
 
 DURATION = re.compile(r"^(\d+)([smhd]?)$")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION_S = 10 * 365 * 86400
+log = logging.getLogger("p2pmarket.buy")
 
 
 def add_buy(sub: Subcommands) -> None:
@@ -53,11 +80,14 @@ def add_buy(sub: Subcommands) -> None:
     wallet_opt(buy_)
     buy_.add_argument("bids", nargs="+", metavar="BID",
                       help="RESOURCE:WEIGHT,MIN,MAX (Tycoon syntax), e.g. memory:1,256MiB,1GiB")
-    buy_.add_argument("--budget", required=True, help="credits to spend in all")
+    buy_.add_argument("--budget", required=True,
+                      help="credits to spend in all (up to six decimals)")
     buy_.add_argument("--duration", default="1h", help="how long to spend it (30m, 2h, 1d)")
     buy_.add_argument("--hosts", type=int, default=1, help="spread over up to N hosts")
     buy_.add_argument("--host", action="append", metavar="NODE_ID",
                       help="buy only from this host (node id or key, hex; repeatable)")
+    buy_.add_argument("--dry-run", action="store_true",
+                      help="find, quote and plan, and print the plan: nothing is paid")
     json_opt(buy_)
 
 
@@ -79,13 +109,6 @@ def add_hosts(sub: Subcommands) -> None:
     json_opt(h)
 
 
-def add_leases(sub: Subcommands) -> None:
-    le = sub.add("leases", "Show this wallet's leases, refreshed from their hosts.",
-                 LEASES_EXAMPLES, leases)
-    wallet_opt(le)
-    json_opt(le)
-
-
 def parse_duration(text: str) -> int:
     m = DURATION.match(text.strip())
     if not m or int(m.group(1)) == 0:
@@ -102,50 +125,115 @@ def parse_node_id(text: str) -> bytes:
 
 
 def lease_doc(lease: Lease) -> dict[str, Any]:
+    """A lease for ``--json`` (see :data:`LEASE_SCHEMA`)."""
     return {"lease_id": lease.lease_id, "host_id": lease.host_id.hex(),
             "holder": lease.holder.hex(), "start": lease.start, "end": lease.end,
-            "balance": lease.balance,
-            "resources": {r: {"min": t.min, "max": t.max, "alloc": t.alloc}
+            "balance": lease.balance, "balance_credits": format_credits(lease.balance),
+            "resources": {r: {"min": t.min, "max": t.max, "alloc": t.alloc,
+                              "unit": unit_of(r)}
                           for r, t in lease.resources.items()}}
 
 
+def allocation_text(lease: Lease) -> str:
+    return ", ".join(f"{r} {human(r, t.alloc)}" for r, t in sorted(lease.resources.items()))
+
+
+def when(us: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(us / 1e6))
+
+
+def per_hour(amount: int, interval_s: int) -> int:
+    """µcredits per hour of ``amount`` spent evenly over ``interval_s``."""
+    return amount * 3600 // interval_s
+
+
+def credits_doc(name: str, micro: int) -> dict[str, Any]:
+    """``{name: µcredits, name_credits: "1.5"}``."""
+    return {name: micro, f"{name}_credits": format_credits(micro)}
+
+
+def host_prices(host: HostView) -> str:
+    return ", ".join(f"{t} {format_credits(ad.price)} c/s"
+                     for t, ad in sorted(host.record.resources.items()))
+
+
 async def buy(args: argparse.Namespace) -> int:
-    """Exit code: one per planned payment not made or not finished (an error each)."""
+    """Exit code: one per planned payment not made or not finished, and one per other
+    failure (an ``error:`` line each). The leases bought are printed whatever happens."""
     budget = parse_credits(args.budget)
     duration = parse_duration(args.duration)
-    with out.status("buying…") as spinner:
-        report = await run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
-                               progress=lambda msg: spinner.update(msg), net=net_of(args),
-                               only=frozenset(parse_node_id(h) for h in args.host or ()))
+    only = frozenset(parse_node_id(h) for h in args.host or ())
+
+    def run(progress: Progress) -> Coroutine[Any, Any, BuyReport]:
+        return run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
+                       progress=progress, net=net_of(args), only=only,
+                       dry_run=args.dry_run)
+
+    if animated(args.json):
+        with out.status("discovering…") as spinner:
+            def show(msg: str) -> None:
+                spinner.update(msg)
+                if msg.startswith("ready:"):
+                    out.print(f"[green]✓[/green] {msg[len('ready: '):]}")
+            report = await run(show)
+    else:
+        report = await run(lambda msg: log.info("%s", msg))
+    return buy_output(args, report, duration)
+
+
+def buy_output(args: argparse.Namespace, report: BuyReport, duration: int) -> int:
     docs: list[dict[str, Any]] = [
-        {"host": p.host.node_id.hex(), "url": p.host.record.url, "paid": p.amount,
+        {"host": p.host.node_id.hex(), "url": p.host.record.url, **credits_doc("paid", p.amount),
+         **credits_doc("cost_per_hour", per_hour(p.amount, duration)),
          "account_id": p.account_id, "lease": lease_doc(p.lease),
          "signed_lease": p.envelope.hex()} for p in report.purchases]
     skipped: list[dict[str, Any]] = [
         {"host": s.host.node_id.hex(), "url": s.host.record.url, "reason": s.reason,
-         "planned": s.amount} for s in report.skipped]
+         **credits_doc("planned", s.amount)} for s in report.skipped]
     unfinished: list[dict[str, Any]] = [
-        {"host": u.host.node_id.hex(), "url": u.host.record.url, "paid": u.amount,
-         "reason": u.reason} for u in report.unfinished]
-    errors = len(report.unfinished) + sum(1 for s in report.skipped if s.amount)
+        {"host": u.host.node_id.hex(), "url": u.host.record.url,
+         **credits_doc("paid", u.amount), "reason": u.reason} for u in report.unfinished]
+    plan = [{"host": h.node_id.hex(), "url": h.record.url, **credits_doc("amount", a),
+             **credits_doc("cost_per_hour", per_hour(a, duration))}
+            for h, a in report.planned]
+    errors = (len(report.unfinished) + sum(1 for s in report.skipped if s.amount)
+              + len(report.errors))
     if args.json:
-        dump({"purchases": docs, "skipped": skipped, "unfinished": unfinished,
-              "unspent": report.unspent})
+        dump({"dry_run": args.dry_run, "plan": plan, "purchases": docs, "skipped": skipped,
+              "unfinished": unfinished, "errors": report.errors,
+              **credits_doc("unspent", report.unspent)})
         return errors
     for s in skipped:
-        note = (f"; its share of {format_credits(s['planned'])} credits was not spent"
+        note = (f"; its share of {s['planned_credits']} credits was not spent"
                 if s["planned"] else "")
-        err.print(f"skipped host {s['host'][:16]}… at {s['url']}: {s['reason']} "
-                  f"(nothing paid{note})")
+        line = (f"skipped host {s['host'][:16]}… at {s['url']}: {s['reason']} "
+                f"(nothing paid{note})")
+        err.print(f"error: {line}" if s["planned"] else line)
+    if args.dry_run:
+        table = Table(title=f"plan for {len(plan)} host(s), nothing paid (--dry-run)")
+        for col in ("host", "address", "price", "amount", "cost per hour"):
+            table.add_column(col)
+        for (h, _), d in zip(report.planned, plan, strict=True):
+            table.add_row(d["host"][:16], d["url"], host_prices(h),
+                          f"{d['amount_credits']} c", f"{d['cost_per_hour_credits']} c/h")
+        out.print(table)
+        return errors
+    table = Table(title=f"{len(docs)} lease(s) bought")
+    for col in ("lease", "host", "allocation", "price", "paid", "cost per hour",
+                "lease end"):
+        table.add_column(col)
     for p, doc in zip(report.purchases, docs, strict=True):
-        out.print(f"[bold]lease {p.lease.lease_id}[/bold] from host {doc['host'][:16]}… "
-                  f"at {doc['url']} (paid {format_credits(p.amount)} credits)")
-        out.print_json(json.dumps(doc["lease"]))
-        out.print(f"signed lease (msgpack, hex): {doc['signed_lease'][:96]}…")
+        table.add_row(p.lease.lease_id, f"{doc['host'][:16]}\n{doc['url']}",
+                      allocation_text(p.lease), host_prices(p.host),
+                      f"{doc['paid_credits']} c", f"{doc['cost_per_hour_credits']} c/h",
+                      when(p.lease.end))
+    out.print(table)
     for u in unfinished:
-        err.print(f"paid {format_credits(u['paid'])} credits to host {u['host'][:16]}… at "
+        err.print(f"error: paid {u['paid_credits']} credits to host {u['host'][:16]}… at "
                   f"{u['url']}, but the account is not open yet: {u['reason']} (kept as "
                   "pending; `p2pmarket leases` or the next `buy` finishes it)")
+    for e in report.errors:
+        err.print(f"error: {e}")
     return errors
 
 
@@ -170,7 +258,9 @@ async def hosts(args: argparse.Namespace) -> int:
              "relay": reach[v.node_id].relayed_by,
              "registrars": reach[v.node_id].registrars,
              "availability_ppm": v.record.availability_ppm,
-             "resources": {t: {"capacity": ad.capacity, "price": ad.price,
+             "resources": {t: {"capacity": ad.capacity, "unit": unit_of(t),
+                               "price": ad.price,
+                               "price_credits": format_credits(ad.price),
                                "hour_avg": ad.hour_avg}
                            for t, ad in v.record.resources.items()}} for v in views]
     if args.json:
@@ -180,37 +270,14 @@ async def hosts(args: argparse.Namespace) -> int:
                   + (f"; {len(exposed)} exposed host(s) left out" if exposed else "")
                   + (f"; {len(unreachable)} unreachable host(s) left out"
                      if unreachable else ""))
-    for col in ("host", "address", "reach", "resources (capacity @ price µc/s, hour avg)",
-                "avail"):
+    for col in ("host", "address", "reach",
+                "resources (capacity @ price credits/s, hour avg)", "avail"):
         table.add_column(col)
     for r in rows:
-        res = "\n".join(f"{t}: {human(t, a['capacity'])} @ {a['price']} ({a['hour_avg']})"
+        res = "\n".join(f"{t}: {human(t, a['capacity'])} @ {a['price_credits']} "
+                        f"({format_credits(a['hour_avg'])})"
                         for t, a in sorted(r["resources"].items()))
         table.add_row(r["node_id"][:16], r["url"], r["reachability"], res,
                       f"{r['availability_ppm'] / 10_000:.1f}%")
     out.print(table)
     return 0
-
-
-async def leases(args: argparse.Namespace) -> int:
-    for _, outcome in await resume_pending(wallet_dir(args), net=net_of(args)):
-        err.print(f"earlier purchase: {outcome}")
-    results = await refresh_leases(wallet_dir(args), net_of(args))
-    if args.json:
-        dump({"leases": [{"source": src, "url": rec["url"],
-                          "lease": lease_doc(lease) if lease else None}
-                         for rec, lease, src in results]})
-        return sum(lease is None for _, lease, _ in results)
-    table = Table(title=f"{len(results)} lease(s)")
-    for col in ("lease", "host", "resources (alloc / min..max)", "balance", "ends", "source"):
-        table.add_column(col)
-    for rec, lease, src in results:
-        if lease is None:
-            table.add_row("?", rec["url"], "", "", "", src)
-            continue
-        res = "\n".join(f"{r}: {human(r, t.alloc)} / {human(r, t.min)}..{human(r, t.max)}"
-                        for r, t in sorted(lease.resources.items()))
-        ends = time.strftime("%Y-%m-%d %H:%M", time.localtime(lease.end / 1e6))
-        table.add_row(lease.lease_id, rec["url"], res, format_credits(lease.balance), ends, src)
-    out.print(table)
-    return sum(lease is None for _, lease, _ in results)

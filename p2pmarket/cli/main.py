@@ -3,7 +3,8 @@
 Each subcommand is a small function that parses nothing itself: argparse checks
 the shape of the arguments, the library checks their meaning and raises a
 :class:`P2PMarketError`, which is printed as one readable line. The command
-groups (:mod:`.node`, :mod:`.wallet`, :mod:`.audit`, :mod:`.buy`, :mod:`.host`,
+groups (:mod:`.node`, :mod:`.wallet`, :mod:`.audit`, :mod:`.buy`, :mod:`.leases`,
+:mod:`.host`,
 :mod:`.network`, :mod:`.testnet`) each add their part of the parser, naming the function that
 runs each subcommand.
 """
@@ -15,13 +16,15 @@ import asyncio
 import logging
 import sys
 
-from p2pmarket.cli import audit, buy, host, network, node, testnet, wallet
+from p2pmarket import __version__
+from p2pmarket.cli import audit, buy, host, leases, network, node, testnet, wallet
 from p2pmarket.cli.options import FORMATTER, Command, Subcommands
 from p2pmarket.core.errors import P2PMarketError
 
 # in the order --help lists them
 COMMAND_GROUPS = (node.add_node, wallet.add_wallet, wallet.add_bank, wallet.add_ledger,
-                  audit.add_audit, buy.add_buy, buy.add_hosts, buy.add_leases, host.add_host,
+                  audit.add_audit, buy.add_buy, buy.add_hosts, leases.add_leases,
+                  leases.add_lease_money, host.add_host,
                   node.add_status, network.add_network, testnet.add_testnet)
 
 
@@ -31,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
         description="A peer-to-peer market for compute resources.",
         epilog="Run `p2pmarket COMMAND --help` for each command's options and examples.\n"
                "The exit code is the number of errors.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging (-vv: debug; also after the command)")
+    p.add_argument("--version", action="version", version=f"p2pmarket {__version__}")
     commands = Subcommands(p, "command", "COMMAND", describe=True)
     for add in COMMAND_GROUPS:
         add(commands)

@@ -33,6 +33,10 @@ class Subcommands:
         q = self._sub.add_parser(name, help=help_text, epilog=examples,
                                  description=help_text if self._describe else None,
                                  formatter_class=FORMATTER)
+        # -v after the command too (``p2pmarket buy -v ...``); SUPPRESS keeps a -v given
+        # before the command when none comes after it
+        q.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more logging (-vv: debug)")
         if run is not None:
             q.set_defaults(run=run)
         return q

@@ -1,5 +1,6 @@
 """Terminal output shared by the commands: the two consoles, JSON documents, and
-resource amounts for people."""
+resource amounts for people (and their units for machines). Nothing is animated
+unless stdout is a terminal (:func:`animated`)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,19 @@ def human(rtype: str, amount: int) -> str:
     if rtype.startswith("net"):
         return f"{amount / 1e6:g} Mbit/s"
     return str(amount)
+
+
+def unit_of(rtype: str) -> str:
+    """The base unit of a resource type's amounts in leases and offers."""
+    if rtype == "cpu":
+        return "MHz"
+    if rtype in ("memory", "disk"):
+        return "KiB"
+    if rtype.startswith("net"):
+        return "bit/s"
+    return "units"
+
+
+def animated(json_out: bool) -> bool:
+    """Whether to show live progress: only on a terminal, never with ``--json``."""
+    return not json_out and out.is_terminal

@@ -19,8 +19,8 @@ from p2pmarket.cli.options import (
     wallet_dir,
     wallet_opt,
 )
-from p2pmarket.cli.terminal import dump, out
-from p2pmarket.client.buyer import open_wallet
+from p2pmarket.cli.terminal import dump, err, out
+from p2pmarket.client.buyer import open_wallet, unanswered_notaries
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.config import load_genesis
 from p2pmarket.core.identity import Identity, parse_public_key
@@ -97,15 +97,24 @@ async def wallet_show(args: argparse.Namespace) -> int:
 
 
 async def wallet_balance(args: argparse.Namespace) -> int:
+    """One error when some notary does not answer (the balance may then miss payments
+    only it holds): an ``error:`` line naming them, and the balance marked so."""
     async with open_wallet(wallet_dir(args), net_of(args)) as (wallet, _):
         received = await wallet.sync()
+        silent = await unanswered_notaries(wallet)
         balance = wallet.balance()
+    errors = 1 if silent else 0
     if args.json:
-        dump({"balance": balance, "received": received})
-    else:
-        out.print(f"balance: {format_credits(balance)} credits"
-                  + (f" ({format_credits(received)} just received)" if received else ""))
-    return 0
+        dump({"balance": balance, "balance_credits": format_credits(balance),
+              "received": received, "unanswered_notaries": [n.url for n in silent]})
+        return errors
+    out.print(f"balance: {format_credits(balance)} credits"
+              + (f" ({format_credits(received)} just received)" if received else "")
+              + (" (may be stale)" if silent else ""))
+    if silent:
+        err.print(f"error: {len(silent)} of {len(wallet.genesis.notaries)} notaries did not "
+                  f"answer: {', '.join(n.url for n in silent)}")
+    return errors
 
 
 async def wallet_history(args: argparse.Namespace) -> int:

@@ -17,10 +17,7 @@ before the payment (with the memo) and again after it (with the certificate), so
 a crash at any point leaves either no payment (the record is dropped) or a
 payment the next run finds by its memo and turns into the account.
 
-``refund`` takes money back out of an account (``close``: all of it) and hands the
-certified SEND that paid it, and any SEND of the host naming that refund found in the
-notaries' inboxes, to the host's witnesses (``witness.refund``): a host that pays less
-than the refund its log recorded, or pays someone else, is exposed.
+After the purchase (refresh, cancel, top up, rebid, refund): :mod:`p2pmarket.client.leases`.
 """
 
 from __future__ import annotations
@@ -28,16 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from p2pmarket.api.client import PeerClient, PeerUnreachable
-from p2pmarket.auction.accounts import memo_refund_id
+from p2pmarket.api.client import PeerClient
 from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.lease import Lease, verify_lease
 from p2pmarket.auction.quote import quote_id
 from p2pmarket.auction.resources import BidSpec, parse_bids
-from p2pmarket.audit.witness import push_refund_to_witnesses, push_to_witnesses
+from p2pmarket.audit.witness import push_to_witnesses
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.netopts import ClientNet
 from p2pmarket.client.planner import Candidate, PlanError, best_response
@@ -45,12 +41,13 @@ from p2pmarket.client.quotecheck import planning_view
 from p2pmarket.client.quoting import Progress, Quoted, Skipped, ask_quote, gather_quotes
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.errors import P2PMarketError
-from p2pmarket.core.genesis import Genesis
+from p2pmarket.core.genesis import NotaryInfo
 from p2pmarket.core.identity import node_id_of
+from p2pmarket.core.money import format_credits
 from p2pmarket.core.wire import Envelope, pack, unpack
-from p2pmarket.ledger.certificate import Certificate, verify_certificate
+from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import SEND
-from p2pmarket.ledger.collect import collect_inboxes
+from p2pmarket.ledger.collect import inbox_page
 from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
@@ -78,7 +75,7 @@ async def open_wallet(wdir: WalletDir, net: ClientNet | None = None
     any); closed on exit."""
     identity = wdir.identity()
     genesis = wdir.genesis()
-    client = PeerClient(identity, proxy=_net(net).proxy)
+    client = PeerClient(identity, proxy=client_net(net).proxy)
     store = ChainStore(wdir.ledger_db)
     wallet = Wallet(identity, store, genesis, PeerTransport(client))
     try:
@@ -88,6 +85,21 @@ async def open_wallet(wdir: WalletDir, net: ClientNet | None = None
         await wallet.close()
         store.close()
         await client.close()
+
+
+async def unanswered_notaries(wallet: Wallet) -> list[NotaryInfo]:
+    """The notaries that do not answer an inbox request now: a balance synced while
+    some are silent may miss payments only they hold (``wallet balance`` says so)."""
+    results = await asyncio.gather(*(inbox_page(wallet.transport, n, wallet.key)
+                                     for n in wallet.genesis.notaries),
+                                   return_exceptions=True)
+    silent = []
+    for notary, result in zip(wallet.genesis.notaries, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, P2PMarketError):
+                raise result
+            silent.append(notary)
+    return silent
 
 
 @dataclass(frozen=True)
@@ -102,9 +114,16 @@ class Unfinished:
 
 @dataclass(frozen=True)
 class BuyReport:
+    """What a ``buy`` did: the leases bought, the hosts skipped before paying, the
+    payments made whose account is not open yet, failures that fit none of these
+    (``errors``: a host or the wallet failing in a way nothing else caught), and the
+    plan (host, amount), which is all a ``dry_run`` does."""
+
     purchases: list[Purchase]
     skipped: list[Skipped]
     unfinished: list[Unfinished]
+    errors: list[str] = field(default_factory=list)
+    planned: list[tuple[HostView, int]] = field(default_factory=list)
 
     @property
     def unspent(self) -> int:
@@ -130,12 +149,17 @@ def plan(quoted: list[Quoted], primary: str, budget: int, interval_s: int,
 
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
               max_hosts: int, progress: Progress = lambda _: None,
-              net: ClientNet | None = None, only: frozenset[bytes] = frozenset()
-              ) -> BuyReport:
+              net: ClientNet | None = None, only: frozenset[bytes] = frozenset(),
+              dry_run: bool = False) -> BuyReport:
     """Find hosts (only those whose node ids are in ``only``, if given), get their
     quotes, plan, and for each planned host: a fresh quote of its exact amount, then the
     payment, then the account (docs/design.md section 8). No money moves to a host
-    before it has signed an acceptable quote."""
+    before it has signed an acceptable quote; with ``dry_run`` none moves at all (the
+    report holds the plan). A host failing after others were bought ends nothing: the
+    report holds the leases bought whatever happens, and the failure in ``errors``.
+
+    Progress messages start with their phase: ``discovering``, ``planning``,
+    ``paying``, ``bidding``, ``ready``."""
     if interval_s <= 0:
         raise BuyError("duration must be positive", interval_s)
     if not 1 <= max_hosts <= 64:
@@ -144,15 +168,16 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
     types = sorted({key.split(",")[0] for key in specs})
     primary = next(iter(specs)).split(",")[0]
     genesis = wdir.genesis()
-    net = _net(net)
+    net = client_net(net)
     await resume_pending(wdir, progress, net)
     async with open_wallet(wdir, net) as (wallet, client):
-        progress("collecting incoming payments")
+        progress("discovering: collecting incoming payments")
         await wallet.sync()
         if wallet.balance() < budget:
-            raise BuyError(f"balance {wallet.balance()} µcredits is below the budget {budget}",
+            raise BuyError(f"balance {format_credits(wallet.balance())} credits is below "
+                           f"the budget {format_credits(budget)} credits",
                            {"balance": wallet.balance(), "budget": budget})
-        progress(f"looking up hosts offering {', '.join(types)} in the DHT")
+        progress(f"discovering: looking up hosts offering {', '.join(types)} in the DHT")
         async with MarketView(genesis, net) as market:
             hosts = await market.hosts(types, limit=max(20, max_hosts, len(only)))
             if only:
@@ -168,14 +193,42 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                                     for s in skipped[:5])
                 raise BuyError(f"no host gave an acceptable quote, nothing was paid ({reasons})",
                                [[s.host.node_id.hex(), s.reason] for s in skipped])
+            progress(f"planning: spreading {format_credits(budget)} credits over "
+                     f"{len(quoted)} quoted host(s)")
             bids = plan(quoted, primary, budget, interval_s, max_hosts)
             by_id = {q.host.node_id: q.host for q in quoted}
-            report = BuyReport([], skipped, [])
-            for node_id, amount in bids.items():
-                if not await pay_one(client, market, wallet, wdir, by_id[node_id], amount,
-                                     wire_bids, types, interval_s, report, progress):
+            report = BuyReport([], skipped, [], [],
+                               [(by_id[n], a) for n, a in bids.items() if a > 0])
+            if dry_run:
+                return report
+            todo = list(report.planned)
+            while todo:
+                host, amount = todo.pop(0)
+                try:
+                    paying = await pay_one(client, market, wallet, wdir, host, amount,
+                                           wire_bids, types, interval_s, report, progress)
+                except Exception as exc:   # whatever it is, the leases bought are reported
+                    message = exc.message if isinstance(exc, P2PMarketError) else repr(exc)
+                    if not _paid_pending(wdir, host, amount, message, report):
+                        report.errors.append(f"host {host.node_id.hex()[:12]}: {message}")
+                    paying = True
+                if not paying:   # the notaries refuse payments: so they would the rest
+                    report.skipped.extend(Skipped(h, "not tried: the payment before failed",
+                                                  a) for h, a in todo)
                     break
         return report
+
+
+def _paid_pending(wdir: WalletDir, host: HostView, amount: int, reason: str,
+                  report: BuyReport) -> bool:
+    """Whether a failure at ``host`` came after its payment (a pending purchase with its
+    certificate): then it is listed as unfinished."""
+    for record in wdir.pending().values():
+        if record.get("host_key") == host.key.hex() and record.get("payment") and \
+                record.get("amount") == amount:
+            report.unfinished.append(Unfinished(host, amount, reason))
+            return True
+    return False
 
 
 async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: WalletDir,
@@ -185,7 +238,7 @@ async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: 
     push the audit; the outcome goes into ``report``. False if paying itself failed (the
     notaries: the next payments would fail too)."""
     short = host.node_id.hex()[:12]
-    progress(f"asking host {short} for a quote of {amount} µcredits")
+    progress(f"paying: asking host {short} for a quote of {format_credits(amount)} credits")
     try:
         quoted = await ask_quote(client, host, wallet.key, wire_bids, types, interval_s,
                                  amount)
@@ -199,7 +252,7 @@ async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: 
         "quote": pack(quoted.envelope).hex(), "payment": None, "bids": wire_bids,
         "interval_s": interval_s}
     wdir.set_pending(qid, pending)   # durable before the money moves: resume finds the SEND
-    progress(f"paying {amount} µcredits to host {short}")
+    progress(f"paying: {format_credits(amount)} credits to host {short}")
     try:
         cert = await wallet.send(host.key, amount, memo=memo)
     except P2PMarketError as exc:
@@ -208,14 +261,14 @@ async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: 
         return False
     pending["payment"] = pack(cert.to_wire()).hex()
     wdir.set_pending(qid, pending)   # durable before the host
-    progress(f"opening an account at {host.record.url}")
+    progress(f"bidding: opening an account at {host.record.url}")
     try:
         account_id, lease, envelope, audit = await open_account(
             client, wdir, wallet.key, qid, pending)
     except P2PMarketError as exc:
         report.unfinished.append(Unfinished(host, amount, exc.message))
         return True
-    progress("handing the host's signed log commitment to its witnesses")
+    progress(f"ready: lease {lease.lease_id} from host {short}")
     await push_audit(client, market, host.key, audit, host.record.url)
     report.purchases.append(Purchase(host, amount, account_id, lease, envelope))
     return True
@@ -256,10 +309,35 @@ async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, pendi
         raise BuyError("the host answered with another account than the payment's",
                        {"expected": expected, "got": account_id})
     envelope = pack(env.to_wire())
+    paid = Certificate.from_wire(payment).entry.body["amount"]
     wdir.save_lease(lease.lease_id, {"host_key": pending["host_key"], "url": pending["url"],
-                                     "account_id": account_id, "lease": envelope.hex()})
+                                     "account_id": account_id, "lease": envelope.hex(),
+                                     "paid": str(paid)})
     wdir.set_pending(pending_id, None)
     return account_id, lease, envelope, reply.get("audit")
+
+
+async def fund_account(client: PeerClient, wdir: WalletDir, pending_id: str,
+                       pending: dict[str, Any]) -> tuple[Lease, Any]:
+    """Hand a top-up's payment to the host (``host.fund``) for the account of the
+    stored lease ``pending["lease_id"]``; record the new lease and what was paid in
+    all, and forget the pending top-up. Safe to repeat: a payment already in the
+    account is answered as such."""
+    host_key = bytes.fromhex(pending["host_key"])
+    record = wdir.leases()[pending["lease_id"]]
+    payment = unpack(bytes.fromhex(pending["payment"]))
+    reply = await client.call(pending["url"], host_key, "host.fund", {
+        "account_id": record["account_id"], "payment": payment})
+    env = Envelope.from_wire(reply.get("lease"))
+    lease = verify_lease(env, host_key)
+    if lease.lease_id != record["account_id"]:
+        raise BuyError("the host answered with another account than the lease's",
+                       lease.lease_id)
+    paid = int(record.get("paid", "0")) + int(pending["amount"])
+    wdir.save_lease(lease.lease_id, {**record, "lease": pack(env.to_wire()).hex(),
+                                     "paid": str(paid)})
+    wdir.set_pending(pending_id, None)
+    return lease, reply.get("audit")
 
 
 async def find_payment(wallet: Wallet, record: dict[str, Any]) -> Certificate | None:
@@ -312,12 +390,16 @@ async def resume_pending(wdir: WalletDir, progress: Progress = lambda _: None,
             done = {k for k, _ in outcomes}
             outcomes.extend((k, f"still pending: {exc.message}") for k in unpaid
                             if k not in done)
-    async with PeerClient(wdir.identity(), timeout_s=10, proxy=_net(net).proxy) as client:
+    async with PeerClient(wdir.identity(), timeout_s=10, proxy=client_net(net).proxy) as client:
         for key, record in wdir.pending().items():
             if not record.get("payment"):
                 continue
             progress(f"finishing an earlier purchase at {record['url']}")
             try:
+                if record.get("rpc") == "fund":
+                    lease, _ = await fund_account(client, wdir, key, record)
+                    outcomes.append((key, f"account {lease.lease_id} topped up"))
+                    continue
                 account_id, _, _, _ = await open_account(
                     client, wdir, wdir.identity().public_key, key, record)
                 outcomes.append((key, f"account {account_id} opened"))
@@ -326,130 +408,6 @@ async def resume_pending(wdir: WalletDir, progress: Progress = lambda _: None,
     return outcomes
 
 
-async def refresh_leases(wdir: WalletDir, net: ClientNet | None = None
-                         ) -> list[tuple[dict[str, str], Lease | None, str]]:
-    """Each stored lease with its current verified version (or the error that stopped it).
-    A host no longer at the stored URL (its relay changed) is looked up in the DHT, and
-    the lease's URL updated."""
-    identity = wdir.identity()
-    net = _net(net)
-    out: list[tuple[dict[str, str], Lease | None, str]] = []
-    audits: list[tuple[bytes, Any, str]] = []
-    async with PeerClient(identity, timeout_s=5, proxy=net.proxy) as client:
-        for record in wdir.leases().values():
-            host_key = bytes.fromhex(record["host_key"])
-            try:
-                reply, record = await call_host(client, wdir, net, record, "host.lease",
-                                                {"account_id": record["account_id"]})
-                env = Envelope.from_wire(reply.get("lease"))
-                lease = verify_lease(env, host_key)
-                wdir.save_lease(lease.lease_id, {**record, "lease": pack(env.to_wire()).hex()})
-                audits.append((host_key, reply.get("audit"), record["url"]))
-                out.append((record, lease, "current"))
-            except P2PMarketError as exc:
-                try:
-                    lease = verify_lease(bytes.fromhex(record["lease"]), host_key)
-                except (P2PMarketError, ValueError):
-                    lease = None
-                out.append((record, lease, f"stored copy ({exc.message})"))
-        if audits:
-            with contextlib.suppress(P2PMarketError, TimeoutError):
-                async with MarketView(wdir.genesis(), net) as market:
-                    for host_key, audit, url in audits:
-                        await push_audit(client, market, host_key, audit, url)
-    return out
-
-
-@dataclass(frozen=True)
-class RefundOutcome:
-    """What became of a refund: its id and amount as the host recorded them, whether it
-    is paid (``done``) or not yet (``pending``), the certified SENDs of the host naming
-    it that the buyer received, and the witnesses' answers about them (``result``:
-    ``exact``, ``exposed``, ``unknown refund``)."""
-
-    refund_id: str | None
-    amount: int
-    status: str
-    payments: list[Certificate]
-    witnesses: list[dict[str, Any]]
-
-
-async def refund(wdir: WalletDir, lease_id: str, amount: int | None = None,
-                 close: bool = False, progress: Progress = lambda _: None,
-                 net: ClientNet | None = None) -> RefundOutcome:
-    """Take ``amount`` (or, with ``close``, everything) back from the account of the lease
-    ``lease_id``; receive the payment and push it to the host's witnesses."""
-    record = wdir.leases().get(lease_id)
-    if record is None:
-        raise BuyError("no such lease in this wallet", lease_id)
-    host_key, url = bytes.fromhex(record["host_key"]), record["url"]
-    args: dict[str, Any] = {"account_id": record["account_id"]}
-    args.update({"close": True} if close else {"amount": amount})
-    genesis = wdir.genesis()
-    net = _net(net)
-    async with open_wallet(wdir, net) as (wallet, client):
-        progress(f"asking host {node_id_of(host_key).hex()[:12]} for the refund")
-        reply = await client.call(url, host_key, "host.refund", args)
-        made = reply.get("refund") if isinstance(reply.get("refund"), dict) else None
-        rid = None if made is None else str(made.get("refund_id"))
-        certs: dict[bytes, Certificate] = {}
-        if made is not None and made.get("payment") is not None:
-            cert = Certificate.from_wire(made["payment"])
-            certs[cert.entry.hash()] = cert
-        if rid is not None:   # a host may pay without saying so: look in the inboxes
-            inbox, _ = await collect_inboxes(wallet.transport, genesis, wallet.key,
-                                             wallet.cache)
-            certs.update((c.entry.hash(), c) for c in inbox
-                         if c.entry.owner == host_key and
-                         memo_refund_id(c.entry.body.get("memo")) == rid)
-        paid = [c for c in certs.values() if _pays_us(c, host_key, wallet.key, genesis)]
-        answers: list[dict[str, Any]] = []
-        with contextlib.suppress(TimeoutError, P2PMarketError):
-            async with MarketView(genesis, net) as market:
-                await push_audit(client, market, host_key, reply.get("audit"), url)
-                for cert in paid:
-                    progress("handing the refund payment to the host's witnesses")
-                    answers.extend(await asyncio.wait_for(push_refund_to_witnesses(
-                        client, market.directory(), host_key, cert.to_wire()),
-                        PUSH_TIMEOUT_S))
-        fresh = [c for c in paid if not wallet.has_received(c)]
-        if fresh:
-            progress("receiving the refund")
-            await wallet.receive_many(fresh)
-    return RefundOutcome(rid, 0 if made is None else int(made.get("amount", 0)),
-                         "none" if made is None else str(made.get("status")), paid, answers)
-
-
-def _net(net: ClientNet | None) -> ClientNet:
+def client_net(net: ClientNet | None) -> ClientNet:
+    """``net``, or how this machine reaches the network (:meth:`ClientNet.load`)."""
     return net if net is not None else ClientNet.load()
-
-
-async def call_host(client: PeerClient, wdir: WalletDir, net: ClientNet,
-                    record: dict[str, str], name: str, args: dict[str, Any]
-                    ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Call ``name`` on the host of a stored lease ``record``; if the host is not at the
-    stored URL any more (a relayed host whose relay changed), find its current URL in
-    its signed DHT record and call it there. Returns the result and the record with
-    the URL that answered (the caller stores it)."""
-    host_key = bytes.fromhex(record["host_key"])
-    try:
-        return await client.call(record["url"], host_key, name, args), record
-    except PeerUnreachable:
-        async with MarketView(wdir.genesis(), net) as market:
-            found = await market.reader.get_host(node_id_of(host_key))
-        if found is None or found.envelope.sender != host_key or found.url == record["url"]:
-            raise
-        record = {**record, "url": found.url}
-        return await client.call(record["url"], host_key, name, args), record
-
-
-def _pays_us(cert: Certificate, host_key: bytes, us: bytes, genesis: Genesis) -> bool:
-    """Whether ``cert`` is a certified SEND of the host to us."""
-    if cert.entry.kind != SEND or cert.entry.owner != host_key or \
-            cert.entry.body.get("to") != us:
-        return False
-    try:
-        verify_certificate(cert, genesis)
-    except P2PMarketError:
-        return False
-    return True
