@@ -9,8 +9,8 @@ from typing import Any
 
 from p2pmarket.audit.evidence import verify_proof
 from p2pmarket.client.buyer import open_wallet, resume_pending
-from p2pmarket.client.leases import refund
 from p2pmarket.client.discovery import MarketView
+from p2pmarket.client.leases import refund
 from p2pmarket.core.wire import pack
 from tests.market_helpers import LocalMarket, local_market
 
