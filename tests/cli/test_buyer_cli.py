@@ -173,3 +173,28 @@ async def test_an_ended_lease_shows_as_ended(capsys: pytest.CaptureFixture[str],
             await asyncio.sleep(0.1)
         assert code == 0 and d["status"] == "ended" and d["time_left_s"] == 0
         assert "no such account" not in out or d["source"].startswith("stored copy")
+
+
+@pytest.mark.parametrize("args", [["cancel", "--help"], ["topup", "--help"],
+                                  ["rebid", "--help"], ["leases", "--help"],
+                                  ["buy", "--help"]])
+def test_lease_command_help_has_examples_and_schemas(capsys: pytest.CaptureFixture[str],
+                                                     args: list[str]) -> None:
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "usage:" in out and "examples:" in out and "--json" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["cancel", "nope"], "error: no such lease in this wallet"),
+    (["topup", "nope", "-1"], "error: amount must be positive: '-1'"),
+    (["topup", "nope", "1.0000001"], "error: at most 6 decimals: '1.0000001'"),
+    (["topup", "nope", "1"], "error: no such lease in this wallet"),
+    (["rebid", "nope", "cpu:1,0.1,1"], "error: no such lease in this wallet"),
+])
+def test_lease_commands_refuse_bad_input_in_one_line(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, genesis_file: Path,
+        args: list[str], message: str) -> None:
+    w = str(tmp_path / "w")
+    run(capsys, "wallet", "new", "--genesis", str(genesis_file), "--wallet", w)
+    code, _, err = run(capsys, *args, "--wallet", w)
+    assert code == 1 and err.strip() == message
