@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import sys
 
-from p2pmarket import __version__
 from p2pmarket.cli import audit, buy, host, leases, network, node, testnet, wallet
 from p2pmarket.cli.options import FORMATTER, Command, Subcommands
 from p2pmarket.core.errors import P2PMarketError
@@ -28,6 +28,14 @@ COMMAND_GROUPS = (node.add_node, wallet.add_wallet, wallet.add_bank, wallet.add_
                   node.add_status, network.add_network, testnet.add_testnet)
 
 
+def version() -> str:
+    """The installed p2pmarket's version (``p2pmarket --version``)."""
+    try:
+        return importlib.metadata.version("p2pmarket")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="p2pmarket", formatter_class=FORMATTER,
@@ -36,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
                "The exit code is the number of errors.")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-vv: debug; also after the command)")
-    p.add_argument("--version", action="version", version=f"p2pmarket {__version__}")
+    p.add_argument("--version", action="version", version=f"p2pmarket {version()}")
     commands = Subcommands(p, "command", "COMMAND", describe=True)
     for add in COMMAND_GROUPS:
         add(commands)

@@ -124,6 +124,8 @@ class BuyReport:
     unfinished: list[Unfinished]
     errors: list[str] = field(default_factory=list)
     planned: list[tuple[HostView, int]] = field(default_factory=list)
+    # (host key, audit authenticator, url) of each purchase, for the host's witnesses
+    audits: list[tuple[bytes, Any, str]] = field(default_factory=list)
 
     @property
     def unspent(self) -> int:
@@ -216,6 +218,9 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                     report.skipped.extend(Skipped(h, "not tried: the payment before failed",
                                                   a) for h, a in todo)
                     break
+            if report.audits:   # best effort, all hosts at once, after the leases
+                await asyncio.gather(*(push_audit(client, market, key, audit, url)
+                                       for key, audit, url in report.audits))
         return report
 
 
@@ -234,8 +239,8 @@ def _paid_pending(wdir: WalletDir, host: HostView, amount: int, reason: str,
 async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: WalletDir,
                   host: HostView, amount: int, wire_bids: dict[str, Any], types: list[str],
                   interval_s: int, report: BuyReport, progress: Progress) -> bool:
-    """One planned host: quote the exact amount, record the intent, pay, open the account,
-    push the audit; the outcome goes into ``report``. False if paying itself failed (the
+    """One planned host: quote the exact amount, record the intent, pay, open the account;
+    the outcome goes into ``report`` (with the audit to push). False if paying itself failed (the
     notaries: the next payments would fail too)."""
     short = host.node_id.hex()[:12]
     progress(f"paying: asking host {short} for a quote of {format_credits(amount)} credits")
@@ -269,8 +274,8 @@ async def pay_one(client: PeerClient, market: MarketView, wallet: Wallet, wdir: 
         report.unfinished.append(Unfinished(host, amount, exc.message))
         return True
     progress(f"ready: lease {lease.lease_id} from host {short}")
-    await push_audit(client, market, host.key, audit, host.record.url)
     report.purchases.append(Purchase(host, amount, account_id, lease, envelope))
+    report.audits.append((host.key, audit, host.record.url))
     return True
 
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from p2pmarket import __version__
 from p2pmarket.auction.lease import Lease, ResourceTerm
 from p2pmarket.cli.buy import lease_doc
-from p2pmarket.cli.main import parser
+from p2pmarket.cli.main import parser, version
 from p2pmarket.client.buyer import open_wallet
 from p2pmarket.client.leases import lease_status
 from tests.client.test_lease_money import kill, ready
@@ -34,7 +33,7 @@ async def command(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
 
 def test_version_and_verbose_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--version")
-    assert code == 0 and out.strip() == f"p2pmarket {__version__}"
+    assert code == 0 and out.strip() == f"p2pmarket {version()}"
     p = parser()
     assert p.parse_args(["buy", "-v", "-v", "--budget", "1", "cpu:1"]).verbose == 2
     assert p.parse_args(["-v", "buy", "--budget", "1", "cpu:1"]).verbose == 1
