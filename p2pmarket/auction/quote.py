@@ -21,9 +21,11 @@ valid for :data:`QUOTE_TTL_US`.
 Before it quotes, the host checks what ``create_account`` will check: that it offers
 every resource bid on with these bids (the check it makes before it looks at a
 payment), and, given an ``amount``, that an account opened with that much money
-would get its bids' minimums at once: a ``create_account`` that fails that keeps
-the money in an account without bids. Either failure is the quote RPC's error, so
-a buyer learns it before it pays. The account ``create_account`` opens is named by
+would get its bids' minimums at once. Either failure is the quote RPC's error, so
+a buyer learns it before it pays; a ``create_account`` that fails either anyway,
+after the payment, pays the whole payment back at once (a refund, certified, to the
+payer: :mod:`p2pmarket.auction.buyersteps`), so money never sits in an account
+without bids. The account ``create_account`` opens is named by
 the payment (:func:`p2pmarket.auction.buyersteps.account_id_for`), which does not
 exist yet, so a quote cannot name it: the buyer checks the account id it gets back
 against its payment.
@@ -196,8 +198,9 @@ def make_quote(state: HostState, result: AllocationResult, holder: bytes, args: 
         try:
             reallocate(state, trial, now, was_running=False)
         except HostError as exc:
-            raise HostError(f"{exc.message}; with {args.amount} µcredits the account would be "
-                            "opened without bids", exc.value) from None
+            raise HostError(f"{exc.message}; with {args.amount} µcredits the bids would all "
+                            "be dropped (create_account would refund the payment)",
+                            exc.value) from None
     market = offered(state, result)
     types = sorted({key.split(",")[0] for key in args.bids})
     return Quote(host_id=state.host_id, holder=holder, nonce=args.nonce,

@@ -154,3 +154,28 @@ async def test_one_certificate_never_funds_two_accounts(tmp_path: Path) -> None:
                  if e.kind == "RECV" and e.receipt == (cert.entry.owner, cert.entry.seq)]
         assert len(recvs) == 1
         await supply_balances(m)
+
+
+async def test_a_create_refused_after_payment_is_refunded_to_the_payer(
+        tmp_path: Path) -> None:
+    """Issue 12: bids the host must refuse (min above its capacity), paid anyway (no
+    quote asked): the host takes the payment and pays it straight back, certified; the
+    buyer's wallet has all its money again and the supply balances."""
+    async with local_market(tmp_path / "m") as m:
+        host = m.nodes[1]
+        buyer, cert = await paid(m, host)
+        key = cert.entry.hash().hex()
+        record = buyer.pending()[key]
+        buyer.set_pending(key, {**record, "bids": {"memory": "1,100TiB,200TiB"}})
+        [(_, outcome)] = await resume_pending(buyer)
+        assert "is refunded" in outcome, outcome
+        assert [a for a in host.auctioneer.accounts()
+                if a.holder == buyer.identity().public_key] == []
+        [made] = [r for r in host.auctioneer.store.refunds()
+                  if r.holder == buyer.identity().public_key]
+        assert (made.amount, made.status) == (PRICE, "done")
+        async with open_wallet(buyer) as (wallet, _):
+            assert await wallet.sync() == PRICE
+            assert wallet.balance() == FUNDS
+        await certified(host)
+        await supply_balances(m)
