@@ -139,3 +139,12 @@ def test_a_signed_quote_verifies_only_against_the_host_key_and_for_its_holder() 
     lease_like: Envelope = seal(HOST, QUOTE, "lease", env.body, ts=env.ts, to=BUYER.node_id)
     with pytest.raises(HostError, match="not a quote"):
         verify_quote(lease_like.to_wire(), HOST.public_key)
+
+
+def test_a_max_above_the_capacity_is_clamped_and_said() -> None:
+    """Issue 12: `cpu:1,0.1,100GHz` is not clamped silently: the quote names it."""
+    h = harness()
+    cpu_cap = h.state.config.capacities["cpu"]
+    q = quote_of(h, args({"cpu": "1,0.1,100GHz", "memory": "1,0,1"}))
+    assert dict(q.clamped or {}) == {"cpu": cpu_cap}
+    assert quote_of(h, args({"cpu": "1,0.1,1"})).clamped is None
