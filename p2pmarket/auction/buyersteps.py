@@ -99,7 +99,7 @@ class _Out:
 
 
 class _Kept(HostError):
-    """A refusal that still changed the state (a create whose payment is kept)."""
+    """A refusal that still changed the state (a create whose payment is refunded)."""
 
     def __init__(self, out: _Out, error: HostError) -> None:
         super().__init__(error.message, error.value)
@@ -191,11 +191,40 @@ def account_id_for(payment_id: bytes) -> str:
 
 # -- the RPCs ----------------------------------------------------------------------
 
+def refund_id_for(payment_id: bytes) -> str:
+    """The refund that pays back a payment whose ``create_account`` was refused."""
+    return digest(b"refused" + payment_id)[:8].hex()
+
+
+def _refund_refused(state: HostState, call: Call, error: HostError, now: int) -> HostError:
+    """A ``create_account`` refused after its payment was verified: the whole payment
+    goes back to the payer at once (a :class:`Refund` of an account that is never
+    opened, paid like any refund), so no money sits in an account without bids. The
+    error names the refund; a retry of the same payment changes nothing more."""
+    if isinstance(call.payment, Exception):
+        return error   # no payment: nothing to give back
+    payment_id, amount = call.payment
+    aid, rid = account_id_for(payment_id), refund_id_for(payment_id)
+    refused = HostError(f"{error.message}; the payment ({amount} µcredits) is refunded "
+                        f"(refund {rid})", {"refund_id": rid, "amount": amount,
+                                            "cause": error.value})
+    if state.payment_account(payment_id) is not None:
+        return refused if state.refund(rid) is not None else error
+    made = Refund(rid, aid, call.sender, amount, refund_memo(rid, aid), created_us=now)
+    after = state.with_payment(payment_id, aid, amount).with_refunds([made])
+    return _Kept(_Out(after, {}, refunds=[made]), refused)
+
+
 def create_account(state: HostState, args: CreateAccountArgs, call: Call, now: int) -> _Out:
-    bid_terms = terms(state, args.bids, {})
+    try:
+        bid_terms = terms(state, args.bids, {})
+    except HostError as exc:
+        raise _refund_refused(state, call, exc, now) from None
     payment_id, amount = call.paid()
     funded = state.payment_account(payment_id)
     if funded is not None:  # a retry (e.g. after our crash): answer it again
+        if funded not in state.accounts and state.refund(refund_id_for(payment_id)):
+            raise HostError("payment already refunded", refund_id_for(payment_id))
         own(state, call.sender, funded, "payment already used for another account")
         return _Out(state, {"account_id": funded}, [funded])
     aid = account_id_for(payment_id)
@@ -208,13 +237,8 @@ def create_account(state: HostState, args: CreateAccountArgs, call: Call, now: i
     paid = state.with_payment(payment_id, aid, amount)
     try:
         new = reallocate(paid, account, now, was_running=False)
-    except HostError as exc:
-        # the money is ours now: keep it in a bid-less account for the buyer
-        account = replace(account, bids={})
-        kept = with_accounts(paid, reallocate(paid, account, now, was_running=False))
-        err = HostError(f"{exc.message}; the payment is kept in account {aid}, which has "
-                        "no bids", {"account_id": aid, "cause": exc.value})
-        raise _Kept(_Out(kept, {}), err) from None
+    except HostError as exc:   # its bids would all be dropped: the money goes back
+        raise _refund_refused(state, call, exc, now) from None
     return _Out(with_accounts(paid, new), {"account_id": aid}, [aid])
 
 
@@ -322,4 +346,4 @@ def lease(state: HostState, args: LeaseArgs, call: Call) -> _Out:
 
 
 __all__ = ["Call", "account_id_for", "bid", "call_of", "create_account", "fund", "lease",
-           "own", "precheck", "refund", "reply_kind", "rpc_step"]
+           "own", "precheck", "refund", "refund_id_for", "reply_kind", "rpc_step"]

@@ -10,7 +10,12 @@ the host, addressed (``to``) to the buyer's node id, ``ts`` the host's clock, bo
      nonce: bytes (the buyer's), bids: bytes (SHA-256 of the canonical bids asked
      about), interval_s: int, amount: int | None,
      resources: {type: {capacity, price, free}},   # each type the bids name
-     expires: int (µs)}
+     expires: int (µs),
+     clamped?: {bid key: int}}   # only when a bid's max is above the capacity
+
+``clamped`` names each divisible bid whose max, resolved on this host, is above the
+host's capacity, with the capacity it is clamped to (base units): the host says so
+rather than clamping silently; the field is left out when nothing is clamped.
 
 ``capacity``, ``price`` and ``free`` are what the host advertises in the DHT
 (:func:`offered`: the same figures, from the same state): capacity and free in base
@@ -21,9 +26,11 @@ valid for :data:`QUOTE_TTL_US`.
 Before it quotes, the host checks what ``create_account`` will check: that it offers
 every resource bid on with these bids (the check it makes before it looks at a
 payment), and, given an ``amount``, that an account opened with that much money
-would get its bids' minimums at once: a ``create_account`` that fails that keeps
-the money in an account without bids. Either failure is the quote RPC's error, so
-a buyer learns it before it pays. The account ``create_account`` opens is named by
+would get its bids' minimums at once. Either failure is the quote RPC's error, so
+a buyer learns it before it pays; a ``create_account`` that fails either anyway,
+after the payment, pays the whole payment back at once (a refund, certified, to the
+payer: :mod:`p2pmarket.auction.buyersteps`), so money never sits in an account
+without bids. The account ``create_account`` opens is named by
 the payment (:func:`p2pmarket.auction.buyersteps.account_id_for`), which does not
 exist yet, so a quote cannot name it: the buyer checks the account id it gets back
 against its payment.
@@ -133,19 +140,27 @@ class Quote:
     resources: Mapping[str, Offered]
     expires: int
     signed_at: int = 0   # the envelope's ts; not part of the body
+    clamped: Mapping[str, int] | None = None   # bid key -> the max this host applies
 
     def body(self) -> dict[str, Any]:
-        return {"v": QUOTE_VERSION, "host_id": self.host_id, "holder": self.holder,
+        body = {"v": QUOTE_VERSION, "host_id": self.host_id, "holder": self.holder,
                 "nonce": self.nonce, "bids": self.bids, "interval_s": self.interval_s,
                 "amount": self.amount,
                 "resources": {t: o.to_doc() for t, o in sorted(self.resources.items())},
                 "expires": self.expires}
+        if self.clamped:
+            body["clamped"] = dict(sorted(self.clamped.items()))
+        return body
 
     @classmethod
     def from_body(cls, body: Any, signed_at: int = 0) -> Quote:
         """Check a quote body's shape (raises :class:`HostError`)."""
-        if not isinstance(body, dict) or set(body) != QUOTE_FIELDS:
+        if not isinstance(body, dict) or set(body) - {"clamped"} != QUOTE_FIELDS:
             raise HostError("quote body has the wrong fields")
+        clamped = body.get("clamped")
+        if clamped is not None and (not isinstance(clamped, dict) or len(clamped) > 64 or not all(
+                isinstance(k, str) and _is_nat(v) for k, v in clamped.items())):
+            raise HostError("quote clamped must be a map of bid to amount")
         if body["v"] != QUOTE_VERSION:
             raise HostError(f"quote version {body['v']!r:.20} is not {QUOTE_VERSION}",
                             "version")
@@ -174,7 +189,7 @@ class Quote:
                 raise HostError("quote resource terms are malformed", str(res)[:40])
             offers[res] = Offered(doc["capacity"], doc["price"], doc["free"])
         return cls(body["host_id"], body["holder"], body["nonce"], body["bids"],
-                   body["interval_s"], amount, offers, body["expires"], signed_at)
+                   body["interval_s"], amount, offers, body["expires"], signed_at, clamped)
 
 
 def _is_nat(value: Any) -> bool:
@@ -196,15 +211,19 @@ def make_quote(state: HostState, result: AllocationResult, holder: bytes, args: 
         try:
             reallocate(state, trial, now, was_running=False)
         except HostError as exc:
-            raise HostError(f"{exc.message}; with {args.amount} µcredits the account would be "
-                            "opened without bids", exc.value) from None
+            raise HostError(f"{exc.message}; with {args.amount} µcredits the bids would all "
+                            "be dropped (create_account would refund the payment)",
+                            exc.value) from None
+    caps = state.config.capacities
+    clamped = {key: caps[key] for key, term in sorted(bid_terms.items())
+               if args.bids[key].ident is None and term.max.resolve(caps[key]) > caps[key]}
     market = offered(state, result)
     types = sorted({key.split(",")[0] for key in args.bids})
     return Quote(host_id=state.host_id, holder=holder, nonce=args.nonce,
                  bids=args.bids_digest, interval_s=args.interval_us // US_PER_S,
                  amount=args.amount,
                  resources={t: market[t] for t in types if t in market},
-                 expires=now + QUOTE_TTL_US, signed_at=now)
+                 expires=now + QUOTE_TTL_US, signed_at=now, clamped=clamped or None)
 
 
 def sign_quote(identity: Identity, quote: Quote) -> Envelope:

@@ -5,7 +5,11 @@ only the account's holder (``ctx.sender``) may act on an account. Every result
 carries ``audit``: the authenticator of the audit-log entry that recorded it.
 
 - ``create_account {payment: cert, bids: BIDS, interval_s: int, contingency?: RATIO}``
-  -> ``{account_id, lease}``
+  -> ``{account_id, lease}``. A create refused after its payment verified (bids the
+  host does not offer, a min above its capacity, minimums the money cannot meet at
+  once: what ``quote`` refuses first) pays the whole payment back at once, a refund
+  to the payer paid like any other (retried every tick until certified); the error
+  names it (``{refund_id, amount, cause}``) and no account is opened.
 - ``bid {account_id, bids: BIDS, interval_s?, contingency?, replace?: bool}``
   -> ``{account_id, lease}``. A patch: fields left out keep their value (12/18);
   ``replace`` drops the bids not listed; ``interval_s`` restarts the interval
@@ -59,7 +63,8 @@ every tick (charges).
 Every decision is made by the pure transitions of :mod:`p2pmarket.auction.steps` on
 the :class:`~p2pmarket.auction.machine.HostState` value; this class only does the
 I/O around them: it refuses a signed request it already took, verifies payments
-(``accept_payment``) before the step and logs the outcome as part of the input,
+(``accept_payment``: offline, no network call, since it runs under the auction lock;
+the node certifies its RECV later) before the step and logs the outcome as part of the input,
 with the caller's signed request (``ctx.request``, set by the RPC layer) so
 witnesses can tell it came from the buyer. Logging, committing and signing leases
 are the :class:`~p2pmarket.host.journal.Journal`'s; ticks, the owner's settings,
@@ -99,9 +104,10 @@ from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.runner import AuctionRunner, RefundPayment
 from p2pmarket.host.vmm.base import VMM
 
-# Verifies a payment certificate and credits the host's own chain. It must be
-# idempotent (the same certificate twice gives the same Payment and credits once):
-# single use per account is enforced here, through the payments table.
+# Verifies a payment certificate and credits the host's own chain, offline: it runs
+# under the auction lock, so it must make no network call. It must be idempotent (the
+# same certificate twice gives the same Payment and credits once): single use per
+# account is enforced here, through the payments table.
 AcceptPayment = Callable[[bytes, dict[str, Any]], Awaitable[Payment]]
 
 MAX_SEGMENT = 2000
@@ -226,8 +232,9 @@ class Auctioneer(AuctionRunner):
             self._sync_usage(now)
             before = self.state
             if payment:
-                try:
-                    precheck(self.state, name, ctx.sender, logged)
+                try:   # a refused create_account refunds its payment: always take it
+                    if name != "create_account":
+                        precheck(self.state, name, ctx.sender, logged)
                 except HostError:
                     pass   # the step refuses it the same way, without looking at the payment
                 else:
@@ -242,7 +249,9 @@ class Auctioneer(AuctionRunner):
                     now = self.now()
             st, auths = self.journal.apply(f"in.{name}", body, now)
         if st.error is not None:
-            if st.state.accounts is not before.accounts:   # a refused create that kept money
+            for made in st.refunds:   # a refused create's payment goes back at once
+                await self._pay(made)
+            if st.state.accounts is not before.accounts:
                 await self.sync_vmm()
             raise st.error
         if name != "refund":

@@ -296,16 +296,34 @@ class Node:
         self.chain_ready.set()
 
     async def _collect_payments(self) -> None:
-        """Now and then pull certified payments to us from the notaries' inboxes: money
-        whose payer crashed before handing us the certificate is still collected."""
+        """Certify the RECVs :meth:`accept_payment` appended offline, as soon as there
+        are any and again with backoff (``RETRY_S``) while the notaries do not answer,
+        until done; and now and then (``COLLECT_S``) pull certified payments to us
+        from the notaries' inboxes: money whose payer crashed before handing us the
+        certificate is still collected. Never under the auction lock."""
         await self.chain_ready.wait()
+        loop = asyncio.get_running_loop()
+        next_sync = loop.time() + COLLECT_S
+        failures = 0
         while True:
-            await asyncio.sleep(COLLECT_S)
+            wait = next_sync - loop.time()
+            if failures:
+                wait = min(wait, RETRY_S[min(failures - 1, len(RETRY_S) - 1)])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wallet.uncertified.wait(), max(0.0, wait))
+            self.wallet.uncertified.clear()
+            syncing = loop.time() >= next_sync
             try:
                 async with self._payment_lock:
-                    await self.wallet.sync()
+                    await self.wallet.resume()   # the offline receipts first
+                    if syncing:
+                        await self.wallet.sync()
+                failures = 0
             except P2PMarketError as exc:
-                log.info("collecting payments failed: %s", exc.message)
+                failures += 1
+                log.info("certifying or collecting payments failed: %s", exc.message)
+            if syncing:
+                next_sync = loop.time() + COLLECT_S
 
     async def _advertise(self) -> None:
         """Keep our host record and offers current in the DHT.
@@ -382,10 +400,14 @@ class Node:
     async def accept_payment(self, payer: bytes, cert_doc: dict[str, Any]) -> Payment:
         """Verify a buyer's SEND certificate offline and record it on our chain.
 
-        Idempotent: a certificate already received is not credited again, and gives the
-        same Payment (its id is the SEND entry's hash). Which account a payment funded
-        is the auctioneer's record, committed with the account, so a payment received
-        just before a crash still funds the account the buyer's retry creates."""
+        No network call (it runs under the auction lock): the certificate is checked
+        against the genesis committee here, the RECV appended durably but uncertified
+        (:meth:`Wallet.accept`), and :meth:`_collect_payments` has the notaries certify
+        it in the background. Idempotent: a certificate already received (certified
+        or not) is not credited again, and gives the same Payment (its id is the SEND
+        entry's hash). Which account a payment funded is the auctioneer's record,
+        committed with the account, so a payment received just before a crash still
+        funds the account the buyer's retry creates."""
         cert = Certificate.from_wire(cert_doc)
         body = cert.entry.body
         if cert.entry.kind != "SEND" or body.get("to") != self.identity.public_key:
@@ -394,8 +416,7 @@ class Node:
             raise HostError("payment was made by another key than the caller", "payer")
         if not self.chain_ready.is_set():
             raise HostError("host is still opening its ledger; retry shortly", "not_ready")
-        async with self._payment_lock:
-            amount = await self.wallet.receive(cert)
+        amount = self.wallet.accept(cert)
         return Payment(cert.entry.hash(), amount)
 
     async def refund_payment(self, holder: bytes, amount: int, memo: str) -> dict[str, Any]:

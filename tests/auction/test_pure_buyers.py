@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.buyersteps import account_id_for, precheck
+from p2pmarket.auction.buyersteps import account_id_for, precheck, refund_id_for
 from p2pmarket.auction.seen import recorded
 from p2pmarket.core.wire import digest, pack
 from tests.support.auction_harness import HOST_ID, T0, AuctionHarness, S
@@ -178,17 +178,31 @@ def test_a_refused_payment_gives_the_bank_s_error() -> None:
     assert replace(h.state, requests=before.requests) == before
 
 
-def test_a_create_refused_after_payment_keeps_the_money() -> None:
+def test_a_create_refused_after_payment_refunds_the_money() -> None:
+    """Issue 12: not kept in an account with no bids, but paid back at once."""
     h = opened()
+    accounts = h.state.accounts
     st = h.call(BOB, "create_account", {"payment": {}, "bids": {"memory": "1,0.9,1"},
                                         "interval_s": 100}, payment=(b"pay-b", 10))
-    kept = account_id_for(b"pay-b")
+    rid = refund_id_for(b"pay-b")
     assert st.error is not None and st.error.message.endswith(
-        f"the payment is kept in account {kept}, which has no bids")
+        f"the payment (10 µcredits) is refunded (refund {rid})")
     assert st.outputs == _error("out.create_account", st.error.message,
-                                {"account_id": kept, "cause": st.error.value["cause"]})
-    acc = h.state.accounts[kept]
-    assert (acc.holder, acc.fund, dict(acc.bids)) == (BOB, 10, {})
+                                {"refund_id": rid, "amount": 10,
+                                 "cause": st.error.value["cause"]})
+    assert h.state.accounts == accounts
+    [made] = st.refunds
+    assert (made.refund_id, made.holder, made.amount) == (rid, BOB, 10)
+    assert h.state.refund(rid) == made
+    assert h.state.payment_account(b"pay-b") == account_id_for(b"pay-b")
+    # the same payment again: refunded once, whatever the bids
+    again = h.call(BOB, "create_account", {"payment": {}, "bids": {"memory": "1,0.9,1"},
+                                           "interval_s": 100}, payment=(b"pay-b", 10))
+    assert again.error is not None and again.refunds == []
+    other = h.call(BOB, "create_account", {"payment": {}, "bids": {"memory": "1,0,1"},
+                                           "interval_s": 100}, payment=(b"pay-b", 10))
+    assert other.error is not None and "already refunded" in other.error.message
+    assert h.state.accounts == accounts
 
 
 def test_malformed_input() -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.allocation import evaluate
+from p2pmarket.auction.buyersteps import refund_id_for
 from p2pmarket.auction.quote import (
     QUOTE_TTL_US,
     bids_digest,
@@ -69,16 +70,20 @@ def test_a_quote_refuses_what_create_account_would_refuse() -> None:
         quote_of(h, args(huge))
     st = h.call(BUYER.public_key, "create_account",
                 {"payment": {}, "bids": huge, "interval_s": 100}, payment=(b"p", 1000))
-    assert st.error is not None and quoted.value.message == st.error.message
-    # offered, but with so little money the min is not met at once: create would keep the
-    # payment in an account without bids, so the quote of that amount refuses
+    # the same refusal; a create that gets this far anyway pays the money back (issue 12)
+    assert st.error is not None and st.error.message.startswith(quoted.value.message)
+    assert st.error.message.endswith(f"is refunded (refund {refund_id_for(b'p')})")
+    assert [(r.holder, r.amount) for r in st.refunds] == [(BUYER.public_key, 1000)]
+    assert st.state.accounts == h.state.accounts
+    # offered, but with so little money the min is not met at once: create would refund
+    # the payment, so the quote of that amount refuses
     tight = {"memory": "1,0.9,1"}
     with pytest.raises(HostError) as quoted:
         quote_of(h, args(tight, amount=100))
-    assert "opened without bids" in quoted.value.message
+    assert "bids would all be dropped" in quoted.value.message
     st = h.call(BUYER.public_key, "create_account",
                 {"payment": {}, "bids": tight, "interval_s": 100}, payment=(b"q", 100))
-    assert st.error is not None and "no bids" in st.error.message
+    assert st.error is not None and "is refunded" in st.error.message
     # with enough money the quote and the create both succeed
     h2 = harness()
     assert quote_of(h2, args(tight, amount=100_000)).amount == 100_000
@@ -134,3 +139,12 @@ def test_a_signed_quote_verifies_only_against_the_host_key_and_for_its_holder() 
     lease_like: Envelope = seal(HOST, QUOTE, "lease", env.body, ts=env.ts, to=BUYER.node_id)
     with pytest.raises(HostError, match="not a quote"):
         verify_quote(lease_like.to_wire(), HOST.public_key)
+
+
+def test_a_max_above_the_capacity_is_clamped_and_said() -> None:
+    """Issue 12: `cpu:1,0.1,100GHz` is not clamped silently: the quote names it."""
+    h = harness()
+    cpu_cap = h.state.config.capacities["cpu"]
+    q = quote_of(h, args({"cpu": "1,0.1,100GHz", "memory": "1,0,1"}))
+    assert dict(q.clamped or {}) == {"cpu": cpu_cap}
+    assert quote_of(h, args({"cpu": "1,0.1,1"})).clamped is None

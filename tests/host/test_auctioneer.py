@@ -175,8 +175,12 @@ async def test_bad_create_args_change_nothing(make_host: Make, args: dict[str, A
     with pytest.raises(HostError) as err:
         await h.auct.create_account(ctx(ALICE), args)
     assert err.value.message
-    assert h.bank.calls == [] and h.auct.accounts() == [] and h.store.all() == []
-    assert h.vmm.list() == []
+    assert h.auct.accounts() == [] and h.store.all() == [] and h.vmm.list() == []
+    if h.bank.calls:   # refused by the host's state after the payment: paid straight back
+        assert "is refunded" in err.value.message
+        assert [(r.holder, r.amount) for r in h.store.refunds()] == [(ALICE.public_key, 10)]
+    else:
+        assert h.store.refunds() == []
 
 
 async def test_not_offered_message(make_host: Make) -> None:
@@ -252,15 +256,49 @@ async def test_unmeetable_bid_refused_and_state_kept(make_host: Make) -> None:
     assert rich != poor
 
 
-async def test_create_with_unmeetable_min_keeps_money(make_host: Make) -> None:
+async def test_create_with_unmeetable_min_refunds_the_payment(make_host: Make) -> None:
+    """Issue 12: a create whose bids would all be dropped pays the money back at once
+    (it used to keep it in an account with no bids)."""
     h = make_host()
     await open_account(h, ALICE, amount=10**12, bids={"cpu": "1,0,1", "memory": "1,0,1"})
-    with pytest.raises(HostError, match="payment is kept") as err:
+    with pytest.raises(HostError, match=r"payment .* is refunded") as err:
         await open_account(h, BOB, amount=1000, bids={"memory": "1,3GiB,4GiB"})
-    kept = err.value.value["account_id"]
+    assert err.value.value["amount"] == 1000
     status = (await h.auct.status(ctx(BOB), {}))["accounts"]
-    assert [(a["account_id"], a["fund"], a["bids"]) for a in status] == [(kept, 1000, {})]
-    assert h.vmm.describe(kept) is None
+    assert status == []
+    [made] = [r for r in h.store.refunds() if r.holder == BOB.public_key]
+    assert (made.refund_id, made.amount, made.status) == (
+        err.value.value["refund_id"], 1000, "pending")   # no refund_payment here
+
+
+@pytest.mark.parametrize("bids", [{"memory": "1,100TiB,200TiB"}, {"disk": "1"}])
+async def test_create_refused_after_payment_refunds_it_at_once(
+        make_host: Make, bids: dict[str, str]) -> None:
+    """Refused before the payment is looked at (min above the capacity, or a resource
+    not offered), yet paid: the payment is taken and paid straight back, certified,
+    never stranded; a retry with the same payment refunds nothing more."""
+    h = make_host()
+    paid: list[tuple[bytes, int, str]] = []
+
+    async def refund_payment(holder: bytes, amount: int, memo: str) -> dict[str, Any]:
+        paid.append((holder, amount, memo))
+        raise PaymentError("the fake ledger cannot sign a SEND")   # stays pending
+
+    h.auct.refund_payment = refund_payment
+    payment = cert(1_000_000)
+    args = {"payment": payment, "bids": bids, "interval_s": 600}
+    with pytest.raises(HostError, match="is refunded") as err:
+        await h.auct.create_account(ctx(BOB), args)
+    assert h.bank.calls and h.auct.accounts() == []
+    assert [(who, amount) for who, amount, _ in paid] == [(BOB.public_key, 1_000_000)]
+    rid = err.value.value["refund_id"]
+    assert rid in paid[0][2]   # the refund memo names it
+    with pytest.raises(HostError, match="refund"):
+        await h.auct.create_account(ctx(BOB), args)   # a retry: nothing more
+    with pytest.raises(HostError, match="already refunded"):
+        await h.auct.create_account(ctx(BOB), {**args, "bids": BIDS})
+    assert [r.amount for r in h.store.refunds()] == [1_000_000]
+    assert h.auct.accounts() == []
 
 
 async def test_identical_bid_changes_nothing_and_patch_keeps_fields(make_host: Make) -> None:
