@@ -122,6 +122,7 @@ class Watched:
     url: str | None = None
     replayer: Replayer = field(default_factory=Replayer)
     held: dict[int, AuditAuthenticator] = field(default_factory=dict)
+    confirmed: int = 0   # pushed authenticators an audit has since matched (then dropped)
     # audited in the segment being checked, not yet in the store (older ones are there)
     unsaved: dict[int, AuditAuthenticator] = field(default_factory=dict)
     saved_anchor: int = -1   # first seq of the replay entries the store holds
@@ -265,6 +266,7 @@ class Watched:
         self.error = ""
         for seq in [s for s in self.held if s <= self.replayer.seq]:
             del self.held[seq]
+            self.confirmed += 1
         return True
 
 

@@ -226,7 +226,8 @@ class WitnessService:
             proofs = [verify_proof(p, genesis=self.genesis).summary() for p in w.proofs]
             out.append({"host": key, "host_id": node_id_of(key), "state": w.state,
                         "audited_seq": w.replayer.seq, "head": w.replayer.head,
-                        "held": len(w.held), "challenge": w.challenge, "proofs": proofs,
+                        "held": len(w.held), "confirmed": w.confirmed,
+                        "challenge": w.challenge, "proofs": proofs,
                         "last_audit": w.last_audit, "error": w.error, "url": w.url,
                         "overdue_refunds": list(w.overdue)})
         if host is not None and not out and self.evidence.is_exposed(host):

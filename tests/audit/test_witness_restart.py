@@ -109,6 +109,7 @@ async def test_restarted_witness_keeps_pushes_and_challenges(world: World, tmp_p
     await world.audit_round()
     st3 = w.service.status(h.key)["hosts"][0]
     assert st3["state"] == TRUSTED and st3["held"] == 0
+    assert st3["confirmed"] == st["held"]   # each held one was matched by the audit
     stop(w)
     w, _ = durable_witness(world, ident, tmp_path)       # the answered challenge stays closed
     assert w.service.status(h.key)["hosts"][0]["held"] == 0
