@@ -133,3 +133,12 @@ def test_json_output_shows_bytes_as_hex(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out.split() == [
         "{", '"dir":', '"/x",', '"host":', '"01ab",', '"proofs":', "[", "{", '"id":', '"02"',
         "}", "]", "}"]
+
+
+def test_set_min_price_takes_credits(capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    for bad, said in (("-1", "must be positive"), ("0.0000001", "at most 6 decimals"),
+                      ("five", "not an amount")):
+        code, _, err = run(capsys, "host", "set-min-price", "--data-dir", str(tmp_path),
+                           "cpu", bad)
+        assert code == 1 and said in err and len(err.strip().splitlines()) == 1

@@ -14,13 +14,13 @@ from p2pmarket.api.control import ControlClient
 from p2pmarket.cli.options import Subcommands, data_dir_opt, json_opt
 from p2pmarket.cli.terminal import dump, human, out
 from p2pmarket.core.config import DataDir
-from p2pmarket.core.money import format_credits
+from p2pmarket.core.money import format_credits, parse_credits
 
 EXAMPLES = """examples:
   p2pmarket host status --data-dir run/testnet/node1
   p2pmarket host set-capacity --data-dir run/testnet/node1 memory 8GiB
   p2pmarket host set-capacity --data-dir run/testnet/node1 tcp_port 30000-30099
-  p2pmarket host set-min-price --data-dir run/testnet/node1 cpu 5"""
+  p2pmarket host set-min-price --data-dir run/testnet/node1 cpu 0.000005"""
 
 
 def add_host(sub: Subcommands) -> None:
@@ -40,7 +40,8 @@ def add_host(sub: Subcommands) -> None:
                      host_set_min_price)
     data_dir_opt(hp)
     hp.add_argument("resource", help="resource type")
-    hp.add_argument("price", type=int, help="micro-credits per second for the whole resource")
+    hp.add_argument("price", help="credits per second for the whole resource (up to 6 "
+                                  "decimals: 0.000001 is one micro-credit)")
 
 
 async def host_status(args: argparse.Namespace) -> int:
@@ -102,6 +103,6 @@ async def host_set_capacity(args: argparse.Namespace) -> int:
 
 async def host_set_min_price(args: argparse.Namespace) -> int:
     doc = await ControlClient(DataDir(args.data_dir)).call(
-        "host_set_min_price", {"resource": args.resource, "price": args.price})
+        "host_set_min_price", {"resource": args.resource, "price": parse_credits(args.price)})
     out.print(f"minimum price set; host config now: {json.dumps(doc.get('config'))}")
     return 0
