@@ -1,23 +1,71 @@
-"""Best-response budget split (Feldman, Lai, Zhang, EC'05), pure.
+"""Best response over a bundle (Feldman, Lai, Zhang, EC'05; Tycoon's ``best_response``), pure.
 
-Given hosts j with others' bids ``y_j`` (the host's current price, > 0 thanks to
-the root bid) and the buyer's preference weights ``w_j`` (capacity for the
-buyer), the budget ``X`` is spread so as to maximise Σ w_j x_j / (x_j + y_j):
-sort hosts by w_j / y_j, keep the longest prefix on which every bid stays
-positive, and bid
+A buyer with budget ``X`` (micro-credits for an interval of ``T`` seconds) and one
+set of bids (the bundle: a weight, min and max per resource) chooses how much to
+pay each host. The model is how the host really allocates
+(:mod:`p2pmarket.auction.allocator`, :mod:`p2pmarket.auction.shares`); every rule:
 
-    x_j = sqrt(w_j y_j) (X + Σ y_i) / Σ sqrt(w_i y_i) − y_j
+1. **Split.** A host splits an account's money over its bids by weight (allocator
+   rule 2): resource ``r`` gets ``a_r = w_r / W`` of every micro-credit, ``W`` the
+   sum of all the bundle's weights (unique resources' included: they take their
+   part of the money, but are sealed-bid auctions the plan does not model).
+2. **Shares.** Host ``j`` quotes ``p_jr``, the sum of every bid on ``r``, root
+   included, in µcredits/s (:mod:`p2pmarket.auction.quote`): over the interval the
+   others bid ``y_jr = p_jr T``. Paying ``x`` gives ``C_jr x a_r / (x a_r + y_jr) =
+   C_jr x / (x + z_jr)``, ``z_jr = y_jr / a_r`` (allocator rule 3; the buyer's own
+   bid is in the denominator). A buyer already bidding at the host passes the price
+   less its own bids.
+3. **Max.** The host water-fills max caps: the buyer gets ``min(share, M_jr)``
+   (``M_jr``: the max resolved on ``C_jr``, at most ``C_jr``). The cap is reached at
+   ``x = z_jr M_jr / (C_jr - M_jr)`` (the *kink*); money past it is not charged
+   (rule 6) and stays in the account, refundable. The plan puts money past every
+   kink only when every host is capped on every resource.
+4. **Value.** Utility is linear in what the buyer gets: ``U = Σ_j Σ_r v_r π_j
+   alloc_jr`` with ``v_r = w_r / Cref_r``, ``Cref_r`` the largest capacity of ``r``
+   among the hosts given (the whole of the largest host's ``r`` is worth ``w_r``:
+   the weights mean the same to the plan as to the host), ``π_j`` the buyer's
+   preference for the host (:attr:`HostTerms.preference`, 1 by default). Each
+   ``U_j(x) = Σ_r u_jr min(x / (x + z_jr), M_jr / C_jr)``, ``u_jr = v_r π_j C_jr``,
+   is concave and non-decreasing.
+5. **Optimum** (KKT). Maximise ``Σ U_j(x_j)`` with ``Σ x_j = X``, ``x_j >= 0``: a
+   multiplier ``λ`` with ``x_j = 0`` where ``U_j'(0) <= λ`` and ``U_j'(x_j) = λ``
+   (or ``x_j`` at a kink ``U_j'`` jumps over) elsewhere. Hosts are ranked by
+   ``U_j'(0) = Σ_r u_jr / z_jr`` (Tycoon's ``w/y``; ties by host id).
+   - *One price per host* (one resource, or every ``z_jr`` of a host equal) and no
+     kink: the closed form over sorted prefixes, ``x_j = sqrt(u_j z_j) (X + Σ z) /
+     Σ sqrt(u z) - z_j`` on the longest prefix whose last bid is positive, with
+     running sums: O(m log m), the sort.
+   - *Otherwise*: false position (Illinois) on ``μ = λ^(-1/2)``, bracketed, until
+     ``|Σ x_j(μ) - X| <= 1e-12 X`` (at most 200 evaluations; then scaled to sum to
+     ``X`` exactly); each ``x_j(μ)`` piece by piece between kinks, by safeguarded
+     Newton on ``U_j'^(-1/2)`` (exact in one step for one term) to 1e-13 relative.
+     O(m) per evaluation.
+6. **Hosts.** At most ``max_hosts`` hosts: the first ``max_hosts`` not dropped, in
+   rank order; the optimum may use fewer.
+7. **Minimums.** ``Min_jr`` (resolved on ``C_jr``) holds when ``floor(C_jr x w_r /
+   (x w_r + y_jr W)) >= Min_jr``, i.e. ``x >= need_j = max_r ceil(Min_jr y_jr W /
+   (w_r (C_jr - Min_jr)))``. Dropped at once: a host not offering a resource of the
+   bundle (``not_offered``), with ``C_jr <= Min_jr`` or ``Min_jr > M_jr``
+   (``capacity``), or with ``need_j > X`` (``budget``). Then, while a planned bid is
+   short of its ``need_j``, the host furthest below (smallest bid / need) is dropped
+   (``below_min``) and the plan recomputed.
+8. **Integers.** Bids are floored; the micro-credits left go one each to the largest
+   fractional parts (ties: the better ranked), so they sum exactly to ``X``. A bid of
+   0 is no bid. If even the best host's bid would round to nothing, it gets ``X``.
 
-over that prefix. O(m log m). The result is in integer micro-credits and sums
-exactly to ``X`` (rounding remainders go to the best host).
+``predicted`` is rule 2 and 3 in integers at the planned bids.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+from p2pmarket.auction.resources import DIVISIBLE, NEW_TERM, BidSpec, Quantity
 from p2pmarket.core.errors import P2PMarketError
+
+INF = math.inf
 
 
 class PlanError(P2PMarketError):
@@ -31,27 +79,299 @@ class Candidate:
     price: int    # the others' bids y_j, micro-credits
 
 
+@dataclass(frozen=True)
+class HostTerms:
+    """What the plan knows of a host: capacity (base units) and price (µcredits/s for
+    the whole resource, every bid, root included) per resource type."""
+
+    host_id: bytes
+    capacity: Mapping[str, int]
+    price: Mapping[str, int]
+    preference: float = 1.0
+
+
+@dataclass(frozen=True)
+class Want:
+    """The bundle: weight per bid key (ppm or any integers), min and max per divisible
+    resource (base units, or a :class:`Quantity`, possibly a fraction of capacity)."""
+
+    weights: Mapping[str, int]
+    mins: Mapping[str, int | Quantity] = field(default_factory=dict)
+    maxs: Mapping[str, int | Quantity] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    bids: dict[bytes, int]                    # µcredits for the interval, sum = budget
+    predicted: dict[bytes, dict[str, int]]    # what each host should allocate
+    utility: float                            # rule 4, at the integer bids
+    dropped: dict[bytes, str]                 # host -> not_offered/capacity/budget/below_min
+
+
+def want_from_bids(bids: Mapping[str, BidSpec]) -> Want:
+    """The :class:`Want` of bids as ``create_account`` takes them (fields left out
+    are a new bid's: weight 1, min 0, max all)."""
+    return Want({k: NEW_TERM.weight_ppm if s.weight_ppm is None else s.weight_ppm
+                 for k, s in bids.items()},
+                {k: s.min for k, s in bids.items() if s.ident is None and s.min is not None},
+                {k: s.max for k, s in bids.items() if s.ident is None and s.max is not None})
+
+
+def _resolve(q: int | Quantity | None, capacity: int, default: int) -> int:
+    if q is None:
+        return default
+    return q.resolve(capacity) if isinstance(q, Quantity) else q
+
+
+@dataclass
+class _Host:
+    """One host, prepared: per modelled resource (r, C, y, w, max, u, z, kink)."""
+
+    terms: HostTerms
+    rows: list[tuple[str, int, int, int, int, float, float, float]]
+    need: int
+    g0: float                                  # U'(0)
+    cz: list[tuple[float, float, float]] = field(default_factory=list)   # (u z, z, kink)
+    kinks: list[float] = field(default_factory=list)                     # finite, ascending
+
+    def __post_init__(self) -> None:
+        self.cz = [(u * z, z, k) for *_x, u, z, k in self.rows if k > 0]
+        self.kinks = sorted({k for _c, _z, k in self.cz if k < INF})
+
+    def simple(self) -> bool:
+        return len({row[6] for row in self.rows}) == 1 and all(r[7] == INF for r in self.rows)
+
+    def utility(self, x: float) -> float:
+        return sum(u * min(x / (x + z), mx / c) for _r, c, _y, _w, mx, u, z, _k in self.rows)
+
+
+def _prepare(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: int,
+             dropped: dict[bytes, str]) -> list[_Host]:
+    total_w = sum(want.weights.values())
+    modelled = sorted(r for r, w in want.weights.items() if r in DIVISIBLE and w > 0)
+    for r in DIVISIBLE:
+        if want.weights.get(r, 0) <= 0 and _resolve(want.mins.get(r), 1, 0) > 0:
+            raise PlanError(f"{r} has a min but no weight: no money goes to it", r)
+    if total_w <= 0 or not modelled:
+        raise PlanError("the bids give no weight to a divisible resource")
+    cref = {r: max((h.capacity.get(r, 0) for h in hosts), default=0) for r in modelled}
+    out: list[_Host] = []
+    for h in hosts:
+        rows, need, reason = [], 0, ""
+        for r in modelled:
+            c, p, w = h.capacity.get(r, 0), h.price.get(r, 0), want.weights[r]
+            if c <= 0 or p <= 0:
+                reason = "not_offered"
+                break
+            y = p * interval_s
+            lo, hi = _resolve(want.mins.get(r), c, 0), min(c, _resolve(want.maxs.get(r), c, c))
+            if lo > 0 and (lo >= c or lo > hi):
+                reason = "capacity"
+                break
+            if lo > 0:
+                need = max(need, -(-lo * y * total_w // (w * (c - lo))))
+            z = y * total_w / w
+            kink = INF if hi >= c else z * hi / (c - hi)
+            rows.append((r, c, y, w, hi, w / cref[r] * h.preference * c, z, kink))
+        if not reason and need > budget:
+            reason = "budget"
+        if reason:
+            dropped[h.host_id] = reason
+            continue
+        out.append(_Host(h, rows, need, sum(u / z for *_x, u, z, k in rows if k > 0)))
+    return out
+
+
+def _prefix_split(us: Sequence[float], zs: Sequence[float], budget: float) -> list[float]:
+    """The closed form (rule 5) on hosts sorted by u/z, descending: O(m)."""
+    sum_z = sum_r = best_c = 0.0
+    best_k = 0
+    roots = []
+    for u, z in zip(us, zs, strict=True):
+        root = math.sqrt(u * z)
+        sum_z += z
+        sum_r += root
+        c = (budget + sum_z) / sum_r
+        if root * c - z <= 0:
+            break
+        roots.append(root)
+        best_k, best_c = best_k + 1, c
+    if best_k == 0:
+        return [budget] + [0.0] * (len(us) - 1)
+    return [r * best_c - z for r, z in zip(roots, zs, strict=False)] + [0.0] * (len(us) - best_k)
+
+
+def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) -> float:
+    """x in [lo, hi] with Σ c/(x+z)^2 = μ^-2 (safeguarded Newton on its ^-1/2)."""
+    if len(cs) == 1:
+        return min(max(mu * math.sqrt(cs[0]) - zs[0], lo), hi)
+    root_a = math.sqrt(sum(cs))
+    a, b = max(lo, mu * root_a - max(zs)), min(hi, mu * root_a - min(zs))
+    if b <= a:
+        return max(min(a, hi), lo)
+    x = 0.5 * (a + b)
+    for _ in range(60):
+        f = f3 = 0.0
+        for c, z in zip(cs, zs, strict=True):
+            d = 1.0 / (x + z)
+            f += c * d * d
+            f3 += c * d * d * d
+        psi = 1.0 / math.sqrt(f)
+        if psi < mu:
+            a = x
+        else:
+            b = x
+        step = (mu - psi) * f * math.sqrt(f) / f3
+        nxt = x + step
+        if not a < nxt < b:
+            nxt = 0.5 * (a + b)
+        if abs(nxt - x) <= 1e-13 * max(1.0, x):
+            return nxt
+        x = nxt
+    return x
+
+
+def _x_at(h: _Host, mu: float) -> float:
+    """x_j(λ), λ = μ^-2: the host's bid where its marginal utility is λ (rule 5)."""
+    lam = 1.0 / (mu * mu)
+    if h.g0 <= lam:
+        return 0.0
+    cz = h.cz
+    lo = 0.0
+    for k in h.kinks:
+        left = sum(c / (k + z) ** 2 for c, z, kk in cz if kk > lo)
+        if left <= lam:
+            return _piece([c for c, _z, kk in cz if kk > lo], [z for _c, z, kk in cz if kk > lo],
+                          mu, lo, k)
+        if sum(c / (k + z) ** 2 for c, z, kk in cz if kk > k) <= lam:
+            return k
+        lo = k
+    return _piece([c for c, _z, kk in cz if kk > lo], [z for _c, z, kk in cz if kk > lo],
+                  mu, lo, INF)
+
+
+def _water_fill(hs: Sequence[_Host], budget: float) -> list[float]:
+    """Rule 5, general case: the multiplier by false position on μ."""
+    saturate = [max(row[7] for row in h.rows) for h in hs]
+    total_sat = sum(saturate)
+    if total_sat <= budget:   # every host capped everywhere: the rest by the kinks' sizes
+        extra = budget - total_sat
+        return [s + extra * (s / total_sat if total_sat > 0 else 1 / len(hs)) for s in saturate]
+
+    def total(mu: float) -> float:
+        return sum(_x_at(h, mu) for h in hs)
+
+    mu_a = 1 / math.sqrt(max(h.g0 for h in hs))
+    s_a = 0.0
+    mu_b = 2 * mu_a
+    s_b = total(mu_b)
+    for _ in range(200):
+        if s_b >= budget:
+            break
+        mu_a, s_a, mu_b = mu_b, s_b, mu_b * 2
+        s_b = total(mu_b)
+    side = 0
+    mu = mu_b
+    for _ in range(200):
+        mu = mu_b - (s_b - budget) * (mu_b - mu_a) / (s_b - s_a)
+        if not mu_a < mu < mu_b:
+            mu = 0.5 * (mu_a + mu_b)
+        s = total(mu)
+        if abs(s - budget) <= 1e-12 * budget or mu_b - mu_a <= 1e-15 * mu_b:
+            break
+        if s < budget:
+            mu_a, s_a = mu, s
+            if side == -1:
+                s_b = budget + (s_b - budget) / 2
+            side = -1
+        else:
+            mu_b, s_b = mu, s
+            if side == 1:
+                s_a = budget - (budget - s_a) / 2
+            side = 1
+    return [_x_at(h, mu) for h in hs]
+
+
+def _round(xs: Sequence[float], budget: int) -> list[int]:
+    """Rule 8: integers summing exactly to ``budget``."""
+    xs = [max(0.0, x) for x in xs]
+    total = sum(xs)
+    if total <= 0:
+        return [budget] + [0] * (len(xs) - 1)
+    xs = [x * budget / total for x in xs]
+    ints = [min(budget, math.floor(x)) for x in xs]
+    left = budget - sum(ints)
+    order = sorted(range(len(xs)), key=lambda i: (-(xs[i] - ints[i]), i))
+    for i in order[:max(0, left)]:
+        ints[i] += 1
+    left = budget - sum(ints)
+    ints[0] += left   # float slack only
+    if ints[0] < 0:
+        raise PlanError("rounding failed", budget)
+    return ints
+
+
+def predicted_allocation(h: HostTerms, want: Want, bid: int, interval_s: int
+                         ) -> dict[str, int]:
+    """Rules 2 and 3 in integers: what host ``h`` should allocate for ``bid``."""
+    total_w = sum(want.weights.values())
+    out = {}
+    for r, w in sorted(want.weights.items()):
+        if r not in DIVISIBLE or w <= 0:
+            continue
+        c, y = h.capacity.get(r, 0), h.price.get(r, 0) * interval_s
+        hi = min(c, _resolve(want.maxs.get(r), c, c))
+        out[r] = min(hi, c * bid * w // (bid * w + y * total_w)) if c > 0 and y > 0 else 0
+    return out
+
+
+def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: int,
+                max_hosts: int) -> Plan:
+    """Best response (rules 1 to 8 above) of ``budget`` µcredits over ``interval_s``."""
+    if budget <= 0:
+        raise PlanError("budget must be positive", budget)
+    if interval_s <= 0 or max_hosts <= 0:
+        raise PlanError("interval and number of hosts must be positive",
+                        {"interval_s": interval_s, "max_hosts": max_hosts})
+    dropped: dict[bytes, str] = {}
+    ranked = _prepare(hosts, want, budget, interval_s, dropped)
+    ranked.sort(key=lambda h: (-h.g0, h.terms.host_id))
+    for _ in range(len(ranked) + 1):
+        active = [h for h in ranked if h.terms.host_id not in dropped][:max_hosts]
+        if not active:
+            break
+        if all(h.simple() for h in active):
+            xs = _prefix_split([sum(row[5] for row in h.rows) for h in active],
+                               [h.rows[0][6] for h in active], budget)
+        else:
+            xs = _water_fill(active, budget)
+        ints = _round(xs, budget)
+        short = [(b / h.need, h.terms.host_id) for h, b in zip(active, ints, strict=True)
+                 if 0 < b < h.need]
+        if not short:
+            bids = {h.terms.host_id: b for h, b in zip(active, ints, strict=True) if b > 0}
+            return Plan(bids, {h.terms.host_id: predicted_allocation(h.terms, want, b, interval_s)
+                               for h, b in zip(active, ints, strict=True) if b > 0},
+                        sum(h.utility(b) for h, b in zip(active, ints, strict=True)), dropped)
+        dropped[min(short)[1]] = "below_min"
+    raise PlanError("no host can meet the bids' minimums within the budget",
+                    {"dropped": len(dropped)})
+
+
 def best_response(candidates: list[Candidate], budget: int) -> dict[bytes, int]:
-    """Split ``budget`` across ``candidates``; returns host id -> bid (all > 0)."""
+    """Split ``budget`` across ``candidates`` (one resource: weight w_j, others' bids
+    y_j); returns host id -> bid (all > 0). Rules 5 and 8 on ``u = w``, ``z = y``."""
     if budget <= 0:
         raise PlanError("budget must be positive", budget)
     usable = [c for c in candidates if c.weight > 0 and c.price > 0]
     if not usable:
         raise PlanError("no host with positive capacity and price")
     ranked = sorted(usable, key=lambda c: (-c.weight / c.price, c.host_id))
-    chosen: list[Candidate] = []
-    bids: list[float] = []
-    for k in range(1, len(ranked) + 1):
-        prefix = ranked[:k]
-        total_y = sum(c.price for c in prefix)
-        root_sum = sum(math.sqrt(c.weight * c.price) for c in prefix)
-        trial = [math.sqrt(c.weight * c.price) * (budget + total_y) / root_sum - c.price
-                 for c in prefix]
-        if min(trial) <= 0:
-            break
-        chosen, bids = prefix, trial
-    if not chosen:  # the budget is too small for even one host to get a positive bid
-        chosen, bids = ranked[:1], [float(budget)]
-    ints = [max(0, math.floor(b)) for b in bids]
-    ints[0] += budget - sum(ints)
-    return {c.host_id: x for c, x in zip(chosen, ints, strict=True) if x > 0}
+    xs = _prefix_split([float(c.weight) for c in ranked], [float(c.price) for c in ranked],
+                       budget)
+    ints = _round(xs, budget)
+    return {c.host_id: x for c, x in zip(ranked, ints, strict=True) if x > 0}
+
+
+__all__ = ["Candidate", "HostTerms", "Plan", "PlanError", "Want", "best_response",
+           "plan_bundle", "predicted_allocation", "want_from_bids"]
