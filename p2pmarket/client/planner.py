@@ -21,9 +21,10 @@ pay each host. The model is how the host really allocates
    (rule 6) and stays in the account, refundable. The plan puts money past every
    kink only when every host is capped on every resource.
 4. **Value.** Utility is linear in what the buyer gets: ``U = Σ_j Σ_r v_r π_j
-   alloc_jr`` with ``v_r = w_r / Cref_r``, ``Cref_r`` the largest capacity of ``r``
-   among the hosts given (the whole of the largest host's ``r`` is worth ``w_r``:
-   the weights mean the same to the plan as to the host), ``π_j`` the buyer's
+   alloc_jr`` with ``v_r = a_r / Cref_r``, ``Cref_r`` the largest capacity of ``r``
+   among the hosts given (the whole of the largest host's ``r`` is worth ``a_r``, so
+   the weights mean the same to the plan as to the host, and the whole of the
+   largest host of every resource is worth 1), ``π_j`` the buyer's
    preference for the host (:attr:`HostTerms.preference`, 1 by default). Each
    ``U_j(x) = Σ_r u_jr min(x / (x + z_jr), M_jr / C_jr)``, ``u_jr = v_r π_j C_jr``,
    is concave and non-decreasing.
@@ -172,7 +173,7 @@ def _prepare(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: in
                 need = max(need, -(-lo * y * total_w // (w * (c - lo))))
             z = y * total_w / w
             kink = INF if hi >= c else z * hi / (c - hi)
-            rows.append((r, c, y, w, hi, w / cref[r] * h.preference * c, z, kink))
+            rows.append((r, c, y, w, hi, w / total_w / cref[r] * h.preference * c, z, kink))
         if not reason and need > budget:
             reason = "budget"
         if reason:
@@ -292,22 +293,27 @@ def _water_fill(hs: Sequence[_Host], budget: float) -> list[float]:
     return [_x_at(h, mu) for h in hs]
 
 
-def _round(xs: Sequence[float], budget: int) -> list[int]:
-    """Rule 8: integers summing exactly to ``budget``."""
+def _round(xs: Sequence[float], budget: int, ups: Sequence[bool] = ()) -> list[int]:
+    """Rule 8: integers summing exactly to ``budget``; a bid at a kink (``ups``) is
+    rounded up, so it reaches the max (below a kink the marginal utility is high)."""
     xs = [max(0.0, x) for x in xs]
     total = sum(xs)
     if total <= 0:
         return [budget] + [0] * (len(xs) - 1)
     xs = [x * budget / total for x in xs]
-    ints = [min(budget, math.floor(x)) for x in xs]
+    up = list(ups) or [False] * len(xs)
+    ints = [min(budget, math.ceil(x) if u else math.floor(x)) for x, u in zip(xs, up, strict=True)]
     left = budget - sum(ints)
-    order = sorted(range(len(xs)), key=lambda i: (-(xs[i] - ints[i]), i))
+    order = sorted((i for i in range(len(xs)) if not up[i]), key=lambda i: (ints[i] - xs[i], i))
     for i in order[:max(0, left)]:
         ints[i] += 1
     left = budget - sum(ints)
+    while left < 0:   # the ceilings overshot: take from the largest bids
+        i = max(range(len(ints)), key=lambda k: (ints[k], -k))
+        take = min(-left, ints[i])
+        ints[i] -= take
+        left += take
     ints[0] += left   # float slack only
-    if ints[0] < 0:
-        raise PlanError("rounding failed", budget)
     return ints
 
 
@@ -345,7 +351,9 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
                                [h.rows[0][6] for h in active], budget)
         else:
             xs = _water_fill(active, budget)
-        ints = _round(xs, budget)
+        scale = budget / max(sum(xs), 1e-300)
+        ints = _round(xs, budget, [any(abs(x * scale - k) <= 1e-9 * max(1.0, k) for k in h.kinks)
+                                   for h, x in zip(active, xs, strict=True)])
         short = [(b / h.need, h.terms.host_id) for h, b in zip(active, ints, strict=True)
                  if 0 < b < h.need]
         if not short:
