@@ -146,8 +146,17 @@ class _Host:
         return sum(u * min(x / (x + z), mx / c) for _r, c, _y, _w, mx, u, z, _k in self.rows)
 
 
-def _prepare(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: int,
-             dropped: dict[bytes, str]) -> list[_Host]:
+@dataclass(frozen=True)
+class _Bundle:
+    """The want, resolved once: per modelled resource (name, weight, min, max)."""
+
+    total_w: int
+    interval_s: int
+    res: tuple[tuple[str, int, int | Quantity | None, int | Quantity | None], ...]
+    cref: Mapping[str, int]
+
+
+def _bundle(hosts: Sequence[HostTerms], want: Want, interval_s: int) -> _Bundle:
     total_w = sum(want.weights.values())
     modelled = sorted(r for r, w in want.weights.items() if r in DIVISIBLE and w > 0)
     for r in DIVISIBLE:
@@ -156,35 +165,110 @@ def _prepare(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: in
     if total_w <= 0 or not modelled:
         raise PlanError("the bids give no weight to a divisible resource")
     cref = {r: max((h.capacity.get(r, 0) for h in hosts), default=0) for r in modelled}
-    out: list[_Host] = []
+    return _Bundle(total_w, interval_s,
+                   tuple((r, want.weights[r], want.mins.get(r), want.maxs.get(r))
+                         for r in modelled), cref)
+
+
+def _screen(hosts: Sequence[HostTerms], bundle: _Bundle, budget: int,
+            dropped: dict[bytes, str]) -> tuple[list[float], list[int], list[float]]:
+    """Rule 5's ranking key ``U_j'(0)``, rule 7's ``need_j`` and, for a host with one
+    price (every ``z_jr`` equal, no kink), that ``z_j`` (else NaN), per host, in one
+    tight pass; hosts dropped at once get key -1."""
+    total_w, t = bundle.total_w, bundle.interval_s
+    # u/z = (w / W / Cref) π C / (p T W / w): per resource k_r = w² / (W² Cref T)
+    consts = [(r, w, lo_q, hi_q, w * w / (total_w * total_w * max(1, bundle.cref[r]) * t))
+              for r, w, lo_q, hi_q in bundle.res]
+    keys: list[float] = []
+    needs: list[int] = []
+    zs: list[float] = []
+    w0 = consts[0][1]
     for h in hosts:
-        rows, need, reason = [], 0, ""
-        for r in modelled:
-            c, p, w = h.capacity.get(r, 0), h.price.get(r, 0), want.weights[r]
+        cap, price = h.capacity, h.price
+        g0, need, reason, simple = 0.0, 0, "", True
+        p0 = price.get(consts[0][0], 0)
+        for r, w, lo_q, hi_q, k in consts:
+            c, p = cap.get(r, 0), price.get(r, 0)
             if c <= 0 or p <= 0:
                 reason = "not_offered"
                 break
-            y = p * interval_s
-            lo, hi = _resolve(want.mins.get(r), c, 0), min(c, _resolve(want.maxs.get(r), c, c))
-            if lo > 0 and (lo >= c or lo > hi):
-                reason = "capacity"
-                break
-            if lo > 0:
-                need = max(need, -(-lo * y * total_w // (w * (c - lo))))
-            z = y * total_w / w
-            kink = INF if hi >= c else z * hi / (c - hi)
-            rows.append((r, c, y, w, hi, w / total_w / cref[r] * h.preference * c, z, kink))
+            if p * w0 != p0 * w:
+                simple = False
+            if lo_q is not None or hi_q is not None:
+                lo, hi = _resolve(lo_q, c, 0), min(c, _resolve(hi_q, c, c))
+                if lo > 0:
+                    if lo >= c or lo > hi:
+                        reason = "capacity"
+                        break
+                    need = max(need, -(-lo * p * t * total_w // (w * (c - lo))))
+                if hi < c:
+                    simple = False
+                if hi == 0:
+                    continue
+            g0 += k * c / p
         if not reason and need > budget:
             reason = "budget"
         if reason:
             dropped[h.host_id] = reason
-            continue
-        out.append(_Host(h, rows, need, sum(u / z for *_x, u, z, k in rows if k > 0)))
-    return out
+        keys.append(-1.0 if reason else g0 * h.preference)
+        needs.append(need)
+        zs.append(p0 * t * total_w / w0 if simple else math.nan)
+    return keys, needs, zs
 
 
-def _prefix_split(us: Sequence[float], zs: Sequence[float], budget: float) -> list[float]:
-    """The closed form (rule 5) on hosts sorted by u/z, descending: O(m)."""
+def _closed(pool: Sequence[int], limit: int, keys: Sequence[float], zs: Sequence[float],
+            budget: int) -> tuple[list[float], float] | None:
+    """The closed form on ``pool`` (ranked) if every host it reaches has one price:
+    the bids of the first hosts (as many as get money) and λ; else None."""
+    us, zz = [], []
+    sum_z = sum_r = 0.0
+    for i in pool[:limit]:
+        z = zs[i]
+        if z != z:   # NaN: not one price
+            return None
+        u = keys[i] * z
+        us.append(u)
+        zz.append(z)
+        root = math.sqrt(u * z)
+        sum_z += z
+        sum_r += root
+        if root * (budget + sum_z) / sum_r - z <= 0:
+            break
+    return _prefix_split(us, zz, budget)
+
+
+def _build(h: HostTerms, bundle: _Bundle, need: int, g0: float) -> _Host:
+    rows = []
+    total_w = bundle.total_w
+    for r, w, _lo, hi_q in bundle.res:
+        c, y = h.capacity[r], h.price[r] * bundle.interval_s
+        hi = min(c, _resolve(hi_q, c, c))
+        z = y * total_w / w
+        kink = INF if hi >= c else z * hi / (c - hi)
+        rows.append((r, c, y, w, hi, w / total_w / bundle.cref[r] * h.preference * c, z, kink))
+    return _Host(h, rows, need, g0)
+
+
+def _rank(keys: Sequence[float], ids: Sequence[bytes], among: Sequence[int]) -> list[int]:
+    """``among`` by key, descending, ties by id: a float sort, then equal runs by id."""
+    order = sorted(among, key=keys.__getitem__, reverse=True)
+    i, n = 0, len(order)
+    if len({keys[k] for k in order}) == n:
+        return order
+    while i < n:
+        j = i + 1
+        while j < n and keys[order[j]] == keys[order[i]]:
+            j += 1
+        if j - i > 1:
+            order[i:j] = sorted(order[i:j], key=ids.__getitem__)
+        i = j
+    return order
+
+
+def _prefix_split(us: Sequence[float], zs: Sequence[float], budget: float
+                  ) -> tuple[list[float], float]:
+    """The closed form (rule 5) on hosts sorted by u/z, descending, O(m); and the
+    multiplier ``λ = c^-2``."""
     sum_z = sum_r = best_c = 0.0
     best_k = 0
     roots = []
@@ -198,8 +282,9 @@ def _prefix_split(us: Sequence[float], zs: Sequence[float], budget: float) -> li
         roots.append(root)
         best_k, best_c = best_k + 1, c
     if best_k == 0:
-        return [budget] + [0.0] * (len(us) - 1)
-    return [r * best_c - z for r, z in zip(roots, zs, strict=False)] + [0.0] * (len(us) - best_k)
+        return [budget] + [0.0] * (len(us) - 1), 0.0
+    return ([r * best_c - z for r, z in zip(roots, zs, strict=False)]
+            + [0.0] * (len(us) - best_k), 1.0 / (best_c * best_c))
 
 
 def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) -> float:
@@ -251,13 +336,14 @@ def _x_at(h: _Host, mu: float) -> float:
                   mu, lo, INF)
 
 
-def _water_fill(hs: Sequence[_Host], budget: float) -> list[float]:
-    """Rule 5, general case: the multiplier by false position on μ."""
+def _water_fill(hs: Sequence[_Host], budget: float) -> tuple[list[float], float]:
+    """Rule 5, general case: the multiplier by false position on μ; and λ."""
     saturate = [max(row[7] for row in h.rows) for h in hs]
     total_sat = sum(saturate)
     if total_sat <= budget:   # every host capped everywhere: the rest by the kinks' sizes
         extra = budget - total_sat
-        return [s + extra * (s / total_sat if total_sat > 0 else 1 / len(hs)) for s in saturate]
+        return [s + extra * (s / total_sat if total_sat > 0 else 1 / len(hs))
+                for s in saturate], 0.0
 
     def total(mu: float) -> float:
         return sum(_x_at(h, mu) for h in hs)
@@ -290,7 +376,7 @@ def _water_fill(hs: Sequence[_Host], budget: float) -> list[float]:
             if side == 1:
                 s_a = budget - (budget - s_a) / 2
             side = 1
-    return [_x_at(h, mu) for h in hs]
+    return [_x_at(h, mu) for h in hs], 1.0 / (mu * mu)
 
 
 def _round(xs: Sequence[float], budget: int, ups: Sequence[bool] = ()) -> list[int]:
@@ -304,7 +390,8 @@ def _round(xs: Sequence[float], budget: int, ups: Sequence[bool] = ()) -> list[i
     up = list(ups) or [False] * len(xs)
     ints = [min(budget, math.ceil(x) if u else math.floor(x)) for x, u in zip(xs, up, strict=True)]
     left = budget - sum(ints)
-    order = sorted((i for i in range(len(xs)) if not up[i]), key=lambda i: (ints[i] - xs[i], i))
+    order = sorted((i for i in range(len(xs)) if xs[i] > 0 and not up[i]),
+                   key=lambda i: (ints[i] - xs[i], i))
     for i in order[:max(0, left)]:
         ints[i] += 1
     left = budget - sum(ints)
@@ -331,37 +418,69 @@ def predicted_allocation(h: HostTerms, want: Want, bid: int, interval_s: int
     return out
 
 
+def _solve(active: Sequence[_Host], budget: int) -> tuple[list[int], float]:
+    """Rules 5 and 8 on ``active``: integer bids and the multiplier."""
+    if all(h.simple() for h in active):
+        xs, lam = _prefix_split([sum(row[5] for row in h.rows) for h in active],
+                                [h.rows[0][6] for h in active], budget)
+    else:
+        xs, lam = _water_fill(active, budget)
+    scale = budget / max(sum(xs), 1e-300)
+    return _round(xs, budget, [any(abs(x * scale - k) <= 1e-9 * max(1.0, k) for k in h.kinks)
+                               for h, x in zip(active, xs, strict=True)]), lam
+
+
 def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: int,
                 max_hosts: int) -> Plan:
-    """Best response (rules 1 to 8 above) of ``budget`` µcredits over ``interval_s``."""
+    """Best response (rules 1 to 8 above) of ``budget`` µcredits over ``interval_s``.
+
+    The optimum is solved on the best ``K`` hosts in rank order, ``K`` doubling from
+    32 (at most ``max_hosts``) until the next host's ``U'(0)`` is at most the
+    multiplier found (then no host further down gets money: KKT holds for all).
+    """
     if budget <= 0:
         raise PlanError("budget must be positive", budget)
     if interval_s <= 0 or max_hosts <= 0:
         raise PlanError("interval and number of hosts must be positive",
                         {"interval_s": interval_s, "max_hosts": max_hosts})
+    bundle = _bundle(hosts, want, interval_s)
     dropped: dict[bytes, str] = {}
-    ranked = _prepare(hosts, want, budget, interval_s, dropped)
-    ranked.sort(key=lambda h: (-h.g0, h.terms.host_id))
-    for _ in range(len(ranked) + 1):
-        active = [h for h in ranked if h.terms.host_id not in dropped][:max_hosts]
-        if not active:
+    keys, needs, zs = _screen(hosts, bundle, budget, dropped)
+    pool = _rank(keys, [h.host_id for h in hosts],
+                 [i for i, k in enumerate(keys) if k >= 0])
+    built: dict[int, _Host] = {}
+
+    def host(i: int) -> _Host:
+        if i not in built:
+            built[i] = _build(hosts[i], bundle, needs[i], keys[i])
+        return built[i]
+
+    size = min(32, max_hosts)
+    for _ in range(4 * len(hosts) + 64):
+        limit = min(max_hosts, len(pool))
+        if limit == 0:
             break
-        if all(h.simple() for h in active):
-            xs = _prefix_split([sum(row[5] for row in h.rows) for h in active],
-                               [h.rows[0][6] for h in active], budget)
+        closed = _closed(pool, limit, keys, zs, budget)
+        if closed is not None:   # one price per host: no kinks, plain rounding
+            active = [host(i) for i in pool[:len(closed[0])]]
+            ints = _round(closed[0], budget)
         else:
-            xs = _water_fill(active, budget)
-        scale = budget / max(sum(xs), 1e-300)
-        ints = _round(xs, budget, [any(abs(x * scale - k) <= 1e-9 * max(1.0, k) for k in h.kinks)
-                                   for h, x in zip(active, xs, strict=True)])
-        short = [(b / h.need, h.terms.host_id) for h, b in zip(active, ints, strict=True)
+            size = min(size, limit)
+            active = [host(i) for i in pool[:size]]
+            ints, lam = _solve(active, budget)
+            if size < limit and keys[pool[size]] > lam:
+                size *= 2
+                continue
+        short = [(b / h.need, k) for k, (h, b) in enumerate(zip(active, ints, strict=True))
                  if 0 < b < h.need]
-        if not short:
-            bids = {h.terms.host_id: b for h, b in zip(active, ints, strict=True) if b > 0}
-            return Plan(bids, {h.terms.host_id: predicted_allocation(h.terms, want, b, interval_s)
-                               for h, b in zip(active, ints, strict=True) if b > 0},
-                        sum(h.utility(b) for h, b in zip(active, ints, strict=True)), dropped)
-        dropped[min(short)[1]] = "below_min"
+        if short:
+            gone = pool.pop(min(short)[1])
+            dropped[hosts[gone].host_id] = "below_min"
+            continue
+        bids = {h.terms.host_id: b for h, b in zip(active, ints, strict=True) if b > 0}
+        return Plan(bids, {h.terms.host_id: predicted_allocation(h.terms, want, b, interval_s)
+                           for h, b in zip(active, ints, strict=True) if b > 0},
+                    sum(h.utility(b) for h, b in zip(active, ints, strict=True)), dropped)
     raise PlanError("no host can meet the bids' minimums within the budget",
                     {"dropped": len(dropped)})
 
@@ -374,9 +493,11 @@ def best_response(candidates: list[Candidate], budget: int) -> dict[bytes, int]:
     usable = [c for c in candidates if c.weight > 0 and c.price > 0]
     if not usable:
         raise PlanError("no host with positive capacity and price")
-    ranked = sorted(usable, key=lambda c: (-c.weight / c.price, c.host_id))
-    xs = _prefix_split([float(c.weight) for c in ranked], [float(c.price) for c in ranked],
-                       budget)
+    order = _rank([c.weight / c.price for c in usable], [c.host_id for c in usable],
+                  range(len(usable)))
+    ranked = [usable[i] for i in order]
+    xs, _lam = _prefix_split([float(c.weight) for c in ranked],
+                             [float(c.price) for c in ranked], budget)
     ints = _round(xs, budget)
     return {c.host_id: x for c, x in zip(ranked, ints, strict=True) if x > 0}
 
