@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +90,14 @@ def run(sizes: list[int], repeat: int, with_before: bool) -> dict[str, Any]:
         cands = [Candidate(h.host_id, h.capacity["cpu"], h.price["cpu"] * INTERVAL_S)
                  for h in hosts]
         if with_before:
-            res[f"before_ms_{m}"], old = timed(lambda: before(cands, BUDGET), 1)
+            res[f"before_ms_{m}"], old = timed(partial(before, cands, BUDGET), 1)
         res[f"plan_ms_{m}"], plan = timed(
-            lambda: plan_bundle(hosts, cpu, BUDGET, INTERVAL_S, m), repeat)
-        res[f"best_response_ms_{m}"], new = timed(lambda: best_response(cands, BUDGET), repeat)
+            partial(plan_bundle, hosts, cpu, BUDGET, INTERVAL_S, m), repeat)
+        res[f"best_response_ms_{m}"], new = timed(partial(best_response, cands, BUDGET), repeat)
         res[f"bundle_ms_{m}"], _ = timed(
-            lambda: plan_bundle(hosts, bundle, BUDGET, INTERVAL_S, m), max(1, repeat // 2))
+            partial(plan_bundle, hosts, bundle, BUDGET, INTERVAL_S, m), max(1, repeat // 2))
         res[f"bundle8_ms_{m}"], _ = timed(
-            lambda: plan_bundle(hosts, bundle, BUDGET, INTERVAL_S, 8), repeat)
+            partial(plan_bundle, hosts, bundle, BUDGET, INTERVAL_S, 8), repeat)
         res[f"hosts_used_{m}"] = len(plan.bids)  # type: ignore[attr-defined]
         if with_before:
             assert isinstance(old, dict) and isinstance(new, dict) and set(old) == set(new)

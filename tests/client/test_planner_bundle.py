@@ -15,7 +15,6 @@ from p2pmarket.client.planner import (
     PlanError,
     Want,
     plan_bundle,
-    predicted_allocation,
     want_from_bids,
 )
 
