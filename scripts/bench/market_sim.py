@@ -14,9 +14,17 @@ game)::
 Round after round every buyer in turn (Gauss-Seidel) best-responds with
 :func:`plan_bundle` to the others' current bids: the price it sees at host ``j`` on
 ``r`` is the host's root bid (1 µcredit/s) plus the others' bids, each split by
-weight and rounded down as the allocator does. Rounds stop when no buyer moves
-more than 0.1 % of its budget (Σ_j |Δx_ij| / X_i <= 0.001) or after
-``--max-rounds``. The allocation is then the project's pure allocator's
+weight and rounded down as the allocator does. Rounds stop when no buyer's best
+response differs from its bids by more than 0.1 % of its budget (Σ_j |Δx_ij| / X_i
+<= 0.001: an equilibrium within that tolerance) or after ``--max-rounds``. Best
+responses can cycle; after 20 rounds a buyer moves only halfway to its best
+response, which damps a cycle.
+
+Two games: ``bundle`` (one account per buyer and host with the buyer's weights:
+what p2pmarket buyers do) gives the headline figures; ``split`` (one account per
+buyer, host and resource: each (host, resource) a good of its own, Zhang's game)
+is reported with the prefix ``split_``. With one resource they are the same game.
+Zhang's bounds are for balanced games (equal budgets): ``--budgets equal``. The allocation is then the project's pure allocator's
 (:func:`p2pmarket.auction.allocator.allocate`, one tick per host with every buyer's
 account), and:
 
@@ -59,6 +67,7 @@ TICK_US = 10**6
 INTERVAL_S = 1
 ROOT_BID = 1
 TOLERANCE = 0.001
+PLAIN_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -145,9 +154,20 @@ def best_response(m: Market, mode: str, i: int, others: dict[tuple[int, str], in
     return {g: plan.bids.get(t.host_id, 0) for g, t in zip(gs, terms, strict=True)}
 
 
+def mix(old: dict[Good, int], new: dict[Good, int], budget: int) -> dict[Good, int]:
+    """Halfway from ``old`` to ``new``, in integers summing to ``budget``."""
+    keys = sorted(set(old) | set(new))
+    out = {g: (old.get(g, 0) + new.get(g, 0)) // 2 for g in keys}
+    top = max(keys, key=lambda g: (new.get(g, 0), g))
+    out[top] += budget - sum(out.values())
+    return out
+
+
 def equilibrium(m: Market, mode: str, max_rounds: int
                 ) -> tuple[list[dict[Good, int]], int, bool]:
-    """Best responses until no buyer moves more than 0.1 % of its budget."""
+    """Best responses until every buyer's bids are within 0.1 % of its best response
+    (Σ_g |BR_g - x_g| <= 0.001 X_i). Plain best responses for :data:`PLAIN_ROUNDS`
+    rounds, then halfway steps (best responses can cycle; the steps damp a cycle)."""
     n = len(m.budgets)
     bids: list[dict[Good, int]] = [{} for _ in range(n)]
     spent = [spends(m, i, b) for i, b in enumerate(bids)]
@@ -160,8 +180,10 @@ def equilibrium(m: Market, mode: str, max_rounds: int
                     for key, v in spent[o].items():
                         others[key] = others.get(key, 0) + v
             new = best_response(m, mode, i, others)
-            moved = max(moved, sum(abs(v - bids[i].get(g, 0)) for g, v in new.items())
-                        / m.budgets[i])
+            gap = sum(abs(v - bids[i].get(g, 0)) for g, v in new.items()) / m.budgets[i]
+            moved = max(moved, gap)
+            if rounds > PLAIN_ROUNDS and gap > TOLERANCE:
+                new = mix(bids[i], new, m.budgets[i])
             bids[i], spent[i] = new, spends(m, i, new)
         if moved <= TOLERANCE:
             return bids, rounds, True
