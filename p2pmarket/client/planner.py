@@ -40,7 +40,9 @@ pay each host. The model is how the host really allocates
      ``|Σ x_j(μ) - X| <= 1e-12 X`` (at most 200 evaluations; then scaled to sum to
      ``X`` exactly); each ``x_j(μ)`` piece by piece between kinks, by safeguarded
      Newton on ``U_j'^(-1/2)`` (exact in one step for one term) to 1e-13 relative.
-     O(m) per evaluation.
+     O(m) per evaluation (:mod:`p2pmarket.client.kkt`). It runs on the best ``K``
+     hosts, ``K`` doubling from 32 until the next host's ``U'(0)`` is at most the
+     multiplier found (no host further down would get money).
 6. **Hosts.** At most ``max_hosts`` hosts: the first ``max_hosts`` not dropped, in
    rank order; the optimum may use fewer.
 7. **Minimums.** ``Min_jr`` (resolved on ``C_jr``) holds when ``floor(C_jr x w_r /
@@ -64,9 +66,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from p2pmarket.auction.resources import DIVISIBLE, NEW_TERM, BidSpec, Quantity
+from p2pmarket.client.kkt import INF, Curve, prefix_split, round_to_budget, water_fill
 from p2pmarket.core.errors import P2PMarketError
-
-INF = math.inf
 
 
 class PlanError(P2PMarketError):
@@ -124,23 +125,14 @@ def _resolve(q: int | Quantity | None, capacity: int, default: int) -> int:
     return q.resolve(capacity) if isinstance(q, Quantity) else q
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Host:
     """One host, prepared: per modelled resource (r, C, y, w, max, u, z, kink)."""
 
     terms: HostTerms
     rows: list[tuple[str, int, int, int, int, float, float, float]]
     need: int
-    g0: float                                  # U'(0)
-    cz: list[tuple[float, float, float]] = field(default_factory=list)   # (u z, z, kink)
-    kinks: list[float] = field(default_factory=list)                     # finite, ascending
-
-    def __post_init__(self) -> None:
-        self.cz = [(u * z, z, k) for *_x, u, z, k in self.rows if k > 0]
-        self.kinks = sorted({k for _c, _z, k in self.cz if k < INF})
-
-    def simple(self) -> bool:
-        return len({row[6] for row in self.rows}) == 1 and all(r[7] == INF for r in self.rows)
+    curve: Curve
 
     def utility(self, x: float) -> float:
         return sum(u * min(x / (x + z), mx / c) for _r, c, _y, _w, mx, u, z, _k in self.rows)
@@ -234,7 +226,7 @@ def _closed(pool: Sequence[int], limit: int, keys: Sequence[float], zs: Sequence
         sum_r += root
         if root * (budget + sum_z) / sum_r - z <= 0:
             break
-    return _prefix_split(us, zz, budget)
+    return prefix_split(us, zz, budget)
 
 
 def _build(h: HostTerms, bundle: _Bundle, need: int, g0: float) -> _Host:
@@ -246,7 +238,7 @@ def _build(h: HostTerms, bundle: _Bundle, need: int, g0: float) -> _Host:
         z = y * total_w / w
         kink = INF if hi >= c else z * hi / (c - hi)
         rows.append((r, c, y, w, hi, w / total_w / bundle.cref[r] * h.preference * c, z, kink))
-    return _Host(h, rows, need, g0)
+    return _Host(h, rows, need, Curve.of([(u, z, k) for *_x, u, z, k in rows], g0))
 
 
 def _rank(keys: Sequence[float], ids: Sequence[bytes], among: Sequence[int]) -> list[int]:
@@ -265,145 +257,6 @@ def _rank(keys: Sequence[float], ids: Sequence[bytes], among: Sequence[int]) -> 
     return order
 
 
-def _prefix_split(us: Sequence[float], zs: Sequence[float], budget: float
-                  ) -> tuple[list[float], float]:
-    """The closed form (rule 5) on hosts sorted by u/z, descending, O(m); and the
-    multiplier ``λ = c^-2``."""
-    sum_z = sum_r = best_c = 0.0
-    best_k = 0
-    roots = []
-    for u, z in zip(us, zs, strict=True):
-        root = math.sqrt(u * z)
-        sum_z += z
-        sum_r += root
-        c = (budget + sum_z) / sum_r
-        if root * c - z <= 0:
-            break
-        roots.append(root)
-        best_k, best_c = best_k + 1, c
-    if best_k == 0:
-        return [budget] + [0.0] * (len(us) - 1), 0.0
-    return ([r * best_c - z for r, z in zip(roots, zs, strict=False)]
-            + [0.0] * (len(us) - best_k), 1.0 / (best_c * best_c))
-
-
-def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) -> float:
-    """x in [lo, hi] with Σ c/(x+z)^2 = μ^-2 (safeguarded Newton on its ^-1/2)."""
-    if len(cs) == 1:
-        return min(max(mu * math.sqrt(cs[0]) - zs[0], lo), hi)
-    root_a = math.sqrt(sum(cs))
-    a, b = max(lo, mu * root_a - max(zs)), min(hi, mu * root_a - min(zs))
-    if b <= a:
-        return max(min(a, hi), lo)
-    x = 0.5 * (a + b)
-    for _ in range(60):
-        f = f3 = 0.0
-        for c, z in zip(cs, zs, strict=True):
-            d = 1.0 / (x + z)
-            f += c * d * d
-            f3 += c * d * d * d
-        psi = 1.0 / math.sqrt(f)
-        if psi < mu:
-            a = x
-        else:
-            b = x
-        step = (mu - psi) * f * math.sqrt(f) / f3
-        nxt = x + step
-        if not a < nxt < b:
-            nxt = 0.5 * (a + b)
-        if abs(nxt - x) <= 1e-13 * max(1.0, x):
-            return nxt
-        x = nxt
-    return x
-
-
-def _x_at(h: _Host, mu: float) -> float:
-    """x_j(λ), λ = μ^-2: the host's bid where its marginal utility is λ (rule 5)."""
-    lam = 1.0 / (mu * mu)
-    if h.g0 <= lam:
-        return 0.0
-    cz = h.cz
-    lo = 0.0
-    for k in h.kinks:
-        left = sum(c / (k + z) ** 2 for c, z, kk in cz if kk > lo)
-        if left <= lam:
-            return _piece([c for c, _z, kk in cz if kk > lo], [z for _c, z, kk in cz if kk > lo],
-                          mu, lo, k)
-        if sum(c / (k + z) ** 2 for c, z, kk in cz if kk > k) <= lam:
-            return k
-        lo = k
-    return _piece([c for c, _z, kk in cz if kk > lo], [z for _c, z, kk in cz if kk > lo],
-                  mu, lo, INF)
-
-
-def _water_fill(hs: Sequence[_Host], budget: float) -> tuple[list[float], float]:
-    """Rule 5, general case: the multiplier by false position on μ; and λ."""
-    saturate = [max(row[7] for row in h.rows) for h in hs]
-    total_sat = sum(saturate)
-    if total_sat <= budget:   # every host capped everywhere: the rest by the kinks' sizes
-        extra = budget - total_sat
-        return [s + extra * (s / total_sat if total_sat > 0 else 1 / len(hs))
-                for s in saturate], 0.0
-
-    def total(mu: float) -> float:
-        return sum(_x_at(h, mu) for h in hs)
-
-    mu_a = 1 / math.sqrt(max(h.g0 for h in hs))
-    s_a = 0.0
-    mu_b = 2 * mu_a
-    s_b = total(mu_b)
-    for _ in range(200):
-        if s_b >= budget:
-            break
-        mu_a, s_a, mu_b = mu_b, s_b, mu_b * 2
-        s_b = total(mu_b)
-    side = 0
-    mu = mu_b
-    for _ in range(200):
-        mu = mu_b - (s_b - budget) * (mu_b - mu_a) / (s_b - s_a)
-        if not mu_a < mu < mu_b:
-            mu = 0.5 * (mu_a + mu_b)
-        s = total(mu)
-        if abs(s - budget) <= 1e-12 * budget or mu_b - mu_a <= 1e-15 * mu_b:
-            break
-        if s < budget:
-            mu_a, s_a = mu, s
-            if side == -1:
-                s_b = budget + (s_b - budget) / 2
-            side = -1
-        else:
-            mu_b, s_b = mu, s
-            if side == 1:
-                s_a = budget - (budget - s_a) / 2
-            side = 1
-    return [_x_at(h, mu) for h in hs], 1.0 / (mu * mu)
-
-
-def _round(xs: Sequence[float], budget: int, ups: Sequence[bool] = ()) -> list[int]:
-    """Rule 8: integers summing exactly to ``budget``; a bid at a kink (``ups``) is
-    rounded up, so it reaches the max (below a kink the marginal utility is high)."""
-    xs = [max(0.0, x) for x in xs]
-    total = sum(xs)
-    if total <= 0:
-        return [budget] + [0] * (len(xs) - 1)
-    xs = [x * budget / total for x in xs]
-    up = list(ups) or [False] * len(xs)
-    ints = [min(budget, math.ceil(x) if u else math.floor(x)) for x, u in zip(xs, up, strict=True)]
-    left = budget - sum(ints)
-    order = sorted((i for i in range(len(xs)) if xs[i] > 0 and not up[i]),
-                   key=lambda i: (ints[i] - xs[i], i))
-    for i in order[:max(0, left)]:
-        ints[i] += 1
-    left = budget - sum(ints)
-    while left < 0:   # the ceilings overshot: take from the largest bids
-        i = max(range(len(ints)), key=lambda k: (ints[k], -k))
-        take = min(-left, ints[i])
-        ints[i] -= take
-        left += take
-    ints[0] += left   # float slack only
-    return ints
-
-
 def predicted_allocation(h: HostTerms, want: Want, bid: int, interval_s: int
                          ) -> dict[str, int]:
     """Rules 2 and 3 in integers: what host ``h`` should allocate for ``bid``."""
@@ -419,15 +272,12 @@ def predicted_allocation(h: HostTerms, want: Want, bid: int, interval_s: int
 
 
 def _solve(active: Sequence[_Host], budget: int) -> tuple[list[int], float]:
-    """Rules 5 and 8 on ``active``: integer bids and the multiplier."""
-    if all(h.simple() for h in active):
-        xs, lam = _prefix_split([sum(row[5] for row in h.rows) for h in active],
-                                [h.rows[0][6] for h in active], budget)
-    else:
-        xs, lam = _water_fill(active, budget)
+    """Rules 5 (general case) and 8 on ``active``: integer bids and the multiplier."""
+    curves = [h.curve for h in active]
+    xs, lam = water_fill(curves, budget)
     scale = budget / max(sum(xs), 1e-300)
-    return _round(xs, budget, [any(abs(x * scale - k) <= 1e-9 * max(1.0, k) for k in h.kinks)
-                               for h, x in zip(active, xs, strict=True)]), lam
+    return round_to_budget(xs, budget, [c.at_kink(x * scale)
+                                        for c, x in zip(curves, xs, strict=True)]), lam
 
 
 def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s: int,
@@ -463,7 +313,7 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
         closed = _closed(pool, limit, keys, zs, budget)
         if closed is not None:   # one price per host: no kinks, plain rounding
             active = [host(i) for i in pool[:len(closed[0])]]
-            ints = _round(closed[0], budget)
+            ints = round_to_budget(closed[0], budget)
         else:
             size = min(size, limit)
             active = [host(i) for i in pool[:size]]
@@ -496,9 +346,9 @@ def best_response(candidates: list[Candidate], budget: int) -> dict[bytes, int]:
     order = _rank([c.weight / c.price for c in usable], [c.host_id for c in usable],
                   range(len(usable)))
     ranked = [usable[i] for i in order]
-    xs, _lam = _prefix_split([float(c.weight) for c in ranked],
+    xs, _lam = prefix_split([float(c.weight) for c in ranked],
                              [float(c.price) for c in ranked], budget)
-    ints = _round(xs, budget)
+    ints = round_to_budget(xs, budget)
     return {c.host_id: x for c, x in zip(ranked, ints, strict=True) if x > 0}
 
 

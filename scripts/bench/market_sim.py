@@ -24,7 +24,9 @@ Two games: ``bundle`` (one account per buyer and host with the buyer's weights:
 what p2pmarket buyers do) gives the headline figures; ``split`` (one account per
 buyer, host and resource: each (host, resource) a good of its own, Zhang's game)
 is reported with the prefix ``split_``. With one resource they are the same game.
-Zhang's bounds are for balanced games (equal budgets): ``--budgets equal``. The allocation is then the project's pure allocator's
+Zhang's bounds are for balanced games (equal budgets): ``--budgets equal``.
+
+The allocation is then the project's pure allocator's
 (:func:`p2pmarket.auction.allocator.allocate`, one tick per host with every buyer's
 account), and:
 
