@@ -13,7 +13,7 @@ passes ``λ`` elsewhere (on a piece, or at a kink ``U_j'`` jumps over).
 - :func:`water_fill`: the general case, the multiplier by false position on ``μ =
   λ^-1/2`` (``x_j`` is nearly linear in μ: exactly, for one term); each
   :meth:`Curve.bid_at` piece by piece between the kinks, by safeguarded Newton on
-  ``U'^-1/2`` to 1e-13 relative (exact in one step for one term). O(m) per step.
+  ``U'^-1/2`` to 1e-12 relative (exact in one step for one term). O(m) per step.
 - :func:`round_to_budget`: integers summing exactly to the budget.
 """
 
@@ -58,6 +58,8 @@ class Curve:
         if self.g0 <= lam:
             return 0.0
         cz = self.terms
+        if not self.kinks:
+            return _piece([c for c, _z, _k in cz], [z for _c, z, _k in cz], mu, 0.0, INF)
         lo = 0.0
         for k in self.kinks:
             left = sum(c / (k + z) ** 2 for c, z, kk in cz if kk > lo)
@@ -102,7 +104,10 @@ def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) ->
     a, b = max(lo, mu * root_a - max(zs)), min(hi, mu * root_a - min(zs))
     if b <= a:
         return max(min(a, hi), lo)
-    x = 0.5 * (a + b)
+    x = mu * root_a - sum(math.sqrt(c) * z for c, z in zip(cs, zs, strict=True)) / sum(
+        math.sqrt(c) for c in cs)   # exact when every z is the same
+    if not a < x < b:   # from the left: U'^-1/2 is concave, so Newton climbs to the root
+        x = a
     for _ in range(60):
         f = f3 = 0.0
         for c, z in zip(cs, zs, strict=True):
@@ -115,12 +120,11 @@ def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) ->
         else:
             b = x
         step = (mu - psi) * f * math.sqrt(f) / f3
-        nxt = x + step
-        if not a < nxt < b:
-            nxt = 0.5 * (a + b)
-        if abs(nxt - x) <= 1e-13 * max(1.0, x):
-            return nxt
-        x = nxt
+        if abs(step) <= 1e-12 * max(1.0, x):
+            return min(max(x + step, lo), hi)
+        x += step
+        if not a <= x <= b:
+            x = 0.5 * (a + b)
     return x
 
 

@@ -39,10 +39,11 @@ pay each host. The model is how the host really allocates
    - *Otherwise*: false position (Illinois) on ``μ = λ^(-1/2)``, bracketed, until
      ``|Σ x_j(μ) - X| <= 1e-12 X`` (at most 200 evaluations; then scaled to sum to
      ``X`` exactly); each ``x_j(μ)`` piece by piece between kinks, by safeguarded
-     Newton on ``U_j'^(-1/2)`` (exact in one step for one term) to 1e-13 relative.
+     Newton on ``U_j'^(-1/2)`` (exact in one step for one term) to 1e-12 relative.
      O(m) per evaluation (:mod:`p2pmarket.client.kkt`). It runs on the best ``K``
      hosts, ``K`` doubling from 32 until the next host's ``U'(0)`` is at most the
-     multiplier found (no host further down would get money).
+     multiplier found (adding hosts only raises it: no host further down would
+     get money).
 6. **Hosts.** At most ``max_hosts`` hosts: the first ``max_hosts`` not dropped, in
    rank order; the optimum may use fewer.
 7. **Minimums.** ``Min_jr`` (resolved on ``C_jr``) holds when ``floor(C_jr x w_r /
@@ -284,9 +285,10 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
                 max_hosts: int) -> Plan:
     """Best response (rules 1 to 8 above) of ``budget`` µcredits over ``interval_s``.
 
-    The optimum is solved on the best ``K`` hosts in rank order, ``K`` doubling from
-    32 (at most ``max_hosts``) until the next host's ``U'(0)`` is at most the
-    multiplier found (then no host further down gets money: KKT holds for all).
+    The general case is solved on the best ``K`` hosts in rank order, ``K`` doubling
+    from 32 (at most ``max_hosts``) until the next host's ``U'(0)`` is at most the
+    multiplier found: adding hosts only raises the multiplier, so no host further
+    down would get money (KKT holds for all).
     """
     if budget <= 0:
         raise PlanError("budget must be positive", budget)
