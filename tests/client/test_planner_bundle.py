@@ -223,3 +223,29 @@ def test_want_from_bids_and_the_real_allocator() -> None:
     real = allocate(AllocationInput(caps, (other, me), 0, tick_us, root_bid=1)).allocation("me")
     for r in ("cpu", "memory"):
         assert abs(real[r] - got[r]) <= caps[r] // 100
+
+
+def test_hosts_lacking_a_resource_are_dropped_and_preferences_rank() -> None:
+    """Host b offers no memory: dropped as not_offered. a and c are alike but the
+    buyer prefers c twice as much, so c gets more."""
+    hosts = [HostTerms(b"a", {"cpu": 100, "memory": 100}, {"cpu": 5, "memory": 5}),
+             HostTerms(b"b", {"cpu": 100}, {"cpu": 1}),
+             HostTerms(b"c", {"cpu": 100, "memory": 100}, {"cpu": 5, "memory": 5}, 2.0)]
+    plan = plan_bundle(hosts, Want({"cpu": PPM, "memory": PPM}), 1000, 10, 8)
+    assert plan.dropped == {b"b": "not_offered"}
+    assert plan.bids[b"c"] > plan.bids[b"a"] and sum(plan.bids.values()) == 1000
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10**5), st.integers(1, 10**4)), min_size=1,
+                max_size=40), st.integers(1, 10**9), st.integers(1, 40))
+def test_one_resource_plan_is_the_closed_form(spec: list, budget: int, cap: int) -> None:
+    """plan_bundle on one resource = best_response on (capacity, price * T) over the
+    first ``cap`` hosts in rank order."""
+    from p2pmarket.client.planner import Candidate, best_response
+    hosts = [HostTerms(i.to_bytes(2, "big"), {"cpu": c}, {"cpu": p})
+             for i, (c, p) in enumerate(spec)]
+    plan = plan_bundle(hosts, Want({"cpu": PPM}), budget, 7, cap)
+    ranked = sorted(hosts, key=lambda h: (-h.capacity["cpu"] / h.price["cpu"], h.host_id))
+    cands = [Candidate(h.host_id, h.capacity["cpu"], h.price["cpu"] * 7) for h in ranked[:cap]]
+    assert plan.bids == best_response(cands, budget)
