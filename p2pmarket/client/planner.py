@@ -132,7 +132,6 @@ class _Host:
 
     terms: HostTerms
     rows: list[tuple[str, int, int, int, int, float, float, float]]
-    need: int
     curve: Curve
 
     def utility(self, x: float) -> float:
@@ -146,7 +145,7 @@ class _Bundle:
     total_w: int
     interval_s: int
     res: tuple[tuple[str, int, int | Quantity | None, int | Quantity | None], ...]
-    cref: Mapping[str, int]
+    cref: dict[str, int]      # filled by _screen: the largest capacity per resource
 
 
 def _bundle(hosts: Sequence[HostTerms], want: Want, interval_s: int) -> _Bundle:
@@ -157,55 +156,67 @@ def _bundle(hosts: Sequence[HostTerms], want: Want, interval_s: int) -> _Bundle:
             raise PlanError(f"{r} has a min but no weight: no money goes to it", r)
     if total_w <= 0 or not modelled:
         raise PlanError("the bids give no weight to a divisible resource")
-    cref = {r: max((h.capacity.get(r, 0) for h in hosts), default=0) for r in modelled}
     return _Bundle(total_w, interval_s,
                    tuple((r, want.weights[r], want.mins.get(r), want.maxs.get(r))
-                         for r in modelled), cref)
+                         for r in modelled), {})
 
 
 def _screen(hosts: Sequence[HostTerms], bundle: _Bundle, budget: int,
             dropped: dict[bytes, str]) -> tuple[list[float], list[int], list[float]]:
     """Rule 5's ranking key ``U_j'(0)``, rule 7's ``need_j`` and, for a host with one
-    price (every ``z_jr`` equal, no kink), that ``z_j`` (else NaN), per host, in one
-    tight pass; hosts dropped at once get key -1."""
+    price (every ``z_jr`` equal, no kink), that ``z_j`` (else NaN), per host, column
+    by column; hosts dropped at once get key -1."""
     total_w, t = bundle.total_w, bundle.interval_s
-    # u/z = (w / W / Cref) π C / (p T W / w): per resource k_r = w² / (W² Cref T)
-    consts = [(r, w, lo_q, hi_q, w * w / (total_w * total_w * max(1, bundle.cref[r]) * t))
-              for r, w, lo_q, hi_q in bundle.res]
-    keys: list[float] = []
-    needs: list[int] = []
-    zs: list[float] = []
-    w0 = consts[0][1]
-    for h in hosts:
-        cap, price = h.capacity, h.price
-        g0, need, reason, simple = 0.0, 0, "", True
-        p0 = price.get(consts[0][0], 0)
-        for r, w, lo_q, hi_q, k in consts:
-            c, p = cap.get(r, 0), price.get(r, 0)
+    n = len(hosts)
+    g0s, needs, reasons, simple = [0.0] * n, [0] * n, [""] * n, [True] * n
+    r0, w0 = bundle.res[0][0], bundle.res[0][1]
+    prices0 = [h.price.get(r0, 0) for h in hosts]
+    for r, w, lo_q, hi_q in bundle.res:   # column by column: comprehensions are fast
+        caps = [h.capacity.get(r, 0) for h in hosts]
+        bundle.cref[r] = max(caps, default=0)
+        # u/z = (w / W / Cref) π C / (p T W / w) = k_r π C / p, k_r = w² / (W² Cref T)
+        k = w * w / (total_w * total_w * max(1, bundle.cref[r]) * t)
+        prices = prices0 if r == r0 else [h.price.get(r, 0) for h in hosts]
+        if n and (min(caps) <= 0 or min(prices) <= 0):
+            for i in [i for i, c, p in zip(range(n), caps, prices, strict=True)
+                      if c <= 0 or p <= 0]:
+                reasons[i] = reasons[i] or "not_offered"
+        if r != r0:
+            simple = [s and p * w0 == q * w
+                      for s, p, q in zip(simple, prices, prices0, strict=True)]
+        if lo_q is None and hi_q is None:
+            g0s = [g + k * c / p if c > 0 and p > 0 else g
+                   for g, c, p in zip(g0s, caps, prices, strict=True)]
+            continue
+        for i in range(n):
+            c, p = caps[i], prices[i]
             if c <= 0 or p <= 0:
-                reason = "not_offered"
-                break
-            if p * w0 != p0 * w:
-                simple = False
-            if lo_q is not None or hi_q is not None:
-                lo, hi = _resolve(lo_q, c, 0), min(c, _resolve(hi_q, c, c))
-                if lo > 0:
-                    if lo >= c or lo > hi:
-                        reason = "capacity"
-                        break
-                    need = max(need, -(-lo * p * t * total_w // (w * (c - lo))))
-                if hi < c:
-                    simple = False
-                if hi == 0:
+                continue
+            lo, hi = _resolve(lo_q, c, 0), min(c, _resolve(hi_q, c, c))
+            if lo > 0:
+                if lo >= c or lo > hi:
+                    reasons[i] = reasons[i] or "capacity"
                     continue
-            g0 += k * c / p
-        if not reason and need > budget:
-            reason = "budget"
-        if reason:
-            dropped[h.host_id] = reason
-        keys.append(-1.0 if reason else g0 * h.preference)
-        needs.append(need)
-        zs.append(p0 * t * total_w / w0 if simple else math.nan)
+                needs[i] = max(needs[i], -(-lo * p * t * total_w // (w * (c - lo))))
+            if hi < c:
+                simple[i] = False
+            if hi > 0:
+                g0s[i] += k * c / p
+    if max(needs, default=0) > budget:
+        reasons = [why or ("budget" if need > budget else "")
+                   for why, need in zip(reasons, needs, strict=True)]
+    scale = t * total_w / w0
+    if not any(reasons):   # the usual case
+        keys = [g0 * h.preference for h, g0 in zip(hosts, g0s, strict=True)]
+        return keys, needs, [p0 * scale if one else math.nan
+                             for p0, one in zip(prices0, simple, strict=True)]
+    for h, why in zip(hosts, reasons, strict=True):
+        if why:
+            dropped[h.host_id] = why
+    keys = [-1.0 if why else g0 * h.preference
+            for h, g0, why in zip(hosts, g0s, reasons, strict=True)]
+    zs = [p0 * scale if one and not why else math.nan
+          for p0, one, why in zip(prices0, simple, reasons, strict=True)]
     return keys, needs, zs
 
 
@@ -230,7 +241,7 @@ def _closed(pool: Sequence[int], limit: int, keys: Sequence[float], zs: Sequence
     return prefix_split(us, zz, budget)
 
 
-def _build(h: HostTerms, bundle: _Bundle, need: int, g0: float) -> _Host:
+def _build(h: HostTerms, bundle: _Bundle, g0: float) -> _Host:
     rows = []
     total_w = bundle.total_w
     for r, w, _lo, hi_q in bundle.res:
@@ -239,7 +250,7 @@ def _build(h: HostTerms, bundle: _Bundle, need: int, g0: float) -> _Host:
         z = y * total_w / w
         kink = INF if hi >= c else z * hi / (c - hi)
         rows.append((r, c, y, w, hi, w / total_w / bundle.cref[r] * h.preference * c, z, kink))
-    return _Host(h, rows, need, Curve.of([(u, z, k) for *_x, u, z, k in rows], g0))
+    return _Host(h, rows, Curve.of([(u, z, k) for *_x, u, z, k in rows], g0))
 
 
 def _rank(keys: Sequence[float], ids: Sequence[bytes], among: Sequence[int]) -> list[int]:
@@ -304,7 +315,7 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
 
     def host(i: int) -> _Host:
         if i not in built:
-            built[i] = _build(hosts[i], bundle, needs[i], keys[i])
+            built[i] = _build(hosts[i], bundle, keys[i])
         return built[i]
 
     size = min(32, max_hosts)
@@ -314,25 +325,27 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
             break
         closed = _closed(pool, limit, keys, zs, budget)
         if closed is not None:   # one price per host: no kinks, plain rounding
-            active = [host(i) for i in pool[:len(closed[0])]]
+            chosen = pool[:len(closed[0])]
             ints = round_to_budget(closed[0], budget)
         else:
             size = min(size, limit)
-            active = [host(i) for i in pool[:size]]
-            ints, lam = _solve(active, budget)
+            chosen = pool[:size]
+            ints, lam = _solve([host(i) for i in chosen], budget)
             if size < limit and keys[pool[size]] > lam:
                 size *= 2
                 continue
-        short = [(b / h.need, k) for k, (h, b) in enumerate(zip(active, ints, strict=True))
-                 if 0 < b < h.need]
+        short = [(b / needs[i], k) for k, (i, b) in enumerate(zip(chosen, ints, strict=True))
+                 if 0 < b < needs[i]]
         if short:
             gone = pool.pop(min(short)[1])
             dropped[hosts[gone].host_id] = "below_min"
             continue
-        bids = {h.terms.host_id: b for h, b in zip(active, ints, strict=True) if b > 0}
-        return Plan(bids, {h.terms.host_id: predicted_allocation(h.terms, want, b, interval_s)
-                           for h, b in zip(active, ints, strict=True) if b > 0},
-                    sum(h.utility(b) for h, b in zip(active, ints, strict=True)), dropped)
+        picked = [(i, b) for i, b in zip(chosen, ints, strict=True) if b > 0]
+        return Plan({hosts[i].host_id: b for i, b in picked},
+                    {hosts[i].host_id: predicted_allocation(hosts[i], want, b, interval_s)
+                     for i, b in picked},
+                    sum(keys[i] * zs[i] * b / (b + zs[i]) if closed is not None
+                        else host(i).utility(b) for i, b in picked), dropped)
     raise PlanError("no host can meet the bids' minimums within the budget",
                     {"dropped": len(dropped)})
 
