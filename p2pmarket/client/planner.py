@@ -272,14 +272,16 @@ def _rank(keys: Sequence[float], ids: Sequence[bytes], among: Sequence[int]) -> 
 def predicted_allocation(h: HostTerms, want: Want, bid: int, interval_s: int
                          ) -> dict[str, int]:
     """Rules 2 and 3 in integers: what host ``h`` should allocate for ``bid``."""
-    total_w = sum(want.weights.values())
+    return _predict(h, _bundle([h], want, interval_s), bid)
+
+
+def _predict(h: HostTerms, bundle: _Bundle, bid: int) -> dict[str, int]:
     out = {}
-    for r, w in sorted(want.weights.items()):
-        if r not in DIVISIBLE or w <= 0:
-            continue
-        c, y = h.capacity.get(r, 0), h.price.get(r, 0) * interval_s
-        hi = min(c, _resolve(want.maxs.get(r), c, c))
-        out[r] = min(hi, c * bid * w // (bid * w + y * total_w)) if c > 0 and y > 0 else 0
+    total_w, t = bundle.total_w, bundle.interval_s
+    for r, w, _lo, hi_q in bundle.res:
+        c, y = h.capacity.get(r, 0), h.price.get(r, 0) * t
+        share = c * bid * w // (bid * w + y * total_w) if c > 0 and y > 0 else 0
+        out[r] = share if hi_q is None else min(share, c, _resolve(hi_q, c, c))
     return out
 
 
@@ -342,8 +344,7 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
             continue
         picked = [(i, b) for i, b in zip(chosen, ints, strict=True) if b > 0]
         return Plan({hosts[i].host_id: b for i, b in picked},
-                    {hosts[i].host_id: predicted_allocation(hosts[i], want, b, interval_s)
-                     for i, b in picked},
+                    {hosts[i].host_id: _predict(hosts[i], bundle, b) for i, b in picked},
                     sum(keys[i] * zs[i] * b / (b + zs[i]) if closed is not None
                         else host(i).utility(b) for i, b in picked), dropped)
     raise PlanError("no host can meet the bids' minimums within the budget",

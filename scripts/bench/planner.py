@@ -13,7 +13,10 @@ over an hour, median of ``--repeat`` runs:
 - ``bundle_ms_M``: :func:`plan_bundle` on cpu + memory with their own prices, every
   host allowed: the multiplier found by false position (O(m) per step);
 - ``bundle8_ms_M``: the same bundle with ``max_hosts = 8`` (the command line's default);
-- ``hosts_used_M``: how many hosts the one-resource best response used.
+- ``hosts_used_M``: how many hosts the one-resource best response used;
+- ``before_wide_ms_M``, ``plan_wide_ms_M``, ``hosts_used_wide_M``: the same two
+  planners on a wide market (prices 1-10 µcredits/s, a budget of 1,000 credits),
+  where every host gets a bid: the old loop's O(m^2) worst case.
 
 Usage: scripts/bench/planner.py [--hosts 1000 10000] [--repeat 5] [--no-before] [--json]
 The last line with --json is one JSON object.
@@ -39,6 +42,7 @@ from p2pmarket.auction.resources import PPM
 from p2pmarket.client.planner import Candidate, HostTerms, Want, best_response, plan_bundle
 
 BUDGET = 100 * 10**6
+WIDE_BUDGET = 1000 * 10**6
 INTERVAL_S = 3600
 
 
@@ -64,11 +68,11 @@ def before(candidates: list[Candidate], budget: int) -> dict[bytes, int]:
     return {c.host_id: x for c, x in zip(chosen, ints, strict=True) if x > 0}
 
 
-def market(m: int, seed: int) -> list[HostTerms]:
+def market(m: int, seed: int, top_price: int = 10_000) -> list[HostTerms]:
     rng = random.Random(seed)
     return [HostTerms(i.to_bytes(4, "big"),
                       {"cpu": rng.randint(1000, 64_000), "memory": rng.randint(2**20, 2**28)},
-                      {"cpu": rng.randint(1, 10_000), "memory": rng.randint(1, 10_000)})
+                      {"cpu": rng.randint(1, top_price), "memory": rng.randint(1, top_price)})
             for i in range(m)]
 
 
@@ -101,6 +105,14 @@ def run(sizes: list[int], repeat: int, with_before: bool) -> dict[str, Any]:
         res[f"hosts_used_{m}"] = len(plan.bids)  # type: ignore[attr-defined]
         if with_before:
             assert isinstance(old, dict) and isinstance(new, dict) and set(old) == set(new)
+        wide = market(m, m + 1, 10)
+        wide_cands = [Candidate(h.host_id, h.capacity["cpu"], h.price["cpu"] * INTERVAL_S)
+                      for h in wide]
+        if with_before:
+            res[f"before_wide_ms_{m}"], _ = timed(partial(before, wide_cands, WIDE_BUDGET), 1)
+        res[f"plan_wide_ms_{m}"], plan = timed(
+            partial(plan_bundle, wide, cpu, WIDE_BUDGET, INTERVAL_S, m), repeat)
+        res[f"hosts_used_wide_{m}"] = len(plan.bids)  # type: ignore[attr-defined]
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}
 
 
