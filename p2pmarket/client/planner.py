@@ -53,11 +53,18 @@ pay each host. The model is how the host really allocates
    (``capacity``), or with ``need_j > X`` (``budget``). Then, while a planned bid is
    short of its ``need_j``, the host furthest below (smallest bid / need) is dropped
    (``below_min``) and the plan recomputed.
-8. **Integers.** Bids are floored; the micro-credits left go one each to the largest
-   fractional parts (ties: the better ranked), so they sum exactly to ``X``. A bid of
-   0 is no bid. If even the best host's bid would round to nothing, it gets ``X``.
+8. **Integers.** Bids are floored, but a bid at a kink is rounded up (just below a
+   kink the marginal utility is high); the micro-credits left go one each to the
+   largest fractional parts (ties: the better ranked), so they sum exactly to
+   ``X``. A bid of 0 is no bid. If even the best host's bid would round to
+   nothing, it gets ``X``.
 
-``predicted`` is rule 2 and 3 in integers at the planned bids.
+``predicted`` is rules 2 and 3 in integers at the planned bids (the host's per-tick
+rounding of the spend can give a little less). From the buyer: ``plan_bundle([
+HostTerms(node_id, {r: view.capacity}, {r: view.price}) ...], want_from_bids(bids),
+budget, interval_s, max_hosts)`` with ``view = planning_view(quote, record, r)`` for
+each divisible resource ``r`` of the bids. :func:`best_response` is the one-resource
+form of before (weights and others' bids given directly).
 """
 
 from __future__ import annotations
