@@ -42,6 +42,7 @@ PURE_CORES = (
     "p2pmarket.audit.replay",
     "p2pmarket.audit.watched",
     "p2pmarket.client.planner",
+    "p2pmarket.client.kkt",
     "p2pmarket.client.quotecheck",
     "p2pmarket.dht.checks",
     "p2pmarket.dht.records",

@@ -75,3 +75,35 @@ def test_no_small_shift_improves_utility(spec: list, budget: int, i: int, frac: 
         moved[src] -= delta
         moved[c.host_id] = moved.get(c.host_id, 0) + delta
         assert utility(cands, moved) <= best * (1 + 1e-7)
+
+
+def quadratic_reference(candidates: list[Candidate], budget: int) -> dict[bytes, float]:
+    """The planner before issue 12, verbatim in its loop: every prefix recomputed, O(m^2)."""
+    import math
+    ranked = sorted(candidates, key=lambda c: (-c.weight / c.price, c.host_id))
+    chosen: list[Candidate] = []
+    bids: list[float] = []
+    for k in range(1, len(ranked) + 1):
+        prefix = ranked[:k]
+        total_y = sum(c.price for c in prefix)
+        root_sum = sum(math.sqrt(c.weight * c.price) for c in prefix)
+        trial = [math.sqrt(c.weight * c.price) * (budget + total_y) / root_sum - c.price
+                 for c in prefix]
+        if min(trial) <= 0:
+            break
+        chosen, bids = prefix, trial
+    if not chosen:
+        chosen, bids = ranked[:1], [float(budget)]
+    return {c.host_id: b for c, b in zip(chosen, bids, strict=True)}
+
+
+@given(st.lists(st.tuples(st.integers(1, 10**6), st.integers(1, 10**7)), min_size=1,
+                max_size=60), st.integers(1, 10**9))
+def test_running_sums_match_the_quadratic_loop(spec: list, budget: int) -> None:
+    cands = [Candidate(i.to_bytes(2, "big"), w, y) for i, (w, y) in enumerate(spec)]
+    ref = quadratic_reference(cands, budget)
+    got = best_response(cands, budget)
+    assert sum(got.values()) == budget
+    assert set(got) <= set(ref)
+    for host, x in ref.items():   # rounding: within one micro-credit of the real bid
+        assert abs(got.get(host, 0) - x) <= 1 + 1e-9 * budget
