@@ -99,7 +99,7 @@ def test_mint_buy_and_check_everything(market: RunningTestnet) -> None:
     assert all(h["resources"]["memory"]["capacity"] > 0 for h in hosts)
 
     bought = cli_json("buy", "--wallet", market.wallet, "--budget", "10", "--duration", "1h",
-                      "cpu:1,0.1,1", "memory:1,256MiB,512MiB")["purchases"]
+                      "--hosts", "1", "cpu:1,0.1,1", "memory:1,256MiB,512MiB")["purchases"]
     assert len(bought) == 1
     purchase = bought[0]
     host_dir = market.node_by_url(purchase["url"])
@@ -197,7 +197,7 @@ def audited(node_dir: Path, host_key: bytes) -> dict[str, Any] | None:
 
 def test_witness_survives_sigkill(fast_audits: None, market: RunningTestnet) -> None:
     mint_to_wallet(market)
-    purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
+    purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5", "--hosts", "1",
                         "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]
     host_key = load_key(market.node_by_url(purchase["url"]) / "node.key").public_key
     deadline = time.monotonic() + 30
@@ -226,7 +226,7 @@ def test_witness_survives_sigkill(fast_audits: None, market: RunningTestnet) -> 
 
 def test_host_survives_sigkill(market: RunningTestnet) -> None:
     mint_to_wallet(market)
-    purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5",
+    purchase = cli_json("buy", "--wallet", market.wallet, "--budget", "5", "--hosts", "1",
                         "cpu:1,0.1,1", "memory:1,128MiB,256MiB")["purchases"][0]
     host_dir = market.node_by_url(purchase["url"])
     before = control(host_dir, "node")

@@ -83,7 +83,9 @@ def add_buy(sub: Subcommands) -> None:
     buy_.add_argument("--budget", required=True,
                       help="credits to spend in all (up to six decimals)")
     buy_.add_argument("--duration", default="1h", help="how long to spend it (30m, 2h, 1d)")
-    buy_.add_argument("--hosts", type=int, default=1, help="spread over up to N hosts")
+    buy_.add_argument("--hosts", type=int, default=8,
+                      help="spread over up to N hosts (best response picks how many pay off; "
+                           "default 8)")
     buy_.add_argument("--host", action="append", metavar="NODE_ID",
                       help="buy only from this host (node id or key, hex; repeatable)")
     buy_.add_argument("--dry-run", action="store_true",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from p2pmarket.auction.resources import BidSpec, parse_bids
 from p2pmarket.audit.witness import push_to_witnesses
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.netopts import ClientNet
-from p2pmarket.client.planner import Candidate, PlanError, best_response
+from p2pmarket.client.planner import HostTerms, PlanError, plan_bundle, want_from_bids
 from p2pmarket.client.quotecheck import planning_view
 from p2pmarket.client.quoting import Progress, Quoted, Skipped, ask_quote, gather_quotes
 from p2pmarket.client.walletdir import WalletDir
@@ -133,20 +133,25 @@ class BuyReport:
         return sum(s.amount for s in self.skipped)
 
 
-def plan(quoted: list[Quoted], primary: str, budget: int, interval_s: int,
-         max_hosts: int) -> dict[bytes, int]:
-    """Best response over the top ``max_hosts``: weight = capacity of the primary resource,
-    others' bids = the host's current price over the interval, both from its quote
-    (:func:`p2pmarket.client.quotecheck.planning_view`)."""
-    candidates = []
-    for q in quoted[:max_hosts]:
-        view = planning_view(q.quote, q.host.record, primary)
-        candidates.append(Candidate(q.host.node_id, view.capacity,
-                                    max(1, view.price * interval_s)))
+def plan(quoted: list[Quoted], specs: Mapping[str, BidSpec], budget: int, interval_s: int,
+         max_hosts: int) -> tuple[dict[bytes, int], dict[bytes, str]]:
+    """Best response over the whole bundle (:func:`p2pmarket.client.planner.plan_bundle`):
+    each quoted host's capacity and price per resource type of the bundle, from its
+    quote (:func:`p2pmarket.client.quotecheck.planning_view`), the bids' weights and
+    minimums. Returns the bids (host id -> µcredits, summing to ``budget``) and the
+    hosts the plan dropped, with why."""
+    types = sorted({key.split(",")[0] for key in specs})
+    terms = []
+    for q in quoted:
+        views = {t: planning_view(q.quote, q.host.record, t) for t in types
+                 if t in q.quote.resources and t in q.host.record.resources}
+        terms.append(HostTerms(q.host.node_id, {t: v.capacity for t, v in views.items()},
+                               {t: max(1, v.price) for t, v in views.items()}))
     try:
-        return best_response(candidates, budget)
+        made = plan_bundle(terms, want_from_bids(specs), budget, interval_s, max_hosts)
     except PlanError as exc:
         raise BuyError(f"cannot plan the purchase: {exc.message}", exc.value) from None
+    return made.bids, made.dropped
 
 
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
@@ -168,7 +173,6 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         raise BuyError("--hosts must be between 1 and 64", max_hosts)
     specs: dict[str, BidSpec] = parse_bids(bid_texts)
     types = sorted({key.split(",")[0] for key in specs})
-    primary = next(iter(specs)).split(",")[0]
     genesis = wdir.genesis()
     net = client_net(net)
     await resume_pending(wdir, progress, net)
@@ -197,8 +201,10 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                                [[s.host.node_id.hex(), s.reason] for s in skipped])
             progress(f"planning: spreading {format_credits(budget)} credits over "
                      f"{len(quoted)} quoted host(s)")
-            bids = plan(quoted, primary, budget, interval_s, max_hosts)
+            bids, dropped = plan(quoted, specs, budget, interval_s, max_hosts)
             by_id = {q.host.node_id: q.host for q in quoted}
+            skipped += [Skipped(by_id[n], f"left out by the plan: {why}")
+                        for n, why in dropped.items() if n in by_id]
             report = BuyReport([], skipped, [], [],
                                [(by_id[n], a) for n, a in bids.items() if a > 0])
             if dry_run:

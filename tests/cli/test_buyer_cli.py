@@ -111,7 +111,7 @@ async def test_buy_json_schema_dry_run_and_leases(capsys: pytest.CaptureFixture[
         assert code == 0 and "nothing paid" in out
 
         code, out, _ = await command(capsys, "buy", *w, "--budget", "1.5", "--duration",
-                                     "30m", "--json", *BIDS)
+                                     "30m", "--hosts", "1", "--json", *BIDS)
         doc = json.loads(out)
         assert code == 0
         assert set(doc) == {"dry_run", "plan", "purchases", "skipped", "unfinished",
@@ -123,7 +123,8 @@ async def test_buy_json_schema_dry_run_and_leases(capsys: pytest.CaptureFixture[
         assert p["cost_per_hour_credits"] == "3"
         check_lease_doc(p["lease"])
 
-        code, out, _ = await command(capsys, "buy", *w, "--budget", "1", *BIDS)
+        code, out, _ = await command(capsys, "buy", *w, "--budget", "1", "--hosts", "1",
+                                     *BIDS)
         assert code == 0
         assert "lease(s) bought" in out and "cost per hour" in out and "1 c/h" in out
 
@@ -162,7 +163,7 @@ async def test_an_ended_lease_shows_as_ended(capsys: pytest.CaptureFixture[str],
         wallet = await funded(m)
         w = ["--wallet", str(wallet.root)]
         code, _, _ = await command(capsys, "buy", *w, "--budget", "1", "--duration", "1s",
-                                   *BIDS)
+                                   "--hosts", "1", *BIDS)
         assert code == 0
         for _ in range(100):   # the interval ends and the host closes the account
             code, out, _ = await command(capsys, "leases", *w, "--json")

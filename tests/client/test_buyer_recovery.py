@@ -34,6 +34,7 @@ async def test_paid_but_unacknowledged_purchase_is_resumed(tmp_path: Path) -> No
         accounts = host.auctioneer.accounts()
         assert [a.account_id for a in accounts] == [record["account_id"]]
         assert accounts[0].fund <= 7_000_000
+        await host.wallet.resume()   # the host's RECV, taken offline, is certified
         assert host.wallet.balance() == 7_000_000
 
         # retrying the same payment again (a lost answer) opens nothing new
@@ -42,6 +43,7 @@ async def test_paid_but_unacknowledged_purchase_is_resumed(tmp_path: Path) -> No
             "payment": pack(cert.to_wire()).hex(), "bids": BIDS, "interval_s": 600})
         assert (await resume_pending(buyer))[0][1] == f"account {record['account_id']} opened"
         assert len(host.auctioneer.accounts()) == 1
+        await host.wallet.resume()
         assert host.wallet.balance() == 7_000_000
 
 
