@@ -69,13 +69,13 @@ def controlled(balances: Mapping[bytes, int], budget: int, paid: int, refunded: 
     return min(budget, sum(balances.values()) + max(0, budget - (paid - refunded)))
 
 
-def others_price(quoted: int, balance: int, weight: int, total_weight: int,
-                 left_s: int) -> int:
-    """A held host's price for one resource less the buyer's own estimated bid (its
-    balance spent evenly over the ``left_s`` seconds left, this resource's part by
-    weight), at least 1."""
-    own = balance * weight // max(1, total_weight * max(1, left_s))
-    return max(1, quoted - own)
+def others_price(quoted: int, alloc: int, capacity: int) -> int:
+    """A held host's price for one resource less the buyer's own bid, at least 1. The
+    host shares in proportion to the bids (``alloc = C b / p``), so the others bid
+    ``p (C - alloc) / C`` (less exact when the buyer's max caps its share)."""
+    if capacity <= 0:
+        return max(1, quoted)
+    return max(1, quoted * (capacity - min(alloc, capacity)) // capacity)
 
 
 def decide(balances: Mapping[bytes, int], leases: Mapping[bytes, str],
@@ -134,17 +134,15 @@ def _tally(report: FollowReport, wdir: WalletDir, lease_ids: set[str]) -> None:
             report.held[lease_id] = host
 
 
-def _terms(quoted: Sequence[Quoted], specs: Mapping[str, BidSpec], balances: Mapping[bytes, int],
-           left_s: int) -> list[HostTerms]:
+def _terms(quoted: Sequence[Quoted], specs: Mapping[str, BidSpec],
+           allocs: Mapping[bytes, Mapping[str, int]]) -> list[HostTerms]:
     types = sorted({key.split(",")[0] for key in specs})
-    weights = want_from_bids(specs).weights
-    total_w = sum(weights.values())
     out = []
     for q in quoted:
         views = {t: planning_view(q.quote, q.host.record, t) for t in types
                  if t in q.quote.resources and t in q.host.record.resources}
-        bal = balances.get(q.host.node_id, 0)
-        prices = {t: others_price(max(1, v.price), bal, weights.get(t, 0), total_w, left_s)
+        mine = allocs.get(q.host.node_id, {})
+        prices = {t: others_price(max(1, v.price), mine.get(t, 0), v.capacity)
                   for t, v in views.items()}
         out.append(HostTerms(q.host.node_id, {t: v.capacity for t, v in views.items()},
                              prices))
@@ -168,6 +166,9 @@ async def follow_round(wdir: WalletDir, bid_texts: list[str], budget: int, end_u
     balances = {node_id_of(bytes.fromhex(v.record["host_key"])): v.lease.balance
                 for v in views if v.lease is not None}
     leases = {node_id_of(bytes.fromhex(v.record["host_key"])): v.lease_id for v in views}
+    allocs = {node_id_of(bytes.fromhex(v.record["host_key"])):
+              {r: t.alloc for r, t in v.lease.resources.items()}
+              for v in views if v.lease is not None}
     _tally(report, wdir, lease_ids)
     money = controlled(balances, budget, sum(report.paid.values()),
                        sum(report.refunded.values()))
@@ -187,7 +188,7 @@ async def follow_round(wdir: WalletDir, bid_texts: list[str], budget: int, end_u
     if not quoted or money <= 0:
         return
     try:
-        made = plan_bundle(_terms(quoted, specs, balances, int(left_s)), want_from_bids(specs),
+        made = plan_bundle(_terms(quoted, specs, allocs), want_from_bids(specs),
                            money, int(left_s), max_hosts)
     except PlanError as exc:
         report.errors.append(f"cannot plan: {exc.message}")
