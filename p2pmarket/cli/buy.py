@@ -6,8 +6,13 @@ decimals), prices µcredits per second for the whole resource."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import io
+import json
 import logging
 import re
+import signal
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -28,6 +33,7 @@ from p2pmarket.cli.terminal import animated, dump, err, human, out, unit_of
 from p2pmarket.client.buyer import BuyReport
 from p2pmarket.client.buyer import buy as run_buy
 from p2pmarket.client.discovery import HostView, MarketView
+from p2pmarket.client.follow import follow as run_follow
 from p2pmarket.client.quoting import Progress
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
@@ -56,6 +62,7 @@ BUY_EXAMPLES = f"""examples:
   p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
   p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB
   p2pmarket buy --budget 5 --hosts 3 --dry-run cpu:1,0.1,1     # the plan, nothing paid
+  p2pmarket buy --budget 5 --follow --every 30 cpu:1,0.1,1      # re-plan until Ctrl-C
 
 {BUY_SCHEMA}"""
 HOSTS_EXAMPLES = """examples:
@@ -90,6 +97,13 @@ def add_buy(sub: Subcommands) -> None:
                       help="buy only from this host (node id or key, hex; repeatable)")
     buy_.add_argument("--dry-run", action="store_true",
                       help="find, quote and plan, and print the plan: nothing is paid")
+    buy_.add_argument("--follow", action="store_true",
+                      help="after buying, re-plan as prices move and move money between "
+                           "hosts within the budget, until Ctrl-C or --follow-for")
+    buy_.add_argument("--every", type=float, default=60.0, metavar="SECONDS",
+                      help="with --follow: seconds between re-plans (default 60)")
+    buy_.add_argument("--follow-for", metavar="DURATION",
+                      help="with --follow: stop after this long (90s, 30m, 2h)")
     json_opt(buy_)
 
 
@@ -180,7 +194,63 @@ async def buy(args: argparse.Namespace) -> int:
             report = await run(show)
     else:
         report = await run(lambda msg: log.info("%s", msg))
+    if getattr(args, "follow", False) and not args.dry_run:
+        return await follow_output(args, report, budget, duration)
     return buy_output(args, report, duration)
+
+
+async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int,
+                        duration: int) -> int:
+    """``--follow``: the purchase's output (not with ``--json``), then follow until
+    SIGINT/SIGTERM or ``--follow-for``, then what was spent (one JSON object with
+    ``--json``: ``{purchase: BUY, follow: {rounds, moves: [{host, kind, amount}],
+    errors, spent, per_host: [{host, paid, refunded, spent}], leases: [lease id]}}``).
+    Exit code: the purchase's errors plus the follow's."""
+    start = now_us()
+    bought = 0 if args.json else buy_output(args, report, duration)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        done = await run_follow(wallet_dir(args), args.bids, budget, duration, args.hosts,
+                                {p.lease.lease_id for p in report.purchases}, stop,
+                                every_s=args.every,
+                                follow_for_s=(parse_duration(args.follow_for)
+                                              if args.follow_for else None),
+                                net=net_of(args), progress=lambda m: log.info("%s", m),
+                                start_us=start)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    per_host = [{"host": h.hex(), **credits_doc("paid", p),
+                 **credits_doc("refunded", done.refunded.get(h, 0)),
+                 **credits_doc("spent", p - done.refunded.get(h, 0))}
+                for h, p in sorted(done.paid.items())]
+    doc = {"rounds": done.rounds, "errors": done.errors,
+           "moves": [{"host": m.host_id.hex(), "kind": m.kind, **credits_doc("amount", m.amount)}
+                     for m in done.moves],
+           **credits_doc("spent", done.spent), "per_host": per_host,
+           "leases": sorted(done.held)}
+    if args.json:
+        buf = io.StringIO()   # the purchase's own --json object, nested in the one printed
+        with contextlib.redirect_stdout(buf):
+            bought = buy_output(args, report, duration)
+        dump({"purchase": json.loads(buf.getvalue()), "follow": doc})
+        return bought + len(done.errors)
+    table = Table(title=f"followed for {done.rounds} round(s), {len(done.moves)} move(s): "
+                        f"spent {format_credits(done.spent)} of {format_credits(budget)} credits")
+    for col in ("host", "paid", "refunded", "spent"):
+        table.add_column(col)
+    for row in per_host:
+        table.add_row(row["host"][:16], f"{row['paid_credits']} c",
+                      f"{row['refunded_credits']} c", f"{row['spent_credits']} c")
+    out.print(table)
+    out.print("leases held: " + (", ".join(sorted(done.held)) or "none"))
+    for e in done.errors:
+        err.print(f"error: {e}")
+    return bought + len(done.errors)
 
 
 def buy_output(args: argparse.Namespace, report: BuyReport, duration: int) -> int:

@@ -5,8 +5,12 @@ within the budget, the summary matching the wallet to the micro-credit."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import pytest
+
+from p2pmarket.cli.main import parser
 from p2pmarket.client.buyer import buy, open_wallet
 from p2pmarket.client.follow import Move, controlled, decide, follow, others_price
 from p2pmarket.core.clock import now_us
@@ -95,4 +99,26 @@ async def test_follow_moves_money_away_from_a_host_whose_price_rises(tmp_path: P
         assert 0 < report.spent <= budget
         assert sum(report.paid.values()) - sum(report.refunded.values()) == report.spent
         assert await balance(m, "buyer") == FUNDS - report.spent
+        supply_ok(m)
+
+
+async def test_buy_follow_json_is_one_object_matching_the_wallet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with local_market(tmp_path / "m", n=3, tick_seconds=0.1) as m:
+        await ready(m)
+        wallet = await funded(m)
+        args = parser().parse_args(["buy", "--wallet", str(wallet.root), "--budget", "6",
+                                    "--duration", "10m", "--hosts", "3", "--follow",
+                                    "--every", "0.2", "--follow-for", "1s", "--json", *BIDS])
+        code = await args.run(args)
+        doc = json.loads(capsys.readouterr().out)
+        assert code == 0, doc
+        assert set(doc) == {"purchase", "follow"}
+        assert len(doc["purchase"]["purchases"]) >= 1
+        f = doc["follow"]
+        assert f["rounds"] >= 1 and f["errors"] == []
+        assert f["spent"] == sum(h["spent"] for h in f["per_host"]) <= 6_000_000
+        assert sorted(f["leases"]) == sorted(p["lease"]["lease_id"]
+                                             for p in doc["purchase"]["purchases"])
+        assert await balance(m, "buyer") == FUNDS - f["spent"]
         supply_ok(m)
