@@ -29,7 +29,8 @@ gateway for nothing but availability:
   :data:`MAX_CLOSEST` ids: how a proxied node finds a host's witnesses. The caller
   trusts the gateway for this list (it cannot check it), as for availability.
 
-Requests are rate limited per client address (on the node's
+Requests are rate limited per client address (a shard read counts as
+:data:`SHARD_READ_COST` of a request; on the node's
 :attr:`~p2pmarket.dht.node.DhtNode.monotonic` clock). :class:`GatewayClient` is the
 proxied node's reader, :class:`GatewayDht` its publisher (same calls as
 :class:`~p2pmarket.dht.node.DhtNode` for publishing and finding).
@@ -86,6 +87,9 @@ log = logging.getLogger(__name__)
 OCTETS = "application/octet-stream"
 MAX_EVIDENCE_ANSWER = MAX_EVIDENCE * (MAX_EVIDENCE_PROOF_BYTES + 8) + 8
 MAX_CLOSEST = 40
+SHARD_READ_COST = 0.25
+"""Rate-limit tokens one shard read takes (a market walk reads a window of bands at
+once, and crowded bands' sub-shards)."""
 NO_DHT_ADDRESS = ("0.0.0.0", 1)
 """What a proxied host advertises as its DHT address: it has none."""
 
@@ -110,8 +114,8 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
     """aiohttp routes for the node's public peer app (see the module docstring)."""
     limiter = RateLimiter(rate, burst)
 
-    def limited(request: web.Request) -> bool:
-        ok = limiter.allow(request.remote or "?", node.monotonic())
+    def limited(request: web.Request, cost: float = 1.0) -> bool:
+        ok = limiter.allow(request.remote or "?", node.monotonic(), cost)
         if not ok:
             node._count("gateway_limited")
         return not ok
@@ -185,8 +189,13 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
             return await handler(request)
         return run
 
+    async def shard_read(request: web.Request) -> web.StreamResponse:
+        if limited(request, SHARD_READ_COST):
+            return web.Response(status=429, text="slow down")
+        return await get_offers(request)
+
     routes = [web.get("/dht/host/{node_id}", guarded(get_host)),
-              web.get("/dht/offers/{shard:.+}", guarded(get_offers)),
+              web.get("/dht/offers/{shard:.+}", shard_read),
               web.get("/dht/doc/{sha256}", guarded(document)),
               evidence_route(node.evidence_body, limited),
               web.get("/dht/evidence-of/{node_id}", guarded(evidence_of)),

@@ -291,7 +291,9 @@ class RecordsMixin(NodeBase):
             sigs = {e.envelope.sig for e in kept}
             lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]
             self._repair(lacking, dkey, value)
-        return offerquery.ShardRead(tuple(ranked), largest)
+        support = {e.node_id: sum(1 for sigs in held.values() if e.envelope.sig in sigs)
+                   for e in ranked}
+        return offerquery.ShardRead(tuple(ranked), largest, support)
 
     def _check_offer_set(self, peer: Node, value: bytes, key: str, now: int,
                          known: dict[bytes, OfferEntry]) -> set[bytes] | None:

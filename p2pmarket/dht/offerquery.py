@@ -21,17 +21,19 @@ the others (and the current prices, hour averages and availability shown by
 are ranked by the cost efficiency (capacity / price) of the first asked type,
 then of the next ones, then by node id, as the SLS ranked one resource. An offer
 whose host record is not found does not count: :func:`query` fetches records in
-rank order, ``2 n + 4`` at a time, walking further while it lacks hosts, up to
-:data:`MAX_RECORD_LOOKUPS` records, so entries with no host behind them, however
-cheap they claim to be and however many a lying storer makes up, cost a bounded
-number of lookups.
+rank order, the first ``2 n + 4``, then ``2 (n - found) + 4`` at a time, walking
+further while it lacks hosts, up to :data:`MAX_RECORD_LOOKUPS` records; after the
+first batch it takes the signers most storers held first (then in rank order), so
+entries with no host behind them, however cheap they claim to be and however many
+a lying storer makes up, cost a bounded number of lookups and cannot crowd out
+hosts most storers hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -57,6 +59,8 @@ class ShardRead:
 
     entries: tuple[OfferEntry, ...]
     largest: int = 0
+    support: Mapping[bytes, int] = field(default_factory=dict)
+    """Per signer, how many storers' sets held it (absent: 1)."""
 
 
 ReadShard = Callable[[str], Awaitable[ShardRead]]
@@ -76,6 +80,8 @@ class Walk:
         self.puzzle_bits = puzzle_bits
         self.pending = bands(resource_type, min_capacity, max_price)
         self.found: list[OfferEntry] = []
+        self.support: dict[bytes, int] = {}
+        """Per signer, the most storers that held it in any shard read."""
         self.lookups = 0
         self.bands_read = 0
 
@@ -97,6 +103,9 @@ class Walk:
         self.lookups += len(subs)
         for r in (*reads, *more):
             self.found.extend(r.entries)
+            for e in r.entries:
+                self.support[e.node_id] = max(self.support.get(e.node_id, 0),
+                                              r.support.get(e.node_id, 1))
 
     def offers(self) -> list[OfferEntry]:
         """The eligible offers found, newest per signer, best first."""
@@ -115,7 +124,8 @@ class Walk:
 
 @dataclass(frozen=True)
 class MarketHost:
-    """One host of a market query: its verified record and its offer per asked type."""
+    """One host of a market query: its verified record and its offer of the first asked
+    type (the other types are in the record)."""
 
     record: HostRecord
     offers: Mapping[str, OfferEntry]
@@ -187,23 +197,30 @@ async def query(types: Sequence[str], n: int, walk: Walk,
     if not types or n <= 0:
         return []
     records: dict[bytes, HostRecord | None] = {}
-    need = 2 * n + 4
+    first = 2 * n + 4
+    ranked = await walk.top(first)
     while True:
-        ranked = await walk.top(need)
-        todo = [e.node_id for e in ranked if e.node_id not in records]
         chosen = select(types, ranked, records, n, walk.min_capacity, walk.max_price,
                         min_availability_ppm)
         if len(chosen) >= n:
             nth = efficiency(chosen[-1].offers[types[0]])
-            first = next((e for e in ranked if e.node_id not in records), None)
-            if first is None or efficiency(first) < nth:
+            nxt = next((e for e in ranked if e.node_id not in records), None)
+            if nxt is None or efficiency(nxt) < nth:
                 return chosen
-        budget = max(2 * n + 4, MAX_RECORD_LOOKUPS) - len(records)
-        if budget <= 0 or (not todo and walk.exhausted):
+        budget = max(first, MAX_RECORD_LOOKUPS) - len(records)
+        if budget <= 0:
             return chosen
+        if len(records) >= first and len(chosen) < n and not walk.exhausted:
+            await walk.step()   # short of hosts: look further before fetching more
+            ranked = walk.offers()
+        todo = [e.node_id for e in ranked if e.node_id not in records]
+        if len(records) >= first:   # past the first batch: best supported first
+            todo.sort(key=lambda i: -walk.support.get(i, 1))
         if not todo:
-            need = len(ranked) + 2 * (n - len(chosen)) + 4
+            if walk.exhausted:
+                return chosen
+            ranked = await walk.top(len(ranked) + 1)
             continue
-        batch = todo[: min(budget, 2 * (n - len(chosen)) + 4)]
+        batch = todo[: min(budget, first if not records else 2 * max(0, n - len(chosen)) + 4)]
         found = await asyncio.gather(*(get_host(i) for i in batch))
         records.update(zip(batch, found, strict=True))

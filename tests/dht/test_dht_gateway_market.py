@@ -100,7 +100,8 @@ async def test_market_over_several_types_and_a_stopped_host_disappears(swarm: Sw
     assert [h.node_id for h in hosts] == [nodes[i].node_id for i in (4, 2, 0)]
     doc = market_doc(hosts[0])
     assert doc["resources"]["cpu"] == {"capacity": 5000, "price": 5, "hour_avg": 13}
-    assert doc["availability_ppm"] == 900_004 and doc["offers"]["memory"]["price"] == 9
+    assert doc["availability_ppm"] == 900_004 and doc["resources"]["memory"]["price"] == 9
+    assert set(doc["offers"]) == {"cpu"}   # the other types come from the record
     assert [h.node_id for h in await reader.market(["cpu", "memory"], n=10,
                                                    max_price=8)] == [nodes[2].node_id,
                                                                       nodes[0].node_id]
