@@ -12,6 +12,8 @@ gateway for nothing but availability:
   stores, msgpack, withdrawals first, then best first, as much as fits one value;
   :mod:`p2pmarket.dht.offershards`); ``GET /dht/offers/<type>`` (format 1) -> 410
   with a message saying the index is sharded;
+- ``GET /dht/offer-walk/<type>?need=...`` -> a whole market walk in one answer
+  (:mod:`p2pmarket.dht.gatewaywalk`);
 - ``POST /dht/store/<key name>`` (body: a signed host record or offer set) ->
   validated like any DHT store, then stored at the k closest nodes;
   ``{"accepted": n}`` (JSON), 400 with the reason if refused;
@@ -61,6 +63,7 @@ from p2pmarket.dht.evidence_records import (
     fit_evidence_set,
     make_evidence_entry,
 )
+from p2pmarket.dht.gatewaywalk import MAX_WALK_ANSWER, GatewayWalk, walk_route
 from p2pmarket.dht.node import DEFAULT_REPUBLISH_S, EXPIRY_FACTOR, DhtNode
 from p2pmarket.dht.offers import (
     OfferEntry,
@@ -196,6 +199,7 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
 
     routes = [web.get("/dht/host/{node_id}", guarded(get_host)),
               web.get("/dht/offers/{shard:.+}", shard_read),
+              walk_route(node.walk, limited),
               web.get("/dht/doc/{sha256}", guarded(document)),
               evidence_route(node.evidence_body, limited),
               web.get("/dht/evidence-of/{node_id}", guarded(evidence_of)),
@@ -296,7 +300,7 @@ class GatewayClient:
             await self._session.close()
             self._session = None
 
-    async def _get(self, path: str) -> bytes | None:
+    async def _get(self, path: str, cap: int = MAX_VALUE_BYTES) -> bytes | None:
         try:
             async with self.session.get(self.base_url + path, proxy=self.proxy,
                                         timeout=self.timeout) as resp:
@@ -304,7 +308,7 @@ class GatewayClient:
                     return None
                 if resp.status != 200:
                     raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
-                return await read_capped(resp, MAX_VALUE_BYTES)
+                return await read_capped(resp, cap)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
 
@@ -343,9 +347,14 @@ class GatewayClient:
 
     def walk(self, resource_type: str, min_capacity: int = 0,
              max_price: int | None = None) -> offerquery.Walk:
-        return offerquery.Walk(resource_type, self.read_shard, self.clock(),
-                               min_capacity=min_capacity, max_price=max_price,
-                               puzzle_bits=self.puzzle_bits)
+        """A walk the gateway runs for us in one request (:mod:`.gatewaywalk`), replayed
+        and verified here."""
+        def rejected(n: int) -> None:
+            self.rejected += n
+        return GatewayWalk(resource_type, self.read_shard, self.clock(),
+                           fetch=lambda path: self._get(path, MAX_WALK_ANSWER),
+                           on_rejected=rejected, min_capacity=min_capacity,
+                           max_price=max_price, puzzle_bits=self.puzzle_bits)
 
     async def get_evidence(self, host_id: bytes) -> list[bytes]:
         """The proofs against ``host_id`` the gateway found, each checked here (proofs

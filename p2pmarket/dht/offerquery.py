@@ -84,28 +84,45 @@ class Walk:
         """Per signer, the most storers that held it in any shard read."""
         self.lookups = 0
         self.bands_read = 0
+        """Bands read completely."""
+        self._cache: dict[str, ShardRead] = {}
+
+    @property
+    def reads(self) -> dict[str, ShardRead]:
+        """Every shard read so far, in the order read."""
+        return dict(self._cache)
 
     @property
     def exhausted(self) -> bool:
         return not self.pending
 
-    async def step(self) -> None:
-        """Read the next window of bands (crowded ones through their sub-shards)."""
-        window, self.pending = self.pending[:WINDOW], self.pending[WINDOW:]
-        keys = [band_key(self.resource_type, b) for b in window]
-        reads = await asyncio.gather(*(self.read(k) for k in keys))
-        self.lookups += len(keys)
-        self.bands_read += len(keys)
-        crowded = [b for b, r in zip(window, reads, strict=True)
-                   if is_crowded(len(r.entries), r.largest)]
-        subs = [k for b in crowded for k in sub_keys(self.resource_type, b)]
-        more = await asyncio.gather(*(self.read(k) for k in subs))
-        self.lookups += len(subs)
-        for r in (*reads, *more):
-            self.found.extend(r.entries)
-            for e in r.entries:
-                self.support[e.node_id] = max(self.support.get(e.node_id, 0),
-                                              r.support.get(e.node_id, 1))
+    async def _read(self, keys: list[str]) -> list[ShardRead]:
+        todo = [k for k in keys if k not in self._cache]
+        for key, got in zip(todo, await asyncio.gather(*(self.read(k) for k in todo)),
+                            strict=True):
+            self._cache[key] = got
+        self.lookups += len(todo)
+        return [self._cache[k] for k in keys]
+
+    async def step(self, want: int = 0) -> None:
+        """Read the next window of bands (crowded ones through their sub-shards), best
+        first; once ``want`` eligible offers are held, the window's lower bands are left
+        for the next step (their band reads kept, their sub-shards not read)."""
+        window = self.pending[:WINDOW]
+        reads = await self._read([band_key(self.resource_type, b) for b in window])
+        for band, got in zip(window, reads, strict=True):
+            parts = [got]
+            if is_crowded(len(got.entries), got.largest):
+                parts = await self._read(sub_keys(self.resource_type, band))
+            self.pending.remove(band)
+            self.bands_read += 1
+            for r in (got, *parts):
+                self.found.extend(r.entries)
+                for e in r.entries:
+                    self.support[e.node_id] = max(self.support.get(e.node_id, 0),
+                                                  r.support.get(e.node_id, 1))
+            if want and len(self.offers()) >= want:
+                return
 
     def offers(self) -> list[OfferEntry]:
         """The eligible offers found, newest per signer, best first."""
@@ -117,7 +134,7 @@ class Walk:
         read); all of them, best first."""
         ranked = self.offers()
         while len(ranked) < need and not self.exhausted:
-            await self.step()
+            await self.step(need)
             ranked = self.offers()
         return ranked
 
@@ -211,7 +228,7 @@ async def query(types: Sequence[str], n: int, walk: Walk,
         if budget <= 0:
             return chosen
         if len(records) >= first and len(chosen) < n and not walk.exhausted:
-            await walk.step()   # short of hosts: look further before fetching more
+            await walk.step(len(ranked) + 1)   # short of hosts: look further first
             ranked = walk.offers()
         todo = [e.node_id for e in ranked if e.node_id not in records]
         if len(records) >= first:   # past the first batch: best supported first
