@@ -488,10 +488,10 @@ class GatewayDht(GatewayClient):
         if old is not None and band_of(*old) != band_of(capacity, price):
             entries += self._sign_offer(resource_type, (0, old[1]), band_of(*old))
         self._offers[resource_type] = (capacity, price)
-        entries += self._sign_offer(resource_type)
-        for entry in entries:
+        new = self._sign_offer(resource_type)
+        for entry in [*entries, *new]:
             await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
-        return entries[-2]
+        return new[0]
 
     def _sign_offer(self, resource_type: str, ad: tuple[int, int] | None = None,
                     band: int | None = None) -> list[OfferEntry]:

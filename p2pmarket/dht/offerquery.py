@@ -45,7 +45,14 @@ from p2pmarket.dht.offers import (
     offer_doc,
     rank_offers,
 )
-from p2pmarket.dht.offershards import WINDOW, band_key, bands, is_crowded, sub_keys
+from p2pmarket.dht.offershards import (
+    band_key,
+    bands,
+    group_key,
+    group_of,
+    is_crowded,
+    sub_keys,
+)
 from p2pmarket.dht.records import HostRecord, ResourceAd, host_doc
 
 MAX_RECORD_LOOKUPS = 4 * MAX_OFFERS
@@ -105,10 +112,18 @@ class Walk:
         return [self._cache[k] for k in keys]
 
     async def step(self, want: int = 0) -> None:
-        """Read the next window of bands (crowded ones through their sub-shards), best
-        first; once ``want`` eligible offers are held, the window's lower bands are left
-        for the next step (their band reads kept, their sub-shards not read)."""
-        window = self.pending[:WINDOW]
+        """Read the next group: its key, and unless that is empty its bands (crowded ones
+        through their sub-shards), best first; once ``want`` eligible offers are held,
+        the group's lower bands are left for the next step (their band reads kept,
+        their sub-shards not read)."""
+        group = group_of(self.pending[0])
+        window = [b for b in self.pending if group_of(b) == group]
+        (head,) = await self._read([group_key(self.resource_type, group)])
+        if not live_offers(head.entries, self.now_us, self.puzzle_bits):
+            for band in window:   # an empty group: its bands are empty
+                self.pending.remove(band)
+            self.bands_read += len(window)
+            return
         reads = await self._read([band_key(self.resource_type, b) for b in window])
         for band, got in zip(window, reads, strict=True):
             parts = [got]

@@ -149,8 +149,9 @@ def _newer_offer(a: OfferEntry, b: OfferEntry) -> OfferEntry:
 def make_offer_entries(identity: Identity, *, resource_type: str, url: str, capacity: int,
                        price: int, now_us: int, ttl_us: int, band: int | None = None
                        ) -> list[OfferEntry]:
-    """The entries of one offer: for its band and its sub-shard (``band`` given and
-    ``capacity`` 0: a withdrawal from that band). Both carry ``ts`` ``now_us``."""
+    """The entries of one offer: for its band, its sub-shard and its group (``band``
+    given and ``capacity`` 0: a withdrawal from that band's keys). All carry ``ts``
+    ``now_us``."""
     band = band_of(capacity, price) if band is None else band
     return [make_offer_entry(identity, resource_type=resource_type, url=url, capacity=capacity,
                              price=price, now_us=now_us, ttl_us=ttl_us, key=key)

@@ -41,12 +41,12 @@ LOWEST_BAND = -63
 """The band of capacity 0 (below ``log2(1 / MAX_PRICE)``, the lowest real band)."""
 WINDOW = 8
 """Bands a reader reads at once."""
-CROWDED_ENTRIES = 12
-"""A band set holding at least this many signers may be missing some: read its
-sub-shards (a storer keeps :data:`~p2pmarket.dht.offers.MAX_OFFERS`; half of that,
-since sets of long URLs fit fewer)."""
+CROWDED_ENTRIES = 24
+"""A band's merged sets holding this many signers may be missing some: read its
+sub-shards (a storer keeps :data:`~p2pmarket.dht.offers.MAX_OFFERS`, and refuses
+newcomers only when full)."""
 CROWDED_BYTES = MAX_VALUE_BYTES - 1024
-"""A band set at least this large may be missing some too."""
+"""A band set this large may be full by size (long URLs) and missing some too."""
 
 
 def floor_log2_ratio(a: int, b: int) -> int:
@@ -86,6 +86,15 @@ def bands(resource_type: str, min_capacity: int = 0, max_price: int | None = Non
     return list(range(top_band(resource_type), bottom_band(min_capacity, max_price) - 1, -1))
 
 
+def group_of(band: int) -> int:
+    """The group of a band (:data:`WINDOW` bands to a group, rounded down)."""
+    return band // WINDOW
+
+
+def group_key(resource_type: str, group: int) -> str:
+    return f"offers/{check_type_name(resource_type)}/g{group}"
+
+
 def sub_of(node_id: bytes) -> str:
     """The sub-shard of a node id: its first hex digit."""
     return node_id[:1].hex()[:1] if node_id else "0"
@@ -103,14 +112,24 @@ def sub_keys(resource_type: str, band: int) -> list[str]:
     return [sub_key(resource_type, band, f"{i:x}") for i in range(SUB_SHARDS)]
 
 
-def offer_keys(resource_type: str, node_id: bytes, band: int) -> tuple[str, str]:
-    """The two key names a host's offer in ``band`` is published under."""
-    return band_key(resource_type, band), sub_key(resource_type, band, sub_of(node_id))
+def offer_keys(resource_type: str, node_id: bytes, band: int) -> tuple[str, str, str]:
+    """The three key names a host's offer in ``band`` is published under."""
+    return (band_key(resource_type, band), sub_key(resource_type, band, sub_of(node_id)),
+            group_key(resource_type, group_of(band)))
+
+
+def _int(raw: str) -> int | None:
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if str(value) == raw else None
 
 
 def parse_shard_key(key: object) -> tuple[str, int, str | None]:
-    """``(type, band, sub or None)`` of a format-2 key name; the old single key
-    ``offers/<type>`` is refused as ``old_format``, anything else as ``wrong_key``."""
+    """``(type, band, sub or None)`` of a format-2 band or sub-shard key name, or
+    ``(type, group, "g")`` of a group key; the old single key ``offers/<type>`` is
+    refused as ``old_format``, anything else as ``wrong_key``."""
     if not isinstance(key, str) or not key.startswith("offers/"):
         raise refusal("wrong_key", "offer set key must be offers/<type>/<band>[/<hex>]")
     parts = key.split("/")
@@ -121,11 +140,13 @@ def parse_shard_key(key: object) -> tuple[str, int, str | None]:
         raise refusal("wrong_key", "offer set key must be offers/<type>/<band>[/<hex>]")
     rtype = check_type_name(parts[1])
     raw = parts[2]
-    try:
-        band = int(raw)
-    except ValueError:
-        band = LOWEST_BAND - 1
-    if str(band) != raw or not LOWEST_BAND <= band <= top_band(rtype):
+    if raw.startswith("g") and len(parts) == 3:
+        group = _int(raw[1:])
+        if group is None or not group_of(LOWEST_BAND) <= group <= group_of(top_band(rtype)):
+            raise refusal("wrong_key", f"bad offer group {raw!r:.20}")
+        return rtype, group, "g"
+    band = _int(raw)
+    if band is None or not LOWEST_BAND <= band <= top_band(rtype):
         raise refusal("wrong_key", f"bad offer band {raw!r:.20}")
     sub = parts[3] if len(parts) == 4 else None
     if sub is not None and (len(sub) != 1 or sub not in "0123456789abcdef"):
@@ -134,12 +155,15 @@ def parse_shard_key(key: object) -> tuple[str, int, str | None]:
 
 
 def key_fits(key: str, resource_type: str, node_id: bytes, capacity: int, price: int) -> bool:
-    """Whether an entry of these fields may sit under ``key``: its own band (any band of
-    its type for a withdrawal, capacity 0) and, in a sub-shard, its own."""
-    rtype, band, sub = parse_shard_key(key)
+    """Whether an entry of these fields may sit under ``key``: its own band, sub-shard or
+    group (any of its type for a withdrawal, capacity 0)."""
+    rtype, place, sub = parse_shard_key(key)
+    if sub == "g":
+        return rtype == resource_type and (
+            capacity == 0 or place == group_of(band_of(capacity, price)))
     if rtype != resource_type or (sub is not None and sub != sub_of(node_id)):
         return False
-    return capacity == 0 or band == band_of(capacity, price)
+    return capacity == 0 or place == band_of(capacity, price)
 
 
 def is_crowded(signers: int, largest_value: int) -> bool:
@@ -150,4 +174,5 @@ def is_crowded(signers: int, largest_value: int) -> bool:
 def max_lookups(resource_type: str, min_capacity: int = 0,
                 max_price: int | None = None) -> int:
     """The most set lookups one walk of a type can make."""
-    return len(bands(resource_type, min_capacity, max_price)) * (1 + SUB_SHARDS)
+    walked = bands(resource_type, min_capacity, max_price)
+    return len({group_of(b) for b in walked}) + len(walked) * (1 + SUB_SHARDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from fractions import Fraction
 
@@ -37,6 +36,7 @@ from p2pmarket.dht.offershards import (
     bands,
     bottom_band,
     floor_log2_ratio,
+    group_of,
     is_crowded,
     key_fits,
     max_lookups,
@@ -63,7 +63,8 @@ def test_bands_order_offers_by_efficiency() -> None:
     assert bottom_band(1000, 10) == band_of(1000, 10) == 6
     assert bottom_band(1000) == band_of(1000, MAX_PRICE)
     assert bands("cpu", 1000, 10) == list(range(27, 5, -1))
-    assert max_lookups("cpu", 1000, 10) == 22 * (1 + SUB_SHARDS)
+    assert max_lookups("cpu", 1000, 10) == 4 + 22 * (1 + SUB_SHARDS)   # groups 3 to 0
+    assert group_of(8) == group_of(15) == 1 and group_of(-1) == -1 and group_of(-8) == -1
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**27), st.integers(1, 2**40)), min_size=2,
@@ -81,12 +82,15 @@ def test_key_names_and_the_old_single_key() -> None:
     assert band_key("cpu", -3) == "offers/cpu/-3"
     assert parse_shard_key("offers/cpu/12") == ("cpu", 12, None)
     assert parse_shard_key("offers/cpu/12/f") == ("cpu", 12, "f")
+    assert parse_shard_key("offers/cpu/g-2") == ("cpu", -2, "g")
+    assert parse_shard_key("offers/cpu/g3") == ("cpu", 3, "g")
     with pytest.raises(DhtError) as err:
         parse_shard_key("offers/cpu")
     assert err.value.value == "old_format" and "format 2" in err.value.message
     for bad in ("offers/cpu/+3", "offers/cpu/03", "offers/cpu/28", "offers/cpu/-64",
                 "offers/cpu/3/g", "offers/cpu/3/ab", "offers/cpu/3/a/b", "offers/CPU/3",
-                "host/cpu/3", "offers/cpu/x"):
+                "host/cpu/3", "offers/cpu/x", "offers/cpu/g4", "offers/cpu/g01",
+                "offers/cpu/g1/a", "offers/cpu/g"):
         with pytest.raises(DhtError) as err:
             parse_shard_key(bad)
         assert err.value.value in ("wrong_key", "bad_type"), bad
@@ -97,7 +101,10 @@ def test_key_names_and_the_old_single_key() -> None:
     assert not key_fits("offers/cpu/9", "cpu", node, 4000, 10)
     assert not key_fits("offers/memory/8", "cpu", node, 4000, 10)
     assert key_fits("offers/cpu/20/a", "cpu", node, 0, 10)
-    assert is_crowded(12, 100) and is_crowded(1, 7000) and not is_crowded(11, 3000)
+    assert key_fits("offers/cpu/g1", "cpu", node, 4000, 10)
+    assert not key_fits("offers/cpu/g0", "cpu", node, 4000, 10)
+    assert key_fits("offers/cpu/g-3", "cpu", node, 0, 10)
+    assert is_crowded(24, 100) and is_crowded(1, 7000) and not is_crowded(23, 3000)
 
 
 def test_an_entry_under_another_band_is_refused() -> None:
@@ -108,7 +115,8 @@ def test_an_entry_under_another_band_is_refused() -> None:
     assert err.value.value == "wrong_key"
     entries = make_offer_entries(ALICE, resource_type="cpu", url="http://x", capacity=4000,
                                  price=10, now_us=NOW, ttl_us=TTL)
-    assert [e.key for e in entries] == ["offers/cpu/8", f"offers/cpu/8/{sub_of(ALICE.node_id)}"]
+    assert [e.key for e in entries] == ["offers/cpu/8", f"offers/cpu/8/{sub_of(ALICE.node_id)}",
+                                        "offers/cpu/g1"]
 
 
 def test_format_one_records_are_refused_with_a_clear_error() -> None:
@@ -143,7 +151,8 @@ def test_withdrawals_hide_a_stale_entry_in_a_higher_band() -> None:
                               price=10, now_us=NOW + 1, ttl_us=TTL, band=8)
     moved = make_offer_entry(ALICE, resource_type="cpu", url="http://x", capacity=4000,
                              price=40, now_us=NOW + 2, ttl_us=TTL)
-    assert {e.key for e in gone} == {"offers/cpu/8", f"offers/cpu/8/{sub_of(ALICE.node_id)}"}
+    assert {e.key for e in gone} == {"offers/cpu/8", f"offers/cpu/8/{sub_of(ALICE.node_id)}",
+                                     "offers/cpu/g1"}
     assert live_offers([stale, *gone], NOW) == []
     assert live_offers([stale, *gone, moved], NOW) == [moved]
     assert live_offers([stale], NOW) == [stale]
@@ -167,7 +176,8 @@ def _walk_market(ads: list[tuple[int, int]], n: int, min_capacity: int,
 
     walk = Walk("cpu", read, NOW, min_capacity=min_capacity, max_price=max_price)
     got = asyncio.run(walk.top(n))[:n]
-    want = rank_offers([e for e in entries if e.key.count("/") == 2], n, min_capacity,
+    want = rank_offers([e for e in entries if e.key.count("/") == 2 and "/g" not in e.key],
+                       n, min_capacity,
                        max_price)
     return [e.node_id for e in got], [e.node_id for e in want], walk
 
@@ -191,9 +201,10 @@ def test_the_walk_stops_early() -> None:
     got, want, walk = _walk_market(ads, 10, 0, None)
     assert got == want
     top = top_band("cpu")
-    # the windows down to band 8, band 8 through its sub-shards, nothing below
+    # empty groups skipped with one lookup each; group 1's bands down to band 8, band 8
+    # through its sub-shards, nothing below
     assert walk.bands_read == top - 8 + 1
-    assert walk.lookups <= math.ceil((top - 8 + 1) / 8) * 8 + SUB_SHARDS
+    assert walk.lookups == (group_of(top) - 1) + 1 + 8 + SUB_SHARDS
 
 
 def test_walk_answers_are_verified() -> None:
