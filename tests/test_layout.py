@@ -47,6 +47,7 @@ PURE_CORES = (
     "p2pmarket.dht.checks",
     "p2pmarket.dht.records",
     "p2pmarket.dht.offers",
+    "p2pmarket.dht.offershards",
     "p2pmarket.dht.offerkeep",
     "p2pmarket.dht.prefixes",
     "p2pmarket.dht.evidence_records",

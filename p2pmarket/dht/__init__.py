@@ -6,8 +6,9 @@ audit: whoever builds a node, a storage or a gateway client passes a
 
 Pure (formats, validation, merging; ``now`` comes in as an argument):
 :mod:`.checks` (:class:`DhtError` and the checks every record shares),
-:mod:`.records` (key names, host records), :mod:`.offers` (the offer index,
-ranking), :mod:`.evidence_records` (``evidence/<id>`` proofs of misbehaviour),
+:mod:`.records` (key names, host records), :mod:`.offershards` (the shards of
+the offer index), :mod:`.offers` (its entries and sets, ranking),
+:mod:`.evidence_records` (``evidence/<id>`` proofs of misbehaviour),
 :mod:`.ratelimit` (token buckets on a monotonic clock).
 
 The rest: :mod:`.storage` validates every store; the protocol is built in three
@@ -17,8 +18,8 @@ layers, :mod:`.rpc` (rpcudp's datagrams, RTT timeouts), :mod:`.contacts`
 the iterative lookup; :mod:`.node` is the service (built from
 :mod:`.node_base`, :mod:`.node_records` and :mod:`.node_evidence`),
 :mod:`.persist` its sqlite state, :mod:`.evidence` the fetching and checking of
-large proofs; :mod:`.offerquery` the multi-type market query; :mod:`.gateway`
-the HTTP face for nodes that cannot send UDP.
+large proofs; :mod:`.offerquery` the walk over the shards and the multi-type
+market query; :mod:`.gateway` the HTTP face for nodes that cannot send UDP.
 
 Exported here: what callers outside the DHT use to run a node and read what it
 finds.
@@ -38,7 +39,6 @@ from p2pmarket.dht.records import (
     host_key,
     key_digest,
     make_host_record,
-    offers_key,
 )
 from p2pmarket.dht.storage import RecordStorage
 
@@ -64,6 +64,5 @@ __all__ = [
     "market_doc",
     "merge_offers",
     "offer_doc",
-    "offers_key",
     "rank_offers",
 ]

@@ -7,8 +7,13 @@ gateway for nothing but availability:
 
 - ``GET /dht/host/<node id hex>`` -> the host record (``application/octet-stream``),
   404 if none is found;
-- ``GET /dht/offers/<type>`` -> the merged offer set (the same container the DHT
-  stores, msgpack);
+- ``GET /dht/offers/<type>/<band>`` and ``GET /dht/offers/<type>/<band>/<hex>`` ->
+  the merged set of that shard of the offer index (the same container the DHT
+  stores, msgpack, withdrawals first, then best first, as much as fits one value;
+  :mod:`p2pmarket.dht.offershards`); ``GET /dht/offers/<type>`` (format 1) -> 410
+  with a message saying the index is sharded;
+- ``GET /dht/offer-walk/<type>?need=...`` -> a whole market walk in one answer
+  (:mod:`p2pmarket.dht.gatewaywalk`);
 - ``POST /dht/store/<key name>`` (body: a signed host record or offer set) ->
   validated like any DHT store, then stored at the k closest nodes;
   ``{"accepted": n}`` (JSON), 400 with the reason if refused;
@@ -26,7 +31,8 @@ gateway for nothing but availability:
   :data:`MAX_CLOSEST` ids: how a proxied node finds a host's witnesses. The caller
   trusts the gateway for this list (it cannot check it), as for availability.
 
-Requests are rate limited per client address (on the node's
+Requests are rate limited per client address (a shard read counts as
+:data:`SHARD_READ_COST` of a request; on the node's
 :attr:`~p2pmarket.dht.node.DhtNode.monotonic` clock). :class:`GatewayClient` is the
 proxied node's reader, :class:`GatewayDht` its publisher (same calls as
 :class:`~p2pmarket.dht.node.DhtNode` for publishing and finding).
@@ -57,14 +63,16 @@ from p2pmarket.dht.evidence_records import (
     fit_evidence_set,
     make_evidence_entry,
 )
+from p2pmarket.dht.gatewaywalk import MAX_WALK_ANSWER, GatewayWalk, walk_route
 from p2pmarket.dht.node import DEFAULT_REPUBLISH_S, EXPIRY_FACTOR, DhtNode
 from p2pmarket.dht.offers import (
     OfferEntry,
     fit_offer_set,
-    make_offer_entry,
+    make_offer_entries,
     merge_offers,
     parse_offer_set,
 )
+from p2pmarket.dht.offershards import band_of, parse_shard_key
 from p2pmarket.dht.ratelimit import RateLimiter
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
@@ -72,11 +80,9 @@ from p2pmarket.dht.records import (
     DocRef,
     HostRecord,
     ResourceAd,
-    check_type_name,
     evidence_key,
     host_key,
     make_host_record,
-    offers_key,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,9 @@ log = logging.getLogger(__name__)
 OCTETS = "application/octet-stream"
 MAX_EVIDENCE_ANSWER = MAX_EVIDENCE * (MAX_EVIDENCE_PROOF_BYTES + 8) + 8
 MAX_CLOSEST = 40
+SHARD_READ_COST = 0.25
+"""Rate-limit tokens one shard read takes (a market walk reads a window of bands at
+once, and crowded bands' sub-shards)."""
 NO_DHT_ADDRESS = ("0.0.0.0", 1)
 """What a proxied host advertises as its DHT address: it has none."""
 
@@ -108,8 +117,8 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
     """aiohttp routes for the node's public peer app (see the module docstring)."""
     limiter = RateLimiter(rate, burst)
 
-    def limited(request: web.Request) -> bool:
-        ok = limiter.allow(request.remote or "?", node.monotonic())
+    def limited(request: web.Request, cost: float = 1.0) -> bool:
+        ok = limiter.allow(request.remote or "?", node.monotonic(), cost)
         if not ok:
             node._count("gateway_limited")
         return not ok
@@ -125,14 +134,15 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
         return web.Response(body=record.value, content_type=OCTETS)
 
     async def get_offers(request: web.Request) -> web.StreamResponse:
-        rtype = request.match_info["type"]
+        key = "offers/" + request.match_info["shard"]
         try:
-            check_type_name(rtype)
+            parse_shard_key(key)
         except DhtError as exc:
-            return web.Response(status=400, text=exc.message)
+            return web.Response(status=410 if exc.value == "old_format" else 400,
+                                text=exc.message)
         node._count("gateway_offers")
-        entries = await node.offers_of(rtype)
-        value, _ = fit_offer_set(offers_key(rtype), entries)
+        found = await node.read_shard(key)
+        value, _ = fit_offer_set(key, found.entries)
         return web.Response(body=value, content_type=OCTETS)
 
     async def store(request: web.Request) -> web.StreamResponse:
@@ -182,8 +192,14 @@ def gateway_routes(node: DhtNode, *, rate: float = 20.0, burst: float = 60.0,
             return await handler(request)
         return run
 
+    async def shard_read(request: web.Request) -> web.StreamResponse:
+        if limited(request, SHARD_READ_COST):
+            return web.Response(status=429, text="slow down")
+        return await get_offers(request)
+
     routes = [web.get("/dht/host/{node_id}", guarded(get_host)),
-              web.get("/dht/offers/{type}", guarded(get_offers)),
+              web.get("/dht/offers/{shard:.+}", shard_read),
+              walk_route(node.walk, limited),
               web.get("/dht/doc/{sha256}", guarded(document)),
               evidence_route(node.evidence_body, limited),
               web.get("/dht/evidence-of/{node_id}", guarded(evidence_of)),
@@ -284,7 +300,7 @@ class GatewayClient:
             await self._session.close()
             self._session = None
 
-    async def _get(self, path: str) -> bytes | None:
+    async def _get(self, path: str, cap: int = MAX_VALUE_BYTES) -> bytes | None:
         try:
             async with self.session.get(self.base_url + path, proxy=self.proxy,
                                         timeout=self.timeout) as resp:
@@ -292,7 +308,7 @@ class GatewayClient:
                     return None
                 if resp.status != 200:
                     raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
-                return await read_capped(resp, MAX_VALUE_BYTES)
+                return await read_capped(resp, cap)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
 
@@ -310,21 +326,35 @@ class GatewayClient:
             return None
         return record
 
-    async def offers_of(self, resource_type: str) -> list[OfferEntry]:
-        raw = await self._get(f"/dht/offers/{check_type_name(resource_type)}")
+    async def read_shard(self, key: str) -> offerquery.ShardRead:
+        """One shard of the offer index as the gateway merged it, verified here."""
+        parse_shard_key(key)
+        raw = await self._get("/dht/" + key)
         if raw is None:
-            return []
+            return offerquery.ShardRead(())
         now = self.clock()
         try:
             offer_set = parse_offer_set(raw, now)
         except DhtError:
             self.rejected += 1
-            return []
-        if offer_set.key != offers_key(resource_type):
+            return offerquery.ShardRead(())
+        if offer_set.key != key:
             self.rejected += 1
-            return []
+            return offerquery.ShardRead(())
         self.rejected += offer_set.dropped
-        return merge_offers(offer_set.entries, now, self.puzzle_bits)
+        return offerquery.ShardRead(
+            tuple(merge_offers(offer_set.entries, now, self.puzzle_bits)), len(raw))
+
+    def walk(self, resource_type: str, min_capacity: int = 0,
+             max_price: int | None = None) -> offerquery.Walk:
+        """A walk the gateway runs for us in one request (:mod:`.gatewaywalk`), replayed
+        and verified here."""
+        def rejected(n: int) -> None:
+            self.rejected += n
+        return GatewayWalk(resource_type, self.read_shard, self.clock(),
+                           fetch=lambda path: self._get(path, MAX_WALK_ANSWER),
+                           on_rejected=rejected, min_capacity=min_capacity,
+                           max_price=max_price, puzzle_bits=self.puzzle_bits)
 
     async def get_evidence(self, host_id: bytes) -> list[bytes]:
         """The proofs against ``host_id`` the gateway found, each checked here (proofs
@@ -356,13 +386,16 @@ class GatewayClient:
 
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                           max_price: int | None = None) -> list[OfferEntry]:
-        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        return offerquery.top_offers_each(sets, n, min_capacity, max_price)
+        return await offerquery.top_offers_each(
+            [self.walk(t, min_capacity, max_price) for t in types], n)
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
-                     max_price: int | None = None) -> list[offerquery.MarketHost]:
-        return await offerquery.query(types, n, min_capacity, max_price, self.offers_of,
-                               self.get_host)
+                     max_price: int | None = None, min_availability_ppm: int = 0
+                     ) -> list[offerquery.MarketHost]:
+        if not types:
+            return []
+        return await offerquery.query(types, n, self.walk(types[0], min_capacity, max_price),
+                                      self.get_host, min_availability_ppm=min_availability_ppm)
 
     async def store(self, key: str, value: bytes) -> int:
         try:
@@ -449,25 +482,32 @@ class GatewayDht(GatewayClient):
                                 doc=ref, reach=reach)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
+        """As :meth:`DhtNode.publish_offer` (band, sub-shard, withdrawal)."""
+        old = self._offers.get(resource_type)
+        entries = []
+        if old is not None and band_of(*old) != band_of(capacity, price):
+            entries += self._sign_offer(resource_type, (0, old[1]), band_of(*old))
         self._offers[resource_type] = (capacity, price)
-        entry = self._sign_offer(resource_type)
-        await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
-        return entry
+        new = self._sign_offer(resource_type)
+        for entry in [*entries, *new]:
+            await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
+        return new[0]
 
-    def _sign_offer(self, resource_type: str) -> OfferEntry:
-        capacity, price = self._offers[resource_type]
+    def _sign_offer(self, resource_type: str, ad: tuple[int, int] | None = None,
+                    band: int | None = None) -> list[OfferEntry]:
+        capacity, price = ad if ad is not None else self._offers[resource_type]
         self._ts = self._next(self._ts)
-        return make_offer_entry(self.identity, resource_type=resource_type, url=self.url,
-                                capacity=capacity, price=price, now_us=self._ts,
-                                ttl_us=self.ttl_us)
+        return make_offer_entries(self.identity, resource_type=resource_type, url=self.url,
+                                  capacity=capacity, price=price, now_us=self._ts,
+                                  ttl_us=self.ttl_us, band=band)
 
     async def republish(self) -> None:
         if self._host is not None:
             record = self._sign_host()
             await self.store(record.key, record.value)
         for rtype in list(self._offers):
-            entry = self._sign_offer(rtype)
-            await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
+            for entry in self._sign_offer(rtype):
+                await self.store(entry.key, fit_offer_set(entry.key, [entry])[0])
         for host_id, proof in list(self._proofs.values()):
             await self.publish_evidence(host_id, proof)
 

@@ -275,8 +275,8 @@ class DhtNode(RecordsMixin, EvidenceMixin):
             record = self._sign_host(self._host)
             jobs.append(self._put(record.key, record.value))
         for rtype, (capacity, price) in self._offers.items():
-            entry = self._sign_offer(rtype, capacity, price)
-            jobs.append(self._put(entry.key, fit_offer_set(entry.key, [entry])[0]))
+            for entry in self._sign_offer(rtype, capacity, price):
+                jobs.append(self._put(entry.key, fit_offer_set(entry.key, [entry])[0]))
         for proof in [p for p in self._proofs.values() if p.own]:
             jobs.append(self.publish_evidence(proof.node_id, proof.data))
         for outcome in await asyncio.gather(*jobs, return_exceptions=True):

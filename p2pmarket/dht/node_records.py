@@ -3,7 +3,8 @@ section 3): the owner signs and publishes them; anyone finds them.
 
 Host lookups keep the highest ``seq`` and stop after ``host_quorum`` valid copies
 (with at most ``get_alpha`` queries in flight; other lookups use ``alpha``),
-offer lookups merge the sets of every close node; both repair the close nodes
+shard lookups (:meth:`RecordsMixin.read_shard`) merge the sets of every close node
+and the market walks the shards (:mod:`p2pmarket.dht.offerquery`); both repair the close nodes
 that lacked the result (:meth:`~p2pmarket.dht.node_base.NodeBase._repair`).
 Re-signed records take a seq (host) or ts (offer) that never goes backwards, even
 across restarts (kept in the state db). The multi-type market query is
@@ -27,10 +28,12 @@ from p2pmarket.dht.offerkeep import repair_value
 from p2pmarket.dht.offers import (
     OfferEntry,
     fit_offer_set,
-    make_offer_entry,
+    make_offer_entries,
     merge_offers,
     parse_offer_set,
+    shard_order,
 )
+from p2pmarket.dht.offershards import band_of, parse_shard_key
 from p2pmarket.dht.records import (
     MAX_DOC_BYTES,
     PPM,
@@ -41,7 +44,6 @@ from p2pmarket.dht.records import (
     key_digest,
     make_host_record,
     newer_host,
-    offers_key,
 )
 
 
@@ -76,7 +78,7 @@ class HostFields:
 
 
 class RecordsMixin(NodeBase):
-    """Publishing and finding ``host/<id>`` records and ``offers/<type>`` entries."""
+    """Publishing and finding ``host/<id>`` records and the offer index's entries."""
 
     ttl_us: int
     host_quorum: int
@@ -146,14 +148,21 @@ class RecordsMixin(NodeBase):
             doc=fields.doc, reach=fields.reach)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
-        """Sign and store an entry in ``offers/<resource_type>``."""
-        entry = self._sign_offer(resource_type, capacity, price)
+        """Sign and store an offer in its band and sub-shard of ``offers/<resource_type>``
+        (:mod:`p2pmarket.dht.offershards`); if our last offer of the type was in another
+        band, a withdrawal (signed first) goes there. Returns the band's entry."""
+        jobs = []
+        old = self._offers.get(resource_type)
+        if old is not None and band_of(*old) != band_of(capacity, price):
+            gone = self._sign_offer(resource_type, 0, old[1], band=band_of(*old))
+            jobs += [self._put(e.key, fit_offer_set(e.key, [e])[0]) for e in gone]
+        entries = self._sign_offer(resource_type, capacity, price)
         self._offers[resource_type] = (capacity, price)
         if self.state is not None:
             self.state.put_own(f"offer/{resource_type}", [capacity, price])
-        value, _ = fit_offer_set(entry.key, [entry])
-        await self._put(entry.key, value)
-        return entry
+        jobs += [self._put(e.key, fit_offer_set(e.key, [e])[0]) for e in entries]
+        await asyncio.gather(*jobs)
+        return entries[0]
 
     def withdraw_offer(self, resource_type: str) -> None:
         """Stop republishing an offer; it leaves query results within one expiry."""
@@ -161,13 +170,16 @@ class RecordsMixin(NodeBase):
         if self.state is not None:
             self.state.drop_own(f"offer/{resource_type}")
 
-    def _sign_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
+    def _sign_offer(self, resource_type: str, capacity: int, price: int,
+                    band: int | None = None) -> list[OfferEntry]:
+        """The band's and the sub-shard's entries (a withdrawal from ``band`` when
+        ``capacity`` is 0)."""
         if not self.url:
             raise DhtError("an offer needs the node's RPC url", "no_url")
         now = self._next_ts()
-        return make_offer_entry(self.identity, resource_type=resource_type, url=self.url,
-                                capacity=capacity, price=price, now_us=now,
-                                ttl_us=self.ttl_us)
+        return make_offer_entries(self.identity, resource_type=resource_type, url=self.url,
+                                  capacity=capacity, price=price, now_us=now,
+                                  ttl_us=self.ttl_us, band=band)
 
     # -- finding -----------------------------------------------------------------
 
@@ -221,56 +233,67 @@ class RecordsMixin(NodeBase):
             return None
         return record
 
+    def walk(self, resource_type: str, min_capacity: int = 0,
+             max_price: int | None = None) -> offerquery.Walk:
+        """A walk over the bands of ``offers/<resource_type>/...`` (see
+        :mod:`p2pmarket.dht.offerquery`) through :meth:`read_shard`."""
+        return offerquery.Walk(resource_type, self.read_shard, self.clock(),
+                               min_capacity=min_capacity, max_price=max_price,
+                               puzzle_bits=self.puzzle_bits)
+
     async def find_offers(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
                           max_price: int | None = None) -> list[OfferEntry]:
         """For each type in order, its top ``n`` offers by capacity/price (see
-        :func:`rank_offers`), concatenated."""
-        sets = await asyncio.gather(*(self.offers_of(t) for t in types))
-        return offerquery.top_offers_each(sets, n, min_capacity, max_price)
+        :func:`rank_offers`) over the whole index, concatenated."""
+        return await offerquery.top_offers_each(
+            [self.walk(t, min_capacity, max_price) for t in types], n)
 
     async def market(self, types: Sequence[str], n: int = 10, min_capacity: int = 0,
-                     max_price: int | None = None) -> list[offerquery.MarketHost]:
-        """Hosts offering every type in ``types`` within the filters, best cost efficiency
-        first (see :mod:`p2pmarket.dht.offerquery`), each with its verified host record."""
-        return await offerquery.query(types, n, min_capacity, max_price, self.offers_of,
-                               self.get_host)
+                     max_price: int | None = None, min_availability_ppm: int = 0
+                     ) -> list[offerquery.MarketHost]:
+        """Hosts offering every type in ``types`` within the filters (and with at least
+        ``min_availability_ppm`` availability), best cost efficiency first (see
+        :mod:`p2pmarket.dht.offerquery`), each with its verified host record."""
+        if not types:
+            return []
+        return await offerquery.query(types, n, self.walk(types[0], min_capacity, max_price),
+                                      self.get_host, min_availability_ppm=min_availability_ppm)
 
-    async def offers_of(self, resource_type: str) -> list[OfferEntry]:
-        """Every live entry of ``offers/<resource_type>`` the closest nodes hold, merged
-        (one per signer, from signers that meet the genesis puzzle), the signers most
-        close nodes hold first (established hosts before entries few storers took)."""
-        key = offers_key(resource_type)
+    async def read_shard(self, key: str) -> offerquery.ShardRead:
+        """Every live entry of the shard ``key`` the closest nodes hold, merged (one per
+        signer, from signers that meet the genesis puzzle; withdrawals included), best
+        first, and the largest set a storer gave; repairs close nodes that lacked some."""
+        parse_shard_key(key)
         dkey = key_digest(key)
         now = self.clock()
         held: dict[bytes, set[bytes]] = {}
-        signers: dict[bytes, set[bytes]] = {}
         known = {e.value: e for e in self.storage.offer_entries(dkey)}
+        local = self.storage.get(dkey)
+        largest = len(local) if local is not None else 0
         parsed: dict[bytes, set[bytes] | None] = {}
 
         def accept(peer: Node, value: bytes) -> bool:
+            nonlocal largest
             if value not in parsed:
                 parsed[value] = self._check_offer_set(peer, value, key, now, known)
             sigs = parsed[value]
             if sigs is not None:
                 held[peer.id] = sigs
-                signers[peer.id] = {e.node_id for e in known.values()
-                                    if e.envelope.sig in sigs}
+                largest = max(largest, len(value))
             return sigs is not None
 
         found = await self.lookup(dkey, find_value=True, accept=accept)
         merged = merge_offers(known.values(), now, self.puzzle_bits)
-        support = {e.node_id: sum(1 for ids in signers.values() if e.node_id in ids)
-                   for e in merged}
-        merged.sort(key=lambda e: -support[e.node_id])
-        if merged:
-            # repair with the entries most close nodes hold first (each storer still
-            # ranks by its own seniority)
-            value, kept = repair_value(key, merged, cap=self.storage.max_offers,
+        ranked = shard_order(merged)
+        if ranked:
+            value, kept = repair_value(key, ranked, cap=self.storage.max_offers,
                                        policy=self.storage.policy)
             sigs = {e.envelope.sig for e in kept}
             lacking = [p for p in found.closest if not sigs <= held.get(p.id, set())]
             self._repair(lacking, dkey, value)
-        return merged
+        support = {e.node_id: sum(1 for sigs in held.values() if e.envelope.sig in sigs)
+                   for e in ranked}
+        return offerquery.ShardRead(tuple(ranked), largest, support)
 
     def _check_offer_set(self, peer: Node, value: bytes, key: str, now: int,
                          known: dict[bytes, OfferEntry]) -> set[bytes] | None:

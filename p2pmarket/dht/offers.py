@@ -1,11 +1,15 @@
-"""The offer index: ``offers/<type>`` entries and sets, ranking (docs/design.md section 3).
+"""The offer index: entries and sets of its shards, ranking (docs/design.md section 3).
 Pure: no I/O, no clock.
 
-- ``offers/<resource type>``: a container ``{kind: "dht.offers", key, entries:
-  [encoded envelope, ...]}`` (canonical msgpack) of offer entries, kind
-  ``dht.offer``, body ``{key, node_id, url, type, capacity, price, expires}``,
-  each signed by its host, the whole container at most
-  :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`. One entry per signer (the newest
+- ``offers/<type>/<band>`` and ``offers/<type>/<band>/<hex>`` (the shards,
+  :mod:`p2pmarket.dht.offershards`): a container ``{kind: "dht.offers2", key,
+  entries: [encoded envelope, ...]}`` (canonical msgpack) of offer entries, kind
+  ``dht.offer2``, body ``{key, node_id, url, type, capacity, price, expires}``,
+  each signed by its host, ``key`` the shard it is published under (its own band
+  and sub-shard; a withdrawal, capacity 0, may name any band of its type), the
+  whole container at most :data:`~p2pmarket.dht.checks.MAX_VALUE_BYTES`. Format 1
+  (kinds ``dht.offer``/``dht.offers``, the single key ``offers/<type>``) is refused
+  as ``old_format``, with a message saying so. One entry per signer (the newest
   envelope ``ts`` wins: a signer's clock orders only its own entries), expired ones
   dropped. Which entries a storer keeps, at most :data:`MAX_OFFERS`, and in which
   order it lists them, is :mod:`p2pmarket.dht.offerkeep`'s rule. ``capacity`` and
@@ -25,7 +29,7 @@ from typing import Any
 
 from p2pmarket.core.domains import DHT_RECORD
 from p2pmarket.core.identity import Identity, meets_puzzle
-from p2pmarket.core.wire import Envelope, pack, seal
+from p2pmarket.core.wire import Envelope, pack, seal, unpack
 from p2pmarket.dht.checks import (
     INNOCENT,
     MAX_VALUE_BYTES,
@@ -40,16 +44,18 @@ from p2pmarket.dht.checks import (
     open_envelope,
     refusal,
 )
+from p2pmarket.dht.offershards import band_of, key_fits, offer_keys, parse_shard_key
 from p2pmarket.dht.records import (
     MAX_URL,
     check_capacity,
     check_price,
     check_type_name,
-    offers_key,
 )
 
-OFFER_KIND = "dht.offer"
-OFFER_SET_KIND = "dht.offers"
+OFFER_KIND = "dht.offer2"
+OFFER_SET_KIND = "dht.offers2"
+OLD_KINDS = frozenset({"dht.offer", "dht.offers"})
+"""Format 1 kinds: refused as ``old_format``."""
 
 MAX_OFFERS = 24
 """Entries kept per ``offers/<type>`` key."""
@@ -79,16 +85,22 @@ class OfferEntry:
     def value(self) -> bytes:
         return self.envelope.encode()
 
+    @property
+    def withdrawn(self) -> bool:
+        """A withdrawal (capacity 0): the signer left this band."""
+        return self.capacity == 0
+
     @classmethod
     def from_envelope(cls, env: Envelope, now_us: int) -> OfferEntry:
+        old_format(env.kind)
         body = check_body(env, OFFER_KIND, OFFER_FIELDS)
         node_id = check_owner(env, body)
         rtype = check_type_name(body["type"])
-        if body["key"] != offers_key(rtype):
-            raise refusal("wrong_key", "offer key does not match its type")
         url = check_str(body["url"], "url", MAX_URL)
         capacity = check_capacity(rtype, body["capacity"])
         price = check_price(body["price"])
+        if not key_fits(body["key"], rtype, node_id, capacity, price):
+            raise refusal("wrong_key", "offer key does not match its type, band and id")
         expires = check_times(env, body["expires"], now_us)
         check_signature(env)
         return cls(key=body["key"], node_id=node_id, url=url, type=rtype, capacity=capacity,
@@ -99,11 +111,22 @@ class OfferEntry:
         return cls.from_envelope(open_envelope(value), now_us)
 
 
+def old_format(kind: object) -> None:
+    """Refuse a format-1 offer kind with a clear message."""
+    if kind in OLD_KINDS:
+        raise refusal("old_format", f"{kind} is offer index format 1; this network uses the "
+                      "sharded format 2 (dht.offers2 under offers/<type>/<band>[/<hex>])")
+
+
 def make_offer_entry(identity: Identity, *, resource_type: str, url: str, capacity: int,
-                     price: int, now_us: int, ttl_us: int) -> OfferEntry:
-    """Sign an offer entry; ``now_us`` is also its ``ts`` (newest per signer wins)."""
+                     price: int, now_us: int, ttl_us: int, key: str | None = None
+                     ) -> OfferEntry:
+    """Sign an offer entry for shard ``key`` (default: its band); ``now_us`` is also its
+    ``ts`` (newest per signer wins)."""
+    if key is None:
+        key = offer_keys(resource_type, identity.node_id, band_of(capacity, price))[0]
     body = {
-        "key": offers_key(resource_type),
+        "key": key,
         "node_id": identity.node_id,
         "url": url,
         "type": resource_type,
@@ -121,6 +144,25 @@ def _newer_offer(a: OfferEntry, b: OfferEntry) -> OfferEntry:
     if a.ts != b.ts:
         return a if a.ts > b.ts else b
     return a if a.value >= b.value else b
+
+
+def make_offer_entries(identity: Identity, *, resource_type: str, url: str, capacity: int,
+                       price: int, now_us: int, ttl_us: int, band: int | None = None
+                       ) -> list[OfferEntry]:
+    """The entries of one offer: for its band, its sub-shard and its group (``band``
+    given and ``capacity`` 0: a withdrawal from that band's keys). All carry ``ts``
+    ``now_us``."""
+    band = band_of(capacity, price) if band is None else band
+    return [make_offer_entry(identity, resource_type=resource_type, url=url, capacity=capacity,
+                             price=price, now_us=now_us, ttl_us=ttl_us, key=key)
+            for key in offer_keys(resource_type, identity.node_id, band)]
+
+
+def live_offers(entries: Iterable[OfferEntry], now_us: int,
+                puzzle_bits: int = 0) -> list[OfferEntry]:
+    """The newest entry per signer across shards (:func:`merge_offers`), withdrawals
+    dropped: what a reader ranks."""
+    return [e for e in merge_offers(entries, now_us, puzzle_bits) if not e.withdrawn]
 
 
 def merge_offers(entries: Iterable[OfferEntry], now_us: int,
@@ -164,7 +206,7 @@ def pack_offer_set(key: str, entries: Iterable[OfferEntry]) -> bytes:
 
 @dataclass(frozen=True)
 class OfferSet:
-    """A parsed ``offers/<type>`` value: its valid entries and how many were dropped."""
+    """A parsed shard value: its valid entries and how many were dropped."""
 
     key: str
     entries: tuple[OfferEntry, ...]
@@ -177,10 +219,13 @@ def parse_offer_set(value: object, now_us: int,
     """Decode a container; invalid or expired entries are dropped and counted, a
     malformed container raises :class:`DhtError`. ``known`` maps encodings to entries
     already verified (their signatures are not checked again; expiry still is)."""
-    key, raw_entries = open_container(value, OFFER_SET_KIND, "offer set")
-    if not isinstance(key, str) or not key.startswith("offers/"):
-        raise refusal("wrong_key", "offer set key must be offers/<type>")
-    check_type_name(key.removeprefix("offers/"))
+    try:
+        key, raw_entries = open_container(value, OFFER_SET_KIND, "offer set")
+    except DhtError as exc:
+        if exc.value == "wrong_kind" and isinstance(value, bytes):
+            old_format(unpack(value, MAX_VALUE_BYTES).get("kind"))
+        raise
+    parse_shard_key(key)
     if not isinstance(raw_entries, list):
         raise refusal("malformed", "offer set entries must be a list")
     entries: list[OfferEntry] = []
@@ -232,6 +277,14 @@ def rank_offers(entries: Iterable[OfferEntry], n: int, min_capacity: int = 0,
         return (-tier, -ratio, -e.capacity, e.price, e.node_id)
 
     return sorted(kept, key=order)[:n]
+
+
+def shard_order(entries: Iterable[OfferEntry]) -> list[OfferEntry]:
+    """How a reader hands a shard on (read repair, the gateway): withdrawals first (few
+    and small; they must not be cut), then the offers best first."""
+    items = list(entries)
+    return [e for e in items if e.withdrawn] + rank_offers(
+        [e for e in items if not e.withdrawn], len(items))
 
 
 def offer_doc(entry: OfferEntry) -> dict[str, Any]:

@@ -19,12 +19,13 @@ class RateLimiter:
         self.rate, self.burst, self.capacity = rate, burst, capacity
         self._buckets: OrderedDict[Any, tuple[float, float]] = OrderedDict()
 
-    def allow(self, key: Any, now: float) -> bool:
-        """Take a token from ``key``'s bucket at monotonic time ``now``; False if empty."""
+    def allow(self, key: Any, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens from ``key``'s bucket at monotonic time ``now``; False if
+        there are not that many."""
         tokens, last = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        ok = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        ok = tokens >= cost
+        self._buckets[key] = (tokens - cost if ok else tokens, now)
         while len(self._buckets) > self.capacity:
             self._buckets.popitem(last=False)
         return ok

@@ -15,8 +15,9 @@ Key names and the values stored under them (kademlia stores ``sha1(key name)``):
   from 1 to 2^62 (:mod:`p2pmarket.core.limits`, :func:`check_capacity`,
   :func:`check_price`); ``hour_avg`` from 0 to 2^62. A record outside is refused
   (``implausible``).
-- ``offers/<resource type>``: a multi-writer set of signed offer entries
-  (:mod:`p2pmarket.dht.offers`).
+- ``offers/<resource type>/<band>[/<hex>]``: the shards of the offer index, multi-writer
+  sets of signed offer entries (:mod:`p2pmarket.dht.offershards`,
+  :mod:`p2pmarket.dht.offers`).
 - ``evidence/<node id hex>``: a multi-writer set of proofs of misbehaviour
   (:mod:`p2pmarket.dht.evidence_records`).
 
@@ -78,11 +79,6 @@ RESOURCE_FIELDS = frozenset({"capacity", "price", "hour_avg"})
 
 def host_key(node_id: bytes) -> str:
     return f"host/{node_id.hex()}"
-
-
-def offers_key(resource_type: str) -> str:
-    check_type_name(resource_type)
-    return f"offers/{resource_type}"
 
 
 def evidence_key(node_id: bytes) -> str:

@@ -47,6 +47,7 @@ from p2pmarket.dht.offers import (
     OFFER_SET_KIND,
     OfferEntry,
     OfferSet,
+    old_format,
     parse_offer_set,
 )
 from p2pmarket.dht.prefixes import PrefixPolicy
@@ -76,6 +77,7 @@ def parse_record(value: object, now_us: int, proof_verifier: ProofVerifier,
     except WireError:
         raise refusal("malformed", "value is not msgpack") from None
     kind = doc.get("kind") if isinstance(doc, dict) else None
+    old_format(kind)
     if kind == OFFER_SET_KIND:
         return parse_offer_set(value, now_us, known)
     if kind == HOST_KIND:

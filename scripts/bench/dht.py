@@ -15,6 +15,22 @@ time. Every loop is bounded in count and each operation in time
 with at least: nodes, churn, success_rate, get_p50_ms, get_p95_ms, get_max_ms,
 query_p95_ms, join_s, lookup_rpcs, lookup_hops, and the same measures of the
 stock package as ``stock_*``.
+
+Market mode (issue 12), instead of the above:
+
+    .venv/bin/python scripts/bench/dht.py --market-hosts 2000 --nodes 60 --json
+
+builds ``--nodes`` DHT nodes, and publishes ``--market-hosts`` hosts' records and
+cpu offers *through* them (many host identities per node: each host signs its
+own records, as a gateway client would, and a node stores them; 2,000 full nodes
+do not fit 2 cores), moves ``--market-moves`` of the prices (many across bands),
+then runs ``--queries`` reads from random nodes: ``find_offers(["cpu"], n=20)``
+and ``market(["cpu"], n=20)``, each compared with the true top 20 computed
+independently from what was published. Fields: market_hosts, top20_equal (every
+find_offers answer), market_top20_equal (every market answer), walk_lookups_p50 /
+_max (shard reads per walk), query_lookups_p50 / _max (all DHT lookups of a
+market query, host records included), find_p50_ms / _max_ms, market_p50_ms /
+_max_ms, publish_s, bands_read_p50.
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +57,13 @@ from kademlia.network import Server
 from kademlia.protocol import KademliaProtocol
 
 from p2pmarket.audit.evidence import proof_host_id
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.dht import DhtNode, ResourceAd
-from p2pmarket.dht.records import host_key
+from p2pmarket.dht.offers import make_offer_entries, pack_offer_set
+from p2pmarket.dht.offershards import band_of
+from p2pmarket.dht.records import host_key, make_host_record
 
 HOST = "127.0.0.1"
 TYPES = ("cpu", "memory")
@@ -267,7 +287,125 @@ async def _ours(args: argparse.Namespace, rng: random.Random,
             "contacts_avg": round(sum(nodes[i].contact_count() for i in live) / len(live), 1)}
 
 
+# -- market mode (issue 12) -------------------------------------------------------
+
+class VirtualHost:
+    """A host that signs its own record and offers and stores them through a DHT node
+    (its URL a claim in 198.18.0.0/15, four hosts per /24, never contacted)."""
+
+    def __init__(self, index: int, rng: random.Random, ttl_us: int = 1_800_000_000) -> None:
+        self.identity = Identity(rng.randbytes(32))
+        net = index // 4
+        self.url = f"http://198.{18 + net // 256 % 2}.{net % 256}.{index % 4 + 1}:80"
+        self.ttl_us = ttl_us
+        self.ad: tuple[int, int] | None = None
+        self.ts = 0
+
+    def _next(self) -> int:
+        self.ts = max(now_us(), self.ts + 1)
+        return self.ts
+
+    async def publish(self, via: DhtNode, capacity: int, price: int) -> None:
+        record = make_host_record(self.identity, url=self.url, dht=("0.0.0.0", 1),
+                                  resources={"cpu": ResourceAd(capacity, price, price)},
+                                  availability_ppm=1_000_000, seq=self._next(),
+                                  now_us=now_us(), ttl_us=self.ttl_us)
+        entries = []
+        if self.ad is not None and band_of(*self.ad) != band_of(capacity, price):
+            entries += make_offer_entries(self.identity, resource_type="cpu", url=self.url,
+                                          capacity=0, price=self.ad[1], now_us=self._next(),
+                                          ttl_us=self.ttl_us, band=band_of(*self.ad))
+        entries += make_offer_entries(self.identity, resource_type="cpu", url=self.url,
+                                      capacity=capacity, price=price, now_us=self._next(),
+                                      ttl_us=self.ttl_us)
+        self.ad = (capacity, price)
+        await asyncio.gather(via.store_value(record.key, record.value),
+                             *(via.store_value(e.key, pack_offer_set(e.key, [e]))
+                               for e in entries))
+
+
+def market_truth(hosts: list[VirtualHost], n: int, by_capacity: bool) -> list[bytes]:
+    """The true top n by capacity/price: find_offers' ties (larger capacity, lower price,
+    node id) or market()'s (node id)."""
+    def exact(h: VirtualHost) -> tuple[Any, ...]:
+        assert h.ad is not None
+        c, p = h.ad
+        return (-Fraction(c, p), *((-c, p) if by_capacity else ()), h.identity.node_id)
+    return [h.identity.node_id for h in sorted(hosts, key=exact)[:n]]
+
+
+async def run_market(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    gen = genesis()
+    nodes: list[DhtNode] = []
+    for _ in range(args.nodes):
+        node = DhtNode(Identity(rng.randbytes(32)), gen, proof_verifier=proof_host_id,
+                       rpc_timeout=args.rpc_timeout)
+        await node.start(HOST, 0)
+        node.url = f"http://{HOST}:{node.port}"
+        nodes.append(node)
+    try:
+        for i in range(1, args.nodes):
+            await asyncio.wait_for(nodes[i].bootstrap([nodes[rng.randrange(i)].address]),
+                                   args.op_timeout)
+        hosts = [VirtualHost(i, rng) for i in range(args.market_hosts)]
+        # a market of a few kinds of machine and prices spread over a few octaves
+        ads = {id(h): (rng.choice((2000, 4000, 8000, 16000)), rng.randint(5, 400))
+               for h in hosts}
+        t0 = time.perf_counter()
+        await bounded([lambda h=h, i=i: asyncio.wait_for(
+            h.publish(nodes[i % len(nodes)], *ads[id(h)]), args.op_timeout)
+            for i, h in enumerate(hosts)], args.concurrency)
+        movers = rng.sample(hosts, round(args.market_moves * len(hosts)))
+        for i, h in enumerate(movers):
+            c, p = ads[id(h)]
+            ads[id(h)] = (c, max(1, p // 3 if i % 2 else p * 3))
+        await bounded([lambda h=h, i=i: asyncio.wait_for(
+            h.publish(nodes[i % len(nodes)], *ads[id(h)]), args.op_timeout)
+            for i, h in enumerate(movers)], args.concurrency)
+        publish_s = time.perf_counter() - t0
+        settle()
+        want_find = market_truth(hosts, 20, by_capacity=True)
+        want_market = market_truth(hosts, 20, by_capacity=False)
+        find_ok = market_ok = 0
+        find_t: list[float] = []
+        market_t: list[float] = []
+        walk_l: list[float] = []
+        query_l: list[float] = []
+        bands_l: list[float] = []
+        for _ in range(args.queries):
+            reader = nodes[rng.randrange(len(nodes))]
+            walk = reader.walk("cpu")
+            took, top = await timed(walk.top(20), args.op_timeout)
+            find_t.append(took)
+            walk_l.append(walk.lookups)
+            bands_l.append(walk.bands_read)
+            find_ok += top is not None and [e.node_id for e in top[:20]] == want_find
+            before = reader.stats.lookups
+            took, found = await timed(reader.market(["cpu"], n=20), args.op_timeout)
+            market_t.append(took)
+            query_l.append(reader.stats.lookups - before)
+            market_ok += found is not None and [h.node_id for h in found] == want_market
+        return {"market_hosts": len(hosts), "market_nodes": len(nodes),
+                "market_moves": len(movers), "queries": args.queries,
+                "top20_equal": find_ok == args.queries,
+                "market_top20_equal": market_ok == args.queries,
+                "top20_equal_count": find_ok, "market_top20_equal_count": market_ok,
+                "walk_lookups_p50": pct(walk_l, 0.5), "walk_lookups_max": max(walk_l),
+                "query_lookups_p50": pct(query_l, 0.5), "query_lookups_max": max(query_l),
+                "bands_read_p50": pct(bands_l, 0.5),
+                "find_p50_ms": ms(pct(find_t, 0.5)), "find_max_ms": ms(max(find_t)),
+                "market_p50_ms": ms(pct(market_t, 0.5)), "market_max_ms": ms(max(market_t)),
+                "publish_s": round(publish_s, 1)}
+    finally:
+        await asyncio.gather(*(n.close() for n in nodes), return_exceptions=True)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if args.market_hosts:
+        t = time.perf_counter()
+        out = await run_market(args, random.Random(args.seed))
+        out["wall_s"] = round(time.perf_counter() - t, 1)
+        return out
     out: dict[str, Any] = {"nodes": args.nodes, "churn": args.churn, "seed": args.seed,
                            "records": min(args.records, args.nodes), "concurrency":
                            args.concurrency}
@@ -296,9 +434,15 @@ def main() -> int:
     p.add_argument("--op-timeout", type=float, default=30.0)
     p.add_argument("--rpc-timeout", type=float, default=5.0)
     p.add_argument("--no-stock", action="store_true")
+    p.add_argument("--market-hosts", type=int, default=0,
+                   help="market mode: this many hosts published through --nodes nodes")
+    p.add_argument("--market-moves", type=float, default=0.2,
+                   help="market mode: the share of hosts whose price moves")
     args = p.parse_args()
     if not 2 <= args.nodes <= 5000 or not 0 <= args.churn < 0.9:
         p.error("--nodes must be 2..5000 and --churn 0..0.9")
+    if not 0 <= args.market_hosts <= 20000 or not 0 <= args.market_moves <= 1:
+        p.error("--market-hosts must be 0..20000 and --market-moves 0..1")
     raise_nofile(max(4096, 4 * args.nodes + 256))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     for name in ("kademlia", "rpcudp", "asyncio", "p2pmarket"):

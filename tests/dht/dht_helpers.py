@@ -135,3 +135,51 @@ def make_protocol(storage: Any = None, ksize: int = 20,
                         spawn=lambda coro: tasks.append(asyncio.ensure_future(coro)))
     proto.test_tasks = tasks
     return proto
+
+
+class VirtualHost:
+    """A host that publishes its record and offers through someone else's DHT node (as a
+    gateway client would): many hosts from few nodes. Its URL is a claim in its own
+    /24 of 198.18.0.0/15 (four hosts per /24), never contacted."""
+
+    def __init__(self, index: int, ttl_us: int = 600_000_000) -> None:
+        self.identity = Identity.generate()
+        net = index // 4
+        self.url = f"http://198.{18 + net // 256 % 2}.{net % 256}.{index % 4 + 1}:80"
+        self.ttl_us = ttl_us
+        self.offers: dict[str, tuple[int, int]] = {}
+        self.ts = 0
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    def _next(self) -> int:
+        self.ts = max(now_us(), self.ts + 1)
+        return self.ts
+
+    async def publish(self, via: DhtNode, resources: dict[str, tuple[int, int]],
+                      availability_ppm: int = 1_000_000) -> None:
+        """Publish the host record and one offer per type (withdrawing moved ones)."""
+        from p2pmarket.dht.offers import make_offer_entries, pack_offer_set
+        from p2pmarket.dht.offershards import band_of
+        record = make_host_record(
+            self.identity, url=self.url, dht=("0.0.0.0", 1),
+            resources={t: ResourceAd(c, p, p) for t, (c, p) in resources.items()},
+            availability_ppm=availability_ppm, seq=self._next(), now_us=now_us(),
+            ttl_us=self.ttl_us)
+        entries = []
+        for rtype, (capacity, price) in resources.items():
+            old = self.offers.get(rtype)
+            if old is not None and band_of(*old) != band_of(capacity, price):
+                entries += make_offer_entries(self.identity, resource_type=rtype,
+                                              url=self.url, capacity=0, price=old[1],
+                                              now_us=self._next(), ttl_us=self.ttl_us,
+                                              band=band_of(*old))
+            entries += make_offer_entries(self.identity, resource_type=rtype, url=self.url,
+                                          capacity=capacity, price=price,
+                                          now_us=self._next(), ttl_us=self.ttl_us)
+            self.offers[rtype] = (capacity, price)
+        await asyncio.gather(via.store_value(record.key, record.value),
+                             *(via.store_value(e.key, pack_offer_set(e.key, [e]))
+                               for e in entries))

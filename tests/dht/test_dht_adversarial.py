@@ -170,28 +170,28 @@ async def test_offer_sets_capped_per_prefix(genesis: Genesis) -> None:
     from p2pmarket.dht.offers import make_offer_entry, pack_offer_set
     from p2pmarket.dht.prefixes import LOOPBACK
     from p2pmarket.dht.storage import RecordStorage
-    dkey = key_digest("offers/cpu")
+    dkey = key_digest("offers/cpu/3")
     idents = [Identity.generate() for _ in range(5)]
     # the helper's offers all name http://127.0.0.1:8000: exempt on a loopback network
     st = RecordStorage(proof_host_id, max_offers=3,
                        policy=PrefixPolicy(offers_cap=2, claimed_exempt=LOOPBACK))
     for ident in idents[:3]:
-        assert st.put(dkey, pack_offer_set("offers/cpu", [offer(ident, now=now_us())]))
+        assert st.put(dkey, pack_offer_set("offers/cpu/3", [offer(ident, now=now_us())]))
     assert len(st.offer_entries(dkey)) == 3
     # elsewhere loopback URLs are one network's: past the cap its entries rank after
     # every other network's, so newcomers from elsewhere take their places first
     st2 = RecordStorage(proof_host_id, max_offers=3, policy=PrefixPolicy(offers_cap=2))
     for ident in idents[:3]:
-        assert st2.put(dkey, pack_offer_set("offers/cpu", [offer(ident, now=now_us())]))
+        assert st2.put(dkey, pack_offer_set("offers/cpu/3", [offer(ident, now=now_us())]))
     assert len(st2.offer_entries(dkey)) == 3   # free places: one network may fill them
     elsewhere = make_offer_entry(idents[3], resource_type="cpu", url="http://198.51.100.1:1",
-                                 capacity=1, price=1, now_us=now_us(), ttl_us=60_000_000)
-    assert st2.put(dkey, pack_offer_set("offers/cpu", [elsewhere]))
+                                 capacity=10, price=1, now_us=now_us(), ttl_us=60_000_000)
+    assert st2.put(dkey, pack_offer_set("offers/cpu/3", [elsewhere]))
     held = {e.node_id for e in st2.offer_entries(dkey)}
     assert held == {idents[0].node_id, idents[1].node_id, idents[3].node_id}
     assert st2.counters["capped_entries"] == 1
     # a fourth loopback entry finds no place: every place is within some network's cap
-    reason = st2.put_reason(dkey, pack_offer_set("offers/cpu", [offer(idents[4],
+    reason = st2.put_reason(dkey, pack_offer_set("offers/cpu/3", [offer(idents[4],
                                                                       now=now_us())]))
     assert reason == "set_full"
     assert host_key(idents[0].node_id) and host()

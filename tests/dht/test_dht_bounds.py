@@ -17,7 +17,8 @@ from p2pmarket.core.limits import DEFAULT_MAX_CAPACITY, MAX_CAPACITY, MAX_PRICE
 from p2pmarket.core.wire import Envelope, pack, seal, unpack
 from p2pmarket.dht.checks import MALICIOUS, DhtError
 from p2pmarket.dht.offers import OfferEntry, pack_offer_set, parse_offer_set
-from p2pmarket.dht.records import HostRecord, ResourceAd, key_digest, offers_key
+from p2pmarket.dht.offershards import band_key, band_of
+from p2pmarket.dht.records import HostRecord, ResourceAd, key_digest
 from p2pmarket.dht.storage import RecordStorage
 
 PHANTOM = {"capacity": 2**62, "price": 1, "hour_avg": 1}
@@ -29,9 +30,9 @@ def host_env(resources: dict[str, Any]) -> Envelope:
 
 
 def offer_env(capacity: int, price: int, rtype: str = "cpu") -> Envelope:
-    body = {"key": offers_key(rtype), "node_id": MALLORY.node_id, "url": "http://x",
+    body = {"key": band_key(rtype, band_of(capacity, price)), "node_id": MALLORY.node_id, "url": "http://x",
             "type": rtype, "capacity": capacity, "price": price, "expires": NOW + TTL}
-    return seal(MALLORY, DHT_RECORD, "dht.offer", body, ts=NOW)
+    return seal(MALLORY, DHT_RECORD, "dht.offer2", body, ts=NOW)
 
 
 def refusal(parse: Any, env: Envelope) -> str:
@@ -79,7 +80,7 @@ def test_storage_refuses_the_phantom_and_drops_its_offer_from_a_set() -> None:
     assert st.put_reason(key_digest(env.body["key"]), env.encode()) == "implausible"
     assert st.counters["rejected.implausible"] == 1
     honest = offer(ALICE)
-    raw = pack_offer_set("offers/cpu", [honest])
+    raw = pack_offer_set("offers/cpu/3", [honest])
     parsed = parse_offer_set(raw, NOW)
     assert list(parsed.entries) == [honest]
     # a set carrying the phantom's entry keeps the honest entry only, and counts a forgery

@@ -23,6 +23,8 @@ from p2pmarket.dht.records import key_digest
 CPU = {"cpu": ResourceAd(capacity=4000, price=10, hour_avg=9)}
 FLOOD = 30
 SKEW_AHEAD_US = 55_000_000
+CPU_BAND = "offers/cpu/8"
+"""The band of 4000 at 10 (and of the fakes' 4000 at 9: better priced, same band)."""
 
 
 class Peer(asyncio.DatagramProtocol):
@@ -74,19 +76,19 @@ async def peer() -> tuple[asyncio.BaseTransport, Peer]:
 
 async def flood_offers(targets: list[DhtNode], count: int) -> list[bytes]:
     """``count`` throw-away keys each store an ordinary-looking offer (better priced than
-    anyone's, in a /24 of its own) dated 55 s ahead at every target, from one socket;
-    returns their node ids once every target has processed every store."""
+    anyone's in the real hosts' band, in a /24 of its own) dated 55 s ahead at every
+    target, from one socket; returns their node ids once every target has processed every store."""
     transport, attacker = await peer()
     try:
         sender, ids = Identity.generate().node_id, []
-        dkey = key_digest("offers/cpu")
+        dkey = key_digest(CPU_BAND)
         for i in range(count):
             ident = Identity.generate()
             ids.append(ident.node_id)
             entry = make_offer_entry(ident, resource_type="cpu", url=f"http://198.18.{i}.1:80",
-                                     capacity=8000, price=1,
+                                     capacity=4000, price=9, key=CPU_BAND,
                                      now_us=now_us() + SKEW_AHEAD_US, ttl_us=600_000_000)
-            value = pack_offer_set("offers/cpu", [entry])
+            value = pack_offer_set(CPU_BAND, [entry])
             for target in targets:
                 attacker.request(target.address, "store_c", sender, dkey, value)
         # datagrams arrive in order and are handled one at a time: the answer to a ping
@@ -119,7 +121,7 @@ async def test_fresh_keys_dated_ahead_do_not_empty_the_market(swarm: Swarm,
 
     fakes = await flood_offers(nodes, FLOOD)   # every node is among the k closest
     for node in nodes:   # every storer still holds every real host's entry
-        held = {e.node_id for e in node.storage.offer_entries(key_digest("offers/cpu"))}
+        held = {e.node_id for e in node.storage.offer_entries(key_digest(CPU_BAND))}
         assert real <= held
         assert len(held & set(fakes)) >= 1   # the flood did land (in free places)
     assert await market_ids(reader, 10) == real
@@ -132,7 +134,7 @@ async def test_fresh_keys_dated_ahead_do_not_empty_the_market(swarm: Swarm,
         await h.republish()
     await flood_offers(nodes, FLOOD)
     for node in nodes:
-        held = {e.node_id for e in node.storage.offer_entries(key_digest("offers/cpu"))}
+        held = {e.node_id for e in node.storage.offer_entries(key_digest(CPU_BAND))}
         assert real <= held
     assert await market_ids(reader, 10) == real
     assert await market_ids(nodes[0], 3) == real
@@ -166,7 +168,7 @@ async def test_junk_store_claiming_an_id_bans_only_the_sender_address(swarm: Swa
     transport, attacker = await peer()
     try:
         answer = await asyncio.wait_for(attacker.request(
-            b.address, "store_c", x.node_id, key_digest("offers/cpu"), b"junk"), 5.0)
+            b.address, "store_c", x.node_id, key_digest(CPU_BAND), b"junk"), 5.0)
         assert answer is False
         assert b.storage.counters["rejected.malformed"] >= 1
         assert b.protocol.is_banned(None, attacker.address)
@@ -320,7 +322,8 @@ async def test_made_up_offers_cannot_use_up_a_querys_record_lookups() -> None:
     behind them): the query still reaches the hosts most storers hold."""
     from dht_helpers import host
 
-    from p2pmarket.dht.offerquery import MAX_RECORD_LOOKUPS, query
+    from p2pmarket.dht.offerquery import MAX_RECORD_LOOKUPS, ShardRead, Walk, query
+    from p2pmarket.dht.offershards import parse_shard_key, sub_of
     now = now_us()
     real = [Identity.generate() for _ in range(3)]
     records = {i.node_id: host(i, now=now) for i in real}
@@ -332,13 +335,20 @@ async def test_made_up_offers_cannot_use_up_a_querys_record_lookups() -> None:
               for i in real]
     asked: list[bytes] = []
 
-    async def offers_of(rtype: str) -> list[Any]:
-        return [*offers, *fakes]   # the reader's order: most held first
+    async def read(key: str) -> ShardRead:
+        # the lying storer of band 12 (8000 at 1) makes up entries; band 8 (4000 at 10)
+        # is held by three storers
+        _, place, sub = parse_shard_key(key)
+        if sub == "g":   # group 1 holds bands 8 to 15
+            return ShardRead(tuple(offers[:1]) if place == 1 else ())
+        made = {12: (fakes, 1), 8: (offers, 3)}.get(place, ([], 1))
+        got = [e for e in made[0] if sub is None or sub_of(e.node_id) == sub]
+        return ShardRead(tuple(got), 7000 if got else 0, {e.node_id: made[1] for e in got})
 
     async def get_host(node_id: bytes) -> Any:
         asked.append(node_id)
         return records.get(node_id)
 
-    found = await query(["cpu"], 3, 0, None, offers_of, get_host)
+    found = await query(["cpu"], 3, Walk("cpu", read, now), get_host)
     assert {h.node_id for h in found} == set(records)
     assert len(asked) <= MAX_RECORD_LOOKUPS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 from dht_helpers import FakeClock, Swarm, serve
@@ -41,6 +42,17 @@ async def test_proxied_node_publishes_and_reads_through_a_gateway(swarm: Swarm) 
         assert [o.node_id for o in offers] == [nodes[2].node_id, proxied.identity.node_id]
         hosts = await proxied.market(["cpu"], n=5, max_price=5)
         assert [h.node_id for h in hosts] == [proxied.identity.node_id]
+        # a price move to another band: the withdrawal hides the old entry
+        await proxied.publish_offer("cpu", 500, 50)   # band 3 (was 7, below 4000 at 10)
+        offers = await proxied.find_offers(["cpu"], n=5)
+        assert [(o.node_id, o.price) for o in offers] == [
+            (nodes[2].node_id, 10), (proxied.identity.node_id, 50)]
+        # the format-1 route answers 410 with a message saying the index is sharded
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/dht/offers/cpu") as resp:
+                assert resp.status == 410 and "format 2" in await resp.text()
+            async with session.get(f"{base}/dht/offers/cpu/99") as resp:
+                assert resp.status == 400
         # republishing goes through the gateway too
         await proxied.republish()
         again = await nodes[4].get_host(proxied.identity.node_id)
@@ -100,7 +112,8 @@ async def test_market_over_several_types_and_a_stopped_host_disappears(swarm: Sw
     assert [h.node_id for h in hosts] == [nodes[i].node_id for i in (4, 2, 0)]
     doc = market_doc(hosts[0])
     assert doc["resources"]["cpu"] == {"capacity": 5000, "price": 5, "hour_avg": 13}
-    assert doc["availability_ppm"] == 900_004 and doc["offers"]["memory"]["price"] == 9
+    assert doc["availability_ppm"] == 900_004 and doc["resources"]["memory"]["price"] == 9
+    assert set(doc["offers"]) == {"cpu"}   # the other types come from the record
     assert [h.node_id for h in await reader.market(["cpu", "memory"], n=10,
                                                    max_price=8)] == [nodes[2].node_id,
                                                                       nodes[0].node_id]

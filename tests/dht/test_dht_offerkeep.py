@@ -26,7 +26,7 @@ from p2pmarket.dht.prefixes import LOOPBACK, PrefixPolicy
 from p2pmarket.dht.records import key_digest
 from p2pmarket.dht.storage import RecordStorage
 
-KEY = "offers/cpu"
+KEY = "offers/cpu/3"
 SKEW = 59_000_000
 HONEST = [Identity(bytes([1, i]) + bytes(30)) for i in range(MAX_OFFERS)]
 FLOOD = [Identity(bytes([2, i]) + bytes(30)) for i in range(64)]
@@ -85,8 +85,8 @@ def test_fresh_keys_never_push_out_established_signers(
         else:
             assert isinstance(step, list)
             # fresh keys, any claimed URL (loopback too), ts up to the skew ahead, prices
-            # better than anyone's
-            storer.store([entry(FLOOD[k], ts=clock + ahead, capacity=10**6, price=p,
+            # better than anyone's in the same band (15 per unit of price, band 3)
+            storer.store([entry(FLOOD[k], ts=clock + ahead, capacity=15 * p, price=p,
                                 url=f"http://{'127.0.0' if net == 0 else f'203.0.{net}'}.9:1")
                           for k, ahead, net, p in step], now=clock)
         assert mine <= storer.signers()

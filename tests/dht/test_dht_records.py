@@ -26,7 +26,6 @@ from p2pmarket.dht.records import (
     ResourceAd,
     host_key,
     newer_host,
-    offers_key,
 )
 from p2pmarket.dht.storage import parse_record
 
@@ -57,7 +56,7 @@ def test_a_record_signed_for_another_purpose_is_refused(domain: Domain) -> None:
     """Alice's own signature of her own record body, made as an RPC, a lease or an
     audit entry, is no record: host records and offer entries are dht.record's."""
     for make in (lambda: seal(ALICE, domain, "dht.host", host_body(ALICE), ts=NOW),
-                 lambda: seal(ALICE, domain, "dht.offer", offer(ALICE).envelope.body,
+                 lambda: seal(ALICE, domain, "dht.offer2", offer(ALICE).envelope.body,
                               ts=NOW)):
         env = make()
         with pytest.raises(DhtError) as err:
@@ -109,7 +108,7 @@ def test_extra_field_and_wrong_kind_refused() -> None:
         HostRecord.from_envelope(seal(ALICE, DHT_RECORD, "dht.host", host_body(ALICE, x=1),
                                       ts=NOW), NOW)
     with pytest.raises(DhtError) as err:
-        HostRecord.from_envelope(seal(ALICE, DHT_RECORD, "dht.offer", host_body(ALICE),
+        HostRecord.from_envelope(seal(ALICE, DHT_RECORD, "dht.offer2", host_body(ALICE),
                                       ts=NOW), NOW)
     assert err.value.value == "wrong_kind"
 
@@ -155,7 +154,7 @@ def test_oversize_refused_and_offer_sets_trimmed_to_fit() -> None:
                             capacity=1, price=1, now_us=NOW + i, ttl_us=TTL)
            for i, ident in enumerate(idents)]
     merged = merge_offers(fat, NOW + 100)
-    value, kept = fit_offer_set("offers/cpu", merged)
+    value, kept = fit_offer_set("offers/cpu/0", merged)
     assert len(value) <= MAX_VALUE_BYTES
     assert 0 < len(kept) < len(merged)
     assert kept == merged[: len(kept)]
@@ -171,15 +170,15 @@ def test_higher_seq_wins() -> None:
 def test_offer_round_trip_and_wrong_signer() -> None:
     entry = offer(ALICE)
     assert OfferEntry.from_bytes(entry.value, NOW) == entry
-    assert entry.key == offers_key("cpu") == "offers/cpu"
-    body = {"key": "offers/cpu", "node_id": ALICE.node_id, "url": "http://x", "type": "cpu",
+    assert entry.key == "offers/cpu/3"
+    body = {"key": "offers/cpu/3", "node_id": ALICE.node_id, "url": "http://x", "type": "cpu",
             "capacity": 1, "price": 1, "expires": NOW + TTL}
     with pytest.raises(DhtError) as err:
-        OfferEntry.from_envelope(seal(MALLORY, DHT_RECORD, "dht.offer", body, ts=NOW), NOW)
+        OfferEntry.from_envelope(seal(MALLORY, DHT_RECORD, "dht.offer2", body, ts=NOW), NOW)
     assert err.value.value == "wrong_signer"
-    body = {**body, "node_id": MALLORY.node_id, "key": "offers/memory"}
+    body = {**body, "node_id": MALLORY.node_id, "key": "offers/memory/0"}
     with pytest.raises(DhtError) as err:
-        OfferEntry.from_envelope(seal(MALLORY, DHT_RECORD, "dht.offer", body, ts=NOW), NOW)
+        OfferEntry.from_envelope(seal(MALLORY, DHT_RECORD, "dht.offer2", body, ts=NOW), NOW)
     assert err.value.value == "wrong_key"
 
 
@@ -201,10 +200,10 @@ def test_offer_set_of_many_signers_round_trips() -> None:
     entries = [offer(ident, now=NOW + i) for i, ident in enumerate(idents)]
     merged = merge_offers(entries, NOW + 100)
     assert merged == entries  # one per signer, in order of first appearance
-    value, kept = fit_offer_set("offers/cpu", merged[:MAX_OFFERS])
+    value, kept = fit_offer_set("offers/cpu/3", merged[:MAX_OFFERS])
     assert kept == merged[:MAX_OFFERS] and len(value) <= MAX_VALUE_BYTES
     parsed = parse_offer_set(value, NOW + 100)
-    assert parsed.key == "offers/cpu" and list(parsed.entries) == kept
+    assert parsed.key == "offers/cpu/3" and list(parsed.entries) == kept
 
 
 def test_offer_set_drops_bad_entries() -> None:
@@ -213,13 +212,13 @@ def test_offer_set_drops_bad_entries() -> None:
     doc["body"]["capacity"] = 10**6  # breaks the signature
     other_key = offer(MALLORY, rtype="memory")
     expired = offer(Identity(b"\x07" * 32), ttl=10)
-    value = pack({"kind": "dht.offers", "key": "offers/cpu",
+    value = pack({"kind": "dht.offers2", "key": "offers/cpu/3",
                   "entries": [good.value, pack(doc), other_key.value, expired.value, b"junk"]})
     parsed = parse_offer_set(value, NOW + 100)
     assert parsed.entries == (good,)
     assert parsed.dropped == 4
     with pytest.raises(DhtError):
-        parse_offer_set(pack({"kind": "dht.offers", "key": "host/xx", "entries": []}), NOW)
+        parse_offer_set(pack({"kind": "dht.offers2", "key": "host/xx", "entries": []}), NOW)
     with pytest.raises(DhtError):
         parse_offer_set(pack([1, 2]), NOW)
     with pytest.raises(DhtError):

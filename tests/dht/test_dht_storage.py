@@ -14,7 +14,7 @@ from p2pmarket.dht.records import host_key, key_digest
 from p2pmarket.dht.storage import RecordStorage
 
 ALICE_KEY = key_digest(host_key(ALICE.node_id))
-CPU_KEY = key_digest("offers/cpu")
+CPU_KEY = key_digest("offers/cpu/3")
 
 
 def storage() -> tuple[RecordStorage, FakeClock]:
@@ -24,7 +24,7 @@ def storage() -> tuple[RecordStorage, FakeClock]:
 
 def test_digest_matches_kademlia() -> None:
     from kademlia.utils import digest
-    assert key_digest("offers/cpu") == digest("offers/cpu")
+    assert key_digest("offers/cpu/3") == digest("offers/cpu/3")
 
 
 def test_valid_host_record_stored_and_returned() -> None:
@@ -56,7 +56,7 @@ def test_invalid_values_for_the_digest_refused_and_counted() -> None:
     assert st.get(ALICE_KEY) is None
     assert len(st) == 0
     # an offer set stored under a host key is refused too
-    assert not st.put(ALICE_KEY, pack_offer_set("offers/cpu", [offer(ALICE)]))
+    assert not st.put(ALICE_KEY, pack_offer_set("offers/cpu/3", [offer(ALICE)]))
     assert st.counters["rejected.wrong_key"] == 2
 
 
@@ -89,14 +89,14 @@ def test_expired_dropped_on_read_and_never_iterated() -> None:
 def test_offer_sets_merge_and_expire_per_entry() -> None:
     st, clock = storage()
     bob, carol = Identity(b"\xb0" * 32), Identity(b"\xc0" * 32)
-    a1 = offer(ALICE, capacity=1, now=NOW)
+    a1 = offer(ALICE, capacity=101, now=NOW)
     b1 = offer(bob, now=NOW + 1, ttl=10_000_000)
-    assert st.put(CPU_KEY, pack_offer_set("offers/cpu", [a1]))
-    assert st.put(CPU_KEY, pack_offer_set("offers/cpu", [b1]))
-    a2 = offer(ALICE, capacity=2, now=NOW + 2)
-    assert st.put(CPU_KEY, pack_offer_set("offers/cpu", [a2, b1]))
-    assert not st.put(CPU_KEY, pack_offer_set("offers/cpu", []))  # empty set refused
-    assert st.put(CPU_KEY, pack_offer_set("offers/cpu", [a1]))  # older entry: no effect
+    assert st.put(CPU_KEY, pack_offer_set("offers/cpu/3", [a1]))
+    assert st.put(CPU_KEY, pack_offer_set("offers/cpu/3", [b1]))
+    a2 = offer(ALICE, capacity=102, now=NOW + 2)
+    assert st.put(CPU_KEY, pack_offer_set("offers/cpu/3", [a2, b1]))
+    assert not st.put(CPU_KEY, pack_offer_set("offers/cpu/3", []))  # empty set refused
+    assert st.put(CPU_KEY, pack_offer_set("offers/cpu/3", [a1]))  # older entry: no effect
     assert st.offer_entries(CPU_KEY) == [a2, b1]
     got = st.get(CPU_KEY)
     assert got is not None
@@ -109,15 +109,15 @@ def test_offer_sets_merge_and_expire_per_entry() -> None:
     # a set with one forged entry is refused whole (no honest node passes one on), and
     # the sender is banned by the protocol; the honest entry alone is accepted
     c1 = offer(carol, now=clock.now)
-    forged = seal(MALLORY, DHT_RECORD, "dht.offer", {
-        "key": "offers/cpu", "node_id": carol.node_id, "url": "http://evil", "type": "cpu",
-        "capacity": 10**9, "price": 1, "expires": clock.now + TTL}, ts=clock.now + 5)
+    forged = seal(MALLORY, DHT_RECORD, "dht.offer2", {
+        "key": "offers/cpu/3", "node_id": carol.node_id, "url": "http://evil", "type": "cpu",
+        "capacity": 150, "price": 10, "expires": clock.now + TTL}, ts=clock.now + 5)
     from p2pmarket.core.wire import pack
-    value = pack({"kind": "dht.offers", "key": "offers/cpu",
+    value = pack({"kind": "dht.offers2", "key": "offers/cpu/3",
                   "entries": [c1.value, forged.encode()]})
     assert st.put_reason(CPU_KEY, value) == "forged"
     assert st.counters["dropped_entries"] == 1
-    assert st.put(CPU_KEY, pack_offer_set("offers/cpu", [c1]))
+    assert st.put(CPU_KEY, pack_offer_set("offers/cpu/3", [c1]))
     assert {e.node_id for e in st.offer_entries(CPU_KEY)} == {ALICE.node_id, carol.node_id}
     assert [e for e in st.offer_entries(CPU_KEY) if e.node_id == carol.node_id] == [c1]
 
