@@ -73,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -111,6 +112,8 @@ SEGMENT = 2000
 # the others take its default
 REQUEST_LIMITS = {"push": 128 * 1024}
 REFUND_AUDIT_GAP_US = 1_000_000   # witness.refund audits a host at most this often
+WITNESS_MEMO_S = 30.0    # how long "we are a witness of this host" is believed unchecked
+MAX_WITNESS_MEMO = 10_000
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class WitnessService:
             evidence.genesis = genesis   # it must take the proofs this witness builds
         self.hosts: dict[bytes, Watched] = {}
         self._locks: dict[bytes, asyncio.Lock] = {}   # one audit of a host at a time
+        self._witness_of: dict[bytes, float] = {}     # host -> until when we believe it
         for saved in self.store.hosts(genesis):
             w = Watched(saved.key, saved.url, saved.replayer,
                         {a.seq: a for a in saved.held}, challenge=saved.challenge,
@@ -355,9 +359,20 @@ class WitnessService:
                     log.warning("could not publish evidence: %s", exc.message)
 
     async def _is_witness(self, host: bytes) -> bool:
+        """Whether we are among ``host``'s witnesses; a yes is remembered for
+        :data:`WITNESS_MEMO_S` (each push would otherwise cost a DHT lookup), a no never
+        (the set may grow to include us)."""
         assert self.directory is not None
+        now = time.monotonic()
+        if self._witness_of.get(host, 0.0) > now:
+            return True
         peers = await witnesses_of(self.directory, node_id_of(host), self.psi + 1)
-        return any(p.node_id == self.identity.node_id for p in peers)
+        yes = any(p.node_id == self.identity.node_id for p in peers)
+        if yes:
+            if len(self._witness_of) >= MAX_WITNESS_MEMO:
+                self._witness_of.clear()
+            self._witness_of[host] = now + WITNESS_MEMO_S
+        return yes
 
     # -- auditing -----------------------------------------------------------------------
 
@@ -477,17 +492,19 @@ async def push_to_witnesses(client: PeerCaller, directory: WitnessDirectory, hos
     if not items:
         return 0
     peers = await witnesses_of(directory, node_id_of(host_key), psi + 1)
-    took = 0
-    for peer in peers:
-        args: dict[str, Any] = {"host": host_key, "auths": items[:MAX_PUSH]}
-        if host_url:
-            args["url"] = host_url
+    args: dict[str, Any] = {"host": host_key, "auths": items[:MAX_PUSH]}
+    if host_url:
+        args["url"] = host_url
+
+    async def push(peer: Peer) -> bool:
         try:
             await client.call(peer.url, peer.key, "witness.push", args)
-            took += 1
+            return True
         except P2PMarketError as exc:
             log.info("witness %s did not take the authenticators: %s", peer.url, exc.message)
-    return took
+            return False
+
+    return sum(await asyncio.gather(*(push(p) for p in peers)))   # all witnesses at once
 
 
 async def push_refund_to_witnesses(client: PeerCaller, directory: WitnessDirectory,

@@ -6,7 +6,9 @@ the reads they are given (a node's or a gateway client's ``read_shard`` and
 ``get_host``).
 
 :class:`Walk` reads a type's bands best first (:mod:`p2pmarket.dht.offershards`),
-a window at a time, a crowded band again through its sub-shards, until it holds
+a window at a time (the group keys :data:`GROUP_LOOKAHEAD` at a time, so empty
+groups above the market cost one round trip together), a crowded band again
+through its sub-shards, until it holds
 enough eligible offers or has read every band an eligible offer can be in; it
 keeps the newest entry per signer across shards and drops withdrawals. Entries
 of a band it has read rank above every entry of a band it has not, so the top
@@ -73,6 +75,11 @@ class ShardRead:
 ReadShard = Callable[[str], Awaitable[ShardRead]]
 
 
+GROUP_LOOKAHEAD = 4
+"""Group keys a walk step reads at once (the current one and the next ones): the
+extra lookups buy fewer round trips down a sparse index."""
+
+
 class Walk:
     """One walk over a type's bands, best first (see the module docstring)."""
 
@@ -118,7 +125,9 @@ class Walk:
         their sub-shards not read)."""
         group = group_of(self.pending[0])
         window = [b for b in self.pending if group_of(b) == group]
-        (head,) = await self._read([group_key(self.resource_type, group)])
+        # the next few group keys at once: an empty group costs no round trip of its own
+        ahead = list(dict.fromkeys(group_of(b) for b in self.pending))[:GROUP_LOOKAHEAD]
+        (head, *_) = await self._read([group_key(self.resource_type, g) for g in ahead])
         if not live_offers(head.entries, self.now_us, self.puzzle_bits):
             for band in window:   # an empty group: its bands are empty
                 self.pending.remove(band)

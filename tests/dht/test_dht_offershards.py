@@ -17,7 +17,7 @@ from p2pmarket.core.identity import Identity
 from p2pmarket.core.limits import MAX_CAPACITY, MAX_PRICE
 from p2pmarket.core.wire import pack, seal
 from p2pmarket.dht.checks import DhtError
-from p2pmarket.dht.offerquery import ShardRead, Walk
+from p2pmarket.dht.offerquery import GROUP_LOOKAHEAD, ShardRead, Walk
 from p2pmarket.dht.offers import (
     MAX_OFFERS,
     OfferEntry,
@@ -201,10 +201,12 @@ def test_the_walk_stops_early() -> None:
     got, want, walk = _walk_market(ads, 10, 0, None)
     assert got == want
     top = top_band("cpu")
-    # empty groups skipped with one lookup each; group 1's bands down to band 8, band 8
-    # through its sub-shards, nothing below
+    # empty groups skipped with one lookup each (read GROUP_LOOKAHEAD at a time: the
+    # last step's look-ahead reads GROUP_LOOKAHEAD - 1 groups past group 1); group 1's
+    # bands down to band 8, band 8 through its sub-shards, nothing below
     assert walk.bands_read == top - 8 + 1
-    assert walk.lookups == (group_of(top) - 1) + 1 + 8 + SUB_SHARDS
+    assert walk.lookups == ((group_of(top) - 1) + 1 + (GROUP_LOOKAHEAD - 1) + 8
+                            + SUB_SHARDS)
 
 
 def test_walk_answers_are_verified() -> None:
