@@ -185,7 +185,9 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                            {"balance": wallet.balance(), "budget": budget})
         progress(f"discovering: looking up hosts offering {', '.join(types)} in the DHT")
         async with MarketView(genesis, net) as market:
-            hosts = await market.hosts(types, limit=max(20, max_hosts, len(only)))
+            # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen
+            # set of hosts may be anywhere in the ranking: then the top 64)
+            hosts = await market.hosts(types, limit=64 if only else 2 * max_hosts + 2)
             if only:
                 hosts = [h for h in hosts if h.node_id in only]
             if not hosts:
