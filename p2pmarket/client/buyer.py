@@ -40,7 +40,7 @@ from p2pmarket.client.planner import HostTerms, PlanError, plan_bundle, want_fro
 from p2pmarket.client.quotecheck import planning_view
 from p2pmarket.client.quoting import Progress, Quoted, Skipped, ask_quote, gather_quotes
 from p2pmarket.client.walletdir import WalletDir
-from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.errors import P2PMarketError, RemoteError
 from p2pmarket.core.genesis import NotaryInfo
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.money import format_credits
@@ -416,9 +416,30 @@ async def resume_pending(wdir: WalletDir, progress: Progress = lambda _: None,
                 account_id, _, _, _ = await open_account(
                     client, wdir, wdir.identity().public_key, key, record)
                 outcomes.append((key, f"account {account_id} opened"))
+            except RemoteError as exc:
+                refund = refunded_instead(exc)
+                if refund is None:
+                    outcomes.append((key, f"still pending: {exc.message}"))
+                    continue
+                # the host refused the account and paid the money back: nothing pending
+                # (the refund reaches the wallet through the notaries' inboxes)
+                wdir.set_pending(key, None)
+                outcomes.append((key, f"refused by the host, payment refunded (refund "
+                                      f"{refund}): {exc.message}"))
             except P2PMarketError as exc:
                 outcomes.append((key, f"still pending: {exc.message}"))
     return outcomes
+
+
+def refunded_instead(exc: RemoteError) -> str | None:
+    """The refund id when a host's refusal of ``create_account`` says it refunded the
+    payment (docs/design.md section 6), else None."""
+    value = exc.value
+    if isinstance(value, dict) and isinstance(value.get("refund_id"), str):
+        return str(value["refund_id"])
+    if exc.message == "payment already refunded" and isinstance(value, str):
+        return value
+    return None
 
 
 def client_net(net: ClientNet | None) -> ClientNet:
