@@ -65,6 +65,7 @@ BUY_EXAMPLES = f"""examples:
   p2pmarket buy --budget 5 --follow --every 30 cpu:1,0.1,1      # re-plan until Ctrl-C
 
 {BUY_SCHEMA}"""
+REACH_CLASSES = ["public", "forwarded", "nat", "proxied", "unattested"]
 HOSTS_EXAMPLES = """examples:
   p2pmarket hosts
   p2pmarket hosts --type memory --max-price 5 --json
@@ -95,6 +96,11 @@ def add_buy(sub: Subcommands) -> None:
                            "default 8)")
     buy_.add_argument("--host", action="append", metavar="NODE_ID",
                       help="buy only from this host (node id or key, hex; repeatable)")
+    buy_.add_argument("--reach", action="append", metavar="CLASS", choices=REACH_CLASSES,
+                      help="only hosts of this reachability class (repeatable): "
+                           + ", ".join(REACH_CLASSES))
+    buy_.add_argument("--min-availability", type=float, default=0.0, metavar="PERCENT",
+                      help="only hosts whose advertised availability is at least this")
     buy_.add_argument("--dry-run", action="store_true",
                       help="find, quote and plan, and print the plan: nothing is paid")
     buy_.add_argument("--follow", action="store_true",
@@ -119,9 +125,11 @@ def add_hosts(sub: Subcommands) -> None:
                    help="lowest capacity in base units (MHz, KiB, bit/s)")
     h.add_argument("--limit", type=int, default=20, help="top N by cost efficiency")
     h.add_argument("--reach", action="append", metavar="CLASS",
-                   choices=["public", "forwarded", "nat", "proxied", "unattested"],
+                   choices=REACH_CLASSES,
                    help="only hosts of this reachability class (repeatable): public, "
                         "forwarded (NAT with a port forward), nat, proxied, unattested")
+    h.add_argument("--min-availability", type=float, default=0.0, metavar="PERCENT",
+                   help="only hosts whose advertised availability is at least this")
     json_opt(h)
 
 
@@ -133,6 +141,12 @@ def parse_duration(text: str) -> int:
     if seconds > MAX_DURATION_S:
         raise P2PMarketError("duration is longer than ten years", text)
     return seconds
+
+
+def availability_ppm(percent: float) -> int:
+    if not 0 <= percent <= 100:
+        raise P2PMarketError("--min-availability is a percentage, 0 to 100", percent)
+    return round(percent * 10_000)
 
 
 def parse_node_id(text: str) -> bytes:
@@ -183,7 +197,8 @@ async def buy(args: argparse.Namespace) -> int:
     def run(progress: Progress) -> Coroutine[Any, Any, BuyReport]:
         return run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
                        progress=progress, net=net_of(args), only=only,
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, reach=frozenset(args.reach or ()),
+                       min_availability_ppm=availability_ppm(args.min_availability))
 
     if animated(args.json):
         with out.status("discovering…") as spinner:
@@ -314,8 +329,9 @@ async def hosts(args: argparse.Namespace) -> int:
     types = args.types or ["cpu", "memory"]
     max_price = parse_credits(args.max_price) if args.max_price else None
     async with MarketView(genesis, net_of(args)) as market:
-        views = await market.hosts(types, limit=args.limit, min_capacity=args.min_capacity,
-                                   max_price=max_price)
+        views = await market.hosts(
+            types, limit=args.limit, min_capacity=args.min_capacity, max_price=max_price,
+            min_availability_ppm=availability_ppm(args.min_availability))
         exposed = [i.hex() for i in market.exposed]
         unreachable = [i.hex() for i in market.unreachable]
     now = now_us()

@@ -157,7 +157,8 @@ def plan(quoted: list[Quoted], specs: Mapping[str, BidSpec], budget: int, interv
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
               max_hosts: int, progress: Progress = lambda _: None,
               net: ClientNet | None = None, only: frozenset[bytes] = frozenset(),
-              dry_run: bool = False) -> BuyReport:
+              dry_run: bool = False, reach: frozenset[str] = frozenset(),
+              min_availability_ppm: int = 0) -> BuyReport:
     """Find hosts (only those whose node ids are in ``only``, if given), get their
     quotes, plan, and for each planned host: a fresh quote of its exact amount, then the
     payment, then the account (docs/design.md section 8). No money moves to a host
@@ -187,7 +188,9 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         async with MarketView(genesis, net) as market:
             # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen
             # set of hosts may be anywhere in the ranking: then the top 64)
-            hosts = await market.hosts(types, limit=64 if only else 2 * max_hosts + 2)
+            hosts = await market.hosts(types, limit=64 if only else 2 * max_hosts + 2,
+                                       min_availability_ppm=min_availability_ppm,
+                                       reach=reach)
             if only:
                 hosts = [h for h in hosts if h.node_id in only]
             if not hosts:

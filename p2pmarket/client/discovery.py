@@ -112,12 +112,15 @@ class MarketView:
         return DhtWitnessDirectory(self.reader)
 
     async def _market(self, types: list[str], n: int, min_capacity: int,
-                      max_price: int | None) -> list[offerquery.MarketHost]:
+                      max_price: int | None, min_availability_ppm: int
+                      ) -> list[offerquery.MarketHost]:
         if self.gateway is not None:
             return await self.gateway.market(types, n=n, min_capacity=min_capacity,
-                                             max_price=max_price)
+                                             max_price=max_price,
+                                             min_availability_ppm=min_availability_ppm)
         return await self.dht.market(types, n=n, min_capacity=min_capacity,
-                                     max_price=max_price)
+                                     max_price=max_price,
+                                     min_availability_ppm=min_availability_ppm)
 
     async def _evidence(self, node_id: bytes) -> list[bytes]:
         if self.gateway is not None:
@@ -125,14 +128,18 @@ class MarketView:
         return await self.dht.get_evidence(node_id)
 
     async def hosts(self, types: list[str], limit: int = 20, min_capacity: int = 0,
-                    max_price: int | None = None) -> list[HostView]:
-        """Hosts offering every type in ``types`` within the filters, best cost efficiency
-        (capacity / price of the first type, then the next) first; records verified;
-        exposed hosts (:attr:`exposed`) and hosts whose URL is not backed by their
-        attestations or relay voucher (:attr:`unreachable`) left out."""
+                    max_price: int | None = None, min_availability_ppm: int = 0,
+                    reach: frozenset[str] = frozenset()) -> list[HostView]:
+        """Hosts offering every type in ``types`` within the filters (capacity, price,
+        advertised availability, and reachability class: ``unattested`` names hosts
+        without attestations), best cost efficiency (capacity / price of the first
+        type, then the next) first; records verified; exposed hosts (:attr:`exposed`)
+        and hosts whose URL is not backed by their attestations or relay voucher
+        (:attr:`unreachable`) left out."""
         try:
             found = await asyncio.wait_for(
-                self._market(types, limit, min_capacity, max_price), LOOKUP_TIMEOUT_S)
+                self._market(types, limit, min_capacity, max_price, min_availability_ppm),
+                LOOKUP_TIMEOUT_S)
         except TimeoutError:
             raise DiscoveryError("DHT lookup timed out") from None
         now = now_us()
@@ -144,5 +151,9 @@ class MarketView:
                         if isinstance(proofs, list) and proofs]
         # buyers skip hosts they cannot reach: a URL no attestation or voucher backs
         self.unreachable = [h.node_id for h in live if not reach_of(h.record, now).reachable]
-        return [HostView(h.record) for h in live
-                if h.node_id not in self.exposed and h.node_id not in self.unreachable]
+        views = [HostView(h.record) for h in live
+                 if h.node_id not in self.exposed and h.node_id not in self.unreachable]
+        if reach:
+            views = [v for v in views if str(v.reach(now).reach_class or "unattested")
+                     in reach]
+        return views

@@ -16,6 +16,7 @@ from p2pmarket.cli.buy import lease_doc
 from p2pmarket.cli.main import parser, version
 from p2pmarket.client.buyer import open_wallet
 from p2pmarket.client.leases import lease_status
+from p2pmarket.core.errors import P2PMarketError
 from tests.client.test_lease_money import kill, ready
 from tests.client.test_quote_before_pay import BIDS, FUNDS, funded, sends
 from tests.market_helpers import local_market
@@ -110,8 +111,9 @@ async def test_buy_json_schema_dry_run_and_leases(capsys: pytest.CaptureFixture[
         code, out, _ = await command(capsys, "buy", *w, "--budget", "2", "--dry-run", *BIDS)
         assert code == 0 and "nothing paid" in out
 
+        host = ["--host", m.nodes[1].identity.node_id.hex()]   # not the notary (node0)
         code, out, _ = await command(capsys, "buy", *w, "--budget", "1.5", "--duration",
-                                     "30m", "--hosts", "1", "--json", *BIDS)
+                                     "30m", "--hosts", "1", *host, "--json", *BIDS)
         doc = json.loads(out)
         assert code == 0
         assert set(doc) == {"dry_run", "plan", "purchases", "skipped", "unfinished",
@@ -124,7 +126,7 @@ async def test_buy_json_schema_dry_run_and_leases(capsys: pytest.CaptureFixture[
         check_lease_doc(p["lease"])
 
         code, out, _ = await command(capsys, "buy", *w, "--budget", "1", "--hosts", "1",
-                                     *BIDS)
+                                     *host, *BIDS)
         assert code == 0
         assert "lease(s) bought" in out and "cost per hour" in out and "1 c/h" in out
 
@@ -198,3 +200,27 @@ def test_lease_commands_refuse_bad_input_in_one_line(
     run(capsys, "wallet", "new", "--genesis", str(genesis_file), "--wallet", w)
     code, _, err = run(capsys, *args, "--wallet", w)
     assert code == 1 and err.strip() == message
+
+
+async def test_buy_filters_on_reachability_class_and_availability(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hosts of a 3-node loopback market have too few registrars to be attested
+    (``unattested``): buying from public hosts only finds none and pays nothing;
+    ``--reach unattested`` buys; an availability above every host's finds none; a
+    percentage out of range is one error line."""
+    async with local_market(tmp_path / "m", n=3) as m:
+        await ready(m)
+        wallet = await funded(m)
+        w = ["--wallet", str(wallet.root)]
+        with pytest.raises(P2PMarketError, match="no host offers"):
+            await command(capsys, "buy", *w, "--budget", "1", "--reach", "public", *BIDS)
+        assert await sends(wallet) == []
+        with pytest.raises(P2PMarketError, match="percentage"):
+            await command(capsys, "buy", *w, "--budget", "1", "--min-availability", "100.5",
+                          *BIDS)
+        code, out, _ = await command(capsys, "hosts", *w, "--min-availability", "100",
+                                     "--json")
+        assert code == 0
+        code, out, _ = await command(capsys, "buy", *w, "--budget", "1", "--hosts", "1",
+                                     "--reach", "unattested", "--json", *BIDS)
+        assert code == 0 and len(json.loads(out)["purchases"]) == 1
