@@ -4,31 +4,15 @@ micro-credit; the notary's supply equals the mints throughout (issue 12)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.test_e2e import balance, cli, cli_json
+
 MINT = 100                       # credits minted to the buyer
 NODES = 20
-
-
-def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "p2pmarket", *map(str, args)],
-                          capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"p2pmarket {' '.join(map(str, args))} exited "
-                             f"{proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def cli_json(*args: str | Path) -> Any:
-    return json.loads(cli(*args, "--json").stdout)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +34,6 @@ def supply_ok(root: Path, wallet: Path) -> None:
     ledger = cli_json("ledger", "supply", "--wallet", wallet)
     assert ledger["errors"] == 0 and ledger["supply"] == MINT * 1_000_000
     assert all(n["ok"] for n in ledger["notaries"])
-
-
-def balance(wallet: Path) -> int:
-    return int(cli_json("wallet", "balance", "--wallet", wallet)["balance"])
 
 
 def test_buy_over_three_hosts_cancel_one_and_get_the_rest_back(
