@@ -119,17 +119,21 @@ class Walk:
         return [self._cache[k] for k in keys]
 
     async def step(self, want: int = 0) -> None:
-        """Read the next group: its key, and unless that is empty its bands (crowded ones
-        through their sub-shards), best first; once ``want`` eligible offers are held,
-        the group's lower bands are left for the next step (their band reads kept,
-        their sub-shards not read)."""
+        """Read the next group: its key, and if that set is crowded its bands (crowded
+        ones through their sub-shards), best first; once ``want`` eligible offers are
+        held, the group's lower bands are left for the next step (their band reads
+        kept, their sub-shards not read). A group set that is not crowded holds all
+        its bands' entries (empty ones included): it is the whole window."""
         group = group_of(self.pending[0])
         window = [b for b in self.pending if group_of(b) == group]
         # the next few group keys at once: an empty group costs no round trip of its own
         ahead = list(dict.fromkeys(group_of(b) for b in self.pending))[:GROUP_LOOKAHEAD]
         (head, *_) = await self._read([group_key(self.resource_type, g) for g in ahead])
-        if not live_offers(head.entries, self.now_us, self.puzzle_bits):
-            for band in window:   # an empty group: its bands are empty
+        if not is_crowded(len(head.entries), head.largest):
+            # the group's set is whole (empty, or with room left at its storers): it
+            # holds every entry of its bands, so they need no reads of their own
+            self._take(head)
+            for band in window:
                 self.pending.remove(band)
             self.bands_read += len(window)
             return
@@ -141,12 +145,15 @@ class Walk:
             self.pending.remove(band)
             self.bands_read += 1
             for r in (got, *parts):
-                self.found.extend(r.entries)
-                for e in r.entries:
-                    self.support[e.node_id] = max(self.support.get(e.node_id, 0),
-                                                  r.support.get(e.node_id, 1))
+                self._take(r)
             if want and len(self.offers()) >= want:
                 return
+
+    def _take(self, read: ShardRead) -> None:
+        self.found.extend(read.entries)
+        for e in read.entries:
+            self.support[e.node_id] = max(self.support.get(e.node_id, 0),
+                                          read.support.get(e.node_id, 1))
 
     def offers(self) -> list[OfferEntry]:
         """The eligible offers found, newest per signer, best first."""

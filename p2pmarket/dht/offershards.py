@@ -3,22 +3,24 @@
 Format 2 of the index. An offer of ``capacity`` units at ``price`` belongs to the
 *efficiency band* ``b = floor(log2(capacity / price))`` (exact, in integers;
 :func:`band_of`; capacity 0 is band :data:`LOWEST_BAND`), and its host publishes
-it under two key names:
+it under three key names:
 
 - ``offers/<type>/<b>`` (the band, ``b`` a decimal integer, e.g. ``offers/cpu/12``,
-  ``offers/cpu/-3``), and
+  ``offers/cpu/-3``),
 - ``offers/<type>/<b>/<h>`` (its sub-shard, ``h`` the first hex digit of the host's
-  node id, ``0`` to ``f``).
+  node id, ``0`` to ``f``), and
+- ``offers/<type>/g<G>`` (its group, ``G = floor(b / WINDOW)``).
 
 Every entry of a band ranks strictly above every entry of a lower band, so a reader
 walks the bands from the type's top (:func:`top_band`: its largest plausible
 capacity at price 1) down to the lowest an eligible offer can fall in
-(:func:`bottom_band`), :data:`WINDOW` bands at a time, and stops after the first
-window that leaves it with enough eligible hosts. A band whose set is crowded
-(:func:`is_crowded`: storers may have left some of its signers out) is read again
-through its :data:`SUB_SHARDS` sub-shards. So one walk costs at most
-:func:`max_lookups` lookups: ``(top - bottom + 1) * (1 + SUB_SHARDS)``, in
-practice a window or two of empty bands plus the crowded ones.
+(:func:`bottom_band`), a group (:data:`WINDOW` bands) at a time, and stops after the
+first group that leaves it with enough eligible hosts. A group set that is not
+crowded (:func:`is_crowded`) holds every entry of its bands; a crowded one (storers
+may have left some of its signers out) is read again through its bands, and a
+crowded band through its :data:`SUB_SHARDS` sub-shards. So one walk costs at most
+:func:`max_lookups` lookups, in practice one per group above the market plus, where
+the market is dense, a group's bands and a crowded band's sub-shards.
 
 A host whose offer moves to another band first publishes a *withdrawal* in the old
 band and sub-shard: an entry with capacity 0 (allowed under any band of its type),

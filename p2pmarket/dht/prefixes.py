@@ -66,17 +66,22 @@ class PrefixPolicy:
         return cls(exempt=LOOPBACK + extra,
                    claimed_exempt=(LOOPBACK if local else ()) + extra)
 
+    def __post_init__(self) -> None:
+        # the cache's keys: network names hash fast, ipaddress objects do not
+        object.__setattr__(self, "_exempt_names", tuple(map(str, self.exempt)))
+        object.__setattr__(self, "_claimed_names", tuple(map(str, self.claimed_exempt)))
+
     def prefix(self, host: object) -> str | None:
         """The /24 (IPv6: /48) of a contact address, or None when it is exempt."""
         if not isinstance(host, str):
             return None
-        return _prefix(host, self.exempt)
+        return _prefix(host, self._exempt_names)   # type: ignore[attr-defined]
 
     def claimed_prefix(self, host: object) -> str | None:
         """The prefix of a URL host a record claims, or None when it is exempt."""
         if not isinstance(host, str):
             return None
-        return _prefix(host, self.claimed_exempt)
+        return _prefix(host, self._claimed_names)   # type: ignore[attr-defined]
 
 
 def _is_loopback(host: str) -> bool:
@@ -88,8 +93,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=64)
+def _networks(names: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    return tuple(ipaddress.ip_network(n) for n in names)
+
+
 @functools.lru_cache(maxsize=16384)
-def _prefix(host: str, exempt: tuple[IpNetwork, ...]) -> str | None:
+def _prefix(host: str, exempt_names: tuple[str, ...]) -> str | None:
+    exempt = _networks(exempt_names)
     name = host.lower().rstrip(".")
     if name == "localhost":
         name = "127.0.0.1"

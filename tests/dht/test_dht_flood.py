@@ -339,8 +339,11 @@ async def test_made_up_offers_cannot_use_up_a_querys_record_lookups() -> None:
         # the lying storer of band 12 (8000 at 1) makes up entries; band 8 (4000 at 10)
         # is held by three storers
         _, place, sub = parse_shard_key(key)
-        if sub == "g":   # group 1 holds bands 8 to 15
-            return ShardRead(tuple(offers[:1]) if place == 1 else ())
+        if sub == "g":   # group 1 holds bands 8 to 15: the liar's entries crowd it
+            if place != 1:
+                return ShardRead(())
+            both = [*fakes, *offers]
+            return ShardRead(tuple(both), 7000, {e.node_id: 1 for e in both})
         made = {12: (fakes, 1), 8: (offers, 3)}.get(place, ([], 1))
         got = [e for e in made[0] if sub is None or sub_of(e.node_id) == sub]
         return ShardRead(tuple(got), 7000 if got else 0, {e.node_id: made[1] for e in got})
