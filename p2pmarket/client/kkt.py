@@ -52,25 +52,27 @@ class Curve:
     def at_kink(self, x: float) -> bool:
         return any(abs(x - k) <= 1e-9 * max(1.0, k) for k in self.kinks)
 
-    def bid_at(self, mu: float) -> float:
-        """``x`` where ``U'`` passes ``λ = μ^-2``."""
+    def bid_at(self, mu: float, start: float = -1.0) -> float:
+        """``x`` where ``U'`` passes ``λ = μ^-2`` (``start``: a guess, e.g. the answer
+        at a nearby μ, where Newton begins if it is inside the bracket)."""
         lam = 1.0 / (mu * mu)
         if self.g0 <= lam:
             return 0.0
         cz = self.terms
         if not self.kinks:
-            return _piece([c for c, _z, _k in cz], [z for _c, z, _k in cz], mu, 0.0, INF)
+            return _piece([c for c, _z, _k in cz], [z for _c, z, _k in cz], mu, 0.0, INF,
+                          start)
         lo = 0.0
         for k in self.kinks:
             left = sum(c / (k + z) ** 2 for c, z, kk in cz if kk > lo)
             if left <= lam:
                 return _piece([c for c, _z, kk in cz if kk > lo],
-                              [z for _c, z, kk in cz if kk > lo], mu, lo, k)
+                              [z for _c, z, kk in cz if kk > lo], mu, lo, k, start)
             if sum(c / (k + z) ** 2 for c, z, kk in cz if kk > k) <= lam:
                 return k
             lo = k
         return _piece([c for c, _z, kk in cz if kk > lo], [z for _c, z, kk in cz if kk > lo],
-                      mu, lo, INF)
+                      mu, lo, INF, start)
 
 
 def prefix_split(us: Sequence[float], zs: Sequence[float], budget: float
@@ -96,18 +98,23 @@ def prefix_split(us: Sequence[float], zs: Sequence[float], budget: float
             + [0.0] * (len(us) - best_k), 1.0 / (best_c * best_c))
 
 
-def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) -> float:
-    """x in [lo, hi] with Σ c/(x+z)^2 = μ^-2 (safeguarded Newton on its ^-1/2)."""
+def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float,
+           start: float = -1.0) -> float:
+    """x in [lo, hi] with Σ c/(x+z)^2 = μ^-2 (safeguarded Newton on its ^-1/2,
+    from ``start`` if it lies in the bracket)."""
     if len(cs) == 1:
         return min(max(mu * math.sqrt(cs[0]) - zs[0], lo), hi)
     root_a = math.sqrt(sum(cs))
     a, b = max(lo, mu * root_a - max(zs)), min(hi, mu * root_a - min(zs))
     if b <= a:
         return max(min(a, hi), lo)
-    x = mu * root_a - sum(math.sqrt(c) * z for c, z in zip(cs, zs, strict=True)) / sum(
-        math.sqrt(c) for c in cs)   # exact when every z is the same
-    if not a < x < b:   # from the left: U'^-1/2 is concave, so Newton climbs to the root
-        x = a
+    if a < start < b:
+        x = start
+    else:
+        x = mu * root_a - sum(math.sqrt(c) * z for c, z in zip(cs, zs, strict=True)) / sum(
+            math.sqrt(c) for c in cs)   # exact when every z is the same
+        if not a < x < b:   # from the left: U'^-1/2 is concave, so Newton climbs to the root
+            x = a
     for _ in range(60):
         f = f3 = 0.0
         for c, z in zip(cs, zs, strict=True):
@@ -128,24 +135,29 @@ def _piece(cs: list[float], zs: list[float], mu: float, lo: float, hi: float) ->
     return x
 
 
-def water_fill(hs: Sequence[Curve], budget: float) -> tuple[list[float], float]:
+def water_fill(hs: Sequence[Curve], budget: float, mu_hint: float = 0.0
+               ) -> tuple[list[float], float]:
     """The bids maximising Σ U_j(x_j) with Σ x_j = ``budget``, and λ: false position
     (Illinois) on μ = λ^-1/2, bracketed, until |Σ x_j(μ) - X| <= 1e-12 X (at most 200
-    steps). If every curve is capped everywhere and the budget passes all the kinks,
-    the rest goes in proportion to the kinks (λ = 0)."""
+    steps), each host's Newton started from its bid at the previous μ. ``mu_hint``: a
+    μ known to give at least the budget (the answer for a subset of ``hs``: more hosts
+    only lower μ), the bracket's top. If every curve is capped everywhere and the
+    budget passes all the kinks, the rest goes in proportion to the kinks (λ = 0)."""
     saturate = [h.saturation for h in hs]
     total_sat = sum(saturate)
     if total_sat <= budget:   # every host capped everywhere: the rest by the kinks' sizes
         extra = budget - total_sat
         return [s + extra * (s / total_sat if total_sat > 0 else 1 / len(hs))
                 for s in saturate], 0.0
+    guess = [-1.0] * len(hs)
 
     def total(mu: float) -> float:
-        return sum(h.bid_at(mu) for h in hs)
+        guess[:] = [h.bid_at(mu, g) for h, g in zip(hs, guess, strict=True)]
+        return sum(guess)
 
     mu_a = 1 / math.sqrt(max(h.g0 for h in hs))
     s_a = 0.0
-    mu_b = 2 * mu_a
+    mu_b = mu_hint if mu_hint > mu_a else 2 * mu_a
     s_b = total(mu_b)
     for _ in range(200):
         if s_b >= budget:
@@ -171,7 +183,7 @@ def water_fill(hs: Sequence[Curve], budget: float) -> tuple[list[float], float]:
             if side == 1:
                 s_a = budget - (budget - s_a) / 2
             side = 1
-    return [h.bid_at(mu) for h in hs], 1.0 / (mu * mu)
+    return list(guess), 1.0 / (mu * mu)   # the bids at the last μ tried
 
 
 def round_to_budget(xs: Sequence[float], budget: int, ups: Sequence[bool] = ()) -> list[int]:

@@ -39,11 +39,12 @@ pay each host. The model is how the host really allocates
    - *Otherwise*: false position (Illinois) on ``μ = λ^(-1/2)``, bracketed, until
      ``|Σ x_j(μ) - X| <= 1e-12 X`` (at most 200 evaluations; then scaled to sum to
      ``X`` exactly); each ``x_j(μ)`` piece by piece between kinks, by safeguarded
-     Newton on ``U_j'^(-1/2)`` (exact in one step for one term) to 1e-12 relative.
-     O(m) per evaluation (:mod:`p2pmarket.client.kkt`). It runs on the best ``K``
-     hosts, ``K`` doubling from 32 until the next host's ``U'(0)`` is at most the
-     multiplier found (adding hosts only raises it: no host further down would
-     get money).
+     Newton on ``U_j'^(-1/2)`` (exact in one step for one term) to 1e-12 relative,
+     started from the host's bid at the previous μ. O(m) per evaluation
+     (:mod:`p2pmarket.client.kkt`). It runs on the best ``K`` hosts, ``K`` doubling
+     from 32 until the next host's ``U'(0)`` is at most the multiplier found
+     (adding hosts only raises it: no host further down would get money; the
+     next solve's bracket starts at the last multiplier).
 6. **Hosts.** At most ``max_hosts`` hosts: the first ``max_hosts`` not dropped, in
    rank order; the optimum may use fewer.
 7. **Minimums.** ``Min_jr`` (resolved on ``C_jr``) holds when ``floor(C_jr x w_r /
@@ -292,10 +293,12 @@ def _predict(h: HostTerms, bundle: _Bundle, bid: int) -> dict[str, int]:
     return out
 
 
-def _solve(active: Sequence[_Host], budget: int) -> tuple[list[int], float]:
-    """Rules 5 (general case) and 8 on ``active``: integer bids and the multiplier."""
+def _solve(active: Sequence[_Host], budget: int, lam_hint: float = 0.0
+           ) -> tuple[list[int], float]:
+    """Rules 5 (general case) and 8 on ``active``: integer bids and the multiplier
+    (``lam_hint``: the multiplier on fewer of these hosts, a lower bound)."""
     curves = [h.curve for h in active]
-    xs, lam = water_fill(curves, budget)
+    xs, lam = water_fill(curves, budget, 1.0 / math.sqrt(lam_hint) if lam_hint > 0 else 0.0)
     scale = budget / max(sum(xs), 1e-300)
     return round_to_budget(xs, budget, [c.at_kink(x * scale)
                                         for c, x in zip(curves, xs, strict=True)]), lam
@@ -328,6 +331,7 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
         return built[i]
 
     size = min(32, max_hosts)
+    lam = 0.0
     for _ in range(4 * len(hosts) + 64):
         limit = min(max_hosts, len(pool))
         if limit == 0:
@@ -339,9 +343,9 @@ def plan_bundle(hosts: Sequence[HostTerms], want: Want, budget: int, interval_s:
         else:
             size = min(size, limit)
             chosen = pool[:size]
-            ints, lam = _solve([host(i) for i in chosen], budget)
+            ints, lam = _solve([host(i) for i in chosen], budget, lam)
             if size < limit and keys[pool[size]] > lam:
-                size *= 2
+                size *= 2   # (λ only rises with more hosts: the next solve starts there)
                 continue
         short = [(b / needs[i], k) for k, (i, b) in enumerate(zip(chosen, ints, strict=True))
                  if 0 < b < needs[i]]
