@@ -9,10 +9,10 @@ import time
 import tracemalloc
 
 import pytest
-from fwd_helpers import MIB, WAIT_S, Guest, free_port
 
 from p2pmarket.host.forwardtable import Forward
 from p2pmarket.host.portfwd import PortForwardError, PortForwards, PortLimits
+from tests.support.tcpguest import MIB, WAIT_S, Guest, free_port
 
 HOLDER = b"H" * 32
 

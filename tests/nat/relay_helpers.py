@@ -26,7 +26,7 @@ from p2pmarket.core.wire import seal
 from p2pmarket.nat.circuit import WS_MAX_MSG_SIZE
 from p2pmarket.nat.frames import Frame, Reserve, decode_frame, encode_frame
 from p2pmarket.nat.relay import RelayService
-from p2pmarket.nat.relayclient import RelayClient
+from p2pmarket.nat.relayclient import OnStream, RelayClient
 from p2pmarket.nat.relaylimits import RelayLimits
 from p2pmarket.nat.reservation import RESERVE_KIND
 
@@ -158,12 +158,14 @@ class World:
 
 @contextlib.asynccontextmanager
 async def relay_world(limits: RelayLimits | None = None, proxy: str | None = None,
-                      relay_url: str | None = None) -> AsyncIterator[World]:
-    """A host reserved at a relay (through ``proxy`` if given)."""
-    host = await start_host(Identity.generate())
+                      relay_url: str | None = None, on_stream: OnStream | None = None,
+                      host_identity: Identity | None = None) -> AsyncIterator[World]:
+    """A host reserved at a relay (through ``proxy`` if given; serving streams with
+    ``on_stream`` if given)."""
+    host = await start_host(host_identity or Identity.generate())
     relay = await start_relay(limits)
     client = RelayClient(host.identity, relay_url or relay.url, relay.identity.public_key,
-                         host.url, proxy=proxy)
+                         host.url, proxy=proxy, on_stream=on_stream)
     task = asyncio.ensure_future(client.run())
     try:
         done, _ = await asyncio.wait({task, asyncio.ensure_future(client.reserved.wait())},
