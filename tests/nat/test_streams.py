@@ -12,17 +12,12 @@ import hashlib
 import socket
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from relay_helpers import World, relay_world
+from relay_helpers import PORT, Leased, leased
 
-from p2pmarket.core.clock import now_us
 from p2pmarket.core.identity import Identity
-from p2pmarket.host.forwardtable import Forward
-from p2pmarket.host.portfwd import PortForwards
 from p2pmarket.nat.relaylimits import CIRCUIT_BYTES, NO_RESERVATION, RelayLimits
 from p2pmarket.nat.streamreq import (
     ENDED,
@@ -34,45 +29,8 @@ from p2pmarket.nat.streamreq import (
     open_stream_request,
     parse_control,
 )
-from p2pmarket.nat.streams import StreamGate, open_stream, pipe_stream
-from tests.support.tcpguest import MIB, WAIT_S, Guest
-
-PORT = 30022
-
-
-@dataclass
-class Leased:
-    world: World
-    guest: Guest
-    forwards: PortForwards
-    gate: StreamGate
-    buyer: Identity
-
-    def request(self, who: Identity | None = None, port: int = PORT,
-                account_id: str = "acc", host_id: bytes | None = None) -> bytes:
-        return make_stream_request(who or self.buyer,
-                                   host_id or self.world.host.identity.node_id,
-                                   account_id, port, now_us())
-
-
-@contextlib.asynccontextmanager
-async def leased(mode: str = "echo", limits: RelayLimits | None = None,
-                 streams: bool = True) -> AsyncIterator[Leased]:
-    """A relayed host forwarding PORT to a stand-in guest for the buyer's account."""
-    guest = await Guest(mode).start()
-    host_id = Identity.generate()
-    buyer = Identity.generate()
-    forwards = PortForwards(None)
-    await forwards.sync({PORT: Forward(PORT, "acc", buyer.public_key, "127.0.0.1",
-                                       guest.port)})
-    gate = StreamGate(host_id, forwards.admit)
-    try:
-        async with relay_world(limits, on_stream=gate.serve if streams else None,
-                               host_identity=host_id) as world:
-            yield Leased(world, guest, forwards, gate, buyer)
-    finally:
-        await forwards.close()
-        await guest.stop()
+from p2pmarket.nat.streams import open_stream, pipe_stream
+from tests.support.tcpguest import MIB, WAIT_S
 
 
 async def test_bytes_go_both_ways_through_the_relay_and_eof_is_passed_on() -> None:
