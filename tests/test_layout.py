@@ -65,6 +65,8 @@ PURE_CORES = (
     "p2pmarket.nat.frames",         # the relay's circuit framing
     "p2pmarket.nat.reservation",    # relay vouchers
     "p2pmarket.nat.relaylimits",    # the relay's book
+    "p2pmarket.nat.streamreq",      # stream requests and control messages
+    "p2pmarket.host.forwardtable",  # which leased ports go where
     "p2pmarket.client.reachview",
     "p2pmarket.core.urls",
 )

@@ -5,8 +5,10 @@ is one frame, both ways::
 
     type u8 | circuit u32 (big-endian) | payload (at most MAX_PAYLOAD bytes)
 
-Circuit 0 is the reservation itself; circuits 1 .. 2**32-1 are HTTP exchanges, each
-one request and its response, opened by the relay. The types, and their payloads
+Circuit 0 is the reservation itself; circuits 1 .. 2**32-1 are opened by the relay,
+each an HTTP exchange (OPEN: one request and its response) or a TCP stream (STREAM: a
+buyer's byte stream to a leased port, :mod:`p2pmarket.nat.streams`). The types, and
+their payloads
 (``msgpack`` = canonical msgpack, :mod:`p2pmarket.core.wire`):
 
 ==========  =======  =====  ==============================================================
@@ -31,7 +33,15 @@ RESERVE     7        0      a signed envelope (domain ENVELOPE, kind ``nat.reser
                             the relay's node id, body ``{}``): reserve or refresh
 RESERVED    8        0      msgpack ``{reservation, expires}``: the relay's voucher
                             (:mod:`p2pmarket.nat.reservation`) and its expiry (µs)
+STREAM      9        >= 1   msgpack ``{request, peer}``: open a TCP stream; ``request``
+                            the buyer's signed stream request (bytes,
+                            :mod:`p2pmarket.nat.streamreq`), ``peer`` as for OPEN
 ==========  =======  =====  ==============================================================
+
+A stream circuit: the host answers STREAM with RESPONSE ``{status: 200, headers: []}``
+(accepted: it connected the port's target) or RESET ``{error}`` (refused); then DATA
+flows both ways, END closes one direction (a TCP half-close), and the circuit ends
+when both directions have ended or either side sends RESET.
 
 Flow control is per circuit and per direction, in DATA bytes: a sender may have at most
 :data:`WINDOW_BYTES` bytes sent and not yet granted back by WINDOW frames; a receiver
@@ -72,6 +82,7 @@ class FrameType(IntEnum):
     WINDOW = 6
     RESERVE = 7
     RESERVED = 8
+    STREAM = 9
 
 
 HEADER = struct.Struct(">BI")
@@ -155,7 +166,14 @@ class Reserved:
     circuit: int = 0
 
 
-Frame = Open | Data | End | Response | Reset | Window | Reserve | Reserved
+@dataclass(frozen=True)
+class Stream:
+    circuit: int
+    request: bytes
+    peer: tuple[str, int] | None = None
+
+
+Frame = Open | Data | End | Response | Reset | Window | Reserve | Reserved | Stream
 
 
 def end_to_end(headers: Iterable[tuple[str, str]]) -> Headers:
@@ -198,6 +216,10 @@ def encode_frame(frame: Frame) -> bytes:
     elif isinstance(frame, Reserve):
         kind, meta = FrameType.RESERVE, None
         payload = frame.envelope
+    elif isinstance(frame, Stream):
+        kind, meta = FrameType.STREAM, {"request": frame.request,
+                                        "peer": list(frame.peer) if frame.peer else None}
+        _check_stream(meta)
     else:
         kind, meta = FrameType.RESERVED, {"reservation": frame.reservation,
                                           "expires": frame.expires}
@@ -267,6 +289,10 @@ def decode_frame(data: bytes) -> Frame:
     if kind is FrameType.RESPONSE:
         _check_response(meta)
         return Response(circuit, meta["status"], _headers(meta["headers"]))
+    if kind is FrameType.STREAM:
+        _check_stream(meta)
+        peer = meta["peer"]
+        return Stream(circuit, meta["request"], None if peer is None else (peer[0], peer[1]))
     if kind is FrameType.RESET:
         if set(meta) != {"error"} or not isinstance(meta["error"], str) \
                 or len(meta["error"]) > MAX_ERROR_TEXT:
@@ -335,13 +361,23 @@ def _check_open(meta: dict[str, Any]) -> None:
         raise RelayError("OPEN query must be a raw query string", str(meta["query"])[:80])
     if not isinstance(meta["body"], bool):
         raise RelayError("OPEN body must be a boolean")
-    peer = meta["peer"]
+    _check_peer(meta["peer"], "OPEN")
+    _headers(meta["headers"])
+
+
+def _check_peer(peer: Any, kind: str) -> None:
     if peer is not None and not (
             isinstance(peer, list) and len(peer) == 2 and isinstance(peer[0], str)
             and 0 < len(peer[0]) <= 64 and isinstance(peer[1], int)
             and not isinstance(peer[1], bool) and 0 <= peer[1] <= 65535):
-        raise RelayError("OPEN peer must be [ip, port] or nil")
-    _headers(meta["headers"])
+        raise RelayError(f"{kind} peer must be [ip, port] or nil")
+
+
+def _check_stream(meta: dict[str, Any]) -> None:
+    if set(meta) != {"request", "peer"} or not isinstance(meta["request"], bytes) \
+            or not meta["request"]:
+        raise RelayError("STREAM payload must be {request: bytes, peer}")
+    _check_peer(meta["peer"], "STREAM")
 
 
 def _check_response(meta: dict[str, Any]) -> None:

@@ -23,6 +23,8 @@ Routes (add them to the relay node's peer app):
   413 the circuit's byte limit passed while the request was still being sent, 504 its
   time limit passed before the response began, 502 the host reset the circuit or its
   socket closed. A limit passed while the response streams cuts the connection.
+  A websocket upgrade at the host's URL itself (``tail`` empty) is a TCP stream to one
+  of the host's leased ports instead (:func:`~p2pmarket.nat.streams.relay_stream`).
 
 Frames from a host for circuits that are not open are counted (``stray_frames``) and
 otherwise ignored; malformed frames are counted (``bad_frames``) and, when the circuit
@@ -72,6 +74,7 @@ from p2pmarket.nat.relaylimits import (
     RelayLimits,
 )
 from p2pmarket.nat.reservation import make_reservation, open_reserve_request
+from p2pmarket.nat.streams import relay_stream
 
 HELLO_TIMEOUT_S = 10.0     # the host's first frame must come within this
 HEARTBEAT_S = 30.0         # websocket pings, both sides: a dead peer is found in ~this
@@ -274,6 +277,10 @@ class RelayService:
                                      status=400)
         tail = raw[len(prefix):] or "/"
         link = self.links.get(node_id)
+        if tail == "/" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await relay_stream(request, node_id, None if link is None else link.send,
+                                      {} if link is None else link.circuits, self.book,
+                                      self.book_now)
         if link is None:
             return web.json_response(error_dict("no reservation for this node", text),
                                      status=404)

@@ -12,6 +12,8 @@ host's local peer app at ``local_url + path`` (the relay's end-to-end headers, p
 :data:`~p2pmarket.nat.relay.RELAYED_FROM_HEADER` naming where the relay saw the caller)
 with the body streamed from the circuit's frames (at most a window of them buffered:
 :mod:`p2pmarket.nat.frames`), and its response goes back as RESPONSE, DATA and END.
+Each STREAM starts ``on_stream`` (a :class:`~p2pmarket.nat.streams.StreamGate`'s
+``serve``) on its circuit; a host without one resets it.
 :meth:`RelayClient.run` raises :class:`RelayLost` when the relay refuses, closes or
 cannot be reached; it returns only after :meth:`RelayClient.close`.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,6 +42,7 @@ from p2pmarket.nat.frames import (
     Reserved,
     Reset,
     Response,
+    Stream,
     Window,
     decode_frame,
     encode_frame,
@@ -59,6 +62,7 @@ REFRESH_AT = 0.75          # refresh when this fraction of the reservation's lif
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 2.0      # how long closing waits for the relay's close frame
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+OnStream = Callable[[CircuitEnd, Stream], Awaitable[None]]
 
 
 class RelayLost(RelayError):
@@ -72,7 +76,8 @@ class RelayClient:
 
     def __init__(self, identity: Identity, relay_url: str, relay_key: bytes, local_url: str,
                  *, proxy: str | None = None, clock: Clock = now_us,
-                 on_reservation: Callable[[bytes], None] | None = None) -> None:
+                 on_reservation: Callable[[bytes], None] | None = None,
+                 on_stream: OnStream | None = None) -> None:
         self.identity = identity
         self.relay_url = relay_url.rstrip("/")
         self.relay_key = relay_key
@@ -81,6 +86,7 @@ class RelayClient:
         self.proxy = proxy
         self.clock = clock
         self.on_reservation = on_reservation
+        self.on_stream = on_stream
         self.reserved = asyncio.Event()
         self.reservation: bytes | None = None
         self.voucher: Reservation | None = None
@@ -228,12 +234,14 @@ class RelayClient:
                 self._take(frame)
             elif isinstance(frame, Reset) and frame.circuit == 0:
                 return f"the relay ended the reservation: {frame.error}"
-            elif isinstance(frame, Open):
+            elif isinstance(frame, Open | Stream):
                 if frame.circuit in self._circuits:
                     self.bad_frames += 1
                     continue
                 end = CircuitEnd(frame.circuit, self._send)
-                task = asyncio.ensure_future(self._serve_circuit(end, frame))
+                task = asyncio.ensure_future(self._serve_circuit(end, frame)
+                                             if isinstance(frame, Open)
+                                             else self._serve_stream(end, frame))
                 self._circuits[frame.circuit] = (end, task)
             elif isinstance(frame, Data | End | Reset | Window):
                 held = self._circuits.get(frame.circuit)
@@ -279,6 +287,18 @@ class RelayClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if end.error is None:
                 await end.reset(f"the host's peer app did not answer: {type(exc).__name__}")
+        finally:
+            held = self._circuits.get(end.circuit)
+            if held is not None and held[0] is end:
+                del self._circuits[end.circuit]
+
+
+    async def _serve_stream(self, end: CircuitEnd, opened: Stream) -> None:
+        try:
+            if self.on_stream is None:
+                await end.reset("this host takes no streams")
+            else:
+                await self.on_stream(end, opened)
         finally:
             held = self._circuits.get(end.circuit)
             if held is not None and held[0] is end:

@@ -23,12 +23,17 @@ from p2pmarket.core.clock import now_us
 from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import seal
+from p2pmarket.host.forwardtable import Forward
+from p2pmarket.host.portfwd import PortForwards
 from p2pmarket.nat.circuit import WS_MAX_MSG_SIZE
 from p2pmarket.nat.frames import Frame, Reserve, decode_frame, encode_frame
 from p2pmarket.nat.relay import RelayService
-from p2pmarket.nat.relayclient import RelayClient
+from p2pmarket.nat.relayclient import OnStream, RelayClient
 from p2pmarket.nat.relaylimits import RelayLimits
 from p2pmarket.nat.reservation import RESERVE_KIND
+from p2pmarket.nat.streamreq import make_stream_request
+from p2pmarket.nat.streams import StreamGate
+from tests.support.tcpguest import Guest
 
 BLOCK = 256 * 1024
 WAIT_S = 10.0
@@ -158,12 +163,14 @@ class World:
 
 @contextlib.asynccontextmanager
 async def relay_world(limits: RelayLimits | None = None, proxy: str | None = None,
-                      relay_url: str | None = None) -> AsyncIterator[World]:
-    """A host reserved at a relay (through ``proxy`` if given)."""
-    host = await start_host(Identity.generate())
+                      relay_url: str | None = None, on_stream: OnStream | None = None,
+                      host_identity: Identity | None = None) -> AsyncIterator[World]:
+    """A host reserved at a relay (through ``proxy`` if given; serving streams with
+    ``on_stream`` if given)."""
+    host = await start_host(host_identity or Identity.generate())
     relay = await start_relay(limits)
     client = RelayClient(host.identity, relay_url or relay.url, relay.identity.public_key,
-                         host.url, proxy=proxy)
+                         host.url, proxy=proxy, on_stream=on_stream)
     task = asyncio.ensure_future(client.run())
     try:
         done, _ = await asyncio.wait({task, asyncio.ensure_future(client.reserved.wait())},
@@ -216,3 +223,43 @@ class RawHost:
     async def close(self) -> None:
         await self.ws.close()
         await self.session.close()
+
+
+PORT = 30022
+
+
+@dataclass
+class Leased:
+    world: World
+    guest: Guest
+    forwards: PortForwards
+    gate: StreamGate
+    buyer: Identity
+
+    def request(self, who: Identity | None = None, port: int = PORT,
+                account_id: str = "acc", host_id: bytes | None = None) -> bytes:
+        return make_stream_request(who or self.buyer,
+                                   host_id or self.world.host.identity.node_id,
+                                   account_id, port, now_us())
+
+
+@contextlib.asynccontextmanager
+async def leased(mode: str = "echo", limits: RelayLimits | None = None,
+                 streams: bool = True, guest_port: int | None = None
+                 ) -> AsyncIterator[Leased]:
+    """A relayed host forwarding PORT to a stand-in guest (or to ``guest_port`` on
+    127.0.0.1) for the buyer's account."""
+    guest = await Guest(mode).start()
+    host_id = Identity.generate()
+    buyer = Identity.generate()
+    forwards = PortForwards(None)
+    await forwards.sync({PORT: Forward(PORT, "acc", buyer.public_key, "127.0.0.1",
+                                       guest_port or guest.port)})
+    gate = StreamGate(host_id, forwards.admit)
+    try:
+        async with relay_world(limits, on_stream=gate.serve if streams else None,
+                               host_identity=host_id) as world:
+            yield Leased(world, guest, forwards, gate, buyer)
+    finally:
+        await forwards.close()
+        await guest.stop()

@@ -92,7 +92,7 @@ GOOD_OPEN = {"method": "GET", "path": "/x", "query": "", "headers": [], "body": 
     (b"", "frame shorter than its header"),
     (b"\x02\x00\x00\x01", "frame shorter than its header"),
     (b"\x00\x00\x00\x00\x01", "unknown frame type"),
-    (b"\x09\x00\x00\x00\x01", "unknown frame type"),
+    (b"\x0a\x00\x00\x00\x01", "unknown frame type"),
     (b"\x02\x00\x00\x00\x01" + b"x" * (MAX_DATA + 1), "frame too large"),
     (b"\x02\x00\x00\x00\x01", "empty DATA frame"),
     (b"\x02\x00\x00\x00\x00x", "DATA needs a circuit id >= 1"),
