@@ -9,8 +9,13 @@
 - bandwidth: net_in/net_out allocations in bit/s -> KiB/s (libvirt's unit);
 - disk: the disk allocation (the volume's size bound).
 
-A domain runs only with both cpu and memory allocated. Small moves (at most
-0.5 %) are not pushed to the hypervisor every tick: :func:`close_enough`.
+In the auction (:func:`p2pmarket.auction.allocation.running`, replayed by witnesses)
+a domain runs only with both cpu and memory allocated. The host enforces with its
+:class:`VmDefaults` (stated in its DHT record): a bundle with *no* memory bid gets
+the default memory, one with no cpu bid one vcpu at the lowest weight, so every
+active account has a machine; a bid that is there but allocated nothing (outbid, or
+below its min) still stops the domain. Small moves (at most 0.5 %) are not pushed
+to the hypervisor every tick: :func:`close_enough`.
 """
 
 from __future__ import annotations
@@ -36,10 +41,27 @@ class DomainSpec:
     disk_kib: int | None = None
 
 
+@dataclass(frozen=True)
+class VmDefaults:
+    """What a host gives a machine for a resource its bundle does not bid on."""
+
+    memory_kib: int = 256 * 1024
+
+    def to_doc(self) -> dict[str, int]:
+        return {"memory_kib": self.memory_kib}
+
+
 def domain_spec(allocation: Mapping[str, int], bids: Mapping[str, Bid],
-                capacities: Mapping[str, int], max_vcpus: int) -> DomainSpec | None:
+                capacities: Mapping[str, int], max_vcpus: int,
+                defaults: VmDefaults | None = None) -> DomainSpec | None:
+    """The domain of an allocation, or None when it has none (see the module
+    docstring; ``defaults`` None: cpu and memory both needed, the auction's view)."""
     cpu, mem = allocation.get("cpu", 0), allocation.get("memory", 0)
     cap = capacities.get("cpu", 0)
+    if defaults is not None and "memory" not in bids:
+        mem = defaults.memory_kib
+    if defaults is not None and "cpu" not in bids:
+        cpu, cap = 1, max(cap, WEIGHT_SCALE)   # one vcpu, weight 1
     if cpu <= 0 or mem <= 0 or cap <= 0:
         return None
     vcpus = min(max_vcpus, max(1, -(-cpu * max_vcpus // cap)))

@@ -169,6 +169,9 @@ class Settings:
     """Find out this node's reachability from registrars and, if it cannot be called
     back, keep a relay reservation (section 7). Off: advertise the address as is."""
     vmm_uri: str = "test:///default"
+    vm_default_memory_kib: int = 256 * 1024
+    """The memory a machine gets when its bundle has no memory bid (in the host
+    record as ``vm.default_memory_kib``; at least 16 MiB)."""
     tick_seconds: float = 1.0
     republish_seconds: float = 600.0
     audit_seconds: float = 10.0
@@ -196,6 +199,9 @@ class Settings:
         for name in ("cpu_mhz", "memory_kib", "min_price"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"setting {name!r} must not be negative", getattr(self, name))
+        if self.vm_default_memory_kib < 16 * 1024:
+            raise ConfigError("setting 'vm_default_memory_kib' must be at least 16 MiB "
+                              "(16384 KiB)", self.vm_default_memory_kib)
         for name in ("tick_seconds", "republish_seconds", "audit_seconds",
                      "relay_circuit_seconds", "relay_circuit_bytes"):
             if not getattr(self, name) > 0:

@@ -23,6 +23,7 @@ from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account, Refund, RefundPaid
 from p2pmarket.auction.allocation import evaluate, resolved
 from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, AllocationResult
+from p2pmarket.auction.enforce import VmDefaults
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, next_tick_at
 from p2pmarket.auction.machine import HostState
@@ -71,7 +72,7 @@ class AuctionRunner:
         self._last: AllocationResult | None = None
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._paying: set[str] = set()
-        self.sync = VmmSync(vmm)
+        self.sync = VmmSync(vmm, VmDefaults(settings.vm_default_memory_kib))
         config = saved_config(store, settings)
         tick_us = max(1, int(settings.tick_seconds * US_PER_S))
         self.journal = Journal(identity, store,

@@ -1,9 +1,10 @@
 """Keeping the hypervisor in line with the auction: the only place that calls the VMM.
 
 Lifecycle: a domain is defined and started on its account's first allocation
-of cpu and memory, updated live when its spec moves by more than the tolerance
+(with the host's :class:`~p2pmarket.auction.enforce.VmDefaults` for a resource the
+bundle does not bid on), updated live when its spec moves by more than the tolerance
 of :func:`p2pmarket.auction.enforce.close_enough`, shut down when the account has
-expired or lost cpu or memory, and undefined (with its volume) when the account
+expired or lost the cpu or memory it bid on, and undefined (with its volume) when the account
 is closed. What the driver could not enforce is kept per account for the status.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from p2pmarket.auction.accounts import ACTIVE, Account
-from p2pmarket.auction.enforce import DomainSpec, close_enough, domain_spec
+from p2pmarket.auction.enforce import DomainSpec, VmDefaults, close_enough, domain_spec
 from p2pmarket.auction.model import Bid
 from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError
 
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class VmmSync:
-    def __init__(self, vmm: VMM) -> None:
+    def __init__(self, vmm: VMM, defaults: VmDefaults | None = None) -> None:
         self.vmm = vmm
+        self.defaults = defaults or VmDefaults()
         self.applied: dict[str, DomainSpec | None] = {}
         self.info: dict[str, VmInfo] = {}
         self.usage: dict[str, tuple[int, int]] = {}   # disk usage, floor (KiB)
@@ -34,7 +36,8 @@ class VmmSync:
     def wanted(self, account: Account, bids: Mapping[str, Bid],
                capacities: Mapping[str, int]) -> bool:
         return account.state == ACTIVE and domain_spec(
-            account.allocation, bids, capacities, self.vmm.max_vcpus) is not None
+            account.allocation, bids, capacities, self.vmm.max_vcpus,
+            self.defaults) is not None
 
     def disk_usage(self) -> dict[str, tuple[int, int]]:
         return dict(self.usage)
@@ -60,7 +63,8 @@ class VmmSync:
             for aid, account in sorted(accounts.items()):
                 await self._disk(aid, account, events.get(aid, []))
                 want = None if account.state != ACTIVE else domain_spec(
-                    account.allocation, bids[aid], capacities, self.vmm.max_vcpus)
+                    account.allocation, bids[aid], capacities, self.vmm.max_vcpus,
+                    self.defaults)
                 if aid in self.applied and close_enough(self.applied[aid], want):
                     continue
                 try:

@@ -358,6 +358,20 @@ async def test_tick_charges_and_shares_three_to_one(make_host: Make) -> None:
     assert summary["cpu"]["free"] == 4000 - alloc[a]["cpu"] - alloc[b]["cpu"]
 
 
+async def test_a_bundle_without_memory_or_cpu_still_gets_a_machine(make_host: Make) -> None:
+    """Issue 13: never charged for nothing. A cpu-only bundle runs with the host's
+    default memory; a memory-only one with one vcpu at the lowest weight."""
+    h = make_host()
+    cpu_only = await open_account(h, ALICE, bids={"cpu": "1,0.1,1"})
+    info = h.vmm.describe(cpu_only)
+    assert info is not None and info.state == "running"
+    assert info.memory_kib == Settings().vm_default_memory_kib == 256 * 1024
+    mem_only = await open_account(h, BOB, bids={"memory": "1,64MiB,128MiB"})
+    info = h.vmm.describe(mem_only)
+    assert info is not None and info.state == "running"
+    assert (info.vcpus, info.weight, info.memory_kib) == (1, 1, 128 * 1024)
+
+
 async def test_outbid_claim_dropped_and_vm_shut_down(make_host: Make) -> None:
     h = make_host()
     poor = await open_account(h, ALICE, amount=360_000, bids={"cpu": "1,0,1",
