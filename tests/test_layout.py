@@ -68,6 +68,7 @@ PURE_CORES = (
     "p2pmarket.nat.streamreq",      # stream requests and control messages
     "p2pmarket.host.forwardtable",  # which leased ports go where
     "p2pmarket.client.reachview",
+    "p2pmarket.client.accessrec",  # the way in a lease reply names
     "p2pmarket.core.urls",
 )
 

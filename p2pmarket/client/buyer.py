@@ -34,6 +34,7 @@ from p2pmarket.auction.lease import Lease, verify_lease
 from p2pmarket.auction.quote import quote_id
 from p2pmarket.auction.resources import BidSpec, parse_bids
 from p2pmarket.audit.witness import push_to_witnesses
+from p2pmarket.client.accessrec import access_fields
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.netopts import ClientNet
 from p2pmarket.client.planner import HostTerms, PlanError, plan_bundle, want_from_bids
@@ -328,7 +329,7 @@ async def open_account(client: PeerClient, wdir: WalletDir, holder: bytes, pendi
     paid = Certificate.from_wire(payment).entry.body["amount"]
     wdir.save_lease(lease.lease_id, {"host_key": pending["host_key"], "url": pending["url"],
                                      "account_id": account_id, "lease": envelope.hex(),
-                                     "paid": str(paid)})
+                                     "paid": str(paid), **access_fields(reply)})
     wdir.set_pending(pending_id, None)
     return account_id, lease, envelope, reply.get("audit")
 
@@ -351,7 +352,7 @@ async def fund_account(client: PeerClient, wdir: WalletDir, pending_id: str,
                        lease.lease_id)
     paid = int(record.get("paid", "0")) + int(pending["amount"])
     wdir.save_lease(lease.lease_id, {**record, "lease": pack(env.to_wire()).hex(),
-                                     "paid": str(paid)})
+                                     "paid": str(paid), **access_fields(reply)})
     wdir.set_pending(pending_id, None)
     return lease, reply.get("audit")
 

@@ -34,6 +34,7 @@ from p2pmarket.auction.accounts import memo_refund_id
 from p2pmarket.auction.lease import Lease, verify_lease
 from p2pmarket.auction.resources import parse_bids
 from p2pmarket.audit.witness import push_refund_to_witnesses
+from p2pmarket.client.accessrec import access_fields
 from p2pmarket.client.buyer import (
     PUSH_TIMEOUT_S,
     BuyError,
@@ -134,7 +135,8 @@ async def refresh_leases(wdir: WalletDir, now: int, net: ClientNet | None = None
                                                 {"account_id": record["account_id"]})
                 env = Envelope.from_wire(reply.get("lease"))
                 lease = verify_lease(env, host_key)
-                record = {**record, "lease": pack(env.to_wire()).hex()}
+                record = {**record, "lease": pack(env.to_wire()).hex(),
+                          **access_fields(reply)}
                 wdir.save_lease(lease.lease_id, record)
                 audits.append((host_key, reply.get("audit"), record["url"]))
                 out.append(LeaseView(lease_id, record, lease, True,
@@ -330,7 +332,8 @@ async def rebid(wdir: WalletDir, lease_id: str, bid_texts: list[str],
         if lease.lease_id != record["account_id"]:
             raise BuyError("the host answered with another account than the lease's",
                            lease.lease_id)
-        wdir.save_lease(lease_id, {**record, "lease": pack(env.to_wire()).hex()})
+        wdir.save_lease(lease_id, {**record, "lease": pack(env.to_wire()).hex(),
+                                   **access_fields(reply)})
         with contextlib.suppress(TimeoutError, P2PMarketError):
             async with MarketView(wdir.genesis(), net) as market:
                 await push_audit(client, market, host_key, reply.get("audit"), record["url"])

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from p2pmarket.api.client import PeerClient
 from p2pmarket.auction.lease import Lease, verify_lease
+from p2pmarket.client.accessrec import access_fields
 from p2pmarket.client.buyer import BuyError, client_net
 from p2pmarket.client.leases import call_host
 from p2pmarket.client.netopts import ClientNet
@@ -167,7 +168,7 @@ async def current_access(wdir: WalletDir, lease_text: str, net: ClientNet | None
                                                 {"account_id": record["account_id"]})
             env = Envelope.from_wire(reply.get("lease"))
             lease = verify_lease(env, host_key)
-            record = {**record, "lease": pack(env.to_wire()).hex()}
+            record = {**record, "lease": pack(env.to_wire()).hex(), **access_fields(reply)}
             wdir.save_lease(lease_id, record)
     return access_of(lease_id, record, lease)
 

@@ -127,6 +127,9 @@ class Auctioneer(AuctionRunner):
                  audit: AuditLog | None = None, refund_payment: RefundPayment | None = None,
                  long_interval_us: int = DEFAULT_LONG_INTERVAL_US) -> None:
         self.accept_payment = accept_payment
+        self.access_of: Callable[[str], dict[str, Any]] | None = None
+        """The way in to an account's machine, for the lease replies (the node's
+        :meth:`~p2pmarket.host.access.AccessKeeper.access`)."""
         super().__init__(identity, settings, store, vmm, clock, audit, refund_payment,
                          long_interval_us)
 
@@ -202,7 +205,10 @@ class Auctioneer(AuctionRunner):
     def _leased_reply(self, st: Step, auth: AuditAuthenticator) -> dict[str, Any]:
         assert st.result is not None
         aid = st.result["account_id"]
-        return {**st.result, "lease": dict(self.journal.leases[aid]), "audit": auth.to_wire()}
+        reply = {**st.result, "lease": dict(self.journal.leases[aid]), "audit": auth.to_wire()}
+        if self.access_of is not None:
+            reply["access"] = self.access_of(aid)
+        return reply
 
     async def _call(self, name: str, ctx: CallContext, args: dict[str, Any],
                     payment: bool = False) -> tuple[Step, AuditAuthenticator]:

@@ -73,6 +73,8 @@ class AuctionRunner:
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._paying: set[str] = set()
         self.sync = VmmSync(vmm, VmDefaults(settings.vm_default_memory_kib))
+        self.on_synced: Callable[[], Awaitable[None]] | None = None
+        """Called after every VMM sync (the node keeps the leased ports with it)."""
         config = saved_config(store, settings)
         tick_us = max(1, int(settings.tick_seconds * US_PER_S))
         self.journal = Journal(identity, store,
@@ -267,6 +269,11 @@ class AuctionRunner:
         await self.sync.run(accounts, {aid: resolved(self.state, a)
                                        for aid, a in accounts.items()},
                             self.capacities, self._events)
+        if self.on_synced is not None:
+            try:
+                await self.on_synced()
+            except Exception:   # the ports follow next time; the auction goes on
+                log.exception("keeping the leased ports failed")
 
 
 __all__ = ["AuctionRunner", "RefundPayment", "paid_body"]

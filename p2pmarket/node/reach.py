@@ -46,7 +46,7 @@ from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import HostRecord
 from p2pmarket.nat.reachability import KEEP_REGISTRARS, Reachability, Verdict
 from p2pmarket.nat.registration import Registration, register
-from p2pmarket.nat.relayclient import RelayClient
+from p2pmarket.nat.relayclient import OnStream, RelayClient
 from p2pmarket.nat.tunnel import connect_tunnel
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,11 @@ class ReachKeeper:
 
     def __init__(self, identity: Identity, *, self_known: Callable[[], tuple[str, int]],
                  local_url: Callable[[], str], candidates: Candidates, on_advert: OnAdvert,
-                 proxy: str | None = None, clock: Callable[[], int] = now_us) -> None:
+                 proxy: str | None = None, clock: Callable[[], int] = now_us,
+                 on_stream: OnStream | None = None) -> None:
         self.identity = identity
+        self.on_stream = on_stream
+        """Serves buyers' streams to leased ports through our relay (issue 13)."""
         self.self_known = self_known
         self.local_url = local_url
         self.candidates = candidates
@@ -218,7 +221,7 @@ class ReachKeeper:
 
     async def _serve_relay(self, peer: Peer) -> None:
         client = RelayClient(self.identity, peer.url, peer.key, self.local_url(),
-                             proxy=self.proxy)
+                             proxy=self.proxy, on_stream=self.on_stream)
         self._relay = client
         task = asyncio.create_task(client.run(), name="relay-client")
         try:

@@ -49,10 +49,12 @@ from p2pmarket.core.urls import http_url
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ResourceAd
+from p2pmarket.host.access import AccessKeeper
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.control import control_handlers as host_control_handlers
 from p2pmarket.host.control import upload_route
+from p2pmarket.host.portfwd import PortForwards
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate
@@ -64,6 +66,7 @@ from p2pmarket.nat.registrar import Registrar
 from p2pmarket.nat.registration import echo_handlers
 from p2pmarket.nat.relay import RelayService
 from p2pmarket.nat.relaylimits import RelayLimits
+from p2pmarket.nat.streams import StreamGate
 from p2pmarket.node.advert import Availability, PriceHistory, moved
 from p2pmarket.node.reach import Advert, ReachKeeper, reach_candidates
 
@@ -121,6 +124,13 @@ class Node:
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
                                      accept_payment=self.accept_payment, audit=self.audit,
                                      refund_payment=self.refund_payment)
+        self.access = AccessKeeper(
+            self.vmm, PortForwards(settings.listen_host),
+            lambda: self.auctioneer.allocation().winners, lambda: self.auctioneer.state.accounts,
+            lambda: self.public_host, lambda: self.advert is not None and self.advert.client_mode,
+            reserved={settings.http_port, settings.dht_port, settings.control_port} - {0})
+        self.auctioneer.on_synced = self.access.sync
+        self.auctioneer.access_of = self.access.access
         self.market_changed = asyncio.Event()
         self.dispatcher.register_all("host", {
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
@@ -146,7 +156,8 @@ class Node:
             identity, self_known=lambda: (self.public_host, self.peer_site.port),
             local_url=self.local_url,
             candidates=lambda: reach_candidates(genesis, self.dht, self.records),
-            on_advert=self._on_advert, proxy=settings.http_proxy or None
+            on_advert=self._on_advert, proxy=settings.http_proxy or None,
+            on_stream=StreamGate(identity, self.access.forwards.admit).serve
         ) if settings.nat else None
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
             upload_route(self.auctioneer), *gateway_routes(self.dht),
@@ -258,6 +269,7 @@ class Node:
         await self.peer_site.stop()
         await self.wallet.close()
         await self.peers.close()
+        await self.access.close()
         self.vmm.close()
         self.accounts.close()
         self.audit.close()

@@ -115,5 +115,10 @@ class VMM(ABC):
     def delete_volume(self, account_id: str) -> None:  # noqa: B027 - optional hook
         """Delete the account's volume; no-op when there is none."""
 
+    def guest_address(self, account_id: str) -> str | None:
+        """The IPv4 address the account's guest has on the guests' network, None when
+        it has none (yet, or ever: the test driver's domains have no network)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

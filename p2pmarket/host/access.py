@@ -1,0 +1,112 @@
+"""Keeping the leased ports in step with the auction: the buyer's way in (issue 13).
+
+After every change of the allocation (a tick, a bid, the owner's settings) the
+runner calls :meth:`AccessKeeper.sync`: it asks the VMM for the guests' addresses,
+lets the pure rules (:func:`p2pmarket.host.forwardtable.desired_forwards`) decide which
+won ``tcp_port`` goes to which guest's port 22, and has
+:class:`~p2pmarket.host.portfwd.PortForwards` apply the difference. A relayed host
+(behind NAT or a proxy) listens too, on its LAN address, but buyers reach its ports
+as streams through its relay (:mod:`p2pmarket.nat.streams`), admitted by the same
+table (:meth:`~p2pmarket.host.portfwd.PortForwards.admit`).
+
+:meth:`AccessKeeper.access` is what a lease reply and ``host status`` say about an
+account's way in: ``{address, port, reach, state}``, ``state`` ``forwarded`` or the
+reason it waits (no port won, no guest address yet, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
+from typing import Any
+
+from p2pmarket.auction.accounts import Account
+from p2pmarket.host.forwardtable import (
+    GUEST_NETWORK,
+    GUEST_SSH_PORT,
+    desired_forwards,
+    ports_won,
+)
+from p2pmarket.host.portfwd import PortForwards
+from p2pmarket.host.vmm.base import VMM, VmmError
+
+log = logging.getLogger(__name__)
+
+NO_PORT = "no tcp_port won"
+
+
+class AccessKeeper:
+    """The forwards of one host (see the module docstring).
+
+    ``public_address`` gives the address buyers connect to (the host's advertised
+    address) and ``relayed`` whether buyers come through the host's relay instead;
+    ``winners`` and ``accounts`` read the runner's current allocation and accounts."""
+
+    def __init__(self, vmm: VMM, forwards: PortForwards,
+                 winners: Callable[[], Mapping[str, str]],
+                 accounts: Callable[[], Mapping[str, Account]],
+                 public_address: Callable[[], str], relayed: Callable[[], bool], *,
+                 network: str = GUEST_NETWORK, reserved: Collection[int] = (),
+                 guest_port: int = GUEST_SSH_PORT) -> None:
+        self.vmm = vmm
+        self.forwards = forwards
+        self.winners = winners
+        self.accounts = accounts
+        self.public_address = public_address
+        self.relayed = relayed
+        self.network = network
+        self.reserved = frozenset(reserved)
+        self.guest_port = guest_port
+        """The guests' SSH port (22; another only for tests and unusual images)."""
+        self.waiting: dict[int, tuple[str, str]] = {}
+        self.guests: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    async def sync(self) -> None:
+        """Bring the forwards in line with the allocation and the guests' addresses."""
+        async with self._lock:
+            accounts = self.accounts()
+            winners = self.winners()
+            guests: dict[str, str] = {}
+            for aid in sorted(set(ports_won(winners).values())):
+                if aid not in accounts:
+                    continue
+                try:
+                    address = await asyncio.to_thread(self.vmm.guest_address, aid)
+                except VmmError as exc:
+                    log.warning("no guest address for %s: %s", aid, exc.message)
+                    continue
+                if address:
+                    guests[aid] = address
+            want = desired_forwards(winners, accounts, guests, network=self.network,
+                                    reserved=self.reserved)
+            table = want.table if self.guest_port == GUEST_SSH_PORT else {
+                p: replace(f, guest_port=self.guest_port) for p, f in want.table.items()}
+            await self.forwards.sync(table)
+            self.waiting, self.guests = want.waiting, guests
+
+    def access(self, account_id: str) -> dict[str, Any]:
+        """The account's way in (see the module docstring)."""
+        ports = sorted(p for p, aid in ports_won(self.winners()).items() if aid == account_id)
+        table = self.forwards.table
+        reach = "relay" if self.relayed() else "direct"
+        for port in ports:
+            if port in table:
+                return {"address": self.public_address(), "port": port, "reach": reach,
+                        "guest": self.guests.get(account_id, ""), "state": "forwarded"}
+        why = next((self.waiting[p][1] for p in ports if p in self.waiting), NO_PORT)
+        return {"address": self.public_address(), "port": ports[0] if ports else 0,
+                "reach": reach, "guest": self.guests.get(account_id, ""), "state": why}
+
+    def status(self) -> dict[str, Any]:
+        return {"forwards": self.forwards.status(),
+                "waiting": [{"port": p, "account_id": aid, "reason": why}
+                            for p, (aid, why) in sorted(self.waiting.items())]}
+
+    async def close(self) -> None:
+        await self.forwards.close()
+
+
+__all__ = ["NO_PORT", "AccessKeeper"]
