@@ -95,3 +95,21 @@ def test_is_our_node_refuses_other_processes(tmp_path: Path) -> None:
     assert testnet.is_our_node(os.getpid(), str(tmp_path)) is False
     assert testnet.is_our_node(2**22 + 12345, str(tmp_path)) is False
     assert testnet.stop_pid(os.getpid(), str(tmp_path)) is False  # never signals us
+
+
+@pytest.mark.parametrize(("ports", "message"), [
+    ("30000-29999", "ports 1..65535"), ("0-10", "ports 1..65535"), ("a-b", "a port or"),
+    ("1-9999", "at most 4096"), ("7400", "the node's own port"), ("30000,30001", "a port or")])
+def test_bad_tcp_ports(ports: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(tcp_ports=ports, http_port=7400).check()
+
+
+def test_tcp_ports_are_offered_as_unique_resources_until_the_owner_saves_others() -> None:
+    from p2pmarket.auction.hostconfig import HostConfig
+    config = HostConfig.defaults(4000, 1 << 20, 3, "30000-30009")
+    assert config.unique == {"tcp_port,30000-30009": 3}
+    assert config.updated({}).unique == config.unique
+    assert config.updated({"unique": {"tcp_port,31000": 5}}).unique == {"tcp_port,31000": 5}
+    assert HostConfig.defaults(4000, 1 << 20, 3).unique == {}
+    Settings(tcp_ports="30000-30009").check()

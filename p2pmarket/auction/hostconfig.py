@@ -32,20 +32,27 @@ class HostConfig:
     unique: dict[str, int] = field(default_factory=dict)      # key or range -> reserve/s
 
     @classmethod
-    def defaults(cls, cpu_mhz: int, memory_kib: int, min_price: int) -> HostConfig:
-        """A host offering ``cpu_mhz`` and ``memory_kib`` at ``min_price`` per unit·s."""
+    def defaults(cls, cpu_mhz: int, memory_kib: int, min_price: int,
+                 tcp_ports: str = "") -> HostConfig:
+        """A host offering ``cpu_mhz`` and ``memory_kib`` at ``min_price`` per unit·s,
+        and the ``tcp_ports`` (one port or a range, e.g. ``30000-30099``; "" none) at
+        ``min_price`` per second each."""
         caps = {r: 0 for r in DIVISIBLE}
         caps.update(cpu=cpu_mhz, memory=memory_kib)
-        return cls(caps, {r: max(1, min_price) for r in DIVISIBLE}, {})
+        unique = {canonical_key(f"tcp_port,{tcp_ports}"): max(1, min_price)} if tcp_ports \
+            else {}
+        return cls(caps, {r: max(1, min_price) for r in DIVISIBLE}, unique)
 
     def updated(self, saved: Mapping[str, Any]) -> HostConfig:
         """These defaults overridden by the saved settings ``capacities``, ``min_prices``
-        and ``unique`` (each a map, as :meth:`to_saved` gives them)."""
+        and ``unique`` (each a map, as :meth:`to_saved` gives them; a saved ``unique``
+        replaces the default one whole)."""
         caps = {**self.capacities, **{str(k): int(v) for k, v in
                                       dict(saved.get("capacities", {})).items()}}
         prices = {**self.min_prices, **{str(k): int(v) for k, v in
                                         dict(saved.get("min_prices", {})).items()}}
-        unique = {str(k): int(v) for k, v in dict(saved.get("unique", {})).items()}
+        unique = {str(k): int(v) for k, v in dict(saved["unique"]).items()} \
+            if "unique" in saved else dict(self.unique)
         return HostConfig(caps, prices, unique)
 
     def root_bids(self, tick_us: int) -> dict[str, int]:

@@ -61,6 +61,33 @@ class NodeProc:
     notary: bool
 
 
+TCP_PORTS_PER_NODE = 4
+"""The ``tcp_ports`` each node of a loopback testnet leases (SSH to its guests)."""
+LEASED_PORTS_FROM = 21000   # below Linux's ephemeral ports (32768-60999)
+
+
+def free_block(count: int, avoid: set[int]) -> int:
+    """The first port of ``count`` consecutive TCP ports free on loopback now (from
+    :data:`LEASED_PORTS_FROM`, none in ``avoid``)."""
+    base = LEASED_PORTS_FROM
+    while base + count <= 32768:
+        clash = next((p for p in range(base, base + count) if p in avoid or not _free(p)),
+                     None)
+        if clash is None:
+            return base
+        base = clash + 1
+    raise TestnetError("no block of free TCP ports for the leased ports", count)
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        try:
+            tcp.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free for both TCP and UDP on loopback right now."""
     ports: list[int] = []
@@ -97,9 +124,12 @@ def create(root: Path, nodes: int, base_port: int = 0, cpu_mhz: int = 4000,
              else free_ports(3 * nodes))
     idents = [Identity.generate() for _ in range(nodes)]
     mint = Identity.generate()
+    leased = free_block(TCP_PORTS_PER_NODE * nodes, set(ports))
     settings = [Settings(listen_host=HOST, http_port=ports[3 * i], dht_port=ports[3 * i + 1],
                          control_port=ports[3 * i + 2], cpu_mhz=cpu_mhz,
-                         memory_kib=memory_kib, tick_seconds=tick_seconds)
+                         memory_kib=memory_kib, tick_seconds=tick_seconds,
+                         tcp_ports=f"{leased + TCP_PORTS_PER_NODE * i}-"
+                                   f"{leased + TCP_PORTS_PER_NODE * (i + 1) - 1}")
                 for i in range(nodes)]
     genesis = Genesis(
         network=f"testnet-{root.name}",

@@ -169,6 +169,10 @@ class Settings:
     """Find out this node's reachability from registrars and, if it cannot be called
     back, keep a relay reservation (section 7). Off: advertise the address as is."""
     vmm_uri: str = "test:///default"
+    tcp_ports: str = ""
+    """The TCP ports this host leases for SSH to its guests (a port or a range, e.g.
+    ``30000-30099``; each a unique resource, section 6); "" none until the owner runs
+    ``p2pmarket host set-capacity tcp_port ...``."""
     vm_default_memory_kib: int = 256 * 1024
     """The memory a machine gets when its bundle has no memory bid (in the host
     record as ``vm.default_memory_kib``; at least 16 MiB)."""
@@ -199,6 +203,8 @@ class Settings:
         for name in ("cpu_mhz", "memory_kib", "min_price"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"setting {name!r} must not be negative", getattr(self, name))
+        if self.tcp_ports:
+            _tcp_ports(self.tcp_ports, {self.http_port, self.dht_port, self.control_port})
         if self.vm_default_memory_kib < 16 * 1024:
             raise ConfigError("setting 'vm_default_memory_kib' must be at least 16 MiB "
                               "(16384 KiB)", self.vm_default_memory_kib)
@@ -292,3 +298,19 @@ def load_genesis(path: Path) -> Genesis:
         raise ConfigError(f"no genesis file at {path}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not JSON: {exc}") from None
+
+
+def _tcp_ports(text: str, own: set[int]) -> None:
+    """Check the ``tcp_ports`` setting: a port or range of ports 1..65535, none of them
+    the node's own."""
+    lo_text, _, hi_text = text.partition("-")
+    if not lo_text.isdigit() or not (hi_text or lo_text).isdigit():
+        raise ConfigError("setting 'tcp_ports' must be a port or a range like 30000-30099",
+                          text)
+    lo, hi = int(lo_text), int(hi_text or lo_text)
+    if not 1 <= lo <= hi <= 65535 or hi - lo >= 4096:
+        raise ConfigError("setting 'tcp_ports' must be ports 1..65535, at most 4096 of them",
+                          text)
+    taken = sorted(p for p in own if lo <= p <= hi)
+    if taken:
+        raise ConfigError("setting 'tcp_ports' includes the node's own port", taken[0])

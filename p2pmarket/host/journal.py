@@ -197,8 +197,8 @@ def state_doc(state: HostState, seq: int) -> dict[str, Any]:
 
 def saved_config(store: AccountStore, settings: Settings) -> HostConfig:
     """The host's settings: the node's defaults, overridden by those saved in the store."""
-    return HostConfig.defaults(settings.cpu_mhz, settings.memory_kib,
-                               settings.min_price).updated(store.settings())
+    return HostConfig.defaults(settings.cpu_mhz, settings.memory_kib, settings.min_price,
+                               settings.tcp_ports).updated(store.settings())
 
 
 __all__ = ["STATE_KEY", "Journal", "OldLogError", "OnCommit", "saved_config", "state_doc"]

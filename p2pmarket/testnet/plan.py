@@ -153,11 +153,17 @@ def _nat(topo: Topology, ns: str, r: Router) -> list[Command]:
 
 # -- processes -----------------------------------------------------------------------
 
+LEASED_PORTS = "30000-30009"
+"""The ports a host site leases for SSH to its guests (each site has its own address)."""
+
+
 def node_settings(topo: Topology, site: Site) -> dict[str, Any]:
     """The settings of a site's node (its config.toml): the topology's [node] table,
-    then its addresses and ports."""
+    then its addresses and ports (a host's leased ``tcp_ports`` too)."""
+    leased = {"tcp_ports": LEASED_PORTS} if site.role == "host" else {}
     return {**dict(topo.node_settings), "listen_host": "0.0.0.0",
-            "advertise_host": site.address, "http_port": HTTP_PORT, "dht_port": DHT_PORT}
+            "advertise_host": site.address, "http_port": HTTP_PORT, "dht_port": DHT_PORT,
+            **leased}
 
 
 def node_command(python: str, topo: Topology, site: Site, data_dir: str) -> list[str]:

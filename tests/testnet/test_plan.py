@@ -98,7 +98,8 @@ def test_node_settings_and_genesis() -> None:
     topo = parse(DEFAULT_TOPOLOGY.read_text() + "\n[node]\ntick_seconds = 0.5\n")
     assert plan.node_settings(topo, topo.site("hn1")) == {
         "tick_seconds": 0.5, "listen_host": "0.0.0.0", "advertise_host": "198.19.1.10",
-        "http_port": 7400, "dht_port": 7401}
+        "http_port": 7400, "dht_port": 7401, "tcp_ports": "30000-30009"}
+    assert "tcp_ports" not in plan.node_settings(topo, topo.site("n1"))   # a notary
     keys = [bytes([i]) * 32 for i in range(4)]
     g = plan.genesis_for(topo, keys, b"m" * 32)
     assert g.f == 1 and g.quorum == 3 and g.shared_prefixes == ("198.18.0.0/15",)
