@@ -119,7 +119,7 @@ async def _login(address: str, key: object, deadline: float) -> tuple[float, str
                 return when, str(result.stdout)
         except asyncssh.PermissionDenied:
             raise
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
             last = exc
             await asyncio.sleep(0.5)   # the guest is still booting: try again
     raise AssertionError(f"no SSH login before the deadline: {last!r}")

@@ -104,9 +104,9 @@ def domain_xml(p: DomainPlan) -> str:
                       type=p.disk_format)
         ET.SubElement(disk, "source", file=p.disk)
         ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    if p.seed is not None and dtype == "qemu":
+    if p.seed is not None and dtype != "lxc":
         cdrom = ET.SubElement(devices, "disk", type="file", device="cdrom")
-        ET.SubElement(cdrom, "driver", name="qemu", type="raw")
+        ET.SubElement(cdrom, "driver", name="qemu" if dtype == "qemu" else dtype, type="raw")
         ET.SubElement(cdrom, "source", file=p.seed)
         ET.SubElement(cdrom, "target", dev="hdc", bus="ide")
         ET.SubElement(cdrom, "readonly")
