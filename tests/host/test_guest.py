@@ -106,25 +106,6 @@ async def guests() -> AsyncIterator[Guests]:
             qlog.unlink(missing_ok=True)
 
 
-async def _login(address: str, key: object, deadline: float) -> tuple[float, str]:
-    """Log in as root with ``key`` as soon as the guest answers; (when, output)."""
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            async with asyncssh.connect(address, username="root", client_keys=[key],
-                                        known_hosts=None, connect_timeout=5) as conn:
-                when = time.monotonic()
-                result = await conn.run("echo hello; head -1 /proc/cpuinfo; "
-                                        "ip -4 addr show eth0", check=True, timeout=20)
-                return when, str(result.stdout)
-        except asyncssh.PermissionDenied:
-            raise
-        except (TimeoutError, OSError, asyncssh.Error) as exc:
-            last = exc
-            await asyncio.sleep(0.5)   # the guest is still booting: try again
-    raise AssertionError(f"no SSH login before the deadline: {last!r}")
-
-
 def _serial(vmm: LibvirtVMM, aid: str) -> str:
     log = vmm.console_log(aid)
     if log is None or not os.path.exists(log):
@@ -145,7 +126,7 @@ async def test_guest_boots_and_accepts_the_buyers_key(guests: Guests) -> None:
                                                                  256 * 1024))
     assert info.state == "running"
     try:
-        when, out = await _login(address, key, start + BOOT_TO_SSH_LIMIT_S)
+        when, out = await testguest.ssh_login(address, key, start + BOOT_TO_SSH_LIMIT_S)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nconsole:\n{_serial(vmm, 'acc1')}") from None
     boot_to_ssh = when - start
@@ -156,7 +137,7 @@ async def test_guest_boots_and_accepts_the_buyers_key(guests: Guests) -> None:
     assert f"inet {address}/" in out
     # a key that is not the buyer's is refused
     with pytest.raises(asyncssh.PermissionDenied):
-        await _login(address, other, time.monotonic() + 30)
+        await testguest.ssh_login(address, other, time.monotonic() + 30)
     xml = vmm.conn.lookupByName(vmm.name_of("acc1")).XMLDesc(0)
     assert "<kernel>" in xml and f"{vmm.name_of('acc1')}-seed.iso" in xml
     assert "192.168.122" not in xml and "network='default'" not in xml
@@ -170,7 +151,7 @@ async def test_guest_boots_and_accepts_the_buyers_key(guests: Guests) -> None:
         info = await asyncio.to_thread(again.apply, "acc1", DomainSpec(1, 256 * 1024, 100,
                                                                        256 * 1024))
         assert info.state == "running"
-        when, out = await _login(address, key, start + BOOT_TO_SSH_LIMIT_S)
+        when, out = await testguest.ssh_login(address, key, start + BOOT_TO_SSH_LIMIT_S)
         print(f"boot_to_ssh_s_qemu after a host restart={when - start:.1f}")
         assert out.splitlines()[0] == "hello"
     finally:

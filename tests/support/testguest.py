@@ -17,11 +17,13 @@ modules, the init script), so a second run on the same machine costs nothing.
 
 Used by ``tests/host/test_guest.py`` and ``scripts/build-test-guest`` (which the
 benchmark can call); run as ``python -m tests.support.testguest`` it prints the
-boot settings as JSON.
+boot settings as JSON. :func:`ssh_login` waits for the guest's SSH and logs in
+(asyncssh), the measure of boot to SSH.
 """
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import gzip
 import hashlib
@@ -33,8 +35,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CACHE = Path("/var/cache/p2pmarket-guest")
 VERSION = "1"
@@ -242,6 +246,44 @@ def build(cache: Path = CACHE) -> TestGuest:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return done
+
+
+async def _banner(address: str, timeout: float = 1.0) -> None:
+    """Wait (at most ``timeout``) for an SSH banner on port 22: a cheap probe while
+    the guest boots (an unanswered ARP would hold a full connect for seconds)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(address, 22), timeout)
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        if not line.startswith(b"SSH-"):
+            raise OSError(f"not an SSH server: {line[:40]!r}")
+    finally:
+        writer.close()
+
+
+async def ssh_login(address: str, key: Any, deadline: float,
+                    command: str = "echo hello; head -1 /proc/cpuinfo; ip -4 addr show eth0"
+                    ) -> tuple[float, str]:
+    """Log in as root with asyncssh ``key`` as soon as the guest answers and run
+    ``command``; returns (monotonic time of the login, its output). A refused key
+    raises ``asyncssh.PermissionDenied`` at once; no answer by ``deadline``
+    (monotonic) raises AssertionError."""
+    import asyncssh  # a test extra: only what logs in needs it
+
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            await _banner(address)
+            async with asyncssh.connect(address, username="root", client_keys=[key],
+                                        known_hosts=None, connect_timeout=20) as conn:
+                when = time.monotonic()
+                result = await conn.run(command, check=True, timeout=20)
+                return when, str(result.stdout)
+        except asyncssh.PermissionDenied:
+            raise
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            last = exc
+            await asyncio.sleep(0.5)   # the guest is still booting: try again
+    raise AssertionError(f"no SSH login before the deadline: {last!r}")
 
 
 if __name__ == "__main__":
