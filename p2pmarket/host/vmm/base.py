@@ -21,6 +21,7 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.enforce import DomainSpec
+from p2pmarket.host.vmm.guest import GuestBoot
 
 
 class VmmError(HostError):
@@ -115,10 +116,20 @@ class VMM(ABC):
     def delete_volume(self, account_id: str) -> None:  # noqa: B027 - optional hook
         """Delete the account's volume; no-op when there is none."""
 
+    # -- guests (optional: the default says the backend boots none) -----------------
+
+    def prepare_guest(self, account_id: str, boot: GuestBoot, ssh_key: str) -> str | None:
+        """Set what the account's guest boots and the SSH key it accepts; returns the
+        guest's address when known in advance."""
+        raise VmmError("this VMM boots no guests", "prepare_guest")
+
     def guest_address(self, account_id: str) -> str | None:
         """The IPv4 address the account's guest has on the guests' network, None when
         it has none (yet, or ever: the test driver's domains have no network)."""
         return None
+
+    def release_guest(self, account_id: str) -> None:  # noqa: B027 - optional hook
+        """Forget the guest's boot settings, key seed and address."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

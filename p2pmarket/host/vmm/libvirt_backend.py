@@ -29,6 +29,11 @@ How a :class:`DomainSpec` is enforced, and the drivers' differences it hides:
   (the test driver cannot: it says so).
 - ``boot``: optional direct kernel boot ``{kernel, initrd, cmdline}`` for
   domains without an image (used by the qemu integration test).
+- Guests (:meth:`LibvirtVMM.prepare_guest`): what to boot (a :class:`GuestBoot`:
+  the volume, qcow2 or raw as its header says, or a host kernel), the NoCloud
+  seed with the buyer's key as an IDE cdrom, and a static DHCP address on the
+  project's NAT network (``network="auto"``: :mod:`.guestnet`, never libvirt's
+  ``default``); the domain XML itself is built by :mod:`.domainxml`.
 
 A stopped domain is redefined with the new spec when it is started again. All
 calls block; the auctioneer runs them in a thread.
@@ -37,7 +42,6 @@ calls block; the auctioneer runs them in a thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
@@ -46,16 +50,34 @@ from typing import Any
 import libvirt
 
 from p2pmarket.auction.enforce import DomainSpec
+from p2pmarket.host.vmm import network as guestnets
 from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError, VolumeInfo
+from p2pmarket.host.vmm.domainxml import (
+    META_KEY,
+    META_URI,
+    DomainPlan,
+    domain_xml,
+    guest_from_xml,
+    meta_element,
+)
+from p2pmarket.host.vmm.guest import (
+    HEAD_BYTES,
+    GuestBoot,
+    image_format,
+    parse_ssh_key,
+    seed_files,
+)
+from p2pmarket.host.vmm.guestnet import GuestNetwork, mac_for
+from p2pmarket.host.vmm.seediso import store_seed
 
-META_URI = "https://p2pmarket.invalid/host"
-META_KEY = "p2pmarket"
 _STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
            5: "shutoff", 6: "crashed", 7: "pmsuspended"}
 _WEIGHT_KEYS = ("cpu_shares", "weight")
 _DOMAIN_TYPES = {"TEST": "test", "QEMU": "qemu", "LXC": "lxc"}
 _META_FIELDS = ("vcpus", "memory_kib", "weight", "blkio", "net_in", "net_out")
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images/p2pmarket"
+SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
+SEED_SUFFIX = "-seed.iso"
 
 _quiet_installed = False
 
@@ -76,14 +98,21 @@ class LibvirtVMM(VMM):
     def __init__(self, uri: str = "test:///default", prefix: str = "p2pm-",
                  network: str | None = "auto", pool: str | None = "auto",
                  pool_path: str = DEFAULT_POOL_PATH,
-                 boot: Mapping[str, str] | None = None) -> None:
+                 boot: Mapping[str, str] | None = None,
+                 guest_network: GuestNetwork | None = None,
+                 serial_log_dir: str | None = SERIAL_LOG_DIR) -> None:
         _quiet()
         if not prefix or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_" for c in prefix):
             raise VmmError("domain prefix must be lower-case letters, digits, - or _", prefix)
         self.uri = uri
         self.prefix = prefix
         self.pool_path = pool_path
-        self.boot = dict(boot) if boot else None
+        self.boot = GuestBoot(boot.get("kernel"), boot.get("initrd"),
+                              boot.get("cmdline")) if boot else None
+        self.guest_net = guest_network or GuestNetwork()
+        self.network_error: str | None = None
+        self.serial_log_dir = serial_log_dir
+        self._guests: dict[str, tuple[GuestBoot, str | None]] = {}
         self._lock = threading.RLock()
         try:
             self.conn = libvirt.open(uri)
@@ -98,13 +127,20 @@ class LibvirtVMM(VMM):
             if pool == "auto" else pool
 
     def _pick_network(self, network: str | None) -> str | None:
+        """``auto``: the project's own NAT network (:mod:`.guestnet`), defined and
+        started if needed; None when it cannot start (the reason is noted).
+        libvirt's ``default`` network is never used."""
+        if network == "default":
+            raise VmmError("libvirt's default network (192.168.122.0/24) is not used: "
+                           "leave network='auto' for the project's own", network)
         if network != "auto":
             return network
         try:
-            net = self.conn.networkLookupByName("default")
-            return "default" if net.isActive() else None
-        except libvirt.libvirtError:
+            guestnets.ensure_network(self.conn, self.guest_net)
+        except VmmError as exc:
+            self.network_error = exc.args[0] if exc.args else str(exc)
             return None
+        return self.guest_net.name
 
     @property
     def max_vcpus(self) -> int:
@@ -135,10 +171,8 @@ class LibvirtVMM(VMM):
             try:
                 dom = self._lookup(name)
                 if dom is None or not dom.isActive():
-                    uuid = None if dom is None else dom.UUIDString()
-                    vol = self._volume(account_id)
-                    dom = self.conn.defineXML(self._domain_xml(
-                        name, uuid, spec, vcpus, want, None if vol is None else vol.path()))
+                    dom = self.conn.defineXML(domain_xml(self._plan(
+                        account_id, dom, spec, vcpus, want)))
                     dom.create()
                 else:
                     self._update_live(dom, vcpus, spec.memory_kib)
@@ -175,6 +209,7 @@ class LibvirtVMM(VMM):
                     dom.undefine()
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+            self.release_guest(account_id)
             self.delete_volume(account_id)
 
     def describe(self, account_id: str) -> VmInfo | None:
@@ -300,6 +335,85 @@ class LibvirtVMM(VMM):
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
+    # -- guests: boot, key, address ------------------------------------------------
+
+    def prepare_guest(self, account_id: str, boot: GuestBoot, ssh_key: str) -> str | None:
+        """Set what the account's guest boots and the key it accepts; its address.
+
+        Checks the key (:func:`parse_ssh_key`: a bad one is a ``GuestError``),
+        writes the NoCloud seed as the volume ``<domain>-seed.iso`` in the pool,
+        and reserves the guest's static DHCP address on the project network.
+        The next :meth:`apply` defines the domain with it; a running domain is
+        stopped so that the next sync restarts it so. Returns the guest's
+        address (None without the project network)."""
+        name = self.name_of(account_id)
+        files = seed_files(name, parse_ssh_key(ssh_key))
+        with self._lock:
+            try:
+                pool = self._pool(create=True)
+                dom = self._lookup(name)
+                if dom is not None and dom.isActive():
+                    dom.destroy()
+                seed = store_seed(self.conn, pool, name + SEED_SUFFIX, files,
+                                  streams=self.driver != "TEST")
+                address = None
+                if self.network == self.guest_net.name:
+                    address = guestnets.reserve(self.conn, self.guest_net, mac_for(name))
+            except libvirt.libvirtError as exc:
+                raise VmmError(f"libvirt: {_msg(exc)}", name) from None
+            self._guests[account_id] = (boot, seed)
+            return address
+
+    def guest_address(self, account_id: str) -> str | None:
+        """The guest's IPv4 address on the project network, None when unknown."""
+        if self.network != self.guest_net.name:
+            return None
+        with self._lock:
+            return guestnets.address(self.conn, self.guest_net,
+                                     mac_for(self.name_of(account_id)))
+
+    def console_log(self, account_id: str) -> str | None:
+        """Where the guest's serial console is logged (qemu), None elsewhere."""
+        if self.driver != "QEMU" or self.serial_log_dir is None:
+            return None
+        return f"{self.serial_log_dir}/{self.name_of(account_id)}-serial.log"
+
+    def release_guest(self, account_id: str) -> None:
+        """Forget the guest's boot settings, seed and address (no-op when none)."""
+        name = self.name_of(account_id)
+        with self._lock:
+            self._guests.pop(account_id, None)
+            if self.network == self.guest_net.name:
+                guestnets.release(self.conn, self.guest_net, mac_for(name))
+            pool = self._pool(create=False)
+            if pool is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.storageVolLookupByName(name + SEED_SUFFIX).delete(0)
+
+    def _plan(self, account_id: str, dom: Any, spec: DomainSpec, vcpus: int,
+              want: dict[str, int]) -> DomainPlan:
+        """The domain to define: the prepared guest, or what the stopped domain
+        booted (a host restart), or the legacy ``boot`` for a domain without disk."""
+        name = self.name_of(account_id)
+        vol = self._volume(account_id)
+        disk = None if vol is None else str(vol.path())
+        boot, seed = self._guests.get(account_id, (None, None))
+        if boot is None and dom is not None:
+            boot, seed = guest_from_xml(dom.XMLDesc(0))
+        if boot is None and disk is None:
+            boot = self.boot
+        fmt = "raw"
+        if disk is not None:
+            with contextlib.suppress(OSError), open(disk, "rb") as fh:
+                fmt = image_format(fh.read(HEAD_BYTES))
+        return DomainPlan(
+            dtype=_DOMAIN_TYPES[self.driver], name=name, spec=spec, vcpus=vcpus,
+            max_vcpus=self.max_vcpus, want=want,
+            uuid=None if dom is None else dom.UUIDString(), disk=disk, disk_format=fmt,
+            boot=boot, seed=seed, network=self.network,
+            mac=None if self.network is None else mac_for(name),
+            serial_log=self.console_log(account_id))
+
     # -- helpers -------------------------------------------------------------------
 
     def _lookup(self, name: str) -> Any:
@@ -309,61 +423,6 @@ class LibvirtVMM(VMM):
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise
-
-    def _mac(self, name: str) -> str:
-        h = hashlib.sha256(name.encode()).digest()
-        return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
-
-    def _domain_xml(self, name: str, uuid: str | None, spec: DomainSpec, vcpus: int,
-                    want: dict[str, int], disk_path: str | None) -> str:
-        dtype = _DOMAIN_TYPES[self.driver]
-        root = ET.Element("domain", type=dtype)
-        ET.SubElement(root, "name").text = name
-        if uuid is not None:
-            ET.SubElement(root, "uuid").text = uuid
-        top = max(spec.memory_kib, spec.max_memory_kib)
-        ET.SubElement(root, "memory", unit="KiB").text = str(top)
-        ET.SubElement(root, "currentMemory", unit="KiB").text = str(spec.memory_kib)
-        ET.SubElement(root, "vcpu", placement="static",
-                      current=str(vcpus)).text = str(self.max_vcpus)
-        if dtype != "test":
-            ET.SubElement(ET.SubElement(root, "cputune"), "shares").text = str(spec.cpu_weight)
-        if spec.blkio_weight is not None:
-            ET.SubElement(ET.SubElement(root, "blkiotune"),
-                          "weight").text = str(spec.blkio_weight)
-        meta = ET.SubElement(root, "metadata")
-        meta.append(_meta_element(want))
-        os_el = ET.SubElement(root, "os")
-        if dtype == "lxc":
-            ET.SubElement(os_el, "type").text = "exe"
-            ET.SubElement(os_el, "init").text = "/bin/sh"
-        else:
-            ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
-            if dtype == "qemu" and self.boot and disk_path is None:
-                for key in ("kernel", "initrd", "cmdline"):
-                    if self.boot.get(key):
-                        ET.SubElement(os_el, key).text = self.boot[key]
-        devices = ET.SubElement(root, "devices")
-        if dtype == "qemu":
-            ET.SubElement(devices, "serial", type="pty")
-            ET.SubElement(devices, "memballoon", model="virtio")
-        if disk_path is not None and dtype != "lxc":
-            disk = ET.SubElement(devices, "disk", type="file", device="disk")
-            ET.SubElement(disk, "driver", name="qemu" if dtype == "qemu" else dtype,
-                          type="raw")
-            ET.SubElement(disk, "source", file=disk_path)
-            ET.SubElement(disk, "target", dev="vda", bus="virtio")
-        if self.network is not None:
-            iface = ET.SubElement(devices, "interface", type="network")
-            ET.SubElement(iface, "source", network=self.network)
-            ET.SubElement(iface, "mac", address=self._mac(name))
-            if spec.net_in_kib_s or spec.net_out_kib_s:
-                bw = ET.SubElement(iface, "bandwidth")
-                if spec.net_in_kib_s:
-                    ET.SubElement(bw, "inbound", average=str(spec.net_in_kib_s))
-                if spec.net_out_kib_s:
-                    ET.SubElement(bw, "outbound", average=str(spec.net_out_kib_s))
-        return ET.tostring(root, encoding="unicode")
 
     def _update_live(self, dom: Any, vcpus: int, memory_kib: int) -> None:
         live, config = libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
@@ -405,15 +464,15 @@ class LibvirtVMM(VMM):
         if outbound:
             params["outbound.average"] = outbound
         try:
-            now = dom.interfaceParameters(self._mac(dom.name()), 0)
+            now = dom.interfaceParameters(mac_for(dom.name()), 0)
             if any(int(now.get(k, 0)) != v for k, v in params.items()):
-                dom.setInterfaceParameters(self._mac(dom.name()), params,
+                dom.setInterfaceParameters(mac_for(dom.name()), params,
                                            libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError:
             pass   # noted by _info
 
     def _set_meta(self, dom: Any, want: dict[str, int]) -> None:
-        text = ET.tostring(_meta_element(want, namespaced=False), encoding="unicode")
+        text = ET.tostring(meta_element(want, namespaced=False), encoding="unicode")
         flags = [libvirt.VIR_DOMAIN_AFFECT_CONFIG]
         if dom.isActive():
             flags.insert(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -466,7 +525,7 @@ class LibvirtVMM(VMM):
                 notes.append("no network interface: net_in/net_out bandwidth not enforced")
             else:
                 try:
-                    got = dom.interfaceParameters(self._mac(dom.name()), 0)
+                    got = dom.interfaceParameters(mac_for(dom.name()), 0)
                     net_in = int(got.get("inbound.average", 0)) or None
                     net_out = int(got.get("outbound.average", 0)) or None
                 except libvirt.libvirtError as exc:
@@ -485,8 +544,3 @@ def _vol_info(vol: Any) -> VolumeInfo:
     usage = -(-int(allocation) // 1024)
     return VolumeInfo(name=vol.name(), path=vol.path(), capacity_kib=-(-int(capacity) // 1024),
                       usage_kib=usage, floor_kib=usage)
-
-
-def _meta_element(want: dict[str, int], namespaced: bool = True) -> ET.Element:
-    tag = f"{{{META_URI}}}alloc" if namespaced else "alloc"
-    return ET.Element(tag, {k: str(v) for k, v in sorted(want.items())})
