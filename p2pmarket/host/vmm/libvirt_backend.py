@@ -23,10 +23,13 @@ How a :class:`DomainSpec` is enforced, and the drivers' differences it hides:
   live; it needs an interface on a libvirt network (``network``; the test
   driver's ``default``), and on real hosts tc with the sfq/htb qdiscs. Without
   an interface, net_in/net_out are noted as not enforced.
-- Disk: the account's volume ``<prefix><account id>.img`` in the storage pool
-  (``pool``; created as a directory pool under ``pool_path`` if missing) is the
-  domain's first disk. Uploads stream into it with ``virStorageVolUpload``
-  (the test driver cannot: it says so).
+- Disk: the account's volume ``<prefix><account id>.img`` (raw) or ``.qcow2`` in the
+  storage pool (``pool``; created as a directory pool under ``pool_path`` if missing)
+  is the domain's first disk, its driver type the format named by the volume's name
+  (what the host's check found at upload; never probed from the bytes, which the
+  guest may rewrite). Uploads stream into it with ``virStorageVolUpload`` (the test
+  driver cannot: it says so); the volume is created raw (no ``qemu-img`` needed) and
+  the bytes are the image, whatever its format.
 - ``boot``: optional direct kernel boot ``{kernel, initrd, cmdline}`` for
   domains without an image (used by the qemu integration test).
 
@@ -56,6 +59,8 @@ _WEIGHT_KEYS = ("cpu_shares", "weight")
 _DOMAIN_TYPES = {"TEST": "test", "QEMU": "qemu", "LXC": "lxc"}
 _META_FIELDS = ("vcpus", "memory_kib", "weight", "blkio", "net_in", "net_out")
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images/p2pmarket"
+RAW, QCOW2 = "raw", "qcow2"
+_VOL_SUFFIXES = {RAW: ".img", QCOW2: ".qcow2"}   # a volume's name says its format
 
 _quiet_installed = False
 
@@ -138,7 +143,8 @@ class LibvirtVMM(VMM):
                     uuid = None if dom is None else dom.UUIDString()
                     vol = self._volume(account_id)
                     dom = self.conn.defineXML(self._domain_xml(
-                        name, uuid, spec, vcpus, want, None if vol is None else vol.path()))
+                        name, uuid, spec, vcpus, want, None if vol is None else vol.path(),
+                        RAW if vol is None else _vol_format(vol.name())))
                     dom.create()
                 else:
                     self._update_live(dom, vcpus, spec.memory_kib)
@@ -219,10 +225,12 @@ class LibvirtVMM(VMM):
         pool = self._pool(create=False)
         if pool is None:
             return None
-        try:
-            return pool.storageVolLookupByName(self.name_of(account_id) + ".img")
-        except libvirt.libvirtError:
-            return None
+        for suffix in _VOL_SUFFIXES.values():
+            try:
+                return pool.storageVolLookupByName(self.name_of(account_id) + suffix)
+            except libvirt.libvirtError:
+                continue
+        return None
 
     def volume(self, account_id: str) -> VolumeInfo | None:
         with self._lock:
@@ -232,8 +240,11 @@ class LibvirtVMM(VMM):
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
-    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes]) -> VolumeInfo:
-        name = self.name_of(account_id) + ".img"
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes],
+                      fmt: str = RAW) -> VolumeInfo:
+        if fmt not in _VOL_SUFFIXES:
+            raise VmmError("unknown image format", fmt)
+        name = self.name_of(account_id) + _VOL_SUFFIXES[fmt]
         with self._lock:
             try:
                 pool = self._pool(create=True)
@@ -315,7 +326,8 @@ class LibvirtVMM(VMM):
         return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
 
     def _domain_xml(self, name: str, uuid: str | None, spec: DomainSpec, vcpus: int,
-                    want: dict[str, int], disk_path: str | None) -> str:
+                    want: dict[str, int], disk_path: str | None, disk_format: str = RAW
+                    ) -> str:
         dtype = _DOMAIN_TYPES[self.driver]
         root = ET.Element("domain", type=dtype)
         ET.SubElement(root, "name").text = name
@@ -350,7 +362,7 @@ class LibvirtVMM(VMM):
         if disk_path is not None and dtype != "lxc":
             disk = ET.SubElement(devices, "disk", type="file", device="disk")
             ET.SubElement(disk, "driver", name="qemu" if dtype == "qemu" else dtype,
-                          type="raw")
+                          type=disk_format)
             ET.SubElement(disk, "source", file=disk_path)
             ET.SubElement(disk, "target", dev="vda", bus="virtio")
         if self.network is not None:
@@ -480,11 +492,16 @@ class LibvirtVMM(VMM):
                       net_in_kib_s=net_in, net_out_kib_s=net_out)
 
 
+def _vol_format(name: str) -> str:
+    """The format a volume's name says (``.qcow2``: qcow2, else raw)."""
+    return QCOW2 if name.endswith(_VOL_SUFFIXES[QCOW2]) else RAW
+
+
 def _vol_info(vol: Any) -> VolumeInfo:
     _type, capacity, allocation = vol.info()
     usage = -(-int(allocation) // 1024)
     return VolumeInfo(name=vol.name(), path=vol.path(), capacity_kib=-(-int(capacity) // 1024),
-                      usage_kib=usage, floor_kib=usage)
+                      usage_kib=usage, floor_kib=usage, format=_vol_format(vol.name()))
 
 
 def _meta_element(want: dict[str, int], namespaced: bool = True) -> ET.Element:
