@@ -83,7 +83,7 @@ def print_outcomes(outcomes: list[ImageOutcome]) -> int:
         else:
             err.print(f"error: the image did not go into lease {o.lease_id} (host "
                       f"{o.host_id[:16]}…): {o.detail}; the lease is kept (`p2pmarket "
-                      f"upload {o.lease_id} IMAGE` tries again)")
+                      f"upload {o.lease_id} IMAGE` tries again)", soft_wrap=True)
     return sum(1 for o in outcomes if not o.ok)
 
 

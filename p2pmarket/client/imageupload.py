@@ -141,6 +141,17 @@ def upload_auth(identity: Identity, host_key: bytes, account_id: str, size: int,
                 to=node_id_of(host_key)).encode().hex()
 
 
+def _unchanged(image: LocalImage) -> None:
+    try:
+        st = image.path.stat()
+    except OSError as exc:
+        raise ImageUploadError(f"cannot read the image {image.path}: {exc.strerror}",
+                               str(image.path)) from None
+    if st.st_size != image.size or st.st_mtime_ns != image.mtime_ns:
+        raise ImageUploadError("the image file changed since it was checked and hashed",
+                               str(image.path))
+
+
 async def _chunks(image: LocalImage, progress: UploadProgress) -> AsyncIterator[bytes]:
     sent = 0
     f = await asyncio.to_thread(image.path.open, "rb")
@@ -153,7 +164,7 @@ async def _chunks(image: LocalImage, progress: UploadProgress) -> AsyncIterator[
             progress(sent, image.size)
     finally:
         f.close()
-    if sent != image.size or image.path.stat().st_mtime_ns != image.mtime_ns:
+    if sent != image.size:
         raise ImageUploadError("the image file changed while it was uploaded", str(image.path))
 
 
@@ -170,6 +181,7 @@ async def upload_file(identity: Identity, url: str, host_key: bytes, account_id:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
                                     sock_read=ANSWER_TIMEOUT_S)
     target = f"{url.rstrip('/')}/host/image/{account_id}"
+    _unchanged(image)
     try:
         async with aiohttp.ClientSession(
                 timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as http, \
@@ -181,7 +193,12 @@ async def upload_file(identity: Identity, url: str, host_key: bytes, account_id:
                 doc = await asyncio.to_thread(_json, raw)
             except ValueError:
                 doc = {"error": raw[:200].decode("utf-8", "replace")}
+    except ImageUploadError:
+        raise
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ImageUploadError):   # our file, not the host
+            raise cause from None
         raise PeerUnreachable(f"cannot upload to {url}: {type(exc).__name__}", url) from None
     if status != 200 or not isinstance(doc, dict) or "error" in doc:
         message = doc.get("error") if isinstance(doc, dict) else None

@@ -4,6 +4,7 @@ volume."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 from collections.abc import AsyncIterator, Iterator
@@ -233,7 +234,6 @@ async def test_a_truncated_upload_deletes_the_partial_volume(tmp_path: Path) -> 
 async def test_a_truncated_http_body_leaves_no_volume(tmp_path: Path) -> None:
     """A client that announces more than it sends and hangs up: the handler sees the
     connection break, and the partial volume goes."""
-    import asyncio
     w = World(tmp_path)
     aid = await w.account()
     data = mbr(4 * MIB)
@@ -251,7 +251,7 @@ async def test_a_truncated_http_body_leaves_no_volume(tmp_path: Path) -> None:
         head = (f"PUT /host/image/{aid} HTTP/1.1\r\nHost: x\r\n"
                 f"Content-Length: {len(data)}\r\n"
                 f"{AUTH_HEADER}: {auth(ALICE, w.ident, aid, data, w.ts)}\r\n\r\n").encode()
-        reader, writer = await asyncio.open_connection(server.host, server.port)
+        _reader, writer = await asyncio.open_connection(server.host, server.port)
         writer.write(head + data[:2 * MIB])
         await writer.drain()
         writer.close()
