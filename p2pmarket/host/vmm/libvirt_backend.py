@@ -261,33 +261,35 @@ class LibvirtVMM(VMM):
                 vol = pool.createXML(ET.tostring(root, encoding="unicode"), 0)
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", name) from None
-            stream = self.conn.newStream(0)
-            sent = 0
-            try:
-                vol.upload(stream, 0, size, 0)
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        n = stream.send(bytes(view))
-                        if n <= 0:
-                            raise VmmError("libvirt stream refused data", n)
-                        view = view[n:]
-                        sent += n
-                    if sent > size:
-                        raise VmmError("upload is larger than announced", size)
-                if sent != size:
-                    raise VmmError("upload ended early", {"got": sent, "size": size})
-                stream.finish()
-                return _vol_info(vol)
-            except (libvirt.libvirtError, VmmError, OSError) as exc:
-                with contextlib.suppress(libvirt.libvirtError):
-                    stream.abort()
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
-                if isinstance(exc, VmmError):
-                    raise
-                msg = _msg(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
-                raise VmmError(f"upload failed: {msg}", name) from None
+        # streamed without the lock (the connection is thread-safe): a slow uploader
+        # must not hold up every other domain's operations
+        stream = self.conn.newStream(0)
+        sent = 0
+        try:
+            vol.upload(stream, 0, size, 0)
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = stream.send(bytes(view))
+                    if n <= 0:
+                        raise VmmError("libvirt stream refused data", n)
+                    view = view[n:]
+                    sent += n
+                if sent > size:
+                    raise VmmError("upload is larger than announced", size)
+            if sent != size:
+                raise VmmError("upload ended early", {"got": sent, "size": size})
+            stream.finish()
+            return _vol_info(vol)
+        except (libvirt.libvirtError, VmmError, OSError) as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            with contextlib.suppress(libvirt.libvirtError):
+                vol.delete(0)
+            if isinstance(exc, VmmError):
+                raise
+            msg = _msg(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
+            raise VmmError(f"upload failed: {msg}", name) from None
 
     def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:
         with self._lock:
