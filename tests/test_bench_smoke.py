@@ -41,8 +41,19 @@ RUNS = {
                {"register_p50_ms", "register_p95_ms", "register_public_p50_ms",
                 "direct_rpc_p50_ms", "relayed_rpc_p50_ms", "relay_overhead_ratio",
                 "relay_upload_mb_s", "relay_rss_growth_mb", "goals_met"}),
+    "workload.py": (["--upload-mb", "8"], {"upload_mb_s", "upload_rss_growth_mb"}),
 }
 NEEDS_NETNS = {"nat.py"}   # builds a namespace testnet (as tests/testnet/ does)
+NEEDS_LIBVIRTD = {"workload.py"}   # uploads into qemu:///system (scripts/setup-qemu)
+
+
+def _libvirtd() -> bool:
+    import libvirt
+    try:
+        libvirt.open("qemu:///system").close()
+    except libvirt.libvirtError:
+        return False
+    return True
 
 
 @pytest.mark.slow
@@ -52,6 +63,8 @@ def test_benchmark_runs_and_prints_json(script: str, tmp_path: Path) -> None:
                                   or shutil.which("iptables") is None):
         pytest.skip("namespace testnets need root, iproute2 (`ip`) and iptables; "
                     "run the tests as root")
+    if script in NEEDS_LIBVIRTD and not _libvirtd():
+        pytest.skip("needs libvirtd on qemu:///system (scripts/setup-qemu)")
     args, figures = RUNS[script]
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / script), *args,
                            "--json"], cwd=tmp_path, capture_output=True, text=True,

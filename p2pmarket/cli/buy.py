@@ -20,6 +20,7 @@ from typing import Any
 from rich.table import Table
 
 from p2pmarket.auction.lease import Lease
+from p2pmarket.cli.image import install_step, outcome_doc, prepare_image, print_outcomes
 from p2pmarket.cli.options import (
     Subcommands,
     genesis_of,
@@ -34,6 +35,7 @@ from p2pmarket.client.buyer import BuyReport
 from p2pmarket.client.buyer import buy as run_buy
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.follow import follow as run_follow
+from p2pmarket.client.imageupload import ImageOutcome
 from p2pmarket.client.quoting import Progress
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
@@ -53,16 +55,19 @@ BUY_SCHEMA = f"""--json prints one object (amounts: integers in µcredits, each 
                 signed_lease (hex msgpack envelope, verify with the host's key)}}],
    skipped: [{{host, url, reason, planned, planned_credits}}],   # nothing paid
    unfinished: [{{host, url, paid, paid_credits, reason}}],      # paid, kept pending
-   errors: [str], unspent, unspent_credits}}
+   errors: [str], unspent, unspent_credits,
+   images: [{{lease_id, host, ok, detail, volume?, format?, capacity_kib?}}]}}   # --image
 {LEASE_SCHEMA}
 The exit code is the number of errors: planned hosts not paid, payments whose
-account is not open yet, other failures. The leases bought are printed whatever
-happens."""
+account is not open yet, images that did not go in (the lease is kept), other
+failures. The leases bought are printed whatever happens."""
 BUY_EXAMPLES = f"""examples:
   p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
   p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB
   p2pmarket buy --budget 5 --hosts 3 --dry-run cpu:1,0.1,1     # the plan, nothing paid
   p2pmarket buy --budget 5 --follow --every 30 cpu:1,0.1,1      # re-plan until Ctrl-C
+  p2pmarket buy --budget 5 --image debian.qcow2 cpu:1 memory:1,256MiB,1GiB disk:1,2GiB,4GiB
+  p2pmarket buy --budget 5 --image debian-12 cpu:1 memory:1,256MiB disk:1,2GiB  # a host's
 
 {BUY_SCHEMA}"""
 REACH_CLASSES = ["public", "forwarded", "nat", "proxied", "unattested"]
@@ -101,6 +106,10 @@ def add_buy(sub: Subcommands) -> None:
                            + ", ".join(REACH_CLASSES))
     buy_.add_argument("--min-availability", type=float, default=0.0, metavar="PERCENT",
                       help="only hosts whose advertised availability is at least this")
+    buy_.add_argument("--image", metavar="FILE|NAME",
+                      help="after buying, stream this disk image file to each host, or "
+                           "(not a file) have each host copy its base image NAME (only "
+                           "hosts offering it are bought from)")
     buy_.add_argument("--dry-run", action="store_true",
                       help="find, quote and plan, and print the plan: nothing is paid")
     buy_.add_argument("--follow", action="store_true",
@@ -193,12 +202,14 @@ async def buy(args: argparse.Namespace) -> int:
     budget = parse_credits(args.budget)
     duration = parse_duration(args.duration)
     only = frozenset(parse_node_id(h) for h in args.host or ())
+    source = prepare_image(args.image, args.bids) if getattr(args, "image", None) else None
 
     def run(progress: Progress) -> Coroutine[Any, Any, BuyReport]:
         return run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
                        progress=progress, net=net_of(args), only=only,
                        dry_run=args.dry_run, reach=frozenset(args.reach or ()),
-                       min_availability_ppm=availability_ppm(args.min_availability))
+                       min_availability_ppm=availability_ppm(args.min_availability),
+                       base_image=source if isinstance(source, str) else None)
 
     if animated(args.json):
         with out.status("discovering…") as spinner:
@@ -209,9 +220,11 @@ async def buy(args: argparse.Namespace) -> int:
             report = await run(show)
     else:
         report = await run(lambda msg: log.info("%s", msg))
+    images = [] if source is None or args.dry_run else await install_step(
+        args, [p.lease.lease_id for p in report.purchases], source)
     if getattr(args, "follow", False) and not args.dry_run:
-        return await follow_output(args, report, budget, duration)
-    return buy_output(args, report, duration)
+        return await follow_output(args, report, budget, duration) + print_outcomes(images)
+    return buy_output(args, report, duration, images)
 
 
 async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int,
@@ -268,7 +281,9 @@ async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int
     return bought + len(done.errors)
 
 
-def buy_output(args: argparse.Namespace, report: BuyReport, duration: int) -> int:
+def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
+               images: list[ImageOutcome] | None = None) -> int:
+    images = images or []
     docs: list[dict[str, Any]] = [
         {"host": p.host.node_id.hex(), "url": p.host.record.url, **credits_doc("paid", p.amount),
          **credits_doc("cost_per_hour", per_hour(p.amount, duration)),
@@ -284,11 +299,12 @@ def buy_output(args: argparse.Namespace, report: BuyReport, duration: int) -> in
              **credits_doc("cost_per_hour", per_hour(a, duration))}
             for h, a in report.planned]
     errors = (len(report.unfinished) + sum(1 for s in report.skipped if s.amount)
-              + len(report.errors))
+              + len(report.errors) + sum(1 for i in images if not i.ok))
     if args.json:
         dump({"dry_run": args.dry_run, "plan": plan, "purchases": docs, "skipped": skipped,
               "unfinished": unfinished, "errors": report.errors,
-              **credits_doc("unspent", report.unspent)})
+              **credits_doc("unspent", report.unspent),
+              "images": [outcome_doc(i) for i in images]})
         return errors
     for s in skipped:
         note = (f"; its share of {s['planned_credits']} credits was not spent"
@@ -321,6 +337,7 @@ def buy_output(args: argparse.Namespace, report: BuyReport, duration: int) -> in
                   "pending; `p2pmarket leases` or the next `buy` finishes it)")
     for e in report.errors:
         err.print(f"error: {e}")
+    print_outcomes(images)
     return errors
 
 
@@ -350,7 +367,10 @@ async def hosts(args: argparse.Namespace) -> int:
                                "price": ad.price,
                                "price_credits": format_credits(ad.price),
                                "hour_avg": ad.hour_avg}
-                           for t, ad in v.record.resources.items()}} for v in views]
+                           for t, ad in v.record.resources.items()},
+             "images": [{"name": i.name, "format": i.format, "virtual_size": i.virtual_size,
+                         "sha256": i.sha256.hex()} for i in v.record.images]}
+            for v in views]
     if args.json:
         dump({"hosts": rows, "exposed": exposed, "unreachable": unreachable})
         return 0
@@ -359,13 +379,16 @@ async def hosts(args: argparse.Namespace) -> int:
                   + (f"; {len(unreachable)} unreachable host(s) left out"
                      if unreachable else ""))
     for col in ("host", "address", "reach",
-                "resources (capacity @ price credits/s, hour avg)", "avail"):
+                "resources (capacity @ price credits/s, hour avg)", "avail", "images"):
         table.add_column(col)
     for r in rows:
         res = "\n".join(f"{t}: {human(t, a['capacity'])} @ {a['price_credits']} "
                         f"({format_credits(a['hour_avg'])})"
                         for t, a in sorted(r["resources"].items()))
         table.add_row(r["node_id"][:16], r["url"], r["reachability"], res,
-                      f"{r['availability_ppm'] / 10_000:.1f}%")
+                      f"{r['availability_ppm'] / 10_000:.1f}%",
+                      "\n".join(f"{i['name']} ({i['format']}, "
+                                f"{human('disk', i['virtual_size'] // 1024)})"
+                                for i in r["images"]) or "-")
     out.print(table)
     return 0

@@ -4,7 +4,7 @@ Each subcommand is a small function that parses nothing itself: argparse checks
 the shape of the arguments, the library checks their meaning and raises a
 :class:`P2PMarketError`, which is printed as one readable line. The command
 groups (:mod:`.node`, :mod:`.wallet`, :mod:`.audit`, :mod:`.buy`, :mod:`.leases`,
-:mod:`.ssh`, :mod:`.host`,
+:mod:`.ssh`, :mod:`.image`, :mod:`.host`,
 :mod:`.network`, :mod:`.testnet`) each add their part of the parser, naming the function that
 runs each subcommand.
 """
@@ -17,14 +17,14 @@ import importlib.metadata
 import logging
 import sys
 
-from p2pmarket.cli import audit, buy, host, leases, network, node, ssh, testnet, wallet
+from p2pmarket.cli import audit, buy, host, image, leases, network, node, ssh, testnet, wallet
 from p2pmarket.cli.options import FORMATTER, Command, Subcommands
 from p2pmarket.core.errors import P2PMarketError
 
 # in the order --help lists them
 COMMAND_GROUPS = (node.add_node, wallet.add_wallet, wallet.add_bank, wallet.add_ledger,
                   audit.add_audit, buy.add_buy, buy.add_hosts, leases.add_leases,
-                  leases.add_lease_money, ssh.add_ssh, host.add_host,
+                  leases.add_lease_money, ssh.add_ssh, image.add_upload, host.add_host,
                   node.add_status, network.add_network, testnet.add_testnet)
 
 

@@ -159,8 +159,9 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
               max_hosts: int, progress: Progress = lambda _: None,
               net: ClientNet | None = None, only: frozenset[bytes] = frozenset(),
               dry_run: bool = False, reach: frozenset[str] = frozenset(),
-              min_availability_ppm: int = 0) -> BuyReport:
-    """Find hosts (only those whose node ids are in ``only``, if given), get their
+              min_availability_ppm: int = 0, base_image: str | None = None) -> BuyReport:
+    """Find hosts (only those whose node ids are in ``only``, if given, and only those
+    offering the base image ``base_image``, if given), get their
     quotes, plan, and for each planned host: a fresh quote of its exact amount, then the
     payment, then the account (docs/design.md section 8). No money moves to a host
     before it has signed an acceptable quote; with ``dry_run`` none moves at all (the
@@ -189,14 +190,19 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         async with MarketView(genesis, net) as market:
             # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen
             # set of hosts may be anywhere in the ranking: then the top 64)
-            hosts = await market.hosts(types, limit=64 if only else 2 * max_hosts + 2,
+            narrow = bool(only) or base_image is not None
+            hosts = await market.hosts(types, limit=64 if narrow else 2 * max_hosts + 2,
                                        min_availability_ppm=min_availability_ppm,
                                        reach=reach)
             if only:
                 hosts = [h for h in hosts if h.node_id in only]
+            if base_image is not None:
+                hosts = [h for h in hosts if h.record.image(base_image) is not None]
             if not hosts:
                 raise BuyError(f"no {'chosen ' if only else ''}host offers "
-                               f"{', '.join(types)}", types)
+                               f"{', '.join(types)}"
+                               + (f" with the base image {base_image}" if base_image else ""),
+                               types)
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
             quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,
                                                   wire_bids, types, interval_s, progress)

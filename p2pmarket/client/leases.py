@@ -229,12 +229,22 @@ async def call_host(client: PeerClient, wdir: WalletDir, net: ClientNet,
     try:
         return await client.call(record["url"], host_key, name, args), record
     except PeerUnreachable:
-        async with MarketView(wdir.genesis(), net) as market:
-            found = await market.reader.get_host(node_id_of(host_key))
-        if found is None or found.envelope.sender != host_key or found.url == record["url"]:
+        moved = await moved_record(wdir, net, record)
+        if moved is None:
             raise
-        record = {**record, "url": found.url}
-        return await client.call(record["url"], host_key, name, args), record
+        return await client.call(moved["url"], host_key, name, args), moved
+
+
+async def moved_record(wdir: WalletDir, net: ClientNet, record: dict[str, str]
+                       ) -> dict[str, str] | None:
+    """``record`` with the URL its host's signed DHT record names now, None if that is
+    no other URL (or no record of that key is found)."""
+    host_key = bytes.fromhex(record["host_key"])
+    async with MarketView(wdir.genesis(), net) as market:
+        found = await market.reader.get_host(node_id_of(host_key))
+    if found is None or found.envelope.sender != host_key or found.url == record["url"]:
+        return None
+    return {**record, "url": found.url}
 
 
 def _count_refund(wdir: WalletDir, lease_id: str, rid: str, amount: int, close: bool) -> None:

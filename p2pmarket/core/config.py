@@ -183,6 +183,9 @@ class Settings:
     memory_kib: int = 4 * 1024 * 1024
     min_price: int = 1
     labels: tuple[str, ...] = field(default=())
+    images_dir: str = ""
+    """A directory of named base images (``NAME.qcow2``, ``NAME.img``) buyers may start
+    from (``buy --image NAME``); advertised in the host record. Empty: none."""
 
     @property
     def public_host(self) -> str:

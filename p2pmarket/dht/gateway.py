@@ -79,6 +79,7 @@ from p2pmarket.dht.records import (
     PPM,
     DocRef,
     HostRecord,
+    ImageAd,
     ResourceAd,
     evidence_key,
     host_key,
@@ -421,8 +422,8 @@ class GatewayDht(GatewayClient):
         self.url = url
         self.republish_s = republish_s
         self.ttl_us = int(EXPIRY_FACTOR * republish_s * 1_000_000)
-        self._host: tuple[dict[str, ResourceAd], int, DocRef | None, tuple[bytes, ...]] | None \
-            = None
+        self._host: tuple[dict[str, ResourceAd], int, DocRef | None, tuple[bytes, ...],
+                          tuple[ImageAd, ...]] | None = None
         self._offers: dict[str, tuple[int, int]] = {}
         self._docs: dict[bytes, bytes] = {}
         self._proofs: dict[bytes, tuple[bytes, bytes]] = {}
@@ -454,7 +455,8 @@ class GatewayDht(GatewayClient):
     async def publish_host(self, resources: Mapping[str, ResourceAd],
                            availability_ppm: int = PPM, url: str | None = None,
                            dht: tuple[str, int] | None = None, document: bytes | None = None,
-                           reach: Iterable[bytes] | None = None) -> HostRecord:
+                           reach: Iterable[bytes] | None = None,
+                           images: Iterable[ImageAd] | None = None) -> HostRecord:
         """As :meth:`DhtNode.publish_host`; the record's DHT address is always
         :data:`NO_DHT_ADDRESS` (a proxied node has none), whatever ``dht`` says."""
         if url is not None:
@@ -462,24 +464,26 @@ class GatewayDht(GatewayClient):
         ref = self._host[2] if self._host is not None else None
         attest = tuple(reach) if reach is not None else (
             self._host[3] if self._host is not None else ())
+        offered = tuple(images) if images is not None else (
+            self._host[4] if self._host is not None else ())
         if document is not None:
             if len(document) > MAX_DOC_BYTES:
                 raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
             ref = DocRef.of(document)
             self._docs = {ref.sha256: document}
-        self._host = (dict(resources), availability_ppm, ref, attest)
+        self._host = (dict(resources), availability_ppm, ref, attest, offered)
         record = self._sign_host()
         await self.store(record.key, record.value)
         return record
 
     def _sign_host(self) -> HostRecord:
         assert self._host is not None
-        resources, availability, ref, reach = self._host
+        resources, availability, ref, reach, images = self._host
         self._seq = self._next(self._seq)
         return make_host_record(self.identity, url=self.url, dht=NO_DHT_ADDRESS,
                                 resources=resources, availability_ppm=availability,
                                 seq=self._seq, now_us=self.clock(), ttl_us=self.ttl_us,
-                                doc=ref, reach=reach)
+                                doc=ref, reach=reach, images=images)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         """As :meth:`DhtNode.publish_offer` (band, sub-shard, withdrawal)."""

@@ -39,6 +39,7 @@ from p2pmarket.dht.records import (
     PPM,
     DocRef,
     HostRecord,
+    ImageAd,
     ResourceAd,
     host_key,
     key_digest,
@@ -58,13 +59,15 @@ class HostFields:
     dht: tuple[str, int] | None
     doc: DocRef | None = None
     reach: tuple[bytes, ...] = field(default=())
+    images: tuple[ImageAd, ...] = field(default=())
 
     def to_doc(self) -> dict[str, Any]:
         return {"resources": {t: [a.capacity, a.price, a.hour_avg]
                               for t, a in self.resources.items()},
                 "availability_ppm": self.availability_ppm, "url": self.url,
                 "dht": list(self.dht) if self.dht else None,
-                "doc": self.doc.to_doc() if self.doc else None, "reach": list(self.reach)}
+                "doc": self.doc.to_doc() if self.doc else None, "reach": list(self.reach),
+                "images": [i.to_doc() for i in self.images]}
 
     @classmethod
     def from_doc(cls, doc: Any) -> HostFields:
@@ -74,7 +77,9 @@ class HostFields:
                    int(doc["availability_ppm"]), str(doc["url"]),
                    (str(dht[0]), int(dht[1])) if dht else None,
                    DocRef(ref["sha256"], ref["size"]) if ref else None,
-                   tuple(doc["reach"]))
+                   tuple(doc["reach"]),
+                   tuple(ImageAd(str(i["name"]), str(i["format"]), int(i["virtual_size"]),
+                                 bytes(i["sha256"])) for i in doc.get("images", ())))
 
 
 class RecordsMixin(NodeBase):
@@ -106,13 +111,14 @@ class RecordsMixin(NodeBase):
     async def publish_host(self, resources: Mapping[str, ResourceAd],
                            availability_ppm: int = PPM, url: str | None = None,
                            dht: tuple[str, int] | None = None, document: bytes | None = None,
-                           reach: Iterable[bytes] | None = None) -> HostRecord:
+                           reach: Iterable[bytes] | None = None,
+                           images: Iterable[ImageAd] | None = None) -> HostRecord:
         """Sign and store this node's host record with a fresh seq (the clock in µs, so a
         restart does not go backwards). ``url`` defaults to (and updates) :attr:`url`,
         ``dht`` to the address we listen on. ``document`` (up to 4 MiB) is not put in
         the DHT: the record carries its hash and the node serves it over HTTP
-        (:func:`p2pmarket.dht.gateway.gateway_routes`). ``document``/``reach`` left
-        out keep their previous values."""
+        (:func:`p2pmarket.dht.gateway.gateway_routes`). ``document``/``reach``/
+        ``images`` (the base images offered) left out keep their previous values."""
         if url is not None:
             self.url = url
         old = self._host
@@ -122,7 +128,9 @@ class RecordsMixin(NodeBase):
                 raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
             ref = DocRef.of(document)
         attest = tuple(reach) if reach is not None else (old.reach if old else ())
-        fields = HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest)
+        offered = tuple(images) if images is not None else (old.images if old else ())
+        fields = HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest,
+                            offered)
         record = self._sign_host(fields)
         self._host = fields
         if document is not None and ref is not None:
@@ -145,7 +153,7 @@ class RecordsMixin(NodeBase):
             self.identity, url=fields.url, dht=fields.dht or self.address,
             resources=fields.resources, availability_ppm=fields.availability_ppm,
             seq=self._next_seq(), now_us=self.clock(), ttl_us=self.ttl_us,
-            doc=fields.doc, reach=fields.reach)
+            doc=fields.doc, reach=fields.reach, images=fields.images)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         """Sign and store an offer in its band and sub-shard of ``offers/<resource_type>``

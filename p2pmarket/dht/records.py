@@ -9,7 +9,11 @@ Key names and the values stored under them (kademlia stores ``sha1(key name)``):
   expires}`` plus, optionally, ``doc: {sha256, size}`` (a larger document the
   owner serves over HTTP at ``<url>/dht/doc/<sha256 hex>``; readers check it
   against the hash) and ``reach: [attestation bytes, ...]`` (registrars'
-  reachability attestations, section 7, carried opaquely). Only the key whose
+  reachability attestations, section 7, carried opaquely) and ``images: [{name,
+  format, virtual_size, sha256}, ...]`` (the named base images the host copies into
+  an account's disk on ``host.use_image``: at most :data:`MAX_IMAGES`, names unique
+  and matching :data:`IMAGE_NAME_RE`, ``format`` ``raw`` or ``qcow2``,
+  ``virtual_size`` 1 .. 2^50 bytes, ``sha256`` 32 bytes). Only the key whose
   node id is ``node_id`` may sign it; a higher ``seq`` replaces a lower one.
   Each capacity must be within its type's plausible maximum and each ``price``
   from 1 to 2^62 (:mod:`p2pmarket.core.limits`, :func:`check_capacity`,
@@ -66,13 +70,18 @@ _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 HOST_FIELDS = frozenset(
     {"key", "node_id", "url", "dht", "resources", "availability_ppm", "seq", "expires"})
-HOST_OPTIONAL = frozenset({"doc", "reach"})
+HOST_OPTIONAL = frozenset({"doc", "reach", "images"})
 DOC_FIELDS = frozenset({"sha256", "size"})
 MAX_DOC_BYTES = 4 * 1024 * 1024
 """Largest document a host record may point to (fetched over HTTP, not the DHT)."""
 MAX_REACH = 4
 MAX_ATTESTATION = 512
 RESOURCE_FIELDS = frozenset({"capacity", "price", "hour_avg"})
+IMAGE_FIELDS = frozenset({"name", "format", "virtual_size", "sha256"})
+IMAGE_FORMATS = frozenset({"raw", "qcow2"})
+IMAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
+MAX_IMAGES = 8
+MAX_IMAGE_BYTES = 1 << 50
 
 
 # -- key names ---------------------------------------------------------------
@@ -173,6 +182,50 @@ def _reach(value: object) -> tuple[bytes, ...]:
 
 
 @dataclass(frozen=True)
+class ImageAd:
+    """A named base image a host offers: its format, the size the guest sees (bytes)
+    and the SHA-256 of its file."""
+
+    name: str
+    format: str
+    virtual_size: int
+    sha256: bytes
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"name": self.name, "format": self.format, "virtual_size": self.virtual_size,
+                "sha256": self.sha256}
+
+
+def check_image_name(name: object) -> str:
+    """A base image's name: lower-case letters, digits, ``.``, ``_``, ``-``, 1..48."""
+    if not isinstance(name, str) or not IMAGE_NAME_RE.match(name):
+        raise refusal("malformed", f"bad image name {name!r:.60}")
+    return name
+
+
+def _images(value: object) -> tuple[ImageAd, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_IMAGES:
+        raise refusal("malformed", f"images must be a list of at most {MAX_IMAGES}")
+    out: list[ImageAd] = []
+    for doc in value:
+        if not isinstance(doc, dict) or set(doc) != IMAGE_FIELDS:
+            raise refusal("malformed", "image must be {name, format, virtual_size, sha256}")
+        if doc["format"] not in IMAGE_FORMATS:
+            raise refusal("malformed", "image format must be raw or qcow2")
+        digest = doc["sha256"]
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise refusal("malformed", "image sha256 must be 32 bytes")
+        out.append(ImageAd(check_image_name(doc["name"]), doc["format"],
+                           check_int(doc["virtual_size"], "image virtual_size", 1,
+                                     MAX_IMAGE_BYTES), digest))
+    if len({i.name for i in out}) != len(out):
+        raise refusal("malformed", "image names must be unique")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class HostRecord:
     """A verified ``host/<id>`` record. ``resources`` must not be mutated."""
 
@@ -187,6 +240,11 @@ class HostRecord:
     envelope: Envelope
     doc: DocRef | None = None
     reach: tuple[bytes, ...] = ()
+    images: tuple[ImageAd, ...] = ()
+
+    def image(self, name: str) -> ImageAd | None:
+        """The base image named ``name`` this host offers, None if none."""
+        return next((i for i in self.images if i.name == name), None)
 
     @cached_property
     def value(self) -> bytes:
@@ -227,11 +285,12 @@ class HostRecord:
         seq = check_int(body["seq"], "seq")
         doc = _doc_ref(body.get("doc"))
         reach = _reach(body.get("reach"))
+        images = _images(body.get("images"))
         expires = check_times(env, body["expires"], now_us)
         check_signature(env)
         return cls(key=body["key"], node_id=node_id, url=url, dht=dht_addr,
                    resources=resources, availability_ppm=availability, seq=seq,
-                   expires=expires, envelope=env, doc=doc, reach=reach)
+                   expires=expires, envelope=env, doc=doc, reach=reach, images=images)
 
     @classmethod
     def from_bytes(cls, value: object, now_us: int) -> HostRecord:
@@ -241,7 +300,8 @@ class HostRecord:
 def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
                      resources: Mapping[str, ResourceAd], availability_ppm: int, seq: int,
                      now_us: int, ttl_us: int, doc: DocRef | None = None,
-                     reach: Iterable[bytes] = ()) -> HostRecord:
+                     reach: Iterable[bytes] = (), images: Iterable[ImageAd] = ()
+                     ) -> HostRecord:
     """Sign a host record valid from ``now_us`` for ``ttl_us``; validated like a received one."""
     body: dict[str, Any] = {
         "key": host_key(identity.node_id),
@@ -258,6 +318,9 @@ def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
     reach = list(reach)
     if reach:
         body["reach"] = reach
+    offered = [i.to_doc() for i in images]
+    if offered:
+        body["images"] = offered
     record = HostRecord.from_envelope(seal(identity, DHT_RECORD, HOST_KIND, body, ts=now_us),
                                       now_us)
     check_size(record.value)
@@ -277,7 +340,8 @@ def host_doc(record: HostRecord) -> dict[str, Any]:
         "node_id": record.node_id.hex(), "url": record.url, "dht": list(record.dht),
         "resources": {t: ad.to_doc() for t, ad in record.resources.items()},
         "availability_ppm": record.availability_ppm, "seq": record.seq,
-        "expires": record.expires, "attestations": len(record.reach)}
+        "expires": record.expires, "attestations": len(record.reach),
+        "images": [{**i.to_doc(), "sha256": i.sha256.hex()} for i in record.images]}
     if record.doc is not None:
         doc["doc"] = {"sha256": record.doc.sha256.hex(), "size": record.doc.size,
                       "url": record.doc_url}

@@ -14,11 +14,15 @@ Image upload (seed 4/1/2008: images are 300 MB-2 GB, so never whole in memory):
 ``Content-Length`` required, header ``X-P2PM-Auth`` = hex of a signed envelope
 from the account holder: kind ``host.upload``, ``to`` = the host's node id,
 body ``{account_id, size, sha256}`` (sha256: 32 bytes, of the image). The body
-is streamed in chunks into the account's storage volume.
+is streamed in chunks into the account's storage volume (checked first:
+:mod:`p2pmarket.host.upload`); a body that sends nothing for :data:`STALL_S` seconds
+is cut off (the upload fails as truncated).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +37,15 @@ from p2pmarket.host.upload import UPLOAD_KIND, upload_image
 
 AUTH_HEADER = "X-P2PM-Auth"
 CHUNK = 1024 * 1024
+STALL_S = 60.0
+
+
+async def body_chunks(request: web.Request, stall_s: float = STALL_S
+                      ) -> AsyncIterator[bytes]:
+    """The request body, up to :data:`CHUNK` at a time; :class:`TimeoutError` if no
+    byte comes for ``stall_s``."""
+    while chunk := await asyncio.wait_for(request.content.read(CHUNK), stall_s):
+        yield chunk
 
 
 def control_handlers(auct: Auctioneer) -> dict[str, ControlHandler]:
@@ -87,7 +100,7 @@ def upload_route(auct: Auctioneer, guard: ReplayGuard | None = None) -> web.Rout
                                 {"content_length": request.content_length,
                                  "size": body["size"]})
             result = await upload_image(auct, env.sender, body["account_id"], body["size"],
-                                        body["sha256"], request.content.iter_chunked(CHUNK))
+                                        body["sha256"], body_chunks(request))
         except ValueError:
             return web.json_response(error_dict("bad upload authorization header"), status=401)
         except WireError as exc:

@@ -48,10 +48,11 @@ from p2pmarket.core.keyfile import load_or_create_key
 from p2pmarket.core.urls import http_url
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
-from p2pmarket.dht.records import ResourceAd
+from p2pmarket.dht.records import ImageAd, ResourceAd
 from p2pmarket.host.access import AccessKeeper
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
+from p2pmarket.host.baseimages import BaseImage, image_handlers, scan_images
 from p2pmarket.host.control import control_handlers as host_control_handlers
 from p2pmarket.host.control import upload_route
 from p2pmarket.host.portfwd import PortForwards
@@ -136,6 +137,9 @@ class Node:
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
             for name, h in self.auctioneer.handlers().items()},
             limits=self.auctioneer.request_limits())
+        self.base_images: dict[str, BaseImage] = {}   # from settings.images_dir, at start
+        self.dispatcher.register_all("host", image_handlers(self.auctioneer,
+                                                            lambda: self.base_images))
         self.directory = DhtWitnessDirectory(self.records)   # `own` is set at start
         self.witness = WitnessService(
             identity, self.peers, self.evidence, directory=self.directory,
@@ -236,6 +240,10 @@ class Node:
             self.gateway.url = self.url
             self.gateway.start_republishing()
         self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
+        if s.images_dir:
+            self.base_images, skipped = await asyncio.to_thread(scan_images, s.images_dir)
+            for why in skipped:
+                log.warning("base image skipped: %s", why)
         write_atomic(self.data_dir.control, json.dumps({
             "url": f"http://127.0.0.1:{self.control_site.port}",
             "pid": os.getpid(), "node_id": self.identity.node_id.hex(),
@@ -395,7 +403,10 @@ class Node:
                for res, info in summary.items()}
         await self.records.publish_host(ads, availability_ppm=self.availability.ppm(now),
                                         url=self.url, dht=self.dht_address,
-                                        reach=self.advert.reach if self.advert else None)
+                                        reach=self.advert.reach if self.advert else None,
+                                        images=[ImageAd(i.name, i.format, i.virtual_size,
+                                                        i.sha256)
+                                                for i in self.base_images.values()])
         self._save_availability(now)
         for res, ad in ads.items():
             await self.records.publish_offer(res, ad.capacity, ad.price)

@@ -117,7 +117,8 @@ async def test_buy_json_schema_dry_run_and_leases(capsys: pytest.CaptureFixture[
         doc = json.loads(out)
         assert code == 0
         assert set(doc) == {"dry_run", "plan", "purchases", "skipped", "unfinished",
-                            "errors", "unspent", "unspent_credits"}
+                            "errors", "unspent", "unspent_credits", "images"}
+        assert doc["images"] == []   # no --image
         [p] = doc["purchases"]
         assert set(p) == {"host", "url", "paid", "paid_credits", "cost_per_hour",
                           "cost_per_hour_credits", "account_id", "lease", "signed_lease"}

@@ -61,14 +61,17 @@ class VmInfo:
 
 @dataclass(frozen=True)
 class VolumeInfo:
-    """An account's disk volume: its size, the space it uses, and what it could shrink
-    to without losing data (equal to ``usage_kib`` when the backend cannot tell)."""
+    """An account's disk volume: its size (the guest's), the space it uses, what it could
+    shrink to without losing data (equal to ``usage_kib`` when the backend cannot tell),
+    and the format the host checked it as (``raw`` or ``qcow2``: the domain's disk
+    driver type, never probed from the bytes, which the guest may rewrite)."""
 
     name: str
     path: str
     capacity_kib: int
     usage_kib: int
     floor_kib: int
+    format: str = "raw"
 
 
 class VMM(ABC):
@@ -105,9 +108,11 @@ class VMM(ABC):
         """The account's disk volume, None when it has none."""
         return None
 
-    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes]) -> VolumeInfo:
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes],
+                      fmt: str = "raw") -> VolumeInfo:
         """Create (or replace) the account's volume with ``size`` bytes from ``chunks``,
-        streamed: never more than one chunk in memory."""
+        streamed: never more than one chunk in memory. ``fmt`` (``raw``, ``qcow2``) is
+        what the host's check found the bytes to be (:mod:`p2pmarket.auction.imagecheck`)."""
         raise VmmError("this VMM has no storage volumes", "upload")
 
     def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:

@@ -23,10 +23,13 @@ How a :class:`DomainSpec` is enforced, and the drivers' differences it hides:
   live; it needs an interface on a libvirt network (``network``; the test
   driver's ``default``), and on real hosts tc with the sfq/htb qdiscs. Without
   an interface, net_in/net_out are noted as not enforced.
-- Disk: the account's volume ``<prefix><account id>.img`` in the storage pool
-  (``pool``; created as a directory pool under ``pool_path`` if missing) is the
-  domain's first disk. Uploads stream into it with ``virStorageVolUpload``
-  (the test driver cannot: it says so).
+- Disk: the account's volume ``<prefix><account id>.img`` (raw) or ``.qcow2`` in the
+  storage pool (``pool``; created as a directory pool under ``pool_path`` if missing)
+  is the domain's first disk, its driver type the format named by the volume's name
+  (what the host's check found at upload; never probed from the bytes, which the
+  guest may rewrite). Uploads stream into it with ``virStorageVolUpload`` (the test
+  driver cannot: it says so); the volume is created raw (no ``qemu-img`` needed) and
+  the bytes are the image, whatever its format.
 - ``boot``: optional direct kernel boot ``{kernel, initrd, cmdline}`` for
   domains without an image (used by the qemu integration test).
 - Guests (:meth:`LibvirtVMM.prepare_guest`): what to boot (a :class:`GuestBoot`:
@@ -61,9 +64,7 @@ from p2pmarket.host.vmm.domainxml import (
     meta_element,
 )
 from p2pmarket.host.vmm.guest import (
-    HEAD_BYTES,
     GuestBoot,
-    image_format,
     parse_ssh_key,
     seed_files,
 )
@@ -78,6 +79,8 @@ _META_FIELDS = ("vcpus", "memory_kib", "weight", "blkio", "net_in", "net_out")
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images/p2pmarket"
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
 SEED_SUFFIX = "-seed.iso"
+RAW, QCOW2 = "raw", "qcow2"
+_VOL_SUFFIXES = {RAW: ".img", QCOW2: ".qcow2"}   # a volume's name says its format
 
 _quiet_installed = False
 
@@ -254,10 +257,12 @@ class LibvirtVMM(VMM):
         pool = self._pool(create=False)
         if pool is None:
             return None
-        try:
-            return pool.storageVolLookupByName(self.name_of(account_id) + ".img")
-        except libvirt.libvirtError:
-            return None
+        for suffix in _VOL_SUFFIXES.values():
+            try:
+                return pool.storageVolLookupByName(self.name_of(account_id) + suffix)
+            except libvirt.libvirtError:
+                continue
+        return None
 
     def volume(self, account_id: str) -> VolumeInfo | None:
         with self._lock:
@@ -267,8 +272,11 @@ class LibvirtVMM(VMM):
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
-    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes]) -> VolumeInfo:
-        name = self.name_of(account_id) + ".img"
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes],
+                      fmt: str = RAW) -> VolumeInfo:
+        if fmt not in _VOL_SUFFIXES:
+            raise VmmError("unknown image format", fmt)
+        name = self.name_of(account_id) + _VOL_SUFFIXES[fmt]
         with self._lock:
             try:
                 pool = self._pool(create=True)
@@ -285,33 +293,35 @@ class LibvirtVMM(VMM):
                 vol = pool.createXML(ET.tostring(root, encoding="unicode"), 0)
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", name) from None
-            stream = self.conn.newStream(0)
-            sent = 0
-            try:
-                vol.upload(stream, 0, size, 0)
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        n = stream.send(bytes(view))
-                        if n <= 0:
-                            raise VmmError("libvirt stream refused data", n)
-                        view = view[n:]
-                        sent += n
-                    if sent > size:
-                        raise VmmError("upload is larger than announced", size)
-                if sent != size:
-                    raise VmmError("upload ended early", {"got": sent, "size": size})
-                stream.finish()
-                return _vol_info(vol)
-            except (libvirt.libvirtError, VmmError, OSError) as exc:
-                with contextlib.suppress(libvirt.libvirtError):
-                    stream.abort()
-                with contextlib.suppress(libvirt.libvirtError):
-                    vol.delete(0)
-                if isinstance(exc, VmmError):
-                    raise
-                msg = _msg(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
-                raise VmmError(f"upload failed: {msg}", name) from None
+        # streamed without the lock (the connection is thread-safe): a slow uploader
+        # must not hold up every other domain's operations
+        stream = self.conn.newStream(0)
+        sent = 0
+        try:
+            vol.upload(stream, 0, size, 0)
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = stream.send(bytes(view))
+                    if n <= 0:
+                        raise VmmError("libvirt stream refused data", n)
+                    view = view[n:]
+                    sent += n
+                if sent > size:
+                    raise VmmError("upload is larger than announced", size)
+            if sent != size:
+                raise VmmError("upload ended early", {"got": sent, "size": size})
+            stream.finish()
+            return _vol_info(vol)
+        except (libvirt.libvirtError, VmmError, OSError) as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            with contextlib.suppress(libvirt.libvirtError):
+                vol.delete(0)
+            if isinstance(exc, VmmError):
+                raise
+            msg = _msg(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
+            raise VmmError(f"upload failed: {msg}", name) from None
 
     def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:
         with self._lock:
@@ -402,10 +412,9 @@ class LibvirtVMM(VMM):
             boot, seed = guest_from_xml(dom.XMLDesc(0))
         if boot is None and disk is None:
             boot = self.boot
-        fmt = "raw"
-        if disk is not None:
-            with contextlib.suppress(OSError), open(disk, "rb") as fh:
-                fmt = image_format(fh.read(HEAD_BYTES))
+        # the format the upload checked, kept in the volume's name: never probed from
+        # bytes the guest may have rewritten (a raw disk made to look like a qcow2)
+        fmt = RAW if vol is None else _vol_format(vol.name())
         return DomainPlan(
             dtype=_DOMAIN_TYPES[self.driver], name=name, spec=spec, vcpus=vcpus,
             max_vcpus=self.max_vcpus, want=want,
@@ -539,8 +548,13 @@ class LibvirtVMM(VMM):
                       net_in_kib_s=net_in, net_out_kib_s=net_out)
 
 
+def _vol_format(name: str) -> str:
+    """The format a volume's name says (``.qcow2``: qcow2, else raw)."""
+    return QCOW2 if name.endswith(_VOL_SUFFIXES[QCOW2]) else RAW
+
+
 def _vol_info(vol: Any) -> VolumeInfo:
     _type, capacity, allocation = vol.info()
     usage = -(-int(allocation) // 1024)
     return VolumeInfo(name=vol.name(), path=vol.path(), capacity_kib=-(-int(capacity) // 1024),
-                      usage_kib=usage, floor_kib=usage)
+                      usage_kib=usage, floor_kib=usage, format=_vol_format(vol.name()))

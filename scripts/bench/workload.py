@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Workload benchmark: what a buyer's use of a lease costs (issue 13). Sections:
+
+- ``upload``: a ``--upload-mb`` MiB disk image (default 1024: a sparse file of zeros
+  behind a real qcow2 header, or with ``--raw`` an MBR-signed raw image) streamed by
+  the buyer's client (:func:`p2pmarket.client.imageupload.upload_file`, from the
+  file) on 127.0.0.1 to the real upload route (:func:`p2pmarket.host.control.
+  upload_route`, with the real :class:`~p2pmarket.host.auctioneer.Auctioneer` and
+  :class:`~p2pmarket.host.vmm.libvirt_backend.LibvirtVMM`) in a subprocess of its own
+  (this script with ``--serve-upload``), so the host's memory is measured alone. The
+  VMM is ``qemu:///system`` with a dir pool under a temporary directory (libvirt's
+  ``test:///`` driver cannot take uploads; ``scripts/setup-qemu`` starts libvirtd);
+  only disk is bought, so no domain starts. Reported: ``upload_mb_s`` (MiB per second,
+  first byte sent to the host's answer) and ``upload_rss_growth_mb`` (the host
+  process's peak resident memory during the upload, VmHWM reset through
+  /proc/<pid>/clear_refs just before, or VmRSS sampled every 10 ms where that cannot
+  be written, minus its VmRSS before). libvirtd writes the file; its memory is not
+  counted (reported apart as ``libvirtd_rss_growth_mb`` when it can be read).
+- ``boot``: left for the boot-to-SSH figures (``boot_to_ssh_s_qemu``,
+  ``boot_to_ssh_s_lxc``).
+
+    .venv/bin/python scripts/bench/workload.py --json
+    .venv/bin/python scripts/bench/workload.py --upload-mb 16 --json      (tiny)
+
+Goals: upload at least 200 MB/s with RSS growth under 20 MB. The last line printed
+is one JSON object (with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+MIB = 1024 * 1024
+URI = "qemu:///system"
+
+
+def vm_kib(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak(pid: int) -> bool:
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def pid_of(name: str) -> int | None:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == name:
+                    return int(d.name)
+            except OSError:
+                continue
+    return None
+
+
+# -- the host process --------------------------------------------------------------
+
+async def serve_upload(pool_dir: str, disk_mib: int, holder_key: bytes) -> None:
+    """A host with the real upload route and an account of ``holder_key`` with
+    ``disk_mib`` MiB of disk; prints ``{url, host_key, account_id}`` and serves until
+    stdin closes."""
+    from aiohttp import web
+
+    from p2pmarket.api.rpc import CallContext
+    from p2pmarket.auction.accounts import Payment
+    from p2pmarket.core.clock import now_us
+    from p2pmarket.core.config import Settings
+    from p2pmarket.core.identity import Identity
+    from p2pmarket.host.accountstore import AccountStore
+    from p2pmarket.host.auctioneer import Auctioneer
+    from p2pmarket.host.control import control_handlers, upload_route
+    from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+
+    tag = uuid.uuid4().hex[:8]
+    vmm = LibvirtVMM(URI, prefix=f"bench-{tag}-", network=None, pool=f"bench-{tag}",
+                     pool_path=pool_dir)
+    ident = Identity.generate()
+
+    async def accept(payer: bytes, cert: dict[str, Any]) -> Payment:
+        return Payment(cert["id"].encode(), int(cert["amount"]))
+
+    store = AccountStore(Path(pool_dir).parent / "host.sqlite")
+    auct = Auctioneer(ident, Settings(cpu_mhz=4000, memory_kib=4 * MIB, min_price=1), store,
+                      vmm, accept)
+    await control_handlers(auct)["host_set_capacity"]({"resource": "disk",
+                                                       "amount": f"{disk_mib}MiB"})
+    res = await auct.create_account(CallContext(sender=holder_key, ts=now_us()), {
+        "payment": {"id": "bench", "amount": 10**9}, "interval_s": 3600,
+        "bids": {"disk": f"1,{disk_mib // 2}MiB,{disk_mib}MiB"}})
+    app = web.Application()
+    app.add_routes([upload_route(auct)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(json.dumps({"url": f"http://127.0.0.1:{port}", "host_key": ident.public_key.hex(),
+                      "account_id": res["account_id"]}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await runner.cleanup()
+    pool = vmm.conn.storagePoolLookupByName(f"bench-{tag}")
+    for vol in pool.listAllVolumes():
+        vol.delete(0)
+    pool.destroy()
+    pool.undefine()
+    vmm.close()
+    store.close()
+
+
+# -- the buyer's side ----------------------------------------------------------------
+
+def make_image(path: Path, mib: int, raw: bool) -> None:
+    from p2pmarket.auction.imagecheck import blank_qcow2
+    size = mib * MIB
+    with path.open("wb") as f:
+        if raw:
+            f.write(bytes(510) + b"\x55\xaa")
+        else:
+            f.write(blank_qcow2(size))
+        f.truncate(size)   # the rest: a sparse run of zeros
+
+
+async def measure_upload(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from p2pmarket.client.imageupload import local_image, upload_file
+    from p2pmarket.core.identity import Identity
+
+    image_path = work / ("image.img" if args.raw else "image.qcow2")
+    make_image(image_path, args.upload_mb, args.raw)
+    disk_mib = 2 * args.upload_mb + 64
+    holder = Identity.generate()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-upload", str(work / "pool"),
+                             "--disk-mib", str(disk_mib), "--holder",
+                             holder.public_key.hex()],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        hello = json.loads(proc.stdout.readline())
+        t0 = time.perf_counter()
+        image = await asyncio.to_thread(local_image, image_path)
+        hash_s = time.perf_counter() - t0
+        libvirtd = pid_of("libvirtd")
+        before = vm_kib(proc.pid, "VmRSS")
+        hwm = reset_peak(proc.pid)
+        lv_before = vm_kib(libvirtd, "VmRSS") if libvirtd else 0
+        peak = [before]
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], vm_kib(proc.pid, "VmRSS"))
+                await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample())
+        t0 = time.perf_counter()
+        reply = await upload_file(holder, hello["url"], bytes.fromhex(hello["host_key"]),
+                                  hello["account_id"], image)
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        await sampler
+        top = vm_kib(proc.pid, "VmHWM") if hwm else peak[0]
+        lv_after = vm_kib(libvirtd, "VmRSS") if libvirtd else 0
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    mb_s = args.upload_mb / elapsed
+    growth = (top - before) / 1024
+    return {"upload_mb": args.upload_mb, "upload_format": reply.get("format"),
+            "upload_mb_s": round(mb_s, 1), "upload_rss_growth_mb": round(growth, 2),
+            "upload_s": round(elapsed, 3), "hash_pass_s": round(hash_s, 3),
+            "upload_vmm": f"{URI} dir pool", "upload_host_process": "subprocess",
+            "upload_rss_method": "VmHWM after clear_refs" if hwm else "VmRSS sampled / 10 ms",
+            "libvirtd_rss_growth_mb": round((lv_after - lv_before) / 1024, 2)
+            if libvirtd else None,
+            "upload_capacity_kib": reply.get("capacity_kib"),
+            "upload_goals_met": mb_s >= 200 and growth < 20}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if "upload" in args.sections:
+        with tempfile.TemporaryDirectory(prefix="p2pm-workload-") as tmp:
+            doc.update(await measure_upload(args, Path(tmp)))
+    return doc
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve-upload", metavar="POOL_DIR", help=argparse.SUPPRESS)
+    p.add_argument("--disk-mib", type=int, default=2048, help=argparse.SUPPRESS)
+    p.add_argument("--holder", default="", help=argparse.SUPPRESS)
+    p.add_argument("--upload-mb", type=int, default=1024, help="image size, MiB")
+    p.add_argument("--raw", action="store_true", help="a raw image instead of qcow2")
+    p.add_argument("--sections", nargs="+", default=["upload"], choices=["upload"],
+                   help="which measurements to run")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    if args.serve_upload:
+        asyncio.run(serve_upload(args.serve_upload, args.disk_mib,
+                                 bytes.fromhex(args.holder)))
+        return 0
+    doc = asyncio.run(run(args))
+    if not args.json:
+        for k, v in doc.items():
+            print(f"{k}: {v}")
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    raise SystemExit(main())
