@@ -369,7 +369,8 @@ async def hosts(args: argparse.Namespace) -> int:
                                "hour_avg": ad.hour_avg}
                            for t, ad in v.record.resources.items()},
              "images": [{"name": i.name, "format": i.format, "virtual_size": i.virtual_size,
-                         "sha256": i.sha256.hex()} for i in v.record.images]}
+                         "sha256": i.sha256.hex()} for i in v.record.images],
+             "vm": None if v.record.vm is None else v.record.vm.to_doc()}
             for v in views]
     if args.json:
         dump({"hosts": rows, "exposed": exposed, "unreachable": unreachable})
@@ -379,7 +380,8 @@ async def hosts(args: argparse.Namespace) -> int:
                   + (f"; {len(unreachable)} unreachable host(s) left out"
                      if unreachable else ""))
     for col in ("host", "address", "reach",
-                "resources (capacity @ price credits/s, hour avg)", "avail", "images"):
+                "resources (capacity @ price credits/s, hour avg)", "avail", "images",
+                "vm (driver, default memory, ssh ports)"):
         table.add_column(col)
     for r in rows:
         res = "\n".join(f"{t}: {human(t, a['capacity'])} @ {a['price_credits']} "
@@ -389,6 +391,9 @@ async def hosts(args: argparse.Namespace) -> int:
                       f"{r['availability_ppm'] / 10_000:.1f}%",
                       "\n".join(f"{i['name']} ({i['format']}, "
                                 f"{human('disk', i['virtual_size'] // 1024)})"
-                                for i in r["images"]) or "-")
+                                for i in r["images"]) or "-",
+                      "-" if r["vm"] is None else
+                      f"{r['vm']['driver']}, {human('memory', r['vm']['memory_kib'])}, "
+                      f"{r['vm']['ssh_ports'] or 'no ssh ports'}")
     out.print(table)
     return 0

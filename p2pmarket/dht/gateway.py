@@ -81,6 +81,7 @@ from p2pmarket.dht.records import (
     HostRecord,
     ImageAd,
     ResourceAd,
+    VmAd,
     evidence_key,
     host_key,
     make_host_record,
@@ -422,6 +423,7 @@ class GatewayDht(GatewayClient):
         self.url = url
         self.republish_s = republish_s
         self.ttl_us = int(EXPIRY_FACTOR * republish_s * 1_000_000)
+        self._vm: VmAd | None = None
         self._host: tuple[dict[str, ResourceAd], int, DocRef | None, tuple[bytes, ...],
                           tuple[ImageAd, ...]] | None = None
         self._offers: dict[str, tuple[int, int]] = {}
@@ -456,7 +458,8 @@ class GatewayDht(GatewayClient):
                            availability_ppm: int = PPM, url: str | None = None,
                            dht: tuple[str, int] | None = None, document: bytes | None = None,
                            reach: Iterable[bytes] | None = None,
-                           images: Iterable[ImageAd] | None = None) -> HostRecord:
+                           images: Iterable[ImageAd] | None = None,
+                           vm: VmAd | None = None) -> HostRecord:
         """As :meth:`DhtNode.publish_host`; the record's DHT address is always
         :data:`NO_DHT_ADDRESS` (a proxied node has none), whatever ``dht`` says."""
         if url is not None:
@@ -471,6 +474,7 @@ class GatewayDht(GatewayClient):
                 raise DhtError(f"document larger than {MAX_DOC_BYTES} bytes", "too_large")
             ref = DocRef.of(document)
             self._docs = {ref.sha256: document}
+        self._vm = vm if vm is not None else self._vm
         self._host = (dict(resources), availability_ppm, ref, attest, offered)
         record = self._sign_host()
         await self.store(record.key, record.value)
@@ -483,7 +487,7 @@ class GatewayDht(GatewayClient):
         return make_host_record(self.identity, url=self.url, dht=NO_DHT_ADDRESS,
                                 resources=resources, availability_ppm=availability,
                                 seq=self._seq, now_us=self.clock(), ttl_us=self.ttl_us,
-                                doc=ref, reach=reach, images=images)
+                                doc=ref, reach=reach, images=images, vm=self._vm)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         """As :meth:`DhtNode.publish_offer` (band, sub-shard, withdrawal)."""

@@ -41,6 +41,7 @@ from p2pmarket.dht.records import (
     HostRecord,
     ImageAd,
     ResourceAd,
+    VmAd,
     host_key,
     key_digest,
     make_host_record,
@@ -60,6 +61,7 @@ class HostFields:
     doc: DocRef | None = None
     reach: tuple[bytes, ...] = field(default=())
     images: tuple[ImageAd, ...] = field(default=())
+    vm: VmAd | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {"resources": {t: [a.capacity, a.price, a.hour_avg]
@@ -67,7 +69,8 @@ class HostFields:
                 "availability_ppm": self.availability_ppm, "url": self.url,
                 "dht": list(self.dht) if self.dht else None,
                 "doc": self.doc.to_doc() if self.doc else None, "reach": list(self.reach),
-                "images": [i.to_doc() for i in self.images]}
+                "images": [i.to_doc() for i in self.images],
+                "vm": None if self.vm is None else self.vm.to_doc()}
 
     @classmethod
     def from_doc(cls, doc: Any) -> HostFields:
@@ -79,7 +82,8 @@ class HostFields:
                    DocRef(ref["sha256"], ref["size"]) if ref else None,
                    tuple(doc["reach"]),
                    tuple(ImageAd(str(i["name"]), str(i["format"]), int(i["virtual_size"]),
-                                 bytes(i["sha256"])) for i in doc.get("images", ())))
+                                 bytes(i["sha256"])) for i in doc.get("images", ())),
+                   VmAd(**doc["vm"]) if doc.get("vm") else None)
 
 
 class RecordsMixin(NodeBase):
@@ -112,13 +116,14 @@ class RecordsMixin(NodeBase):
                            availability_ppm: int = PPM, url: str | None = None,
                            dht: tuple[str, int] | None = None, document: bytes | None = None,
                            reach: Iterable[bytes] | None = None,
-                           images: Iterable[ImageAd] | None = None) -> HostRecord:
+                           images: Iterable[ImageAd] | None = None,
+                           vm: VmAd | None = None) -> HostRecord:
         """Sign and store this node's host record with a fresh seq (the clock in µs, so a
         restart does not go backwards). ``url`` defaults to (and updates) :attr:`url`,
         ``dht`` to the address we listen on. ``document`` (up to 4 MiB) is not put in
         the DHT: the record carries its hash and the node serves it over HTTP
         (:func:`p2pmarket.dht.gateway.gateway_routes`). ``document``/``reach``/
-        ``images`` (the base images offered) left out keep their previous values."""
+        ``images`` (the base images offered)/``vm`` left out keep their previous values."""
         if url is not None:
             self.url = url
         old = self._host
@@ -130,7 +135,7 @@ class RecordsMixin(NodeBase):
         attest = tuple(reach) if reach is not None else (old.reach if old else ())
         offered = tuple(images) if images is not None else (old.images if old else ())
         fields = HostFields(dict(resources), availability_ppm, self.url, dht, ref, attest,
-                            offered)
+                            offered, vm if vm is not None else (old.vm if old else None))
         record = self._sign_host(fields)
         self._host = fields
         if document is not None and ref is not None:
@@ -153,7 +158,7 @@ class RecordsMixin(NodeBase):
             self.identity, url=fields.url, dht=fields.dht or self.address,
             resources=fields.resources, availability_ppm=fields.availability_ppm,
             seq=self._next_seq(), now_us=self.clock(), ttl_us=self.ttl_us,
-            doc=fields.doc, reach=fields.reach, images=fields.images)
+            doc=fields.doc, reach=fields.reach, images=fields.images, vm=fields.vm)
 
     async def publish_offer(self, resource_type: str, capacity: int, price: int) -> OfferEntry:
         """Sign and store an offer in its band and sub-shard of ``offers/<resource_type>``

@@ -13,7 +13,11 @@ Key names and the values stored under them (kademlia stores ``sha1(key name)``):
   format, virtual_size, sha256}, ...]`` (the named base images the host copies into
   an account's disk on ``host.use_image``: at most :data:`MAX_IMAGES`, names unique
   and matching :data:`IMAGE_NAME_RE`, ``format`` ``raw`` or ``qcow2``,
-  ``virtual_size`` 1 .. 2^50 bytes, ``sha256`` 32 bytes). Only the key whose
+  ``virtual_size`` 1 .. 2^50 bytes, ``sha256`` 32 bytes) and ``vm: {driver,
+  memory_kib, ssh_ports}`` (what a machine bought here is: the VMM driver, e.g.
+  ``qemu``, ``lxc``, ``test``; the memory a bundle without a memory bid gets, 16
+  MiB .. 2^40 KiB; the ``tcp_port`` range leased for SSH to guests, ``LO-HI`` or one
+  port, or "" none: :class:`VmAd`). Only the key whose
   node id is ``node_id`` may sign it; a higher ``seq`` replaces a lower one.
   Each capacity must be within its type's plausible maximum and each ``price``
   from 1 to 2^62 (:mod:`p2pmarket.core.limits`, :func:`check_capacity`,
@@ -70,7 +74,10 @@ _TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 HOST_FIELDS = frozenset(
     {"key", "node_id", "url", "dht", "resources", "availability_ppm", "seq", "expires"})
-HOST_OPTIONAL = frozenset({"doc", "reach", "images"})
+HOST_OPTIONAL = frozenset({"doc", "reach", "images", "vm"})
+VM_FIELDS = frozenset({"driver", "memory_kib", "ssh_ports"})
+VM_DRIVER_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+SSH_PORTS_RE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 DOC_FIELDS = frozenset({"sha256", "size"})
 MAX_DOC_BYTES = 4 * 1024 * 1024
 """Largest document a host record may point to (fetched over HTTP, not the DHT)."""
@@ -226,6 +233,43 @@ def _images(value: object) -> tuple[ImageAd, ...]:
 
 
 @dataclass(frozen=True)
+class VmAd:
+    """What a machine bought at a host is (see the module docstring)."""
+
+    driver: str
+    memory_kib: int
+    ssh_ports: str = ""
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"driver": self.driver, "memory_kib": self.memory_kib,
+                "ssh_ports": self.ssh_ports}
+
+    def port_range(self) -> tuple[int, int] | None:
+        """The leased SSH ports ``(lo, hi)``, None when the host leases none."""
+        m = SSH_PORTS_RE.match(self.ssh_ports)
+        return None if m is None else (int(m[1]), int(m[2] or m[1]))
+
+
+def _vm(value: object) -> VmAd | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != VM_FIELDS:
+        raise refusal("malformed", "vm must be {driver, memory_kib, ssh_ports}")
+    driver, ports = value["driver"], value["ssh_ports"]
+    if not isinstance(driver, str) or not VM_DRIVER_RE.match(driver):
+        raise refusal("malformed", f"bad vm driver {driver!r:.30}")
+    memory = check_int(value["memory_kib"], "vm memory_kib", 16 * 1024, 1 << 40)
+    if not isinstance(ports, str):
+        raise refusal("malformed", "vm ssh_ports must be a string")
+    ad = VmAd(driver, memory, ports)
+    span = ad.port_range()
+    if ports and (span is None or not 1 <= span[0] <= span[1] <= 65535
+                  or span[1] - span[0] >= 4096):
+        raise refusal("malformed", f"bad vm ssh_ports {ports!r:.30}")
+    return ad
+
+
+@dataclass(frozen=True)
 class HostRecord:
     """A verified ``host/<id>`` record. ``resources`` must not be mutated."""
 
@@ -241,6 +285,7 @@ class HostRecord:
     doc: DocRef | None = None
     reach: tuple[bytes, ...] = ()
     images: tuple[ImageAd, ...] = ()
+    vm: VmAd | None = None
 
     def image(self, name: str) -> ImageAd | None:
         """The base image named ``name`` this host offers, None if none."""
@@ -286,11 +331,13 @@ class HostRecord:
         doc = _doc_ref(body.get("doc"))
         reach = _reach(body.get("reach"))
         images = _images(body.get("images"))
+        vm = _vm(body.get("vm"))
         expires = check_times(env, body["expires"], now_us)
         check_signature(env)
         return cls(key=body["key"], node_id=node_id, url=url, dht=dht_addr,
                    resources=resources, availability_ppm=availability, seq=seq,
-                   expires=expires, envelope=env, doc=doc, reach=reach, images=images)
+                   expires=expires, envelope=env, doc=doc, reach=reach, images=images,
+                   vm=vm)
 
     @classmethod
     def from_bytes(cls, value: object, now_us: int) -> HostRecord:
@@ -300,8 +347,8 @@ class HostRecord:
 def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
                      resources: Mapping[str, ResourceAd], availability_ppm: int, seq: int,
                      now_us: int, ttl_us: int, doc: DocRef | None = None,
-                     reach: Iterable[bytes] = (), images: Iterable[ImageAd] = ()
-                     ) -> HostRecord:
+                     reach: Iterable[bytes] = (), images: Iterable[ImageAd] = (),
+                     vm: VmAd | None = None) -> HostRecord:
     """Sign a host record valid from ``now_us`` for ``ttl_us``; validated like a received one."""
     body: dict[str, Any] = {
         "key": host_key(identity.node_id),
@@ -321,6 +368,8 @@ def make_host_record(identity: Identity, *, url: str, dht: tuple[str, int],
     offered = [i.to_doc() for i in images]
     if offered:
         body["images"] = offered
+    if vm is not None:
+        body["vm"] = vm.to_doc()
     record = HostRecord.from_envelope(seal(identity, DHT_RECORD, HOST_KIND, body, ts=now_us),
                                       now_us)
     check_size(record.value)
@@ -341,7 +390,8 @@ def host_doc(record: HostRecord) -> dict[str, Any]:
         "resources": {t: ad.to_doc() for t, ad in record.resources.items()},
         "availability_ppm": record.availability_ppm, "seq": record.seq,
         "expires": record.expires, "attestations": len(record.reach),
-        "images": [{**i.to_doc(), "sha256": i.sha256.hex()} for i in record.images]}
+        "images": [{**i.to_doc(), "sha256": i.sha256.hex()} for i in record.images],
+        "vm": None if record.vm is None else record.vm.to_doc()}
     if record.doc is not None:
         doc["doc"] = {"sha256": record.doc.sha256.hex(), "size": record.doc.size,
                       "url": record.doc_url}

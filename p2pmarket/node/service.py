@@ -48,7 +48,7 @@ from p2pmarket.core.keyfile import load_or_create_key
 from p2pmarket.core.urls import http_url
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
-from p2pmarket.dht.records import ImageAd, ResourceAd
+from p2pmarket.dht.records import ImageAd, ResourceAd, VmAd
 from p2pmarket.host.access import AccessKeeper
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
@@ -406,7 +406,10 @@ class Node:
                                         reach=self.advert.reach if self.advert else None,
                                         images=[ImageAd(i.name, i.format, i.virtual_size,
                                                         i.sha256)
-                                                for i in self.base_images.values()])
+                                                for i in self.base_images.values()],
+                                        vm=VmAd(self.vmm.driver.lower(),
+                                                self.settings.vm_default_memory_kib,
+                                                self.settings.tcp_ports))
         self._save_availability(now)
         for res, ad in ads.items():
             await self.records.publish_offer(res, ad.capacity, ad.price)

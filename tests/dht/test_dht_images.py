@@ -52,3 +52,32 @@ def test_malformed_images_are_refused(images: object) -> None:
     with pytest.raises(DhtError) as err:
         HostRecord.from_envelope(env, NOW)
     assert err.value.value == "malformed"
+
+
+def test_the_vm_field_says_what_a_machine_is_and_round_trips() -> None:
+    from p2pmarket.dht.records import VmAd
+    rec = host(vm=VmAd("qemu", 256 * 1024, "30000-30009"))
+    again = HostRecord.from_bytes(rec.value, NOW)
+    assert again.vm == VmAd("qemu", 256 * 1024, "30000-30009")
+    assert again.vm.port_range() == (30000, 30009)
+    assert VmAd("test", 1 << 14, "22").port_range() == (22, 22)
+    assert VmAd("test", 1 << 14).port_range() is None
+    assert host_doc(again)["vm"] == {"driver": "qemu", "memory_kib": 256 * 1024,
+                                     "ssh_ports": "30000-30009"}
+    assert host().vm is None and "vm" not in host().envelope.body
+
+
+VM = {"driver": "qemu", "memory_kib": 1 << 18, "ssh_ports": ""}
+
+
+@pytest.mark.parametrize("vm", [
+    "qemu", {**VM, "extra": 1}, {"driver": "qemu"}, {**VM, "driver": "QEMU"},
+    {**VM, "driver": "a" * 17}, {**VM, "memory_kib": 1024}, {**VM, "memory_kib": True},
+    {**VM, "ssh_ports": 22}, {**VM, "ssh_ports": "0"}, {**VM, "ssh_ports": "9-8"},
+    {**VM, "ssh_ports": "1-5000"}, {**VM, "ssh_ports": "70000"}, {**VM, "ssh_ports": "a-b"},
+])
+def test_a_malformed_vm_field_is_refused(vm: object) -> None:
+    env = seal(ALICE, DHT_RECORD, "dht.host", host_body(ALICE, vm=vm), ts=NOW)
+    with pytest.raises(DhtError) as err:
+        HostRecord.from_envelope(env, NOW)
+    assert err.value.value == "malformed"
