@@ -32,6 +32,7 @@ PURE_CORES = (
     "p2pmarket.core.money",
     "p2pmarket.core.identity",
     "p2pmarket.core.wire",
+    "p2pmarket.core.sshkey",
     "p2pmarket.api.bounds",
     "p2pmarket.ledger.chain",
     "p2pmarket.ledger.certificate",

@@ -159,7 +159,8 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
               max_hosts: int, progress: Progress = lambda _: None,
               net: ClientNet | None = None, only: frozenset[bytes] = frozenset(),
               dry_run: bool = False, reach: frozenset[str] = frozenset(),
-              min_availability_ppm: int = 0, base_image: str | None = None) -> BuyReport:
+              min_availability_ppm: int = 0, base_image: str | None = None,
+              ssh: str = "") -> BuyReport:
     """Find hosts (only those whose node ids are in ``only``, if given, and only those
     offering the base image ``base_image``, if given), get their
     quotes, plan, and for each planned host: a fresh quote of its exact amount, then the
@@ -167,6 +168,10 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
     before it has signed an acceptable quote; with ``dry_run`` none moves at all (the
     report holds the plan). A host failing after others were bought ends nothing: the
     report holds the leases bought whatever happens, and the failure in ``errors``.
+
+    With ``ssh`` ``require`` (the buyer will log in) only hosts leasing SSH ports are
+    asked, and unless the bids name a ``tcp_port`` each host's gets a bid on its range
+    (:func:`ssh_port_bid`); ``prefer`` does so unless no host leases SSH ports.
 
     Progress messages start with their phase: ``discovering``, ``planning``,
     ``paying``, ``bidding``, ``ready``."""
@@ -198,14 +203,24 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 hosts = [h for h in hosts if h.node_id in only]
             if base_image is not None:
                 hosts = [h for h in hosts if h.record.image(base_image) is not None]
+            port_bid = bool(ssh) and not any(k.startswith("tcp_port") for k in specs)
+            if port_bid:
+                leasing = [h for h in hosts if ssh_port_bid(h)]
+                if leasing or ssh == "require":
+                    hosts = leasing
+                else:
+                    port_bid = False
+                    progress("discovering: no host leases SSH ports; buying without")
             if not hosts:
                 raise BuyError(f"no {'chosen ' if only else ''}host offers "
                                f"{', '.join(types)}"
-                               + (f" with the base image {base_image}" if base_image else ""),
-                               types)
+                               + (f" with the base image {base_image}" if base_image else "")
+                               + (" leasing SSH ports" if port_bid else ""), types)
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
+            extra = ssh_port_bid if port_bid else None
             quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,
-                                                  wire_bids, types, interval_s, progress)
+                                                  wire_bids, types, interval_s, progress,
+                                                  extra)
             if not quoted:
                 reasons = "; ".join(f"{s.host.node_id.hex()[:12]}: {s.reason}"
                                     for s in skipped[:5])
@@ -213,7 +228,10 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                                [[s.host.node_id.hex(), s.reason] for s in skipped])
             progress(f"planning: spreading {format_credits(budget)} credits over "
                      f"{len(quoted)} quoted host(s)")
-            bids, dropped = plan(quoted, specs, budget, interval_s, max_hosts)
+            planned_specs = specs if not port_bid else {
+                **specs, **parse_bids([f"{k}:{v}" for k, v in
+                                       ssh_port_bid(quoted[0].host).items()])}
+            bids, dropped = plan(quoted, planned_specs, budget, interval_s, max_hosts)
             by_id = {q.host.node_id: q.host for q in quoted}
             skipped += [Skipped(by_id[n], f"left out by the plan: {why}")
                         for n, why in dropped.items() if n in by_id]
@@ -226,7 +244,8 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 host, amount = todo.pop(0)
                 try:
                     paying = await pay_one(client, market, wallet, wdir, host, amount,
-                                           wire_bids, types, interval_s, report, progress)
+                                           {**wire_bids, **(extra(host) if extra else {})},
+                                           types, interval_s, report, progress)
                 except Exception as exc:   # whatever it is, the leases bought are reported
                     message = exc.message if isinstance(exc, P2PMarketError) else repr(exc)
                     if not _paid_pending(wdir, host, amount, message, report):
@@ -240,6 +259,22 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 await asyncio.gather(*(push_audit(client, market, key, audit, url)
                                        for key, audit, url in report.audits))
         return report
+
+
+SSH_PORT_WEIGHT = "0.01"
+"""The weight of the port bid ``buy --ssh-key`` adds: 1 % of the weight of a bundle
+of weight-1 bids (a port's reserve is a few µcredits/s; the sealed bid is won at it
+without competition)."""
+
+
+def ssh_port_bid(host: HostView) -> dict[str, str]:
+    """The bid on a host's leased SSH ports (its record's ``vm.ssh_ports``): one port of
+    the range; {} when the host leases none."""
+    span = None if host.record.vm is None else host.record.vm.port_range()
+    if span is None:
+        return {}
+    return {f"tcp_port,{span[0]}-{span[1]}" if span[1] > span[0] else f"tcp_port,{span[0]}":
+            SSH_PORT_WEIGHT}
 
 
 def _paid_pending(wdir: WalletDir, host: HostView, amount: int, reason: str,

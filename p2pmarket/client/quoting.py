@@ -72,12 +72,14 @@ async def ask_quote(client: PeerClient, host: HostView, holder: bytes,
 
 async def gather_quotes(client: PeerClient, hosts: list[HostView], want: int,
                         holder: bytes, wire_bids: dict[str, Any], types: list[str],
-                        interval_s: int, progress: Progress
+                        interval_s: int, progress: Progress,
+                        extra: Callable[[HostView], dict[str, Any]] | None = None
                         ) -> tuple[list[Quoted], list[Skipped]]:
     """Acceptable quotes from up to ``want`` hosts, best ranked first: a host that does
     not answer or gives a quote the buyer refuses is replaced by the next one. Each
     round also asks :data:`SPARE_QUOTES` more hosts than it still needs, so hosts that
-    never answer (each costs a timeout) delay the purchase by fewer rounds."""
+    never answer (each costs a timeout) delay the purchase by fewer rounds. ``extra``
+    gives the bids one host gets besides ``wire_bids`` (e.g. its SSH port range)."""
     good: list[Quoted] = []
     skipped: list[Skipped] = []
     queue = list(hosts)
@@ -86,7 +88,8 @@ async def gather_quotes(client: PeerClient, hosts: list[HostView], want: int,
         batch, queue = queue[:size], queue[size:]
         progress(f"asking {len(batch)} host(s) for a quote")
         answers = await asyncio.gather(
-            *(ask_quote(client, h, holder, wire_bids, types, interval_s, None)
+            *(ask_quote(client, h, holder, {**wire_bids, **(extra(h) if extra else {})},
+                        types, interval_s, None)
               for h in batch), return_exceptions=True)
         for host, answer in zip(batch, answers, strict=True):
             if isinstance(answer, Quoted):

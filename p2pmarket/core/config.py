@@ -173,6 +173,12 @@ class Settings:
     """The TCP ports this host leases for SSH to its guests (a port or a range, e.g.
     ``30000-30099``; each a unique resource, section 6); "" none until the owner runs
     ``p2pmarket host set-capacity tcp_port ...``."""
+    guest_kernel: str = ""
+    """A kernel of the host's own for guests without a disk image (absolute path; ""
+    none: such a buyer must upload an image); with ``guest_initrd`` and
+    ``guest_cmdline`` (direct kernel boot, ``host/vmm/guest.py`` ``GuestBoot``)."""
+    guest_initrd: str = ""
+    guest_cmdline: str = ""
     vm_default_memory_kib: int = 256 * 1024
     """The memory a machine gets when its bundle has no memory bid (in the host
     record as ``vm.default_memory_kib``; at least 16 MiB)."""

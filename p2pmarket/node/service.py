@@ -55,7 +55,9 @@ from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
 from p2pmarket.host.baseimages import BaseImage, image_handlers, scan_images
 from p2pmarket.host.control import control_handlers as host_control_handlers
 from p2pmarket.host.control import upload_route
+from p2pmarket.host.guestkeys import guest_handlers
 from p2pmarket.host.portfwd import PortForwards
+from p2pmarket.host.vmm.guest import guest_boot
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate
@@ -138,6 +140,7 @@ class Node:
             for name, h in self.auctioneer.handlers().items()},
             limits=self.auctioneer.request_limits())
         self.base_images: dict[str, BaseImage] = {}   # from settings.images_dir, at start
+        self.dispatcher.register_all("host", guest_handlers(self.auctioneer, guest_boot(settings)))
         self.dispatcher.register_all("host", image_handlers(self.auctioneer,
                                                             lambda: self.base_images))
         self.directory = DhtWitnessDirectory(self.records)   # `own` is set at start
