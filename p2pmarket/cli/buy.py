@@ -20,6 +20,7 @@ from typing import Any
 from rich.table import Table
 
 from p2pmarket.auction.lease import Lease
+from p2pmarket.cli.access import add_key_options, key_docs, key_of, key_step, print_keys
 from p2pmarket.cli.image import install_step, outcome_doc, prepare_image, print_outcomes
 from p2pmarket.cli.options import (
     Subcommands,
@@ -35,6 +36,7 @@ from p2pmarket.client.buyer import BuyReport
 from p2pmarket.client.buyer import buy as run_buy
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.follow import follow as run_follow
+from p2pmarket.client.guestaccess import KeyOutcome
 from p2pmarket.client.imageupload import ImageOutcome
 from p2pmarket.client.quoting import Progress
 from p2pmarket.core.clock import now_us
@@ -56,10 +58,11 @@ BUY_SCHEMA = f"""--json prints one object (amounts: integers in µcredits, each 
    skipped: [{{host, url, reason, planned, planned_credits}}],   # nothing paid
    unfinished: [{{host, url, paid, paid_credits, reason}}],      # paid, kept pending
    errors: [str], unspent, unspent_credits,
-   images: [{{lease_id, host, ok, detail, volume?, format?, capacity_kib?}}]}}   # --image
+   images: [{{lease_id, host, ok, detail, volume?, format?, capacity_kib?}}],   # --image
+   ssh: [{{lease_id, host, ok, detail, access, ssh}}]}}     # --ssh-key (ssh: the command)
 {LEASE_SCHEMA}
 The exit code is the number of errors: planned hosts not paid, payments whose
-account is not open yet, images that did not go in (the lease is kept), other
+account is not open yet, images or SSH keys that did not go in (the lease is kept), other
 failures. The leases bought are printed whatever happens."""
 BUY_EXAMPLES = f"""examples:
   p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
@@ -110,6 +113,7 @@ def add_buy(sub: Subcommands) -> None:
                       help="after buying, stream this disk image file to each host, or "
                            "(not a file) have each host copy its base image NAME (only "
                            "hosts offering it are bought from)")
+    add_key_options(buy_)
     buy_.add_argument("--dry-run", action="store_true",
                       help="find, quote and plan, and print the plan: nothing is paid")
     buy_.add_argument("--follow", action="store_true",
@@ -203,13 +207,15 @@ async def buy(args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration)
     only = frozenset(parse_node_id(h) for h in args.host or ())
     source = prepare_image(args.image, args.bids) if getattr(args, "image", None) else None
+    key, ssh_mode = key_of(args)
 
     def run(progress: Progress) -> Coroutine[Any, Any, BuyReport]:
         return run_buy(wallet_dir(args), args.bids, budget, duration, args.hosts,
                        progress=progress, net=net_of(args), only=only,
                        dry_run=args.dry_run, reach=frozenset(args.reach or ()),
                        min_availability_ppm=availability_ppm(args.min_availability),
-                       base_image=source if isinstance(source, str) else None)
+                       base_image=source if isinstance(source, str) else None,
+                       ssh=ssh_mode)
 
     if animated(args.json):
         with out.status("discovering…") as spinner:
@@ -220,11 +226,13 @@ async def buy(args: argparse.Namespace) -> int:
             report = await run(show)
     else:
         report = await run(lambda msg: log.info("%s", msg))
-    images = [] if source is None or args.dry_run else await install_step(
-        args, [p.lease.lease_id for p in report.purchases], source)
+    bought = [p.lease.lease_id for p in report.purchases]
+    images = [] if source is None or args.dry_run else await install_step(args, bought, source)
+    keys = [] if key is None or args.dry_run else await key_step(args, bought, key)
     if getattr(args, "follow", False) and not args.dry_run:
-        return await follow_output(args, report, budget, duration) + print_outcomes(images)
-    return buy_output(args, report, duration, images)
+        return (await follow_output(args, report, budget, duration) + print_outcomes(images)
+                + print_keys(args, keys))
+    return buy_output(args, report, duration, images, keys)
 
 
 async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int,
@@ -282,8 +290,9 @@ async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int
 
 
 def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
-               images: list[ImageOutcome] | None = None) -> int:
-    images = images or []
+               images: list[ImageOutcome] | None = None,
+               keys: list[KeyOutcome] | None = None) -> int:
+    images, keys = images or [], keys or []
     docs: list[dict[str, Any]] = [
         {"host": p.host.node_id.hex(), "url": p.host.record.url, **credits_doc("paid", p.amount),
          **credits_doc("cost_per_hour", per_hour(p.amount, duration)),
@@ -299,12 +308,13 @@ def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
              **credits_doc("cost_per_hour", per_hour(a, duration))}
             for h, a in report.planned]
     errors = (len(report.unfinished) + sum(1 for s in report.skipped if s.amount)
-              + len(report.errors) + sum(1 for i in images if not i.ok))
+              + len(report.errors) + sum(1 for i in images if not i.ok)
+              + sum(1 for k in keys if not k.ok))
     if args.json:
         dump({"dry_run": args.dry_run, "plan": plan, "purchases": docs, "skipped": skipped,
               "unfinished": unfinished, "errors": report.errors,
               **credits_doc("unspent", report.unspent),
-              "images": [outcome_doc(i) for i in images]})
+              "images": [outcome_doc(i) for i in images], "ssh": key_docs(args, keys)})
         return errors
     for s in skipped:
         note = (f"; its share of {s['planned_credits']} credits was not spent"
@@ -338,6 +348,7 @@ def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
     for e in report.errors:
         err.print(f"error: {e}")
     print_outcomes(images)
+    print_keys(args, keys)
     return errors
 
 
