@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from p2pmarket.cli import testnet
 from p2pmarket.client.walletdir import WalletDir
@@ -30,17 +31,20 @@ class LocalMarket:
 
 
 @asynccontextmanager
-async def local_market(root: Path, n: int = 2, tick_seconds: float = 0.2
+async def local_market(root: Path, n: int = 2, tick_seconds: float = 0.2,
+                       overrides: Mapping[int, dict[str, Any]] | None = None
                        ) -> AsyncIterator[LocalMarket]:
-    """``n`` nodes (node0 the notary) started in this event loop, stopped on exit."""
+    """``n`` nodes (node0 the notary) started in this event loop, stopped on exit;
+    ``overrides``: settings per node index."""
     dirs = testnet.create(root, n, tick_seconds=tick_seconds)
     genesis = load_genesis(root / "genesis.json")
     nodes = []
     try:
         for d in dirs:
             data = DataDir(d)
-            node = Node(data, Settings.load(data.config, env={}), genesis,
-                        load_key(data.key))
+            settings = Settings.load(data.config, env={}).with_overrides(
+                dict((overrides or {}).get(len(nodes), {})))
+            node = Node(data, settings, genesis, load_key(data.key))
             await node.start()
             nodes.append(node)
         for node in nodes:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from p2pmarket.api.client import PeerClient
 from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.lease import Lease, verify_lease
 from p2pmarket.auction.quote import quote_id
-from p2pmarket.auction.resources import BidSpec, parse_bids
+from p2pmarket.auction.resources import NEW_TERM, BidSpec, parse_bids
 from p2pmarket.audit.witness import push_to_witnesses
 from p2pmarket.client.accessrec import access_fields
 from p2pmarket.client.discovery import HostView, MarketView
@@ -205,7 +206,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 hosts = [h for h in hosts if h.record.image(base_image) is not None]
             port_bid = bool(ssh) and not any(k.startswith("tcp_port") for k in specs)
             if port_bid:
-                leasing = [h for h in hosts if ssh_port_bid(h)]
+                leasing = [h for h in hosts if leases_ssh_ports(h)]
                 if leasing or ssh == "require":
                     hosts = leasing
                 else:
@@ -217,10 +218,16 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                                + (f" with the base image {base_image}" if base_image else "")
                                + (" leasing SSH ports" if port_bid else ""), types)
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
-            extra = ssh_port_bid if port_bid else None
             quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,
-                                                  wire_bids, types, interval_s, progress,
-                                                  extra)
+                                                  wire_bids, types, interval_s, progress)
+            weight = sum(NEW_TERM.weight_ppm if sp.weight_ppm is None else sp.weight_ppm
+                         for sp in specs.values())
+            # one free port per host, from its first quote; the fresh quote names it
+            port_bids = {q.host.node_id: ssh_port_bid(q.free_ports, weight)
+                         for q in quoted} if port_bid else {}
+
+            def extra(h: HostView) -> dict[str, str]:
+                return port_bids.get(h.node_id, {})
             if not quoted:
                 reasons = "; ".join(f"{s.host.node_id.hex()[:12]}: {s.reason}"
                                     for s in skipped[:5])
@@ -228,9 +235,8 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                                [[s.host.node_id.hex(), s.reason] for s in skipped])
             progress(f"planning: spreading {format_credits(budget)} credits over "
                      f"{len(quoted)} quoted host(s)")
-            planned_specs = specs if not port_bid else {
-                **specs, **parse_bids([f"{k}:{v}" for k, v in
-                                       ssh_port_bid(quoted[0].host).items()])}
+            some_port = next((b for b in port_bids.values() if b), {})
+            planned_specs = {**specs, **parse_bids([f"{k}:{v}" for k, v in some_port.items()])}
             bids, dropped = plan(quoted, planned_specs, budget, interval_s, max_hosts)
             by_id = {q.host.node_id: q.host for q in quoted}
             skipped += [Skipped(by_id[n], f"left out by the plan: {why}")
@@ -244,7 +250,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 host, amount = todo.pop(0)
                 try:
                     paying = await pay_one(client, market, wallet, wdir, host, amount,
-                                           {**wire_bids, **(extra(host) if extra else {})},
+                                           {**wire_bids, **extra(host)},
                                            types, interval_s, report, progress)
                 except Exception as exc:   # whatever it is, the leases bought are reported
                     message = exc.message if isinstance(exc, P2PMarketError) else repr(exc)
@@ -261,20 +267,29 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         return report
 
 
-SSH_PORT_WEIGHT = "0.01"
-"""The weight of the port bid ``buy --ssh-key`` adds: 1 % of the weight of a bundle
-of weight-1 bids (a port's reserve is a few µcredits/s; the sealed bid is won at it
-without competition)."""
+SSH_PORT_SHARE_PPM = 50_000
+"""The weight of the port bid ``buy --ssh-key`` adds, as a part of the bundle's own
+weight: 5 % (about 4.8 % of the money; a port's reserve is a few µcredits/s, and the
+sealed bid is won at it without competition, so a budget of a few thousand µcredits
+an hour is enough)."""
 
 
-def ssh_port_bid(host: HostView) -> dict[str, str]:
-    """The bid on a host's leased SSH ports (its record's ``vm.ssh_ports``): one port of
-    the range; {} when the host leases none."""
-    span = None if host.record.vm is None else host.record.vm.port_range()
-    if span is None:
+def leases_ssh_ports(host: HostView) -> bool:
+    """Whether a host's record says it leases SSH ports (``vm.ssh_ports``)."""
+    return host.record.vm is not None and host.record.vm.port_range() is not None
+
+
+def ssh_port_bid(free: Sequence[int], bundle_weight_ppm: int,
+                 rng: random.Random | None = None) -> dict[str, str]:
+    """The bid on one SSH port: one of the ``free`` ports a host's quote listed (at
+    random, so buyers at once rarely pick the same), weighted :data:`SSH_PORT_SHARE_PPM`
+    of ``bundle_weight_ppm``; {} when none is free. (One port: a range bid would bid,
+    and pay, for every port of the range.)"""
+    if not free:
         return {}
-    return {f"tcp_port,{span[0]}-{span[1]}" if span[1] > span[0] else f"tcp_port,{span[0]}":
-            SSH_PORT_WEIGHT}
+    ppm = max(1, bundle_weight_ppm * SSH_PORT_SHARE_PPM // 1_000_000)
+    port = (rng or random.SystemRandom()).choice(list(free))
+    return {f"tcp_port,{port}": f"{ppm // 1_000_000}.{ppm % 1_000_000:06d}"}
 
 
 def _paid_pending(wdir: WalletDir, host: HostView, amount: int, reason: str,

@@ -34,6 +34,9 @@ class Quoted:
     host: HostView
     quote: Quote
     envelope: dict[str, Any]
+    free_ports: tuple[int, ...] = ()
+    """The leased ports the host said were free (its quote reply's ``free_ports``:
+    integers 1..65535 within its record's SSH range, at most 32; others dropped)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,16 @@ async def ask_quote(client: PeerClient, host: HostView, holder: bytes,
     quote = verify_quote(envelope, host.key)   # signed by the key of the record
     asked = Asked(holder, nonce, bids_digest(wire_bids), interval_s, amount, tuple(types))
     judge_quote(quote, asked, host.record, now_us())
-    return Quoted(host, quote, envelope)
+    return Quoted(host, quote, envelope, listed_ports(host, reply.get("free_ports")))
+
+
+def listed_ports(host: HostView, raw: Any) -> tuple[int, ...]:
+    """The free ports a quote reply lists, checked against the host's SSH range."""
+    span = None if host.record.vm is None else host.record.vm.port_range()
+    if span is None or not isinstance(raw, list):
+        return ()
+    return tuple(sorted({p for p in raw[:32] if isinstance(p, int) and not isinstance(p, bool)
+                         and span[0] <= p <= span[1]}))
 
 
 async def gather_quotes(client: PeerClient, hosts: list[HostView], want: int,

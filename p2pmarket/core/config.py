@@ -173,6 +173,10 @@ class Settings:
     """The TCP ports this host leases for SSH to its guests (a port or a range, e.g.
     ``30000-30099``; each a unique resource, section 6); "" none until the owner runs
     ``p2pmarket host set-capacity tcp_port ...``."""
+    guest_network: str = "p2pm-net"
+    """The libvirt NAT network guests sit on (defined if missing; never ``default``)."""
+    guest_subnet: str = "198.19.200.0/24"
+    """Its IPv4 subnet: a /16../28 inside 198.18.0.0/15."""
     guest_kernel: str = ""
     """A kernel of the host's own for guests without a disk image (absolute path; ""
     none: such a buyer must upload an image); with ``guest_initrd`` and

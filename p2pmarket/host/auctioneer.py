@@ -101,6 +101,7 @@ from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import WireError, digest, pack
 from p2pmarket.host.accountstore import AccountStore
+from p2pmarket.host.forwardtable import free_ports
 from p2pmarket.host.runner import AuctionRunner, RefundPayment
 from p2pmarket.host.vmm.base import VMM
 
@@ -188,9 +189,11 @@ class Auctioneer(AuctionRunner):
     async def quote(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         """``{bids, interval_s, nonce, amount?, contingency?}`` -> ``{quote}``: read-only
         (no await between reading the state and signing, so no lock is needed)."""
-        terms = make_quote(self.state, self.allocation(), ctx.sender, parse_quote_args(args),
-                           self.now())
-        return {"quote": sign_quote(self.identity, terms).to_wire()}
+        result = self.allocation()
+        terms = make_quote(self.state, result, ctx.sender, parse_quote_args(args), self.now())
+        # which leased ports are free now (a buyer wanting one bids on one of them)
+        return {"quote": sign_quote(self.identity, terms).to_wire(),
+                "free_ports": free_ports(self.config.unique, result.winners)}
 
     async def audit_log(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         """``{since?, limit?}`` -> the log from ``since`` for a witness."""

@@ -100,6 +100,30 @@ def ports_won(winners: Mapping[str, str]) -> dict[int, str]:
     return out
 
 
+MAX_FREE_LISTED = 32
+
+
+def free_ports(offered: Mapping[str, int], winners: Mapping[str, str]) -> list[int]:
+    """The ``tcp_port`` identifiers the host offers (its ``unique`` keys and ranges) that
+    nobody holds now, lowest first, at most :data:`MAX_FREE_LISTED`: what a quote tells
+    a buyer who wants one port (a range bid would bid on every port of the range)."""
+    held = ports_won(winners)
+    out: list[int] = []
+    for key in sorted(offered):
+        try:
+            kind, lo, hi = parse_key(key)
+        except UniqueKeyError:
+            continue
+        if kind != TCP_PORT:
+            continue
+        for port in range(lo, hi + 1):
+            if port not in held:
+                out.append(port)
+                if len(out) >= MAX_FREE_LISTED:
+                    return sorted(out)
+    return sorted(out)
+
+
 def guest_address_ok(address: str, network: str = GUEST_NETWORK) -> bool:
     """Whether ``address`` is an IPv4 address inside ``network``."""
     try:
@@ -140,6 +164,7 @@ def forward_changes(current: ForwardTable, desired: ForwardTable) -> Changes:
     return Changes(stop, start)
 
 
-__all__ = ["BAD_ADDRESS", "GUEST_NETWORK", "GUEST_SSH_PORT", "NOT_ACTIVE", "NO_ADDRESS",
-           "RESERVED", "Changes", "Desired", "Forward", "ForwardTable", "desired_forwards",
-           "forward_changes", "guest_address_ok", "ports_won"]
+__all__ = ["BAD_ADDRESS", "GUEST_NETWORK", "GUEST_SSH_PORT", "MAX_FREE_LISTED", "NOT_ACTIVE",
+           "NO_ADDRESS", "RESERVED", "Changes", "Desired", "Forward", "ForwardTable",
+           "desired_forwards", "forward_changes", "free_ports", "guest_address_ok",
+           "ports_won"]

@@ -58,6 +58,7 @@ from p2pmarket.host.control import upload_route
 from p2pmarket.host.guestkeys import guest_handlers
 from p2pmarket.host.portfwd import PortForwards
 from p2pmarket.host.vmm.guest import guest_boot
+from p2pmarket.host.vmm.guestnet import guest_network
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.ledger import notaryrpc
 from p2pmarket.ledger.certificate import Certificate
@@ -121,7 +122,8 @@ class Node:
                                          limits=notaryrpc.REQUEST_LIMITS)
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
-        self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity))
+        self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity),
+                              guest_network=guest_network(settings))
         self.accounts = AccountStore(data_dir.host_db)
         self.audit = AuditLog(data_dir.audit_db, identity)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,

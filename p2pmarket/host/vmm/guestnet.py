@@ -33,6 +33,7 @@ import ipaddress
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Protocol
 
 from p2pmarket.auction import HostError
 
@@ -146,3 +147,19 @@ def lease_address(leases: list[dict[str, object]], mac: str) -> str | None:
             addr = lease.get("ipaddr")
             return None if addr is None else str(addr)
     return None
+
+
+class _NetSettings(Protocol):
+    @property
+    def guest_network(self) -> str: ...
+    @property
+    def guest_subnet(self) -> str: ...
+
+
+def guest_network(settings: _NetSettings) -> GuestNetwork:
+    """A node's guest network from its settings (``guest_network``, ``guest_subnet``):
+    the default name keeps the default bridge; another name is its own bridge's (the
+    first 15 characters)."""
+    name = settings.guest_network
+    bridge = DEFAULT_BRIDGE if name == DEFAULT_NAME else name[:15]
+    return GuestNetwork(name, bridge, settings.guest_subnet)

@@ -1,0 +1,134 @@
+"""Issue 13 end to end, on a real guest: a buyer runs ``p2pmarket buy --ssh-key`` in a
+market of two in-process nodes, one of them a qemu:///system host whose guests boot the
+host's own kernel and initramfs (the test guest of :mod:`tests.support.testguest`:
+busybox + dropbear); the host puts the key into the guest's NoCloud seed and forwards
+the won tcp_port to the guest's port 22; the buyer logs in through that port with the
+key, runs a command and reads its output; another key is refused. Then the lease is
+cancelled: the port stops at once. QEMU TCG; needs root and libvirtd
+(``scripts/setup-qemu``), else skipped. Every libvirt object made is removed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from p2pmarket.cli.main import parser
+from p2pmarket.host.vmm import network as guestnets
+from tests.client.test_lease_money import ready
+from tests.client.test_quote_before_pay import funded
+from tests.host.test_guest import URI, _skip_reason
+from tests.market_helpers import LocalMarket, local_market
+from tests.support import testguest
+
+asyncssh = pytest.importorskip("asyncssh")
+pytestmark = pytest.mark.slow
+LOGIN_LIMIT_S = 120.0
+BIDS = ["cpu:1,0.1,1", "memory:1,128MiB,256MiB"]
+
+
+@pytest.fixture
+async def market(tmp_path: Path) -> AsyncIterator[LocalMarket]:
+    why = _skip_reason()
+    if why is not None:
+        pytest.skip(f"{why}; run scripts/setup-qemu")
+    built = await asyncio.to_thread(testguest.build)
+    tag = uuid.uuid4().hex[:6]
+    network = f"p2pmb{tag}"
+    conn = libvirt.open(URI)
+    pools = set(conn.listStoragePools()) | set(conn.listDefinedStoragePools())
+    host = {"vmm_uri": URI, "guest_network": network,
+            "guest_subnet": f"198.19.{random.randrange(201, 251)}.0/24",
+            "guest_kernel": built.kernel, "guest_initrd": built.initrd,
+            "guest_cmdline": built.cmdline}
+    try:
+        async with local_market(tmp_path / "m", n=2, overrides={1: host}) as m:
+            yield m
+            vmm = m.nodes[1].vmm
+            for info in vmm.list():
+                vmm.undefine(info.account_id)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            guestnets.remove_network(conn, network)
+        for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
+            if name not in pools:   # the pool the node made for this test
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool = conn.storagePoolLookupByName(name)
+                    if pool.isActive():
+                        pool.destroy()
+                    pool.undefine()
+        conn.close()
+
+
+async def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    args = parser().parse_args(list(argv))
+    code = await args.run(args)
+    return code, json.loads(capsys.readouterr().out)
+
+
+async def login(port: int, key: Any, deadline: float) -> str:
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            async with asyncssh.connect("127.0.0.1", port=port, username="root",
+                                        client_keys=[key], known_hosts=None,
+                                        connect_timeout=20) as conn:
+                result = await conn.run("echo hello from $(hostname)", check=True,
+                                        timeout=20)
+                return str(result.stdout)
+        except asyncssh.PermissionDenied:
+            raise
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            last = exc            # the guest is still booting
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"no SSH login through the leased port in time: {last!r}")
+
+
+async def test_buy_with_a_key_and_log_in_through_the_leased_port(
+        market: LocalMarket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    await ready(market)
+    buyer = await funded(market)
+    host = market.nodes[1]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_bytes(key.export_public_key())
+    start = time.monotonic()
+    code, doc = await run_cli("buy", "--wallet", str(buyer.root), "--budget", "2",
+                              "--duration", "1h", "--hosts", "1", "--host",
+                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
+                              *BIDS, capsys=capsys)
+    assert code == 0, doc
+    [purchase] = doc["purchases"]
+    [ssh] = doc["ssh"]
+    assert ssh["ok"] and ssh["access"]["state"] == "forwarded", ssh
+    port = ssh["access"]["port"]
+    lo, hi = map(int, host.settings.tcp_ports.split("-"))
+    assert lo <= port <= hi and ssh["ssh"] == f"ssh -p {port} root@127.0.0.1"
+    assert purchase["lease"]["lease_id"] == ssh["lease_id"]
+    out = await login(port, key, start + LOGIN_LIMIT_S)
+    assert out.startswith("hello from "), out
+    booted_s = time.monotonic() - start
+    with pytest.raises(asyncssh.PermissionDenied):
+        await login(port, asyncssh.generate_private_key("ssh-ed25519"),
+                    time.monotonic() + 30)
+    # the lease's record knows the way in: `p2pmarket ssh --print` says the same
+    code, printed = await run_cli("ssh", "--print", "--json", "--wallet", str(buyer.root),
+                                  ssh["lease_id"], capsys=capsys)
+    assert code == 0 and printed["port"] == port, printed
+    # cancelled: the port stops at once
+    code, cancelled = await run_cli("cancel", ssh["lease_id"], "--wallet", str(buyer.root),
+                                    "--json", capsys=capsys)
+    assert code == 0 and cancelled["status"] == "done", cancelled
+    assert port not in host.access.forwards.table
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    print(f"buy to SSH login: {booted_s:.1f} s")
