@@ -35,7 +35,9 @@ is over, or its host holds the account no more), cancelled, unreachable (the hos
 did not answer: the stored copy is shown; an error each), unknown.
 --json: {{leases: [{{lease_id, status, source ("current" or "stored copy (...)"),
           url, detail, paid, paid_credits, spent, spent_credits (null: unknown),
-          left, left_credits, time_left_s, lease: LEASE or null}}]}}
+          left, left_credits, time_left_s, lease: LEASE or null,
+          machine: {{state (defining, uploading, booting, running, stopped; "" unknown),
+                    access (forwarded, or why not yet), ssh ("HOST:PORT" or "")}}}}]}}
 {LEASE_SCHEMA}"""
 CANCEL_EXAMPLES = """examples:
   p2pmarket cancel 3f9a0c…        # close the account: what is left comes back
@@ -120,14 +122,15 @@ async def leases(args: argparse.Namespace) -> int:
         dump({"leases": [lease_json(v, now) for v in views]})
         return errors
     table = Table(title=f"{len(views)} lease(s)")
-    for col in ("lease", "host", "state", "allocation now", "spent", "left", "time left",
-                "ends"):
+    for col in ("lease", "host", "state", "allocation now", "machine", "spent", "left",
+                "time left", "ends"):
         table.add_column(col)
     for v in views:
         spent = v.spent
         table.add_row(v.lease_id, v.record["url"], v.status,
                       allocation_text(v.lease) if v.lease and v.status in
                       ("active", "outbid", "unreachable") else "",
+                      machine_text(machine_of(v)),
                       "?" if spent is None else f"{format_credits(spent)} c",
                       f"{format_credits(left_of(v))} c",
                       duration_text(time_left(v, now)),
@@ -140,6 +143,13 @@ async def leases(args: argparse.Namespace) -> int:
     return errors
 
 
+def machine_text(m: dict[str, Any]) -> str:
+    state = m["state"] or "-"
+    if m["ssh"]:
+        return f"{state}\nssh {m['ssh']}"
+    return f"{state}\n{m['access']}" if m["access"] else state
+
+
 def lease_json(v: LeaseView, now: int) -> dict[str, Any]:
     spent = v.spent
     return {"lease_id": v.lease_id, "status": v.status, "url": v.record["url"],
@@ -147,7 +157,16 @@ def lease_json(v: LeaseView, now: int) -> dict[str, Any]:
             "detail": v.detail, **credits_doc("paid", v.paid),
             "spent": spent, "spent_credits": None if spent is None else format_credits(spent),
             **credits_doc("left", left_of(v)), "time_left_s": time_left(v, now),
-            "lease": lease_doc(v.lease) if v.lease else None}
+            "lease": lease_doc(v.lease) if v.lease else None, "machine": machine_of(v)}
+
+
+def machine_of(v: LeaseView) -> dict[str, Any]:
+    """What the host last said of the lease's machine: its state and the way in
+    (``ssh``: ``HOST:PORT`` once a port is forwarded)."""
+    r = v.record
+    ssh = f"{r['ssh_host']}:{r['ssh_port']}" if r.get("ssh_host") and r.get("ssh_port") \
+        else ""
+    return {"state": r.get("vm_state", ""), "access": r.get("vm_access", ""), "ssh": ssh}
 
 
 def progress_of(args: argparse.Namespace) -> Progress:

@@ -11,12 +11,16 @@ table (:meth:`~p2pmarket.host.portfwd.PortForwards.admit`).
 
 :meth:`AccessKeeper.access` is what a lease reply and ``host status`` say about an
 account's way in: ``{address, port, reach, state}``, ``state`` ``forwarded`` or the
-reason it waits (no port won, no guest address yet, ...).
+reason it waits (no port won, no guest address yet, ...), and ``vm``, the machine's
+life-cycle state (:func:`vm_state`): ``defining`` (no domain yet), ``uploading`` (its
+image is streaming in), ``booting`` (running, its SSH port not answering yet),
+``running``, ``stopped``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
@@ -30,11 +34,36 @@ from p2pmarket.host.forwardtable import (
     ports_won,
 )
 from p2pmarket.host.portfwd import PortForwards
-from p2pmarket.host.vmm.base import VMM, VmmError
+from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError
 
 log = logging.getLogger(__name__)
 
 NO_PORT = "no tcp_port won"
+PROBE_S = 0.2
+"""How long a sync waits for a guest's SSH port to accept a connection."""
+
+
+def vm_state(info: VmInfo | None, uploading: bool, guest: str, answering: bool) -> str:
+    """The machine's life-cycle state (see the module docstring); pure."""
+    if uploading:
+        return "uploading"
+    if info is None:
+        return "defining"
+    if info.state != "running":
+        return "stopped"
+    return "running" if answering or not guest else "booting"
+
+
+async def answers(address: str, port: int, timeout_s: float = PROBE_S) -> bool:
+    """Whether ``address:port`` accepts a TCP connection within ``timeout_s``."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class AccessKeeper:
@@ -49,7 +78,9 @@ class AccessKeeper:
                  accounts: Callable[[], Mapping[str, Account]],
                  public_address: Callable[[], str], relayed: Callable[[], bool], *,
                  network: str = GUEST_NETWORK, reserved: Collection[int] = (),
-                 guest_port: int = GUEST_SSH_PORT) -> None:
+                 guest_port: int = GUEST_SSH_PORT,
+                 vm_info: Callable[[str], VmInfo | None] = lambda _aid: None,
+                 uploading: Callable[[str], bool] = lambda _aid: False) -> None:
         self.vmm = vmm
         self.forwards = forwards
         self.winners = winners
@@ -59,6 +90,10 @@ class AccessKeeper:
         self.network = network
         self.reserved = frozenset(reserved)
         self.guest_port = guest_port
+        self.vm_info = vm_info
+        self.uploading = uploading
+        self.answering: set[str] = set()
+        """Accounts whose guest's SSH port answered at the last sync."""
         """The guests' SSH port (22; another only for tests and unusual images)."""
         self.waiting: dict[int, tuple[str, str]] = {}
         self.guests: dict[str, str] = {}
@@ -86,9 +121,19 @@ class AccessKeeper:
                 p: replace(f, guest_port=self.guest_port) for p, f in want.table.items()}
             await self.forwards.sync(table)
             self.waiting, self.guests = want.waiting, guests
+            probes = {aid: answers(ip, self.guest_port) for aid, ip in guests.items()
+                      if aid not in self.answering}
+            up = dict(zip(probes, await asyncio.gather(*probes.values()), strict=True))
+            self.answering = {aid for aid in guests if self._running(aid)
+                              and (aid in self.answering or up.get(aid))}
 
     def access(self, account_id: str) -> dict[str, Any]:
-        """The account's way in (see the module docstring)."""
+        """The account's way in and its machine's state (see the module docstring)."""
+        return {**self._way_in(account_id), "vm": vm_state(
+            self.vm_info(account_id), self.uploading(account_id),
+            self.guests.get(account_id, ""), account_id in self.answering)}
+
+    def _way_in(self, account_id: str) -> dict[str, Any]:
         ports = sorted(p for p, aid in ports_won(self.winners()).items() if aid == account_id)
         table = self.forwards.table
         reach = "relay" if self.relayed() else "direct"
@@ -100,6 +145,10 @@ class AccessKeeper:
         return {"address": self.public_address(), "port": ports[0] if ports else 0,
                 "reach": reach, "guest": self.guests.get(account_id, ""), "state": why}
 
+    def _running(self, account_id: str) -> bool:
+        info = self.vm_info(account_id)
+        return info is None or info.state == "running"
+
     def status(self) -> dict[str, Any]:
         return {"forwards": self.forwards.status(),
                 "waiting": [{"port": p, "account_id": aid, "reason": why}
@@ -109,4 +158,4 @@ class AccessKeeper:
         await self.forwards.close()
 
 
-__all__ = ["NO_PORT", "AccessKeeper"]
+__all__ = ["NO_PORT", "AccessKeeper", "answers", "vm_state"]

@@ -72,7 +72,11 @@ async def upload_image(auct: Auctioneer, sender: bytes, account_id: str, size: A
     auct.audit.append("in.upload", {**logged, "image": image} if image else logged,
                       auct.now())
     auct.sync.usage.pop(account_id, None)   # the old image is replaced
-    vol = await write_volume(auct, account_id, size, sha256, info, head, stream)
+    auct.sync.uploading.add(account_id)
+    try:
+        vol = await write_volume(auct, account_id, size, sha256, info, head, stream)
+    finally:
+        auct.sync.uploading.discard(account_id)
     auct.sync.usage[account_id] = (vol.usage_kib, vol.floor_kib)
     auct.sync.forget(account_id)
     auth = auct.audit.append("out.upload", {"account_id": account_id, "volume": vol.name,

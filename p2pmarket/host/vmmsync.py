@@ -31,6 +31,8 @@ class VmmSync:
         self.info: dict[str, VmInfo] = {}
         self.usage: dict[str, tuple[int, int]] = {}   # disk usage, floor (KiB)
         self.closed: set[str] = set()
+        self.uploading: set[str] = set()
+        """Accounts whose image is streaming in now (for the machine's state)."""
         self._lock = asyncio.Lock()
 
     def wanted(self, account: Account, bids: Mapping[str, Bid],

@@ -133,7 +133,9 @@ class Node:
             self.vmm, PortForwards(settings.listen_host),
             lambda: self.auctioneer.allocation().winners, lambda: self.auctioneer.state.accounts,
             lambda: self.public_host, lambda: self.advert is not None and self.advert.client_mode,
-            reserved={settings.http_port, settings.dht_port, settings.control_port} - {0})
+            reserved={settings.http_port, settings.dht_port, settings.control_port} - {0},
+            vm_info=self.auctioneer.sync.info.get,
+            uploading=self.auctioneer.sync.uploading.__contains__)
         self.auctioneer.on_synced = self.access.sync
         self.auctioneer.access_of = self.access.access
         self.market_changed = asyncio.Event()

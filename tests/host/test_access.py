@@ -47,7 +47,8 @@ async def test_a_won_port_reaches_the_guest_and_is_freed_when_the_account_closes
     keeper = AccessKeeper(vmm, PortForwards("127.0.0.1"),
                           lambda: h.auct.allocation().winners, lambda: h.auct.state.accounts,
                           lambda: "127.0.0.1", lambda: False, network="127.0.0.0/8",
-                          guest_port=guest.port)
+                          guest_port=guest.port, vm_info=h.auct.sync.info.get,
+                          uploading=h.auct.sync.uploading.__contains__)
     h.auct.on_synced = keeper.sync
     h.auct.access_of = keeper.access
     try:
@@ -60,10 +61,11 @@ async def test_a_won_port_reaches_the_guest_and_is_freed_when_the_account_closes
         assert lease.resources[f"tcp_port,{port}"].alloc == 1
         # won, but the guest has no address yet: waiting, and said so
         assert res["access"] == {"address": "127.0.0.1", "port": port, "reach": "direct",
-                                 "guest": "", "state": NO_ADDRESS}
+                                 "guest": "", "state": NO_ADDRESS, "vm": "running"}
         vmm.addresses[aid] = "127.0.0.1"
         await h.auct.sync_vmm()
         assert keeper.access(aid)["state"] == "forwarded"
+        assert keeper.access(aid)["vm"] == "running"     # its "SSH port" (the echo) answers
         assert await echo_through(port, b"ssh-2.0 hello") == b"ssh-2.0 hello"
         reply = await h.auct.lease(ctx(ALICE), {"account_id": aid})
         assert reply["access"]["state"] == "forwarded" and reply["access"]["port"] == port
@@ -87,9 +89,24 @@ def test_access_fields_keep_only_a_well_formed_forwarded_access() -> None:
                      "guest": "198.19.200.5", "state": "forwarded"}}
     assert access_fields(ok) == {"vm_access": "forwarded", "ssh_host": "198.18.0.21",
                                  "ssh_port": "30000"}
+    assert access_fields({"access": {**ok["access"], "vm": "booting"}})["vm_state"] == "booting"
+    assert "vm_state" not in access_fields({"access": {**ok["access"], "vm": "exploded"}})
     assert access_fields({"access": {**ok["access"], "state": NO_ADDRESS}}) == {
         "vm_access": NO_ADDRESS}
     for bad in ({"port": 0}, {"port": True}, {"port": "22"}, {"address": "a b"},
                 {"address": "x" * 300}, {"state": 5}, {"state": ""}):
         assert access_fields({"access": {**ok["access"], **bad}}) == {}, bad
     assert access_fields({}) == access_fields({"access": "x"}) == access_fields(None) == {}
+
+
+def test_vm_state_follows_the_machines_life_cycle() -> None:
+    from p2pmarket.host.access import vm_state
+    from p2pmarket.host.vmm.base import VmInfo
+    up = VmInfo("d", "a", "running", 1, 1, 1, 1, "cpu_shares")
+    down = VmInfo("d", "a", "shutoff", 1, 1, 1, 1, "cpu_shares")
+    assert vm_state(None, False, "", False) == "defining"
+    assert vm_state(up, True, "198.19.200.2", True) == "uploading"
+    assert vm_state(up, False, "198.19.200.2", False) == "booting"
+    assert vm_state(up, False, "198.19.200.2", True) == "running"
+    assert vm_state(up, False, "", False) == "running"      # no network to probe
+    assert vm_state(down, False, "198.19.200.2", True) == "stopped"

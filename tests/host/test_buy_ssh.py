@@ -93,6 +93,12 @@ async def login(port: int, key: Any, deadline: float) -> str:
     raise AssertionError(f"no SSH login through the leased port in time: {last!r}")
 
 
+async def wait_answering(host: Any, account_id: str) -> None:
+    """Until the host's sync has seen the guest's SSH port answer (ticks run it)."""
+    while account_id not in host.access.answering:
+        await asyncio.sleep(0.2)
+
+
 async def test_buy_with_a_key_and_log_in_through_the_leased_port(
         market: LocalMarket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     await ready(market)
@@ -124,6 +130,13 @@ async def test_buy_with_a_key_and_log_in_through_the_leased_port(
     code, printed = await run_cli("ssh", "--print", "--json", "--wallet", str(buyer.root),
                                   ssh["lease_id"], capsys=capsys)
     assert code == 0 and printed["port"] == port, printed
+    # `leases` shows the machine running and the way in
+    await asyncio.wait_for(wait_answering(host, ssh["lease_id"]), 30)
+    code, listed = await run_cli("leases", "--wallet", str(buyer.root), "--json",
+                                 capsys=capsys)
+    [row] = listed["leases"]
+    assert row["machine"] == {"state": "running", "access": "forwarded",
+                              "ssh": f"127.0.0.1:{port}"}, row
     # cancelled: the port stops at once
     code, cancelled = await run_cli("cancel", ssh["lease_id"], "--wallet", str(buyer.root),
                                     "--json", capsys=capsys)
