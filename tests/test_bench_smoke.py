@@ -41,7 +41,9 @@ RUNS = {
                {"register_p50_ms", "register_p95_ms", "register_public_p50_ms",
                 "direct_rpc_p50_ms", "relayed_rpc_p50_ms", "relay_overhead_ratio",
                 "relay_upload_mb_s", "relay_rss_growth_mb", "goals_met"}),
-    "workload.py": (["--upload-mb", "8"], {"upload_mb_s", "upload_rss_growth_mb"}),
+    "workload.py": (["--upload-mb", "8", "--boot-runs", "1"],
+                    {"upload_mb_s", "upload_rss_growth_mb", "boot_to_ssh_s_qemu",
+                     "boot_to_ssh_s_lxc"}),
 }
 NEEDS_NETNS = {"nat.py"}   # builds a namespace testnet (as tests/testnet/ does)
 NEEDS_LIBVIRTD = {"workload.py"}   # uploads into qemu:///system (scripts/setup-qemu)

@@ -179,7 +179,10 @@ class PortForwards:
         port = run.forward.port
 
         async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve(run, reader, writer)
+            # a stopped port cancels this task: end it quietly (Python 3.11's stream
+            # callback logs a cancelled client task as an error)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serve(run, reader, writer)
 
         try:
             run.server = await asyncio.start_server(accepted, self.bind_host, port,

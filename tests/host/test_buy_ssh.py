@@ -10,25 +10,19 @@ cancelled: the port stops at once. QEMU TCG; needs root and libvirtd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from p2pmarket.cli.main import parser
-from p2pmarket.host.vmm import network as guestnets
 from tests.client.test_lease_money import ready
 from tests.client.test_quote_before_pay import funded
-from tests.host.test_guest import URI, _skip_reason
-from tests.market_helpers import LocalMarket, local_market
-from tests.support import testguest
+from tests.market_helpers import LocalMarket
+from tests.support.guestmarket import login, qemu_market, skip_reason
 
 asyncssh = pytest.importorskip("asyncssh")
 pytestmark = pytest.mark.slow
@@ -38,59 +32,17 @@ BIDS = ["cpu:1,0.1,1", "memory:1,128MiB,256MiB"]
 
 @pytest.fixture
 async def market(tmp_path: Path) -> AsyncIterator[LocalMarket]:
-    why = _skip_reason()
+    why = skip_reason()
     if why is not None:
         pytest.skip(f"{why}; run scripts/setup-qemu")
-    built = await asyncio.to_thread(testguest.build)
-    tag = uuid.uuid4().hex[:6]
-    network = f"p2pmb{tag}"
-    conn = libvirt.open(URI)
-    pools = set(conn.listStoragePools()) | set(conn.listDefinedStoragePools())
-    host = {"vmm_uri": URI, "guest_network": network,
-            "guest_subnet": f"198.19.{random.randrange(201, 251)}.0/24",
-            "guest_kernel": built.kernel, "guest_initrd": built.initrd,
-            "guest_cmdline": built.cmdline}
-    try:
-        async with local_market(tmp_path / "m", n=2, overrides={1: host}) as m:
-            yield m
-            vmm = m.nodes[1].vmm
-            for info in vmm.list():
-                vmm.undefine(info.account_id)
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            guestnets.remove_network(conn, network)
-        for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
-            if name not in pools:   # the pool the node made for this test
-                with contextlib.suppress(libvirt.libvirtError):
-                    pool = conn.storagePoolLookupByName(name)
-                    if pool.isActive():
-                        pool.destroy()
-                    pool.undefine()
-        conn.close()
+    async with qemu_market(tmp_path / "m") as m:
+        yield m
 
 
 async def run_cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
     args = parser().parse_args(list(argv))
     code = await args.run(args)
     return code, json.loads(capsys.readouterr().out)
-
-
-async def login(port: int, key: Any, deadline: float) -> str:
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            async with asyncssh.connect("127.0.0.1", port=port, username="root",
-                                        client_keys=[key], known_hosts=None,
-                                        connect_timeout=20) as conn:
-                result = await conn.run("echo hello from $(hostname)", check=True,
-                                        timeout=20)
-                return str(result.stdout)
-        except asyncssh.PermissionDenied:
-            raise
-        except (TimeoutError, OSError, asyncssh.Error) as exc:
-            last = exc            # the guest is still booting
-            await asyncio.sleep(0.5)
-    raise AssertionError(f"no SSH login through the leased port in time: {last!r}")
 
 
 async def wait_answering(host: Any, account_id: str) -> None:

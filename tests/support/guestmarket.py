@@ -1,0 +1,92 @@
+"""A market of two in-process nodes whose second is a qemu:///system host booting the
+test guest (:mod:`tests.support.testguest`) for buyers without an image: used by
+tests/host/test_buy_ssh.py and scripts/bench/workload.py (``boot``). The host's guest
+network gets a fresh name and a random /24 of 198.19.201-250.0; every domain, the
+network and a storage pool the node made are removed on exit. Needs root and libvirtd
+(:func:`skip_reason` says why not)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from p2pmarket.host.vmm import network as guestnets
+from tests.market_helpers import LocalMarket, local_market
+from tests.support import testguest
+
+URI = "qemu:///system"
+
+
+def skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        conn = libvirt.open(URI)
+    except libvirt.libvirtError as exc:
+        return f"libvirtd not reachable at {URI} ({exc.get_error_message()})"
+    conn.close()
+    return None
+
+
+@contextlib.asynccontextmanager
+async def qemu_market(root: Path) -> AsyncIterator[LocalMarket]:
+    built = await asyncio.to_thread(testguest.build)
+    network = f"p2pmb{uuid.uuid4().hex[:6]}"
+    conn = libvirt.open(URI)
+    pools = set(conn.listStoragePools()) | set(conn.listDefinedStoragePools())
+    host = {"vmm_uri": URI, "guest_network": network,
+            "guest_subnet": f"198.19.{random.randrange(201, 251)}.0/24",
+            "guest_kernel": built.kernel, "guest_initrd": built.initrd,
+            "guest_cmdline": built.cmdline}
+    try:
+        async with local_market(root, n=2, overrides={1: host}) as m:
+            try:
+                yield m
+            finally:
+                vmm = m.nodes[1].vmm
+                for info in vmm.list():
+                    vmm.undefine(info.account_id)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            guestnets.remove_network(conn, network)
+        for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
+            if name not in pools:   # the pool the node made here
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool = conn.storagePoolLookupByName(name)
+                    if pool.isActive():
+                        pool.destroy()
+                    pool.undefine()
+        conn.close()
+
+
+async def login(port: int, key: Any, deadline: float,
+                command: str = "echo hello from $(hostname)") -> str:
+    """Log in as root at 127.0.0.1:``port`` with asyncssh ``key`` as soon as the guest
+    answers and run ``command``; its output. A refused key raises
+    ``asyncssh.PermissionDenied`` at once; no login by ``deadline`` (monotonic) raises
+    AssertionError."""
+    import asyncssh  # a test extra
+
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            async with asyncssh.connect("127.0.0.1", port=port, username="root",
+                                        client_keys=[key], known_hosts=None,
+                                        connect_timeout=20) as conn:
+                result = await conn.run(command, check=True, timeout=20)
+                return str(result.stdout)
+        except asyncssh.PermissionDenied:
+            raise
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
+            last = exc            # the guest is still booting
+            await asyncio.sleep(0.3)
+    raise AssertionError(f"no SSH login through the leased port in time: {last!r}")
