@@ -32,6 +32,9 @@ from p2pmarket.host.vmm.guest import GuestBoot
 META_URI = "https://p2pmarket.invalid/host"
 META_KEY = "p2pmarket"
 
+MIN_CPU_SHARES = 2
+"""The lowest ``cpu_shares`` libvirt takes for qemu and lxc domains."""
+
 
 @dataclass(frozen=True)
 class DomainPlan:
@@ -70,7 +73,9 @@ def domain_xml(p: DomainPlan) -> str:
     ET.SubElement(root, "vcpu", placement="static",
                   current=str(p.vcpus)).text = str(p.max_vcpus)
     if dtype != "test":
-        ET.SubElement(ET.SubElement(root, "cputune"), "shares").text = str(spec.cpu_weight)
+        # cgroups take cpu.shares from 2: the lowest weight (1) is 2 there
+        ET.SubElement(ET.SubElement(root, "cputune"), "shares").text = str(
+            max(MIN_CPU_SHARES, spec.cpu_weight))
     if spec.blkio_weight is not None:
         ET.SubElement(ET.SubElement(root, "blkiotune"), "weight").text = str(spec.blkio_weight)
     ET.SubElement(root, "metadata").append(meta_element(p.want))

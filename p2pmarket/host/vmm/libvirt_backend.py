@@ -58,6 +58,7 @@ from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError, VolumeInfo
 from p2pmarket.host.vmm.domainxml import (
     META_KEY,
     META_URI,
+    MIN_CPU_SHARES,
     DomainPlan,
     domain_xml,
     guest_from_xml,
@@ -452,6 +453,8 @@ class LibvirtVMM(VMM):
 
     def _set_weight(self, dom: Any, weight: int) -> None:
         key = self._weight_key(dom)
+        if key == "cpu_shares":
+            weight = max(MIN_CPU_SHARES, weight)
         if key is not None and int(dom.schedulerParameters()[key]) != weight:
             dom.setSchedulerParameters({key: weight})
 
