@@ -58,7 +58,7 @@ async def host_status(args: argparse.Namespace) -> int:
     out.print(market)
     accounts = Table(title=f"{len(doc.get('accounts', []))} account(s)")
     for col in ("account", "holder", "balance", "bids (weight, min, max)", "allocation",
-                "VM"):
+                "VM", "used (measured)"):
         accounts.add_column(col)
     vms = {v.get("account_id"): v for v in doc.get("vms", [])}
     for a in doc.get("accounts", []):
@@ -69,9 +69,25 @@ async def host_status(args: argparse.Namespace) -> int:
             format_credits(int(a.get("balance", 0))),
             "\n".join(f"{r}: {bid_text(r, b)}" for r, b in sorted(a.get("bids", {}).items())),
             "\n".join(f"{r}: {human(r, v)}" for r, v in sorted(a.get("allocation", {}).items())),
-            f"{vm.get('state', 'none')}" + (f"\n{notes}" if notes else ""))
+            f"{vm.get('state', 'none')}" + (f"\n{notes}" if notes else ""),
+            usage_text(vm.get("usage")))
     out.print(accounts)
     return 0
+
+
+def usage_text(used: Any) -> str:
+    """A machine's measured usage (the hypervisor's counters) for people."""
+    if not isinstance(used, dict):
+        return "-"
+    unknown = set(used.get("unknown", []))
+    lines = [f"cpu time {int(used.get('cpu_ns', 0)) / 1e9:.1f} s",
+             f"memory {human('memory', int(used.get('memory_kib', 0)))}"]
+    if "disk_kib" not in unknown and used.get("disk_kib"):
+        lines.append(f"disk {human('disk', int(used['disk_kib']))}")
+    if "net" not in unknown:
+        lines.append(f"net in {int(used.get('net_rx_bytes', 0)) // 1024} KiB, "
+                     f"out {int(used.get('net_tx_bytes', 0)) // 1024} KiB")
+    return "\n".join(lines)
 
 
 def bid_text(key: str, wire: Any) -> str:

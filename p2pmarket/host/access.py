@@ -14,7 +14,8 @@ account's way in: ``{address, port, reach, state}``, ``state`` ``forwarded`` or 
 reason it waits (no port won, no guest address yet, ...), and ``vm``, the machine's
 life-cycle state (:func:`vm_state`): ``defining`` (no domain yet), ``uploading`` (its
 image is streaming in), ``booting`` (running, its SSH port not answering yet),
-``running``, ``stopped``.
+``running``, ``stopped``; and ``usage``, what the machine really uses (the
+hypervisor's counters, read at most every :data:`USAGE_EVERY_S`; None until read).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any
@@ -39,6 +41,8 @@ from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError
 log = logging.getLogger(__name__)
 
 NO_PORT = "no tcp_port won"
+USAGE_EVERY_S = 5.0
+"""How often a sync reads a machine's counters again (for the lease replies)."""
 PROBE_S = 0.2
 """How long a sync waits for a guest's SSH port to accept a connection."""
 
@@ -92,6 +96,8 @@ class AccessKeeper:
         self.guest_port = guest_port
         self.vm_info = vm_info
         self.uploading = uploading
+        self.usage: dict[str, tuple[float, dict[str, Any]]] = {}
+        """Per account, when (monotonic s) its machine's usage was read, and the reading."""
         self.answering: set[str] = set()
         """Accounts whose guest's SSH port answered at the last sync."""
         """The guests' SSH port (22; another only for tests and unusual images)."""
@@ -126,12 +132,29 @@ class AccessKeeper:
             up = dict(zip(probes, await asyncio.gather(*probes.values()), strict=True))
             self.answering = {aid for aid in guests if self._running(aid)
                               and (aid in self.answering or up.get(aid))}
+            await self._read_usage(accounts)
+
+    async def _read_usage(self, accounts: Mapping[str, Account]) -> None:
+        """Each machine's usage, read again once :data:`USAGE_EVERY_S` old."""
+        now = time.monotonic()
+        self.usage = {aid: u for aid, u in self.usage.items() if aid in accounts}
+        for aid in sorted(accounts):
+            if self.vm_info(aid) is None or now - self.usage.get(aid, (-1e9, {}))[0] < \
+                    USAGE_EVERY_S:
+                continue
+            try:
+                used = await asyncio.to_thread(self.vmm.usage, aid)
+            except VmmError:
+                continue
+            if used is not None:
+                self.usage[aid] = (now, used.to_doc())
 
     def access(self, account_id: str) -> dict[str, Any]:
         """The account's way in and its machine's state (see the module docstring)."""
         return {**self._way_in(account_id), "vm": vm_state(
             self.vm_info(account_id), self.uploading(account_id),
-            self.guests.get(account_id, ""), account_id in self.answering)}
+            self.guests.get(account_id, ""), account_id in self.answering),
+            "usage": self.usage.get(account_id, (0.0, None))[1]}
 
     def _way_in(self, account_id: str) -> dict[str, Any]:
         ports = sorted(p for p, aid in ports_won(self.winners()).items() if aid == account_id)

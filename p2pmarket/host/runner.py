@@ -37,7 +37,7 @@ from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.identity import Identity
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.journal import Journal, saved_config
-from p2pmarket.host.vmm.base import VMM
+from p2pmarket.host.vmm.base import VMM, VmmError
 from p2pmarket.host.vmmsync import VmmSync
 from p2pmarket.ledger.certificate import Certificate
 
@@ -191,8 +191,19 @@ class AuctionRunner:
         return self._last or evaluate(self.state, self.state.accounts, self.clock())
 
     async def vm_list(self) -> list[dict[str, Any]]:
-        """This host's domains for the control API."""
-        return [info.to_doc() for info in await asyncio.to_thread(self.vmm.list)]
+        """This host's domains for the control API, each with what it really uses (the
+        hypervisor's counters: :meth:`~p2pmarket.host.vmm.base.VMM.usage`) beside the
+        allocation's spec."""
+        def read() -> list[dict[str, Any]]:
+            out = []
+            for info in self.vmm.list():
+                try:
+                    used = self.vmm.usage(info.account_id)
+                except VmmError:
+                    used = None
+                out.append({**info.to_doc(), "usage": used.to_doc() if used else None})
+            return out
+        return await asyncio.to_thread(read)
 
     def accounts(self) -> list[Account]:
         return [self.accounts_by_id()[aid] for aid in sorted(self.state.accounts)]

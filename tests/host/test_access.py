@@ -14,7 +14,7 @@ from p2pmarket.host.access import NO_PORT, AccessKeeper
 from p2pmarket.host.forwardtable import NO_ADDRESS
 from p2pmarket.host.portfwd import PortForwards
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
-from tests.host.test_auctioneer import ALICE, BIDS, BOB, Make, cert, ctx, make_host  # noqa: F401
+from tests.host.test_auctioneer import ALICE, BIDS, BOB, GIB, Make, cert, ctx, make_host  # noqa: F401
 from tests.support.tcpguest import Guest, free_port
 
 
@@ -60,8 +60,13 @@ async def test_a_won_port_reaches_the_guest_and_is_freed_when_the_account_closes
         lease = verify_lease(res["lease"], h.identity.public_key)
         assert lease.resources[f"tcp_port,{port}"].alloc == 1
         # won, but the guest has no address yet: waiting, and said so
+        usage = res["access"].pop("usage")
         assert res["access"] == {"address": "127.0.0.1", "port": port, "reach": "direct",
                                  "guest": "", "state": NO_ADDRESS, "vm": "running"}
+        # what the machine uses, read from libvirt (the test driver's own counters)
+        assert usage["memory_kib"] == GIB and usage["cpu_ns"] > 0
+        assert set(usage) == {"cpu_ns", "memory_kib", "rss_kib", "disk_kib", "net_rx_bytes",
+                              "net_tx_bytes", "unknown"}
         vmm.addresses[aid] = "127.0.0.1"
         await h.auct.sync_vmm()
         assert keeper.access(aid)["state"] == "forwarded"

@@ -82,6 +82,11 @@ async def test_buy_with_a_key_and_log_in_through_the_leased_port(
     code, printed = await run_cli("ssh", "--print", "--json", "--wallet", str(buyer.root),
                                   ssh["lease_id"], capsys=capsys)
     assert code == 0 and printed["port"] == port, printed
+    # what the machine really uses, read from libvirt, in the host's status
+    [vm] = [v for v in await host.auctioneer.vm_list()
+            if v["account_id"] == purchase["account_id"]]
+    assert vm["state"] == "running" and vm["usage"]["cpu_ns"] > 0, vm
+    assert vm["usage"]["net_rx_bytes"] > 0 and vm["usage"]["net_tx_bytes"] > 0, vm
     # `leases` shows the machine running and the way in
     await asyncio.wait_for(wait_answering(host, ssh["lease_id"]), 30)
     code, listed = await run_cli("leases", "--wallet", str(buyer.root), "--json",

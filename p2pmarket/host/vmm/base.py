@@ -74,6 +74,26 @@ class VolumeInfo:
     format: str = "raw"
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a domain really uses: counters read from the hypervisor
+    (:mod:`p2pmarket.host.vmm.usage`); ``unknown`` names those it could not give."""
+
+    cpu_ns: int
+    memory_kib: int
+    rss_kib: int = 0
+    disk_kib: int = 0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+    unknown: tuple[str, ...] = field(default=())
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"cpu_ns": self.cpu_ns, "memory_kib": self.memory_kib,
+                "rss_kib": self.rss_kib, "disk_kib": self.disk_kib,
+                "net_rx_bytes": self.net_rx_bytes, "net_tx_bytes": self.net_tx_bytes,
+                "unknown": list(self.unknown)}
+
+
 class VMM(ABC):
     """Drives one virtualization technology for one host."""
 
@@ -127,6 +147,11 @@ class VMM(ABC):
         """Set what the account's guest boots and the SSH key it accepts; returns the
         guest's address when known in advance."""
         raise VmmError("this VMM boots no guests", "prepare_guest")
+
+    def usage(self, account_id: str) -> Usage | None:
+        """What the account's domain really uses (counters read from the hypervisor),
+        None when it has none or the backend cannot tell."""
+        return None
 
     def guest_address(self, account_id: str) -> str | None:
         """The IPv4 address the account's guest has on the guests' network, None when

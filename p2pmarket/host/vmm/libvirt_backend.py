@@ -54,7 +54,7 @@ import libvirt
 
 from p2pmarket.auction.enforce import DomainSpec
 from p2pmarket.host.vmm import network as guestnets
-from p2pmarket.host.vmm.base import VMM, VmInfo, VmmError, VolumeInfo
+from p2pmarket.host.vmm.base import VMM, Usage, VmInfo, VmmError, VolumeInfo
 from p2pmarket.host.vmm.domainxml import (
     META_KEY,
     META_URI,
@@ -71,6 +71,7 @@ from p2pmarket.host.vmm.guest import (
 )
 from p2pmarket.host.vmm.guestnet import GuestNetwork, mac_for
 from p2pmarket.host.vmm.seediso import store_seed
+from p2pmarket.host.vmm.usage import read_usage
 
 _STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
            5: "shutoff", 6: "crashed", 7: "pmsuspended"}
@@ -221,6 +222,15 @@ class LibvirtVMM(VMM):
             try:
                 dom = self._lookup(self.name_of(account_id))
                 return None if dom is None else self._info(dom, account_id)
+            except libvirt.libvirtError as exc:
+                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+
+    def usage(self, account_id: str) -> Usage | None:
+        """What the account's domain really uses now (:mod:`.usage`), None without one."""
+        with self._lock:
+            try:
+                dom = self._lookup(self.name_of(account_id))
+                return None if dom is None else read_usage(dom)
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
 
