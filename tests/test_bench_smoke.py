@@ -32,7 +32,7 @@ RUNS = {
                   {"certified_transfers_per_s", "bytes_per_entry", "supply_ok"}),
     "idle_node.py": (["--nodes", "2", "--idle", "0.5"], set()),
     "buy.py": (["--nodes", "5", "--runs", "2"], {"buy_p50_ms", "buy_p95_ms", "lib_p50_ms",
-                                               "cli_p50_ms"}),
+                                               "cli_p50_ms", "plan_ms_10000"}),
     "relay.py": (["--calls", "20", "--upload-mb", "4"], {"relayed_p50_ms",
                                                           "relay_overhead_ratio",
                                                           "relay_upload_mb_s",

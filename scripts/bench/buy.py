@@ -17,6 +17,10 @@ leases. Two figures, each over ``--runs`` runs:
 ``buy_p50_ms`` / ``buy_p95_ms`` are the command's (the CLI) figures, or the library's
 with ``--no-cli``. The nodes are stopped by pid afterwards.
 
+``plan_ms_10000``: the planner alone (:func:`plan_bundle`) for 10,000 random hosts on
+this bundle with ``buy``'s default ``--hosts 8``; ``plan_ms_10000_hosts_64`` with
+``--hosts 64`` (the most ``buy`` takes).
+
 Usage: scripts/bench/buy.py [--nodes 20] [--runs 20] [--hosts 3] [--no-cli] [--json]
 """
 
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -33,9 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from p2pmarket.auction.resources import parse_bids
 from p2pmarket.cli import testnet
 from p2pmarket.client.buyer import buy, open_wallet
 from p2pmarket.client.netopts import ClientNet
+from p2pmarket.client.planner import HostTerms, plan_bundle, want_from_bids
 from p2pmarket.client.walletdir import WalletDir
 from p2pmarket.core.config import load_genesis
 
@@ -156,6 +163,24 @@ async def run(nodes: int, runs: int, hosts: int, cli: bool) -> dict[str, object]
         shutil.rmtree(root, ignore_errors=True)
 
 
+def plan_ms(hosts: int, max_hosts: int, repeat: int = 5) -> float:
+    """The planner's time (median of ``repeat``) for ``hosts`` random hosts on the bundle
+    this benchmark buys (cpu and memory, each with its own price), one hour, 1 credit,
+    at most ``max_hosts`` hosts (``buy``'s ``--hosts``)."""
+    rng = random.Random(hosts)
+    market = [HostTerms(i.to_bytes(4, "big"),
+                        {"cpu": rng.randint(1000, 64_000), "memory": rng.randint(2**20, 2**28)},
+                        {"cpu": rng.randint(1, 10_000), "memory": rng.randint(1, 10_000)})
+              for i in range(hosts)]
+    want = want_from_bids(parse_bids(BIDS))
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        plan_bundle(market, want, 1_000_000, 3600, max_hosts)
+        times.append((time.perf_counter() - started) * 1000)
+    return round(sorted(times)[len(times) // 2], 2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,6 +191,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     result = asyncio.run(run(args.nodes, args.runs, args.hosts, not args.no_cli))
+    result.update({"plan_ms_10000": plan_ms(10_000, 8),
+                   "plan_ms_10000_hosts_64": plan_ms(10_000, 64), "goal_plan_ms": 10})
     if args.json:
         print(json.dumps(result))
     else:
