@@ -83,6 +83,14 @@ async def test_a_won_port_reaches_the_guest_and_is_freed_when_the_account_closes
         assert keeper.forwards.table == {}
         with pytest.raises(OSError):
             await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        # the freed port is won by the next buyer, and reaches its guest
+        res = await h.auct.create_account(ctx(BOB), {
+            "payment": cert(100_000_000), "bids": {**BIDS, f"tcp_port,{port}": "1"},
+            "interval_s": 3600})
+        vmm.addresses[res["account_id"]] = "127.0.0.1"
+        await h.auct.sync_vmm()
+        assert keeper.forwards.table[port].holder == BOB.public_key
+        assert await echo_through(port, b"next") == b"next"
     finally:
         await keeper.close()
         await guest.stop()
