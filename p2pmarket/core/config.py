@@ -177,6 +177,10 @@ class Settings:
     """The libvirt NAT network guests sit on (defined if missing; never ``default``)."""
     guest_subnet: str = "198.19.200.0/24"
     """Its IPv4 subnet: a /16../28 inside 198.18.0.0/15."""
+    guest_cpuset: str = ""
+    """The host cpus guests may run on, in libvirt's syntax (``0``, ``0-3``, ``0,2``);
+    "" any. Pinning guests to fewer cpus than they could use makes their cpu shares
+    (the auction's cpu allocation) decide how the cpus are split among them."""
     guest_kernel: str = ""
     """A kernel of the host's own for guests without a disk image (absolute path; ""
     none: such a buyer must upload an image); with ``guest_initrd`` and

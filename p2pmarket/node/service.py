@@ -123,7 +123,8 @@ class Node:
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity),
-                              guest_network=guest_network(settings))
+                              guest_network=guest_network(settings),
+                              guest_cpuset=settings.guest_cpuset or None)
         self.accounts = AccountStore(data_dir.host_db)
         self.audit = AuditLog(data_dir.audit_db, identity)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,

@@ -38,7 +38,7 @@ def skip_reason() -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def qemu_market(root: Path) -> AsyncIterator[LocalMarket]:
+async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]:
     built = await asyncio.to_thread(testguest.build)
     network = f"p2pmb{uuid.uuid4().hex[:6]}"
     conn = libvirt.open(URI)
@@ -46,7 +46,7 @@ async def qemu_market(root: Path) -> AsyncIterator[LocalMarket]:
     host = {"vmm_uri": URI, "guest_network": network,
             "guest_subnet": f"198.19.{random.randrange(201, 251)}.0/24",
             "guest_kernel": built.kernel, "guest_initrd": built.initrd,
-            "guest_cmdline": built.cmdline}
+            "guest_cmdline": built.cmdline, **settings}
     try:
         async with local_market(root, n=2, overrides={1: host}) as m:
             try:

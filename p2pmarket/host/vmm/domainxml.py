@@ -23,6 +23,7 @@ restarts can start a stopped guest again without being told.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -54,6 +55,18 @@ class DomainPlan:
     network: str | None = None
     mac: str | None = None
     serial_log: str | None = None
+    cpuset: str | None = None  # the host cpus the guest may run on (libvirt's syntax)
+
+
+CPUSET_RE = re.compile(r"^[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*$")
+
+
+def check_cpuset(text: str) -> str:
+    """A host cpu list in libvirt's syntax (``0``, ``0-1``, ``0,2-3``; at most 64
+    characters); :class:`ValueError` otherwise."""
+    if len(text) > 64 or not CPUSET_RE.match(text):
+        raise ValueError(f"bad cpu list {text[:64]!r}: give cpus like 0, 0-1 or 0,2-3")
+    return text
 
 
 def meta_element(want: dict[str, int], namespaced: bool = True) -> ET.Element:
@@ -70,12 +83,16 @@ def domain_xml(p: DomainPlan) -> str:
     top = max(spec.memory_kib, spec.max_memory_kib)
     ET.SubElement(root, "memory", unit="KiB").text = str(top)
     ET.SubElement(root, "currentMemory", unit="KiB").text = str(spec.memory_kib)
-    ET.SubElement(root, "vcpu", placement="static",
-                  current=str(p.vcpus)).text = str(p.max_vcpus)
+    vcpu = ET.SubElement(root, "vcpu", placement="static", current=str(p.vcpus))
+    vcpu.text = str(p.max_vcpus)
+    if p.cpuset and dtype != "test":
+        vcpu.set("cpuset", p.cpuset)
     if dtype != "test":
         # cgroups take cpu.shares from 2: the lowest weight (1) is 2 there
-        ET.SubElement(ET.SubElement(root, "cputune"), "shares").text = str(
-            max(MIN_CPU_SHARES, spec.cpu_weight))
+        tune = ET.SubElement(root, "cputune")
+        ET.SubElement(tune, "shares").text = str(max(MIN_CPU_SHARES, spec.cpu_weight))
+        if p.cpuset:
+            ET.SubElement(tune, "emulatorpin", cpuset=p.cpuset)
     if spec.blkio_weight is not None:
         ET.SubElement(ET.SubElement(root, "blkiotune"), "weight").text = str(spec.blkio_weight)
     ET.SubElement(root, "metadata").append(meta_element(p.want))

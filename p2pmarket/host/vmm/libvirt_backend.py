@@ -60,6 +60,7 @@ from p2pmarket.host.vmm.domainxml import (
     META_URI,
     MIN_CPU_SHARES,
     DomainPlan,
+    check_cpuset,
     domain_xml,
     guest_from_xml,
     meta_element,
@@ -105,7 +106,8 @@ class LibvirtVMM(VMM):
                  pool_path: str = DEFAULT_POOL_PATH,
                  boot: Mapping[str, str] | None = None,
                  guest_network: GuestNetwork | None = None,
-                 serial_log_dir: str | None = SERIAL_LOG_DIR) -> None:
+                 serial_log_dir: str | None = SERIAL_LOG_DIR,
+                 guest_cpuset: str | None = None) -> None:
         _quiet()
         if not prefix or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_" for c in prefix):
             raise VmmError("domain prefix must be lower-case letters, digits, - or _", prefix)
@@ -117,6 +119,10 @@ class LibvirtVMM(VMM):
         self.guest_net = guest_network or GuestNetwork()
         self.network_error: str | None = None
         self.serial_log_dir = serial_log_dir
+        try:
+            self.cpuset = check_cpuset(guest_cpuset) if guest_cpuset else None
+        except ValueError as exc:
+            raise VmmError(str(exc), guest_cpuset) from None
         self._guests: dict[str, tuple[GuestBoot, str | None]] = {}
         self._lock = threading.RLock()
         try:
@@ -432,7 +438,7 @@ class LibvirtVMM(VMM):
             uuid=None if dom is None else dom.UUIDString(), disk=disk, disk_format=fmt,
             boot=boot, seed=seed, network=self.network,
             mac=None if self.network is None else mac_for(name),
-            serial_log=self.console_log(account_id))
+            serial_log=self.console_log(account_id), cpuset=self.cpuset)
 
     # -- helpers -------------------------------------------------------------------
 
