@@ -125,6 +125,8 @@ async def serve_upload(pool_dir: str, disk_mib: int, holder_key: bytes) -> None:
                       "account_id": res["account_id"]}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await runner.cleanup()
+    for info in vmm.list():   # a disk-only account still gets a machine
+        vmm.undefine(info.account_id)
     pool = vmm.conn.storagePoolLookupByName(f"bench-{tag}")
     for vol in pool.listAllVolumes():
         vol.delete(0)

@@ -50,6 +50,8 @@ def vmm(tmp_path: Path) -> Iterator[LibvirtVMM]:
     try:
         yield vmm
     finally:
+        for info in vmm.list():   # a disk-only account still gets a machine
+            vmm.undefine(info.account_id)
         pool = vmm.conn.storagePoolLookupByName(f"himg-{tag}")
         for vol in pool.listAllVolumes():
             vol.delete(0)
