@@ -127,6 +127,8 @@ async def serve_upload(pool_dir: str, disk_mib: int, holder_key: bytes) -> None:
     await runner.cleanup()
     for info in vmm.list():   # a disk-only account still gets a machine
         vmm.undefine(info.account_id)
+    for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
+        log.unlink(missing_ok=True)
     pool = vmm.conn.storagePoolLookupByName(f"bench-{tag}")
     for vol in pool.listAllVolumes():
         vol.delete(0)

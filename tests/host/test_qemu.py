@@ -110,6 +110,8 @@ async def qemu_host(tmp_path: Path) -> AsyncIterator[tuple[Auctioneer, LibvirtVM
     finally:
         for info in vmm.list():
             vmm.undefine(info.account_id)
+        for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
+            log.unlink(missing_ok=True)
         vmm.close()
         store.close()
         shutil.rmtree(guest_dir, ignore_errors=True)

@@ -52,6 +52,8 @@ def vmm(tmp_path: Path) -> Iterator[LibvirtVMM]:
     finally:
         for info in vmm.list():   # a disk-only account still gets a machine
             vmm.undefine(info.account_id)
+        for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
+            log.unlink(missing_ok=True)
         pool = vmm.conn.storagePoolLookupByName(f"himg-{tag}")
         for vol in pool.listAllVolumes():
             vol.delete(0)

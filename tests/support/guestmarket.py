@@ -55,6 +55,8 @@ async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]
                 vmm = m.nodes[1].vmm
                 for info in vmm.list():
                     vmm.undefine(info.account_id)
+                for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
+                    log.unlink(missing_ok=True)
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             guestnets.remove_network(conn, network)
@@ -64,6 +66,8 @@ async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]
                     pool = conn.storagePoolLookupByName(name)
                     if pool.isActive():
                         pool.destroy()
+                    with contextlib.suppress(libvirt.libvirtError):
+                        pool.delete(0)   # its (empty) directory
                     pool.undefine()
         conn.close()
 
