@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from p2pmarket.cli.main import parser
 from tests.client.test_lease_money import ready
 from tests.client.test_quote_before_pay import funded
 from tests.market_helpers import LocalMarket
-from tests.support.guestmarket import login, qemu_market, skip_reason
+from tests.support.guestmarket import URI, login, qemu_market, skip_reason
 
 asyncssh = pytest.importorskip("asyncssh")
 pytestmark = pytest.mark.slow
@@ -102,3 +103,43 @@ async def test_buy_with_a_key_and_log_in_through_the_leased_port(
     with pytest.raises(OSError):
         await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     print(f"buy to SSH login: {booted_s:.1f} s")
+
+
+async def test_a_host_restart_brings_the_machine_back(
+        market: LocalMarket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The host machine goes down (its node stops, its guest dies with it) and comes
+    back: the node starts the lease's machine again from its own definition (the key's
+    seed kept), forwards the same port, and the buyer logs in again."""
+    from p2pmarket.core.keyfile import load_key
+    from p2pmarket.node.service import Node
+
+    await ready(market)
+    buyer = await funded(market)
+    host = market.nodes[1]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_bytes(key.export_public_key())
+    code, doc = await run_cli("buy", "--wallet", str(buyer.root), "--budget", "2",
+                              "--duration", "1h", "--hosts", "1", "--host",
+                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
+                              *BIDS, capsys=capsys)
+    assert code == 0, doc
+    [ssh] = doc["ssh"]
+    port, account = ssh["access"]["port"], doc["purchases"][0]["account_id"]
+    assert (await login(port, key, time.monotonic() + LOGIN_LIMIT_S)).startswith("hello")
+    # the machine goes down: the node stops and its guest with it
+    data, settings = host.data_dir, host.settings
+    await host.stop()
+    conn = libvirt.open(URI)
+    try:
+        conn.lookupByName(host.vmm.name_of(account)).destroy()
+    finally:
+        conn.close()
+    again = Node(data, settings, market.genesis, load_key(data.key))
+    await again.start()
+    market.nodes[1] = again            # stopped by the fixture from here on
+    start = time.monotonic()
+    out = await login(port, key, start + LOGIN_LIMIT_S)
+    assert out.startswith("hello from "), out
+    assert again.vmm.describe(account).state == "running"   # type: ignore[union-attr]
+    print(f"host restart to SSH login: {time.monotonic() - start:.1f} s")
