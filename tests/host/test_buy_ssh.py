@@ -143,3 +143,47 @@ async def test_a_host_restart_brings_the_machine_back(
     assert out.startswith("hello from "), out
     assert again.vmm.describe(account).state == "running"   # type: ignore[union-attr]
     print(f"host restart to SSH login: {time.monotonic() - start:.1f} s")
+
+
+async def test_an_uploaded_image_is_what_the_machine_boots(
+        market: LocalMarket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An image put on a lease whose machine already runs (bought with a key: it boots
+    the host's kernel, the volume beside it): the host checks and streams the image into
+    the account's volume, stopping the machine first (a running domain keeps the disks
+    it was started with; ``LibvirtVMM.upload_volume``) and the sync starts it again, so
+    the running domain's disk is that volume, in the format the upload checked, and the
+    buyer still logs in."""
+    from p2pmarket.auction.imagecheck import blank_qcow2
+
+    await ready(market)
+    buyer = await funded(market)
+    host = market.nodes[1]
+    await host.auctioneer.set_config(host.auctioneer.config.with_capacity("disk", "1GiB"))
+    await host.publish_if_moved(force=True)     # the market sees the disk offered
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_bytes(key.export_public_key())
+    code, doc = await run_cli("buy", "--wallet", str(buyer.root), "--budget", "2",
+                              "--duration", "1h", "--hosts", "1", "--host",
+                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
+                              *BIDS, "disk:1,64MiB,64MiB", capsys=capsys)
+    assert code == 0, doc
+    [ssh] = doc["ssh"]
+    port, account = ssh["access"]["port"], doc["purchases"][0]["account_id"]
+    assert (await login(port, key, time.monotonic() + LOGIN_LIMIT_S)).startswith("hello")
+    image = tmp_path / "disk.qcow2"
+    image.write_bytes(blank_qcow2(32 << 20))
+    code, put = await run_cli("upload", "--wallet", str(buyer.root), "--json",
+                              ssh["lease_id"], str(image), capsys=capsys)
+    assert code == 0 and put["ok"] and put["format"] == "qcow2", put
+    volume = host.vmm.volume(account)
+    assert volume is not None and volume.format == "qcow2"
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.lookupByName(host.vmm.name_of(account))
+        xml = dom.XMLDesc(0)           # the running domain's, not its definition's
+        assert dom.isActive(), xml
+        assert f"<source file='{volume.path}'" in xml and "type='qcow2'" in xml, xml
+    finally:
+        conn.close()
+    assert (await login(port, key, time.monotonic() + LOGIN_LIMIT_S)).startswith("hello")
