@@ -47,14 +47,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import libvirt
 
 from p2pmarket.auction.enforce import DomainSpec
 from p2pmarket.host.vmm import network as guestnets
-from p2pmarket.host.vmm.base import VMM, Usage, VmInfo, VmmError, VolumeInfo
+from p2pmarket.host.vmm.base import VMM, Usage, VmInfo, VmmError
 from p2pmarket.host.vmm.domainxml import (
     META_KEY,
     META_URI,
@@ -73,6 +73,7 @@ from p2pmarket.host.vmm.guest import (
 from p2pmarket.host.vmm.guestnet import GuestNetwork, mac_for
 from p2pmarket.host.vmm.seediso import store_seed
 from p2pmarket.host.vmm.usage import read_usage
+from p2pmarket.host.vmm.volumes import RAW, VolumesMixin, libvirt_message, vol_format
 
 _STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown",
            5: "shutoff", 6: "crashed", 7: "pmsuspended"}
@@ -82,8 +83,6 @@ _META_FIELDS = ("vcpus", "memory_kib", "weight", "blkio", "net_in", "net_out")
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images/p2pmarket"
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
 SEED_SUFFIX = "-seed.iso"
-RAW, QCOW2 = "raw", "qcow2"
-_VOL_SUFFIXES = {RAW: ".img", QCOW2: ".qcow2"}   # a volume's name says its format
 
 _quiet_installed = False
 
@@ -96,11 +95,10 @@ def _quiet() -> None:
         _quiet_installed = True
 
 
-def _msg(exc: libvirt.libvirtError) -> str:
-    return str(exc.get_error_message() or exc)
+_msg = libvirt_message
 
 
-class LibvirtVMM(VMM):
+class LibvirtVMM(VolumesMixin, VMM):
     def __init__(self, uri: str = "test:///default", prefix: str = "p2pm-",
                  network: str | None = "auto", pool: str | None = "auto",
                  pool_path: str = DEFAULT_POOL_PATH,
@@ -249,119 +247,6 @@ class LibvirtVMM(VMM):
             except libvirt.libvirtError as exc:
                 raise VmmError(f"libvirt: {_msg(exc)}", self.uri) from None
 
-    # -- volumes -------------------------------------------------------------------
-
-    def _pool(self, create: bool) -> Any:
-        if self.pool_name is None:
-            if not create:
-                return None
-            raise VmmError("no storage pool configured", self.uri)
-        try:
-            pool = self.conn.storagePoolLookupByName(self.pool_name)
-        except libvirt.libvirtError:
-            if not create:
-                return None
-            root = ET.Element("pool", type="dir")
-            ET.SubElement(root, "name").text = self.pool_name
-            ET.SubElement(ET.SubElement(root, "target"), "path").text = self.pool_path
-            pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
-            pool.build(0)
-        if not pool.isActive():
-            pool.create(0)
-        return pool
-
-    def _volume(self, account_id: str) -> Any:
-        pool = self._pool(create=False)
-        if pool is None:
-            return None
-        for suffix in _VOL_SUFFIXES.values():
-            try:
-                return pool.storageVolLookupByName(self.name_of(account_id) + suffix)
-            except libvirt.libvirtError:
-                continue
-        return None
-
-    def volume(self, account_id: str) -> VolumeInfo | None:
-        with self._lock:
-            try:
-                vol = self._volume(account_id)
-                return None if vol is None else _vol_info(vol)
-            except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
-
-    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes],
-                      fmt: str = RAW) -> VolumeInfo:
-        if fmt not in _VOL_SUFFIXES:
-            raise VmmError("unknown image format", fmt)
-        name = self.name_of(account_id) + _VOL_SUFFIXES[fmt]
-        with self._lock:
-            try:
-                pool = self._pool(create=True)
-                dom = self._lookup(self.name_of(account_id))
-                if dom is not None and dom.isActive():
-                    dom.destroy()   # restarted with the new disk on the next sync
-                old = self._volume(account_id)
-                if old is not None:
-                    old.delete(0)
-                root = ET.Element("volume")
-                ET.SubElement(root, "name").text = name
-                ET.SubElement(root, "capacity", unit="bytes").text = str(max(1, size))
-                ET.SubElement(ET.SubElement(root, "target"), "format", type="raw")
-                vol = pool.createXML(ET.tostring(root, encoding="unicode"), 0)
-            except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", name) from None
-        # streamed without the lock (the connection is thread-safe): a slow uploader
-        # must not hold up every other domain's operations
-        stream = self.conn.newStream(0)
-        sent = 0
-        try:
-            vol.upload(stream, 0, size, 0)
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    n = stream.send(bytes(view))
-                    if n <= 0:
-                        raise VmmError("libvirt stream refused data", n)
-                    view = view[n:]
-                    sent += n
-                if sent > size:
-                    raise VmmError("upload is larger than announced", size)
-            if sent != size:
-                raise VmmError("upload ended early", {"got": sent, "size": size})
-            stream.finish()
-            return _vol_info(vol)
-        except (libvirt.libvirtError, VmmError, OSError) as exc:
-            with contextlib.suppress(libvirt.libvirtError):
-                stream.abort()
-            with contextlib.suppress(libvirt.libvirtError):
-                vol.delete(0)
-            if isinstance(exc, VmmError):
-                raise
-            msg = _msg(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
-            raise VmmError(f"upload failed: {msg}", name) from None
-
-    def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:
-        with self._lock:
-            try:
-                vol = self._volume(account_id)
-                if vol is None:
-                    raise VmmError("the account has no volume", account_id)
-                flags = libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK \
-                    if capacity_kib * 1024 < int(vol.info()[1]) else 0
-                vol.resize(capacity_kib * 1024, flags)
-                return _vol_info(vol)
-            except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
-
-    def delete_volume(self, account_id: str) -> None:
-        with self._lock:
-            try:
-                vol = self._volume(account_id)
-                if vol is not None:
-                    vol.delete(0)
-            except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
-
     # -- guests: boot, key, address ------------------------------------------------
 
     def prepare_guest(self, account_id: str, boot: GuestBoot, ssh_key: str) -> str | None:
@@ -431,7 +316,7 @@ class LibvirtVMM(VMM):
             boot = self.boot
         # the format the upload checked, kept in the volume's name: never probed from
         # bytes the guest may have rewritten (a raw disk made to look like a qcow2)
-        fmt = RAW if vol is None else _vol_format(vol.name())
+        fmt = RAW if vol is None else vol_format(vol.name())
         return DomainPlan(
             dtype=_DOMAIN_TYPES[self.driver], name=name, spec=spec, vcpus=vcpus,
             max_vcpus=self.max_vcpus, want=want,
@@ -565,15 +450,3 @@ class LibvirtVMM(VMM):
                       vcpus=int(vcpus), memory_kib=int(mem), max_memory_kib=int(max_mem),
                       weight=weight, weight_key=key, notes=tuple(notes), blkio_weight=blkio,
                       net_in_kib_s=net_in, net_out_kib_s=net_out)
-
-
-def _vol_format(name: str) -> str:
-    """The format a volume's name says (``.qcow2``: qcow2, else raw)."""
-    return QCOW2 if name.endswith(_VOL_SUFFIXES[QCOW2]) else RAW
-
-
-def _vol_info(vol: Any) -> VolumeInfo:
-    _type, capacity, allocation = vol.info()
-    usage = -(-int(allocation) // 1024)
-    return VolumeInfo(name=vol.name(), path=vol.path(), capacity_kib=-(-int(capacity) // 1024),
-                      usage_kib=usage, floor_kib=usage, format=_vol_format(vol.name()))
