@@ -6,6 +6,7 @@ refused (:class:`PeerUnreachable`) without the rest being read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -32,6 +33,9 @@ class PeerClient:
         self.identity = identity
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.proxy = proxy
+        self.route: Callable[[str], str] = lambda url: url
+        """Where a URL is really called (a node sets it to reach its own public URL
+        from inside: :func:`p2pmarket.core.urls.own_route`)."""
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PeerClient:
@@ -71,7 +75,7 @@ class PeerClient:
         request = make_request(self.identity, node_id_of(server_key), name, args)
         try:
             async with self.session.post(
-                url.rstrip("/") + "/rpc", data=request,
+                self.route(url).rstrip("/") + "/rpc", data=request,
                 headers={"Content-Type": MSGPACK}, proxy=self.proxy,
             ) as resp:
                 reply = await read_at_most(resp.content, MAX_MESSAGE_BYTES,

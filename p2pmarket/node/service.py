@@ -45,7 +45,7 @@ from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import ConfigError, Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_or_create_key
-from p2pmarket.core.urls import http_url
+from p2pmarket.core.urls import http_url, own_route
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ImageAd, ResourceAd, VmAd
@@ -93,6 +93,7 @@ class Node:
         self.identity = identity
         self.dispatcher = RpcDispatcher(identity)
         self.peers = PeerClient(identity, proxy=settings.http_proxy or None)
+        self.peers.route = lambda url: own_route(url, self.url, self.local_url())
         self.evidence = EvidenceStore(data_dir.evidence_db, genesis)
         self.public_host = settings.public_host   # set at start (see :meth:`start`)
         self.dht = DhtNode(identity, genesis, proof_verifier=proof_verifier(genesis),
