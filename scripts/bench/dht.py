@@ -202,7 +202,8 @@ async def run_stock(args: argparse.Namespace, rng: random.Random) -> dict[str, A
 
 # -- ours ------------------------------------------------------------------------
 
-async def run_ours(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+async def start_nodes(args: argparse.Namespace, rng: random.Random) -> list[DhtNode]:
+    """``--nodes`` of our DHT nodes on loopback, seeded identities, not yet joined."""
     gen = genesis()
     nodes: list[DhtNode] = []
     for _ in range(args.nodes):
@@ -211,6 +212,11 @@ async def run_ours(args: argparse.Namespace, rng: random.Random) -> dict[str, An
         await node.start(HOST, 0)
         node.url = f"http://{HOST}:{node.port}"
         nodes.append(node)
+    return nodes
+
+
+async def run_ours(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+    nodes = await start_nodes(args, rng)
     try:
         return await _ours(args, rng, nodes)
     finally:
@@ -335,14 +341,7 @@ def market_truth(hosts: list[VirtualHost], n: int, by_capacity: bool) -> list[by
 
 
 async def run_market(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
-    gen = genesis()
-    nodes: list[DhtNode] = []
-    for _ in range(args.nodes):
-        node = DhtNode(Identity(rng.randbytes(32)), gen, proof_verifier=proof_host_id,
-                       rpc_timeout=args.rpc_timeout)
-        await node.start(HOST, 0)
-        node.url = f"http://{HOST}:{node.port}"
-        nodes.append(node)
+    nodes = await start_nodes(args, rng)
     try:
         for i in range(1, args.nodes):
             await asyncio.wait_for(nodes[i].bootstrap([nodes[rng.randrange(i)].address]),

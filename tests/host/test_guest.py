@@ -32,10 +32,10 @@ from p2pmarket.host.vmm.guest import GuestBoot
 from p2pmarket.host.vmm.guestnet import GuestNetwork
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from tests.support import testguest
+from tests.support.guestmarket import URI, skip_reason
 
 asyncssh = pytest.importorskip("asyncssh")
 pytestmark = pytest.mark.slow
-URI = "qemu:///system"
 BOOT_TO_SSH_LIMIT_S = 90.0
 
 
@@ -44,17 +44,6 @@ class Guests:
     vmm: LibvirtVMM
     boot: GuestBoot
     net: GuestNetwork
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    try:
-        conn = libvirt.open(URI)
-    except libvirt.libvirtError as exc:
-        return f"libvirtd not reachable at {URI} ({exc.get_error_message()})"
-    conn.close()
-    return None
 
 
 def _open(tag: str) -> LibvirtVMM:
@@ -77,7 +66,7 @@ def _open(tag: str) -> LibvirtVMM:
 
 @pytest.fixture
 async def guests() -> AsyncIterator[Guests]:
-    why = _skip_reason()
+    why = skip_reason()
     if why is not None:
         pytest.skip(f"{why}; run scripts/setup-qemu")
     try:
