@@ -20,6 +20,7 @@ import libvirt
 import pytest
 
 from p2pmarket.cli.main import parser
+from p2pmarket.client.walletdir import WalletDir
 from tests.client.test_lease_money import ready
 from tests.client.test_quote_before_pay import funded
 from tests.market_helpers import LocalMarket
@@ -52,22 +53,32 @@ async def wait_answering(host: Any, account_id: str) -> None:
         await asyncio.sleep(0.2)
 
 
+async def buy_with_key(market: LocalMarket, buyer: WalletDir, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str], *bids: str
+                       ) -> tuple[Any, dict[str, Any], Any]:
+    """``p2pmarket buy --ssh-key`` from ``buyer`` at the qemu host with a fresh ed25519
+    key: the buy's JSON, its one ``ssh`` outcome, and the key."""
+    host = market.nodes[1]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_bytes(key.export_public_key())
+    code, doc = await run_cli("buy", "--wallet", str(buyer.root),
+                              "--budget", "2", "--duration", "1h", "--hosts", "1", "--host",
+                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
+                              *BIDS, *bids, capsys=capsys)
+    assert code == 0, doc
+    [ssh] = doc["ssh"]
+    return doc, ssh, key
+
+
 async def test_buy_with_a_key_and_log_in_through_the_leased_port(
         market: LocalMarket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     await ready(market)
     buyer = await funded(market)
     host = market.nodes[1]
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    pub = tmp_path / "id_ed25519.pub"
-    pub.write_bytes(key.export_public_key())
     start = time.monotonic()
-    code, doc = await run_cli("buy", "--wallet", str(buyer.root), "--budget", "2",
-                              "--duration", "1h", "--hosts", "1", "--host",
-                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
-                              *BIDS, capsys=capsys)
-    assert code == 0, doc
+    doc, ssh, key = await buy_with_key(market, buyer, tmp_path, capsys)
     [purchase] = doc["purchases"]
-    [ssh] = doc["ssh"]
     assert ssh["ok"] and ssh["access"]["state"] == "forwarded", ssh
     port = ssh["access"]["port"]
     lo, hi = map(int, host.settings.tcp_ports.split("-"))
@@ -116,15 +127,7 @@ async def test_a_host_restart_brings_the_machine_back(
     await ready(market)
     buyer = await funded(market)
     host = market.nodes[1]
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    pub = tmp_path / "id_ed25519.pub"
-    pub.write_bytes(key.export_public_key())
-    code, doc = await run_cli("buy", "--wallet", str(buyer.root), "--budget", "2",
-                              "--duration", "1h", "--hosts", "1", "--host",
-                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
-                              *BIDS, capsys=capsys)
-    assert code == 0, doc
-    [ssh] = doc["ssh"]
+    doc, ssh, key = await buy_with_key(market, buyer, tmp_path, capsys)
     port, account = ssh["access"]["port"], doc["purchases"][0]["account_id"]
     assert (await login(port, key, time.monotonic() + LOGIN_LIMIT_S)).startswith("hello")
     # the machine goes down: the node stops and its guest with it
@@ -160,15 +163,7 @@ async def test_an_uploaded_image_is_what_the_machine_boots(
     host = market.nodes[1]
     await host.auctioneer.set_config(host.auctioneer.config.with_capacity("disk", "1GiB"))
     await host.publish_if_moved(force=True)     # the market sees the disk offered
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    pub = tmp_path / "id_ed25519.pub"
-    pub.write_bytes(key.export_public_key())
-    code, doc = await run_cli("buy", "--wallet", str(buyer.root), "--budget", "2",
-                              "--duration", "1h", "--hosts", "1", "--host",
-                              host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
-                              *BIDS, "disk:1,64MiB,64MiB", capsys=capsys)
-    assert code == 0, doc
-    [ssh] = doc["ssh"]
+    doc, ssh, key = await buy_with_key(market, buyer, tmp_path, capsys, "disk:1,64MiB,64MiB")
     port, account = ssh["access"]["port"], doc["purchases"][0]["account_id"]
     assert (await login(port, key, time.monotonic() + LOGIN_LIMIT_S)).startswith("hello")
     image = tmp_path / "disk.qcow2"
