@@ -97,6 +97,7 @@ async def serve_upload(pool_dir: str, disk_mib: int, holder_key: bytes) -> None:
     from p2pmarket.host.auctioneer import Auctioneer
     from p2pmarket.host.control import control_handlers, upload_route
     from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+    from tests.support.libvirtclean import forget_domains, remove_pool
 
     tag = uuid.uuid4().hex[:8]
     vmm = LibvirtVMM(URI, prefix=f"bench-{tag}-", network=None, pool=f"bench-{tag}",
@@ -125,15 +126,8 @@ async def serve_upload(pool_dir: str, disk_mib: int, holder_key: bytes) -> None:
                       "account_id": res["account_id"]}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await runner.cleanup()
-    for info in vmm.list():   # a disk-only account still gets a machine
-        vmm.undefine(info.account_id)
-    for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
-        log.unlink(missing_ok=True)
-    pool = vmm.conn.storagePoolLookupByName(f"bench-{tag}")
-    for vol in pool.listAllVolumes():
-        vol.delete(0)
-    pool.destroy()
-    pool.undefine()
+    forget_domains(vmm)   # a disk-only account still gets a machine
+    remove_pool(vmm.conn, f"bench-{tag}")
     vmm.close()
     store.close()
 

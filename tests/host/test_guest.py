@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from p2pmarket.auction.enforce import DomainSpec
@@ -33,6 +32,7 @@ from p2pmarket.host.vmm.guestnet import GuestNetwork
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from tests.support import testguest
 from tests.support.guestmarket import URI, skip_reason
+from tests.support.libvirtclean import forget_domains, remove_pool
 
 asyncssh = pytest.importorskip("asyncssh")
 pytestmark = pytest.mark.slow
@@ -78,21 +78,10 @@ async def guests() -> AsyncIterator[Guests]:
     try:
         yield Guests(vmm, GuestBoot(built.kernel, built.initrd, built.cmdline), vmm.guest_net)
     finally:
-        logs = [vmm.console_log(i.account_id) for i in vmm.list()]
-        for info in vmm.list():
-            vmm.undefine(info.account_id)
-        with contextlib.suppress(libvirt.libvirtError):
-            pool = vmm.conn.storagePoolLookupByName(f"p2pmg{tag}-pool")
-            pool.destroy()
-            pool.delete(0)
-            pool.undefine()
+        forget_domains(vmm)
+        remove_pool(vmm.conn, f"p2pmg{tag}-pool")
         guestnets.remove_network(vmm.conn, vmm.guest_net.name)
         vmm.close()
-        for log in logs:
-            if log is not None:
-                Path(log).unlink(missing_ok=True)
-        for qlog in Path("/var/log/libvirt/qemu").glob(f"p2pmg{tag}-*.log"):
-            qlog.unlink(missing_ok=True)
 
 
 def _serial(vmm: LibvirtVMM, aid: str) -> str:

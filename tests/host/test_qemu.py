@@ -27,6 +27,7 @@ from p2pmarket.core.identity import Identity
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from tests.support.libvirtclean import forget_domains
 
 pytestmark = pytest.mark.slow
 URI = "qemu:///system"
@@ -108,10 +109,7 @@ async def qemu_host(tmp_path: Path) -> AsyncIterator[tuple[Auctioneer, LibvirtVM
     try:
         yield auct, vmm
     finally:
-        for info in vmm.list():
-            vmm.undefine(info.account_id)
-        for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
-            log.unlink(missing_ok=True)
+        forget_domains(vmm)
         vmm.close()
         store.close()
         shutil.rmtree(guest_dir, ignore_errors=True)

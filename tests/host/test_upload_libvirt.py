@@ -25,6 +25,7 @@ from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.control import AUTH_HEADER, control_handlers, upload_route
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
+from tests.support.libvirtclean import forget_domains, remove_pool
 
 URI = "qemu:///system"
 MIB = 1024 * 1024
@@ -50,15 +51,8 @@ def vmm(tmp_path: Path) -> Iterator[LibvirtVMM]:
     try:
         yield vmm
     finally:
-        for info in vmm.list():   # a disk-only account still gets a machine
-            vmm.undefine(info.account_id)
-        for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
-            log.unlink(missing_ok=True)
-        pool = vmm.conn.storagePoolLookupByName(f"himg-{tag}")
-        for vol in pool.listAllVolumes():
-            vol.delete(0)
-        pool.destroy()
-        pool.undefine()
+        forget_domains(vmm)   # a disk-only account still gets a machine
+        remove_pool(vmm.conn, f"himg-{tag}")
         vmm.close()
 
 

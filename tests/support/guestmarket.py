@@ -22,6 +22,7 @@ import libvirt
 from p2pmarket.host.vmm import network as guestnets
 from tests.market_helpers import LocalMarket, local_market
 from tests.support import testguest
+from tests.support.libvirtclean import forget_domains, remove_pool
 
 URI = "qemu:///system"
 
@@ -52,23 +53,13 @@ async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]
             try:
                 yield m
             finally:
-                vmm = m.nodes[1].vmm
-                for info in vmm.list():
-                    vmm.undefine(info.account_id)
-                for log in Path("/var/log/libvirt/qemu").glob(f"{vmm.prefix}*.log"):
-                    log.unlink(missing_ok=True)
+                forget_domains(m.nodes[1].vmm)
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             guestnets.remove_network(conn, network)
         for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
             if name not in pools:   # the pool the node made here
-                with contextlib.suppress(libvirt.libvirtError):
-                    pool = conn.storagePoolLookupByName(name)
-                    if pool.isActive():
-                        pool.destroy()
-                    with contextlib.suppress(libvirt.libvirtError):
-                        pool.delete(0)   # its (empty) directory
-                    pool.undefine()
+                remove_pool(conn, name)
         conn.close()
 
 
