@@ -28,6 +28,7 @@ from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from tests.support.libvirtclean import forget_domains
+from tests.support.testguest import cpio
 
 pytestmark = pytest.mark.slow
 URI = "qemu:///system"
@@ -53,19 +54,6 @@ def _reachable() -> str | None:
     return None
 
 
-def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
-    """A newc cpio archive of ``{path: (mode, data)}`` (directories: data b"")."""
-    out = bytearray()
-    for ino, (name, (mode, data)) in enumerate([*files.items(), ("TRAILER!!!", (0, b""))], 1):
-        raw = name.encode() + b"\0"
-        head = "070701" + "".join(f"{v:08x}" for v in (
-            ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0))
-        out += head.encode() + raw
-        out += b"\0" * (-len(out) % 4) + data
-        out += b"\0" * (-len(out) % 4)
-    return bytes(out)
-
-
 def build_guest(where: Path) -> dict[str, str]:
     kernels = sorted(glob.glob("/boot/vmlinuz-*"))
     assert kernels, "no kernel in /boot: run scripts/setup-qemu"
@@ -85,7 +73,7 @@ def build_guest(where: Path) -> dict[str, str]:
     where.mkdir(mode=0o755, parents=True)
     os.chmod(where, 0o755)
     shutil.copy(kernel, where / "vmlinuz")
-    (where / "initrd.gz").write_bytes(gzip.compress(_cpio(files), 1))
+    (where / "initrd.gz").write_bytes(gzip.compress(cpio(files), 1))
     for name in ("vmlinuz", "initrd.gz"):
         os.chmod(where / name, 0o644)
     return {"kernel": str(where / "vmlinuz"), "initrd": str(where / "initrd.gz"),

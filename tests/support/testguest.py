@@ -154,7 +154,7 @@ def _libraries(binary: str) -> list[str]:
     return libs
 
 
-def _cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
+def cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
     """A newc cpio archive of ``{path: (mode, data)}``, parents before children."""
     out = bytearray()
     entries = [*sorted(files.items(), key=lambda kv: kv[0].count("/")),
@@ -233,7 +233,7 @@ def build(cache: Path = CACHE) -> TestGuest:
         for kind in ("ed25519", "rsa", "ecdsa"):
             _add(files, f"etc/dropbear/dropbear_{kind}_host_key", 0o100600,
                  _host_key(tmp, kind))
-        (tmp / "initrd.gz").write_bytes(gzip.compress(_cpio(files), 6))
+        (tmp / "initrd.gz").write_bytes(gzip.compress(cpio(files), 6))
         shutil.copyfile(kernel, tmp / "vmlinuz")
         for name in ("vmlinuz", "initrd.gz"):
             os.chmod(tmp / name, 0o644)
