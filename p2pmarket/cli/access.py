@@ -62,12 +62,15 @@ def key_docs(args: argparse.Namespace, outcomes: list[KeyOutcome]) -> list[dict[
             for o in outcomes]
 
 
-def print_keys(args: argparse.Namespace, outcomes: list[KeyOutcome]) -> int:
-    """One line per lease: the ``ssh`` command, or an ``error:`` line; the failures."""
+def print_keys(args: argparse.Namespace, outcomes: list[KeyOutcome],
+               given_back: frozenset[str] = frozenset()) -> int:
+    """One line per lease: the ``ssh`` command, or an ``error:`` line; the failures.
+    ``given_back``: the leases ``buy`` cancels (cli/giveback.py); the rest are kept."""
     for o in outcomes:
         if not o.ok:
+            then = "given back" if o.lease_id in given_back else "kept"
             err.print(f"error: the SSH key did not go into lease {o.lease_id} (host "
-                      f"{o.host[:16]}…): {o.detail}; the lease is kept", soft_wrap=True)
+                      f"{o.host[:16]}…): {o.detail}; the lease is {then}", soft_wrap=True)
             continue
         line = ssh_line(args, o.lease_id)
         access = (o.reply or {}).get("access")

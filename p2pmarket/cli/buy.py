@@ -21,6 +21,7 @@ from rich.table import Table
 
 from p2pmarket.auction.lease import Lease
 from p2pmarket.cli.access import add_key_options, key_docs, key_of, key_step, print_keys
+from p2pmarket.cli.giveback import GivenBack, give_back, print_given_back, unusable
 from p2pmarket.cli.image import install_step, outcome_doc, prepare_image, print_outcomes
 from p2pmarket.cli.options import (
     Subcommands,
@@ -59,11 +60,14 @@ BUY_SCHEMA = f"""--json prints one object (amounts: integers in µcredits, each 
    unfinished: [{{host, url, paid, paid_credits, reason}}],      # paid, kept pending
    errors: [str], unspent, unspent_credits,
    images: [{{lease_id, host, ok, detail, volume?, format?, capacity_kib?}}],   # --image
-   ssh: [{{lease_id, host, ok, detail, access, ssh}}]}}     # --ssh-key (ssh: the command)
+   ssh: [{{lease_id, host, ok, detail, access, ssh}}],      # --ssh-key (ssh: the command)
+   cancelled: [{{lease_id, why, status, refunded, refunded_credits, detail}}]}}
 {LEASE_SCHEMA}
-The exit code is the number of errors: planned hosts not paid, payments whose
-account is not open yet, images or SSH keys that did not go in (the lease is kept), other
-failures. The leases bought are printed whatever happens."""
+A lease whose image or --ssh-key did not go in is cancelled and its money refunded
+(`cancelled`), unless --keep-failed. The exit code is the number of errors: planned
+hosts not paid, payments whose account is not open yet, images or SSH keys that did not
+go in, refunds not paid yet, other failures. The leases bought are printed whatever
+happens."""
 BUY_EXAMPLES = f"""examples:
   p2pmarket buy --budget 10 --duration 1h cpu:1,0.1,1 memory:1,256MiB,1GiB
   p2pmarket buy --budget 5 --hosts 3 cpu:1,500MHz,2GHz memory:1,128MiB,512MiB
@@ -114,6 +118,9 @@ def add_buy(sub: Subcommands) -> None:
                            "(not a file) have each host copy its base image NAME (only "
                            "hosts offering it are bought from)")
     add_key_options(buy_)
+    buy_.add_argument("--keep-failed", action="store_true",
+                      help="keep a lease whose image or --ssh-key did not go in (by "
+                           "default it is cancelled and its money refunded)")
     buy_.add_argument("--dry-run", action="store_true",
                       help="find, quote and plan, and print the plan: nothing is paid")
     buy_.add_argument("--follow", action="store_true",
@@ -229,14 +236,18 @@ async def buy(args: argparse.Namespace) -> int:
     bought = [p.lease.lease_id for p in report.purchases]
     images = [] if source is None or args.dry_run else await install_step(args, bought, source)
     keys = [] if key is None or args.dry_run else await key_step(args, bought, key)
+    failed = [] if getattr(args, "keep_failed", False) else unusable(images, keys, ssh_mode)
+    given = await give_back(args, failed)
     if getattr(args, "follow", False) and not args.dry_run:
-        return (await follow_output(args, report, budget, duration) + print_outcomes(images)
-                + print_keys(args, keys))
-    return buy_output(args, report, duration, images, keys)
+        gone = frozenset(g.lease_id for g in given)
+        return (await follow_output(args, report, budget, duration, gone)
+                + print_outcomes(images, kept=not gone) + print_keys(args, keys, gone)
+                + print_given_back(given))
+    return buy_output(args, report, duration, images, keys, given)
 
 
 async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int,
-                        duration: int) -> int:
+                        duration: int, given_back: frozenset[str] = frozenset()) -> int:
     """``--follow``: the purchase's output (not with ``--json``), then follow until
     SIGINT/SIGTERM or ``--follow-for``, then what was spent (one JSON object with
     ``--json``: ``{purchase: BUY, follow: {rounds, moves: [{host, kind, amount}],
@@ -251,7 +262,8 @@ async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int
         loop.add_signal_handler(sig, stop.set)
     try:
         done = await run_follow(wallet_dir(args), args.bids, budget, duration, args.hosts,
-                                {p.lease.lease_id for p in report.purchases}, stop,
+                                {p.lease.lease_id for p in report.purchases} - given_back,
+                                stop,
                                 every_s=args.every,
                                 follow_for_s=(parse_duration(args.follow_for)
                                               if args.follow_for else None),
@@ -291,8 +303,10 @@ async def follow_output(args: argparse.Namespace, report: BuyReport, budget: int
 
 def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
                images: list[ImageOutcome] | None = None,
-               keys: list[KeyOutcome] | None = None) -> int:
-    images, keys = images or [], keys or []
+               keys: list[KeyOutcome] | None = None,
+               given: list[GivenBack] | None = None) -> int:
+    images, keys, given = images or [], keys or [], given or []
+    gone = frozenset(g.lease_id for g in given)
     docs: list[dict[str, Any]] = [
         {"host": p.host.node_id.hex(), "url": p.host.record.url, **credits_doc("paid", p.amount),
          **credits_doc("cost_per_hour", per_hour(p.amount, duration)),
@@ -309,12 +323,14 @@ def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
             for h, a in report.planned]
     errors = (len(report.unfinished) + sum(1 for s in report.skipped if s.amount)
               + len(report.errors) + sum(1 for i in images if not i.ok)
-              + sum(1 for k in keys if not k.ok))
+              + sum(1 for k in keys if not k.ok)
+              + sum(1 for g in given if g.status != "done"))
     if args.json:
         dump({"dry_run": args.dry_run, "plan": plan, "purchases": docs, "skipped": skipped,
               "unfinished": unfinished, "errors": report.errors,
               **credits_doc("unspent", report.unspent),
-              "images": [outcome_doc(i) for i in images], "ssh": key_docs(args, keys)})
+              "images": [outcome_doc(i) for i in images], "ssh": key_docs(args, keys),
+              "cancelled": [g.to_doc() for g in given]})
         return errors
     for s in skipped:
         note = (f"; its share of {s['planned_credits']} credits was not spent"
@@ -347,8 +363,9 @@ def buy_output(args: argparse.Namespace, report: BuyReport, duration: int,
                   "pending; `p2pmarket leases` or the next `buy` finishes it)")
     for e in report.errors:
         err.print(f"error: {e}")
-    print_outcomes(images)
-    print_keys(args, keys)
+    print_outcomes(images, kept=not gone)
+    print_keys(args, keys, gone)
+    print_given_back(given)
     return errors
 
 

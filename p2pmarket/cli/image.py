@@ -75,15 +75,17 @@ def outcome_doc(o: ImageOutcome) -> dict[str, Any]:
     return doc
 
 
-def print_outcomes(outcomes: list[ImageOutcome]) -> int:
-    """One line per lease (an ``error:`` line for each failure); returns the failures."""
+def print_outcomes(outcomes: list[ImageOutcome], kept: bool = True) -> int:
+    """One line per lease (an ``error:`` line for each failure); returns the failures.
+    ``kept``: a failed lease is kept (else ``buy`` gives it back, cli/giveback.py)."""
     for o in outcomes:
         if o.ok:
             out.print(f"image: lease {o.lease_id}: {o.detail}")
         else:
+            then = (f"the lease is kept (`p2pmarket upload {o.lease_id} IMAGE` tries again)"
+                    if kept else "the lease is given back")
             err.print(f"error: the image did not go into lease {o.lease_id} (host "
-                      f"{o.host_id[:16]}…): {o.detail}; the lease is kept (`p2pmarket "
-                      f"upload {o.lease_id} IMAGE` tries again)", soft_wrap=True)
+                      f"{o.host_id[:16]}…): {o.detail}; {then}", soft_wrap=True)
     return sum(1 for o in outcomes if not o.ok)
 
 

@@ -117,7 +117,7 @@ async def test_buy_json_schema_dry_run_and_leases(capsys: pytest.CaptureFixture[
         doc = json.loads(out)
         assert code == 0
         assert set(doc) == {"dry_run", "plan", "purchases", "skipped", "unfinished",
-                            "errors", "unspent", "unspent_credits", "images", "ssh"}
+                            "errors", "unspent", "unspent_credits", "images", "ssh", "cancelled"}
         assert doc["images"] == []   # no --image
         [p] = doc["purchases"]
         assert set(p) == {"host", "url", "paid", "paid_credits", "cost_per_hour",

@@ -2,7 +2,8 @@
 NAME`` picks only hosts offering the base image and the host copies it; a file larger
 than the client's chunk is streamed (with progress) into the lease's volume; a file
 that is no disk image, or a disk bid too small for it, fails before anything is paid;
-a refused upload keeps the lease and says so. The hosts' VMM keeps volumes as byte
+``upload`` refused keeps the lease and says so; ``buy`` refused gives the lease
+back. The hosts' VMM keeps volumes as byte
 counts (libvirt's test driver takes no uploads)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from p2pmarket.auction.imagecheck import blank_qcow2
 from p2pmarket.cli.main import parser
 from p2pmarket.client import imageupload
-from p2pmarket.client.buyer import BuyError, buy
+from p2pmarket.client.buyer import BuyError, buy, open_wallet
 from p2pmarket.client.imageupload import (
     ImageUploadError,
     install_image,
@@ -29,7 +30,7 @@ from p2pmarket.host.vmm.base import VmmError, VolumeInfo
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.node.service import Node
 from tests.client.test_lease_money import ready
-from tests.client.test_quote_before_pay import BUDGET, funded
+from tests.client.test_quote_before_pay import BUDGET, FUNDS, funded
 from tests.market_helpers import LocalMarket, local_market
 
 MIB = 1024 * 1024
@@ -176,3 +177,50 @@ async def test_a_file_streams_into_the_lease_and_bad_files_fail_before_paying(
         out = capsys.readouterr()
         assert out.err.count("\n") == 1 and out.err.startswith("error: ")
         assert "larger than the account's disk allocation; the lease is kept" in out.err
+
+
+class RefusingVMM(CountingVMM):
+    """A host whose disk will not take the image (as a full pool would say)."""
+
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes],
+                      fmt: str = "raw") -> VolumeInfo:
+        raise VmmError("the storage pool is full", account_id)
+
+
+async def test_a_lease_whose_image_does_not_go_in_is_given_back(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every purchase yields a machine or its money comes back: the host refuses the
+    upload after the payment, so ``buy`` cancels the lease and the refund arrives;
+    ``--keep-failed`` keeps the lease instead."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(510) + b"\x55\xaa" + bytes(MIB))
+    async with local_market(tmp_path / "m", n=2) as m:
+        await offer(m, None)
+        node = m.nodes[-1]
+        node.vmm = node.auctioneer.vmm = node.auctioneer.sync.vmm = RefusingVMM(
+            node.vmm.prefix)   # type: ignore[attr-defined]
+        await ready(m)
+        wallet = await funded(m)
+        base = ["buy", "--wallet", str(wallet.root), "--budget", "5", "--host",
+                node.identity.node_id.hex(), "--json", "--image", str(image)]
+        args = parser().parse_args([*base, *BIDS])
+        code = await args.run(args)
+        doc = json.loads(capsys.readouterr().out)
+        [purchase] = doc["purchases"]
+        [img] = doc["images"]
+        [gone] = doc["cancelled"]
+        assert code == 1 and not img["ok"] and "storage pool is full" in img["detail"]
+        assert gone["lease_id"] == purchase["lease"]["lease_id"] == img["lease_id"]
+        assert gone["status"] == "done" and gone["why"].startswith("the image did not go in")
+        paid = purchase["paid"]
+        assert 0 <= paid - gone["refunded"] < paid // 100, (paid, gone)   # seconds of use
+        assert wallet.leases()[gone["lease_id"]].get("closed") == "yes"
+        async with open_wallet(wallet) as (w, _):
+            assert w.balance() == FUNDS - paid + gone["refunded"]
+        # --keep-failed: the lease stays open, nothing is refunded
+        args = parser().parse_args([*base, "--keep-failed", *BIDS])
+        assert await args.run(args) == 1
+        doc = json.loads(capsys.readouterr().out)
+        [purchase] = doc["purchases"]
+        assert doc["cancelled"] == [] and not doc["images"][0]["ok"]
+        assert "closed" not in wallet.leases()[purchase["lease"]["lease_id"]]
