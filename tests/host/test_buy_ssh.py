@@ -4,13 +4,16 @@ host's own kernel and initramfs (the test guest of :mod:`tests.support.testguest
 busybox + dropbear); the host puts the key into the guest's NoCloud seed and forwards
 the won tcp_port to the guest's port 22; the buyer logs in through that port with the
 key, runs a command and reads its output; another key is refused. Then the lease is
-cancelled: the port stops at once. QEMU TCG; needs root and libvirtd
-(``scripts/setup-qemu``), else skipped. Every libvirt object made is removed."""
+cancelled: the port stops at once, and a second buyer wins it (the host leases one
+port); its short lease expires: the machine stops and the port closes.
+QEMU TCG; needs root and libvirtd (``scripts/setup-qemu``), else skipped. Every
+libvirt object made is removed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,12 +35,20 @@ LOGIN_LIMIT_S = 120.0
 BIDS = ["cpu:1,0.1,1", "memory:1,128MiB,256MiB"]
 
 
+def one_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
 async def market(tmp_path: Path) -> AsyncIterator[LocalMarket]:
+    """The qemu host leases one TCP port, so two buyers in turn must share it."""
     why = skip_reason()
     if why is not None:
         pytest.skip(f"{why}; run scripts/setup-qemu")
-    async with qemu_market(tmp_path / "m") as m:
+    port = one_free_port()
+    async with qemu_market(tmp_path / "m", tcp_ports=f"{port}-{port}") as m:
         yield m
 
 
@@ -54,16 +65,16 @@ async def wait_answering(host: Any, account_id: str) -> None:
 
 
 async def buy_with_key(market: LocalMarket, buyer: WalletDir, tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str], *bids: str
-                       ) -> tuple[Any, dict[str, Any], Any]:
+                       capsys: pytest.CaptureFixture[str], *bids: str,
+                       duration: str = "1h") -> tuple[Any, dict[str, Any], Any]:
     """``p2pmarket buy --ssh-key`` from ``buyer`` at the qemu host with a fresh ed25519
     key: the buy's JSON, its one ``ssh`` outcome, and the key."""
     host = market.nodes[1]
     key = asyncssh.generate_private_key("ssh-ed25519")
-    pub = tmp_path / "id_ed25519.pub"
+    pub = tmp_path / f"{buyer.root.name}_id_ed25519.pub"
     pub.write_bytes(key.export_public_key())
     code, doc = await run_cli("buy", "--wallet", str(buyer.root),
-                              "--budget", "2", "--duration", "1h", "--hosts", "1", "--host",
+                              "--budget", "2", "--duration", duration, "--hosts", "1", "--host",
                               host.identity.node_id.hex(), "--ssh-key", str(pub), "--json",
                               *BIDS, *bids, capsys=capsys)
     assert code == 0, doc
@@ -113,7 +124,37 @@ async def test_buy_with_a_key_and_log_in_through_the_leased_port(
     assert port not in host.access.forwards.table
     with pytest.raises(OSError):
         await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    # the freed port goes to the next buyer, whose short lease then expires
+    second = await funded(market, "second")
+    doc, ssh, _ = await buy_with_key(market, second, tmp_path, capsys, duration="30s")
+    assert ssh["ok"] and ssh["access"]["port"] == port, ssh
+    account = doc["purchases"][0]["account_id"]
+    end_s = doc["purchases"][0]["lease"]["end"] / 1e6
+    assert ssh["access"]["state"] == "forwarded", ssh
+    assert host.access.forwards.table[port].account_id == account
+    await asyncio.wait_for(stopped(host, account), max(0.0, end_s - time.time()) + 60)
+    await asyncio.wait_for(unforwarded(host, port), 10)   # the next access sync
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    code, listed = await run_cli("leases", "--wallet", str(second.root), "--json",
+                                 capsys=capsys)
+    [row] = listed["leases"]
+    assert row["machine"]["state"] == "stopped", row
     print(f"buy to SSH login: {booted_s:.1f} s")
+
+
+async def unforwarded(host: Any, port: int) -> None:
+    while port in host.access.forwards.table:
+        await asyncio.sleep(0.1)
+
+
+async def stopped(host: Any, account_id: str) -> None:
+    """Until the account's libvirt domain is no longer running (its lease expired)."""
+    while True:
+        info = host.vmm.describe(account_id)
+        if info is not None and info.state != "running":
+            return
+        await asyncio.sleep(0.5)
 
 
 async def test_a_host_restart_brings_the_machine_back(
