@@ -48,7 +48,7 @@ async def local_market(root: Path, n: int = 2, tick_seconds: float = 0.2,
             await node.start()
             nodes.append(node)
         for node in nodes:
-            await node.chain_ready.wait()
+            await node.payments.ready.wait()
         yield LocalMarket(root, genesis, nodes, WalletDir(root / "mint"))
     finally:
         for node in reversed(nodes):

@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,8 +22,6 @@ from urllib.parse import urlsplit
 from p2pmarket.api.client import PeerClient
 from p2pmarket.api.rpc import CallContext, Handler, RpcDispatcher
 from p2pmarket.api.server import Site, control_app, load_or_create_token, peer_app
-from p2pmarket.auction import HostError
-from p2pmarket.auction.accounts import Payment
 from p2pmarket.audit.control import control_handlers as audit_control_handlers
 from p2pmarket.audit.evidence import proof_verifier
 from p2pmarket.audit.evidencestore import EvidenceStore
@@ -61,7 +57,6 @@ from p2pmarket.host.vmm.guest import guest_boot
 from p2pmarket.host.vmm.guestnet import guest_network
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 from p2pmarket.ledger import notaryrpc
-from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
@@ -71,15 +66,15 @@ from p2pmarket.nat.registration import echo_handlers
 from p2pmarket.nat.relay import RelayService
 from p2pmarket.nat.relaylimits import RelayLimits
 from p2pmarket.nat.streams import StreamGate
+from p2pmarket.node.addresses import bind, is_wildcard, route_source
 from p2pmarket.node.advert import Availability, PriceHistory, moved
+from p2pmarket.node.payments import RETRY_S, NodePayments
 from p2pmarket.node.reach import Advert, ReachKeeper, reach_candidates
 
 log = logging.getLogger(__name__)
 
 ADVERT_CHECK_S = 1.0   # cheap: publishes only when a price moved
 PRICE_MOVE_PPM = 100_000   # republish the advertisement when a price moves by 10 %
-RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-COLLECT_S = 30.0
 READ_ONLY_HOST_RPCS = frozenset({"status", "lease", "audit_log", "quote"})
 AVAILABILITY_SAVE_US = 60_000_000   # a SIGKILL loses at most this much counted uptime
 
@@ -123,14 +118,15 @@ class Node:
                                          limits=notaryrpc.REQUEST_LIMITS)
         self.chain = ChainStore(data_dir.ledger_db)
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
+        self.payments = NodePayments(identity, self.chain, self.wallet)
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity),
                               guest_network=guest_network(settings),
                               guest_cpuset=settings.guest_cpuset or None)
         self.accounts = AccountStore(data_dir.host_db)
         self.audit = AuditLog(data_dir.audit_db, identity)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
-                                     accept_payment=self.accept_payment, audit=self.audit,
-                                     refund_payment=self.refund_payment)
+                                     accept_payment=self.payments.accept, audit=self.audit,
+                                     refund_payment=self.payments.refund)
         self.access = AccessKeeper(
             self.vmm, PortForwards(settings.listen_host),
             lambda: self.auctioneer.allocation().winners, lambda: self.auctioneer.state.accounts,
@@ -178,14 +174,12 @@ class Node:
             *(self.relay.routes() if self.relay else ())]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
                                              self.control_handlers()))
-        self.chain_ready = asyncio.Event()
         self.advertised = asyncio.Event()   # published at least once, maybe only locally
         self.announced = asyncio.Event()    # published while it had DHT contacts (or none exist)
         self.prices: dict[str, PriceHistory] = {}
         self.availability = Availability.resume(_read_json(data_dir.availability), now_us())
         self._availability_saved = 0
         self._published: dict[str, int] = {}
-        self._payment_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -231,11 +225,11 @@ class Node:
         listening), then start the background tasks."""
         s = self.settings
         try:
-            await _bind("peer API (TCP)", s.listen_host, s.http_port,
+            await bind("peer API (TCP)", s.listen_host, s.http_port,
                         self.peer_site.start(s.listen_host, s.http_port))
-            await _bind("control API (TCP)", "127.0.0.1", s.control_port,
+            await bind("control API (TCP)", "127.0.0.1", s.control_port,
                         self.control_site.start("127.0.0.1", s.control_port))
-            await _bind("DHT (UDP)", s.listen_host, s.dht_port,
+            await bind("DHT (UDP)", s.listen_host, s.dht_port,
                         self.dht.start(s.listen_host, s.dht_port))
         except ConfigError:
             await self.control_site.stop()
@@ -259,8 +253,8 @@ class Node:
         }).encode())
         if self.reach is not None:
             self._tasks.append(asyncio.create_task(self.reach.run(), name="reach"))
-        self._tasks += [asyncio.create_task(self._open_chain(), name="open-chain"),
-                       asyncio.create_task(self._collect_payments(), name="collect"),
+        self._tasks += [asyncio.create_task(self.payments.open_chain(), name="open-chain"),
+                       asyncio.create_task(self.payments.collect(), name="collect"),
                        asyncio.create_task(self.witness.run(), name="witness"),
                        asyncio.create_task(self._advertise(), name="advertise"),
                        asyncio.create_task(self.auctioneer.run(), name="auction")]
@@ -307,52 +301,6 @@ class Node:
         finally:
             log.info("shutting down")
             await self.stop()
-
-    async def _open_chain(self) -> None:
-        """Open our chain with the notaries (they may start after us), then finish any
-        transfer a crash interrupted."""
-        attempt = 0
-        while True:
-            try:
-                await self.wallet.resume()
-                await self.wallet.ensure_open()
-                break
-            except P2PMarketError as exc:
-                delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
-                log.info("chain not open yet (%s); retrying in %.1fs", exc.message, delay)
-                attempt += 1
-                await asyncio.sleep(delay)
-        self.chain_ready.set()
-
-    async def _collect_payments(self) -> None:
-        """Certify the RECVs :meth:`accept_payment` appended offline, as soon as there
-        are any and again with backoff (``RETRY_S``) while the notaries do not answer,
-        until done; and now and then (``COLLECT_S``) pull certified payments to us
-        from the notaries' inboxes: money whose payer crashed before handing us the
-        certificate is still collected. Never under the auction lock."""
-        await self.chain_ready.wait()
-        loop = asyncio.get_running_loop()
-        next_sync = loop.time() + COLLECT_S
-        failures = 0
-        while True:
-            wait = next_sync - loop.time()
-            if failures:
-                wait = min(wait, RETRY_S[min(failures - 1, len(RETRY_S) - 1)])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wallet.uncertified.wait(), max(0.0, wait))
-            self.wallet.uncertified.clear()
-            syncing = loop.time() >= next_sync
-            try:
-                async with self._payment_lock:
-                    await self.wallet.resume()   # the offline receipts first
-                    if syncing:
-                        await self.wallet.sync()
-                failures = 0
-            except P2PMarketError as exc:
-                failures += 1
-                log.info("certifying or collecting payments failed: %s", exc.message)
-            if syncing:
-                next_sync = loop.time() + COLLECT_S
 
     async def _advertise(self) -> None:
         """Keep our host record and offers current in the DHT.
@@ -430,46 +378,6 @@ class Node:
         write_atomic(self.data_dir.availability,
                      json.dumps(self.availability.to_doc(now)).encode())
 
-    # -- payments ----------------------------------------------------------------
-
-    async def accept_payment(self, payer: bytes, cert_doc: dict[str, Any]) -> Payment:
-        """Verify a buyer's SEND certificate offline and record it on our chain.
-
-        No network call (it runs under the auction lock): the certificate is checked
-        against the genesis committee here, the RECV appended durably but uncertified
-        (:meth:`Wallet.accept`), and :meth:`_collect_payments` has the notaries certify
-        it in the background. Idempotent: a certificate already received (certified
-        or not) is not credited again, and gives the same Payment (its id is the SEND
-        entry's hash). Which account a payment funded is the auctioneer's record,
-        committed with the account, so a payment received just before a crash still
-        funds the account the buyer's retry creates."""
-        cert = Certificate.from_wire(cert_doc)
-        body = cert.entry.body
-        if cert.entry.kind != "SEND" or body.get("to") != self.identity.public_key:
-            raise HostError("payment is not a transfer to this host", "not_to_host")
-        if cert.entry.owner != payer:
-            raise HostError("payment was made by another key than the caller", "payer")
-        if not self.chain_ready.is_set():
-            raise HostError("host is still opening its ledger; retry shortly", "not_ready")
-        amount = self.wallet.accept(cert)
-        return Payment(cert.entry.hash(), amount)
-
-    async def refund_payment(self, holder: bytes, amount: int, memo: str) -> dict[str, Any]:
-        """Pay ``amount`` back to ``holder`` with a certified transfer. Idempotent per
-        memo (the auctioneer gives each refund a unique memo and retries until done):
-        a refund already on our chain is answered with its certificate (recovered from
-        the notaries if the wallet pruned its signatures)."""
-        async with self._payment_lock:
-            await self.wallet.resume()
-            for entry in self.chain.entries(self.identity.public_key):
-                if (entry.kind == "SEND" and entry.body["memo"] == memo
-                        and entry.body["to"] == holder):
-                    # store or recover: a pruned certificate is not "unpaid" (never pay twice)
-                    cert = await self.wallet.certificate(entry.seq)
-                    if cert is not None:
-                        return cert.to_wire()
-            return (await self.wallet.send(holder, amount, memo=memo)).to_wire()
-
     # -- control API ---------------------------------------------------------------
 
     def control_handlers(self) -> dict[str, Any]:
@@ -481,8 +389,8 @@ class Node:
                 "reach": self.reach.status() if self.reach is not None else {"class": "off"},
                 "registrar": self.registrar.status() if self.registrar else None,
                 "relay": self.relay.status() if self.relay else None,
-                "ready": self.chain_ready.is_set() and self.advertised.is_set(),
-                "balance": self.wallet.balance() if self.chain_ready.is_set() else None,
+                "ready": self.payments.ready.is_set() and self.advertised.is_set(),
+                "balance": self.wallet.balance() if self.payments.ready.is_set() else None,
                 "dht_contacts": self.dht.contact_count(),
                 "dht": self.dht.metrics(),
                 "accounts": len(self.auctioneer.accounts()),
@@ -514,34 +422,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
-
-
-async def _bind(what: str, host: str, port: int, starting: Awaitable[Any]) -> None:
-    try:
-        await starting
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot listen for the {what} on {host}:{port}: {reason}",
-                          {"host": host, "port": port}) from None
-
-
-def is_wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::", "")
-
-
-def route_source(targets: list[str], fallback: str) -> str:
-    """The local address of the route to the first of ``targets`` that has one (a UDP
-    socket's connect sends nothing); ``fallback`` when none has (no bootstrap peers, or
-    no route: a proxied node)."""
-    for target in targets:
-        family = socket.AF_INET6 if ":" in target else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.connect((target, 9))
-                return str(probe.getsockname()[0])
-        except OSError:
-            continue
-    return "127.0.0.1" if is_wildcard(fallback) else fallback
 
 
 async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:

@@ -15,7 +15,8 @@ from p2pmarket.core.config import DataDir, Settings, load_genesis, save_genesis
 from p2pmarket.core.genesis import ConfigError, Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_key
-from p2pmarket.node.service import Node, route_source
+from p2pmarket.node.addresses import route_source
+from p2pmarket.node.service import Node
 
 
 def one_node(root: Path, **overrides: object) -> Node:

@@ -71,7 +71,7 @@ async def restart(m: LocalMarket, index: int) -> Node:
     node = Node(data, Settings.load(data.config, env={}), m.genesis, load_key(data.key))
     await node.start()
     m.nodes.insert(index, node)   # local_market stops it on exit
-    await node.chain_ready.wait()
+    await node.payments.ready.wait()
     return node
 
 
@@ -93,7 +93,7 @@ async def test_purchase_completes_with_the_notary_stopped(tmp_path: Path) -> Non
         assert pending_recvs(host) == ["RECV"]          # credited, not certified yet
         assert host.wallet.balance() == before          # the certified balance
         # the same certificate again: the same payment, credited once
-        again = await host.accept_payment(buyer.identity().public_key, cert.to_wire())
+        again = await host.payments.accept(buyer.identity().public_key, cert.to_wire())
         assert again.amount == PRICE and pending_recvs(host) == ["RECV"]
 
         await restart(m, 0)   # the notary is back: the host certifies its RECV alone

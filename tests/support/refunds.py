@@ -1,6 +1,6 @@
 """A host's refund payments for tests: certified SENDs from the host's own chain (the
 pure ledger fixtures of :mod:`tests.support.chains`), idempotent per memo like the
-node's wallet (:meth:`p2pmarket.node.service.Node.refund_payment`). A payer told to
+node's wallet (:meth:`p2pmarket.node.payments.NodePayments.refund`). A payer told to
 ``skim``, pay ``to`` another key, use another ``memo`` or skip the notaries stands in
 for a cheating host."""
 
