@@ -125,7 +125,8 @@ class Node:
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity),
                               guest_network=guest_network(settings),
-                              guest_cpuset=settings.guest_cpuset or None)
+                              guest_cpuset=settings.guest_cpuset or None,
+                              lxc_root_dir=str(data_dir.root / "lxc"))
         self.accounts = AccountStore(data_dir.host_db)
         self.audit = AuditLog(data_dir.audit_db, identity)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,
@@ -250,7 +251,8 @@ class Node:
             self.gateway.start_republishing()
         self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
         if s.images_dir:
-            self.base_images, skipped = await asyncio.to_thread(scan_images, s.images_dir)
+            self.base_images, skipped = await asyncio.to_thread(scan_images, s.images_dir,
+                                                                 self.vmm.image_kind)
             for why in skipped:
                 log.warning("base image skipped: %s", why)
         write_atomic(self.data_dir.control, json.dumps({
