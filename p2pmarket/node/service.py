@@ -125,8 +125,7 @@ class Node:
         self.wallet = Wallet(identity, self.chain, genesis, PeerTransport(self.peers))
         self.vmm = LibvirtVMM(settings.vmm_uri, prefix=domain_prefix(identity),
                               guest_network=guest_network(settings),
-                              guest_cpuset=settings.guest_cpuset or None,
-                              lxc_root_dir=str(data_dir.root / "lxc"))
+                              guest_cpuset=settings.guest_cpuset or None)
         self.accounts = AccountStore(data_dir.host_db)
         self.audit = AuditLog(data_dir.audit_db, identity)
         self.auctioneer = Auctioneer(identity, settings, self.accounts, self.vmm,

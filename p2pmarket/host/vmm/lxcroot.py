@@ -38,7 +38,7 @@ from p2pmarket.auction.rootfscheck import (
     RootfsCheck,
     normalize,
 )
-from p2pmarket.host.vmm.lxcguest import AUTHORIZED_KEYS, MOUNT_POINTS
+from p2pmarket.host.vmm.lxcguest import AUTHORIZED_KEYS, LXC_INIT, MOUNT_POINTS
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -161,10 +161,17 @@ def remove_root(root: str | Path) -> None:
 
 
 class LxcRoots:
-    """The roots of one host's containers under ``base`` (made 0700: no host user
-    reaches a guest's files): ``base/<domain>/`` the root, ``base/<domain>.key`` the
-    buyer's authorized_keys, kept outside the root so that a root unpacked again (a
-    new image) or a host restart gets the key back."""
+    """The roots of one host's containers under ``base``: ``base/<domain>/`` the root
+    (mode 0700, owned by the guest's root: no host user enters it), ``base/<domain>.key``
+    the buyer's authorized_keys, kept outside the root so that a root unpacked again (a
+    new image) or a host restart gets the key back.
+
+    ``base`` and every directory above it must be traversable by anyone (``o+x``): the
+    container's root, a user of its own namespace, walks that path when libvirt pivots
+    into it (a node's data dir, often 0700, will not do; the default is
+    ``/var/lib/p2pmarket/lxc``, made 0711). :meth:`ready` checks that, and that the root
+    has its ``/sbin/init``, before libvirt is asked to start anything: libvirt 9.0's
+    daemon has crashed on a container that failed to start."""
 
     def __init__(self, base: str | Path) -> None:
         self.base = Path(base)
@@ -176,8 +183,13 @@ class LxcRoots:
         return self.base / f"{name}.key"
 
     def _ensure_base(self) -> None:
-        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.base, 0o700)
+        self.base.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(self.base, 0o711)
+        for where in [self.base, *self.base.parents]:
+            if not where.stat().st_mode & stat.S_IXOTH:
+                raise ImageError("the containers' root directory must be traversable by "
+                                 "their user namespaces (o+x on every directory above it)",
+                                 str(where))
 
     def set_key(self, name: str, keys: bytes) -> None:
         """Keep ``keys`` for the guest's next start."""
@@ -196,9 +208,14 @@ class LxcRoots:
                                  "system image (tar or tar.gz) on the lease first", name)
             self._ensure_base()
             unpack_root(archive, root, limit_bytes, ids)
+        self._ensure_base()
+        os.chmod(root, 0o700)
         key = self._key_file(name)
         if key.is_file():
             install_key(root, key.read_bytes(), ids)
+        init = root / LXC_INIT.lstrip("/")
+        if not (init.is_symlink() or init.is_file()):
+            raise ImageError(f"the root file system has no {LXC_INIT}", name)
         return root
 
     def drop_root(self, name: str) -> None:
