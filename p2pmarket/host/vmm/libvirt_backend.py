@@ -275,20 +275,21 @@ class LibvirtVMM(VolumesMixin, VMM):
         writes the NoCloud seed as the volume ``<domain>-seed.iso`` in the pool,
         and reserves the guest's static DHCP address on the project network.
         The next :meth:`apply` defines the domain with it; a running domain is
-        stopped so that the next sync restarts it so. Returns the guest's
-        address (None without the project network)."""
+        stopped so that the next sync restarts it so. A container's key goes into its
+        root instead (:class:`.lxcroot.LxcRoots`), live: it keeps running. Returns the
+        guest's address (None without the project network)."""
         name = self.name_of(account_id)
         key = parse_ssh_key(ssh_key)
         with self._lock:
             try:
                 pool = self._pool(create=True)
                 dom = self._lookup(name)
-                if dom is not None and dom.isActive():
-                    dom.destroy()
                 seed = None
-                if self.driver == "LXC":   # the key goes into the root itself
-                    self.lxc.set_key(name, authorized_keys(key))
+                if self.driver == "LXC":   # into the root itself, live: no restart
+                    self.lxc.set_key(name, authorized_keys(key), id_base(name))
                 else:
+                    if dom is not None and dom.isActive():
+                        dom.destroy()
                     seed = store_seed(self.conn, pool, name + SEED_SUFFIX,
                                       seed_files(name, key), streams=self.driver != "TEST")
                 address = None
@@ -333,7 +334,9 @@ class LibvirtVMM(VolumesMixin, VMM):
                                   (spec.disk_kib or 0) * 1024, id_base(plan.name))
         except (HostError, OSError) as exc:
             raise VmmError(f"lxc root: {exc}", plan.name) from None
-        address = self.guest_address(account_id)
+        address = None   # reserved here: a container may start before its key comes
+        if self.network == self.guest_net.name:
+            address = guestnets.reserve(self.conn, self.guest_net, mac_for(plan.name))
         return lxc_domain_xml(plan, str(root), address,
                               self.guest_net if address else None, id_base(plan.name))
 

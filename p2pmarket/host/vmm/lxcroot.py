@@ -191,12 +191,17 @@ class LxcRoots:
                                  "their user namespaces (o+x on every directory above it)",
                                  str(where))
 
-    def set_key(self, name: str, keys: bytes) -> None:
-        """Keep ``keys`` for the guest's next start."""
+    def set_key(self, name: str, keys: bytes, ids: int) -> None:
+        """Keep ``keys`` for the guest's next start, and install them now in its root if
+        it has one (a running container reads them at its next login; the walk that
+        writes them follows no link, so a guest racing it cannot redirect it)."""
         self._ensure_base()
         tmp = self._key_file(name).with_suffix(".key.tmp")
         tmp.write_bytes(keys)
         tmp.replace(self._key_file(name))
+        root = self.root(name)
+        if root.is_dir() and not root.is_symlink():
+            install_key(root, keys, ids)
 
     def ready(self, name: str, archive: str | None, limit_bytes: int, ids: int) -> Path:
         """The guest's root, unpacked from ``archive`` if it has none yet, with its key
