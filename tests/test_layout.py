@@ -60,6 +60,7 @@ PURE_CORES = (
     "p2pmarket.host.vmm.guest",
     "p2pmarket.host.vmm.guestnet",
     "p2pmarket.host.vmm.domainxml",
+    "p2pmarket.host.vmm.lxcguest",
     "p2pmarket.nat.errors",
     "p2pmarket.nat.registry",
     "p2pmarket.nat.limits",

@@ -85,7 +85,7 @@ MAX_REACH = 4
 MAX_ATTESTATION = 512
 RESOURCE_FIELDS = frozenset({"capacity", "price", "hour_avg"})
 IMAGE_FIELDS = frozenset({"name", "format", "virtual_size", "sha256"})
-IMAGE_FORMATS = frozenset({"raw", "qcow2"})
+IMAGE_FORMATS = frozenset({"raw", "qcow2", "tar", "tar.gz"})   # tar*: a container root
 IMAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 MAX_IMAGES = 8
 MAX_IMAGE_BYTES = 1 << 50
@@ -220,7 +220,7 @@ def _images(value: object) -> tuple[ImageAd, ...]:
         if not isinstance(doc, dict) or set(doc) != IMAGE_FIELDS:
             raise refusal("malformed", "image must be {name, format, virtual_size, sha256}")
         if doc["format"] not in IMAGE_FORMATS:
-            raise refusal("malformed", "image format must be raw or qcow2")
+            raise refusal("malformed", "image format must be raw, qcow2, tar or tar.gz")
         digest = doc["sha256"]
         if not isinstance(digest, bytes) or len(digest) != 32:
             raise refusal("malformed", "image sha256 must be 32 bytes")

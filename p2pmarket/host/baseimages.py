@@ -1,6 +1,8 @@
 """A host's named base images (setting ``images_dir``) and ``host.use_image``.
 
 ``images_dir`` is a directory of ``NAME.qcow2``, ``NAME.img`` or ``NAME.raw`` files
+(on a container host, ``lxc:///``: root file system archives ``NAME.tar``,
+``NAME.tar.gz``, checked by :func:`~p2pmarket.auction.rootfscheck.inspect_rootfs`)
 (NAME: lower-case letters, digits, ``.``, ``_``, ``-``, 1..48 characters;
 :data:`~p2pmarket.dht.records.IMAGE_NAME_RE`'s rule). :func:`scan_images` reads each
 (at most :data:`MAX_IMAGES`, by name; other files are skipped with a reason): its
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from p2pmarket.api.rpc import CallContext, Handler
 from p2pmarket.auction import HostError
 from p2pmarket.auction.imagecheck import HEAD_BYTES, ImageError, inspect_image
+from p2pmarket.auction.rootfscheck import inspect_rootfs
 from p2pmarket.host.upload import upload_image
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")   # as dht.records.IMAGE_NAME_RE
 SUFFIXES = (".qcow2", ".img", ".raw")
+ROOTFS_SUFFIXES = {".tar.gz": "tar.gz", ".tar": "tar"}
 MAX_IMAGES = 8                                          # as dht.records.MAX_IMAGES
 CHUNK = 1024 * 1024
 
@@ -62,17 +66,31 @@ def _hash(path: Path) -> bytes:
     return digest.digest()
 
 
-def scan_images(directory: str | Path) -> tuple[dict[str, BaseImage], list[str]]:
+def _split(path: Path, kind: str) -> tuple[str, str | None]:
+    """A file's image name and the format its suffix says (None: not an image file)."""
+    if kind == "rootfs":
+        for suffix, fmt in ROOTFS_SUFFIXES.items():
+            if path.name.endswith(suffix):
+                return path.name[:-len(suffix)], fmt
+        return path.stem, None
+    if path.suffix not in SUFFIXES:
+        return path.stem, None
+    return path.stem, "qcow2" if path.suffix == ".qcow2" else "raw"
+
+
+def scan_images(directory: str | Path, kind: str = "disk"
+                ) -> tuple[dict[str, BaseImage], list[str]]:
     """The base images in ``directory`` by name, and why other files were skipped
-    (blocking: it reads every image whole once)."""
+    (blocking: it reads every image whole once); ``kind`` the VMM's
+    (:attr:`~p2pmarket.host.vmm.base.VMM.image_kind`: ``disk`` or ``rootfs``)."""
     found: dict[str, BaseImage] = {}
     skipped: list[str] = []
     root = Path(directory)
     if not str(directory) or not root.is_dir():
         return found, ([f"{directory}: not a directory"] if str(directory) else [])
     for path in sorted(root.iterdir()):
-        stem, suffix = path.stem, path.suffix
-        if suffix not in SUFFIXES or not path.is_file():
+        stem, fmt = _split(path, kind)
+        if fmt is None or not path.is_file():
             continue
         if not NAME_RE.match(stem) or stem in found:
             skipped.append(f"{path.name}: not a usable image name")
@@ -84,11 +102,12 @@ def scan_images(directory: str | Path) -> tuple[dict[str, BaseImage], list[str]]
         with path.open("rb") as f:
             head = f.read(HEAD_BYTES)
         try:
-            info = inspect_image(head, size)
+            info = inspect_rootfs(head, size) if kind == "rootfs" else \
+                inspect_image(head, size)
         except ImageError as exc:
             skipped.append(f"{path.name}: {exc.message}")
             continue
-        if (info.format == "qcow2") != (suffix == ".qcow2"):
+        if info.format != fmt:
             skipped.append(f"{path.name}: its contents are {info.format}")
             continue
         found[stem] = BaseImage(stem, path, info.format, size, info.virtual_size,

@@ -5,8 +5,10 @@ VMM's (blocking) upload in a worker thread through a bounded queue, so at most
 ``QUEUE_CHUNKS + 1`` chunks are in memory whatever the image's size.
 
 Before anything is written, the first :data:`~p2pmarket.auction.imagecheck.HEAD_BYTES`
-are read and checked (:mod:`p2pmarket.auction.imagecheck`: the format, and that the
-bytes and the guest's size fit the account's disk); a refused image creates no
+are read and checked (:mod:`p2pmarket.auction.imagecheck`, or for a container host
+:mod:`p2pmarket.auction.rootfscheck`: the format, and that the bytes and the guest's
+size fit the account's disk; a root archive's unpacked size is checked as it is
+unpacked); a refused image creates no
 volume and leaves the account's old one as it was. Once writing has begun, a body
 that ends early (fewer bytes than the signed ``size``: the caller's connection
 broke) or whose SHA-256 is not the signed one deletes the new volume. Each refusal
@@ -29,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import ACTIVE
-from p2pmarket.auction.imagecheck import HEAD_BYTES, ImageInfo, check_fits, inspect_image
+from p2pmarket.auction.imagecheck import HEAD_BYTES, ImageInfo, check_fits
+from p2pmarket.auction.rootfscheck import inspect_upload
 
 if TYPE_CHECKING:
     from p2pmarket.host.auctioneer import Auctioneer
@@ -65,7 +68,7 @@ async def upload_image(auct: Auctioneer, sender: bytes, account_id: str, size: A
                         {"size_kib": need, "disk_kib": have})
     stream = aiter(chunks)
     head = await read_head(stream, min(size, HEAD_BYTES), size)
-    info = inspect_image(head[:HEAD_BYTES], size)
+    info = inspect_upload(auct.vmm.image_kind, head[:HEAD_BYTES], size)
     check_fits(info, size, have)
     logged = {"from": sender, "account_id": account_id, "size": size, "sha256": sha256,
               "format": info.format}

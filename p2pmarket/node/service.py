@@ -244,7 +244,8 @@ class Node:
             self.gateway.start_republishing()
         self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
         if s.images_dir:
-            self.base_images, skipped = await asyncio.to_thread(scan_images, s.images_dir)
+            self.base_images, skipped = await asyncio.to_thread(scan_images, s.images_dir,
+                                                                 self.vmm.image_kind)
             for why in skipped:
                 log.warning("base image skipped: %s", why)
         write_atomic(self.data_dir.control, json.dumps({

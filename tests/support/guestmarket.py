@@ -3,7 +3,11 @@ test guest (:mod:`tests.support.testguest`) for buyers without an image: used by
 tests/host/test_buy_ssh.py and scripts/bench/workload.py (``boot``). The host's guest
 network gets a fresh name and a random /24 of 198.19.201-250.0; every domain, the
 network and a storage pool the node made are removed on exit. Needs root and libvirtd
-(:func:`skip_reason` says why not)."""
+(:func:`skip_reason` says why not).
+
+:func:`lxc_market` is the same with an ``lxc:///`` host whose ``images_dir`` offers the
+LXC test guest's root archive as the base image :data:`LXC_IMAGE` and 1 GiB of disk
+(networks of 198.19.101-199.0/24); buyers buy with ``--image p2pm-test``."""
 
 from __future__ import annotations
 
@@ -25,15 +29,17 @@ from tests.support import testguest
 from tests.support.libvirtclean import forget_domains, remove_pool
 
 URI = "qemu:///system"
+LXC_URI = "lxc:///"
+LXC_IMAGE = "p2pm-test"
 
 
-def skip_reason() -> str | None:
+def skip_reason(uri: str = URI) -> str | None:
     if os.geteuid() != 0:
         return "needs root"
     try:
-        conn = libvirt.open(URI)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        return f"libvirtd not reachable at {URI} ({exc.get_error_message()})"
+        return f"libvirtd not reachable at {uri} ({exc.get_error_message()})"
     conn.close()
     return None
 
@@ -51,6 +57,37 @@ async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]
     try:
         async with local_market(root, n=2, overrides={1: host}) as m:
             try:
+                yield m
+            finally:
+                forget_domains(m.nodes[1].vmm)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            guestnets.remove_network(conn, network)
+        for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
+            if name not in pools:   # the pool the node made here
+                remove_pool(conn, name)
+        conn.close()
+
+
+@contextlib.asynccontextmanager
+async def lxc_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]:
+    archive = await asyncio.to_thread(testguest.build_rootfs)
+    images = root / "images"
+    images.mkdir(parents=True)
+    (images / f"{LXC_IMAGE}.tar.gz").symlink_to(archive)
+    network = f"p2pmlxc{uuid.uuid4().hex[:6]}"
+    conn = libvirt.open(LXC_URI)
+    pools = set(conn.listStoragePools()) | set(conn.listDefinedStoragePools())
+    host = {"vmm_uri": LXC_URI, "guest_network": network,
+            "guest_subnet": f"198.19.{random.randrange(101, 200)}.0/24",
+            "images_dir": str(images), **settings}
+    try:
+        async with local_market(root / "m", n=2, overrides={1: host}) as m:
+            node = m.nodes[1]
+            try:
+                await node.auctioneer.set_config(
+                    node.auctioneer.config.with_capacity("disk", "1GiB"))
+                await node.publish_if_moved(force=True)   # the market sees the disk
                 yield m
             finally:
                 forget_domains(m.nodes[1].vmm)

@@ -15,6 +15,9 @@ The result is cached under ``/var/cache/p2pmarket-guest/<hash>/`` where the
 hash covers every input (kernel, busybox, dropbear and its libraries, the
 modules, the init script), so a second run on the same machine costs nothing.
 
+:func:`build_rootfs` makes the same tree (no kernel, no modules) as the LXC test
+guest: a root file system archive whose ``/sbin/init`` runs dropbear in the foreground.
+
 Used by ``tests/host/test_guest.py`` and ``scripts/build-test-guest`` (which the
 benchmark can call); run as ``python -m tests.support.testguest`` it prints the
 boot settings as JSON. :func:`ssh_login` waits for the guest's SSH and logs in
@@ -27,13 +30,16 @@ import asyncio
 import glob
 import gzip
 import hashlib
+import io
 import json
 import lzma
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -89,6 +95,20 @@ case "$1" in
     echo "P2PM-GUEST-IP $ip" > /dev/console ;;
 esac
 exit 0
+"""
+
+
+LXC_INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+ip link set lo up
+# libvirt gives eth0 its address and route before init runs; DHCP if it did not
+i=0; until ip -4 addr show eth0 2>/dev/null | grep -q inet || [ $i -ge 20 ]; do
+  sleep 0.05; i=$((i+1)); done
+ip -4 addr show eth0 | grep -q inet || udhcpc -i eth0 -s /etc/udhcpc.script -t 10 -T 1 -n -q
+echo P2PM-GUEST-SSH-UP
+exec dropbear -r /etc/dropbear/dropbear_ed25519_host_key -r /etc/dropbear/dropbear_rsa_host_key \
+  -r /etc/dropbear/dropbear_ecdsa_host_key -s -p 22 -E -F
 """
 
 
@@ -246,6 +266,74 @@ def build(cache: Path = CACHE) -> TestGuest:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return done
+
+
+def _tar(files: dict[str, tuple[int, bytes]]) -> bytes:
+    """A gzip'd tar of ``{path: (mode, data)}`` (directories: mode 0o40xxx), owned by
+    root, parents before children."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tf:
+        for name, (mode, data) in sorted(files.items(), key=lambda kv: kv[0]):
+            ti = tarfile.TarInfo(name)
+            ti.mode, ti.mtime = mode & 0o7777, 0
+            if stat.S_ISDIR(mode):
+                ti.type = tarfile.DIRTYPE
+                tf.addfile(ti)
+            else:
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return out.getvalue()
+
+
+def build_rootfs(cache: Path = CACHE) -> Path:
+    """The LXC test guest: the initramfs's busybox + dropbear tree without kernel or
+    modules, as a root file system archive (``rootfs.tar.gz``) whose ``/sbin/init`` is
+    :data:`LXC_INIT` (the network as libvirt configured it, else DHCP; dropbear in the
+    foreground). Cached like :func:`build`; returns the archive's path."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    dropbear = shutil.which("dropbear") or "/usr/sbin/dropbear"
+    for what, path in (("busybox (busybox-static)", busybox),
+                       ("dropbear (dropbear-bin)", dropbear)):
+        if not os.path.exists(path):
+            raise RuntimeError(f"no {what}: run scripts/setup-qemu")
+    libs = _libraries(dropbear)
+    digest = hashlib.sha256(b"lxc" + VERSION.encode() + LXC_INIT.encode() + UDHCPC.encode())
+    for path in [busybox, dropbear, *libs]:
+        digest.update(path.encode() + b"\0" + Path(path).read_bytes())
+    where = cache / f"lxc-{digest.hexdigest()[:16]}"
+    archive = where / "rootfs.tar.gz"
+    if archive.exists():
+        return archive
+    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
+    try:
+        files: dict[str, tuple[int, bytes]] = {}
+        for d in ("proc", "sys", "dev", "tmp", "run", "etc/dropbear", "sbin"):
+            _add(files, d, 0o40755, b"")
+        _add(files, "root", 0o40700, b"")
+        _add(files, "sbin/init", 0o100755, LXC_INIT.encode())
+        _add(files, "bin/busybox", 0o100755, Path(busybox).read_bytes())
+        _add(files, "bin/dropbear", 0o100755, Path(dropbear).read_bytes())
+        for lib in libs:
+            _add(files, lib, 0o100755, Path(lib).read_bytes())
+        _add(files, "etc/udhcpc.script", 0o100755, UDHCPC.encode())
+        _add(files, "etc/passwd", 0o100644, b"root:x:0:0:root:/root:/bin/sh\n")
+        _add(files, "etc/group", 0o100644, b"root:x:0:\n")
+        _add(files, "etc/shells", 0o100644, b"/bin/sh\n")
+        for kind in ("ed25519", "rsa", "ecdsa"):
+            _add(files, f"etc/dropbear/dropbear_{kind}_host_key", 0o100600,
+                 _host_key(tmp, kind))
+        (tmp / "rootfs.tar.gz").write_bytes(_tar(files))
+        os.chmod(tmp / "rootfs.tar.gz", 0o644)
+        os.chmod(tmp, 0o755)
+        try:
+            tmp.rename(where)
+        except OSError:   # built at the same time by another run: keep theirs
+            if not archive.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return archive
 
 
 async def _banner(address: str, timeout: float = 1.0) -> None:

@@ -98,6 +98,13 @@ class VMM(ABC):
     """Drives one virtualization technology for one host."""
 
     @property
+    def image_kind(self) -> str:
+        """What a buyer's image is here: ``disk`` (raw or qcow2,
+        :mod:`p2pmarket.auction.imagecheck`) or ``rootfs`` (a root file system archive
+        for containers, :mod:`p2pmarket.auction.rootfscheck`)."""
+        return "disk"
+
+    @property
     @abstractmethod
     def max_vcpus(self) -> int:
         """Most vcpus one domain may get (the host's cpus)."""
@@ -132,7 +139,8 @@ class VMM(ABC):
                       fmt: str = "raw") -> VolumeInfo:
         """Create (or replace) the account's volume with ``size`` bytes from ``chunks``,
         streamed: never more than one chunk in memory. ``fmt`` (``raw``, ``qcow2``) is
-        what the host's check found the bytes to be (:mod:`p2pmarket.auction.imagecheck`)."""
+        what the host's check found the bytes to be (:mod:`p2pmarket.auction.imagecheck`;
+        ``tar``, ``tar.gz`` for containers: :mod:`p2pmarket.auction.rootfscheck`)."""
         raise VmmError("this VMM has no storage volumes", "upload")
 
     def resize_volume(self, account_id: str, capacity_kib: int) -> VolumeInfo:

@@ -14,7 +14,8 @@ for the test, qemu and lxc drivers:
   format given: qcow2 or raw); the NoCloud seed as a read-only IDE cdrom
   (``hdc``, the guest's ``/dev/sr0``); a serial console (pty, logged to
   ``serial_log`` when given); a virtio balloon; a virtio NIC;
-- lxc: ``<init>/bin/sh</init>``, no disk;
+- lxc: ``<init>/bin/sh</init>``, no disk (a container host completes it with its root,
+  user namespace and address: :mod:`.lxcguest`);
 - the interface on ``network`` with the given MAC and ``<bandwidth>``.
 
 :func:`guest_from_xml` reads back what a defined domain boots, so a host that

@@ -37,6 +37,12 @@ How a :class:`DomainSpec` is enforced, and the drivers' differences it hides:
   seed with the buyer's key as an IDE cdrom, and a static DHCP address on the
   project's NAT network (``network="auto"``: :mod:`.guestnet`, never libvirt's
   ``default``); the domain XML itself is built by :mod:`.domainxml`.
+- Containers (``lxc:///``): the account's volume is a root file system archive
+  (``.tar``, ``.tar.gz``: :mod:`p2pmarket.auction.rootfscheck`), unpacked into a
+  directory of its own under ``lxc_root_dir`` before the container starts, the
+  buyer's key written into it (:mod:`.lxcroot`); the domain XML is
+  :func:`.lxcguest.lxc_domain_xml` (a user namespace, the static address configured
+  by libvirt). vcpus are not changed live there (the driver cannot): noted.
 
 A stopped domain is redefined with the new spec when it is started again. All
 calls block; the auctioneer runs them in a thread.
@@ -47,14 +53,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import libvirt
 
+from p2pmarket.auction import HostError
 from p2pmarket.auction.enforce import DomainSpec
 from p2pmarket.host.vmm import network as guestnets
-from p2pmarket.host.vmm.base import VMM, Usage, VmInfo, VmmError
+from p2pmarket.host.vmm.base import VMM, Usage, VmInfo, VmmError, VolumeInfo
 from p2pmarket.host.vmm.domainxml import (
     META_KEY,
     META_URI,
@@ -71,6 +78,8 @@ from p2pmarket.host.vmm.guest import (
     seed_files,
 )
 from p2pmarket.host.vmm.guestnet import GuestNetwork, mac_for
+from p2pmarket.host.vmm.lxcguest import authorized_keys, id_base, lxc_domain_xml
+from p2pmarket.host.vmm.lxcroot import LxcRoots
 from p2pmarket.host.vmm.seediso import store_seed
 from p2pmarket.host.vmm.usage import read_usage
 from p2pmarket.host.vmm.volumes import RAW, VolumesMixin, libvirt_message, vol_format
@@ -83,6 +92,7 @@ _META_FIELDS = ("vcpus", "memory_kib", "weight", "blkio", "net_in", "net_out")
 DEFAULT_POOL_PATH = "/var/lib/libvirt/images/p2pmarket"
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
 SEED_SUFFIX = "-seed.iso"
+DEFAULT_LXC_ROOTS = "/var/lib/p2pmarket/lxc"
 
 _quiet_installed = False
 
@@ -105,7 +115,8 @@ class LibvirtVMM(VolumesMixin, VMM):
                  boot: Mapping[str, str] | None = None,
                  guest_network: GuestNetwork | None = None,
                  serial_log_dir: str | None = SERIAL_LOG_DIR,
-                 guest_cpuset: str | None = None) -> None:
+                 guest_cpuset: str | None = None,
+                 lxc_root_dir: str | None = None) -> None:
         _quiet()
         if not prefix or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_" for c in prefix):
             raise VmmError("domain prefix must be lower-case letters, digits, - or _", prefix)
@@ -122,6 +133,7 @@ class LibvirtVMM(VolumesMixin, VMM):
         except ValueError as exc:
             raise VmmError(str(exc), guest_cpuset) from None
         self._guests: dict[str, tuple[GuestBoot, str | None]] = {}
+        self.lxc = LxcRoots(lxc_root_dir or DEFAULT_LXC_ROOTS)
         self._lock = threading.RLock()
         try:
             self.conn = libvirt.open(uri)
@@ -152,6 +164,11 @@ class LibvirtVMM(VolumesMixin, VMM):
         return self.guest_net.name
 
     @property
+    def image_kind(self) -> str:
+        """``rootfs`` (containers boot a root file system archive) or ``disk``."""
+        return "rootfs" if self.driver == "LXC" else "disk"
+
+    @property
     def max_vcpus(self) -> int:
         return max(1, self._host_cpus)
 
@@ -180,8 +197,9 @@ class LibvirtVMM(VolumesMixin, VMM):
             try:
                 dom = self._lookup(name)
                 if dom is None or not dom.isActive():
-                    dom = self.conn.defineXML(domain_xml(self._plan(
-                        account_id, dom, spec, vcpus, want)))
+                    plan = self._plan(account_id, dom, spec, vcpus, want)
+                    dom = self.conn.defineXML(self._lxc_xml(account_id, plan, spec)
+                                              if self.driver == "LXC" else domain_xml(plan))
                     dom.create()
                 else:
                     self._update_live(dom, vcpus, spec.memory_kib)
@@ -220,6 +238,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
             self.release_guest(account_id)
             self.delete_volume(account_id)
+            self.lxc.forget(self.name_of(account_id))
 
     def describe(self, account_id: str) -> VmInfo | None:
         with self._lock:
@@ -256,18 +275,23 @@ class LibvirtVMM(VolumesMixin, VMM):
         writes the NoCloud seed as the volume ``<domain>-seed.iso`` in the pool,
         and reserves the guest's static DHCP address on the project network.
         The next :meth:`apply` defines the domain with it; a running domain is
-        stopped so that the next sync restarts it so. Returns the guest's
-        address (None without the project network)."""
+        stopped so that the next sync restarts it so. A container's key goes into its
+        root instead (:class:`.lxcroot.LxcRoots`), live: it keeps running. Returns the
+        guest's address (None without the project network)."""
         name = self.name_of(account_id)
-        files = seed_files(name, parse_ssh_key(ssh_key))
+        key = parse_ssh_key(ssh_key)
         with self._lock:
             try:
                 pool = self._pool(create=True)
                 dom = self._lookup(name)
-                if dom is not None and dom.isActive():
-                    dom.destroy()
-                seed = store_seed(self.conn, pool, name + SEED_SUFFIX, files,
-                                  streams=self.driver != "TEST")
+                seed = None
+                if self.driver == "LXC":   # into the root itself, live: no restart
+                    self.lxc.set_key(name, authorized_keys(key), id_base(name))
+                else:
+                    if dom is not None and dom.isActive():
+                        dom.destroy()
+                    seed = store_seed(self.conn, pool, name + SEED_SUFFIX,
+                                      seed_files(name, key), streams=self.driver != "TEST")
                 address = None
                 if self.network == self.guest_net.name:
                     address = guestnets.reserve(self.conn, self.guest_net, mac_for(name))
@@ -301,6 +325,29 @@ class LibvirtVMM(VolumesMixin, VMM):
             if pool is not None:
                 with contextlib.suppress(libvirt.libvirtError):
                     pool.storageVolLookupByName(name + SEED_SUFFIX).delete(0)
+
+    def _lxc_xml(self, account_id: str, plan: DomainPlan, spec: DomainSpec) -> str:
+        """A container's XML, its root unpacked from the volume first if need be."""
+        vol = self._volume(account_id)
+        try:
+            root = self.lxc.ready(plan.name, None if vol is None else str(vol.path()),
+                                  (spec.disk_kib or 0) * 1024, id_base(plan.name))
+        except (HostError, OSError) as exc:
+            raise VmmError(f"lxc root: {exc}", plan.name) from None
+        address = None   # reserved here: a container may start before its key comes
+        if self.network == self.guest_net.name:
+            address = guestnets.reserve(self.conn, self.guest_net, mac_for(plan.name))
+        return lxc_domain_xml(plan, str(root), address,
+                              self.guest_net if address else None, id_base(plan.name))
+
+    def upload_volume(self, account_id: str, size: int, chunks: Iterator[bytes],
+                      fmt: str = "raw") -> VolumeInfo:
+        """As :meth:`VolumesMixin.upload_volume`; a container's old root goes with it
+        (unpacked from the new archive on the next start)."""
+        if self.driver == "LXC":
+            self.shutdown(account_id)
+            self.lxc.drop_root(self.name_of(account_id))
+        return super().upload_volume(account_id, size, chunks, fmt)
 
     def _plan(self, account_id: str, dom: Any, spec: DomainSpec, vcpus: int,
               want: dict[str, int]) -> DomainPlan:
@@ -341,7 +388,7 @@ class LibvirtVMM(VolumesMixin, VMM):
         if int(dom.info()[2]) != memory_kib:
             dom.setMemoryFlags(memory_kib, live)
             dom.setMemoryFlags(memory_kib, config)
-        if int(dom.vcpusFlags(live)) != vcpus:
+        if self.driver != "LXC" and int(dom.vcpusFlags(live)) != vcpus:
             dom.setVcpusFlags(vcpus, live)
             dom.setVcpusFlags(vcpus, config)
 
@@ -445,6 +492,8 @@ class LibvirtVMM(VolumesMixin, VMM):
                     notes.append(f"bandwidth not enforced: {_msg(exc)}")
         if self.driver == "TEST":
             notes.append("test driver: no guest runs; limits are recorded, not enforced")
+        if self.driver == "LXC":
+            notes.append("lxc driver: the vcpu count is not enforced (cpu_shares is)")
         return VmInfo(name=dom.name(), account_id=account_id,
                       state=_STATES.get(int(dom.state()[0]), str(state_code)),
                       vcpus=int(vcpus), memory_kib=int(mem), max_memory_kib=int(max_mem),

@@ -3,11 +3,11 @@
 over its connection, lock and names).
 
 A volume is named ``<domain name><suffix>``, the suffix saying its format (``.img``
-raw, ``.qcow2`` qcow2: :data:`VOL_SUFFIXES`), so the format the upload checked is never
-probed again from bytes the guest may rewrite. The pool is ``default-pool`` on the test
-driver, else ``p2pmarket`` (a directory pool at ``pool_path``), made when first needed.
-Uploads stream through a libvirt stream without holding the lock, never more than one
-chunk in memory.
+raw, ``.qcow2`` qcow2, ``.tar``/``.tar.gz`` a container's root: :data:`VOL_SUFFIXES`),
+so the format the upload checked is never probed again from bytes the guest may
+rewrite. The pool is ``default-pool`` on the test driver, else ``p2pmarket`` (a
+directory pool at ``pool_path``), made when first needed. Uploads stream through a
+libvirt stream without holding the lock, never more than one chunk in memory.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import libvirt
 
 from p2pmarket.host.vmm.base import VmmError, VolumeInfo
 
-RAW, QCOW2 = "raw", "qcow2"
-VOL_SUFFIXES = {RAW: ".img", QCOW2: ".qcow2"}   # a volume's name says its format
+RAW, QCOW2, TAR, TAR_GZ = "raw", "qcow2", "tar", "tar.gz"
+VOL_SUFFIXES = {RAW: ".img", QCOW2: ".qcow2", TAR: ".tar", TAR_GZ: ".tar.gz"}
+"""A volume's name says its format (tar, tar.gz: a container's root file system)."""
 
 
 def libvirt_message(exc: libvirt.libvirtError) -> str:
@@ -161,8 +162,12 @@ class VolumesMixin:
 
 
 def vol_format(name: str) -> str:
-    """The format a volume's name says (``.qcow2``: qcow2, else raw)."""
-    return QCOW2 if name.endswith(VOL_SUFFIXES[QCOW2]) else RAW
+    """The format a volume's name says (``.qcow2``: qcow2, ``.tar``, ``.tar.gz``; else
+    raw)."""
+    for fmt in (QCOW2, TAR_GZ, TAR):
+        if name.endswith(VOL_SUFFIXES[fmt]):
+            return fmt
+    return RAW
 
 
 def vol_info(vol: Any) -> VolumeInfo:
@@ -172,5 +177,5 @@ def vol_info(vol: Any) -> VolumeInfo:
                       usage_kib=usage, floor_kib=usage, format=vol_format(vol.name()))
 
 
-__all__ = ["QCOW2", "RAW", "VOL_SUFFIXES", "VolumesMixin", "libvirt_message", "vol_format",
-           "vol_info"]
+__all__ = ["QCOW2", "RAW", "TAR", "TAR_GZ", "VOL_SUFFIXES", "VolumesMixin", "libvirt_message",
+           "vol_format", "vol_info"]
