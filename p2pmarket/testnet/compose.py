@@ -259,8 +259,8 @@ def _node_script(topo: Topology, s: Site) -> str:
 # -- YAML ----------------------------------------------------------------------------
 
 PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-HEADER = ("# Generated from {source} by p2pmarket.testnet.compose: do not edit by hand;\n"
-          "# regenerate with `p2pmarket testnet compose {source}` (docs: testnet/README.md).\n")
+HEADER = ("# Generated from {source} by `p2pmarket testnet compose` (p2pmarket/testnet/"
+          "compose.py):\n# do not edit by hand. testnet/README.md says how to run it.\n")
 
 
 def dump(doc: dict[str, Any], source: str = "the topology") -> str:
