@@ -155,9 +155,10 @@ class DockerTestnet:
     def up(cls, topology_path: Path, root: Path, *, project: str = compose.DEFAULT_PROJECT,
            base: str = dockerimage.LOCAL_BASE, image: str = compose.DEFAULT_IMAGE,
            settings: Mapping[str, Any] | None = None, start: bool = True,
-           docker: str = "docker") -> DockerTestnet:
+           build: bool = True, docker: str = "docker") -> DockerTestnet:
         """Write the testnet dir ``root`` (new or empty), build the image on ``base``
-        and (unless ``start`` is false) start every container. On a failure while
+        (unless ``build`` is false: ``image`` is then taken as it is) and (unless
+        ``start`` is false) start every container. On a failure while
         starting, takes down what it made and raises. Does not wait for readiness
         (:meth:`wait_ready`)."""
         text = topology_path.read_text()
@@ -176,7 +177,8 @@ class DockerTestnet:
                                f"({', '.join(sorted(taken))}): take it down or choose "
                                "another project", project)
         write_files(topo, root, text, compose.Options(project=project, image=image))
-        dockerimage.build(image, base, docker)
+        if build:
+            dockerimage.build(image, base, docker)
         net = cls(root, topo, DockerState(project, image), docker)
         net._save(replace(net.state, containers=tuple(compose.containers(topo, project)),
                           networks=tuple(compose.networks(topo, project))))
