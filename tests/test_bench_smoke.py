@@ -41,12 +41,19 @@ RUNS = {
                {"register_p50_ms", "register_p95_ms", "register_public_p50_ms",
                 "direct_rpc_p50_ms", "relayed_rpc_p50_ms", "relay_overhead_ratio",
                 "relay_upload_mb_s", "relay_rss_growth_mb", "goals_met"}),
+    "testnet.py": (["--buys", "2"], {"compose_up_s", "buy_p50_ms", "buy_p95_ms", "supply_ok"}),
     "workload.py": (["--upload-mb", "8", "--boot-runs", "1"],
                     {"upload_mb_s", "upload_rss_growth_mb", "boot_to_ssh_s_qemu",
                      "boot_to_ssh_s_lxc"}),
 }
 NEEDS_NETNS = {"nat.py"}   # builds a namespace testnet (as tests/testnet/ does)
 NEEDS_LIBVIRTD = {"workload.py"}   # uploads into qemu:///system (scripts/setup-qemu)
+NEEDS_DOCKER = {"testnet.py"}   # the compose testnet (scripts/setup-docker)
+
+
+def _docker_missing() -> list[str]:
+    from p2pmarket.testnet.docker import missing_requirements
+    return missing_requirements()
 
 
 def _libvirtd() -> bool:
@@ -65,6 +72,9 @@ def test_benchmark_runs_and_prints_json(script: str, tmp_path: Path) -> None:
                                   or shutil.which("iptables") is None):
         pytest.skip("namespace testnets need root, iproute2 (`ip`) and iptables; "
                     "run the tests as root")
+    if script in NEEDS_DOCKER and (os.geteuid() != 0 or _docker_missing()):
+        pytest.skip("the compose testnet needs root and dockerd (scripts/setup-docker): "
+                    + "; ".join(_docker_missing()))
     if script in NEEDS_LIBVIRTD and not _libvirtd():
         pytest.skip("needs libvirtd on qemu:///system (scripts/setup-qemu)")
     args, figures = RUNS[script]

@@ -11,9 +11,11 @@ Layout of a testnet directory::
 ``down`` ends only the processes listed in testnet.json, by pid, after checking
 that each pid still runs a p2pmarket node on that data dir.
 
-The ``p2pmarket testnet up|down|status`` commands are at the end; for a namespace
-testnet they are thin calls of :class:`p2pmarket.testnet.netns.NetnsTestnet`
-(``down`` and ``status`` tell the two kinds apart by their state files).
+The ``p2pmarket testnet up|init|compose|down|status`` commands are at the end; for a
+namespace testnet (``--netns``) they are thin calls of
+:class:`p2pmarket.testnet.netns.NetnsTestnet`, for a docker one (``--docker``) of
+:class:`p2pmarket.testnet.docker.DockerTestnet` (``down`` and ``status`` tell the
+kinds apart by their state files).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from typing import Any
 from rich.table import Table
 
 from p2pmarket.api.control import ControlClient, ControlError
+from p2pmarket.cli.dockernet import (
+    add_docker_actions,
+    docker_opts,
+    docker_status,
+    docker_up,
+)
 from p2pmarket.cli.options import Subcommands, json_opt
 from p2pmarket.cli.terminal import dump, err, out
 from p2pmarket.client.walletdir import WalletDir
@@ -42,7 +50,7 @@ from p2pmarket.core.genesis import BootstrapPeer, Genesis, NotaryInfo
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_key, save_key
 from p2pmarket.core.money import format_credits
-from p2pmarket.testnet import netns, state, teardown
+from p2pmarket.testnet import docker, netns, state, teardown
 from p2pmarket.testnet.datadirs import TOPOLOGY_FILE
 from p2pmarket.testnet.procs import is_our_node, stop_pid
 from p2pmarket.testnet.state import TestnetError
@@ -213,7 +221,10 @@ EXAMPLES = """examples:
   p2pmarket testnet up --nodes 5 --dir run/testnet
   p2pmarket testnet status --dir run/testnet
   p2pmarket testnet down --dir run/testnet
-  sudo p2pmarket testnet up --netns testnet/default.toml --dir run/netns   # as root"""
+  sudo p2pmarket testnet up --netns testnet/default.toml --dir run/netns   # as root
+  p2pmarket testnet up --docker testnet/default.toml --dir run/docker     # dockerd
+  p2pmarket testnet init --docker testnet/default.toml --dir testnet/run  # then:
+  docker-compose -p p2pm -f testnet/docker-compose.yml up -d"""
 READY_TIMEOUT_S = 60.0
 
 
@@ -225,6 +236,10 @@ def add_testnet(sub: Subcommands) -> None:
     tu.add_argument("--netns", type=Path, metavar="TOPOLOGY",
                     help="build this topology (testnet/README.md) in network namespaces "
                          "instead (root; needs ip, iptables, tinyproxy)")
+    tu.add_argument("--docker", type=Path, metavar="TOPOLOGY",
+                    help="build this topology as Docker containers (docker-compose; "
+                         "scripts/setup-docker)")
+    docker_opts(tu)
     tu.add_argument("--nodes", type=int, default=5,
                     help="number of node processes (loopback)")
     tu.add_argument("--base-port", type=int, default=0,
@@ -237,6 +252,7 @@ def add_testnet(sub: Subcommands) -> None:
         dir_opt(q)
         json_opt(q)
     dir_opt(tu)
+    add_docker_actions(actions, dir_opt)
 
 
 def dir_opt(q: argparse.ArgumentParser) -> None:
@@ -247,6 +263,8 @@ async def testnet_up(args: argparse.Namespace) -> int:
     root: Path = args.dir
     if args.netns is not None:
         return netns_up(args)
+    if args.docker is not None:
+        return docker_up(args)
     dirs = create(root, args.nodes, args.base_port, tick_seconds=args.tick_seconds or 1.0)
     procs = start(root, dirs)
     with out.status(f"starting {len(procs)} nodes…"):
@@ -298,6 +316,11 @@ def netns_up(args: argparse.Namespace) -> int:
 
 
 async def testnet_down(args: argparse.Namespace) -> int:
+    if docker.state_exists(args.dir):
+        removed = docker.down(args.dir)
+        out.print(f"removed {removed} container(s) and the networks of the docker testnet "
+                  f"in {args.dir}")
+        return 0
     if state.exists(args.dir) or (args.dir / TOPOLOGY_FILE).exists():   # a namespace one
         stopped = teardown.down(args.dir)
         out.print(f"stopped {stopped} process(es) and removed the namespaces of the "
@@ -326,6 +349,8 @@ def netns_status(args: argparse.Namespace) -> int:
 
 
 async def testnet_status(args: argparse.Namespace) -> int:
+    if docker.state_exists(args.dir):
+        return docker_status(args)
     if state.exists(args.dir):
         return netns_status(args)
     procs = load(args.dir)
