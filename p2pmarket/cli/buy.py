@@ -38,7 +38,7 @@ from p2pmarket.client.buyer import buy as run_buy
 from p2pmarket.client.discovery import HostView, MarketView
 from p2pmarket.client.follow import follow as run_follow
 from p2pmarket.client.guestaccess import KeyOutcome
-from p2pmarket.client.imageupload import ImageOutcome
+from p2pmarket.client.imageupload import ImageOutcome, LocalImage
 from p2pmarket.client.quoting import Progress
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.errors import P2PMarketError
@@ -207,6 +207,13 @@ def host_prices(host: HostView) -> str:
                      for t, ad in sorted(host.record.resources.items()))
 
 
+def image_kind_of(source: LocalImage | str | None) -> str:
+    """The kind of machine a local image needs (``rootfs``: a container; ``disk``)."""
+    if not isinstance(source, LocalImage):
+        return ""
+    return "rootfs" if source.info.kind == "rootfs" else "disk"
+
+
 async def buy(args: argparse.Namespace) -> int:
     """Exit code: one per planned payment not made or not finished, and one per other
     failure (an ``error:`` line each). The leases bought are printed whatever happens."""
@@ -222,7 +229,7 @@ async def buy(args: argparse.Namespace) -> int:
                        dry_run=args.dry_run, reach=frozenset(args.reach or ()),
                        min_availability_ppm=availability_ppm(args.min_availability),
                        base_image=source if isinstance(source, str) else None,
-                       ssh=ssh_mode)
+                       ssh=ssh_mode, image_kind=image_kind_of(source))
 
     if animated(args.json):
         with out.status("discovering…") as spinner:

@@ -47,6 +47,7 @@ from p2pmarket.core.genesis import NotaryInfo
 from p2pmarket.core.identity import node_id_of
 from p2pmarket.core.money import format_credits
 from p2pmarket.core.wire import Envelope, pack, unpack
+from p2pmarket.dht.records import HostRecord
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import SEND
 from p2pmarket.ledger.collect import inbox_page
@@ -156,14 +157,24 @@ def plan(quoted: list[Quoted], specs: Mapping[str, BidSpec], budget: int, interv
     return made.bids, made.dropped
 
 
+def boots(record: HostRecord, image_kind: str) -> bool:
+    """Whether the host's machines boot an image of ``image_kind``: a root file system
+    (``rootfs``) on containers (``vm.driver`` lxc), a disk image (``disk``) on the
+    others."""
+    container = record.vm is not None and record.vm.driver == "lxc"
+    return container == (image_kind == "rootfs")
+
+
 async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: int,
               max_hosts: int, progress: Progress = lambda _: None,
               net: ClientNet | None = None, only: frozenset[bytes] = frozenset(),
               dry_run: bool = False, reach: frozenset[str] = frozenset(),
               min_availability_ppm: int = 0, base_image: str | None = None,
-              ssh: str = "") -> BuyReport:
-    """Find hosts (only those whose node ids are in ``only``, if given, and only those
-    offering the base image ``base_image``, if given), get their
+              ssh: str = "", image_kind: str = "") -> BuyReport:
+    """Find hosts (only those whose node ids are in ``only``, if given, only those
+    offering the base image ``base_image``, if given, and only those whose machines
+    boot an image of ``image_kind`` (``disk`` or ``rootfs``, :func:`boots`), if
+    given), get their
     quotes, plan, and for each planned host: a fresh quote of its exact amount, then the
     payment, then the account (docs/design.md section 8). No money moves to a host
     before it has signed an acceptable quote; with ``dry_run`` none moves at all (the
@@ -196,7 +207,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
         async with MarketView(genesis, net) as market:
             # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen
             # set of hosts may be anywhere in the ranking: then the top 64)
-            narrow = bool(only) or base_image is not None
+            narrow = bool(only) or base_image is not None or bool(image_kind)
             hosts = await market.hosts(types, limit=64 if narrow else 2 * max_hosts + 2,
                                        min_availability_ppm=min_availability_ppm,
                                        reach=reach)
@@ -204,6 +215,8 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 hosts = [h for h in hosts if h.node_id in only]
             if base_image is not None:
                 hosts = [h for h in hosts if h.record.image(base_image) is not None]
+            if image_kind:
+                hosts = [h for h in hosts if boots(h.record, image_kind)]
             port_bid = bool(ssh) and not any(k.startswith("tcp_port") for k in specs)
             if port_bid:
                 leasing = [h for h in hosts if leases_ssh_ports(h)]
@@ -216,6 +229,7 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                 raise BuyError(f"no {'chosen ' if only else ''}host offers "
                                f"{', '.join(types)}"
                                + (f" with the base image {base_image}" if base_image else "")
+                               + (f" booting a {image_kind} image" if image_kind else "")
                                + (" leasing SSH ports" if port_bid else ""), types)
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
             quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,

@@ -39,6 +39,7 @@ import aiohttp
 from p2pmarket.api.client import PeerClient, PeerUnreachable
 from p2pmarket.auction.imagecheck import HEAD_BYTES, ImageError, ImageInfo, inspect_image
 from p2pmarket.auction.resources import BidSpec
+from p2pmarket.auction.rootfscheck import inspect_rootfs
 from p2pmarket.client.buyer import BuyError, client_net
 from p2pmarket.client.leases import call_host, moved_record
 from p2pmarket.client.netopts import ClientNet
@@ -89,7 +90,8 @@ class ImageOutcome:
 
 def local_image(path: str | Path) -> LocalImage:
     """Check and hash ``path`` (read in :data:`CHUNK` pieces); :class:`ImageError` if
-    it is not a disk image the host would take, :class:`ImageUploadError` if unreadable."""
+    it is neither a disk image nor a root file system a host would take,
+    :class:`ImageUploadError` if unreadable."""
     p = Path(path)
     try:
         st = p.stat()
@@ -101,8 +103,21 @@ def local_image(path: str | Path) -> LocalImage:
                 digest.update(chunk)
     except OSError as exc:
         raise ImageUploadError(f"cannot read the image {p}: {exc.strerror}", str(p)) from None
-    return LocalImage(p, st.st_size, digest.digest(), inspect_image(head, st.st_size),
+    return LocalImage(p, st.st_size, digest.digest(), inspect_local(head, st.st_size),
                       st.st_mtime_ns)
+
+
+def inspect_local(head: bytes, size: int) -> ImageInfo:
+    """A buyer's file: a disk image (for qemu hosts), else a root file system tarball
+    (kind ``rootfs``, for container hosts); the disk image check's refusal (which
+    names what the file is) when it is neither."""
+    try:
+        return inspect_image(head, size)
+    except ImageError as not_disk:
+        try:
+            return inspect_rootfs(head, size)
+        except ImageError:
+            raise not_disk from None
 
 
 def image_source(text: str) -> LocalImage | str:

@@ -224,3 +224,40 @@ async def test_a_lease_whose_image_does_not_go_in_is_given_back(
         [purchase] = doc["purchases"]
         assert doc["cancelled"] == [] and not doc["images"][0]["ok"]
         assert "closed" not in wallet.leases()[purchase["lease"]["lease_id"]]
+
+
+def test_a_root_file_system_tarball_is_an_image_for_container_hosts(tmp_path: Path) -> None:
+    """A buyer's tar goes only to lxc hosts, a disk image only to the others."""
+    import io
+    import tarfile
+    from types import SimpleNamespace
+
+    from p2pmarket.cli.buy import image_kind_of
+    from p2pmarket.client.buyer import boots
+    from p2pmarket.dht.records import HostRecord, VmAd
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("sbin/init")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"#!\n"))
+    rootfs = tmp_path / "root.tar.gz"
+    rootfs.write_bytes(buf.getvalue())
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(blank_qcow2(MIB))
+    got = local_image(rootfs)
+    assert (got.info.format, got.info.kind) == ("tar.gz", "rootfs")
+    assert image_kind_of(got) == "rootfs" and image_kind_of(local_image(disk)) == "disk"
+    assert image_kind_of("debian-12") == "" and image_kind_of(None) == ""
+
+    def record(driver: str | None) -> HostRecord:
+        vm = None if driver is None else VmAd(driver, 262144, "")
+        return SimpleNamespace(vm=vm)   # type: ignore[return-value]   # boots reads .vm
+
+    assert boots(record("lxc"), "rootfs") and not boots(record("lxc"), "disk")
+    assert boots(record("qemu"), "disk") and not boots(record("qemu"), "rootfs")
+    assert boots(record(None), "disk")
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello\n" * 100)
+    with pytest.raises(Exception, match="not a disk image: this is a text file"):
+        local_image(junk)
