@@ -68,6 +68,7 @@ PURE_CORES = (
     "p2pmarket.testnet.topology",
     "p2pmarket.testnet.plan",
     "p2pmarket.testnet.compose",    # topology -> docker-compose.yml
+    "p2pmarket.testnet.invariants",
     "p2pmarket.nat.frames",         # the relay's circuit framing
     "p2pmarket.nat.reservation",    # relay vouchers
     "p2pmarket.nat.relaylimits",    # the relay's book

@@ -40,7 +40,14 @@ from p2pmarket.api.bounds import (
 )
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.domains import ENVELOPE
-from p2pmarket.core.errors import INTERNAL_ERROR, P2PMarketError, RemoteError, error_dict
+from p2pmarket.core.errors import (
+    DISK_FULL,
+    INTERNAL_ERROR,
+    P2PMarketError,
+    RemoteError,
+    error_dict,
+    is_disk_full,
+)
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import (
     Envelope,
@@ -145,9 +152,13 @@ class RpcDispatcher:
         except P2PMarketError as exc:
             self.rejected += 1
             result = exc.to_dict()
-        except Exception:
-            log.exception("RPC handler failed")
-            result = dict(INTERNAL_ERROR)
+        except Exception as exc:
+            if is_disk_full(exc):   # a clear error for the caller; the handler's
+                log.error("RPC handler failed: %s", exc)   # transaction rolled back
+                result = dict(DISK_FULL)
+            else:
+                log.exception("RPC handler failed")
+                result = dict(INTERNAL_ERROR)
         return self.reply(re, result, to, peer)
 
     def refusal(self, message: str, value: Any = None) -> bytes:

@@ -56,6 +56,9 @@ from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
 
 PUSH_TIMEOUT_S = 10.0
+SETTLE_S = 2.0
+"""How long a closing wallet waits for its lanes to finish (a lagging notary's
+catch-up, deliveries) before it drops what is left."""
 
 
 class BuyError(P2PMarketError):
@@ -84,6 +87,10 @@ async def open_wallet(wdir: WalletDir, net: ClientNet | None = None
     try:
         await wallet.resume()
         yield wallet, client
+        # a notary that was cut off catches up on the lane's next request: let that
+        # finish (bounded) instead of cutting it off again at every command
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wallet.flush(), SETTLE_S)
     finally:
         await wallet.close()
         store.close()

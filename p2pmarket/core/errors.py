@@ -36,3 +36,13 @@ def is_error(result: Any) -> bool:
 
 
 INTERNAL_ERROR = error_dict("internal error", "internal")
+DISK_FULL = error_dict("the node's disk is full: nothing was changed; try again later",
+                       "disk_full")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error from a full disk: ``OSError`` ENOSPC (or EDQUOT), or sqlite's
+    "database or disk is full" (its ``OperationalError``, told by the message)."""
+    if isinstance(exc, OSError) and exc.errno in (28, 122):   # ENOSPC, EDQUOT
+        return True
+    return type(exc).__name__ == "OperationalError" and "disk is full" in str(exc)
