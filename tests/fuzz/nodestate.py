@@ -4,8 +4,9 @@ loop, and the digest of its durable state.
 The node's auction ticks once an hour (so nothing changes by itself while it is
 fuzzed). :func:`state` digests every sqlite store of the data dir (ledger, notary,
 host accounts and config, witness, evidence, DHT) and the auction's accounts, all but
-the audit trail and what is derived (:data:`DERIVED`); :func:`audit_grew_only` checks the audit trail was only appended to (a host
-logs a well-formed request its auction refuses, by design: docs/design.md section 5).
+the audit trail and what is derived (:data:`DERIVED`); :func:`audit_grew_only` checks
+the audit trail was only appended to (a host logs a well-formed request its auction
+refuses, by design: docs/design.md section 5).
 """
 
 from __future__ import annotations
