@@ -162,11 +162,17 @@ def _copy(doc: Any) -> Any:
     return doc
 
 
+ODD: list[Any] = [None, True, False, 0, -1, 1, 2**63 - 1, 2**64 - 1, -(2**63), "", b"",
+                  [], {}, [None], {"": None}, "x" * 300, b"\x00" * 33, "\x00", "../" * 4,
+                  "\u202e\ud7ff", "0" * 64]
+"""Values of the wrong type or size: what a mutation swaps in most often."""
+
+
 @st.composite
 def mutated_doc(draw: st.DrawFn, doc: Any, keys: list[str], max_ops: int = 3) -> Any:
-    """``doc`` with 1 .. ``max_ops`` structural changes: a value replaced (by another
-    type, a boundary integer, a shorter or longer byte string), a key dropped or added,
-    a value wrapped in a list."""
+    """``doc`` with 1 .. ``max_ops`` structural changes: a value replaced (by one of
+    :data:`ODD`, a random value, a boundary integer, a shorter or longer string, a bit
+    flipped), a key dropped or added, a value wrapped in a list."""
     doc = _copy(doc)
     for _ in range(draw(st.integers(1, max_ops))):
         path = draw(st.sampled_from(list(_paths(doc))))
@@ -176,8 +182,10 @@ def mutated_doc(draw: st.DrawFn, doc: Any, keys: list[str], max_ops: int = 3) ->
             continue
         parent, last = _get(doc, path[:-1]), path[-1]
         old = parent[last]
-        op = draw(st.integers(0, 5))
-        if op == 0:
+        op = draw(st.integers(-2, 5))
+        if op < 0:
+            parent[last] = draw(st.sampled_from(ODD))
+        elif op == 0:
             parent[last] = draw(values(keys))
         elif op == 1 and isinstance(parent, dict):
             del parent[last]

@@ -115,7 +115,7 @@ class RpcFuzz:
             name = draw(st.sampled_from(self.names))
             pool = self.bodies.get(name, [])
             pick = draw(st.integers(0, 9))
-            if pool and pick < 7:
+            if pool and pick < 8:
                 body = draw(mutated_doc(draw(st.sampled_from(pool)), self.keys))
             elif pick < 9:
                 body = draw(st.dictionaries(st.sampled_from(self.keys), values(self.keys),
