@@ -184,7 +184,7 @@ def mutated_doc(draw: st.DrawFn, doc: Any, keys: list[str], max_ops: int = 3) ->
         old = parent[last]
         op = draw(st.integers(-2, 5))
         if op < 0:
-            parent[last] = draw(st.sampled_from(ODD))
+            parent[last] = _copy(draw(st.sampled_from(ODD)))   # later ops may change it
         elif op == 0:
             parent[last] = draw(values(keys))
         elif op == 1 and isinstance(parent, dict):
