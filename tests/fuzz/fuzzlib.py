@@ -5,7 +5,7 @@ Each target first replays its seeds (tests/fuzz/corpus/<target>/, written by
 found), then runs hypothesis in rounds of :data:`ROUND` examples, with a fresh random
 seed each round, until its time is up: ``P2PM_FUZZ_SECONDS`` per target (default
 :data:`DEFAULT_SECONDS`; a long run by hand sets it to e.g. 600 and runs
-``pytest -m long tests/fuzz`` or just ``pytest tests/fuzz``). Inputs are the seeds
+``pytest tests/fuzz``). Inputs are the seeds
 mutated byte-wise (:func:`mutated`: bit flips, interesting bytes, truncations,
 insertions, deletions, duplications, splices), random bytes, and structured values
 (:func:`values`, :func:`mutated_doc`) that the targets seal or frame as real messages.
