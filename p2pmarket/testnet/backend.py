@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -109,7 +110,8 @@ class NetnsBackend:
         self.topology = net.topology
         self.python = python
         self.cut: set[str] = set()
-        self.mounts: dict[str, Path] = {}
+        self.disks = SmallDisks(net.data_dir, net.stop, net.start,
+                                lambda: net.wait_ready(READY_S))
 
     def p2pmarket(self, site: str, args: list[str], timeout_s: float
                   ) -> subprocess.CompletedProcess[str]:
@@ -158,23 +160,53 @@ class NetnsBackend:
         return _rss_kib(pid)
 
     def limit_disk(self, site: str) -> None:
+        self.disks.limit(site)
+
+    def fill_disk(self, site: str) -> None:
+        self.disks.fill(site)
+
+    def free_disk(self, site: str) -> None:
+        self.disks.free(site)
+
+    def close(self) -> None:
+        for name in sorted(self.cut):
+            self.reconnect(name)
+        self.disks.close()
+
+
+class SmallDisks:
+    """Small file systems under nodes' data dirs, as this machine sees them (both
+    backends: a container's data dir is a bind mount of the same dir). :meth:`limit`
+    stops the node (``stop``: whether it ran), copies its data dir aside, mounts a
+    tmpfs of :data:`DISK_BYTES` over it, copies the files back and starts the node
+    again (``start``, then ``wait_ready``); :meth:`close` undoes it the same way."""
+
+    def __init__(self, host_dir: Callable[[str], Path], stop: Callable[[str], bool],
+                 start: Callable[[str], None], wait_ready: Callable[[], None]) -> None:
+        self.host_dir = host_dir
+        self.stop = stop
+        self.start = start
+        self.wait_ready = wait_ready
+        self.mounts: dict[str, Path] = {}
+
+    def limit(self, site: str) -> None:
         if site in self.mounts:
             return
-        d = self.net.data_dir(site)
-        self.net.stop(site)
+        d = self.host_dir(site)
+        self.stop(site)
         keep = Path(tempfile.mkdtemp(prefix=f"p2pm-disk-{site}-"))
         shutil.copytree(d, keep / "data")
         run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES},mode=0700",
              f"p2pm-{site}", str(d)])
         self.mounts[site] = keep
         shutil.copytree(keep / "data", d, dirs_exist_ok=True)
-        self.net.start(site)
-        self.net.wait_ready(READY_S)
+        self.start(site)
+        self.wait_ready()
 
-    def fill_disk(self, site: str) -> None:
+    def fill(self, site: str) -> None:
         if site not in self.mounts:
             raise TestnetError(f"{site}'s data dir is not on a small disk (limit_disk)", site)
-        with open(self.net.data_dir(site) / FILLER, "wb", buffering=0) as f:
+        with open(self.host_dir(site) / FILLER, "wb", buffering=0) as f:
             for size in (1 << 20, 4096, 1):   # big blocks, then the last partial ones
                 for _ in range(2 * DISK_BYTES // size if size > 1 else 4096):  # bounded
                     try:
@@ -182,23 +214,21 @@ class NetnsBackend:
                     except OSError:
                         break
 
-    def free_disk(self, site: str) -> None:
-        (self.net.data_dir(site) / FILLER).unlink(missing_ok=True)
+    def free(self, site: str) -> None:
+        (self.host_dir(site) / FILLER).unlink(missing_ok=True)
 
     def close(self) -> None:
-        for name in sorted(self.cut):
-            self.reconnect(name)
         for site, keep in sorted(self.mounts.items()):
-            d = self.net.data_dir(site)
-            self.free_disk(site)
-            running = self.net.stop(site)
+            d = self.host_dir(site)
+            self.free(site)
+            running = self.stop(site)
             shutil.rmtree(keep / "data")
             shutil.copytree(d, keep / "data")
-            _umount(d)
+            umount(d)
             shutil.copytree(keep / "data", d, dirs_exist_ok=True)
             shutil.rmtree(keep)
             if running:
-                self.net.start(site)
+                self.start(site)
         self.mounts.clear()
 
 
@@ -212,7 +242,7 @@ def _rss_kib(pid: int) -> int | None:
     return None
 
 
-def _umount(path: Path, tries: int = 50) -> None:
+def umount(path: Path, tries: int = 50) -> None:
     """Unmount ``path``, trying again while a process that just exited still holds it."""
     for _ in range(tries):
         if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:

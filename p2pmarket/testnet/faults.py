@@ -83,11 +83,22 @@ class Harness:
         self.backend = backend
         self.topology = backend.topology
         self.rng = random.Random(seed)
-        self.minted = 0
         self.completed: list[Transfer] = []
         self.faults: list[Fault] = []
         self._keys: dict[str, str] = {}
         self._ids: dict[str, str] = {}
+        self.minted = self._minted_before()
+        """What the notaries must say was minted: what they said when the harness
+        started (a testnet may have been used before), plus what it minted since."""
+
+    def _minted_before(self) -> int:
+        """The first notary's count of the credits minted so far (0 on a new testnet);
+        :class:`FaultError` if it does not answer."""
+        notary = self.topology.notaries[0].name
+        supply = until(f"{notary}'s supply", 60.0,
+                       lambda: (lambda d: d if "minted" in d else None)(
+                           self.status(notary, "supply")))
+        return int(supply["minted"])
 
     # -- the CLI at a site -----------------------------------------------------------
 
@@ -212,6 +223,12 @@ class Harness:
         for site in sites if sites is not None else [s.name for s in self.topology.nodes]:
             until(f"{site} ready", timeout_s,
                   lambda s=site: self.status(s).get("ready"))    # type: ignore[misc]
+
+    def wait_listed(self, buyer: str, host: str, timeout_s: float = READY_S) -> None:
+        """Until ``buyer``'s market lookup lists ``host`` (after a restart its record
+        and its reachability come back)."""
+        until(f"{host} listed at {buyer}", timeout_s, lambda: self.node_id(host) in {
+            h["node_id"] for h in self.wallet(buyer, "hosts", check=False).get("hosts", [])})
 
     def observe(self, settled: bool = True) -> Observation:
         """What the nodes report now (asked all at once): every notary's supply, every
@@ -390,7 +407,8 @@ class Harness:
         """Fill ``host``'s disk: a purchase from it fails with a clear error and
         nothing is corrupted; with space again, the purchase finishes (the buyer's
         pending payment is resumed) and the host sells again."""
-        self.backend.limit_disk(host)
+        self.backend.limit_disk(host)     # the node restarted on its small disk
+        self.wait_listed(buyer, host)
         started = time.monotonic()
         self.backend.fill_disk(host)
         try:

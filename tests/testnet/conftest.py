@@ -1,5 +1,7 @@
-"""Fixtures of the namespace testnet tests: the root check, testnets that are always
-taken down, and probes (``probe.py``) run inside namespaces."""
+"""Fixtures of the testnet tests: the root check, namespace testnets that are always
+taken down, probes (``probe.py``) run inside namespaces, and the session's one Docker
+Compose testnet (``compose_net``: the default topology, up once, down at the end with
+nothing of its project left)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import p2pmarket
+from p2pmarket.testnet.docker import DockerTestnet, missing_requirements
 from p2pmarket.testnet.netns import NetnsTestnet
 from p2pmarket.testnet.teardown import existing_namespaces
 
@@ -22,6 +25,9 @@ REPO = Path(p2pmarket.__file__).resolve().parents[1]
 DEFAULT_TOPOLOGY = REPO / "testnet" / "default.toml"
 PROBE = str(Path(__file__).with_name("probe.py"))
 SERVER_START_S = 10.0
+COMPOSE_PROJECT = "p2pmc"
+COMPOSE_READY_S = 120.0
+TESTNET_SETTINGS = {"audit_seconds": 2.0, "tick_seconds": 0.5}
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -81,3 +87,39 @@ def server(net: NetnsTestnet, site: str, port: int, udp_port: int | None = None
     finally:
         child.kill()
         child.wait(timeout=10)
+
+
+def docker_skip() -> str | None:
+    """Why the compose testnet cannot run here, None if it can."""
+    if os.geteuid() != 0:
+        return "the docker testnet needs root (scripts/setup-docker); run the tests as root"
+    missing = missing_requirements()
+    return "; ".join(missing) if missing else None
+
+
+def compose_leftovers(project: str) -> tuple[list[str], list[str]]:
+    """The containers and networks of ``project`` still on this machine."""
+    label = f"label=com.docker.compose.project={project}"
+    ps = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True,
+                        text=True, check=True).stdout.split()
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", label],
+                          capture_output=True, text=True, check=True).stdout.split()
+    return ps, nets
+
+
+@pytest.fixture(scope="session")
+def compose_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerTestnet]:
+    """The default topology under Docker Compose, every node ready (skipped without
+    root or docker); taken down at the end of the session, checked gone."""
+    reason = docker_skip()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("compose") / "net"
+    t = DockerTestnet.up(DEFAULT_TOPOLOGY, root, project=COMPOSE_PROJECT,
+                         settings=TESTNET_SETTINGS)
+    try:
+        t.wait_ready(COMPOSE_READY_S)
+        yield t
+    finally:
+        t.down()
+        assert compose_leftovers(COMPOSE_PROJECT) == ([], [])

@@ -1,31 +1,30 @@
 """The Docker Compose testnet: the pure generator (always), and for real (root, dockerd;
 ``scripts/setup-docker``): the default topology up, every node ready, the public buyer
 buys from a public host and from the NAT'd host through its relay, supply equals mints
-at every notary, and ``down`` leaves no container or network of the project."""
+at every notary, and ``down`` leaves no container or network of the project (the
+session's compose testnet, ``compose_net`` in conftest.py, shared with the fault tests
+and the soak)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from p2pmarket.testnet import compose
 from p2pmarket.testnet.compose import ComposeError, Options, container_name, network_name
-from p2pmarket.testnet.docker import DockerTestnet, missing_requirements
+from p2pmarket.testnet.docker import DockerTestnet
 from p2pmarket.testnet.topology import Router, parse
+from tests.testnet.conftest import COMPOSE_PROJECT as PROJECT
 from tests.testnet.conftest import DEFAULT_TOPOLOGY, REPO
 
 COMMITTED = REPO / "testnet" / "docker-compose.yml"
 TOPO = parse(DEFAULT_TOPOLOGY.read_text())
-PROJECT = "p2pmc"
-READY_S = 120.0
 
 
 def default_doc() -> dict[str, Any]:
@@ -118,38 +117,6 @@ def test_bad_options_and_topologies_are_refused() -> None:
 
 # -- for real ------------------------------------------------------------------------
 
-def _docker_skip() -> str | None:
-    if os.geteuid() != 0:
-        return "the docker testnet needs root (scripts/setup-docker); run the tests as root"
-    missing = missing_requirements()
-    return "; ".join(missing) if missing else None
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerTestnet]:
-    reason = _docker_skip()
-    if reason:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("compose") / "net"
-    t = DockerTestnet.up(DEFAULT_TOPOLOGY, root, project=PROJECT,
-                         settings={"audit_seconds": 2.0, "tick_seconds": 0.5})
-    try:
-        t.wait_ready(READY_S)
-        yield t
-    finally:
-        t.down()
-        assert leftovers(PROJECT) == ([], [])
-
-
-def leftovers(project: str) -> tuple[list[str], list[str]]:
-    label = f"label=com.docker.compose.project={project}"
-    ps = subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True,
-                        text=True, check=True).stdout.split()
-    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", label],
-                          capture_output=True, text=True, check=True).stdout.split()
-    return ps, nets
-
-
 def cli(net: DockerTestnet, site: str, *args: str) -> Any:
     """``p2pmarket ARGS --json`` in a site's container (``status`` prints JSON anyway,
     ``bank`` has no JSON); the parsed output."""
@@ -175,7 +142,8 @@ def until(what: str, timeout_s: float, check: Any) -> Any:
         time.sleep(0.5)
 
 
-def test_every_container_has_its_name_and_address(net: DockerTestnet) -> None:
+def test_every_container_has_its_name_and_address(compose_net: DockerTestnet) -> None:
+    net = compose_net
     for s in TOPO.sites:
         done = subprocess.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
                                f"{PROJECT}-{s.name}"], capture_output=True, text=True,
@@ -186,7 +154,10 @@ def test_every_container_has_its_name_and_address(net: DockerTestnet) -> None:
     assert json.loads((net.root / "docker.json").read_text())["built"]
 
 
-def test_a_buyer_container_buys_from_a_public_and_a_natd_host(net: DockerTestnet) -> None:
+def test_a_buyer_container_buys_from_a_public_and_a_natd_host(compose_net: DockerTestnet
+                                                              ) -> None:
+    net = compose_net   # shared with test_faults and test_soak: mints are counted
+    before = cli(net, "b1", "ledger", "supply", "--wallet", net.path("b1"))
     h1 = until("h1 public", 60, lambda: (lambda st: st if st["reach"]["class"] == "public"
                                          else None)(status(net, "h1")))
     hn1 = until("hn1 relayed", 60, lambda: (lambda st: st if st["reach"]["class"] == "nat"
@@ -208,5 +179,6 @@ def test_a_buyer_container_buys_from_a_public_and_a_natd_host(net: DockerTestnet
     assert urls[hn1["node_id"]] == hn1["url"] and "/relay/" in hn1["url"]
     supply = cli(net, "b1", "ledger", "supply", "--wallet", net.path("b1"))
     assert supply["errors"] == 0 and supply["agree"] == 4
-    assert {n["minted"] for n in supply["notaries"]} == {10 * 1_000_000}
+    minted = {n["minted"] for n in before["notaries"]}
+    assert {n["minted"] for n in supply["notaries"]} == {m + 10 * 1_000_000 for m in minted}
     assert all(n["ok"] for n in supply["notaries"])

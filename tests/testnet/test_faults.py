@@ -1,5 +1,6 @@
-"""The market through faults, for real (root): the default namespace topology, brought
-up once for the module, broken one fault per test by the harness
+"""The market through faults, for real (root): the default topology under Docker
+Compose (the session's ``compose_net``; in CI) and in network namespaces (brought up
+for the module; ``-m long``), broken one fault per test by the harness
 (p2pmarket.testnet.faults); after each, the invariants hold (supply equals mints at
 every notary, every completed transfer on both chains, none half applied, no honest
 host suspected or exposed)."""
@@ -11,25 +12,44 @@ from collections.abc import Iterator
 
 import pytest
 
-from p2pmarket.testnet.backend import NetnsBackend
+from p2pmarket.testnet.backend import Backend, NetnsBackend
+from p2pmarket.testnet.dockerbackend import DockerBackend
 from p2pmarket.testnet.faults import Harness
-from tests.testnet.conftest import DEFAULT_TOPOLOGY, needs_root, needs_tools, running_testnet
+from tests.testnet.conftest import (
+    DEFAULT_TOPOLOGY,
+    TESTNET_SETTINGS,
+    needs_root,
+    needs_tools,
+    running_testnet,
+)
 
 pytestmark = [needs_root, needs_tools]
 READY_S = 120.0
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+def harness_on(backend: Backend) -> Harness:
+    h = Harness(backend, seed=14)
+    for buyer in ("b1", "bn1"):
+        h.mint(buyer, 40)
+    return h
+
+
+@pytest.fixture(scope="module", params=["docker", pytest.param("netns", marks=pytest.mark.long)])
+def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Harness]:
+    if request.param == "docker":
+        backend: Backend = DockerBackend(request.getfixturevalue("compose_net"))
+        try:
+            yield harness_on(backend)
+        finally:
+            backend.close()
+        return
     with running_testnet(DEFAULT_TOPOLOGY, tmp_path_factory.mktemp("faults") / "net",
-                         settings={"audit_seconds": 2.0, "tick_seconds": 0.5}) as net:
+                         settings=TESTNET_SETTINGS) as net:
         net.wait_ready(READY_S)
         backend = NetnsBackend(net, sys.executable)
-        h = Harness(backend, seed=14)
         try:
-            for buyer in ("b1", "bn1"):
-                h.mint(buyer, 40)
-            yield h
+            yield harness_on(backend)
         finally:
             backend.close()
 
