@@ -353,9 +353,10 @@ class Harness:
     def cut_relay(self, host: str, buyer: str) -> Fault:
         """Cut the relay of a relayed ``host`` off: the host moves to another relay and
         ``buyer``'s lease on it refreshes through the new one."""
-        lease_id = self.buy(buyer, [host])["purchases"][0]["lease"]["lease_id"]
         old = until(f"{host} holds a relay", HEAL_S,
                     lambda: self.status(host).get("reach", {}).get("relay"))
+        self.wait_listed(buyer, host)     # advertised at its relay's URL
+        lease_id = self.buy(buyer, [host])["purchases"][0]["lease"]["lease_id"]
         relay = self.site_of_url(old)
         started = time.monotonic()
         self.backend.disconnect(relay)

@@ -80,7 +80,6 @@ def test_a_host_keeps_answering_through_its_witnesses_with_one_cut_off(
     assert fault.target in {s.name for s in clean.topology.nodes}
 
 
-@pytest.mark.long   # ~95 s; test_market_nat covers a relay that dies
 def test_a_relayed_host_moves_when_its_relay_is_cut_off(clean: Harness) -> None:
     fault = clean.cut_relay("hn1", "b1")
     assert fault.details["moved_to"]
