@@ -17,6 +17,11 @@ daemon's cache) first, untimed. Then, from nothing running:
   to its exit (the CLI's start-up included, as a user sees it); measured once every
   host is classed and the relayed ones hold a relay (untimed wait). ``buys_ok`` and
   ``buys_failed`` count them; ``supply_ok``: supply equals mints at every notary after.
+* ``soak_*``: then ``scripts/soak --backend docker`` on the same testnet for
+  ``--soak-minutes`` (default 2; faults every 10 s): ``soak_purchases_ok``/``_failed``,
+  ``soak_buy_p50_ms``/``_p95_ms``, ``soak_faults_injected``, ``soak_fault_failures``,
+  ``soak_invariant_violations`` (must be 0), ``soak_rss_growth_kib`` (per node),
+  ``soak_seconds``.
 
 The testnet is always taken down (``DockerTestnet.down``) and its dir removed; the run
 is bounded by ``--time-limit`` seconds. The last line printed is one JSON object.
@@ -80,7 +85,7 @@ def pct(xs: list[float], q: float) -> float:
 def measure(args: argparse.Namespace, root: Path, deadline: float) -> dict[str, Any]:
     started = time.monotonic()
     net = DockerTestnet.up(TOPOLOGY, root, project=args.project, base=args.base,
-                           build=False, settings={"tick_seconds": 0.5})
+                           build=False, settings={"tick_seconds": 0.5, "audit_seconds": 2.0})
     try:
         net.wait_ready(max(10.0, deadline - time.monotonic()))
         up_s = time.monotonic() - started
@@ -115,9 +120,32 @@ def measure(args: argparse.Namespace, root: Path, deadline: float) -> dict[str, 
         return {"compose_up_s": round(up_s, 1), "buy_p50_ms": pct(times, 0.5),
                 "buy_p95_ms": pct(times, 0.95), "buys_ok": len(times), "buys_failed": failed,
                 "supply_ok": supply_ok, "nodes": len(net.topology.nodes),
-                "containers": len(net.state.containers)}
+                "containers": len(net.state.containers),
+                **soak(args, net, deadline)}
     finally:
         net.down()
+
+
+SOAK_KEYS = ("purchases_ok", "purchases_failed", "buy_p50_ms", "buy_p95_ms",
+             "faults_injected", "fault_failures", "invariant_violations", "rss_growth_kib",
+             "seconds")
+
+
+def soak(args: argparse.Namespace, net: DockerTestnet, deadline: float) -> dict[str, Any]:
+    """``scripts/soak --backend docker`` on this testnet for ``--soak-minutes``: its
+    figures, each prefixed ``soak_`` (none with 0 minutes)."""
+    if args.soak_minutes <= 0:
+        return {}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak"), "--minutes",
+                           str(args.soak_minutes), "--backend", "docker", "--dir",
+                           str(net.root), "--fault-every", "10"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=max(60.0, deadline - time.monotonic()))
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise SystemExit(f"the soak printed nothing: {done.stderr[-1500:]}")
+    result = json.loads(lines[-1])
+    return {f"soak_{k}": result[k] for k in SOAK_KEYS}
 
 
 def main() -> int:
@@ -125,11 +153,14 @@ def main() -> int:
     p.add_argument("--buys", type=int, default=20, help="purchases to time (1..200)")
     p.add_argument("--project", default="p2pmb", help="compose project (containers p2pmb-*)")
     p.add_argument("--base", default=dockerimage.LOCAL_BASE, help="the image's base")
-    p.add_argument("--time-limit", type=float, default=600.0, help="seconds, in all")
+    p.add_argument("--soak-minutes", type=float, default=2.0,
+                   help="then soak the testnet this long (scripts/soak; 0: no soak)")
+    p.add_argument("--time-limit", type=float, default=900.0, help="seconds, in all")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args()
-    if not 1 <= args.buys <= 200 or not 30 <= args.time_limit <= 3600:
-        p.error("--buys 1..200, --time-limit 30..3600")
+    if not 1 <= args.buys <= 200 or not 30 <= args.time_limit <= 3600 or \
+            not 0 <= args.soak_minutes <= 60:
+        p.error("--buys 1..200, --time-limit 30..3600, --soak-minutes 0..60")
     if os.geteuid() != 0 or missing_requirements():
         raise SystemExit("needs root and dockerd: " + "; ".join(missing_requirements()))
     deadline = time.monotonic() + args.time_limit
@@ -145,7 +176,8 @@ def main() -> int:
         for k, v in figures.items():
             print(f"{k:16} {v}")
     print(json.dumps(figures))
-    return 0 if figures["buys_failed"] == 0 and figures["supply_ok"] else 1
+    return 0 if figures["buys_failed"] == 0 and figures["supply_ok"] and \
+        figures.get("soak_invariant_violations", 0) == 0 else 1
 
 
 if __name__ == "__main__":
