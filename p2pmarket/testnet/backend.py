@@ -100,7 +100,32 @@ class Backend(Protocol):
         ...
 
 
-class NetnsBackend:
+class CutsAndDisks:
+    """What both backends do alike: the sites cut off (``cut``, joined again by
+    :meth:`close` through the backend's ``reconnect``) and the small disks."""
+
+    cut: set[str]
+    disks: SmallDisks
+
+    def reconnect(self, name: str) -> None:
+        raise NotImplementedError
+
+    def limit_disk(self, site: str) -> None:
+        self.disks.limit(site)
+
+    def fill_disk(self, site: str) -> None:
+        self.disks.fill(site)
+
+    def free_disk(self, site: str) -> None:
+        self.disks.free(site)
+
+    def close(self) -> None:
+        for name in sorted(self.cut):
+            self.reconnect(name)
+        self.disks.close()
+
+
+class NetnsBackend(CutsAndDisks):
     """:class:`Backend` over a :class:`NetnsTestnet` (root)."""
 
     name = "netns"
@@ -157,21 +182,8 @@ class NetnsBackend:
         pid = self.net.pid(site)
         if pid is None:
             return None
-        return _rss_kib(pid)
+        return rss_kib_of(pid)
 
-    def limit_disk(self, site: str) -> None:
-        self.disks.limit(site)
-
-    def fill_disk(self, site: str) -> None:
-        self.disks.fill(site)
-
-    def free_disk(self, site: str) -> None:
-        self.disks.free(site)
-
-    def close(self) -> None:
-        for name in sorted(self.cut):
-            self.reconnect(name)
-        self.disks.close()
 
 
 class SmallDisks:
@@ -232,7 +244,8 @@ class SmallDisks:
         self.mounts.clear()
 
 
-def _rss_kib(pid: int) -> int | None:
+def rss_kib_of(pid: int) -> int | None:
+    """A process's resident memory (KiB, from /proc), None if it cannot be read."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

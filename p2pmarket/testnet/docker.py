@@ -33,7 +33,7 @@ from typing import Any
 from p2pmarket.core.files import write_atomic
 from p2pmarket.testnet import compose, dockerimage
 from p2pmarket.testnet.datadirs import GENESIS_FILE, TOPOLOGY_FILE, write_network
-from p2pmarket.testnet.state import TestnetError
+from p2pmarket.testnet.state import TestnetError, wait_ready
 from p2pmarket.testnet.topology import Topology, parse
 
 STATE_FILE = "docker.json"
@@ -300,24 +300,9 @@ class DockerTestnet:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until every node says ready; raises naming those that are not."""
-        pending = [s.name for s in self.topology.nodes]
-        last: dict[str, str] = {}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            dead = [n for n in pending if not self.running(n)]
-            if dead:
-                raise TestnetError("; ".join(f"{n} exited, see {self.host_path(n)}/node.log"
-                                             for n in dead), dead)
-            for n, st in self.statuses(pending).items():
-                if st.get("ready"):
-                    pending.remove(n)
-                else:
-                    last[n] = str(st.get("error") or "it answers, not ready yet")
-            if pending and time.monotonic() > deadline:
-                raise TestnetError("; ".join(f"{n} not ready after {timeout_s:.0f}s "
-                                             f"({last.get(n)})" for n in pending), pending)
-            if pending:
-                time.sleep(0.3)
+        wait_ready([s.name for s in self.topology.nodes],
+                   lambda n: None if self.running(n) else f"{self.host_path(n)}/node.log",
+                   self.statuses, timeout_s, poll_s=0.3)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per site for ``testnet status``."""

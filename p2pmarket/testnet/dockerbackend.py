@@ -19,16 +19,15 @@ the testnet dir takes it in when it starts again, and nothing but that tmpfs fil
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 from p2pmarket.testnet import compose
-from p2pmarket.testnet.backend import READY_S, SmallDisks
+from p2pmarket.testnet.backend import READY_S, CutsAndDisks, SmallDisks, rss_kib_of
 from p2pmarket.testnet.docker import DockerTestnet, run
 from p2pmarket.testnet.state import TestnetError
 from p2pmarket.testnet.topology import Router, TopologyError
 
 
-class DockerBackend:
+class DockerBackend(CutsAndDisks):
     """:class:`~.backend.Backend` over a running compose testnet."""
 
     name = "docker"
@@ -103,28 +102,11 @@ class DockerBackend:
 
     def rss_kib(self, site: str) -> int | None:
         try:
-            pid = run([self.net.docker, "inspect", "-f", "{{.State.Pid}}",
-                       self.net.container(site)]).stdout.strip()
-            for line in Path(f"/proc/{int(pid)}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        except (TestnetError, OSError, ValueError):
+            pid = int(run([self.net.docker, "inspect", "-f", "{{.State.Pid}}",
+                           self.net.container(site)]).stdout.strip())
+        except (TestnetError, ValueError):
             return None
-        return None
-
-    def limit_disk(self, site: str) -> None:
-        self.disks.limit(site)
-
-    def fill_disk(self, site: str) -> None:
-        self.disks.fill(site)
-
-    def free_disk(self, site: str) -> None:
-        self.disks.free(site)
-
-    def close(self) -> None:
-        for name in sorted(self.cut):
-            self.reconnect(name)
-        self.disks.close()
+        return rss_kib_of(pid) if pid > 0 else None
 
 
 __all__ = ["DockerBackend"]

@@ -304,24 +304,10 @@ class NetnsTestnet:
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until every node's status says ready; raises naming the nodes that are
         not (or that exited) when ``timeout_s`` is out."""
-        pending = [s.name for s in self.topology.nodes]
-        last: dict[str, str] = {}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            dead = [n for n in pending if self.pid(n) is None]
-            if dead:
-                raise TestnetError("; ".join(f"{n} exited, see {self.data_dir(n) / 'node.log'}"
-                                             for n in dead), dead)
-            for site, st in self._statuses(pending).items():
-                if st.get("ready"):
-                    pending.remove(site)
-                else:
-                    last[site] = str(st.get("error") or "it answers, not ready yet")
-            if pending and time.monotonic() > deadline:
-                raise TestnetError("; ".join(f"{n} not ready after {timeout_s:.0f}s "
-                                             f"({last.get(n)})" for n in pending), pending)
-            if pending:
-                time.sleep(0.2)
+        state.wait_ready([s.name for s in self.topology.nodes],
+                         lambda n: None if self.pid(n) is not None
+                         else str(self.data_dir(n) / "node.log"),
+                         self._statuses, timeout_s)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per site for ``testnet status``: name, namespace, address, role,

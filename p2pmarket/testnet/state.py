@@ -19,8 +19,11 @@ identifies the process in its command line (a node's data dir, tinyproxy's confi
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.files import write_atomic
@@ -94,3 +97,30 @@ def load(root: Path) -> State:
         raise TestnetError(f"no namespace testnet in {root}", str(root)) from None
     except (KeyError, TypeError, ValueError, AttributeError):
         raise TestnetError(f"{path} is damaged", str(path)) from None
+
+
+def wait_ready(nodes: list[str], exited: Callable[[str], str | None],
+               statuses: Callable[[list[str]], Mapping[str, Mapping[str, Any]]],
+               timeout_s: float, poll_s: float = 0.2) -> None:
+    """Wait until every node's status says ready (both runners): ``exited(name)`` is
+    where to look (its log) when the node has exited, else None; ``statuses`` asks the
+    nodes still pending. Raises naming the nodes that exited, or that are not ready
+    when ``timeout_s`` is out, with what each said last."""
+    pending = list(nodes)
+    last: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        dead = {n: log for n in pending if (log := exited(n)) is not None}
+        if dead:
+            raise TestnetError("; ".join(f"{n} exited, see {log}" for n, log in dead.items()),
+                               list(dead))
+        for n, st in statuses(pending).items():
+            if st.get("ready"):
+                pending.remove(n)
+            else:
+                last[n] = str(st.get("error") or "it answers, not ready yet")
+        if pending and time.monotonic() > deadline:
+            raise TestnetError("; ".join(f"{n} not ready after {timeout_s:.0f}s "
+                                         f"({last.get(n)})" for n in pending), pending)
+        if pending:
+            time.sleep(poll_s)
