@@ -33,7 +33,7 @@ from typing import Any
 from p2pmarket.core.files import write_atomic
 from p2pmarket.testnet import compose, dockerimage
 from p2pmarket.testnet.datadirs import GENESIS_FILE, TOPOLOGY_FILE, write_network
-from p2pmarket.testnet.state import TestnetError, wait_ready
+from p2pmarket.testnet.state import TestnetError, node_columns, wait_ready
 from p2pmarket.testnet.topology import Topology, parse
 
 STATE_FILE = "docker.json"
@@ -314,10 +314,6 @@ class DockerTestnet:
                                    "behind": s.behind, "running": self.running(s.name),
                                    "ready": None}
             if s.runs_node:
-                node = st[s.name]
-                row.update(ready=bool(node.get("ready")), balance=node.get("balance"),
-                           contacts=node.get("dht_contacts"))
-                if "error" in node:
-                    row["error"] = node["error"]
+                row.update(node_columns(st[s.name]))
             rows.append(row)
         return rows

@@ -320,10 +320,6 @@ class NetnsTestnet:
                                    "behind": s.behind, "pid": self.pid(s.name),
                                    "ready": None}
             if s.runs_node:
-                node = st[s.name]
-                row.update(ready=bool(node.get("ready")), balance=node.get("balance"),
-                           contacts=node.get("dht_contacts"))
-                if "error" in node:
-                    row["error"] = node["error"]
+                row.update(state.node_columns(st[s.name]))
             rows.append(row)
         return rows

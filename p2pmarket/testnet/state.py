@@ -124,3 +124,10 @@ def wait_ready(nodes: list[str], exited: Callable[[str], str | None],
                                          f"({last.get(n)})" for n in pending), pending)
         if pending:
             time.sleep(poll_s)
+
+
+def node_columns(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A node's columns in ``testnet status`` (both runners), from its status."""
+    cols = {"ready": bool(node.get("ready")), "balance": node.get("balance"),
+            "contacts": node.get("dht_contacts")}
+    return {**cols, "error": node["error"]} if "error" in node else cols
