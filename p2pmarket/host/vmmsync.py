@@ -33,6 +33,8 @@ class VmmSync:
         self.closed: set[str] = set()
         self.uploading: set[str] = set()
         """Accounts whose image is streaming in now (for the machine's state)."""
+        self.failing: dict[str, str] = {}
+        """Per account, the VMM's last error (logged as a warning once, not every tick)."""
         self._lock = asyncio.Lock()
 
     def wanted(self, account: Account, bids: Mapping[str, Bid],
@@ -59,6 +61,7 @@ class VmmSync:
                     log.warning("VMM could not undefine %s: %s", aid, exc.message)
                     continue
                 self.closed.discard(aid)
+                self.failing.pop(aid, None)
                 self.applied.pop(aid, None)
                 self.info.pop(aid, None)
                 self.usage.pop(aid, None)
@@ -76,8 +79,14 @@ class VmmSync:
                     else:
                         info = await asyncio.to_thread(self.vmm.apply, aid, want)
                 except VmmError as exc:
-                    log.warning("VMM failed for account %s: %s", aid, exc.message)
+                    # said once per account and message (an account waiting for its
+                    # image fails the same way every tick)
+                    level = logging.DEBUG if self.failing.get(aid) == exc.message \
+                        else logging.WARNING
+                    self.failing[aid] = exc.message
+                    log.log(level, "VMM failed for account %s: %s", aid, exc.message)
                     continue
+                self.failing.pop(aid, None)
                 self.applied[aid] = want
                 if info is not None:
                     self.info[aid] = info
