@@ -11,16 +11,18 @@ import libvirt
 
 from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 
-QEMU_LOGS = Path("/var/log/libvirt/qemu")
+LOG_DIRS = (Path("/var/log/libvirt/qemu"), Path("/var/log/libvirt/lxc"))
 
 
 def forget_domains(vmm: LibvirtVMM) -> None:
     """Undefine every domain of ``vmm`` (their volumes and seeds go too) and remove the
-    logs libvirt kept of them (``<prefix>*.log``: the QEMU log and the serial console)."""
+    logs libvirt kept of them (``<prefix>*.log``: QEMU's log and serial console, or the
+    LXC driver's log)."""
     for info in vmm.list():
         vmm.undefine(info.account_id)
-    for log in QEMU_LOGS.glob(f"{vmm.prefix}*.log"):
-        log.unlink(missing_ok=True)
+    for logs in LOG_DIRS:
+        for log in logs.glob(f"{vmm.prefix}*.log"):
+            log.unlink(missing_ok=True)
 
 
 def remove_pool(conn: Any, name: str) -> None:
