@@ -24,7 +24,8 @@ def soak(minutes: float, timeout_s: float, *extra: str) -> dict[str, object]:
                           capture_output=True, text=True, timeout=timeout_s,
                           stdin=subprocess.DEVNULL)
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert done.returncode == 0, (result, done.stderr[-2000:])
+    assert done.returncode == 0, json.dumps({k: result.get(k) for k in (
+        "fault_failures", "violations", "ops", "faults")}) + done.stderr[-2000:]
     return result
 
 
