@@ -105,8 +105,6 @@ def _quiet() -> None:
         _quiet_installed = True
 
 
-_msg = libvirt_message
-
 
 class LibvirtVMM(VolumesMixin, VMM):
     def __init__(self, uri: str = "test:///default", prefix: str = "p2pm-",
@@ -140,7 +138,7 @@ class LibvirtVMM(VolumesMixin, VMM):
             self.driver = str(self.conn.getType()).upper()
             self._host_cpus = int(self.conn.getInfo()[2])
         except libvirt.libvirtError as exc:
-            raise VmmError(f"cannot open {uri}: {_msg(exc)}", uri) from None
+            raise VmmError(f"cannot open {uri}: {libvirt_message(exc)}", uri) from None
         if self.driver not in _DOMAIN_TYPES:
             raise VmmError(f"unsupported libvirt driver {self.driver}", self.driver)
         self.network = self._pick_network(network)
@@ -208,7 +206,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 self._set_blkio(dom, spec.blkio_weight)
                 self._set_bandwidth(dom, spec.net_in_kib_s, spec.net_out_kib_s)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", name) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", name) from None
             return self._info(dom, account_id)
 
     def ensure_domain(self, account_id: str, vcpus: int, memory_kib: int, cpu_weight: int,
@@ -224,7 +222,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 if dom is not None and dom.isActive():
                     dom.destroy()
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", account_id) from None
 
     def undefine(self, account_id: str) -> None:
         with self._lock:
@@ -235,7 +233,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                         dom.destroy()
                     dom.undefine()
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", account_id) from None
             self.release_guest(account_id)
             self.delete_volume(account_id)
             self.lxc.forget(self.name_of(account_id))
@@ -246,7 +244,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 dom = self._lookup(self.name_of(account_id))
                 return None if dom is None else self._info(dom, account_id)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", account_id) from None
 
     def usage(self, account_id: str) -> Usage | None:
         """What the account's domain really uses now (:mod:`.usage`), None without one."""
@@ -255,7 +253,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 dom = self._lookup(self.name_of(account_id))
                 return None if dom is None else read_usage(dom)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", account_id) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", account_id) from None
 
     def list(self) -> list[VmInfo]:
         with self._lock:
@@ -264,7 +262,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 return sorted((self._info(d, d.name()[len(self.prefix):]) for d in doms),
                               key=lambda i: i.name)
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", self.uri) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", self.uri) from None
 
     # -- guests: boot, key, address ------------------------------------------------
 
@@ -296,7 +294,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                 if self.network == self.guest_net.name:
                     address = guestnets.reserve(self.conn, self.guest_net, mac_for(name))
             except libvirt.libvirtError as exc:
-                raise VmmError(f"libvirt: {_msg(exc)}", name) from None
+                raise VmmError(f"libvirt: {libvirt_message(exc)}", name) from None
             self._guests[account_id] = (boot, seed)
             return address
 
@@ -476,7 +474,7 @@ class LibvirtVMM(VolumesMixin, VMM):
             try:
                 blkio = int(dom.blkioParameters(0).get("weight", 0))
             except libvirt.libvirtError as exc:
-                notes.append(f"blkio weight not enforced: {_msg(exc)}")
+                notes.append(f"blkio weight not enforced: {libvirt_message(exc)}")
             if blkio is not None and blkio != want["blkio"]:
                 notes.append(f"blkio weight {want['blkio']} not enforced (in force: {blkio})")
         net_in = net_out = None
@@ -489,7 +487,7 @@ class LibvirtVMM(VolumesMixin, VMM):
                     net_in = int(got.get("inbound.average", 0)) or None
                     net_out = int(got.get("outbound.average", 0)) or None
                 except libvirt.libvirtError as exc:
-                    notes.append(f"bandwidth not enforced: {_msg(exc)}")
+                    notes.append(f"bandwidth not enforced: {libvirt_message(exc)}")
         if self.driver == "TEST":
             notes.append("test driver: no guest runs; limits are recorded, not enforced")
         if self.driver == "LXC":

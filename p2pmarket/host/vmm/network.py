@@ -26,12 +26,9 @@ from p2pmarket.host.vmm.guestnet import (
     pick_address,
     static_hosts,
 )
+from p2pmarket.host.vmm.volumes import libvirt_message
 
 _RETRIES = 8    # racing hosts that picked the same address
-
-
-def _msg(exc: libvirt.libvirtError) -> str:
-    return str(exc.get_error_message() or exc)
 
 
 def _update_flags() -> int:
@@ -62,7 +59,7 @@ def ensure_network(conn: Any, net: GuestNetwork) -> Any:
             found.create()
         return found
     except libvirt.libvirtError as exc:
-        raise VmmError(f"cannot start libvirt network {net.name}: {_msg(exc)}",
+        raise VmmError(f"cannot start libvirt network {net.name}: {libvirt_message(exc)}",
                        net.name) from None
 
 
@@ -76,7 +73,8 @@ def remove_network(conn: Any, name: str) -> None:
             found.destroy()
         found.undefine()
     except libvirt.libvirtError as exc:
-        raise VmmError(f"cannot remove libvirt network {name}: {_msg(exc)}", name) from None
+        raise VmmError(f"cannot remove libvirt network {name}: {libvirt_message(exc)}",
+                       name) from None
 
 
 def reserve(conn: Any, net: GuestNetwork, mac: str) -> str:
@@ -94,7 +92,7 @@ def reserve(conn: Any, net: GuestNetwork, mac: str) -> str:
                          _update_flags())
             return ip
         except libvirt.libvirtError as exc:   # another host took it meanwhile: pick again
-            last = _msg(exc)
+            last = libvirt_message(exc)
     raise VmmError(f"cannot add a DHCP host entry: {last}", mac)
 
 
@@ -110,7 +108,7 @@ def release(conn: Any, net: GuestNetwork, mac: str) -> None:
                          libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml(mac, ip),
                          _update_flags())
     except libvirt.libvirtError as exc:
-        raise VmmError(f"cannot remove the DHCP host entry: {_msg(exc)}", mac) from None
+        raise VmmError(f"cannot remove the DHCP host entry: {libvirt_message(exc)}", mac) from None
 
 
 def address(conn: Any, net: GuestNetwork, mac: str) -> str | None:
