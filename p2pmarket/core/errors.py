@@ -8,6 +8,7 @@ generic error whose details stay in the log (note 11/14).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -43,6 +44,6 @@ DISK_FULL = error_dict("the node's disk is full: nothing was changed; try again 
 def is_disk_full(exc: BaseException) -> bool:
     """An error from a full disk: ``OSError`` ENOSPC (or EDQUOT), or sqlite's
     "database or disk is full" (its ``OperationalError``, told by the message)."""
-    if isinstance(exc, OSError) and exc.errno in (28, 122):   # ENOSPC, EDQUOT
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return type(exc).__name__ == "OperationalError" and "disk is full" in str(exc)
