@@ -55,18 +55,28 @@ def docker_opts(q: argparse.ArgumentParser) -> None:
                         "local Debian image of testnet/build-base)")
 
 
+def ready_or_kept(wait_ready: Callable[[float], None], timeout_s: float, root: Path,
+                  doing: str) -> bool:
+    """Wait for a testnet's nodes (``doing`` on the spinner); when they do not get
+    ready, say why and that the testnet stays up for a look (both runners)."""
+    try:
+        with out.status(doing):
+            wait_ready(timeout_s)
+    except TestnetError as exc:
+        err.print(f"error: {exc.message}")
+        err.print(f"the testnet stays up for a look; `p2pmarket testnet down --dir {root}`")
+        return False
+    return True
+
+
 def docker_up(args: argparse.Namespace) -> int:
     settings = {} if args.tick_seconds is None else {"tick_seconds": args.tick_seconds}
     with out.status("building the image and starting the containers…"):
         net = docker.DockerTestnet.up(args.docker, args.dir, project=args.project,
                                       base=args.base, settings=settings)
     nodes = len(net.topology.nodes)
-    try:
-        with out.status(f"waiting for {nodes} nodes in containers {args.project}-*…"):
-            net.wait_ready(READY_TIMEOUT_S)
-    except TestnetError as exc:
-        err.print(f"error: {exc.message}")
-        err.print(f"the testnet stays up for a look; `p2pmarket testnet down --dir {args.dir}`")
+    if not ready_or_kept(net.wait_ready, READY_TIMEOUT_S, args.dir,
+                         f"waiting for {nodes} nodes in containers {args.project}-*…"):
         return 1
     out.print(f"docker testnet of {nodes} nodes up in {args.dir} (containers "
               f"{args.project}-*, genesis {net.genesis_path}, mint wallet "

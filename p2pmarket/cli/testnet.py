@@ -39,6 +39,7 @@ from p2pmarket.cli.dockernet import (
     docker_opts,
     docker_status,
     docker_up,
+    ready_or_kept,
 )
 from p2pmarket.cli.options import Subcommands, json_opt
 from p2pmarket.cli.terminal import dump, err, out
@@ -302,12 +303,8 @@ def netns_up(args: argparse.Namespace) -> int:
     settings = {} if args.tick_seconds is None else {"tick_seconds": args.tick_seconds}
     net = netns.NetnsTestnet.up(args.netns, args.dir, settings=settings)
     nodes = len(net.topology.nodes)
-    try:
-        with out.status(f"starting {nodes} nodes in namespaces {net.state.prefix}-*…"):
-            net.wait_ready(READY_TIMEOUT_S)
-    except TestnetError as exc:
-        err.print(f"error: {exc.message}")
-        err.print(f"the testnet stays up for a look; `p2pmarket testnet down --dir {args.dir}`")
+    if not ready_or_kept(net.wait_ready, READY_TIMEOUT_S, args.dir,
+                         f"starting {nodes} nodes in namespaces {net.state.prefix}-*…"):
         return 1
     out.print(f"namespace testnet of {nodes} nodes up in {args.dir} (namespaces "
               f"{net.state.prefix}-*, genesis {net.genesis_path}, "
