@@ -209,42 +209,62 @@ async def measure_upload(args: argparse.Namespace, work: Path) -> dict[str, Any]
             "upload_goals_met": mb_s >= 200 and growth < 20}
 
 
-async def measure_boot(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def boot_runs(m: Any, runs_n: int, bids: list[str], login_s: float,
+                    finish: Any, base_image: str | None = None) -> list[float]:
+    """``runs_n`` purchases at ``m``'s host, each timed from the lease granted (its
+    base image copied in, if named; the key given) to the first SSH login; ``finish``
+    (host, purchase) ends each one so the next gets the port."""
     import asyncssh
 
     from p2pmarket.client.buyer import buy, open_wallet
     from p2pmarket.client.guestaccess import install_key
-    from tests.support.guestmarket import login, qemu_market, skip_reason
+    from p2pmarket.client.imageupload import install_image
+    from tests.support.guestmarket import login
+
+    for node in m.nodes:
+        await node.announced.wait()
+    buyer = m.wallet("buyer")
+    async with open_wallet(m.mint) as (mint, _):
+        await mint.mint(10**9)
+        await mint.send(buyer.identity().public_key, 10**9, "bench")
+    host = m.nodes[1]
+    runs: list[float] = []
+    for _ in range(runs_n):
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        report = await buy(buyer, bids, 2_000_000, 3600, 1,
+                           only=frozenset({host.identity.node_id}), ssh="require",
+                           base_image=base_image)
+        if len(report.purchases) != 1:
+            raise RuntimeError(f"no lease: {report.errors or report.skipped}")
+        granted = time.monotonic()
+        lease_id = report.purchases[0].lease.lease_id
+        if base_image is not None:
+            [put] = await install_image(buyer, [lease_id], base_image)
+            if not put.ok:
+                raise RuntimeError(f"no image: {put.detail}")
+        [outcome] = await install_key(buyer, [lease_id], key.export_public_key().decode())
+        access = (outcome.reply or {}).get("access") or {}
+        if not outcome.ok or access.get("state") != "forwarded":
+            raise RuntimeError(f"no forwarded port: {outcome.detail} {access}")
+        await login(int(access["port"]), key, granted + login_s)
+        runs.append(round(time.monotonic() - granted, 2))
+        await finish(host, buyer, report.purchases[0])
+    return runs
+
+
+async def measure_boot(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from tests.support.guestmarket import qemu_market, skip_reason
 
     why = skip_reason()
     if why is not None:
         return {"boot_to_ssh_s_qemu": None, "boot_skipped": f"{why}; run scripts/setup-qemu"}
-    runs: list[float] = []
+
+    async def undefine(host: Any, _buyer: Any, purchase: Any) -> None:
+        await asyncio.to_thread(host.vmm.undefine, purchase.account_id)
+
     async with qemu_market(work / "m") as m:
-        for node in m.nodes:
-            await node.announced.wait()
-        buyer = m.wallet("buyer")
-        async with open_wallet(m.mint) as (mint, _):
-            await mint.mint(10**9)
-            await mint.send(buyer.identity().public_key, 10**9, "bench")
-        host = m.nodes[1]
-        for _ in range(args.boot_runs):
-            key = asyncssh.generate_private_key("ssh-ed25519")
-            report = await buy(buyer, ["cpu:1,0.1,1", "memory:1,128MiB,256MiB"], 2_000_000,
-                               3600, 1, only=frozenset({host.identity.node_id}),
-                               ssh="require")
-            if len(report.purchases) != 1:
-                raise RuntimeError(f"no lease: {report.errors or report.skipped}")
-            granted = time.monotonic()
-            lease_id = report.purchases[0].lease.lease_id
-            [outcome] = await install_key(buyer, [lease_id], key.export_public_key().decode())
-            access = (outcome.reply or {}).get("access") or {}
-            if not outcome.ok or access.get("state") != "forwarded":
-                raise RuntimeError(f"no forwarded port: {outcome.detail} {access}")
-            await login(int(access["port"]), key, granted + 180)
-            runs.append(round(time.monotonic() - granted, 2))
-            vmm = host.vmm
-            await asyncio.to_thread(vmm.undefine, report.purchases[0].account_id)
+        runs = await boot_runs(m, args.boot_runs, ["cpu:1,0.1,1", "memory:1,128MiB,256MiB"],
+                               180, undefine)
     runs_sorted = sorted(runs)
     return {"boot_to_ssh_s_qemu": runs_sorted[len(runs) // 2],
             "boot_to_ssh_s_qemu_runs": runs,
@@ -252,46 +272,20 @@ async def measure_boot(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 async def measure_boot_lxc(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    import asyncssh
-
-    from p2pmarket.client.buyer import buy, open_wallet
-    from p2pmarket.client.guestaccess import install_key
-    from p2pmarket.client.imageupload import install_image
     from p2pmarket.client.leases import cancel
-    from tests.support.guestmarket import LXC_IMAGE, LXC_URI, login, lxc_market, skip_reason
+    from tests.support.guestmarket import LXC_IMAGE, LXC_URI, lxc_market, skip_reason
 
     why = skip_reason(LXC_URI)
     if why is not None:
         return {"boot_to_ssh_s_lxc": None, "boot_lxc_skipped": f"{why}; run scripts/setup-qemu"}
-    runs: list[float] = []
+
+    async def cancelled(_host: Any, buyer: Any, purchase: Any) -> None:
+        await cancel(buyer, purchase.lease.lease_id)   # frees its port for the next run
+
     async with lxc_market(work) as m:
-        for node in m.nodes:
-            await node.announced.wait()
-        buyer = m.wallet("buyer")
-        async with open_wallet(m.mint) as (mint, _):
-            await mint.mint(10**9)
-            await mint.send(buyer.identity().public_key, 10**9, "bench")
-        host = m.nodes[1]
-        for _ in range(args.boot_runs):
-            key = asyncssh.generate_private_key("ssh-ed25519")
-            report = await buy(buyer, ["cpu:1,0.1,1", "memory:1,64MiB,128MiB",
-                                       "disk:1,64MiB,64MiB"], 2_000_000, 3600, 1,
-                               only=frozenset({host.identity.node_id}), ssh="require",
-                               base_image=LXC_IMAGE)
-            if len(report.purchases) != 1:
-                raise RuntimeError(f"no lease: {report.errors or report.skipped}")
-            granted = time.monotonic()
-            lease_id = report.purchases[0].lease.lease_id
-            [put] = await install_image(buyer, [lease_id], LXC_IMAGE)
-            if not put.ok:
-                raise RuntimeError(f"no image: {put.detail}")
-            [outcome] = await install_key(buyer, [lease_id], key.export_public_key().decode())
-            access = (outcome.reply or {}).get("access") or {}
-            if not outcome.ok or access.get("state") != "forwarded":
-                raise RuntimeError(f"no forwarded port: {outcome.detail} {access}")
-            await login(int(access["port"]), key, granted + 60)
-            runs.append(round(time.monotonic() - granted, 2))
-            await cancel(buyer, lease_id)   # frees its port for the next run
+        runs = await boot_runs(m, args.boot_runs, ["cpu:1,0.1,1", "memory:1,64MiB,128MiB",
+                                                   "disk:1,64MiB,64MiB"],
+                               60, cancelled, base_image=LXC_IMAGE)
     median = sorted(runs)[len(runs) // 2]
     return {"boot_to_ssh_s_lxc": median, "boot_to_ssh_s_lxc_runs": runs,
             "boot_goals_met_lxc": median < 3}
