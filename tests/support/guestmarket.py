@@ -44,6 +44,17 @@ def skip_reason(uri: str = URI) -> str | None:
     return None
 
 
+def remove_made(conn: Any, network: str, pools: set[str]) -> None:
+    """Remove the market's guest network and the storage pools not in ``pools`` (the
+    ones there before it: the node made the others), then close ``conn``."""
+    with contextlib.suppress(libvirt.libvirtError):
+        guestnets.remove_network(conn, network)
+    for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
+        if name not in pools:
+            remove_pool(conn, name)
+    conn.close()
+
+
 @contextlib.asynccontextmanager
 async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]:
     built = await asyncio.to_thread(testguest.build)
@@ -61,12 +72,7 @@ async def qemu_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]
             finally:
                 forget_domains(m.nodes[1].vmm)
     finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            guestnets.remove_network(conn, network)
-        for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
-            if name not in pools:   # the pool the node made here
-                remove_pool(conn, name)
-        conn.close()
+        remove_made(conn, network, pools)
 
 
 @contextlib.asynccontextmanager
@@ -92,12 +98,7 @@ async def lxc_market(root: Path, **settings: Any) -> AsyncIterator[LocalMarket]:
             finally:
                 forget_domains(m.nodes[1].vmm)
     finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            guestnets.remove_network(conn, network)
-        for name in set(conn.listStoragePools()) | set(conn.listDefinedStoragePools()):
-            if name not in pools:   # the pool the node made here
-                remove_pool(conn, name)
-        conn.close()
+        remove_made(conn, network, pools)
 
 
 async def login(port: int, key: Any, deadline: float,
