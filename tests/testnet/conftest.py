@@ -10,9 +10,11 @@ import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,17 @@ needs_tools = pytest.mark.skipif(
     shutil.which("iptables") is None or shutil.which("tinyproxy") is None,
     reason="the default topology needs iptables and tinyproxy (apt-get install iptables "
            "tinyproxy)")
+
+
+def until(what: str, timeout_s: float, check: Any) -> Any:
+    """Poll ``check()`` until it gives something true (bounded in time)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s ({got!r})"
+        time.sleep(0.5)
 
 
 def ours(prefix: str) -> list[str]:

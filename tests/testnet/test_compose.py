@@ -11,7 +11,6 @@ import ipaddress
 import json
 import shutil
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from p2pmarket.testnet.compose import ComposeError, Options, container_name, net
 from p2pmarket.testnet.docker import DockerTestnet
 from p2pmarket.testnet.topology import Router, parse
 from tests.testnet.conftest import COMPOSE_PROJECT as PROJECT
-from tests.testnet.conftest import DEFAULT_TOPOLOGY, REPO
+from tests.testnet.conftest import DEFAULT_TOPOLOGY, REPO, until
 
 COMMITTED = REPO / "testnet" / "docker-compose.yml"
 TOPO = parse(DEFAULT_TOPOLOGY.read_text())
@@ -130,16 +129,6 @@ def cli(net: DockerTestnet, site: str, *args: str) -> Any:
 def status(net: DockerTestnet, site: str) -> dict[str, Any]:
     st: dict[str, Any] = cli(net, site, "status", "--data-dir", net.path(site))
     return st
-
-
-def until(what: str, timeout_s: float, check: Any) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s ({got!r})"
-        time.sleep(0.5)
 
 
 def test_every_container_has_its_name_and_address(compose_net: DockerTestnet) -> None:

@@ -20,7 +20,13 @@ import pytest
 
 from p2pmarket.nat.table import Callback, ReachClass, decide
 from p2pmarket.testnet.netns import NetnsTestnet
-from tests.testnet.conftest import DEFAULT_TOPOLOGY, needs_root, needs_tools, running_testnet
+from tests.testnet.conftest import (
+    DEFAULT_TOPOLOGY,
+    needs_root,
+    needs_tools,
+    running_testnet,
+    until,
+)
 
 pytestmark = [needs_root, needs_tools]
 READY_S = 120.0
@@ -71,17 +77,6 @@ def mint(net: NetnsTestnet, buyer: str, credits: int) -> None:
                       capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     MINTED += credits
-
-
-def until(what: str, timeout_s: float, check: Any) -> Any:
-    """Poll ``check()`` until it gives something true (bounded in time)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s ({got!r})"
-        time.sleep(0.5)
 
 
 def buy(net: NetnsTestnet, buyer: str, hosts: list[str], *extra: str) -> list[dict[str, Any]]:
