@@ -27,7 +27,7 @@ from p2pmarket.client.walletdir import WalletDir
 from tests.client.test_lease_money import ready
 from tests.client.test_quote_before_pay import funded
 from tests.market_helpers import LocalMarket
-from tests.support.guestmarket import URI, login, qemu_market, skip_reason
+from tests.support.guestmarket import URI, login, qemu_market, restart_host, skip_reason
 
 asyncssh = pytest.importorskip("asyncssh")
 pytestmark = pytest.mark.slow
@@ -162,26 +162,12 @@ async def test_a_host_restart_brings_the_machine_back(
     """The host machine goes down (its node stops, its guest dies with it) and comes
     back: the node starts the lease's machine again from its own definition (the key's
     seed kept), forwards the same port, and the buyer logs in again."""
-    from p2pmarket.core.keyfile import load_key
-    from p2pmarket.node.service import Node
-
     await ready(market)
     buyer = await funded(market)
-    host = market.nodes[1]
     doc, ssh, key = await buy_with_key(market, buyer, tmp_path, capsys)
     port, account = ssh["access"]["port"], doc["purchases"][0]["account_id"]
     assert (await login(port, key, time.monotonic() + LOGIN_LIMIT_S)).startswith("hello")
-    # the machine goes down: the node stops and its guest with it
-    data, settings = host.data_dir, host.settings
-    await host.stop()
-    conn = libvirt.open(URI)
-    try:
-        conn.lookupByName(host.vmm.name_of(account)).destroy()
-    finally:
-        conn.close()
-    again = Node(data, settings, market.genesis, load_key(data.key))
-    await again.start()
-    market.nodes[1] = again            # stopped by the fixture from here on
+    again = await restart_host(market, account, URI)
     start = time.monotonic()
     out = await login(port, key, start + LOGIN_LIMIT_S)
     assert out.startswith("hello from "), out

@@ -22,7 +22,14 @@ from tests.client.test_lease_money import ready
 from tests.client.test_quote_before_pay import funded
 from tests.host.test_buy_ssh import run_cli
 from tests.market_helpers import LocalMarket
-from tests.support.guestmarket import LXC_IMAGE, LXC_URI, login, lxc_market, skip_reason
+from tests.support.guestmarket import (
+    LXC_IMAGE,
+    LXC_URI,
+    login,
+    lxc_market,
+    restart_host,
+    skip_reason,
+)
 
 asyncssh = pytest.importorskip("asyncssh")
 pytestmark = pytest.mark.slow
@@ -96,26 +103,13 @@ async def test_buy_a_container_and_log_in_through_the_leased_port(
 
 async def test_a_host_restart_brings_the_container_back(
         market: LocalMarket, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from p2pmarket.core.keyfile import load_key
-    from p2pmarket.node.service import Node
-
     await ready(market)
     buyer = await funded(market)
-    host = market.nodes[1]
     doc, key, bought = await buy(market, buyer, tmp_path, capsys)
     [ssh] = doc["ssh"]                 # type: ignore[misc]
     port, account = ssh["access"]["port"], doc["purchases"][0]["account_id"]  # type: ignore[index]
     assert (await login(port, key, bought + LOGIN_LIMIT_S)).startswith("hello")
-    data, settings = host.data_dir, host.settings
-    await host.stop()
-    conn = libvirt.open(LXC_URI)
-    try:
-        conn.lookupByName(host.vmm.name_of(account)).destroy()
-    finally:
-        conn.close()
-    again = Node(data, settings, market.genesis, load_key(data.key))
-    await again.start()
-    market.nodes[1] = again
+    again = await restart_host(market, account, LXC_URI)
     start = time.monotonic()
     assert (await login(port, key, start + LOGIN_LIMIT_S)).startswith("hello")
     assert again.vmm.describe(account).state == "running"   # type: ignore[union-attr]

@@ -123,3 +123,25 @@ async def login(port: int, key: Any, deadline: float,
             last = exc            # the guest is still booting
             await asyncio.sleep(0.3)
     raise AssertionError(f"no SSH login through the leased port in time: {last!r}")
+
+
+async def restart_host(market: LocalMarket, account_id: str, uri: str) -> Any:
+    """The host machine goes down and comes back: its node stops, the account's guest
+    dies with it (destroyed through ``uri``), and a new node starts on the same data
+    dir; it replaces the old one in ``market`` (stopped by the fixture from then on)."""
+    from p2pmarket.core.keyfile import load_key
+    from p2pmarket.node.service import Node
+
+    host = market.nodes[1]
+    data, settings = host.data_dir, host.settings
+    await host.stop()
+    conn = libvirt.open(uri)
+    try:
+        conn.lookupByName(host.vmm.name_of(account_id)).destroy()
+    finally:
+        conn.close()
+    again = Node(data, settings, market.genesis, load_key(data.key))
+    await again.start()
+    market.nodes[1] = again
+    return again
+
