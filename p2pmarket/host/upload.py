@@ -82,10 +82,14 @@ async def upload_image(auct: Auctioneer, sender: bytes, account_id: str, size: A
         auct.sync.uploading.discard(account_id)
     auct.sync.usage[account_id] = (vol.usage_kib, vol.floor_kib)
     auct.sync.forget(account_id)
+    # the size the guest sees, from the header checked above: libvirt re-probes a new
+    # volume's capacity in a thread of its own after the upload, so vol.capacity_kib
+    # may still be the file's size here
+    capacity_kib = -(-info.virtual_size // 1024)
     auth = auct.audit.append("out.upload", {"account_id": account_id, "volume": vol.name,
-                                            "capacity_kib": vol.capacity_kib}, auct.now())
+                                            "capacity_kib": capacity_kib}, auct.now())
     await auct.sync_vmm()
-    return {"account_id": account_id, "volume": vol.name, "capacity_kib": vol.capacity_kib,
+    return {"account_id": account_id, "volume": vol.name, "capacity_kib": capacity_kib,
             "format": info.format, "audit": auth.to_wire()}
 
 
