@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -88,6 +88,7 @@ from p2pmarket.dht.records import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OCTETS = "application/octet-stream"
 MAX_EVIDENCE_ANSWER = MAX_EVIDENCE * (MAX_EVIDENCE_PROOF_BYTES + 8) + 8
@@ -271,14 +272,24 @@ def checked_proofs(raw: bytes, host_id: bytes, proof_verifier: ProofVerifier,
     return out, rejected
 
 
+class GatewayUnreachable(DhtError):
+    """The gateway did not answer (a connection error or a timeout)."""
+
+
 class GatewayClient:
     """Reads the DHT through a public node's gateway; verifies every record it gets
-    (proofs with ``proof_verifier``; node ids against the genesis ``puzzle_bits``)."""
+    (proofs with ``proof_verifier``; node ids against the genesis ``puzzle_bits``).
+
+    ``fallbacks`` are other gateways' base URLs: a request the current gateway does
+    not answer is tried at the next one, which stays current (a gateway cut off must
+    not cut a proxied node off the DHT: it could not publish that it moved)."""
 
     def __init__(self, base_url: str, *, proof_verifier: ProofVerifier,
                  session: aiohttp.ClientSession | None = None, proxy: str | None = None,
-                 clock: Clock = now_us, timeout: float = 20.0, puzzle_bits: int = 0) -> None:
-        self.base_url = base_url.rstrip("/")
+                 clock: Clock = now_us, timeout: float = 20.0, puzzle_bits: int = 0,
+                 fallbacks: Sequence[str] = ()) -> None:
+        self.bases = list(dict.fromkeys(u.rstrip("/") for u in (base_url, *fallbacks)))
+        self.base_url = self.bases[0]
         self.proof_verifier = proof_verifier
         self.puzzle_bits = puzzle_bits
         self.proxy = proxy
@@ -302,17 +313,35 @@ class GatewayClient:
             await self._session.close()
             self._session = None
 
+    async def _failover(self, attempt: Callable[[str], Awaitable[T]]) -> T:
+        """``attempt(base_url)`` at the current gateway, then at each other one while
+        they are unreachable; the one that answered becomes current."""
+        start = self.bases.index(self.base_url) if self.base_url in self.bases else 0
+        last = GatewayUnreachable("no gateway", "gateway")
+        for i in range(len(self.bases)):
+            base = self.bases[(start + i) % len(self.bases)]
+            try:
+                result = await attempt(base)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = GatewayUnreachable(f"gateway unreachable: {base}: "
+                                          f"{type(exc).__name__} {exc}", "gateway")
+                if len(self.bases) > 1:
+                    log.warning("%s; trying another gateway", last.message)
+                continue
+            self.base_url = base
+            return result
+        raise last
+
     async def _get(self, path: str, cap: int = MAX_VALUE_BYTES) -> bytes | None:
-        try:
-            async with self.session.get(self.base_url + path, proxy=self.proxy,
+        async def attempt(base: str) -> bytes | None:
+            async with self.session.get(base + path, proxy=self.proxy,
                                         timeout=self.timeout) as resp:
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
                     raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
                 return await read_capped(resp, cap)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
+        return await self._failover(attempt)
 
     async def get_host(self, node_id: bytes) -> HostRecord | None:
         raw = await self._get(f"/dht/host/{node_id.hex()}")
@@ -361,14 +390,13 @@ class GatewayClient:
     async def get_evidence(self, host_id: bytes) -> list[bytes]:
         """The proofs against ``host_id`` the gateway found, each checked here (proofs
         that do not check out are dropped and counted in :attr:`rejected`)."""
-        try:
-            async with self.session.get(f"{self.base_url}/dht/evidence-of/{host_id.hex()}",
+        async def attempt(base: str) -> bytes:
+            async with self.session.get(f"{base}/dht/evidence-of/{host_id.hex()}",
                                         proxy=self.proxy, timeout=self.timeout) as resp:
                 if resp.status != 200:
                     raise DhtError(f"gateway answered HTTP {resp.status}", "gateway")
-                raw = await read_capped(resp, MAX_EVIDENCE_ANSWER)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
+                return await read_capped(resp, MAX_EVIDENCE_ANSWER)
+        raw = await self._failover(attempt)
         proofs, self.rejected = checked_proofs(raw, host_id, self.proof_verifier,
                                                self.rejected)
         return proofs
@@ -400,12 +428,14 @@ class GatewayClient:
                                       self.get_host, min_availability_ppm=min_availability_ppm)
 
     async def store(self, key: str, value: bytes) -> int:
-        try:
-            async with self.session.post(f"{self.base_url}/dht/store/{key}", data=value,
+        async def attempt(base: str) -> Any:
+            async with self.session.post(f"{base}/dht/store/{key}", data=value,
                                          proxy=self.proxy, timeout=self.timeout) as resp:
-                doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise DhtError(f"gateway unreachable: {exc}", "gateway") from None
+                try:
+                    return await resp.json(content_type=None)
+                except ValueError as exc:
+                    raise DhtError(f"gateway sent no JSON: {exc}", "gateway") from None
+        doc = await self._failover(attempt)
         if not isinstance(doc, dict) or "accepted" not in doc:
             reason = doc.get("error_value", "gateway") if isinstance(doc, dict) else "gateway"
             raise DhtError(f"gateway refused the record: {doc}", str(reason))

@@ -113,6 +113,7 @@ class ReachKeeper:
         self._relay: RelayClient | None = None
         self._bad_relays: dict[bytes, float] = {}
         self._advert: Advert | None = None
+        self._unsent = False     # on_advert failed for self._advert: hand it over again
         self._agreeing_reach: tuple[bytes, ...] = ()   # what backs a relayed advert
 
     # -- the loop ---------------------------------------------------------------------
@@ -197,9 +198,19 @@ class ReachKeeper:
         return tuple(raws[:MAX_REACH_ATTESTATIONS])
 
     async def _advertise(self, advert: Advert) -> None:
-        if advert != self._advert:
-            self._advert = advert
-            await self.on_advert(advert)
+        """Hand ``advert`` to ``on_advert`` if it is new. Its failure (a publish that
+        did not go out) is logged and ends nothing: the relay we just reserved stays
+        held, and the next round hands the advert over again."""
+        if advert != self._advert or self._unsent:
+            self._advert, self._unsent = advert, True
+            try:
+                await self.on_advert(advert)
+                self._unsent = False
+            except (P2PMarketError, OSError, TimeoutError) as exc:
+                why = exc.message if isinstance(exc, P2PMarketError) else repr(exc)
+                log.warning("advertising %s failed: %s", advert.url, why)
+                self.state.errors = [*self.state.errors, f"advertise: {why}"][
+                    -KEEP_REGISTRARS:]
 
     # -- the relay ----------------------------------------------------------------------
 

@@ -101,10 +101,12 @@ class Node:
             if not base:
                 raise ConfigError("behind an HTTP proxy a node needs a DHT gateway: set "
                                   "dht_gateway, or name bootstrap peers in the genesis")
+            # without a gateway set, every bootstrap peer is one (a cut one is skipped)
+            others = [] if settings.dht_gateway else [b.url for b in genesis.bootstrap[1:]]
             self.gateway = GatewayDht(identity, base, proof_verifier=proof_verifier(genesis),
                                       url="", republish_s=settings.republish_seconds,
                                       proxy=settings.http_proxy,
-                                      puzzle_bits=genesis.puzzle_bits)
+                                      puzzle_bits=genesis.puzzle_bits, fallbacks=others)
         self.records: DhtNode | GatewayDht = self.gateway or self.dht
         """Where our records go and others' come from: the DHT, or the gateway."""
         self.notary: NotaryService | None = None
@@ -180,6 +182,7 @@ class Node:
         self.availability = Availability.resume(_read_json(data_dir.availability), now_us())
         self._availability_saved = 0
         self._published: dict[str, int] = {}
+        self._must_publish = False   # a forced publish (our URL moved) has not gone out
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
@@ -218,7 +221,12 @@ class Node:
         log.info("reachability: advertising %s (%s)", advert.url,
                  "relayed, DHT client" if advert.client_mode else "direct")
         if self.advertised.is_set():
-            await self.publish_if_moved(force=True)
+            self._must_publish = True    # the advertising loop retries until it is out
+            try:
+                await self.publish_if_moved(force=True)
+            except P2PMarketError as exc:
+                log.warning("publishing our new URL failed (retrying): %s", exc.message)
+                self.market_changed.set()
 
     async def start(self) -> None:
         """Listen (a bind error is one :class:`ConfigError` line and nothing is left
@@ -318,7 +326,8 @@ class Node:
         while True:
             contacts = self.dht.contact_count() > 0 or self.gateway is not None
             try:
-                await self.publish_if_moved(force=contacts and not had_contacts)
+                await self.publish_if_moved(
+                    force=(contacts and not had_contacts) or self._must_publish)
                 self.advertised.set()
                 if contacts or not peers:
                     self.announced.set()
@@ -372,6 +381,7 @@ class Node:
         for res, ad in ads.items():
             await self.records.publish_offer(res, ad.capacity, ad.price)
         self._published = {res: info["price"] for res, info in summary.items()}
+        self._must_publish = False
         return True
 
     def _save_availability(self, now: int) -> None:

@@ -134,3 +134,31 @@ async def test_market_over_several_types_and_a_stopped_host_disappears(swarm: Sw
     assert victim.node_id not in {o.node_id for o in await reader.find_offers(["cpu"], n=10)}
     assert reader.storage.host_record(key_digest(host_key(victim.node_id))) is None
     assert DhtNode
+
+
+async def test_a_gateway_that_does_not_answer_is_skipped_for_the_next(swarm: Swarm) -> None:
+    """A proxied node whose gateway is cut off still publishes (say, that its relay
+    moved) and reads through the next one, which stays current."""
+    nodes = await swarm.grow(4)
+    runner, live = await serve(gateway_routes(nodes[0]))
+    dead_runner, dead = await serve(gateway_routes(nodes[1]))
+    await dead_runner.cleanup()                        # nothing listens there any more
+    proxied = GatewayDht(Identity.generate(), dead, proof_verifier=proof_host_id,
+                         url="http://127.0.0.1:9/relay/x", fallbacks=[dead, live])
+    try:
+        assert proxied.bases == [dead, live]
+        rec = await proxied.publish_host({"cpu": ResourceAd(500, 2, 2)})
+        assert proxied.base_url == live
+        got = await nodes[3].get_host(proxied.identity.node_id)
+        assert got == rec and got.url == "http://127.0.0.1:9/relay/x"
+        assert await proxied.get_host(proxied.identity.node_id) == rec
+        # every gateway cut off: the error says so
+        only_dead = GatewayDht(Identity.generate(), dead, proof_verifier=proof_host_id,
+                               url="http://127.0.0.1:9")
+        with pytest.raises(DhtError, match="gateway unreachable") as err:
+            await only_dead.publish_host({"cpu": ResourceAd(500, 2, 2)})
+        assert err.value.value == "gateway"
+        await only_dead.close()
+    finally:
+        await proxied.close()
+        await runner.cleanup()
