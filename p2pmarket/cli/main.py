@@ -13,30 +13,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
+import importlib
 import logging
 import sys
+from collections.abc import Callable
 
-from p2pmarket.cli import audit, buy, host, image, leases, network, node, ssh, testnet, wallet
 from p2pmarket.cli.options import FORMATTER, Command, Subcommands
 from p2pmarket.core.errors import P2PMarketError
 
-# in the order --help lists them
-COMMAND_GROUPS = (node.add_node, wallet.add_wallet, wallet.add_bank, wallet.add_ledger,
-                  audit.add_audit, buy.add_buy, buy.add_hosts, leases.add_leases,
-                  leases.add_lease_money, ssh.add_ssh, image.add_upload, host.add_host,
-                  node.add_status, network.add_network, testnet.add_testnet)
+# in the order --help lists them: (module in p2pmarket.cli, its function adding the
+# parsers, the commands it adds). A command's module is imported only when needed: a
+# node process (``p2pmarket node``) then never loads the buyer's modules or rich.
+COMMAND_GROUPS = (
+    ("node", "add_node", ("node",)), ("wallet", "add_wallet", ("wallet",)),
+    ("wallet", "add_bank", ("bank",)), ("wallet", "add_ledger", ("ledger",)),
+    ("audit", "add_audit", ("audit",)), ("buy", "add_buy", ("buy",)),
+    ("buy", "add_hosts", ("hosts",)), ("leases", "add_leases", ("leases",)),
+    ("leases", "add_lease_money", ("cancel", "topup", "rebid")),
+    ("ssh", "add_ssh", ("ssh", "tunnel")), ("image", "add_upload", ("upload",)),
+    ("host", "add_host", ("host",)), ("node", "add_status", ("status",)),
+    ("network", "add_network", ("network",)), ("testnet", "add_testnet", ("testnet",)))
+
+
+def _adder(module: str, name: str) -> Callable[[Subcommands], None]:
+    add: Callable[[Subcommands], None] = getattr(
+        importlib.import_module(f"p2pmarket.cli.{module}"), name)
+    return add
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command argv names (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def version() -> str:
     """The installed p2pmarket's version (``p2pmarket --version``)."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("p2pmarket")
     except importlib.metadata.PackageNotFoundError:
         return "unknown (not installed)"
 
 
-def parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """``--version``, read from the installed metadata only when asked (importing
+    importlib.metadata costs a node process half a megabyte)."""
+
+    def __call__(self, p: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"p2pmarket {version()}")
+        p.exit()
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``only``: a known command) just that command's group."""
     p = argparse.ArgumentParser(
         prog="p2pmarket", formatter_class=FORMATTER,
         description="A peer-to-peer market for compute resources.",
@@ -44,16 +75,18 @@ def parser() -> argparse.ArgumentParser:
                "The exit code is the number of errors.")
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-vv: debug; also after the command)")
-    p.add_argument("--version", action="version", version=f"p2pmarket {version()}")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = Subcommands(p, "command", "COMMAND", describe=True)
-    for add in COMMAND_GROUPS:
-        add(commands)
+    groups = [g for g in COMMAND_GROUPS if only in g[2]] or COMMAND_GROUPS
+    for module, name, _ in groups:
+        _adder(module, name)(commands)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        args = parser(_command_of(words)).parse_args(words)
     except SystemExit as exc:  # argparse: --help is 0, a usage error is one error
         return 0 if exc.code == 0 else 1
     logging.basicConfig(

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from p2pmarket.api.control import ControlClient
 from p2pmarket.cli.options import Subcommands, data_dir_opt
-from p2pmarket.cli.terminal import dump
 from p2pmarket.core.config import DataDir, load_genesis, save_genesis
 
 NODE_EXAMPLES = """examples:
@@ -71,6 +70,8 @@ async def node(args: argparse.Namespace) -> int:
 
 
 async def status(args: argparse.Namespace) -> int:
+    from p2pmarket.cli.terminal import dump  # rich: not in a node process
+
     name = "status" if args.what == "node" else args.what
     dump(await ControlClient(DataDir(args.data_dir)).call(name))
     return 0

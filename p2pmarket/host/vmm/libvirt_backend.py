@@ -80,7 +80,6 @@ from p2pmarket.host.vmm.guest import (
 from p2pmarket.host.vmm.guestnet import GuestNetwork, mac_for
 from p2pmarket.host.vmm.lxcguest import authorized_keys, id_base, lxc_domain_xml
 from p2pmarket.host.vmm.lxcroot import LxcRoots
-from p2pmarket.host.vmm.seediso import store_seed
 from p2pmarket.host.vmm.usage import read_usage
 from p2pmarket.host.vmm.volumes import RAW, VolumesMixin, libvirt_message, vol_format
 
@@ -286,6 +285,9 @@ class LibvirtVMM(VolumesMixin, VMM):
                 if self.driver == "LXC":   # into the root itself, live: no restart
                     self.lxc.set_key(name, authorized_keys(key), id_base(name))
                 else:
+                    # pycdlib (2.5 MB resident) only once a guest gets a key
+                    from p2pmarket.host.vmm.seediso import store_seed
+
                     if dom is not None and dom.isActive():
                         dom.destroy()
                     seed = store_seed(self.conn, pool, name + SEED_SUFFIX,
