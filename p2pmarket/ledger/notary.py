@@ -32,8 +32,15 @@ signature again, recomputed rather than stored. A different entry at a
 certified seq is refused with the stored authenticator as evidence, and the
 conflicting one is kept (``evidence``): the only write a refusal makes.
 
-Storage per certified entry: ``(chain id, seq, hash, owner signature)``, kept
-forever, so a wallet that pruned a certificate gets the same signature back by
+*Batches*: an owner's proof may be a signature of a Merkle root over a batch of its
+entries (:mod:`p2pmarket.ledger.merkle`); the notary checks it once per root (a
+cache hit after that) and signs the root once, only when every entry under it is
+certified here (:meth:`NotaryService._sign_root` recomputes the root from the
+stored hashes); until then the item's error says ``root_incomplete``.
+
+Storage per certified entry: ``(chain id, seq, hash, owner signature, index,
+size)`` (for a batched entry the root's signature; the path is rebuilt from the
+batch's stored hashes), kept forever, so a wallet that pruned a certificate gets the same signature back by
 submitting the entry again. Full
 entries live in their owners' wallets; SEND certificates sit in the inbox until
 received. ``deliver`` lets a payer push a SEND's certificate (with every
