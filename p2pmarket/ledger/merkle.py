@@ -18,6 +18,7 @@ holds at most :data:`MAX_LEAVES` entries, so a path has at most
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def audit_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
     return [*audit_path(leaves[k:], index - k), tree_root(leaves[:k])]
 
 
+@functools.lru_cache(maxsize=4096)
 def path_length(index: int, size: int) -> int:
     """How many hashes the path of leaf ``index`` in a tree of ``size`` leaves has."""
     n = 0
@@ -144,9 +146,19 @@ class OwnerProof:
         size = int.from_bytes(data[66:68], "big")
         if size < 2:
             raise LedgerError("a batch proof names a batch of at least two", size)
-        rest = data[68:]
-        path = tuple(rest[i:i + HASH_SIZE] for i in range(0, len(rest), HASH_SIZE))
-        return cls(data[:SIGNATURE_SIZE], index, size, path)
+        if size > MAX_LEAVES or index >= size:
+            raise LedgerError("bad batch index or size", {"index": index, "size": size,
+                                                          "max": MAX_LEAVES})
+        n = (len(data) - 68) // HASH_SIZE
+        if n != path_length(index, size):
+            raise LedgerError("the Merkle path does not fit its index and size",
+                              {"index": index, "size": size})
+        proof = object.__new__(cls)  # checked above: skip __post_init__ on the hot path
+        for name, value in (("sig", data[:SIGNATURE_SIZE]), ("index", index), ("size", size),
+                            ("path", tuple(data[68 + i * HASH_SIZE:100 + i * HASH_SIZE]
+                                           for i in range(n)))):
+            object.__setattr__(proof, name, value)
+        return proof
 
 
 def batch_paths(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:

@@ -40,10 +40,9 @@ stored hashes); until then the item's error says ``root_incomplete``.
 
 Storage per certified entry: ``(chain id, seq, hash, owner signature, index,
 size)`` (for a batched entry the root's signature; the path is rebuilt from the
-batch's stored hashes), kept forever, so a wallet that pruned a certificate gets the same signature back by
-submitting the entry again. Full
-entries live in their owners' wallets; SEND certificates sit in the inbox until
-received. ``deliver`` lets a payer push a SEND's certificate (with every
+batch's stored hashes), kept forever, so a wallet that pruned a certificate
+gets the same signature back by submitting the entry again. Full entries live
+in their owners' wallets; SEND certificates sit in the inbox until received. ``deliver`` lets a payer push a SEND's certificate (with every
 signature) to a notary that may have missed it, so a payee's ``sync`` works
 from any notary.
 

@@ -70,7 +70,9 @@ def parse_sigs(value: Any) -> tuple[tuple[bytes, bytes], ...]:
 def check_proof(value: Any) -> bytes:
     """An owner's signature or batch proof (:class:`~p2pmarket.ledger.merkle.OwnerProof`):
     its shape checked here (index, size, path length), the signature by the notary."""
-    return OwnerProof.decode(value).encode()
+    OwnerProof.decode(value)
+    assert isinstance(value, bytes)
+    return value
 
 
 def _fields(args: Any, what: str, required: set[str], optional: set[str]) -> dict[str, Any]:
