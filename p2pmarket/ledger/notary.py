@@ -42,8 +42,8 @@ Storage per certified entry: ``(chain id, seq, hash, owner signature, index,
 size)`` (for a batched entry the root's signature; the path is rebuilt from the
 batch's stored hashes), kept forever, so a wallet that pruned a certificate
 gets the same signature back by submitting the entry again. Full entries live
-in their owners' wallets; SEND certificates sit in the inbox until received. ``deliver`` lets a payer push a SEND's certificate (with every
-signature) to a notary that may have missed it, so a payee's ``sync`` works
+in their owners' wallets; SEND certificates sit in the inbox until received.
+``deliver`` lets a payer push a SEND's certificate (with every signature) to a notary that may have missed it, so a payee's ``sync`` works
 from any notary.
 
 Supply at one notary: ``minted`` (certified MINTs), ``balances`` (sum of the
