@@ -43,8 +43,8 @@ size)`` (for a batched entry the root's signature; the path is rebuilt from the
 batch's stored hashes), kept forever, so a wallet that pruned a certificate
 gets the same signature back by submitting the entry again. Full entries live
 in their owners' wallets; SEND certificates sit in the inbox until received.
-``deliver`` lets a payer push a SEND's certificate (with every signature) to a notary that may have missed it, so a payee's ``sync`` works
-from any notary.
+``deliver`` lets a payer push a SEND's certificate (with every signature) to a
+notary that may have missed it, so a payee's ``sync`` works from any notary.
 
 Supply at one notary: ``minted`` (certified MINTs), ``balances`` (sum of the
 replayed balances), ``pending`` (SENDs certified here not yet received) and
