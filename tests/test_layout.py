@@ -37,6 +37,7 @@ PURE_CORES = (
     "p2pmarket.ledger.chain",
     "p2pmarket.ledger.certificate",
     "p2pmarket.ledger.sigcache",
+    "p2pmarket.ledger.merkle",
     "p2pmarket.audit.entry",
     "p2pmarket.audit.evidence",     # proofs check offline
     "p2pmarket.audit.refunds",

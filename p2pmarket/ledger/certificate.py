@@ -2,7 +2,11 @@
 
 A certificate is an entry, its owner's signature, and notary signatures of
 ``pack(["cert", owner, seq, hash])`` in the signature domain ``notary.cert``
-(:data:`p2pmarket.core.domains.NOTARY_CERT`). It is valid when the owner's signature is
+(:data:`p2pmarket.core.domains.NOTARY_CERT`). For an entry signed in a batch, the
+owner's signature is an :class:`~p2pmarket.ledger.merkle.OwnerProof` (the signed
+batch root and the entry's Merkle path to it) and the notaries signed
+``pack(["cert-root", owner, root])``: the certificate still proves, offline,
+the owner's consent and the quorum for that one entry. It is valid when the owner's signature is
 good and at least :func:`committee_quorum` (2f+1 for a committee of 3f+1)
 DISTINCT committee keys signed it correctly. Unknown keys and bad signatures
 are ignored, never counted; one key never counts twice. Wire form:
@@ -20,7 +24,7 @@ certificate of its last entry. Signatures go through a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmarket.core.domains import NOTARY_CERT
@@ -40,7 +44,7 @@ from p2pmarket.ledger.sigcache import SigCache
 
 MAX_NOTARY_SIGS = 128
 CERT_FIELDS = frozenset({"entry", "owner_sig", "notaries"})
-MAX_CERT_BYTES = MAX_ENTRY_BYTES + MAX_NOTARY_SIGS * 100
+MAX_CERT_BYTES = MAX_ENTRY_BYTES + MAX_NOTARY_SIGS * 100 + 512
 # canonical key order: "entry" < "notaries" < "owner_sig"
 _CERT_HEAD = b"\x83" + pack_plain("entry")
 _K_NOTARIES, _K_OWNER_SIG = pack_plain("notaries"), pack_plain("owner_sig")
@@ -62,13 +66,37 @@ def cert_message(owner: bytes, seq: int, entry_hash: bytes) -> bytes:
     return pack_plain(["cert", owner, seq, entry_hash])
 
 
+def root_cert_message(owner: bytes, root: bytes) -> bytes:
+    """What a notary signs to certify every entry of an owner's batch at once:
+    ``pack(["cert-root", owner, root])``, the batch's Merkle root."""
+    return pack_plain(["cert-root", owner, root])
+
+
+def notary_message(auth: Authenticator) -> bytes:
+    """What a notary signs for the entry of ``auth``: the entry itself for a batch of
+    one (:func:`cert_message`), else the root the owner signed (:func:`root_cert_message`)."""
+    if auth.batch_root is None:
+        return cert_message(auth.owner, auth.seq, auth.hash)
+    return root_cert_message(auth.owner, auth.batch_root)
+
+
 def notary_sign(identity: Identity, entry: Entry) -> bytes:
+    """A notary's signature of one entry alone (a batch of one)."""
     return identity.sign(NOTARY_CERT, cert_message(entry.owner, entry.seq, entry.hash()))
 
 
 def notary_sig_valid(entry: Entry, key: bytes, sig: bytes,
-                     cache: SigCache | None = None) -> bool:
-    message = cert_message(entry.owner, entry.seq, entry.hash())
+                     cache: SigCache | None = None, owner_sig: bytes | None = None) -> bool:
+    """Whether ``sig`` is ``key``'s certification of ``entry``: of the entry alone, or
+    (given the entry's ``owner_sig`` proof) of the batch root it leads to."""
+    message = cert_message(entry.owner, entry.seq, entry.hash()) if owner_sig is None \
+        else notary_message(Authenticator.of(entry, owner_sig))
+    if cache is not None:
+        return cache.verify(key, NOTARY_CERT, message, sig)
+    return verify(key, NOTARY_CERT, message, sig)
+
+
+def _valid(key: bytes, message: bytes, sig: bytes, cache: SigCache | None) -> bool:
     if cache is not None:
         return cache.verify(key, NOTARY_CERT, message, sig)
     return verify(key, NOTARY_CERT, message, sig)
@@ -77,13 +105,17 @@ def notary_sig_valid(entry: Entry, key: bytes, sig: bytes,
 @dataclass(frozen=True)
 class Certificate:
     entry: Entry
-    owner_sig: bytes
+    owner_sig: bytes  # an OwnerProof's bytes: the owner's signature, or a batch root's
     notary_sigs: tuple[tuple[bytes, bytes], ...]
+    authenticator: Authenticator = field(init=False, repr=False, compare=False)
+    message: bytes = field(init=False, repr=False, compare=False)  # what notaries signed
 
     def __post_init__(self) -> None:
         if not isinstance(self.entry, Entry):
             raise LedgerError("certificate entry must be an Entry", "entry")
-        check_bytes(self.owner_sig, "owner_sig", SIGNATURE_SIZE)
+        auth = Authenticator.of(self.entry, self.owner_sig)
+        object.__setattr__(self, "authenticator", auth)
+        object.__setattr__(self, "message", notary_message(auth))
         if not isinstance(self.notary_sigs, tuple) or len(self.notary_sigs) > MAX_NOTARY_SIGS:
             raise LedgerError(f"at most {MAX_NOTARY_SIGS} notary signatures", "notaries")
         for pair in self.notary_sigs:
@@ -93,10 +125,6 @@ class Certificate:
             check_bytes(pair[1], "notary sig", SIGNATURE_SIZE)
 
     @property
-    def authenticator(self) -> Authenticator:
-        return Authenticator.of(self.entry, self.owner_sig)
-
-    @property
     def keys(self) -> frozenset[bytes]:
         return frozenset(k for k, _ in self.notary_sigs)
 
@@ -104,7 +132,7 @@ class Certificate:
         """Committee keys with a valid signature on this certificate."""
         committee = genesis.notary_keys
         return frozenset(key for key, sig in self.notary_sigs
-                         if key in committee and notary_sig_valid(self.entry, key, sig, cache))
+                         if key in committee and _valid(key, self.message, sig, cache))
 
     def merged(self, sigs: Iterable[tuple[bytes, bytes]]) -> Certificate:
         """This certificate with ``sigs`` added: one per key (first kept), sorted by key."""
@@ -167,7 +195,7 @@ def verify_certificate(cert: Certificate, genesis: Genesis,
         if len(signers) >= quorum:
             break
         if key in committee and key not in signers and \
-                notary_sig_valid(cert.entry, key, sig, cache):
+                _valid(key, cert.message, sig, cache):
             signers.add(key)
     if len(signers) < quorum:
         raise LedgerError("certificate lacks a notary quorum",

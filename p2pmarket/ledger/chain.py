@@ -55,6 +55,7 @@ from p2pmarket.ledger.errors import (
     check_map,
     check_str,
 )
+from p2pmarket.ledger.merkle import MAX_LEAVES, OwnerProof, batch_paths, leaf_hash
 from p2pmarket.ledger.sigcache import SigCache
 
 HASH_SIZE = 32
@@ -287,6 +288,9 @@ class LogAuthenticator:
         check_bytes(self.owner, "owner", PUBLIC_KEY_SIZE)
         check_int(self.seq, "seq", 0, MAX_SEQ)
         check_bytes(self.hash, "hash", HASH_SIZE)
+        self._check_sig()
+
+    def _check_sig(self) -> None:
         check_bytes(self.sig, "sig", SIGNATURE_SIZE)
 
     def message(self) -> bytes:
@@ -310,18 +314,64 @@ class LogAuthenticator:
         return cls(doc["owner"], doc["seq"], doc["hash"], doc["sig"])
 
 
+def root_message(owner: bytes, root: bytes) -> bytes:
+    """What an owner signs (in ``chain.entry``) for a batch: ``pack(["root", owner,
+    root])``, the Merkle root over the batch's leaves (:mod:`p2pmarket.ledger.merkle`)."""
+    return _p(["root", owner, root])
+
+
 @dataclass(frozen=True)
 class Authenticator(LogAuthenticator):
-    """The owner's signature of ``(owner, seq, hash)`` of a payment chain entry."""
+    """The owner's consent to a payment chain entry ``(owner, seq, hash)``: ``sig`` is
+    the bytes of an :class:`~p2pmarket.ledger.merkle.OwnerProof`, the owner's
+    signature of the entry itself (a batch of one: ``pack(["auth", owner, seq,
+    hash])``, 64 bytes) or of a batch's Merkle root with the entry's path to it."""
 
     DOMAIN: ClassVar[Domain] = CHAIN_ENTRY
+    proof: OwnerProof = field(init=False, repr=False, compare=False)
+    batch_root: bytes | None = field(init=False, repr=False, compare=False)
+
+    def _check_sig(self) -> None:
+        proof = OwnerProof.decode(self.sig)
+        object.__setattr__(self, "proof", proof)
+        object.__setattr__(self, "batch_root", None if proof.single else
+                           proof.root(leaf_hash(self.owner, self.seq, self.hash)))
+
+    def message(self) -> bytes:
+        if self.batch_root is None:
+            return auth_message(self.owner, self.seq, self.hash)
+        return root_message(self.owner, self.batch_root)
+
+    def verify(self, cache: SigCache | None = None) -> bool:
+        sig = self.proof.sig
+        if cache is not None:
+            return cache.verify(self.owner, CHAIN_ENTRY, self.message(), sig)
+        return verify(self.owner, CHAIN_ENTRY, self.message(), sig)
 
     @classmethod
     def sign(cls, identity: Identity, entry: Entry) -> Authenticator:
+        """The owner's signature of one entry (a batch of one)."""
         if identity.public_key != entry.owner:
             raise LedgerError("only the owner signs its chain's entries", "owner")
         sig = identity.sign(CHAIN_ENTRY, auth_message(entry.owner, entry.seq, entry.hash()))
         return cls(entry.owner, entry.seq, entry.hash(), sig)
+
+    @classmethod
+    def sign_batch(cls, identity: Identity, entries: Sequence[Entry]) -> list[Authenticator]:
+        """One signature over the Merkle root of ``entries`` (at most ``MAX_LEAVES``; one
+        entry: :meth:`sign`), and each entry's proof under it."""
+        if len(entries) == 1:
+            return [cls.sign(identity, entries[0])]
+        if not 1 < len(entries) <= MAX_LEAVES:
+            raise LedgerError("a batch holds 1 to MAX_LEAVES entries", len(entries))
+        if any(e.owner != identity.public_key for e in entries):
+            raise LedgerError("only the owner signs its chain's entries", "owner")
+        leaves = [leaf_hash(e.owner, e.seq, e.hash()) for e in entries]
+        root, paths = batch_paths(leaves)
+        sig = identity.sign(CHAIN_ENTRY, root_message(identity.public_key, root))
+        n = len(entries)
+        return [cls(e.owner, e.seq, e.hash(), OwnerProof(sig, i, n, tuple(p)).encode())
+                for i, (e, p) in enumerate(zip(entries, paths, strict=True))]
 
     @classmethod
     def of(cls, entry: Entry, sig: bytes) -> Authenticator:
@@ -408,7 +458,8 @@ def replay(entries: Sequence[Entry], auths: Sequence[Authenticator], genesis: Ge
 
 
 def equivocation(first: Authenticator, second: Authenticator) -> bool:
-    """Whether two authenticators prove their owner signed two entries at one seq.
+    """Whether two authenticators prove their owner signed two entries at one seq
+    (each directly, or under an owner-signed batch root with its Merkle path).
 
     Self-contained and offline: both payment-chain authenticators (not audit log
     ones), both signatures valid, same owner and seq, different hashes. Such a pair is

@@ -22,11 +22,11 @@ from p2pmarket.core.genesis import Genesis, NotaryInfo
 from p2pmarket.core.identity import verify
 from p2pmarket.ledger.certificate import (
     Certificate,
-    cert_message,
     committee_quorum,
+    notary_message,
     notary_sig_valid,
 )
-from p2pmarket.ledger.chain import SEND, Entry
+from p2pmarket.ledger.chain import SEND, Authenticator, Entry
 from p2pmarket.ledger.committee import NotaryTransport
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.sigcache import SigCache
@@ -42,7 +42,9 @@ class Tally:
         self.built = built
         self.quorum = quorum
         self.got: dict[int, dict[bytes, bytes]] = {e.seq: {} for e, _ in built}
-        self.messages = {e.seq: cert_message(e.owner, e.seq, e.hash()) for e, _ in built}
+        # what each entry's notaries sign: the entry alone, or its batch's root
+        self.messages = {e.seq: notary_message(Authenticator.of(e, s)) for e, s in built}
+        self._valid: set[tuple[bytes, bytes, bytes]] = set()  # one check per batch root
         self.need = set(self.got)  # seqs still short of a quorum
         self.errors: dict[str, Any] = {}  # notary key (hex) -> its refusal
 
@@ -58,10 +60,18 @@ class Tally:
         for entry, _ in self.built:
             sig = sigs.get(entry.seq)
             if entry.seq in self.need and sig is not None and \
-                    verify(notary, NOTARY_CERT, self.messages[entry.seq], sig):
+                    self._check(notary, self.messages[entry.seq], sig):
                 self.got[entry.seq][notary] = sig
                 if len(self.got[entry.seq]) >= self.quorum:
                     self.need.discard(entry.seq)
+
+    def _check(self, notary: bytes, message: bytes, sig: bytes) -> bool:
+        if (notary, message, sig) in self._valid:
+            return True
+        if not verify(notary, NOTARY_CERT, message, sig):
+            return False
+        self._valid.add((notary, message, sig))
+        return True
 
     def results(self) -> list[Certificate | LedgerError]:
         """Per entry, in order: its certificate, or why it stays pending."""
@@ -93,7 +103,7 @@ def merge_inboxes(pages: Iterable[Sequence[Certificate]], genesis: Genesis,
         valid: dict[bytes, bytes] = {}
         for key, sig in sorted(sigs):
             if key not in valid and key in genesis.notary_keys and \
-                    notary_sig_valid(entry, key, sig, cache):
+                    notary_sig_valid(entry, key, sig, cache, owner_sig):
                 valid[key] = sig
             if len(valid) >= quorum:
                 break
@@ -146,7 +156,7 @@ async def recollect(transport: NotaryTransport, genesis: Genesis, entry: Entry,
     """Resubmit a certified entry to every notary: the valid signatures returned, by
     notary key (Ed25519 is deterministic: the very signatures given before)."""
     args = {"entries": [entry.encode()], "sigs": [owner_sig], "certs": [[]]}
-    message = cert_message(entry.owner, entry.seq, entry.hash())
+    message = notary_message(Authenticator.of(entry, owner_sig))
     results = await asyncio.gather(
         *(transport.call(n, "certify_batch", args) for n in genesis.notaries),
         return_exceptions=True)

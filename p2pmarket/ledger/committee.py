@@ -6,6 +6,9 @@ one request at a time, so a notary never sees seq n+1 before seq n from us:
 - a request names the seqs a wallet wants certified; requests that pile up
   while one is in flight are merged into the next ``certify_batch`` (chunks
   of at most ``max_batch`` entries);
+- a batch root's entries go in one request (a chunk is cut back to end on a
+  root's last entry), so the notary can sign the root; an entry it certified
+  whose root it cannot sign yet (a catch-up that ends mid-root) counts as acked;
 - a fresh RECV goes with the SEND certificate it receives (``sends``, from the
   store's receipts);
 - a notary that lags (it was down, or lost a reply) answers "not the next
@@ -35,6 +38,7 @@ from p2pmarket.core.identity import SIGNATURE_SIZE
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import RECV, Entry
 from p2pmarket.ledger.errors import LedgerError, check_map
+from p2pmarket.ledger.merkle import OwnerProof
 from p2pmarket.ledger.store import KEEP_EVERY, ChainStore
 
 if TYPE_CHECKING:
@@ -267,6 +271,8 @@ class Lane:
                 seg = self.store.segment(self.owner, pos, last)
             if not seg:
                 break
+            if pos >= fresh:
+                seg = _whole_roots(seg)
             args = self._batch_args(seg)
             if pos >= fresh and any(e.kind == RECV for e, _, _ in seg):
                 receipts = self.store.receipts(self.owner, pos, seg[-1][0].seq)
@@ -287,10 +293,10 @@ class Lane:
             for i, ((entry, _, _), sig) in enumerate(zip(seg, got, strict=True)):
                 if isinstance(sig, bytes) and len(sig) == SIGNATURE_SIZE:
                     sigs[entry.seq] = sig
-                    self.acked = max(self.acked if self.acked is not None else -1, entry.seq)
-                else:
+                elif not _incomplete(result["errors"], i):  # else: certified, root unsigned
                     failed = i
                     break
+                self.acked = max(self.acked if self.acked is not None else -1, entry.seq)
             if failed is None:
                 pos = seg[-1][0].seq + 1
                 continue
@@ -325,6 +331,22 @@ class Lane:
             if item[2]:
                 return seg + more[:i + 1]
         return seg + more  # nothing certified within reach: the notary will say why
+
+
+def _whole_roots(seg: Segment) -> Segment:
+    """``seg`` cut back to end on the last entry of a batch root, when one in it does
+    (so a notary gets every entry under a root in one request and can sign it)."""
+    for i in range(len(seg) - 1, -1, -1):
+        proof = OwnerProof.decode(seg[i][1])
+        if proof.index == proof.size - 1:
+            return seg[:i + 1]
+    return seg
+
+
+def _incomplete(errors: Any, index: int) -> bool:
+    """Whether the notary certified item ``index`` but cannot sign its root yet."""
+    value = _item_error(errors, index).value
+    return isinstance(value, dict) and value.get("root_incomplete") is True
 
 
 def _item_error(errors: Any, index: int) -> LedgerError:

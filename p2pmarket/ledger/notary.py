@@ -32,13 +32,19 @@ signature again, recomputed rather than stored. A different entry at a
 certified seq is refused with the stored authenticator as evidence, and the
 conflicting one is kept (``evidence``): the only write a refusal makes.
 
-Storage per certified entry: ``(chain id, seq, hash, owner signature)``, kept
-forever, so a wallet that pruned a certificate gets the same signature back by
-submitting the entry again. Full
-entries live in their owners' wallets; SEND certificates sit in the inbox until
-received. ``deliver`` lets a payer push a SEND's certificate (with every
-signature) to a notary that may have missed it, so a payee's ``sync`` works
-from any notary.
+*Batches*: an owner's proof may be a signature of a Merkle root over a batch of its
+entries (:mod:`p2pmarket.ledger.merkle`); the notary checks it once per root (a
+cache hit after that) and signs the root once, only when every entry under it is
+certified here (:meth:`NotaryService._sign_root` recomputes the root from the
+stored hashes); until then the item's error says ``root_incomplete``.
+
+Storage per certified entry: ``(chain id, seq, hash, owner signature, index,
+size)`` (for a batched entry the root's signature; the path is rebuilt from the
+batch's stored hashes), kept forever, so a wallet that pruned a certificate
+gets the same signature back by submitting the entry again. Full entries live
+in their owners' wallets; SEND certificates sit in the inbox until received.
+``deliver`` lets a payer push a SEND's certificate (with every signature) to a
+notary that may have missed it, so a payee's ``sync`` works from any notary.
 
 Supply at one notary: ``minted`` (certified MINTs), ``balances`` (sum of the
 replayed balances), ``pending`` (SENDs certified here not yet received) and
@@ -59,10 +65,9 @@ from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.ledger.certificate import (
     Certificate,
-    cert_message,
     check_receipt,
     committee_quorum,
-    notary_sign,
+    notary_message,
 )
 from p2pmarket.ledger.chain import (
     MAX_AMOUNT,
@@ -77,7 +82,8 @@ from p2pmarket.ledger.chain import (
 )
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.groupcommit import GroupCommit
-from p2pmarket.ledger.notarystate import SCHEMA, Head, Item, Tx, coverage
+from p2pmarket.ledger.merkle import leaf_hash, tree_root
+from p2pmarket.ledger.notarystate import SCHEMA, Head, Item, Tx, add_batch_columns, coverage
 from p2pmarket.ledger.sigcache import SigCache
 
 MAX_INBOX = 256
@@ -113,6 +119,7 @@ class NotaryService:
         require_format(self.conn, "notary", STORE_FORMAT, ("nt_chain", "nt_entry"),
                        "signatures have domains")
         with self.conn:
+            add_batch_columns(self.conn)
             self.conn.executescript(SCHEMA)
         self.group: GroupCommit[Tx] = GroupCommit(self._transaction)
         self.before_commit: Callable[[], None] | None = None  # fault injection in tests
@@ -153,7 +160,8 @@ class NotaryService:
                 self.before_commit()
         return result
 
-    def _certify_one(self, tx: Tx, item: Item, covered: bool) -> bytes | LedgerError:
+    def _certify_one(self, tx: Tx, item: Item, covered: bool
+                     ) -> tuple[Authenticator, bool] | LedgerError:
         try:
             return self._certify(tx, item, covered)
         except LedgerError as exc:
@@ -166,13 +174,16 @@ class NotaryService:
             return False
         return True
 
-    def _certify(self, tx: Tx, item: Item, covered: bool = False) -> bytes:
+    def _certify(self, tx: Tx, item: Item, covered: bool = False
+                 ) -> tuple[Authenticator, bool]:
+        """Check and record ``item``'s entry; its authenticator, and whether it is new
+        here (the signature comes after, once per batch root: :meth:`_sign_all`)."""
         entry, owner_sig = item.entry, item.owner_sig
         auth = Authenticator.of(entry, owner_sig)
         auth.check(self.cache)
         head = tx.head(entry.owner)
         if head is not None and entry.seq <= head.seq:
-            return self._resubmitted(tx, head, auth)
+            return self._resubmitted(tx, head, auth), False
         check_link(entry, -1 if head is None else head.seq,
                    ZERO_HASH if head is None else head.hash)
         if item.notaries:
@@ -193,10 +204,7 @@ class NotaryService:
         if entry.kind == MINT and tx.minted + entry.amount > MAX_AMOUNT:
             raise LedgerError("total supply would exceed the maximum", MAX_AMOUNT)
 
-        # every check passed: sign and record (committed with the whole group)
-        sig = notary_sign(self.identity, entry)
-        self.cache.add(self.key, NOTARY_CERT, cert_message(entry.owner, entry.seq,
-                                                           entry.hash()), sig)
+        # every check passed: record (committed with the whole group, before any answer)
         head = head or tx.head(entry.owner, create=True)
         assert head is not None
         tx.entries[(head.cid, entry.seq)] = (entry.hash(), owner_sig)
@@ -204,19 +212,81 @@ class NotaryService:
         if entry.kind == MINT:
             tx.minted += entry.amount
             tx.minted_dirty = True
-        elif entry.kind == SEND:
-            self._certified_send(tx, head, entry, owner_sig, sig)
         elif entry.kind == RECV:
             self._certified_recv(tx, head, entry)
+        return auth, True
+
+    def _sign_all(self, tx: Tx, items: Sequence[Item],
+                  results: Sequence[tuple[Authenticator, bool] | LedgerError]
+                  ) -> list[bytes | LedgerError]:
+        """This notary's signature per recorded item: one per batch root (or lone
+        entry), made only once every entry under the root is certified here."""
+        signed: dict[bytes, bytes | LedgerError] = {}  # notary message -> signature
+        out: list[bytes | LedgerError] = []
+        here = {(r[0].owner, r[0].seq) for r in results  # recorded by this request
+                if not isinstance(r, LedgerError) and r[1]}
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, LedgerError):
+                out.append(result)
+                continue
+            auth, fresh = result
+            message = notary_message(auth)
+            sig = signed.get(message)
+            if sig is None:
+                sig = signed[message] = self._sign_root(tx, auth, message, here)
+            out.append(sig)
+            if fresh and item.entry.kind == SEND:
+                head = tx.head(auth.owner)
+                assert head is not None
+                self._certified_send(tx, head, item.entry, item.owner_sig,
+                                     sig if isinstance(sig, bytes) else None)
+        return out
+
+    def _sign_root(self, tx: Tx, auth: Authenticator, message: bytes,
+                   here: set[tuple[bytes, int]]) -> bytes | LedgerError:
+        proof = auth.proof
+        if not proof.single:
+            head = tx.head(auth.owner)
+            assert head is not None
+            first = auth.seq - proof.index
+            hashes = [tx.entry(head.cid, s) for s in range(first, first + proof.size)]
+            span = {"first": first, "size": proof.size}
+            if any(h is None for h in hashes):
+                return LedgerError("the batch root covers entries not certified here yet",
+                                   {**span, "root_incomplete": True})
+            leaves = [leaf_hash(auth.owner, first + i, h) for i, h in enumerate(hashes) if h]
+            if tree_root(leaves) != auth.batch_root:
+                return LedgerError("the batch root is not that of the entries certified "
+                                   "here", span)
+            sig = self.identity.sign(NOTARY_CERT, message)
+            if any((auth.owner, s) not in here for s in range(first, first + proof.size)):
+                self._sign_held(tx, head.cid, first, proof.size, sig)
+        else:
+            sig = self.identity.sign(NOTARY_CERT, message)
+        self.cache.add(self.key, NOTARY_CERT, message, sig)
         return sig
 
-    def _resubmitted(self, tx: Tx, head: Head, auth: Authenticator) -> bytes:
-        row = tx.entry(head.cid, auth.seq)
-        assert row is not None, "a certified seq without its entry"
-        if row[0] == auth.hash:
-            sig = self.identity.sign(NOTARY_CERT, cert_message(auth.owner, auth.seq, auth.hash))
-            return sig  # Ed25519 is deterministic: the very signature given before
-        stored = Authenticator(auth.owner, auth.seq, row[0], row[1])
+    def _sign_held(self, tx: Tx, cid: int, first: int, size: int, sig: bytes) -> None:
+        """A root completed now over SENDs certified before: add our signature to their
+        inbox certificates (certified here while their root was incomplete)."""
+        rows = tx.conn.execute("SELECT seq, cert FROM nt_inbox WHERE payer = ? AND seq "
+                               "BETWEEN ? AND ?", (cid, first, first + size - 1)).fetchall()
+        for seq, blob in rows:
+            held = Certificate.decode(bytes(blob))
+            if self.key in held.keys or held.entry.hash() != tx.entry(cid, int(seq)):
+                continue
+            merged = held.merged(((self.key, sig),))
+            tx.conn.execute("UPDATE nt_inbox SET cert = ? WHERE payer = ? AND seq = ?",
+                            (merged.encode(), cid, seq))
+
+    def _resubmitted(self, tx: Tx, head: Head, auth: Authenticator) -> Authenticator:
+        stored_hash = tx.entry(head.cid, auth.seq)
+        assert stored_hash is not None, "a certified seq without its entry"
+        if stored_hash == auth.hash:
+            return auth  # signed again (deterministically: the very signature given before)
+        proof = tx.proof(auth.owner, head.cid, auth.seq)
+        assert proof is not None
+        stored = Authenticator(auth.owner, auth.seq, stored_hash, proof)
         tx.conn.execute("INSERT OR IGNORE INTO nt_evidence (cid, seq, hash, owner_sig) "
                         "VALUES (?, ?, ?, ?)", (head.cid, auth.seq, auth.hash, auth.sig))
         raise LedgerError("a different entry is already certified at this seq",
@@ -224,7 +294,7 @@ class NotaryService:
                            "authenticator": stored.to_wire(), "submitted": auth.to_wire()})
 
     def _certified_send(self, tx: Tx, head: Head, entry: Entry, owner_sig: bytes,
-                        sig: bytes) -> None:
+                        sig: bytes | None) -> None:
         recv, held = tx.conn.execute(  # one statement for both lookups
             "SELECT EXISTS (SELECT 1 FROM nt_recv WHERE payer = ?1 AND seq = ?2), "
             "(SELECT cert FROM nt_inbox WHERE payer = ?1 AND seq = ?2)",
@@ -233,7 +303,7 @@ class NotaryService:
             tx.conn.execute("UPDATE nt_recv SET early = 0 WHERE payer = ? AND seq = ?",
                             (head.cid, entry.seq))
             return
-        mine = Certificate(entry, owner_sig, ((self.key, sig),))
+        mine = Certificate(entry, owner_sig, () if sig is None else ((self.key, sig),))
         if held is not None:  # delivered before we certified it: now counted
             merged = Certificate.decode(bytes(held)).merged(mine.notary_sigs)
             tx.conn.execute("UPDATE nt_inbox SET counted = 1, cert = ? WHERE payer = ? "
@@ -297,7 +367,7 @@ class NotaryService:
         if known is not None and entry.seq <= known.seq:
             got = tx.entry(known.cid, entry.seq)
             assert got is not None, "a certified seq without its entry"
-            if got[0] != entry.hash():
+            if got != entry.hash():
                 self._resubmitted(tx, known, cert.authenticator)  # records it; raises
         payer = known or tx.head(entry.owner, create=True)
         assert payer is not None
@@ -343,10 +413,11 @@ class NotaryService:
 
     def authenticator(self, owner: bytes, seq: int) -> Authenticator | None:
         """The owner's authenticator of the entry certified here at ``seq``."""
-        row = self.conn.execute(
-            "SELECT e.hash, e.owner_sig FROM nt_entry e JOIN nt_chain c ON c.id = e.cid "
-            "WHERE c.key = ? AND e.seq = ?", (owner, seq)).fetchone()
-        return None if row is None else Authenticator(owner, seq, bytes(row[0]), bytes(row[1]))
+        tx = Tx(self.conn)
+        head = tx.head(owner)
+        got = None if head is None else tx.entry(head.cid, seq)
+        proof = None if head is None else tx.proof(owner, head.cid, seq)
+        return None if got is None or proof is None else Authenticator(owner, seq, got, proof)
 
     def inbox(self, owner: bytes, limit: int = MAX_INBOX) -> list[Certificate]:
         """SEND certificates to ``owner`` not yet received here: this notary's signature,
@@ -359,11 +430,16 @@ class NotaryService:
     def evidence(self, owner: bytes) -> list[tuple[Authenticator, Authenticator]]:
         """Proofs that ``owner`` signed two entries at one seq: (certified, other)."""
         rows = self.conn.execute(
-            "SELECT v.seq, e.hash, e.owner_sig, v.hash, v.owner_sig FROM nt_evidence v "
-            "JOIN nt_chain c ON c.id = v.cid JOIN nt_entry e ON e.cid = v.cid "
-            "AND e.seq = v.seq WHERE c.key = ? ORDER BY v.seq", (owner,)).fetchall()
-        return [(Authenticator(owner, int(r[0]), bytes(r[1]), bytes(r[2])),
-                 Authenticator(owner, int(r[0]), bytes(r[3]), bytes(r[4]))) for r in rows]
+            "SELECT v.seq, v.hash, v.owner_sig FROM nt_evidence v "
+            "JOIN nt_chain c ON c.id = v.cid WHERE c.key = ? ORDER BY v.seq",
+            (owner,)).fetchall()
+        out = []
+        for seq, other_hash, other_sig in rows:
+            certified = self.authenticator(owner, int(seq))
+            if certified is not None:
+                out.append((certified,
+                            Authenticator(owner, int(seq), bytes(other_hash), bytes(other_sig))))
+        return out
 
     def supply(self) -> dict[str, Any]:
         """This notary's supply figures and whether they add up (see the module doc)."""
@@ -396,7 +472,8 @@ class NotaryService:
     def certify_grouped(self, items: Sequence[Item]) -> Callable[[Tx], list[Any]]:
         def run(tx: Tx) -> list[Any]:
             covered = coverage(items, self._cert_ok)
-            return [self._certify_one(tx, i, c) for i, c in zip(items, covered, strict=True)]
+            results = [self._certify_one(tx, i, c) for i, c in zip(items, covered, strict=True)]
+            return self._sign_all(tx, items, results)
 
         return run
 

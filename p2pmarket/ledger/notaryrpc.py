@@ -12,7 +12,11 @@ hashes cover), which keeps the envelope small and cheap to sign and check.
 - ``certify`` ``{entry: map, sig, send?: bytes}`` → ``{notary, sig}``; a refusal
   is an error. ``send``: for a RECV, the SEND certificate it receives (encoded).
 - ``certify_batch`` ``{entries: [bytes], sigs: [bytes], certs: [[[key, sig], ...]],
-  sends?: [bytes | None]}`` → ``{notary, sigs: [bytes | None], errors: [[index,
+  sends?: [bytes | None]}``: ``sigs[i]`` is item i's owner proof (its signature, or a
+  batch root's with its Merkle path: a malformed one refuses the whole request); the
+  notary's signature of a batch root is returned for each of its items once every
+  entry under it is certified here (until then: the error value has
+  ``root_incomplete``) → ``{notary, sigs: [bytes | None], errors: [[index,
   message, value], ...]}``. Items are certified in order; ``certs[i]`` is empty or
   the notary signatures of a quorum certificate for item i (catch-up: it also
   covers the items before it that link to it); ``sends[i]`` the SEND certificate
@@ -35,6 +39,7 @@ from p2pmarket.core.identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE
 from p2pmarket.ledger.certificate import MAX_NOTARY_SIGS, Certificate
 from p2pmarket.ledger.chain import Entry
 from p2pmarket.ledger.errors import LedgerError, check_bytes, check_map
+from p2pmarket.ledger.merkle import OwnerProof
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.notarystate import Item
 
@@ -60,6 +65,14 @@ def parse_sigs(value: Any) -> tuple[tuple[bytes, bytes], ...]:
         pairs.append((check_bytes(pair[0], "notary key", PUBLIC_KEY_SIZE),
                       check_bytes(pair[1], "notary sig", SIGNATURE_SIZE)))
     return tuple(pairs)
+
+
+def check_proof(value: Any) -> bytes:
+    """An owner's signature or batch proof (:class:`~p2pmarket.ledger.merkle.OwnerProof`):
+    its shape checked here (index, size, path length), the signature by the notary."""
+    OwnerProof.decode(value)
+    assert isinstance(value, bytes)
+    return value
 
 
 def _fields(args: Any, what: str, required: set[str], optional: set[str]) -> dict[str, Any]:
@@ -88,7 +101,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
     async def certify(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         args = _fields(args, "certify arguments", {"entry", "sig"}, {"send"})
         entry = Entry.from_wire(args["entry"])
-        sig = check_bytes(args["sig"], "sig", SIGNATURE_SIZE)
+        sig = check_proof(args["sig"])
         send = _send(args.get("send"))
         await service.screen({entry.owner})
         [result] = await service.group.run(
@@ -112,7 +125,7 @@ def handlers(service: NotaryService) -> dict[str, Handler]:
         for data, sig, cert, send in zip(entries, sigs, certs, sends, strict=True):
             if not isinstance(data, bytes):
                 raise LedgerError("entries must be canonical msgpack bytes", "entries")
-            items.append(Item(Entry.decode(data), check_bytes(sig, "sig", SIGNATURE_SIZE),
+            items.append(Item(Entry.decode(data), check_proof(sig),
                               parse_sigs(cert), _send(send)))
         await service.screen({item.entry.owner for item in items})
         results = await service.group.run(service.certify_grouped(items))

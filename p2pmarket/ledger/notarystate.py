@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from p2pmarket.ledger.certificate import Certificate
 from p2pmarket.ledger.chain import ZERO_HASH, Entry
+from p2pmarket.ledger.merkle import OwnerProof, batch_paths, leaf_hash
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nt_chain (
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS nt_entry (
     seq INTEGER NOT NULL,
     hash BLOB NOT NULL,
     owner_sig BLOB NOT NULL,
+    idx INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (cid, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nt_inbox (
@@ -69,6 +72,16 @@ CREATE TABLE IF NOT EXISTS nt_totals (
 );
 INSERT OR IGNORE INTO nt_totals (id, minted) VALUES (1, 0);
 """
+
+
+def add_batch_columns(conn: sqlite3.Connection) -> None:
+    """Give a store made before batch roots its ``idx`` and ``size`` columns: its
+    entries were each signed alone (a batch of one), as the defaults say."""
+    names = {r[1] for r in conn.execute("PRAGMA table_info(nt_entry)")}
+    for name, default in (("idx", 0), ("size", 1)):
+        if names and name not in names:
+            conn.execute(f"ALTER TABLE nt_entry ADD COLUMN {name} INTEGER NOT NULL "
+                         f"DEFAULT {default}")
 
 
 @dataclass(frozen=True)
@@ -119,19 +132,46 @@ class Tx:
         head = self.heads[key] = Head(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
         return head
 
-    def entry(self, cid: int, seq: int) -> tuple[bytes, bytes] | None:
-        """``(hash, owner_sig)`` of the entry certified at ``(cid, seq)``, if any."""
+    def entry(self, cid: int, seq: int) -> bytes | None:
+        """The hash of the entry certified at ``(cid, seq)``, if any."""
         got = self.entries.get((cid, seq))
         if got is not None:
-            return got
-        row = self.conn.execute("SELECT hash, owner_sig FROM nt_entry WHERE cid = ? AND seq = ?",
+            return got[0]
+        row = self.conn.execute("SELECT hash FROM nt_entry WHERE cid = ? AND seq = ?",
                                 (cid, seq)).fetchone()
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
+        return None if row is None else bytes(row[0])
+
+    def proof(self, owner: bytes, cid: int, seq: int) -> bytes | None:
+        """The owner's proof (signature, or batch root signature and Merkle path) of
+        the entry certified at ``(cid, seq)``, rebuilt from the batch's stored hashes."""
+        got = self.entries.get((cid, seq))
+        if got is not None:
+            return got[1]
+        row = self.conn.execute("SELECT owner_sig, idx, size FROM nt_entry WHERE cid = ? "
+                                "AND seq = ?", (cid, seq)).fetchone()
+        if row is None:
+            return None
+        sig, index, size = bytes(row[0]), int(row[1]), int(row[2])
+        if size == 1:
+            return sig
+        first = seq - index
+        hashes = [self.entry(cid, s) for s in range(first, first + size)]
+        if any(h is None for h in hashes):  # a batch's entries are stored together
+            return None
+        leaves = [leaf_hash(owner, first + i, h) for i, h in enumerate(hashes) if h]
+        _, paths = batch_paths(leaves)
+        return OwnerProof(sig, index, size, tuple(paths[index])).encode()
 
     def flush(self) -> None:
-        self.conn.executemany("INSERT INTO nt_entry (cid, seq, hash, owner_sig) "
-                              "VALUES (?, ?, ?, ?)",
-                              [(c, q, h, s) for (c, q), (h, s) in self.entries.items()])
+        rows = []
+        for (c, q), (h, s) in self.entries.items():  # proofs were checked on the way in
+            if len(s) == 64:
+                rows.append((c, q, h, s, 0, 1))
+            else:
+                rows.append((c, q, h, s[:64], int.from_bytes(s[64:66], "big"),
+                             int.from_bytes(s[66:68], "big")))
+        self.conn.executemany("INSERT INTO nt_entry (cid, seq, hash, owner_sig, idx, size) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", rows)
         self.conn.executemany(
             "UPDATE nt_chain SET seq = ?, hash = ?, balance = ? WHERE id = ?",
             [(h.seq, h.hash, h.balance, h.cid) for h in self.heads.values() if h.dirty])

@@ -4,8 +4,10 @@ Operations (mint, send, receive, checkpoint) queue up and run in groups under
 one asyncio lock (group commit): whoever takes the lock first re-submits any
 pending entries a crash left (:meth:`Wallet.resume`, idempotent at the
 notaries), opens the chain if it is empty, builds and checks the next entry for
-every queued operation, appends them all durably in one transaction with the
-owner's signatures, then has them certified in one batch per notary
+every queued operation, signs them with one signature over their Merkle root
+(per :data:`~p2pmarket.ledger.merkle.MAX_LEAVES` entries; a lone entry is
+signed itself), appends them all durably in one transaction with the
+owner's proofs, then has them certified in one batch per notary
 (:class:`committee.Lane`) and returns as soon as a quorum of valid signatures
 covers each (:class:`collect.Tally`). Concurrent callers therefore pipeline
 naturally, and a caller with many payments to make can use :meth:`Wallet.send_many`.
@@ -68,6 +70,7 @@ from p2pmarket.ledger.committee import (
     Segment,
 )
 from p2pmarket.ledger.errors import LedgerError
+from p2pmarket.ledger.merkle import MAX_LEAVES
 from p2pmarket.ledger.sigcache import SigCache
 from p2pmarket.ledger.store import ChainStore
 
@@ -100,6 +103,7 @@ class Wallet:
         self.straggler_timeout = straggler_timeout  # kept for callers; lanes never block
         self.deliver_certs = deliver
         self.quorum = committee_quorum(genesis)
+        self.root_size = max(1, min(MAX_LEAVES, max_batch))  # entries under one signed root
         self.cache = SigCache(1 << 14)
         self.lanes = {n.key: Lane(identity.public_key, n, store, transport, max_batch,
                                   self._recent_segment)
@@ -323,11 +327,11 @@ class Wallet:
         carried = self.store.pending_entries(self.key)
         head = self.store.head(self.key)
         balance = self.store.balance(self.key, include_pending=True)
-        built: list[tuple[Entry, bytes]] = []
+        entries: list[Entry] = []
         owners: list[_Op | None] = []
         if head is None:
             head = next_entry(self.key, None, OPEN, {}, self.clock())
-            built.append((head, self._sign(head)))
+            entries.append(head)
             owners.append(None)
         receiving: set[tuple[bytes, int]] = set()
         receipts: dict[int, bytes] = {}
@@ -353,11 +357,12 @@ class Wallet:
                 assert op.cert is not None
                 receiving.add(received_key(op.cert))
                 receipts[entry.seq] = op.cert.encode()
-            built.append((entry, self._sign(entry)))
+            entries.append(entry)
             owners.append(op)
             head = entry
-        if not built:
+        if not entries:
             return
+        built = self._sign_batches(entries)
         # durable, with the receipts, before any notary sees them
         self.store.append_many(built, check_sig=False, receipts=receipts)
         self._remember(built)
@@ -390,6 +395,15 @@ class Wallet:
 
     def _sign(self, entry: Entry) -> bytes:
         return Authenticator.sign(self.identity, entry).sig
+
+    def _sign_batches(self, entries: Sequence[Entry]) -> list[tuple[Entry, bytes]]:
+        """One signature per :attr:`root_size` entries: over their Merkle root."""
+        out: list[tuple[Entry, bytes]] = []
+        for i in range(0, len(entries), self.root_size):
+            chunk = entries[i:i + self.root_size]
+            out += [(e, a.sig) for e, a in
+                    zip(chunk, Authenticator.sign_batch(self.identity, chunk), strict=True)]
+        return out
 
     async def _resume(self) -> Certificate | None:
         pending = self.store.pending_entries(self.key)

@@ -11,8 +11,9 @@
   (f=1) notary processes (:mod:`tests.support.notary_server`) on 127.0.0.1, each with
   its own sqlite (WAL, synchronous=FULL), and one client process running
   ``--payers`` payer wallets over signed HTTP RPC (PeerClient). Each wallet
-  appends its SENDs durably, sends them in ``certify_batch`` requests of
-  ``--batch``, verifies a quorum of notary signatures for each, stores the
+  appends its SENDs durably, signs one Merkle root over each ``--batch`` of them,
+  sends them in ``certify_batch`` requests, verifies a quorum of notary root
+  signatures, stores the
   certificates, and delivers each certificate to the notary whose signature
   it lacks. Timed from the first send to the last certificate stored and every
   delivery answered.
@@ -24,7 +25,16 @@
   every wallet after close), which keep full entries and notary signatures
   only where still needed (certified head, CHECKPOINTs, every 64th entry).
 
-Usage: scripts/bench/ledger.py [--transfers 20000] [--payers 8] [--batch 256] [--json]
+- Both runs, in the same process: ``certified_transfers_per_s_batch1`` (each
+  payer pays one at a time: every entry its own root, interactive payments) and
+  ``certified_transfers_per_s_batch64`` (``--batch`` payments per ``send_many``:
+  the owner signs one Merkle root over them, each notary checks one owner
+  signature and signs one root); ``cpu_us_per_transfer_batch64`` client plus
+  notaries CPU per SEND certified; ``cert_bytes`` the largest encoded SEND
+  certificate of that run (entry, Merkle path, root signature, notary quorum).
+  The other keys are those of the ``--batch`` run.
+
+Usage: scripts/bench/ledger.py [--transfers 20000] [--payers 8] [--batch 64] [--json]
 [--profile DIR]: cProfile the client's send phase (``DIR/client.send``) and every
 notary process (``DIR/notary.<pid>``, via ``P2PMARKET_PROFILE``); read them with
 ``python -m pstats``.
@@ -218,6 +228,7 @@ async def bench_transfers(root: Path, transfers: int, payers: int, batch: int,
         recv_s = time.perf_counter() - started
         cpu2 = cpu_seconds(pids)
         done = per * payers
+        cert_bytes = max(len(c.encode()) for cs in certs for c in cs)
         assert all(p.balance() == sum(c.entry.amount for c in cs)
                    for p, cs in zip(payees, certs, strict=True))
         supplies = [await clients[0].call(n.url, n.key, "notary.supply", {})
@@ -244,6 +255,9 @@ async def bench_transfers(root: Path, transfers: int, payers: int, batch: int,
                             "notaries": round((cpu1[1] - cpu0[1]) / done * 1e6)},
             "recv_cpu_us": {"client": round((cpu2[0] - cpu1[0]) / done * 1e6),
                             "notaries": round((cpu2[1] - cpu1[1]) / done * 1e6)},
+            "cpu_us_per_transfer": round(((cpu1[0] - cpu0[0]) + (cpu1[1] - cpu0[1]))
+                                         / done * 1e6),
+            "cert_bytes": cert_bytes,
             "transfers": done, "payers": payers, "batch": batch,
             "notaries": len(cluster.notaries),
             "supply_ok": all(s["ok"] and s["minted"] == 10**12 for s in supplies),
@@ -261,7 +275,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transfers", type=int, default=20000)
     parser.add_argument("--payers", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64,
+                        help="payments per send_many (one signed Merkle root each)")
+    parser.add_argument("--transfers-batch1", type=int, default=1600,
+                        help="transfers of the interactive run (one payment per root)")
     parser.add_argument("--f", type=int, default=1, help="faults tolerated: 3f+1 notaries")
     parser.add_argument("--entries", type=int, default=20000,
                         help="entries for the append and verify figures")
@@ -277,8 +294,19 @@ def main() -> int:
         result: dict[str, Any] = {"cpus": os.cpu_count()}
         result.update(bench_append(root, args.entries, args.batch))
         result.update(bench_verify(args.entries))
-        result.update(asyncio.run(bench_transfers(root, args.transfers, args.payers,
-                                                  args.batch, args.f, args.profile)))
+        one = asyncio.run(bench_transfers(root / "batch1", args.transfers_batch1,
+                                          args.payers, 1, args.f))
+        many = asyncio.run(bench_transfers(root / "batch", args.transfers, args.payers,
+                                           args.batch, args.f, args.profile))
+        b = args.batch
+        result.update(many)
+        result.update({
+            "certified_transfers_per_s_batch1": one["certified_transfers_per_s"],
+            f"certified_transfers_per_s_batch{b}": many["certified_transfers_per_s"],
+            f"cpu_us_per_transfer_batch{b}": many["cpu_us_per_transfer"],
+            "cpu_us_per_transfer_batch1": one["cpu_us_per_transfer"],
+            "batch1": one,
+        })
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

@@ -129,7 +129,8 @@ async def test_notary_sigkilled_mid_certification(tmp_path: Path, cluster: Notar
     args = {"entries": [entry.encode()], "sigs": [owner_sig], "certs": [[]]}
     first = await ws.clients[0].call(n0.url, n0.key, "notary.certify_batch", args)
     again = await ws.clients[0].call(n0.url, n0.key, "notary.certify_batch", args)
-    assert first["sigs"] == again["sigs"] and notary_sig_valid(entry, n0.key, first["sigs"][0])
+    assert first["sigs"] == again["sigs"] and notary_sig_valid(entry, n0.key, first["sigs"][0],
+                                                              owner_sig=owner_sig)
     conflict = Entry(mint.key, seq, entry.prev, entry.kind, entry.body, entry.ts + 1) \
         if seq > 0 else None
     if conflict is not None:
