@@ -91,9 +91,7 @@ def notary_sig_valid(entry: Entry, key: bytes, sig: bytes,
     (given the entry's ``owner_sig`` proof) of the batch root it leads to."""
     message = cert_message(entry.owner, entry.seq, entry.hash()) if owner_sig is None \
         else notary_message(Authenticator.of(entry, owner_sig))
-    if cache is not None:
-        return cache.verify(key, NOTARY_CERT, message, sig)
-    return verify(key, NOTARY_CERT, message, sig)
+    return _valid(key, message, sig, cache)
 
 
 def _valid(key: bytes, message: bytes, sig: bytes, cache: SigCache | None) -> bool:

@@ -296,10 +296,14 @@ class LogAuthenticator:
     def message(self) -> bytes:
         return auth_message(self.owner, self.seq, self.hash)
 
+    def signature(self) -> bytes:
+        """The 64 signature bytes :meth:`message` is signed with."""
+        return self.sig
+
     def verify(self, cache: SigCache | None = None) -> bool:
         if cache is not None:
-            return cache.verify(self.owner, self.DOMAIN, self.message(), self.sig)
-        return verify(self.owner, self.DOMAIN, self.message(), self.sig)
+            return cache.verify(self.owner, self.DOMAIN, self.message(), self.signature())
+        return verify(self.owner, self.DOMAIN, self.message(), self.signature())
 
     def check(self, cache: SigCache | None = None) -> None:
         if not self.verify(cache):
@@ -342,11 +346,8 @@ class Authenticator(LogAuthenticator):
             return auth_message(self.owner, self.seq, self.hash)
         return root_message(self.owner, self.batch_root)
 
-    def verify(self, cache: SigCache | None = None) -> bool:
-        sig = self.proof.sig
-        if cache is not None:
-            return cache.verify(self.owner, CHAIN_ENTRY, self.message(), sig)
-        return verify(self.owner, CHAIN_ENTRY, self.message(), sig)
+    def signature(self) -> bytes:
+        return self.proof.sig
 
     @classmethod
     def sign(cls, identity: Identity, entry: Entry) -> Authenticator:

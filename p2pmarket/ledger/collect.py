@@ -44,7 +44,7 @@ class Tally:
         self.got: dict[int, dict[bytes, bytes]] = {e.seq: {} for e, _ in built}
         # what each entry's notaries sign: the entry alone, or its batch's root
         self.messages = {e.seq: notary_message(Authenticator.of(e, s)) for e, s in built}
-        self._valid: set[tuple[bytes, bytes, bytes]] = set()  # one check per batch root
+        self._valid = SigCache()  # a batch root's signature is checked once
         self.need = set(self.got)  # seqs still short of a quorum
         self.errors: dict[str, Any] = {}  # notary key (hex) -> its refusal
 
@@ -60,18 +60,10 @@ class Tally:
         for entry, _ in self.built:
             sig = sigs.get(entry.seq)
             if entry.seq in self.need and sig is not None and \
-                    self._check(notary, self.messages[entry.seq], sig):
+                    self._valid.verify(notary, NOTARY_CERT, self.messages[entry.seq], sig):
                 self.got[entry.seq][notary] = sig
                 if len(self.got[entry.seq]) >= self.quorum:
                     self.need.discard(entry.seq)
-
-    def _check(self, notary: bytes, message: bytes, sig: bytes) -> bool:
-        if (notary, message, sig) in self._valid:
-            return True
-        if not verify(notary, NOTARY_CERT, message, sig):
-            return False
-        self._valid.add((notary, message, sig))
-        return True
 
     def results(self) -> list[Certificate | LedgerError]:
         """Per entry, in order: its certificate, or why it stays pending."""

@@ -146,19 +146,9 @@ class OwnerProof:
         size = int.from_bytes(data[66:68], "big")
         if size < 2:
             raise LedgerError("a batch proof names a batch of at least two", size)
-        if size > MAX_LEAVES or index >= size:
-            raise LedgerError("bad batch index or size", {"index": index, "size": size,
-                                                          "max": MAX_LEAVES})
         n = (len(data) - 68) // HASH_SIZE
-        if n != path_length(index, size):
-            raise LedgerError("the Merkle path does not fit its index and size",
-                              {"index": index, "size": size})
-        proof = object.__new__(cls)  # checked above: skip __post_init__ on the hot path
-        for name, value in (("sig", data[:SIGNATURE_SIZE]), ("index", index), ("size", size),
-                            ("path", tuple(data[68 + i * HASH_SIZE:100 + i * HASH_SIZE]
-                                           for i in range(n)))):
-            object.__setattr__(proof, name, value)
-        return proof
+        return cls(data[:SIGNATURE_SIZE], index, size,
+                   tuple(data[68 + i * HASH_SIZE:100 + i * HASH_SIZE] for i in range(n)))
 
 
 def batch_paths(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:

@@ -82,7 +82,7 @@ from p2pmarket.ledger.chain import (
 )
 from p2pmarket.ledger.errors import LedgerError
 from p2pmarket.ledger.groupcommit import GroupCommit
-from p2pmarket.ledger.merkle import leaf_hash, tree_root
+from p2pmarket.ledger.merkle import tree_root
 from p2pmarket.ledger.notarystate import SCHEMA, Head, Item, Tx, add_batch_columns, coverage
 from p2pmarket.ledger.sigcache import SigCache
 
@@ -207,7 +207,7 @@ class NotaryService:
         # every check passed: record (committed with the whole group, before any answer)
         head = head or tx.head(entry.owner, create=True)
         assert head is not None
-        tx.entries[(head.cid, entry.seq)] = (entry.hash(), owner_sig)
+        tx.entries[(head.cid, entry.seq)] = (entry.hash(), auth.proof)
         head.seq, head.hash, head.balance, head.dirty = entry.seq, entry.hash(), new_balance, True
         if entry.kind == MINT:
             tx.minted += entry.amount
@@ -249,12 +249,11 @@ class NotaryService:
             head = tx.head(auth.owner)
             assert head is not None
             first = auth.seq - proof.index
-            hashes = [tx.entry(head.cid, s) for s in range(first, first + proof.size)]
+            leaves = tx.batch_leaves(auth.owner, head.cid, first, proof.size)
             span = {"first": first, "size": proof.size}
-            if any(h is None for h in hashes):
+            if leaves is None:
                 return LedgerError("the batch root covers entries not certified here yet",
                                    {**span, "root_incomplete": True})
-            leaves = [leaf_hash(auth.owner, first + i, h) for i, h in enumerate(hashes) if h]
             if tree_root(leaves) != auth.batch_root:
                 return LedgerError("the batch root is not that of the entries certified "
                                    "here", span)

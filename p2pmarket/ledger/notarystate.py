@@ -111,7 +111,7 @@ class Tx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.heads: dict[bytes, Head] = {}
-        self.entries: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        self.entries: dict[tuple[int, int], tuple[bytes, OwnerProof]] = {}
         self.minted = int(conn.execute("SELECT minted FROM nt_totals WHERE id = 1"
                                        ).fetchone()[0])
         self.minted_dirty = False
@@ -146,7 +146,7 @@ class Tx:
         the entry certified at ``(cid, seq)``, rebuilt from the batch's stored hashes."""
         got = self.entries.get((cid, seq))
         if got is not None:
-            return got[1]
+            return got[1].encode()
         row = self.conn.execute("SELECT owner_sig, idx, size FROM nt_entry WHERE cid = ? "
                                 "AND seq = ?", (cid, seq)).fetchone()
         if row is None:
@@ -154,24 +154,26 @@ class Tx:
         sig, index, size = bytes(row[0]), int(row[1]), int(row[2])
         if size == 1:
             return sig
-        first = seq - index
-        hashes = [self.entry(cid, s) for s in range(first, first + size)]
-        if any(h is None for h in hashes):  # a batch's entries are stored together
+        leaves = self.batch_leaves(owner, cid, seq - index, size)
+        if leaves is None:  # a batch's entries are stored together
             return None
-        leaves = [leaf_hash(owner, first + i, h) for i, h in enumerate(hashes) if h]
         _, paths = batch_paths(leaves)
         return OwnerProof(sig, index, size, tuple(paths[index])).encode()
 
+    def batch_leaves(self, owner: bytes, cid: int, first: int, size: int
+                     ) -> list[bytes] | None:
+        """The Merkle leaves of ``owner``'s batch of ``size`` entries from seq ``first``,
+        from the hashes certified here; None while one of them is not."""
+        hashes = [self.entry(cid, s) for s in range(first, first + size)]
+        if any(h is None for h in hashes):
+            return None
+        return [leaf_hash(owner, first + i, h) for i, h in enumerate(hashes) if h]
+
     def flush(self) -> None:
-        rows = []
-        for (c, q), (h, s) in self.entries.items():  # proofs were checked on the way in
-            if len(s) == 64:
-                rows.append((c, q, h, s, 0, 1))
-            else:
-                rows.append((c, q, h, s[:64], int.from_bytes(s[64:66], "big"),
-                             int.from_bytes(s[66:68], "big")))
         self.conn.executemany("INSERT INTO nt_entry (cid, seq, hash, owner_sig, idx, size) "
-                              "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                              "VALUES (?, ?, ?, ?, ?, ?)",
+                              [(c, q, h, p.sig, p.index, p.size)
+                               for (c, q), (h, p) in self.entries.items()])
         self.conn.executemany(
             "UPDATE nt_chain SET seq = ?, hash = ?, balance = ? WHERE id = ?",
             [(h.seq, h.hash, h.balance, h.cid) for h in self.heads.values() if h.dirty])
