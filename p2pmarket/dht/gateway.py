@@ -316,7 +316,7 @@ class GatewayClient:
     async def _failover(self, attempt: Callable[[str], Awaitable[T]]) -> T:
         """``attempt(base_url)`` at the current gateway, then at each other one while
         they are unreachable; the one that answered becomes current."""
-        start = self.bases.index(self.base_url) if self.base_url in self.bases else 0
+        start = self.bases.index(self.base_url)   # always one of them
         last = GatewayUnreachable("no gateway", "gateway")
         for i in range(len(self.bases)):
             base = self.bases[(start + i) % len(self.bases)]
