@@ -1,0 +1,365 @@
+"""The event-driven allocator (docs/design.md §6, "event-driven allocation"): a tick costs
+what changed, an event O(log n). Pure (no clock, I/O or randomness), mutable.
+
+Between events nothing in the auction moves, so nothing is recomputed between them:
+
+1. **Frozen spend.** At each of its events (put, fund, take, expiry, exhaustion) an
+   account's per-tick spend is fixed at ``spend = min(fund, ceil(fund * tick /
+   max(end - now, tick)))`` and split over its claims by weight, each part rounded
+   down (``base``); it stays until the account's next event. An account's events
+   change its own claims only, so between events every bid, price, allocation and
+   charge per tick is constant, and what an account has paid after ``n`` ticks at a
+   constant charge ``c`` is exactly ``n * c``.
+2. **Clearing and charges** are those of :mod:`p2pmarket.auction.standing` per
+   resource (water-filled max caps; uncapped pay their bid, capped ``min(bid,
+   ceil(max * B / C))``). A capped claim's charge moves with its resource's ``B / C``,
+   so a change of the clearing settles the accounts capped there (the only part of an
+   event that is not O(log n): O(capped claims of the resources it changes)).
+3. **Mins.** After every change, while some claim is short of its min (the resource
+   first in name order that has one, its claim furthest below: smallest bid/min, ties
+   by account id): if the account has a contingency fund and was not topped up on
+   this resource in this event, its top-up becomes ``needed - base`` (``needed`` from
+   :meth:`Standing.needed_bid`, the others' bids held fixed) if its contingency fund
+   covers all its top-ups for one tick (event ``topped_up``); otherwise the claim is
+   dropped (event ``below_min``, amount = its share then, limit = its min), the
+   account no longer bids on the resource and its spend is split again over its
+   other claims. A top-up stands until the account's next event.
+4. **6/27.** An event (put, fund, take) after which its own account loses a claim is
+   refused: :class:`Refused`, and nothing changed (an undo log restores the claims).
+5. **Ticks.** ``tick(now)`` counts one tick. First the accounts whose interval ended
+   (``now >= end``) with money left get ``end = now + long_interval`` and a new
+   spend (event ``expired``); then those whose fund is below their spend before this
+   tick's charge get a new spend (event ``exhausted``), and those whose contingency
+   fund no longer covers their top-ups lose them (event ``topup_ended``), both found
+   in heaps at the tick they are due; then every standing charge is taken for the
+   tick (lazily: an account's money is brought up to date when it is read or
+   changes).
+
+Money: fund and contingency are integers charged per tick at constant rates between
+settlements, never below zero; what is charged is what the accounts lose.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from p2pmarket.auction.model import AllocEvent, Bid
+from p2pmarket.auction.standing import Claim, Standing
+
+
+class Refused(Exception):
+    """An event refused by rule 4 (6/27): the account would lose a claim."""
+
+    def __init__(self, event: AllocEvent) -> None:
+        super().__init__(f"{event.resource}: below min ({event.amount} < {event.limit})")
+        self.event = event
+
+
+@dataclass
+class _Account:
+    fund: int           # as of tick ``since`` (charged up to and including it)
+    contingency: int
+    since: int
+    end_us: int
+    bids: dict[str, Bid]              # the standing ones (dropped claims leave)
+    spend: int = 0
+    rate_fund: int = 0                # charge per tick
+    rate_cont: int = 0
+    topups: dict[str, int] = field(default_factory=dict)
+    version: int = 0                  # heap entries of older versions are stale
+
+
+class LiveBook:
+    """Accounts, their claims on each divisible resource, and the heaps of what is due."""
+
+    def __init__(self, capacities: Mapping[str, int], root_bids: Mapping[str, int],
+                 tick_us: int, long_interval_us: int) -> None:
+        assert tick_us > 0
+        self.tick_us = tick_us
+        self.long_us = long_interval_us
+        self.resources = {r: Standing(c, root_bids[r]) for r, c in sorted(capacities.items())
+                          if c > 0}
+        self.accounts: dict[str, _Account] = {}
+        self.ticks = 0
+        self._ends: list[tuple[int, int, str]] = []    # (end_us, version, aid)
+        self._due: list[tuple[int, int, str]] = []     # (tick, version, aid)
+        self._serial = 0
+        # what one change did so far (between _begin and _end)
+        self._undo: list[tuple[str, str, Claim | None]] | None = None
+        self._saved: dict[str, _Account | None] = {}
+        self._events: list[AllocEvent] = []
+        self._dirty: set[str] = set()
+        self._changed: set[str] = set()
+        self._topped: set[tuple[str, str]] = set()
+        self._before: dict[str, tuple[int, int, frozenset[str]]] = {}
+
+    # -- reading -------------------------------------------------------------------
+
+    def money(self, aid: str) -> tuple[int, int]:
+        """(fund, contingency) as of the last tick."""
+        a = self.accounts[aid]
+        n = self.ticks - a.since
+        return a.fund - n * a.rate_fund, a.contingency - n * a.rate_cont
+
+    def allocation(self, aid: str) -> dict[str, int]:
+        a = self.accounts[aid]
+        return {r: self.resources[r].allocation(aid) for r in sorted(a.bids)}
+
+    def rates(self, aid: str) -> tuple[int, int]:
+        """What the account is charged per tick: (from the fund, from the contingency)."""
+        a = self.accounts[aid]
+        return a.rate_fund, a.rate_cont
+
+    def price(self, r: str) -> int:
+        """The sum of the bids on ``r`` per tick, root included."""
+        return self.resources[r].bid_total
+
+    def claims(self) -> Iterator[tuple[str, str, Claim]]:
+        for r, st in self.resources.items():
+            for aid, c in st.claims.items():
+                yield r, aid, c
+
+    # -- events --------------------------------------------------------------------
+
+    def put(self, aid: str, fund: int, contingency: int, end_us: int,
+            bids: Mapping[str, Bid], now_us: int) -> list[AllocEvent]:
+        """Open or replace an account (its money as of the last tick, its interval end and
+        its bids on the divisible resources). Raises :class:`Refused` (6/27)."""
+        def change() -> None:
+            self._save(aid)
+            old = self.accounts.get(aid)
+            a = _Account(fund, contingency, self.ticks, end_us,
+                         {r: b for r, b in sorted(bids.items()) if r in self.resources})
+            if old is not None:
+                a.version = old.version
+                for r in old.bids:
+                    if r not in a.bids:
+                        self._put_claim(r, aid, None)
+            self.accounts[aid] = a
+            self._freeze(aid, now_us)
+        return self._event(aid, change)
+
+    def add_money(self, aid: str, fund: int, contingency: int, now_us: int
+                  ) -> list[AllocEvent]:
+        """Credit (or with negative amounts take) money; a new spend. Raises
+        :class:`Refused` (6/27) or ValueError if a fund would go below zero."""
+        def change() -> None:
+            self._settle(aid)
+            a = self.accounts[aid]
+            if a.fund + fund < 0 or a.contingency + contingency < 0:
+                raise ValueError("not that much money in the account")
+            a.fund += fund
+            a.contingency += contingency
+            self._freeze(aid, now_us)
+        return self._event(aid, change)
+
+    def remove(self, aid: str) -> tuple[int, int]:
+        """Close an account; returns its money (as of the last tick). Never refused."""
+        self._begin()
+        self._settle(aid)
+        a = self.accounts.pop(aid)
+        for r in a.bids:
+            self._put_claim(r, aid, None)
+        self._cascade(None)
+        self._end(commit=True)
+        return a.fund, a.contingency
+
+    def tick(self, now_us: int) -> list[AllocEvent]:
+        """Take tick ``ticks + 1`` at ``now`` (rule 5); the events, sorted."""
+        self._begin()
+        k = self.ticks + 1
+        seen: set[str] = set()
+        while self._ends and self._ends[0][0] <= now_us:
+            _, version, aid = heapq.heappop(self._ends)
+            a = self.accounts.get(aid)
+            if a is None or a.version != version or aid in seen:
+                continue
+            self._settle(aid)
+            if a.fund + a.contingency == 0:
+                continue
+            seen.add(aid)
+            a.end_us = now_us + self.long_us
+            self._events.append(AllocEvent(aid, "", "expired", a.fund + a.contingency,
+                                           a.end_us))
+            self._freeze(aid, now_us)
+        while self._due and self._due[0][0] <= k:
+            _, version, aid = heapq.heappop(self._due)
+            a = self.accounts.get(aid)
+            if a is None or a.version != version or aid in seen:
+                continue
+            seen.add(aid)
+            self._settle(aid)
+            if a.fund < a.spend:
+                self._events.append(AllocEvent(aid, "", "exhausted", a.fund, a.spend))
+                self._freeze(aid, now_us)
+            elif a.contingency < sum(a.topups.values()):
+                self._events.append(AllocEvent(aid, "", "topup_ended", a.contingency,
+                                               sum(a.topups.values())))
+                a.topups.clear()
+                self._split(aid)
+        self._cascade(None)
+        events = self._end(commit=True)
+        self.ticks = k
+        return events
+
+    # -- the machinery ---------------------------------------------------------------
+
+    def _event(self, aid: str, change: Callable[[], None]) -> list[AllocEvent]:
+        self._begin()
+        try:
+            change()
+            self._cascade(aid)
+        except BaseException:
+            self._end(commit=False)
+            raise
+        return self._end(commit=True)
+
+    def _begin(self) -> None:
+        assert self._undo is None, "one change at a time"
+        self._undo, self._saved, self._events = [], {}, []
+        self._dirty, self._changed, self._topped = set(), set(), set()
+        self._before = {r: (st.cap_left, st.bids_left, frozenset(st.capped))
+                        for r, st in self.resources.items()}
+
+    def _end(self, commit: bool) -> list[AllocEvent]:
+        undo, saved = self._undo, self._saved
+        assert undo is not None
+        self._undo = None
+        if not commit:
+            for r, aid, claim in reversed(undo):
+                self.resources[r].put(aid, claim)
+            for aid, acc in saved.items():
+                if acc is None:
+                    self.accounts.pop(aid, None)
+                else:
+                    self.accounts[aid] = acc
+            return []
+        # rule 2: new charges for the accounts whose claims changed and for those
+        # capped (before or now) on a resource whose clearing moved
+        touched = set(self._changed) | set(saved)
+        for r, st in self.resources.items():
+            cap, bids, capped = self._before[r]
+            if (cap, bids) != (st.cap_left, st.bids_left) or capped != st.capped:
+                touched |= capped
+                touched |= st.capped
+        for aid in sorted(touched):
+            if aid in self.accounts:
+                self._settle(aid)
+                self._rate(aid)
+                self._schedule(aid)
+        return sorted(self._events, key=lambda e: (e.account_id, e.resource, e.kind))
+
+    def _save(self, aid: str) -> None:
+        if aid not in self._saved:
+            a = self.accounts.get(aid)
+            self._saved[aid] = None if a is None else replace(
+                a, bids=dict(a.bids), topups=dict(a.topups))
+
+    def _put_claim(self, r: str, aid: str, claim: Claim | None) -> None:
+        st = self.resources[r]
+        assert self._undo is not None
+        old = st.claims.get(aid)
+        if old == claim:
+            return
+        self._undo.append((r, aid, old))
+        self._dirty.add(r)
+        self._changed.add(aid)
+        st.put(aid, claim)
+
+    def _settle(self, aid: str) -> None:
+        """Charge the account's standing rates up to the last tick taken."""
+        self._save(aid)
+        a = self.accounts[aid]
+        n = self.ticks - a.since
+        if n > 0:
+            a.fund -= n * a.rate_fund
+            a.contingency -= n * a.rate_cont
+            assert a.fund >= 0 and a.contingency >= 0, "charged more than the funds"
+        a.since = self.ticks
+
+    def _freeze(self, aid: str, now_us: int) -> None:
+        """Rule 1: a new spend, split over the claims (top-ups end)."""
+        a = self.accounts[aid]
+        remaining = max(a.end_us - now_us, self.tick_us)
+        a.spend = min(a.fund, -(-a.fund * self.tick_us // remaining)) if a.fund > 0 else 0
+        a.topups.clear()
+        self._split(aid)
+
+    def _split(self, aid: str) -> None:
+        a = self.accounts[aid]
+        total = max(1, sum(b.weight_ppm for b in a.bids.values()))
+        for r, b in a.bids.items():
+            self._put_claim(r, aid, Claim(a.spend * b.weight_ppm // total,
+                                          a.topups.get(r, 0), min(b.min, b.max), b.max))
+
+    def _rate(self, aid: str) -> None:
+        a = self.accounts[aid]
+        fund = cont = 0
+        for r in a.bids:
+            f, c = self.resources[r].cost(aid)
+            fund += f
+            cont += c
+        a.rate_fund, a.rate_cont = fund, cont
+
+    def _schedule(self, aid: str) -> None:
+        """Heap entries for the account's interval end (if it has money to expire with)
+        and for the first tick before whose charge its fund is below its spend or its
+        contingency fund below its top-ups (rule 5)."""
+        a = self.accounts[aid]
+        self._serial += 1
+        a.version = self._serial
+        if a.fund + a.contingency > 0:
+            heapq.heappush(self._ends, (a.end_us, a.version, aid))
+        due = []
+        if a.rate_fund > 0:   # fund before tick since+1+n is fund - n * rate
+            due.append(a.since + 2 + max(-1, (a.fund - a.spend) // a.rate_fund))
+        topups = sum(a.topups.values())
+        if topups and a.rate_cont > 0:
+            due.append(a.since + 2 + max(-1, (a.contingency - topups) // a.rate_cont))
+        if due:
+            heapq.heappush(self._due, (min(due), a.version, aid))
+        if len(self._ends) + len(self._due) > 4 * len(self.accounts) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stale heap entries (amortised O(1) per entry pushed)."""
+        live = self.accounts
+        self._ends = [e for e in self._ends if (a := live.get(e[2])) and a.version == e[1]]
+        self._due = [e for e in self._due if (a := live.get(e[2])) and a.version == e[1]]
+        heapq.heapify(self._ends)
+        heapq.heapify(self._due)
+
+    def _cascade(self, actor: str | None) -> None:
+        """Rules 3 and 4 on the resources whose claims changed."""
+        dirty = self._dirty
+        while dirty:
+            r = min(dirty)
+            st = self.resources[r]
+            aid = st.worst_short()
+            if aid is None:
+                dirty.discard(r)
+                continue
+            self._settle(aid)
+            a, c = self.accounts[aid], st.claims[aid]
+            need = st.needed_bid(aid)
+            top = None if need is None else need - c.base
+            if top is not None and a.contingency > 0 and (r, aid) not in self._topped and \
+                    sum(a.topups.values()) - c.topup + top <= a.contingency:
+                self._topped.add((r, aid))
+                a.topups[r] = top
+                self._put_claim(r, aid, replace(c, topup=top))
+                self._events.append(AllocEvent(aid, r, "topped_up", top, c.min))
+                continue
+            event = AllocEvent(aid, r, "below_min", st.allocation(aid), c.min)
+            if aid == actor:
+                raise Refused(event)
+            self._events.append(event)
+            del a.bids[r]
+            a.topups.pop(r, None)
+            self._put_claim(r, aid, None)
+            self._split(aid)
+
+
+__all__ = ["LiveBook", "Refused"]

@@ -1,0 +1,145 @@
+"""The event-driven allocator against a plain reference of the same rules, and its rules
+one by one (docs/design.md §6, "event-driven allocation")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pmarket.auction.livebook import LiveBook, Refused
+from p2pmarket.auction.model import AllocEvent, Bid
+from tests.auction.reference_livebook import ReferenceBook
+
+T = 1_000_000
+CAPS = {"cpu": 100, "memory": 1000}
+ROOT = {"cpu": 3, "memory": 5}
+LONG = 50 * T
+
+bids_st = st.dictionaries(
+    st.sampled_from(["cpu", "memory", "disk"]),
+    st.builds(Bid, st.integers(0, 5), st.integers(0, 60) | st.integers(0, 400),
+              st.integers(0, 1200)),
+    max_size=3)
+op_st = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from("abcdef"), st.integers(0, 5000),
+              st.integers(0, 300), st.integers(0, 48), bids_st),
+    st.tuples(st.just("money"), st.sampled_from("abcdef"), st.integers(-2000, 4000),
+              st.integers(-500, 2000)),
+    st.tuples(st.just("remove"), st.sampled_from("abcdef")),
+    st.tuples(st.just("tick"), st.integers(1, 12)),   # quarter ticks since the last op
+    st.tuples(st.just("tick"), st.integers(1, 12)),
+    st.tuples(st.just("wait"), st.integers(1, 3)),   # quarter ticks, between ticks
+)
+
+
+def books() -> tuple[LiveBook, ReferenceBook]:
+    return LiveBook(CAPS, ROOT, T, LONG), ReferenceBook(CAPS, ROOT, T, LONG)
+
+
+def run(book: Any, op: tuple[Any, ...], now: int) -> Any:
+    kind = op[0]
+    try:
+        if kind == "put":
+            _, aid, fund, cont, end_q, bids = op   # interval end in quarter ticks
+            return book.put(aid, fund, cont, now + end_q * T // 4, bids, now)
+        if kind == "money":
+            _, aid, fund, cont = op
+            if aid not in book.accounts:
+                return "absent"
+            return book.add_money(aid, fund, cont, now)
+        if kind == "remove":
+            if op[1] not in book.accounts:
+                return "absent"
+            return book.remove(op[1])
+        return book.tick(now)
+    except Refused as exc:
+        return ("refused", exc.event)
+    except ValueError as exc:
+        return ("value", str(exc))
+
+
+def observe(book: Any) -> dict[str, Any]:
+    return {"accounts": {aid: (book.money(aid), book.allocation(aid), book.rates(aid))
+                         for aid in sorted(book.accounts)},
+            "prices": {r: book.price(r) for r in CAPS}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(op_st, max_size=60))
+def test_live_book_equals_the_reference(ops: list[tuple[Any, ...]]) -> None:
+    live, ref = books()
+    now = 1000 * T
+    for op in ops:
+        if op[0] == "wait":
+            now += op[1] * T // 4
+            continue
+        if op[0] == "tick":
+            now += op[1] * T // 4
+        assert run(live, op, now) == run(ref, op, now), op
+        assert observe(live) == observe(ref), op
+
+
+def test_money_is_charged_exactly_and_conserved() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG)
+    now = 1000 * T
+    live.put("a", 1000, 0, now + 10 * T + 1, {"cpu": Bid(1, 0, 100)}, now)
+    live.put("b", 3000, 0, now + 10 * T + 1, {"cpu": Bid(1, 0, 100)}, now)
+    assert live.rates("a") == (100, 0) and live.rates("b") == (300, 0)
+    assert live.allocation("a") == {"cpu": 100 * 100 // 403}
+    for k in range(1, 11):
+        live.tick(now + k * T)
+    assert live.money("a") == (0, 0) and live.money("b") == (0, 0)
+    # at the next tick their fund (0) is below their spend: a new spend, of nothing
+    assert live.tick(now + 11 * T) == [AllocEvent("a", "", "exhausted", 0, 100),
+                                       AllocEvent("b", "", "exhausted", 0, 300)]
+    assert live.rates("a") == (0, 0)
+    assert live.tick(now + 12 * T) == []   # no money: nothing expires, nothing is due
+
+
+def test_a_bid_below_its_min_is_refused_and_changes_nothing() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG)
+    now = 1000 * T
+    live.put("a", 10_000, 0, now + 10 * T, {"cpu": Bid(1, 0, 100)}, now)
+    before = (live.money("a"), live.allocation("a"), live.price("cpu"))
+    with pytest.raises(Refused) as got:
+        live.put("b", 10, 0, now + 10 * T, {"cpu": Bid(1, 50, 100)}, now)
+    assert got.value.event == AllocEvent("b", "cpu", "below_min", 0, 50)
+    assert "b" not in live.accounts
+    assert (live.money("a"), live.allocation("a"), live.price("cpu")) == before
+
+
+def test_a_richer_bidder_drops_a_poorer_one_below_its_min() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG)
+    now = 1000 * T
+    live.put("a", 1000, 0, now + 10 * T, {"cpu": Bid(1, 40, 100)}, now)
+    assert live.allocation("a") == {"cpu": 97}
+    events = live.put("b", 100_000, 0, now + 10 * T, {"cpu": Bid(1, 0, 100)}, now)
+    assert events == [AllocEvent("a", "cpu", "below_min", 100 * 100 // 10_103, 40)]
+    assert live.allocation("a") == {} and live.rates("a") == (0, 0)
+
+
+def test_contingency_tops_up_and_the_top_up_ends_with_the_money() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG)
+    now = 1000 * T
+    live.put("a", 1000, 30, now + 10 * T, {"cpu": Bid(1, 50, 100)}, now)
+    events = live.put("b", 1000, 0, now + 10 * T, {"cpu": Bid(1, 0, 100)}, now)
+    # a needs ceil(50 * 103 / 50) = 103 per tick: top-up 3 from its contingency fund
+    assert events == [AllocEvent("a", "cpu", "topped_up", 3, 50)]
+    assert live.allocation("a")["cpu"] >= 50 and live.rates("a") == (100, 3)
+    out = [live.tick(now + k * T) for k in range(1, 12)]
+    ended = [e for evs in out for e in evs if e.kind == "topup_ended"]
+    assert ended == [AllocEvent("a", "", "topup_ended", 0, 3)]
+    assert live.money("a")[1] == 0
+
+
+def test_an_interval_end_expires_with_a_long_interval() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG)
+    now = 1000 * T
+    live.put("a", 1000, 0, now + 2 * T, {"cpu": Bid(1, 0, 5)}, now)
+    assert live.allocation("a") == {"cpu": 5} and live.rates("a") == (1, 0)  # capped
+    live.tick(now + T)
+    events = live.tick(now + 2 * T)
+    assert events == [AllocEvent("a", "", "expired", 999, now + 2 * T + LONG)]
