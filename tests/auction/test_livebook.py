@@ -3,12 +3,15 @@ one by one (docs/design.md §6, "event-driven allocation")."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pmarket.auction.allocator import run_tick
+from p2pmarket.auction.book import AccountState, build_book
 from p2pmarket.auction.livebook import LiveBook, Refused
 from p2pmarket.auction.model import AllocEvent, Bid
 from tests.auction.reference_livebook import ReferenceBook
@@ -143,3 +146,28 @@ def test_an_interval_end_expires_with_a_long_interval() -> None:
     live.tick(now + T)
     events = live.tick(now + 2 * T)
     assert events == [AllocEvent("a", "", "expired", 999, now + 2 * T + LONG)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(0, 50_000),
+                          st.integers(1, 40), bids_st), max_size=12))
+def test_between_events_it_charges_what_the_per_tick_allocator_charges(
+        puts: list[tuple[str, int, int, dict[str, Bid]]]) -> None:
+    """With the spends frozen, one tick of the per-tick allocator (run_tick) on the same
+    bids gives the same allocations, charges and prices (no contingency funds here, so
+    no top-ups; nobody is short once the events have dropped them)."""
+    live = LiveBook(CAPS, ROOT, T, LONG)
+    now = 1000 * T
+    for aid, fund, end_q, bids in puts:
+        with contextlib.suppress(Refused):
+            live.put(aid, fund, 0, now + end_q * T // 4, bids, now)
+    accs = tuple(AccountState(aid, a.spend, now + T, dict(a.bids))
+                 for aid, a in sorted(live.accounts.items()))
+    result = run_tick(build_book(CAPS, accs), [a.fund for a in accs], [0] * len(accs),
+                      [a.interval_end_us for a in accs], now, T, ROOT)
+    assert [e for e in result.events if e.kind != "not_offered"] == []
+    for aid in live.accounts:
+        assert live.allocation(aid) == result.allocation(aid)
+        assert live.rates(aid) == (result.charges[aid], 0)
+    for r in CAPS:
+        assert live.price(r) == result.prices[r] * T // 1_000_000
