@@ -37,16 +37,29 @@ Between events nothing in the auction moves, so nothing is recomputed between th
 
 Money: fund and contingency are integers charged per tick at constant rates between
 settlements, never below zero; what is charged is what the accounts lose.
+
+State: each account is a :class:`Record` (its money as of tick ``since``, its interval
+end, standing bids, frozen spend and top-ups); :meth:`LiveBook.records` and
+:meth:`LiveBook.restore` give and take the whole book as records and the tick count,
+and after every call ``changed`` names the accounts whose record changed, so a host
+writes only those. :meth:`LiveBook.digest` commits to the tick count and every
+record: the sum modulo 2^256 of the SHA-256 of each record's row
+(:meth:`Record.row`), kept up to date record by record (a multiset hash: the order of
+accounts does not matter and one change costs one hash).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from p2pmarket.auction.model import AllocEvent, Bid
 from p2pmarket.auction.standing import Claim, Standing
+from p2pmarket.core.wire import pack_plain
+
+MOD = 1 << 256
 
 
 class Refused(Exception):
@@ -55,6 +68,28 @@ class Refused(Exception):
     def __init__(self, event: AllocEvent) -> None:
         super().__init__(f"{event.resource}: below min ({event.amount} < {event.limit})")
         self.event = event
+
+
+@dataclass(frozen=True)
+class Record:
+    """One account of the book as stored: money as of tick ``since``."""
+
+    fund: int
+    contingency: int
+    since: int
+    end_us: int
+    bids: Mapping[str, Bid]
+    spend: int
+    topups: Mapping[str, int]
+
+    def row(self, aid: str) -> list[object]:
+        return [aid, self.fund, self.contingency, self.since, self.end_us, self.spend,
+                [[r, b.weight_ppm, b.min, b.max] for r, b in sorted(self.bids.items())],
+                sorted(self.topups.items())]
+
+
+def _row_hash(aid: str, rec: Record) -> int:
+    return int.from_bytes(hashlib.sha256(pack_plain(rec.row(aid))).digest(), "big")
 
 
 @dataclass
@@ -94,6 +129,9 @@ class LiveBook:
         self._changed: set[str] = set()
         self._topped: set[tuple[str, str]] = set()
         self._before: dict[str, tuple[int, int, frozenset[str]]] = {}
+        self.changed: set[str] = set()   # accounts whose record the last call changed
+        self._hashes: dict[str, int] = {}
+        self._sum = 0
 
     # -- reading -------------------------------------------------------------------
 
@@ -102,6 +140,19 @@ class LiveBook:
         a = self.accounts[aid]
         n = self.ticks - a.since
         return a.fund - n * a.rate_fund, a.contingency - n * a.rate_cont
+
+    def record(self, aid: str) -> Record:
+        a = self.accounts[aid]
+        return Record(a.fund, a.contingency, a.since, a.end_us, dict(a.bids), a.spend,
+                      dict(a.topups))
+
+    def records(self) -> dict[str, Record]:
+        return {aid: self.record(aid) for aid in sorted(self.accounts)}
+
+    def digest(self) -> bytes:
+        """SHA-256 of ``[ticks, sum of the records' row hashes mod 2^256]``."""
+        return hashlib.sha256(pack_plain([self.ticks, self._sum.to_bytes(32, "big")])
+                              ).digest()
 
     def allocation(self, aid: str) -> dict[str, int]:
         a = self.accounts[aid]
@@ -120,6 +171,39 @@ class LiveBook:
         for r, st in self.resources.items():
             for aid, c in st.claims.items():
                 yield r, aid, c
+
+    @classmethod
+    def restore(cls, capacities: Mapping[str, int], root_bids: Mapping[str, int],
+                tick_us: int, long_interval_us: int, ticks: int,
+                records: Mapping[str, Record]) -> LiveBook:
+        """The book as :meth:`records` gave it (nothing re-frozen, no cascade). Raises
+        ValueError for records no book could have held: a claim short of its min, a
+        top-up on a resource not bid on, money charged below zero."""
+        book = cls(capacities, root_bids, tick_us, long_interval_us)
+        book.ticks = ticks
+        book._begin()
+        for aid, rec in sorted(records.items()):
+            bids = {r: b for r, b in sorted(rec.bids.items()) if r in book.resources}
+            if rec.since > ticks or set(rec.topups) - set(bids) or rec.spend < 0 or \
+                    rec.fund < 0 or rec.contingency < 0:
+                raise ValueError(f"account {aid}: not a record of this book")
+            book.accounts[aid] = _Account(rec.fund, rec.contingency, rec.since, rec.end_us,
+                                          bids, rec.spend, topups=dict(rec.topups))
+            book._saved[aid] = None
+            book._split(aid)
+        book._undo = None
+        for r, st in book.resources.items():
+            if st.worst_short() is not None:
+                raise ValueError(f"{r}: a claim below its min")
+        for aid, a in book.accounts.items():
+            book._rate(aid)
+            if a.fund - (ticks - a.since) * a.rate_fund < 0 or \
+                    a.contingency - (ticks - a.since) * a.rate_cont < 0:
+                raise ValueError(f"account {aid}: charged below zero")
+            book._schedule(aid)
+            book._hashes[aid] = h = _row_hash(aid, book.record(aid))
+            book._sum = (book._sum + h) % MOD
+        return book
 
     # -- events --------------------------------------------------------------------
 
@@ -235,6 +319,7 @@ class LiveBook:
                     self.accounts.pop(aid, None)
                 else:
                     self.accounts[aid] = acc
+            self.changed = set()
             return []
         # rule 2: new charges for the accounts whose claims changed and for those
         # capped (before or now) on a resource whose clearing moved
@@ -249,6 +334,15 @@ class LiveBook:
                 self._settle(aid)
                 self._rate(aid)
                 self._schedule(aid)
+        self.changed = set()
+        for aid in touched | set(saved):
+            old = self._hashes.pop(aid, 0)
+            new = _row_hash(aid, self.record(aid)) if aid in self.accounts else 0
+            if new:
+                self._hashes[aid] = new
+            if new != old:
+                self._sum = (self._sum - old + new) % MOD
+                self.changed.add(aid)
         return sorted(self._events, key=lambda e: (e.account_id, e.resource, e.kind))
 
     def _save(self, aid: str) -> None:
