@@ -407,11 +407,15 @@ class LiveBook:
         if a.fund + a.contingency > 0:
             heapq.heappush(self._ends, (a.end_us, a.version, aid))
         due = []
-        if a.rate_fund > 0:   # fund before tick since+1+n is fund - n * rate
-            due.append(a.since + 2 + max(-1, (a.fund - a.spend) // a.rate_fund))
         topups = sum(a.topups.values())
-        if topups and a.rate_cont > 0:
-            due.append(a.since + 2 + max(-1, (a.contingency - topups) // a.rate_cont))
+        for money, need, rate in ((a.fund, a.spend, a.rate_fund),
+                                  (a.contingency, topups, a.rate_cont)):
+            # money before tick since+1+n is money - n * rate: due at the first such
+            # tick where it is below need (at the next tick if it already is)
+            if money < need:
+                due.append(a.since + 1)
+            elif rate > 0:
+                due.append(a.since + 2 + (money - need) // rate)
         if due:
             heapq.heappush(self._due, (min(due), a.version, aid))
         if len(self._ends) + len(self._due) > 4 * len(self.accounts) + 64:

@@ -47,16 +47,19 @@ class Claim:
         return self.base + self.topup
 
 
-def _cap_key(item: tuple[str, Claim]) -> tuple[int, Fraction, str]:
+# The sort keys compare ratios exactly: a ratio's float first (correctly rounded, so
+# monotonic: x < y gives float(x) <= float(y)), the exact Fraction only on a tie.
+
+def _cap_key(item: tuple[str, Claim]) -> tuple[int, float, Fraction, str]:
     aid, c = item
     if c.max == 0:   # a max of nothing: capped (at 0) by any positive bid, first
-        return (0 if c.bid > 0 else 2, Fraction(0), aid)
-    return (1, -Fraction(c.bid, c.max), aid)
+        return (0 if c.bid > 0 else 2, 0.0, Fraction(0), aid)
+    return (1, -(c.bid / c.max), -Fraction(c.bid, c.max), aid)
 
 
-def _min_key(item: tuple[str, Claim]) -> tuple[Fraction, str]:
+def _min_key(item: tuple[str, Claim]) -> tuple[float, Fraction, str]:
     aid, c = item
-    return (Fraction(c.bid, c.min), aid)
+    return (c.bid / c.min, Fraction(c.bid, c.min), aid)
 
 
 class Standing:
