@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -43,8 +44,16 @@ class SignaturePool:
         self.workers = workers or os.cpu_count() or 1
         self.min_batch = min_batch
         self.chunk = chunk
-        self._executor: Executor = ThreadPoolExecutor(self.workers) if threads else \
-            ProcessPoolExecutor(self.workers)
+        self.threads = threads
+        self._pool: Executor | None = None   # started at the first batch worth it
+
+    @property
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            # spawned, not forked: the witness's process runs threads and an event loop
+            self._pool = ThreadPoolExecutor(self.workers) if self.threads else \
+                ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"))
+        return self._pool
 
     def _chunks(self, raws: Sequence[bytes]) -> list[list[bytes]]:
         size = max(1, min(self.chunk, -(-len(raws) // self.workers)))
@@ -77,7 +86,9 @@ class SignaturePool:
         return Verdicts(host_id, {h: v for part in parts for h, v in part})
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 __all__ = ["CHUNK", "MIN_BATCH", "SignaturePool"]

@@ -85,6 +85,7 @@ from p2pmarket.auction.accounts import memo_refund_id
 from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import EvidenceError, EvidenceSink, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
+from p2pmarket.audit.sigpool import SignaturePool
 from p2pmarket.audit.watched import (
     EXPOSED,
     MAX_PUSH,
@@ -166,9 +167,12 @@ class WitnessService:
                  locator: HostLocator | None = None, sink: EvidenceSink | None = None,
                  psi: int = DEFAULT_PSI, segment: int = SEGMENT,
                  store: WitnessStore | None = None, fetch_s: float = DEFAULT_FETCH_S,
-                 genesis: Genesis | None = None) -> None:
+                 genesis: Genesis | None = None, sigpool: SignaturePool | None = None
+                 ) -> None:
         """``genesis`` (the network's) lets the replay check the notaries' certificates
-        of the refunds hosts pay, and is needed for ``witness.refund``."""
+        of the refunds hosts pay, and is needed for ``witness.refund``. ``sigpool``
+        checks the buyers' signed requests of each segment fetched across cores, ahead
+        of its replay (without it the replay checks them as it goes)."""
         self.identity = identity
         self.client = client
         self.evidence = evidence
@@ -182,6 +186,7 @@ class WitnessService:
         self.fetch_s = fetch_s
         self.store = store or WitnessStore()
         self.genesis = genesis
+        self.sigpool = sigpool
         if genesis is not None and evidence.genesis is None:
             evidence.genesis = genesis   # it must take the proofs this witness builds
         self.hosts: dict[bytes, Watched] = {}
@@ -452,6 +457,8 @@ class WitnessService:
                      ) -> bool:
         """Check one segment. Returns False when it must stop (a proof was found).
         What was taken is stored, whatever happens."""
+        if self.sigpool is not None and all(isinstance(e, bytes) for e in entries):
+            w.replayer.verdicts = await self.sigpool.averdicts(entries, node_id_of(w.key))
         try:
             proof = w.check_segment(since, entries, sigs, self.clock(), self.store.audited)
             if proof is None:
@@ -459,6 +466,7 @@ class WitnessService:
             await self._expose(w, proof)
             return False
         finally:
+            w.replayer.verdicts = None
             self._save(w)
 
     def _save(self, w: Watched) -> None:
