@@ -183,3 +183,40 @@ async def test_a_fork_onto_an_unsigned_entry_is_proved_by_the_chain(world: World
     with pytest.raises((WireError, WitnessError)):
         w2.check_segment(k + 1, o_raws, [BAD] * len(o_raws), NOW, nothing)
     assert w2.replayer.seq == k
+
+
+def serve_bad_middle_sigs(h: Any) -> None:
+    """The host answers ``host.audit_log`` with every signature but the last one's
+    spoiled (the witness checks only the last)."""
+    real = h.disp.handlers["host.audit_log"]
+
+    async def audit_log(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+        resp = dict(await real(ctx, args))
+        sigs = resp["sigs"]
+        resp["sigs"] = [BAD] * (len(sigs) - 1) + sigs[-1:]
+        return resp
+
+    h.disp.handlers["host.audit_log"] = audit_log
+
+
+async def test_a_late_push_against_an_unsigned_entry_exposes_the_host(world: World) -> None:
+    ws = [world.witness() for _ in range(2)]
+    h, raws, _ = await host_log(world)
+    serve_bad_middle_sigs(h)
+    await world.audit_round()
+    assert [w.service.status(h.key)["hosts"][0]["state"] for w in ws] == ["trusted"] * 2
+    mid = len(raws) // 2
+    other = rewritten(h.auct.audit, h.identity, mid, {"another": "entry"})
+    pushed = other.entries(mid, 1)[0][1]
+    for w in ws:   # a buyer pushes what the host told it about seq mid
+        await w.service.rpc_push(None, {"host": h.key,   # type: ignore[arg-type]
+                                        "auths": [[pushed.seq, pushed.hash, pushed.sig]]})
+        assert w.service.hosts[h.key].recheck == {mid: pushed}
+    # a restarted witness still rechecks it
+    again = world.witness(ws[1].identity, store=ws[1].service.store)
+    assert again.service.hosts[h.key].recheck == {mid: pushed}
+    await world.audit_round()
+    for w in (ws[0], again):
+        assert w.service.status(h.key)["hosts"][0]["state"] == "exposed"
+        proof = verify_proof(w.service.evidence.proofs(h.key)[0], h.key)
+        assert proof.type == "inconsistency" and proof.seq == mid
