@@ -7,12 +7,17 @@ but not yet stored (``unsaved``), the open challenge and the proofs. Its methods
 decide, without I/O:
 
 - :meth:`Watched.hold` -- take one pushed authenticator, or return the proof of
-  inconsistency it makes with one held or audited before;
+  inconsistency it makes with one held or audited before (one audited whose kept
+  signature is not valid is *rechecked*: the next audit fetches the log from there
+  again, and the chain proves it);
 - :meth:`Watched.check_segment` -- take one segment of the host's log (the
   ``host.audit_log`` answer, read by :func:`read_segment`), or return the proof it
   shows (inconsistency, fork, non-conformance); a segment that proves nothing but
   is not the next part of a signed chain, or is dated too far ahead of ``now``,
-  raises :class:`WitnessError`;
+  raises :class:`WitnessError`. Of the host's signatures it checks the segment's
+  last (the hash chain makes it commit the host to the whole segment) and only
+  those others a proof needs; a proof whose entry's own signature is not valid is
+  built from the chain linking it to the signed last entry;
 - :meth:`Watched.conclude` -- after the fetch, open, extend or close the challenge,
   and note the refunds overdue (recorded long ago and still unpaid: the host is
   suspected while there are any; a complaint, not a proof);
