@@ -10,9 +10,18 @@ from typing import Any
 
 import pytest
 from audit_world import ALICE_BIDS, BIDS, World, cert, overcharge_next_tick, rewritten
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pmarket.audit.entry import AuditAuthenticator
-from p2pmarket.audit.evidence import EvidenceError, verify_proof
+from p2pmarket.audit.evidence import (
+    EvidenceError,
+    chain_doc,
+    chain_fork_proof,
+    conflict_proof,
+    verify_proof,
+)
+from p2pmarket.audit.log import AuditLog
 from p2pmarket.audit.replay import decode_entry, replay
 from p2pmarket.audit.watched import Watched, WitnessError
 from p2pmarket.core.identity import Identity
@@ -220,3 +229,37 @@ async def test_a_late_push_against_an_unsigned_entry_exposes_the_host(world: Wor
         assert w.service.status(h.key)["hosts"][0]["state"] == "exposed"
         proof = verify_proof(w.service.evidence.proofs(h.key)[0], h.key)
         assert proof.type == "inconsistency" and proof.seq == mid
+
+
+def _chain_proofs() -> tuple[bytes, bytes]:
+    """A conflict and a fork proof in chain form, from a small signed log."""
+    ident = Identity(bytes([3]) * 32)
+    log = AuditLog(":memory:", ident)
+    log.append_many([("x", {"n": i}, i) for i in range(6)])
+    rows = log.raw(0, 100)
+    other = AuditLog(":memory:", ident)
+    other.append_many([("x", {"n": i if i != 2 else -1}, i) for i in range(6)])
+    pushed = other.entries(2, 1)[0][1]
+    conflict = conflict_proof(ident.public_key, pushed,
+                              chain_doc([r[1] for r in rows[2:]], rows[-1][3]))
+    fork = chain_fork_proof(log.entries(2, 1)[0][1], [r[1] for r in other.raw(3, 100)],
+                            other.raw(5, 1)[0][3])
+    return conflict, fork
+
+
+CONFLICT, FORK = _chain_proofs()
+
+
+def test_chain_proofs_verify() -> None:
+    assert verify_proof(CONFLICT).rule == "two different entries signed for seq 2"
+    assert verify_proof(FORK).seq == 2 and "chain" in unpack(FORK)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([CONFLICT, FORK]), st.data())
+def test_a_chain_proof_changed_anywhere_does_not_verify(proof: bytes, data: Any) -> None:
+    k = data.draw(st.integers(0, len(proof) - 1))
+    bit = data.draw(st.integers(0, 7))
+    changed = proof[:k] + bytes([proof[k] ^ (1 << bit)]) + proof[k + 1:]
+    with pytest.raises(EvidenceError):
+        verify_proof(changed)
