@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "auction.py": (["--accounts", "20", "--repeat", "1", "--vms", "2", "--bids", "3"],
                    {"tick_ms_20"}),
-    "audit.py": (["--accounts", "5", "--ticks", "10"], {"audit_replay_per_s",
-                                                        "audit_check_per_s"}),
+    "audit.py": (["--accounts", "5", "200", "--seconds", "10"],
+                 {"audit_replay_per_s", "audit_check_per_s", "replay_per_s_200",
+                  "realtime_x_200", "profile_200", "sigpool_procs_per_s"}),
     "dht.py": (["--nodes", "12", "--records", "10", "--gets", "10", "--queries", "5",
                 "--no-stock"], {"success_rate", "get_p95_ms"}),
     "market_sim.py": (["--markets", "3", "--buyers", "3", "--hosts", "3", "--max-rounds", "50"],

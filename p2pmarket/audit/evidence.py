@@ -15,6 +15,16 @@ refused.
   bytes, sig: bytes}``: the host signed audit entry ``seq + 1`` (``entry``, its
   canonical bytes, an audit entry's shape, and its audit log signature) whose
   ``prev`` is not ``a``'s hash. About 300 bytes.
+
+  Where the host's signature of the entry itself is not at hand (a witness checks
+  only the signature of the last entry of each segment it fetches: the hash chain
+  makes it commit the host to the whole segment), a side is a *chain* instead:
+  ``{entries: [bytes], sig: bytes}``, consecutive entries each linking to the one
+  before, ``sig`` the host's audit log signature of the last; it commits the host to
+  the hash of ``entries[0]`` at its seq. So ``{a, b}`` may pair an authenticator or
+  a chain with an authenticator or a chain, and ``{a, chain}`` (``chain[0]`` at seq
+  ``a.seq + 1`` whose ``prev`` is not ``a``'s hash) is the fork form with a chain.
+  A chain is as long as the segment it came from (at most about 1 MiB).
 - ``type: "nonconformance"`` -- the host's own log shows it broke its rules.
   ``{snapshot: map | None, entries: [bytes], sig: bytes, seq: int, rule: str}``:
   ``entries`` are consecutive log entries (canonical bytes) ending with the
@@ -24,9 +34,14 @@ refused.
   ``out.settings`` entry whose body commits to the digest of ``snapshot`` (the
   auctioneer's state there, :func:`p2pmarket.auction.snapshot.snapshot`; its payment
   and refund records may be left out when the replay does not need them).
-  Replaying the entries through :mod:`p2pmarket.auction.steps` must reach a fault at
-  ``seq`` (for a buyer's input whose signed request is missing, not the caller's,
-  not addressed to this host or not exactly the input: rule ``unsigned input: ...``).
+  Instead of signing the offending entry, ``sig`` may sign the last of ``tail``
+  (an optional field): entries following the offending one, each linking to the one
+  before, so the chain commits the host to the offending entry (what a witness has
+  when the host's signature of the offending entry is not valid but the one of its
+  segment's end is). Replaying the entries through :mod:`p2pmarket.auction.steps`
+  must reach a fault at ``seq`` (for a buyer's input whose signed request is
+  missing, not the caller's, not addressed to this host or not exactly the input:
+  rule ``unsigned input: ...``).
   The size grows with the host's accounts (about 150 bytes an account
   in the snapshot, plus the tick entries' per-account charges): a few KB for a
   small host, tens of KB for a large one. Verified with the network's genesis, the
@@ -132,11 +147,46 @@ def fork_proof(a: AuditAuthenticator, next_entry: bytes, next_sig: bytes) -> byt
                  "a": _auth_doc(a), "entry": next_entry, "sig": next_sig})
 
 
+def chain_doc(entries: list[bytes], sig: bytes) -> dict[str, Any]:
+    """A chain commitment: consecutive entries, ``sig`` the host's signature of the last
+    (it commits the host to the hash of ``entries[0]``)."""
+    return {"entries": list(entries), "sig": sig}
+
+
+Commitment = AuditAuthenticator | dict[str, Any]
+"""One side of an inconsistency proof: an authenticator, or a :func:`chain_doc`."""
+
+
+def _side(c: Commitment) -> Any:
+    return c if isinstance(c, dict) else _auth_doc(c)
+
+
+def conflict_proof(host: bytes, a: Commitment, b: Commitment) -> bytes:
+    """Two commitments of ``host`` (authenticators or chains) to different hashes at one
+    seq; two authenticators give :func:`inconsistency_proof`'s form."""
+    return pack({"v": PROOF_VERSION, "type": INCONSISTENCY, "host": host,
+                 "a": _side(a), "b": _side(b)})
+
+
+def chain_fork_proof(a: AuditAuthenticator, chain: list[bytes], sig: bytes) -> bytes:
+    """The host's chain from entry ``a.seq + 1`` (signed at its end) links to another
+    entry than ``a``'s; one entry signed itself gives :func:`fork_proof`'s form."""
+    if len(chain) == 1:
+        return fork_proof(a, chain[0], sig)
+    return pack({"v": PROOF_VERSION, "type": INCONSISTENCY, "host": a.owner,
+                 "a": _auth_doc(a), "chain": chain_doc(chain, sig)})
+
+
 def nonconformance_proof(host: bytes, snapshot: dict[str, Any] | None, entries: list[bytes],
-                         sig: bytes, seq: int, rule: str) -> bytes:
-    return pack({"v": PROOF_VERSION, "type": NONCONFORMANCE, "host": host,
-                 "snapshot": snapshot, "entries": list(entries), "sig": sig, "seq": seq,
-                 "rule": rule})
+                         sig: bytes, seq: int, rule: str, tail: list[bytes] | None = None
+                         ) -> bytes:
+    """``sig`` signs ``entries[-1]``, or, given ``tail``, the last of ``tail``."""
+    doc = {"v": PROOF_VERSION, "type": NONCONFORMANCE, "host": host,
+           "snapshot": snapshot, "entries": list(entries), "sig": sig, "seq": seq,
+           "rule": rule}
+    if tail:
+        doc["tail"] = list(tail)
+    return pack(doc)
 
 
 def refund_payment_proof(host: bytes, snapshot: dict[str, Any] | None, entries: list[bytes],
@@ -226,18 +276,59 @@ def _signed_entry(host: bytes, raw: bytes, sig: Any, what: str) -> dict[str, Any
     return e
 
 
+def _linked(entries: Any, after: bytes | None = None) -> list[dict[str, Any]]:
+    """The maps of ``entries`` (a non-empty list of entry bytes), which must be
+    consecutive, each linking to the one before (the first to the entry whose hash is
+    ``after``, if given)."""
+    if not isinstance(entries, list) or not entries or \
+            not all(isinstance(e, bytes) for e in entries):
+        raise EvidenceError("a chain is a non-empty list of entry bytes")
+    docs = [decode_entry(raw) for raw in entries]
+    prev = after
+    for k, (raw, d) in enumerate(zip(entries, docs, strict=True)):
+        if (k and d["seq"] != docs[k - 1]["seq"] + 1) or (prev is not None
+                                                           and d["prev"] != prev):
+            raise EvidenceError("the chain's entries do not link", d["seq"])
+        prev = hashlib.sha256(raw).digest()
+    return docs
+
+
+def _chain(host: bytes, item: Any) -> tuple[int, bytes, dict[str, Any]]:
+    """A chain commitment: ``(seq, hash, map)`` of its first entry, which the host's
+    signature of its last entry commits it to through the links."""
+    if not isinstance(item, dict) or set(item) != {"entries", "sig"}:
+        raise EvidenceError("a chain is {entries, sig}")
+    docs = _linked(item["entries"])
+    _signed_entry(host, item["entries"][-1], item["sig"], "the chain's last entry")
+    return docs[0]["seq"], hashlib.sha256(item["entries"][0]).digest(), docs[0]
+
+
+def _commitment(host: bytes, item: Any) -> tuple[int, bytes]:
+    """``(seq, hash)`` the host is committed to by an authenticator or a chain."""
+    if isinstance(item, dict):
+        seq, h, _ = _chain(host, item)
+        return seq, h
+    auth = _auth(host, item)
+    return auth.seq, auth.hash
+
+
 def _check_inconsistency(host: bytes, doc: dict[str, Any]) -> tuple[int, str]:
-    a = _auth(host, doc["a"])
     if "b" in doc:
         if set(doc) != {"v", "type", "host", "a", "b"}:
             raise EvidenceError("proof has the wrong fields")
-        b = _auth(host, doc["b"])
-        if a.seq != b.seq or a.hash == b.hash:
+        (sa, ha), (sb, hb) = _commitment(host, doc["a"]), _commitment(host, doc["b"])
+        if sa != sb or ha == hb:
             raise EvidenceError("the authenticators do not conflict")
-        return a.seq, f"two different entries signed for seq {a.seq}"
-    if set(doc) != {"v", "type", "host", "a", "entry", "sig"}:
-        raise EvidenceError("proof has the wrong fields")
-    e = _signed_entry(host, doc["entry"], doc["sig"], "the entry")
+        return sa, f"two different entries signed for seq {sa}"
+    a = _auth(host, doc["a"])
+    if "chain" in doc:
+        if set(doc) != {"v", "type", "host", "a", "chain"}:
+            raise EvidenceError("proof has the wrong fields")
+        _, _, e = _chain(host, doc["chain"])
+    else:
+        if set(doc) != {"v", "type", "host", "a", "entry", "sig"}:
+            raise EvidenceError("proof has the wrong fields")
+        e = _signed_entry(host, doc["entry"], doc["sig"], "the entry")
     if e["seq"] != a.seq + 1 or e["prev"] == a.hash or len(e["prev"]) != HASH_SIZE:
         raise EvidenceError("the entry does not contradict the authenticator")
     return a.seq, f"entry {e['seq']} links to another entry {a.seq} than the one signed"
@@ -251,7 +342,14 @@ def _replayed(host: bytes, doc: dict[str, Any], genesis: Genesis | None
     if not isinstance(entries, list) or not entries or \
             not all(isinstance(e, bytes) for e in entries):
         raise EvidenceError("proof entries must be a list of entry bytes")
-    last = _signed_entry(host, entries[-1], doc["sig"], "the last entry")
+    if "tail" in doc:   # the signature is of the tail's end, linked to the last entry
+        _linked(doc["tail"], hashlib.sha256(entries[-1]).digest())
+        if decode_entry(doc["tail"][0])["seq"] != decode_entry(entries[-1])["seq"] + 1:
+            raise EvidenceError("the tail does not follow the entries")
+        _signed_entry(host, doc["tail"][-1], doc["sig"], "the tail's last entry")
+        last = decode_entry(entries[-1])
+    else:
+        last = _signed_entry(host, entries[-1], doc["sig"], "the last entry")
     first = decode_entry(entries[0])
     if doc["snapshot"] is None:
         if first["seq"] != 0:
@@ -278,7 +376,8 @@ def _replayed(host: bytes, doc: dict[str, Any], genesis: Genesis | None
 
 def _check_nonconformance(host: bytes, doc: dict[str, Any], genesis: Genesis | None
                           ) -> tuple[int, str]:
-    if set(doc) != {"v", "type", "host", "snapshot", "entries", "sig", "seq", "rule"}:
+    if set(doc) - {"tail"} != {"v", "type", "host", "snapshot", "entries", "sig", "seq",
+                               "rule"}:
         raise EvidenceError("proof has the wrong fields")
     replayer, last = _replayed(host, doc, genesis)
     fault = replayer.fault
@@ -290,7 +389,8 @@ def _check_nonconformance(host: bytes, doc: dict[str, Any], genesis: Genesis | N
 
 def _check_refund_payment(host: bytes, doc: dict[str, Any], genesis: Genesis | None
                           ) -> tuple[int, str]:
-    if set(doc) != {"v", "type", "host", "snapshot", "entries", "sig", "payment"}:
+    if set(doc) - {"tail"} != {"v", "type", "host", "snapshot", "entries", "sig",
+                               "payment"}:
         raise EvidenceError("proof has the wrong fields")
     if genesis is None:
         raise EvidenceError("a refund_payment proof needs the network's genesis (it checks "
@@ -311,6 +411,7 @@ def _check_refund_payment(host: bytes, doc: dict[str, Any], genesis: Genesis | N
     return int(last["seq"]), found[1]
 
 
-__all__ = ["COMPACT_PROOF_BYTES", "REFUND_PAYMENT", "EvidenceError", "EvidenceSink", "Proof",
+__all__ = ["COMPACT_PROOF_BYTES", "REFUND_PAYMENT", "Commitment", "EvidenceError",
+           "EvidenceSink", "Proof", "chain_doc", "chain_fork_proof", "conflict_proof",
            "fork_proof", "inconsistency_proof", "nonconformance_proof", "proof_host_id",
            "proof_verifier", "refund_payment_proof", "verify_proof"]

@@ -32,6 +32,13 @@ bytes (what ``host.audit_log`` serves), and checks:
   with its memo (:func:`p2pmarket.audit.refunds.refund_payment_fault`); with the
   network's ``genesis``, the SEND's certificate must carry a notary quorum too.
 
+Signed requests may be checked ahead, in bulk and off the replay (across cores:
+:mod:`p2pmarket.audit.sigpool`): :func:`signed_verdict` is the answer of
+:func:`~p2pmarket.auction.steps.check_signed` for one entry from its bytes alone
+(with the host's node id given, that check reads nothing of the state), and a
+replayer given those answers (:attr:`Replayer.verdicts`, :class:`Verdicts`) uses them
+instead of checking again: the same faults for the same log either way.
+
 The first fault stops the replay (:attr:`Replayer.fault`). The replayer keeps the
 state at the last *anchor* (``in.genesis``, or an ``out.tick``/``out.settings``
 entry, whose body commits to the state digest) and the entries since, which is
@@ -42,8 +49,9 @@ Pure: no clock, socket or file.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from p2pmarket.auction.machine import SNAPSHOT_VERSION, HostState, MissingState
 from p2pmarket.auction.snapshot import from_snapshot, state_digest
@@ -52,6 +60,7 @@ from p2pmarket.auction.steps import (
     INFO,
     INPUTS,
     REFUND_PAID,
+    RPCS,
     check_signed,
     request_refusal,
     step,
@@ -74,6 +83,38 @@ class Fault:
 
     seq: int
     rule: str
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """:func:`signed_verdict` answers for entries of a log whose requests must be
+    addressed to ``host_id``: entry hash -> why its signed request does not hold (None:
+    it holds). Entries not in it are checked as the replay goes."""
+
+    host_id: bytes
+    by_hash: Mapping[bytes, str | None] = field(default_factory=dict)
+
+
+# check_signed reads the state only for the host's id, which the verdicts are given
+_NO_STATE = cast(HostState, None)
+
+
+def signed_verdict(raw: bytes, host_id: bytes) -> tuple[bytes, str | None] | None:
+    """``(entry hash, check_signed's answer)`` for the entry ``raw`` if it is a buyer's
+    input; None if it is not (or is not an entry at all: the replay says why). Pure."""
+    try:
+        doc = decode_entry(raw)
+    except WireError:
+        return None
+    kind = doc["kind"]
+    if kind not in INPUTS or not kind.startswith("in.") or kind[3:] not in RPCS:
+        return None
+    return hashlib.sha256(raw).digest(), check_signed(_NO_STATE, kind, doc["body"], host_id)
+
+
+def verdicts_of(raws: Iterable[bytes], host_id: bytes) -> list[tuple[bytes, str | None]]:
+    """:func:`signed_verdict` of each buyer's input among ``raws``. Pure."""
+    return [v for v in (signed_verdict(raw, host_id) for raw in raws) if v is not None]
 
 
 def decode_entry(raw: bytes) -> dict[str, Any]:
@@ -111,6 +152,8 @@ class Replayer:
         self.anchor_state: HostState | None = None
         self.anchor_entries: list[bytes] = []
         self.entries = 0
+        # signed requests checked ahead (None: each is checked as it comes)
+        self.verdicts: Verdicts | None = None
         if anchor_raw is not None:
             assert state is not None
             doc = decode_entry(anchor_raw)
@@ -151,7 +194,8 @@ class Replayer:
         doc = self._check_link(raw)
         if seq == 0 and doc["kind"] == GENESIS:
             check_log_version(doc["body"])
-        self._advance(seq, hashlib.sha256(raw).digest(), raw)
+        h = hashlib.sha256(raw).digest()
+        self._advance(seq, h, raw)
         kind = doc["kind"]
         if doc["ts"] < self._last_ts:
             return self._fail(seq, f"entry timestamps must not decrease ({doc['ts']} after "
@@ -172,7 +216,11 @@ class Replayer:
             return self._fail(seq, f"unexpected entry {kind!r} (not an input, or an output "
                                    "no input asked for)")
         assert self.state is not None
-        unsigned = check_signed(self.state, kind, doc["body"], self.host_id)
+        v = self.verdicts
+        if v is not None and v.host_id == self.host_id and h in v.by_hash:
+            unsigned = v.by_hash[h]
+        else:
+            unsigned = check_signed(self.state, kind, doc["body"], self.host_id)
         if unsigned is not None:
             return self._fail(seq, f"unsigned input: {unsigned}")
         repeated = request_refusal(self.state, kind, doc["body"], doc["ts"])
@@ -271,5 +319,5 @@ def replay(entries: list[bytes], state: HostState | None = None,
     return r
 
 
-__all__ = ["ANCHORS", "Fault", "Replayer", "check_log_version", "decode_entry",
-           "payment_mismatch", "replay"]
+__all__ = ["ANCHORS", "Fault", "Replayer", "Verdicts", "check_log_version", "decode_entry",
+           "payment_mismatch", "replay", "signed_verdict", "verdicts_of"]

@@ -7,12 +7,17 @@ but not yet stored (``unsaved``), the open challenge and the proofs. Its methods
 decide, without I/O:
 
 - :meth:`Watched.hold` -- take one pushed authenticator, or return the proof of
-  inconsistency it makes with one held or audited before;
+  inconsistency it makes with one held or audited before (one audited whose kept
+  signature is not valid is *rechecked*: the next audit fetches the log from there
+  again, and the chain proves it);
 - :meth:`Watched.check_segment` -- take one segment of the host's log (the
   ``host.audit_log`` answer, read by :func:`read_segment`), or return the proof it
   shows (inconsistency, fork, non-conformance); a segment that proves nothing but
   is not the next part of a signed chain, or is dated too far ahead of ``now``,
-  raises :class:`WitnessError`;
+  raises :class:`WitnessError`. Of the host's signatures it checks the segment's
+  last (the hash chain makes it commit the host to the whole segment) and only
+  those others a proof needs; a proof whose entry's own signature is not valid is
+  built from the chain linking it to the signed last entry;
 - :meth:`Watched.conclude` -- after the fetch, open, extend or close the challenge,
   and note the refunds overdue (recorded long ago and still unpaid: the host is
   suspected while there are any; a complaint, not a proof);
@@ -37,7 +42,11 @@ from p2pmarket.auction.snapshot import snapshot
 from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.errors import AuditError
 from p2pmarket.audit.evidence import (
+    Commitment,
     EvidenceError,
+    chain_doc,
+    chain_fork_proof,
+    conflict_proof,
     fork_proof,
     inconsistency_proof,
     nonconformance_proof,
@@ -116,6 +125,54 @@ def read_segment(resp: dict[str, Any], limit: int) -> Segment:
     return Segment(entries, sigs, head_seq)
 
 
+class _Chain:
+    """A fetched segment as the witness checks it: entries' hashes and maps, which of
+    them link to the one before, and their signatures, each checked once and only
+    when asked (:meth:`valid`)."""
+
+    def __init__(self, key: bytes, since: int, raws: list[Any], sigs: list[Any]) -> None:
+        for raw, sig in zip(raws, sigs, strict=True):
+            if not isinstance(raw, bytes) or not isinstance(sig, bytes):
+                raise WitnessError("entries and sigs must be bytes")
+            if len(sig) != SIGNATURE_SIZE:
+                raise WitnessError("a signature must be 64 bytes")
+        self.key, self.since, self.raws, self.sigs = key, since, raws, sigs
+        self.hashes = [hashlib.sha256(raw).digest() for raw in raws]
+        self.docs = [decode_entry(raw) for raw in raws]
+        self._valid: dict[int, bool] = {}
+
+    def links(self, i: int) -> bool:
+        """Entry ``i`` is at its seq and links to entry ``i - 1``."""
+        d = self.docs[i]
+        return bool(d["seq"] == self.since + i and d["prev"] == self.hashes[i - 1])
+
+    def run_end(self, i: int) -> int:
+        """The last index of the run of linked entries from ``i``."""
+        j = i
+        while j + 1 < len(self.raws) and self.links(j + 1):
+            j += 1
+        return j
+
+    def valid(self, i: int) -> bool:
+        """The host's signature of entry ``i`` is valid."""
+        if i not in self._valid:
+            self._valid[i] = AuditAuthenticator(self.key, self.since + i, self.hashes[i],
+                                                self.sigs[i]).verify()
+        return self._valid[i]
+
+    def commitment(self, i: int) -> Commitment | None:
+        """What commits the host to entry ``i``: its own authenticator if valid, else
+        the chain from it to the end of its run if that one is signed; None if
+        neither."""
+        if self.valid(i):
+            return AuditAuthenticator(self.key, self.since + i, self.hashes[i],
+                                      self.sigs[i])
+        end = self.run_end(i)
+        if not self.valid(end):
+            return None
+        return chain_doc(list(self.raws[i:end + 1]), self.sigs[end])
+
+
 @dataclass
 class Watched:
     key: bytes
@@ -132,6 +189,9 @@ class Watched:
     error: str = ""
     genesis: Genesis | None = None   # the network's: refund certificates are checked
     overdue: list[str] = field(default_factory=list)   # refunds unpaid for too long
+    # pushed authenticators that differ from an entry audited whose own signature is
+    # not valid: the next audit fetches the log from the first again (see hold)
+    recheck: dict[int, AuditAuthenticator] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.replayer.host_id is None and self.replayer.seq < 0:
@@ -157,7 +217,13 @@ class Watched:
         if auth.seq <= self.replayer.seq:
             mine = self.audited(auth.seq, stored)
             if mine is not None and mine.hash != auth.hash:
-                return inconsistency_proof(mine, auth)
+                if mine.verify():
+                    return inconsistency_proof(mine, auth)
+                # the host's signature of that entry was not checked (only its
+                # segment's last one was) and is not valid: the next audit fetches the
+                # log from there again, and the chain to a signed entry proves it
+                if len(self.recheck) < MAX_HELD:
+                    self.recheck.setdefault(auth.seq, auth)
             return None
         other = self.held.get(auth.seq)
         if other is not None and other.hash != auth.hash:
@@ -170,55 +236,117 @@ class Watched:
                       stored: AuditedLookup) -> bytes | None:
         """Take the entries from seq ``since`` on; return the proof the first bad one
         shows (nothing after it is taken), or None when all were taken. Raises
-        :class:`WitnessError` or :class:`WireError` for a segment that proves nothing."""
+        :class:`WitnessError` or :class:`WireError` for a segment that proves nothing.
+
+        Signatures: the hash chain links every entry to the next, so the host's
+        signature of the last entry taken commits it to all of them; that one is
+        checked, and any other only where a proof needs it (an entry that differs
+        from an authenticator held or audited; the offending entry of a proof). A
+        proof whose entry's own signature is not valid is built from the chain that
+        links it to the signed last entry instead (:mod:`p2pmarket.audit.evidence`)."""
+        seg = _Chain(self.key, since, entries, sigs)
         r = self.replayer
+        first = r.seq + 1 - since   # index of the first entry not audited yet
+        if first < 0:
+            raise WitnessError("the segment does not start where asked", since)
+        overlap = min(first, len(entries))
+        diverged = -1
+        for i in range(overlap):   # the overlap: audited before
+            proof, differs = self._overlap(seg, i, stored)
+            if proof is not None:
+                return proof
+            if differs and diverged < 0:
+                diverged = since + i
+        if diverged >= 0:   # an honest host never shows another log than it did
+            raise WitnessError("the host's log differs from the one audited, and no valid "
+                               "signature proves it here", diverged)
+        for seq in range(since, since + overlap):
+            self.recheck.pop(seq, None)
+        if first >= len(entries):
+            return None
+        seq = since + first
+        if r.seq >= 0 and seg.docs[first]["prev"] != r.head and \
+                seg.docs[first]["seq"] == seq:
+            last = self.audited(r.seq, stored)
+            assert last is not None, "every audited entry's authenticator is kept"
+            proof = self._fork(seg, first, last)
+            if proof is not None:
+                return proof
+        stop = seg.run_end(first)
+        if not seg.valid(stop):
+            raise WitnessError("the segment's last entry is not signed by the host",
+                               since + stop)
         horizon = now + DEFAULT_CLOCK_TOLERANCE_US
-        for i, (raw, sig) in enumerate(zip(entries, sigs, strict=True)):
-            if not isinstance(raw, bytes) or not isinstance(sig, bytes):
-                raise WitnessError("entries and sigs must be bytes")
+        for i in range(first, stop + 1):
             seq = since + i
-            h = hashlib.sha256(raw).digest()
-            auth = AuditAuthenticator(self.key, seq, h, sig) if len(sig) == SIGNATURE_SIZE \
-                else None
-            if auth is None or not auth.verify():
-                raise WitnessError("an entry is not signed by the host", seq)
-            if seq <= r.seq:   # the overlap: an entry audited before
-                mine = self.audited(seq, stored)
-                if mine is not None and mine.hash != h:
-                    return inconsistency_proof(mine, auth)
-                continue
-            if seq != r.seq + 1:
-                raise WitnessError("the segment does not start where asked", seq)
             held = self.held.get(seq)
-            if held is not None and held.hash != h:
-                return inconsistency_proof(held, auth)
-            doc = decode_entry(raw)
-            if doc["ts"] > horizon:
+            if held is not None and held.hash != seg.hashes[i]:
+                side = seg.commitment(i)
+                assert side is not None   # the run ends at a valid signature
+                return conflict_proof(self.key, held, side)
+            ts = seg.docs[i]["ts"]
+            if ts > horizon:
                 raise WitnessError("an entry is dated in the future", {
-                    "seq": seq, "ts": doc["ts"], "now": horizon - DEFAULT_CLOCK_TOLERANCE_US})
-            try:
-                fault = r.take(raw)
-            except WireError:
-                if r.seq >= 0 and doc["seq"] == seq and doc["prev"] != r.head:
-                    last = self.audited(r.seq, stored)
-                    assert last is not None
-                    return fork_proof(last, raw, sig)
-                raise
-            self.unsaved[seq] = auth
+                    "seq": seq, "ts": ts, "now": horizon - DEFAULT_CLOCK_TOLERANCE_US})
+            fault = r.take(entries[i])
+            self.unsaved[seq] = AuditAuthenticator(self.key, seq, seg.hashes[i], sigs[i])
             if fault is not None:
-                return self.nonconformance(sig, fault.seq, fault.rule)
+                if seg.valid(i):
+                    return self.nonconformance(sigs[i], fault.seq, fault.rule)
+                return self.nonconformance(sigs[stop], fault.seq, fault.rule,
+                                           list(entries[i + 1:stop + 1]))
+        if stop + 1 < len(entries):   # the chain breaks after the part taken
+            nxt = seg.docs[stop + 1]
+            if nxt["seq"] == since + stop + 1:
+                proof = self._fork(seg, stop + 1, self.unsaved[since + stop])
+                if proof is not None:
+                    return proof
+            raise WireError("audit entries do not link", nxt["seq"])
         return None
 
-    def nonconformance(self, sig: bytes, seq: int, rule: str) -> bytes:
-        """The proof of the replay's fault at ``seq``: with the anchor state's payment
-        and refund records left out if it verifies without them."""
+    def _overlap(self, seg: _Chain, i: int, stored: AuditedLookup
+                 ) -> tuple[bytes | None, bool]:
+        """Entry ``i`` of ``seg``, audited before: the proof it makes with the one audited
+        (if that one's signature is valid: the witness checks only the last of each
+        segment, and a log that differs at one entry differs at all those after it, up
+        to that last one) or with a pushed authenticator it is rechecked against; and
+        whether it differs from either."""
+        seq, h = seg.since + i, seg.hashes[i]
+        differs = False
+        for other in (self.audited(seq, stored), self.recheck.get(seq)):
+            if other is None or other.hash == h:
+                continue
+            differs = True
+            side = seg.commitment(i) if other.verify() else None
+            if side is not None:
+                return conflict_proof(self.key, other, side), True
+        return None, differs
+
+    def _fork(self, seg: _Chain, i: int, last: AuditAuthenticator) -> bytes | None:
+        """Entry ``i`` follows ``last`` (a valid authenticator) but links to another entry:
+        the proof, if the host committed to entry ``i``."""
+        if seg.docs[i]["prev"] == last.hash or not last.verify():
+            return None
+        if seg.valid(i):
+            return fork_proof(last, seg.raws[i], seg.sigs[i])
+        end = seg.run_end(i)
+        if not seg.valid(end):
+            return None
+        return chain_fork_proof(last, list(seg.raws[i:end + 1]), seg.sigs[end])
+
+    def nonconformance(self, sig: bytes, seq: int, rule: str,
+                       tail: list[bytes] | None = None) -> bytes:
+        """The proof of the replay's fault at ``seq`` (``sig`` signs it, or the last of
+        ``tail``, the entries that link it to a signed one): with the anchor state's
+        payment and refund records left out if it verifies without them."""
         r = self.replayer
         first = decode_entry(r.anchor_entries[0])
         proof = b""
         for full in (False, True):
             snap = None if first["seq"] == 0 or r.anchor_state is None else \
                 snapshot(r.anchor_state, payments=full, refunds=full)
-            proof = nonconformance_proof(self.key, snap, r.anchor_entries, sig, seq, rule)
+            proof = nonconformance_proof(self.key, snap, r.anchor_entries, sig, seq, rule,
+                                         tail)
             try:
                 verify_proof(proof, genesis=self.genesis)
                 return proof

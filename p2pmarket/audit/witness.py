@@ -6,9 +6,11 @@ the authenticators the host put in its replies (``witness.push``); every audit
 period (default 10 s) each witness fetches the host's log since its last audit
 (``host.audit_log``, re-fetching the last entry it audited), and
 
-1. checks every entry's signature and the hash chain; two different hashes
-   signed for one seq -- against an authenticator it was pushed, one it audited
-   before, or the chain it holds -- are a proof of inconsistency;
+1. checks the hash chain and the host's signature of the last entry of each
+   segment fetched (the chain makes it commit the host to the whole segment), and
+   any other entry's signature only where a proof needs it; two different hashes
+   the host committed to for one seq -- against an authenticator it was pushed, one
+   it audited before, or the chain it holds -- are a proof of inconsistency;
 2. replays the inputs through the auctioneer's pure code
    (:class:`~p2pmarket.audit.replay.Replayer`); an output that differs, or a
    buyer's input without the buyer's valid signed request, is a proof of
@@ -83,6 +85,7 @@ from p2pmarket.auction.accounts import memo_refund_id
 from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.evidence import EvidenceError, EvidenceSink, verify_proof
 from p2pmarket.audit.evidencestore import EvidenceStore
+from p2pmarket.audit.sigpool import SignaturePool
 from p2pmarket.audit.watched import (
     EXPOSED,
     MAX_PUSH,
@@ -164,9 +167,12 @@ class WitnessService:
                  locator: HostLocator | None = None, sink: EvidenceSink | None = None,
                  psi: int = DEFAULT_PSI, segment: int = SEGMENT,
                  store: WitnessStore | None = None, fetch_s: float = DEFAULT_FETCH_S,
-                 genesis: Genesis | None = None) -> None:
+                 genesis: Genesis | None = None, sigpool: SignaturePool | None = None
+                 ) -> None:
         """``genesis`` (the network's) lets the replay check the notaries' certificates
-        of the refunds hosts pay, and is needed for ``witness.refund``."""
+        of the refunds hosts pay, and is needed for ``witness.refund``. ``sigpool``
+        checks the buyers' signed requests of each segment fetched across cores, ahead
+        of its replay (without it the replay checks them as it goes)."""
         self.identity = identity
         self.client = client
         self.evidence = evidence
@@ -180,15 +186,19 @@ class WitnessService:
         self.fetch_s = fetch_s
         self.store = store or WitnessStore()
         self.genesis = genesis
+        self.sigpool = sigpool
         if genesis is not None and evidence.genesis is None:
             evidence.genesis = genesis   # it must take the proofs this witness builds
         self.hosts: dict[bytes, Watched] = {}
         self._locks: dict[bytes, asyncio.Lock] = {}   # one audit of a host at a time
         self._witness_of: dict[bytes, float] = {}     # host -> until when we believe it
         for saved in self.store.hosts(genesis):
+            ahead = saved.replayer.seq
             w = Watched(saved.key, saved.url, saved.replayer,
-                        {a.seq: a for a in saved.held}, challenge=saved.challenge,
-                        last_audit=saved.last_audit, error=saved.error, genesis=genesis)
+                        {a.seq: a for a in saved.held if a.seq > ahead},
+                        challenge=saved.challenge, last_audit=saved.last_audit,
+                        error=saved.error, genesis=genesis,
+                        recheck={a.seq: a for a in saved.held if a.seq <= ahead})
             w.saved_anchor = w.anchor_seq() if w.replayer.anchor_entries else -1
             w.proofs.extend(self.evidence.proofs(saved.key))
             self.hosts[saved.key] = w
@@ -256,7 +266,8 @@ class WitnessService:
         for auth in auths:
             await self.hold(w, auth)
         # durable before the pusher hears we hold them
-        self.store.save_held(host, [a for a in auths if w.held.get(a.seq) is a])
+        self.store.save_held(host, [a for a in auths if w.held.get(a.seq) is a
+                                    or w.recheck.get(a.seq) is a])
         return {"held": len(w.held), "state": w.state}
 
     async def rpc_refund(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -398,7 +409,7 @@ class WitnessService:
         if w.proofs:
             return EXPOSED
         if w.conclude(now, target, answered):
-            self.store.drop_held(host, w.replayer.seq)
+            self.store.drop_held(host, w.replayer.seq, w.recheck)
             await self._gossip(w)
         self.store.save_meta(host, w.url, w.replayer.seq, w.challenge, w.error, w.last_audit)
         return w.state
@@ -410,6 +421,8 @@ class WitnessService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.fetch_s
         since = max(0, w.replayer.seq)
+        if w.recheck:   # a pushed authenticator to check against the log again
+            since = min(since, min(w.recheck))
         start = w.replayer.seq
         goal: int | None = None
         while True:
@@ -444,6 +457,8 @@ class WitnessService:
                      ) -> bool:
         """Check one segment. Returns False when it must stop (a proof was found).
         What was taken is stored, whatever happens."""
+        if self.sigpool is not None and all(isinstance(e, bytes) for e in entries):
+            w.replayer.verdicts = await self.sigpool.averdicts(entries, node_id_of(w.key))
         try:
             proof = w.check_segment(since, entries, sigs, self.clock(), self.store.audited)
             if proof is None:
@@ -451,6 +466,7 @@ class WitnessService:
             await self._expose(w, proof)
             return False
         finally:
+            w.replayer.verdicts = None
             self._save(w)
 
     def _save(self, w: Watched) -> None:

@@ -199,8 +199,17 @@ class WitnessStore:
         self._write("INSERT OR IGNORE INTO held (key, seq, hash, sig) VALUES (?, ?, ?, ?)",
                     [(key, a.seq, a.hash, a.sig) for a in auths], key)
 
-    def drop_held(self, key: bytes, upto: int) -> None:
-        self._run([("DELETE FROM held WHERE key = ? AND seq <= ?", (key, upto))])
+    def drop_held(self, key: bytes, upto: int, keep: Iterable[int] = ()) -> None:
+        """Forget the pushed authenticators up to seq ``upto`` but those at ``keep`` (to
+        be checked against the log again)."""
+        stmts: list[tuple[str, Any]] = [("DELETE FROM held WHERE key = ? AND seq <= ?",
+                                         (key, upto))]
+        kept = [(key, a[0], a[1], a[2]) for a in self.conn.execute(
+            "SELECT seq, hash, sig FROM held WHERE key = ? AND seq <= ?", (key, upto))
+            if a[0] in set(keep)]
+        if kept:
+            stmts.append(("INSERT INTO held (key, seq, hash, sig) VALUES (?, ?, ?, ?)", kept))
+        self._run(stmts)
 
     def save_progress(self, key: bytes, url: str | None, replayer: Replayer,
                       audited: list[AuditAuthenticator], anchor_changed: bool) -> None:
