@@ -1,3 +1,4 @@
 from p2pmarket.cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":   # not when a spawned worker (audit.sigpool) imports it
+    raise SystemExit(main())

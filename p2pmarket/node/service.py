@@ -26,6 +26,7 @@ from p2pmarket.audit.control import control_handlers as audit_control_handlers
 from p2pmarket.audit.evidence import proof_verifier
 from p2pmarket.audit.evidencestore import EvidenceStore
 from p2pmarket.audit.log import AuditLog
+from p2pmarket.audit.sigpool import SignaturePool
 from p2pmarket.audit.witness import Peer, WitnessService
 from p2pmarket.audit.witnessing import (
     DhtEvidenceSink,
@@ -152,7 +153,7 @@ class Node:
             identity, self.peers, self.evidence, directory=self.directory,
             locator=DhtHostLocator(self.records), sink=DhtEvidenceSink(self.records),
             period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db),
-            genesis=genesis)
+            genesis=genesis, sigpool=SignaturePool())
         self.dispatcher.register_all("witness", self.witness.handlers(),
                                      limits=self.witness.request_limits())
         # reachability (section 7): every node answers callbacks; a node that may serve
@@ -298,6 +299,8 @@ class Node:
             self.notary.close()
         self.evidence.close()
         self.witness.store.close()
+        if self.witness.sigpool is not None:   # its workers start only for long segments
+            await asyncio.to_thread(self.witness.sigpool.close)
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
