@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from p2pmarket.auction.model import AllocEvent, Bid
+from p2pmarket.auction.sealed import Uniques
 from p2pmarket.auction.standing import Claim, Standing
 from p2pmarket.core.wire import pack_plain
 
@@ -110,12 +111,16 @@ class LiveBook:
     """Accounts, their claims on each divisible resource, and the heaps of what is due."""
 
     def __init__(self, capacities: Mapping[str, int], root_bids: Mapping[str, int],
-                 tick_us: int, long_interval_us: int) -> None:
+                 tick_us: int, long_interval_us: int,
+                 unique: Mapping[str, int] | None = None) -> None:
+        """``unique``: the host's unique offers, key (single or range) -> reserve per
+        tick (:meth:`HostConfig.reserves`)."""
         assert tick_us > 0
         self.tick_us = tick_us
         self.long_us = long_interval_us
         self.resources = {r: Standing(c, root_bids[r]) for r, c in sorted(capacities.items())
-                          if c > 0}
+                          if c > 0 and "," not in r}
+        self.unique = Uniques(unique or {}, tick_us)
         self.accounts: dict[str, _Account] = {}
         self.ticks = 0
         self._ends: list[tuple[int, int, str]] = []    # (end_us, version, aid)
@@ -130,6 +135,7 @@ class LiveBook:
         self._topped: set[tuple[str, str]] = set()
         self._before: dict[str, tuple[int, int, frozenset[str]]] = {}
         self.changed: set[str] = set()   # accounts whose record the last call changed
+        self.events: list[AllocEvent] = []   # the last call's events (remove's too)
         self._hashes: dict[str, int] = {}
         self._sum = 0
 
@@ -155,8 +161,29 @@ class LiveBook:
                               ).digest()
 
     def allocation(self, aid: str) -> dict[str, int]:
+        """Per key bid on: the divisible share, or how many identifiers it wins."""
         a = self.accounts[aid]
-        return {r: self.resources[r].allocation(aid) for r in sorted(a.bids)}
+        return {r: self.resources[r].allocation(aid) if r in self.resources else
+                self.unique.won(aid, r) for r in sorted(a.bids)}
+
+    def won(self, aid: str) -> dict[str, int]:
+        """The account's unique keys that win identifiers, and how many each."""
+        a = self.accounts[aid]
+        return {k: n for k in sorted(a.bids) if k not in self.resources
+                and (n := self.unique.won(aid, k))}
+
+    def winners(self) -> dict[str, str]:
+        """Identifier key (``tcp_port,30000``) -> the account that wins it."""
+        return self.unique.winners()
+
+    def id_prices(self) -> dict[str, int]:
+        """Per identifier bid on, per second: what its winner pays, or its reserve."""
+        return self.unique.prices()
+
+    def offered(self, key: str) -> bool:
+        """Whether the host offers ``key``: a divisible resource, or a unique key that
+        covers an offered identifier."""
+        return key in self.resources or bool(self.unique.covered(key))
 
     def rates(self, aid: str) -> tuple[int, int]:
         """What the account is charged per tick: (from the fund, from the contingency)."""
@@ -175,23 +202,26 @@ class LiveBook:
     @classmethod
     def restore(cls, capacities: Mapping[str, int], root_bids: Mapping[str, int],
                 tick_us: int, long_interval_us: int, ticks: int,
-                records: Mapping[str, Record]) -> LiveBook:
-        """The book as :meth:`records` gave it (nothing re-frozen, no cascade). Raises
-        ValueError for records no book could have held: a claim short of its min, a
-        top-up on a resource not bid on, money charged below zero."""
-        book = cls(capacities, root_bids, tick_us, long_interval_us)
+                records: Mapping[str, Record],
+                unique: Mapping[str, int] | None = None) -> LiveBook:
+        """The book as :meth:`records` gave it (nothing re-frozen, no cascade, no
+        events; the unique auctions found again from the bids). Raises ValueError for
+        records no book could have held: a claim short of its min, a top-up on a
+        divisible resource not bid on, money charged below zero."""
+        book = cls(capacities, root_bids, tick_us, long_interval_us, unique)
         book.ticks = ticks
         book._begin()
         for aid, rec in sorted(records.items()):
-            bids = {r: b for r, b in sorted(rec.bids.items()) if r in book.resources}
-            if rec.since > ticks or set(rec.topups) - set(bids) or rec.spend < 0 or \
-                    rec.fund < 0 or rec.contingency < 0:
+            bids = {r: b for r, b in sorted(rec.bids.items()) if book.offered(r)}
+            if rec.since > ticks or set(rec.topups) - (set(bids) & set(book.resources)) \
+                    or rec.spend < 0 or rec.fund < 0 or rec.contingency < 0:
                 raise ValueError(f"account {aid}: not a record of this book")
             book.accounts[aid] = _Account(rec.fund, rec.contingency, rec.since, rec.end_us,
                                           bids, rec.spend, topups=dict(rec.topups))
             book._saved[aid] = None
             book._split(aid)
         book._undo = None
+        book.unique.begin()
         for r, st in book.resources.items():
             if st.worst_short() is not None:
                 raise ValueError(f"{r}: a claim below its min")
@@ -210,17 +240,21 @@ class LiveBook:
     def put(self, aid: str, fund: int, contingency: int, end_us: int,
             bids: Mapping[str, Bid], now_us: int) -> list[AllocEvent]:
         """Open or replace an account (its money as of the last tick, its interval end and
-        its bids on the divisible resources). Raises :class:`Refused` (6/27)."""
+        its bids). A bid on what the host does not offer (:meth:`offered`) is left out
+        of the book and of the split, with event ``not_offered``. Raises
+        :class:`Refused` (6/27)."""
         def change() -> None:
             self._save(aid)
             old = self.accounts.get(aid)
             a = _Account(fund, contingency, self.ticks, end_us,
-                         {r: b for r, b in sorted(bids.items()) if r in self.resources})
+                         {r: b for r, b in sorted(bids.items()) if self.offered(r)})
+            self._events.extend(AllocEvent(aid, r, "not_offered", 0, 0)
+                                for r in sorted(bids) if r not in a.bids)
             if old is not None:
                 a.version = old.version
                 for r in old.bids:
                     if r not in a.bids:
-                        self._put_claim(r, aid, None)
+                        self._drop(r, aid)
             self.accounts[aid] = a
             self._freeze(aid, now_us)
         return self._event(aid, change)
@@ -245,7 +279,7 @@ class LiveBook:
         self._settle(aid)
         a = self.accounts.pop(aid)
         for r in a.bids:
-            self._put_claim(r, aid, None)
+            self._drop(r, aid)
         self._cascade(None)
         self._end(commit=True)
         return a.fund, a.contingency
@@ -304,6 +338,7 @@ class LiveBook:
         assert self._undo is None, "one change at a time"
         self._undo, self._saved, self._events = [], {}, []
         self._dirty, self._changed, self._topped = set(), set(), set()
+        self.unique.begin()
         self._before = {r: (st.cap_left, st.bids_left, frozenset(st.capped))
                         for r, st in self.resources.items()}
 
@@ -314,16 +349,20 @@ class LiveBook:
         if not commit:
             for r, aid, claim in reversed(undo):
                 self.resources[r].put(aid, claim)
+            self.unique.end(commit=False)
             for aid, acc in saved.items():
                 if acc is None:
                     self.accounts.pop(aid, None)
                 else:
                     self.accounts[aid] = acc
-            self.changed = set()
+            self.changed, self.events = set(), []
             return []
-        # rule 2: new charges for the accounts whose claims changed and for those
-        # capped (before or now) on a resource whose clearing moved
-        touched = set(self._changed) | set(saved)
+        # rule 2: new charges for the accounts whose claims changed, for those capped
+        # (before or now) on a resource whose clearing moved and for those whose
+        # status on an identifier may have moved (rule 6)
+        uevents, touched = self.unique.end(commit=True)
+        self._events.extend(uevents)
+        touched |= self._changed | set(saved)
         for r, st in self.resources.items():
             cap, bids, capped = self._before[r]
             if (cap, bids) != (st.cap_left, st.bids_left) or capped != st.capped:
@@ -343,13 +382,20 @@ class LiveBook:
             if new != old:
                 self._sum = (self._sum - old + new) % MOD
                 self.changed.add(aid)
-        return sorted(self._events, key=lambda e: (e.account_id, e.resource, e.kind))
+        self.events = sorted(self._events, key=lambda e: (e.account_id, e.resource, e.kind))
+        return self.events
 
     def _save(self, aid: str) -> None:
         if aid not in self._saved:
             a = self.accounts.get(aid)
             self._saved[aid] = None if a is None else replace(
                 a, bids=dict(a.bids), topups=dict(a.topups))
+
+    def _drop(self, r: str, aid: str) -> None:
+        if r in self.resources:
+            self._put_claim(r, aid, None)
+        else:
+            self.unique.bid(aid, r, None)
 
     def _put_claim(self, r: str, aid: str, claim: Claim | None) -> None:
         st = self.resources[r]
@@ -385,17 +431,24 @@ class LiveBook:
         a = self.accounts[aid]
         total = max(1, sum(b.weight_ppm for b in a.bids.values()))
         for r, b in a.bids.items():
-            self._put_claim(r, aid, Claim(a.spend * b.weight_ppm // total,
-                                          a.topups.get(r, 0), min(b.min, b.max), b.max))
+            if r in self.resources:
+                self._put_claim(r, aid, Claim(a.spend * b.weight_ppm // total,
+                                              a.topups.get(r, 0), min(b.min, b.max), b.max))
+            else:
+                self.unique.bid(aid, r, a.spend * b.weight_ppm // total, b.min)
 
     def _rate(self, aid: str) -> None:
         a = self.accounts[aid]
         fund = cont = 0
+        unique = []
         for r in a.bids:
+            if r not in self.resources:
+                unique.append(r)
+                continue
             f, c = self.resources[r].cost(aid)
             fund += f
             cont += c
-        a.rate_fund, a.rate_cont = fund, cont
+        a.rate_fund, a.rate_cont = fund + self.unique.charge(aid, unique), cont
 
     def _schedule(self, aid: str) -> None:
         """Heap entries for the account's interval end (if it has money to expire with)

@@ -1,8 +1,10 @@
 """A plain reference implementation of the event-driven allocation rules (docs/design.md
 §6; p2pmarket.auction.livebook's docstring): everything recomputed from scratch at every
 step, money charged eagerly at every tick, the water-filling done by the allocator's own
-:func:`p2pmarket.auction.shares.clearing`. Slow and obviously the rules; the
-hypothesis test runs it beside :class:`LiveBook` and requires equal outputs."""
+:func:`p2pmarket.auction.shares.clearing`, the unique identifiers' sealed bids by the
+allocator's own :func:`p2pmarket.auction.unique.run_unique` and their events from the
+statuses before and after each call. Slow and obviously the rules; the hypothesis test
+runs it beside :class:`LiveBook` and requires equal outputs."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from p2pmarket.auction.book import AccountState
 from p2pmarket.auction.livebook import Refused
 from p2pmarket.auction.model import AllocEvent, Bid
 from p2pmarket.auction.shares import clearing
+from p2pmarket.auction.unique import UniqueOutcome, build_unique, id_key, run_unique
 
 
 @dataclass
@@ -28,12 +32,84 @@ class RefAccount:
 
 class ReferenceBook:
     def __init__(self, capacities: Mapping[str, int], root_bids: Mapping[str, int],
-                 tick_us: int, long_interval_us: int) -> None:
+                 tick_us: int, long_interval_us: int,
+                 unique: Mapping[str, int] | None = None) -> None:
         self.caps = {r: c for r, c in sorted(capacities.items()) if c > 0}
         self.root = dict(root_bids)
         self.tick_us, self.long_us = tick_us, long_interval_us
+        self.unique = dict(unique or {})
         self.accounts: dict[str, RefAccount] = {}
         self.ticks = 0
+        self.events: list[AllocEvent] = []
+
+    def offered(self, key: str) -> bool:
+        return key in self.caps or ("," in key and
+                                    build_unique(self.unique, ()).offered_in(key))
+
+    # -- unique identifiers, from scratch by run_unique ----------------------------------
+
+    def outcome(self) -> tuple[list[str], UniqueOutcome]:
+        ids = sorted(self.accounts)
+        accs = [AccountState(aid, 0, 0, self.accounts[aid].bids) for aid in ids]
+        weights = [max(1, sum(b.weight_ppm for b in self.accounts[aid].bids.values()))
+                   for aid in ids]
+        return ids, run_unique(build_unique(self.unique, accs),
+                               [self.accounts[aid].spend for aid in ids], weights,
+                               self.tick_us)
+
+    def entries(self) -> dict[str, list[tuple[int, str]]]:
+        """Identifier key -> every (amount, account) bid on it."""
+        table = build_unique(self.unique, ())
+        out: dict[str, list[tuple[int, str]]] = {}
+        for aid, a in sorted(self.accounts.items()):
+            total = max(1, sum(b.weight_ppm for b in a.bids.values()))
+            for key, b in sorted(a.bids.items()):
+                ids = table.covered(key) if key not in self.caps else ()
+                for ident in ids:
+                    money = a.spend * b.weight_ppm // total // len(ids)
+                    out.setdefault(id_key(*ident), []).append((money, aid))
+        return out
+
+    def statuses(self) -> dict[tuple[str, str], tuple[str, int, int]]:
+        """(identifier key, account) -> (win or lose, amount, price) for every account
+        bidding on an identifier: the amount its best entry there, the price what the
+        winner pays per tick (the reserve if nobody wins)."""
+        _, out = self.outcome()
+        losers: dict[str, int] = {}
+        reserve: dict[str, int] = {}
+        for e in out.events:
+            losers[e.resource] = losers.get(e.resource, 0) + e.amount
+            reserve[e.resource] = e.limit
+        got = {}
+        for name, offers in self.entries().items():
+            winner = out.winners.get(name)
+            price = out.revenue[name] - losers.get(name, 0) if winner else reserve[name]
+            for amount, aid in offers:
+                old = got.get((name, aid))
+                if aid == winner:
+                    got[(name, aid)] = ("win", max(o[0] for o in offers), price)
+                elif old is None or (old[0] == "lose" and old[1] < amount):
+                    got[(name, aid)] = ("lose", amount, price)
+        return got
+
+    def unique_events(self, before: Mapping[tuple[str, str], tuple[str, int, int]]
+                      ) -> list[AllocEvent]:
+        out = []
+        for (name, aid), (now, amount, price) in sorted(self.statuses().items()):
+            was = before.get((name, aid), ("",))[0]
+            if now != was:
+                out.append(AllocEvent(aid, name, "won" if now == "win" else "outbid",
+                                      amount, price))
+        return out
+
+    def won(self, aid: str) -> dict[str, int]:
+        return dict(sorted(self.outcome()[1].won.get(aid, {}).items()))
+
+    def winners(self) -> dict[str, str]:
+        return dict(sorted(self.outcome()[1].winners.items()))
+
+    def id_prices(self) -> dict[str, int]:
+        return dict(sorted(self.outcome()[1].prices.items()))
 
     # -- derived, from scratch ---------------------------------------------------------
 
@@ -55,15 +131,23 @@ class ReferenceBook:
 
     def allocation(self, aid: str) -> dict[str, int]:
         out = {}
+        won = self.outcome()[1].won.get(aid, {})
         for r in sorted(self.accounts[aid].bids):
+            if r not in self.caps:
+                out[r] = won.get(r, 0)
+                continue
             _, capped, cap, b = self.clear(r)
             base, top, _, mx = self.claim(aid, r)
             out[r] = mx if aid in capped else (base + top) * cap // b
         return out
 
     def rates(self, aid: str) -> tuple[int, int]:
-        fund = cont = 0
+        ids, out = self.outcome()
+        fund = out.charges.get(ids.index(aid), 0)
+        cont = 0
         for r in self.accounts[aid].bids:
+            if r not in self.caps:
+                continue
             _, capped, cap, b = self.clear(r)
             base, top, _, mx = self.claim(aid, r)
             if aid in capped:
@@ -127,26 +211,36 @@ class ReferenceBook:
 
     def _event(self, actor: str | None, change: object) -> list[AllocEvent]:
         saved = copy.deepcopy(self.accounts)
+        before = self.statuses()
         events: list[AllocEvent] = []
         try:
-            change()   # type: ignore[operator]
+            change(events)   # type: ignore[operator]
             self.cascade(actor, events)
         except BaseException:
             self.accounts = saved
+            self.events = []
             raise
-        return sorted(events, key=lambda e: (e.account_id, e.resource, e.kind))
+        return self._done(events, before)
+
+    def _done(self, events: list[AllocEvent],
+              before: Mapping[tuple[str, str], tuple[str, int, int]]) -> list[AllocEvent]:
+        events += self.unique_events(before)
+        self.events = sorted(events, key=lambda e: (e.account_id, e.resource, e.kind))
+        return self.events
 
     def put(self, aid: str, fund: int, contingency: int, end_us: int,
             bids: Mapping[str, Bid], now_us: int) -> list[AllocEvent]:
-        def change() -> None:
+        def change(events: list[AllocEvent]) -> None:
             self.accounts[aid] = RefAccount(fund, contingency, end_us,
-                                            {r: b for r, b in bids.items() if r in self.caps})
+                                            {r: b for r, b in bids.items() if self.offered(r)})
+            events.extend(AllocEvent(aid, r, "not_offered", 0, 0)
+                          for r in sorted(bids) if not self.offered(r))
             self.freeze(aid, now_us)
         return self._event(aid, change)
 
     def add_money(self, aid: str, fund: int, contingency: int, now_us: int
                   ) -> list[AllocEvent]:
-        def change() -> None:
+        def change(events: list[AllocEvent]) -> None:
             a = self.accounts[aid]
             if a.fund + fund < 0 or a.contingency + contingency < 0:
                 raise ValueError("not that much money in the account")
@@ -156,13 +250,16 @@ class ReferenceBook:
         return self._event(aid, change)
 
     def remove(self, aid: str) -> tuple[int, int]:
+        before = self.statuses()
         a = self.accounts.pop(aid)
         events: list[AllocEvent] = []
         self.cascade(None, events)
+        self._done(events, before)
         return a.fund, a.contingency
 
     def tick(self, now_us: int) -> list[AllocEvent]:
         events: list[AllocEvent] = []
+        before = self.statuses()
         done = set()
         for aid, a in sorted(self.accounts.items()):
             if a.end_us <= now_us and a.fund + a.contingency > 0:
@@ -182,6 +279,7 @@ class ReferenceBook:
                                          sum(a.topups.values())))
                 a.topups = {}
         self.cascade(None, events)
+        events = self._done(events, before)
         rates = {aid: self.rates(aid) for aid in self.accounts}
         for aid, (f, c) in rates.items():
             a = self.accounts[aid]
@@ -189,4 +287,4 @@ class ReferenceBook:
             a.contingency -= c
             assert a.fund >= 0 and a.contingency >= 0
         self.ticks += 1
-        return sorted(events, key=lambda e: (e.account_id, e.resource, e.kind))
+        return events

@@ -21,12 +21,23 @@ T = 1_000_000
 CAPS = {"cpu": 100, "memory": 1000}
 ROOT = {"cpu": 3, "memory": 5}
 LONG = 50 * T
+# reserves per tick: three ports with a reserve, one free, an address; 40000 not offered
+UNIQUE = {"tcp_port,30000-30002": 2, "tcp_port,30003": 0, "ipv4_address,198.18.0.5": 9}
+PORTS = ["tcp_port,30000", "tcp_port,30001", "tcp_port,30000-30003", "tcp_port,40000",
+         "ipv4_address,198.18.0.5"]
 
 bids_st = st.dictionaries(
     st.sampled_from(["cpu", "memory", "disk"]),
     st.builds(Bid, st.integers(0, 5), st.integers(0, 60) | st.integers(0, 400),
               st.integers(0, 1200)),
-    max_size=3)
+    max_size=3) | st.builds(
+    lambda d, u: {**d, **u},
+    st.dictionaries(st.sampled_from(["cpu", "memory"]),
+                    st.builds(Bid, st.integers(0, 5), st.integers(0, 60),
+                              st.integers(0, 1200)), max_size=2),
+    st.dictionaries(st.sampled_from(PORTS),   # a unique bid's min: its own, per second
+                    st.builds(Bid, st.integers(0, 5), st.integers(0, 30), st.just(0)),
+                    min_size=1, max_size=3))
 op_st = st.one_of(
     st.tuples(st.just("put"), st.sampled_from("abcdef"), st.integers(0, 5000),
               st.integers(0, 300), st.integers(0, 48), bids_st),
@@ -40,7 +51,7 @@ op_st = st.one_of(
 
 
 def books() -> tuple[LiveBook, ReferenceBook]:
-    return LiveBook(CAPS, ROOT, T, LONG), ReferenceBook(CAPS, ROOT, T, LONG)
+    return LiveBook(CAPS, ROOT, T, LONG, UNIQUE), ReferenceBook(CAPS, ROOT, T, LONG, UNIQUE)
 
 
 def run(book: Any, op: tuple[Any, ...], now: int) -> Any:
@@ -57,7 +68,7 @@ def run(book: Any, op: tuple[Any, ...], now: int) -> Any:
         if kind == "remove":
             if op[1] not in book.accounts:
                 return "absent"
-            return book.remove(op[1])
+            return book.remove(op[1]), book.events
         return book.tick(now)
     except Refused as exc:
         return ("refused", exc.event)
@@ -66,9 +77,10 @@ def run(book: Any, op: tuple[Any, ...], now: int) -> Any:
 
 
 def observe(book: Any) -> dict[str, Any]:
-    return {"accounts": {aid: (book.money(aid), book.allocation(aid), book.rates(aid))
-                         for aid in sorted(book.accounts)},
-            "prices": {r: book.price(r) for r in CAPS}}
+    return {"accounts": {aid: (book.money(aid), book.allocation(aid), book.rates(aid),
+                               book.won(aid)) for aid in sorted(book.accounts)},
+            "prices": {r: book.price(r) for r in CAPS},
+            "winners": book.winners(), "id_prices": book.id_prices()}
 
 
 @settings(max_examples=300, deadline=None)
@@ -191,7 +203,7 @@ def test_records_restore_the_book_and_the_digest_follows_them(
     observations, and the same outputs for whatever comes next; the incremental digest
     is the one computed from scratch; ``changed`` names exactly the records that
     changed."""
-    live = LiveBook(CAPS, ROOT, T, LONG)
+    live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
     now = 1000 * T
     for op in ops:
         now += op[1] * T // 4 if op[0] in ("tick", "wait") else 0
@@ -204,7 +216,7 @@ def test_records_restore_the_book_and_the_digest_follows_them(
         assert live.changed == {aid for aid in before.keys() | after.keys()
                                 if before.get(aid) != after.get(aid)}, op
         assert live.digest() == digest_from_scratch(live)
-    copy = LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, live.records())
+    copy = LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, live.records(), UNIQUE)
     assert copy.records() == live.records() and copy.digest() == live.digest()
     assert observe(copy) == observe(live)
     for op in more:
