@@ -15,6 +15,7 @@ from p2pmarket.auction.allocator import run_tick
 from p2pmarket.auction.book import AccountState, build_book
 from p2pmarket.auction.livebook import LiveBook, Refused
 from p2pmarket.auction.model import AllocEvent, Bid
+from p2pmarket.auction.unique import id_key
 from tests.auction.reference_livebook import ReferenceBook
 
 T = 1_000_000
@@ -163,27 +164,117 @@ def test_an_interval_end_expires_with_a_long_interval() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(0, 50_000),
-                          st.integers(1, 40), bids_st), max_size=12))
+                          st.integers(1, 40), bids_st), max_size=12),
+       st.sampled_from([T, 250_000]))
 def test_between_events_it_charges_what_the_per_tick_allocator_charges(
-        puts: list[tuple[str, int, int, dict[str, Bid]]]) -> None:
+        puts: list[tuple[str, int, int, dict[str, Bid]]], tick: int) -> None:
     """With the spends frozen, one tick of the per-tick allocator (run_tick) on the same
-    bids gives the same allocations, charges and prices (no contingency funds here, so
-    no top-ups; nobody is short once the events have dropped them)."""
-    live = LiveBook(CAPS, ROOT, T, LONG)
+    bids gives the same allocations, unique winners, charges and prices (no contingency
+    funds here, so no top-ups; nobody is short once the events have dropped them), and
+    its ``outbid`` events are the losing bids standing in the book."""
+    live = LiveBook(CAPS, ROOT, tick, LONG, UNIQUE)
     now = 1000 * T
     for aid, fund, end_q, bids in puts:
         with contextlib.suppress(Refused):
             live.put(aid, fund, 0, now + end_q * T // 4, bids, now)
-    accs = tuple(AccountState(aid, a.spend, now + T, dict(a.bids))
+    accs = tuple(AccountState(aid, a.spend, now + tick, dict(a.bids))
                  for aid, a in sorted(live.accounts.items()))
-    result = run_tick(build_book(CAPS, accs), [a.fund for a in accs], [0] * len(accs),
-                      [a.interval_end_us for a in accs], now, T, ROOT)
-    assert [e for e in result.events if e.kind != "not_offered"] == []
+    result = run_tick(build_book(CAPS, accs, UNIQUE), [a.fund for a in accs],
+                      [0] * len(accs), [a.interval_end_us for a in accs], now, tick, ROOT)
+    assert [e for e in result.events if e.kind not in ("not_offered", "outbid")] == []
     for aid in live.accounts:
         assert live.allocation(aid) == result.allocation(aid)
+        assert live.won(aid) == dict(result.unique_won.get(aid, {}))
         assert live.rates(aid) == (result.charges[aid], 0)
     for r in CAPS:
-        assert live.price(r) == result.prices[r] * T // 1_000_000
+        assert live.price(r) == result.prices[r] * tick // 1_000_000
+    assert live.winners() == result.winners
+    assert live.id_prices() == {k: v for k, v in result.prices.items() if "," in k}
+    losing = sorted((aid, id_key(*ident), o.amount, s.price())
+                    for ident, s in live.unique.idents.items()
+                    for (aid, _), o in s.offers.items() if (aid, _) != s.winner())
+    assert sorted((e.account_id, e.resource, e.amount, e.limit) for e in result.events
+                  if e.kind == "outbid") == losing
+
+
+# -- unique resources, rule by rule ------------------------------------------------
+
+PORT = "tcp_port,30000"
+
+
+def test_a_sealed_bid_wins_at_the_second_price_and_losers_pay_their_bid() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
+    now = 1000 * T
+    end = now + 10 * T   # a fund of F spends F / 10 per tick
+    # alone: pays the reserve (2), not its bid (10)
+    assert live.put("a", 100, 0, end, {PORT: Bid(1, 0, 0)}, now) == [
+        AllocEvent("a", PORT, "won", 10, 2)]
+    assert live.rates("a") == (2, 0) and live.winners() == {PORT: "a"}
+    assert live.id_prices() == {PORT: 2} and live.allocation("a") == {PORT: 1}
+    # a lower bid loses, pays itself, and sets the winner's price
+    assert live.put("b", 60, 0, end, {PORT: Bid(1, 0, 0)}, now) == [
+        AllocEvent("b", PORT, "outbid", 6, 6)]
+    assert live.rates("a") == (6, 0) and live.rates("b") == (6, 0)
+    assert live.won("b") == {} and live.allocation("b") == {PORT: 0}
+    # a tie goes to the smaller account id
+    assert live.put("c", 100, 0, end, {PORT: Bid(1, 0, 0)}, now) == [
+        AllocEvent("c", PORT, "outbid", 10, 10)]
+    assert live.winners() == {PORT: "a"} and live.rates("a") == (10, 0)
+    # more money wins: the winner before is outbid, at no refusal (2/7)
+    assert live.add_money("b", 140, 0, now) == [AllocEvent("a", PORT, "outbid", 10, 10),
+                                                AllocEvent("b", PORT, "won", 20, 10)]
+    assert live.rates("a") == (10, 0) and live.rates("b") == (10, 0)
+    # the winner leaves: the best of the rest wins
+    live.remove("b")
+    assert live.events == [AllocEvent("a", PORT, "won", 10, 10)]
+    assert live.winners() == {PORT: "a"} and live.rates("c") == (10, 0)
+
+
+def test_a_winner_pays_its_own_min_and_a_bid_below_the_reserve_cannot_win() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
+    now = 1000 * T
+    live.put("a", 100, 0, now + 10 * T, {PORT: Bid(1, 7, 0)}, now)   # own min 7/s
+    assert live.rates("a") == (7, 0) and live.id_prices() == {PORT: 7}
+    ip = "ipv4_address,198.18.0.5"    # reserve 9 per tick
+    assert live.put("d", 50, 0, now + 10 * T, {ip: Bid(1, 0, 0)}, now) == [
+        AllocEvent("d", ip, "outbid", 5, 9)]
+    assert live.rates("d") == (5, 0) and ip not in live.winners()
+    assert live.id_prices()[ip] == 9
+
+
+def test_a_range_splits_its_money_over_the_offered_ports_and_loses_them_one_by_one(
+        ) -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
+    now = 1000 * T
+    rng = "tcp_port,30000-30009"   # covers the four offered, 30000 to 30003
+    events = live.put("e", 1000, 0, now + 10 * T, {"cpu": Bid(1, 0, 100),
+                                                    rng: Bid(1, 0, 0)}, now)
+    # spend 100: 50 to cpu, 50 to the range, 50 // 4 = 12 on each port
+    assert events == [AllocEvent("e", f"tcp_port,{p}", "won", 12, r)
+                      for p, r in ((30000, 2), (30001, 2), (30002, 2), (30003, 0))]
+    assert live.rates("e") == (50 + 2 + 2 + 2 + 0, 0)
+    assert live.won("e") == {rng: 4} and live.allocation("e") == {"cpu": 50 * 100 // 53, rng: 4}
+    assert live.put("f", 200, 0, now + 10 * T, {"tcp_port,30001": Bid(1, 0, 0)}, now) == [
+        AllocEvent("e", "tcp_port,30001", "outbid", 12, 12),
+        AllocEvent("f", "tcp_port,30001", "won", 20, 12)]
+    assert live.rates("e") == (50 + 2 + 12 + 2 + 0, 0) and live.won("e") == {rng: 3}
+    assert live.allocation("e")["cpu"] == 94   # losing a port changes nothing else
+    # e's own event that loses it two more ports is not refused: 1 per port now
+    assert live.add_money("e", -900, 0, now) == [
+        AllocEvent("e", "tcp_port,30000", "outbid", 1, 2),
+        AllocEvent("e", "tcp_port,30002", "outbid", 1, 2)]
+    assert live.won("e") == {rng: 1} and live.winners()["tcp_port,30003"] == "e"
+    assert live.rates("e") == (5 + 1 + 1 + 1 + 0, 0)
+
+
+def test_a_bid_on_what_is_not_offered_is_reported_and_gets_no_money() -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
+    now = 1000 * T
+    events = live.put("g", 1000, 0, now + 10 * T, {
+        "cpu": Bid(1, 0, 100), "gpu": Bid(1, 0, 1), "tcp_port,40000": Bid(1, 0, 0)}, now)
+    assert events == [AllocEvent("g", "gpu", "not_offered", 0, 0),
+                      AllocEvent("g", "tcp_port,40000", "not_offered", 0, 0)]
+    assert live.rates("g") == (100, 0) and set(live.record("g").bids) == {"cpu"}
 
 
 def digest_from_scratch(book: LiveBook) -> bytes:
@@ -234,6 +325,8 @@ def test_restore_refuses_records_no_book_could_hold() -> None:
     rec = live.record("a")
     for bad in ({"a": replace(rec, fund=-1)}, {"a": replace(rec, topups={"memory": 1})},
                 {"a": replace(rec, since=5)}, {"a": replace(rec, spend=-1)},
-                {"a": replace(rec, bids={"cpu": Bid(1, 99, 100)})}):
+                {"a": replace(rec, bids={"cpu": Bid(1, 99, 100)})},
+                {"a": replace(rec, bids={**rec.bids, PORT: Bid(1, 0, 0)},
+                              topups={PORT: 1})}):
         with pytest.raises(ValueError):
-            LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, bad)
+            LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, bad, UNIQUE)
