@@ -5,8 +5,11 @@ Between events nothing in the auction moves, so nothing is recomputed between th
 
 1. **Frozen spend.** At each of its events (put, fund, take, expiry, exhaustion) an
    account's per-tick spend is fixed at ``spend = min(fund, ceil(fund * tick /
-   max(end - now, tick)))`` and split over its claims by weight, each part rounded
-   down (``base``); it stays until the account's next event. An account's events
+   max(end - now, tick)))`` and split by weight over its claims and its unique bids,
+   each part rounded down (``base``); it stays until the account's next event. A bid
+   on what the host does not offer (a divisible resource without capacity, a unique
+   key that covers no offered identifier) is left out of the book and the split, with
+   event ``not_offered`` (a report: the host's terms refuse such keys earlier). An account's events
    change its own claims only, so between events every bid, price, allocation and
    charge per tick is constant, and what an account has paid after ``n`` ticks at a
    constant charge ``c`` is exactly ``n * c``.
@@ -26,7 +29,19 @@ Between events nothing in the auction moves, so nothing is recomputed between th
    other claims. A top-up stands until the account's next event.
 4. **6/27.** An event (put, fund, take) after which its own account loses a claim is
    refused: :class:`Refused`, and nothing changed (an undo log restores the claims).
-5. **Ticks.** ``tick(now)`` counts one tick. First the accounts whose interval ended
+5. **Unique resources** (tcp_port, ipv4_address; the rules of
+   :mod:`p2pmarket.auction.unique`, kept bid by bid in :mod:`p2pmarket.auction.sealed`):
+   a unique bid's part of the spend is split evenly over the offered identifiers it
+   covers (rounded down); per identifier the highest bid wins if it reaches the
+   reserve (ties: smaller account id) and pays ``min(bid, max(own min per tick,
+   second bid, reserve))``, the losers pay their bid, all from the fund. Between
+   events these charges are constant too; a change of an identifier's bids re-rates
+   the bid changed and the winners before and after. Losing an identifier is never
+   refused and drops nothing (2/7). Per call, on each identifier whose bids changed:
+   ``won`` for an account winning it now and not before the call, ``outbid`` for one
+   losing it now that was winning it or had no bid on it before the call (the exact
+   rule and the amounts: :mod:`p2pmarket.auction.sealed`).
+6. **Ticks.** ``tick(now)`` counts one tick. First the accounts whose interval ended
    (``now >= end``) with money left get ``end = now + long_interval`` and a new
    spend (event ``expired``); then those whose fund is below their spend before this
    tick's charge get a new spend (event ``exhausted``), and those whose contingency
@@ -42,7 +57,9 @@ State: each account is a :class:`Record` (its money as of tick ``since``, its in
 end, standing bids, frozen spend and top-ups); :meth:`LiveBook.records` and
 :meth:`LiveBook.restore` give and take the whole book as records and the tick count,
 and after every call ``changed`` names the accounts whose record changed, so a host
-writes only those. :meth:`LiveBook.digest` commits to the tick count and every
+writes only those, and ``events`` holds the call's events (those of :meth:`remove`
+too, which returns the money). The unique auctions are not in the records: they
+follow from the bids and frozen spends, and restore finds them again. :meth:`LiveBook.digest` commits to the tick count and every
 record: the sum modulo 2^256 of the SHA-256 of each record's row
 (:meth:`Record.row`), kept up to date record by record (a multiset hash: the order of
 accounts does not matter and one change costs one hash).
@@ -108,7 +125,8 @@ class _Account:
 
 
 class LiveBook:
-    """Accounts, their claims on each divisible resource, and the heaps of what is due."""
+    """Accounts, their claims on each divisible resource, their bids on the unique
+    identifiers, and the heaps of what is due."""
 
     def __init__(self, capacities: Mapping[str, int], root_bids: Mapping[str, int],
                  tick_us: int, long_interval_us: int,
@@ -285,7 +303,7 @@ class LiveBook:
         return a.fund, a.contingency
 
     def tick(self, now_us: int) -> list[AllocEvent]:
-        """Take tick ``ticks + 1`` at ``now`` (rule 5); the events, sorted."""
+        """Take tick ``ticks + 1`` at ``now`` (rule 6); the events, sorted."""
         self._begin()
         k = self.ticks + 1
         seen: set[str] = set()
@@ -359,7 +377,7 @@ class LiveBook:
             return []
         # rule 2: new charges for the accounts whose claims changed, for those capped
         # (before or now) on a resource whose clearing moved and for those whose
-        # status on an identifier may have moved (rule 6)
+        # status on an identifier may have moved (rule 5)
         uevents, touched = self.unique.end(commit=True)
         self._events.extend(uevents)
         touched |= self._changed | set(saved)
@@ -453,7 +471,7 @@ class LiveBook:
     def _schedule(self, aid: str) -> None:
         """Heap entries for the account's interval end (if it has money to expire with)
         and for the first tick before whose charge its fund is below its spend or its
-        contingency fund below its top-ups (rule 5)."""
+        contingency fund below its top-ups (rule 6)."""
         a = self.accounts[aid]
         self._serial += 1
         a.version = self._serial
