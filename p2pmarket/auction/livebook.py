@@ -9,10 +9,10 @@ Between events nothing in the auction moves, so nothing is recomputed between th
    each part rounded down (``base``); it stays until the account's next event. A bid
    on what the host does not offer (a divisible resource without capacity, a unique
    key that covers no offered identifier) is left out of the book and the split, with
-   event ``not_offered`` (a report: the host's terms refuse such keys earlier). An account's events
-   change its own claims only, so between events every bid, price, allocation and
-   charge per tick is constant, and what an account has paid after ``n`` ticks at a
-   constant charge ``c`` is exactly ``n * c``.
+   event ``not_offered`` (a report: the host's terms refuse such keys earlier). An
+   account's events change its own claims only, so between events every bid, price,
+   allocation and charge per tick is constant, and what an account has paid after
+   ``n`` ticks at a constant charge ``c`` is exactly ``n * c``.
 2. **Clearing and charges** are those of :mod:`p2pmarket.auction.standing` per
    resource (water-filled max caps; uncapped pay their bid, capped ``min(bid,
    ceil(max * B / C))``). A capped claim's charge moves with its resource's ``B / C``,
@@ -59,10 +59,11 @@ end, standing bids, frozen spend and top-ups); :meth:`LiveBook.records` and
 and after every call ``changed`` names the accounts whose record changed, so a host
 writes only those, and ``events`` holds the call's events (those of :meth:`remove`
 too, which returns the money). The unique auctions are not in the records: they
-follow from the bids and frozen spends, and restore finds them again. :meth:`LiveBook.digest` commits to the tick count and every
-record: the sum modulo 2^256 of the SHA-256 of each record's row
-(:meth:`Record.row`), kept up to date record by record (a multiset hash: the order of
-accounts does not matter and one change costs one hash).
+follow from the bids and frozen spends, and restore finds them again.
+:meth:`LiveBook.digest` commits to the tick count and every record: the sum modulo
+2^256 of the SHA-256 of each record's row (:meth:`Record.row`), kept up to date
+record by record (a multiset hash: the order of accounts does not matter and one
+change costs one hash).
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ winning entry's amount, limit: the price it pays per tick); ``outbid`` if it is
 losing now and was winning or had no entry there before the call (amount: its
 highest entry there, limit: the winner's price per tick, or the reserve if nobody
 wins). What happened in between (a cascade's steps) does not count.
+
+An identifier the host offers twice (overlapping ranges) counts once, at the reserve
+of the first range that holds it (run_unique would count it twice for a bid).
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ class Uniques:
         if got is None:
             if len(self._covered) >= _CACHE:
                 self._covered.clear()
-            got = self._covered[key] = self.table.covered(key) if "," in key else ()
+            got = self._covered[key] = tuple(dict.fromkeys(self.table.covered(key))) \
+                if "," in key else ()
         return got
 
     # -- changes -------------------------------------------------------------------

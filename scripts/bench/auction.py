@@ -13,7 +13,11 @@ allocator beside it, and bid-to-effect on the VMM.
    of ``--repeat`` bids' full effect: a random account changes its cpu weight (a new
    spend split, the clearing walked, the mins checked, the capped re-charged; a bid
    that would drop its own claim is refused and undone, and is timed too).
-   ``tick_growth = tick_ms_10000 / tick_ms_100``, ``event_growth`` likewise.
+   ``tick_growth = tick_ms_10000 / tick_ms_100``, ``event_growth`` likewise. The book
+   also offers 100 tcp ports (``tcp_port,30000-30099``): ``unique_event_ms_N`` is the
+   median of ``--repeat`` bids of random accounts adding (or changing) a bid on a
+   random port or on a ten-port range (sealed bids per port, won/outbid events), after
+   the bids above, so the tick and event figures are on divisible bids only.
 2. The per-tick allocator the host runs today (:func:`run_tick`) on the same accounts:
    ``full_tick_ms_N`` on the prepared columns, ``full_build_ms_N`` with the columns
    built too (:func:`allocate`: what a bid costs it).
@@ -55,6 +59,7 @@ from p2pmarket.host.vmm.libvirt_backend import LibvirtVMM
 
 S = 1_000_000
 NOW = 1_700_000_000 * S
+PORTS = {"tcp_port,30000-30099": 1}   # reserve per tick
 CAPS = {"cpu": 64_000, "memory": 256 << 20, "disk": 4 << 30, "net_in": 10**10,
         "net_out": 10**10}
 
@@ -95,12 +100,12 @@ def tick_ms(n: int, repeat: int) -> tuple[float, float, int]:
     return statistics.median(times) * 1e3, statistics.median(full) * 1e3, events
 
 
-def live_ms(n: int, repeat: int) -> tuple[float, float, float, int]:
+def live_ms(n: int, repeat: int) -> tuple[float, float, float, int, float]:
     """(tick ms, event ms, ms of a tick at which 1 % of the intervals end, events in the
-    ticks) of the event-driven allocator."""
+    ticks, unique event ms) of the event-driven allocator."""
     accs = accounts(n)
     rnd = random.Random(2)
-    book = LiveBook(CAPS, {r: 1 for r in CAPS}, S, 30 * 24 * 3600 * S)
+    book = LiveBook(CAPS, {r: 1 for r in CAPS}, S, 30 * 24 * 3600 * S, PORTS)
     for a in accs:
         try:
             book.put(a.account_id, a.fund, a.contingency, a.interval_end_us, a.bids, NOW)
@@ -137,8 +142,20 @@ def live_ms(n: int, repeat: int) -> tuple[float, float, float, int]:
         with contextlib.suppress(Refused):
             book.put(a.account_id, fund, cont, a.interval_end_us, bids, now)
         evs.append(time.perf_counter() - t)
+    uevs = []
+    for _ in range(repeat):
+        a = accs[rnd.randrange(n)]
+        bids = dict(book.accounts[a.account_id].bids)
+        lo = 30000 + rnd.randrange(100)
+        key = f"tcp_port,{lo}" if rnd.random() < 0.7 else f"tcp_port,{lo}-{lo + 9}"
+        bids[key] = Bid(rnd.randint(1, 5) * S, 0, 0)
+        fund, cont = book.money(a.account_id)
+        t = time.perf_counter()
+        with contextlib.suppress(Refused):
+            book.put(a.account_id, fund, cont, a.interval_end_us, bids, now)
+        uevs.append(time.perf_counter() - t)
     return (statistics.median(ticks) * 1e3, statistics.median(evs) * 1e3,
-            statistics.median(busy) * 1e3, events)
+            statistics.median(busy) * 1e3, events, statistics.median(uevs) * 1e3)
 
 
 async def bid_to_effect(vms: int, bids: int) -> list[float]:
@@ -189,18 +206,20 @@ def main() -> int:
     args = ap.parse_args()
     report: dict[str, Any] = {}
     for n in sorted(set(args.accounts) | {100, 10000}):
-        tick, event, busy, events = live_ms(n, args.repeat)
+        tick, event, busy, events, uevent = live_ms(n, args.repeat)
         old_tick, old_full, _ = tick_ms(n, args.repeat)
         report[f"tick_ms_{n}"] = round(tick, 4)
         report[f"event_ms_{n}"] = round(event, 4)
         report[f"tick_ms_1pct_expiring_{n}"] = round(busy, 3)
         report[f"tick_events_{n}"] = events
+        report[f"unique_event_ms_{n}"] = round(uevent, 4)
         report[f"full_tick_ms_{n}"] = round(old_tick, 2)
         report[f"full_build_ms_{n}"] = round(old_full, 2)
         if not args.json:
             print(f"{n:>6} accounts: event-driven tick {tick:8.4f} ms (with 1 % of the "
                   f"intervals ending {busy:7.3f} ms), event {event:8.4f} ms"
-                  f" ({events} events in the ticks); per-tick allocator: tick "
+                  f" ({events} events in the ticks), unique bid {uevent:8.4f} ms; "
+                  f"per-tick allocator: tick "
                   f"{old_tick:7.2f} ms, with column build {old_full:7.2f} ms")
     report["tick_growth"] = round(report["tick_ms_10000"] / report["tick_ms_100"], 2)
     report["event_growth"] = round(report["event_ms_10000"] / report["event_ms_100"], 2)
