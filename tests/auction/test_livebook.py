@@ -51,6 +51,20 @@ op_st = st.one_of(
 )
 
 
+# a few accounts contending for the ports, with some cpu beside
+unique_bids_st = st.dictionaries(
+    st.sampled_from([*PORTS[:3], "cpu"]),
+    st.builds(Bid, st.integers(0, 3), st.integers(0, 20), st.just(100)), max_size=3)
+unique_op_st = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from("abc"), st.integers(0, 300),
+              st.just(0), st.integers(0, 48), unique_bids_st),
+    st.tuples(st.just("money"), st.sampled_from("abc"), st.integers(-100, 200),
+              st.just(0)),
+    st.tuples(st.just("remove"), st.sampled_from("abc")),
+    st.tuples(st.just("tick"), st.integers(1, 12)),
+)
+
+
 def books() -> tuple[LiveBook, ReferenceBook]:
     return LiveBook(CAPS, ROOT, T, LONG, UNIQUE), ReferenceBook(CAPS, ROOT, T, LONG, UNIQUE)
 
@@ -87,6 +101,17 @@ def observe(book: Any) -> dict[str, Any]:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(op_st, max_size=60))
 def test_live_book_equals_the_reference(ops: list[tuple[Any, ...]]) -> None:
+    same_as_the_reference(ops)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(unique_op_st, max_size=30))
+def test_live_book_equals_the_reference_on_contended_ports(ops: list[tuple[Any, ...]]
+                                                           ) -> None:
+    same_as_the_reference(ops)
+
+
+def same_as_the_reference(ops: list[tuple[Any, ...]]) -> None:
     live, ref = books()
     now = 1000 * T
     for op in ops:
