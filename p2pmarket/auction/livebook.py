@@ -27,8 +27,9 @@ Between events nothing in the auction moves, so nothing is recomputed between th
    dropped (event ``below_min``, amount = its share then, limit = its min), the
    account no longer bids on the resource and its spend is split again over its
    other claims. A top-up stands until the account's next event.
-4. **6/27.** An event (put, fund, take) after which its own account loses a claim is
-   refused: :class:`Refused`, and nothing changed (an undo log restores the claims).
+4. **6/27.** An event (put, fund, take) after which its own account loses a claim, or
+   would have its disk deleted (rule 7), is refused: :class:`Refused`, and nothing
+   changed (an undo log restores the claims).
 5. **Unique resources** (tcp_port, ipv4_address; the rules of
    :mod:`p2pmarket.auction.unique`, kept bid by bid in :mod:`p2pmarket.auction.sealed`):
    a unique bid's part of the spend is split evenly over the offered identifiers it
@@ -49,6 +50,11 @@ Between events nothing in the auction moves, so nothing is recomputed between th
    in heaps at the tick they are due; then every standing charge is taken for the
    tick (lazily: an account's money is brought up to date when it is read or
    changes).
+7. **Disk usage** (:mod:`p2pmarket.auction.diskuse`): with the usage the host reports
+   (:meth:`LiveBook.set_usage`), an account whose disk claim gets less than it uses
+   is below: ``disk_shrink`` (it gets at least what its file system can shrink to)
+   or ``disk_delete``. The event comes at the call after which the account is below
+   and was not, or is below in the other kind (not at every tick).
 
 Money: fund and contingency are integers charged per tick at constant rates between
 settlements, never below zero; what is charged is what the accounts lose.
@@ -73,6 +79,7 @@ import heapq
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from p2pmarket.auction.diskuse import DiskUse
 from p2pmarket.auction.model import AllocEvent, Bid
 from p2pmarket.auction.sealed import Uniques
 from p2pmarket.auction.standing import Claim, Standing
@@ -82,10 +89,11 @@ MOD = 1 << 256
 
 
 class Refused(Exception):
-    """An event refused by rule 4 (6/27): the account would lose a claim."""
+    """An event refused by rule 4 (6/27): the account would lose a claim (``below_min``)
+    or its disk (``disk_delete``)."""
 
     def __init__(self, event: AllocEvent) -> None:
-        super().__init__(f"{event.resource}: below min ({event.amount} < {event.limit})")
+        super().__init__(f"{event.resource}: {event.kind} ({event.amount} < {event.limit})")
         self.event = event
 
 
@@ -131,15 +139,20 @@ class LiveBook:
 
     def __init__(self, capacities: Mapping[str, int], root_bids: Mapping[str, int],
                  tick_us: int, long_interval_us: int,
-                 unique: Mapping[str, int] | None = None) -> None:
+                 unique: Mapping[str, int] | None = None,
+                 usage: Mapping[str, tuple[int, int]] | None = None) -> None:
         """``unique``: the host's unique offers, key (single or range) -> reserve per
-        tick (:meth:`HostConfig.reserves`)."""
+        tick (:meth:`HostConfig.reserves`); ``usage``: the disk usage reported,
+        account -> (used, floor) (:meth:`set_usage`)."""
         assert tick_us > 0
         self.tick_us = tick_us
         self.long_us = long_interval_us
         self.resources = {r: Standing(c, root_bids[r]) for r, c in sorted(capacities.items())
                           if c > 0 and "," not in r}
         self.unique = Uniques(unique or {}, tick_us)
+        self.disk = DiskUse(usage)
+        self._disk_touched: set[str] = set()
+        self._disk_below: dict[str, AllocEvent] | None = None
         self.accounts: dict[str, _Account] = {}
         self.ticks = 0
         self._ends: list[tuple[int, int, str]] = []    # (end_us, version, aid)
@@ -199,6 +212,11 @@ class LiveBook:
         """Per identifier bid on, per second: what its winner pays, or its reserve."""
         return self.unique.prices()
 
+    def below_usage(self) -> dict[str, AllocEvent]:
+        """The accounts whose disk claim is below their usage now (rule 7), each with
+        the event it got."""
+        return dict(self.disk.below)
+
     def offered(self, key: str) -> bool:
         """Whether the host offers ``key``: a divisible resource, or a unique key that
         covers an offered identifier."""
@@ -222,12 +240,13 @@ class LiveBook:
     def restore(cls, capacities: Mapping[str, int], root_bids: Mapping[str, int],
                 tick_us: int, long_interval_us: int, ticks: int,
                 records: Mapping[str, Record],
-                unique: Mapping[str, int] | None = None) -> LiveBook:
+                unique: Mapping[str, int] | None = None,
+                usage: Mapping[str, tuple[int, int]] | None = None) -> LiveBook:
         """The book as :meth:`records` gave it (nothing re-frozen, no cascade, no
         events; the unique auctions found again from the bids). Raises ValueError for
         records no book could have held: a claim short of its min, a top-up on a
         divisible resource not bid on, money charged below zero."""
-        book = cls(capacities, root_bids, tick_us, long_interval_us, unique)
+        book = cls(capacities, root_bids, tick_us, long_interval_us, unique, usage)
         book.ticks = ticks
         book._begin()
         for aid, rec in sorted(records.items()):
@@ -241,6 +260,10 @@ class LiveBook:
             book._split(aid)
         book._undo = None
         book.unique.begin()
+        if (disk := book.resources.get("disk")) is not None:
+            for aid in book._disk_touched:
+                book.disk.sync(aid, disk.claims.get(aid))
+            book.disk.below = book.disk.find(disk)
         for r, st in book.resources.items():
             if st.worst_short() is not None:
                 raise ValueError(f"{r}: a claim below its min")
@@ -300,8 +323,20 @@ class LiveBook:
         for r in a.bids:
             self._drop(r, aid)
         self._cascade(None)
+        self._check_disk(None)
         self._end(commit=True)
         return a.fund, a.contingency
+
+    def set_usage(self, usage: Mapping[str, tuple[int, int]]) -> list[AllocEvent]:
+        """The host's disk usage report, account -> (used, floor), in place of the last;
+        its events (rule 7; never refused)."""
+        self._begin()
+        old = self.disk.usage
+        self._disk_touched = {aid for aid in old.keys() | usage.keys()
+                              if old.get(aid) != usage.get(aid)}
+        self.disk.usage = dict(usage)
+        self._check_disk(None)
+        return self._end(commit=True)
 
     def tick(self, now_us: int) -> list[AllocEvent]:
         """Take tick ``ticks + 1`` at ``now`` (rule 6); the events, sorted."""
@@ -337,6 +372,7 @@ class LiveBook:
                 a.topups.clear()
                 self._split(aid)
         self._cascade(None)
+        self._check_disk(None)
         events = self._end(commit=True)
         self.ticks = k
         return events
@@ -348,6 +384,7 @@ class LiveBook:
         try:
             change()
             self._cascade(aid)
+            self._check_disk(aid)
         except BaseException:
             self._end(commit=False)
             raise
@@ -358,6 +395,7 @@ class LiveBook:
         self._undo, self._saved, self._events = [], {}, []
         self._dirty, self._changed, self._topped = set(), set(), set()
         self.unique.begin()
+        self._disk_touched, self._disk_below = set(), None
         self._before = {r: (st.cap_left, st.bids_left, frozenset(st.capped))
                         for r, st in self.resources.items()}
 
@@ -369,6 +407,9 @@ class LiveBook:
             for r, aid, claim in reversed(undo):
                 self.resources[r].put(aid, claim)
             self.unique.end(commit=False)
+            if (disk := self.resources.get("disk")) is not None:
+                for aid in self._disk_touched:
+                    self.disk.sync(aid, disk.claims.get(aid))
             for aid, acc in saved.items():
                 if acc is None:
                     self.accounts.pop(aid, None)
@@ -379,6 +420,8 @@ class LiveBook:
         # rule 2: new charges for the accounts whose claims changed, for those capped
         # (before or now) on a resource whose clearing moved and for those whose
         # status on an identifier may have moved (rule 5)
+        if self._disk_below is not None:
+            self.disk.below = self._disk_below
         uevents, touched = self.unique.end(commit=True)
         self._events.extend(uevents)
         touched |= self._changed | set(saved)
@@ -423,6 +466,8 @@ class LiveBook:
         if old == claim:
             return
         self._undo.append((r, aid, old))
+        if r == "disk":
+            self._disk_touched.add(aid)
         self._dirty.add(r)
         self._changed.add(aid)
         st.put(aid, claim)
@@ -500,6 +545,20 @@ class LiveBook:
         self._due = [e for e in self._due if (a := live.get(e[2])) and a.version == e[1]]
         heapq.heapify(self._ends)
         heapq.heapify(self._due)
+
+    def _check_disk(self, actor: str | None) -> None:
+        """Rule 7, and rule 4 for it."""
+        disk = self.resources.get("disk")
+        if disk is None or not self._disk_touched:
+            return
+        for aid in self._disk_touched:
+            self.disk.sync(aid, disk.claims.get(aid))
+        below = self.disk.find(disk)
+        mine = below.get(actor) if actor is not None else None
+        if mine is not None and mine.kind == "disk_delete":
+            raise Refused(mine)
+        self._events.extend(self.disk.news(below))
+        self._disk_below = below
 
     def _cascade(self, actor: str | None) -> None:
         """Rules 3 and 4 on the resources whose claims changed."""

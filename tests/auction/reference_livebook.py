@@ -33,8 +33,10 @@ class RefAccount:
 class ReferenceBook:
     def __init__(self, capacities: Mapping[str, int], root_bids: Mapping[str, int],
                  tick_us: int, long_interval_us: int,
-                 unique: Mapping[str, int] | None = None) -> None:
+                 unique: Mapping[str, int] | None = None,
+                 usage: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.caps = {r: c for r, c in sorted(capacities.items()) if c > 0}
+        self.usage = dict(usage or {})
         self.root = dict(root_bids)
         self.tick_us, self.long_us = tick_us, long_interval_us
         self.unique = dict(unique or {})
@@ -45,6 +47,28 @@ class ReferenceBook:
     def offered(self, key: str) -> bool:
         return key in self.caps or ("," in key and
                                     build_unique(self.unique, ()).offered_in(key))
+
+    # -- disk usage, from scratch ----------------------------------------------------------
+
+    def below_usage(self) -> dict[str, AllocEvent]:
+        out = {}
+        for aid, a in sorted(self.accounts.items()):
+            used, floor = self.usage.get(aid, (0, 0))
+            if "disk" in a.bids and "disk" in self.caps:
+                got = self.allocation(aid)["disk"]
+                if got < used:
+                    out[aid] = AllocEvent(aid, "disk", "disk_shrink" if got >= floor
+                                          else "disk_delete", got, used)
+        return out
+
+    def disk_events(self, before: Mapping[str, AllocEvent]) -> list[AllocEvent]:
+        return [e for aid, e in self.below_usage().items()
+                if aid not in before or before[aid].kind != e.kind]
+
+    def set_usage(self, usage: Mapping[str, tuple[int, int]]) -> list[AllocEvent]:
+        before, disk = self.statuses(), self.below_usage()
+        self.usage = dict(usage)
+        return self._done([], before, disk)
 
     # -- unique identifiers, from scratch by run_unique ----------------------------------
 
@@ -211,20 +235,24 @@ class ReferenceBook:
 
     def _event(self, actor: str | None, change: object) -> list[AllocEvent]:
         saved = copy.deepcopy(self.accounts)
-        before = self.statuses()
+        before, disk = self.statuses(), self.below_usage()
         events: list[AllocEvent] = []
         try:
             change(events)   # type: ignore[operator]
             self.cascade(actor, events)
+            mine = self.below_usage().get(actor or "")
+            if mine is not None and mine.kind == "disk_delete":
+                raise Refused(mine)
         except BaseException:
             self.accounts = saved
             self.events = []
             raise
-        return self._done(events, before)
+        return self._done(events, before, disk)
 
     def _done(self, events: list[AllocEvent],
-              before: Mapping[tuple[str, str], tuple[str, int, int]]) -> list[AllocEvent]:
-        events += self.unique_events(before)
+              before: Mapping[tuple[str, str], tuple[str, int, int]],
+              disk: Mapping[str, AllocEvent]) -> list[AllocEvent]:
+        events += self.unique_events(before) + self.disk_events(disk)
         self.events = sorted(events, key=lambda e: (e.account_id, e.resource, e.kind))
         return self.events
 
@@ -250,16 +278,16 @@ class ReferenceBook:
         return self._event(aid, change)
 
     def remove(self, aid: str) -> tuple[int, int]:
-        before = self.statuses()
+        before, disk = self.statuses(), self.below_usage()
         a = self.accounts.pop(aid)
         events: list[AllocEvent] = []
         self.cascade(None, events)
-        self._done(events, before)
+        self._done(events, before, disk)
         return a.fund, a.contingency
 
     def tick(self, now_us: int) -> list[AllocEvent]:
         events: list[AllocEvent] = []
-        before = self.statuses()
+        before, disk = self.statuses(), self.below_usage()
         done = set()
         for aid, a in sorted(self.accounts.items()):
             if a.end_us <= now_us and a.fund + a.contingency > 0:
@@ -279,7 +307,7 @@ class ReferenceBook:
                                          sum(a.topups.values())))
                 a.topups = {}
         self.cascade(None, events)
-        events = self._done(events, before)
+        events = self._done(events, before, disk)
         rates = {aid: self.rates(aid) for aid in self.accounts}
         for aid, (f, c) in rates.items():
             a = self.accounts[aid]

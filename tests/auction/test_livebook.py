@@ -19,8 +19,8 @@ from p2pmarket.auction.unique import id_key
 from tests.auction.reference_livebook import ReferenceBook
 
 T = 1_000_000
-CAPS = {"cpu": 100, "memory": 1000}
-ROOT = {"cpu": 3, "memory": 5}
+CAPS = {"cpu": 100, "memory": 1000, "disk": 500}
+ROOT = {"cpu": 3, "memory": 5, "disk": 4}
 LONG = 50 * T
 # reserves per tick: three ports with a reserve, one free, an address; 40000 not offered
 UNIQUE = {"tcp_port,30000-30002": 2, "tcp_port,30003": 0, "ipv4_address,198.18.0.5": 9}
@@ -28,7 +28,7 @@ PORTS = ["tcp_port,30000", "tcp_port,30001", "tcp_port,30000-30003", "tcp_port,4
          "ipv4_address,198.18.0.5"]
 
 bids_st = st.dictionaries(
-    st.sampled_from(["cpu", "memory", "disk"]),
+    st.sampled_from(["cpu", "memory", "disk", "gpu"]),
     st.builds(Bid, st.integers(0, 5), st.integers(0, 60) | st.integers(0, 400),
               st.integers(0, 1200)),
     max_size=3) | st.builds(
@@ -39,6 +39,10 @@ bids_st = st.dictionaries(
     st.dictionaries(st.sampled_from(PORTS),   # a unique bid's min: its own, per second
                     st.builds(Bid, st.integers(0, 5), st.integers(0, 30), st.just(0)),
                     min_size=1, max_size=3))
+usage_st = st.dictionaries(   # account -> (used, floor)
+    st.sampled_from("abcdef"),
+    st.integers(0, 400).flatmap(lambda u: st.tuples(st.just(u), st.integers(0, u))),
+    max_size=4)
 op_st = st.one_of(
     st.tuples(st.just("put"), st.sampled_from("abcdef"), st.integers(0, 5000),
               st.integers(0, 300), st.integers(0, 48), bids_st),
@@ -48,6 +52,7 @@ op_st = st.one_of(
     st.tuples(st.just("tick"), st.integers(1, 12)),   # quarter ticks since the last op
     st.tuples(st.just("tick"), st.integers(1, 12)),
     st.tuples(st.just("wait"), st.integers(1, 3)),   # quarter ticks, between ticks
+    st.tuples(st.just("usage"), usage_st),
 )
 
 
@@ -80,6 +85,8 @@ def run(book: Any, op: tuple[Any, ...], now: int) -> Any:
             if aid not in book.accounts:
                 return "absent"
             return book.add_money(aid, fund, cont, now)
+        if kind == "usage":
+            return book.set_usage(op[1])
         if kind == "remove":
             if op[1] not in book.accounts:
                 return "absent"
@@ -95,7 +102,8 @@ def observe(book: Any) -> dict[str, Any]:
     return {"accounts": {aid: (book.money(aid), book.allocation(aid), book.rates(aid),
                                book.won(aid)) for aid in sorted(book.accounts)},
             "prices": {r: book.price(r) for r in CAPS},
-            "winners": book.winners(), "id_prices": book.id_prices()}
+            "winners": book.winners(), "id_prices": book.id_prices(),
+            "below_usage": book.below_usage()}
 
 
 @settings(max_examples=300, deadline=None)
