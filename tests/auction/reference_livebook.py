@@ -40,13 +40,14 @@ class ReferenceBook:
         self.root = dict(root_bids)
         self.tick_us, self.long_us = tick_us, long_interval_us
         self.unique = dict(unique or {})
+        self.table = build_unique(self.unique, ())   # the offers alone
+        self._memo: tuple[object, tuple[list[str], UniqueOutcome]] | None = None
         self.accounts: dict[str, RefAccount] = {}
         self.ticks = 0
         self.events: list[AllocEvent] = []
 
     def offered(self, key: str) -> bool:
-        return key in self.caps or ("," in key and
-                                    build_unique(self.unique, ()).offered_in(key))
+        return key in self.caps or ("," in key and self.table.offered_in(key))
 
     # -- disk usage, from scratch ----------------------------------------------------------
 
@@ -73,6 +74,14 @@ class ReferenceBook:
     # -- unique identifiers, from scratch by run_unique ----------------------------------
 
     def outcome(self) -> tuple[list[str], UniqueOutcome]:
+        """run_unique on the standing bids and spends (remembered while they stand)."""
+        state = tuple((aid, a.spend, tuple(sorted(a.bids.items())))
+                      for aid, a in sorted(self.accounts.items()))
+        if self._memo is None or self._memo[0] != state:
+            self._memo = (state, self._outcome())
+        return self._memo[1]
+
+    def _outcome(self) -> tuple[list[str], UniqueOutcome]:
         ids = sorted(self.accounts)
         accs = [AccountState(aid, 0, 0, self.accounts[aid].bids) for aid in ids]
         weights = [max(1, sum(b.weight_ppm for b in self.accounts[aid].bids.values()))
@@ -83,7 +92,7 @@ class ReferenceBook:
 
     def entries(self) -> dict[str, list[tuple[int, str]]]:
         """Identifier key -> every (amount, account) bid on it."""
-        table = build_unique(self.unique, ())
+        table = self.table
         out: dict[str, list[tuple[int, str]]] = {}
         for aid, a in sorted(self.accounts.items()):
             total = max(1, sum(b.weight_ppm for b in a.bids.values()))

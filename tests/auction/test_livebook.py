@@ -112,8 +112,8 @@ def test_live_book_equals_the_reference(ops: list[tuple[Any, ...]]) -> None:
     same_as_the_reference(ops)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(unique_op_st, max_size=30))
+@settings(max_examples=100, deadline=None)
+@given(st.lists(unique_op_st, max_size=25))
 def test_live_book_equals_the_reference_on_contended_ports(ops: list[tuple[Any, ...]]
                                                            ) -> None:
     same_as_the_reference(ops)
@@ -340,7 +340,8 @@ def test_records_restore_the_book_and_the_digest_follows_them(
         assert live.changed == {aid for aid in before.keys() | after.keys()
                                 if before.get(aid) != after.get(aid)}, op
         assert live.digest() == digest_from_scratch(live)
-    copy = LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, live.records(), UNIQUE)
+    copy = LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, live.records(), UNIQUE,
+                            live.disk.usage)
     assert copy.records() == live.records() and copy.digest() == live.digest()
     assert observe(copy) == observe(live)
     for op in more:
