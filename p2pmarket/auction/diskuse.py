@@ -14,7 +14,7 @@ id): finding them costs that prefix, plus the capped claims with a usage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
 from sortedcontainers import SortedKeyList
@@ -50,6 +50,16 @@ class DiskUse:
         if new is not None:
             self._entries[aid] = new
             self._order.add((aid, *new))
+
+    def follow(self, st: Standing | None, aids: Iterable[str], find: bool = True
+               ) -> dict[str, AllocEvent] | None:
+        """:meth:`sync` the disk claims of ``aids`` on ``st`` and (unless not ``find``)
+        :meth:`find` who is below now; None if there is no disk or no ``aids``."""
+        if st is None or not aids:
+            return None
+        for aid in aids:
+            self.sync(aid, st.claims.get(aid))
+        return self.find(st) if find else None
 
     def find(self, st: Standing) -> dict[str, AllocEvent]:
         """Who is below their usage at ``st``'s clearing, and the event each would get."""

@@ -80,43 +80,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from p2pmarket.auction.diskuse import DiskUse
+from p2pmarket.auction.liverecords import MOD, Record, Refused, row_hash
 from p2pmarket.auction.model import AllocEvent, Bid
 from p2pmarket.auction.sealed import Uniques
 from p2pmarket.auction.standing import Claim, Standing
 from p2pmarket.core.wire import pack_plain
-
-MOD = 1 << 256
-
-
-class Refused(Exception):
-    """An event refused by rule 4 (6/27): the account would lose a claim (``below_min``)
-    or its disk (``disk_delete``)."""
-
-    def __init__(self, event: AllocEvent) -> None:
-        super().__init__(f"{event.resource}: {event.kind} ({event.amount} < {event.limit})")
-        self.event = event
-
-
-@dataclass(frozen=True)
-class Record:
-    """One account of the book as stored: money as of tick ``since``."""
-
-    fund: int
-    contingency: int
-    since: int
-    end_us: int
-    bids: Mapping[str, Bid]
-    spend: int
-    topups: Mapping[str, int]
-
-    def row(self, aid: str) -> list[object]:
-        return [aid, self.fund, self.contingency, self.since, self.end_us, self.spend,
-                [[r, b.weight_ppm, b.min, b.max] for r, b in sorted(self.bids.items())],
-                sorted(self.topups.items())]
-
-
-def _row_hash(aid: str, rec: Record) -> int:
-    return int.from_bytes(hashlib.sha256(pack_plain(rec.row(aid))).digest(), "big")
 
 
 @dataclass
@@ -260,10 +228,8 @@ class LiveBook:
             book._split(aid)
         book._undo = None
         book.unique.begin()
-        if (disk := book.resources.get("disk")) is not None:
-            for aid in book._disk_touched:
-                book.disk.sync(aid, disk.claims.get(aid))
-            book.disk.below = book.disk.find(disk)
+        book.disk.below = book.disk.follow(book.resources.get("disk"), book._disk_touched) \
+            or {}
         for r, st in book.resources.items():
             if st.worst_short() is not None:
                 raise ValueError(f"{r}: a claim below its min")
@@ -273,7 +239,7 @@ class LiveBook:
                     a.contingency - (ticks - a.since) * a.rate_cont < 0:
                 raise ValueError(f"account {aid}: charged below zero")
             book._schedule(aid)
-            book._hashes[aid] = h = _row_hash(aid, book.record(aid))
+            book._hashes[aid] = h = row_hash(aid, book.record(aid))
             book._sum = (book._sum + h) % MOD
         return book
 
@@ -407,9 +373,7 @@ class LiveBook:
             for r, aid, claim in reversed(undo):
                 self.resources[r].put(aid, claim)
             self.unique.end(commit=False)
-            if (disk := self.resources.get("disk")) is not None:
-                for aid in self._disk_touched:
-                    self.disk.sync(aid, disk.claims.get(aid))
+            self.disk.follow(self.resources.get("disk"), self._disk_touched, find=False)
             for aid, acc in saved.items():
                 if acc is None:
                     self.accounts.pop(aid, None)
@@ -438,7 +402,7 @@ class LiveBook:
         self.changed = set()
         for aid in touched | set(saved):
             old = self._hashes.pop(aid, 0)
-            new = _row_hash(aid, self.record(aid)) if aid in self.accounts else 0
+            new = row_hash(aid, self.record(aid)) if aid in self.accounts else 0
             if new:
                 self._hashes[aid] = new
             if new != old:
@@ -548,14 +512,10 @@ class LiveBook:
 
     def _check_disk(self, actor: str | None) -> None:
         """Rule 7, and rule 4 for it."""
-        disk = self.resources.get("disk")
-        if disk is None or not self._disk_touched:
+        below = self.disk.follow(self.resources.get("disk"), self._disk_touched)
+        if below is None:
             return
-        for aid in self._disk_touched:
-            self.disk.sync(aid, disk.claims.get(aid))
-        below = self.disk.find(disk)
-        mine = below.get(actor) if actor is not None else None
-        if mine is not None and mine.kind == "disk_delete":
+        if (mine := below.get(actor or "")) is not None and mine.kind == "disk_delete":
             raise Refused(mine)
         self._events.extend(self.disk.news(below))
         self._disk_below = below
@@ -591,4 +551,4 @@ class LiveBook:
             self._split(aid)
 
 
-__all__ = ["LiveBook", "Refused"]
+__all__ = ["LiveBook", "Record", "Refused"]
