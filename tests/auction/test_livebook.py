@@ -198,14 +198,16 @@ def test_an_interval_end_expires_with_a_long_interval() -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(0, 50_000),
                           st.integers(1, 40), bids_st), max_size=12),
-       st.sampled_from([T, 250_000]))
+       st.sampled_from([T, 250_000]), usage_st)
 def test_between_events_it_charges_what_the_per_tick_allocator_charges(
-        puts: list[tuple[str, int, int, dict[str, Bid]]], tick: int) -> None:
+        puts: list[tuple[str, int, int, dict[str, Bid]]], tick: int,
+        usage: dict[str, tuple[int, int]]) -> None:
     """With the spends frozen, one tick of the per-tick allocator (run_tick) on the same
     bids gives the same allocations, unique winners, charges and prices (no contingency
-    funds here, so no top-ups; nobody is short once the events have dropped them), and
-    its ``outbid`` events are the losing bids standing in the book."""
-    live = LiveBook(CAPS, ROOT, tick, LONG, UNIQUE)
+    funds here, so no top-ups; nobody is short once the events have dropped them), its
+    ``outbid`` events are the losing bids standing in the book and its disk events the
+    accounts below their usage."""
+    live = LiveBook(CAPS, ROOT, tick, LONG, UNIQUE, usage)
     now = 1000 * T
     for aid, fund, end_q, bids in puts:
         with contextlib.suppress(Refused):
@@ -213,8 +215,12 @@ def test_between_events_it_charges_what_the_per_tick_allocator_charges(
     accs = tuple(AccountState(aid, a.spend, now + tick, dict(a.bids))
                  for aid, a in sorted(live.accounts.items()))
     result = run_tick(build_book(CAPS, accs, UNIQUE), [a.fund for a in accs],
-                      [0] * len(accs), [a.interval_end_us for a in accs], now, tick, ROOT)
-    assert [e for e in result.events if e.kind not in ("not_offered", "outbid")] == []
+                      [0] * len(accs), [a.interval_end_us for a in accs], now, tick, ROOT,
+                      usage)
+    assert [e for e in result.events if e.kind not in ("not_offered", "outbid")
+            and not e.kind.startswith("disk_")] == []
+    assert [e for e in result.events if e.kind.startswith("disk_")] == list(
+        live.below_usage().values())
     for aid in live.accounts:
         assert live.allocation(aid) == result.allocation(aid)
         assert live.won(aid) == dict(result.unique_won.get(aid, {}))
@@ -364,3 +370,30 @@ def test_restore_refuses_records_no_book_could_hold() -> None:
                               topups={PORT: 1})}):
         with pytest.raises(ValueError):
             LiveBook.restore(CAPS, ROOT, T, LONG, live.ticks, bad, UNIQUE)
+
+
+# -- disk usage ----------------------------------------------------------------------
+
+def test_a_disk_below_its_usage_shrinks_or_goes_and_an_own_event_may_not_delete_it(
+        ) -> None:
+    live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
+    now = 1000 * T
+    live.put("a", 1000, 0, now + 10 * T, {"disk": Bid(1, 0, 500)}, now)
+    assert live.allocation("a") == {"disk": 100 * 500 // 104}   # 480
+    # 480 below the 490 used, above the 300 it can shrink to
+    assert live.set_usage({"a": (490, 300)}) == [AllocEvent("a", "disk", "disk_shrink",
+                                                            480, 490)]
+    assert live.set_usage({"a": (490, 300)}) == []   # once, not at every call or tick
+    assert live.tick(now + T) == []
+    # another's bid may take it below what it can shrink to (not refused: not b's
+    # disk); b spends ceil(1000 / 9) = 112, a still its frozen 100
+    assert live.put("b", 1000, 0, now + 10 * T, {"disk": Bid(1, 0, 500)}, now + T) == [
+        AllocEvent("a", "disk", "disk_delete", 100 * 500 // 216, 490)]
+    # a's own event that leaves it there is refused (6/27), one that lifts it is not
+    with pytest.raises(Refused) as got:
+        live.add_money("a", -400, 0, now + T)
+    assert got.value.event.kind == "disk_delete"
+    assert live.add_money("a", 9000, 0, now + T) == [   # spends 9900 / 9 = 1100
+        AllocEvent("a", "disk", "disk_shrink", 1100 * 500 // 1216, 490)]
+    assert live.below_usage() == {"a": AllocEvent("a", "disk", "disk_shrink", 452, 490)}
+    assert live.set_usage({}) == [] and live.below_usage() == {}
