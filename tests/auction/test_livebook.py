@@ -56,11 +56,16 @@ op_st = st.one_of(
 )
 
 
-# a few accounts contending for the ports, with some cpu beside
+# a few accounts contending for the ports and the disk, with some cpu beside
 unique_bids_st = st.dictionaries(
-    st.sampled_from([*PORTS[:3], "cpu"]),
-    st.builds(Bid, st.integers(0, 3), st.integers(0, 20), st.just(100)), max_size=3)
+    st.sampled_from([*PORTS[:3], "cpu", "disk"]),
+    st.builds(Bid, st.integers(0, 3), st.integers(0, 20), st.sampled_from([100, 500])),
+    max_size=3)
 unique_op_st = st.one_of(
+    st.tuples(st.just("usage"), st.dictionaries(
+        st.sampled_from("abc"),
+        st.integers(0, 500).flatmap(lambda u: st.tuples(st.just(u), st.integers(0, u))),
+        max_size=3)),
     st.tuples(st.just("put"), st.sampled_from("abc"), st.integers(0, 300),
               st.just(0), st.integers(0, 48), unique_bids_st),
     st.tuples(st.just("money"), st.sampled_from("abc"), st.integers(-100, 200),
@@ -114,8 +119,8 @@ def test_live_book_equals_the_reference(ops: list[tuple[Any, ...]]) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(unique_op_st, max_size=25))
-def test_live_book_equals_the_reference_on_contended_ports(ops: list[tuple[Any, ...]]
-                                                           ) -> None:
+def test_live_book_equals_the_reference_on_contended_ports_and_disk(
+        ops: list[tuple[Any, ...]]) -> None:
     same_as_the_reference(ops)
 
 
@@ -378,12 +383,21 @@ def test_a_disk_below_its_usage_shrinks_or_goes_and_an_own_event_may_not_delete_
         ) -> None:
     live = LiveBook(CAPS, ROOT, T, LONG, UNIQUE)
     now = 1000 * T
+    live.put("a", 960, 0, now + 10 * T, {"disk": Bid(1, 0, 500)}, now)
+    assert live.allocation("a") == {"disk": 480}   # 96 * 500 / 100, exactly
+    assert live.set_usage({"a": (480, 0)}) == []     # it gets what it uses: not below
+    assert live.set_usage({"a": (481, 0)}) == [AllocEvent("a", "disk", "disk_shrink",
+                                                          480, 481)]
+    assert live.set_usage({}) == [] and live.below_usage() == {}
     live.put("a", 1000, 0, now + 10 * T, {"disk": Bid(1, 0, 500)}, now)
     assert live.allocation("a") == {"disk": 100 * 500 // 104}   # 480
     # 480 below the 490 used, above the 300 it can shrink to
     assert live.set_usage({"a": (490, 300)}) == [AllocEvent("a", "disk", "disk_shrink",
                                                             480, 490)]
     assert live.set_usage({"a": (490, 300)}) == []   # once, not at every call or tick
+    assert live.put("c", 10, 0, now + 10 * T, {"disk": Bid(1, 0, 500)}, now) == []
+    assert live.allocation("a") == {"disk": 100 * 500 // 105}   # still below, as before
+    live.remove("c")
     assert live.tick(now + T) == []
     # another's bid may take it below what it can shrink to (not refused: not b's
     # disk); b spends ceil(1000 / 9) = 112, a still its frozen 100
