@@ -6,15 +6,17 @@ The host reports each account's disk usage ``(used, floor)`` (``floor``: what it
 system can shrink to). An account whose disk claim gets less than ``used`` is
 *below*: ``disk_shrink`` if it gets at least ``floor``, else ``disk_delete`` (amount:
 its allocation, limit: ``used``). A capped claim gets its max; an uncapped one
-``floor(e * C / B)``, which is below ``used`` exactly when ``e * C < used * B``, so
-(as for mins in :mod:`p2pmarket.auction.standing`) the uncapped claims below their
-usage are a prefix of the claims with a usage ordered by ``e / used`` (ties by account
-id): finding them costs that prefix, plus the capped claims with a usage.
+``floor(e * C / B)``, which is below a level ``u`` exactly when ``e / u < B / C``. So
+an uncapped claim's kind changes only with its own bid or usage or when ``B / C``
+crosses its ``e / used`` or ``e / floor``: with the claims kept in those two orders,
+a change of the clearing from ``B0 / C0`` to ``B1 / C1`` re-examines the claims
+between the two (O(log n) each, plus those that cross), the claims changed, and those
+capped before or after but not both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from fractions import Fraction
 
 from sortedcontainers import SortedKeyList
@@ -22,73 +24,82 @@ from sortedcontainers import SortedKeyList
 from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.standing import Claim, Standing
 
+_TOP = "\U0010ffff"
 
-def _order(item: tuple[str, int, int]) -> tuple[Fraction, str]:
-    aid, bid, used = item
-    return (Fraction(bid, used), aid)
+
+def _ratio(item: tuple[str, Fraction]) -> tuple[Fraction, str]:
+    return (item[1], item[0])
 
 
 class DiskUse:
-    """The usage reports, the disk claims that have one, and who is below now."""
+    """The usage reports, the disk claims that have one, and who is below."""
 
-    def __init__(self, usage: Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(self, usage: dict[str, tuple[int, int]] | None = None) -> None:
         self.usage: dict[str, tuple[int, int]] = dict(usage or {})
-        self.below: dict[str, AllocEvent] = {}         # as of the last call
-        self._entries: dict[str, tuple[int, int]] = {}  # aid -> (bid, used > 0)
-        self._order = SortedKeyList(key=_order)
+        self.kinds: dict[str, str] = {}                 # who is below, as of the last call
+        self._entries: dict[str, tuple[int, int, int]] = {}   # aid -> (bid, used, floor)
+        self._by_used = SortedKeyList(key=_ratio)      # (aid, bid / used)
+        self._by_floor = SortedKeyList(key=_ratio)     # (aid, bid / floor), floor > 0
 
     def sync(self, aid: str, claim: Claim | None) -> None:
         """Follow ``aid``'s disk claim (None: it has none) and its usage."""
-        used = self.usage.get(aid, (0, 0))[0]
-        new = (claim.bid, used) if claim is not None and used > 0 else None
-        old = self._entries.pop(aid, None)
-        if old == new and new is not None:
-            self._entries[aid] = new
+        used, floor = self.usage.get(aid, (0, 0))
+        new = (claim.bid, used, floor) if claim is not None and used > 0 else None
+        old = self._entries.get(aid)
+        if old == new:
             return
         if old is not None:
-            self._order.remove((aid, *old))
+            del self._entries[aid]
+            self._by_used.remove((aid, Fraction(old[0], old[1])))
+            if old[2] > 0:
+                self._by_floor.remove((aid, Fraction(old[0], old[2])))
         if new is not None:
             self._entries[aid] = new
-            self._order.add((aid, *new))
+            self._by_used.add((aid, Fraction(new[0], new[1])))
+            if new[2] > 0:
+                self._by_floor.add((aid, Fraction(new[0], new[2])))
 
-    def follow(self, st: Standing | None, aids: Iterable[str], find: bool = True
-               ) -> dict[str, AllocEvent] | None:
-        """:meth:`sync` the disk claims of ``aids`` on ``st`` and (unless not ``find``)
-        :meth:`find` who is below now; None if there is no disk or no ``aids``."""
-        if st is None or not aids:
+    def kind(self, st: Standing, aid: str) -> str | None:
+        """``aid``'s kind at ``st``'s clearing (None: not below)."""
+        if aid not in self._entries:
             return None
+        got = st.allocation(aid)
+        used, floor = self.usage[aid]
+        return None if got >= used else "disk_shrink" if got >= floor else "disk_delete"
+
+    def event(self, st: Standing, aid: str, kind: str) -> AllocEvent:
+        return AllocEvent(aid, "disk", kind, st.allocation(aid), self.usage[aid][0])
+
+    def changes(self, st: Standing, aids: Iterable[str],
+                before: tuple[int, int, frozenset[str]] | None) -> dict[str, str | None]:
+        """:meth:`sync` ``aids`` on ``st``; then the accounts whose kind differs from
+        :attr:`kinds`, with their kind now. ``before``: the clearing (C, B, capped) when
+        :attr:`kinds` was right (None: look at every claim)."""
+        aids = set(aids)
         for aid in aids:
             self.sync(aid, st.claims.get(aid))
-        return self.find(st) if find else None
+        if before is None or before[0] <= 0 or st.cap_left <= 0:
+            look = set(self._entries) | set(self.kinds)
+        else:
+            look = aids | ((before[2] ^ st.capped) & self._entries.keys())
+            lo, hi = sorted((Fraction(before[1], before[0]),
+                             Fraction(st.bids_left, st.cap_left)))
+            if lo != hi:
+                for order in (self._by_used, self._by_floor):
+                    look.update(aid for aid, _ in order.irange_key((lo, ""), (hi, _TOP)))
+        out: dict[str, str | None] = {}
+        for aid in sorted(look):
+            kind = self.kind(st, aid)
+            if kind != self.kinds.get(aid):
+                out[aid] = kind
+        return out
 
-    def find(self, st: Standing) -> dict[str, AllocEvent]:
-        """Who is below their usage at ``st``'s clearing, and the event each would get."""
-        cap, bids = st.cap_left, st.bids_left
-        out: dict[str, AllocEvent] = {}
-        for aid, bid, used in self._order:
-            if aid in st.capped:
-                continue
-            if bid * cap >= used * bids:
-                break
-            out[aid] = self._event(aid, bid * cap // bids)
-        few = self._entries if len(self._entries) < len(st.capped) else st.capped
-        for aid in few:
-            if aid in st.capped and aid in self._entries:
-                got = st.claims[aid].max
-                if got < self.usage[aid][0]:
-                    out[aid] = self._event(aid, got)
-        return dict(sorted(out.items()))
-
-    def _event(self, aid: str, got: int) -> AllocEvent:
-        used, floor = self.usage[aid]
-        return AllocEvent(aid, "disk", "disk_shrink" if got >= floor else "disk_delete",
-                          got, used)
-
-    def news(self, now: Mapping[str, AllocEvent]) -> list[AllocEvent]:
-        """The events of going from :attr:`below` to ``now``: each account that is below
-        now and was not, or was below in the other kind."""
-        return [e for aid, e in now.items()
-                if (old := self.below.get(aid)) is None or old.kind != e.kind]
+    def apply(self, changes: dict[str, str | None]) -> None:
+        for aid, kind in changes.items():
+            if kind is None:
+                self.kinds.pop(aid, None)
+            else:
+                self.kinds[aid] = kind
 
 
 __all__ = ["DiskUse"]

@@ -118,9 +118,9 @@ class LiveBook:
         self.resources = {r: Standing(c, root_bids[r]) for r, c in sorted(capacities.items())
                           if c > 0 and "," not in r}
         self.unique = Uniques(unique or {}, tick_us)
-        self.disk = DiskUse(usage)
+        self.disk = DiskUse(dict(usage or {}))
         self._disk_touched: set[str] = set()
-        self._disk_below: dict[str, AllocEvent] | None = None
+        self._disk_moved: dict[str, str | None] = {}
         self.accounts: dict[str, _Account] = {}
         self.ticks = 0
         self._ends: list[tuple[int, int, str]] = []    # (end_us, version, aid)
@@ -183,7 +183,9 @@ class LiveBook:
     def below_usage(self) -> dict[str, AllocEvent]:
         """The accounts whose disk claim is below their usage now (rule 7), each with
         the event it got."""
-        return dict(self.disk.below)
+        st = self.resources.get("disk")
+        return {} if st is None else {aid: self.disk.event(st, aid, kind)
+                                      for aid, kind in sorted(self.disk.kinds.items())}
 
     def offered(self, key: str) -> bool:
         """Whether the host offers ``key``: a divisible resource, or a unique key that
@@ -228,8 +230,8 @@ class LiveBook:
             book._split(aid)
         book._undo = None
         book.unique.begin()
-        book.disk.below = book.disk.follow(book.resources.get("disk"), book._disk_touched) \
-            or {}
+        if (disk := book.resources.get("disk")) is not None:
+            book.disk.apply(book.disk.changes(disk, book._disk_touched, None))
         for r, st in book.resources.items():
             if st.worst_short() is not None:
                 raise ValueError(f"{r}: a claim below its min")
@@ -361,7 +363,7 @@ class LiveBook:
         self._undo, self._saved, self._events = [], {}, []
         self._dirty, self._changed, self._topped = set(), set(), set()
         self.unique.begin()
-        self._disk_touched, self._disk_below = set(), None
+        self._disk_touched, self._disk_moved = set(), {}
         self._before = {r: (st.cap_left, st.bids_left, frozenset(st.capped))
                         for r, st in self.resources.items()}
 
@@ -373,7 +375,9 @@ class LiveBook:
             for r, aid, claim in reversed(undo):
                 self.resources[r].put(aid, claim)
             self.unique.end(commit=False)
-            self.disk.follow(self.resources.get("disk"), self._disk_touched, find=False)
+            if (disk := self.resources.get("disk")) is not None:
+                for aid in self._disk_touched:
+                    self.disk.sync(aid, disk.claims.get(aid))
             for aid, acc in saved.items():
                 if acc is None:
                     self.accounts.pop(aid, None)
@@ -384,8 +388,7 @@ class LiveBook:
         # rule 2: new charges for the accounts whose claims changed, for those capped
         # (before or now) on a resource whose clearing moved and for those whose
         # status on an identifier may have moved (rule 5)
-        if self._disk_below is not None:
-            self.disk.below = self._disk_below
+        self.disk.apply(self._disk_moved)
         uevents, touched = self.unique.end(commit=True)
         self._events.extend(uevents)
         touched |= self._changed | set(saved)
@@ -512,13 +515,15 @@ class LiveBook:
 
     def _check_disk(self, actor: str | None) -> None:
         """Rule 7, and rule 4 for it."""
-        below = self.disk.follow(self.resources.get("disk"), self._disk_touched)
-        if below is None:
+        st = self.resources.get("disk")
+        if st is None:
             return
-        if (mine := below.get(actor or "")) is not None and mine.kind == "disk_delete":
-            raise Refused(mine)
-        self._events.extend(self.disk.news(below))
-        self._disk_below = below
+        moved = self.disk.changes(st, self._disk_touched, self._before["disk"]) \
+            if self._disk_touched else {}
+        if actor is not None and self.disk.kind(st, actor) == "disk_delete":
+            raise Refused(self.disk.event(st, actor, "disk_delete"))
+        self._events.extend(self.disk.event(st, aid, k) for aid, k in moved.items() if k)
+        self._disk_moved = moved
 
     def _cascade(self, actor: str | None) -> None:
         """Rules 3 and 4 on the resources whose claims changed."""
