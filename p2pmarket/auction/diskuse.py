@@ -27,8 +27,11 @@ from p2pmarket.auction.standing import Claim, Standing
 _TOP = "\U0010ffff"
 
 
-def _ratio(item: tuple[str, Fraction]) -> tuple[Fraction, str]:
-    return (item[1], item[0])
+def _ratio(item: tuple[str, int, int]) -> tuple[float, Fraction, str]:
+    """``bid / level``: the float first (correctly rounded, so never out of order), the
+    exact ratio on ties, as in :mod:`p2pmarket.auction.standing`."""
+    aid, bid, level = item
+    return (bid / level, Fraction(bid, level), aid)
 
 
 class DiskUse:
@@ -38,8 +41,8 @@ class DiskUse:
         self.usage: dict[str, tuple[int, int]] = dict(usage or {})
         self.kinds: dict[str, str] = {}                 # who is below, as of the last call
         self._entries: dict[str, tuple[int, int, int]] = {}   # aid -> (bid, used, floor)
-        self._by_used = SortedKeyList(key=_ratio)      # (aid, bid / used)
-        self._by_floor = SortedKeyList(key=_ratio)     # (aid, bid / floor), floor > 0
+        self._by_used = SortedKeyList(key=_ratio)      # (aid, bid, used)
+        self._by_floor = SortedKeyList(key=_ratio)     # (aid, bid, floor), floor > 0
 
     def sync(self, aid: str, claim: Claim | None) -> None:
         """Follow ``aid``'s disk claim (None: it has none) and its usage."""
@@ -50,14 +53,14 @@ class DiskUse:
             return
         if old is not None:
             del self._entries[aid]
-            self._by_used.remove((aid, Fraction(old[0], old[1])))
+            self._by_used.remove((aid, old[0], old[1]))
             if old[2] > 0:
-                self._by_floor.remove((aid, Fraction(old[0], old[2])))
+                self._by_floor.remove((aid, old[0], old[2]))
         if new is not None:
             self._entries[aid] = new
-            self._by_used.add((aid, Fraction(new[0], new[1])))
+            self._by_used.add((aid, new[0], new[1]))
             if new[2] > 0:
-                self._by_floor.add((aid, Fraction(new[0], new[2])))
+                self._by_floor.add((aid, new[0], new[2]))
 
     def kind(self, st: Standing, aid: str) -> str | None:
         """``aid``'s kind at ``st``'s clearing (None: not below)."""
@@ -85,8 +88,9 @@ class DiskUse:
             lo, hi = sorted((Fraction(before[1], before[0]),
                              Fraction(st.bids_left, st.cap_left)))
             if lo != hi:
+                bounds = ((float(lo), lo, ""), (float(hi), hi, _TOP))
                 for order in (self._by_used, self._by_floor):
-                    look.update(aid for aid, _ in order.irange_key((lo, ""), (hi, _TOP)))
+                    look.update(aid for aid, _, _ in order.irange_key(*bounds))
         out: dict[str, str | None] = {}
         for aid in sorted(look):
             kind = self.kind(st, aid)
