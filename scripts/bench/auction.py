@@ -17,7 +17,10 @@ allocator beside it, and bid-to-effect on the VMM.
    also offers 100 tcp ports (``tcp_port,30000-30099``): ``unique_event_ms_N`` is the
    median of ``--repeat`` bids of random accounts adding (or changing) a bid on a
    random port or on a ten-port range (sealed bids per port, won/outbid events), after
-   the bids above, so the tick and event figures are on divisible bids only.
+   the bids above, so the tick and event figures are on divisible bids only. Then a
+   disk usage report for every account (half to all of its disk allocation, some 2 %
+   of them over it): ``usage_report_ms_N`` that report, ``usage_event_ms_N`` the
+   median of ``--repeat`` cpu bids as above with it (disk_shrink/disk_delete kept).
 2. The per-tick allocator the host runs today (:func:`run_tick`) on the same accounts:
    ``full_tick_ms_N`` on the prepared columns, ``full_build_ms_N`` with the columns
    built too (:func:`allocate`: what a bid costs it).
@@ -100,9 +103,10 @@ def tick_ms(n: int, repeat: int) -> tuple[float, float, int]:
     return statistics.median(times) * 1e3, statistics.median(full) * 1e3, events
 
 
-def live_ms(n: int, repeat: int) -> tuple[float, float, float, int, float]:
+def live_ms(n: int, repeat: int) -> tuple[float, float, float, int, float, float, float]:
     """(tick ms, event ms, ms of a tick at which 1 % of the intervals end, events in the
-    ticks, unique event ms) of the event-driven allocator."""
+    ticks, unique event ms, usage report ms, event ms with usage) of the event-driven
+    allocator."""
     accs = accounts(n)
     rnd = random.Random(2)
     book = LiveBook(CAPS, {r: 1 for r in CAPS}, S, 30 * 24 * 3600 * S, PORTS)
@@ -154,8 +158,27 @@ def live_ms(n: int, repeat: int) -> tuple[float, float, float, int, float]:
         with contextlib.suppress(Refused):
             book.put(a.account_id, fund, cont, a.interval_end_us, bids, now)
         uevs.append(time.perf_counter() - t)
+    usage = {}
+    for a in accs:
+        used = int(book.allocation(a.account_id).get("disk", 0) * rnd.uniform(0.5, 1.01))
+        usage[a.account_id] = (used, used // 2)
+    t = time.perf_counter()
+    book.set_usage(usage)
+    report = time.perf_counter() - t
+    devs = []
+    for _ in range(repeat):
+        a = accs[rnd.randrange(n)]
+        bids = dict(book.accounts[a.account_id].bids)
+        if "cpu" in bids:
+            bids["cpu"] = Bid(rnd.randint(1, 9) * S, bids["cpu"].min, bids["cpu"].max)
+        fund, cont = book.money(a.account_id)
+        t = time.perf_counter()
+        with contextlib.suppress(Refused):
+            book.put(a.account_id, fund, cont, a.interval_end_us, bids, now)
+        devs.append(time.perf_counter() - t)
     return (statistics.median(ticks) * 1e3, statistics.median(evs) * 1e3,
-            statistics.median(busy) * 1e3, events, statistics.median(uevs) * 1e3)
+            statistics.median(busy) * 1e3, events, statistics.median(uevs) * 1e3,
+            report * 1e3, statistics.median(devs) * 1e3)
 
 
 async def bid_to_effect(vms: int, bids: int) -> list[float]:
@@ -206,19 +229,22 @@ def main() -> int:
     args = ap.parse_args()
     report: dict[str, Any] = {}
     for n in sorted(set(args.accounts) | {100, 10000}):
-        tick, event, busy, events, uevent = live_ms(n, args.repeat)
+        tick, event, busy, events, uevent, ureport, uevent_disk = live_ms(n, args.repeat)
         old_tick, old_full, _ = tick_ms(n, args.repeat)
         report[f"tick_ms_{n}"] = round(tick, 4)
         report[f"event_ms_{n}"] = round(event, 4)
         report[f"tick_ms_1pct_expiring_{n}"] = round(busy, 3)
         report[f"tick_events_{n}"] = events
         report[f"unique_event_ms_{n}"] = round(uevent, 4)
+        report[f"usage_report_ms_{n}"] = round(ureport, 2)
+        report[f"usage_event_ms_{n}"] = round(uevent_disk, 4)
         report[f"full_tick_ms_{n}"] = round(old_tick, 2)
         report[f"full_build_ms_{n}"] = round(old_full, 2)
         if not args.json:
             print(f"{n:>6} accounts: event-driven tick {tick:8.4f} ms (with 1 % of the "
                   f"intervals ending {busy:7.3f} ms), event {event:8.4f} ms"
-                  f" ({events} events in the ticks), unique bid {uevent:8.4f} ms; "
+                  f" ({events} events in the ticks), unique bid {uevent:8.4f} ms, "
+                  f"with disk usage: report {ureport:7.2f} ms, event {uevent_disk:8.4f} ms; "
                   f"per-tick allocator: tick "
                   f"{old_tick:7.2f} ms, with column build {old_full:7.2f} ms")
     report["tick_growth"] = round(report["tick_ms_10000"] / report["tick_ms_100"], 2)
