@@ -81,10 +81,15 @@ class DiskUse:
         aids = set(aids)
         for aid in aids:
             self.sync(aid, st.claims.get(aid))
+        if not self._entries and not self.kinds:
+            return {}
         if before is None or before[0] <= 0 or st.cap_left <= 0:
             look = set(self._entries) | set(self.kinds)
         else:
-            look = aids | ((before[2] ^ st.capped) & self._entries.keys())
+            was, now = before[2], st.capped
+            look = aids | ({aid for aid in self._entries if (aid in was) != (aid in now)}
+                           if len(self._entries) < len(was) + len(now)
+                           else (was ^ now) & self._entries.keys())
             lo, hi = sorted((Fraction(before[1], before[0]),
                              Fraction(st.bids_left, st.cap_left)))
             if lo != hi:
