@@ -65,7 +65,8 @@ end, standing bids, frozen spend and top-ups); :meth:`LiveBook.records` and
 and after every call ``changed`` names the accounts whose record changed, so a host
 writes only those, and ``events`` holds the call's events (those of :meth:`remove`
 too, which returns the money). The unique auctions are not in the records: they
-follow from the bids and frozen spends, and restore finds them again.
+follow from the bids and frozen spends, and restore finds them again; nor is the disk
+usage, which the host keeps apart (as its snapshot does) and restore takes.
 :meth:`LiveBook.digest` commits to the tick count and every record: the sum modulo
 2^256 of the SHA-256 of each record's row (:meth:`Record.row`), kept up to date
 record by record (a multiset hash: the order of accounts does not matter and one
