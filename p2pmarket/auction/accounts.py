@@ -3,11 +3,15 @@ one host), a payment that funded one, a refund owed back to a holder, and the
 payment that paid a refund (:class:`RefundPaid`, the body of ``in.refund_paid``).
 
 An account holds its holder's public key, expected-value fund and contingency
-fund (micro-credits), contingency ratio (ppm), interval end (µs), state
+fund (micro-credits) as of tick ``since`` (the event-driven allocator charges them
+lazily: :mod:`p2pmarket.auction.livebook`), its frozen per-tick ``spend`` and
+contingency ``topups``, contingency ratio (ppm), interval end (µs), state
 (``active``, ``expired``: shut down and reset with a long interval, ``closed``),
-standing bids per resource (:class:`BidTerm`, fractions kept as fractions), the
-last allocation and the last signed lease. :mod:`p2pmarket.host.accountstore`
-keeps them in sqlite.
+standing bids per resource (:class:`BidTerm`, fractions kept as fractions) and the
+last signed lease. ``allocation`` is empty in the state (it moves for everyone at
+every event: :func:`p2pmarket.auction.allocation.current` fills it, with the money as
+of the last tick, for those who show or enforce it).
+:mod:`p2pmarket.host.accountstore` keeps them in sqlite.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ class Account:
     contingency: int = 0
     contingency_ppm: int = 0
     state: str = ACTIVE
+    since: int = 0                                        # tick the money is as of
+    spend: int = 0                                        # frozen, per tick
+    topups: Mapping[str, int] = field(default_factory=dict)   # per tick, per resource
+    split_total: int = 1                                  # weights the spend is split by
 
     @property
     def money(self) -> int:
@@ -46,7 +54,8 @@ class Account:
         return (self.holder, self.fund, self.interval_end_us, self.created_us,
                 tuple(sorted((k, t.to_wire().__repr__()) for k, t in self.bids.items())),
                 None if self.lease is None else pack(dict(self.lease)), self.contingency,
-                self.contingency_ppm, self.state)
+                self.contingency_ppm, self.state, self.since, self.spend,
+                tuple(sorted(self.topups.items())), self.split_total)
 
 
 @dataclass(frozen=True)

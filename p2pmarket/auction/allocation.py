@@ -2,36 +2,37 @@
 
 - an account's bids resolved on this host (:func:`resolved`), whether its VM runs
   (:func:`running`), a bid patch checked against what the host offers (:func:`terms`);
-- the book of everyone's bids (:func:`build`, cached in the state's memo) and this
-  moment's allocation, without charges (:func:`evaluate`);
-- a change to one account re-allocated, refused when it would at once drop one of
-  its claims or shut down its running VM (:func:`reallocate`, 6/27);
-- an allocation applied to the accounts, with its charges and expiries at a tick
-  (:func:`settle`), expired accounts without claims closed and refunded
-  (:func:`collect_garbage`), and the state with new accounts (:func:`with_accounts`);
+- the event-driven allocator of the state (:func:`book_of`: the state's own, or one
+  restored from its records), an account as it is now, with its money as of the last
+  tick and its allocation (:func:`current`), and the accounts a call of the book
+  changed written back into the state (:func:`applied`, :func:`with_accounts`, which
+  keeps the multiset digest of the accounts' host rows up to date, :func:`host_sum`);
+- a 6/27 refusal in the host's words (:func:`refusal`), a change refused when it would
+  shut down a running VM (:func:`keeps_running`, on the book's dry run);
+- expired accounts without claims closed and refunded (:func:`collect_garbage`);
 - the lease terms an account is handed (:func:`lease_terms`, :func:`terms_digest`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import ACTIVE, CLOSED, EXPIRED, Account, Refund, refund_memo
-from p2pmarket.auction.allocator import AllocationResult, run_tick
-from p2pmarket.auction.book import AccountState, Book, build_book
+from p2pmarket.auction.book import build_book
 from p2pmarket.auction.enforce import domain_spec
 from p2pmarket.auction.lease import Lease, ResourceTerm
+from p2pmarket.auction.livebook import LiveBook, Record, Refused
 from p2pmarket.auction.machine import HostState, plain_digest
-from p2pmarket.auction.model import Bid
+from p2pmarket.auction.model import AllocEvent, Bid
 from p2pmarket.auction.resources import BidSpec, BidTerm, apply_spec
-from p2pmarket.core.wire import pack
+from p2pmarket.core.clock import US_PER_S
+from p2pmarket.core.wire import pack, pack_plain
 
-HARMFUL = ("below_min", "disk_delete")
-NONE: Mapping[str, int] = {}
+MOD = 1 << 256
 
 
 def resolved(state: HostState, a: Account) -> Mapping[str, Bid]:
@@ -45,13 +46,7 @@ def resolved(state: HostState, a: Account) -> Mapping[str, Bid]:
     return out
 
 
-def running(state: HostState, a: Account) -> bool:
-    """Whether the account's VM runs (active, with cpu and memory): pure, no VMM."""
-    return a.state == ACTIVE and domain_spec(a.allocation, resolved(state, a),
-                                             state.capacities, 1) is not None
-
-
-def terms(state: HostState, specs: Mapping[str, BidSpec], current: Mapping[str, BidTerm]
+def terms(state: HostState, specs: Mapping[str, BidSpec], current_terms: Mapping[str, BidTerm]
           ) -> dict[str, BidTerm]:
     out: dict[str, BidTerm] = {}
     caps = state.config.capacities
@@ -60,7 +55,7 @@ def terms(state: HostState, specs: Mapping[str, BidSpec], current: Mapping[str, 
                 spec.ident is not None and not unique_offered(state, key)):
             raise HostError(f"{key} is not offered by this host",
                             {"resource": key, "offered": state.config.offered()})
-        out[key] = apply_spec(spec, current.get(key), caps.get(key, 0))
+        out[key] = apply_spec(spec, current_terms.get(key), caps.get(key, 0))
     return out
 
 
@@ -68,190 +63,220 @@ def unique_offered(state: HostState, key: str) -> bool:
     return build_book({}, (), state.config.reserves(state.tick_us)).unique.offered_in(key)
 
 
-def build(state: HostState, accounts: Mapping[str, Account]) -> Book:
-    """The book of ``accounts``' bids (the last one built again if nobody's bids changed
-    since: the transitions keep an account's ``bids`` map while it does not change)."""
-    live = sorted((a for a in accounts.values() if a.state != CLOSED),
-                  key=lambda a: a.account_id)
-    hit = state.memo.book
-    if hit is not None and hit[0] is state.config and hit[1] == state.tick_us and \
-            len(hit[2]) == len(live) and all(
-                a.bids is b.bids and a.account_id == b.account_id
-                for a, b in zip(hit[2], live, strict=True)):
-        return hit[3]
-    states = tuple(AccountState(a.account_id, a.fund, a.interval_end_us, resolved(state, a),
-                                a.contingency) for a in live)
-    book = build_book(state.capacities, states, state.config.reserves(state.tick_us))
-    state.memo.book = (state.config, state.tick_us, live, book)
+# -- the book --------------------------------------------------------------------------
+
+def record_of(state: HostState, a: Account) -> Record:
+    return Record(a.fund, a.contingency, a.since, a.interval_end_us, dict(resolved(state, a)),
+                  a.spend, dict(a.topups), a.split_total)
+
+
+def empty_book(state: HostState) -> LiveBook:
+    book = LiveBook(state.capacities, state.config.root_bids(state.tick_us), state.tick_us,
+                    state.long_us, state.config.reserves(state.tick_us), dict(state.usage))
+    book.ticks = state.ticks
     return book
 
 
-def same_bids(state: HostState, accounts: Mapping[str, Account]) -> bool:
-    """Whether ``accounts`` bid exactly like the state's (so its book still fits)."""
-    old = state.accounts
-    if len(accounts) != len(old):
-        return False
-    for aid, a in accounts.items():
-        b = old.get(aid)
-        if b is None or a.state != b.state or (a.bids is not b.bids and a.bids != b.bids):
-            return False
-    return True
+def book_of(state: HostState) -> LiveBook:
+    """The state's book: its own while no later state moved it on, else one restored
+    from the state's records (and kept as the state's)."""
+    book = state.book
+    if book is not None and book.generation == state.book_gen and book.ticks == state.ticks:
+        return book
+    try:
+        book = LiveBook.restore(state.capacities, state.config.root_bids(state.tick_us),
+                                state.tick_us, state.long_us, state.ticks,
+                                {aid: record_of(state, a) for aid, a in state.accounts.items()},
+                                state.config.reserves(state.tick_us), dict(state.usage))
+    except ValueError as exc:
+        raise HostError(f"the accounts are not a state of the auction: {exc}",
+                        "accounts") from None
+    object.__setattr__(state, "book", book)
+    object.__setattr__(state, "book_gen", book.generation)
+    return book
 
 
-def book_for(state: HostState, accounts: Mapping[str, Account]) -> Book:
-    if state.book is not None and same_bids(state, accounts):
-        return state.book
-    return build(state, accounts)
+def owning(state: HostState, book: LiveBook) -> HostState:
+    """``state`` as the owner of ``book`` at its current generation."""
+    return replace(state, book=book, book_gen=book.generation)
 
 
-def evaluate(state: HostState, accounts: Mapping[str, Account], now: int,
-             book: Book | None = None) -> AllocationResult:
-    """This moment's allocation for ``accounts``, without charging anyone."""
-    book = book or book_for(state, accounts)
-    accs = [accounts[aid] for aid in book.ids]
-    return run_tick(book, [a.fund for a in accs], [a.contingency for a in accs],
-                    [max(a.interval_end_us, now + state.tick_us) for a in accs], now,
-                    state.tick_us, state.config.root_bids(state.tick_us), dict(state.usage),
-                    state.long_us)
+def current(state: HostState, a: Account) -> Account:
+    """The account now: money as of the last tick, allocation filled in."""
+    book = book_of(state)
+    if a.account_id not in book.accounts:
+        return a
+    fund, cont = book.money(a.account_id)
+    return replace(a, fund=fund, contingency=cont, allocation=book.allocation(a.account_id))
 
 
-def reallocate(state: HostState, changed: Account, now: int, was_running: bool
-               ) -> dict[str, Account]:
-    """Everyone's accounts with ``changed`` in it; refuses a change that would at once
-    drop one of its claims or shut down its running VM (6/27)."""
-    accounts = {**state.accounts, changed.account_id: changed}
-    result = evaluate(state, accounts, now)
-    harm = [e for e in result.events if e.account_id == changed.account_id
-            and e.kind in HARMFUL]
-    if harm:
-        e = harm[0]
-        raise HostError(f"{e.resource}: the min of this bid cannot be met at current "
-                        f"prices (would get {e.amount}, min {e.limit})"
-                        if e.kind == "below_min" else
-                        f"{e.resource}: the account's disk would be deleted "
-                        f"(would get {e.amount}, uses {e.limit})",
-                        {"resource": e.resource, "would_get": e.amount, "min": e.limit,
-                         "price": result.prices.get(e.resource)})
-    out = settle(accounts, result)
-    after = out[changed.account_id]
-    if was_running and not running(state, after):
-        raise HostError("this would shut down the account's VM (it needs cpu and memory)",
-                        {"allocation": dict(after.allocation)})
-    return out
+def allocation_now(state: HostState, aid: str) -> dict[str, int]:
+    book = book_of(state)
+    return book.allocation(aid) if aid in book.accounts else {}
 
 
-def settle(accounts: Mapping[str, Account], result: AllocationResult,
-           charge: bool = False) -> dict[str, Account]:
-    """Apply an allocation (and, at a tick, its charges and expiries) to copies. An
-    account nothing changes for is kept as it is, and so are the ``bids`` and
-    ``allocation`` maps of one whose other fields change."""
-    drops: dict[str, set[str]] = {}
-    expired: set[str] = set()
-    for e in result.events:
+def applied(state: HostState, book: LiveBook, events: Iterable[AllocEvent],
+            new: Mapping[str, Account] | None = None) -> dict[str, Account | None]:
+    """The accounts the book's last call changed (``new``: accounts not in the state
+    yet), as records: money, spend, top-ups and interval end from the book, the bids it
+    dropped (``below_min``) left out; None for one it no longer holds."""
+    dropped: dict[str, set[str]] = {}
+    for e in events:
         if e.kind == "below_min":
-            drops.setdefault(e.account_id, set()).add(e.resource)
-        elif e.kind == "expired":
-            expired.add(e.account_id)
-    book = result.book
-    # an account's allocation as AllocationResult.allocation gives it, inlined
-    index, keys, bidders = book.index, book.keys, book.bidders
-    columns, won = result.columns, result.unique_won
-    charges, cont_charges = result.charges, result.contingency_charges
-    ends = result.interval_ends
-    out: dict[str, Account] = {}
-    for aid, acc in accounts.items():
-        if acc.state == CLOSED or aid not in index:
-            out[aid] = acc
+            dropped.setdefault(e.account_id, set()).add(e.resource)
+    out: dict[str, Account | None] = {}
+    for aid in sorted(book.changed | set(dropped)):
+        a = (new or {}).get(aid) or state.accounts.get(aid)
+        if a is None:
             continue
-        bids = acc.bids
-        gone = drops.get(aid)
-        if gone:
-            bids = {r: t for r, t in bids.items() if r not in gone}
-        i = index[aid]
-        alloc: Mapping[str, int] = {
-            key: col[i] if (col := columns.get(key)) is not None and i in bidders[key]
-            else won.get(aid, NONE).get(key, 0) for key in keys.get(i, ())}
-        if len(alloc) != len(bids):
-            alloc = {r: v for r, v in alloc.items() if r in bids}
-        if alloc == acc.allocation:
-            alloc = acc.allocation
-        fund, cont, end, st = acc.fund, acc.contingency, acc.interval_end_us, acc.state
-        if charge:
-            fund -= charges.get(aid, 0)
-            cont -= cont_charges.get(aid, 0)
-            assert fund >= 0 and cont >= 0, "allocator charged more than the funds"
-            end = ends.get(aid, end)
-            if aid in expired:
-                st = EXPIRED
-        if (alloc is acc.allocation and bids is acc.bids and fund == acc.fund
-                and cont == acc.contingency and end == acc.interval_end_us
-                and st == acc.state):
-            out[aid] = acc
+        if aid not in book.accounts:
+            out[aid] = None
             continue
-        out[aid] = _moved(acc, bids=bids, allocation=alloc, fund=fund, contingency=cont,
-                          interval_end_us=end, state=st)
+        rec = book.record(aid)
+        bids = a.bids
+        if aid in dropped:
+            bids = {k: t for k, t in bids.items() if k not in dropped[aid]}
+        out[aid] = replace(a, fund=rec.fund, contingency=rec.contingency, since=rec.since,
+                           interval_end_us=rec.end_us, spend=rec.spend,
+                           topups=dict(rec.topups), split_total=rec.split_total, bids=bids)
+    for aid, a in (new or {}).items():
+        if aid not in out and aid in book.accounts:
+            out[aid] = a
     return out
 
 
-def _moved(acc: Account, **changes: Any) -> Account:
-    """``dataclasses.replace(acc, **changes)`` for the settle loop, which runs for every
-    account at every tick: a copy of the instance's fields (Account has no
-    ``__post_init__``), several times faster than ``replace``."""
-    new = object.__new__(Account)
-    fields = vars(new)
-    fields.update(vars(acc))
-    fields.update(changes)
-    return new
+def host_row(a: Account, leased: bytes | None) -> list[Any]:
+    """What the state holds of an account besides its book record."""
+    return [a.account_id, a.holder, a.created_us, a.contingency_ppm, a.state,
+            [[k, a.bids[k].to_wire()] for k in sorted(a.bids)], leased or b""]
 
 
-def collect_garbage(accounts: dict[str, Account], now: int) -> list[Refund]:
+def _row_hash(a: Account, leased: bytes | None) -> int:
+    return int.from_bytes(hashlib.sha256(pack_plain(host_row(a, leased))).digest(), "big")
+
+
+def host_sum(state: HostState) -> int:
+    """The sum mod 2^256 of the accounts' host-row hashes (kept up to date by
+    :func:`with_accounts`; computed once when not known)."""
+    if state.host_sum < 0:
+        total = sum(_row_hash(a, state.leased.get(aid)) for aid, a in state.accounts.items())
+        object.__setattr__(state, "host_sum", total % MOD)
+    return state.host_sum
+
+
+def with_accounts(state: HostState, updates: Mapping[str, Account | None],
+                  leased: Mapping[str, bytes] | None = None) -> HostState:
+    """``state`` with ``updates`` (None or closed: the account leaves) and new lease
+    digests ``leased``; the host-row digest follows, one hash per account changed."""
+    if not updates and not leased:
+        return state
+    accounts = dict(state.accounts)
+    lease_map = dict(state.leased)
+    total = state.host_sum
+    memo = state.memo
+    gc = None if state.collectable is None else set(state.collectable)
+    for aid in sorted(set(updates) | set(leased or {})):
+        old = accounts.get(aid)
+        new = updates.get(aid, old) if aid in updates else old
+        if new is not None and new.state == CLOSED:
+            new = None
+        if total >= 0 and old is not None:
+            total -= _row_hash(old, lease_map.get(aid))
+        if gc is not None:
+            gc.discard(aid)
+        if new is None:
+            accounts.pop(aid, None)
+            lease_map.pop(aid, None)
+            memo.resolved.pop(aid, None)
+            continue
+        accounts[aid] = new
+        if gc is not None and new.state == EXPIRED and not new.bids:
+            gc.add(aid)
+        if leased and aid in leased:
+            lease_map[aid] = leased[aid]
+        if total >= 0:
+            total += _row_hash(new, lease_map.get(aid))
+    return replace(state, accounts=accounts, leased=lease_map,
+                   host_sum=total % MOD if total >= 0 else -1,
+                   collectable=None if gc is None else frozenset(gc))
+
+
+def collectable(state: HostState) -> frozenset[str]:
+    """The expired accounts without bids (kept up to date by :func:`with_accounts`)."""
+    if state.collectable is None:
+        found = frozenset(aid for aid, a in state.accounts.items()
+                          if a.state == EXPIRED and not a.bids)
+        object.__setattr__(state, "collectable", found)
+        return found
+    return state.collectable
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+def refusal(state: HostState, exc: Refused) -> HostError:
+    """The 6/27 refusal of a change after which its account would lose a claim."""
+    e = exc.event
+    book = book_of(state)
+    price = book.price(e.resource) * US_PER_S // state.tick_us \
+        if e.resource in book.resources else None
+    if e.kind == "disk_delete":
+        return HostError(f"{e.resource}: the account's disk would be deleted "
+                         f"(would get {e.amount}, uses {e.limit})",
+                         {"resource": e.resource, "would_get": e.amount, "min": e.limit,
+                          "price": price})
+    return HostError(f"{e.resource}: the min of this bid cannot be met at current "
+                     f"prices (would get {e.amount}, min {e.limit})",
+                     {"resource": e.resource, "would_get": e.amount, "min": e.limit,
+                      "price": price})
+
+
+def running(state: HostState, a: Account) -> bool:
+    """Whether the account's VM runs (active, with cpu and memory): pure, no VMM."""
+    return a.state == ACTIVE and domain_spec(allocation_now(state, a.account_id),
+                                             resolved(state, a), state.capacities,
+                                             1) is not None
+
+
+def keeps_running(state: HostState, after: Account, alloc: Mapping[str, int]) -> None:
+    """Refuse a change after which the account's running VM would shut down (6/27):
+    ``alloc`` is its allocation had the change been made (the book's dry run)."""
+    if after.state != ACTIVE or domain_spec(alloc, resolved(state, after), state.capacities,
+                                            1) is None:
+        raise HostError("this would shut down the account's VM (it needs cpu and memory)",
+                        {"allocation": dict(alloc)})
+
+
+# -- ticks -------------------------------------------------------------------------------
+
+def collect_garbage(state: HostState, book: LiveBook, now: int
+                    ) -> tuple[dict[str, Account | None], list[Refund]]:
     """Expired accounts that lost all their claims are closed; their money is refunded
     (6/20: "may still be garbage collected if outbid")."""
+    closed: dict[str, Account | None] = {}
     refunds = []
-    for aid, acc in list(accounts.items()):
-        if acc.state == EXPIRED and not acc.bids:
-            accounts[aid] = replace(acc, state=CLOSED, fund=0, contingency=0)
-            if acc.money > 0:
-                rid = plain_digest(["gc", aid, now])[:8].hex()
-                refunds.append(Refund(rid, aid, acc.holder, acc.money, refund_memo(rid, aid),
-                                      created_us=now))
-    return refunds
-
-
-def with_accounts(state: HostState, accounts: Mapping[str, Account]) -> HostState:
-    """``state`` with ``accounts`` (closed ones dropped); the book cache is kept only
-    if no account's bids or state changed."""
-    book = state.book
-    before = state.accounts
-    for aid, a in accounts.items():
-        old = before.get(aid)
-        if old is None or (old.bids is not a.bids and old.bids != a.bids) or \
-                old.state != a.state:
-            book = None
-            break
-    live = {aid: a for aid, a in accounts.items() if a.state != CLOSED}
-    leased = state.leased
-    if len(live) != len(accounts):
-        book = None
-        memo = state.memo
-        for aid in accounts:
-            if aid not in live:   # closed: forget what was derived from it
-                memo.resolved.pop(aid, None)
-                memo.rows.pop(aid, None)
-        if any(aid not in live for aid in leased):
-            leased = {aid: d for aid, d in leased.items() if aid in live}
-    return replace(state, accounts=live, leased=leased, book=book)
+    for aid in sorted(collectable(state)):
+        acc = state.accounts.get(aid)
+        if acc is None or acc.state != EXPIRED or acc.bids or aid not in book.accounts:
+            continue
+        fund, cont = book.remove(aid)
+        closed[aid] = None
+        if fund + cont > 0:
+            rid = plain_digest(["gc", aid, now])[:8].hex()
+            refunds.append(Refund(rid, aid, acc.holder, fund + cont, refund_memo(rid, aid),
+                                  created_us=now))
+    return closed, refunds
 
 
 # -- leases --------------------------------------------------------------------------
 
 def lease_terms(state: HostState, account: Account) -> Lease:
     res = resolved(state, account)
+    now = current(state, account)
     return Lease(
         lease_id=account.account_id, host_id=state.host_id, holder=account.holder,
-        resources={r: ResourceTerm(b.min, b.max, account.allocation.get(r, 0))
+        resources={r: ResourceTerm(b.min, b.max, now.allocation.get(r, 0))
                    for r, b in res.items()},
-        start=account.created_us, end=account.interval_end_us, balance=account.money,
+        start=account.created_us, end=account.interval_end_us, balance=now.money,
         audit=None)
 
 
@@ -260,7 +285,24 @@ def terms_digest(body: Mapping[str, Any]) -> bytes:
 
 
 __all__ = [
-    "book_for", "build", "collect_garbage", "evaluate", "lease_terms", "reallocate",
-    "resolved", "running", "same_bids", "settle", "terms", "terms_digest", "unique_offered",
+    "allocation_now",
+    "applied",
+    "book_of",
+    "collect_garbage",
+    "collectable",
+    "current",
+    "empty_book",
+    "host_row",
+    "host_sum",
+    "keeps_running",
+    "lease_terms",
+    "owning",
+    "record_of",
+    "refusal",
+    "resolved",
+    "running",
+    "terms",
+    "terms_digest",
+    "unique_offered",
     "with_accounts",
 ]

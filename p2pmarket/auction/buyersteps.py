@@ -22,16 +22,21 @@ from typing import Any, assert_never
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import ACTIVE, CLOSED, Account, Refund, refund_memo
 from p2pmarket.auction.allocation import (
-    evaluate,
+    applied,
+    book_of,
+    keeps_running,
     lease_terms,
-    reallocate,
+    owning,
+    refusal,
+    resolved,
     running,
-    settle,
     terms,
     terms_digest,
     with_accounts,
 )
+from p2pmarket.auction.livebook import Refused
 from p2pmarket.auction.machine import HostState, MissingState
+from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.resources import PPM, BidTerm
 from p2pmarket.auction.rpcargs import (
@@ -96,6 +101,7 @@ class _Out:
     result: dict[str, Any]
     leases: list[str] = field(default_factory=list)
     refunds: list[Refund] = field(default_factory=list)
+    events: list[AllocEvent] = field(default_factory=list)   # what the allocator did
 
 
 class _Kept(HostError):
@@ -167,12 +173,12 @@ def _finish(out: _Out, kind: str, error: HostError | None) -> Step:
         body = lease_terms(state, account).body()
         d = terms_digest(body)
         if state.leased.get(aid) != d:
-            state = replace(state, leased={**state.leased, aid: d})
+            state = with_accounts(state, {}, {aid: d})
             outputs.append(("out.lease", body))
             leases.append(aid)
     outputs.append((kind, error_doc(error) if error is not None else out.result))
     return Step(state, outputs, None if error else out.result, error, refunds=out.refunds,
-                leases=leases)
+                leases=leases, events=tuple(out.events))
 
 
 def own(state: HostState, sender: bytes, account_id: str,
@@ -233,13 +239,17 @@ def create_account(state: HostState, args: CreateAccountArgs, call: Call, now: i
     cont = amount * args.contingency_ppm // PPM
     account = Account(account_id=aid, holder=call.sender, fund=amount - cont, contingency=cont,
                       contingency_ppm=args.contingency_ppm,
-                      interval_end_us=now + args.interval_us, created_us=now, bids=bid_terms)
+                      interval_end_us=now + args.interval_us, created_us=now, bids=bid_terms,
+                      since=state.ticks)
     paid = state.with_payment(payment_id, aid, amount)
+    book = book_of(paid)
     try:
-        new = reallocate(paid, account, now, was_running=False)
-    except HostError as exc:   # its bids would all be dropped: the money goes back
-        raise _refund_refused(state, call, exc, now) from None
-    return _Out(with_accounts(paid, new), {"account_id": aid}, [aid])
+        events = book.put(aid, account.fund, cont, account.interval_end_us,
+                          resolved(paid, account), now)
+    except Refused as exc:   # its bids would be dropped: the money goes back
+        raise _refund_refused(state, call, refusal(state, exc), now) from None
+    after = with_accounts(owning(paid, book), applied(paid, book, events, {aid: account}))
+    return _Out(after, {"account_id": aid}, [aid], events=events)
 
 
 def _bid_terms(state: HostState, sender: bytes, args: BidArgs
@@ -262,12 +272,22 @@ def bid(state: HostState, args: BidArgs, call: Call, now: int) -> _Out:
             and ratio == account.contingency_ppm and st == account.state):
         # identical bid (1/17): nothing changes, contingency included
         return _Out(state, {"account_id": aid}, [aid])
-    total = account.money
+    book = book_of(state)
+    was_running = running(state, account)
+    total = sum(book.money(aid))
     cont = total * ratio // PPM   # recomputed on every bid change (1/17)
     changed = replace(account, bids=new_terms, interval_end_us=end, contingency_ppm=ratio,
-                      fund=total - cont, contingency=cont, state=st)
-    new = reallocate(state, changed, now, was_running=running(state, account))
-    return _Out(with_accounts(state, new), {"account_id": aid}, [aid])
+                      state=st)
+    bids = resolved(state, changed)
+    try:
+        if was_running:   # a dry run first: its VM must keep cpu and memory (6/27)
+            book.put(aid, total - cont, cont, end, bids, now, dry=True)
+            keeps_running(state, changed, book.dry_allocation)
+        events = book.put(aid, total - cont, cont, end, bids, now)
+    except Refused as exc:
+        raise refusal(state, exc) from None
+    after = with_accounts(owning(state, book), applied(state, book, events, {aid: changed}))
+    return _Out(after, {"account_id": aid}, [aid], events=events)
 
 
 def fund(state: HostState, args: FundArgs, call: Call, now: int) -> _Out:
@@ -281,14 +301,15 @@ def fund(state: HostState, args: FundArgs, call: Call, now: int) -> _Out:
     if funded is not None:
         raise HostError("payment already used for another account", "used")
     cont = amount * account.contingency_ppm // PPM
-    richer = replace(account, fund=account.fund + amount - cont,
-                     contingency=account.contingency + cont)
-    # more money never lowers the funder's share: nothing here can refuse it
-    accounts = {**state.accounts, aid: richer}
     paid = state.with_payment(payment_id, aid, amount)
-    after = with_accounts(paid, settle(accounts, evaluate(paid, accounts, now)))
+    book = book_of(paid)
+    try:   # more money never lowers the funder's share: this is never refused
+        events = book.add_money(aid, amount - cont, cont, now)
+    except Refused as exc:
+        raise refusal(state, exc) from None
+    after = with_accounts(owning(paid, book), applied(paid, book, events))
     return _Out(after, {"account_id": aid, "amount": amount,
-                        "balance": after.accounts[aid].money}, [aid])
+                        "balance": sum(book.money(aid))}, [aid], events=events)
 
 
 def refund(state: HostState, args: RefundArgs, call: Call, now: int) -> _Out:
@@ -305,11 +326,12 @@ def refund(state: HostState, args: RefundArgs, call: Call, now: int) -> _Out:
     else:
         made, after = _take_refund(state, args, call.sender, refund_id, now)
     acc = after.accounts.get(account_id)
+    book = book_of(after)
     result = {"account_id": account_id,
               "refund": None if made is None else {
                   "refund_id": made.refund_id, "account_id": made.account_id,
                   "amount": made.amount, "memo": made.memo},
-              "balance": 0 if acc is None else acc.money,
+              "balance": 0 if acc is None else sum(book.money(account_id)),
               "state": CLOSED if acc is None else acc.state}
     return _Out(after, result, refunds=[] if made is None or old is not None else [made])
 
@@ -320,24 +342,35 @@ def _take_refund(state: HostState, args: RefundArgs, sender: bytes, refund_id: s
     contingency fund), and the state after it."""
     account_id = args.account_id
     account = own(state, sender, account_id)
-    total = account.money
+    book = book_of(state)
+    fund, cont = book.money(account_id)
+    total = fund + cont
     take = total if args.close else int(args.amount or 0)
     if take > total:
         raise HostError("refund is larger than the account's money",
                         {"amount": take, "balance": total})
-    from_fund = min(take, account.fund)
-    poorer = replace(account, fund=account.fund - from_fund,
-                     contingency=account.contingency - (take - from_fund))
     if args.close:
-        poorer = replace(poorer, state=CLOSED, bids={}, allocation={})
-        accounts = {**state.accounts, account_id: poorer}
-        new = settle(accounts, evaluate(state, accounts, now))
+        book.remove(account_id)
+        updates: dict[str, Account | None] = {account_id: None}
+        updates.update(applied(state, book, ()))
+    elif take == 0:
+        updates = {}
     else:
-        new = reallocate(state, poorer, now, was_running=running(state, account))
+        was_running = running(state, account)
+        from_fund = min(take, fund)
+        try:
+            if was_running:   # a dry run first: its VM must keep cpu and memory (6/27)
+                book.add_money(account_id, -from_fund, -(take - from_fund), now, dry=True)
+                keeps_running(state, account, book.dry_allocation)
+            events = book.add_money(account_id, -from_fund, -(take - from_fund), now)
+        except Refused as exc:
+            raise refusal(state, exc) from None
+        updates = applied(state, book, events)
     made = None if take == 0 else Refund(
         refund_id, account_id, account.holder, take,
         refund_memo(refund_id, account_id), created_us=now)
-    return made, with_accounts(state, new).with_refunds([] if made is None else [made])
+    return made, with_accounts(owning(state, book), updates).with_refunds(
+        [] if made is None else [made])
 
 
 def lease(state: HostState, args: LeaseArgs, call: Call) -> _Out:

@@ -1,14 +1,15 @@
 """The host's own inputs, pure: ticks, settings changes, disk-usage reports and
 refunds paid.
 
-- ``in.tick {now}`` -> ``out.tick {charges, contingency_charges, events, prices,
-  interval_ends, allocations, refunds, state}``, or ``out.tick {error, error_value}``
-  for a tick before :func:`next_tick_at` (``tick too early``). A tick allocates and
-  charges, expires and garbage-collects accounts, and forgets the requests taken
-  long enough ago (:func:`p2pmarket.auction.seen.pruned`).
-- ``in.settings`` (:class:`SettingsChange`) -> ``out.settings {allocations, state}``:
-  new capacities, minimum prices, unique offers or tick lengths, and a reallocation
-  without charges.
+- ``in.tick {now}`` -> ``out.tick {events, prices, interval_ends, refunds, state}``,
+  or ``out.tick {error, error_value}`` for a tick before :func:`next_tick_at` (``tick
+  too early``). A tick takes what the event-driven allocator has due (interval ends,
+  funds run out: :mod:`p2pmarket.auction.livebook`; the standing charges are taken
+  lazily), garbage-collects accounts, and forgets the requests taken long enough ago
+  (:func:`p2pmarket.auction.seen.pruned`).
+- ``in.settings`` (:class:`SettingsChange`) -> ``out.settings {events, state}``:
+  new capacities, minimum prices, unique offers or tick lengths; every account is put
+  in the book again (a new spend each, claims the new capacities cannot hold dropped).
 - ``in.usage`` (:class:`UsageReport`): the disk usage the VMM reports; it changes the
   disk events of the next allocations. No output.
 - ``in.refund_paid`` (:class:`~p2pmarket.auction.accounts.RefundPaid`): the host paid
@@ -17,8 +18,8 @@ refunds paid.
   paid yet (it raises otherwise: no honest host logs that); the replay checks the
   SEND against the refund (:mod:`p2pmarket.audit.refunds`).
 
-``allocations`` is :func:`allocations_digest`, ``state`` the
-:func:`~p2pmarket.auction.snapshot.state_digest` of the state after the input.
+``state`` is the :func:`~p2pmarket.auction.snapshot.state_digest` of the state after
+the input.
 """
 
 from __future__ import annotations
@@ -28,14 +29,23 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.accounts import RefundPaid
-from p2pmarket.auction.allocation import build, collect_garbage, evaluate, settle, with_accounts
-from p2pmarket.auction.allocator import AllocationResult, run_tick
+from p2pmarket.auction.accounts import EXPIRED, Account, RefundPaid
+from p2pmarket.auction.allocation import (
+    applied,
+    book_of,
+    collect_garbage,
+    empty_book,
+    owning,
+    resolved,
+    with_accounts,
+)
 from p2pmarket.auction.hostconfig import HostConfig
-from p2pmarket.auction.machine import HostState, plain_digest
+from p2pmarket.auction.machine import HostState
+from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.outcome import Step, error_doc
 from p2pmarket.auction.seen import pruned
 from p2pmarket.auction.snapshot import state_digest
+from p2pmarket.core.clock import US_PER_S
 
 
 @dataclass(frozen=True)
@@ -83,65 +93,86 @@ def next_tick_at(state: HostState) -> int | None:
 
 
 def tick(state: HostState, now: object) -> Step:
-    """``in.tick {now}``: allocate and charge one tick at ``now``."""
+    """``in.tick {now}``: take one tick at ``now`` (what is due; charges are lazy)."""
     due = next_tick_at(state)
     if not isinstance(now, int) or isinstance(now, bool) or (due is not None and now < due):
         exc = HostError("tick too early", {"now": now, "last": state.last_tick})
         return Step(state, [("out.tick", error_doc(exc))], error=exc)
-    live = state.accounts
-    book = state.book or build(state, live)
-    accs = [live[aid] for aid in book.ids]
-    result = run_tick(book, [a.fund for a in accs], [a.contingency for a in accs],
-                      [a.interval_end_us for a in accs], now, state.tick_us,
-                      state.config.root_bids(state.tick_us), dict(state.usage), state.long_us)
-    new = settle(live, result, charge=True)
-    refunds = collect_garbage(new, now)
-    after = with_accounts(replace(state, book=book, last_tick=now,
-                                  requests=pruned(state.requests, now)), new
-                          ).with_refunds(refunds)
-    doc = tick_doc(result)
+    book = book_of(state)
+    events = book.tick(now)
+    updates = applied(state, book, events)
+    ends: dict[str, int] = {}
+    for e in events:
+        if e.kind == "expired":
+            ends[e.account_id] = e.limit
+            a = updates.get(e.account_id) or state.accounts[e.account_id]
+            updates[e.account_id] = replace(a, state=EXPIRED)
+    moved = with_accounts(owning(replace(state, last_tick=now, ticks=book.ticks,
+                                         requests=pruned(state.requests, now)), book), updates)
+    closed, refunds = collect_garbage(moved, book, now)
+    after = with_accounts(owning(moved, book), closed).with_refunds(refunds)
+    doc = tick_doc(after, events, ends)
     doc["refunds"] = [[r.refund_id, r.account_id, r.amount] for r in refunds]
     doc["state"] = state_digest(after)
-    return Step(after, [("out.tick", doc)], result=doc, tick=result, refunds=refunds)
+    return Step(after, [("out.tick", doc)], result=doc, tick=tuple(events), refunds=refunds,
+                events=tuple(events))
 
 
-def tick_doc(result: AllocationResult) -> dict[str, Any]:
-    return {"charges": {k: v for k, v in result.charges.items() if v},
-            "contingency_charges": dict(result.contingency_charges),
-            "events": [[e.account_id, e.resource, e.kind, e.amount, e.limit]
-                       for e in result.events],
-            "prices": dict(result.prices), "interval_ends": dict(result.interval_ends),
-            "allocations": allocations_digest(result)}
-
-
-def allocations_digest(result: AllocationResult) -> bytes:
-    """SHA-256 of ``[account ids, [[resource, column], ...], [[account, [[key, ids won],
-    ...]], ...]]`` (msgpack; ids and resources in the book's order, unique wins sorted):
-    the divisible allocations as the allocator's columns (an account's entry is 0 where
-    it does not bid) and the unique identifiers won. It commits to every account's
-    allocation (the book, which says who bids on what, follows from the state)."""
-    book = result.book
-    won = result.unique_won
-    return plain_digest([list(book.ids), [[r, result.columns[r]] for r in book.resources],
-                         [[aid, sorted(won[aid].items())] for aid in sorted(won)]])
+def tick_doc(state: HostState, events: list[AllocEvent], ends: Mapping[str, int]
+             ) -> dict[str, Any]:
+    """What a tick did: its events, the new interval ends and the prices (micro-credits
+    per second, all bids, root included). Charges are not listed: each account pays its
+    standing rate, which follows from the state (the witnesses replay it)."""
+    book = book_of(state)
+    return {"events": [[e.account_id, e.resource, e.kind, e.amount, e.limit]
+                       for e in events],
+            "prices": {r: book.price(r) * US_PER_S // state.tick_us
+                       for r in sorted(book.resources)},
+            "interval_ends": dict(sorted(ends.items()))}
 
 
 # -- settings and usage ----------------------------------------------------------------
 
 def settings(state: HostState, change: SettingsChange, ts: int) -> Step:
-    """``in.settings``: the new settings, and everyone reallocated (no charges)."""
+    """``in.settings``: the new settings, and every account put in the book again (a new
+    spend each; a claim the new capacities cannot meet is dropped, not refused)."""
+    old = book_of(state)
     changed = replace(state, config=change.config, tick_us=max(1, change.tick_us),
-                      long_us=change.long_us, book=None)
-    result = evaluate(changed, changed.accounts, ts)
-    after = with_accounts(changed, settle(changed.accounts, result))
-    after = replace(after, book=None)
-    doc = {"allocations": allocations_digest(result), "state": state_digest(after)}
+                      long_us=change.long_us, book=None, book_gen=-1)
+    changed.memo.resolved.clear()
+    book = empty_book(changed)
+    events: list[AllocEvent] = []
+    for aid, a in sorted(state.accounts.items()):
+        fund, cont = old.money(aid)
+        events += book.put(aid, fund, cont, a.interval_end_us, resolved(changed, a), ts,
+                           refusable=False)
+    dropped: dict[str, set[str]] = {}
+    for e in events:
+        if e.kind == "below_min":
+            dropped.setdefault(e.account_id, set()).add(e.resource)
+    updates: dict[str, Account | None] = {}
+    for aid, a in state.accounts.items():
+        rec = book.record(aid)
+        updates[aid] = replace(a, fund=rec.fund, contingency=rec.contingency, since=rec.since,
+                               spend=rec.spend, topups=dict(rec.topups),
+                               split_total=rec.split_total,
+                               bids={k: t for k, t in a.bids.items()
+                                     if k not in dropped.get(aid, ())})
+    after = with_accounts(owning(changed, book), updates)
+    events.sort(key=lambda e: (e.account_id, e.resource, e.kind))
+    doc = {"events": [[e.account_id, e.resource, e.kind, e.amount, e.limit] for e in events],
+           "state": state_digest(after)}
     return Step(after, [("out.settings", doc)], result=doc)
 
 
 def usage(state: HostState, report: UsageReport) -> Step:
-    """``in.usage``: the disk usage the VMM reported."""
-    return Step(replace(state, usage=dict(report.usage)), [])
+    """``in.usage``: the disk usage the VMM reported (disk claims below it shrink or go:
+    the events, no output)."""
+    moved = replace(state, usage=dict(report.usage))
+    book = book_of(state)
+    events = book.set_usage(dict(report.usage))
+    after = with_accounts(owning(moved, book), applied(moved, book, events))
+    return Step(after, [], events=tuple(events))
 
 
 def refund_paid(state: HostState, paid: RefundPaid) -> Step:
@@ -155,5 +186,5 @@ def refund_paid(state: HostState, paid: RefundPaid) -> Step:
     return Step(state.with_paid([(paid.refund_id, paid.payment_id)]), [], paid=[paid])
 
 
-__all__ = ["SettingsChange", "UsageReport", "allocations_digest", "next_tick_at",
+__all__ = ["SettingsChange", "UsageReport", "next_tick_at",
            "refund_paid", "settings", "tick", "tick_doc", "usage"]

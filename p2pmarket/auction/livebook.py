@@ -96,6 +96,7 @@ class _Account:
     end_us: int
     bids: dict[str, Bid]              # the standing ones (dropped claims leave)
     spend: int = 0
+    split_total: int = 1              # the weight total the spend is split by
     rate_fund: int = 0                # charge per tick
     rate_cont: int = 0
     topups: dict[str, int] = field(default_factory=dict)
@@ -119,6 +120,8 @@ class LiveBook:
         self.resources = {r: Standing(c, root_bids[r]) for r, c in sorted(capacities.items())
                           if c > 0 and "," not in r}
         self.unique = Uniques(unique or {}, tick_us)
+        self.generation = 0   # changes committed: a state names the one it was made at
+        self.dry_allocation: dict[str, int] = {}
         self.disk = DiskUse(dict(usage or {}))
         self._disk_touched: set[str] = set()
         self._disk_moved: dict[str, str | None] = {}
@@ -151,7 +154,7 @@ class LiveBook:
     def record(self, aid: str) -> Record:
         a = self.accounts[aid]
         return Record(a.fund, a.contingency, a.since, a.end_us, dict(a.bids), a.spend,
-                      dict(a.topups))
+                      dict(a.topups), a.split_total)
 
     def records(self) -> dict[str, Record]:
         return {aid: self.record(aid) for aid in sorted(self.accounts)}
@@ -223,10 +226,12 @@ class LiveBook:
         for aid, rec in sorted(records.items()):
             bids = {r: b for r, b in sorted(rec.bids.items()) if book.offered(r)}
             if rec.since > ticks or set(rec.topups) - (set(bids) & set(book.resources)) \
-                    or rec.spend < 0 or rec.fund < 0 or rec.contingency < 0:
+                    or rec.spend < 0 or rec.fund < 0 or rec.contingency < 0 \
+                    or rec.split_total < 1:
                 raise ValueError(f"account {aid}: not a record of this book")
             book.accounts[aid] = _Account(rec.fund, rec.contingency, rec.since, rec.end_us,
-                                          bids, rec.spend, topups=dict(rec.topups))
+                                          bids, rec.spend, rec.split_total,
+                                          topups=dict(rec.topups))
             book._saved[aid] = None
             book._split(aid)
         book._undo = None
@@ -249,7 +254,8 @@ class LiveBook:
     # -- events --------------------------------------------------------------------
 
     def put(self, aid: str, fund: int, contingency: int, end_us: int,
-            bids: Mapping[str, Bid], now_us: int) -> list[AllocEvent]:
+            bids: Mapping[str, Bid], now_us: int, refusable: bool = True,
+            dry: bool = False) -> list[AllocEvent]:
         """Open or replace an account (its money as of the last tick, its interval end and
         its bids). A bid on what the host does not offer (:meth:`offered`) is left out
         of the book and of the split, with event ``not_offered``. Raises
@@ -268,10 +274,10 @@ class LiveBook:
                         self._drop(r, aid)
             self.accounts[aid] = a
             self._freeze(aid, now_us)
-        return self._event(aid, change)
+        return self._event(aid, change, refusable, dry)
 
-    def add_money(self, aid: str, fund: int, contingency: int, now_us: int
-                  ) -> list[AllocEvent]:
+    def add_money(self, aid: str, fund: int, contingency: int, now_us: int,
+                  dry: bool = False) -> list[AllocEvent]:
         """Credit (or with negative amounts take) money; a new spend. Raises
         :class:`Refused` (6/27) or ValueError if a fund would go below zero."""
         def change() -> None:
@@ -282,7 +288,7 @@ class LiveBook:
             a.fund += fund
             a.contingency += contingency
             self._freeze(aid, now_us)
-        return self._event(aid, change)
+        return self._event(aid, change, True, dry)
 
     def remove(self, aid: str) -> tuple[int, int]:
         """Close an account; returns its money (as of the last tick). Never refused."""
@@ -293,6 +299,7 @@ class LiveBook:
             self._drop(r, aid)
         self._cascade(None)
         self._check_disk(None)
+        self.generation += 1
         self._end(commit=True)
         return a.fund, a.contingency
 
@@ -305,6 +312,7 @@ class LiveBook:
                               if old.get(aid) != usage.get(aid)}
         self.disk.usage = dict(usage)
         self._check_disk(None)
+        self.generation += 1
         return self._end(commit=True)
 
     def tick(self, now_us: int) -> list[AllocEvent]:
@@ -342,21 +350,36 @@ class LiveBook:
                 self._split(aid)
         self._cascade(None)
         self._check_disk(None)
+        self.generation += 1
         events = self._end(commit=True)
         self.ticks = k
         return events
 
     # -- the machinery ---------------------------------------------------------------
 
-    def _event(self, aid: str, change: Callable[[], None]) -> list[AllocEvent]:
+    def _event(self, aid: str, change: Callable[[], None], refusable: bool = True,
+               dry: bool = False) -> list[AllocEvent]:
+        """Run one change: with ``refusable``, one that drops its own account's claim
+        or disk is refused (6/27); ``dry`` takes it back after, leaving
+        :attr:`dry_allocation` (its account's allocation had it been made) and
+        returning its events (a quote's dry run, the host's check that a running VM
+        keeps cpu and memory)."""
         self._begin()
         try:
             change()
-            self._cascade(aid)
-            self._check_disk(aid)
+            self._cascade(aid if refusable else None)
+            self._check_disk(aid if refusable else None)
+            if dry:
+                self.dry_allocation = self.allocation(aid) if aid in self.accounts else {}
+                events = sorted(self._events, key=lambda e: (e.account_id, e.resource,
+                                                             e.kind))
         except BaseException:
             self._end(commit=False)
             raise
+        if dry:
+            self._end(commit=False)
+            return events
+        self.generation += 1
         return self._end(commit=True)
 
     def _begin(self) -> None:
@@ -456,12 +479,13 @@ class LiveBook:
         a = self.accounts[aid]
         remaining = max(a.end_us - now_us, self.tick_us)
         a.spend = min(a.fund, -(-a.fund * self.tick_us // remaining)) if a.fund > 0 else 0
+        a.split_total = max(1, sum(b.weight_ppm for b in a.bids.values()))
         a.topups.clear()
         self._split(aid)
 
     def _split(self, aid: str) -> None:
         a = self.accounts[aid]
-        total = max(1, sum(b.weight_ppm for b in a.bids.values()))
+        total = a.split_total
         for r, b in a.bids.items():
             if r in self.resources:
                 self._put_claim(r, aid, Claim(a.spend * b.weight_ppm // total,
@@ -553,8 +577,7 @@ class LiveBook:
             self._events.append(event)
             del a.bids[r]
             a.topups.pop(r, None)
-            self._put_claim(r, aid, None)
-            self._split(aid)
+            self._put_claim(r, aid, None)   # its part of the spend stays unspent
 
 
 __all__ = ["LiveBook", "Record", "Refused"]

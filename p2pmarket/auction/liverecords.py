@@ -34,9 +34,11 @@ class Record:
     bids: Mapping[str, Bid]
     spend: int
     topups: Mapping[str, int]
+    split_total: int = 1   # the weight total the spend was split by
 
     def row(self, aid: str) -> list[object]:
         return [aid, self.fund, self.contingency, self.since, self.end_us, self.spend,
+                self.split_total,
                 [[r, b.weight_ppm, b.min, b.max] for r, b in sorted(self.bids.items())],
                 sorted(self.topups.items())]
 

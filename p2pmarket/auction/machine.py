@@ -6,9 +6,13 @@ live accounts, the digest of the lease terms last handed out per account, the
 payments already used (payment id -> account), the refunds made and which of them
 are paid (refund id -> the paying SEND's entry hash), the disk usage
 the VMM reported, the time of the last tick and the buyers' requests recently
-taken (:mod:`p2pmarket.auction.seen`). It is a frozen value; the transitions in
-:mod:`p2pmarket.auction.steps` return a new one. Its ``book`` and ``memo`` fields are
-caches of values derived from it (outside equality, snapshot and digest).
+taken (:mod:`p2pmarket.auction.seen`) and the number of ticks taken. It is a frozen
+value; the transitions in :mod:`p2pmarket.auction.steps` return a new one. Its
+``book`` (the event-driven allocator, :class:`~p2pmarket.auction.livebook.LiveBook`,
+with the generation it was at for this state), ``host_sum`` and ``memo`` fields are
+caches of values derived from it (outside equality, snapshot and digest): a book is
+mutable and moves on with the newest state, so a state stepped again after it (a
+replay from an anchor) gets a book restored from its own records.
 
 The allocation helpers the transitions share (evaluate, reallocate with the 6/27
 refusal, settle, garbage collection, lease terms) are in
@@ -29,13 +33,13 @@ import msgpack
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account, Refund
-from p2pmarket.auction.book import Book
 from p2pmarket.auction.hostconfig import HostConfig
+from p2pmarket.auction.livebook import LiveBook
 from p2pmarket.auction.model import Bid
 from p2pmarket.auction.resources import BidTerm
 from p2pmarket.auction.seen import Record
 
-SNAPSHOT_VERSION = 3   # 3: refunds paid (in.refund_paid) are part of the state
+SNAPSHOT_VERSION = 4   # 4: the event-driven allocator (frozen spends, lazy charges, ticks)
 ZERO = bytes(32)
 
 
@@ -50,18 +54,13 @@ class Memo:
     change) and is used only while they are still the account's.
 
     - ``resolved``: account -> (bids, capacities, the resolved bids);
-    - ``rows``: account -> (bids, the packed fixed part of its digest row);
-    - ``book``: the last book built, with the config, tick length and (account, bids)
-      pairs it was built from.
     """
 
-    __slots__ = ("book", "resolved", "rows")
+    __slots__ = ("resolved",)
 
     def __init__(self) -> None:
         self.resolved: dict[str, tuple[Mapping[str, BidTerm], Mapping[str, int],
                                        dict[str, Bid]]] = {}
-        self.rows: dict[str, tuple[Mapping[str, BidTerm], bytes]] = {}
-        self.book: tuple[HostConfig, int, list[Account], Book] | None = None
 
 
 def _p(value: Any) -> bytes:
@@ -95,7 +94,12 @@ class HostState:
     usage: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     last_tick: int = -1
     requests: Record = field(default_factory=dict)   # buyers' requests taken (seen.py)
-    book: Book | None = field(default=None, compare=False, repr=False)
+    ticks: int = 0                                   # ticks taken
+    book: LiveBook | None = field(default=None, compare=False, repr=False)
+    book_gen: int = field(default=-1, compare=False, repr=False)
+    host_sum: int = field(default=-1, compare=False, repr=False)   # -1: not known
+    # expired accounts without bids, for the next tick to collect (None: not known)
+    collectable: frozenset[str] | None = field(default=None, compare=False, repr=False)
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
     # -- derived -----------------------------------------------------------------------

@@ -8,8 +8,8 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Refund, RefundPaid
-from p2pmarket.auction.allocator import AllocationResult
 from p2pmarket.auction.machine import HostState
+from p2pmarket.auction.model import AllocEvent
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.wire import WireError, pack
 
@@ -23,7 +23,8 @@ class Step:
     outputs: list[tuple[str, Any]]
     result: dict[str, Any] | None = None        # the out.<rpc> body on success
     error: HostError | None = None
-    tick: AllocationResult | None = None
+    tick: tuple[AllocEvent, ...] | None = None   # a tick's events
+    events: tuple[AllocEvent, ...] = ()           # what the allocator did (any input)
     refunds: list[Refund] = field(default_factory=list)   # new refunds to pay
     paid: list[RefundPaid] = field(default_factory=list)  # refunds marked paid
     leases: list[str] = field(default_factory=list)        # account of each out.lease

@@ -48,8 +48,9 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account
-from p2pmarket.auction.allocation import reallocate, terms
-from p2pmarket.auction.allocator import AllocationResult
+from p2pmarket.auction.allocation import book_of, refusal, resolved, terms
+from p2pmarket.auction.book import build_book
+from p2pmarket.auction.livebook import Refused
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.resources import PPM, BidSpec, bids_from_wire
 from p2pmarket.auction.rpcargs import check_args, interval_arg, ratio_arg
@@ -114,16 +115,20 @@ class Offered:
         return {"capacity": self.capacity, "price": self.price, "free": self.free}
 
 
-def offered(state: HostState, result: AllocationResult) -> dict[str, Offered]:
-    """What the host offers, per resource type, after the allocation ``result``: what it
-    advertises in the DHT and quotes. Unique types count identifiers and sum their
-    prices (at least the lowest reserve)."""
-    out = {res: Offered(cap, result.prices[res], result.free[res])
-           for res, cap in sorted(state.capacities.items())}
-    for kind, ranges in sorted(result.book.unique.offered.items()):
+def offered(state: HostState) -> dict[str, Offered]:
+    """What the host offers, per resource type, now: what it advertises in the DHT and
+    quotes (price: all bids per second, root included; free: what the root keeps).
+    Unique types count identifiers and sum their prices (at least the lowest reserve)."""
+    book = book_of(state)
+    out = {res: Offered(cap, book.price(res) * US_PER_S // state.tick_us,
+                        book.resources[res].free())
+           for res, cap in sorted(state.capacities.items()) if res in book.resources}
+    ubook = build_book({}, (), state.config.reserves(state.tick_us)).unique
+    winners, prices = book.winners(), book.id_prices()
+    for kind, ranges in sorted(ubook.offered.items()):
         count = sum(hi - lo + 1 for lo, hi, _ in ranges)
-        sold = sum(1 for k in result.winners if k.startswith(kind + ","))
-        price = sum(p for k, p in result.prices.items() if k.startswith(kind + ","))
+        sold = sum(1 for k in winners if k.startswith(kind + ","))
+        price = sum(p for k, p in prices.items() if k.startswith(kind + ","))
         reserve = min(r for _, _, r in ranges) * US_PER_S // state.tick_us
         out[kind] = Offered(count, max(price, reserve), count - sold)
     return out
@@ -196,11 +201,10 @@ def _is_nat(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def make_quote(state: HostState, result: AllocationResult, holder: bytes, args: QuoteArgs,
-               now: int) -> Quote:
-    """The quote for ``holder``'s ``args`` at ``now``, ``result`` the host's current
-    allocation; raises the :class:`HostError` ``create_account`` would answer. Changes
-    nothing (the state's caches aside)."""
+def make_quote(state: HostState, holder: bytes, args: QuoteArgs, now: int) -> Quote:
+    """The quote for ``holder``'s ``args`` at ``now``; raises the :class:`HostError`
+    ``create_account`` would answer. Changes nothing (a dry run in the state's book is
+    taken back)."""
     bid_terms = terms(state, args.bids, {})   # what create_account checks before the payment
     if args.amount is not None:
         cont = args.amount * args.contingency_ppm // PPM
@@ -208,16 +212,19 @@ def make_quote(state: HostState, result: AllocationResult, holder: bytes, args: 
                         contingency=cont, contingency_ppm=args.contingency_ppm,
                         interval_end_us=now + args.interval_us, created_us=now,
                         bids=bid_terms)
+        book = book_of(state)
         try:
-            reallocate(state, trial, now, was_running=False)
-        except HostError as exc:
+            book.put(DRY_RUN_ACCOUNT, trial.fund, cont, trial.interval_end_us,
+                     resolved(state, trial), now, dry=True)
+        except Refused as refused:
+            exc = refusal(state, refused)
             raise HostError(f"{exc.message}; with {args.amount} µcredits the bids would all "
                             "be dropped (create_account would refund the payment)",
                             exc.value) from None
     caps = state.config.capacities
     clamped = {key: caps[key] for key, term in sorted(bid_terms.items())
                if args.bids[key].ident is None and term.max.resolve(caps[key]) > caps[key]}
-    market = offered(state, result)
+    market = offered(state)
     types = sorted({key.split(",")[0] for key in args.bids})
     return Quote(host_id=state.host_id, holder=holder, nonce=args.nonce,
                  bids=args.bids_digest, interval_s=args.interval_us // US_PER_S,

@@ -4,9 +4,9 @@
   entry that starts every host log, and the starting point of a proof of
   non-conformance. :func:`from_snapshot` reads it back, checking the payment,
   refund and refund-paid records against their hash chains. A snapshot of another
-  version is refused with an error naming both versions (version 3 added the refunds
-  paid; logs written before it do not replay).
-- :func:`state_digest` is SHA-256 over the settings, the accounts (see
+  version is refused with an error naming both versions (version 4: the event-driven
+  allocator's records; logs written before it do not replay).
+- :func:`state_digest` is SHA-256 over the settings, the tick count, the accounts (see
   :func:`accounts_digest`), the disk usage, three running hashes (payments, refunds
   and refunds paid are append-only, so each is a hash chain: ``h' = H(h ||
   pack(record))``; a paid record is ``[refund id, SEND entry hash]``) and the digest
@@ -25,6 +25,7 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account, Refund
+from p2pmarket.auction.allocation import book_of, host_sum
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.machine import (
     SNAPSHOT_VERSION,
@@ -45,13 +46,13 @@ def _h(data: bytes) -> bytes:
 def account_row(a: Account, leased: bytes | None) -> list[Any]:
     return [a.account_id, a.holder, a.fund, a.contingency, a.contingency_ppm,
             a.interval_end_us, a.created_us, a.state,
-            [[k, a.bids[k].to_wire()] for k in sorted(a.bids)],
-            [[k, a.allocation[k]] for k in sorted(a.allocation)], leased or b""]
+            [[k, a.bids[k].to_wire()] for k in sorted(a.bids)], a.since, a.spend,
+            sorted(a.topups.items()), a.split_total, leased or b""]
 
 
 def _core(state: HostState, accounts_hash: bytes) -> list[Any]:
     return [SNAPSHOT_VERSION, state.host_id, _config_rows(state.config), state.tick_us,
-            state.long_us, state.last_tick,
+            state.long_us, state.last_tick, state.ticks,
             [[k, u, f] for k, (u, f) in sorted(state.usage.items())], accounts_hash,
             state.payments_hash, state.refunds_hash, state.paid_hash,
             plain_digest(to_rows(state.requests))]
@@ -63,29 +64,15 @@ def _config_rows(config: HostConfig) -> list[Any]:
 
 
 def accounts_digest(state: HostState) -> bytes:
-    """SHA-256 of a msgpack stream: for each account in id order its fixed part
-    ``[account_id, holder, created_us, bids]`` (``bids`` as in :func:`account_row`; it
-    changes only on a bid, and is packed once), then one array of the accounts' other
-    parts ``[fund, contingency, contingency_ppm, interval_end_us, state, lease terms
-    digest, allocation]`` in the same order (they change every tick)."""
-    h = hashlib.sha256()
-    rows, leased, accounts = state.memo.rows, state.leased, state.accounts
-    rest = []
-    for aid in sorted(accounts):
-        a = accounts[aid]
-        hit = rows.get(aid)
-        if hit is None or hit[0] is not a.bids:
-            fixed = _p([aid, a.holder, a.created_us,
-                        [[k, a.bids[k].to_wire()] for k in sorted(a.bids)]])
-            rows[aid] = (a.bids, fixed)
-        else:
-            fixed = hit[1]
-        h.update(fixed)
-        alloc = a.allocation
-        rest.append([a.fund, a.contingency, a.contingency_ppm, a.interval_end_us, a.state,
-                     leased.get(aid, b""), [[k, alloc[k]] for k in sorted(alloc)]])
-    h.update(_p(rest))
-    return h.digest()
+    """SHA-256 of ``[book digest, host sum]``: the event-driven allocator's digest of
+    every account's record (money as of ``since``, interval end, resolved bids, spend,
+    top-ups; :meth:`~p2pmarket.auction.livebook.LiveBook.digest`, which covers the tick
+    count too) and the sum mod 2^256 of the SHA-256 of each account's host row
+    (:func:`~p2pmarket.auction.allocation.host_row`: holder, created, contingency
+    ratio, state, bid terms, lease terms digest). Both are multiset hashes kept up to
+    date account by account, so a tick or an event costs what it changed."""
+    book = book_of(state)
+    return _h(_p([book.digest(), host_sum(state).to_bytes(32, "big")]))
 
 
 def state_digest(state: HostState) -> bytes:
@@ -100,6 +87,7 @@ def snapshot(state: HostState, payments: bool = True, refunds: bool = True
     return {
         "v": SNAPSHOT_VERSION, "host_id": state.host_id, "config": state.config.to_doc(),
         "tick_us": state.tick_us, "long_us": state.long_us, "last_tick": state.last_tick,
+        "ticks": state.ticks,
         "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())],
         "accounts": [account_row(state.accounts[aid], state.leased.get(aid))
                      for aid in sorted(state.accounts)],
@@ -141,13 +129,15 @@ def _from_snapshot(doc: Any) -> HostState:
     accounts: dict[str, Account] = {}
     leased: dict[str, bytes] = {}
     for row in doc["accounts"]:
-        aid, holder, fund, cont, cppm, end, created, st, bids, alloc, lease = row
+        (aid, holder, fund, cont, cppm, end, created, st, bids, since, spend, topups, split,
+         lease) = row
         accounts[str(aid)] = Account(
             account_id=str(aid), holder=bytes(holder), fund=int(fund),
             interval_end_us=int(end), created_us=int(created),
             bids={str(k): BidTerm.from_wire(str(k), v) for k, v in bids},
-            allocation={str(k): int(v) for k, v in alloc}, contingency=int(cont),
-            contingency_ppm=int(cppm), state=str(st))
+            contingency=int(cont), contingency_ppm=int(cppm), state=str(st),
+            since=int(since), spend=int(spend), topups={str(k): int(v) for k, v in topups},
+            split_total=int(split))
         if lease:
             leased[str(aid)] = bytes(lease)
     payments: dict[bytes, tuple[str, int]] | None = None
@@ -183,7 +173,8 @@ def _from_snapshot(doc: Any) -> HostState:
         refunds_hash=bytes(doc["refunds_hash"]), paid=paid,
         paid_hash=bytes(doc["paid_hash"]),
         usage={str(k): (int(u), int(f)) for k, u, f in doc["usage"]},
-        last_tick=int(doc["last_tick"]), requests=from_rows(doc["requests"]))
+        last_tick=int(doc["last_tick"]), ticks=int(doc["ticks"]),
+        requests=from_rows(doc["requests"]))
 
 
 __all__ = ["account_row", "accounts_digest", "from_snapshot", "snapshot", "state_digest"]

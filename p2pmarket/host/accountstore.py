@@ -73,9 +73,13 @@ _NEW_COLUMNS = {
     "contingency": "INTEGER NOT NULL DEFAULT 0 CHECK (contingency >= 0)",
     "contingency_ppm": "INTEGER NOT NULL DEFAULT 0",
     "state": "TEXT NOT NULL DEFAULT 'active'",
+    "since": "INTEGER NOT NULL DEFAULT 0",      # the event-driven allocator's record
+    "spend": "INTEGER NOT NULL DEFAULT 0",
+    "topups": "BLOB",
+    "split_total": "INTEGER NOT NULL DEFAULT 1",
 }
 _COLUMNS = ("id, holder, fund, interval_end_us, bids, allocation, created_us, lease, "
-            "contingency, contingency_ppm, state")
+            "contingency, contingency_ppm, state, since, spend, topups, split_total")
 
 
 class AccountStore:
@@ -119,7 +123,7 @@ class AccountStore:
             with self.conn:
                 self.conn.executemany(
                     f"INSERT OR REPLACE INTO accounts ({_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    f"VALUES ({', '.join('?' * len(_COLUMNS.split(',')))})", rows)
                 self.conn.executemany(
                     "INSERT INTO payments (id, account_id, amount) VALUES (?, ?, ?)",
                     list(payments))
@@ -191,19 +195,22 @@ def _row(a: Account) -> tuple[Any, ...]:
     return (a.account_id, a.holder, a.fund, a.interval_end_us, pack(terms_to_doc(a.bids)),
             pack(dict(a.allocation)), a.created_us,
             None if a.lease is None else pack(dict(a.lease)), a.contingency,
-            a.contingency_ppm, a.state)
+            a.contingency_ppm, a.state, a.since, a.spend,
+            pack(dict(a.topups)) if a.topups else None, a.split_total)
 
 
 def _from_row(row: tuple[Any, ...]) -> Account:
     (account_id, holder, fund, end, bids, allocation, created, lease, contingency, cppm,
-     state) = row
+     state, since, spend, topups, split_total) = row
     return Account(
         account_id=account_id, holder=bytes(holder), fund=int(fund),
         interval_end_us=int(end), created_us=int(created),
         bids=terms_from_doc(unpack(bids)),
         allocation={str(k): int(v) for k, v in unpack(allocation).items()},
         lease=None if lease is None else unpack(lease), contingency=int(contingency),
-        contingency_ppm=int(cppm), state=str(state))
+        contingency_ppm=int(cppm), state=str(state), since=int(since), spend=int(spend),
+        topups={} if topups is None else {str(k): int(v) for k, v in unpack(topups).items()},
+        split_total=int(split_total))
 
 
 def _ordered_payments(conn: sqlite3.Connection) -> list[tuple[bytes, str, int]]:

@@ -189,11 +189,10 @@ class Auctioneer(AuctionRunner):
     async def quote(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         """``{bids, interval_s, nonce, amount?, contingency?}`` -> ``{quote}``: read-only
         (no await between reading the state and signing, so no lock is needed)."""
-        result = self.allocation()
-        terms = make_quote(self.state, result, ctx.sender, parse_quote_args(args), self.now())
+        terms = make_quote(self.state, ctx.sender, parse_quote_args(args), self.now())
         # which leased ports are free now (a buyer wanting one bids on one of them)
         return {"quote": sign_quote(self.identity, terms).to_wire(),
-                "free_ports": free_ports(self.config.unique, result.winners)}
+                "free_ports": free_ports(self.config.unique, self.winners())}
 
     async def audit_log(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         """``{since?, limit?}`` -> the log from ``since`` for a witness."""

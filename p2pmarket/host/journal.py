@@ -29,6 +29,7 @@ from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange
 from p2pmarket.auction.lease import sign_lease
 from p2pmarket.auction.machine import SNAPSHOT_VERSION, HostState, new_state
+from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.outcome import Step
 from p2pmarket.auction.seen import from_rows, to_rows
 from p2pmarket.auction.snapshot import snapshot
@@ -67,6 +68,8 @@ class Journal:
         self.now = now   # the time for the next entry
         self.on_commit = on_commit
         self.leases: dict[str, dict[str, Any]] = {}   # account -> signed lease (wire)
+        # told the allocator's events of each step committed (the runner's note_events)
+        self.on_events: Callable[[tuple[AllocEvent, ...]], None] | None = None
         self.state = self._restore(config, tick_us, long_us)
 
     def apply(self, kind: str, body: Any, now: int) -> tuple[Step, list[AuditAuthenticator]]:
@@ -87,8 +90,9 @@ class Journal:
             terms = replace(lease_terms(new, new.accounts[aid]), audit=auth.to_wire())
             leases[aid] = sign_lease(self.identity, terms, ts=now).to_wire()
         rows: list[Account] = []
-        for aid, a in new.accounts.items():
-            if old.accounts.get(aid) != a or leases.get(aid) is not self.leases.get(aid):
+        before = old.accounts
+        for aid, a in new.accounts.items():   # identity: a step keeps what it did not change
+            if before.get(aid) is not a or leases.get(aid) is not self.leases.get(aid):
                 rows.append(replace(a, lease=leases.get(aid)))
         for aid in old.accounts:
             if aid not in new.accounts:   # closed
@@ -109,6 +113,8 @@ class Journal:
         self.leases = leases
         self.state = new
         self.on_commit(old, new)
+        if st.events and self.on_events is not None:
+            self.on_events(st.events)
 
     # -- start -------------------------------------------------------------------------
 
@@ -157,7 +163,7 @@ class Journal:
         state = new_state(self.identity.node_id, config, tick_us, long_us)
         if isinstance(saved, dict):
             state = replace(state, tick_us=int(saved["tick_us"]), long_us=int(saved["long_us"]),
-                            last_tick=int(saved["last_tick"]),
+                            last_tick=int(saved["last_tick"]), ticks=int(saved.get("ticks", 0)),
                             usage={str(k): (int(u), int(f)) for k, u, f in saved["usage"]},
                             requests=from_rows(saved.get("requests", [])))
         state = replace(state, accounts={aid: replace(a, lease=None) for aid, a in live.items()},
@@ -189,7 +195,8 @@ class Journal:
 
 def state_doc(state: HostState, seq: int) -> dict[str, Any]:
     """The state record the store keeps besides the accounts, payments and refunds."""
-    return {"seq": seq, "last_tick": state.last_tick, "tick_us": state.tick_us,
+    return {"seq": seq, "last_tick": state.last_tick, "ticks": state.ticks,
+            "tick_us": state.tick_us,
             "long_us": state.long_us,
             "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())],
             "requests": to_rows(state.requests)}

@@ -21,12 +21,13 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account, Refund, RefundPaid
-from p2pmarket.auction.allocation import evaluate, resolved
-from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US, AllocationResult
+from p2pmarket.auction.allocation import book_of, current, resolved
+from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US
 from p2pmarket.auction.enforce import VmDefaults
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.hoststeps import SettingsChange, UsageReport, next_tick_at
 from p2pmarket.auction.machine import HostState
+from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.quote import offered
 from p2pmarket.auction.steps import REFUND_PAID
 from p2pmarket.audit.log import AuditLog
@@ -69,7 +70,6 @@ class AuctionRunner:
         self.refund_payment = refund_payment
         self.clock = clock
         self._lock = asyncio.Lock()
-        self._last: AllocationResult | None = None
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._paying: set[str] = set()
         self.sync = VmmSync(vmm, VmDefaults(settings.vm_default_memory_kib))
@@ -80,6 +80,7 @@ class AuctionRunner:
         self.journal = Journal(identity, store,
                                audit if audit is not None else AuditLog(":memory:", identity),
                                self.now, self._committed, config, tick_us, long_interval_us)
+        self.journal.on_events = self.note_events
         self.journal.start(config, tick_us, long_interval_us)
 
     @property
@@ -118,30 +119,20 @@ class AuctionRunner:
 
     # -- ticks -----------------------------------------------------------------------
 
-    async def tick(self, now_us: int) -> AllocationResult:
-        """Allocate and charge one tick, then pay pending refunds and update the VMs.
+    async def tick(self, now_us: int) -> tuple[AllocEvent, ...]:
+        """Take one tick, then pay pending refunds and update the VMs; its events.
 
         A tick before the core's :func:`next_tick_at` is not run (the witnesses would
-        refuse it): the last result is returned."""
+        refuse it): no events."""
         async with self._lock:
             now_us = max(now_us, self.audit.last_ts)   # the log's time never goes back
             self._sync_usage(now_us)
             due = next_tick_at(self.state)
             if due is not None and now_us < due:
-                return self._last or evaluate(self.state, self.state.accounts, now_us)
+                return ()
             st, _ = self.journal.apply("in.tick", {"now": now_us}, now_us)
             assert st.tick is not None
             result = st.tick
-            events: dict[str, list[dict[str, Any]]] = {}
-            for e in result.events:
-                events.setdefault(e.account_id, []).append(
-                    {"resource": e.resource, "kind": e.kind, "amount": e.amount,
-                     "limit": e.limit})
-                if e.kind in NOTED_EVENTS:
-                    log.info("account %s %s on %s (%d / %d)", e.account_id, e.kind,
-                             e.resource, e.amount, e.limit)
-            self._events = events
-            self._last = result
         for refund in self.store.pending_refunds():
             await self._pay(refund)
         await self.sync_vmm()
@@ -184,11 +175,11 @@ class AuctionRunner:
         """``{res: {capacity, price (micro-credits/s, all bids), free}}`` for the DHT (and
         the quotes: :func:`p2pmarket.auction.quote.offered`); unique types count
         identifiers and sum their prices."""
-        return {res: o.to_doc() for res, o in offered(self.state, self.allocation()).items()}
+        return {res: o.to_doc() for res, o in offered(self.state).items()}
 
-    def allocation(self) -> AllocationResult:
-        """The current allocation: the last tick's, or (after a change) evaluated now."""
-        return self._last or evaluate(self.state, self.state.accounts, self.clock())
+    def winners(self) -> dict[str, str]:
+        """Unique identifier key -> the account that holds it now."""
+        return book_of(self.state).winners()
 
     async def vm_list(self) -> list[dict[str, Any]]:
         """This host's domains for the control API, each with what it really uses (the
@@ -209,10 +200,14 @@ class AuctionRunner:
         return [self.accounts_by_id()[aid] for aid in sorted(self.state.accounts)]
 
     def accounts_by_id(self) -> dict[str, Account]:
-        leases = self.journal.leases
-        return {aid: replace(a, lease=leases.get(aid)) for aid, a in self.state.accounts.items()}
+        """The accounts now (money as of the last tick, allocation filled in), with their
+        signed leases."""
+        leases, state = self.journal.leases, self.state
+        return {aid: replace(current(state, a), lease=leases.get(aid))
+                for aid, a in state.accounts.items()}
 
     def account_doc(self, a: Account) -> dict[str, Any]:
+        a = current(self.state, a) if a.account_id in self.state.accounts else a
         vm = self.sync.info.get(a.account_id)
         lease = self.journal.leases.get(a.account_id)
         return {"account_id": a.account_id, "holder": a.holder, "state": a.state,
@@ -230,12 +225,22 @@ class AuctionRunner:
 
     # -- around the journal ------------------------------------------------------------
 
+    def note_events(self, events: tuple[AllocEvent, ...]) -> None:
+        """Keep each account's last allocator events (for its doc and the VMM: disk
+        actions) and log the notable ones."""
+        mine: dict[str, list[dict[str, Any]]] = {}
+        for e in events:
+            mine.setdefault(e.account_id, []).append(
+                {"resource": e.resource, "kind": e.kind, "amount": e.amount,
+                 "limit": e.limit})
+            if e.kind in NOTED_EVENTS:
+                log.info("account %s %s on %s (%d / %d)", e.account_id, e.kind,
+                         e.resource, e.amount, e.limit)
+        self._events.update(mine)
+
     def _committed(self, old: HostState, new: HostState) -> None:
-        """After each commit: closed accounts' domains go; a changed book drops the
-        last tick's result."""
+        """After each commit: closed accounts' domains go."""
         self.sync.closed.update(aid for aid in old.accounts if aid not in new.accounts)
-        if new.accounts != old.accounts or new.config != old.config:
-            self._last = None
 
     def _sync_usage(self, now: int) -> None:
         """Log the VMM's disk usage as an input when it changed (it moves disk events)."""

@@ -132,7 +132,7 @@ class Node:
                                      refund_payment=self.payments.refund)
         self.access = AccessKeeper(
             self.vmm, PortForwards(settings.listen_host),
-            lambda: self.auctioneer.allocation().winners, lambda: self.auctioneer.state.accounts,
+            self.auctioneer.winners, lambda: self.auctioneer.state.accounts,
             lambda: self.public_host, lambda: self.advert is not None and self.advert.client_mode,
             reserved={settings.http_port, settings.dht_port, settings.control_port} - {0},
             vm_info=self.auctioneer.sync.info.get,

@@ -54,6 +54,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ import p2pmarket.audit.log as log_module
 import p2pmarket.audit.replay as replay_module
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.auction.accounts import Account, Payment
-from p2pmarket.auction.allocation import terms
+from p2pmarket.auction.allocation import empty_book, resolved, terms
 from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.rpcargs import CreateAccountArgs, parse_args
@@ -117,6 +118,18 @@ def _accounts(ident: Identity, buyers: list[Identity], rnd: random.Random,
                                 contingency_ppm=args.contingency_ppm))
         payments.append((pid, aid, amount))
         ids.append(aid)
+    # their records as the event-driven allocator keeps them (frozen spends, claims that
+    # cannot meet their min dropped), put in the order the requests would have come
+    book = empty_book(state)
+    for acc in accounts:
+        book.put(acc.account_id, acc.fund, acc.contingency, acc.interval_end_us,
+                 resolved(state, acc), NOW, refusable=False)
+    for i, acc in enumerate(accounts):
+        rec = book.record(acc.account_id)
+        accounts[i] = replace(acc, fund=rec.fund, contingency=rec.contingency, since=rec.since,
+                              spend=rec.spend, topups=dict(rec.topups),
+                              split_total=rec.split_total,
+                              bids={k: t for k, t in acc.bids.items() if k in rec.bids})
     store.commit(accounts, payments, [], {})
     return ids
 

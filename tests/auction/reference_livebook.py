@@ -28,6 +28,7 @@ class RefAccount:
     bids: dict[str, Bid]
     spend: int = 0
     topups: dict[str, int] = field(default_factory=dict)
+    split_total: int = 1   # the weight total the spend was split by (at its event)
 
 
 class ReferenceBook:
@@ -75,7 +76,7 @@ class ReferenceBook:
 
     def outcome(self) -> tuple[list[str], UniqueOutcome]:
         """run_unique on the standing bids and spends (remembered while they stand)."""
-        state = tuple((aid, a.spend, tuple(sorted(a.bids.items())))
+        state = tuple((aid, a.spend, a.split_total, tuple(sorted(a.bids.items())))
                       for aid, a in sorted(self.accounts.items()))
         if self._memo is None or self._memo[0] != state:
             self._memo = (state, self._outcome())
@@ -84,8 +85,7 @@ class ReferenceBook:
     def _outcome(self) -> tuple[list[str], UniqueOutcome]:
         ids = sorted(self.accounts)
         accs = [AccountState(aid, 0, 0, self.accounts[aid].bids) for aid in ids]
-        weights = [max(1, sum(b.weight_ppm for b in self.accounts[aid].bids.values()))
-                   for aid in ids]
+        weights = [self.accounts[aid].split_total for aid in ids]
         return ids, run_unique(build_unique(self.unique, accs),
                                [self.accounts[aid].spend for aid in ids], weights,
                                self.tick_us)
@@ -95,7 +95,7 @@ class ReferenceBook:
         table = self.table
         out: dict[str, list[tuple[int, str]]] = {}
         for aid, a in sorted(self.accounts.items()):
-            total = max(1, sum(b.weight_ppm for b in a.bids.values()))
+            total = a.split_total
             for key, b in sorted(a.bids.items()):
                 ids = table.covered(key) if key not in self.caps else ()
                 for ident in ids:
@@ -149,9 +149,9 @@ class ReferenceBook:
     def claim(self, aid: str, r: str) -> tuple[int, int, int, int]:
         """(base, topup, min, max)"""
         a = self.accounts[aid]
-        total = max(1, sum(b.weight_ppm for b in a.bids.values()))
         b = a.bids[r]
-        return a.spend * b.weight_ppm // total, a.topups.get(r, 0), min(b.min, b.max), b.max
+        return (a.spend * b.weight_ppm // a.split_total, a.topups.get(r, 0),
+                min(b.min, b.max), b.max)
 
     def clear(self, r: str) -> tuple[list[str], set[str], int, int]:
         ids = sorted(aid for aid, a in self.accounts.items() if r in a.bids)
@@ -217,6 +217,7 @@ class ReferenceBook:
         a = self.accounts[aid]
         remaining = max(a.end_us - now_us, self.tick_us)
         a.spend = min(a.fund, -(-a.fund * self.tick_us // remaining)) if a.fund > 0 else 0
+        a.split_total = max(1, sum(b.weight_ppm for b in a.bids.values()))
         a.topups = {}
 
     def cascade(self, actor: str | None, events: list[AllocEvent]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from p2pmarket.auction.allocator import run_tick
@@ -216,7 +216,10 @@ def test_between_events_it_charges_what_the_per_tick_allocator_charges(
     now = 1000 * T
     for aid, fund, end_q, bids in puts:
         with contextlib.suppress(Refused):
-            live.put(aid, fund, 0, now + end_q * T // 4, bids, now)
+            events = live.put(aid, fund, 0, now + end_q * T // 4, bids, now)
+            # a claim dropped leaves its part of the spend unspent (until its account's
+            # next event): the per-tick allocator would split it over the others
+            assume(all(e.kind != "below_min" for e in events))
     accs = tuple(AccountState(aid, a.spend, now + tick, dict(a.bids))
                  for aid, a in sorted(live.accounts.items()))
     result = run_tick(build_book(CAPS, accs, UNIQUE), [a.fund for a in accs],

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from p2pmarket.auction import HostError
+from p2pmarket.auction.allocation import current
 from p2pmarket.auction.buyersteps import account_id_for, precheck, refund_id_for
 from p2pmarket.auction.seen import recorded
 from p2pmarket.core.wire import digest, pack
@@ -49,7 +50,7 @@ def test_open_an_account() -> None:
     acc = h.state.accounts[AID]
     assert (acc.holder, acc.fund, acc.contingency, acc.interval_end_us) == \
         (ALICE, 100_000, 0, T0 + 100 * S)
-    assert dict(acc.allocation) == {"cpu": CPU, "memory": MEM}
+    assert current(h.state, acc).allocation == {"cpu": CPU, "memory": MEM}
     assert h.state.payment_account(PAY[0]) == AID
     assert h.state.requests == recorded({}, ALICE, T0)
     assert h.kinds() == ["in.create_account", "out.lease", "out.create_account"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.allocation import evaluate
 from p2pmarket.auction.buyersteps import refund_id_for
 from p2pmarket.auction.quote import (
     QUOTE_TTL_US,
@@ -41,17 +40,15 @@ def args(bids: dict[str, str] = BIDS, amount: int | None = None) -> dict[str, ob
 
 
 def quote_of(h: AuctionHarness, doc: dict[str, object]) -> object:
-    result = evaluate(h.state, h.state.accounts, h.now)
-    return make_quote(h.state, result, BUYER.public_key, parse_quote_args(doc), h.now)
+    return make_quote(h.state, BUYER.public_key, parse_quote_args(doc), h.now)
 
 
 def test_a_quote_names_the_buyer_and_the_advertised_figures_and_changes_nothing() -> None:
     h = harness()
     before, digest, snap = h.state, state_digest(h.state), snapshot(h.state)
     q = quote_of(h, args(amount=100_000))
-    result = evaluate(h.state, h.state.accounts, h.now)
-    market = offered(h.state, result)
-    assert q == make_quote(h.state, result, BUYER.public_key,
+    market = offered(h.state)
+    assert q == make_quote(h.state, BUYER.public_key,
                            parse_quote_args(args(amount=100_000)), h.now)
     assert q.host_id == HOST.node_id and q.holder == BUYER.public_key and q.nonce == NONCE
     assert q.bids == bids_digest(BIDS) and q.interval_s == 100 and q.amount == 100_000

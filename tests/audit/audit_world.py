@@ -214,7 +214,8 @@ def signed_ctx(who: Identity, host: Identity, name: str, args: dict[str, Any], t
 
 def overcharge_next_tick(auct: Auctioneer, account_id: str, extra: int = 1) -> None:
     """The host charges ``account_id`` ``extra`` micro-credits too many at its next tick,
-    and logs a self-consistent lie (charges and state digest both cheated)."""
+    and logs a self-consistent lie (the account's record and the state digest both
+    cheated; its book restored from the cheated records)."""
     honest = auct.journal.apply
 
     def cheat(kind: str, body: Any, now: int) -> Any:
@@ -224,10 +225,9 @@ def overcharge_next_tick(auct: Auctioneer, account_id: str, extra: int = 1) -> N
         st = step(auct.state, kind, body, now)
         acc = st.state.accounts[account_id]
         state = replace(st.state, accounts={**st.state.accounts,
-                                            account_id: replace(acc, fund=acc.fund - extra)})
+                                            account_id: replace(acc, fund=acc.fund - extra)},
+                        book=None, book_gen=-1, host_sum=-1, collectable=None)
         doc = dict(st.outputs[0][1])
-        doc["charges"] = {**doc["charges"], account_id: doc["charges"].get(account_id, 0)
-                          + extra}
         doc["state"] = state_digest(state)
         lied = replace(st, state=state, outputs=[("out.tick", doc)])
         auths = auct.audit.append_many([(kind, body, now), ("out.tick", doc, now)])

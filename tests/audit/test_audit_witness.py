@@ -82,7 +82,7 @@ async def test_overcharge_by_one_microcredit_is_exposed(world: World) -> None:
     assert ws[1].service.is_exposed(h.identity.node_id) and ws[1].service.is_exposed(h.key)
     # a tampered proof proves nothing
     doc = unpack(proof)
-    doc["entries"][-1] = doc["entries"][-1].replace(b"charges", b"chargez")
+    doc["entries"][-1] = doc["entries"][-1].replace(b"prices", b"pricez")
     with pytest.raises(EvidenceError):
         verify_proof(pack(doc))
     with pytest.raises(EvidenceError):

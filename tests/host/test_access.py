@@ -45,7 +45,7 @@ async def test_a_won_port_reaches_the_guest_and_is_freed_when_the_account_closes
     guest = await Guest().start()
     port = free_port()
     keeper = AccessKeeper(vmm, PortForwards("127.0.0.1"),
-                          lambda: h.auct.allocation().winners, lambda: h.auct.state.accounts,
+                          h.auct.winners, lambda: h.auct.state.accounts,
                           lambda: "127.0.0.1", lambda: False, network="127.0.0.0/8",
                           guest_port=guest.port, vm_info=h.auct.sync.info.get,
                           uploading=h.auct.sync.uploading.__contains__)

@@ -132,8 +132,8 @@ async def test_unique_resources_by_sealed_bid(make_host: Make) -> None:
     b = await open_acc(h, BOB, amount=10**7, bids={**BIDS, "tcp_port,30000": "1",
                                                     "tcp_port,30005": "1"})
     h.clock.now += S
-    result = await h.auct.tick(h.clock.now)
-    assert result.winners == {"tcp_port,30000": a, "tcp_port,30005": b}
+    await h.auct.tick(h.clock.now)
+    assert h.auct.winners() == {"tcp_port,30000": a, "tcp_port,30005": b}
     assert acct(h, a).allocation["tcp_port,30000"] == 1
     assert acct(h, b).allocation["tcp_port,30000"] == 0     # lost one,
     assert acct(h, b).allocation["memory"] > 0              # the rest of the bid stands (2/7)
