@@ -173,6 +173,7 @@ def with_accounts(state: HostState, updates: Mapping[str, Account | None],
     accounts = dict(state.accounts)
     lease_map = dict(state.leased)
     total = state.host_sum
+    known = total >= 0   # -1: not known (computed when first needed)
     memo = state.memo
     gc = None if state.collectable is None else set(state.collectable)
     for aid in sorted(set(updates) | set(leased or {})):
@@ -180,8 +181,8 @@ def with_accounts(state: HostState, updates: Mapping[str, Account | None],
         new = updates.get(aid, old) if aid in updates else old
         if new is not None and new.state == CLOSED:
             new = None
-        if total >= 0 and old is not None:
-            total -= _row_hash(old, lease_map.get(aid))
+        if known and old is not None:
+            total = (total - _row_hash(old, lease_map.get(aid))) % MOD
         if gc is not None:
             gc.discard(aid)
         if new is None:
@@ -194,10 +195,10 @@ def with_accounts(state: HostState, updates: Mapping[str, Account | None],
             gc.add(aid)
         if leased and aid in leased:
             lease_map[aid] = leased[aid]
-        if total >= 0:
-            total += _row_hash(new, lease_map.get(aid))
+        if known:
+            total = (total + _row_hash(new, lease_map.get(aid))) % MOD
     return replace(state, accounts=accounts, leased=lease_map,
-                   host_sum=total % MOD if total >= 0 else -1,
+                   host_sum=total if known else -1,
                    collectable=None if gc is None else frozenset(gc))
 
 

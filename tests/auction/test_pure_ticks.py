@@ -109,3 +109,20 @@ def test_settings_and_usage() -> None:
     assert st.outputs == [] and dict(h.state.usage) == {AID: (10, 5)}
     assert h.kinds() == ["in.create_account", "out.lease", "out.create_account",
                          "in.settings", "out.settings", "in.usage"]
+
+
+def test_the_state_digest_is_kept_up_to_date_step_by_step() -> None:
+    """The accounts' host-row digest follows each step (never recomputed from scratch
+    once known) and equals the one computed from scratch."""
+    from p2pmarket.auction.allocation import host_sum
+    h = opened()
+    h.call(ALICE, "create_account", {"payment": {}, "bids": BIDS, "interval_s": 50},
+           payment=(b"pay-2", 50_000))
+    state_digest(h.state)
+    for k in range(1, 6):
+        h.tick(T0 + k * S)
+        known = h.state.host_sum
+        assert known >= 0
+        fresh = replace(h.state, host_sum=-1)
+        assert host_sum(fresh) == known
+        assert state_digest(fresh) == state_digest(h.state)
