@@ -170,8 +170,12 @@ def with_accounts(state: HostState, updates: Mapping[str, Account | None],
     digests ``leased``; the host-row digest follows, one hash per account changed."""
     if not updates and not leased:
         return state
+    if not updates:
+        return _with_leased(state, leased or {})
     accounts = dict(state.accounts)
-    lease_map = dict(state.leased)
+    removed = any(a is None or a.state == CLOSED for a in updates.values())
+    # copied only if it changes (as large as the accounts)
+    lease_map = dict(state.leased) if leased or removed else state.leased
     total = state.host_sum
     known = total >= 0   # -1: not known (computed when first needed)
     memo = state.memo
@@ -187,19 +191,34 @@ def with_accounts(state: HostState, updates: Mapping[str, Account | None],
             gc.discard(aid)
         if new is None:
             accounts.pop(aid, None)
-            lease_map.pop(aid, None)
+            if aid in lease_map:
+                assert isinstance(lease_map, dict)
+                lease_map.pop(aid)
             memo.resolved.pop(aid, None)
             continue
         accounts[aid] = new
         if gc is not None and new.state == EXPIRED and not new.bids:
             gc.add(aid)
         if leased and aid in leased:
+            assert isinstance(lease_map, dict)
             lease_map[aid] = leased[aid]
         if known:
             total = (total + _row_hash(new, lease_map.get(aid))) % MOD
     return replace(state, accounts=accounts, leased=lease_map,
                    host_sum=total if known else -1,
                    collectable=None if gc is None else frozenset(gc))
+
+
+def _with_leased(state: HostState, leased: Mapping[str, bytes]) -> HostState:
+    """``state`` with new lease digests only (the accounts map is shared)."""
+    lease_map = dict(state.leased)
+    total, known = state.host_sum, state.host_sum >= 0
+    for aid, d in sorted(leased.items()):
+        a = state.accounts[aid]
+        if known:
+            total = (total - _row_hash(a, lease_map.get(aid)) + _row_hash(a, d)) % MOD
+        lease_map[aid] = d
+    return replace(state, leased=lease_map, host_sum=total if known else -1)
 
 
 def collectable(state: HostState) -> frozenset[str]:
