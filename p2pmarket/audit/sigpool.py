@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from p2pmarket.audit.replay import Verdicts, verdicts_of
+
+if TYPE_CHECKING:   # the executors load with the first batch (an idle node has none)
+    from concurrent.futures import Executor
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class SignaturePool:
     @property
     def _executor(self) -> Executor:
         if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
             # spawned, not forked: the witness's process runs threads and an event loop
             self._pool = ThreadPoolExecutor(self.workers) if self.threads else \
                 ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"))
