@@ -23,7 +23,8 @@ class AllocEvent:
     """Something the auctioneer must act on or report.
 
     ``kind``: ``below_min``, ``not_offered``, ``expired``, ``topped_up``, ``outbid``,
-    ``disk_shrink``, ``disk_delete``.
+    ``disk_shrink``, ``disk_delete``; the event-driven allocator's also ``won``,
+    ``exhausted`` and ``topup_ended`` (:mod:`p2pmarket.auction.livebook`).
     """
 
     account_id: str
