@@ -193,6 +193,10 @@ class Settings:
     tick_seconds: float = 1.0
     republish_seconds: float = 600.0
     audit_seconds: float = 10.0
+    witness_workers: int = -1
+    """Worker processes the witness checks buyers' request signatures in (section 5):
+    -1 one per core but one on a machine of more than two cores, none on smaller ones
+    (a pool's start-up and memory do not pay there); 0 none (checked in the replay)."""
     cpu_mhz: int = 4000
     memory_kib: int = 4 * 1024 * 1024
     min_price: int = 1

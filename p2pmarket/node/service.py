@@ -153,7 +153,7 @@ class Node:
             identity, self.peers, self.evidence, directory=self.directory,
             locator=DhtHostLocator(self.records), sink=DhtEvidenceSink(self.records),
             period_s=settings.audit_seconds, store=WitnessStore(data_dir.witness_db),
-            genesis=genesis, sigpool=SignaturePool())
+            genesis=genesis, sigpool=signature_pool(settings.witness_workers))
         self.dispatcher.register_all("witness", self.witness.handlers(),
                                      limits=self.witness.request_limits())
         # reachability (section 7): every node answers callbacks; a node that may serve
@@ -454,3 +454,11 @@ async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:
         await node.run_until_signalled()
     finally:
         os.close(lock)
+
+
+def signature_pool(workers: int) -> SignaturePool | None:
+    """The witness's pool for the setting ``witness_workers`` (see :class:`Settings`)."""
+    if workers < 0:
+        cores = os.cpu_count() or 1
+        workers = cores - 1 if cores > 2 else 0
+    return SignaturePool(workers) if workers > 0 else None
