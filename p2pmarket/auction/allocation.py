@@ -132,17 +132,21 @@ def applied(state: HostState, book: LiveBook, events: Iterable[AllocEvent],
         if aid not in book.accounts:
             out[aid] = None
             continue
-        rec = book.record(aid)
-        bids = a.bids
-        if aid in dropped:
-            bids = {k: t for k, t in bids.items() if k not in dropped[aid]}
-        out[aid] = replace(a, fund=rec.fund, contingency=rec.contingency, since=rec.since,
-                           interval_end_us=rec.end_us, spend=rec.spend,
-                           topups=dict(rec.topups), split_total=rec.split_total, bids=bids)
+        out[aid] = with_record(a, book.record(aid), dropped.get(aid, set()))
     for aid, a in (new or {}).items():
         if aid not in out and aid in book.accounts:
             out[aid] = a
     return out
+
+
+def with_record(a: Account, rec: Record, dropped: Iterable[str] = ()) -> Account:
+    """``a`` with the book's record ``rec`` (money, spend, top-ups, weight total,
+    interval end) and without the bids in ``dropped``."""
+    gone = set(dropped)
+    bids = {k: t for k, t in a.bids.items() if k not in gone} if gone else a.bids
+    return replace(a, fund=rec.fund, contingency=rec.contingency, since=rec.since,
+                   interval_end_us=rec.end_us, spend=rec.spend, topups=dict(rec.topups),
+                   split_total=rec.split_total, bids=bids)
 
 
 def host_row(a: Account, leased: bytes | None) -> list[Any]:
@@ -325,4 +329,5 @@ __all__ = [
     "terms_digest",
     "unique_offered",
     "with_accounts",
+    "with_record",
 ]

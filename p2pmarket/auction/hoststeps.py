@@ -38,6 +38,7 @@ from p2pmarket.auction.allocation import (
     owning,
     resolved,
     with_accounts,
+    with_record,
 )
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.machine import HostState
@@ -150,14 +151,9 @@ def settings(state: HostState, change: SettingsChange, ts: int) -> Step:
     for e in events:
         if e.kind == "below_min":
             dropped.setdefault(e.account_id, set()).add(e.resource)
-    updates: dict[str, Account | None] = {}
-    for aid, a in state.accounts.items():
-        rec = book.record(aid)
-        updates[aid] = replace(a, fund=rec.fund, contingency=rec.contingency, since=rec.since,
-                               spend=rec.spend, topups=dict(rec.topups),
-                               split_total=rec.split_total,
-                               bids={k: t for k, t in a.bids.items()
-                                     if k not in dropped.get(aid, ())})
+    updates: dict[str, Account | None] = {
+        aid: with_record(a, book.record(aid), dropped.get(aid, ()))
+        for aid, a in state.accounts.items()}
     after = with_accounts(owning(changed, book), updates)
     events.sort(key=lambda e: (e.account_id, e.resource, e.kind))
     doc = {"events": [[e.account_id, e.resource, e.kind, e.amount, e.limit] for e in events],

@@ -299,7 +299,6 @@ class LiveBook:
             self._drop(r, aid)
         self._cascade(None)
         self._check_disk(None)
-        self.generation += 1
         self._end(commit=True)
         return a.fund, a.contingency
 
@@ -312,7 +311,6 @@ class LiveBook:
                               if old.get(aid) != usage.get(aid)}
         self.disk.usage = dict(usage)
         self._check_disk(None)
-        self.generation += 1
         return self._end(commit=True)
 
     def tick(self, now_us: int) -> list[AllocEvent]:
@@ -350,7 +348,6 @@ class LiveBook:
                 self._split(aid)
         self._cascade(None)
         self._check_disk(None)
-        self.generation += 1
         events = self._end(commit=True)
         self.ticks = k
         return events
@@ -379,7 +376,6 @@ class LiveBook:
         if dry:
             self._end(commit=False)
             return events
-        self.generation += 1
         return self._end(commit=True)
 
     def _begin(self) -> None:
@@ -435,6 +431,7 @@ class LiveBook:
             if new != old:
                 self._sum = (self._sum - old + new) % MOD
                 self.changed.add(aid)
+        self.generation += 1
         self.events = sorted(self._events, key=lambda e: (e.account_id, e.resource, e.kind))
         return self.events
 

@@ -49,7 +49,6 @@ from typing import Any
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account
 from p2pmarket.auction.allocation import book_of, refusal, resolved, terms
-from p2pmarket.auction.book import build_book
 from p2pmarket.auction.livebook import Refused
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.resources import PPM, BidSpec, bids_from_wire
@@ -123,9 +122,8 @@ def offered(state: HostState) -> dict[str, Offered]:
     out = {res: Offered(cap, book.price(res) * US_PER_S // state.tick_us,
                         book.resources[res].free())
            for res, cap in sorted(state.capacities.items()) if res in book.resources}
-    ubook = build_book({}, (), state.config.reserves(state.tick_us)).unique
     winners, prices = book.winners(), book.id_prices()
-    for kind, ranges in sorted(ubook.offered.items()):
+    for kind, ranges in sorted(book.unique.table.offered.items()):
         count = sum(hi - lo + 1 for lo, hi, _ in ranges)
         sold = sum(1 for k in winners if k.startswith(kind + ","))
         price = sum(p for k, p in prices.items() if k.startswith(kind + ","))

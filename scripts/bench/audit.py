@@ -54,7 +54,6 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ import p2pmarket.audit.log as log_module
 import p2pmarket.audit.replay as replay_module
 from p2pmarket.api.rpc import CallContext
 from p2pmarket.auction.accounts import Account, Payment
-from p2pmarket.auction.allocation import empty_book, resolved, terms
+from p2pmarket.auction.allocation import empty_book, resolved, terms, with_record
 from p2pmarket.auction.buyersteps import account_id_for
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.rpcargs import CreateAccountArgs, parse_args
@@ -124,12 +123,9 @@ def _accounts(ident: Identity, buyers: list[Identity], rnd: random.Random,
     for acc in accounts:
         book.put(acc.account_id, acc.fund, acc.contingency, acc.interval_end_us,
                  resolved(state, acc), NOW, refusable=False)
-    for i, acc in enumerate(accounts):
-        rec = book.record(acc.account_id)
-        accounts[i] = replace(acc, fund=rec.fund, contingency=rec.contingency, since=rec.since,
-                              spend=rec.spend, topups=dict(rec.topups),
-                              split_total=rec.split_total,
-                              bids={k: t for k, t in acc.bids.items() if k in rec.bids})
+    accounts = [with_record(acc, book.record(acc.account_id),
+                            [k for k in acc.bids if k not in book.accounts[acc.account_id].bids])
+                for acc in accounts]
     store.commit(accounts, payments, [], {})
     return ids
 
