@@ -207,7 +207,7 @@ class AuctionRunner:
                 for aid, a in state.accounts.items()}
 
     def account_doc(self, a: Account) -> dict[str, Any]:
-        a = current(self.state, a) if a.account_id in self.state.accounts else a
+        """An account as :meth:`accounts` gives it (its money and allocation now)."""
         vm = self.sync.info.get(a.account_id)
         lease = self.journal.leases.get(a.account_id)
         return {"account_id": a.account_id, "holder": a.holder, "state": a.state,
