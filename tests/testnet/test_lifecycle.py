@@ -51,11 +51,17 @@ BUILD = ("import sys; from pathlib import Path; from p2pmarket.testnet.netns imp
 
 def kill_runner_when(topology: Path, root: Path, nodes: bool,
                      made: Callable[[state.State], bool]) -> state.State:
-    """Build in another process, SIGKILL it as soon as ``made(state)``; the state left."""
+    """Build in another process, SIGKILL it as soon as ``made(state)``; the state left.
+
+    The runner is killed with its process group: the ``ip`` command it may be running
+    dies with it, as in a crash of the machine's session. (Killing the runner alone
+    let an ``ip netns add`` in flight finish after ``down`` had listed the namespaces,
+    so one was left: a race of the test, not of ``down``.)"""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     runner = subprocess.Popen([sys.executable, "-c", BUILD, str(topology), str(root),
                                "nodes" if nodes else "-"], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     deadline = time.monotonic() + 20
     try:
         while time.monotonic() < deadline and runner.poll() is None:
@@ -63,7 +69,7 @@ def kill_runner_when(topology: Path, root: Path, nodes: bool,
                 break
             time.sleep(0.002)
     finally:
-        runner.send_signal(signal.SIGKILL)
+        os.killpg(runner.pid, signal.SIGKILL)   # its own session: the group is its
         runner.wait(timeout=10)
     return state.load(root)
 
