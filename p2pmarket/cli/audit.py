@@ -3,7 +3,8 @@
 - ``status`` asks your own node (``--data-dir``, its ``audit_status`` control call)
   or HOST's witnesses in the DHT (``witness.status``) what they know;
 - ``verify`` checks a proof file offline (:func:`verify_file`: raw proof bytes, or
-  their hex; with ``--genesis``, also the proofs about notary certificates);
+  their hex; with ``--genesis``, also the proofs about notary certificates); a SHARP
+  conflict proof (section 10) is shown with the agent, what it held and promised;
 
 :func:`status_lines` and :func:`proof_lines` format the results for the terminal.
 """
@@ -33,6 +34,8 @@ from p2pmarket.core.config import DataDir, load_genesis
 from p2pmarket.core.errors import P2PMarketError
 from p2pmarket.core.genesis import Genesis
 from p2pmarket.core.identity import NODE_ID_SIZE, Identity, node_id_of, parse_key_or_node_id
+from p2pmarket.core.wire import unpack
+from p2pmarket.sharp.proof import CONFLICT, verify_conflict
 
 EXAMPLES = """examples:
   p2pmarket audit status --data-dir run/testnet/node2
@@ -114,11 +117,24 @@ def verify_file(path: Path | str, host: str | None = None, genesis: Genesis | No
     text = data.strip()
     if text and all(c in b"0123456789abcdefABCDEF" for c in text):
         data = bytes.fromhex(text.decode())
-    return verify_proof(data, parse_key_or_node_id(host) if host else None,
-                        genesis).summary()
+    summary = verify_proof(data, parse_key_or_node_id(host) if host else None,
+                           genesis).summary()
+    if summary["type"] == CONFLICT:
+        summary["conflict"] = verify_conflict(unpack(data)).to_doc()
+    return summary
 
 
 def proof_lines(summary: dict[str, Any]) -> list[str]:
+    if summary["type"] == CONFLICT:
+        c = summary["conflict"]
+        return [f"valid proof that agent {_hex(c['agent_id'])} promised the same "
+                "resources twice",
+                f"  agent key {_hex(c['agent'])}",
+                f"  it held {c['held']} of {c['resource']} at site {_hex(c['site_id'])} "
+                f"(claim {_hex(c['parent'])})",
+                f"  and signed {len(c['claims'])} subclaims holding {c['promised']} at "
+                f"{c['at']} µs",
+                f"  proof id {_hex(summary['id'])}, {summary['bytes']} bytes"]
     return [f"valid proof of {summary['type']} against host {_hex(summary['host_id'])}",
             f"  host key {_hex(summary['host'])}",
             f"  at log seq {summary['seq']}: {summary['rule']}",

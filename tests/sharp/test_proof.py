@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from p2pmarket.audit.evidence import EvidenceError, verify_proof
-from p2pmarket.core.identity import Identity
+from p2pmarket.cli.main import main
+from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.wire import pack, unpack
 from p2pmarket.sharp.claims import Rset, SignedClaim, Term, TicketError, anchor
 from p2pmarket.sharp.proof import conflict_proof, verify_conflict
@@ -72,3 +74,20 @@ def test_a_tampered_proof_does_not_verify(why: str, doc: dict[str, Any]) -> None
         verify_conflict(doc)
     with pytest.raises(EvidenceError):
         verify_proof(pack(doc))
+
+
+def test_audit_verify_shows_the_agent_and_refuses_a_tampered_proof(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "conflict.bin", tmp_path / "tampered.bin"
+    good.write_bytes(pack(proof_doc()))
+    bad.write_bytes(pack({**proof_doc(), "at": 100}))
+    assert main(["audit", "verify", str(good)]) == 0
+    text = capsys.readouterr().out
+    assert f"agent {node_id_of(A.public_key).hex()} promised the same resources twice" in text
+    assert "it held 10 of cpu" in text and "holding 11 at 450" in text
+    assert main(["audit", "verify", str(good), "--host", B.public_key.hex()]) == 1
+    assert "another host" in capsys.readouterr().err
+    assert main(["audit", "verify", str(bad)]) == 1
+    assert "invalid proof" in capsys.readouterr().err
+    assert main(["audit", "verify", str(good), "--json"]) == 0
+    assert '"promised": 11' in capsys.readouterr().out
