@@ -102,17 +102,64 @@ def owning(state: HostState, book: LiveBook) -> HostState:
 
 
 def current(state: HostState, a: Account) -> Account:
-    """The account now: money as of the last tick, allocation filled in."""
+    """The account now: money as of the last tick, allocation filled in (an active
+    reservation's amounts included)."""
     book = book_of(state)
     if a.account_id not in book.accounts:
         return a
     fund, cont = book.money(a.account_id)
-    return replace(a, fund=fund, contingency=cont, allocation=book.allocation(a.account_id))
+    return replace(a, fund=fund, contingency=cont,
+                   allocation=allocation_now(state, a.account_id))
 
 
 def allocation_now(state: HostState, aid: str) -> dict[str, int]:
+    """What the account gets now: its share of the auction plus what its active
+    reservation holds (section 10)."""
     book = book_of(state)
-    return book.allocation(aid) if aid in book.accounts else {}
+    alloc = book.allocation(aid) if aid in book.accounts else {}
+    r = state.reservations.get(aid)
+    if r is not None and r.active:
+        alloc = {k: alloc.get(k, 0) + r.amounts.get(k, 0)
+                 for k in sorted(alloc.keys() | r.amounts.keys())}
+    return alloc
+
+
+def vm_bids(state: HostState, a: Account) -> dict[str, Bid]:
+    """The bids a VM is sized by: the resolved bids, with an active reservation's
+    amounts added to their min and max (a reserved resource without a bid gets a bid of
+    exactly the amount), so a reservation's VM has at least what it reserved."""
+    bids = dict(resolved(state, a))
+    r = state.reservations.get(a.account_id)
+    if r is not None and r.active:
+        for k, v in r.amounts.items():
+            b = bids.get(k)
+            bids[k] = Bid(0, v, v) if b is None else Bid(b.weight_ppm, b.min + v, b.max + v)
+    return bids
+
+
+def rebooked(state: HostState, changed: HostState, ts: int
+             ) -> tuple[HostState, list[AllocEvent]]:
+    """``changed`` (``state`` with new settings or reservations) with a new book: every
+    account of ``state`` put again at ``ts`` with its money (a new spend each; a claim
+    the new capacities cannot meet is dropped, not refused). The events, sorted."""
+    old = book_of(state)
+    changed = replace(changed, book=None, book_gen=-1)
+    changed.memo.resolved.clear()
+    book = empty_book(changed)
+    events: list[AllocEvent] = []
+    for aid, a in sorted(state.accounts.items()):
+        fund, cont = old.money(aid)
+        events += book.put(aid, fund, cont, a.interval_end_us, resolved(changed, a), ts,
+                           refusable=False)
+    dropped: dict[str, set[str]] = {}
+    for e in events:
+        if e.kind == "below_min":
+            dropped.setdefault(e.account_id, set()).add(e.resource)
+    updates: dict[str, Account | None] = {
+        aid: with_record(a, book.record(aid), dropped.get(aid, ()))
+        for aid, a in state.accounts.items()}
+    events.sort(key=lambda e: (e.account_id, e.resource, e.kind))
+    return with_accounts(owning(changed, book), updates), events
 
 
 def applied(state: HostState, book: LiveBook, events: Iterable[AllocEvent],
@@ -294,14 +341,22 @@ def collect_garbage(state: HostState, book: LiveBook, now: int
 # -- leases --------------------------------------------------------------------------
 
 def lease_terms(state: HostState, account: Account) -> Lease:
+    """The lease of an account; a reservation's (section 10) adds its amounts to the min
+    and max of each resource and gives the term as start and end."""
     res = resolved(state, account)
     now = current(state, account)
+    r = state.reservations.get(account.account_id)
+    extra = r.amounts if r is not None else {}
+    resources = {k: ResourceTerm(b.min + extra.get(k, 0), b.max + extra.get(k, 0),
+                                 now.allocation.get(k, 0)) for k, b in res.items()}
+    for k, v in extra.items():
+        if k not in resources:
+            resources[k] = ResourceTerm(v, v, now.allocation.get(k, 0))
     return Lease(
         lease_id=account.account_id, host_id=state.host_id, holder=account.holder,
-        resources={r: ResourceTerm(b.min, b.max, now.allocation.get(r, 0))
-                   for r, b in res.items()},
-        start=account.created_us, end=account.interval_end_us, balance=now.money,
-        audit=None)
+        resources=dict(sorted(resources.items())),
+        start=account.created_us if r is None else r.start,
+        end=account.interval_end_us if r is None else r.end, balance=now.money, audit=None)
 
 
 def terms_digest(body: Mapping[str, Any]) -> bytes:
@@ -321,6 +376,7 @@ __all__ = [
     "keeps_running",
     "lease_terms",
     "owning",
+    "rebooked",
     "record_of",
     "refusal",
     "resolved",
@@ -328,6 +384,7 @@ __all__ = [
     "terms",
     "terms_digest",
     "unique_offered",
+    "vm_bids",
     "with_accounts",
     "with_record",
 ]

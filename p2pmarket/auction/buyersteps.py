@@ -38,12 +38,15 @@ from p2pmarket.auction.livebook import Refused
 from p2pmarket.auction.machine import HostState, MissingState
 from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.outcome import Step, error_doc
+from p2pmarket.auction.reserve import anchor_price, buy_anchor, redeem
 from p2pmarket.auction.resources import PPM, BidTerm
 from p2pmarket.auction.rpcargs import (
     BidArgs,
+    BuyAnchorArgs,
     CreateAccountArgs,
     FundArgs,
     LeaseArgs,
+    RedeemArgs,
     RefundArgs,
     RpcArgs,
     parse_args,
@@ -117,7 +120,7 @@ def rpc_step(state: HostState, name: str, body: dict[str, Any], ts: int) -> Step
     kind = reply_kind(name)
     try:
         call = call_of(name, body)
-        out = _apply(state, parse_args(name, body.get("args")), call, ts)
+        out = _apply(state, parse_args(name, body.get("args")), call, ts, body.get("site"))
     except MissingState:
         raise
     except _Kept as kept:
@@ -127,7 +130,7 @@ def rpc_step(state: HostState, name: str, body: dict[str, Any], ts: int) -> Step
     return _finish(out, kind, None)
 
 
-def _apply(state: HostState, args: RpcArgs, call: Call, now: int) -> _Out:
+def _apply(state: HostState, args: RpcArgs, call: Call, now: int, site: Any) -> _Out:
     match args:
         case CreateAccountArgs():
             return create_account(state, args, call, now)
@@ -139,6 +142,15 @@ def _apply(state: HostState, args: RpcArgs, call: Call, now: int) -> _Out:
             return refund(state, args, call, now)
         case LeaseArgs():
             return lease(state, args, call)
+        case RedeemArgs():
+            after, result, events = redeem(state, args, call.sender, now)
+            return _Out(after, result, [result["account_id"]], events=events)
+        case BuyAnchorArgs():
+            try:
+                after, result = buy_anchor(state, args, call.sender, call.paid(), site, now)
+            except HostError as exc:   # after a verified payment: all of it goes back
+                raise _refund_refused(state, call, exc, now) from None
+            return _Out(after, result)
         case _:
             assert_never(args)
 
@@ -154,8 +166,10 @@ def precheck(state: HostState, name: str, sender: bytes, args: Any) -> None:
             _bid_terms(state, sender, parsed)
         case FundArgs() | LeaseArgs():
             own(state, sender, parsed.account_id)
-        case RefundArgs():
+        case RefundArgs() | RedeemArgs():
             pass
+        case BuyAnchorArgs():
+            anchor_price(state, parsed.rset, parsed.term)
         case _:
             assert_never(parsed)
 

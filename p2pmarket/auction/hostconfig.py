@@ -23,6 +23,8 @@ from p2pmarket.core.clock import US_PER_S
 from p2pmarket.core.limits import capacity_problem
 
 MAX_PRICE = 2**40
+# what a reservation may hold (disk needs a volume of its own: not yet)
+RESERVABLE = ("cpu", "memory", "net_in", "net_out")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class HostConfig:
     capacities: dict[str, int] = field(default_factory=dict)
     min_prices: dict[str, int] = field(default_factory=dict)
     unique: dict[str, int] = field(default_factory=dict)      # key or range -> reserve/s
+    # SHARP (section 10): what reservations may hold of each divisible resource (base
+    # units), and the price of an anchor (micro-credits per unit-hour; none: not sold)
+    reservable: dict[str, int] = field(default_factory=dict)
+    anchor_prices: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def defaults(cls, cpu_mhz: int, memory_kib: int, min_price: int,
@@ -53,7 +59,19 @@ class HostConfig:
                                         dict(saved.get("min_prices", {})).items()}}
         unique = {str(k): int(v) for k, v in dict(saved["unique"]).items()} \
             if "unique" in saved else dict(self.unique)
-        return HostConfig(caps, prices, unique)
+        reservable = {**self.reservable, **{str(k): int(v) for k, v in
+                                            dict(saved.get("reservable", {})).items()}}
+        anchor = {**self.anchor_prices, **{str(k): int(v) for k, v in
+                                           dict(saved.get("anchor_prices", {})).items()}}
+        return HostConfig(caps, prices, unique, reservable, anchor)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> HostConfig:
+        """The inverse of :meth:`to_doc` (the ``in.settings`` body, a snapshot's)."""
+        def ints(key: str) -> dict[str, int]:
+            return {str(k): int(v) for k, v in dict(doc.get(key, {})).items()}
+        return cls(ints("capacities"), ints("min_prices"), ints("unique"), ints("reservable"),
+                   ints("anchor_prices"))
 
     def root_bids(self, tick_us: int) -> dict[str, int]:
         """The root account's bid per tick on each offered divisible resource."""
@@ -127,7 +145,45 @@ class HostConfig:
                                    for k, v in self.unique.items()})
         return replace(self, min_prices={**self.min_prices, kind: price})
 
+    def with_reservable(self, resource: str, amount: Any) -> HostConfig:
+        """What reservations may hold of a divisible resource: an amount with a unit, an
+        integer in base units, or a percentage of the capacity (``"20%"``); 0 takes
+        none."""
+        kind = resource_type(str(resource))
+        if kind not in RESERVABLE:
+            raise HostError(f"reservations hold {', '.join(RESERVABLE)} only", resource)
+        cap = self.capacities.get(kind, 0)
+        if isinstance(amount, str) and amount.strip().endswith("%"):
+            try:
+                pct = float(amount.strip()[:-1])
+            except ValueError:
+                raise HostError("a percentage is a number and %", amount[:40]) from None
+            if not 0 <= pct <= 100:
+                raise HostError("a percentage is from 0 to 100", amount[:40])
+            value = int(cap * pct / 100)
+        else:
+            value = replace(self, capacities={}).with_capacity(kind, amount).capacities[kind]
+        if value > cap:
+            raise HostError(f"reservations cannot hold more {kind} than the capacity ({cap})",
+                            value)
+        return replace(self, reservable={**self.reservable, kind: value})
+
+    def with_anchor_price(self, resource: str, price: Any) -> HostConfig:
+        """The price of an anchor in micro-credits per unit-hour (0: not for sale)."""
+        kind = resource_type(str(resource))
+        if isinstance(price, str) and price.strip().isdigit():
+            price = int(price.strip())
+        if kind not in RESERVABLE or isinstance(price, bool) or not isinstance(price, int) \
+                or not 0 <= price <= MAX_PRICE:
+            raise HostError(f"an anchor price is an integer from 0 to {MAX_PRICE} "
+                            f"micro-credits per unit-hour of {', '.join(RESERVABLE)}",
+                            repr(price)[:40])
+        prices = {**self.anchor_prices, kind: price}
+        return replace(self, anchor_prices={k: v for k, v in prices.items() if v > 0})
+
     def to_doc(self) -> dict[str, Any]:
         return {"capacities": dict(sorted(self.capacities.items())),
                 "min_prices": dict(sorted(self.min_prices.items())),
-                "unique": dict(sorted(self.unique.items()))}
+                "unique": dict(sorted(self.unique.items())),
+                "reservable": dict(sorted(self.reservable.items())),
+                "anchor_prices": dict(sorted(self.anchor_prices.items()))}

@@ -29,21 +29,20 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from p2pmarket.auction import HostError
-from p2pmarket.auction.accounts import EXPIRED, Account, RefundPaid
+from p2pmarket.auction.accounts import EXPIRED, RefundPaid
 from p2pmarket.auction.allocation import (
     applied,
     book_of,
     collect_garbage,
-    empty_book,
     owning,
-    resolved,
+    rebooked,
     with_accounts,
-    with_record,
 )
 from p2pmarket.auction.hostconfig import HostConfig
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.outcome import Step, error_doc
+from p2pmarket.auction.reserve import boundaries
 from p2pmarket.auction.seen import pruned
 from p2pmarket.auction.snapshot import state_digest
 from p2pmarket.core.clock import US_PER_S
@@ -60,10 +59,7 @@ class SettingsChange:
 
     @classmethod
     def from_body(cls, body: Any) -> SettingsChange:
-        config = HostConfig({str(k): int(v) for k, v in body["capacities"].items()},
-                            {str(k): int(v) for k, v in body["min_prices"].items()},
-                            {str(k): int(v) for k, v in body["unique"].items()})
-        return cls(config, int(body["tick_us"]), int(body["long_us"]))
+        return cls(HostConfig.from_doc(body), int(body["tick_us"]), int(body["long_us"]))
 
     def body(self) -> dict[str, Any]:
         return {**self.config.to_doc(), "tick_us": self.tick_us, "long_us": self.long_us}
@@ -99,8 +95,9 @@ def tick(state: HostState, now: object) -> Step:
     if not isinstance(now, int) or isinstance(now, bool) or (due is not None and now < due):
         exc = HostError("tick too early", {"now": now, "last": state.last_tick})
         return Step(state, [("out.tick", error_doc(exc))], error=exc)
+    state, reserved = boundaries(state, now)   # reservations started or ended (§10)
     book = book_of(state)
-    events = book.tick(now)
+    events = reserved + book.tick(now)
     updates = applied(state, book, events)
     ends: dict[str, int] = {}
     for e in events:
@@ -137,25 +134,9 @@ def tick_doc(state: HostState, events: list[AllocEvent], ends: Mapping[str, int]
 def settings(state: HostState, change: SettingsChange, ts: int) -> Step:
     """``in.settings``: the new settings, and every account put in the book again (a new
     spend each; a claim the new capacities cannot meet is dropped, not refused)."""
-    old = book_of(state)
     changed = replace(state, config=change.config, tick_us=max(1, change.tick_us),
-                      long_us=change.long_us, book=None, book_gen=-1)
-    changed.memo.resolved.clear()
-    book = empty_book(changed)
-    events: list[AllocEvent] = []
-    for aid, a in sorted(state.accounts.items()):
-        fund, cont = old.money(aid)
-        events += book.put(aid, fund, cont, a.interval_end_us, resolved(changed, a), ts,
-                           refusable=False)
-    dropped: dict[str, set[str]] = {}
-    for e in events:
-        if e.kind == "below_min":
-            dropped.setdefault(e.account_id, set()).add(e.resource)
-    updates: dict[str, Account | None] = {
-        aid: with_record(a, book.record(aid), dropped.get(aid, ()))
-        for aid, a in state.accounts.items()}
-    after = with_accounts(owning(changed, book), updates)
-    events.sort(key=lambda e: (e.account_id, e.resource, e.kind))
+                      long_us=change.long_us)
+    after, events = rebooked(state, changed, ts)
     doc = {"events": [[e.account_id, e.resource, e.kind, e.amount, e.limit] for e in events],
            "state": state_digest(after)}
     return Step(after, [("out.settings", doc)], result=doc)

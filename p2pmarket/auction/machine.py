@@ -38,8 +38,10 @@ from p2pmarket.auction.livebook import LiveBook
 from p2pmarket.auction.model import Bid
 from p2pmarket.auction.resources import BidTerm
 from p2pmarket.auction.seen import Record
+from p2pmarket.sharp.claims import Claim
+from p2pmarket.sharp.tree import ClaimTree
 
-SNAPSHOT_VERSION = 4   # 4: the event-driven allocator (frozen spends, lazy charges, ticks)
+SNAPSHOT_VERSION = 5   # 5: SHARP reservations (4: the event-driven allocator)
 ZERO = bytes(32)
 
 
@@ -78,6 +80,33 @@ def plain_digest(value: Any) -> bytes:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """A redeemed bundle of tickets (docs/design.md section 10): its account holds
+    ``amounts`` (resource type -> base units) during ``[start, end)``; ``active`` says
+    whether the book's capacities leave them out now (set at the first tick at or after
+    ``start``, the reservation gone at the first at or after ``end``)."""
+
+    account_id: str
+    holder: bytes
+    start: int
+    end: int
+    amounts: Mapping[str, int]
+    claims: tuple[bytes, ...]     # the final claim ids
+    active: bool = False
+
+    def row(self) -> list[Any]:
+        return [self.account_id, self.holder, self.start, self.end,
+                sorted(self.amounts.items()), list(self.claims), self.active]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Reservation:
+        aid, holder, start, end, amounts, claims, active = row
+        return cls(str(aid), bytes(holder), int(start), int(end),
+                   {str(k): int(v) for k, v in amounts}, tuple(bytes(c) for c in claims),
+                   bool(active))
+
+
+@dataclass(frozen=True)
 class HostState:
     host_id: bytes
     config: HostConfig
@@ -95,6 +124,11 @@ class HostState:
     last_tick: int = -1
     requests: Record = field(default_factory=dict)   # buyers' requests taken (seen.py)
     ticks: int = 0                                   # ticks taken
+    # SHARP (section 10): the claim tree over redeemed claims, the anchors the host issued
+    # (by claim id, until their term ends) and the reservations (by account id)
+    claims: ClaimTree = field(default_factory=ClaimTree)
+    anchors: Mapping[bytes, Claim] = field(default_factory=dict)
+    reservations: Mapping[str, Reservation] = field(default_factory=dict)
     book: LiveBook | None = field(default=None, compare=False, repr=False)
     book_gen: int = field(default=-1, compare=False, repr=False)
     host_sum: int = field(default=-1, compare=False, repr=False)   # -1: not known
@@ -106,7 +140,25 @@ class HostState:
 
     @property
     def capacities(self) -> dict[str, int]:
+        """What the auction shares: each offered capacity less the active reservations'
+        amounts (section 10)."""
+        held = self.reserved()
+        return {r: c - held.get(r, 0) for r, c in self.config.capacities.items()
+                if c - held.get(r, 0) > 0}
+
+    @property
+    def machine_capacities(self) -> dict[str, int]:
+        """The host's whole capacities (a VM's share of the machine is of these)."""
         return {r: c for r, c in self.config.capacities.items() if c > 0}
+
+    def reserved(self) -> dict[str, int]:
+        """What the active reservations hold, per resource."""
+        out: dict[str, int] = {}
+        for r in self.reservations.values():
+            if r.active:
+                for k, v in r.amounts.items():
+                    out[k] = out.get(k, 0) + v
+        return out
 
     def payment_account(self, payment_id: bytes) -> str | None:
         if self.payments is None:
@@ -179,5 +231,6 @@ def new_state(host_id: bytes, config: HostConfig, tick_us: int, long_us: int) ->
     return HostState(host_id, config, max(1, tick_us), long_us)
 
 
-__all__ = ["SNAPSHOT_VERSION", "ZERO", "HostState", "Memo", "MissingState", "new_state",
+__all__ = ["SNAPSHOT_VERSION", "ZERO", "HostState", "Memo", "MissingState", "Reservation",
+           "new_state",
            "plain_digest", "refund_row"]

@@ -31,15 +31,19 @@ from typing import Any
 from p2pmarket.auction import HostError
 from p2pmarket.auction.resources import PPM, BidSpec, bids_from_wire
 from p2pmarket.core.clock import US_PER_S
+from p2pmarket.sharp.claims import Rset, Term, Ticket, TicketError
+from p2pmarket.sharp.tree import MAX_BUNDLE
 
 MAX_INTERVAL_S = 10 * 365 * 24 * 3600
 MAX_REQUEST_BYTES = 64 * 1024      # create_account, fund, bid
 SMALL_REQUEST_BYTES = 4 * 1024     # the RPCs whose arguments are a few short fields
+REDEEM_REQUEST_BYTES = 320 * 1024  # 16 tickets of 16 claims: about 74 KiB
 REQUEST_LIMITS: dict[str, int] = {
     "create_account": MAX_REQUEST_BYTES, "fund": MAX_REQUEST_BYTES,
     "bid": MAX_REQUEST_BYTES, "refund": SMALL_REQUEST_BYTES,
     "lease": SMALL_REQUEST_BYTES, "status": SMALL_REQUEST_BYTES,
-    "audit_log": SMALL_REQUEST_BYTES}
+    "audit_log": SMALL_REQUEST_BYTES, "redeem": REDEEM_REQUEST_BYTES,
+    "buy_anchor": MAX_REQUEST_BYTES}
 # what the auctioneer logs as the arguments when msgpack cannot encode them (floats)
 UNENCODABLE = "unencodable"
 
@@ -90,7 +94,24 @@ class LeaseArgs:
     account_id: str
 
 
-RpcArgs = CreateAccountArgs | BidArgs | FundArgs | RefundArgs | LeaseArgs
+@dataclass(frozen=True)
+class RedeemArgs:
+    """``redeem {tickets: [ticket, ...]}``: a bundle of SHARP tickets (section 10)."""
+
+    tickets: tuple[Ticket, ...]
+
+
+@dataclass(frozen=True)
+class BuyAnchorArgs:
+    """``buy_anchor {payment, rset: {type, count, ident}, term: [start, end]}``."""
+
+    payment: Mapping[str, Any]
+    rset: Rset
+    term: Term
+
+
+RpcArgs = CreateAccountArgs | BidArgs | FundArgs | RefundArgs | LeaseArgs | RedeemArgs \
+    | BuyAnchorArgs
 
 
 def request_limit(name: str) -> int:
@@ -161,9 +182,33 @@ def parse_lease(args: dict[str, Any]) -> LeaseArgs:
     return LeaseArgs(account_id_arg(args["account_id"]))
 
 
+def parse_redeem(args: dict[str, Any]) -> RedeemArgs:
+    check_args(args, {"tickets"})
+    tickets = args["tickets"]
+    if not isinstance(tickets, list) or not 1 <= len(tickets) <= MAX_BUNDLE:
+        raise HostError(f"tickets must be a list of 1..{MAX_BUNDLE} tickets", "tickets")
+    try:
+        return RedeemArgs(tuple(Ticket.from_wire(t) for t in tickets))
+    except TicketError as exc:
+        raise HostError(exc.message, exc.value) from None
+
+
+def parse_buy_anchor(args: dict[str, Any]) -> BuyAnchorArgs:
+    check_args(args, {"payment", "rset", "term"})
+    payment = payment_arg(args["payment"])
+    term = args["term"]
+    try:
+        if not isinstance(term, list) or len(term) != 2:
+            raise TicketError("term must be [start, end] in µs", {"rule": "term"})
+        return BuyAnchorArgs(payment, Rset.from_doc(args["rset"]), Term(term[0], term[1]))
+    except TicketError as exc:
+        raise HostError(exc.message, exc.value) from None
+
+
 PARSERS: dict[str, Callable[[dict[str, Any]], RpcArgs]] = {
     "create_account": parse_create, "bid": parse_bid, "fund": parse_fund,
-    "refund": parse_refund, "lease": parse_lease}
+    "refund": parse_refund, "lease": parse_lease, "redeem": parse_redeem,
+    "buy_anchor": parse_buy_anchor}
 
 
 # -- checkers ----------------------------------------------------------------------

@@ -4,13 +4,14 @@
   entry that starts every host log, and the starting point of a proof of
   non-conformance. :func:`from_snapshot` reads it back, checking the payment,
   refund and refund-paid records against their hash chains. A snapshot of another
-  version is refused with an error naming both versions (version 4: the event-driven
-  allocator's records; logs written before it do not replay).
+  version is refused with an error naming both versions (version 5: SHARP
+  reservations; 4 was the event-driven allocator's; older logs do not replay).
 - :func:`state_digest` is SHA-256 over the settings, the tick count, the accounts (see
   :func:`accounts_digest`), the disk usage, three running hashes (payments, refunds
   and refunds paid are append-only, so each is a hash chain: ``h' = H(h ||
   pack(record))``; a paid record is ``[refund id, SEND entry hash]``) and the digest
-  of the request record. ``out.tick`` and ``out.settings`` entries
+  of the request record, and the SHARP state (:func:`sharp_digest`: the claim tree,
+  the anchors issued, the reservations; version 5). ``out.tick`` and ``out.settings`` entries
   carry it: the host commits to its whole state there.
 
 A snapshot may leave the payment records, or the refund and refund-paid records,
@@ -31,12 +32,15 @@ from p2pmarket.auction.machine import (
     SNAPSHOT_VERSION,
     ZERO,
     HostState,
+    Reservation,
     plain_digest,
     refund_row,
 )
 from p2pmarket.auction.resources import BidTerm
 from p2pmarket.auction.seen import from_rows, to_rows
 from p2pmarket.core.wire import pack_plain as _p
+from p2pmarket.sharp.claims import Claim, TicketError
+from p2pmarket.sharp.tree import ClaimTree
 
 
 def _h(data: bytes) -> bytes:
@@ -55,12 +59,38 @@ def _core(state: HostState, accounts_hash: bytes) -> list[Any]:
             state.long_us, state.last_tick, state.ticks,
             [[k, u, f] for k, (u, f) in sorted(state.usage.items())], accounts_hash,
             state.payments_hash, state.refunds_hash, state.paid_hash,
-            plain_digest(to_rows(state.requests))]
+            plain_digest(to_rows(state.requests)), sharp_digest(state)]
 
 
 def _config_rows(config: HostConfig) -> list[Any]:
     return [[[k, v] for k, v in sorted(d.items())]
-            for d in (config.capacities, config.min_prices, config.unique)]
+            for d in (config.capacities, config.min_prices, config.unique,
+                      config.reservable, config.anchor_prices)]
+
+
+def sharp_digest(state: HostState) -> bytes:
+    """SHA-256 of the SHARP state (section 10): the claim tree's digest, the anchors
+    issued (their claim ids: a claim id is the digest of its body) and the
+    reservations' rows."""
+    return plain_digest([state.claims.digest(), sorted(state.anchors),
+                         [state.reservations[a].row() for a in sorted(state.reservations)]])
+
+
+def sharp_doc(state: HostState) -> dict[str, Any]:
+    """The SHARP state as a plain map (the snapshot's, and the host store's)."""
+    return {"claims": state.claims.to_doc(),
+            "anchors": [state.anchors[c].body() for c in sorted(state.anchors)],
+            "reservations": [state.reservations[a].row() for a in sorted(state.reservations)]}
+
+
+def from_sharp_doc(doc: Any) -> dict[str, Any]:
+    """The HostState fields of :func:`sharp_doc`'s map (raises TicketError, HostError or
+    a lookup error if malformed)."""
+    anchors = [Claim.from_body(b) for b in doc["anchors"]]
+    reservations = [Reservation.from_row(r) for r in doc["reservations"]]
+    return {"claims": ClaimTree.from_doc(doc["claims"]),
+            "anchors": {c.claim_id: c for c in anchors},
+            "reservations": {r.account_id: r for r in reservations}}
 
 
 def accounts_digest(state: HostState) -> bytes:
@@ -101,6 +131,7 @@ def snapshot(state: HostState, payments: bool = True, refunds: bool = True
         [[rid, pid] for rid, pid in state.paid.items()],
         "paid_hash": state.paid_hash,
         "requests": to_rows(state.requests),
+        "sharp": sharp_doc(state),
     }
 
 
@@ -111,6 +142,8 @@ def from_snapshot(doc: Any) -> HostState:
         return _from_snapshot(doc)
     except HostError:
         raise
+    except TicketError as exc:
+        raise HostError(f"malformed state snapshot: {exc.message}", exc.value) from None
     except (KeyError, TypeError, ValueError, AssertionError, AttributeError) as exc:
         raise HostError("malformed state snapshot", type(exc).__name__) from None
 
@@ -122,10 +155,7 @@ def _from_snapshot(doc: Any) -> HostState:
         raise HostError(f"a state snapshot of version {doc['v']}; this version reads only "
                         f"version {SNAPSHOT_VERSION} (older logs do not replay)",
                         {"version": doc["v"], "expected": SNAPSHOT_VERSION})
-    cfg = doc["config"]
-    config = HostConfig({str(k): int(v) for k, v in cfg["capacities"].items()},
-                        {str(k): int(v) for k, v in cfg["min_prices"].items()},
-                        {str(k): int(v) for k, v in cfg["unique"].items()})
+    config = HostConfig.from_doc(doc["config"])
     accounts: dict[str, Account] = {}
     leased: dict[str, bytes] = {}
     for row in doc["accounts"]:
@@ -174,7 +204,8 @@ def _from_snapshot(doc: Any) -> HostState:
         paid_hash=bytes(doc["paid_hash"]),
         usage={str(k): (int(u), int(f)) for k, u, f in doc["usage"]},
         last_tick=int(doc["last_tick"]), ticks=int(doc["ticks"]),
-        requests=from_rows(doc["requests"]))
+        requests=from_rows(doc["requests"]), **from_sharp_doc(doc["sharp"]))
 
 
-__all__ = ["account_row", "accounts_digest", "from_snapshot", "snapshot", "state_digest"]
+__all__ = ["account_row", "accounts_digest", "from_sharp_doc", "from_snapshot", "sharp_digest",
+           "sharp_doc", "snapshot", "state_digest"]

@@ -12,11 +12,13 @@ Inputs (``kind``: body; ``ts`` is the host's clock when it took the input):
   entry's ``ts``) -> ``out.tick``. A tick before
   :func:`~p2pmarket.auction.hoststeps.next_tick_at` is refused. ``in.refund_paid
   {refund_id, payment_id, payment}`` (the certified SEND that paid a refund) -> no
-  output; the refund is marked paid.
+  output; the refund is marked paid. ``in.delegate {site, holder, rset, term, serial}``
+  (the owner's anchor, :mod:`p2pmarket.auction.reserve`) -> ``out.delegate``.
 - the buyers' (:mod:`p2pmarket.auction.buyersteps`): ``in.<rpc>`` for
-  ``create_account``, ``bid``, ``fund``, ``refund``, ``lease``: ``{from, ts, args}``
-  (caller key, request timestamp, arguments), plus for ``create_account`` and
-  ``fund`` the verified payment ``payment: {id, amount}`` or the reason it was
+  ``create_account``, ``bid``, ``fund``, ``refund``, ``lease``, ``redeem`` and
+  ``buy_anchor`` (SHARP, :mod:`p2pmarket.auction.reserve`): ``{from, ts, args}``
+  (caller key, request timestamp, arguments), plus for ``create_account``, ``fund``
+  and ``buy_anchor`` the verified payment ``payment: {id, amount}`` or the reason it was
   refused ``payment_error: {error, error_value}`` -> zero or one ``out.lease`` (the
   lease terms, when they changed since the last lease handed out) then ``out.<rpc>``
   (the result, or ``{error, error_value}``; for the ``lease`` RPC the result entry
@@ -49,13 +51,15 @@ from p2pmarket.auction.hoststeps import (
 )
 from p2pmarket.auction.machine import HostState
 from p2pmarket.auction.outcome import Step
+from p2pmarket.auction.reserve import delegate
 from p2pmarket.auction.seen import recorded, refusal
 from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.wire import Envelope, WireError, pack
 
-RPCS = ("create_account", "bid", "fund", "refund", "lease")
+RPCS = ("create_account", "bid", "fund", "refund", "lease", "redeem", "buy_anchor")
 REFUND_PAID = "in.refund_paid"
-INPUTS = frozenset({"in.settings", "in.usage", "in.tick", REFUND_PAID,
+DELEGATE = "in.delegate"
+INPUTS = frozenset({"in.settings", "in.usage", "in.tick", REFUND_PAID, DELEGATE,
                     *(f"in.{n}" for n in RPCS)})
 GENESIS = "in.genesis"
 # logged but not replayed: read-only replies and I/O reports
@@ -73,6 +77,8 @@ def step(state: HostState, kind: str, body: Any, ts: int) -> Step:
         return usage(state, UsageReport.from_body(body))
     if kind == REFUND_PAID:
         return refund_paid(state, RefundPaid.from_body(body))
+    if kind == DELEGATE:
+        return delegate(state, body, ts)
     name = kind[3:]
     if name not in RPCS or not isinstance(body, dict):
         raise HostError("not an auctioneer input", kind)
@@ -128,5 +134,5 @@ def check_signed(state: HostState, kind: str, body: Any, host_id: bytes | None =
     return None
 
 
-__all__ = ["GENESIS", "INFO", "INPUTS", "REFUND_PAID", "REQUEST_PREFIX", "RPCS", "check_signed",
-           "request_refusal", "step"]
+__all__ = ["DELEGATE", "GENESIS", "INFO", "INPUTS", "REFUND_PAID", "REQUEST_PREFIX", "RPCS",
+           "check_signed", "request_refusal", "step"]

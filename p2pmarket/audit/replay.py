@@ -276,11 +276,12 @@ def check_log_version(genesis_body: Any) -> None:
                         {"version": v, "expected": SNAPSHOT_VERSION})
 
 
-PAID = frozenset({"in.create_account", "in.fund"})
+PAID = frozenset({"in.create_account", "in.fund", "in.buy_anchor"})
 
 
 def payment_mismatch(kind: str, body: Any, host_id: bytes) -> str | None:
-    """Why the payment a host credited for a ``create_account``/``fund`` input is not
+    """Why the payment a host credited for a ``create_account``/``fund``/``buy_anchor``
+    input is not
     the one in the buyer's signed arguments: the credit must be the certificate's SEND
     (id = the SEND entry's hash, amount = its amount), from the caller to this host.
     None if it is, if nothing was credited, or if what the buyer sent is no

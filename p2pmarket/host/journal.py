@@ -32,7 +32,7 @@ from p2pmarket.auction.machine import SNAPSHOT_VERSION, HostState, new_state
 from p2pmarket.auction.model import AllocEvent
 from p2pmarket.auction.outcome import Step
 from p2pmarket.auction.seen import from_rows, to_rows
-from p2pmarket.auction.snapshot import snapshot
+from p2pmarket.auction.snapshot import from_sharp_doc, sharp_doc, snapshot
 from p2pmarket.auction.steps import GENESIS, INPUTS, step
 from p2pmarket.audit.entry import AuditAuthenticator
 from p2pmarket.audit.log import AuditLog
@@ -108,7 +108,9 @@ class Journal:
         settings: dict[str, Any] = {STATE_KEY: state_doc(new, auths[-1].seq)}
         if new.config != old.config:
             settings.update(capacities=new.config.capacities,
-                            min_prices=new.config.min_prices, unique=new.config.unique)
+                            min_prices=new.config.min_prices, unique=new.config.unique,
+                            reservable=new.config.reservable,
+                            anchor_prices=new.config.anchor_prices)
         self.store.commit(rows, payments, refunds, settings, st.paid)
         self.leases = leases
         self.state = new
@@ -166,6 +168,8 @@ class Journal:
                             last_tick=int(saved["last_tick"]), ticks=int(saved.get("ticks", 0)),
                             usage={str(k): (int(u), int(f)) for k, u, f in saved["usage"]},
                             requests=from_rows(saved.get("requests", [])))
+            if "sharp" in saved:
+                state = replace(state, **from_sharp_doc(saved["sharp"]))
         state = replace(state, accounts={aid: replace(a, lease=None) for aid, a in live.items()},
                         leased=leased, payments={}, refunds={}, paid={})
         return state.with_payments(self.store.payments()).with_refunds(
@@ -199,7 +203,7 @@ def state_doc(state: HostState, seq: int) -> dict[str, Any]:
             "tick_us": state.tick_us,
             "long_us": state.long_us,
             "usage": [[k, u, f] for k, (u, f) in sorted(state.usage.items())],
-            "requests": to_rows(state.requests)}
+            "requests": to_rows(state.requests), "sharp": sharp_doc(state)}
 
 
 def saved_config(store: AccountStore, settings: Settings) -> HostConfig:

@@ -21,7 +21,7 @@ from typing import Any
 
 from p2pmarket.auction import HostError
 from p2pmarket.auction.accounts import Account, Refund, RefundPaid
-from p2pmarket.auction.allocation import book_of, current, resolved
+from p2pmarket.auction.allocation import book_of, current, resolved, vm_bids
 from p2pmarket.auction.allocator import DEFAULT_LONG_INTERVAL_US
 from p2pmarket.auction.enforce import VmDefaults
 from p2pmarket.auction.hostconfig import HostConfig
@@ -109,7 +109,9 @@ class AuctionRunner:
 
     @property
     def capacities(self) -> dict[str, int]:
-        return self.state.capacities
+        """The machine's whole capacities (a VM's share is of these; the auction shares
+        them less the active reservations: ``state.capacities``)."""
+        return self.state.machine_capacities
 
     def now(self) -> int:
         """The time for the next audit-log entry: the clock, but never before the last
@@ -282,7 +284,7 @@ class AuctionRunner:
     async def sync_vmm(self) -> None:
         """Bring the domains in line with the current allocations (only where changed)."""
         accounts = self.accounts_by_id()
-        await self.sync.run(accounts, {aid: resolved(self.state, a)
+        await self.sync.run(accounts, {aid: vm_bids(self.state, a)
                                        for aid, a in accounts.items()},
                             self.capacities, self._events)
         if self.on_synced is not None:

@@ -58,7 +58,7 @@ def test_refunds_paid_are_in_the_snapshot_and_its_digest() -> None:
     h = refunded()
     h.step("in.refund_paid", paid())
     snap = snapshot(h.state)
-    assert snap["v"] == SNAPSHOT_VERSION == 4 and snap["paid"] == [["r1", SEND_HASH]]
+    assert snap["v"] == SNAPSHOT_VERSION == 5 and snap["paid"] == [["r1", SEND_HASH]]
     back = from_snapshot(snap)
     assert back == h.state and state_digest(back) == state_digest(h.state)
     # the records must match their chain hash
@@ -73,7 +73,7 @@ def test_refunds_paid_are_in_the_snapshot_and_its_digest() -> None:
 
 def test_a_snapshot_of_another_version_is_refused_by_name() -> None:
     snap = snapshot(refunded().state)
-    with pytest.raises(HostError, match="version 3; this version reads only version 4"):
+    with pytest.raises(HostError, match="version 3; this version reads only version 5"):
         from_snapshot({**snap, "v": 3})
 
 

@@ -16,6 +16,8 @@ from p2pmarket.ledger.certificate import MAX_NOTARY_SIGS, Certificate
 from p2pmarket.ledger.chain import MAX_MEMO, RECV, SEND, Authenticator, Entry, recv_body
 from p2pmarket.ledger.committee import MAX_BATCH
 from p2pmarket.ledger.notaryrpc import REQUEST_LIMITS as NOTARY_LIMITS
+from p2pmarket.sharp.claims import MAX_CLAIMS, Rset, Term, Ticket, anchor
+from p2pmarket.sharp.tree import MAX_BUNDLE
 
 BUYER, HOST = Identity(b"\x21" * 32), Identity(b"\x22" * 32)
 # each bound is at least four times the largest legitimate request (today: a payment
@@ -30,6 +32,16 @@ def send_cert(payer: Identity, to: bytes, signers: int, seq: int = 7) -> Certifi
     sig = Authenticator.sign(payer, entry).sig
     return Certificate(entry, sig, tuple((os.urandom(32), os.urandom(64))
                                          for _ in range(signers)))
+
+
+def longest_ticket() -> Ticket:
+    """A ticket of the most claims, each with the largest fields."""
+    keys = [Identity(bytes([i]) * 32) for i in range(1, MAX_CLAIMS + 2)]
+    rset, term = Rset("net_out", 2**61), Term(2**61, 2**61 + 10**12)
+    t = anchor(keys[0], keys[1].public_key, rset, term, b"s" * 32)
+    for i in range(1, MAX_CLAIMS):
+        t = t.delegate(keys[i], keys[i + 1].public_key, rset, term, b"s" * 32)
+    return t
 
 
 def size(name: str, args: dict[str, object]) -> int:
@@ -51,6 +63,9 @@ def test_host_requests_fit_their_bounds_with_margin() -> None:
         "lease": {"account_id": "a" * 64},
         "status": {},
         "audit_log": {"since": 2**62, "limit": 2**64 - 1},
+        "redeem": {"tickets": [longest_ticket().to_wire()] * MAX_BUNDLE},
+        "buy_anchor": {"payment": cert, "rset": {"type": "net_out", "count": 2**61,
+                                                 "ident": None}, "term": [2**61, 2**62]},
     }
     assert set(largest) == set(REQUEST_LIMITS)
     for name, args in largest.items():
