@@ -5,22 +5,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from p2pmarket.api.control import ControlClient
+from p2pmarket.auction.hostconfig import RESERVABLE
+from p2pmarket.cli.buy import parse_duration
 from p2pmarket.cli.options import Subcommands, data_dir_opt, json_opt
 from p2pmarket.cli.terminal import dump, human, out
+from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import DataDir
+from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.files import write_atomic
 from p2pmarket.core.money import format_credits, parse_credits
+from p2pmarket.core.wire import unpack
+from p2pmarket.sharp.claims import Ticket
+from p2pmarket.sharp.ticketfile import encode_tickets
 
 EXAMPLES = """examples:
   p2pmarket host status --data-dir run/testnet/node1
   p2pmarket host set-capacity --data-dir run/testnet/node1 memory 8GiB
   p2pmarket host set-capacity --data-dir run/testnet/node1 tcp_port 30000-30099
-  p2pmarket host set-min-price --data-dir run/testnet/node1 cpu 0.000005"""
+  p2pmarket host set-min-price --data-dir run/testnet/node1 cpu 0.000005
+  p2pmarket host set-reservable --data-dir run/testnet/node1 cpu 20%
+  p2pmarket host set-anchor-price --data-dir run/testnet/node1 cpu 50
+  p2pmarket host delegate --data-dir run/testnet/node1 --to 3f9a…(agent key) \
+      --cpu 2000MHz --memory 1GiB --start +10m --duration 7d --out friends.tickets"""
 
 
 def add_host(sub: Subcommands) -> None:
@@ -42,6 +57,27 @@ def add_host(sub: Subcommands) -> None:
     hp.add_argument("resource", help="resource type")
     hp.add_argument("price", help="credits per second for the whole resource (up to 6 "
                                   "decimals: 0.000001 is one micro-credit)")
+    hr = actions.add("set-reservable", "how much of a resource SHARP reservations may "
+                     "hold", EXAMPLES, host_set_reservable)
+    data_dir_opt(hr)
+    hr.add_argument("resource", help="cpu, memory, net_in or net_out")
+    hr.add_argument("amount", help="with units (2GHz, 4GiB) or a percentage (20%%); 0: none")
+    ha = actions.add("set-anchor-price", "sell anchors (SHARP tickets) to agents",
+                     EXAMPLES, host_set_anchor_price)
+    data_dir_opt(ha)
+    ha.add_argument("resource", help="cpu, memory, net_in or net_out")
+    ha.add_argument("price", help="micro-credits per base unit-hour (MHz, KiB, bit/s); "
+                                  "0: not for sale")
+    hd = actions.add("delegate", "sign anchors to an agent by your own policy (\"let my "
+                     "friends use 20%% this week\")", EXAMPLES, host_delegate)
+    data_dir_opt(hd)
+    hd.add_argument("--to", required=True, help="the agent's public key (hex)")
+    for res in RESERVABLE:
+        hd.add_argument(f"--{res.replace('_', '-')}", dest=res, help=f"{res} with units")
+    hd.add_argument("--start", default="now", help="now, +10m (from now) or ISO 8601")
+    hd.add_argument("--duration", required=True, help="90s, 30m, 2h or 7d")
+    hd.add_argument("--out", help="write the tickets here (a ticket file); default: "
+                                  "print it")
 
 
 async def host_status(args: argparse.Namespace) -> int:
@@ -72,7 +108,22 @@ async def host_status(args: argparse.Namespace) -> int:
             f"{vm.get('state', 'none')}" + (f"\n{notes}" if notes else ""),
             usage_text(vm.get("usage")))
     out.print(accounts)
+    reservations = doc.get("reservations", [])
+    if reservations:
+        table = Table(title=f"{len(reservations)} reservation(s) (SHARP tickets redeemed)")
+        for col in ("account", "holder", "resources", "start", "end", "active"):
+            table.add_column(col)
+        for r in reservations:
+            table.add_row(r["account_id"], str(r.get("holder", ""))[:12],
+                          "\n".join(f"{k}: {human(k, v)}"
+                                    for k, v in sorted(r["resources"].items())),
+                          _when(r["start"]), _when(r["end"]), "yes" if r["active"] else "no")
+        out.print(table)
     return 0
+
+
+def _when(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def usage_text(used: Any) -> str:
@@ -122,3 +173,55 @@ async def host_set_min_price(args: argparse.Namespace) -> int:
         "host_set_min_price", {"resource": args.resource, "price": parse_credits(args.price)})
     out.print(f"minimum price set; host config now: {json.dumps(doc.get('config'))}")
     return 0
+
+
+async def host_set_reservable(args: argparse.Namespace) -> int:
+    doc = await ControlClient(DataDir(args.data_dir)).call(
+        "host_set_reservable", {"resource": args.resource, "amount": args.amount})
+    out.print(f"reservable set; host config now: {json.dumps(doc.get('config'))}")
+    return 0
+
+
+async def host_set_anchor_price(args: argparse.Namespace) -> int:
+    if not args.price.strip().isdigit():
+        raise P2PMarketError("an anchor price is a whole number of micro-credits per "
+                             "unit-hour", args.price)
+    doc = await ControlClient(DataDir(args.data_dir)).call(
+        "host_set_anchor_price", {"resource": args.resource, "price": int(args.price)})
+    out.print(f"anchor price set; host config now: {json.dumps(doc.get('config'))}")
+    return 0
+
+
+async def host_delegate(args: argparse.Namespace) -> int:
+    resources = {r: getattr(args, r) for r in RESERVABLE if getattr(args, r)}
+    if not resources:
+        raise P2PMarketError("give at least one of "
+                             + ", ".join(f"--{r.replace('_', '-')}" for r in RESERVABLE))
+    start = parse_start(args.start, now_us())
+    end = start + parse_duration(args.duration) * 1_000_000
+    doc = await ControlClient(DataDir(args.data_dir)).call(
+        "host_delegate", {"to": args.to, "resources": resources, "start": start, "end": end})
+    tickets = [Ticket.from_wire(unpack(bytes.fromhex(t))) for t in doc["tickets"]]
+    data = encode_tickets(tickets)
+    if args.out:
+        write_atomic(Path(args.out), data)
+        out.print(f"{len(tickets)} ticket(s) to {args.to[:16]}… written to {args.out}")
+    else:
+        sys.stdout.write(data.decode())
+    return 0
+
+
+def parse_start(text: str, now: int) -> int:
+    """``now``, ``+10m`` (from ``now``) or an ISO 8601 time (UTC unless it says) -> µs."""
+    text = text.strip()
+    if text == "now":
+        return now
+    if text.startswith("+"):
+        return now + parse_duration(text[1:]) * 1_000_000
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise P2PMarketError(f"a start is now, +DURATION or ISO 8601: {text!r}", text) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1_000_000)

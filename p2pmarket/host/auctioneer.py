@@ -73,7 +73,9 @@ refund payments and the VMM are the :class:`~p2pmarket.host.runner.AuctionRunner
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from p2pmarket.api.bounds import sealable_error
@@ -98,12 +100,14 @@ from p2pmarket.audit.log import SEGMENT_BYTES, AuditLog
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import Settings
 from p2pmarket.core.errors import P2PMarketError
-from p2pmarket.core.identity import Identity
+from p2pmarket.core.identity import Identity, node_id_of
 from p2pmarket.core.wire import WireError, digest, pack
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.forwardtable import free_ports
 from p2pmarket.host.runner import AuctionRunner, RefundPayment
 from p2pmarket.host.vmm.base import VMM
+
+log = logging.getLogger(__name__)
 
 # Verifies a payment certificate and credits the host's own chain, offline: it runs
 # under the auction lock, so it must make no network call. It must be idempotent (the
@@ -131,6 +135,11 @@ class Auctioneer(AuctionRunner):
         self.access_of: Callable[[str], dict[str, Any]] | None = None
         """The way in to an account's machine, for the lease replies (the node's
         :meth:`~p2pmarket.host.access.AccessKeeper.access`)."""
+        self.publish_evidence: Callable[[bytes, bytes], Coroutine[Any, Any, None]] | None \
+            = None
+        """Where a redemption's conflict proof goes: ``(agent node id, proof)`` (the
+        node's DHT evidence sink)."""
+        self._publishing: set[asyncio.Task[None]] = set()
         super().__init__(identity, settings, store, vmm, clock, audit, refund_payment,
                          long_interval_us)
 
@@ -139,7 +148,8 @@ class Auctioneer(AuctionRunner):
     def handlers(self) -> dict[str, Handler]:
         return {"create_account": self.create_account, "bid": self.bid, "fund": self.fund,
                 "refund": self.refund, "status": self.status, "lease": self.lease,
-                "audit_log": self.audit_log, "quote": self.quote}
+                "audit_log": self.audit_log, "quote": self.quote, "redeem": self.redeem,
+                "buy_anchor": self.buy_anchor}
 
     @staticmethod
     def request_limits() -> dict[str, int]:
@@ -175,6 +185,47 @@ class Auctioneer(AuctionRunner):
             result["refund"] = None if stored is None else stored.to_doc()
         await self.sync_vmm()
         return {**result, "audit": auth.to_wire()}
+
+    async def redeem(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        """``{tickets}`` -> ``{account_id, reservation, lease}`` (section 10); a conflict's
+        proof is published at ``evidence/<agent>`` as the refusal goes back."""
+        try:
+            st, auth = await self._call("redeem", ctx, args)
+        except HostError as exc:
+            value = exc.value if isinstance(exc.value, dict) else {}
+            proof, agent = value.get("proof"), value.get("agent")
+            if isinstance(proof, bytes) and isinstance(agent, bytes):
+                self._publish(agent, proof)
+            raise
+        return self._leased_reply(st, auth)
+
+    async def buy_anchor(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        """``{payment, rset, term}`` -> ``{ticket, price}``: an anchor the host signs."""
+        st, auth = await self._call("buy_anchor", ctx, args, payment=True,
+                                    extra={"site": self.identity.public_key})
+        assert st.result is not None
+        return {"ticket": self.signed_anchor(st.result["anchor"]).to_wire(),
+                "price": st.result["price"], "audit": auth.to_wire()}
+
+    async def published(self) -> None:
+        """Until every conflict proof handed out so far has gone to its sink."""
+        while self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
+
+    def _publish(self, agent: bytes, proof: bytes) -> None:
+        """Hand a conflict proof to :attr:`publish_evidence` without waiting for it."""
+        if self.publish_evidence is None:
+            return
+        task: asyncio.Task[None] = asyncio.create_task(
+            self.publish_evidence(node_id_of(agent), proof))
+        self._publishing.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._publishing.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("could not publish the conflict proof against %s: %s",
+                            node_id_of(agent).hex()[:12], t.exception())
+        task.add_done_callback(done)
 
     async def status(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         check_args(args, set())
@@ -213,7 +264,8 @@ class Auctioneer(AuctionRunner):
         return reply
 
     async def _call(self, name: str, ctx: CallContext, args: dict[str, Any],
-                    payment: bool = False) -> tuple[Step, AuditAuthenticator]:
+                    payment: bool = False, extra: dict[str, Any] | None = None
+                    ) -> tuple[Step, AuditAuthenticator]:
         """Run one RPC through the pure step; log it; raise its error if it failed.
         Refused before anything is logged: a request over its bound, or whose arguments
         are malformed (see the module docstring)."""
@@ -228,7 +280,8 @@ class Auctioneer(AuctionRunner):
         except WireError:
             logged = UNENCODABLE
         parse_args(name, logged)   # raises the very refusal the step would log
-        body: dict[str, Any] = {"from": ctx.sender, "ts": ctx.ts, "args": logged}
+        body: dict[str, Any] = {"from": ctx.sender, "ts": ctx.ts, "args": logged,
+                                **(extra or {})}
         if ctx.request is not None:   # the caller's signature, for the witnesses
             body["request"] = ctx.request.to_wire()
         async with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -41,6 +42,7 @@ from p2pmarket.host.journal import Journal, saved_config
 from p2pmarket.host.vmm.base import VMM, VmmError
 from p2pmarket.host.vmmsync import VmmSync
 from p2pmarket.ledger.certificate import Certificate
+from p2pmarket.sharp.claims import Claim, Rset, Term, Ticket, sign_claim
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,31 @@ class AuctionRunner:
             change = SettingsChange(config, self.tick_us, self.long_interval_us)
             self.journal.apply("in.settings", change.body(), now)
         await self.sync_vmm()
+
+    async def delegate(self, holder: bytes, rset: Rset, term: Term) -> Ticket:
+        """An anchor to ``holder`` by the owner's policy (``in.delegate``, section 10),
+        signed: a ticket of one claim. Raises the step's refusal."""
+        body = {"site": self.identity.public_key, "holder": holder, "rset": rset.to_doc(),
+                "term": [term.start, term.end], "serial": secrets.token_bytes(16)}
+        async with self._lock:
+            st, _ = self.journal.apply("in.delegate", body, self.now())
+        if st.error is not None:
+            raise st.error
+        assert st.result is not None
+        return self.signed_anchor(st.result["anchor"])
+
+    def signed_anchor(self, body: dict[str, Any]) -> Ticket:
+        """The anchor claim ``body`` (an ``out.delegate`` / ``out.buy_anchor``'s) signed
+        by this host: a ticket of one claim (Ed25519 is deterministic: the same bytes
+        for the same body)."""
+        return Ticket((sign_claim(self.identity, Claim.from_body(body)),))
+
+    def reservations_doc(self) -> list[dict[str, Any]]:
+        """The reservations (section 10), for the owner's status."""
+        return [{"account_id": r.account_id, "holder": r.holder, "start": r.start,
+                 "end": r.end, "resources": dict(sorted(r.amounts.items())),
+                 "active": r.active, "claims": list(r.claims)}
+                for _, r in sorted(self.state.reservations.items())]
 
     def market_summary(self) -> dict[str, dict[str, int]]:
         """``{res: {capacity, price (micro-credits/s, all bids), free}}`` for the DHT (and

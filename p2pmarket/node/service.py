@@ -139,6 +139,7 @@ class Node:
             uploading=self.auctioneer.sync.uploading.__contains__)
         self.auctioneer.on_synced = self.access.sync
         self.auctioneer.access_of = self.access.access
+        self.auctioneer.publish_evidence = self._publish_conflict
         self.market_changed = asyncio.Event()
         self.dispatcher.register_all("host", {
             name: h if name in READ_ONLY_HOST_RPCS else self._then_readvertise(h)
@@ -185,6 +186,12 @@ class Node:
         self._published: dict[str, int] = {}
         self._must_publish = False   # a forced publish (our URL moved) has not gone out
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _publish_conflict(self, agent_id: bytes, proof: bytes) -> None:
+        """A SHARP conflict proof (section 10): kept with the node's evidence and stored
+        at ``evidence/<agent id>`` in the DHT, like the audit's proofs."""
+        self.evidence.add(proof)
+        await DhtEvidenceSink(self.records).publish(agent_id, proof)
 
     # -- lifecycle ---------------------------------------------------------------
 
