@@ -78,6 +78,7 @@ PURE_CORES = (
     "p2pmarket.client.reachview",
     "p2pmarket.client.accessrec",  # the way in a lease reply names
     "p2pmarket.core.urls",
+    "p2pmarket.sharp",              # claims, tickets, the claim tree, conflict proofs
 )
 
 

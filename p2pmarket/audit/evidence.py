@@ -58,6 +58,11 @@ refused.
   a quorum of the genesis's notaries, so this proof verifies only with the genesis
   (anyone holding the network's genesis file can check it offline). ``seq`` is the
   last entry's. What a buyer's ``witness.refund`` push exposes.
+- ``type: "ticket_conflict"`` -- an agent (broker), ``host`` here, signed SHARP
+  subclaims that together hold more than the claim it held, at one time: the format
+  and its checks are :mod:`p2pmarket.sharp.proof`'s (section 10). ``seq`` is 0 and
+  the rule ``oversubscribed``. Its signatures are in the ticket domain, not the
+  audit's: they are the agent's claims.
 
 :func:`verify_proof` checks one; :class:`p2pmarket.audit.evidencestore.EvidenceStore`
 keeps the valid ones and answers ``is_exposed``. Every node of a network holds its
@@ -84,6 +89,7 @@ from p2pmarket.core.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of, v
 from p2pmarket.core.wire import WireError, pack, unpack
 from p2pmarket.ledger.certificate import Certificate, verify_certificate
 from p2pmarket.ledger.chain import HASH_SIZE, auth_message
+from p2pmarket.sharp.proof import CONFLICT, verify_conflict
 
 PROOF_VERSION = 2   # 2: signatures have domains (issue 10); 1 is refused
 INCONSISTENCY = "inconsistency"
@@ -251,6 +257,9 @@ def _verify(data: bytes, want: bytes | None, genesis: Genesis | None) -> Proof:
         seq, rule = _check_nonconformance(host, doc, genesis)
     elif doc["type"] == REFUND_PAYMENT:
         seq, rule = _check_refund_payment(host, doc, genesis)
+    elif doc["type"] == CONFLICT:
+        verify_conflict(doc)
+        seq, rule = 0, "oversubscribed"
     else:
         raise EvidenceError("unknown proof type", doc["type"])
     return Proof(host, doc["type"], seq, rule, data)

@@ -1,0 +1,2 @@
+"""SHARP (docs/design.md section 10), pure: claims and tickets, the site's claim tree,
+conflict proofs."""
