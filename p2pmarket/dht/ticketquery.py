@@ -15,11 +15,10 @@ from kademlia.node import Node
 
 from p2pmarket.dht.checks import DhtError
 from p2pmarket.dht.node import DhtNode
-from p2pmarket.dht.records import key_digest
+from p2pmarket.dht.records import check_type_name, key_digest
 from p2pmarket.dht.ticketads import (
     SiteAmount,
     TicketAd,
-    check_type_name,
     fit_ticket_set,
     make_ticket_ad,
     newest_ads,
