@@ -52,6 +52,14 @@ from p2pmarket.dht.offers import (
 )
 from p2pmarket.dht.prefixes import PrefixPolicy
 from p2pmarket.dht.records import HOST_KIND, HostRecord, key_digest, url_host
+from p2pmarket.dht.ticketads import (
+    TICKET_SET_KIND,
+    TicketAd,
+    TicketSet,
+    fit_ticket_set,
+    keep_ads,
+    parse_ticket_set,
+)
 
 _E = TypeVar("_E", OfferEntry, EvidenceEntry)
 
@@ -64,7 +72,8 @@ for checking."""
 
 def parse_record(value: object, now_us: int, proof_verifier: ProofVerifier,
                  known: Mapping[bytes, OfferEntry] | None = None,
-                 known_proofs: Container[bytes] = ()) -> HostRecord | OfferSet | EvidenceSet:
+                 known_proofs: Container[bytes] = ()
+                 ) -> HostRecord | OfferSet | EvidenceSet | TicketSet:
     """A stored value of any kind, verified (the key name it claims is in ``.key``);
     for an evidence set, only the inline entries are verified, with ``proof_verifier``
     (see :func:`parse_evidence_set`)."""
@@ -84,6 +93,8 @@ def parse_record(value: object, now_us: int, proof_verifier: ProofVerifier,
         return HostRecord.from_bytes(value, now_us)
     if kind == EVIDENCE_SET_KIND:
         return parse_evidence_set(value, now_us, proof_verifier, known_proofs)
+    if kind == TICKET_SET_KIND:
+        return parse_ticket_set(value, now_us)
     raise refusal("unsupported", f"unsupported record kind {kind!r:.40}")
 
 
@@ -98,7 +109,9 @@ class _Item:
     """Offer entries in the set's order (:func:`~p2pmarket.dht.offerkeep.keep_offers`)."""
     evidence: list[EvidenceEntry] = field(default_factory=list)
     key: str = ""
-    """The key name (evidence sets)."""
+    """The key name (evidence sets, ticket sets)."""
+    ads: list[TicketAd] = field(default_factory=list)
+    """Brokers' ticket adverts (``tickets/<type>``), in the set's order."""
 
     @property
     def offers(self) -> list[OfferEntry]:
@@ -149,6 +162,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                 self._put_host(dkey, record, now)
             elif isinstance(record, EvidenceSet):
                 self._put_evidence_set(dkey, record, now)
+            elif isinstance(record, TicketSet):
+                self._put_ticket_set(dkey, record, now)
             else:
                 self._put_offers(dkey, record, now)
         except DhtError as exc:
@@ -204,6 +219,30 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self._data.pop(dkey, None)
         self._data[dkey] = _Item(kept.value, now, min(e.expires for e in kept.entries),
                                  held=list(kept.held))
+
+    def _put_ticket_set(self, dkey: bytes, ticket_set: TicketSet, now: int) -> None:
+        self._count("dropped_entries", ticket_set.dropped)
+        if ticket_set.forged:
+            raise DhtError("ticket set holds forged adverts", "forged")
+        if not ticket_set.entries:
+            raise DhtError("ticket set holds no valid advert", "empty")
+        old = self._live(dkey, now)
+        previous = old.ads if old is not None else []
+        kept = keep_ads(previous, ticket_set.entries, now, cap=self.max_offers,
+                        puzzle_bits=self.puzzle_bits)
+        if not {a.value for a in ticket_set.entries} & {a.value for a in kept}:
+            raise DhtError("ticket set full, or nothing newer in it", "set_full")
+        value, kept = fit_ticket_set(ticket_set.key, kept)
+        if not kept:
+            raise DhtError("ticket set holds no valid advert", "empty")
+        self._make_room(dkey, now)
+        self._data.pop(dkey, None)
+        self._data[dkey] = _Item(value, now, min(a.expires for a in kept), ads=kept,
+                                 key=ticket_set.key)
+
+    def ticket_ads(self, dkey: bytes) -> list[TicketAd]:
+        item = self._live(dkey, self.clock())
+        return [] if item is None else list(item.ads)
 
     def _keep(self, key: str, held: list[HeldOffer], incoming: list[OfferEntry],
               now: int) -> KeptOffers:
@@ -298,6 +337,15 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                 return None
             item.value, item.evidence = fit_evidence_set(item.key, proofs)
             item.expires = min(e.expires for e in item.evidence)
+            return item
+        if item.ads:
+            ads = [a for a in item.ads if a.expires > now]
+            self._count("expired", len(item.ads) - len(ads))
+            if not ads:
+                del self._data[dkey]
+                return None
+            item.value, item.ads = fit_ticket_set(item.key, ads)
+            item.expires = min(a.expires for a in item.ads)
             return item
         live = [h for h in item.held if h.entry.expires > now]
         self._count("expired", len(item.held) - len(live))

@@ -35,6 +35,9 @@ from p2pmarket.audit.witnessing import (
     EvidenceScreen,
 )
 from p2pmarket.audit.witnessstore import WitnessStore
+from p2pmarket.broker.service import REQUEST_LIMITS as BROKER_LIMITS
+from p2pmarket.broker.service import Broker
+from p2pmarket.broker.store import BrokerStore
 from p2pmarket.core.clock import now_us
 from p2pmarket.core.config import DataDir, Settings, load_genesis
 from p2pmarket.core.errors import P2PMarketError
@@ -149,6 +152,12 @@ class Node:
         self.dispatcher.register_all("host", guest_handlers(self.auctioneer, guest_boot(settings)))
         self.dispatcher.register_all("host", image_handlers(self.auctioneer,
                                                             lambda: self.base_images))
+        # a broker (section 10) once enabled (`p2pmarket broker run`); its adverts need UDP
+        self.broker = Broker(identity, BrokerStore(data_dir.root / "broker.sqlite"),
+                             accept_payment=self.payments.accept,
+                             refund_payment=self.payments.refund, pay=self.wallet.send,
+                             peers=self.peers, dht=None if self.gateway else self.dht)
+        self.dispatcher.register_all("broker", self.broker.handlers(), limits=BROKER_LIMITS)
         self.directory = DhtWitnessDirectory(self.records)   # `own` is set at start
         self.witness = WitnessService(
             identity, self.peers, self.evidence, directory=self.directory,
@@ -274,6 +283,7 @@ class Node:
                        asyncio.create_task(self.payments.collect(), name="collect"),
                        asyncio.create_task(self.witness.run(), name="witness"),
                        asyncio.create_task(self._advertise(), name="advertise"),
+                       asyncio.create_task(self.broker.run(), name="broker"),
                        asyncio.create_task(self.auctioneer.run(), name="auction")]
         log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
                  self.url, *self.dht_address)
@@ -306,6 +316,7 @@ class Node:
             self.notary.close()
         self.evidence.close()
         self.witness.store.close()
+        self.broker.store.close()
         if self.witness.sigpool is not None:   # its workers start only for long segments
             await asyncio.to_thread(self.witness.sigpool.close)
 
@@ -435,7 +446,7 @@ class Node:
 
         return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
                 "history": history, **host_control_handlers(self.auctioneer),
-                **audit_control_handlers(self.witness)}
+                **audit_control_handlers(self.witness), **self.broker.control_handlers()}
 
 
 def _read_json(path: Path) -> Any:
