@@ -146,8 +146,9 @@ def allocate(holdings: Sequence[Holding], sales: Sequence[Sale], items: Sequence
 
 @dataclass(frozen=True)
 class SiteOffer:
-    """What an advert says of one site and type: the most one purchase can get for the
-    whole of ``term``."""
+    """What an advert says of one site and type: the most one purchase can get from
+    now to the end of ``term`` (the held ticket's term, so a buyer's term that began a
+    moment ago still falls within it)."""
 
     site: bytes
     rtype: str
@@ -158,7 +159,8 @@ class SiteOffer:
 def offers(holdings: Sequence[Holding], sales: Sequence[Sale], oversub_ppm: int,
            now: int) -> list[SiteOffer]:
     """Per (site, type) the held ticket with the most room from ``now`` (or its start)
-    to its end; held tickets ended or full left out. Sorted by type, then site."""
+    to its end, with its term; held tickets ended or full left out. Sorted by type,
+    then site."""
     best: dict[tuple[bytes, str], SiteOffer] = {}
     for h in holdings:
         if h.rset.ident is not None or h.term.end <= now:
@@ -167,7 +169,7 @@ def offers(holdings: Sequence[Holding], sales: Sequence[Sale], oversub_ppm: int,
         amount = room(h, sales, term, oversub_ppm)
         key = (h.site, h.rset.rtype)
         if amount > 0 and (key not in best or amount > best[key].amount):
-            best[key] = SiteOffer(h.site, h.rset.rtype, amount, term)
+            best[key] = SiteOffer(h.site, h.rset.rtype, amount, h.term)
     return [best[k] for k in sorted(best, key=lambda k: (k[1], k[0]))]
 
 

@@ -65,7 +65,7 @@ AcceptPayment = Callable[[bytes, dict[str, Any]], Awaitable[Any]]
 RefundPayment = Callable[[bytes, int, str], Awaitable[dict[str, Any]]]
 REQUEST_LIMITS = {"buy": 64 * 1024, "replace": 64 * 1024, "quote": 8 * 1024,
                   "offers": 1024}
-ADVERT_CHECK_S = 1.0
+ADVERT_RETRY_S = 5.0
 
 
 class Broker:
@@ -290,7 +290,8 @@ class Broker:
         return len(by_type)
 
     async def run(self) -> None:
-        """Keep the adverts current: at once, on every change, and before they expire."""
+        """Keep the adverts current: at once, on every change, and before they expire
+        (a failed publication is retried after :data:`ADVERT_RETRY_S`)."""
         loop = asyncio.get_running_loop()
         every = (self.dht.ttl_us / 2.5 / 1e6) if self.dht is not None else 600.0
         due = loop.time()
@@ -300,10 +301,14 @@ class Broker:
                 try:
                     await self.publish()
                     due = loop.time() + every
-                except Exception as exc:   # an advert that failed is retried next check
+                except Exception as exc:
                     log.warning("publishing ticket adverts failed: %s", exc)
+                    due = loop.time() + ADVERT_RETRY_S
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+            # lands as the event is set, and the node's stop would wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), ADVERT_CHECK_S)
+                async with asyncio.timeout_at(due):
+                    await self.changed.wait()
 
     # -- control API ----------------------------------------------------------------
 

@@ -117,12 +117,13 @@ async def host_status(args: argparse.Namespace) -> int:
             table.add_row(r["account_id"], str(r.get("holder", ""))[:12],
                           "\n".join(f"{k}: {human(k, v)}"
                                     for k, v in sorted(r["resources"].items())),
-                          _when(r["start"]), _when(r["end"]), "yes" if r["active"] else "no")
+                          when_text(r["start"]), when_text(r["end"]),
+                          "yes" if r["active"] else "no")
         out.print(table)
     return 0
 
 
-def _when(us: int) -> str:
+def when_text(us: int) -> str:
     return datetime.fromtimestamp(us / 1_000_000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 

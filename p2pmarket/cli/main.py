@@ -4,7 +4,7 @@ Each subcommand is a small function that parses nothing itself: argparse checks
 the shape of the arguments, the library checks their meaning and raises a
 :class:`P2PMarketError`, which is printed as one readable line. The command
 groups (:mod:`.node`, :mod:`.wallet`, :mod:`.audit`, :mod:`.buy`, :mod:`.leases`,
-:mod:`.ssh`, :mod:`.image`, :mod:`.host`,
+:mod:`.ssh`, :mod:`.image`, :mod:`.host`, :mod:`.broker`, :mod:`.reserve`,
 :mod:`.network`, :mod:`.testnet`) each add their part of the parser, naming the function that
 runs each subcommand.
 """
@@ -31,7 +31,8 @@ COMMAND_GROUPS = (
     ("buy", "add_hosts", ("hosts",)), ("leases", "add_leases", ("leases",)),
     ("leases", "add_lease_money", ("cancel", "topup", "rebid")),
     ("ssh", "add_ssh", ("ssh", "tunnel")), ("image", "add_upload", ("upload",)),
-    ("host", "add_host", ("host",)), ("node", "add_status", ("status",)),
+    ("host", "add_host", ("host",)), ("broker", "add_broker", ("broker",)),
+    ("reserve", "add_reserve", ("reserve", "tickets")), ("node", "add_status", ("status",)),
     ("network", "add_network", ("network",)), ("testnet", "add_testnet", ("testnet",)))
 
 
