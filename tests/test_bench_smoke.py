@@ -42,6 +42,8 @@ RUNS = {
                {"register_p50_ms", "register_p95_ms", "register_public_p50_ms",
                 "direct_rpc_p50_ms", "relayed_rpc_p50_ms", "relay_overhead_ratio",
                 "relay_upload_mb_s", "relay_rss_growth_mb", "goals_met"}),
+    "sharp.py": (["--runs", "2", "--requests", "40"],
+                 {"reserve_p50_ms", "reserve_p95_ms", "rejection_rate_by_oversubscription"}),
     "testnet.py": (["--buys", "2", "--soak-minutes", "0.1"],
                    {"compose_up_s", "buy_p50_ms", "buy_p95_ms", "supply_ok",
                     "soak_invariant_violations"}),

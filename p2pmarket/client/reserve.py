@@ -102,6 +102,7 @@ async def reserve(wdir: WalletDir, wants: Mapping[str, int], term: Term, *,
         urls = {site: site_url} if site is not None else {}
     book = TicketBook(wdir)
     async with open_wallet(wdir, net) as (wallet, client):
+        await wallet.sync()   # incoming payments (and brokers' refunds) first, like buy
         await resume_purchases(client, book)
         tried: list[str] = []
         for cand in cands:
