@@ -179,7 +179,9 @@ class Broker:
             if body.get("memo") != memo_for(digest):
                 raise BrokerError("the payment's memo does not name this purchase", "memo")
             price = policy.price_of(items, term, self.store.prices())
-            amount = int(body.get("amount", 0))
+            amount = body.get("amount")
+            if not isinstance(amount, int) or isinstance(amount, bool):
+                raise BrokerError("the payment's amount is not an integer", "payment")
             if amount < price:
                 raise BrokerError(f"the payment ({amount} µc) is below the price ({price} µc)",
                                   {"price": price})
