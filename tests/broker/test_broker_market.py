@@ -4,16 +4,19 @@ used twice refused, adverts in the DHT (in-process nodes on 127.0.0.1)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from p2pmarket.broker.policy import Item
-from p2pmarket.broker.purchase import hand_over
+from p2pmarket.broker.purchase import buy_tickets, hand_over, quote
+from p2pmarket.broker.requests import memo_for, request_digest
 from p2pmarket.client.buyer import open_wallet
 from p2pmarket.client.discovery import MarketView
+from p2pmarket.client.reserve import resume_purchases
+from p2pmarket.client.ticketbook import TicketBook
 from p2pmarket.core.errors import RemoteError
+from p2pmarket.core.wire import pack
 from p2pmarket.dht.ticketquery import read_ticket_ads
 from p2pmarket.sharp.claims import check_ticket
 from tests.broker.helpers import (
@@ -78,14 +81,65 @@ async def test_adverts_name_broker_sites_amounts_and_price(tmp_path: Path) -> No
             await node.announced.wait()
         await funded_broker(m, a, oversub_ppm=250_000)
         term = hour_term()
+        a.broker.advertised.clear()
         a.broker.add_ticket(site_anchor(site, a, 40, term).to_wire())
-        for _ in range(100):
-            async with MarketView(m.genesis) as market:
-                ads = await read_ticket_ads(market.dht, "cpu")
-            if ads and ads[0].sites[0].amount == 50:
-                break
-            await asyncio.sleep(0.1)
+        await a.broker.advertised.wait()   # published at the k closest nodes
+        async with MarketView(m.genesis) as market:
+            ads = await read_ticket_ads(market.dht, "cpu")
         [ad] = ads
         assert ad.broker == key(a) and ad.price == 1_000 and ad.url == a.url
         [s] = ad.sites
         assert s.site == key(site) and s.amount == 50 and s.end == term.end
+
+
+async def test_a_bundle_across_two_sites_is_sold_all_or_none(tmp_path: Path) -> None:
+    async with local_market(tmp_path / "m", n=4) as m:
+        s1, s2, a = m.nodes[1], m.nodes[2], m.nodes[3]
+        for node in m.nodes:
+            await node.announced.wait()
+        await funded_broker(m, a)
+        term = hour_term()
+        for s in (s1, s2):
+            a.broker.add_ticket(site_anchor(s, a, 40, term).to_wire())
+        buyer = await funded_wallet(m, "b")
+        items = [Item(key(s1), "cpu", 30), Item(key(s2), "cpu", 20)]
+        async with open_wallet(buyer) as (wallet, client):
+            got = await buy_tickets(client, wallet.send, a.url, key(a), items, term)
+            assert [t.site for t in got.tickets] == [key(s1), key(s2)]
+            for t, it in zip(got.tickets, items, strict=True):
+                check_ticket(t, it.site)
+                assert t.rset.count == it.count
+            # 30 more at s2 does not fit (20 left): nothing of the bundle is sold
+            with pytest.raises(RemoteError, match="item 1"):
+                await buy_tickets(client, wallet.send, a.url, key(a),
+                                  [Item(key(s1), "cpu", 5), Item(key(s2), "cpu", 30)], term)
+        peaks = {h["site"]: h["promised_peak"] for h in a.broker.status()["holdings"]}
+        assert peaks == {key(s1): 30, key(s2): 20}
+
+
+async def test_a_paid_purchase_interrupted_is_handed_over_again(tmp_path: Path) -> None:
+    async with local_market(tmp_path / "m", n=3) as m:
+        site, a = m.nodes[1], m.nodes[2]
+        for node in m.nodes:
+            await node.announced.wait()
+        await funded_broker(m, a)
+        term = hour_term()
+        a.broker.add_ticket(site_anchor(site, a, 40, term).to_wire())
+        buyer = await funded_wallet(m, "b")
+        items = [Item(key(site), "cpu", 6)]
+        book = TicketBook(buyer)
+        async with open_wallet(buyer) as (wallet, client):
+            # what reserve writes before and after paying, then a crash before buy
+            memo = memo_for(request_digest(client.identity.public_key, items, term))
+            price = await quote(client, a.url, key(a), items, term)
+            cert = await wallet.send(key(a), price, memo)
+            book.set_pending(memo, {
+                "broker": key(a).hex(), "url": a.url, "start": term.start, "end": term.end,
+                "items": [{"site": key(site).hex(), "type": "cpu", "count": 6}],
+                "payment": pack(cert.to_wire()).hex(), "price": price})
+            [t] = await resume_purchases(client, book)
+            assert t.holder == client.identity.public_key and t.rset.count == 6
+            assert book.pending() == {}
+            assert book.all()[t.final.claim_id.hex()]["state"] == "held"
+            assert await resume_purchases(client, book) == []   # nothing left to resume
+        assert a.broker.store.counts() == {"sold": 1}
