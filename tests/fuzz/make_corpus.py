@@ -4,7 +4,8 @@
 
 It runs a two-node in-process market on 127.0.0.1 (node0 the notary), records every
 peer RPC request and every DHT datagram the nodes receive while a buyer is funded,
-pays a host, opens an account and asks the usual read-only questions, and keeps
+pays a host, opens an account and asks the usual read-only questions, goes through
+SHARP (:mod:`tests.fuzz.sharp_corpus`: a broker's RPCs, redemptions, an anchor), and keeps
 the DHT records the nodes end up holding. The control calls are the CLI's; the relay
 frames are the codec's own encodings of one frame of each type, the reserve request
 signed as a relayed host signs it. Files are named by target, kind and a digest, so
@@ -44,6 +45,7 @@ from p2pmarket.nat.frames import (
 )
 from p2pmarket.nat.reservation import make_reservation, make_reserve_request
 from p2pmarket.nat.streamreq import make_stream_request
+from tests.fuzz.sharp_corpus import sharp_seeds
 
 CORPUS = Path(__file__).parent / "corpus"
 PER_KIND = 4
@@ -129,6 +131,7 @@ async def market_seeds(root: Path, rpc: Sink, dht: Sink, records: Sink) -> None:
                                ("notary.inbox", {"owner": owner})]:
                 with contextlib.suppress(P2PMarketError):
                     await client.call(notary.url, notary.identity.public_key, name, args)
+        await sharp_seeds(m.nodes[0], host, buyer)
         await host.publish_if_moved(force=True)
         for node in m.nodes:
             for _, value in node.dht.storage:

@@ -3,7 +3,7 @@ loop, and the digest of its durable state.
 
 The node's auction ticks once an hour (so nothing changes by itself while it is
 fuzzed). :func:`state` digests every sqlite store of the data dir (ledger, notary,
-host accounts and config, witness, evidence, DHT) and the auction's accounts, all but
+host accounts and config, witness, evidence, DHT, broker) and the auction's accounts, all but
 the audit trail and what is derived (:data:`DERIVED`); :func:`audit_grew_only` checks
 the audit trail was only appended to (a host logs a well-formed request its auction
 refuses, by design: docs/design.md section 5).
@@ -60,7 +60,8 @@ def state(node: Node) -> str:
     """The digest of the node's durable state but its audit trail."""
     d = node.data_dir
     h = hashlib.sha256()
-    for path in (d.ledger_db, d.notary_db, d.host_db, d.evidence_db, d.witness_db, d.dht_db):
+    for path in (d.ledger_db, d.notary_db, d.host_db, d.evidence_db, d.witness_db, d.dht_db,
+                 d.root / "broker.sqlite"):
         h.update(str(path.name).encode())
         for line in _dump(path):
             if not line.startswith(DERIVED):

@@ -29,6 +29,7 @@ from p2pmarket.core.domains import ENVELOPE
 from p2pmarket.core.errors import INTERNAL_ERROR
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.wire import Envelope, decode, seal, unpack
+from p2pmarket.sharp.claims import Rset, Term, anchor
 from tests.fuzz.fuzzlib import (
     budget_s,
     error_log,
@@ -46,7 +47,8 @@ PEER = ("127.0.0.1", 40000)
 ARG_NAMES = ["account_id", "amount", "auths", "bids", "cert", "certs", "close",
              "contingency", "entries", "entry", "host", "interval_s", "limit", "name",
              "nonce", "owner", "payment", "refund_id", "replace", "send", "sends", "sig",
-             "sigs", "since", "ssh_key", "url"]
+             "sigs", "since", "ssh_key", "url", "items", "start", "end", "ticket",
+             "tickets", "proof", "rset", "term"]
 
 
 def kind_of(data: bytes) -> str:
@@ -54,6 +56,16 @@ def kind_of(data: bytes) -> str:
         return str(Envelope.from_wire(unpack(data)).kind)
     except Exception:
         return ""
+
+
+def make_broker(node: Any) -> None:
+    """The node as a broker holding a ticket, so ``broker.*`` get past ``not_broker``."""
+    now = now_us()
+    node.broker.enable()
+    node.broker.set_price("cpu", 1)
+    node.broker.add_ticket(anchor(Identity.generate(), node.identity.public_key,
+                                  Rset("cpu", 100), Term(now, now + 3_600_000_000),
+                                  b"fuzz").to_wire())
 
 
 class RpcFuzz:
@@ -70,6 +82,7 @@ class RpcFuzz:
                 if isinstance(k, str) and len(k) < 20}
         self.keys = sorted(keys | set(ARG_NAMES))
         self.names = sorted(node.dispatcher.handlers)
+        make_broker(node)
         self.before, self.head = state(node), audit_head(node)
         self.replies = {"ok": 0, "error": 0}
 
