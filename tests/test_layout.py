@@ -79,6 +79,11 @@ PURE_CORES = (
     "p2pmarket.client.accessrec",  # the way in a lease reply names
     "p2pmarket.core.urls",
     "p2pmarket.sharp",              # claims, tickets, the claim tree, conflict proofs
+    "p2pmarket.broker.policy",      # posted prices, the oversubscription degree
+    "p2pmarket.broker.requests",
+    "p2pmarket.dht.ticketads",
+    "p2pmarket.client.reservepick",
+    "p2pmarket.client.topview",     # what `p2pmarket top` shows
 )
 
 

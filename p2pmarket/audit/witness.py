@@ -225,7 +225,7 @@ class WitnessService:
             try:
                 await self.audit_all()
             except Exception:
-                log.exception("audit round failed")
+                log.exception("audit round failed", extra={"event": "audit.round_failed"})
 
     async def audit_all(self) -> None:
         await asyncio.gather(*(self.audit(k) for k in list(self.hosts)))
@@ -357,17 +357,18 @@ class WitnessService:
             checked = self.evidence.add(proof)
         except EvidenceError as exc:   # a bug on our side: never accuse without a proof
             log.error("witness built an invalid proof against %s: %s", w.key.hex()[:12],
-                      exc.message)
+                      exc.message, extra={"event": "audit.bad_proof"})
             return
         if proof not in w.proofs:
             w.proofs.append(proof)
             log.warning("host %s exposed: %s (seq %d)", w.key.hex()[:12], checked.rule,
-                        checked.seq)
+                        checked.seq, extra={"event": "audit.exposed"})
             if self.sink is not None:
                 try:
                     await self.sink.publish(checked.host_id, proof)
                 except P2PMarketError as exc:
-                    log.warning("could not publish evidence: %s", exc.message)
+                    log.warning("could not publish evidence: %s", exc.message,
+                                extra={"event": "audit.evidence_unpublished"})
 
     async def _is_witness(self, host: bytes) -> bool:
         """Whether we are among ``host``'s witnesses; a yes is remembered for

@@ -304,7 +304,8 @@ class Broker:
                     await self.publish()
                     due = loop.time() + every
                 except Exception as exc:
-                    log.warning("publishing ticket adverts failed: %s", exc)
+                    log.warning("publishing ticket adverts failed: %s", exc,
+                                extra={"event": "broker.advert_failed"})
                     due = loop.time() + ADVERT_RETRY_S
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
             # lands as the event is set, and the node's stop would wait forever

@@ -32,7 +32,8 @@ COMMAND_GROUPS = (
     ("leases", "add_lease_money", ("cancel", "topup", "rebid")),
     ("ssh", "add_ssh", ("ssh", "tunnel")), ("image", "add_upload", ("upload",)),
     ("host", "add_host", ("host",)), ("broker", "add_broker", ("broker",)),
-    ("reserve", "add_reserve", ("reserve", "tickets")), ("node", "add_status", ("status",)),
+    ("reserve", "add_reserve", ("reserve", "tickets")), ("top", "add_top", ("top",)),
+    ("node", "add_status", ("status",)),
     ("network", "add_network", ("network",)), ("testnet", "add_testnet", ("testnet",)))
 
 

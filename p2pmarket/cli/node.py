@@ -19,7 +19,7 @@ STATUS_EXAMPLES = """examples:
   p2pmarket status --data-dir run/testnet/node1
   p2pmarket status --data-dir run/testnet/node1 --what vms"""
 FLAGS = ("listen_host", "advertise_host", "http_port", "dht_port", "control_port", "vmm_uri",
-         "cpu_mhz", "memory_kib", "http_proxy", "dht_gateway", "relay", "nat")
+         "cpu_mhz", "memory_kib", "http_proxy", "dht_gateway", "relay", "nat", "log_format")
 
 
 def add_node(sub: Subcommands) -> None:
@@ -44,6 +44,9 @@ def add_node(sub: Subcommands) -> None:
                    help="do not serve as registrar and relay for other nodes")
     n.add_argument("--no-nat", dest="nat", action="store_const", const=False,
                    help="do not check reachability with registrars; advertise as is")
+    n.add_argument("--log-format", choices=["plain", "json"],
+                   help="plain lines (default) or one JSON object per line "
+                        "(docs/monitoring.md lists the events)")
 
 
 def add_status(sub: Subcommands) -> None:

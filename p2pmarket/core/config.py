@@ -204,6 +204,9 @@ class Settings:
     images_dir: str = ""
     """A directory of named base images (``NAME.qcow2``, ``NAME.img``) buyers may start
     from (``buy --image NAME``); advertised in the host record. Empty: none."""
+    log_format: str = "plain"
+    """``plain`` lines, or ``json``: one JSON object per line with the node id and the
+    event name (:mod:`p2pmarket.core.logfmt`; the events in docs/monitoring.md)."""
 
     @property
     def public_host(self) -> str:
@@ -235,6 +238,8 @@ class Settings:
                 raise ConfigError(f"setting {name!r} must be positive", getattr(self, name))
         if not self.listen_host:
             raise ConfigError("setting 'listen_host' must not be empty")
+        if self.log_format not in ("plain", "json"):
+            raise ConfigError("setting 'log_format' is plain or json", self.log_format)
         if self.http_proxy and not self.http_proxy.startswith(("http://", "https://")):
             raise ConfigError("setting 'http_proxy' must be an http:// URL", self.http_proxy)
         return self

@@ -224,7 +224,8 @@ class Auctioneer(AuctionRunner):
             self._publishing.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.warning("could not publish the conflict proof against %s: %s",
-                            node_id_of(agent).hex()[:12], t.exception())
+                            node_id_of(agent).hex()[:12], t.exception(),
+                            extra={"event": "sharp.proof_unpublished"})
         task.add_done_callback(done)
 
     async def status(self, ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:

@@ -161,7 +161,7 @@ class AuctionRunner:
                 await self.tick(self.clock())
                 failed = False
             except Exception:
-                log.exception("auctioneer tick failed")
+                log.exception("auctioneer tick failed", extra={"event": "auction.tick_failed"})
                 failed = True
 
     # -- host owner ------------------------------------------------------------------
@@ -264,7 +264,7 @@ class AuctionRunner:
                  "limit": e.limit})
             if e.kind in NOTED_EVENTS:
                 log.info("account %s %s on %s (%d / %d)", e.account_id, e.kind,
-                         e.resource, e.amount, e.limit)
+                         e.resource, e.amount, e.limit, extra={"event": "auction.account"})
         self._events.update(mine)
 
     def _committed(self, old: HostState, new: HostState) -> None:
@@ -302,9 +302,11 @@ class AuctionRunner:
                     raise HostError(f"the refund payment is wrong: {wrong}", refund.refund_id)
                 self.journal.apply(REFUND_PAID, body, self.now())
         except P2PMarketError as exc:
-            log.warning("refund %s not paid yet: %s", refund.refund_id, exc.message)
+            log.warning("refund %s not paid yet: %s", refund.refund_id, exc.message,
+                        extra={"event": "auction.refund_unpaid"})
         except Exception:
-            log.exception("refund %s not paid yet", refund.refund_id)
+            log.exception("refund %s not paid yet", refund.refund_id,
+                          extra={"event": "auction.refund_unpaid"})
         finally:
             self._paying.discard(refund.refund_id)
 
@@ -318,7 +320,8 @@ class AuctionRunner:
             try:
                 await self.on_synced()
             except Exception:   # the ports follow next time; the auction goes on
-                log.exception("keeping the leased ports failed")
+                log.exception("keeping the leased ports failed",
+                              extra={"event": "host.ports_failed"})
 
 
 __all__ = ["AuctionRunner", "RefundPayment", "paid_body"]

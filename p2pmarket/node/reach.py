@@ -208,7 +208,8 @@ class ReachKeeper:
                 self._unsent = False
             except (P2PMarketError, OSError, TimeoutError) as exc:
                 why = exc.message if isinstance(exc, P2PMarketError) else repr(exc)
-                log.warning("advertising %s failed: %s", advert.url, why)
+                log.warning("advertising %s failed: %s", advert.url, why,
+                            extra={"event": "nat.advertise_failed"})
                 self.state.errors = [*self.state.errors, f"advertise: {why}"][
                     -KEEP_REGISTRARS:]
 
@@ -243,7 +244,8 @@ class ReachKeeper:
                 await self._advertise_relay(client)
             with contextlib.suppress(P2PMarketError, OSError, TimeoutError):
                 await task
-            log.warning("relay %s lost; finding another", peer.url)
+            log.warning("relay %s lost; finding another", peer.url,
+                        extra={"event": "nat.relay_lost"})
         finally:
             if not task.done():
                 await client.close()

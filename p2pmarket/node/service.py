@@ -45,6 +45,7 @@ from p2pmarket.core.files import write_atomic
 from p2pmarket.core.genesis import ConfigError, Genesis
 from p2pmarket.core.identity import Identity
 from p2pmarket.core.keyfile import load_or_create_key
+from p2pmarket.core.logfmt import use_format
 from p2pmarket.core.urls import http_url, own_route
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
@@ -236,13 +237,15 @@ class Node:
             self.gateway.url = self.url
         self.directory.own = Peer(self.identity.node_id, self.identity.public_key, self.url)
         log.info("reachability: advertising %s (%s)", advert.url,
-                 "relayed, DHT client" if advert.client_mode else "direct")
+                 "relayed, DHT client" if advert.client_mode else "direct",
+                 extra={"event": "node.reachability"})
         if self.advertised.is_set():
             self._must_publish = True    # the advertising loop retries until it is out
             try:
                 await self.publish_if_moved(force=True)
             except P2PMarketError as exc:
-                log.warning("publishing our new URL failed (retrying): %s", exc.message)
+                log.warning("publishing our new URL failed (retrying): %s", exc.message,
+                            extra={"event": "node.advertise_failed"})
                 self.market_changed.set()
 
     async def start(self) -> None:
@@ -286,7 +289,7 @@ class Node:
                        asyncio.create_task(self.broker.run(), name="broker"),
                        asyncio.create_task(self.auctioneer.run(), name="auction")]
         log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
-                 self.url, *self.dht_address)
+                 self.url, *self.dht_address, extra={"event": "node.up"})
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -329,7 +332,7 @@ class Node:
         try:
             await stop.wait()
         finally:
-            log.info("shutting down")
+            log.info("shutting down", extra={"event": "node.stopping"})
             await self.stop()
 
     async def _advertise(self) -> None:
@@ -353,7 +356,8 @@ class Node:
                 if contacts or not peers:
                     self.announced.set()
             except P2PMarketError as exc:
-                log.warning("advertising failed: %s", exc.message)
+                log.warning("advertising failed: %s", exc.message,
+                            extra={"event": "node.advertise_failed"})
             had_contacts = contacts
             if now_us() - self._availability_saved > AVAILABILITY_SAVE_US:
                 self._save_availability(now_us())
@@ -468,6 +472,7 @@ async def run_node(data_dir: DataDir, flags: dict[str, Any]) -> None:
         genesis = load_genesis(data_dir.genesis)
         data_dir.bind_network(genesis)
         identity = load_or_create_key(data_dir.key, genesis.puzzle_bits)
+        use_format(settings.log_format, identity.node_id)
         node = Node(data_dir, settings, genesis, identity)
         await node.run_until_signalled()
     finally:
