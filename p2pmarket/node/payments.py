@@ -72,7 +72,8 @@ class NodePayments:
             if failures:
                 wait = min(wait, RETRY_S[min(failures - 1, len(RETRY_S) - 1)])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wallet.uncertified.wait(), max(0.0, wait))
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self.wallet.uncertified.wait()
             self.wallet.uncertified.clear()
             syncing = loop.time() >= next_sync
             try:

@@ -125,7 +125,8 @@ class ReachKeeper:
                 delay = max(0.0, (self.book.next_check_at(self.clock()) - self.clock())
                             / US_PER_S)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self.wake.wait()
                 self.wake.clear()
         finally:
             await self._stop_relay()

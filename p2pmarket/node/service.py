@@ -368,7 +368,8 @@ class Node:
                     await asyncio.sleep(RETRY_S[1])
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.market_changed.wait(), ADVERT_CHECK_S)
+                    async with asyncio.timeout(ADVERT_CHECK_S):
+                        await self.market_changed.wait()
                 self.market_changed.clear()
 
     def _then_readvertise(self, handler: Handler) -> Handler:
