@@ -84,6 +84,11 @@ PURE_CORES = (
     "p2pmarket.dht.ticketads",
     "p2pmarket.client.reservepick",
     "p2pmarket.client.topview",     # what `p2pmarket top` shows
+    "p2pmarket.history.buckets",    # the price history's downsampling
+    "p2pmarket.history.samples",
+    "p2pmarket.web.html",           # the dashboard's escaping, charts and pages
+    "p2pmarket.web.svg",
+    "p2pmarket.web.views",
 )
 
 

@@ -62,3 +62,15 @@ def test_the_setting_is_plain_or_json() -> None:
     assert Settings().with_overrides({"log_format": "json"}).check().log_format == "json"
     with pytest.raises(P2PMarketError, match="plain or json"):
         Settings().with_overrides({"log_format": "yaml"}).check()
+
+
+def test_every_event_logged_is_documented_and_every_documented_one_logged() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    used = {m for path in (root / "p2pmarket").rglob("*.py")
+            for m in re.findall(r'extra=\{"event": "([a-z_.]+)"\}', path.read_text())}
+    doc = (root / "docs" / "monitoring.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", doc.split("## Logs")[1], re.M))
+    assert used == documented and len(used) >= 10

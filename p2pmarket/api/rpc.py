@@ -22,11 +22,18 @@ unencodable) to seal becomes an error.
 
 A handler is ``async def h(ctx: CallContext, args: dict) -> dict``. It raises a
 :class:`P2PMarketError` for expected failures.
+
+Monitoring: when :attr:`RpcDispatcher.observe` is set, every request handled is
+reported to it as ``observe(name, outcome, seconds)``: the RPC's name (``unknown``
+unless a registered one), the outcome (``ok``; ``error``: the handler raised a
+:class:`P2PMarketError`; ``refused``: a check before the handler failed;
+``internal``: the handler broke) and the time from the bytes to the signed reply.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +94,9 @@ class CallContext:
 
 
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[dict[str, Any]]]
+Observer = Callable[[str, str, float], None]
+"""``observe(rpc name, outcome, seconds)``: see the module docstring."""
+UNKNOWN_RPC = "unknown"
 # what packing a value can raise besides WireError (an int beyond 64 bits, ...)
 _UNPACKABLE = (WireError, OverflowError, ValueError, TypeError, RecursionError)
 
@@ -104,6 +114,8 @@ class RpcDispatcher:
         self.request_bytes: dict[str, int] = {}   # RPC name -> its bound, if not the default
         self.default_request_bytes = default_request_bytes
         self.rejected = 0
+        self.observe: Observer | None = None
+        """Told of every request handled (monitoring); see the module docstring."""
 
     def register(self, name: str, handler: Handler, max_bytes: int | None = None) -> None:
         """Route RPC ``name`` to ``handler``; its requests may be at most ``max_bytes``
@@ -134,8 +146,10 @@ class RpcDispatcher:
     async def dispatch(self, data: bytes, peer: tuple[str, int] | None = None) -> bytes:
         """Handle one request's bytes that came from ``peer`` (as the transport observed
         it, if known); always returns a signed reply's bytes."""
+        started = time.perf_counter()
         re = digest(data)[:16]
         to: bytes | None = None
+        name, outcome = UNKNOWN_RPC, "refused"
         try:
             if len(data) > MAX_REQUEST_BYTES:
                 raise WireError("request too large", {"size": len(data),
@@ -148,23 +162,35 @@ class RpcDispatcher:
                                     {"size": len(data), "max": limit})
             env.verify_signature(ENVELOPE)
             to = env.sender_id
-            result = await self._run(env, peer)
+            name, handler = self._admit(env)
+            outcome = "error"   # from here on a P2PMarketError is the handler's
+            result = await handler(CallContext(sender=env.sender, ts=env.ts, request=env,
+                                               peer=peer), env.body)
+            if not isinstance(result, dict):
+                raise TypeError(f"handler {name} returned {type(result).__name__}")
+            outcome = "ok"
         except P2PMarketError as exc:
             self.rejected += 1
             result = exc.to_dict()
         except Exception as exc:
+            outcome = "internal"
             if is_disk_full(exc):   # a clear error for the caller; the handler's
                 log.error("RPC handler failed: %s", exc)   # transaction rolled back
                 result = dict(DISK_FULL)
             else:
                 log.exception("RPC handler failed")
                 result = dict(INTERNAL_ERROR)
-        return self.reply(re, result, to, peer)
+        reply = self.reply(re, result, to, peer)
+        if self.observe is not None:
+            self.observe(name, outcome, time.perf_counter() - started)
+        return reply
 
     def refusal(self, message: str, value: Any = None) -> bytes:
         """A signed error reply to a request that could not even be read (its body too
         long for the transport): addressed to no one, ``re`` empty."""
         self.rejected += 1
+        if self.observe is not None:
+            self.observe(UNKNOWN_RPC, "refused", 0.0)
         return self.reply(b"", error_dict(message, value), None)
 
     def reply(self, re: bytes, result: dict[str, Any], to: bytes | None,
@@ -177,7 +203,9 @@ class RpcDispatcher:
         return seal(self.identity, ENVELOPE, REPLY_KIND, body, ts=self.clock(),
                     to=to).encode()
 
-    async def _run(self, env: Envelope, peer: tuple[str, int] | None) -> dict[str, Any]:
+    def _admit(self, env: Envelope) -> tuple[str, Handler]:
+        """The RPC's name and handler, once the request passed every check left
+        (address, kind, name, argument map, replay guard)."""
         if env.to != self.identity.node_id:
             raise WireError("message is addressed to another node",
                             env.to.hex() if env.to else None)
@@ -190,11 +218,7 @@ class RpcDispatcher:
         if not isinstance(env.body, dict):
             raise WireError("RPC arguments must be a map", type(env.body).__name__)
         self.guard.accept(env.sender, env.ts, self.clock())
-        result = await handler(CallContext(sender=env.sender, ts=env.ts, request=env,
-                                             peer=peer), env.body)
-        if not isinstance(result, dict):
-            raise TypeError(f"handler {name} returned {type(result).__name__}")
-        return result
+        return name, handler
 
 
 def bounded_result(result: Any) -> dict[str, Any]:

@@ -192,6 +192,9 @@ class WitnessService:
         self.hosts: dict[bytes, Watched] = {}
         self._locks: dict[bytes, asyncio.Lock] = {}   # one audit of a host at a time
         self._witness_of: dict[bytes, float] = {}     # host -> until when we believe it
+        self.heads: dict[bytes, int] = {}   # host -> the head seq its log last named
+        self.on_audit: Callable[[str], None] | None = None
+        """Monitoring: told the host's state after each audit."""
         for saved in self.store.hosts(genesis):
             ahead = saved.replayer.seq
             w = Watched(saved.key, saved.url, saved.replayer,
@@ -391,7 +394,17 @@ class WitnessService:
     async def audit(self, host: bytes) -> str:
         """One audit of ``host`` (after any running one); returns its state."""
         async with self._locks.setdefault(host, asyncio.Lock()):
-            return await self._audit(host)
+            state = await self._audit(host)
+        if self.on_audit is not None:
+            self.on_audit(state)
+        return state
+
+    def lags(self) -> dict[bytes, int]:
+        """Per host watched and not exposed: the log entries not audited yet (the
+        highest seq the host's log named or its buyers pushed, less the last audited)."""
+        return {key: max(0, max(self.heads.get(key, -1), max(w.held, default=-1))
+                         - w.replayer.seq)
+                for key, w in self.hosts.items() if not w.proofs}
 
     async def _audit(self, host: bytes) -> str:
         w = self.watch(host)
@@ -448,6 +461,7 @@ class WitnessService:
                 return False
             if w.proofs:
                 return True
+            self.heads[w.key] = max(self.heads.get(w.key, -1), seg.head_seq)
             if goal is None:
                 goal = max(seg.head_seq, target)
             if not done or not seg.entries or w.replayer.seq >= goal:

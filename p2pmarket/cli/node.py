@@ -18,7 +18,8 @@ NODE_EXAMPLES = """examples:
 STATUS_EXAMPLES = """examples:
   p2pmarket status --data-dir run/testnet/node1
   p2pmarket status --data-dir run/testnet/node1 --what vms"""
-FLAGS = ("listen_host", "advertise_host", "http_port", "dht_port", "control_port", "vmm_uri",
+FLAGS = ("listen_host", "advertise_host", "http_port", "dht_port", "control_port",
+         "metrics_port", "vmm_uri",
          "cpu_mhz", "memory_kib", "http_proxy", "dht_gateway", "relay", "nat", "log_format")
 
 
@@ -32,6 +33,9 @@ def add_node(sub: Subcommands) -> None:
     n.add_argument("--http-port", type=int, help="peer RPC port (TCP)")
     n.add_argument("--dht-port", type=int, help="Kademlia port (UDP)")
     n.add_argument("--control-port", type=int, help="control API port on 127.0.0.1")
+    n.add_argument("--metrics-port", type=int,
+                   help="also serve GET /metrics on this port of the listen host "
+                        "(it is always on the peer port; docs/monitoring.md)")
     n.add_argument("--vmm-uri", help="libvirt URI (default test:///default)")
     n.add_argument("--cpu-mhz", type=int, help="CPU capacity offered, MHz")
     n.add_argument("--memory-kib", type=int, help="memory capacity offered, KiB")

@@ -73,6 +73,11 @@ class DataDir:
         return self.root / "dht.sqlite"
 
     @property
+    def history_db(self) -> Path:
+        """The price history the dashboard draws (p2pmarket.history.store)."""
+        return self.root / "history.sqlite"
+
+    @property
     def token(self) -> Path:
         return self.root / "api.token"
 
@@ -153,6 +158,9 @@ class Settings:
     http_port: int = 0
     dht_port: int = 0
     control_port: int = 0
+    metrics_port: int = 0
+    """A port of its own for ``GET /metrics`` on the listen host (docs/monitoring.md);
+    0 none (``/metrics`` is on the peer API's port whatever this says)."""
     http_proxy: str = ""
     """An HTTP proxy for all the node's outgoing HTTP (``http://host:port``). A node
     behind one sends no UDP: it uses a public peer's HTTP DHT gateway."""
@@ -207,6 +215,12 @@ class Settings:
     log_format: str = "plain"
     """``plain`` lines, or ``json``: one JSON object per line with the node id and the
     event name (:mod:`p2pmarket.core.logfmt`; the events in docs/monitoring.md)."""
+    dashboard_public: bool = False
+    """The web dashboard's market page (``/ui/``) and its data are public, read-only;
+    off: every ``/ui`` page needs the control token (the host and wallet pages always)."""
+    dashboard_wallet: str = ""
+    """A wallet dir whose leases the dashboard's wallet page shows; "" none (the page
+    still shows the node's own wallet)."""
 
     @property
     def public_host(self) -> str:
@@ -220,7 +234,7 @@ class Settings:
 
     def check(self) -> Settings:
         """Raise :class:`ConfigError` for a setting outside its range; return self."""
-        for name in ("http_port", "dht_port", "control_port"):
+        for name in ("http_port", "dht_port", "control_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"setting {name!r} must be a port 0..65535",
                                   getattr(self, name))
@@ -228,7 +242,8 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"setting {name!r} must not be negative", getattr(self, name))
         if self.tcp_ports:
-            _tcp_ports(self.tcp_ports, {self.http_port, self.dht_port, self.control_port})
+            _tcp_ports(self.tcp_ports, {self.http_port, self.dht_port, self.control_port,
+                                        self.metrics_port})
         if self.vm_default_memory_kib < 16 * 1024:
             raise ConfigError("setting 'vm_default_memory_kib' must be at least 16 MiB "
                               "(16384 KiB)", self.vm_default_memory_kib)

@@ -8,6 +8,11 @@ Lookups (:func:`~p2pmarket.dht.lookup.lookup`) verify every value they receive
 there. After a lookup the close nodes that lacked the result
 (or held an older one) are sent it (read repair, :meth:`NodeBase._repair`). The
 attributes declared on :class:`NodeBase` are set by ``DhtNode.__init__``.
+
+Monitoring: each lookup is reported to :attr:`NodeBase.on_lookup`, if set, as
+``on_lookup(kind, seconds, hops, ok)``: ``find_value`` or ``find_node``, its
+duration, its :attr:`~p2pmarket.dht.lookup.LookupResult.hops`, and False when it
+asked peers and none answered.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kademlia.network import Server
@@ -34,6 +40,8 @@ from p2pmarket.dht.storage import RecordStorage
 log = logging.getLogger(__name__)
 
 REPAIR_MAX = 4
+LookupObserver = Callable[[str, float, int, bool], None]
+"""``on_lookup(kind, seconds, hops, ok)``: see the module docstring."""
 
 
 class NodeBase:
@@ -52,6 +60,7 @@ class NodeBase:
     _tasks: set[asyncio.Task[Any]]
     _server: Server
     _address: tuple[str, int] | None
+    on_lookup: LookupObserver | None = None
 
     @property
     def node_id(self) -> bytes:
@@ -97,9 +106,15 @@ class NodeBase:
     async def lookup(self, dkey: bytes, find_value: bool, seeds: list[Node] | None = None,
                      accept: Accept | None = None, quorum: int = 0,
                      alpha: int | None = None) -> LookupResult:
+        started = time.perf_counter()
         result = await lookup(self.protocol, dkey, self.ksize, alpha or self.alpha,
                               self.puzzle_bits, find_value, seeds, accept, quorum)
         self.stats.add(result)
+        if self.on_lookup is not None:
+            answered = result.rpcs == 0 or bool(result.closest or result.values
+                                                or result.without_value)
+            self.on_lookup("find_value" if find_value else "find_node",
+                           time.perf_counter() - started, result.hops, answered)
         return result
 
     async def closest_ids(self, target: bytes) -> list[bytes]:

@@ -9,6 +9,10 @@ applies the host owner's settings, pays the refunds the steps make (and logs eac
 payment, with its certificate, as ``in.refund_paid``) and brings the VMM in line with
 the allocations. The buyers' RPCs are added by
 :class:`p2pmarket.host.auctioneer.Auctioneer`.
+
+Monitoring: after each tick that ran, :attr:`AuctionRunner.on_tick` (if set) is told
+``on_tick(seconds, events)``: how long the whole tick took (step, commit, refunds,
+VMM sync) and the allocator events it produced.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -77,6 +82,8 @@ class AuctionRunner:
         self.sync = VmmSync(vmm, VmDefaults(settings.vm_default_memory_kib))
         self.on_synced: Callable[[], Awaitable[None]] | None = None
         """Called after every VMM sync (the node keeps the leased ports with it)."""
+        self.on_tick: Callable[[float, tuple[AllocEvent, ...]], None] | None = None
+        """Told of every tick that ran (monitoring): see the module docstring."""
         config = saved_config(store, settings)
         tick_us = max(1, int(settings.tick_seconds * US_PER_S))
         self.journal = Journal(identity, store,
@@ -128,6 +135,7 @@ class AuctionRunner:
 
         A tick before the core's :func:`next_tick_at` is not run (the witnesses would
         refuse it): no events."""
+        started = time.perf_counter()
         async with self._lock:
             now_us = max(now_us, self.audit.last_ts)   # the log's time never goes back
             self._sync_usage(now_us)
@@ -140,6 +148,8 @@ class AuctionRunner:
         for refund in self.store.pending_refunds():
             await self._pay(refund)
         await self.sync_vmm()
+        if self.on_tick is not None:
+            self.on_tick(time.perf_counter() - started, result)
         return result
 
     def seconds_to_next_tick(self) -> float:
@@ -226,7 +236,8 @@ class AuctionRunner:
         return await asyncio.to_thread(read)
 
     def accounts(self) -> list[Account]:
-        return [self.accounts_by_id()[aid] for aid in sorted(self.state.accounts)]
+        by_id = self.accounts_by_id()   # once: it builds every account (O(accounts))
+        return [by_id[aid] for aid in sorted(by_id)]
 
     def accounts_by_id(self) -> dict[str, Account]:
         """The accounts now (money as of the last tick, allocation filled in), with their

@@ -41,6 +41,11 @@ class GroupCommit(Generic[S]):
             self._committer = asyncio.create_task(self._commit_groups())
         return await fut
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the next group transaction (monitoring: the queue depth)."""
+        return len(self._queue)
+
     def close(self) -> None:
         if self._committer is not None:
             self._committer.cancel()

@@ -31,6 +31,7 @@ signatures given before).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -113,6 +114,9 @@ class Wallet:
         self._queue: list[_Op] = []
         # set by accept: pending RECVs wait for a certifier (cleared by whoever waits)
         self.uncertified = asyncio.Event()
+        self.on_certify: Callable[[float, bool], None] | None = None
+        """Monitoring: told ``(seconds, ok)`` after each certification round (a batch
+        sent to the notaries until a quorum covered it; ok: every entry certified)."""
 
     @property
     def key(self) -> bytes:
@@ -422,6 +426,7 @@ class Wallet:
     async def _certify(self, built: Sequence[tuple[Entry, bytes]]
                        ) -> list[Certificate | LedgerError]:
         """Certify stored consecutive entries; a certificate (stored) or an error each."""
+        started = time.perf_counter()
         first, last = built[0][0].seq, built[-1][0].seq
         futs = {lane.request(first, last): lane for lane in self.lanes.values()}
         tally = Tally(built, self.quorum)
@@ -448,6 +453,8 @@ class Wallet:
             if sends and self.deliver_certs:
                 for fut, lane in futs.items():
                     fut.add_done_callback(partial(self._deliver_missed, lane, sends))
+        if self.on_certify is not None:
+            self.on_certify(time.perf_counter() - started, len(done_certs) == len(certs))
         return certs
 
     def _deliver_missed(self, lane: Lane, certs: Sequence[Certificate],

@@ -50,6 +50,7 @@ from p2pmarket.core.urls import http_url, own_route
 from p2pmarket.dht.gateway import NO_DHT_ADDRESS, GatewayDht, gateway_routes
 from p2pmarket.dht.node import DhtNode
 from p2pmarket.dht.records import ImageAd, ResourceAd, VmAd
+from p2pmarket.history.store import HistoryStore
 from p2pmarket.host.access import AccessKeeper
 from p2pmarket.host.accountstore import AccountStore
 from p2pmarket.host.auctioneer import Auctioneer, domain_prefix
@@ -66,6 +67,7 @@ from p2pmarket.ledger.committee import PeerTransport
 from p2pmarket.ledger.notary import NotaryService
 from p2pmarket.ledger.store import ChainStore
 from p2pmarket.ledger.wallet import Wallet
+from p2pmarket.metrics.http import metrics_app, metrics_route
 from p2pmarket.nat.registrar import Registrar
 from p2pmarket.nat.registration import echo_handlers
 from p2pmarket.nat.relay import RelayService
@@ -73,8 +75,11 @@ from p2pmarket.nat.relaylimits import RelayLimits
 from p2pmarket.nat.streams import StreamGate
 from p2pmarket.node.addresses import bind, is_wildcard, route_source
 from p2pmarket.node.advert import Availability, PriceHistory, moved
+from p2pmarket.node.monitor import node_monitor
 from p2pmarket.node.payments import RETRY_S, NodePayments
 from p2pmarket.node.reach import Advert, ReachKeeper, reach_candidates
+from p2pmarket.node.sampler import Sampler
+from p2pmarket.web import ui_routes
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +143,8 @@ class Node:
             self.vmm, PortForwards(settings.listen_host),
             self.auctioneer.winners, lambda: self.auctioneer.state.accounts,
             lambda: self.public_host, lambda: self.advert is not None and self.advert.client_mode,
-            reserved={settings.http_port, settings.dht_port, settings.control_port} - {0},
+            reserved={settings.http_port, settings.dht_port, settings.control_port,
+                      settings.metrics_port} - {0},
             vm_info=self.auctioneer.sync.info.get,
             uploading=self.auctioneer.sync.uploading.__contains__)
         self.auctioneer.on_synced = self.access.sync
@@ -160,6 +166,11 @@ class Node:
                              peers=self.peers, dht=None if self.gateway else self.dht)
         self.dispatcher.register_all("broker", self.broker.handlers(), limits=BROKER_LIMITS)
         self.directory = DhtWitnessDirectory(self.records)   # `own` is set at start
+        # the price history and the dashboard's figures (history.sqlite, /ui/)
+        self.sampler = Sampler(HistoryStore(data_dir.history_db), self.auctioneer.market_summary,
+                               lambda: {a.account_id: dict(a.allocation)
+                                        for a in self.auctioneer.accounts()},
+                               self.records, identity, self.peers, self.directory, settings)
         self.witness = WitnessService(
             identity, self.peers, self.evidence, directory=self.directory,
             locator=DhtHostLocator(self.records), sink=DhtEvidenceSink(self.records),
@@ -182,15 +193,25 @@ class Node:
             on_advert=self._on_advert, proxy=settings.http_proxy or None,
             on_stream=StreamGate(identity, self.access.forwards.admit).serve
         ) if settings.nat else None
+        self.prices: dict[str, PriceHistory] = {}
+        # metrics (docs/monitoring.md): a registry of this node's own, at GET /metrics
+        self.monitor = node_monitor(identity.node_id, self.dispatcher, self.dht,
+                                    self.auctioneer, self.wallet, self.witness, self.prices,
+                                    notary=self.notary, registrar=self.registrar,
+                                    relay=self.relay)
+        self.metrics_site = (Site(metrics_app(self.monitor.registry))
+                             if settings.metrics_port else None)
         self.peer_site = Site(peer_app(self.dispatcher, extra_routes=[
+            metrics_route(self.monitor.registry),
             upload_route(self.auctioneer), *gateway_routes(self.dht),
+            *ui_routes(lambda: load_or_create_token(data_dir.token), self.control_handlers,
+                       settings.dashboard_public),
             *(self.registrar.routes() if self.registrar else ()),
             *(self.relay.routes() if self.relay else ())]))
         self.control_site = Site(control_app(load_or_create_token(data_dir.token),
                                              self.control_handlers()))
         self.advertised = asyncio.Event()   # published at least once, maybe only locally
         self.announced = asyncio.Event()    # published while it had DHT contacts (or none exist)
-        self.prices: dict[str, PriceHistory] = {}
         self.availability = Availability.resume(_read_json(data_dir.availability), now_us())
         self._availability_saved = 0
         self._published: dict[str, int] = {}
@@ -257,9 +278,14 @@ class Node:
                         self.peer_site.start(s.listen_host, s.http_port))
             await bind("control API (TCP)", "127.0.0.1", s.control_port,
                         self.control_site.start("127.0.0.1", s.control_port))
+            if self.metrics_site is not None:
+                await bind("metrics (TCP)", s.listen_host, s.metrics_port,
+                           self.metrics_site.start(s.listen_host, s.metrics_port))
             await bind("DHT (UDP)", s.listen_host, s.dht_port,
                         self.dht.start(s.listen_host, s.dht_port))
         except ConfigError:
+            if self.metrics_site is not None:
+                await self.metrics_site.stop()
             await self.control_site.stop()
             await self.peer_site.stop()
             raise
@@ -287,7 +313,9 @@ class Node:
                        asyncio.create_task(self.witness.run(), name="witness"),
                        asyncio.create_task(self._advertise(), name="advertise"),
                        asyncio.create_task(self.broker.run(), name="broker"),
-                       asyncio.create_task(self.auctioneer.run(), name="auction")]
+                       asyncio.create_task(self.sampler.run(), name="history"),
+                       asyncio.create_task(self.auctioneer.run(), name="auction"),
+                       asyncio.create_task(self.monitor.lag.run(), name="loop-lag")]
         log.info("node %s up: rpc %s, dht %s:%d", self.identity.node_id.hex()[:12],
                  self.url, *self.dht_address, extra={"event": "node.up"})
 
@@ -307,6 +335,8 @@ class Node:
         if self.gateway is not None:
             await self.gateway.close()
         await self.control_site.stop()
+        if self.metrics_site is not None:
+            await self.metrics_site.stop()
         await self.peer_site.stop()
         await self.wallet.close()
         await self.peers.close()
@@ -320,6 +350,7 @@ class Node:
         self.evidence.close()
         self.witness.store.close()
         self.broker.store.close()
+        self.sampler.store.close()
         if self.witness.sigpool is not None:   # its workers start only for long segments
             await asyncio.to_thread(self.witness.sigpool.close)
 
@@ -449,9 +480,14 @@ class Node:
         async def history(args: dict[str, Any]) -> dict[str, Any]:
             return {"history": self.wallet.history()}
 
+        async def price_history(args: dict[str, Any]) -> dict[str, Any]:
+            return self.sampler.history(args)   # one series (node/sampler.py)
+
         return {"status": status, "vms": vms, "accounts": accounts, "supply": supply,
-                "history": history, **host_control_handlers(self.auctioneer),
-                **audit_control_handlers(self.witness), **self.broker.control_handlers()}
+                "history": history, "price_history": price_history,
+                **host_control_handlers(self.auctioneer),
+                **audit_control_handlers(self.witness), **self.broker.control_handlers(),
+                **self.sampler.control_handlers()}
 
 
 def _read_json(path: Path) -> Any:
