@@ -341,11 +341,12 @@ class Harness:
         started = time.monotonic()
         self.backend.disconnect(witness)
         try:
-            doc = self.wallet(buyer, "audit", "status", self.node_id(host))
-            answered = [w for w in doc["witnesses"] if w.get("hosts")]
-            if not answered:
-                raise FaultError(f"no witness of {host} answered with {witness} cut off",
-                                 json.dumps(doc)[:1500])
+            # the others answer for it once they have audited it (a host that just
+            # moved to another relay may not be audited at its new address yet)
+            until(f"a witness of {host} answers with {witness} cut off", HEAL_S,
+                  lambda: [w for w in self.wallet(buyer, "audit", "status",
+                                                  self.node_id(host))["witnesses"]
+                           if w.get("hosts")])
         finally:
             self.backend.reconnect(witness)
         return self._record("cut_witness", witness, started, host=host)
