@@ -212,6 +212,9 @@ class Settings:
     images_dir: str = ""
     """A directory of named base images (``NAME.qcow2``, ``NAME.img``) buyers may start
     from (``buy --image NAME``); advertised in the host record. Empty: none."""
+    history_market_seconds: float = 60.0
+    """How often the node reads the market from the DHT for its price history (the
+    dashboard's market page); 0: never on its own."""
     log_format: str = "plain"
     """``plain`` lines, or ``json``: one JSON object per line with the node id and the
     event name (:mod:`p2pmarket.core.logfmt`; the events in docs/monitoring.md)."""
@@ -253,6 +256,9 @@ class Settings:
                 raise ConfigError(f"setting {name!r} must be positive", getattr(self, name))
         if not self.listen_host:
             raise ConfigError("setting 'listen_host' must not be empty")
+        if self.history_market_seconds < 0:
+            raise ConfigError("setting 'history_market_seconds' must not be negative",
+                              self.history_market_seconds)
         if self.log_format not in ("plain", "json"):
             raise ConfigError("setting 'log_format' is plain or json", self.log_format)
         if self.http_proxy and not self.http_proxy.startswith(("http://", "https://")):

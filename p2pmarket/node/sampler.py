@@ -5,16 +5,16 @@ price history and the dashboard). Decides nothing: the values come from
 
 :meth:`Sampler.run` samples the host's own prices and the accounts' allocation shares
 once per auction tick (``settings.tick_seconds``; one transaction per batch), and reads
-the market from the node's own DHT peer (or gateway) every :data:`MARKET_EVERY_S` (the
-first time one period after the start): the
+the market from the node's own DHT peer (or gateway) every ``history_market_seconds``
+(default :data:`MARKET_EVERY_S`; 0: only when asked; the first time one period after
+the start): the
 types the host offers plus cpu and memory, the best :data:`MARKET_HOSTS` hosts of each.
 
 Control API handlers (``POST /v1/<name>``, JSON in and out):
 
-- ``history {scope, name, step?: minute|hour, since?: µs}`` -> ``{scope, name, step,
-  points: [{t, n, mean, min, max, last, last_ts}]}`` (oldest first; without ``since``
-  the whole retention of the step). ``history {}`` without ``scope`` stays the wallet's
-  chain (``node/service.py``).
+- ``price_history {scope, name, step?: minute|hour, since?: µs}`` -> ``{scope, name,
+  step, points: [{t, n, mean, min, max, last, last_ts}]}`` (oldest first; without
+  ``since`` the whole retention of the step).
 - ``history_series {prefix?, since?}`` -> ``{series: [[scope, name]]}``
 - ``market {}`` -> ``{at, hosts: [{node_id, url, reach, reachable, availability_ppm,
   resources: {type: {capacity, price, hour_avg}}, own}], prices: {type: {hosts, capacity,
@@ -105,7 +105,7 @@ class Sampler:
         self.settings = settings
         self.clock = clock
         self.every_s = settings.tick_seconds
-        self.market_every_s = MARKET_EVERY_S
+        self.market_every_s = settings.history_market_seconds
         self.last_market: dict[str, Any] = {"at": None, "hosts": [], "prices": {}}
         self._witnesses: dict[str, Any] = {"at": None, "witnesses": []}
         self.market_read = asyncio.Event()   # set after each market read (tests wait on it)
@@ -166,11 +166,16 @@ class Sampler:
         loop = asyncio.get_running_loop()
         while True:
             began = loop.time()
-            # waits a second at a time: a shorter period set meanwhile counts
-            while not self.read_now.is_set() and (
-                    left := self.market_every_s - (loop.time() - began)) > 0:
+            # waits a second at a time: a shorter period set meanwhile counts; 0 waits
+            # for read_now (asyncio.timeout, not wait_for, which can lose the cancel)
+            while not self.read_now.is_set():
+                periodic = self.market_every_s > 0
+                left = self.market_every_s - (loop.time() - began)
+                if periodic and left <= 0:
+                    break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.read_now.wait(), min(1.0, left))
+                    async with asyncio.timeout(min(1.0, left) if periodic else 1.0):
+                        await self.read_now.wait()
             self.read_now.clear()
             try:
                 await self.sample_market(self.clock())
