@@ -178,13 +178,13 @@ def replacement(holdings: Sequence[Holding], sales: Sequence[Sale], rejected: Sa
     """Where a replacement for the rejected sale comes from: a held ticket of the same
     site and type with real room (no oversubscription) for its term, the conflicted
     claim ``conflicted`` (the parent the proof names) excluded; None: refund."""
-    site = next((h.site for h in holdings if h.claim_id == rejected.parent), None)
     parent = next((h for h in holdings if h.claim_id == rejected.parent), None)
-    if site is None or parent is None:
+    if parent is None:
         return None
     others = [s for s in sales if s.claim_id != rejected.claim_id]
     try:
-        [h] = allocate(holdings, others, [Item(site, parent.rset.rtype, rejected.count)],
+        [h] = allocate(holdings, others,
+                       [Item(parent.site, parent.rset.rtype, rejected.count)],
                        rejected.term, 0, exclude=frozenset({conflicted, rejected.parent}))
     except BrokerError:
         return None

@@ -15,7 +15,7 @@ from p2pmarket.api.control import ControlClient
 from p2pmarket.auction.hostconfig import RESERVABLE
 from p2pmarket.auction.resources import parse_quantity
 from p2pmarket.cli.buy import parse_duration
-from p2pmarket.cli.host import parse_start, when_text
+from p2pmarket.cli.host import parse_start, unit_hour_price, when_text
 from p2pmarket.cli.options import Subcommands, data_dir_opt, json_opt
 from p2pmarket.cli.terminal import dump, human, out
 from p2pmarket.core.clock import now_us
@@ -128,11 +128,9 @@ async def broker_add_ticket(args: argparse.Namespace) -> int:
 
 
 async def broker_set_price(args: argparse.Namespace) -> int:
-    if not args.price.strip().isdigit():
-        raise P2PMarketError("a posted price is a whole number of micro-credits per "
-                             "unit-hour", args.price)
     doc = await ControlClient(DataDir(args.data_dir)).call(
-        "broker_set_price", {"type": args.type, "price": int(args.price)})
+        "broker_set_price", {"type": args.type,
+                             "price": unit_hour_price(args.price, "a posted price")})
     out.print(f"prices now (µc per unit-hour): {doc['prices']}")
     return 0
 

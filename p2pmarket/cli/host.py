@@ -183,12 +183,19 @@ async def host_set_reservable(args: argparse.Namespace) -> int:
     return 0
 
 
+def unit_hour_price(text: str, what: str) -> int:
+    """A SHARP price (anchors, brokers' posted prices): whole micro-credits per base
+    unit-hour."""
+    if not text.strip().isdigit():
+        raise P2PMarketError(f"{what} is a whole number of micro-credits per unit-hour",
+                             text)
+    return int(text)
+
+
 async def host_set_anchor_price(args: argparse.Namespace) -> int:
-    if not args.price.strip().isdigit():
-        raise P2PMarketError("an anchor price is a whole number of micro-credits per "
-                             "unit-hour", args.price)
     doc = await ControlClient(DataDir(args.data_dir)).call(
-        "host_set_anchor_price", {"resource": args.resource, "price": int(args.price)})
+        "host_set_anchor_price", {"resource": args.resource,
+                                  "price": unit_hour_price(args.price, "an anchor price")})
     out.print(f"anchor price set; host config now: {json.dumps(doc.get('config'))}")
     return 0
 

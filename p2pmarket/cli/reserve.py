@@ -17,7 +17,7 @@ from p2pmarket.cli.terminal import dump, human, out
 from p2pmarket.client.reserve import Reservation, reserve
 from p2pmarket.client.ticketbook import TicketBook, ticket_state
 from p2pmarket.core.clock import now_us
-from p2pmarket.core.errors import P2PMarketError
+from p2pmarket.core.identity import parse_public_key
 from p2pmarket.core.money import format_credits, parse_credits
 from p2pmarket.sharp.claims import Term
 
@@ -59,23 +59,13 @@ def add_reserve(sub: Subcommands) -> None:
     json_opt(tk)
 
 
-def _key(text: str | None, name: str) -> bytes:
-    try:
-        key = bytes.fromhex(text or "")
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise P2PMarketError(f"{name} must be a public key (64 hex digits)", text)
-    return key
-
-
 async def reserve_cmd(args: argparse.Namespace) -> int:
     wants = wanted(args)
     start, end = term_of(args)
     broker = site = None
     if args.broker:
-        broker = (args.broker, _key(args.broker_key, "--broker-key"))
-        site = _key(args.site, "--site")
+        broker = (args.broker, parse_public_key(args.broker_key or ""))
+        site = parse_public_key(args.site or "")
     got = await reserve(wallet_dir(args), wants, Term(start, end), net=net_of(args),
                         max_price=parse_credits(args.max_price) if args.max_price else None,
                         broker=broker, site=site)

@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from p2pmarket.cli.buy import parse_duration
+from p2pmarket.cli.leases import duration_text
 from p2pmarket.cli.options import (
     Subcommands,
     genesis_of,
@@ -101,15 +102,8 @@ def render(f: Frame) -> Group:
         leases.add_row(r.lease_id, r.host, r.status,
                        ", ".join(f"{k} {human(k, v)}" for k, v in sorted(r.allocation.items())),
                        "?" if r.spent is None else format_credits(r.spent),
-                       format_credits(r.left), _left(r.seconds_left))
+                       format_credits(r.left), duration_text(r.seconds_left))
     return Group(prices, leases)
-
-
-def _left(seconds: int) -> str:
-    if seconds <= 0:
-        return "-"
-    h, rest = divmod(seconds, 3600)
-    return f"{h}h {rest // 60:02d}m" if h else f"{rest // 60}m {rest % 60:02d}s"
 
 
 async def run_top(sample: Sampler, console: Console, every_s: float, count: int | None,

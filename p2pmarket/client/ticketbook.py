@@ -16,13 +16,11 @@ Every change is written (atomically) before the next step.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pmarket.client.walletdir import WalletDir, WalletDirError
-from p2pmarket.core.files import write_atomic
+from p2pmarket.client.walletdir import WalletDir, read_map, write_map
 from p2pmarket.core.wire import pack
 from p2pmarket.sharp.claims import Ticket
 
@@ -31,36 +29,20 @@ def tickets_path(wdir: WalletDir) -> Path:
     return wdir.root / "tickets.json"
 
 
-def _read_map(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        raise WalletDirError(f"{path} is damaged") from None
-    if not isinstance(doc, dict):
-        raise WalletDirError(f"{path} is damaged")
-    return doc
-
-
-def _write_map(path: Path, doc: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(doc, indent=1).encode(), mode=0o600)
-
-
 @dataclass(frozen=True)
 class TicketBook:
     wdir: WalletDir
 
     def all(self) -> dict[str, dict[str, Any]]:
-        doc = _read_map(tickets_path(self.wdir))
+        doc = read_map(tickets_path(self.wdir))
         return {k: v for k, v in doc.items() if k != "pending" and isinstance(v, dict)}
 
     def pending(self) -> dict[str, dict[str, Any]]:
-        doc = _read_map(tickets_path(self.wdir)).get("pending", {})
+        doc = read_map(tickets_path(self.wdir)).get("pending", {})
         return doc if isinstance(doc, dict) else {}
 
     def _write(self, tickets: dict[str, Any], pending: dict[str, Any]) -> None:
-        _write_map(tickets_path(self.wdir), {**tickets, "pending": pending})
+        write_map(tickets_path(self.wdir), {**tickets, "pending": pending})
 
     def set_pending(self, memo: str, record: dict[str, Any] | None) -> None:
         pending = self.pending()

@@ -29,7 +29,9 @@ class WalletDirError(P2PMarketError):
     """No wallet, or a damaged one."""
 
 
-def _read_map(path: Path) -> dict[str, Any]:
+def read_map(path: Path) -> dict[str, Any]:
+    """A wallet dir's JSON map file (``{}`` if absent; :class:`WalletDirError` if
+    damaged)."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -41,7 +43,8 @@ def _read_map(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _write_map(path: Path, doc: dict[str, Any]) -> None:
+def write_map(path: Path, doc: dict[str, Any]) -> None:
+    """Write a wallet dir's JSON map file atomically, readable by its owner only."""
     write_atomic(path, json.dumps(doc, indent=1).encode(), mode=0o600)
 
 
@@ -100,7 +103,7 @@ class WalletDir:
 
     def leases(self) -> dict[str, dict[str, str]]:
         """lease id -> {host_key, url, account_id, lease (hex of the signed envelope)}."""
-        doc = _read_map(self.leases_path)
+        doc = read_map(self.leases_path)
         if not all(isinstance(v, dict) for v in doc.values()):
             raise WalletDirError(f"{self.leases_path} is damaged")
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in doc.items()}
@@ -111,7 +114,7 @@ class WalletDir:
         the quote's), {memo, amount, quote (the signed quote, hex msgpack)}: written
         durably before paying and again after, before asking the host
         (:func:`p2pmarket.client.buyer.resume_pending` finishes them)."""
-        return _read_map(self.pending_path)
+        return read_map(self.pending_path)
 
     def set_pending(self, payment_id: str, record: dict[str, Any] | None) -> None:
         pending = self.pending()
@@ -119,9 +122,9 @@ class WalletDir:
             pending.pop(payment_id, None)
         else:
             pending[payment_id] = record
-        _write_map(self.pending_path, pending)
+        write_map(self.pending_path, pending)
 
     def save_lease(self, lease_id: str, record: dict[str, str]) -> None:
         leases = self.leases()
         leases[lease_id] = record
-        _write_map(self.leases_path, leases)
+        write_map(self.leases_path, leases)

@@ -76,3 +76,26 @@ def test_degrees_are_percentages() -> None:
     for bad in ("-1%", "lots", "nan"):
         with pytest.raises(P2PMarketError):
             parse_degree(bad)
+
+
+def test_bad_arguments_are_one_error_line_before_anything_is_done(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pmarket.cli.main import main
+
+    d, w = str(tmp_path / "nonode"), str(tmp_path / "nowallet")
+    cases = [
+        (["broker", "set-price", "--data-dir", d, "cpu", "1.5"], "a posted price is a whole"),
+        (["host", "set-anchor-price", "--data-dir", d, "cpu", "-3"], "an anchor price is"),
+        (["broker", "set-oversubscription", "--data-dir", d, "lots"], "a percentage"),
+        (["broker", "buy", "--data-dir", d, "--from", "http://127.0.0.1:9", "--broker",
+          "00", "--site", "00", "--duration", "1h"], "give at least one of"),
+        (["reserve", "--wallet", w, "--cpu", "0.5", "--duration", "1h"],
+         "give an amount with its unit"),
+        (["reserve", "--wallet", w, "--cpu", "100MHz", "--duration", "1h", "--broker",
+          "http://127.0.0.1:9", "--broker-key", "zz", "--site", "00"],
+         "public key must be 64 hex digits"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "nonode").exists() and not (tmp_path / "nowallet").exists()
