@@ -334,19 +334,32 @@ class Harness:
         doc = self.wallet(buyer, "audit", "status", self.node_id(host))
         return [self.site_of_url(w["witness"]) for w in doc["witnesses"]]
 
+    def answering(self, host: str, buyer: str) -> list[str]:
+        """The sites of ``host``'s witnesses that answer for it now (they watch it: a
+        buyer pushed them its authenticators, or another witness its head)."""
+        doc = self.wallet(buyer, "audit", "status", self.node_id(host), check=False)
+        return [self.site_of_url(w["witness"]) for w in doc.get("witnesses", [])
+                if w.get("hosts")]
+
     def cut_witness(self, host: str, buyer: str) -> Fault:
         """Cut one of ``host``'s witnesses off: the others still answer for it; joined
-        again, it audits the host again (no one suspects it)."""
-        witness = self.witnesses(host, buyer)[0]
+        again, it audits the host again (no one suspects it).
+
+        A witness watches a host only once it has been pushed something about it, so
+        ``buyer`` first buys from ``host`` and the fault waits for two of its
+        witnesses to answer; one of those is cut."""
+        self.wait_listed(buyer, host)
+        self.buy(buyer, [host])
+        def two_answer() -> list[str] | None:
+            answering = self.answering(host, buyer)
+            return answering if len(answering) >= 2 else None
+
+        witness = until(f"two witnesses of {host} answer", HEAL_S, two_answer)[0]
         started = time.monotonic()
         self.backend.disconnect(witness)
         try:
-            # the others answer for it once they have audited it (a host that just
-            # moved to another relay may not be audited at its new address yet)
             until(f"a witness of {host} answers with {witness} cut off", HEAL_S,
-                  lambda: [w for w in self.wallet(buyer, "audit", "status",
-                                                  self.node_id(host))["witnesses"]
-                           if w.get("hosts")])
+                  lambda: [w for w in self.answering(host, buyer) if w != witness])
         finally:
             self.backend.reconnect(witness)
         return self._record("cut_witness", witness, started, host=host)
