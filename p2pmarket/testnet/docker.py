@@ -42,6 +42,8 @@ LABEL = "com.docker.compose.project"
 CMD_TIMEOUT_S = 120.0
 STATUS_TIMEOUT_S = 15.0
 LISTEN_WAIT_S = 30.0
+NETWORK_RM_TRIES = 10
+NETWORK_RM_GAP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,11 +135,30 @@ def down(root: Path, docker: str = "docker") -> int:
     gone = sorted(_existing(docker, "containers", st.project) & set(st.containers))
     if gone:
         run([docker, "rm", "-f", "-v", *gone])
-    nets = sorted(_existing(docker, "networks", st.project) & set(st.networks))
-    if nets:
-        run([docker, "network", "rm", *nets])
+    for net in sorted(_existing(docker, "networks", st.project) & set(st.networks)):
+        remove_network(docker, net)
     (root / STATE_FILE).unlink(missing_ok=True)
     return len(gone)
+
+
+def remove_network(docker: str, net: str) -> None:
+    """``docker network rm``, through dockerd's race: just after its containers were
+    removed a network may still list their endpoints ("has active endpoints", moby
+    issues 17217, 42119), so those are disconnected by force and the removal tried
+    again (bounded: :data:`NETWORK_RM_TRIES`, about ``NETWORK_RM_GAP_S`` apart)."""
+    for attempt in range(NETWORK_RM_TRIES):
+        done = run([docker, "network", "rm", net], check=False)
+        if done.returncode == 0 or "not found" in done.stderr:
+            return
+        if "active endpoints" not in done.stderr or attempt == NETWORK_RM_TRIES - 1:
+            raise TestnetError(f"docker network rm {net} failed: "
+                               f"{done.stderr.strip()[-1500:]}", net)
+        listed = run([docker, "network", "inspect", "-f",
+                      "{{range $id, $c := .Containers}}{{$c.Name}} {{end}}", net],
+                     check=False)
+        for name in listed.stdout.split():
+            run([docker, "network", "disconnect", "-f", net, name], check=False)
+        time.sleep(NETWORK_RM_GAP_S)
 
 
 class DockerTestnet:
