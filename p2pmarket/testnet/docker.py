@@ -25,7 +25,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -136,16 +136,19 @@ def down(root: Path, docker: str = "docker") -> int:
     if gone:
         run([docker, "rm", "-f", "-v", *gone])
     for net in sorted(_existing(docker, "networks", st.project) & set(st.networks)):
-        remove_network(docker, net)
+        remove_network(docker, net, st.containers)
     (root / STATE_FILE).unlink(missing_ok=True)
     return len(gone)
 
 
-def remove_network(docker: str, net: str) -> None:
+def remove_network(docker: str, net: str, members: Sequence[str] = ()) -> None:
     """``docker network rm``, through dockerd's race: just after its containers were
-    removed a network may still list their endpoints ("has active endpoints", moby
-    issues 17217, 42119), so those are disconnected by force and the removal tried
-    again (bounded: :data:`NETWORK_RM_TRIES`, about ``NETWORK_RM_GAP_S`` apart)."""
+    removed a network may still hold their endpoints ("has active endpoints", moby
+    issues 17217, 42119), listed or not, so the endpoints it lists and those named
+    after ``members`` (the testnet's containers: ``disconnect -f`` deletes an endpoint
+    by its container's name even when the container is gone) are disconnected by force
+    and the removal tried again (bounded: :data:`NETWORK_RM_TRIES`, about
+    ``NETWORK_RM_GAP_S`` apart)."""
     for attempt in range(NETWORK_RM_TRIES):
         done = run([docker, "network", "rm", net], check=False)
         if done.returncode == 0 or "not found" in done.stderr:
@@ -156,7 +159,7 @@ def remove_network(docker: str, net: str) -> None:
         listed = run([docker, "network", "inspect", "-f",
                       "{{range $id, $c := .Containers}}{{$c.Name}} {{end}}", net],
                      check=False)
-        for name in listed.stdout.split():
+        for name in sorted(set(listed.stdout.split()) | set(members)):
             run([docker, "network", "disconnect", "-f", net, name], check=False)
         time.sleep(NETWORK_RM_GAP_S)
 

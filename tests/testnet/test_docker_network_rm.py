@@ -46,10 +46,13 @@ def no_gap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_stale_endpoints_are_disconnected_and_the_removal_tried_again(
         tmp_path: Path) -> None:
-    docker.remove_network(str(fake_docker(tmp_path, fails=2)), "p2pmb-internet")
+    docker.remove_network(str(fake_docker(tmp_path, fails=2)), "p2pmb-internet",
+                          ["p2pmb-h1", "p2pmb-n1"])
+    # listed (h1, b1) or not (n1: an endpoint whose container is gone)
     stale = ["network inspect -f {{range $id, $c := .Containers}}{{$c.Name}} {{end}} "
-             "p2pmb-internet", "network disconnect -f p2pmb-internet p2pmb-h1",
-             "network disconnect -f p2pmb-internet p2pmb-b1"]
+             "p2pmb-internet", "network disconnect -f p2pmb-internet p2pmb-b1",
+             "network disconnect -f p2pmb-internet p2pmb-h1",
+             "network disconnect -f p2pmb-internet p2pmb-n1"]
     assert calls(tmp_path) == ["network rm p2pmb-internet", *stale,
                                "network rm p2pmb-internet", *stale,
                                "network rm p2pmb-internet"]
