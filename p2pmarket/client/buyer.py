@@ -57,6 +57,8 @@ from p2pmarket.ledger.wallet import Wallet
 
 PUSH_TIMEOUT_S = 10.0
 SETTLE_S = 2.0
+SEARCH_TRIES = 3       # DHT reads of the market before "no host offers"
+SEARCH_GAP_S = 1.0
 """How long a closing wallet waits for its lanes to finish (a lagging notary's
 catch-up, deliveries) before it drops what is left."""
 
@@ -164,6 +166,52 @@ def plan(quoted: list[Quoted], specs: Mapping[str, BidSpec], budget: int, interv
     return made.bids, made.dropped
 
 
+async def find_hosts(market: MarketView, types: list[str], max_hosts: int,
+                     progress: Progress, *, only: frozenset[bytes] = frozenset(),
+                     base_image: str | None = None, image_kind: str = "", ssh: str = "",
+                     port_bid: bool = False, min_availability_ppm: int = 0,
+                     reach: frozenset[str] = frozenset(),
+                     tries: int = SEARCH_TRIES, gap_s: float = SEARCH_GAP_S
+                     ) -> tuple[list[HostView], bool]:
+    """The hosts to ask for quotes (``only`` those chosen, offering ``base_image``,
+    booting ``image_kind``; with ``port_bid`` those leasing SSH ports, unless none does
+    and ``ssh`` is not ``require``: then port_bid is off), and whether to bid on a port.
+
+    A DHT read can miss records (a peer that answered late, a record not copied yet to
+    every replica), so a read that finds no such host is made again, up to ``tries``
+    reads ``gap_s`` apart, before :class:`BuyError` says none offers them."""
+    bid = port_bid
+    for attempt in range(max(1, tries)):
+        # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen set
+        # of hosts may be anywhere in the ranking: then the top 64)
+        narrow = bool(only) or base_image is not None or bool(image_kind)
+        hosts = await market.hosts(types, limit=64 if narrow else 2 * max_hosts + 2,
+                                   min_availability_ppm=min_availability_ppm, reach=reach)
+        if only:
+            hosts = [h for h in hosts if h.node_id in only]
+        if base_image is not None:
+            hosts = [h for h in hosts if h.record.image(base_image) is not None]
+        if image_kind:
+            hosts = [h for h in hosts if boots(h.record, image_kind)]
+        bid = port_bid
+        if bid:
+            leasing = [h for h in hosts if leases_ssh_ports(h)]
+            if leasing or ssh == "require":
+                hosts = leasing
+            else:
+                bid = False
+                progress("discovering: no host leases SSH ports; buying without")
+        if hosts:
+            return hosts, bid
+        if attempt + 1 < max(1, tries):
+            progress("discovering: no host found yet; reading the DHT again")
+            await asyncio.sleep(gap_s)
+    raise BuyError(f"no {'chosen ' if only else ''}host offers {', '.join(types)}"
+                   + (f" with the base image {base_image}" if base_image else "")
+                   + (f" booting a {image_kind} image" if image_kind else "")
+                   + (" leasing SSH ports" if bid else ""), types)
+
+
 def boots(record: HostRecord, image_kind: str) -> bool:
     """Whether the host's machines boot an image of ``image_kind``: a root file system
     (``rootfs``) on containers (``vm.driver`` lxc), a disk image (``disk``) on the
@@ -212,32 +260,11 @@ async def buy(wdir: WalletDir, bid_texts: list[str], budget: int, interval_s: in
                            {"balance": wallet.balance(), "budget": budget})
         progress(f"discovering: looking up hosts offering {', '.join(types)} in the DHT")
         async with MarketView(genesis, net) as market:
-            # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen
-            # set of hosts may be anywhere in the ranking: then the top 64)
-            narrow = bool(only) or base_image is not None or bool(image_kind)
-            hosts = await market.hosts(types, limit=64 if narrow else 2 * max_hosts + 2,
-                                       min_availability_ppm=min_availability_ppm,
-                                       reach=reach)
-            if only:
-                hosts = [h for h in hosts if h.node_id in only]
-            if base_image is not None:
-                hosts = [h for h in hosts if h.record.image(base_image) is not None]
-            if image_kind:
-                hosts = [h for h in hosts if boots(h.record, image_kind)]
             port_bid = bool(ssh) and not any(k.startswith("tcp_port") for k in specs)
-            if port_bid:
-                leasing = [h for h in hosts if leases_ssh_ports(h)]
-                if leasing or ssh == "require":
-                    hosts = leasing
-                else:
-                    port_bid = False
-                    progress("discovering: no host leases SSH ports; buying without")
-            if not hosts:
-                raise BuyError(f"no {'chosen ' if only else ''}host offers "
-                               f"{', '.join(types)}"
-                               + (f" with the base image {base_image}" if base_image else "")
-                               + (f" booting a {image_kind} image" if image_kind else "")
-                               + (" leasing SSH ports" if port_bid else ""), types)
+            hosts, port_bid = await find_hosts(
+                market, types, max_hosts, progress, only=only, base_image=base_image,
+                image_kind=image_kind, ssh=ssh, port_bid=port_bid,
+                min_availability_ppm=min_availability_ppm, reach=reach)
             wire_bids = {key: spec.to_wire() for key, spec in specs.items()}
             quoted, skipped = await gather_quotes(client, hosts, max_hosts, wallet.key,
                                                   wire_bids, types, interval_s, progress)
