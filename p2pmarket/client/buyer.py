@@ -57,10 +57,10 @@ from p2pmarket.ledger.wallet import Wallet
 
 PUSH_TIMEOUT_S = 10.0
 SETTLE_S = 2.0
-SEARCH_TRIES = 3       # DHT reads of the market before "no host offers"
-SEARCH_GAP_S = 1.0
 """How long a closing wallet waits for its lanes to finish (a lagging notary's
 catch-up, deliveries) before it drops what is left."""
+SEARCH_TRIES = 3       # DHT reads of the market before "no host offers"
+SEARCH_GAP_S = 1.0
 
 
 class BuyError(P2PMarketError):
@@ -180,11 +180,11 @@ async def find_hosts(market: MarketView, types: list[str], max_hosts: int,
     A DHT read can miss records (a peer that answered late, a record not copied yet to
     every replica), so a read that finds no such host is made again, up to ``tries``
     reads ``gap_s`` apart, before :class:`BuyError` says none offers them."""
-    bid = port_bid
-    for attempt in range(max(1, tries)):
-        # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen set
-        # of hosts may be anywhere in the ranking: then the top 64)
-        narrow = bool(only) or base_image is not None or bool(image_kind)
+    reads = max(1, tries)
+    # the best 2k + 2 by cost efficiency are enough to get k quotes (a chosen set of
+    # hosts may be anywhere in the ranking: then the top 64)
+    narrow = bool(only) or base_image is not None or bool(image_kind)
+    for attempt in range(reads):
         hosts = await market.hosts(types, limit=64 if narrow else 2 * max_hosts + 2,
                                    min_availability_ppm=min_availability_ppm, reach=reach)
         if only:
@@ -203,7 +203,7 @@ async def find_hosts(market: MarketView, types: list[str], max_hosts: int,
                 progress("discovering: no host leases SSH ports; buying without")
         if hosts:
             return hosts, bid
-        if attempt + 1 < max(1, tries):
+        if attempt + 1 < reads:
             progress("discovering: no host found yet; reading the DHT again")
             await asyncio.sleep(gap_s)
     raise BuyError(f"no {'chosen ' if only else ''}host offers {', '.join(types)}"

@@ -343,14 +343,10 @@ class Harness:
               lambda: self.status(notary, "supply").get("minted") == self.minted)
         return self._record("cut_notary", notary, started)
 
-    def witnesses(self, host: str, buyer: str) -> list[str]:
-        """The sites of ``host``'s witnesses (asked from ``buyer`` through the DHT)."""
-        doc = self.wallet(buyer, "audit", "status", self.node_id(host))
-        return [self.site_of_url(w["witness"]) for w in doc["witnesses"]]
-
     def answering(self, host: str, buyer: str) -> list[str]:
-        """The sites of ``host``'s witnesses that answer for it now (they watch it: a
-        buyer pushed them its authenticators, or another witness its head)."""
+        """The sites of ``host``'s witnesses (asked from ``buyer`` through the DHT) that
+        answer for it now (they watch it: a buyer pushed them its authenticators, or
+        another witness its head)."""
         doc = self.wallet(buyer, "audit", "status", self.node_id(host), check=False)
         return [self.site_of_url(w["witness"]) for w in doc.get("witnesses", [])
                 if w.get("hosts")]
@@ -364,6 +360,7 @@ class Harness:
         witnesses to answer; one of those is cut."""
         self.wait_listed(buyer, host)
         self.buy(buyer, [host])
+
         def two_answer() -> list[str] | None:
             answering = self.answering(host, buyer)
             return answering if len(answering) >= 2 else None
